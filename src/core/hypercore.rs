@@ -1,0 +1,115 @@
+//! The [`Hypercore`] handle.
+
+use std::sync::Arc;
+
+use super::{Info, events::Subscription, state::CoreInner};
+use crate::{
+    crypto::{CoreKey, DiscoveryKey, Hash},
+    error::Result,
+};
+
+/// One signed append-only log, byte-compatible with JS Hypercore 11.
+///
+/// A `Hypercore` is a cheap, cloneable handle (an `Arc` inside). Every async method takes
+/// `&self` and returns a `'static + Send` future, so many operations on one core can be in
+/// flight at once and stored next to other work, for example in a `FuturesUnordered`.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
+/// use iroh_hypercore::Corestore;
+///
+/// let store = Corestore::memory().await?;
+/// let core = store.get_named("example").await?;
+/// core.append(b"hello".to_vec()).await?;
+/// core.append_batch(vec![b"big".to_vec(), b"world".to_vec()]).await?;
+/// assert_eq!(core.info().length, 3);
+/// assert_eq!(core.get(1).await?.as_deref(), Some(&b"big"[..]));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Hypercore {
+    pub(crate) inner: Arc<CoreInner>,
+}
+
+/// What an append reports once it is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Length of the log after this append.
+    pub length: u64,
+    /// Byte length of the log after this append.
+    pub byte_length: u64,
+}
+
+impl Hypercore {
+    pub(crate) fn from_inner(inner: Arc<CoreInner>) -> Self {
+        Self { inner }
+    }
+
+    /// The core key.
+    pub fn key(&self) -> CoreKey {
+        self.inner.key
+    }
+
+    /// The discovery key.
+    pub fn discovery_key(&self) -> DiscoveryKey {
+        self.inner.discovery_key
+    }
+
+    /// Whether this node holds the secret key.
+    pub fn writable(&self) -> bool {
+        self.inner.signer.is_some()
+    }
+
+    /// A snapshot of the committed state.
+    pub fn info(&self) -> Info {
+        let st = self.inner.state();
+        let h = &st.committed;
+        Info {
+            key: self.inner.key,
+            discovery_key: self.inner.discovery_key,
+            length: h.tree.length,
+            contiguous_length: h.contiguous_length,
+            byte_length: h.tree.byte_length,
+            fork: h.tree.fork,
+            writable: self.inner.signer.is_some(),
+            kind: h.kind,
+        }
+    }
+
+    /// The tree hash of the committed length.
+    pub fn tree_hash(&self) -> Hash {
+        self.inner.state().committed.tree.hash()
+    }
+
+    /// The signature of the committed length, as hypercore stores it.
+    pub fn signature(&self) -> Option<Vec<u8>> {
+        self.inner.state().committed.tree.signature.clone()
+    }
+
+    /// The encoded manifest of a default core, once known.
+    pub fn manifest(&self) -> Option<Vec<u8>> {
+        self.inner.state().committed.manifest.clone()
+    }
+
+    /// A stream of this core's events from now on.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription::new(self.inner.events.subscribe())
+    }
+
+    /// Resolves once everything written so far is durable, also with relaxed durability.
+    pub fn flush(&self) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
+        let f = self.inner.storage.flush();
+        async move { Ok(f.await?) }
+    }
+
+    /// Flushes and closes this core: later writes through any handle fail with
+    /// [`Error::Closed`].
+    pub fn close(&self) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
+        self.inner.state().closed = true;
+        self.flush()
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.inner.state().closed = true;
+    }
+}

@@ -1,0 +1,16 @@
+//! [`Hypercore`]: one signed append-only log stored in a [`Storage`](crate::storage::Storage).
+
+mod events;
+mod hypercore;
+mod info;
+mod proofs;
+mod reads;
+mod state;
+mod writes;
+
+pub use events::{CoreEvent, Subscription};
+pub use hypercore::{AppendOutcome, Hypercore};
+pub use info::Info;
+pub use proofs::Applied;
+pub(crate) use state::{CoreInner as CoreInnerHandle, create_core, hex, load_core};
+pub use writes::MAX_BLOCK_SIZE;

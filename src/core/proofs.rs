@@ -1,0 +1,246 @@
+//! Proofs: creating them for peers, and verifying and applying theirs.
+
+use std::sync::Arc;
+
+use redb::ReadableTable;
+
+use super::{
+    events::CoreEvent,
+    hypercore::Hypercore,
+    state::{CoreInner, TxnNodes},
+    writes::{MAX_BLOCK_SIZE, check_base, delete_from, push_event, put_nodes, stage_header},
+};
+use crate::{
+    crypto::{CoreKind, Manifest, Verifier},
+    error::{Error, Result},
+    storage::{StorageError, schema},
+    tree::{self, NodeSource, Proof, ProofError, ProofRequest, TreeState, VerifiedProof, flat},
+};
+
+/// What applying a verified proof changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// New length, if the proof upgraded the core.
+    pub upgraded: Option<u64>,
+    /// The block stored, if the proof carried one.
+    pub block: Option<u64>,
+    /// Length the core was cut back to, if the proof moved it to another fork.
+    pub truncated: Option<u64>,
+}
+
+/// How often a proof is re-verified when the core changed while it was being verified.
+const APPLY_ATTEMPTS: usize = 8;
+
+impl Hypercore {
+    /// Creates the proof answering `req` from the committed tree, with the block value and (if
+    /// asked for) the manifest filled in.
+    pub fn create_proof(
+        &self,
+        req: ProofRequest,
+    ) -> impl Future<Output = Result<Proof>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move {
+            let (tree, manifest) = {
+                let st = inner.state();
+                (st.committed.tree.clone(), st.committed.manifest.clone())
+            };
+            let id = inner.id;
+            inner
+                .storage
+                .read(move |txn| {
+                    let src = TxnNodes::open(txn, id)?;
+                    let mut proof = match tree::create_proof(&src, &tree, &req) {
+                        Ok(p) => p,
+                        Err(ProofError::MissingNode(i)) => {
+                            return Ok(Err(Error::NodeNotAvailable(i)));
+                        }
+                        Err(e) => return Ok(Err(e.into())),
+                    };
+                    if let Some(b) = &mut proof.block {
+                        let blocks = txn.open_table(schema::BLOCKS)?;
+                        match blocks.get((id, b.index))? {
+                            Some(v) => b.value = v.value().to_vec(),
+                            None => return Ok(Err(Error::BlockNotAvailable(b.index))),
+                        }
+                    }
+                    if req.manifest {
+                        proof.manifest = manifest;
+                    }
+                    Ok(Ok(proof))
+                })
+                .await?
+        }
+    }
+
+    /// Verifies a proof from a peer against this core's key and tree and, only if everything
+    /// checks out, stores what it proves. A bad proof is an error and changes nothing.
+    pub fn verify_and_apply_proof(
+        &self,
+        proof: Proof,
+    ) -> impl Future<Output = Result<Applied>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move { apply(inner, Arc::new(proof)).await }
+    }
+}
+
+async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
+    if proof
+        .block
+        .as_ref()
+        .is_some_and(|b| b.value.len() > MAX_BLOCK_SIZE)
+    {
+        return Err(ProofError::invalid("block larger than MAX_BLOCK_SIZE").into());
+    }
+    let mut last_err = None;
+    for _ in 0..APPLY_ATTEMPTS {
+        let (tree, verifier) = {
+            let st = inner.state();
+            (st.committed.tree.clone(), st.verifier.clone())
+        };
+        let verifier = match verifier {
+            Some(v) => v,
+            None => verifier_from_proof(&inner, &proof)?,
+        };
+        let id = inner.id;
+        let (p, v, t) = (proof.clone(), verifier.clone(), tree.clone());
+        let (verified, keep) = inner
+            .storage
+            .read(move |txn| {
+                let src = TxnNodes::open(txn, id)?;
+                let verified = match tree::verify_proof(&src, &t, &v, &p) {
+                    Ok(x) => x,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let keep = match (&verified.upgrade, verified.reorg) {
+                    (Some(new), true) => Some(common_length(&src, &t, new)?),
+                    _ => None,
+                };
+                Ok(Ok((verified, keep)))
+            })
+            .await??;
+        let applied = Applied {
+            upgraded: verified.upgrade.as_ref().map(|u| u.length),
+            block: verified.block.as_ref().map(|b| b.0),
+            truncated: keep.filter(|k| *k < tree.length),
+        };
+        let op_inner = inner.clone();
+        let v2 = verifier.clone();
+        let result = inner
+            .storage
+            .write(move |ctx| write_verified(ctx, &op_inner, &tree, &v2, verified, keep))
+            .await;
+        match result {
+            Ok(()) => {
+                let mut st = inner.state();
+                if st.verifier.is_none() {
+                    st.verifier = Some(verifier);
+                }
+                return Ok(applied);
+            }
+            Err(e @ StorageError::Rejected(_)) => last_err = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last_err.map(Error::from).unwrap_or(Error::Closed))
+}
+
+/// The verifier of a core whose kind is not known yet: from the proof's manifest (checked
+/// against the key), else as a compat core whose key is the public key.
+fn verifier_from_proof(inner: &CoreInner, proof: &Proof) -> Result<Verifier> {
+    Ok(match &proof.manifest {
+        Some(m) => Verifier::from_manifest(
+            inner.key,
+            Manifest::decode(m).map_err(crate::crypto::signer::SignatureError::from)?,
+        )?,
+        None => Verifier::compat(inner.key)?,
+    })
+}
+
+/// How many leading blocks of the old tree the new tree shares: whole subtrees under roots of
+/// the new tree whose node the old tree has with the same hash.
+fn common_length(src: &TxnNodes, old: &TreeState, new: &TreeState) -> Result<u64, StorageError> {
+    let mut keep = 0;
+    for root in &new.roots {
+        let local = match old.roots.iter().find(|r| r.index == root.index) {
+            Some(r) => Some(*r),
+            None => src.node(root.index)?,
+        };
+        if local != Some(*root) {
+            break;
+        }
+        keep = flat::right_span(root.index) / 2 + 1;
+    }
+    Ok(keep.min(old.length))
+}
+
+/// Stores a verified proof, if the core is still in the state it was verified against.
+fn write_verified(
+    ctx: &mut crate::storage::WriteCtx<'_>,
+    inner: &Arc<CoreInner>,
+    base: &TreeState,
+    verifier: &Verifier,
+    verified: VerifiedProof,
+    keep: Option<u64>,
+) -> Result<(), StorageError> {
+    check_base(inner, (base.length, base.fork))?;
+    let id = inner.id;
+    if let Some(keep) = keep
+        && keep < base.length
+    {
+        delete_from(ctx.txn, id, keep)?;
+    }
+    put_nodes(ctx.txn, id, &verified.nodes)?;
+    let mut blocks = ctx.txn.open_table(schema::BLOCKS)?;
+    if let Some((index, value)) = &verified.block {
+        blocks.insert((id, *index), value.as_slice())?;
+    }
+    let mut staged = inner.staged();
+    let staged = &mut *staged;
+    let h = &mut staged.header;
+    if h.kind.is_none() {
+        h.kind = Some(verifier.kind());
+        if verifier.kind() == CoreKind::Default {
+            h.manifest = verifier.manifest().map(Manifest::encode);
+        }
+    }
+    if let Some(keep) = keep
+        && keep < base.length
+    {
+        h.contiguous_length = h.contiguous_length.min(keep);
+        push_event(
+            &mut staged.events,
+            CoreEvent::Truncate {
+                length: keep,
+                fork: verified.upgrade.as_ref().map_or(base.fork, |u| u.fork),
+            },
+        );
+    }
+    if let Some(up) = verified.upgrade {
+        let ev = CoreEvent::Append {
+            length: up.length,
+            byte_length: up.byte_length,
+            fork: up.fork,
+        };
+        h.tree = up;
+        push_event(&mut staged.events, ev);
+    }
+    if let Some((index, value)) = &verified.block {
+        push_event(
+            &mut staged.events,
+            CoreEvent::Download {
+                index: *index,
+                bytes: value.len() as u64,
+            },
+        );
+        if *index == h.contiguous_length {
+            let mut c = index + 1;
+            while c < h.tree.length && blocks.get((id, c))?.is_some() {
+                c += 1;
+            }
+            h.contiguous_length = c;
+        }
+    }
+    drop(blocks);
+    stage_header(ctx, inner);
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Local reads: blocks, presence and byte seeks.
+
+use bytes::Bytes;
+
+use super::{hypercore::Hypercore, state::TxnNodes};
+use crate::{
+    error::{Error, Result},
+    storage::schema,
+    tree::{NodeSource, flat::Cursor},
+};
+
+impl Hypercore {
+    /// Block `index` if it is stored locally; `None` if it is within the log but not stored
+    /// (sparse or cleared). An index at or past the length is an error.
+    pub fn get(
+        &self,
+        index: u64,
+    ) -> impl Future<Output = Result<Option<Bytes>>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move {
+            let length = inner.state().committed.tree.length;
+            if index >= length {
+                return Err(Error::OutOfRange { index, length });
+            }
+            let id = inner.id;
+            let value = inner
+                .storage
+                .read(move |txn| {
+                    let table = txn.open_table(schema::BLOCKS)?;
+                    Ok(table
+                        .get((id, index))?
+                        .map(|v| Bytes::copy_from_slice(v.value())))
+                })
+                .await?;
+            Ok(value)
+        }
+    }
+
+    /// The stored tree node at flat-tree `index`, if any.
+    pub fn tree_node(
+        &self,
+        index: u64,
+    ) -> impl Future<Output = Result<Option<crate::tree::Node>>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move {
+            let id = inner.id;
+            Ok(inner
+                .storage
+                .read(move |txn| TxnNodes::open(txn, id)?.node(index))
+                .await?)
+        }
+    }
+
+    /// Whether every block of `start..end` is stored locally (false if the range leaves the log).
+    pub fn has(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Future<Output = Result<bool>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move {
+            let (length, contiguous) = {
+                let st = inner.state();
+                (st.committed.tree.length, st.committed.contiguous_length)
+            };
+            if start >= end {
+                return Ok(true);
+            }
+            if end > length {
+                return Ok(false);
+            }
+            if end <= contiguous {
+                return Ok(true);
+            }
+            let id = inner.id;
+            let count = inner
+                .storage
+                .read(move |txn| {
+                    let table = txn.open_table(schema::BLOCKS)?;
+                    let mut n = 0u64;
+                    for item in table.range((id, start)..(id, end))? {
+                        item?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+                .await?;
+            Ok(count == end - start)
+        }
+    }
+
+    /// The block holding byte `bytes` of the log and the offset inside it.
+    pub fn seek(
+        &self,
+        bytes: u64,
+    ) -> impl Future<Output = Result<(u64, u64)>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move {
+            let tree = inner.state().committed.tree.clone();
+            if bytes >= tree.byte_length {
+                return Err(Error::ByteOutOfRange {
+                    bytes,
+                    byte_length: tree.byte_length,
+                });
+            }
+            let id = inner.id;
+            inner
+                .storage
+                .read(move |txn| {
+                    let src = TxnNodes::open(txn, id)?;
+                    let mut rest = bytes;
+                    for root in &tree.roots {
+                        if rest >= root.size {
+                            rest -= root.size;
+                            continue;
+                        }
+                        let mut c = Cursor::new(root.index);
+                        while c.index & 1 == 1 {
+                            let l = c.left_child();
+                            let Some(node) = src.node(l)? else {
+                                return Ok(Err(Error::NodeNotAvailable(l)));
+                            };
+                            if rest >= node.size {
+                                rest -= node.size;
+                                c.sibling();
+                            }
+                        }
+                        return Ok(Ok((c.index / 2, rest)));
+                    }
+                    Ok(Err(Error::ByteOutOfRange {
+                        bytes,
+                        byte_length: tree.byte_length,
+                    }))
+                })
+                .await?
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Storage: one redb database per store (a file, or redb's in-memory backend), written only
+//! by one storage actor thread that batches queued writes into one transaction (group commit).
+//!
+//! Reads use redb read transactions on tokio's blocking pool, so they never block the runtime.
+
+mod actor;
+mod error;
+pub mod schema;
+
+use std::{path::Path, sync::Arc};
+
+use redb::{ReadableDatabase, StorageBackend, backends::InMemoryBackend};
+
+pub use actor::{StorageStats, WriteCtx};
+pub use error::StorageError;
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Every write resolves after a durable (fsynced) commit: it survives kill -9 and power loss.
+    /// Concurrent writes share one commit (group commit).
+    #[default]
+    Durable,
+    /// Writes resolve after a non-durable commit; a durable commit follows within 100 ms and on
+    /// `flush()`/close. A crash loses at most that window and never corrupts the log. redb keeps
+    /// non-durable commits in process memory, so even kill -9 of the process can lose the window.
+    Relaxed,
+}
+
+/// How to open a store's database.
+#[derive(Debug, Clone, Default)]
+pub struct StorageOptions {
+    /// Durability of acknowledged writes.
+    pub durability: Durability,
+}
+
+/// A handle to one database and its storage actor. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    db: Arc<redb::Database>,
+    actor: Arc<actor::ActorHandle>,
+}
+
+impl Storage {
+    /// Opens (or creates) the database file at `path`.
+    pub fn open(path: &Path, opts: StorageOptions) -> Result<Self, StorageError> {
+        let db = redb::Database::builder().create(path)?;
+        Self::from_db(db, opts)
+    }
+
+    /// A database in memory (redb's in-memory backend): the same code path as a file.
+    pub fn memory(opts: StorageOptions) -> Result<Self, StorageError> {
+        Self::with_backend(InMemoryBackend::new(), opts)
+    }
+
+    /// A database on a custom redb backend (for example one that simulates a full disk).
+    pub fn with_backend(
+        backend: impl StorageBackend,
+        opts: StorageOptions,
+    ) -> Result<Self, StorageError> {
+        let db = redb::Database::builder().create_with_backend(backend)?;
+        Self::from_db(db, opts)
+    }
+
+    fn from_db(db: redb::Database, opts: StorageOptions) -> Result<Self, StorageError> {
+        schema::init(&db)?;
+        let db = Arc::new(db);
+        let actor = actor::ActorHandle::spawn(db.clone(), opts.durability)?;
+        Ok(Self {
+            db,
+            actor: Arc::new(actor),
+        })
+    }
+
+    /// Queues a write; it runs on the storage actor in a shared transaction and resolves after
+    /// that transaction commits. An op that returns [`StorageError::Rejected`] must not have
+    /// written anything: only it fails. Any other error aborts the whole transaction.
+    pub fn write<F>(
+        &self,
+        op: F,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<F>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<(), StorageError> + Send + 'static,
+    {
+        self.actor.write(Box::new(op))
+    }
+
+    /// Runs `f` in a read transaction on the blocking pool.
+    pub fn read<T, F>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, StorageError>> + Send + 'static + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> Result<T, StorageError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        async move {
+            tokio::task::spawn_blocking(move || f(&db.begin_read()?))
+                .await
+                .map_err(|e| StorageError::Database(format!("read task failed: {e}")))?
+        }
+    }
+
+    /// Runs `f` in a read transaction on the current thread (for use on blocking threads).
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        f(&self.db.begin_read()?)
+    }
+
+    /// Resolves after everything written so far is durable.
+    pub fn flush(&self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
+        self.actor.flush()
+    }
+
+    /// Makes everything durable and stops the actor; later writes fail with
+    /// [`StorageError::Closed`].
+    pub fn close(&self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
+        self.actor.close()
+    }
+
+    /// Commit counters of the storage actor.
+    pub fn stats(&self) -> StorageStats {
+        self.actor.stats()
+    }
+}

@@ -1,0 +1,294 @@
+//! The [`Corestore`] handle.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Weak},
+};
+
+use redb::ReadableTable;
+
+use super::options::{CoreOptions, StoreOptions};
+use crate::{
+    core::{Hypercore, create_core, load_core},
+    crypto::{
+        CoreKey, CoreKind, Hash, KeyPair,
+        derive::{DEFAULT_NAMESPACE, child_namespace, derive_key_pair},
+    },
+    error::{Error, Result},
+    storage::{Storage, StorageError, StorageOptions, StorageStats, schema},
+};
+
+/// File name of a persistent store's database inside its directory.
+pub const DB_FILE: &str = "cores.redb";
+
+/// Many cores in one redb database, sharing one storage actor.
+///
+/// Named cores are derived from the store's primary key and namespace exactly as Corestore 7
+/// derives them, so the same primary key gives the same core keys in both worlds.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
+/// use iroh_hypercore::Corestore;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Corestore::persistent(dir.path()).await?;
+/// let chat = store.get_named("chat").await?;
+/// chat.append(b"hi".to_vec()).await?;
+/// let key = chat.key();
+/// store.close().await?;
+///
+/// let store = Corestore::persistent(dir.path()).await?;
+/// assert_eq!(store.get_named("chat").await?.key(), key); // same name, same key
+/// assert_eq!(store.list().await?, vec![key]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Corestore {
+    inner: Arc<StoreInner>,
+    namespace: Hash,
+}
+
+#[derive(Debug)]
+struct StoreInner {
+    storage: Storage,
+    primary_key: [u8; 32],
+    /// Open cores, so that every handle of one core shares one state.
+    open: tokio::sync::Mutex<HashMap<CoreKey, Weak<crate::core::CoreInnerHandle>>>,
+}
+
+impl Corestore {
+    /// Opens (or creates) a store in directory `dir`, with default options.
+    pub async fn persistent(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::persistent_with(dir, StoreOptions::default()).await
+    }
+
+    /// Opens (or creates) a store in directory `dir`.
+    pub async fn persistent_with(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        let durability = opts.durability;
+        let storage = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                StorageError::Database(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            Storage::open(&dir.join(DB_FILE), StorageOptions { durability })
+        })
+        .await
+        .map_err(|e| StorageError::Database(e.to_string()))??;
+        Self::with_storage(storage, opts.primary_key).await
+    }
+
+    /// A store in memory, with default options.
+    pub async fn memory() -> Result<Self> {
+        Self::memory_with(StoreOptions::default()).await
+    }
+
+    /// A store in memory (redb's in-memory backend).
+    pub async fn memory_with(opts: StoreOptions) -> Result<Self> {
+        let storage = Storage::memory(StorageOptions {
+            durability: opts.durability,
+        })?;
+        Self::with_storage(storage, opts.primary_key).await
+    }
+
+    /// A store on an opened [`Storage`]; its primary key is read, or set on first open.
+    pub async fn with_storage(storage: Storage, primary_key: Option<[u8; 32]>) -> Result<Self> {
+        let stored = storage
+            .read(|txn| {
+                let meta = txn.open_table(schema::META)?;
+                let Some(v) = meta.get(schema::META_PRIMARY_KEY)? else {
+                    return Ok(None);
+                };
+                let key: [u8; 32] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("malformed primary key".into()))?;
+                Ok(Some(key))
+            })
+            .await?;
+        let primary_key = match (stored, primary_key) {
+            (Some(s), Some(given)) if s != given => {
+                return Err(Error::InvalidArgument(
+                    "primary key differs from the stored one",
+                ));
+            }
+            (Some(s), _) => s,
+            (None, given) => {
+                let key = given.unwrap_or_else(rand::random);
+                storage
+                    .write(move |ctx| {
+                        ctx.txn
+                            .open_table(schema::META)?
+                            .insert(schema::META_PRIMARY_KEY, key.as_slice())?;
+                        Ok(())
+                    })
+                    .await?;
+                key
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                storage,
+                primary_key,
+                open: Default::default(),
+            }),
+            namespace: DEFAULT_NAMESPACE,
+        })
+    }
+
+    /// A view of this store in child namespace `name` (as Corestore's `store.namespace(name)`):
+    /// the same database, other named keys.
+    pub fn namespace(&self, name: &str) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            namespace: child_namespace(&self.namespace, name),
+        }
+    }
+
+    /// The writable core `name` in this namespace, created on first use. Its key pair is
+    /// derived from the primary key, so it is the same core every time.
+    pub async fn get_named(&self, name: &str) -> Result<Hypercore> {
+        let kp = derive_key_pair(&self.inner.primary_key, &self.namespace, name);
+        self.open_or_create(
+            kp.core_key(CoreKind::Default),
+            Some(CoreKind::Default),
+            Some(kp),
+        )
+        .await
+    }
+
+    /// The key a named core would have, without opening it.
+    pub fn named_key(&self, name: &str) -> CoreKey {
+        derive_key_pair(&self.inner.primary_key, &self.namespace, name).core_key(CoreKind::Default)
+    }
+
+    /// A new writable core with a given or generated key pair.
+    pub async fn create(&self, opts: CoreOptions) -> Result<Hypercore> {
+        let kp = opts.key_pair.unwrap_or_else(KeyPair::generate);
+        self.open_or_create(kp.core_key(opts.kind), Some(opts.kind), Some(kp))
+            .await
+    }
+
+    /// The core with key `key`: the stored one, or a new empty read-only core that fills
+    /// through replication (its kind is learned from the first verified proof).
+    pub async fn get_remote(&self, key: CoreKey) -> Result<Hypercore> {
+        self.open_or_create(key, None, None).await
+    }
+
+    /// The stored core with key `key`, if any.
+    pub async fn get(&self, key: CoreKey) -> Result<Option<Hypercore>> {
+        let mut open = self.inner.open.lock().await;
+        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(Some(Hypercore::from_inner(inner)));
+        }
+        let loaded = load_core(&self.inner.storage, key).await?;
+        Ok(loaded.map(|inner| {
+            open.insert(key, Arc::downgrade(&inner));
+            Hypercore::from_inner(inner)
+        }))
+    }
+
+    async fn open_or_create(
+        &self,
+        key: CoreKey,
+        kind: Option<CoreKind>,
+        key_pair: Option<KeyPair>,
+    ) -> Result<Hypercore> {
+        let mut open = self.inner.open.lock().await;
+        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(Hypercore::from_inner(inner));
+        }
+        let inner = match load_core(&self.inner.storage, key).await? {
+            Some(inner) => inner,
+            None => create_core(&self.inner.storage, key, kind, key_pair).await?,
+        };
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(key, Arc::downgrade(&inner));
+        Ok(Hypercore::from_inner(inner))
+    }
+
+    /// Keys of every stored core, read in one pass over the key table (no core is loaded).
+    pub async fn list(&self) -> Result<Vec<CoreKey>> {
+        Ok(self
+            .inner
+            .storage
+            .read(|txn| {
+                let cores = txn.open_table(schema::CORES)?;
+                let mut out = Vec::new();
+                for item in cores.iter()? {
+                    out.push(item?.0.value());
+                }
+                Ok(out)
+            })
+            .await?)
+    }
+
+    /// Deletes core `key` and every byte stored for it. Open handles of it fail from now on.
+    pub async fn delete(&self, key: CoreKey) -> Result<()> {
+        let handle = {
+            let mut open = self.inner.open.lock().await;
+            open.remove(&key).and_then(|w| w.upgrade())
+        };
+        if let Some(h) = &handle {
+            Hypercore::from_inner(h.clone()).mark_closed();
+        }
+        let found = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let found2 = found.clone();
+        self.inner
+            .storage
+            .write(move |ctx| {
+                let mut cores = ctx.txn.open_table(schema::CORES)?;
+                let Some(id) = cores.remove(key)?.map(|v| v.value()) else {
+                    return Ok(());
+                };
+                found2.store(true, std::sync::atomic::Ordering::Relaxed);
+                ctx.txn.open_table(schema::HEADERS)?.remove(id)?;
+                ctx.txn
+                    .open_table(schema::NODES)?
+                    .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+                ctx.txn
+                    .open_table(schema::BLOCKS)?
+                    .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+                if let Some(h) = &handle {
+                    h.staged().deleted = true;
+                }
+                Ok(())
+            })
+            .await?;
+        if !found.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::NotFound(crate::core::hex(&key)));
+        }
+        Ok(())
+    }
+
+    /// Resolves once everything written so far is durable.
+    pub async fn flush(&self) -> Result<()> {
+        Ok(self.inner.storage.flush().await?)
+    }
+
+    /// Makes everything durable and stops the storage actor; the database closes when the last
+    /// handle is dropped.
+    pub async fn close(&self) -> Result<()> {
+        for inner in self
+            .inner
+            .open
+            .lock()
+            .await
+            .values()
+            .filter_map(Weak::upgrade)
+        {
+            Hypercore::from_inner(inner).mark_closed();
+        }
+        Ok(self.inner.storage.close().await?)
+    }
+
+    /// The underlying storage (for its commit statistics).
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// Commit counters of the storage actor.
+    pub fn stats(&self) -> StorageStats {
+        self.inner.storage.stats()
+    }
+}

@@ -1,0 +1,34 @@
+//! Options of stores and new cores.
+
+use crate::{
+    crypto::{CoreKind, KeyPair},
+    storage::Durability,
+};
+
+/// How to open a [`Corestore`](super::Corestore).
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Durability of acknowledged writes.
+    pub durability: Durability,
+    /// The primary key named cores derive from. A new store generates one when this is `None`;
+    /// an existing store refuses a primary key that differs from its own.
+    pub primary_key: Option<[u8; 32]>,
+}
+
+/// How to create a writable core with [`Corestore::create`](super::Corestore::create).
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    /// The signing key pair; generated when `None`.
+    pub key_pair: Option<KeyPair>,
+    /// Default (manifest) or compat core.
+    pub kind: CoreKind,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        Self {
+            key_pair: None,
+            kind: CoreKind::Default,
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Verifying proofs against a reader's tree, without changing it: the result says what to store.
+
+use std::collections::HashMap;
+
+use super::{
+    MAX_LENGTH,
+    flat::{self, Cursor},
+    node::{Node, NodeSource},
+    proof::*,
+    state::TreeState,
+};
+use crate::crypto::Verifier;
+
+/// Most nodes one part of a proof may carry; real proofs carry at most about 2 × 64.
+const MAX_PROOF_NODES: usize = 256;
+
+/// A proof that checked out: what the reader may now store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedProof {
+    /// Every node proven (to be stored).
+    pub nodes: Vec<Node>,
+    /// The proven block, if any.
+    pub block: Option<(u64, Vec<u8>)>,
+    /// The new signed tree state, if the proof upgraded the reader.
+    pub upgrade: Option<TreeState>,
+    /// Whether the upgrade replaces the reader's tree from scratch (another fork, or an
+    /// upgrade from length 0): the reader keeps only what matches the new roots.
+    pub reorg: bool,
+}
+
+/// Verifies `proof` against the reader's tree `state` (nodes in `src`) and signer `verifier`.
+///
+/// Nothing is trusted: the block and hash paths must hash to a node the reader already has or to
+/// a root of the upgraded tree, and the upgraded tree must carry a valid signature.
+pub fn verify_proof<S>(
+    src: &S,
+    state: &TreeState,
+    verifier: &Verifier,
+    proof: &Proof,
+) -> Result<VerifiedProof, ProofError>
+where
+    S: NodeSource,
+    S::Error: std::fmt::Display,
+{
+    check_bounds(proof)?;
+    let reorg = match &proof.upgrade {
+        Some(u) if u.start == 0 && (state.length > 0 || proof.fork != state.fork) => true,
+        Some(u) if proof.fork != state.fork => {
+            let _ = u;
+            return Err(ProofError::ForkMismatch {
+                proof: proof.fork,
+                tree: state.fork,
+            });
+        }
+        Some(u) if u.start != state.length => {
+            return Err(ProofError::invalid(format!(
+                "upgrade starts at {}, tree has length {}",
+                u.start, state.length
+            )));
+        }
+        Some(_) => false,
+        None if proof.fork != state.fork => {
+            return Err(ProofError::ForkMismatch {
+                proof: proof.fork,
+                tree: state.fork,
+            });
+        }
+        None => false,
+    };
+
+    let mut nodes = Vec::new();
+    let mut unverified = verify_paths(proof, &mut nodes)?;
+    let mut upgrade = None;
+    if let Some(u) = &proof.upgrade {
+        let mut batch = if reorg {
+            TreeState {
+                fork: proof.fork,
+                ..Default::default()
+            }
+        } else {
+            state.clone()
+        };
+        batch.signature = None;
+        if verify_upgrade(u, unverified, &mut batch, &mut nodes)? {
+            unverified = None;
+        }
+        batch.fork = proof.fork;
+        if !reorg && batch.length <= state.length {
+            return Err(ProofError::invalid("upgrade does not grow the tree"));
+        }
+        verifier.verify(&u.signature, &batch.hash(), batch.length, batch.fork)?;
+        batch.signature = Some(u.signature.clone());
+        upgrade = Some(batch);
+    }
+
+    if let Some(root) = unverified {
+        let trusted = match (&upgrade, reorg) {
+            (Some(new), true) => new.roots.iter().find(|r| r.index == root.index).copied(),
+            _ => match state.roots.iter().find(|r| r.index == root.index) {
+                Some(r) => Some(*r),
+                None => src
+                    .node(root.index)
+                    .map_err(|e| ProofError::Storage(e.to_string()))?,
+            },
+        };
+        match trusted {
+            Some(t) if t == root => {}
+            Some(_) => {
+                return Err(ProofError::invalid(format!(
+                    "checksum mismatch at node {}",
+                    root.index
+                )));
+            }
+            None => {
+                return Err(ProofError::invalid(format!(
+                    "node {} cannot be verified",
+                    root.index
+                )));
+            }
+        }
+    }
+
+    Ok(VerifiedProof {
+        nodes,
+        block: proof.block.as_ref().map(|b| (b.index, b.value.clone())),
+        upgrade,
+        reorg,
+    })
+}
+
+/// Rejects numbers and sizes that no honest proof has, so that tree math cannot overflow.
+fn check_bounds(proof: &Proof) -> Result<(), ProofError> {
+    let lists = [
+        proof.block.as_ref().map(|b| &b.nodes),
+        proof.hash.as_ref().map(|h| &h.nodes),
+        proof.seek.as_ref().map(|s| &s.nodes),
+        proof.upgrade.as_ref().map(|u| &u.nodes),
+        proof.upgrade.as_ref().map(|u| &u.additional_nodes),
+    ];
+    for list in lists.into_iter().flatten() {
+        if list.len() > MAX_PROOF_NODES {
+            return Err(ProofError::invalid("too many nodes"));
+        }
+        if list.iter().any(|n| n.index >= flat::MAX_INDEX) {
+            return Err(ProofError::invalid("node index out of range"));
+        }
+    }
+    if let Some(b) = &proof.block
+        && b.index >= MAX_LENGTH
+    {
+        return Err(ProofError::invalid("block index out of range"));
+    }
+    if let Some(h) = &proof.hash
+        && h.index >= flat::MAX_INDEX
+    {
+        return Err(ProofError::invalid("hash index out of range"));
+    }
+    if proof.block.is_some() && proof.hash.is_some() {
+        return Err(ProofError::invalid("both block and hash"));
+    }
+    if let Some(u) = &proof.upgrade {
+        match u.start.checked_add(u.length) {
+            Some(end) if end <= MAX_LENGTH && u.length > 0 => {}
+            _ => return Err(ProofError::invalid("upgrade out of range")),
+        }
+    }
+    Ok(())
+}
+
+/// Takes proof nodes in the order the path needs them; `extra` is a node computed from another
+/// part of the proof that may stand in for one of them.
+struct NodeQueue<'a> {
+    nodes: std::slice::Iter<'a, Node>,
+    extra: Option<Node>,
+}
+
+impl<'a> NodeQueue<'a> {
+    fn new(nodes: &'a [Node], extra: Option<Node>) -> Self {
+        Self {
+            nodes: nodes.iter(),
+            extra,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.nodes.len() == 0 && self.extra.is_none()
+    }
+
+    fn shift(&mut self, index: u64) -> Result<Node, ProofError> {
+        if let Some(e) = self.extra
+            && e.index == index
+        {
+            self.extra = None;
+            return Ok(e);
+        }
+        match self.nodes.next() {
+            Some(n) if n.index == index => Ok(*n),
+            Some(n) => Err(ProofError::invalid(format!(
+                "expected node {index}, got node {}",
+                n.index
+            ))),
+            None => Err(ProofError::invalid(format!(
+                "expected node {index}, got none"
+            ))),
+        }
+    }
+}
+
+/// Hashes the seek, block and hash paths up to their top node, which still needs verifying.
+fn verify_paths(proof: &Proof, out: &mut Vec<Node>) -> Result<Option<Node>, ProofError> {
+    let mut root = None;
+    if let Some(seek) = &proof.seek
+        && let Some(first) = seek.nodes.first()
+    {
+        let mut c = Cursor::new(first.index);
+        let mut top = *first;
+        out.push(top);
+        for node in &seek.nodes[1..] {
+            let expected = c.sibling();
+            if node.index != expected {
+                return Err(ProofError::invalid("seek path out of order"));
+            }
+            top = Node::parent(c.parent(), &top, node);
+            out.push(*node);
+            out.push(top);
+        }
+        root = Some(top);
+    }
+    let (start, mut q) = match (&proof.block, &proof.hash) {
+        (Some(b), _) => (
+            Node::leaf(b.index, &b.value),
+            NodeQueue::new(&b.nodes, root),
+        ),
+        (None, Some(h)) => {
+            let mut q = NodeQueue::new(&h.nodes, root);
+            (q.shift(h.index)?, q)
+        }
+        (None, None) => return Ok(root),
+    };
+    let mut c = Cursor::new(start.index);
+    let mut top = start;
+    out.push(top);
+    while !q.is_empty() {
+        let node = q.shift(c.sibling())?;
+        top = Node::parent(c.parent(), &top, &node);
+        out.push(node);
+        out.push(top);
+    }
+    Ok(Some(top))
+}
+
+/// Grows `batch` with the upgrade nodes; true when `block_root` was used as one of them (so the
+/// block path is verified by the signature).
+fn verify_upgrade(
+    u: &UpgradeProof,
+    block_root: Option<Node>,
+    batch: &mut TreeState,
+    out: &mut Vec<Node>,
+) -> Result<bool, ProofError> {
+    let mut q = NodeQueue::new(&u.nodes, block_root);
+    let mut grow = !batch.roots.is_empty();
+    let mut i = 0;
+    let to = 2 * (u.start + u.length);
+    let mut c = Cursor::new(0);
+    while c.full_root(to) {
+        if i < batch.roots.len() && batch.roots[i].index == c.index {
+            i += 1;
+            c.next_tree();
+            continue;
+        }
+        if grow {
+            grow = false;
+            let root = c.index;
+            let root_factor = c.factor;
+            if i < batch.roots.len() {
+                let last = batch.roots[batch.roots.len() - 1].index;
+                c.seek(last);
+                while c.index != root {
+                    if c.factor >= root_factor {
+                        return Err(ProofError::invalid("upgrade does not connect to the tree"));
+                    }
+                    let node = q.shift(c.sibling())?;
+                    batch.append_root(node, &mut c, out);
+                }
+                c.next_tree();
+                continue;
+            }
+        }
+        let node = q.shift(c.index)?;
+        batch.append_root(node, &mut c, out);
+        c.next_tree();
+    }
+    let used_block_root = block_root.is_some() && q.extra.is_none();
+    if q.nodes.len() > 0 {
+        return Err(ProofError::invalid("unexpected upgrade nodes"));
+    }
+
+    let extra = &u.additional_nodes;
+    if !extra.is_empty() {
+        let last = batch
+            .roots
+            .last()
+            .ok_or_else(|| ProofError::invalid("additional nodes without a tree"))?;
+        c.seek(last.index);
+        let mut i = 0;
+        while i < extra.len() && extra[i].index == c.sibling() {
+            batch.append_root(extra[i], &mut c, out);
+            i += 1;
+        }
+        while i < extra.len() {
+            let node = extra[i];
+            i += 1;
+            while node.index != c.index {
+                if c.factor == 2 || node.index > c.right_span() || node.index < c.left_span() {
+                    return Err(ProofError::invalid(format!(
+                        "unexpected node {}",
+                        node.index
+                    )));
+                }
+                c.left_child();
+            }
+            batch.append_root(node, &mut c, out);
+            c.sibling();
+        }
+    }
+    Ok(used_block_root)
+}
+
+impl NodeSource for HashMap<u64, Node> {
+    type Error = std::convert::Infallible;
+    fn node(&self, index: u64) -> Result<Option<Node>, Self::Error> {
+        Ok(self.get(&index).copied())
+    }
+}

@@ -1,0 +1,66 @@
+//! The state of a tree at one length: its roots, size, fork and signature.
+
+use super::{
+    flat::{self, Cursor},
+    node::Node,
+};
+use crate::crypto::hash::{Hash, tree_hash};
+
+/// A tree at one signed (or about to be signed) length.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TreeState {
+    /// Fork id: incremented by every truncate.
+    pub fork: u64,
+    /// Number of blocks.
+    pub length: u64,
+    /// Total bytes of all blocks.
+    pub byte_length: u64,
+    /// Roots of the full subtrees, left to right.
+    pub roots: Vec<Node>,
+    /// Signature over this state, as stored by hypercore (envelope or raw).
+    pub signature: Option<Vec<u8>>,
+}
+
+impl TreeState {
+    /// The tree hash over the roots.
+    pub fn hash(&self) -> Hash {
+        tree_hash(self.roots.iter().map(|n| (&n.hash, n.index, n.size)))
+    }
+
+    /// Appends one block, pushing the new leaf and every new parent to `new_nodes`.
+    pub fn append(&mut self, data: &[u8], new_nodes: &mut Vec<Node>) {
+        let leaf = Node::leaf(self.length, data);
+        let mut cursor = Cursor::new(leaf.index);
+        self.append_root(leaf, &mut cursor, new_nodes);
+    }
+
+    /// Appends a node as a new root at `cursor`, merging full siblings into parents.
+    pub(crate) fn append_root(
+        &mut self,
+        node: Node,
+        cursor: &mut Cursor,
+        new_nodes: &mut Vec<Node>,
+    ) {
+        self.length += cursor.factor / 2;
+        self.byte_length += node.size;
+        self.roots.push(node);
+        new_nodes.push(node);
+        while self.roots.len() > 1 {
+            let a = self.roots[self.roots.len() - 1];
+            let b = self.roots[self.roots.len() - 2];
+            if cursor.sibling() != b.index {
+                cursor.sibling();
+                break;
+            }
+            let parent = Node::parent(cursor.parent(), &a, &b);
+            new_nodes.push(parent);
+            self.roots.truncate(self.roots.len() - 2);
+            self.roots.push(parent);
+        }
+    }
+
+    /// The flat-tree indices of the roots of a tree of `length` blocks.
+    pub fn root_indices(length: u64) -> Vec<u64> {
+        flat::full_roots(2 * length)
+    }
+}

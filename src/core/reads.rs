@@ -51,6 +51,38 @@ impl Hypercore {
         }
     }
 
+    /// How many nodes above block `index` this core lacks, up to the first it has or the
+    /// top of the tree: the `nodes` value of a block request for it.
+    pub fn missing_nodes(
+        &self,
+        index: u64,
+    ) -> impl Future<Output = Result<u64>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move {
+            let tree = inner.state().committed.tree.clone();
+            let head = 2 * tree.length;
+            let id = inner.id;
+            Ok(inner
+                .storage
+                .read(move |txn| {
+                    let src = TxnNodes::open(txn, id)?;
+                    let mut c = Cursor::new(2 * index);
+                    let mut count = 0;
+                    while !c.contains(head) && c.index < crate::tree::flat::MAX_INDEX {
+                        if tree.roots.iter().any(|r| r.index == c.index)
+                            || src.node(c.index)?.is_some()
+                        {
+                            break;
+                        }
+                        count += 1;
+                        c.parent();
+                    }
+                    Ok(count)
+                })
+                .await?)
+        }
+    }
+
     /// Whether every block of `start..end` is stored locally (false if the range leaves the log).
     pub fn has(
         &self,

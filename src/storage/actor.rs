@@ -220,8 +220,10 @@ impl Actor {
                 let _ = reply.send(result.clone());
             }
             if let Some(reply) = closing {
+                // Release the database before answering, so the caller can reopen the file.
+                drop(self);
                 let _ = reply.send(result);
-                break;
+                return;
             }
         }
         if self.dirty_since.is_some() {
@@ -242,13 +244,14 @@ impl Actor {
             return (Vec::new(), Ok(()));
         }
         let n = writes.len();
-        let mut answers: Vec<(Reply, Result<(), StorageError>)> = Vec::with_capacity(n);
+        let (ops, replies): (Vec<WriteFn>, Vec<Reply>) = writes.into_iter().unzip();
+        let mut answers: Vec<Result<(), StorageError>> = vec![Ok(()); n];
         let mut on_commit = Vec::new();
         let mut on_abort = Vec::new();
         let result = (|| {
             let txn = self.db.begin_write()?;
             let mut finalizers = BTreeMap::new();
-            for (op, reply) in writes {
+            for (op, answer) in ops.into_iter().zip(answers.iter_mut()) {
                 let mut ctx = WriteCtx {
                     txn: &txn,
                     finalizers: &mut finalizers,
@@ -256,12 +259,9 @@ impl Actor {
                     on_abort: &mut on_abort,
                 };
                 match op(&mut ctx) {
-                    Ok(()) => answers.push((reply, Ok(()))),
-                    Err(e @ StorageError::Rejected(_)) => answers.push((reply, Err(e))),
-                    Err(e) => {
-                        answers.push((reply, Err(e.clone())));
-                        return Err(e);
-                    }
+                    Ok(()) => {}
+                    Err(e @ StorageError::Rejected(_)) => *answer = Err(e),
+                    Err(e) => return Err(e),
                 }
             }
             for (_, f) in finalizers {
@@ -273,23 +273,16 @@ impl Actor {
         })();
         self.counters.writes.fetch_add(n as u64, Ordering::Relaxed);
         match &result {
-            Ok(()) => {
-                for f in on_commit {
-                    f();
-                }
-            }
+            Ok(()) => on_commit.into_iter().for_each(|f| f()),
             Err(e) => {
-                for f in on_abort {
-                    f();
-                }
-                for a in answers.iter_mut() {
-                    if a.1.is_ok() {
-                        a.1 = Err(e.clone());
-                    }
+                tracing::warn!("storage transaction failed: {e}");
+                on_abort.into_iter().for_each(|f| f());
+                for a in answers.iter_mut().filter(|a| a.is_ok()) {
+                    *a = Err(e.clone());
                 }
             }
         }
-        (answers, result)
+        (replies.into_iter().zip(answers).collect(), result)
     }
 
     fn commit_batch(

@@ -35,10 +35,19 @@ pub struct StorageOptions {
 }
 
 /// A handle to one database and its storage actor. Cheap to clone.
+///
+/// After an I/O error (a full disk, say) redb refuses further writes until the database is
+/// reopened: every later write fails with a clear [`StorageError::Database`] and nothing is lost.
 #[derive(Debug, Clone)]
 pub struct Storage {
-    db: Arc<redb::Database>,
-    actor: Arc<actor::ActorHandle>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// `None` once closed, so that the file is released even while handles remain.
+    db: std::sync::RwLock<Option<Arc<redb::Database>>>,
+    actor: actor::ActorHandle,
 }
 
 impl Storage {
@@ -67,9 +76,20 @@ impl Storage {
         let db = Arc::new(db);
         let actor = actor::ActorHandle::spawn(db.clone(), opts.durability)?;
         Ok(Self {
-            db,
-            actor: Arc::new(actor),
+            shared: Arc::new(Shared {
+                db: std::sync::RwLock::new(Some(db)),
+                actor,
+            }),
         })
+    }
+
+    fn db(&self) -> Result<Arc<redb::Database>, StorageError> {
+        self.shared
+            .db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StorageError::Closed)
     }
 
     /// Queues a write; it runs on the storage actor in a shared transaction and resolves after
@@ -82,7 +102,7 @@ impl Storage {
     where
         F: FnOnce(&mut WriteCtx<'_>) -> Result<(), StorageError> + Send + 'static,
     {
-        self.actor.write(Box::new(op))
+        self.shared.actor.write(Box::new(op))
     }
 
     /// Runs `f` in a read transaction on the blocking pool.
@@ -94,8 +114,9 @@ impl Storage {
         T: Send + 'static,
         F: FnOnce(&redb::ReadTransaction) -> Result<T, StorageError> + Send + 'static,
     {
-        let db = self.db.clone();
+        let db = self.db();
         async move {
+            let db = db?;
             tokio::task::spawn_blocking(move || f(&db.begin_read()?))
                 .await
                 .map_err(|e| StorageError::Database(format!("read task failed: {e}")))?
@@ -107,22 +128,27 @@ impl Storage {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        f(&self.db.begin_read()?)
+        f(&self.db()?.begin_read()?)
     }
 
     /// Resolves after everything written so far is durable.
     pub fn flush(&self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
-        self.actor.flush()
+        self.shared.actor.flush()
     }
 
-    /// Makes everything durable and stops the actor; later writes fail with
-    /// [`StorageError::Closed`].
+    /// Makes everything durable, stops the actor and releases the database (the file can be
+    /// opened again at once); later reads and writes fail with [`StorageError::Closed`].
     pub fn close(&self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
-        self.actor.close()
+        self.shared
+            .db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.shared.actor.close()
     }
 
     /// Commit counters of the storage actor.
     pub fn stats(&self) -> StorageStats {
-        self.actor.stats()
+        self.shared.actor.stats()
     }
 }

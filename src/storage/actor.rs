@@ -24,6 +24,11 @@ type FinalizeFn =
     Box<dyn FnOnce(&redb::WriteTransaction) -> Result<Option<CommitFn>, StorageError> + Send>;
 type CommitFn = Box<dyn FnOnce() + Send>;
 type Reply = oneshot::Sender<Result<(), StorageError>>;
+/// Each write's reply channel with its answer, and the result of the commit.
+type BatchOutcome = (
+    Vec<(Reply, Result<(), StorageError>)>,
+    Result<(), StorageError>,
+);
 
 /// What a queued write sees: the shared transaction, plus hooks that run once per batch.
 pub struct WriteCtx<'a> {
@@ -232,14 +237,7 @@ impl Actor {
     }
 
     /// Applies `writes` in one transaction; returns each write's answer and the commit result.
-    fn run_batch(
-        &mut self,
-        writes: Vec<(WriteFn, Reply)>,
-        durable: bool,
-    ) -> (
-        Vec<(Reply, Result<(), StorageError>)>,
-        Result<(), StorageError>,
-    ) {
+    fn run_batch(&mut self, writes: Vec<(WriteFn, Reply)>, durable: bool) -> BatchOutcome {
         if writes.is_empty() && !durable {
             return (Vec::new(), Ok(()));
         }

@@ -214,7 +214,8 @@ mod tests {
         assert_eq!(right_span(7), 14);
         assert_eq!(left_span(11), 8);
         assert_eq!(right_span(11), 14);
-        assert_eq!(count_leaves(7), 4);
+        assert_eq!(count_leaves(7), 8);
+        assert_eq!(count_leaves(11), 4);
         assert_eq!(full_roots(20), vec![7, 17]);
         assert_eq!(full_roots(14), vec![3, 9, 12]);
         assert_eq!(full_roots(0), Vec::<u64>::new());

@@ -1,0 +1,306 @@
+//! Benchmark of local Hypercore writes and reads (1 KiB blocks), file-backed and in memory,
+//! with raw redb commits as the baseline. Run in release mode:
+//!
+//! ```text
+//! cargo run --release --example bench_core -- [runs]
+//! ```
+//!
+//! Every figure is the median of `runs` runs (default 3); commits and fsyncs (durable commits)
+//! are counted by the storage actor.
+
+use std::time::{Duration, Instant};
+
+use iroh_hypercore::{Corestore, Durability, Hypercore, StoreOptions};
+use redb::{ReadableDatabase, TableDefinition};
+
+const BLOCK: usize = 1024;
+
+/// A named append workload: its name, the store's durability, and the work on a fresh core.
+type Scenario = (
+    &'static str,
+    Durability,
+    fn(Hypercore) -> n0_future::boxed::BoxFuture<u64>,
+);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    File,
+    Memory,
+}
+
+struct Sample {
+    blocks: u64,
+    elapsed: Duration,
+    commits: u64,
+    fsyncs: u64,
+}
+
+async fn store(backend: Backend, durability: Durability, dir: &std::path::Path) -> Corestore {
+    let opts = StoreOptions {
+        durability,
+        ..Default::default()
+    };
+    match backend {
+        Backend::File => Corestore::persistent_with(dir, opts).await.unwrap(),
+        Backend::Memory => Corestore::memory_with(opts).await.unwrap(),
+    }
+}
+
+async fn measure<F, Fut>(backend: Backend, durability: Durability, run: F) -> Sample
+where
+    F: FnOnce(Hypercore) -> Fut,
+    Fut: Future<Output = u64>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(backend, durability, dir.path()).await;
+    let core = store.get_named("bench").await.unwrap();
+    let before = store.stats();
+    let start = Instant::now();
+    let blocks = run(core).await;
+    let elapsed = start.elapsed();
+    let after = store.stats();
+    store.close().await.unwrap();
+    Sample {
+        blocks,
+        elapsed,
+        commits: after.commits - before.commits,
+        fsyncs: after.durable_commits - before.durable_commits,
+    }
+}
+
+async fn one_at_a_time(core: Hypercore, n: u64) -> u64 {
+    let block = vec![7u8; BLOCK];
+    for _ in 0..n {
+        core.append(block.clone()).await.unwrap();
+    }
+    n
+}
+
+async fn concurrent(core: Hypercore, tasks: u64, each: u64) -> u64 {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let core = core.clone();
+        handles.push(tokio::spawn(async move {
+            let block = vec![7u8; BLOCK];
+            for _ in 0..each {
+                core.append(block.clone()).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    tasks * each
+}
+
+async fn batches(core: Hypercore, batches: u64, size: u64) -> u64 {
+    let block = bytes::Bytes::from(vec![7u8; BLOCK]);
+    for _ in 0..batches {
+        core.append_batch((0..size).map(|_| block.clone()))
+            .await
+            .unwrap();
+    }
+    batches * size
+}
+
+fn median(mut xs: Vec<Sample>) -> Sample {
+    xs.sort_by(|a, b| {
+        let ra = a.blocks as f64 / a.elapsed.as_secs_f64();
+        let rb = b.blocks as f64 / b.elapsed.as_secs_f64();
+        ra.total_cmp(&rb)
+    });
+    xs.swap_remove(xs.len() / 2)
+}
+
+/// Whether a scenario is selected by the optional second argument (a substring of its name).
+fn selected(name: &str) -> bool {
+    std::env::args().nth(2).is_none_or(|f| name.contains(&f))
+}
+
+fn row(name: &str, backend: Backend, s: &Sample) {
+    let rate = s.blocks as f64 / s.elapsed.as_secs_f64();
+    println!(
+        "| {name:<34} | {:<6} | {:>8} | {:>8.3} | {:>12.0} | {:>8} | {:>8} |",
+        format!("{backend:?}").to_lowercase(),
+        s.blocks,
+        s.elapsed.as_secs_f64(),
+        rate,
+        s.commits,
+        s.fsyncs
+    );
+}
+
+/// Raw redb: one 1 KiB insert per transaction, durable or not (the baseline).
+fn redb_commits(n: u64, durable: bool) -> Sample {
+    const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("raw.redb")).unwrap();
+    let block = vec![7u8; BLOCK];
+    let start = Instant::now();
+    for i in 0..n {
+        let mut txn = db.begin_write().unwrap();
+        if !durable {
+            txn.set_durability(redb::Durability::None).unwrap();
+        }
+        txn.open_table(T)
+            .unwrap()
+            .insert(i, block.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let elapsed = start.elapsed();
+    let _ = db.begin_read();
+    Sample {
+        blocks: n,
+        elapsed,
+        commits: n,
+        fsyncs: if durable { n } else { 0 },
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
+    println!("median of {runs} runs, 1 KiB blocks");
+    println!(
+        "| scenario                           | store  |   blocks |     secs |     blocks/s |  commits |   fsyncs |"
+    );
+    println!(
+        "|------------------------------------|--------|----------|----------|--------------|----------|----------|"
+    );
+
+    let name = "baseline: raw redb, 1 insert/commit, fsync";
+    if selected(name) {
+        row(
+            name,
+            Backend::File,
+            &median((0..runs).map(|_| redb_commits(2000, true)).collect()),
+        );
+    }
+    let name = "baseline: raw redb, 1 insert/commit, no fsync";
+    if selected(name) {
+        row(
+            name,
+            Backend::File,
+            &median((0..runs).map(|_| redb_commits(20_000, false)).collect()),
+        );
+    }
+
+    for backend in [Backend::File, Backend::Memory] {
+        let scenarios: [Scenario; 4] = [
+            ("append one at a time, durable", Durability::Durable, |c| {
+                Box::pin(one_at_a_time(c, 3000))
+            }),
+            ("append one at a time, relaxed", Durability::Relaxed, |c| {
+                Box::pin(one_at_a_time(c, 30_000))
+            }),
+            ("100 tasks appending, durable", Durability::Durable, |c| {
+                Box::pin(concurrent(c, 100, 500))
+            }),
+            ("batches of 1000, durable", Durability::Durable, |c| {
+                Box::pin(batches(c, 200, 1000))
+            }),
+        ];
+        for (name, durability, run) in scenarios {
+            if !selected(name) {
+                continue;
+            }
+            let mut s = Vec::new();
+            for _ in 0..runs {
+                s.push(measure(backend, durability, run).await);
+            }
+            row(name, backend, &median(s));
+        }
+        let name = "random get, one at a time";
+        if selected(name) {
+            let mut s = Vec::new();
+            for _ in 0..runs {
+                s.push(random_gets(backend).await);
+            }
+            row(name, backend, &median(s));
+        }
+    }
+
+    if selected("open store") {
+        let mut s = Vec::new();
+        for _ in 0..runs {
+            s.push(open_many().await);
+        }
+        let m = median(s);
+        println!(
+            "| open store of 10,000 cores + list  | file   | {:>8} | {:>8.3} | {:>12.0} |        - |        - |",
+            m.blocks,
+            m.elapsed.as_secs_f64(),
+            m.blocks as f64 / m.elapsed.as_secs_f64()
+        );
+    }
+}
+
+async fn random_gets(backend: Backend) -> Sample {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(backend, Durability::Relaxed, dir.path()).await;
+    let core = store.get_named("bench").await.unwrap();
+    batches(core.clone(), 100, 1000).await;
+    core.flush().await.unwrap();
+    let before = store.stats();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let n = 100_000;
+    let start = Instant::now();
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let v = core.get(x % 100_000).await.unwrap().unwrap();
+        assert_eq!(v.len(), BLOCK);
+    }
+    let elapsed = start.elapsed();
+    let after = store.stats();
+    Sample {
+        blocks: n,
+        elapsed,
+        commits: after.commits - before.commits,
+        fsyncs: after.durable_commits - before.durable_commits,
+    }
+}
+
+/// Creates a store of 10,000 cores (one block each), then times reopening it and listing them.
+async fn open_many() -> Sample {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        durability: Durability::Relaxed,
+        ..Default::default()
+    };
+    {
+        let store = Corestore::persistent_with(dir.path(), opts.clone())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..10_000 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let core = store.get_named(&format!("c{i}")).await.unwrap();
+                core.append(b"x".to_vec()).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let start = Instant::now();
+    let store = Corestore::persistent_with(dir.path(), opts).await.unwrap();
+    let keys = store.list().await.unwrap();
+    let one = store.get(keys[5000]).await.unwrap().unwrap();
+    assert_eq!(one.info().length, 1);
+    let elapsed = start.elapsed();
+    assert_eq!(keys.len(), 10_000);
+    Sample {
+        blocks: keys.len() as u64,
+        elapsed,
+        commits: 0,
+        fsyncs: 0,
+    }
+}

@@ -1,0 +1,143 @@
+//! kill -9 while appending: the reopened core is consistent and every block verifies.
+//!
+//! The test re-runs its own binary as the child process (selected by an environment variable),
+//! which appends in a loop and prints each acknowledged length.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use iroh_hypercore::{
+    Corestore, Durability, StoreOptions,
+    tree::{IndexRequest, ProofRequest, UpgradeRequest},
+};
+
+const CHILD_DIR: &str = "HYPERCORE_CRASH_CHILD_DIR";
+const CHILD_RELAXED: &str = "HYPERCORE_CRASH_CHILD_RELAXED";
+
+fn options(relaxed: bool) -> StoreOptions {
+    StoreOptions {
+        durability: if relaxed {
+            Durability::Relaxed
+        } else {
+            Durability::Durable
+        },
+        primary_key: Some([3; 32]),
+    }
+}
+
+/// The child: appends forever, printing every acknowledged length.
+#[tokio::test]
+async fn crash_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return; // only runs as the child of the crash tests
+    };
+    let relaxed = std::env::var(CHILD_RELAXED).is_ok();
+    let store = Corestore::persistent_with(&dir, options(relaxed))
+        .await
+        .unwrap();
+    let core = store.get_named("crash").await.unwrap();
+    for i in 0u64.. {
+        let outcome = core
+            .append(format!("block {i}").into_bytes())
+            .await
+            .unwrap();
+        println!("acked {}", outcome.length);
+    }
+}
+
+async fn crash_and_check(relaxed: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, dir.path())
+        .envs(relaxed.then_some((CHILD_RELAXED, "1")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut last_acked = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last_acked < 300 && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(n) = line.strip_prefix("acked ") {
+            last_acked = n.parse().unwrap();
+        }
+    }
+    assert!(
+        last_acked >= 300,
+        "child acknowledged only {last_acked} appends"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Lengths acknowledged after the last one we read may also exist; drain what was printed.
+    for line in lines.map_while(Result::ok) {
+        if let Some(n) = line.strip_prefix("acked ") {
+            last_acked = n.parse().unwrap();
+        }
+    }
+
+    let store = Corestore::persistent_with(dir.path(), options(relaxed))
+        .await
+        .unwrap();
+    let core = store.get_named("crash").await.unwrap();
+    let info = core.info();
+    if !relaxed {
+        assert!(
+            info.length >= last_acked,
+            "lost acknowledged appends: {} < {last_acked}",
+            info.length
+        );
+    }
+    assert!(info.length > 0);
+    assert_eq!(info.contiguous_length, info.length);
+    // Every block verifies on a fresh reader against the stored signature.
+    let reader = Corestore::memory()
+        .await
+        .unwrap()
+        .get_remote(core.key())
+        .await
+        .unwrap();
+    let proof = core
+        .create_proof(ProofRequest {
+            upgrade: Some(UpgradeRequest {
+                start: 0,
+                length: info.length,
+            }),
+            manifest: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    reader.verify_and_apply_proof(proof).await.unwrap();
+    for i in 0..info.length {
+        let nodes = reader.missing_nodes(i).await.unwrap();
+        let proof = core
+            .create_proof(ProofRequest {
+                block: Some(IndexRequest { index: i, nodes }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        reader.verify_and_apply_proof(proof).await.unwrap();
+        assert_eq!(
+            reader.get(i).await.unwrap().unwrap().as_ref(),
+            format!("block {i}").as_bytes()
+        );
+    }
+    // And the log continues.
+    core.append(b"after crash".to_vec()).await.unwrap();
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_append() {
+    crash_and_check(false).await;
+}
+
+#[tokio::test]
+async fn kill_9_with_relaxed_durability_stays_consistent() {
+    crash_and_check(true).await;
+}

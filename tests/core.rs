@@ -1,5 +1,7 @@
 //! Hypercore and Corestore behaviour on real redb files and the in-memory backend.
 
+mod common;
+
 use std::{
     future::Future,
     pin::Pin,
@@ -155,34 +157,9 @@ async fn a_thousand_concurrent_appends_share_commits() {
         "default durability fsyncs every commit"
     );
     // Every block verifies on a fresh reader.
-    let reader = Corestore::memory()
-        .await
-        .unwrap()
-        .get_remote(core.key())
-        .await
-        .unwrap();
-    let proof = core
-        .create_proof(ProofRequest {
-            upgrade: Some(UpgradeRequest {
-                start: 0,
-                length: 1000,
-            }),
-            manifest: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    reader.verify_and_apply_proof(proof).await.unwrap();
+    let reader = common::verified_reader(&core).await;
     for i in (0..1000).step_by(37) {
-        let nodes = reader.missing_nodes(i).await.unwrap();
-        let p = core
-            .create_proof(ProofRequest {
-                block: Some(IndexRequest { index: i, nodes }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        reader.verify_and_apply_proof(p).await.unwrap();
+        common::fetch_block(&core, &reader, i).await;
     }
 }
 

@@ -9,10 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iroh_hypercore::{
-    Corestore, Durability, StoreOptions,
-    tree::{IndexRequest, ProofRequest, UpgradeRequest},
-};
+mod common;
+
+use iroh_hypercore::{Corestore, Durability, StoreOptions};
 
 const CHILD_DIR: &str = "HYPERCORE_CRASH_CHILD_DIR";
 const CHILD_RELAXED: &str = "HYPERCORE_CRASH_CHILD_RELAXED";
@@ -95,34 +94,9 @@ async fn crash_and_check(relaxed: bool) {
     assert!(info.length > 0);
     assert_eq!(info.contiguous_length, info.length);
     // Every block verifies on a fresh reader against the stored signature.
-    let reader = Corestore::memory()
-        .await
-        .unwrap()
-        .get_remote(core.key())
-        .await
-        .unwrap();
-    let proof = core
-        .create_proof(ProofRequest {
-            upgrade: Some(UpgradeRequest {
-                start: 0,
-                length: info.length,
-            }),
-            manifest: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    reader.verify_and_apply_proof(proof).await.unwrap();
+    let reader = common::verified_reader(&core).await;
     for i in 0..info.length {
-        let nodes = reader.missing_nodes(i).await.unwrap();
-        let proof = core
-            .create_proof(ProofRequest {
-                block: Some(IndexRequest { index: i, nodes }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        reader.verify_and_apply_proof(proof).await.unwrap();
+        common::fetch_block(&core, &reader, i).await;
         assert_eq!(
             reader.get(i).await.unwrap().unwrap().as_ref(),
             format!("block {i}").as_bytes()

@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests: a fresh reader that verifies a writer's log.
+
+#![allow(dead_code)]
+
+use iroh_hypercore::{
+    Corestore, Hypercore,
+    tree::{IndexRequest, ProofRequest, UpgradeRequest},
+};
+
+/// A reader in a new memory store, upgraded (by a verified proof) to the writer's length.
+pub async fn verified_reader(writer: &Hypercore) -> Hypercore {
+    let reader = Corestore::memory()
+        .await
+        .unwrap()
+        .get_remote(writer.key())
+        .await
+        .unwrap();
+    let proof = writer
+        .create_proof(ProofRequest {
+            upgrade: Some(UpgradeRequest {
+                start: 0,
+                length: writer.info().length,
+            }),
+            manifest: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    reader.verify_and_apply_proof(proof).await.unwrap();
+    reader
+}
+
+/// Fetches block `index` from the writer into the reader through a verified proof.
+pub async fn fetch_block(writer: &Hypercore, reader: &Hypercore, index: u64) {
+    let nodes = reader.missing_nodes(index).await.unwrap();
+    let proof = writer
+        .create_proof(ProofRequest {
+            block: Some(IndexRequest { index, nodes }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    reader.verify_and_apply_proof(proof).await.unwrap();
+}

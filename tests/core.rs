@@ -585,28 +585,9 @@ async fn a_full_disk_fails_appends_cleanly() {
         core.get(9).await.unwrap().unwrap().as_ref(),
         &[9u8; 100][..]
     );
-    let reader = Corestore::memory()
-        .await
-        .unwrap()
-        .get_remote(core.key())
-        .await
-        .unwrap();
-    let proof = core
-        .create_proof(ProofRequest {
-            block: Some(IndexRequest {
-                index: 10,
-                nodes: 0,
-            }),
-            upgrade: Some(UpgradeRequest {
-                start: 0,
-                length: 11,
-            }),
-            manifest: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    reader.verify_and_apply_proof(proof).await.unwrap();
+    let reader = common::verified_reader(&core).await;
+    common::fetch_block(&core, &reader, 10).await;
+    assert_eq!(reader.get(10).await.unwrap().unwrap().as_ref(), b"next");
 }
 
 #[tokio::test]
@@ -663,15 +644,10 @@ async fn hash_and_seek_proofs_verify_on_a_reader() {
         })
         .await
         .unwrap();
-    let seek_nodes: Vec<u64> = proof
-        .seek
-        .as_ref()
-        .unwrap()
-        .nodes
-        .iter()
-        .map(|n| n.index)
-        .collect();
-    assert_eq!(seek_nodes, vec![6, 4, 1, 11]);
+    assert_eq!(
+        indices(&proof.seek.as_ref().unwrap().nodes),
+        vec![6, 4, 1, 11]
+    );
     let mut forged = proof.clone();
     forged.seek.as_mut().unwrap().nodes[1].hash[0] ^= 1;
     assert!(reader.verify_and_apply_proof(forged).await.is_err());
@@ -680,24 +656,7 @@ async fn hash_and_seek_proofs_verify_on_a_reader() {
     assert_eq!(core.seek(25).await.unwrap(), (3, 4));
 
     // Hash: node 3 (blocks 0..4) proven against the root the reader has.
-    let reader = Corestore::memory()
-        .await
-        .unwrap()
-        .get_remote(core.key())
-        .await
-        .unwrap();
-    let roots = core
-        .create_proof(ProofRequest {
-            upgrade: Some(UpgradeRequest {
-                start: 0,
-                length: 10,
-            }),
-            manifest: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    reader.verify_and_apply_proof(roots).await.unwrap();
+    let reader = common::verified_reader(&core).await;
     assert!(reader.tree_node(3).await.unwrap().is_none());
     let proof = core
         .create_proof(ProofRequest {
@@ -706,15 +665,7 @@ async fn hash_and_seek_proofs_verify_on_a_reader() {
         })
         .await
         .unwrap();
-    let ids: Vec<u64> = proof
-        .hash
-        .as_ref()
-        .unwrap()
-        .nodes
-        .iter()
-        .map(|n| n.index)
-        .collect();
-    assert_eq!(ids, vec![3, 11]);
+    assert_eq!(indices(&proof.hash.as_ref().unwrap().nodes), vec![3, 11]);
     let mut forged = proof.clone();
     forged.hash.as_mut().unwrap().nodes[0].size += 1;
     assert!(reader.verify_and_apply_proof(forged).await.is_err());
@@ -723,4 +674,8 @@ async fn hash_and_seek_proofs_verify_on_a_reader() {
         reader.tree_node(3).await.unwrap(),
         core.tree_node(3).await.unwrap()
     );
+}
+
+fn indices(nodes: &[iroh_hypercore::tree::Node]) -> Vec<u64> {
+    nodes.iter().map(|n| n.index).collect()
 }

@@ -39,19 +39,24 @@ async fn writer(kind: CoreKind, ops: &[Op]) -> (Corestore, Hypercore, Vec<Vec<u8
         .unwrap();
     let mut model: Vec<Vec<u8>> = Vec::new();
     for op in ops {
-        match op {
-            Op::Append(blocks) => {
-                core.append_batch(blocks.clone()).await.unwrap();
-                model.extend(blocks.iter().cloned());
-            }
-            Op::Truncate(n) => {
-                let n = *n % (model.len() as u64 + 1);
-                core.truncate(n).await.unwrap();
-                model.truncate(n as usize);
-            }
-        }
+        apply_op(&core, &mut model, op).await;
     }
     (store, core, model)
+}
+
+/// Applies one operation to the writer and to the model of its blocks.
+async fn apply_op(core: &Hypercore, model: &mut Vec<Vec<u8>>, op: &Op) {
+    match op {
+        Op::Append(blocks) => {
+            core.append_batch(blocks.clone()).await.unwrap();
+            model.extend(blocks.iter().cloned());
+        }
+        Op::Truncate(n) => {
+            let n = *n % (model.len() as u64 + 1);
+            core.truncate(n).await.unwrap();
+            model.truncate(n as usize);
+        }
+    }
 }
 
 /// Every way to corrupt a proof that carries a block and an upgrade.
@@ -184,17 +189,7 @@ proptest! {
             let reader = reader_store.get_remote(core.key()).await.unwrap();
             let mut model: Vec<Vec<u8>> = Vec::new();
             for op in &ops {
-                match op {
-                    Op::Append(blocks) => {
-                        core.append_batch(blocks.clone()).await.unwrap();
-                        model.extend(blocks.iter().cloned());
-                    }
-                    Op::Truncate(n) => {
-                        let n = *n % (model.len() as u64 + 1);
-                        core.truncate(n).await.unwrap();
-                        model.truncate(n as usize);
-                    }
-                }
+                apply_op(&core, &mut model, op).await;
                 let w = core.info();
                 let r = reader.info();
                 if w.length == 0 || (w.fork == r.fork && w.length == r.length) {

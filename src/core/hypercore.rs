@@ -105,7 +105,7 @@ impl Hypercore {
     /// Flushes and closes this core: later writes through any handle fail with
     /// [`Error::Closed`].
     pub fn close(&self) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
-        self.inner.state().closed = true;
+        self.mark_closed();
         self.flush()
     }
 

@@ -123,14 +123,6 @@ impl Storage {
         }
     }
 
-    /// Runs `f` in a read transaction on the current thread (for use on blocking threads).
-    pub fn read_blocking<T>(
-        &self,
-        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StorageError>,
-    ) -> Result<T, StorageError> {
-        f(&self.db()?.begin_read()?)
-    }
-
     /// Resolves after everything written so far is durable.
     pub fn flush(&self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
         self.shared.actor.flush()

@@ -78,10 +78,9 @@ where
         }
         (None, None) => None,
     };
-    if let (Some(s), Some(i), Some(u)) = (req.seek, indexed, req.upgrade)
+    if let (Some(_), Some(i), Some(u)) = (req.seek, indexed, req.upgrade)
         && i.last_block >= u.start
     {
-        let _ = s;
         return Err(ProofError::InvalidRequest(
             "seek and block beyond the upgrade start",
         ));

@@ -44,9 +44,9 @@ where
 {
     check_bounds(proof)?;
     let reorg = match &proof.upgrade {
+        // Every root from scratch: the reader keeps only what the new tree shares.
         Some(u) if u.start == 0 && (state.length > 0 || proof.fork != state.fork) => true,
-        Some(u) if proof.fork != state.fork => {
-            let _ = u;
+        _ if proof.fork != state.fork => {
             return Err(ProofError::ForkMismatch {
                 proof: proof.fork,
                 tree: state.fork,
@@ -58,14 +58,7 @@ where
                 u.start, state.length
             )));
         }
-        Some(_) => false,
-        None if proof.fork != state.fork => {
-            return Err(ProofError::ForkMismatch {
-                proof: proof.fork,
-                tree: state.fork,
-            });
-        }
-        None => false,
+        _ => false,
     };
 
     let mut nodes = Vec::new();

@@ -5,6 +5,7 @@ mod hypercore;
 mod info;
 mod proofs;
 mod reads;
+mod runs;
 mod state;
 mod writes;
 
@@ -12,5 +13,6 @@ pub use events::{CoreEvent, Subscription};
 pub use hypercore::{AppendOutcome, Hypercore};
 pub use info::Info;
 pub use proofs::Applied;
+pub use runs::{MAX_RUN, RunApplied, RunItem};
 pub(crate) use state::{CoreInner as CoreInnerHandle, create_core, hex, load_core};
 pub use writes::MAX_BLOCK_SIZE;

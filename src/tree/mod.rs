@@ -6,6 +6,7 @@ mod node;
 mod proof;
 mod proof_create;
 mod proof_verify;
+mod range;
 mod state;
 
 pub use node::{Node, NodeSource};
@@ -15,6 +16,7 @@ pub use proof::{
 };
 pub use proof_create::create_proof;
 pub use proof_verify::{VerifiedProof, verify_proof};
+pub use range::run_proof_levels;
 pub use state::TreeState;
 
 /// Largest log length this implementation accepts from anywhere (2^56 blocks).

@@ -1,0 +1,292 @@
+//! Runs of consecutive blocks: created in one read for a peer, verified and stored in one write.
+//!
+//! Replication moves blocks in runs so that throughput is not one round trip, one read and one
+//! commit per block. Each proof of a run carries only the nodes the requester cannot have yet
+//! (see [`tree::run_proof_levels`]), so the proofs must be applied in the order they were made.
+
+use std::{collections::HashMap, sync::Arc};
+
+use redb::ReadableTable;
+
+use super::{
+    events::CoreEvent,
+    hypercore::Hypercore,
+    state::{CoreInner, TxnNodes},
+    writes::{MAX_BLOCK_SIZE, push_event, put_nodes, stage_header},
+};
+use crate::{
+    error::{Error, Result},
+    storage::{StorageError, schema},
+    tree::{self, IndexRequest, Node, NodeSource, Proof, ProofError, ProofRequest},
+};
+
+/// Longest run one request may ask for.
+pub const MAX_RUN: u64 = 1024;
+
+/// One answer in a run: a block's proof, or the index of a block this core does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunItem {
+    /// Proof of a block, with its value.
+    Proof(Proof),
+    /// This core does not hold the block.
+    Missing(u64),
+}
+
+/// What [`Hypercore::apply_block_proofs`] stored.
+#[derive(Debug, Default)]
+pub struct RunApplied {
+    /// Blocks stored, with their sizes, in order.
+    pub stored: Vec<(u64, u64)>,
+    /// The first proof that did not verify (its block index and why); nothing from it or after
+    /// it was stored.
+    pub rejected: Option<(u64, Error)>,
+}
+
+/// How often a run is re-verified when the core changed fork while it was being verified.
+const APPLY_ATTEMPTS: usize = 8;
+
+impl Hypercore {
+    /// Proofs of blocks `start..end` for a requester on `fork` whose tree has `length` blocks,
+    /// to be applied in order. Blocks this core lacks are reported as [`RunItem::Missing`], and
+    /// the block after a gap is proven up to its root again.
+    pub fn create_run_proofs(
+        &self,
+        fork: u64,
+        start: u64,
+        end: u64,
+        length: u64,
+    ) -> impl Future<Output = Result<Vec<RunItem>>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move {
+            let tree = inner.state().committed.tree.clone();
+            if fork != tree.fork {
+                return Err(ProofError::ForkMismatch {
+                    proof: fork,
+                    tree: tree.fork,
+                }
+                .into());
+            }
+            if start >= end || end > length || length > tree.length || end - start > MAX_RUN {
+                return Err(Error::InvalidArgument("run out of range"));
+            }
+            let id = inner.id;
+            inner
+                .storage
+                .read(move |txn| {
+                    let src = TxnNodes::open(txn, id)?;
+                    let blocks = txn.open_table(schema::BLOCKS)?;
+                    let mut out = Vec::with_capacity((end - start) as usize);
+                    let mut run_start = start;
+                    for index in start..end {
+                        let value = match blocks.get((id, index))? {
+                            Some(v) => v.value().to_vec(),
+                            None => {
+                                out.push(RunItem::Missing(index));
+                                run_start = index + 1;
+                                continue;
+                            }
+                        };
+                        let req = ProofRequest {
+                            fork,
+                            block: Some(IndexRequest {
+                                index,
+                                nodes: tree::run_proof_levels(run_start, index, length),
+                            }),
+                            ..Default::default()
+                        };
+                        match tree::create_proof(&src, &tree, &req) {
+                            Ok(mut proof) => {
+                                if let Some(b) = &mut proof.block {
+                                    b.value = value;
+                                }
+                                out.push(RunItem::Proof(proof));
+                            }
+                            Err(ProofError::MissingNode(_)) => {
+                                out.push(RunItem::Missing(index));
+                                run_start = index + 1;
+                            }
+                            Err(e) => return Ok(Err(Error::from(e))),
+                        }
+                    }
+                    Ok(Ok(out))
+                })
+                .await?
+        }
+    }
+
+    /// Verifies block proofs (without upgrades) in order and stores every one up to the first
+    /// that fails, in one write. Each proof may rely on nodes delivered by the ones before it.
+    pub fn apply_block_proofs(
+        &self,
+        proofs: Vec<Proof>,
+    ) -> impl Future<Output = Result<RunApplied>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move { apply_run(inner, Arc::new(proofs)).await }
+    }
+}
+
+/// Nodes verified earlier in the same run, in front of the stored ones.
+struct Overlay<'a> {
+    added: &'a HashMap<u64, Node>,
+    stored: &'a TxnNodes,
+}
+
+impl NodeSource for Overlay<'_> {
+    type Error = StorageError;
+    fn node(&self, index: u64) -> Result<Option<Node>, StorageError> {
+        match self.added.get(&index) {
+            Some(n) => Ok(Some(*n)),
+            None => self.stored.node(index),
+        }
+    }
+}
+
+/// A verified prefix of a run, ready to be written.
+struct VerifiedRun {
+    blocks: Vec<(u64, Vec<u8>)>,
+    nodes: HashMap<u64, Node>,
+    rejected: Option<(u64, Error)>,
+}
+
+async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<RunApplied> {
+    let mut last_err = None;
+    for _ in 0..APPLY_ATTEMPTS {
+        let (tree, verifier) = {
+            let st = inner.state();
+            (st.committed.tree.clone(), st.verifier.clone())
+        };
+        let Some(verifier) = verifier else {
+            return Err(Error::InvalidArgument(
+                "the core has no signed length yet: apply an upgrade first",
+            ));
+        };
+        let id = inner.id;
+        let (p, t) = (proofs.clone(), tree.clone());
+        let run = inner
+            .storage
+            .read(move |txn| {
+                let stored = TxnNodes::open(txn, id)?;
+                let mut run = VerifiedRun {
+                    blocks: Vec::with_capacity(p.len()),
+                    nodes: HashMap::new(),
+                    rejected: None,
+                };
+                for proof in p.iter() {
+                    let index = proof.block.as_ref().map_or(u64::MAX, |b| b.index);
+                    let checked = check_block_proof(proof, t.length).and_then(|()| {
+                        let src = Overlay {
+                            added: &run.nodes,
+                            stored: &stored,
+                        };
+                        Ok(tree::verify_proof(&src, &t, &verifier, proof)?)
+                    });
+                    match checked {
+                        Ok(v) => {
+                            run.nodes.extend(v.nodes.iter().map(|n| (n.index, *n)));
+                            run.blocks.extend(v.block);
+                        }
+                        Err(e) => {
+                            run.rejected = Some((index, e));
+                            break;
+                        }
+                    }
+                }
+                Ok(run)
+            })
+            .await?;
+        let stored: Vec<(u64, u64)> = run
+            .blocks
+            .iter()
+            .map(|(i, v)| (*i, v.len() as u64))
+            .collect();
+        if run.blocks.is_empty() {
+            return Ok(RunApplied {
+                stored,
+                rejected: run.rejected,
+            });
+        }
+        let op_inner = inner.clone();
+        let fork = tree.fork;
+        let (blocks, nodes) = (run.blocks, run.nodes);
+        let result = inner
+            .storage
+            .write(move |ctx| write_run(ctx, &op_inner, fork, &blocks, &nodes))
+            .await;
+        match result {
+            Ok(()) => {
+                return Ok(RunApplied {
+                    stored,
+                    rejected: run.rejected,
+                });
+            }
+            Err(e @ StorageError::Rejected(_)) => last_err = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last_err.map(Error::from).unwrap_or(Error::Closed))
+}
+
+/// A run may carry only block proofs within the reader's signed length.
+fn check_block_proof(proof: &Proof, length: u64) -> Result<()> {
+    match &proof.block {
+        _ if proof.upgrade.is_some() || proof.hash.is_some() || proof.seek.is_some() => {
+            Err(ProofError::invalid("a run may only carry block proofs").into())
+        }
+        None => Err(ProofError::invalid("a run proof without a block").into()),
+        Some(b) if b.index >= length => Err(Error::OutOfRange {
+            index: b.index,
+            length,
+        }),
+        Some(b) if b.value.len() > MAX_BLOCK_SIZE => {
+            Err(ProofError::invalid("block larger than MAX_BLOCK_SIZE").into())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Stores a verified run, if the core is still on the fork it was verified against.
+fn write_run(
+    ctx: &mut crate::storage::WriteCtx<'_>,
+    inner: &Arc<CoreInner>,
+    fork: u64,
+    blocks: &[(u64, Vec<u8>)],
+    nodes: &HashMap<u64, Node>,
+) -> Result<(), StorageError> {
+    {
+        let staged = inner.staged();
+        if staged.deleted {
+            return Err(StorageError::Rejected("core was deleted".into()));
+        }
+        if staged.header.tree.fork != fork {
+            return Err(StorageError::Rejected("core moved to another fork".into()));
+        }
+    }
+    let id = inner.id;
+    let nodes: Vec<Node> = nodes.values().copied().collect();
+    put_nodes(ctx.txn, id, &nodes)?;
+    let mut table = ctx.txn.open_table(schema::BLOCKS)?;
+    for (index, value) in blocks {
+        table.insert((id, *index), value.as_slice())?;
+    }
+    let mut guard = inner.staged();
+    let staged = &mut *guard;
+    let h = &mut staged.header;
+    for (index, value) in blocks {
+        push_event(
+            &mut staged.events,
+            CoreEvent::Download {
+                index: *index,
+                bytes: value.len() as u64,
+            },
+        );
+    }
+    let mut c = h.contiguous_length;
+    while c < h.tree.length && table.get((id, c))?.is_some() {
+        c += 1;
+    }
+    h.contiguous_length = c;
+    drop(table);
+    drop(guard);
+    stage_header(ctx, inner);
+    Ok(())
+}

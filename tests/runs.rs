@@ -1,0 +1,138 @@
+//! Runs of block proofs: random runs over random logs verify in order on a fresh reader with
+//! about one node per block, and a forged proof in a run stores the verified prefix only.
+
+mod common;
+
+use iroh_hypercore::{
+    Corestore, Error, Hypercore,
+    core::RunItem,
+    tree::{Proof, run_proof_levels},
+};
+use proptest::prelude::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn writer(len: u64) -> Hypercore {
+    let store = Corestore::memory().await.unwrap();
+    let core = store.get_named("runs").await.unwrap();
+    let blocks: Vec<Vec<u8>> = (0..len)
+        .map(|i| format!("block {i}").into_bytes())
+        .collect();
+    core.append_batch(blocks).await.unwrap();
+    core
+}
+
+fn proofs(items: Vec<RunItem>) -> Vec<Proof> {
+    items
+        .into_iter()
+        .map(|i| match i {
+            RunItem::Proof(p) => p,
+            RunItem::Missing(i) => panic!("writer lacks block {i}"),
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn random_runs_verify_in_order(len in 1u64..300, cuts in prop::collection::vec(0u64..300, 0..6)) {
+        rt().block_on(async {
+            let w = writer(len).await;
+            let r = common::verified_reader(&w).await;
+            let mut bounds: Vec<u64> = cuts.into_iter().map(|c| c % len).collect();
+            bounds.extend([0, len]);
+            bounds.sort();
+            bounds.dedup();
+            let mut node_count = 0;
+            // Apply runs in reverse order: each must verify against the roots alone.
+            for pair in bounds.windows(2).rev() {
+                let items = w.create_run_proofs(0, pair[0], pair[1], len).await.unwrap();
+                let ps = proofs(items);
+                node_count += ps.iter().map(|p| p.block.as_ref().unwrap().nodes.len()).sum::<usize>();
+                let applied = r.apply_block_proofs(ps).await.unwrap();
+                assert!(applied.rejected.is_none(), "{:?}", applied.rejected);
+                assert_eq!(applied.stored.len() as u64, pair[1] - pair[0]);
+            }
+            for i in 0..len {
+                assert_eq!(r.get(i).await.unwrap().unwrap(), w.get(i).await.unwrap().unwrap());
+            }
+            assert_eq!(r.info().contiguous_length, len);
+            // About one node per block, plus one path per run.
+            let runs = bounds.len() as u64 - 1;
+            assert!(node_count as u64 <= len + runs * 10, "{node_count} nodes for {len} blocks");
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_forged_proof_stores_only_the_verified_prefix() {
+    let w = writer(64).await;
+    let r = common::verified_reader(&w).await;
+    let mut ps = proofs(w.create_run_proofs(0, 0, 16, 64).await.unwrap());
+    ps[5].block.as_mut().unwrap().value[0] ^= 1;
+    let applied = r.apply_block_proofs(ps).await.unwrap();
+    assert_eq!(applied.stored.len(), 5);
+    let (index, err) = applied.rejected.unwrap();
+    assert_eq!(index, 5);
+    assert!(matches!(err, Error::Proof(_)), "{err:?}");
+    assert!(r.get(5).await.unwrap().is_none());
+    assert!(r.get(6).await.unwrap().is_none());
+    assert_eq!(r.info().contiguous_length, 5);
+}
+
+#[tokio::test]
+async fn a_reader_serves_runs_and_reports_gaps() {
+    let w = writer(40).await;
+    let a = common::verified_reader(&w).await;
+    let ps = proofs(w.create_run_proofs(0, 0, 10, 40).await.unwrap());
+    a.apply_block_proofs(ps).await.unwrap();
+    let ps = proofs(w.create_run_proofs(0, 20, 40, 40).await.unwrap());
+    a.apply_block_proofs(ps).await.unwrap();
+    // `a` lacks 10..20: it says so, and re-roots the proofs after the gap.
+    let items = a.create_run_proofs(0, 5, 25, 40).await.unwrap();
+    let missing: Vec<u64> = items
+        .iter()
+        .filter_map(|i| match i {
+            RunItem::Missing(i) => Some(*i),
+            RunItem::Proof(_) => None,
+        })
+        .collect();
+    assert_eq!(missing, (10..20).collect::<Vec<_>>());
+    let b = common::verified_reader(&w).await;
+    let got: Vec<Proof> = items
+        .into_iter()
+        .filter_map(|i| match i {
+            RunItem::Proof(p) => Some(p),
+            RunItem::Missing(_) => None,
+        })
+        .collect();
+    let applied = b.apply_block_proofs(got).await.unwrap();
+    assert!(applied.rejected.is_none(), "{:?}", applied.rejected);
+    assert_eq!(applied.stored.len(), 10);
+    // 40 blocks: block 20 lies under the 32-block root, five levels up.
+    assert_eq!(run_proof_levels(20, 20, 40), 5);
+}
+
+#[tokio::test]
+async fn bad_runs_are_refused() {
+    let w = writer(10).await;
+    assert!(w.create_run_proofs(1, 0, 5, 10).await.is_err());
+    assert!(w.create_run_proofs(0, 5, 5, 10).await.is_err());
+    assert!(w.create_run_proofs(0, 0, 11, 11).await.is_err());
+    let r = Corestore::memory()
+        .await
+        .unwrap()
+        .get_remote(w.key())
+        .await
+        .unwrap();
+    let ps = proofs(w.create_run_proofs(0, 0, 5, 10).await.unwrap());
+    // A reader with no signed length cannot verify blocks.
+    assert!(r.apply_block_proofs(ps).await.is_err());
+    assert!(r.get(0).await.is_err());
+}

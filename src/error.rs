@@ -48,6 +48,9 @@ pub enum Error {
     /// The core or store was closed.
     #[error("closed")]
     Closed,
+    /// Waiting for data from peers took longer than allowed.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
 }
 
 /// Result with [`Error`].

@@ -4,12 +4,18 @@
 pub mod core;
 pub mod crypto;
 mod error;
+pub mod net;
+pub mod replication;
 pub mod storage;
 pub mod store;
+#[cfg(feature = "test-utils")]
+pub mod testnet;
 pub mod tree;
 
 pub use crate::core::{CoreEvent, Hypercore, Info};
 pub use crypto::{CoreKey, CoreKind, KeyPair};
 pub use error::{Error, Result};
+pub use net::{ALPN, CoreTicket, HypercoreProtocol};
+pub use replication::{Event, Mode};
 pub use storage::Durability;
 pub use store::{CoreOptions, Corestore, StoreOptions};

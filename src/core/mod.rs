@@ -7,6 +7,7 @@ mod proofs;
 mod reads;
 mod runs;
 mod state;
+mod wait;
 mod writes;
 
 pub use events::{CoreEvent, Subscription};
@@ -15,4 +16,5 @@ pub use info::Info;
 pub use proofs::Applied;
 pub use runs::{MAX_RUN, RunApplied, RunItem};
 pub(crate) use state::{CoreInner as CoreInnerHandle, create_core, hex, load_core};
+pub use wait::{Download, Get, Progress};
 pub use writes::MAX_BLOCK_SIZE;

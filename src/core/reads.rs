@@ -1,7 +1,5 @@
 //! Local reads: blocks, presence and byte seeks.
 
-use bytes::Bytes;
-
 use super::{hypercore::Hypercore, state::TxnNodes};
 use crate::{
     error::{Error, Result},
@@ -10,30 +8,11 @@ use crate::{
 };
 
 impl Hypercore {
-    /// Block `index` if it is stored locally; `None` if it is within the log but not stored
-    /// (sparse or cleared). An index at or past the length is an error.
-    pub fn get(
-        &self,
-        index: u64,
-    ) -> impl Future<Output = Result<Option<Bytes>>> + Send + 'static + use<> {
-        let inner = self.inner.clone();
-        async move {
-            let length = inner.state().committed.tree.length;
-            if index >= length {
-                return Err(Error::OutOfRange { index, length });
-            }
-            let id = inner.id;
-            let value = inner
-                .storage
-                .read(move |txn| {
-                    let table = txn.open_table(schema::BLOCKS)?;
-                    Ok(table
-                        .get((id, index))?
-                        .map(|v| Bytes::copy_from_slice(v.value())))
-                })
-                .await?;
-            Ok(value)
-        }
+    /// Block `index`: `.await` it for the local copy (`None` if the block is within the log but
+    /// not stored; an index at or past the length is an error), or call
+    /// [`wait`](super::Get::wait) to have replicating peers fetch it.
+    pub fn get(&self, index: u64) -> super::Get {
+        super::Get::new(self.inner.clone(), index)
     }
 
     /// The stored tree node at flat-tree `index`, if any.

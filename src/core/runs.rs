@@ -25,6 +25,7 @@ pub const MAX_RUN: u64 = 1024;
 
 /// One answer in a run: a block's proof, or the index of a block this core does not have.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // `Missing` is the rare case; boxing every proof costs more.
 pub enum RunItem {
     /// Proof of a block, with its value.
     Proof(Proof),

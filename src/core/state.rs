@@ -6,6 +6,9 @@ use redb::ReadableTable;
 use tokio::sync::broadcast;
 
 use super::events::{CoreEvent, EVENT_CAPACITY};
+
+/// Capacity of each core's channel of wanted ranges.
+const WANT_CAPACITY: usize = 256;
 use crate::{
     crypto::{CoreKey, CoreKind, DiscoveryKey, KeyPair, Manifest, Verifier, discovery_key},
     error::{Error, Result},
@@ -52,6 +55,8 @@ pub(crate) struct CoreInner {
     /// state, so nothing is applied on top of a failed or concurrent write.
     pub staged: Mutex<Staged>,
     pub events: broadcast::Sender<CoreEvent>,
+    /// Ranges of blocks readers are waiting for; replication picks them up.
+    pub wants: broadcast::Sender<(u64, u64)>,
 }
 
 impl CoreInner {
@@ -111,6 +116,7 @@ impl CoreInner {
                 closed: false,
             }),
             events: broadcast::channel(EVENT_CAPACITY).0,
+            wants: broadcast::channel(WANT_CAPACITY).0,
         }))
     }
 }

@@ -1,0 +1,201 @@
+//! Reads that wait for replication: `get(i).wait(timeout)` and `download(range)`.
+//!
+//! A core knows nothing of the network. Waiting reads publish the blocks they want on the
+//! core's want channel, which a replicating protocol follows, and then wait for the core's own
+//! events to say the blocks arrived.
+
+use std::{collections::HashSet, future::IntoFuture, pin::Pin, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+use super::{events::CoreEvent, hypercore::Hypercore, state::CoreInner};
+use crate::{
+    error::{Error, Result},
+    storage::schema,
+};
+
+/// A read of one block, from [`Hypercore::get`]: `.await` it for the local copy, or
+/// [`wait`](Self::wait) for peers to deliver it.
+#[derive(Debug, Clone)]
+#[must_use = "a Get does nothing until it is awaited or waited on"]
+pub struct Get {
+    inner: Arc<CoreInner>,
+    index: u64,
+}
+
+impl Get {
+    pub(crate) fn new(inner: Arc<CoreInner>, index: u64) -> Self {
+        Self { inner, index }
+    }
+
+    /// The block, fetched by replicating peers if it is not stored (also past the current
+    /// length: the read waits for the log to grow). Fails with [`Error::Timeout`] after
+    /// `timeout`.
+    pub async fn wait(self, timeout: Duration) -> Result<Bytes> {
+        {
+            let index = self.index;
+            let mut events = self.inner.events.subscribe();
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut asked = false;
+            loop {
+                let length = self.inner.state().committed.tree.length;
+                if index < length
+                    && let Some(v) = local_block(&self.inner, index).await?
+                {
+                    return Ok(v);
+                }
+                if !asked {
+                    let _ = self.inner.wants.send((index, index + 1));
+                    asked = true;
+                }
+                loop {
+                    let ev = tokio::time::timeout_at(deadline, events.recv())
+                        .await
+                        .map_err(|_| Error::Timeout(format!("block {index}")))?;
+                    match ev {
+                        Ok(CoreEvent::Download { index: i, .. }) if i == index => break,
+                        Ok(CoreEvent::Append { length, .. }) if length > index => break,
+                        Ok(CoreEvent::Truncate { .. } | CoreEvent::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl IntoFuture for Get {
+    type Output = Result<Option<Bytes>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'static>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let length = self.inner.state().committed.tree.length;
+            if self.index >= length {
+                return Err(Error::OutOfRange {
+                    index: self.index,
+                    length,
+                });
+            }
+            local_block(&self.inner, self.index).await
+        })
+    }
+}
+
+async fn local_block(inner: &Arc<CoreInner>, index: u64) -> Result<Option<Bytes>> {
+    let id = inner.id;
+    Ok(inner
+        .storage
+        .read(move |txn| {
+            let table = txn.open_table(schema::BLOCKS)?;
+            Ok(table
+                .get((id, index))?
+                .map(|v| Bytes::copy_from_slice(v.value())))
+        })
+        .await?)
+}
+
+/// How far a [`Download`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Blocks of the range stored.
+    pub have: u64,
+    /// Blocks in the range.
+    pub total: u64,
+}
+
+/// A range of blocks replicating peers are asked to fetch, from [`Hypercore::download`].
+#[derive(Debug)]
+pub struct Download {
+    inner: Arc<CoreInner>,
+    start: u64,
+    end: u64,
+    events: broadcast::Receiver<CoreEvent>,
+}
+
+impl Hypercore {
+    /// Asks replicating peers for blocks `start..end` (which may lie past the current length)
+    /// and returns a handle to follow the download.
+    pub fn download(&self, range: std::ops::Range<u64>) -> Download {
+        let events = self.inner.events.subscribe();
+        let _ = self.inner.wants.send((range.start, range.end));
+        Download {
+            inner: self.inner.clone(),
+            start: range.start,
+            end: range.end.max(range.start),
+            events,
+        }
+    }
+
+    /// Ranges that waiting reads ask for, for a replicating protocol to follow.
+    pub(crate) fn subscribe_wants(&self) -> broadcast::Receiver<(u64, u64)> {
+        self.inner.wants.subscribe()
+    }
+}
+
+impl Download {
+    /// How many blocks of the range are stored now.
+    pub fn progress(&self) -> impl Future<Output = Result<Progress>> + Send + 'static + use<> {
+        let (inner, start, end) = (self.inner.clone(), self.start, self.end);
+        async move {
+            Ok(Progress {
+                have: count_stored(&inner, start, end).await?,
+                total: end - start,
+            })
+        }
+    }
+
+    /// Resolves when every block of the range is stored, or fails with [`Error::Timeout`].
+    pub async fn done(mut self, timeout: Duration) -> Result<()> {
+        {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let total = self.end - self.start;
+            loop {
+                let have = count_stored(&self.inner, self.start, self.end).await?;
+                if have == total {
+                    return Ok(());
+                }
+                // Count arrivals rather than re-reading the table for each one.
+                let mut seen = HashSet::new();
+                while have + (seen.len() as u64) < total {
+                    let ev = tokio::time::timeout_at(deadline, self.events.recv())
+                        .await
+                        .map_err(|_| {
+                            Error::Timeout(format!("blocks {}..{}", self.start, self.end))
+                        })?;
+                    match ev {
+                        Ok(CoreEvent::Download { index, .. })
+                            if (self.start..self.end).contains(&index) =>
+                        {
+                            seen.insert(index);
+                        }
+                        Ok(CoreEvent::Truncate { .. } | CoreEvent::Lagged(_))
+                        | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Blocks of `start..end` stored locally.
+async fn count_stored(inner: &Arc<CoreInner>, start: u64, end: u64) -> Result<u64> {
+    let id = inner.id;
+    Ok(inner
+        .storage
+        .read(move |txn| {
+            let table = txn.open_table(schema::BLOCKS)?;
+            let mut n = 0;
+            for entry in table.range((id, start)..(id, end))? {
+                entry?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await?)
+}

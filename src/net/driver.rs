@@ -1,0 +1,623 @@
+//! The iroh driver: one task that owns the engine and moves bytes between it and iroh.
+//!
+//! Every connection, stream read, stream write, dial and storage task is a future in one of
+//! two `FuturesUnordered` sets polled by this task, so there is no task per peer and no state
+//! shared between peers. Forwarding tasks exist only per core (its events and wanted ranges)
+//! and per gossip topic.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use iroh::{
+    Endpoint, EndpointAddr, EndpointId,
+    address_lookup::memory::MemoryLookup,
+    endpoint::{Connection, RecvStream, SendStream},
+};
+use iroh_gossip::{
+    Gossip, TopicId,
+    api::{Event as GossipEvent, GossipSender},
+};
+use n0_future::{FuturesUnordered, StreamExt, boxed::BoxFuture};
+use tokio::{
+    sync::{broadcast, mpsc, oneshot},
+    task::JoinSet,
+};
+
+use super::{ALPN, frames::FrameReader, tasks};
+use crate::{
+    CoreEvent, Hypercore,
+    crypto::CoreKey,
+    replication::{
+        Engine, Event, Input, Mode, Output, PeerId, TaskResult,
+        engine::{ChannelId, PeerStats, TaskId},
+        wire::{Message, encode_frame},
+    },
+};
+
+/// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
+pub(crate) enum Command {
+    Accept(Connection),
+    Replicate(Hypercore, Mode, oneshot::Sender<()>),
+    Join(CoreKey, Vec<EndpointAddr>, oneshot::Sender<()>),
+    PeerStats(oneshot::Sender<Vec<PeerStats>>),
+    CorePeers(CoreKey, oneshot::Sender<Vec<PeerId>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Sent by the per-core and per-topic forwarding tasks.
+enum Forward {
+    CoreChanged(CoreKey),
+    Want(CoreKey, u64, u64),
+    GossipReady(CoreKey, GossipSender),
+    Gossip(CoreKey, Bytes),
+    GossipLagged(CoreKey),
+}
+
+enum Io {
+    Dialed(PeerId, Result<Connection, String>),
+    Accepted(PeerId, usize, Result<(SendStream, RecvStream), String>),
+    Opened(
+        PeerId,
+        usize,
+        ChannelId,
+        Result<(SendStream, RecvStream), String>,
+    ),
+    Frames(
+        PeerId,
+        usize,
+        ChannelId,
+        FrameReader,
+        Result<Option<Vec<Message>>, super::frames::ReadError>,
+    ),
+    Written(ChannelId, SendStream, Result<(), String>),
+    Closed(PeerId, usize),
+    Done,
+}
+
+struct Conn {
+    conn: Connection,
+    id: usize,
+    dialed_by_me: bool,
+}
+
+struct ChannelIo {
+    peer: PeerId,
+    conn_id: usize,
+    send: Option<SendStream>,
+    queue: Vec<Bytes>,
+    writing: bool,
+    closing: bool,
+}
+
+pub(crate) struct Driver {
+    engine: Engine,
+    endpoint: Endpoint,
+    gossip: Option<Gossip>,
+    lookup: MemoryLookup,
+    cores: HashMap<CoreKey, Hypercore>,
+    conns: HashMap<PeerId, Conn>,
+    dialing: HashSet<PeerId>,
+    addrs: HashMap<PeerId, EndpointAddr>,
+    channels: HashMap<ChannelId, ChannelIo>,
+    next_incoming: ChannelId,
+    gossip_senders: HashMap<CoreKey, GossipSender>,
+    gossip_bootstrap: HashMap<CoreKey, Vec<EndpointId>>,
+    io: FuturesUnordered<BoxFuture<Io>>,
+    tasks: FuturesUnordered<BoxFuture<(TaskId, TaskResult)>>,
+    forwarders: JoinSet<()>,
+    fwd_tx: mpsc::Sender<Forward>,
+    fwd_rx: mpsc::Receiver<Forward>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        engine: Engine,
+        endpoint: Endpoint,
+        gossip: Option<Gossip>,
+        events: broadcast::Sender<Event>,
+    ) -> Self {
+        let lookup = MemoryLookup::new();
+        if let Ok(services) = endpoint.address_lookup() {
+            services.add(lookup.clone());
+        }
+        let (fwd_tx, fwd_rx) = mpsc::channel(1024);
+        Self {
+            engine,
+            endpoint,
+            gossip,
+            lookup,
+            cores: HashMap::new(),
+            conns: HashMap::new(),
+            dialing: HashSet::new(),
+            addrs: HashMap::new(),
+            channels: HashMap::new(),
+            next_incoming: 1,
+            gossip_senders: HashMap::new(),
+            gossip_bootstrap: HashMap::new(),
+            io: FuturesUnordered::new(),
+            tasks: FuturesUnordered::new(),
+            forwarders: JoinSet::new(),
+            fwd_tx,
+            fwd_rx,
+            events,
+        }
+    }
+
+    /// Runs until shutdown or until every handle is gone.
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut shutdown_reply = None;
+        loop {
+            self.carry_out();
+            let deadline = self.engine.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => { shutdown_reply = Some(reply); break; }
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                Some(io) = self.io.next(), if !self.io.is_empty() => self.on_io(io),
+                Some((id, result)) = self.tasks.next(), if !self.tasks.is_empty() => {
+                    self.engine.handle(Input::TaskDone(id, result), Instant::now());
+                }
+                Some(fwd) = self.fwd_rx.recv() => self.on_forward(fwd),
+                _ = sleep => self.engine.handle_timeout(Instant::now()),
+            }
+        }
+        for (_, c) in self.conns.drain() {
+            c.conn.close(0u32.into(), b"shutdown");
+        }
+        self.forwarders.abort_all();
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Accept(conn) => self.add_conn(conn, false),
+            Command::Replicate(core, mode, reply) => {
+                self.replicate(core, mode, now);
+                let _ = reply.send(());
+            }
+            Command::Join(key, nodes, reply) => {
+                let ids: Vec<EndpointId> = nodes.iter().map(|a| a.id).collect();
+                for addr in nodes {
+                    if addr.id == self.endpoint.id() {
+                        continue;
+                    }
+                    self.lookup.add_endpoint_info(addr.clone());
+                    let peer = *addr.id.as_bytes();
+                    self.addrs.insert(peer, addr);
+                    self.dial(peer);
+                }
+                let ids: Vec<EndpointId> = ids
+                    .into_iter()
+                    .filter(|i| *i != self.endpoint.id())
+                    .collect();
+                match self.gossip_senders.get(&key) {
+                    Some(sender) => {
+                        let sender = sender.clone();
+                        self.io.push(Box::pin(async move {
+                            let _ = sender.join_peers(ids).await;
+                            Io::Done
+                        }));
+                    }
+                    None => self.gossip_bootstrap.entry(key).or_default().extend(ids),
+                }
+                let _ = reply.send(());
+            }
+            Command::PeerStats(reply) => {
+                let _ = reply.send(self.engine.peer_stats());
+            }
+            Command::CorePeers(key, reply) => {
+                let _ = reply.send(self.engine.core_peers(&key));
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn replicate(&mut self, core: Hypercore, mode: Mode, now: Instant) {
+        let key = core.key();
+        if !self.cores.contains_key(&key) {
+            let mut events = core.subscribe();
+            let mut wants = core.subscribe_wants();
+            let tx = self.fwd_tx.clone();
+            self.forwarders.spawn(async move {
+                loop {
+                    tokio::select! {
+                        ev = events.next() => match ev {
+                            Some(CoreEvent::Append { .. } | CoreEvent::Truncate { .. }
+                                | CoreEvent::Clear { .. } | CoreEvent::Lagged(_)) => {
+                                if tx.send(Forward::CoreChanged(key)).await.is_err() { break; }
+                            }
+                            Some(_) => {}
+                            None => break,
+                        },
+                        want = wants.recv() => match want {
+                            Ok((s, e)) => {
+                                if tx.send(Forward::Want(key, s, e)).await.is_err() { break; }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(_) => break,
+                        },
+                    }
+                }
+            });
+            self.cores.insert(key, core.clone());
+        }
+        self.engine
+            .add_core(key, tasks::local_info(&core), mode, now);
+    }
+
+    fn on_forward(&mut self, fwd: Forward) {
+        let now = Instant::now();
+        match fwd {
+            Forward::CoreChanged(key) => {
+                if let Some(core) = self.cores.get(&key) {
+                    let info = tasks::local_info(core);
+                    self.engine.handle(Input::LocalChanged(key, info), now);
+                }
+            }
+            Forward::Want(key, s, e) => self.engine.handle(Input::Want(key, s, e), now),
+            Forward::GossipReady(key, sender) => {
+                if let Some(ids) = self.gossip_bootstrap.remove(&key) {
+                    let s = sender.clone();
+                    self.io.push(Box::pin(async move {
+                        let _ = s.join_peers(ids).await;
+                        Io::Done
+                    }));
+                }
+                self.gossip_senders.insert(key, sender);
+            }
+            Forward::Gossip(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
+            Forward::GossipLagged(key) => self.engine.handle(Input::GossipLagged(key), now),
+        }
+    }
+
+    /// Carries out everything the engine asked for.
+    fn carry_out(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Connect(peer) => self.dial(peer),
+                Output::OpenChannel(peer, ch, first) => self.open_channel(peer, ch, first),
+                Output::Send(_, ch, msg) => self.send(ch, &msg),
+                Output::CloseChannel(_, ch) => {
+                    if let Some(c) = self.channels.get_mut(&ch) {
+                        c.closing = true;
+                    }
+                    self.flush(ch);
+                }
+                Output::Task(id, key, task) => {
+                    if let Some(core) = self.cores.get(&key).cloned() {
+                        self.tasks
+                            .push(Box::pin(async move { (id, tasks::run(core, task).await) }));
+                    }
+                }
+                Output::JoinGossip(key, topic) => self.join_gossip(key, topic),
+                Output::Broadcast(key, bytes) => {
+                    if let Some(sender) = self.gossip_senders.get(&key).cloned() {
+                        self.io.push(Box::pin(async move {
+                            if let Err(e) = sender.broadcast(bytes).await {
+                                tracing::debug!("gossip broadcast failed: {e}");
+                            }
+                            Io::Done
+                        }));
+                    }
+                }
+                Output::Event(ev) => {
+                    let _ = self.events.send(ev);
+                }
+            }
+        }
+    }
+
+    fn join_gossip(&mut self, key: CoreKey, topic: [u8; 32]) {
+        let Some(gossip) = self.gossip.clone() else {
+            return;
+        };
+        let tx = self.fwd_tx.clone();
+        let bootstrap = self.gossip_bootstrap.remove(&key).unwrap_or_default();
+        self.forwarders.spawn(async move {
+            let mut bootstrap = bootstrap;
+            loop {
+                let topic = match gossip
+                    .subscribe(TopicId::from_bytes(topic), std::mem::take(&mut bootstrap))
+                    .await
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!("gossip subscribe failed: {e}");
+                        return;
+                    }
+                };
+                let (sender, mut receiver) = topic.split();
+                if tx.send(Forward::GossipReady(key, sender)).await.is_err() {
+                    return;
+                }
+                loop {
+                    match receiver.next().await {
+                        Some(Ok(GossipEvent::Received(m))) => {
+                            if tx.send(Forward::Gossip(key, m.content)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(GossipEvent::Lagged)) => {
+                            if tx.send(Forward::GossipLagged(key)).await.is_err() {
+                                return;
+                            }
+                            // A lagged subscription is closed: subscribe again.
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return,
+                    }
+                }
+            }
+        });
+    }
+
+    fn dial(&mut self, peer: PeerId) {
+        if self.conns.contains_key(&peer) || self.dialing.contains(&peer) {
+            return;
+        }
+        let addr = match self.addrs.get(&peer) {
+            Some(a) => a.clone(),
+            None => match EndpointId::from_bytes(&peer) {
+                Ok(id) => EndpointAddr::new(id),
+                Err(_) => return,
+            },
+        };
+        if addr.id == self.endpoint.id() {
+            return;
+        }
+        self.dialing.insert(peer);
+        let ep = self.endpoint.clone();
+        self.io.push(Box::pin(async move {
+            let r = ep.connect(addr, ALPN).await.map_err(|e| e.to_string());
+            Io::Dialed(peer, r)
+        }));
+    }
+
+    /// Registers a connection, keeping one per peer: the one dialed by the lower endpoint id.
+    fn add_conn(&mut self, conn: Connection, dialed_by_me: bool) {
+        let peer = *conn.remote_id().as_bytes();
+        let me = *self.endpoint.id().as_bytes();
+        let preferred = |dialed_by_me: bool| dialed_by_me == (me < peer);
+        if let Some(existing) = self.conns.get(&peer) {
+            let existing_alive = existing.conn.close_reason().is_none();
+            if existing_alive && (preferred(existing.dialed_by_me) || !preferred(dialed_by_me)) {
+                conn.close(0u32.into(), b"duplicate connection");
+                return;
+            }
+            let old = self.remove_conn(&peer);
+            if let Some(old) = old {
+                old.conn.close(0u32.into(), b"duplicate connection");
+            }
+        }
+        let id = conn.stable_id();
+        let c1 = conn.clone();
+        self.io.push(Box::pin(async move {
+            c1.closed().await;
+            Io::Closed(peer, id)
+        }));
+        self.accept_next(peer, id, conn.clone());
+        self.conns.insert(
+            peer,
+            Conn {
+                conn,
+                id,
+                dialed_by_me,
+            },
+        );
+        self.engine
+            .handle(Input::PeerConnected(peer), Instant::now());
+    }
+
+    fn remove_conn(&mut self, peer: &PeerId) -> Option<Conn> {
+        let c = self.conns.remove(peer)?;
+        self.channels.retain(|_, ch| ch.peer != *peer);
+        self.engine
+            .handle(Input::PeerDisconnected(*peer), Instant::now());
+        Some(c)
+    }
+
+    fn accept_next(&mut self, peer: PeerId, id: usize, conn: Connection) {
+        self.io.push(Box::pin(async move {
+            let r = conn.accept_bi().await.map_err(|e| e.to_string());
+            Io::Accepted(peer, id, r)
+        }));
+    }
+
+    fn current(&self, peer: &PeerId, conn_id: usize) -> bool {
+        self.conns.get(peer).is_some_and(|c| c.id == conn_id)
+    }
+
+    fn on_io(&mut self, io: Io) {
+        let now = Instant::now();
+        match io {
+            Io::Dialed(peer, result) => {
+                self.dialing.remove(&peer);
+                match result {
+                    Ok(conn) => self.add_conn(conn, true),
+                    Err(e) => tracing::debug!("dial failed: {e}"),
+                }
+            }
+            Io::Accepted(peer, conn_id, result) => {
+                let Ok((send, recv)) = result else { return };
+                if !self.current(&peer, conn_id) {
+                    return;
+                }
+                let ch = self.next_incoming;
+                self.next_incoming += 2;
+                self.channels.insert(
+                    ch,
+                    ChannelIo {
+                        peer,
+                        conn_id,
+                        send: Some(send),
+                        queue: Vec::new(),
+                        writing: false,
+                        closing: false,
+                    },
+                );
+                self.read_next(peer, conn_id, ch, FrameReader::new(recv));
+                if let Some(c) = self.conns.get(&peer) {
+                    let conn = c.conn.clone();
+                    self.accept_next(peer, conn_id, conn);
+                }
+            }
+            Io::Opened(peer, conn_id, ch, result) => {
+                let Some(c) = self.channels.get_mut(&ch) else {
+                    return;
+                };
+                match result {
+                    Ok((send, recv)) if c.conn_id == conn_id => {
+                        c.send = Some(send);
+                        self.read_next(peer, conn_id, ch, FrameReader::new(recv));
+                        self.flush(ch);
+                    }
+                    _ => {
+                        self.channels.remove(&ch);
+                        self.engine.handle(Input::ChannelClosed(peer, ch), now);
+                    }
+                }
+            }
+            Io::Frames(peer, conn_id, ch, reader, result) => {
+                // A channel we closed, or a connection that was replaced: stop reading it.
+                if !self.current(&peer, conn_id) || !self.channels.contains_key(&ch) {
+                    return;
+                }
+                match result {
+                    Ok(Some(msgs)) => {
+                        for msg in msgs {
+                            self.engine.handle(Input::Message(peer, ch, msg), now);
+                        }
+                        self.read_next(peer, conn_id, ch, reader);
+                    }
+                    Ok(None) => self.engine.handle(Input::ChannelClosed(peer, ch), now),
+                    Err(super::frames::ReadError::Wire(e)) => {
+                        tracing::warn!("closing connection to a peer that broke framing: {e}");
+                        if let Some(c) = self.remove_conn(&peer) {
+                            c.conn.close(1u32.into(), b"protocol violation");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("channel read failed: {e}");
+                        self.engine.handle(Input::ChannelClosed(peer, ch), now);
+                    }
+                }
+            }
+            Io::Written(ch, send, result) => {
+                let Some(c) = self.channels.get_mut(&ch) else {
+                    return;
+                };
+                c.writing = false;
+                match result {
+                    Ok(()) => {
+                        c.send = Some(send);
+                        self.flush(ch);
+                    }
+                    Err(_) => {
+                        let peer = c.peer;
+                        self.channels.remove(&ch);
+                        self.engine.handle(Input::ChannelClosed(peer, ch), now);
+                    }
+                }
+            }
+            Io::Closed(peer, conn_id) => {
+                if self.current(&peer, conn_id) {
+                    self.remove_conn(&peer);
+                }
+            }
+            Io::Done => {}
+        }
+    }
+
+    fn read_next(&mut self, peer: PeerId, conn_id: usize, ch: ChannelId, reader: FrameReader) {
+        self.io.push(Box::pin(async move {
+            let (reader, result) = reader.next_batch().await;
+            Io::Frames(peer, conn_id, ch, reader, result)
+        }));
+    }
+
+    fn open_channel(&mut self, peer: PeerId, ch: ChannelId, first: Message) {
+        let Some(c) = self.conns.get(&peer) else {
+            self.engine
+                .handle(Input::ChannelClosed(peer, ch), Instant::now());
+            return;
+        };
+        let (conn, conn_id) = (c.conn.clone(), c.id);
+        self.channels.insert(
+            ch,
+            ChannelIo {
+                peer,
+                conn_id,
+                send: None,
+                queue: Vec::new(),
+                writing: false,
+                closing: false,
+            },
+        );
+        self.send(ch, &first);
+        self.io.push(Box::pin(async move {
+            let r = conn.open_bi().await.map_err(|e| e.to_string());
+            Io::Opened(peer, conn_id, ch, r)
+        }));
+    }
+
+    fn send(&mut self, ch: ChannelId, msg: &Message) {
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return;
+        };
+        match encode_frame(msg) {
+            Ok(frame) => c.queue.push(frame),
+            Err(e) => {
+                tracing::error!("message not sent: {e}");
+                return;
+            }
+        }
+        self.flush(ch);
+    }
+
+    /// Starts writing what is queued on a channel, or finishes it once drained if closing.
+    fn flush(&mut self, ch: ChannelId) {
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return;
+        };
+        if c.writing || c.send.is_none() {
+            return;
+        }
+        if c.queue.is_empty() {
+            if c.closing {
+                if let Some(mut send) = c.send.take() {
+                    let _ = send.finish();
+                }
+                self.channels.remove(&ch);
+            }
+            return;
+        }
+        let Some(mut send) = c.send.take() else {
+            return;
+        };
+        let mut chunks = std::mem::take(&mut c.queue);
+        c.writing = true;
+        self.io.push(Box::pin(async move {
+            let r = send
+                .write_all_chunks(&mut chunks)
+                .await
+                .map_err(|e| e.to_string());
+            Io::Written(ch, send, r)
+        }));
+    }
+}

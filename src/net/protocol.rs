@@ -1,0 +1,208 @@
+//! [`HypercoreProtocol`]: the iroh protocol handler and the handle applications use.
+
+use std::sync::Arc;
+
+use iroh::{
+    Endpoint, EndpointAddr, EndpointId,
+    endpoint::Connection,
+    protocol::{AcceptError, ProtocolHandler},
+};
+use iroh_gossip::Gossip;
+use iroh_hypercore_tickets::CoreTicket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::driver::{Command, Driver};
+use crate::{
+    Corestore, Error, Hypercore, Result,
+    replication::{Engine, EngineConfig, Event, Mode, engine::PeerStats},
+};
+
+/// Capacity of the protocol's event channel.
+const EVENT_CAPACITY: usize = 4096;
+
+/// Replicates the cores of a [`Corestore`] with peers over iroh.
+///
+/// Register it on an iroh `Router` under [`ALPN`](super::ALPN), next to iroh-gossip. It is a
+/// cheap handle; the engine runs on one task spawned by [`Builder::spawn`] and stops with
+/// [`shutdown`](Self::shutdown) (which the router calls) or when every handle is dropped.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use iroh::{Endpoint, endpoint::presets, protocol::Router};
+/// use iroh_gossip::Gossip;
+/// use iroh_hypercore::{Corestore, net::{ALPN, HypercoreProtocol}};
+///
+/// let endpoint = Endpoint::builder(presets::Minimal).bind().await?;
+/// let gossip = Gossip::builder().spawn(endpoint.clone());
+/// let store = Corestore::memory().await?;
+/// let log = store.get_named("chat").await?;
+/// log.append(b"hello".to_vec()).await?;
+///
+/// let proto = HypercoreProtocol::builder(store.clone()).spawn(endpoint.clone(), gossip.clone());
+/// let router = Router::builder(endpoint)
+///     .accept(ALPN, proto.clone())
+///     .accept(iroh_gossip::ALPN, gossip)
+///     .spawn();
+/// proto.replicate(&log).await?;
+/// let ticket = proto.ticket(&log);
+/// println!("share this: {ticket}");
+/// # router.shutdown().await?; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct HypercoreProtocol {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Corestore,
+    endpoint: Endpoint,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+}
+
+/// Builds a [`HypercoreProtocol`].
+#[derive(Debug)]
+pub struct Builder {
+    store: Corestore,
+    config: EngineConfig,
+}
+
+impl Builder {
+    /// Sets the engine's tuning.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts the engine on a task of the current runtime. `gossip` announces new lengths; pass
+    /// the same `Gossip` that is registered on the router.
+    pub fn spawn(self, endpoint: Endpoint, gossip: Gossip) -> HypercoreProtocol {
+        self.spawn_inner(endpoint, Some(gossip))
+    }
+
+    /// Starts the engine without gossip: peers learn of new lengths only over open channels.
+    pub fn spawn_without_gossip(self, endpoint: Endpoint) -> HypercoreProtocol {
+        self.spawn_inner(endpoint, None)
+    }
+
+    fn spawn_inner(self, endpoint: Endpoint, gossip: Option<Gossip>) -> HypercoreProtocol {
+        let me = *endpoint.id().as_bytes();
+        let engine = Engine::new(me, self.config);
+        let (commands, rx) = mpsc::channel(256);
+        let events = broadcast::channel(EVENT_CAPACITY).0;
+        let driver = Driver::new(engine, endpoint.clone(), gossip, events.clone());
+        tokio::spawn(driver.run(rx));
+        HypercoreProtocol {
+            inner: Arc::new(Inner {
+                store: self.store,
+                endpoint,
+                commands,
+                events,
+            }),
+        }
+    }
+}
+
+impl HypercoreProtocol {
+    /// A builder for a protocol replicating the cores of `store`.
+    pub fn builder(store: Corestore) -> Builder {
+        Builder {
+            store,
+            config: EngineConfig::default(),
+        }
+    }
+
+    /// The store whose cores are replicated.
+    pub fn store(&self) -> &Corestore {
+        &self.inner.store
+    }
+
+    /// The endpoint the protocol runs on.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Replicates `core` fully and live: every block is fetched and new blocks follow.
+    pub async fn replicate(&self, core: &Hypercore) -> Result<()> {
+        self.replicate_with(core, Mode::Full).await
+    }
+
+    /// Replicates `core` in the given mode. In [`Mode::Sparse`] only blocks asked for with
+    /// `get(i).wait(..)` or `download(range)` are fetched.
+    pub async fn replicate_with(&self, core: &Hypercore, mode: Mode) -> Result<()> {
+        let core = core.clone();
+        self.command(|tx| Command::Replicate(core, mode, tx)).await
+    }
+
+    /// Replicates `core` (fully, unless it already is replicated) and connects to `nodes`,
+    /// which also bootstrap its gossip topic.
+    pub async fn join(&self, core: &Hypercore, nodes: &[EndpointAddr]) -> Result<()> {
+        self.replicate(core).await?;
+        let (key, nodes) = (core.key(), nodes.to_vec());
+        self.command(|tx| Command::Join(key, nodes, tx)).await
+    }
+
+    /// Opens the core a ticket names (read-only unless this store has its key pair) and joins
+    /// the ticket's nodes.
+    pub async fn open_ticket(&self, ticket: &CoreTicket) -> Result<Hypercore> {
+        let core = self.inner.store.get_remote(ticket.key()).await?;
+        self.join(&core, ticket.nodes()).await?;
+        Ok(core)
+    }
+
+    /// A ticket for `core`: its key and this endpoint's address.
+    pub fn ticket(&self, core: &Hypercore) -> CoreTicket {
+        CoreTicket::new(core.key(), vec![self.inner.endpoint.addr()])
+    }
+
+    /// Events: peers coming and going, appends, truncates, downloads and uploads.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Counters of every connected peer.
+    pub async fn peer_stats(&self) -> Result<Vec<PeerStats>> {
+        self.command(Command::PeerStats).await
+    }
+
+    /// Peers with an open channel for `core`.
+    pub async fn peers(&self, core: &Hypercore) -> Result<Vec<EndpointId>> {
+        let key = core.key();
+        let ids = self.command(|tx| Command::CorePeers(key, tx)).await?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|b| EndpointId::from_bytes(&b).ok())
+            .collect())
+    }
+
+    /// Stops the engine and closes its connections.
+    pub async fn shutdown(&self) {
+        let _ = self.command(Command::Shutdown).await;
+    }
+}
+
+impl ProtocolHandler for HypercoreProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        self.inner
+            .commands
+            .send(Command::Accept(conn))
+            .await
+            .map_err(|_| AcceptError::from_err(Error::Closed))?;
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        HypercoreProtocol::shutdown(self).await;
+    }
+}

@@ -1,0 +1,410 @@
+//! Fetching: upgrades, the fetch queue's runs, applying what arrives, and following the local
+//! state of each core.
+
+use std::time::Instant;
+
+use super::{
+    ApplyOutcome, ChannelId, Engine, Event, LocalInfo, Mode, PeerId, Sent, Task, TaskCtx,
+    TaskResult, UPGRADE_ID_BIT, Upgrading,
+};
+use crate::{
+    crypto::CoreKey,
+    replication::wire::Message,
+    tree::{Proof, ProofRequest, UpgradeRequest},
+};
+
+impl Engine {
+    /// Asks the peer furthest ahead for a signed upgrade, if none is in flight.
+    pub(super) fn maybe_upgrade(&mut self, core: CoreKey, now: Instant) {
+        let Some(r) = self.cores.get(&core) else {
+            return;
+        };
+        if r.upgrading.is_some() || r.upgrade_proof.is_some() {
+            return;
+        }
+        let local = r.local;
+        let best = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.core == core && !self.fetch.is_backed_off(&c.peer, now))
+            .filter_map(|(id, c)| c.remote.map(|s| (*id, c.peer, s)))
+            .filter(|(_, _, s)| {
+                s.length > 0
+                    && (s.fork > local.fork || (s.fork == local.fork && s.length > local.length))
+            })
+            .max_by_key(|(id, _, s)| (s.fork, s.length, std::cmp::Reverse(*id)));
+        let Some((channel, peer, remote)) = best else {
+            return;
+        };
+        let start = if remote.fork == local.fork {
+            local.length
+        } else {
+            0
+        };
+        let id = UPGRADE_ID_BIT | self.next_upgrade_id;
+        self.next_upgrade_id += 1;
+        let request = ProofRequest {
+            fork: local.fork,
+            upgrade: Some(UpgradeRequest {
+                start,
+                length: remote.length - start,
+            }),
+            manifest: local.length == 0,
+            ..Default::default()
+        };
+        if let Some(c) = self.channels.get_mut(&channel) {
+            c.requests.insert(id, Sent::Upgrade);
+        }
+        if let Some(r) = self.cores.get_mut(&core) {
+            r.upgrading = Some(Upgrading {
+                peer,
+                channel,
+                id,
+                deadline: now + self.cfg.upgrade_timeout,
+            });
+        }
+        self.send(peer, channel, Message::Request { id, request });
+    }
+
+    pub(super) fn on_data(&mut self, channel: ChannelId, id: u64, proof: Proof, now: Instant) {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let (peer, core) = (c.peer, c.core);
+        match c.requests.get(&id).copied() {
+            Some(Sent::Upgrade) => {
+                c.requests.remove(&id);
+                if let Some(r) = self.cores.get_mut(&core) {
+                    r.upgrade_proof = Some((peer, proof));
+                }
+                self.maybe_apply(core);
+            }
+            Some(Sent::Run) => {
+                let index = proof.block.as_ref().map(|b| b.index);
+                let expected = index.is_some_and(|i| self.fetch.on_received(id, i, now));
+                if !self.fetch.is_open(id)
+                    && let Some(c) = self.channels.get_mut(&channel)
+                {
+                    c.requests.remove(&id);
+                }
+                if !expected {
+                    // Not a block of this run: an answer nobody asked for.
+                    self.fetch.penalize(peer, now);
+                    return;
+                }
+                if let Some(r) = self.cores.get_mut(&core) {
+                    r.pending.push((peer, proof));
+                }
+                self.maybe_apply(core);
+            }
+            // Late answer to a request that timed out or was cancelled.
+            None => {}
+        }
+    }
+
+    pub(super) fn on_no_data(&mut self, channel: ChannelId, id: u64, start: u64, end: u64) {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let core = c.core;
+        match c.requests.get(&id).copied() {
+            Some(Sent::Upgrade) => {
+                c.requests.remove(&id);
+                // It cannot prove what it claimed: stop believing it until it syncs again.
+                if let Some(remote) = &mut c.remote
+                    && let Some(r) = self.cores.get(&core)
+                {
+                    remote.length = remote.length.min(r.local.length);
+                }
+                if let Some(r) = self.cores.get_mut(&core) {
+                    r.upgrading = None;
+                }
+            }
+            Some(Sent::Run) => {
+                self.fetch.on_no_data(id, start, end);
+                if !self.fetch.is_open(id) {
+                    c.requests.remove(&id);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Starts applying what arrived, one storage task per core at a time, upgrades first.
+    pub(super) fn maybe_apply(&mut self, core: CoreKey) {
+        let Some(r) = self.cores.get_mut(&core) else {
+            return;
+        };
+        if r.applying {
+            return;
+        }
+        if let Some((peer, proof)) = r.upgrade_proof.take() {
+            r.applying = true;
+            self.new_task(
+                core,
+                Task::ApplyProof(proof),
+                TaskCtx::ApplyUpgrade { core, peer },
+            );
+            return;
+        }
+        if r.pending.is_empty() || r.local.length == 0 {
+            return;
+        }
+        r.applying = true;
+        let pending = std::mem::take(&mut r.pending);
+        let peers = pending
+            .iter()
+            .map(|(p, proof)| (proof.block.as_ref().map_or(u64::MAX, |b| b.index), *p))
+            .collect();
+        let proofs = pending.into_iter().map(|(_, p)| p).collect();
+        self.new_task(
+            core,
+            Task::ApplyRun(proofs),
+            TaskCtx::ApplyRun { core, peers },
+        );
+    }
+
+    pub(super) fn on_task_done(&mut self, id: u64, result: TaskResult, now: Instant) {
+        let Some(ctx) = self.tasks.remove(&id) else {
+            return;
+        };
+        match (ctx, result) {
+            (TaskCtx::Serve { channel, id }, TaskResult::Proof(r)) => {
+                self.on_served(channel, id, r)
+            }
+            (
+                TaskCtx::ServeRun {
+                    channel,
+                    id,
+                    start,
+                    end,
+                },
+                TaskResult::Run(r),
+            ) => self.on_served_run(channel, id, start, end, r),
+            (TaskCtx::ApplyUpgrade { core, peer }, TaskResult::Applied(outcome, local)) => {
+                if let Some(r) = self.cores.get_mut(&core) {
+                    r.applying = false;
+                    r.upgrading = None;
+                }
+                match outcome {
+                    ApplyOutcome::Done(()) => {}
+                    ApplyOutcome::Invalid(reason) => self.blame(core, peer, reason, now),
+                    ApplyOutcome::Failed(e) => tracing::warn!("storing an upgrade failed: {e}"),
+                }
+                self.update_local(core, local, now);
+                self.maybe_apply(core);
+                self.maybe_upgrade(core, now);
+            }
+            (TaskCtx::ApplyRun { core, peers }, TaskResult::RunApplied(outcome, local)) => {
+                if let Some(r) = self.cores.get_mut(&core) {
+                    r.applying = false;
+                }
+                self.on_run_applied(core, peers, outcome, local, now);
+            }
+            (ctx, result) => {
+                tracing::error!("task result {result:?} does not match its task {ctx:?}");
+            }
+        }
+    }
+
+    fn on_run_applied(
+        &mut self,
+        core: CoreKey,
+        peers: Vec<(u64, PeerId)>,
+        outcome: ApplyOutcome<crate::core::RunApplied>,
+        local: LocalInfo,
+        now: Instant,
+    ) {
+        let mut stored = std::collections::HashSet::new();
+        match outcome {
+            ApplyOutcome::Done(applied) => {
+                let by_index: std::collections::HashMap<u64, PeerId> =
+                    peers.iter().copied().collect();
+                for (index, bytes) in &applied.stored {
+                    stored.insert(*index);
+                    self.fetch.on_committed(&core, *index);
+                    if let Some(r) = self.cores.get_mut(&core) {
+                        r.wanted.remove(index);
+                    }
+                    if let Some(peer) = by_index.get(index).copied() {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.stats.blocks_down += 1;
+                            p.stats.bytes_down += bytes;
+                        }
+                        self.emit(Event::Download {
+                            core,
+                            index: *index,
+                            bytes: *bytes,
+                            peer,
+                        });
+                    }
+                }
+                if let Some((index, err)) = applied.rejected
+                    && let Some(peer) = by_index.get(&index).copied()
+                {
+                    stored.insert(index);
+                    self.fetch.on_invalid(&core, index, peer, now);
+                    self.blame(core, peer, err.to_string(), now);
+                }
+            }
+            ApplyOutcome::Invalid(e) | ApplyOutcome::Failed(e) => {
+                tracing::warn!("applying a run failed: {e}");
+            }
+        }
+        for (index, _) in &peers {
+            if !stored.contains(index) {
+                self.fetch.on_store_failed(&core, *index);
+            }
+        }
+        self.update_local(core, local, now);
+        self.maybe_apply(core);
+    }
+
+    /// Records bad data from `peer` and backs it off.
+    fn blame(&mut self, core: CoreKey, peer: PeerId, reason: String, now: Instant) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.invalid += 1;
+        }
+        self.fetch.penalize(peer, now);
+        self.emit(Event::Invalid { core, peer, reason });
+    }
+
+    /// Takes in the core's new local state: tells peers, queues new blocks, emits events.
+    pub(super) fn update_local(&mut self, core: CoreKey, new: LocalInfo, now: Instant) {
+        let Some(r) = self.cores.get_mut(&core) else {
+            return;
+        };
+        let old = r.local;
+        if old == new {
+            return;
+        }
+        r.local = new;
+        if let Some(avg) = new.byte_length.checked_div(new.length) {
+            self.fetch.set_block_size(core, avg);
+        }
+        if new.fork != old.fork {
+            // Everything in flight was for the old fork.
+            r.pending.clear();
+            r.queued_to = new.contiguous;
+            self.fetch.remove_core(&core);
+            for c in self.channels.values_mut() {
+                if c.core == core {
+                    c.requests.retain(|_, s| *s == Sent::Upgrade);
+                }
+            }
+            self.emit(Event::Truncate {
+                core,
+                length: new.length,
+                fork: new.fork,
+            });
+        } else if new.length < old.length {
+            self.fetch.truncate(&core, new.length);
+            r.queued_to = r.queued_to.min(new.length);
+        }
+        if new.length > old.length || new.fork != old.fork {
+            self.emit(Event::Append {
+                core,
+                length: new.length,
+                fork: new.fork,
+            });
+            self.announce(core, now);
+        }
+        self.broadcast_sync(core, false);
+        self.enqueue_missing(core);
+    }
+
+    /// Queues the blocks this core should fetch and that are not queued yet.
+    pub(super) fn enqueue_missing(&mut self, core: CoreKey) {
+        let Some(r) = self.cores.get_mut(&core) else {
+            return;
+        };
+        let length = r.local.length;
+        let ranges: Vec<(u64, u64)> = match r.mode {
+            Mode::Full => {
+                let start = r.queued_to.max(r.local.contiguous);
+                r.queued_to = length.max(r.queued_to);
+                if start < length {
+                    vec![(start, length)]
+                } else {
+                    vec![]
+                }
+            }
+            Mode::Sparse => r
+                .wanted
+                .range(..length)
+                .filter(|i| !self.fetch.contains(&core, **i))
+                .map(|i| (*i, i + 1))
+                .collect(),
+        };
+        for (s, e) in ranges {
+            self.fetch.add(core, s, e);
+            self.add_sources(core, s, e);
+        }
+    }
+
+    pub(super) fn on_want(&mut self, core: CoreKey, start: u64, end: u64) {
+        let Some(r) = self.cores.get_mut(&core) else {
+            return;
+        };
+        let from = start.max(if r.mode == Mode::Full { r.queued_to } else { 0 });
+        // Full mode queues every block anyway; a want only matters beyond the known length.
+        for i in from..end.min(from.saturating_add(1 << 20)) {
+            r.wanted.insert(i);
+        }
+        let channels: Vec<(PeerId, ChannelId)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.core == core && c.remote.is_some())
+            .map(|(id, c)| (c.peer, *id))
+            .collect();
+        for (peer, ch) in channels {
+            self.send(peer, ch, Message::Want { start, end });
+        }
+        if let Some(r) = self.cores.get(&core)
+            && r.mode == Mode::Sparse
+        {
+            self.enqueue_missing(core);
+        }
+    }
+
+    /// Sends every request the fetch queue has room for.
+    pub(super) fn schedule(&mut self, now: Instant) {
+        while let Some(a) = self.fetch.next_request(now) {
+            let channel = self
+                .peers
+                .get(&a.peer)
+                .and_then(|p| p.channels.get(&a.core))
+                .copied();
+            let local = self.cores.get(&a.core).map(|r| r.local);
+            let (Some(channel), Some(local)) = (channel, local) else {
+                self.fetch.cancel(a.id);
+                self.fetch.remove_source(&a.core, &a.peer);
+                continue;
+            };
+            if let Some(c) = self.channels.get_mut(&channel) {
+                c.requests.insert(a.id, Sent::Run);
+            }
+            self.send(
+                a.peer,
+                channel,
+                Message::RequestRun {
+                    id: a.id,
+                    fork: local.fork,
+                    start: a.start,
+                    end: a.end,
+                    length: local.length,
+                },
+            );
+        }
+        for notice in self.fetch.take_notices() {
+            match notice {
+                crate::replication::fetch::PeerNotice::BackedOff(p, _) => {
+                    self.emit(Event::Backoff(p))
+                }
+                crate::replication::fetch::PeerNotice::Dropped(p) => {
+                    self.emit(Event::PeerDropped(p))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! The replication engine: one state machine that owns every peer, channel, the fetch queue and
+//! the gossip state of all replicated cores.
+//!
+//! It does no IO. The driver feeds it [`Input`]s (messages, finished storage tasks, gossip,
+//! local changes) with the current time, calls [`Engine::handle_timeout`] when
+//! [`Engine::poll_timeout`] says so, and carries out the [`Output`]s it yields: messages to
+//! send, channels to open or close, storage tasks to run, gossip to broadcast, and [`Event`]s.
+//! Its state changes only inside these calls, so a simulation with a fake clock can drive
+//! hundreds of engines deterministically.
+
+mod channels;
+mod download;
+mod serve;
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+
+use super::{
+    fetch::{FetchConfig, FetchQueue, PeerId},
+    gossip::{GOSSIP_MAX_MESSAGE, GossipOp},
+    wire::{Message, SyncInfo},
+};
+use crate::{
+    core::{RunApplied, RunItem},
+    crypto::{CoreKey, DiscoveryKey, discovery_key},
+    tree::{Proof, ProofRequest},
+};
+
+/// Identifies a channel (one stream, one core) within the engine. Ids of channels the engine
+/// opens are even; the driver gives odd ids to channels a peer opens.
+pub type ChannelId = u64;
+
+/// Identifies a storage task.
+pub type TaskId = u64;
+
+/// How much of a core to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Every block, following the log live.
+    #[default]
+    Full,
+    /// Only blocks asked for with [`Input::Want`]; the length is still followed live.
+    Sparse,
+}
+
+/// The local state of a core, as the engine needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LocalInfo {
+    /// Fork id.
+    pub fork: u64,
+    /// Signed length.
+    pub length: u64,
+    /// Bytes in the signed length.
+    pub byte_length: u64,
+    /// Leading blocks stored.
+    pub contiguous: u64,
+}
+
+/// Tuning of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The fetch queue's tuning.
+    pub fetch: FetchConfig,
+    /// Time an upgrade request may take before it is asked of another peer.
+    pub upgrade_timeout: Duration,
+    /// Storage tasks run at once for one peer's requests.
+    pub serve_concurrency: usize,
+    /// Requests from one peer waiting to be served; more are answered with `NoData`.
+    pub serve_queue: usize,
+    /// Refused requests after which a peer's channels are closed.
+    pub max_refused: u64,
+    /// Shortest time between two gossip announcements of one core.
+    pub announce_interval: Duration,
+    /// Gossip message size limit (iroh-gossip's `max_message_size`).
+    pub gossip_max_message: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            fetch: FetchConfig::default(),
+            upgrade_timeout: Duration::from_secs(5),
+            serve_concurrency: 4,
+            serve_queue: 256,
+            max_refused: 4096,
+            announce_interval: Duration::from_millis(50),
+            gossip_max_message: GOSSIP_MAX_MESSAGE,
+        }
+    }
+}
+
+/// Something the driver tells the engine.
+#[derive(Debug)]
+pub enum Input {
+    /// A connection to `peer` is up.
+    PeerConnected(PeerId),
+    /// The connection to `peer` is gone.
+    PeerDisconnected(PeerId),
+    /// A message arrived on a channel; the first message of a channel the peer opened is
+    /// `Open`, on a new odd channel id.
+    Message(PeerId, ChannelId, Message),
+    /// A channel's stream ended or failed.
+    ChannelClosed(PeerId, ChannelId),
+    /// A storage task finished.
+    TaskDone(TaskId, TaskResult),
+    /// A gossip message arrived on a core's topic.
+    Gossip(CoreKey, Bytes),
+    /// The gossip subscription of a core lagged (messages were lost).
+    GossipLagged(CoreKey),
+    /// The core changed outside the engine (a local append or truncate).
+    LocalChanged(CoreKey, LocalInfo),
+    /// The application wants blocks `start..end` (sparse cores).
+    Want(CoreKey, u64, u64),
+}
+
+/// A storage task for the driver to run against a core.
+#[derive(Debug)]
+pub enum Task {
+    /// `Hypercore::create_proof`.
+    CreateProof(ProofRequest),
+    /// `Hypercore::create_run_proofs(fork, start, end, length)`.
+    CreateRun {
+        /// Requester's fork.
+        fork: u64,
+        /// First block.
+        start: u64,
+        /// End of the run.
+        end: u64,
+        /// Requester's length.
+        length: u64,
+    },
+    /// `Hypercore::verify_and_apply_proof`.
+    ApplyProof(Proof),
+    /// `Hypercore::apply_block_proofs`.
+    ApplyRun(Vec<Proof>),
+}
+
+/// How a task that applies data from a peer ended.
+#[derive(Debug)]
+pub enum ApplyOutcome<T> {
+    /// Verified and stored.
+    Done(T),
+    /// The data did not verify: the peer's fault, nothing stored.
+    Invalid(String),
+    /// Storing failed: our fault, nothing stored.
+    Failed(String),
+}
+
+/// The result of a [`Task`], with the core's state after it.
+#[derive(Debug)]
+pub enum TaskResult {
+    /// Answer to [`Task::CreateProof`].
+    Proof(Result<Proof, String>),
+    /// Answer to [`Task::CreateRun`].
+    Run(Result<Vec<RunItem>, String>),
+    /// Answer to [`Task::ApplyProof`].
+    Applied(ApplyOutcome<()>, LocalInfo),
+    /// Answer to [`Task::ApplyRun`].
+    RunApplied(ApplyOutcome<RunApplied>, LocalInfo),
+}
+
+/// Something the engine asks the driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Connect to `peer` (the driver knows or looks up its address).
+    Connect(PeerId),
+    /// Open a new stream to `peer` as channel `channel`, starting with `first`.
+    OpenChannel(PeerId, ChannelId, Message),
+    /// Send a message on a channel.
+    Send(PeerId, ChannelId, Message),
+    /// Close a channel's stream (after sending what was queued).
+    CloseChannel(PeerId, ChannelId),
+    /// Run a storage task on a core and report it with [`Input::TaskDone`].
+    Task(TaskId, CoreKey, Task),
+    /// Subscribe to the gossip topic of a core.
+    JoinGossip(CoreKey, [u8; 32]),
+    /// Broadcast an encoded [`GossipOp`] on the topic of a core.
+    Broadcast(CoreKey, Bytes),
+    /// Something happened.
+    Event(Event),
+}
+
+/// What the engine reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A peer connected.
+    PeerAdd(PeerId),
+    /// A peer disconnected.
+    PeerRemove(PeerId),
+    /// A channel for `core` with `peer` is open.
+    ChannelOpen {
+        /// Core.
+        core: CoreKey,
+        /// Peer.
+        peer: PeerId,
+    },
+    /// A peer's channel was refused.
+    ChannelRefused {
+        /// Peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The core grew to `length` (locally or by a verified upgrade).
+    Append {
+        /// Core.
+        core: CoreKey,
+        /// New length.
+        length: u64,
+        /// Fork.
+        fork: u64,
+    },
+    /// The core moved to a new fork at `length`.
+    Truncate {
+        /// Core.
+        core: CoreKey,
+        /// Length after the truncation.
+        length: u64,
+        /// New fork.
+        fork: u64,
+    },
+    /// A verified block from `peer` was stored.
+    Download {
+        /// Core.
+        core: CoreKey,
+        /// Block index.
+        index: u64,
+        /// Block size.
+        bytes: u64,
+        /// Peer that sent it.
+        peer: PeerId,
+    },
+    /// A block was sent to `peer`.
+    Upload {
+        /// Core.
+        core: CoreKey,
+        /// Block index.
+        index: u64,
+        /// Block size.
+        bytes: u64,
+        /// Peer it was sent to.
+        peer: PeerId,
+    },
+    /// `peer` sent data that did not verify.
+    Invalid {
+        /// Core.
+        core: CoreKey,
+        /// Peer.
+        peer: PeerId,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// `peer` failed (timeout or invalid data) and is backed off.
+    Backoff(PeerId),
+    /// `peer` failed after its last back-off and no longer serves the fetch queue.
+    PeerDropped(PeerId),
+}
+
+/// Counters of one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Peer id.
+    pub peer: PeerId,
+    /// Open channels.
+    pub channels: usize,
+    /// Verified blocks received.
+    pub blocks_down: u64,
+    /// Bytes of verified blocks received.
+    pub bytes_down: u64,
+    /// Blocks sent.
+    pub blocks_up: u64,
+    /// Bytes of blocks sent.
+    pub bytes_up: u64,
+    /// Proofs from this peer that did not verify.
+    pub invalid: u64,
+    /// Requests refused because the peer asked for too much.
+    pub refused: u64,
+}
+
+/// What a request we sent was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Upgrade,
+    Run,
+}
+
+#[derive(Debug)]
+struct Channel {
+    peer: PeerId,
+    core: CoreKey,
+    opened_by_me: bool,
+    /// The remote's last `Sync`, once the channel is open.
+    remote: Option<SyncInfo>,
+    /// Blocks past `remote.contiguous` the remote said it has.
+    remote_ranges: Vec<(u64, u64)>,
+    requests: HashMap<u64, Sent>,
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    channels: HashMap<CoreKey, ChannelId>,
+    serving: usize,
+    serve_queue: VecDeque<(ChannelId, Message)>,
+    stats: PeerStats,
+}
+
+#[derive(Debug)]
+struct Upgrading {
+    peer: PeerId,
+    channel: ChannelId,
+    id: u64,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Replica {
+    discovery_key: DiscoveryKey,
+    local: LocalInfo,
+    mode: Mode,
+    /// Sparse mode: blocks the application is waiting for.
+    wanted: BTreeSet<u64>,
+    /// Full mode: blocks below this were queued (or held).
+    queued_to: u64,
+    upgrading: Option<Upgrading>,
+    /// An upgrade proof waiting for the core's writer slot.
+    upgrade_proof: Option<(PeerId, Proof)>,
+    /// Block proofs received and not yet applied, in arrival order.
+    pending: Vec<(PeerId, Proof)>,
+    /// A storage task applying data to this core is running.
+    applying: bool,
+    announce_due: bool,
+    last_announce: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum TaskCtx {
+    Serve {
+        channel: ChannelId,
+        id: u64,
+    },
+    ServeRun {
+        channel: ChannelId,
+        id: u64,
+        start: u64,
+        end: u64,
+    },
+    ApplyUpgrade {
+        core: CoreKey,
+        peer: PeerId,
+    },
+    ApplyRun {
+        core: CoreKey,
+        peers: Vec<(u64, PeerId)>,
+    },
+}
+
+/// The replication engine; see the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    me: PeerId,
+    cfg: EngineConfig,
+    cores: HashMap<CoreKey, Replica>,
+    by_discovery_key: HashMap<DiscoveryKey, CoreKey>,
+    peers: HashMap<PeerId, Peer>,
+    channels: HashMap<ChannelId, Channel>,
+    fetch: FetchQueue,
+    tasks: HashMap<TaskId, TaskCtx>,
+    outputs: VecDeque<Output>,
+    next_channel: ChannelId,
+    next_task: TaskId,
+    next_upgrade_id: u64,
+}
+
+/// Ids of upgrade requests have the top bit set; run requests use the fetch queue's ids.
+const UPGRADE_ID_BIT: u64 = 1 << 63;
+
+impl Engine {
+    /// An engine for the endpoint `me`.
+    pub fn new(me: PeerId, cfg: EngineConfig) -> Self {
+        Self {
+            me,
+            fetch: FetchQueue::new(cfg.fetch.clone()),
+            cfg,
+            cores: HashMap::new(),
+            by_discovery_key: HashMap::new(),
+            peers: HashMap::new(),
+            channels: HashMap::new(),
+            tasks: HashMap::new(),
+            outputs: VecDeque::new(),
+            next_channel: 0,
+            next_task: 0,
+            next_upgrade_id: 0,
+        }
+    }
+
+    /// This endpoint's id.
+    pub fn me(&self) -> PeerId {
+        self.me
+    }
+
+    /// Starts replicating a core: joins its gossip topic and opens a channel on every
+    /// connection. Adding a core twice only updates its mode.
+    pub fn add_core(&mut self, key: CoreKey, local: LocalInfo, mode: Mode, now: Instant) {
+        if let Some(r) = self.cores.get_mut(&key) {
+            r.mode = mode;
+            self.schedule(now);
+            return;
+        }
+        let dk = discovery_key(&key);
+        self.by_discovery_key.insert(dk, key);
+        self.cores.insert(
+            key,
+            Replica {
+                discovery_key: dk,
+                local,
+                mode,
+                wanted: BTreeSet::new(),
+                queued_to: local.contiguous,
+                upgrading: None,
+                upgrade_proof: None,
+                pending: Vec::new(),
+                applying: false,
+                announce_due: false,
+                last_announce: None,
+            },
+        );
+        self.outputs
+            .push_back(Output::JoinGossip(key, super::gossip::topic(&dk)));
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.open_channel(peer, key);
+        }
+        self.enqueue_missing(key);
+        self.announce(key, now);
+    }
+
+    /// Whether `key` is replicated.
+    pub fn has_core(&self, key: &CoreKey) -> bool {
+        self.cores.contains_key(key)
+    }
+
+    /// The local state the engine knows of a core.
+    pub fn local(&self, key: &CoreKey) -> Option<LocalInfo> {
+        self.cores.get(key).map(|r| r.local)
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self.peers.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Peers with an open channel for `core`.
+    pub fn core_peers(&self, core: &CoreKey) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self
+            .channels
+            .values()
+            .filter(|c| c.core == *core && c.remote.is_some())
+            .map(|c| c.peer)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Counters of every connected peer.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        let mut v: Vec<PeerStats> = self
+            .peers
+            .iter()
+            .map(|(id, p)| PeerStats {
+                peer: *id,
+                channels: p.channels.len(),
+                ..p.stats.clone()
+            })
+            .collect();
+        v.sort_by_key(|s| s.peer);
+        v
+    }
+
+    /// Blocks waiting in the fetch queue.
+    pub fn queued_blocks(&self) -> usize {
+        self.fetch.len()
+    }
+
+    /// Feeds one input at time `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::PeerConnected(peer) => self.on_connected(peer),
+            Input::PeerDisconnected(peer) => self.on_disconnected(peer),
+            Input::Message(peer, channel, msg) => self.on_message(peer, channel, msg, now),
+            Input::ChannelClosed(peer, channel) => self.on_channel_closed(peer, channel),
+            Input::TaskDone(id, result) => self.on_task_done(id, result, now),
+            Input::Gossip(core, bytes) => self.on_gossip(core, &bytes),
+            Input::GossipLagged(core) => self.resync(core),
+            Input::LocalChanged(core, local) => self.update_local(core, local, now),
+            Input::Want(core, start, end) => self.on_want(core, start, end),
+        }
+        self.schedule(now);
+    }
+
+    /// The next output to carry out.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let upgrades = self
+            .cores
+            .values()
+            .filter_map(|r| r.upgrading.as_ref().map(|u| u.deadline));
+        let announces = self.cores.values().filter_map(|r| {
+            r.announce_due
+                .then(|| r.last_announce.map(|t| t + self.cfg.announce_interval))
+                .flatten()
+        });
+        upgrades
+            .chain(announces)
+            .chain(self.fetch.next_deadline())
+            .min()
+    }
+
+    /// Handles every timer due at `now`: request timeouts, back-offs, announcements.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (id, peer) in self.fetch.poll_timeouts(now) {
+            let channels: Vec<ChannelId> = self.peer_channels(&peer);
+            for ch in channels {
+                if let Some(c) = self.channels.get_mut(&ch)
+                    && c.requests.remove(&id).is_some()
+                {
+                    self.outputs
+                        .push_back(Output::Send(peer, ch, Message::Cancel { id }));
+                }
+            }
+        }
+        let late: Vec<CoreKey> = self
+            .cores
+            .iter()
+            .filter(|(_, r)| r.upgrading.as_ref().is_some_and(|u| u.deadline <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for core in late {
+            if let Some(u) = self.cores.get_mut(&core).and_then(|r| r.upgrading.take()) {
+                if let Some(c) = self.channels.get_mut(&u.channel) {
+                    c.requests.remove(&u.id);
+                }
+                self.fetch.penalize(u.peer, now);
+            }
+        }
+        let due: Vec<CoreKey> = self
+            .cores
+            .iter()
+            .filter(|(_, r)| {
+                r.announce_due
+                    && r.last_announce
+                        .is_none_or(|t| t + self.cfg.announce_interval <= now)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for core in due {
+            self.announce(core, now);
+        }
+        self.schedule(now);
+    }
+
+    fn peer_channels(&self, peer: &PeerId) -> Vec<ChannelId> {
+        self.peers
+            .get(peer)
+            .map(|p| p.channels.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn new_task(&mut self, core: CoreKey, task: Task, ctx: TaskCtx) {
+        let id = self.next_task;
+        self.next_task += 1;
+        self.tasks.insert(id, ctx);
+        self.outputs.push_back(Output::Task(id, core, task));
+    }
+
+    fn emit(&mut self, ev: Event) {
+        self.outputs.push_back(Output::Event(ev));
+    }
+
+    fn send(&mut self, peer: PeerId, channel: ChannelId, msg: Message) {
+        self.outputs.push_back(Output::Send(peer, channel, msg));
+    }
+
+    fn sync_info(&self, core: &CoreKey, ask: bool) -> Option<SyncInfo> {
+        self.cores.get(core).map(|r| SyncInfo {
+            fork: r.local.fork,
+            length: r.local.length,
+            contiguous: r.local.contiguous,
+            ask,
+        })
+    }
+
+    /// Sends our state on every open channel of `core`.
+    fn broadcast_sync(&mut self, core: CoreKey, ask: bool) {
+        let Some(info) = self.sync_info(&core, ask) else {
+            return;
+        };
+        let targets: Vec<(PeerId, ChannelId)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.core == core && c.remote.is_some())
+            .map(|(id, c)| (c.peer, *id))
+            .collect();
+        for (peer, ch) in targets {
+            self.send(peer, ch, Message::Sync(info));
+        }
+    }
+
+    /// Tells the swarm our length, at most once per `announce_interval`.
+    fn announce(&mut self, core: CoreKey, now: Instant) {
+        let interval = self.cfg.announce_interval;
+        let max = self.cfg.gossip_max_message;
+        let me = self.me;
+        let Some(r) = self.cores.get_mut(&core) else {
+            return;
+        };
+        if r.local.length == 0 {
+            return;
+        }
+        if r.last_announce.is_some_and(|t| t + interval > now) {
+            r.announce_due = true;
+            return;
+        }
+        r.announce_due = false;
+        r.last_announce = Some(now);
+        let op = GossipOp::Announce {
+            origin: me,
+            fork: r.local.fork,
+            length: r.local.length,
+            contiguous: r.local.contiguous,
+        };
+        match op.encode(max) {
+            Ok(bytes) => self
+                .outputs
+                .push_back(Output::Broadcast(core, Bytes::from(bytes))),
+            Err(e) => tracing::warn!("gossip op not sent: {e}"),
+        }
+    }
+
+    /// A gossip announcement: a hint to connect to the announcer if it is ahead of us.
+    fn on_gossip(&mut self, core: CoreKey, bytes: &[u8]) {
+        let Ok(GossipOp::Announce {
+            origin,
+            fork,
+            length,
+            ..
+        }) = GossipOp::decode(bytes)
+        else {
+            tracing::debug!("malformed gossip op ignored");
+            return;
+        };
+        let Some(r) = self.cores.get(&core) else {
+            return;
+        };
+        let ahead = fork > r.local.fork || (fork == r.local.fork && length > r.local.length);
+        if origin == self.me || !ahead {
+            return;
+        }
+        if !self.peers.contains_key(&origin) {
+            self.outputs.push_back(Output::Connect(origin));
+        } else if let Some(ch) = self.peers[&origin].channels.get(&core).copied() {
+            // Connected already: ask for its state rather than trusting the announcement.
+            if let Some(info) = self.sync_info(&core, true) {
+                self.send(origin, ch, Message::Sync(info));
+            }
+        } else {
+            self.open_channel(origin, core);
+        }
+    }
+
+    /// After lost gossip: ask every channel of the core for its state again.
+    fn resync(&mut self, core: CoreKey) {
+        self.broadcast_sync(core, true);
+    }
+}

@@ -1,0 +1,715 @@
+//! The fetch queue (after kitsune2's CoreFetch): which missing blocks to request from which
+//! peer, and when.
+//!
+//! Entries are keyed by (core, block) and list the peers that have the block. Requests go out as
+//! runs of consecutive blocks from one peer, within a per-peer window of bytes in flight. A
+//! request that times out, or a peer that sends invalid data, puts the peer on exponential
+//! back-off (capped); after its last back-off the peer is dropped from the queue. A block leaves
+//! the queue only when it was verified and committed; until then it is retried from whichever
+//! peer can serve it. Pure state: time comes in as an argument.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use crate::{core::MAX_RUN, crypto::CoreKey};
+
+/// An endpoint id, as bytes.
+pub type PeerId = [u8; 32];
+
+/// Tuning of the fetch queue.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// Bytes in flight per peer (estimated from the core's average block size).
+    pub window_bytes: u64,
+    /// Largest run one request asks for, in bytes.
+    pub run_bytes: u64,
+    /// Time a request may go without an answer before it is retried elsewhere.
+    pub timeout: Duration,
+    /// First back-off after a failure; doubles with each further failure.
+    pub backoff: Duration,
+    /// Longest back-off.
+    pub backoff_max: Duration,
+    /// Failures in a row after which a peer is dropped from the queue.
+    pub max_failures: u32,
+    /// Requests in flight per peer (a server queues only so many).
+    pub max_requests: usize,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            window_bytes: 8 * 1024 * 1024,
+            run_bytes: 256 * 1024,
+            timeout: Duration::from_secs(5),
+            backoff: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(8),
+            max_failures: 6,
+            max_requests: 32,
+        }
+    }
+}
+
+/// A request the queue wants sent: blocks `start..end` of `core` from `peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    /// Request id (also the id on the wire).
+    pub id: u64,
+    /// Peer to ask.
+    pub peer: PeerId,
+    /// Core.
+    pub core: CoreKey,
+    /// First block.
+    pub start: u64,
+    /// End of the run (exclusive).
+    pub end: u64,
+}
+
+type BlockKey = (CoreKey, u64);
+
+#[derive(Debug)]
+struct Entry {
+    /// Peers that have the block.
+    sources: Vec<PeerId>,
+    state: EntryState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryState {
+    /// Waiting for a peer.
+    Ready,
+    /// Asked for in request `id`.
+    InFlight(u64),
+    /// Received, being verified and committed.
+    Received,
+}
+
+#[derive(Debug)]
+struct Request {
+    peer: PeerId,
+    core: CoreKey,
+    /// Blocks not yet answered.
+    outstanding: BTreeSet<u64>,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    in_flight_bytes: u64,
+    requests: usize,
+    failures: u32,
+    backoff_until: Option<Instant>,
+}
+
+/// What happened to a peer that the engine should act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerNotice {
+    /// The peer failed and is backed off until the given time.
+    BackedOff(PeerId, Instant),
+    /// The peer failed after its last back-off and was dropped from the queue.
+    Dropped(PeerId),
+}
+
+/// The queue of missing blocks; see the module docs.
+#[derive(Debug)]
+pub struct FetchQueue {
+    cfg: FetchConfig,
+    entries: BTreeMap<BlockKey, Entry>,
+    ready: BTreeSet<BlockKey>,
+    requests: HashMap<u64, Request>,
+    peers: HashMap<PeerId, PeerState>,
+    block_size: HashMap<CoreKey, u64>,
+    notices: Vec<PeerNotice>,
+    next_id: u64,
+}
+
+impl FetchQueue {
+    /// An empty queue.
+    pub fn new(cfg: FetchConfig) -> Self {
+        Self {
+            cfg,
+            entries: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            requests: HashMap::new(),
+            peers: HashMap::new(),
+            block_size: HashMap::new(),
+            notices: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Number of blocks in the queue (waiting, in flight or being committed).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether block `index` of `core` is queued.
+    pub fn contains(&self, core: &CoreKey, index: u64) -> bool {
+        self.entries.contains_key(&(*core, index))
+    }
+
+    /// Sets the average block size of `core`, which sizes runs and windows.
+    pub fn set_block_size(&mut self, core: CoreKey, bytes: u64) {
+        self.block_size.insert(core, bytes.max(1));
+    }
+
+    /// Queues blocks `start..end` of `core` (keeping entries already queued).
+    pub fn add(&mut self, core: CoreKey, start: u64, end: u64) {
+        for index in start..end {
+            self.entries.entry((core, index)).or_insert_with(|| {
+                self.ready.insert((core, index));
+                Entry {
+                    sources: Vec::new(),
+                    state: EntryState::Ready,
+                }
+            });
+        }
+    }
+
+    /// Records that `peer` has blocks `start..end` of `core`.
+    pub fn add_source(&mut self, core: CoreKey, start: u64, end: u64, peer: PeerId) {
+        if start >= end {
+            return;
+        }
+        self.peers.entry(peer).or_default();
+        for (_, e) in self.entries.range_mut((core, start)..(core, end)) {
+            if !e.sources.contains(&peer) {
+                e.sources.push(peer);
+            }
+        }
+    }
+
+    /// Forgets every entry and request of `core` (after it changed fork, or stopped replicating).
+    pub fn remove_core(&mut self, core: &CoreKey) {
+        let keys: Vec<BlockKey> = self
+            .entries
+            .range((*core, 0)..=(*core, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.entries.remove(&k);
+            self.ready.remove(&k);
+        }
+        let ids: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.core == *core)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.fail_request(id);
+        }
+    }
+
+    /// `peer` no longer serves `core` (its channel closed).
+    pub fn remove_source(&mut self, core: &CoreKey, peer: &PeerId) {
+        let ids: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.peer == *peer && r.core == *core)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.fail_request(id);
+        }
+        for (_, e) in self.entries.range_mut((*core, 0)..=(*core, u64::MAX)) {
+            e.sources.retain(|p| p != peer);
+        }
+    }
+
+    /// Forgets blocks of `core` from `length` on (the log got shorter).
+    pub fn truncate(&mut self, core: &CoreKey, length: u64) {
+        let keys: Vec<BlockKey> = self
+            .entries
+            .range((*core, length)..=(*core, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.entries.remove(&k);
+            self.ready.remove(&k);
+        }
+    }
+
+    /// The peer went away: its requests fail without penalty and it is no longer a source.
+    pub fn remove_peer(&mut self, peer: &PeerId) {
+        let ids: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.peer == *peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.fail_request(id);
+        }
+        for e in self.entries.values_mut() {
+            e.sources.retain(|p| p != peer);
+        }
+        self.peers.remove(peer);
+    }
+
+    /// Whether `peer` is on back-off at `now`.
+    pub fn is_backed_off(&self, peer: &PeerId, now: Instant) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.backoff_until)
+            .is_some_and(|t| t > now)
+    }
+
+    /// The next request to send at `now`, if a peer has room in its window and a block to give.
+    pub fn next_request(&mut self, now: Instant) -> Option<Assignment> {
+        let mut peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| {
+                s.in_flight_bytes < self.cfg.window_bytes
+                    && s.requests < self.cfg.max_requests
+                    && s.backoff_until.is_none_or(|t| t <= now)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        // The least busy peer first, ties by id, so that seeders share the work.
+        peers.sort_by_key(|p| (self.peers[p].in_flight_bytes, *p));
+        for peer in peers {
+            if let Some(a) = self.assign(peer, now) {
+                return Some(a);
+            }
+        }
+        None
+    }
+
+    /// Builds the longest run of ready blocks `peer` has, starting at the first one.
+    fn assign(&mut self, peer: PeerId, now: Instant) -> Option<Assignment> {
+        let mut run: Option<(CoreKey, u64, u64)> = None;
+        let mut budget = 0;
+        for key in &self.ready {
+            let e = &self.entries[key];
+            let has = e.sources.contains(&peer);
+            match &mut run {
+                None if has => {
+                    let size = self.block_size.get(&key.0).copied().unwrap_or(1024);
+                    let room = self.cfg.window_bytes - self.peers[&peer].in_flight_bytes;
+                    let max_blocks = (self.cfg.run_bytes.min(room) / size).clamp(1, MAX_RUN);
+                    budget = max_blocks;
+                    run = Some((key.0, key.1, key.1 + 1));
+                }
+                None => {}
+                Some((core, _, end)) if *core == key.0 && *end == key.1 && has => {
+                    *end += 1;
+                }
+                Some(_) => break,
+            }
+            if let Some((_, start, end)) = run
+                && end - start >= budget
+            {
+                break;
+            }
+        }
+        let (core, start, end) = run?;
+        let id = self.next_id;
+        self.next_id += 1;
+        for index in start..end {
+            self.ready.remove(&(core, index));
+            if let Some(e) = self.entries.get_mut(&(core, index)) {
+                e.state = EntryState::InFlight(id);
+            }
+        }
+        let size = self.block_size.get(&core).copied().unwrap_or(1024);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.in_flight_bytes += size * (end - start);
+            p.requests += 1;
+        }
+        self.requests.insert(
+            id,
+            Request {
+                peer,
+                core,
+                outstanding: (start..end).collect(),
+                deadline: now + self.cfg.timeout,
+            },
+        );
+        Some(Assignment {
+            id,
+            peer,
+            core,
+            start,
+            end,
+        })
+    }
+
+    /// Block `index` of request `id` arrived (not yet verified). Returns false when the block
+    /// was not expected from that request (late, duplicate or never asked for).
+    pub fn on_received(&mut self, id: u64, index: u64, now: Instant) -> bool {
+        let Some(req) = self.requests.get_mut(&id) else {
+            return false;
+        };
+        if !req.outstanding.remove(&index) {
+            return false;
+        }
+        req.deadline = now + self.cfg.timeout;
+        let (peer, core, done) = (req.peer, req.core, req.outstanding.is_empty());
+        let size = self.block_size.get(&core).copied().unwrap_or(1024);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size);
+            p.failures = 0;
+            p.backoff_until = None;
+        }
+        if let Some(e) = self.entries.get_mut(&(core, index))
+            && e.state == EntryState::InFlight(id)
+        {
+            e.state = EntryState::Received;
+        }
+        if done {
+            self.close_request(id);
+        }
+        true
+    }
+
+    /// The peer of request `id` does not have blocks `start..end`: it stops being their source.
+    pub fn on_no_data(&mut self, id: u64, start: u64, end: u64) {
+        let Some(req) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let (peer, core) = (req.peer, req.core);
+        let gone: Vec<u64> = req.outstanding.range(start..end).copied().collect();
+        for index in &gone {
+            req.outstanding.remove(index);
+        }
+        let done = req.outstanding.is_empty();
+        let size = self.block_size.get(&core).copied().unwrap_or(1024);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size * gone.len() as u64);
+        }
+        for index in gone {
+            if let Some(e) = self.entries.get_mut(&(core, index)) {
+                e.sources.retain(|p| *p != peer);
+                if e.state == EntryState::InFlight(id) {
+                    e.state = EntryState::Ready;
+                    self.ready.insert((core, index));
+                }
+            }
+        }
+        if done {
+            self.close_request(id);
+        }
+    }
+
+    /// Block `index` of `core` was verified and committed: it leaves the queue for every peer.
+    pub fn on_committed(&mut self, core: &CoreKey, index: u64) {
+        self.entries.remove(&(*core, index));
+        self.ready.remove(&(*core, index));
+    }
+
+    /// Block `index` of `core` from `peer` did not verify: nothing was stored, the block waits
+    /// for another try and the peer is backed off.
+    pub fn on_invalid(&mut self, core: &CoreKey, index: u64, peer: PeerId, now: Instant) {
+        self.requeue(core, index);
+        self.penalize(peer, now);
+    }
+
+    /// Storing block `index` failed locally: the entry stays for another try, nobody is blamed.
+    pub fn on_store_failed(&mut self, core: &CoreKey, index: u64) {
+        self.requeue(core, index);
+    }
+
+    fn requeue(&mut self, core: &CoreKey, index: u64) {
+        if let Some(e) = self.entries.get_mut(&(*core, index))
+            && e.state == EntryState::Received
+        {
+            e.state = EntryState::Ready;
+            self.ready.insert((*core, index));
+        }
+    }
+
+    /// Puts `peer` on back-off (or drops it after its last one); see [`PeerNotice`].
+    pub fn penalize(&mut self, peer: PeerId, now: Instant) {
+        let cfg = &self.cfg;
+        let state = self.peers.entry(peer).or_default();
+        state.failures += 1;
+        if state.failures > cfg.max_failures {
+            self.notices.push(PeerNotice::Dropped(peer));
+            self.remove_peer(&peer);
+            return;
+        }
+        let factor = 1u32 << (state.failures - 1).min(16);
+        let delay = cfg.backoff.saturating_mul(factor).min(cfg.backoff_max);
+        state.backoff_until = Some(now + delay);
+        self.notices.push(PeerNotice::BackedOff(peer, now + delay));
+    }
+
+    /// Times out requests whose deadline passed: their blocks go back to the queue and their
+    /// peers are backed off. Returns the ids of the requests that timed out.
+    pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId)> {
+        let expired: Vec<(u64, PeerId)> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(id, r)| (*id, r.peer))
+            .collect();
+        for (id, peer) in &expired {
+            self.fail_request(*id);
+            self.penalize(*peer, now);
+        }
+        expired
+    }
+
+    /// Notices about peers since the last call.
+    pub fn take_notices(&mut self) -> Vec<PeerNotice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// When the queue next needs [`poll_timeouts`](Self::poll_timeouts) or a back-off ends.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let requests = self.requests.values().map(|r| r.deadline);
+        let backoffs = self.peers.values().filter_map(|p| p.backoff_until);
+        requests.chain(backoffs).min()
+    }
+
+    /// Whether request `id` is still waiting for blocks.
+    pub fn is_open(&self, id: u64) -> bool {
+        self.requests.contains_key(&id)
+    }
+
+    /// Removes an answered request.
+    fn close_request(&mut self, id: u64) {
+        if let Some(req) = self.requests.remove(&id)
+            && let Some(p) = self.peers.get_mut(&req.peer)
+        {
+            p.requests = p.requests.saturating_sub(1);
+        }
+    }
+
+    /// The request's outstanding blocks go back to the queue.
+    fn fail_request(&mut self, id: u64) {
+        let Some(req) = self.requests.remove(&id) else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&req.peer) {
+            p.requests = p.requests.saturating_sub(1);
+        }
+        let size = self.block_size.get(&req.core).copied().unwrap_or(1024);
+        if let Some(p) = self.peers.get_mut(&req.peer) {
+            p.in_flight_bytes = p
+                .in_flight_bytes
+                .saturating_sub(size * req.outstanding.len() as u64);
+        }
+        for index in req.outstanding {
+            if let Some(e) = self.entries.get_mut(&(req.core, index))
+                && e.state == EntryState::InFlight(id)
+            {
+                e.state = EntryState::Ready;
+                self.ready.insert((req.core, index));
+            }
+        }
+    }
+
+    /// Ends request `id` without blaming anyone (its blocks go back to the queue).
+    pub fn cancel(&mut self, id: u64) {
+        self.fail_request(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CORE: CoreKey = [1; 32];
+    const A: PeerId = [0xa; 32];
+    const B: PeerId = [0xb; 32];
+    const C: PeerId = [0xc; 32];
+
+    fn cfg() -> FetchConfig {
+        FetchConfig {
+            window_bytes: 64 * 1024,
+            run_bytes: 16 * 1024,
+            timeout: Duration::from_secs(1),
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(400),
+            max_failures: 3,
+            max_requests: 8,
+        }
+    }
+
+    /// A fake clock: a fixed origin plus simulated time.
+    struct Clock(Instant);
+    impl Clock {
+        fn at(&self, ms: u64) -> Instant {
+            self.0 + Duration::from_millis(ms)
+        }
+    }
+
+    fn queue(blocks: u64, sources: &[PeerId]) -> FetchQueue {
+        let mut q = FetchQueue::new(cfg());
+        q.add(CORE, 0, blocks);
+        for p in sources {
+            q.add_source(CORE, 0, blocks, *p);
+        }
+        q
+    }
+
+    fn drain(q: &mut FetchQueue, now: Instant) -> Vec<Assignment> {
+        std::iter::from_fn(|| q.next_request(now)).collect()
+    }
+
+    #[test]
+    fn unresponsive_peer_times_out_and_backs_off_then_is_dropped() {
+        let clock = Clock(Instant::now());
+        let mut q = queue(4, &[A]);
+        let a = q.next_request(clock.at(0)).unwrap();
+        assert_eq!((a.peer, a.start, a.end), (A, 0, 4));
+        assert_eq!(q.next_request(clock.at(0)), None);
+        assert_eq!(q.next_deadline(), Some(clock.at(1000)));
+        assert!(q.poll_timeouts(clock.at(999)).is_empty());
+        assert_eq!(q.poll_timeouts(clock.at(1000)), vec![(a.id, A)]);
+        assert_eq!(
+            q.take_notices(),
+            vec![PeerNotice::BackedOff(A, clock.at(1100))]
+        );
+        // Backed off: nothing to send until the back-off ends.
+        assert_eq!(q.next_request(clock.at(1050)), None);
+        let mut t = 1100;
+        let mut delays = vec![];
+        for _ in 0..3 {
+            let a = q.next_request(clock.at(t)).expect("retried after back-off");
+            t += 1000;
+            q.poll_timeouts(clock.at(t));
+            match q.take_notices()[..] {
+                [PeerNotice::BackedOff(_, until)] => {
+                    delays.push((until - clock.at(t)).as_millis());
+                    t = (until - clock.0).as_millis() as u64;
+                }
+                [PeerNotice::Dropped(p)] => {
+                    assert_eq!(p, A);
+                    delays.push(0);
+                }
+                ref other => panic!("{other:?}"),
+            }
+            let _ = a;
+        }
+        // 100 ms, 200 ms, 400 ms (capped), then dropped after the fourth failure.
+        assert_eq!(delays, vec![200, 400, 0]);
+        assert_eq!(q.next_request(clock.at(t + 10_000)), None);
+        assert_eq!(q.len(), 4, "blocks stay queued without a source");
+    }
+
+    #[test]
+    fn peer_coming_back_is_forgiven() {
+        let clock = Clock(Instant::now());
+        let mut q = queue(2, &[A]);
+        let a = q.next_request(clock.at(0)).unwrap();
+        q.poll_timeouts(clock.at(1000));
+        q.take_notices();
+        let b = q.next_request(clock.at(1100)).unwrap();
+        assert_ne!(a.id, b.id);
+        assert!(q.on_received(b.id, 0, clock.at(1200)));
+        assert!(!q.is_backed_off(&A, clock.at(1200)));
+        // A late answer to the timed-out request is ignored.
+        assert!(!q.on_received(a.id, 1, clock.at(1200)));
+        assert!(q.on_received(b.id, 1, clock.at(1200)));
+        q.on_committed(&CORE, 0);
+        q.on_committed(&CORE, 1);
+        assert!(q.is_empty());
+        assert_eq!(q.next_deadline(), None);
+    }
+
+    #[test]
+    fn block_received_from_another_peer_first() {
+        let clock = Clock(Instant::now());
+        let mut q = queue(1, &[A]);
+        let a = q.next_request(clock.at(0)).unwrap();
+        // A times out; B shows up with the block and delivers first.
+        q.poll_timeouts(clock.at(1000));
+        q.add_source(CORE, 0, 1, B);
+        let b = q.next_request(clock.at(1000)).unwrap();
+        assert_eq!(b.peer, B);
+        assert!(q.on_received(b.id, 0, clock.at(1010)));
+        q.on_committed(&CORE, 0);
+        assert!(!q.contains(&CORE, 0));
+        assert!(!q.on_received(a.id, 0, clock.at(1020)));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn invalid_data_backs_off_and_requeues_nothing_lost() {
+        let clock = Clock(Instant::now());
+        let mut q = queue(2, &[A, B]);
+        let first = q.next_request(clock.at(0)).unwrap();
+        assert!(q.on_received(first.id, first.start, clock.at(1)));
+        q.on_invalid(&CORE, first.start, first.peer, clock.at(2));
+        assert!(q.contains(&CORE, first.start));
+        assert!(q.is_backed_off(&first.peer, clock.at(50)));
+        let other = if first.peer == A { B } else { A };
+        let retry = drain(&mut q, clock.at(50));
+        assert!(retry.iter().all(|r| r.peer == other), "{retry:?}");
+        assert!(
+            retry
+                .iter()
+                .any(|r| (r.start..r.end).contains(&first.start))
+        );
+    }
+
+    #[test]
+    fn storage_failure_keeps_the_entry_without_blame() {
+        let clock = Clock(Instant::now());
+        let mut q = queue(1, &[A]);
+        let a = q.next_request(clock.at(0)).unwrap();
+        assert!(q.on_received(a.id, 0, clock.at(1)));
+        q.on_store_failed(&CORE, 0);
+        assert!(q.contains(&CORE, 0));
+        assert!(!q.is_backed_off(&A, clock.at(2)));
+        assert!(q.take_notices().is_empty());
+        let again = q.next_request(clock.at(2)).unwrap();
+        assert_eq!((again.peer, again.start), (A, 0));
+    }
+
+    #[test]
+    fn three_seeders_share_a_range_in_disjoint_runs() {
+        let clock = Clock(Instant::now());
+        let mut q = queue(300, &[A, B, C]);
+        q.set_block_size(CORE, 1024);
+        let runs = drain(&mut q, clock.at(0));
+        let mut seen = BTreeSet::new();
+        let mut per_peer: HashMap<PeerId, u64> = HashMap::new();
+        for r in &runs {
+            assert!(r.end - r.start <= 16, "runs respect run_bytes");
+            for i in r.start..r.end {
+                assert!(seen.insert(i), "block {i} asked twice");
+            }
+            *per_peer.entry(r.peer).or_default() += r.end - r.start;
+        }
+        assert_eq!(seen.len(), 192, "three windows of 64 blocks");
+        assert_eq!(per_peer.len(), 3);
+        assert!(per_peer.values().all(|n| *n == 64), "{per_peer:?}");
+        // Answers free the windows and the rest is handed out.
+        for r in &runs {
+            for i in r.start..r.end {
+                assert!(q.on_received(r.id, i, clock.at(1)));
+                q.on_committed(&CORE, i);
+            }
+        }
+        let rest = drain(&mut q, clock.at(2));
+        let n: u64 = rest.iter().map(|r| r.end - r.start).sum();
+        assert_eq!(n, 108);
+    }
+
+    #[test]
+    fn no_data_moves_the_block_to_another_source() {
+        let clock = Clock(Instant::now());
+        let mut q = queue(4, &[A]);
+        let a = q.next_request(clock.at(0)).unwrap();
+        q.on_no_data(a.id, 2, 4);
+        assert!(q.on_received(a.id, 0, clock.at(1)));
+        assert!(q.on_received(a.id, 1, clock.at(1)));
+        assert!(!q.is_open(a.id));
+        assert_eq!(q.next_request(clock.at(2)), None, "A lacks 2..4");
+        q.add_source(CORE, 0, 4, B);
+        let b = q.next_request(clock.at(3)).unwrap();
+        assert_eq!((b.peer, b.start, b.end), (B, 2, 4));
+        assert!(!q.is_backed_off(&A, clock.at(3)));
+    }
+}

@@ -1,0 +1,261 @@
+//! Messages on a channel and their framing: a 4-byte big-endian length, then postcard.
+//!
+//! The set follows hypercore's wire protocol (sync, request, data, no-data, want/unwant,
+//! range, cancel, extension), plus `RequestRun` for runs of consecutive blocks and `Open`/`Close`
+//! for the channel itself. Decoding never panics and refuses frames over [`MAX_FRAME`].
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    core::MAX_BLOCK_SIZE,
+    crypto::DiscoveryKey,
+    tree::{Proof, ProofRequest},
+};
+
+/// Largest frame accepted or sent: the largest block plus room for its proof.
+pub const MAX_FRAME: usize = MAX_BLOCK_SIZE + 64 * 1024;
+
+/// Length of the frame header.
+pub const HEADER_LEN: usize = 4;
+
+/// What a peer says about its copy of a core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncInfo {
+    /// Fork id.
+    pub fork: u64,
+    /// Signed length.
+    pub length: u64,
+    /// Leading blocks it holds (and can serve).
+    pub contiguous: u64,
+    /// Whether the receiver should answer with its own `Sync` (after a gossip lag, say).
+    pub ask: bool,
+}
+
+/// One message on a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First message of a channel: which core, and the capability proving the opener knows
+    /// its key.
+    Open {
+        /// Discovery key of the core.
+        discovery_key: DiscoveryKey,
+        /// See [`crate::crypto::capability::capability`].
+        capability: [u8; 32],
+    },
+    /// The channel is refused or closed, and why.
+    Close {
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// The sender's state of the core.
+    Sync(SyncInfo),
+    /// A proof request (upgrade, block, hash or seek).
+    Request {
+        /// Request id, echoed in the answer.
+        id: u64,
+        /// What to prove.
+        request: ProofRequest,
+    },
+    /// Blocks `start..end` for a requester on `fork` whose tree has `length` blocks; answered
+    /// by one `Data` per block, in order, and `NoData` for blocks the sender lacks.
+    RequestRun {
+        /// Request id.
+        id: u64,
+        /// Requester's fork.
+        fork: u64,
+        /// First block.
+        start: u64,
+        /// End of the run (exclusive).
+        end: u64,
+        /// Requester's signed length.
+        length: u64,
+    },
+    /// A proof answering request `id`.
+    Data {
+        /// Request id.
+        id: u64,
+        /// The proof.
+        proof: Proof,
+    },
+    /// The sender cannot answer request `id` for blocks `start..end` (or at all, for a
+    /// proof request).
+    NoData {
+        /// Request id.
+        id: u64,
+        /// First unanswered block.
+        start: u64,
+        /// End of the unanswered blocks.
+        end: u64,
+    },
+    /// The sender would like to hear about blocks `start..end`.
+    Want {
+        /// First block.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+    /// The sender no longer wants blocks `start..end`.
+    Unwant {
+        /// First block.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+    /// The sender now holds blocks `start..end`.
+    Range {
+        /// First block.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+    /// The sender no longer needs the answer to request `id`.
+    Cancel {
+        /// Request id.
+        id: u64,
+    },
+    /// An application extension message; ignored by the engine.
+    Extension {
+        /// Extension name.
+        name: String,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The frame is larger than [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    /// The frame does not decode to a message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a message as one frame.
+pub fn encode_frame(msg: &Message) -> Result<Bytes, WireError> {
+    let mut buf = BytesMut::with_capacity(64).writer();
+    buf.get_mut().put_u32(0);
+    postcard::to_io(msg, &mut buf).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let mut buf = buf.into_inner();
+    let len = buf.len() - HEADER_LEN;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// The body length announced by a frame header, checked against [`MAX_FRAME`].
+pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body; trailing bytes are an error.
+pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
+    match postcard::take_from_bytes::<Message>(body) {
+        Ok((msg, [])) => Ok(msg),
+        Ok((_, rest)) => Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        ))),
+        Err(e) => Err(WireError::Malformed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::tree::{BlockProof, IndexRequest, Node};
+
+    fn decode_frame(frame: &[u8]) -> Result<Message, WireError> {
+        let header: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
+        let len = frame_len(header)?;
+        decode_body(&frame[HEADER_LEN..HEADER_LEN + len])
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let msgs = [
+            Message::Open {
+                discovery_key: [1; 32],
+                capability: [2; 32],
+            },
+            Message::Sync(SyncInfo {
+                fork: 1,
+                length: 2,
+                contiguous: 3,
+                ask: true,
+            }),
+            Message::Request {
+                id: 7,
+                request: ProofRequest {
+                    block: Some(IndexRequest { index: 3, nodes: 2 }),
+                    ..Default::default()
+                },
+            },
+            Message::Data {
+                id: 7,
+                proof: Proof {
+                    block: Some(BlockProof {
+                        index: 3,
+                        value: b"hello".to_vec(),
+                        nodes: vec![Node {
+                            index: 4,
+                            size: 5,
+                            hash: [9; 32],
+                        }],
+                    }),
+                    ..Default::default()
+                },
+            },
+            Message::NoData {
+                id: 1,
+                start: 2,
+                end: 3,
+            },
+            Message::Extension {
+                name: "x".into(),
+                payload: vec![1],
+            },
+        ];
+        for m in msgs {
+            assert_eq!(decode_frame(&encode_frame(&m).unwrap()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_both_ways() {
+        let huge = Message::Extension {
+            name: String::new(),
+            payload: vec![0; MAX_FRAME],
+        };
+        assert!(matches!(encode_frame(&huge), Err(WireError::TooLarge(_))));
+        assert_eq!(
+            frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()),
+            Err(WireError::TooLarge(MAX_FRAME + 1))
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut body = encode_frame(&Message::Cancel { id: 1 }).unwrap()[HEADER_LEN..].to_vec();
+        body.push(0);
+        assert!(matches!(decode_body(&body), Err(WireError::Malformed(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_body(&body);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Test networks: an in-process iroh relay and nodes (endpoint, gossip, store, protocol and
+//! router) on loopback, with no internet access. Enabled by the `test-utils` feature.
+
+use std::{path::Path, sync::Arc};
+
+use iroh::{
+    Endpoint, EndpointAddr, RelayMap, RelayMode, RelayUrl,
+    address_lookup::memory::MemoryLookup,
+    endpoint::{PortmapperConfig, presets},
+    protocol::Router,
+    tls::CaTlsConfig,
+};
+use iroh_gossip::Gossip;
+
+type Result<T> = std::result::Result<T, TestNetError>;
+
+use crate::{Corestore, HypercoreProtocol, StoreOptions, net::ALPN, replication::EngineConfig};
+
+/// How a node reaches others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Loopback IP and the relay (iroh picks the direct path).
+    Direct,
+    /// The relay only: no IP sockets at all.
+    RelayOnly,
+}
+
+/// An in-process relay that nodes of one test network share.
+pub struct TestNet {
+    relay_map: RelayMap,
+    relay_url: RelayUrl,
+    lookup: MemoryLookup,
+    _server: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for TestNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNet")
+            .field("relay_url", &self.relay_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One node of a [`TestNet`].
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node's endpoint.
+    pub endpoint: Endpoint,
+    /// Its gossip.
+    pub gossip: Gossip,
+    /// Its store.
+    pub store: Corestore,
+    /// Its replication protocol.
+    pub proto: HypercoreProtocol,
+    /// The router serving both protocols.
+    pub router: Arc<Router>,
+}
+
+impl TestNet {
+    /// Starts the relay.
+    pub async fn new() -> Result<Self> {
+        let (relay_map, relay_url, server) =
+            iroh::test_utils::run_relay_server().await.map_err(setup)?;
+        Ok(Self {
+            relay_map,
+            relay_url,
+            lookup: MemoryLookup::new(),
+            _server: Box::new(server),
+        })
+    }
+
+    /// The relay's URL.
+    pub fn relay_url(&self) -> &RelayUrl {
+        &self.relay_url
+    }
+
+    /// An endpoint on this network.
+    pub async fn endpoint(&self, transport: Transport) -> Result<Endpoint> {
+        let builder = Endpoint::builder(presets::Minimal)
+            .relay_mode(RelayMode::Custom(self.relay_map.clone()))
+            .ca_tls_config(CaTlsConfig::insecure_skip_verify())
+            .portmapper_config(PortmapperConfig::Disabled);
+        let builder = match transport {
+            // Without IP sockets only the default net report finds the relay.
+            Transport::RelayOnly => builder.clear_ip_transports(),
+            Transport::Direct => builder
+                .clear_ip_transports()
+                .bind_addr("127.0.0.1:0")
+                .map_err(setup)?
+                .net_report_config(iroh::NetReportConfig::minimal()),
+        };
+        let ep = builder.bind().await.map_err(setup)?;
+        ep.online().await;
+        self.lookup.add_endpoint_info(ep.addr());
+        if let Ok(services) = ep.address_lookup() {
+            services.add(self.lookup.clone());
+        }
+        Ok(ep)
+    }
+
+    /// A node with a memory store.
+    pub async fn node(&self, transport: Transport) -> Result<Node> {
+        let store = Corestore::memory().await?;
+        self.node_with(transport, store, EngineConfig::default())
+            .await
+    }
+
+    /// A node with a store in `dir`.
+    pub async fn node_in(
+        &self,
+        transport: Transport,
+        dir: &Path,
+        opts: StoreOptions,
+    ) -> Result<Node> {
+        let store = Corestore::persistent_with(dir, opts).await?;
+        self.node_with(transport, store, EngineConfig::default())
+            .await
+    }
+
+    /// A node with the given store and engine tuning.
+    pub async fn node_with(
+        &self,
+        transport: Transport,
+        store: Corestore,
+        config: EngineConfig,
+    ) -> Result<Node> {
+        let endpoint = self.endpoint(transport).await?;
+        let gossip = Gossip::builder().spawn(endpoint.clone());
+        let proto = HypercoreProtocol::builder(store.clone())
+            .config(config)
+            .spawn(endpoint.clone(), gossip.clone());
+        let router = Router::builder(endpoint.clone())
+            .accept(ALPN, proto.clone())
+            .accept(iroh_gossip::ALPN, gossip.clone())
+            .spawn();
+        Ok(Node {
+            endpoint,
+            gossip,
+            store,
+            proto,
+            router: Arc::new(router),
+        })
+    }
+}
+
+impl Node {
+    /// This node's address.
+    pub fn addr(&self) -> EndpointAddr {
+        self.endpoint.addr()
+    }
+
+    /// Stops the router (and with it the protocol and the endpoint), then closes the store.
+    pub async fn shutdown(&self) {
+        let _ = self.router.shutdown().await;
+        let _ = self.store.close().await;
+    }
+}
+
+/// Why a test network or node could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TestNetError {
+    /// The relay or an endpoint failed to start.
+    #[error("test network setup failed: {0}")]
+    Setup(String),
+    /// The store failed.
+    #[error(transparent)]
+    Core(#[from] crate::Error),
+}
+
+fn setup(e: impl std::fmt::Display) -> TestNetError {
+    TestNetError::Setup(e.to_string())
+}

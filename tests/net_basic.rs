@@ -1,0 +1,121 @@
+//! Test networks 1 and 6: two nodes replicate 10,000 blocks (direct and relay-only); a peer
+//! that knows only the discovery key cannot open a channel.
+
+use std::time::Duration;
+
+use iroh_hypercore::{
+    Event,
+    testnet::{TestNet, Transport},
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn replicate_two(transport: Transport, blocks: u64) {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let reader = net.node(transport).await.unwrap();
+    let log = writer.store.get_named("log").await.unwrap();
+    let batch: Vec<Vec<u8>> = (0..blocks)
+        .map(|i| format!("block {i}").into_bytes())
+        .collect();
+    for chunk in batch.chunks(1000) {
+        log.append_batch(chunk.to_vec()).await.unwrap();
+    }
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log);
+
+    let remote = reader.proto.open_ticket(&ticket).await.unwrap();
+    remote
+        .download(0..blocks)
+        .done(WAIT)
+        .await
+        .expect("full replication");
+    assert_eq!(remote.info().length, blocks);
+    assert_eq!(remote.info().contiguous_length, blocks);
+    assert_eq!(remote.tree_hash(), log.tree_hash());
+    for i in [0, blocks / 2, blocks - 1] {
+        assert_eq!(remote.get(i).await.unwrap(), log.get(i).await.unwrap());
+    }
+    // Live: a new append reaches the reader.
+    log.append(b"live".to_vec()).await.unwrap();
+    let got = remote.get(blocks).wait(WAIT).await.unwrap();
+    assert_eq!(&got[..], b"live");
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_direct() {
+    replicate_two(Transport::Direct, 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_relay_only() {
+    replicate_two(Transport::RelayOnly, 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_key_alone_cannot_open_a_channel() {
+    use iroh_hypercore::replication::wire::{Message, decode_body, encode_frame, frame_len};
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("secret").await.unwrap();
+    log.append(b"private".to_vec()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let mut events = writer.proto.subscribe();
+
+    // An eavesdropper knows the discovery key and guesses a capability.
+    let spy = net.endpoint(Transport::Direct).await.unwrap();
+    let conn = spy
+        .connect(writer.addr(), iroh_hypercore::ALPN)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let open = Message::Open {
+        discovery_key: log.discovery_key(),
+        capability: log.discovery_key(),
+    };
+    send.write_all(&encode_frame(&open).unwrap()).await.unwrap();
+    let request = Message::RequestRun {
+        id: 1,
+        fork: 0,
+        start: 0,
+        end: 1,
+        length: 1,
+    };
+    send.write_all(&encode_frame(&request).unwrap())
+        .await
+        .unwrap();
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.unwrap();
+    let mut body = vec![0; frame_len(header).unwrap()];
+    recv.read_exact(&mut body).await.unwrap();
+    match decode_body(&body).unwrap() {
+        Message::Close { reason } => assert!(reason.contains("capability"), "{reason}"),
+        other => panic!("expected Close, got {other:?}"),
+    }
+    // Nothing but refusals follows: the stream ends without a block.
+    let rest = tokio::time::timeout(WAIT, recv.read_to_end(1 << 20))
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    let mut at = 0;
+    while at + 4 <= rest.len() {
+        let len = frame_len(rest[at..at + 4].try_into().unwrap()).unwrap();
+        let msg = decode_body(&rest[at + 4..at + 4 + len]).unwrap();
+        assert!(matches!(msg, Message::Close { .. }), "{msg:?}");
+        at += 4 + len;
+    }
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Event::ChannelRefused { reason, .. }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, "invalid capability");
+    spy.close().await;
+    writer.shutdown().await;
+}

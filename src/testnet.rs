@@ -16,6 +16,9 @@ type Result<T> = std::result::Result<T, TestNetError>;
 
 use crate::{Corestore, HypercoreProtocol, StoreOptions, net::ALPN, replication::EngineConfig};
 
+/// Longest wait for a node's router to shut down.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How a node reaches others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -74,12 +77,24 @@ impl TestNet {
         &self.relay_url
     }
 
-    /// An endpoint on this network.
+    /// An endpoint on this network whose address every other endpoint can look up.
     pub async fn endpoint(&self, transport: Transport) -> Result<Endpoint> {
+        let ep = self.unlisted_endpoint(transport).await?;
+        self.lookup.add_endpoint_info(ep.addr());
+        if let Ok(services) = ep.address_lookup() {
+            services.add(self.lookup.clone());
+        }
+        Ok(ep)
+    }
+
+    /// An endpoint that is not in the network's address book and does not use it: it reaches
+    /// only the addresses it is given.
+    pub async fn unlisted_endpoint(&self, transport: Transport) -> Result<Endpoint> {
         let builder = Endpoint::builder(presets::Minimal)
             .relay_mode(RelayMode::Custom(self.relay_map.clone()))
             .ca_tls_config(CaTlsConfig::insecure_skip_verify())
-            .portmapper_config(PortmapperConfig::Disabled);
+            .portmapper_config(PortmapperConfig::Disabled)
+            .transport_config(crate::net::transport_config());
         let builder = match transport {
             // Without IP sockets only the default net report finds the relay.
             Transport::RelayOnly => builder.clear_ip_transports(),
@@ -91,10 +106,6 @@ impl TestNet {
         };
         let ep = builder.bind().await.map_err(setup)?;
         ep.online().await;
-        self.lookup.add_endpoint_info(ep.addr());
-        if let Ok(services) = ep.address_lookup() {
-            services.add(self.lookup.clone());
-        }
         Ok(ep)
     }
 
@@ -125,25 +136,57 @@ impl TestNet {
         config: EngineConfig,
     ) -> Result<Node> {
         let endpoint = self.endpoint(transport).await?;
+        Ok(Node::spawn(endpoint, store, config))
+    }
+
+    /// A node on an [unlisted](Self::unlisted_endpoint) endpoint, with a memory store and
+    /// without gossip (which would tell it other addresses): it talks only to the nodes it
+    /// joins.
+    pub async fn unlisted_node(&self, transport: Transport) -> Result<Node> {
+        let endpoint = self.unlisted_endpoint(transport).await?;
+        let store = Corestore::memory().await?;
+        Ok(Node::spawn_with(
+            endpoint,
+            store,
+            EngineConfig::default(),
+            false,
+        ))
+    }
+}
+
+impl Node {
+    /// Starts gossip, the protocol and a router on `endpoint`.
+    pub fn spawn(endpoint: Endpoint, store: Corestore, config: EngineConfig) -> Self {
+        Self::spawn_with(endpoint, store, config, true)
+    }
+
+    /// Like [`spawn`](Self::spawn); `announce` false runs the protocol without gossip.
+    pub fn spawn_with(
+        endpoint: Endpoint,
+        store: Corestore,
+        config: EngineConfig,
+        announce: bool,
+    ) -> Self {
         let gossip = Gossip::builder().spawn(endpoint.clone());
-        let proto = HypercoreProtocol::builder(store.clone())
-            .config(config)
-            .spawn(endpoint.clone(), gossip.clone());
+        let builder = HypercoreProtocol::builder(store.clone()).config(config);
+        let proto = if announce {
+            builder.spawn(endpoint.clone(), gossip.clone())
+        } else {
+            builder.spawn_without_gossip(endpoint.clone())
+        };
         let router = Router::builder(endpoint.clone())
             .accept(ALPN, proto.clone())
             .accept(iroh_gossip::ALPN, gossip.clone())
             .spawn();
-        Ok(Node {
+        Node {
             endpoint,
             gossip,
             store,
             proto,
             router: Arc::new(router),
-        })
+        }
     }
-}
 
-impl Node {
     /// This node's address.
     pub fn addr(&self) -> EndpointAddr {
         self.endpoint.addr()
@@ -151,7 +194,14 @@ impl Node {
 
     /// Stops the router (and with it the protocol and the endpoint), then closes the store.
     pub async fn shutdown(&self) {
-        let _ = self.router.shutdown().await;
+        self.proto.shutdown().await;
+        // iroh-gossip's shutdown sends a goodbye on every topic and can wait forever on a
+        // neighbour that is gone (seen with hundreds of topics): bound it, then close.
+        let bounded = tokio::time::timeout(SHUTDOWN_WAIT, self.router.shutdown()).await;
+        if bounded.is_err() {
+            tracing::warn!("router shutdown timed out; closing the endpoint");
+            self.endpoint.close().await;
+        }
         let _ = self.store.close().await;
     }
 }

@@ -295,6 +295,10 @@ impl Driver {
                 Output::CloseChannel(_, ch) => {
                     if let Some(c) = self.channels.get_mut(&ch) {
                         c.closing = true;
+                        if c.send.is_none() && !c.writing {
+                            // Not opened yet: the peer never sees it.
+                            self.channels.remove(&ch);
+                        }
                     }
                     self.flush(ch);
                 }

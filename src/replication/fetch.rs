@@ -267,8 +267,14 @@ impl FetchQueue {
             .peers
             .iter()
             .filter(|(_, s)| {
+                // A peer that failed gets one probe at a time until it answers again.
+                let max_requests = if s.failures > 0 {
+                    1
+                } else {
+                    self.cfg.max_requests
+                };
                 s.in_flight_bytes < self.cfg.window_bytes
-                    && s.requests < self.cfg.max_requests
+                    && s.requests < max_requests
                     && s.backoff_until.is_none_or(|t| t <= now)
             })
             .map(|(p, _)| *p)
@@ -293,8 +299,13 @@ impl FetchQueue {
             match &mut run {
                 None if has => {
                     let size = self.block_size.get(&key.0).copied().unwrap_or(1024);
-                    let room = self.cfg.window_bytes - self.peers[&peer].in_flight_bytes;
-                    let max_blocks = (self.cfg.run_bytes.min(room) / size).clamp(1, MAX_RUN);
+                    let state = &self.peers[&peer];
+                    let room = self.cfg.window_bytes - state.in_flight_bytes;
+                    let max_blocks = if state.failures > 0 {
+                        1
+                    } else {
+                        (self.cfg.run_bytes.min(room) / size).clamp(1, MAX_RUN)
+                    };
                     budget = max_blocks;
                     run = Some((key.0, key.1, key.1 + 1));
                 }
@@ -600,19 +611,28 @@ mod tests {
     #[test]
     fn peer_coming_back_is_forgiven() {
         let clock = Clock(Instant::now());
-        let mut q = queue(2, &[A]);
+        let mut q = queue(3, &[A]);
         let a = q.next_request(clock.at(0)).unwrap();
         q.poll_timeouts(clock.at(1000));
         q.take_notices();
-        let b = q.next_request(clock.at(1100)).unwrap();
-        assert_ne!(a.id, b.id);
-        assert!(q.on_received(b.id, 0, clock.at(1200)));
+        // After a failure the peer gets a one-block probe.
+        let probe = q.next_request(clock.at(1100)).unwrap();
+        assert_ne!(a.id, probe.id);
+        assert_eq!(probe.end - probe.start, 1);
+        assert_eq!(q.next_request(clock.at(1100)), None);
+        assert!(q.on_received(probe.id, 0, clock.at(1200)));
         assert!(!q.is_backed_off(&A, clock.at(1200)));
         // A late answer to the timed-out request is ignored.
         assert!(!q.on_received(a.id, 1, clock.at(1200)));
-        assert!(q.on_received(b.id, 1, clock.at(1200)));
-        q.on_committed(&CORE, 0);
-        q.on_committed(&CORE, 1);
+        // Forgiven: a full run again.
+        let full = q.next_request(clock.at(1200)).unwrap();
+        assert_eq!((full.start, full.end), (1, 3));
+        for i in 1..3 {
+            assert!(q.on_received(full.id, i, clock.at(1300)));
+        }
+        for i in 0..3 {
+            q.on_committed(&CORE, i);
+        }
         assert!(q.is_empty());
         assert_eq!(q.next_deadline(), None);
     }

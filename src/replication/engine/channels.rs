@@ -27,9 +27,14 @@ impl Engine {
             },
         );
         self.emit(Event::PeerAdd(peer));
-        let cores: Vec<CoreKey> = self.cores.keys().copied().collect();
-        for core in cores {
-            self.open_channel(peer, core);
+        // Only the lower id opens channels for everything it has; the other side adopts the
+        // ones it replicates (see `parked`) and opens channels only for cores it adds later.
+        // This avoids opening every channel twice.
+        if self.me < peer {
+            let cores: Vec<CoreKey> = self.cores.keys().copied().collect();
+            for core in cores {
+                self.open_channel(peer, core);
+            }
         }
     }
 
@@ -40,6 +45,7 @@ impl Engine {
         for ch in p.channels.values() {
             self.channels.remove(ch);
         }
+        self.parked.retain(|(p, _), _| *p != peer);
         self.fetch.remove_peer(&peer);
         for r in self.cores.values_mut() {
             if r.upgrading.as_ref().is_some_and(|u| u.peer == peer) {
@@ -122,7 +128,9 @@ impl Engine {
         self.drop_channel(id);
     }
 
-    pub(super) fn on_channel_closed(&mut self, _peer: PeerId, id: ChannelId) {
+    pub(super) fn on_channel_closed(&mut self, peer: PeerId, id: ChannelId) {
+        self.parked
+            .retain(|(p, _), (ch, _)| !(*p == peer && *ch == id));
         self.drop_channel(id);
     }
 
@@ -136,8 +144,9 @@ impl Engine {
                     discovery_key,
                     capability,
                 } => self.on_open(peer, id, discovery_key, capability),
-                // Late messages on a channel we dropped.
+                // Late messages on a channel we dropped, or on a parked one.
                 _ if id.is_multiple_of(2) => {}
+                _ if self.parked.values().any(|(ch, _)| *ch == id) => {}
                 _ => self.close_channel(peer, id, "the first message must be Open"),
             }
             return;
@@ -163,9 +172,15 @@ impl Engine {
         }
     }
 
-    fn on_open(&mut self, peer: PeerId, id: ChannelId, dk: DiscoveryKey, cap: [u8; 32]) {
+    pub(super) fn on_open(&mut self, peer: PeerId, id: ChannelId, dk: DiscoveryKey, cap: [u8; 32]) {
         let Some(core) = self.by_discovery_key.get(&dk).copied() else {
-            self.refuse(peer, id, "unknown core");
+            // Perhaps we are about to replicate it: keep the channel waiting (refusing it
+            // would race with our own open of the same core).
+            if self.parked.len() < super::MAX_PARKED && !self.parked.contains_key(&(peer, dk)) {
+                self.parked.insert((peer, dk), (id, cap));
+            } else {
+                self.refuse(peer, id, "unknown core");
+            }
             return;
         };
         if !check_capability(&core, &peer, &self.me, &cap) {
@@ -191,7 +206,8 @@ impl Engine {
             }
         }
         self.add_channel(id, peer, core, false);
-        if let Some(info) = self.sync_info(&core, false) {
+        // Ask for the opener's state: its first Sync is lost if the channel waited parked.
+        if let Some(info) = self.sync_info(&core, true) {
             self.send(peer, id, Message::Sync(info));
         }
     }

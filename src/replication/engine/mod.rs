@@ -365,6 +365,8 @@ pub struct Engine {
     cfg: EngineConfig,
     cores: HashMap<CoreKey, Replica>,
     by_discovery_key: HashMap<DiscoveryKey, CoreKey>,
+    /// Channels peers opened for cores we do not replicate (yet): adopted if we add the core.
+    parked: HashMap<(PeerId, DiscoveryKey), (ChannelId, [u8; 32])>,
     peers: HashMap<PeerId, Peer>,
     channels: HashMap<ChannelId, Channel>,
     fetch: FetchQueue,
@@ -374,6 +376,9 @@ pub struct Engine {
     next_task: TaskId,
     next_upgrade_id: u64,
 }
+
+/// Most channels for unknown cores kept waiting, over all peers.
+const MAX_PARKED: usize = 4096;
 
 /// Ids of upgrade requests have the top bit set; run requests use the fetch queue's ids.
 const UPGRADE_ID_BIT: u64 = 1 << 63;
@@ -387,6 +392,7 @@ impl Engine {
             cfg,
             cores: HashMap::new(),
             by_discovery_key: HashMap::new(),
+            parked: HashMap::new(),
             peers: HashMap::new(),
             channels: HashMap::new(),
             tasks: HashMap::new(),
@@ -430,6 +436,16 @@ impl Engine {
         );
         self.outputs
             .push_back(Output::JoinGossip(key, super::gossip::topic(&dk)));
+        let parked: Vec<(PeerId, ChannelId, [u8; 32])> = self
+            .parked
+            .iter()
+            .filter(|((_, d), _)| *d == dk)
+            .map(|((p, _), (ch, cap))| (*p, *ch, *cap))
+            .collect();
+        for (peer, ch, cap) in parked {
+            self.parked.remove(&(peer, dk));
+            self.on_open(peer, ch, dk, cap);
+        }
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
             self.open_channel(peer, key);

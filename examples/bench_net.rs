@@ -1,0 +1,287 @@
+//! Benchmark of replication over iroh on loopback (direct QUIC), with a raw iroh stream and an
+//! iroh-blobs fetch of the same bytes as baselines, measured in the same run. Release mode:
+//!
+//! ```text
+//! cargo run --release --example bench_net -- [runs]
+//! ```
+//!
+//! Prints medians of `runs` runs (default 3) of: 100,000 × 1 KiB and 256 × 1 MiB blocks
+//! replicated between two nodes (file-backed stores, default durability); the live latency
+//! from `append` on the writer to the block being stored on a connected reader (p50/p99 over
+//! 1,000 appends); and one seeder against three seeders for the same download.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use iroh::{
+    endpoint::Connection,
+    protocol::{AcceptError, ProtocolHandler, Router},
+};
+use iroh_blobs::{BlobsProtocol, store::mem::MemStore};
+use iroh_hypercore::{
+    CoreEvent, CoreTicket, Hypercore, StoreOptions,
+    testnet::{Node, TestNet, Transport},
+};
+use n0_future::StreamExt;
+
+const RAW_ALPN: &[u8] = b"/bench-raw/1";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
+    let net = TestNet::new().await?;
+    println!("median of {runs} runs, loopback, direct QUIC\n");
+    println!(
+        "{:<44} {:>12} {:>12} {:>10}",
+        "scenario", "blocks/s", "MB/s", "time"
+    );
+
+    for (count, size) in [(100_000u64, 1024usize), (256, 1 << 20)] {
+        let total = count * size as u64;
+        let mut hyper = Vec::new();
+        let mut raw = Vec::new();
+        let mut blobs = Vec::new();
+        for _ in 0..runs {
+            hyper.push(replicate(&net, count, size, 1).await?);
+            raw.push(raw_stream(&net, total).await?);
+            blobs.push(blobs_fetch(&net, total).await?);
+        }
+        let (h, r, b) = (median(hyper), median(raw), median(blobs));
+        let label = format!("{count} x {}", human(size));
+        row(&format!("hypercore replicate {label}"), count, total, h);
+        row("raw iroh stream, same bytes", count, total, r);
+        row("iroh-blobs fetch, same bytes", count, total, b);
+        println!(
+            "  -> hypercore at {:.0}% of raw stream, {:.0}% of iroh-blobs\n",
+            100.0 * r.as_secs_f64() / h.as_secs_f64(),
+            100.0 * b.as_secs_f64() / h.as_secs_f64()
+        );
+    }
+
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..runs {
+        let (p50, p99) = live_latency(&net, 1000).await?;
+        p50s.push(p50);
+        p99s.push(p99);
+    }
+    println!(
+        "live latency append -> stored on reader, 1,000 appends: p50 {:.2} ms, p99 {:.2} ms\n",
+        ms(median(p50s)),
+        ms(median(p99s))
+    );
+
+    let (count, size) = (50_000u64, 1024usize);
+    let mut one = Vec::new();
+    let mut three = Vec::new();
+    for _ in 0..runs {
+        one.push(replicate(&net, count, size, 1).await?);
+        three.push(replicate(&net, count, size, 3).await?);
+    }
+    let (o, t) = (median(one), median(three));
+    row("one seeder, 50,000 x 1 KiB", count, count * 1024, o);
+    row("three seeders, same download", count, count * 1024, t);
+    println!(
+        "  -> three seeders take {:.2}x the time of one",
+        t.as_secs_f64() / o.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Seeds `count` blocks on `seeders` nodes, then times a fresh reader downloading them all.
+async fn replicate(
+    net: &TestNet,
+    count: u64,
+    size: usize,
+    seeders: usize,
+) -> anyhow::Result<Duration> {
+    let dir = tempfile::tempdir()?;
+    let writer = net
+        .node_in(
+            Transport::Direct,
+            &dir.path().join("w"),
+            StoreOptions::default(),
+        )
+        .await?;
+    let log = writer.store.get_named("bench").await?;
+    let block = vec![7u8; size];
+    let batch = (1 << 20) / size.max(1) + 1;
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(batch as u64);
+        log.append_batch((0..n).map(|_| block.clone())).await?;
+        left -= n;
+    }
+    writer.proto.replicate(&log).await?;
+    let mut nodes = vec![writer.clone()];
+    for i in 1..seeders {
+        let s = net
+            .node_in(
+                Transport::Direct,
+                &dir.path().join(format!("s{i}")),
+                StoreOptions::default(),
+            )
+            .await?;
+        let core = s.proto.open_ticket(&writer.proto.ticket(&log)).await?;
+        core.download(0..count)
+            .done(Duration::from_secs(600))
+            .await?;
+        nodes.push(s);
+    }
+    let addrs = nodes.iter().map(Node::addr).collect();
+    let reader = net
+        .node_in(
+            Transport::Direct,
+            &dir.path().join("r"),
+            StoreOptions::default(),
+        )
+        .await?;
+    let start = Instant::now();
+    let core = reader
+        .proto
+        .open_ticket(&CoreTicket::new(log.key(), addrs))
+        .await?;
+    core.download(0..count)
+        .done(Duration::from_secs(600))
+        .await?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(core.tree_hash() == log.tree_hash());
+    reader.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(elapsed)
+}
+
+/// Serves `len` bytes on one stream per connection.
+#[derive(Debug, Clone)]
+struct RawServe(Bytes);
+
+impl ProtocolHandler for RawServe {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let (mut send, _recv) = conn.accept_bi().await?;
+        send.write_chunk(self.0.clone())
+            .await
+            .map_err(AcceptError::from_err)?;
+        send.finish()?;
+        conn.closed().await;
+        Ok(())
+    }
+}
+
+async fn raw_stream(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
+    let server = net.endpoint(Transport::Direct).await?;
+    let router = Router::builder(server.clone())
+        .accept(RAW_ALPN, RawServe(Bytes::from(vec![7u8; len as usize])))
+        .spawn();
+    let client = net.endpoint(Transport::Direct).await?;
+    let start = Instant::now();
+    let conn = client.connect(server.addr(), RAW_ALPN).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(b"go").await?;
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(1 << 20).await? {
+        got += chunk.len() as u64;
+    }
+    let elapsed = start.elapsed();
+    anyhow::ensure!(got == len);
+    conn.close(0u32.into(), b"done");
+    client.close().await;
+    router.shutdown().await?;
+    Ok(elapsed)
+}
+
+async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
+    let provider_store = MemStore::new();
+    let tag = provider_store.add_bytes(vec![7u8; len as usize]).await?;
+    let server = net.endpoint(Transport::Direct).await?;
+    let blobs = BlobsProtocol::new(&provider_store, None);
+    let router = Router::builder(server.clone())
+        .accept(iroh_blobs::ALPN, blobs)
+        .spawn();
+    let client = net.endpoint(Transport::Direct).await?;
+    let store = MemStore::new();
+    let start = Instant::now();
+    let conn = client.connect(server.addr(), iroh_blobs::ALPN).await?;
+    store.remote().fetch(conn.clone(), tag.hash).await?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(store.remote().local(tag.hash).await?.is_complete());
+    conn.close(0u32.into(), b"done");
+    client.close().await;
+    router.shutdown().await?;
+    Ok(elapsed)
+}
+
+/// Appends one block at a time and times each until the reader has stored it.
+async fn live_latency(net: &TestNet, appends: u64) -> anyhow::Result<(Duration, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let writer = net
+        .node_in(
+            Transport::Direct,
+            &dir.path().join("w"),
+            StoreOptions::default(),
+        )
+        .await?;
+    let log = writer.store.get_named("live").await?;
+    log.append(b"0".to_vec()).await?;
+    writer.proto.replicate(&log).await?;
+    let reader = net
+        .node_in(
+            Transport::Direct,
+            &dir.path().join("r"),
+            StoreOptions::default(),
+        )
+        .await?;
+    let core: Hypercore = reader.proto.open_ticket(&writer.proto.ticket(&log)).await?;
+    core.download(0..1).done(Duration::from_secs(30)).await?;
+    let mut events = core.subscribe();
+    let mut samples = Vec::new();
+    for i in 1..=appends {
+        let start = Instant::now();
+        log.append(i.to_le_bytes().to_vec()).await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.next()).await? {
+                Some(CoreEvent::Download { index, .. }) if index == i => break,
+                Some(_) => {}
+                None => anyhow::bail!("events ended"),
+            }
+        }
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    let out = (p(0.50), p(0.99));
+    reader.shutdown().await;
+    writer.shutdown().await;
+    Ok(out)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn human(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{} MiB", size >> 20)
+    } else {
+        format!("{} KiB", size >> 10)
+    }
+}
+
+fn row(name: &str, blocks: u64, bytes: u64, d: Duration) {
+    let s = d.as_secs_f64();
+    println!(
+        "{name:<44} {:>12.0} {:>12.1} {:>9.2}s",
+        blocks as f64 / s,
+        bytes as f64 / 1e6 / s,
+        s
+    );
+}

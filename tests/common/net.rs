@@ -1,0 +1,75 @@
+//! Helpers for the network tests: waiting on protocol events with a timeout.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use iroh_hypercore::{Event, Hypercore, HypercoreProtocol};
+use tokio::sync::broadcast;
+
+/// Generous bound for one step of a test on a loaded 2-core machine.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Logs to stderr when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Waits for an event matching `pred`, failing the test after [`WAIT`].
+pub async fn wait_event(
+    events: &mut broadcast::Receiver<Event>,
+    what: &str,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Event {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(ev) if pred(&ev) => return ev,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("events closed: {what}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until `core` holds blocks `0..length` (fetched by its replication).
+pub async fn wait_full(core: &Hypercore, length: u64) {
+    core.download(0..length)
+        .done(WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("download of {length} blocks: {e}"));
+    assert!(core.info().length >= length);
+}
+
+/// Appends `n` blocks named after their index, in batches, starting at `from`.
+pub async fn append_numbered(core: &Hypercore, from: u64, n: u64, size: usize) {
+    let blocks: Vec<Vec<u8>> = (from..from + n).map(|i| numbered(i, size)).collect();
+    for chunk in blocks.chunks(1000) {
+        core.append_batch(chunk.to_vec()).await.unwrap();
+    }
+}
+
+/// Block `i` of a numbered log: its index, padded to `size` bytes.
+pub fn numbered(i: u64, size: usize) -> Vec<u8> {
+    let mut v = format!("block {i} ").into_bytes();
+    v.resize(size.max(v.len()), b'.');
+    v
+}
+
+/// Peers (as bytes) with an open channel for `core`.
+pub async fn core_peers(proto: &HypercoreProtocol, core: &Hypercore) -> Vec<[u8; 32]> {
+    let mut v: Vec<[u8; 32]> = proto
+        .peers(core)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| *id.as_bytes())
+        .collect();
+    v.sort();
+    v
+}

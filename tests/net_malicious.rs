@@ -1,0 +1,219 @@
+//! Test network 5: lying peers. One answers with forged proofs and claims lengths it cannot
+//! prove (in sync and in gossip), then floods requests; another sends an oversized frame.
+//! Honest replication still completes, nothing unverified is stored, the liars are backed off
+//! or disconnected.
+
+#[path = "common/net.rs"]
+mod net;
+
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh_hypercore::{
+    CoreTicket, Event,
+    crypto::capability::capability,
+    replication::{
+        gossip::{GossipOp, topic},
+        wire::{MAX_FRAME, Message, SyncInfo, decode_body, encode_frame, frame_len},
+    },
+    testnet::{TestNet, Transport},
+    tree::{BlockProof, Proof, UpgradeProof},
+};
+use net::{WAIT, append_numbered, wait_event, wait_full};
+
+const LIE: u64 = 1_000_000;
+
+async fn read_msg(recv: &mut RecvStream) -> Option<Message> {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.ok()?;
+    let mut body = vec![0; frame_len(header).ok()?];
+    recv.read_exact(&mut body).await.ok()?;
+    decode_body(&body).ok()
+}
+
+async fn send(send: &mut SendStream, msg: &Message) {
+    let _ = send.write_all(&encode_frame(msg).unwrap()).await;
+}
+
+/// Answers everything on one channel with lies, then floods the peer with requests.
+async fn lie_on(mut tx: SendStream, mut rx: RecvStream) {
+    let lie = Message::Sync(SyncInfo {
+        fork: 0,
+        length: LIE,
+        contiguous: LIE,
+        ask: false,
+    });
+    send(&mut tx, &lie).await;
+    let mut flooded = false;
+    while let Some(msg) = read_msg(&mut rx).await {
+        match msg {
+            Message::Request { id, request } => {
+                let upgrade = request.upgrade.map(|u| UpgradeProof {
+                    start: u.start,
+                    length: u.length,
+                    nodes: vec![],
+                    additional_nodes: vec![],
+                    signature: vec![0; 64],
+                });
+                let proof = Proof {
+                    upgrade,
+                    ..Default::default()
+                };
+                send(&mut tx, &Message::Data { id, proof }).await;
+            }
+            Message::RequestRun { id, start, end, .. } => {
+                for index in start..end {
+                    let proof = Proof {
+                        block: Some(BlockProof {
+                            index,
+                            value: b"forged".to_vec(),
+                            nodes: vec![],
+                        }),
+                        ..Default::default()
+                    };
+                    send(&mut tx, &Message::Data { id, proof }).await;
+                }
+                if !flooded {
+                    flooded = true;
+                    for id in 0..3000 {
+                        let flood = Message::RequestRun {
+                            id: 1 << 40 | id,
+                            fork: 0,
+                            start: 0,
+                            end: 1024,
+                            length: 1024,
+                        };
+                        send(&mut tx, &flood).await;
+                    }
+                }
+            }
+            Message::Sync(SyncInfo { ask: true, .. }) => send(&mut tx, &lie).await,
+            _ => {}
+        }
+    }
+}
+
+/// Answers every channel the peer opens on `conn` with lies.
+fn lie_on_accepted(conn: Connection) {
+    tokio::spawn(async move {
+        while let Ok((tx, mut rx)) = conn.accept_bi().await {
+            tokio::spawn(async move {
+                // The first message is the peer's Open.
+                let _ = read_msg(&mut rx).await;
+                lie_on(tx, rx).await;
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liars_are_backed_off_and_honest_replication_completes() {
+    net::init_tracing();
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("honest").await.unwrap();
+    append_numbered(&log, 0, 3000, 512).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let mut events = reader.proto.subscribe();
+    let reader_id = *reader.endpoint.id().as_bytes();
+
+    // The liar knows the key (it is public) and opens a channel with a valid capability.
+    let liar_ep = net.endpoint(Transport::Direct).await.unwrap();
+    let liar_id = *liar_ep.id().as_bytes();
+    let liar_gossip = iroh_gossip::Gossip::builder().spawn(liar_ep.clone());
+    let liar_router = iroh::protocol::Router::builder(liar_ep.clone())
+        .accept(iroh_gossip::ALPN, liar_gossip.clone())
+        .spawn();
+
+    // The reader follows the ticket of the writer and of the liar.
+    let ticket = CoreTicket::new(log.key(), vec![writer.addr()]);
+    let core = reader.proto.open_ticket(&ticket).await.unwrap();
+    let conn = liar_ep
+        .connect(reader.addr(), iroh_hypercore::ALPN)
+        .await
+        .unwrap();
+    lie_on_accepted(conn.clone());
+    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    let open = Message::Open {
+        discovery_key: log.discovery_key(),
+        capability: capability(&log.key(), &liar_id, &reader_id),
+    };
+    send(&mut tx, &open).await;
+    tokio::spawn(lie_on(tx, rx));
+
+    // It also lies in gossip.
+    let dk = log.discovery_key();
+    let gossip_topic = liar_gossip
+        .subscribe(
+            iroh_gossip::TopicId::from_bytes(topic(&dk)),
+            vec![reader.endpoint.id()],
+        )
+        .await
+        .unwrap();
+    let (gossip_tx, _gossip_rx) = gossip_topic.split();
+    let announce = GossipOp::Announce {
+        origin: liar_id,
+        fork: 0,
+        length: LIE,
+        contiguous: LIE,
+    };
+    gossip_tx
+        .broadcast(announce.encode(4096).unwrap().into())
+        .await
+        .unwrap();
+
+    // A second peer breaks the framing with an oversized frame.
+    let big_ep = net.endpoint(Transport::Direct).await.unwrap();
+    let big = big_ep
+        .connect(reader.addr(), iroh_hypercore::ALPN)
+        .await
+        .unwrap();
+    let (mut btx, _brx) = big.open_bi().await.unwrap();
+    btx.write_all(&((MAX_FRAME + 1) as u32).to_be_bytes())
+        .await
+        .unwrap();
+    btx.write_all(&[0; 1024]).await.unwrap();
+
+    wait_full(&core, 3000).await;
+    assert_eq!(core.tree_hash(), log.tree_hash());
+    assert_eq!(
+        core.info().length,
+        3000,
+        "the lying length was never applied"
+    );
+    for i in (0..3000).step_by(97) {
+        assert_eq!(core.get(i).await.unwrap(), log.get(i).await.unwrap());
+    }
+    wait_event(
+        &mut events,
+        "the liar backed off",
+        |e| matches!(e, Event::Backoff(p) if *p == liar_id),
+    )
+    .await;
+    // The oversized frame got that connection closed.
+    tokio::time::timeout(WAIT, big.closed()).await.unwrap();
+    let writer_id = *writer.endpoint.id().as_bytes();
+    let stats = tokio::time::timeout(WAIT, async {
+        loop {
+            let stats = reader.proto.peer_stats().await.unwrap();
+            let honest = stats
+                .iter()
+                .find(|s| s.peer == writer_id)
+                .map(|s| s.blocks_down);
+            if honest == Some(3000) {
+                return stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("every block counted from the honest writer");
+    if let Some(s) = stats.iter().find(|s| s.peer == liar_id) {
+        assert!(s.invalid > 0, "{s:?}");
+        assert_eq!(s.blocks_down, 0);
+    }
+    drop(gossip_tx);
+    liar_router.shutdown().await.ok();
+    big_ep.close().await;
+    reader.shutdown().await;
+    writer.shutdown().await;
+}

@@ -1,0 +1,305 @@
+//! Test networks 2, 3, 4, 7, 8 and 9: live appends through a chain of readers, a late joiner
+//! served by readers alone, a seeder leaving mid-download, a truncate reaching readers, 200
+//! cores over one connection, and a reader resuming from its database file.
+
+#[path = "common/net.rs"]
+mod net;
+
+use std::collections::HashSet;
+
+use iroh_hypercore::{
+    CoreTicket, Event, StoreOptions,
+    testnet::{TestNet, Transport},
+};
+use net::{WAIT, append_numbered, numbered, wait_event, wait_full};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_live_including_a_reader_behind_a_reader() {
+    net::init_tracing();
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("live").await.unwrap();
+    log.append(b"first".to_vec()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log);
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let node = net.node(Transport::Direct).await.unwrap();
+        let core = node.proto.open_ticket(&ticket).await.unwrap();
+        readers.push((node, core));
+    }
+    // The fifth node cannot look anyone up and is given only the first reader's address.
+    let hidden = net.unlisted_node(Transport::Direct).await.unwrap();
+    let via = readers[0].0.proto.ticket(&readers[0].1);
+    let hidden_core = hidden.proto.open_ticket(&via).await.unwrap();
+    let mut hidden_events = hidden.proto.subscribe();
+
+    for i in 1..=50u64 {
+        log.append(numbered(i, 64)).await.unwrap();
+    }
+    for (_, core) in &readers {
+        wait_full(core, 51).await;
+    }
+    wait_full(&hidden_core, 51).await;
+    assert_eq!(hidden_core.tree_hash(), log.tree_hash());
+    assert_eq!(
+        &hidden_core.get(50).await.unwrap().unwrap()[..],
+        &numbered(50, 64)[..]
+    );
+    let only_peer = net::core_peers(&hidden.proto, &hidden_core).await;
+    assert_eq!(only_peer, vec![*readers[0].0.endpoint.id().as_bytes()]);
+    // Live: the next append reaches the hidden node through the reader.
+    log.append(b"latest".to_vec()).await.unwrap();
+    let got = hidden_core.get(51).wait(WAIT).await.unwrap();
+    assert_eq!(&got[..], b"latest");
+    let ev = wait_event(&mut hidden_events, "a download", |e| {
+        matches!(e, Event::Download { .. })
+    })
+    .await;
+    let Event::Download { peer, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(peer, *readers[0].0.endpoint.id().as_bytes());
+    for (node, _) in &readers {
+        node.shutdown().await;
+    }
+    hidden.shutdown().await;
+    writer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_catches_up_from_readers_while_the_writer_is_offline() {
+    net::init_tracing();
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("late").await.unwrap();
+    append_numbered(&log, 0, 2000, 256).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log);
+    let a = net.node(Transport::Direct).await.unwrap();
+    let b = net.node(Transport::RelayOnly).await.unwrap();
+    let ca = a.proto.open_ticket(&ticket).await.unwrap();
+    let cb = b.proto.open_ticket(&ticket).await.unwrap();
+    wait_full(&ca, 2000).await;
+    wait_full(&cb, 2000).await;
+    let writer_id = *writer.endpoint.id().as_bytes();
+    let hash = log.tree_hash();
+    writer.shutdown().await;
+
+    let late = net.node(Transport::Direct).await.unwrap();
+    let mut events = late.proto.subscribe();
+    let readers = CoreTicket::new(log.key(), vec![a.addr(), b.addr()]);
+    let core = late.proto.open_ticket(&readers).await.unwrap();
+    wait_full(&core, 2000).await;
+    assert_eq!(core.tree_hash(), hash);
+    let mut from = HashSet::new();
+    wait_event(&mut events, "downloads", |e| {
+        if let Event::Download { peer, .. } = e {
+            from.insert(*peer);
+        }
+        !from.is_empty()
+    })
+    .await;
+    while let Ok(ev) = events.try_recv() {
+        if let Event::Download { peer, .. } = ev {
+            from.insert(peer);
+        }
+    }
+    assert!(!from.contains(&writer_id));
+    for n in [a, b, late] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_completes_when_a_seeder_disappears() {
+    net::init_tracing();
+    const N: u64 = 5_000;
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("big").await.unwrap();
+    append_numbered(&log, 0, N, 1024).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let s1 = net.node(Transport::Direct).await.unwrap();
+    let s2 = net.node(Transport::Direct).await.unwrap();
+    let c1 = s1
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    let c2 = s2
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    wait_full(&c1, N).await;
+    wait_full(&c2, N).await;
+    writer.shutdown().await;
+
+    let d = net.node(Transport::Direct).await.unwrap();
+    let mut events = d.proto.subscribe();
+    let seeders = CoreTicket::new(log.key(), vec![s1.addr(), s2.addr()]);
+    let core = d.proto.open_ticket(&seeders).await.unwrap();
+    let s1_id = *s1.endpoint.id().as_bytes();
+    let mut from_s1 = 0;
+    wait_event(&mut events, "first blocks from the first seeder", |e| {
+        if matches!(e, Event::Download { peer, .. } if *peer == s1_id) {
+            from_s1 += 1;
+        }
+        from_s1 >= 100
+    })
+    .await;
+    s1.shutdown().await;
+    wait_event(
+        &mut events,
+        "the first seeder leaving",
+        |e| matches!(e, Event::PeerRemove(p) if *p == s1_id),
+    )
+    .await;
+    wait_full(&core, N).await;
+    assert!(core.info().contiguous_length == N);
+    assert_eq!(core.tree_hash(), log.tree_hash());
+    s2.shutdown().await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_on_the_writer_reaches_readers() {
+    net::init_tracing();
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("forks").await.unwrap();
+    append_numbered(&log, 0, 100, 32).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    wait_full(&core, 100).await;
+    let mut events = reader.proto.subscribe();
+    log.truncate(50).await.unwrap();
+    log.append_batch((0..10).map(|i| format!("new {i}").into_bytes()))
+        .await
+        .unwrap();
+    wait_event(&mut events, "the truncate", |e| {
+        matches!(e, Event::Truncate { fork: 1, .. })
+    })
+    .await;
+    let got = core.get(55).wait(WAIT).await.unwrap();
+    assert_eq!(&got[..], b"new 5");
+    wait_full(&core, 60).await;
+    let info = core.info();
+    assert_eq!((info.fork, info.length), (1, 60));
+    assert_eq!(core.tree_hash(), log.tree_hash());
+    assert_eq!(
+        &core.get(49).await.unwrap().unwrap()[..],
+        &numbered(49, 32)[..]
+    );
+    reader.shutdown().await;
+    writer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_cores_over_one_connection() {
+    net::init_tracing();
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let mut logs = Vec::new();
+    for i in 0..200 {
+        let log = writer.store.get_named(&format!("core {i}")).await.unwrap();
+        log.append_batch((0..5).map(|j| format!("{i}/{j}").into_bytes()))
+            .await
+            .unwrap();
+        writer.proto.replicate(&log).await.unwrap();
+        logs.push(log);
+    }
+    let mut remotes = Vec::new();
+    for log in &logs {
+        let core = reader
+            .proto
+            .open_ticket(&writer.proto.ticket(log))
+            .await
+            .unwrap();
+        remotes.push(core);
+    }
+    for (log, core) in logs.iter().zip(&remotes) {
+        wait_full(core, 5).await;
+        assert_eq!(core.tree_hash(), log.tree_hash());
+    }
+    // Counters follow the commits a moment later.
+    let stats = tokio::time::timeout(WAIT, async {
+        loop {
+            let stats = reader.proto.peer_stats().await.unwrap();
+            if stats.iter().map(|s| s.blocks_down).sum::<u64>() >= 1000 {
+                return stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("download counters");
+    assert_eq!(stats.len(), 1, "one connection");
+    assert_eq!(stats[0].channels, 200);
+    assert_eq!(stats[0].blocks_down, 1000);
+    let w = writer.proto.peer_stats().await.unwrap();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].blocks_up >= 1000);
+    reader.shutdown().await;
+    writer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_restarts_from_its_file_without_downloading_again() {
+    net::init_tracing();
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("resume").await.unwrap();
+    append_numbered(&log, 0, 2000, 128).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log);
+    let dir = tempfile::tempdir().unwrap();
+
+    let reader = net
+        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let core = reader.proto.open_ticket(&ticket).await.unwrap();
+    wait_full(&core, 2000).await;
+    reader.shutdown().await;
+    drop(core);
+
+    append_numbered(&log, 2000, 100, 128).await;
+    let again = net
+        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let mut events = again.proto.subscribe();
+    let core = again.proto.open_ticket(&ticket).await.unwrap();
+    assert_eq!(
+        core.info().contiguous_length,
+        2000,
+        "kept across the restart"
+    );
+    wait_full(&core, 2100).await;
+    let mut downloaded = HashSet::new();
+    wait_event(&mut events, "100 downloads", |e| {
+        if let Event::Download { index, .. } = e {
+            downloaded.insert(*index);
+        }
+        downloaded.len() >= 100
+    })
+    .await;
+    while let Ok(ev) = events.try_recv() {
+        if let Event::Download { index, .. } = ev {
+            downloaded.insert(index);
+        }
+    }
+    assert_eq!(downloaded, (2000..2100).collect::<HashSet<u64>>());
+    let stats = again.proto.peer_stats().await.unwrap();
+    assert_eq!(stats.iter().map(|s| s.blocks_down).sum::<u64>(), 100);
+    again.shutdown().await;
+    writer.shutdown().await;
+}

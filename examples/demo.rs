@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         let stats = node.proto.peer_stats().await?;
         let bytes: u64 = stats.iter().map(|s| s.bytes_down).sum();
         println!(
-            "{name}: {BLOCKS} verified blocks, {:.1} MiB in {secs:.2}s ({:.0} blocks/s, from {} peer(s))",
+            "{name}: {BLOCKS} verified blocks, {:.1} MiB in {secs:.2}s ({:.0} blocks/s, connected to {} peer(s))",
             bytes as f64 / (1 << 20) as f64,
             BLOCKS as f64 / secs,
             stats.len()

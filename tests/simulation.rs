@@ -222,7 +222,7 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
         assert!(steps < 2_000_000, "simulation did not converge");
         sim.now += STEP;
         // Random link failures for the first part of the run; links come back later.
-        if steps < 3_000 && rng.random_bool(0.1) {
+        if steps < 3_000 && rng.random_bool(0.2) {
             let all: Vec<(usize, usize)> = sim.links.iter().copied().collect();
             if !all.is_empty() {
                 let (a, b) = all[rng.random_range(0..all.len())];

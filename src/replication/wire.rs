@@ -119,6 +119,7 @@ pub enum Message {
         /// Extension name.
         name: String,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
 }

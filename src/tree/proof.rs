@@ -50,7 +50,8 @@ pub struct ProofRequest {
 pub struct BlockProof {
     /// Block index.
     pub index: u64,
-    /// Block value.
+    /// Block value (serialized as one byte string, not element by element).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Uncle nodes, bottom up.
     pub nodes: Vec<Node>,

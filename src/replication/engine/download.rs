@@ -10,7 +10,7 @@ use super::{
 use crate::{
     crypto::CoreKey,
     replication::wire::Message,
-    tree::{Proof, ProofRequest, UpgradeRequest},
+    tree::{IndexRequest, Proof, ProofRequest, UpgradeRequest},
 };
 
 impl Engine {
@@ -43,8 +43,18 @@ impl Engine {
         };
         let id = UPGRADE_ID_BIT | self.next_upgrade_id;
         self.next_upgrade_id += 1;
+        // Following live: ask for the first new block with the upgrade, saving a round trip.
+        let first_block = r.mode == Mode::Full
+            && local.length > 0
+            && start == local.length
+            && local.contiguous == local.length
+            && remote.contiguous > local.length;
         let request = ProofRequest {
             fork: local.fork,
+            block: first_block.then_some(IndexRequest {
+                index: local.length,
+                nodes: 0,
+            }),
             upgrade: Some(UpgradeRequest {
                 start,
                 length: remote.length - start,
@@ -140,10 +150,14 @@ impl Engine {
         }
         if let Some((peer, proof)) = r.upgrade_proof.take() {
             r.applying = true;
+            let block = proof
+                .block
+                .as_ref()
+                .map(|b| (b.index, b.value.len() as u64));
             self.new_task(
                 core,
                 Task::ApplyProof(proof),
-                TaskCtx::ApplyUpgrade { core, peer },
+                TaskCtx::ApplyUpgrade { core, peer, block },
             );
             return;
         }
@@ -181,13 +195,18 @@ impl Engine {
                 },
                 TaskResult::Run(r),
             ) => self.on_served_run(channel, id, start, end, r),
-            (TaskCtx::ApplyUpgrade { core, peer }, TaskResult::Applied(outcome, local)) => {
+            (TaskCtx::ApplyUpgrade { core, peer, block }, TaskResult::Applied(outcome, local)) => {
                 if let Some(r) = self.cores.get_mut(&core) {
                     r.applying = false;
                     r.upgrading = None;
                 }
                 match outcome {
-                    ApplyOutcome::Done(()) => {}
+                    ApplyOutcome::Done(()) => {
+                        if let Some((index, bytes)) = block {
+                            self.fetch.on_committed(&core, index);
+                            self.count_download(core, peer, index, bytes);
+                        }
+                    }
                     ApplyOutcome::Invalid(reason) => self.blame(core, peer, reason, now),
                     ApplyOutcome::Failed(e) => tracing::warn!("storing an upgrade failed: {e}"),
                 }
@@ -227,16 +246,7 @@ impl Engine {
                         r.wanted.remove(index);
                     }
                     if let Some(peer) = by_index.get(index).copied() {
-                        if let Some(p) = self.peers.get_mut(&peer) {
-                            p.stats.blocks_down += 1;
-                            p.stats.bytes_down += bytes;
-                        }
-                        self.emit(Event::Download {
-                            core,
-                            index: *index,
-                            bytes: *bytes,
-                            peer,
-                        });
+                        self.count_download(core, peer, *index, *bytes);
                     }
                 }
                 if let Some((index, err)) = applied.rejected
@@ -258,6 +268,19 @@ impl Engine {
         }
         self.update_local(core, local, now);
         self.maybe_apply(core);
+    }
+
+    fn count_download(&mut self, core: CoreKey, peer: PeerId, index: u64, bytes: u64) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.blocks_down += 1;
+            p.stats.bytes_down += bytes;
+        }
+        self.emit(Event::Download {
+            core,
+            index,
+            bytes,
+            peer,
+        });
     }
 
     /// Records bad data from `peer` and backs it off.

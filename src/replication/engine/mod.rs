@@ -351,6 +351,8 @@ enum TaskCtx {
     ApplyUpgrade {
         core: CoreKey,
         peer: PeerId,
+        /// The block that came with the upgrade: index and size.
+        block: Option<(u64, u64)>,
     },
     ApplyRun {
         core: CoreKey,

@@ -119,3 +119,48 @@ async fn discovery_key_alone_cannot_open_a_channel() {
     spy.close().await;
     writer.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_replication_fetches_only_what_is_asked_for() {
+    use iroh_hypercore::Mode;
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("sparse").await.unwrap();
+    let blocks: Vec<Vec<u8>> = (0..1000u64).map(|i| format!("s{i}").into_bytes()).collect();
+    log.append_batch(blocks).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log);
+
+    let core = reader.store.get_remote(ticket.key()).await.unwrap();
+    let mut events = reader.proto.subscribe();
+    reader
+        .proto
+        .replicate_with(&core, Mode::Sparse)
+        .await
+        .unwrap();
+    reader.proto.join(&core, ticket.nodes()).await.unwrap();
+    let got = core.get(500).wait(WAIT).await.unwrap();
+    assert_eq!(&got[..], b"s500");
+    let range = core.download(700..710);
+    range.progress().await.unwrap();
+    range.done(WAIT).await.unwrap();
+    let mut downloaded = std::collections::BTreeSet::new();
+    tokio::time::timeout(WAIT, async {
+        while downloaded.len() < 11 {
+            if let Ok(Event::Download { index, .. }) = events.recv().await {
+                downloaded.insert(index);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let expected: std::collections::BTreeSet<u64> = std::iter::once(500).chain(700..710).collect();
+    assert_eq!(downloaded, expected);
+    assert_eq!(core.info().length, 1000, "the length is followed");
+    assert_eq!(core.info().contiguous_length, 0);
+    assert!(core.get(0).await.unwrap().is_none(), "nothing else fetched");
+    assert!(core.get(999).await.unwrap().is_none());
+    reader.shutdown().await;
+    writer.shutdown().await;
+}

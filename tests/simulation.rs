@@ -9,10 +9,8 @@ use std::{
 
 use iroh_hypercore::{
     Corestore, Hypercore, KeyPair,
-    replication::{
-        Engine, EngineConfig, Input, LocalInfo, Mode, Output, Task, TaskResult,
-        engine::{ApplyOutcome, ChannelId},
-    },
+    net::{local_info, run_task},
+    replication::{Engine, EngineConfig, Input, Mode, Output, engine::ChannelId},
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -103,54 +101,11 @@ impl Sim {
                     }
                 }
                 Output::Task(id, _, task) => {
-                    let result = run_task(&self.peers[p].core, task).await;
+                    let result = run_task(self.peers[p].core.clone(), task).await;
                     self.queue.push_back((p, Input::TaskDone(id, result)));
                 }
                 Output::JoinGossip(..) | Output::Broadcast(..) | Output::Event(_) => {}
             }
-        }
-    }
-}
-
-fn local(core: &Hypercore) -> LocalInfo {
-    let i = core.info();
-    LocalInfo {
-        fork: i.fork,
-        length: i.length,
-        byte_length: i.byte_length,
-        contiguous: i.contiguous_length,
-    }
-}
-
-fn invalid<T>(e: iroh_hypercore::Error) -> ApplyOutcome<T> {
-    ApplyOutcome::Invalid(e.to_string())
-}
-
-async fn run_task(core: &Hypercore, task: Task) -> TaskResult {
-    match task {
-        Task::CreateProof(req) => {
-            TaskResult::Proof(core.create_proof(req).await.map_err(|e| e.to_string()))
-        }
-        Task::CreateRun {
-            fork,
-            start,
-            end,
-            length,
-        } => TaskResult::Run(
-            core.create_run_proofs(fork, start, end, length)
-                .await
-                .map_err(|e| e.to_string()),
-        ),
-        Task::ApplyProof(p) => {
-            let r = core.verify_and_apply_proof(p).await;
-            TaskResult::Applied(
-                r.map(|_| ()).map_or_else(invalid, ApplyOutcome::Done),
-                local(core),
-            )
-        }
-        Task::ApplyRun(ps) => {
-            let r = core.apply_block_proofs(ps).await;
-            TaskResult::RunApplied(r.map_or_else(invalid, ApplyOutcome::Done), local(core))
         }
     }
 }
@@ -190,7 +145,7 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
         };
         let id = KeyPair::generate().public_key();
         let mut engine = Engine::new(id, cfg.clone());
-        engine.add_core(core.key(), local(&core), Mode::Full, start);
+        engine.add_core(core.key(), local_info(&core), Mode::Full, start);
         ids.push(id);
         peers.push(Peer {
             engine,

@@ -40,7 +40,8 @@ use crate::{
 /// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
 pub(crate) enum Command {
     Accept(Connection),
-    Replicate(Hypercore, Mode, oneshot::Sender<()>),
+    /// Replicate a core; `None` keeps the mode of a core already replicated (else full).
+    Replicate(Hypercore, Option<Mode>, oneshot::Sender<()>),
     Join(CoreKey, Vec<EndpointAddr>, oneshot::Sender<()>),
     PeerStats(oneshot::Sender<Vec<PeerStats>>),
     CorePeers(CoreKey, oneshot::Sender<Vec<PeerId>>),
@@ -227,8 +228,12 @@ impl Driver {
         }
     }
 
-    fn replicate(&mut self, core: Hypercore, mode: Mode, now: Instant) {
+    fn replicate(&mut self, core: Hypercore, mode: Option<Mode>, now: Instant) {
         let key = core.key();
+        if mode.is_none() && self.cores.contains_key(&key) {
+            return;
+        }
+        let mode = mode.unwrap_or_default();
         if !self.cores.contains_key(&key) {
             let mut events = core.subscribe();
             let mut wants = core.subscribe_wants();

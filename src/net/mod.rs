@@ -9,6 +9,7 @@ mod tasks;
 pub use frames::ReadError;
 pub use iroh_hypercore_tickets::{CoreTicket, TicketError};
 pub use protocol::{Builder, HypercoreProtocol};
+pub use tasks::{local_info, run as run_task};
 
 /// ALPN of the hypercore replication protocol.
 pub const ALPN: &[u8] = b"/iroh-hypercore/1";

@@ -142,13 +142,15 @@ impl HypercoreProtocol {
     /// `get(i).wait(..)` or `download(range)` are fetched.
     pub async fn replicate_with(&self, core: &Hypercore, mode: Mode) -> Result<()> {
         let core = core.clone();
-        self.command(|tx| Command::Replicate(core, mode, tx)).await
+        self.command(|tx| Command::Replicate(core, Some(mode), tx))
+            .await
     }
 
     /// Replicates `core` (fully, unless it already is replicated) and connects to `nodes`,
     /// which also bootstrap its gossip topic.
     pub async fn join(&self, core: &Hypercore, nodes: &[EndpointAddr]) -> Result<()> {
-        self.replicate(core).await?;
+        let c = core.clone();
+        self.command(|tx| Command::Replicate(c, None, tx)).await?;
         let (key, nodes) = (core.key(), nodes.to_vec());
         self.command(|tx| Command::Join(key, nodes, tx)).await
     }

@@ -99,13 +99,7 @@ async fn replicate(
     seeders: usize,
 ) -> anyhow::Result<Duration> {
     let dir = tempfile::tempdir()?;
-    let writer = net
-        .node_in(
-            Transport::Direct,
-            &dir.path().join("w"),
-            StoreOptions::default(),
-        )
-        .await?;
+    let writer = file_node(net, &dir, "w").await?;
     let log = writer.store.get_named("bench").await?;
     let block = vec![7u8; size];
     let batch = (1 << 20) / size.max(1) + 1;
@@ -118,13 +112,7 @@ async fn replicate(
     writer.proto.replicate(&log).await?;
     let mut nodes = vec![writer.clone()];
     for i in 1..seeders {
-        let s = net
-            .node_in(
-                Transport::Direct,
-                &dir.path().join(format!("s{i}")),
-                StoreOptions::default(),
-            )
-            .await?;
+        let s = file_node(net, &dir, &format!("s{i}")).await?;
         let core = s.proto.open_ticket(&writer.proto.ticket(&log)).await?;
         core.download(0..count)
             .done(Duration::from_secs(600))
@@ -132,13 +120,7 @@ async fn replicate(
         nodes.push(s);
     }
     let addrs = nodes.iter().map(Node::addr).collect();
-    let reader = net
-        .node_in(
-            Transport::Direct,
-            &dir.path().join("r"),
-            StoreOptions::default(),
-        )
-        .await?;
+    let reader = file_node(net, &dir, "r").await?;
     let start = Instant::now();
     let core = reader
         .proto
@@ -218,23 +200,11 @@ async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
 /// Appends one block at a time and times each until the reader has stored it.
 async fn live_latency(net: &TestNet, appends: u64) -> anyhow::Result<(Duration, Duration)> {
     let dir = tempfile::tempdir()?;
-    let writer = net
-        .node_in(
-            Transport::Direct,
-            &dir.path().join("w"),
-            StoreOptions::default(),
-        )
-        .await?;
+    let writer = file_node(net, &dir, "w").await?;
     let log = writer.store.get_named("live").await?;
     log.append(b"0".to_vec()).await?;
     writer.proto.replicate(&log).await?;
-    let reader = net
-        .node_in(
-            Transport::Direct,
-            &dir.path().join("r"),
-            StoreOptions::default(),
-        )
-        .await?;
+    let reader = file_node(net, &dir, "r").await?;
     let core: Hypercore = reader.proto.open_ticket(&writer.proto.ticket(&log)).await?;
     core.download(0..1).done(Duration::from_secs(30)).await?;
     let mut events = core.subscribe();
@@ -257,6 +227,17 @@ async fn live_latency(net: &TestNet, appends: u64) -> anyhow::Result<(Duration, 
     reader.shutdown().await;
     writer.shutdown().await;
     Ok(out)
+}
+
+/// A direct node with a file store (default durability) in `dir/name`.
+async fn file_node(net: &TestNet, dir: &tempfile::TempDir, name: &str) -> anyhow::Result<Node> {
+    Ok(net
+        .node_in(
+            Transport::Direct,
+            &dir.path().join(name),
+            StoreOptions::default(),
+        )
+        .await?)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -14,7 +14,10 @@ use crate::{
     crypto::{CoreKind, Manifest, Verifier},
     error::{Error, Result},
     storage::{StorageError, schema},
-    tree::{self, NodeSource, Proof, ProofError, ProofRequest, TreeState, VerifiedProof, flat},
+    tree::{
+        self, BlockProof, NodeSource, Proof, ProofError, ProofRequest, TreeState, VerifiedProof,
+        flat,
+    },
 };
 
 /// What applying a verified proof changed.
@@ -120,14 +123,18 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
             .await??;
         let applied = Applied {
             upgraded: verified.upgrade.as_ref().map(|u| u.length),
-            block: verified.block.as_ref().map(|b| b.0),
+            block: verified.block,
             truncated: keep.filter(|k| *k < tree.length),
         };
         let op_inner = inner.clone();
         let v2 = verifier.clone();
+        let p = proof.clone();
         let result = inner
             .storage
-            .write(move |ctx| write_verified(ctx, &op_inner, &tree, &v2, verified, keep))
+            .write(move |ctx| {
+                let block = p.block.as_ref().filter(|_| verified.block.is_some());
+                write_verified(ctx, &op_inner, &tree, &v2, verified, block, keep)
+            })
             .await;
         match result {
             Ok(()) => {
@@ -180,6 +187,7 @@ fn write_verified(
     base: &TreeState,
     verifier: &Verifier,
     verified: VerifiedProof,
+    block: Option<&BlockProof>,
     keep: Option<u64>,
 ) -> Result<(), StorageError> {
     check_base(inner, (base.length, base.fork))?;
@@ -191,8 +199,8 @@ fn write_verified(
     }
     put_nodes(ctx.txn, id, &verified.nodes)?;
     let mut blocks = ctx.txn.open_table(schema::BLOCKS)?;
-    if let Some((index, value)) = &verified.block {
-        blocks.insert((id, *index), value.as_slice())?;
+    if let Some(b) = block {
+        blocks.insert((id, b.index), b.value.as_slice())?;
     }
     let mut staged = inner.staged();
     let staged = &mut *staged;
@@ -224,16 +232,16 @@ fn write_verified(
         h.tree = up;
         push_event(&mut staged.events, ev);
     }
-    if let Some((index, value)) = &verified.block {
+    if let Some(b) = block {
         push_event(
             &mut staged.events,
             CoreEvent::Download {
-                index: *index,
-                bytes: value.len() as u64,
+                index: b.index,
+                bytes: b.value.len() as u64,
             },
         );
-        if *index == h.contiguous_length {
-            let mut c = index + 1;
+        if b.index == h.contiguous_length {
+            let mut c = b.index + 1;
             while c < h.tree.length && blocks.get((id, c))?.is_some() {
                 c += 1;
             }

@@ -144,7 +144,8 @@ impl NodeSource for Overlay<'_> {
 
 /// A verified prefix of a run, ready to be written.
 struct VerifiedRun {
-    blocks: Vec<(u64, Vec<u8>)>,
+    /// How many leading proofs verified.
+    verified: usize,
     nodes: HashMap<u64, Node>,
     rejected: Option<(u64, Error)>,
 }
@@ -168,7 +169,7 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
             .read(move |txn| {
                 let stored = TxnNodes::open(txn, id)?;
                 let mut run = VerifiedRun {
-                    blocks: Vec::with_capacity(p.len()),
+                    verified: 0,
                     nodes: HashMap::new(),
                     rejected: None,
                 };
@@ -184,7 +185,7 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
                     match checked {
                         Ok(v) => {
                             run.nodes.extend(v.nodes.iter().map(|n| (n.index, *n)));
-                            run.blocks.extend(v.block);
+                            run.verified += 1;
                         }
                         Err(e) => {
                             run.rejected = Some((index, e));
@@ -195,12 +196,13 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
                 Ok(run)
             })
             .await?;
-        let stored: Vec<(u64, u64)> = run
-            .blocks
+        let n = run.verified;
+        let stored: Vec<(u64, u64)> = proofs[..n]
             .iter()
-            .map(|(i, v)| (*i, v.len() as u64))
+            .filter_map(|p| p.block.as_ref())
+            .map(|b| (b.index, b.value.len() as u64))
             .collect();
-        if run.blocks.is_empty() {
+        if n == 0 {
             return Ok(RunApplied {
                 stored,
                 rejected: run.rejected,
@@ -208,10 +210,10 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
         }
         let op_inner = inner.clone();
         let fork = tree.fork;
-        let (blocks, nodes) = (run.blocks, run.nodes);
+        let (verified, nodes) = (proofs.clone(), run.nodes);
         let result = inner
             .storage
-            .write(move |ctx| write_run(ctx, &op_inner, fork, &blocks, &nodes))
+            .write(move |ctx| write_run(ctx, &op_inner, fork, &verified[..n], &nodes))
             .await;
         match result {
             Ok(()) => {
@@ -250,7 +252,7 @@ fn write_run(
     ctx: &mut crate::storage::WriteCtx<'_>,
     inner: &Arc<CoreInner>,
     fork: u64,
-    blocks: &[(u64, Vec<u8>)],
+    proofs: &[Proof],
     nodes: &HashMap<u64, Node>,
 ) -> Result<(), StorageError> {
     {
@@ -265,19 +267,20 @@ fn write_run(
     let id = inner.id;
     let nodes: Vec<Node> = nodes.values().copied().collect();
     put_nodes(ctx.txn, id, &nodes)?;
+    let blocks = || proofs.iter().filter_map(|p| p.block.as_ref());
     let mut table = ctx.txn.open_table(schema::BLOCKS)?;
-    for (index, value) in blocks {
-        table.insert((id, *index), value.as_slice())?;
+    for b in blocks() {
+        table.insert((id, b.index), b.value.as_slice())?;
     }
     let mut guard = inner.staged();
     let staged = &mut *guard;
     let h = &mut staged.header;
-    for (index, value) in blocks {
+    for b in blocks() {
         push_event(
             &mut staged.events,
             CoreEvent::Download {
-                index: *index,
-                bytes: value.len() as u64,
+                index: b.index,
+                bytes: b.value.len() as u64,
             },
         );
     }

@@ -19,8 +19,8 @@ const MAX_PROOF_NODES: usize = 256;
 pub struct VerifiedProof {
     /// Every node proven (to be stored).
     pub nodes: Vec<Node>,
-    /// The proven block, if any.
-    pub block: Option<(u64, Vec<u8>)>,
+    /// Index of the proven block, if any (its value is the proof's, not copied).
+    pub block: Option<u64>,
     /// The new signed tree state, if the proof upgraded the reader.
     pub upgrade: Option<TreeState>,
     /// Whether the upgrade replaces the reader's tree from scratch (another fork, or an
@@ -115,7 +115,7 @@ where
 
     Ok(VerifiedProof {
         nodes,
-        block: proof.block.as_ref().map(|b| (b.index, b.value.clone())),
+        block: proof.block.as_ref().map(|b| b.index),
         upgrade,
         reorg,
     })

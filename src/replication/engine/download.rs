@@ -183,18 +183,19 @@ impl Engine {
             return;
         };
         match (ctx, result) {
-            (TaskCtx::Serve { channel, id }, TaskResult::Proof(r)) => {
-                self.on_served(channel, id, r)
+            (TaskCtx::Serve { peer, channel, id }, TaskResult::Proof(r)) => {
+                self.on_served(peer, channel, id, r)
             }
             (
                 TaskCtx::ServeRun {
+                    peer,
                     channel,
                     id,
                     start,
                     end,
                 },
                 TaskResult::Run(r),
-            ) => self.on_served_run(channel, id, start, end, r),
+            ) => self.on_served_run(peer, channel, id, start, end, r),
             (TaskCtx::ApplyUpgrade { core, peer, block }, TaskResult::Applied(outcome, local)) => {
                 if let Some(r) = self.cores.get_mut(&core) {
                     r.applying = false;

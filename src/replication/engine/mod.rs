@@ -303,7 +303,6 @@ struct Channel {
 #[derive(Debug, Default)]
 struct Peer {
     channels: HashMap<CoreKey, ChannelId>,
-    serving: usize,
     serve_queue: VecDeque<(ChannelId, Message)>,
     stats: PeerStats,
 }
@@ -339,10 +338,12 @@ struct Replica {
 #[derive(Debug)]
 enum TaskCtx {
     Serve {
+        peer: PeerId,
         channel: ChannelId,
         id: u64,
     },
     ServeRun {
+        peer: PeerId,
         channel: ChannelId,
         id: u64,
         start: u64,

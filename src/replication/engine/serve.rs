@@ -39,30 +39,35 @@ impl Engine {
         self.send(peer, channel, answer);
     }
 
+    /// Storage tasks running for `peer`'s requests (also those of channels closed since).
+    fn serving(&self, peer: &PeerId) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| {
+                matches!(t, TaskCtx::Serve { peer: p, .. } | TaskCtx::ServeRun { peer: p, .. } if p == peer)
+            })
+            .count()
+    }
+
     /// Starts serving queued requests while the peer is under its concurrency limit.
     fn serve_next(&mut self, peer: PeerId) {
-        loop {
-            let Some(p) = self.peers.get_mut(&peer) else {
-                return;
-            };
-            if p.serving >= self.cfg.serve_concurrency {
-                return;
-            }
-            let Some((channel, msg)) = p.serve_queue.pop_front() else {
+        while self.serving(&peer) < self.cfg.serve_concurrency {
+            let Some((channel, msg)) = self
+                .peers
+                .get_mut(&peer)
+                .and_then(|p| p.serve_queue.pop_front())
+            else {
                 return;
             };
             let Some(core) = self.channels.get(&channel).map(|c| c.core) else {
                 continue;
             };
             match msg {
-                Message::Request { id, request } => {
-                    p.serving += 1;
-                    self.new_task(
-                        core,
-                        Task::CreateProof(request),
-                        TaskCtx::Serve { channel, id },
-                    );
-                }
+                Message::Request { id, request } => self.new_task(
+                    core,
+                    Task::CreateProof(request),
+                    TaskCtx::Serve { peer, channel, id },
+                ),
                 Message::RequestRun {
                     id,
                     fork,
@@ -71,11 +76,12 @@ impl Engine {
                     length,
                 } => {
                     if start >= end || end - start > MAX_RUN {
-                        p.stats.refused += 1;
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.stats.refused += 1;
+                        }
                         self.send(peer, channel, Message::NoData { id, start, end });
                         continue;
                     }
-                    p.serving += 1;
                     self.new_task(
                         core,
                         Task::CreateRun {
@@ -85,6 +91,7 @@ impl Engine {
                             length,
                         },
                         TaskCtx::ServeRun {
+                            peer,
                             channel,
                             id,
                             start,
@@ -97,38 +104,30 @@ impl Engine {
         }
     }
 
-    fn finish_serving(&mut self, channel: ChannelId) -> Option<(PeerId, crate::crypto::CoreKey)> {
-        let c = self.channels.get(&channel)?;
-        let (peer, core) = (c.peer, c.core);
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.serving = p.serving.saturating_sub(1);
-        }
-        Some((peer, core))
-    }
-
-    pub(super) fn on_served(&mut self, channel: ChannelId, id: u64, result: Result<Proof, String>) {
-        let Some((peer, core)) = self.finish_serving(channel) else {
-            self.release_orphan();
-            return;
-        };
-        match result {
-            Ok(proof) => {
-                if let Some(b) = &proof.block {
-                    self.count_upload(core, peer, b.index, b.value.len() as u64);
+    pub(super) fn on_served(
+        &mut self,
+        peer: PeerId,
+        channel: ChannelId,
+        id: u64,
+        result: Result<Proof, String>,
+    ) {
+        if let Some(core) = self.channels.get(&channel).map(|c| c.core) {
+            match result {
+                Ok(proof) => {
+                    if let Some(b) = &proof.block {
+                        self.count_upload(core, peer, b.index, b.value.len() as u64);
+                    }
+                    self.send(peer, channel, Message::Data { id, proof });
                 }
-                self.send(peer, channel, Message::Data { id, proof });
-            }
-            Err(e) => {
-                tracing::debug!("cannot serve request {id}: {e}");
-                self.send(
-                    peer,
-                    channel,
-                    Message::NoData {
+                Err(e) => {
+                    tracing::debug!("cannot serve request {id}: {e}");
+                    let none = Message::NoData {
                         id,
                         start: 0,
                         end: 0,
-                    },
-                );
+                    };
+                    self.send(peer, channel, none);
+                }
             }
         }
         self.serve_next(peer);
@@ -136,42 +135,23 @@ impl Engine {
 
     pub(super) fn on_served_run(
         &mut self,
+        peer: PeerId,
         channel: ChannelId,
         id: u64,
         start: u64,
         end: u64,
         result: Result<Vec<RunItem>, String>,
     ) {
-        let Some((peer, core)) = self.finish_serving(channel) else {
-            self.release_orphan();
-            return;
-        };
-        match result {
-            Ok(items) => {
-                let mut gap: Option<(u64, u64)> = None;
-                for item in items {
-                    match item {
-                        RunItem::Proof(proof) => {
-                            if let Some((s, e)) = gap.take() {
-                                self.send(
-                                    peer,
-                                    channel,
-                                    Message::NoData {
-                                        id,
-                                        start: s,
-                                        end: e,
-                                    },
-                                );
-                            }
-                            if let Some(b) = &proof.block {
-                                self.count_upload(core, peer, b.index, b.value.len() as u64);
-                            }
-                            self.send(peer, channel, Message::Data { id, proof });
-                        }
-                        RunItem::Missing(i) => {
-                            gap = match gap {
-                                Some((s, e)) if e == i => Some((s, i + 1)),
-                                Some((s, e)) => {
+        if let Some(core) = self.channels.get(&channel).map(|c| c.core) {
+            match result {
+                Ok(items) => {
+                    // Blocks this node lacks come as runs of `Missing`, answered as one NoData.
+                    let mut gap: Option<(u64, u64)> = None;
+                    for item in items {
+                        match item {
+                            RunItem::Missing(i) => gap = Some((gap.map_or(i, |g| g.0), i + 1)),
+                            RunItem::Proof(proof) => {
+                                if let Some((s, e)) = gap.take() {
                                     self.send(
                                         peer,
                                         channel,
@@ -181,53 +161,33 @@ impl Engine {
                                             end: e,
                                         },
                                     );
-                                    Some((i, i + 1))
                                 }
-                                None => Some((i, i + 1)),
-                            };
+                                if let Some(b) = &proof.block {
+                                    self.count_upload(core, peer, b.index, b.value.len() as u64);
+                                }
+                                self.send(peer, channel, Message::Data { id, proof });
+                            }
                         }
                     }
+                    if let Some((s, e)) = gap {
+                        self.send(
+                            peer,
+                            channel,
+                            Message::NoData {
+                                id,
+                                start: s,
+                                end: e,
+                            },
+                        );
+                    }
                 }
-                if let Some((s, e)) = gap {
-                    self.send(
-                        peer,
-                        channel,
-                        Message::NoData {
-                            id,
-                            start: s,
-                            end: e,
-                        },
-                    );
+                Err(e) => {
+                    tracing::debug!("cannot serve run {start}..{end}: {e}");
+                    self.send(peer, channel, Message::NoData { id, start, end });
                 }
-            }
-            Err(e) => {
-                tracing::debug!("cannot serve run {start}..{end}: {e}");
-                self.send(peer, channel, Message::NoData { id, start, end });
             }
         }
         self.serve_next(peer);
-    }
-
-    /// A serve task finished after its channel closed: the slot is released by the peer that
-    /// still counts it, if any.
-    fn release_orphan(&mut self) {
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
-        for peer in peers {
-            let open: usize = self
-                .tasks
-                .values()
-                .filter(|t| match t {
-                    TaskCtx::Serve { channel, .. } | TaskCtx::ServeRun { channel, .. } => {
-                        self.channels.get(channel).is_some_and(|c| c.peer == peer)
-                    }
-                    _ => false,
-                })
-                .count();
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.serving = p.serving.min(open);
-            }
-            self.serve_next(peer);
-        }
     }
 
     fn count_upload(&mut self, core: crate::crypto::CoreKey, peer: PeerId, index: u64, bytes: u64) {

@@ -2,13 +2,14 @@
 //! iroh-blobs fetch of the same bytes as baselines, measured in the same run. Release mode:
 //!
 //! ```text
-//! cargo run --release --example bench_net -- [runs]
+//! cargo run --release --example bench_net -- [runs] [filter]
 //! ```
 //!
 //! Prints medians of `runs` runs (default 3) of: 100,000 × 1 KiB and 256 × 1 MiB blocks
 //! replicated between two nodes (file-backed stores, default durability); the live latency
 //! from `append` on the writer to the block being stored on a connected reader (p50/p99 over
-//! 1,000 appends); and one seeder against three seeders for the same download.
+//! 1,000 appends); and one seeder against three seeders for the same download. With `filter`,
+//! only the parts whose name contains it run: `1kib`, `1mib`, `live` or `seeders`.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     for (count, size) in [(100_000u64, 1024usize), (256, 1 << 20)] {
+        if !selected(&human(size).replace(' ', "").to_lowercase()) {
+            continue;
+        }
         let total = count * size as u64;
         let mut hyper = Vec::new();
         let mut raw = Vec::new();
@@ -61,10 +65,25 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    if selected("live") {
+        live(&net, runs).await?;
+    }
+    if selected("seeders") {
+        seeders(&net, runs).await?;
+    }
+    Ok(())
+}
+
+/// Whether a part is selected by the optional second argument.
+fn selected(name: &str) -> bool {
+    std::env::args().nth(2).is_none_or(|f| name.contains(&f))
+}
+
+async fn live(net: &TestNet, runs: usize) -> anyhow::Result<()> {
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
     for _ in 0..runs {
-        let (p50, p99) = live_latency(&net, 1000).await?;
+        let (p50, p99) = live_latency(net, 1000).await?;
         p50s.push(p50);
         p99s.push(p99);
     }
@@ -73,13 +92,16 @@ async fn main() -> anyhow::Result<()> {
         ms(median(p50s)),
         ms(median(p99s))
     );
+    Ok(())
+}
 
+async fn seeders(net: &TestNet, runs: usize) -> anyhow::Result<()> {
     let (count, size) = (50_000u64, 1024usize);
     let mut one = Vec::new();
     let mut three = Vec::new();
     for _ in 0..runs {
-        one.push(replicate(&net, count, size, 1).await?);
-        three.push(replicate(&net, count, size, 3).await?);
+        one.push(replicate(net, count, size, 1).await?);
+        three.push(replicate(net, count, size, 3).await?);
     }
     let (o, t) = (median(one), median(three));
     row("one seeder, 50,000 x 1 KiB", count, count * 1024, o);

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use redb::ReadableTable;
-
 use super::{
     events::CoreEvent,
     hypercore::Hypercore,
@@ -13,7 +11,7 @@ use super::{
 use crate::{
     crypto::{CoreKind, Manifest, Verifier},
     error::{Error, Result},
-    storage::{StorageError, schema},
+    storage::{StorageError, blocks, schema},
     tree::{
         self, BlockProof, NodeSource, Proof, ProofError, ProofRequest, TreeState, VerifiedProof,
         flat,
@@ -60,9 +58,9 @@ impl Hypercore {
                         Err(e) => return Ok(Err(e.into())),
                     };
                     if let Some(b) = &mut proof.block {
-                        let blocks = txn.open_table(schema::BLOCKS)?;
-                        match blocks.get((id, b.index))? {
-                            Some(v) => b.value = v.value().to_vec(),
+                        let table = txn.open_table(schema::BLOCKS)?;
+                        match blocks::get(&table, id, b.index)? {
+                            Some(v) => b.value = v,
                             None => return Ok(Err(Error::BlockNotAvailable(b.index))),
                         }
                     }
@@ -198,9 +196,14 @@ fn write_verified(
         delete_from(ctx.txn, id, keep)?;
     }
     put_nodes(ctx.txn, id, &verified.nodes)?;
-    let mut blocks = ctx.txn.open_table(schema::BLOCKS)?;
+    let mut table = ctx.txn.open_table(schema::BLOCKS)?;
+    // A block stored meanwhile (from another peer) is kept: chunks must not overlap.
+    let block = match block {
+        Some(b) if blocks::has(&table, id, b.index)? => None,
+        other => other,
+    };
     if let Some(b) = block {
-        blocks.insert((id, b.index), b.value.as_slice())?;
+        blocks::put(&mut table, id, b.index, &[b.value.as_slice()])?;
     }
     let mut staged = inner.staged();
     let staged = &mut *staged;
@@ -241,14 +244,10 @@ fn write_verified(
             },
         );
         if b.index == h.contiguous_length {
-            let mut c = b.index + 1;
-            while c < h.tree.length && blocks.get((id, c))?.is_some() {
-                c += 1;
-            }
-            h.contiguous_length = c;
+            h.contiguous_length = blocks::first_missing(&table, id, b.index + 1, h.tree.length)?;
         }
     }
-    drop(blocks);
+    drop(table);
     stage_header(ctx, inner);
     Ok(())
 }

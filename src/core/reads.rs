@@ -3,7 +3,7 @@
 use super::{hypercore::Hypercore, state::TxnNodes};
 use crate::{
     error::{Error, Result},
-    storage::schema,
+    storage::{blocks, schema},
     tree::{NodeSource, flat::Cursor},
 };
 
@@ -86,15 +86,7 @@ impl Hypercore {
             let id = inner.id;
             let count = inner
                 .storage
-                .read(move |txn| {
-                    let table = txn.open_table(schema::BLOCKS)?;
-                    let mut n = 0u64;
-                    for item in table.range((id, start)..(id, end))? {
-                        item?;
-                        n += 1;
-                    }
-                    Ok(n)
-                })
+                .read(move |txn| blocks::count(&txn.open_table(schema::BLOCKS)?, id, start, end))
                 .await?;
             Ok(count == end - start)
         }

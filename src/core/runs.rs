@@ -6,8 +6,6 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use redb::ReadableTable;
-
 use super::{
     events::CoreEvent,
     hypercore::Hypercore,
@@ -16,7 +14,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    storage::{StorageError, schema},
+    storage::{StorageError, blocks, schema},
     tree::{self, IndexRequest, Node, NodeSource, Proof, ProofError, ProofRequest},
 };
 
@@ -75,12 +73,16 @@ impl Hypercore {
                 .storage
                 .read(move |txn| {
                     let src = TxnNodes::open(txn, id)?;
-                    let blocks = txn.open_table(schema::BLOCKS)?;
-                    let mut out = Vec::with_capacity((end - start) as usize);
+                    let mut values: Vec<Option<Vec<u8>>> = vec![None; (end - start) as usize];
+                    let table = txn.open_table(schema::BLOCKS)?;
+                    blocks::for_each(&table, id, start, end, |i, v| {
+                        values[(i - start) as usize] = Some(v.to_vec());
+                    })?;
+                    let mut out = Vec::with_capacity(values.len());
                     let mut run_start = start;
-                    for index in start..end {
-                        let value = match blocks.get((id, index))? {
-                            Some(v) => v.value().to_vec(),
+                    for (index, value) in (start..end).zip(values) {
+                        let value = match value {
+                            Some(v) => v,
                             None => {
                                 out.push(RunItem::Missing(index));
                                 run_start = index + 1;
@@ -265,30 +267,37 @@ fn write_run(
         }
     }
     let id = inner.id;
-    let nodes: Vec<Node> = nodes.values().copied().collect();
+    // Sorted keys insert into redb's B-tree far faster than hash order.
+    let mut nodes: Vec<Node> = nodes.values().copied().collect();
+    nodes.sort_unstable_by_key(|n| n.index);
     put_nodes(ctx.txn, id, &nodes)?;
-    let blocks = || proofs.iter().filter_map(|p| p.block.as_ref());
     let mut table = ctx.txn.open_table(schema::BLOCKS)?;
-    for b in blocks() {
-        table.insert((id, b.index), b.value.as_slice())?;
+    // Blocks stored meanwhile (from another peer) are kept: chunks must not overlap.
+    let mut new: Vec<(u64, &[u8])> = proofs
+        .iter()
+        .filter_map(|p| p.block.as_ref())
+        .map(|b| (b.index, b.value.as_slice()))
+        .collect();
+    new.sort_unstable_by_key(|(i, _)| *i);
+    new.dedup_by_key(|(i, _)| *i);
+    if let (Some(first), Some(last)) = (new.first(), new.last()) {
+        let stored = blocks::present(&table, id, first.0, last.0 + 1)?;
+        new.retain(|(i, _)| !stored.iter().any(|r| r.contains(i)));
     }
+    blocks::put_sorted(&mut table, id, &new)?;
     let mut guard = inner.staged();
     let staged = &mut *guard;
     let h = &mut staged.header;
-    for b in blocks() {
+    for (index, value) in &new {
         push_event(
             &mut staged.events,
             CoreEvent::Download {
-                index: b.index,
-                bytes: b.value.len() as u64,
+                index: *index,
+                bytes: value.len() as u64,
             },
         );
     }
-    let mut c = h.contiguous_length;
-    while c < h.tree.length && table.get((id, c))?.is_some() {
-        c += 1;
-    }
-    h.contiguous_length = c;
+    h.contiguous_length = blocks::first_missing(&table, id, h.contiguous_length, h.tree.length)?;
     drop(table);
     drop(guard);
     stage_header(ctx, inner);

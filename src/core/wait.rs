@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use super::{events::CoreEvent, hypercore::Hypercore, state::CoreInner};
 use crate::{
     error::{Error, Result},
-    storage::schema,
+    storage::{blocks, schema},
 };
 
 /// A read of one block, from [`Hypercore::get`]: `.await` it for the local copy, or
@@ -91,9 +91,7 @@ async fn local_block(inner: &Arc<CoreInner>, index: u64) -> Result<Option<Bytes>
         .storage
         .read(move |txn| {
             let table = txn.open_table(schema::BLOCKS)?;
-            Ok(table
-                .get((id, index))?
-                .map(|v| Bytes::copy_from_slice(v.value())))
+            Ok(blocks::get(&table, id, index)?.map(Bytes::from))
         })
         .await?)
 }
@@ -188,14 +186,6 @@ async fn count_stored(inner: &Arc<CoreInner>, start: u64, end: u64) -> Result<u6
     let id = inner.id;
     Ok(inner
         .storage
-        .read(move |txn| {
-            let table = txn.open_table(schema::BLOCKS)?;
-            let mut n = 0;
-            for entry in table.range((id, start)..(id, end))? {
-                entry?;
-                n += 1;
-            }
-            Ok(n)
-        })
+        .read(move |txn| blocks::count(&txn.open_table(schema::BLOCKS)?, id, start, end))
         .await?)
 }

@@ -14,7 +14,7 @@ use crate::{
     crypto::CoreKind,
     error::{Error, Result},
     storage::{
-        StorageError, WriteCtx,
+        StorageError, WriteCtx, blocks,
         schema::{self, CoreHeader},
     },
     tree::{MAX_LENGTH, Node, NodeSource, TreeState, flat},
@@ -94,9 +94,7 @@ impl Hypercore {
                     if op_inner.staged().deleted {
                         return Err(StorageError::Rejected("core was deleted".into()));
                     }
-                    ctx.txn
-                        .open_table(schema::BLOCKS)?
-                        .retain_in((id, start)..(id, end), |_, _| false)?;
+                    blocks::remove(&mut ctx.txn.open_table(schema::BLOCKS)?, id, start, end)?;
                     {
                         let mut staged = op_inner.staged();
                         let h = &mut staged.header;
@@ -149,10 +147,13 @@ fn queue_append(
         check_base(&op_inner, base)?;
         let id = op_inner.id;
         {
-            let mut table = ctx.txn.open_table(schema::BLOCKS)?;
-            for (i, b) in blocks.iter().enumerate() {
-                table.insert((id, base.0 + i as u64), b.as_ref())?;
-            }
+            let values: Vec<&[u8]> = blocks.iter().map(|b| b.as_ref()).collect();
+            blocks::put(
+                &mut ctx.txn.open_table(schema::BLOCKS)?,
+                id,
+                base.0,
+                &values,
+            )?;
         }
         put_nodes(ctx.txn, id, &nodes)?;
         {
@@ -218,8 +219,7 @@ pub(crate) fn delete_from(
     id: u64,
     length: u64,
 ) -> Result<(), StorageError> {
-    txn.open_table(schema::BLOCKS)?
-        .retain_in((id, length)..=(id, u64::MAX), |_, _| false)?;
+    blocks::remove(&mut txn.open_table(schema::BLOCKS)?, id, length, u64::MAX)?;
     let head = 2 * length;
     let mut nodes = txn.open_table(schema::NODES)?;
     nodes.retain_in((id, head)..=(id, u64::MAX), |_, _| false)?;

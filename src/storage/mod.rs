@@ -4,6 +4,7 @@
 //! Reads use redb read transactions on tokio's blocking pool, so they never block the runtime.
 
 mod actor;
+pub mod blocks;
 mod error;
 pub mod schema;
 

@@ -6,7 +6,7 @@ use super::StorageError;
 use crate::{crypto::CoreKind, tree::TreeState};
 
 /// Version of the layout below; a database of another version is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Store-wide values: `schema_version` (u32 le), `primary_key` (32 B), `next_core_id` (u64 le).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -16,7 +16,7 @@ pub const CORES: TableDefinition<[u8; 32], u64> = TableDefinition::new("cores");
 pub const HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("headers");
 /// (core id, flat-tree index) → `u64le(size) ‖ hash`.
 pub const NODES: TableDefinition<(u64, u64), [u8; 40]> = TableDefinition::new("nodes");
-/// (core id, block index) → block value.
+/// (core id, first block index) → a chunk of consecutive block values (see [`super::blocks`]).
 pub const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("blocks");
 
 /// Meta key of the schema version.

@@ -180,7 +180,7 @@ fn common_length(src: &TxnNodes, old: &TreeState, new: &TreeState) -> Result<u64
 
 /// Stores a verified proof, if the core is still in the state it was verified against.
 fn write_verified(
-    ctx: &mut crate::storage::WriteCtx<'_>,
+    ctx: &mut crate::storage::WriteCtx<'_, '_>,
     inner: &Arc<CoreInner>,
     base: &TreeState,
     verifier: &Verifier,
@@ -193,17 +193,17 @@ fn write_verified(
     if let Some(keep) = keep
         && keep < base.length
     {
-        delete_from(ctx.txn, id, keep)?;
+        delete_from(ctx, id, keep)?;
     }
-    put_nodes(ctx.txn, id, &verified.nodes)?;
-    let mut table = ctx.txn.open_table(schema::BLOCKS)?;
+    put_nodes(ctx, id, &verified.nodes)?;
+    let table = ctx.blocks()?;
     // A block stored meanwhile (from another peer) is kept: chunks must not overlap.
     let block = match block {
-        Some(b) if blocks::has(&table, id, b.index)? => None,
+        Some(b) if blocks::has(table, id, b.index)? => None,
         other => other,
     };
     if let Some(b) = block {
-        blocks::put(&mut table, id, b.index, &[b.value.as_slice()])?;
+        blocks::put(table, id, b.index, &[b.value.as_slice()])?;
     }
     let mut staged = inner.staged();
     let staged = &mut *staged;
@@ -244,10 +244,9 @@ fn write_verified(
             },
         );
         if b.index == h.contiguous_length {
-            h.contiguous_length = blocks::first_missing(&table, id, b.index + 1, h.tree.length)?;
+            h.contiguous_length = blocks::first_missing(table, id, b.index + 1, h.tree.length)?;
         }
     }
-    drop(table);
     stage_header(ctx, inner);
     Ok(())
 }

@@ -251,7 +251,7 @@ fn check_block_proof(proof: &Proof, length: u64) -> Result<()> {
 
 /// Stores a verified run, if the core is still on the fork it was verified against.
 fn write_run(
-    ctx: &mut crate::storage::WriteCtx<'_>,
+    ctx: &mut crate::storage::WriteCtx<'_, '_>,
     inner: &Arc<CoreInner>,
     fork: u64,
     proofs: &[Proof],
@@ -270,8 +270,8 @@ fn write_run(
     // Sorted keys insert into redb's B-tree far faster than hash order.
     let mut nodes: Vec<Node> = nodes.values().copied().collect();
     nodes.sort_unstable_by_key(|n| n.index);
-    put_nodes(ctx.txn, id, &nodes)?;
-    let mut table = ctx.txn.open_table(schema::BLOCKS)?;
+    put_nodes(ctx, id, &nodes)?;
+    let table = ctx.blocks()?;
     // Blocks stored meanwhile (from another peer) are kept: chunks must not overlap.
     let mut new: Vec<(u64, &[u8])> = proofs
         .iter()
@@ -281,10 +281,10 @@ fn write_run(
     new.sort_unstable_by_key(|(i, _)| *i);
     new.dedup_by_key(|(i, _)| *i);
     if let (Some(first), Some(last)) = (new.first(), new.last()) {
-        let stored = blocks::present(&table, id, first.0, last.0 + 1)?;
+        let stored = blocks::present(table, id, first.0, last.0 + 1)?;
         new.retain(|(i, _)| !stored.iter().any(|r| r.contains(i)));
     }
-    blocks::put_sorted(&mut table, id, &new)?;
+    blocks::put_sorted(table, id, &new)?;
     let mut guard = inner.staged();
     let staged = &mut *guard;
     let h = &mut staged.header;
@@ -297,8 +297,7 @@ fn write_run(
             },
         );
     }
-    h.contiguous_length = blocks::first_missing(&table, id, h.contiguous_length, h.tree.length)?;
-    drop(table);
+    h.contiguous_length = blocks::first_missing(table, id, h.contiguous_length, h.tree.length)?;
     drop(guard);
     stage_header(ctx, inner);
     Ok(())

@@ -94,7 +94,7 @@ impl Hypercore {
                     if op_inner.staged().deleted {
                         return Err(StorageError::Rejected("core was deleted".into()));
                     }
-                    blocks::remove(&mut ctx.txn.open_table(schema::BLOCKS)?, id, start, end)?;
+                    blocks::remove(ctx.blocks()?, id, start, end)?;
                     {
                         let mut staged = op_inner.staged();
                         let h = &mut staged.header;
@@ -148,14 +148,9 @@ fn queue_append(
         let id = op_inner.id;
         {
             let values: Vec<&[u8]> = blocks.iter().map(|b| b.as_ref()).collect();
-            blocks::put(
-                &mut ctx.txn.open_table(schema::BLOCKS)?,
-                id,
-                base.0,
-                &values,
-            )?;
+            blocks::put(ctx.blocks()?, id, base.0, &values)?;
         }
-        put_nodes(ctx.txn, id, &nodes)?;
+        put_nodes(ctx, id, &nodes)?;
         {
             let mut staged = op_inner.staged();
             let h = &mut staged.header;
@@ -202,11 +197,11 @@ pub(crate) fn check_base(inner: &CoreInner, base: (u64, u64)) -> Result<(), Stor
 
 /// Writes nodes of core `id`.
 pub(crate) fn put_nodes(
-    txn: &redb::WriteTransaction,
+    ctx: &mut WriteCtx<'_, '_>,
     id: u64,
     nodes: &[Node],
 ) -> Result<(), StorageError> {
-    let mut table = txn.open_table(schema::NODES)?;
+    let table = ctx.nodes()?;
     for n in nodes {
         table.insert((id, n.index), schema::encode_node(n.size, &n.hash))?;
     }
@@ -215,13 +210,13 @@ pub(crate) fn put_nodes(
 
 /// Deletes blocks from `length` on and every node that covers them.
 pub(crate) fn delete_from(
-    txn: &redb::WriteTransaction,
+    ctx: &mut WriteCtx<'_, '_>,
     id: u64,
     length: u64,
 ) -> Result<(), StorageError> {
-    blocks::remove(&mut txn.open_table(schema::BLOCKS)?, id, length, u64::MAX)?;
+    blocks::remove(ctx.blocks()?, id, length, u64::MAX)?;
     let head = 2 * length;
-    let mut nodes = txn.open_table(schema::NODES)?;
+    let nodes = ctx.nodes()?;
     nodes.retain_in((id, head)..=(id, u64::MAX), |_, _| false)?;
     // Ancestors of leaf `head` left of it span removed leaves too.
     let mut i = head;
@@ -236,7 +231,7 @@ pub(crate) fn delete_from(
 
 /// Registers the end-of-batch step for this core: sign the staged tree if it is unsigned, write
 /// the header, and after the commit publish it and emit the staged events.
-pub(crate) fn stage_header(ctx: &mut WriteCtx<'_>, inner: &Arc<CoreInner>) {
+pub(crate) fn stage_header(ctx: &mut WriteCtx<'_, '_>, inner: &Arc<CoreInner>) {
     let fin = inner.clone();
     ctx.finalize(inner.id, move |txn| {
         let (header, events) = {
@@ -331,7 +326,7 @@ async fn truncate(inner: Arc<CoreInner>, new_length: u64) -> Result<()> {
             let base_key = (base.length, base.fork);
             inner.storage.write(move |ctx| {
                 check_base(&op_inner, base_key)?;
-                delete_from(ctx.txn, op_inner.id, new_length)?;
+                delete_from(ctx, op_inner.id, new_length)?;
                 {
                     let mut staged = op_inner.staged();
                     let h = &mut staged.header;

@@ -101,7 +101,7 @@ impl Storage {
         op: F,
     ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<F>
     where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<(), StorageError> + Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<(), StorageError> + Send + 'static,
     {
         self.shared.actor.write(Box::new(op))
     }

@@ -16,6 +16,8 @@ pub const CORES: TableDefinition<[u8; 32], u64> = TableDefinition::new("cores");
 pub const HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("headers");
 /// (core id, flat-tree index) → `u64le(size) ‖ hash`.
 pub const NODES: TableDefinition<(u64, u64), [u8; 40]> = TableDefinition::new("nodes");
+/// The writable nodes table.
+pub type NodesTable<'txn> = redb::Table<'txn, (u64, u64), [u8; 40]>;
 /// (core id, first block index) → a chunk of consecutive block values (see [`super::blocks`]).
 pub const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("blocks");
 

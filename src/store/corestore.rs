@@ -243,11 +243,9 @@ impl Corestore {
                 };
                 found2.store(true, std::sync::atomic::Ordering::Relaxed);
                 ctx.txn.open_table(schema::HEADERS)?.remove(id)?;
-                ctx.txn
-                    .open_table(schema::NODES)?
+                ctx.nodes()?
                     .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
-                ctx.txn
-                    .open_table(schema::BLOCKS)?
+                ctx.blocks()?
                     .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
                 if let Some(h) = &handle {
                     h.staged().deleted = true;

@@ -11,7 +11,7 @@ use super::{
 use crate::{
     crypto::{CoreKind, Manifest, Verifier},
     error::{Error, Result},
-    storage::{StorageError, blocks, schema},
+    storage::{StorageError, blocks::BlocksRead},
     tree::{
         self, BlockProof, NodeSource, Proof, ProofError, ProofRequest, TreeState, VerifiedProof,
         flat,
@@ -58,8 +58,7 @@ impl Hypercore {
                         Err(e) => return Ok(Err(e.into())),
                     };
                     if let Some(b) = &mut proof.block {
-                        let table = txn.open_table(schema::BLOCKS)?;
-                        match blocks::get(&table, id, b.index)? {
+                        match BlocksRead::open(txn)?.view().get(id, b.index)? {
                             Some(v) => b.value = v,
                             None => return Ok(Err(Error::BlockNotAvailable(b.index))),
                         }
@@ -196,14 +195,14 @@ fn write_verified(
         delete_from(ctx, id, keep)?;
     }
     put_nodes(ctx, id, &verified.nodes)?;
-    let table = ctx.blocks()?;
-    // A block stored meanwhile (from another peer) is kept: chunks must not overlap.
+    let mut table = ctx.blocks()?;
+    // A block stored meanwhile (from another peer) is kept: rows must not overlap.
     let block = match block {
-        Some(b) if blocks::has(table, id, b.index)? => None,
+        Some(b) if table.view().has(id, b.index)? => None,
         other => other,
     };
     if let Some(b) = block {
-        blocks::put(table, id, b.index, &[b.value.as_slice()])?;
+        table.put(id, b.index, &[b.value.as_slice()])?;
     }
     let mut staged = inner.staged();
     let staged = &mut *staged;
@@ -244,7 +243,7 @@ fn write_verified(
             },
         );
         if b.index == h.contiguous_length {
-            h.contiguous_length = blocks::first_missing(table, id, b.index + 1, h.tree.length)?;
+            h.contiguous_length = table.view().first_missing(id, b.index + 1, h.tree.length)?;
         }
     }
     stage_header(ctx, inner);

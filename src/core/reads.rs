@@ -3,7 +3,7 @@
 use super::{hypercore::Hypercore, state::TxnNodes};
 use crate::{
     error::{Error, Result},
-    storage::{blocks, schema},
+    storage::blocks::BlocksRead,
     tree::{NodeSource, flat::Cursor},
 };
 
@@ -86,7 +86,7 @@ impl Hypercore {
             let id = inner.id;
             let count = inner
                 .storage
-                .read(move |txn| blocks::count(&txn.open_table(schema::BLOCKS)?, id, start, end))
+                .read(move |txn| BlocksRead::open(txn)?.view().count(id, start, end))
                 .await?;
             Ok(count == end - start)
         }

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    storage::{StorageError, blocks, schema},
+    storage::{StorageError, blocks::BlocksRead},
     tree::{self, IndexRequest, Node, NodeSource, Proof, ProofError, ProofRequest},
 };
 
@@ -74,10 +74,11 @@ impl Hypercore {
                 .read(move |txn| {
                     let src = TxnNodes::open(txn, id)?;
                     let mut values: Vec<Option<Vec<u8>>> = vec![None; (end - start) as usize];
-                    let table = txn.open_table(schema::BLOCKS)?;
-                    blocks::for_each(&table, id, start, end, |i, v| {
-                        values[(i - start) as usize] = Some(v.to_vec());
-                    })?;
+                    BlocksRead::open(txn)?
+                        .view()
+                        .for_each(id, start, end, |i, v| {
+                            values[(i - start) as usize] = Some(v.to_vec());
+                        })?;
                     let mut out = Vec::with_capacity(values.len());
                     let mut run_start = start;
                     for (index, value) in (start..end).zip(values) {
@@ -271,7 +272,7 @@ fn write_run(
     let mut nodes: Vec<Node> = nodes.values().copied().collect();
     nodes.sort_unstable_by_key(|n| n.index);
     put_nodes(ctx, id, &nodes)?;
-    let table = ctx.blocks()?;
+    let mut table = ctx.blocks()?;
     // Blocks stored meanwhile (from another peer) are kept: chunks must not overlap.
     let mut new: Vec<(u64, &[u8])> = proofs
         .iter()
@@ -281,10 +282,10 @@ fn write_run(
     new.sort_unstable_by_key(|(i, _)| *i);
     new.dedup_by_key(|(i, _)| *i);
     if let (Some(first), Some(last)) = (new.first(), new.last()) {
-        let stored = blocks::present(table, id, first.0, last.0 + 1)?;
+        let stored = table.view().present(id, first.0, last.0 + 1)?;
         new.retain(|(i, _)| !stored.iter().any(|r| r.contains(i)));
     }
-    blocks::put_sorted(table, id, &new)?;
+    table.put_sorted(id, &new)?;
     let mut guard = inner.staged();
     let staged = &mut *guard;
     let h = &mut staged.header;
@@ -297,7 +298,9 @@ fn write_run(
             },
         );
     }
-    h.contiguous_length = blocks::first_missing(table, id, h.contiguous_length, h.tree.length)?;
+    h.contiguous_length = table
+        .view()
+        .first_missing(id, h.contiguous_length, h.tree.length)?;
     drop(guard);
     stage_header(ctx, inner);
     Ok(())

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use super::{events::CoreEvent, hypercore::Hypercore, state::CoreInner};
 use crate::{
     error::{Error, Result},
-    storage::{blocks, schema},
+    storage::blocks::BlocksRead,
 };
 
 /// A read of one block, from [`Hypercore::get`]: `.await` it for the local copy, or
@@ -90,8 +90,10 @@ async fn local_block(inner: &Arc<CoreInner>, index: u64) -> Result<Option<Bytes>
     Ok(inner
         .storage
         .read(move |txn| {
-            let table = txn.open_table(schema::BLOCKS)?;
-            Ok(blocks::get(&table, id, index)?.map(Bytes::from))
+            Ok(BlocksRead::open(txn)?
+                .view()
+                .get(id, index)?
+                .map(Bytes::from))
         })
         .await?)
 }
@@ -186,6 +188,6 @@ async fn count_stored(inner: &Arc<CoreInner>, start: u64, end: u64) -> Result<u6
     let id = inner.id;
     Ok(inner
         .storage
-        .read(move |txn| blocks::count(&txn.open_table(schema::BLOCKS)?, id, start, end))
+        .read(move |txn| BlocksRead::open(txn)?.view().count(id, start, end))
         .await?)
 }

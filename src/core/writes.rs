@@ -14,7 +14,7 @@ use crate::{
     crypto::CoreKind,
     error::{Error, Result},
     storage::{
-        StorageError, WriteCtx, blocks,
+        StorageError, WriteCtx,
         schema::{self, CoreHeader},
     },
     tree::{MAX_LENGTH, Node, NodeSource, TreeState, flat},
@@ -94,7 +94,7 @@ impl Hypercore {
                     if op_inner.staged().deleted {
                         return Err(StorageError::Rejected("core was deleted".into()));
                     }
-                    blocks::remove(ctx.blocks()?, id, start, end)?;
+                    ctx.blocks()?.remove(id, start, end)?;
                     {
                         let mut staged = op_inner.staged();
                         let h = &mut staged.header;
@@ -148,7 +148,7 @@ fn queue_append(
         let id = op_inner.id;
         {
             let values: Vec<&[u8]> = blocks.iter().map(|b| b.as_ref()).collect();
-            blocks::put(ctx.blocks()?, id, base.0, &values)?;
+            ctx.blocks()?.put(id, base.0, &values)?;
         }
         put_nodes(ctx, id, &nodes)?;
         {
@@ -214,7 +214,7 @@ pub(crate) fn delete_from(
     id: u64,
     length: u64,
 ) -> Result<(), StorageError> {
-    blocks::remove(ctx.blocks()?, id, length, u64::MAX)?;
+    ctx.blocks()?.remove(id, length, u64::MAX)?;
     let head = 2 * length;
     let nodes = ctx.nodes()?;
     nodes.retain_in((id, head)..=(id, u64::MAX), |_, _| false)?;

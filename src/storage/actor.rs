@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Durability, StorageError,
-    blocks::BlocksTable,
+    blocks::{BlocksTable, BlocksWrite, PiecesTable},
     schema::{self, NodesTable},
 };
 
@@ -38,7 +38,7 @@ type BatchOutcome = (
 /// batch cost about a tenth of the storage thread's time with 100 appending tasks.
 #[derive(Default)]
 struct OpenTables<'t> {
-    blocks: Option<BlocksTable<'t>>,
+    blocks: Option<(BlocksTable<'t>, PiecesTable<'t>)>,
     nodes: Option<NodesTable<'t>>,
 }
 
@@ -56,15 +56,20 @@ pub struct WriteCtx<'a, 't> {
 }
 
 impl<'t> WriteCtx<'_, 't> {
-    /// The blocks table of this batch.
-    pub fn blocks(&mut self) -> Result<&mut BlocksTable<'t>, StorageError> {
+    /// The block tables of this batch.
+    pub fn blocks(&mut self) -> Result<BlocksWrite<'_, 't>, StorageError> {
         if self.tables.blocks.is_none() {
-            self.tables.blocks = Some(self.txn.open_table(schema::BLOCKS)?);
+            self.tables.blocks = Some((
+                self.txn.open_table(schema::BLOCKS)?,
+                self.txn.open_table(schema::PIECES)?,
+            ));
         }
-        self.tables
+        let (chunks, pieces) = self
+            .tables
             .blocks
             .as_mut()
-            .ok_or_else(|| StorageError::Database("blocks table not open".into()))
+            .ok_or_else(|| StorageError::Database("block tables not open".into()))?;
+        Ok(BlocksWrite::new(chunks, pieces))
     }
 
     /// The nodes table of this batch.

@@ -1,27 +1,36 @@
 //! Block values in chunks: consecutive blocks of one core share one row of
-//! [`schema::BLOCKS`](super::schema::BLOCKS).
+//! [`schema::BLOCKS`](super::schema::BLOCKS), and a large block is cut into pieces in
+//! [`schema::PIECES`](super::schema::PIECES).
 //!
-//! redb keeps a value inside a B-tree leaf page, so a row per 1 KiB block fills a 4 KiB page
-//! with three rows and splits a page every few inserts. A chunk of consecutive blocks is one
-//! insert for up to [`CHUNK_BYTES`] of them: measured on redb 4.4, 1,000 × 1 KiB blocks take
-//! 2.6× less time to write as chunks of 15 than as 1,000 rows, and a random read is as fast,
-//! because a chunk is small enough to read whole for one block.
+//! redb keeps a value inside a B-tree leaf page whose size is a power of two. A row per 1 KiB
+//! block fills a 4 KiB page with three rows and splits a page every few inserts; a 1 MiB or
+//! 64 KiB block, with its key and the page header, takes a page twice its size. So every row
+//! here stays under [`CHUNK_BYTES`] (one 16 KiB page): measured on redb 4.4, 1,000 × 1 KiB
+//! blocks write 2.6× faster as chunks of 15 than as 1,000 rows, a random read is as fast, and
+//! 1 MiB blocks written whole took twice the disk space and 1.9× the time of blocks 8 KiB
+//! smaller.
 //!
-//! Row: key `(core id, first block index)`, value
-//! `u32le count ‖ u32le end offset of each block ‖ the blocks' bytes`. The chunks of a core
-//! never overlap; a block larger than a chunk is a chunk of its own. Removing blocks rewrites
-//! the chunks they share with kept blocks.
+//! Rows of `BLOCKS`: key `(core id, first block index)`, value either a chunk,
+//! `u32le count ‖ u32le end offset of each block ‖ the blocks' bytes`, or the marker of one
+//! large block, `u32le 0 ‖ u64le length`, whose bytes are the rows `(core id, index, 0..)` of
+//! `PIECES`. The rows of a core never overlap. Removing blocks rewrites the chunks they share
+//! with kept blocks.
 
-use redb::{ReadableTable, Table};
+use redb::{ReadTransaction, ReadableTable, Table};
 
-use super::StorageError;
+use super::{
+    StorageError,
+    schema::{BLOCKS, PIECES},
+};
 
-/// Most encoded bytes in a chunk of several blocks, so that one chunk and its key fit in a
-/// 16 KiB redb page (a power-of-two page; a value just over one costs twice the space).
+/// Most bytes in one row (a chunk, or a piece of a large block), so that the row and its key
+/// fit in a 16 KiB redb page.
 pub const CHUNK_BYTES: usize = 16 * 1024 - 512;
 
-/// The writable blocks table.
+/// The writable chunks table.
 pub type BlocksTable<'txn> = Table<'txn, (u64, u64), &'static [u8]>;
+/// The writable pieces table.
+pub type PiecesTable<'txn> = Table<'txn, (u64, u64, u32), &'static [u8]>;
 
 /// A decoded chunk: blocks `first..first + count` of one core.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +39,45 @@ pub struct Chunk<'a> {
     pub first: u64,
     ends: &'a [u8],
     data: &'a [u8],
+}
+
+/// A decoded row of `BLOCKS`.
+#[derive(Debug, Clone, Copy)]
+enum Row<'a> {
+    Chunk(Chunk<'a>),
+    /// One block of `len` bytes, stored in pieces.
+    Large {
+        index: u64,
+        len: u64,
+    },
+}
+
+impl Row<'_> {
+    fn parse(first: u64, bytes: &[u8]) -> Result<Row<'_>, StorageError> {
+        if let [0, 0, 0, 0, len @ ..] = bytes
+            && let Ok(len) = <[u8; 8]>::try_from(len)
+        {
+            return Ok(Row::Large {
+                index: first,
+                len: u64::from_le_bytes(len),
+            });
+        }
+        Chunk::parse(first, bytes).map(Row::Chunk)
+    }
+
+    fn first(&self) -> u64 {
+        match self {
+            Row::Chunk(c) => c.first,
+            Row::Large { index, .. } => *index,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        match self {
+            Row::Chunk(c) => c.end(),
+            Row::Large { index, .. } => index + 1,
+        }
+    }
 }
 
 impl<'a> Chunk<'a> {
@@ -95,228 +143,328 @@ impl<'a> Chunk<'a> {
     }
 }
 
-/// Encodes consecutive block values as one chunk.
-fn encode(values: &[&[u8]]) -> Vec<u8> {
-    let data: usize = values.iter().map(|v| v.len()).sum();
-    let mut out = Vec::with_capacity(4 + 4 * values.len() + data);
-    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
-    let mut end = 0u32;
-    for v in values {
-        end += v.len() as u32;
-        out.extend_from_slice(&end.to_le_bytes());
+/// Bytes of a chunk holding `values`.
+fn encoded_len(values: &[&[u8]]) -> usize {
+    4 + 4 * values.len() + values.iter().map(|v| v.len()).sum::<usize>()
+}
+
+/// Encodes consecutive block values as one chunk into `out` (of [`encoded_len`] bytes).
+fn encode_into(values: &[&[u8]], out: &mut [u8]) {
+    let header = 4 + 4 * values.len();
+    out[..4].copy_from_slice(&(values.len() as u32).to_le_bytes());
+    let mut end = 0usize;
+    for (i, v) in values.iter().enumerate() {
+        out[header + end..header + end + v.len()].copy_from_slice(v);
+        end += v.len();
+        out[4 + 4 * i..8 + 4 * i].copy_from_slice(&(end as u32).to_le_bytes());
     }
-    for v in values {
-        out.extend_from_slice(v);
+}
+
+/// Block values of one database, for reading: the chunks and pieces tables.
+pub struct Blocks<'r, C, P> {
+    chunks: &'r C,
+    pieces: &'r P,
+}
+
+impl<C, P> Blocks<'_, C, P>
+where
+    C: ReadableTable<(u64, u64), &'static [u8]>,
+    P: ReadableTable<(u64, u64, u32), &'static [u8]>,
+{
+    /// Runs `f` on the row of core `id` holding block `index`, if one does.
+    fn with_row<R>(
+        &self,
+        id: u64,
+        index: u64,
+        f: impl FnOnce(Row<'_>) -> R,
+    ) -> Result<Option<R>, StorageError> {
+        let Some(row) = self.chunks.range((id, 0)..=(id, index))?.next_back() else {
+            return Ok(None);
+        };
+        let (key, value) = row?;
+        let row = Row::parse(key.value().1, value.value())?;
+        Ok((index < row.end()).then(|| f(row)))
     }
-    out
-}
 
-/// Runs `f` on the chunk of core `id` holding block `index`, if one does.
-fn with_chunk<T, R>(
-    table: &T,
-    id: u64,
-    index: u64,
-    f: impl FnOnce(Chunk<'_>) -> R,
-) -> Result<Option<R>, StorageError>
-where
-    T: ReadableTable<(u64, u64), &'static [u8]>,
-{
-    let Some(row) = table.range((id, 0)..=(id, index))?.next_back() else {
-        return Ok(None);
-    };
-    let (key, value) = row?;
-    let chunk = Chunk::parse(key.value().1, value.value())?;
-    Ok((index < chunk.end()).then(|| f(chunk)))
-}
-
-/// A copy of block `index` of core `id`, if stored.
-pub fn get<T>(table: &T, id: u64, index: u64) -> Result<Option<Vec<u8>>, StorageError>
-where
-    T: ReadableTable<(u64, u64), &'static [u8]>,
-{
-    Ok(with_chunk(table, id, index, |c| c.get(index).map(<[u8]>::to_vec))?.flatten())
-}
-
-/// Whether block `index` of core `id` is stored.
-pub fn has<T>(table: &T, id: u64, index: u64) -> Result<bool, StorageError>
-where
-    T: ReadableTable<(u64, u64), &'static [u8]>,
-{
-    Ok(with_chunk(table, id, index, |_| ())?.is_some())
-}
-
-/// Calls `f(index, value)` for every stored block of core `id` in `start..end`, in order.
-pub fn for_each<T>(
-    table: &T,
-    id: u64,
-    start: u64,
-    end: u64,
-    mut f: impl FnMut(u64, &[u8]),
-) -> Result<(), StorageError>
-where
-    T: ReadableTable<(u64, u64), &'static [u8]>,
-{
-    if start >= end {
-        return Ok(());
+    /// The bytes of large block `index` of core `id`, `len` long, from its pieces.
+    fn large(&self, id: u64, index: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        let corrupt = || StorageError::Corrupt(format!("pieces of block {index}"));
+        let mut out = Vec::with_capacity(usize::try_from(len).map_err(|_| corrupt())?);
+        for (n, piece) in self
+            .pieces
+            .range((id, index, 0)..=(id, index, u32::MAX))?
+            .enumerate()
+        {
+            let (key, value) = piece?;
+            if key.value().2 as usize != n || out.len() + value.value().len() > out.capacity() {
+                return Err(corrupt());
+            }
+            out.extend_from_slice(value.value());
+        }
+        if out.len() as u64 != len {
+            return Err(corrupt());
+        }
+        Ok(out)
     }
-    let mut visit = |chunk: Chunk<'_>| {
-        for i in chunk.first.max(start)..chunk.end().min(end) {
-            if let Some(v) = chunk.get(i) {
-                f(i, v);
+
+    /// A copy of block `index` of core `id`, if stored.
+    pub fn get(&self, id: u64, index: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        let found = self.with_row(id, index, |row| match row {
+            Row::Chunk(c) => Ok(c.get(index).map(<[u8]>::to_vec)),
+            Row::Large { len, .. } => Err(len),
+        })?;
+        match found {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(v),
+            Some(Err(len)) => self.large(id, index, len).map(Some),
+        }
+    }
+
+    /// Whether block `index` of core `id` is stored.
+    pub fn has(&self, id: u64, index: u64) -> Result<bool, StorageError> {
+        Ok(self.with_row(id, index, |_| ())?.is_some())
+    }
+
+    /// Calls `f(index, value)` for every stored block of core `id` in `start..end`, in order.
+    pub fn for_each(
+        &self,
+        id: u64,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, &[u8]),
+    ) -> Result<(), StorageError> {
+        let mut visit = |row: Row<'_>| -> Result<(), StorageError> {
+            match row {
+                Row::Chunk(c) => {
+                    for i in c.first.max(start)..c.end().min(end) {
+                        if let Some(v) = c.get(i) {
+                            f(i, v);
+                        }
+                    }
+                }
+                Row::Large { index, len } => f(index, &self.large(id, index, len)?),
+            }
+            Ok(())
+        };
+        if start >= end {
+            return Ok(());
+        }
+        self.with_row(id, start, &mut visit)?.transpose()?;
+        if start < u64::MAX {
+            for row in self.chunks.range((id, start + 1)..(id, end))? {
+                let (key, value) = row?;
+                visit(Row::parse(key.value().1, value.value())?)?;
             }
         }
-    };
-    with_chunk(table, id, start, &mut visit)?;
-    if start < u64::MAX {
-        for row in table.range((id, start + 1)..(id, end))? {
-            let (key, value) = row?;
-            visit(Chunk::parse(key.value().1, value.value())?);
-        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Stored blocks of core `id` in `start..end`, as sorted ranges.
-pub fn present<T>(
-    table: &T,
-    id: u64,
-    start: u64,
-    end: u64,
-) -> Result<Vec<std::ops::Range<u64>>, StorageError>
-where
-    T: ReadableTable<(u64, u64), &'static [u8]>,
-{
-    let mut out: Vec<std::ops::Range<u64>> = Vec::new();
-    let mut add = |a: u64, b: u64| {
-        let (a, b) = (a.max(start), b.min(end));
-        if a >= b {
-            return;
-        }
-        match out.last_mut() {
-            Some(last) if last.end == a => last.end = b,
-            _ => out.push(a..b),
-        }
-    };
-    if start >= end {
-        return Ok(out);
-    }
-    if let Some((a, b)) = with_chunk(table, id, start, |c| (c.first, c.end()))? {
-        add(a, b);
-    }
-    if start < u64::MAX {
-        for row in table.range((id, start + 1)..(id, end))? {
-            let (key, value) = row?;
-            let c = Chunk::parse(key.value().1, value.value())?;
-            add(c.first, c.end());
-        }
-    }
-    Ok(out)
-}
-
-/// Number of stored blocks of core `id` in `start..end`.
-pub fn count<T>(table: &T, id: u64, start: u64, end: u64) -> Result<u64, StorageError>
-where
-    T: ReadableTable<(u64, u64), &'static [u8]>,
-{
-    Ok(present(table, id, start, end)?
-        .iter()
-        .map(|r| r.end - r.start)
-        .sum())
-}
-
-/// The first block of core `id` at or after `from` (and before `limit`) that is not stored.
-pub fn first_missing<T>(table: &T, id: u64, from: u64, limit: u64) -> Result<u64, StorageError>
-where
-    T: ReadableTable<(u64, u64), &'static [u8]>,
-{
-    let mut c = from;
-    while c < limit {
-        match with_chunk(table, id, c, |chunk| chunk.end())? {
-            Some(end) => c = end,
-            None => break,
-        }
-    }
-    Ok(c.min(limit))
-}
-
-/// Writes consecutive blocks `first..first + values.len()` of core `id`, none of which may be
-/// stored already, in as few chunks as fit.
-pub fn put(
-    table: &mut BlocksTable<'_>,
-    id: u64,
-    first: u64,
-    values: &[&[u8]],
-) -> Result<(), StorageError> {
-    let mut start = 0;
-    while start < values.len() {
-        let mut end = start + 1;
-        let mut size = 8 + values[start].len();
-        while end < values.len() && size + 4 + values[end].len() <= CHUNK_BYTES {
-            size += 4 + values[end].len();
-            end += 1;
-        }
-        table.insert(
-            (id, first + start as u64),
-            encode(&values[start..end]).as_slice(),
-        )?;
-        start = end;
-    }
-    Ok(())
-}
-
-/// Writes blocks given as `(index, value)`, sorted by index and none stored already; each run
-/// of consecutive indices goes in as few chunks as fit.
-pub fn put_sorted(
-    table: &mut BlocksTable<'_>,
-    id: u64,
-    blocks: &[(u64, &[u8])],
-) -> Result<(), StorageError> {
-    let mut start = 0;
-    while start < blocks.len() {
-        let mut end = start + 1;
-        while end < blocks.len() && blocks[end].0 == blocks[end - 1].0 + 1 {
-            end += 1;
-        }
-        let values: Vec<&[u8]> = blocks[start..end].iter().map(|(_, v)| *v).collect();
-        put(table, id, blocks[start].0, &values)?;
-        start = end;
-    }
-    Ok(())
-}
-
-/// Removes blocks `start..end` of core `id`; blocks outside the range that shared a chunk
-/// with removed ones are written back.
-pub fn remove(
-    table: &mut BlocksTable<'_>,
-    id: u64,
-    start: u64,
-    end: u64,
-) -> Result<(), StorageError> {
-    if start >= end {
-        return Ok(());
-    }
-    let mut keys = Vec::new();
-    if let Some(first) = with_chunk(&*table, id, start, |c| c.first)? {
-        keys.push(first);
-    }
-    if start < u64::MAX {
-        for row in table.range((id, start + 1)..(id, end))? {
-            keys.push(row?.0.value().1);
-        }
-    }
-    for first in keys {
-        let Some(bytes) = table.remove((id, first))?.map(|v| v.value().to_vec()) else {
-            continue;
+    /// Stored blocks of core `id` in `start..end`, as sorted ranges.
+    pub fn present(
+        &self,
+        id: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<std::ops::Range<u64>>, StorageError> {
+        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+        let mut add = |a: u64, b: u64| {
+            let (a, b) = (a.max(start), b.min(end));
+            if a >= b {
+                return;
+            }
+            match out.last_mut() {
+                Some(last) if last.end == a => last.end = b,
+                _ => out.push(a..b),
+            }
         };
-        let chunk = Chunk::parse(first, &bytes)?;
-        let keep = |a: u64, b: u64| -> Vec<&[u8]> { (a..b).filter_map(|i| chunk.get(i)).collect() };
-        let before = keep(chunk.first, start.min(chunk.end()));
-        put(table, id, chunk.first, &before)?;
-        let after_start = end.max(chunk.first);
-        let after = keep(after_start, chunk.end());
-        put(table, id, after_start, &after)?;
+        if start >= end {
+            return Ok(out);
+        }
+        if let Some((a, b)) = self.with_row(id, start, |r| (r.first(), r.end()))? {
+            add(a, b);
+        }
+        if start < u64::MAX {
+            for row in self.chunks.range((id, start + 1)..(id, end))? {
+                let (key, value) = row?;
+                let r = Row::parse(key.value().1, value.value())?;
+                add(r.first(), r.end());
+            }
+        }
+        Ok(out)
     }
-    Ok(())
+
+    /// Number of stored blocks of core `id` in `start..end`.
+    pub fn count(&self, id: u64, start: u64, end: u64) -> Result<u64, StorageError> {
+        Ok(self
+            .present(id, start, end)?
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum())
+    }
+
+    /// The first block of core `id` at or after `from` (and before `limit`) not stored.
+    pub fn first_missing(&self, id: u64, from: u64, limit: u64) -> Result<u64, StorageError> {
+        let mut c = from;
+        while c < limit {
+            match self.with_row(id, c, |row| row.end())? {
+                Some(end) => c = end,
+                None => break,
+            }
+        }
+        Ok(c.min(limit))
+    }
+}
+
+/// The block tables of a read transaction.
+pub struct BlocksRead {
+    chunks: redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+    pieces: redb::ReadOnlyTable<(u64, u64, u32), &'static [u8]>,
+}
+
+/// The type of [`BlocksRead::view`].
+pub type ReadView<'r> = Blocks<
+    'r,
+    redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+    redb::ReadOnlyTable<(u64, u64, u32), &'static [u8]>,
+>;
+
+impl BlocksRead {
+    /// Opens the block tables in `txn`.
+    pub fn open(txn: &ReadTransaction) -> Result<Self, StorageError> {
+        Ok(Self {
+            chunks: txn.open_table(BLOCKS)?,
+            pieces: txn.open_table(PIECES)?,
+        })
+    }
+
+    /// Read access.
+    pub fn view(&self) -> ReadView<'_> {
+        Blocks {
+            chunks: &self.chunks,
+            pieces: &self.pieces,
+        }
+    }
+}
+
+/// The block tables of a write transaction.
+pub struct BlocksWrite<'a, 't> {
+    chunks: &'a mut BlocksTable<'t>,
+    pieces: &'a mut PiecesTable<'t>,
+}
+
+impl<'a, 't> BlocksWrite<'a, 't> {
+    /// Writes through the two tables.
+    pub fn new(chunks: &'a mut BlocksTable<'t>, pieces: &'a mut PiecesTable<'t>) -> Self {
+        Self { chunks, pieces }
+    }
+
+    /// Read access to what this transaction sees.
+    pub fn view(&self) -> Blocks<'_, BlocksTable<'t>, PiecesTable<'t>> {
+        Blocks {
+            chunks: &*self.chunks,
+            pieces: &*self.pieces,
+        }
+    }
+
+    /// Writes consecutive blocks `first..first + values.len()` of core `id`, none of which may
+    /// be stored already, in as few rows as fit.
+    pub fn put(&mut self, id: u64, first: u64, values: &[&[u8]]) -> Result<(), StorageError> {
+        let mut start = 0;
+        while start < values.len() {
+            if 8 + values[start].len() > CHUNK_BYTES {
+                self.put_large(id, first + start as u64, values[start])?;
+                start += 1;
+                continue;
+            }
+            let mut end = start + 1;
+            let mut size = 8 + values[start].len();
+            while end < values.len() && size + 4 + values[end].len() <= CHUNK_BYTES {
+                size += 4 + values[end].len();
+                end += 1;
+            }
+            // Encoded straight into the page.
+            let chunk = &values[start..end];
+            let mut slot = self
+                .chunks
+                .insert_reserve((id, first + start as u64), encoded_len(chunk))?;
+            encode_into(chunk, slot.as_mut());
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn put_large(&mut self, id: u64, index: u64, value: &[u8]) -> Result<(), StorageError> {
+        let mut marker = [0u8; 12];
+        marker[4..].copy_from_slice(&(value.len() as u64).to_le_bytes());
+        self.chunks.insert((id, index), marker.as_slice())?;
+        for (n, piece) in value.chunks(CHUNK_BYTES).enumerate() {
+            self.pieces.insert((id, index, n as u32), piece)?;
+        }
+        Ok(())
+    }
+
+    /// Writes blocks given as `(index, value)`, sorted by index and none stored already; each
+    /// run of consecutive indices goes in as few rows as fit.
+    pub fn put_sorted(&mut self, id: u64, blocks: &[(u64, &[u8])]) -> Result<(), StorageError> {
+        let mut start = 0;
+        while start < blocks.len() {
+            let mut end = start + 1;
+            while end < blocks.len() && blocks[end].0 == blocks[end - 1].0 + 1 {
+                end += 1;
+            }
+            let values: Vec<&[u8]> = blocks[start..end].iter().map(|(_, v)| *v).collect();
+            self.put(id, blocks[start].0, &values)?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Removes blocks `start..end` of core `id`; blocks outside the range that shared a chunk
+    /// with removed ones are written back.
+    pub fn remove(&mut self, id: u64, start: u64, end: u64) -> Result<(), StorageError> {
+        if start >= end {
+            return Ok(());
+        }
+        let mut keys = Vec::new();
+        if let Some(first) = self.view().with_row(id, start, |r| r.first())? {
+            keys.push(first);
+        }
+        if start < u64::MAX {
+            for row in self.chunks.range((id, start + 1)..(id, end))? {
+                keys.push(row?.0.value().1);
+            }
+        }
+        for first in keys {
+            let Some(bytes) = self.chunks.remove((id, first))?.map(|v| v.value().to_vec()) else {
+                continue;
+            };
+            let chunk = match Row::parse(first, &bytes)? {
+                Row::Chunk(c) => c,
+                Row::Large { index, .. } => {
+                    self.pieces
+                        .retain_in((id, index, 0)..=(id, index, u32::MAX), |_, _| false)?;
+                    continue;
+                }
+            };
+            let keep =
+                |a: u64, b: u64| -> Vec<&[u8]> { (a..b).filter_map(|i| chunk.get(i)).collect() };
+            let before = keep(chunk.first, start.min(chunk.end()));
+            self.put(id, chunk.first, &before)?;
+            let after_start = end.max(chunk.first);
+            let after = keep(after_start, chunk.end());
+            self.put(id, after_start, &after)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every block of core `id`.
+    pub fn remove_core(&mut self, id: u64) -> Result<(), StorageError> {
+        self.chunks
+            .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+        self.pieces
+            .retain_in((id, 0, 0)..=(id, u64::MAX, u32::MAX), |_, _| false)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -324,12 +472,25 @@ mod tests {
     use redb::{ReadableDatabase, backends::InMemoryBackend};
 
     use super::*;
-    use crate::storage::schema::BLOCKS;
+    use crate::storage::schema;
 
     fn db() -> redb::Database {
-        redb::Database::builder()
+        let db = redb::Database::builder()
             .create_with_backend(InMemoryBackend::new())
-            .unwrap()
+            .unwrap();
+        schema::init(&db).unwrap();
+        db
+    }
+
+    /// Runs `f` on the block tables of a write transaction and commits.
+    fn write(db: &redb::Database, f: impl FnOnce(&mut BlocksWrite<'_, '_>)) {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut chunks = txn.open_table(BLOCKS).unwrap();
+            let mut pieces = txn.open_table(PIECES).unwrap();
+            f(&mut BlocksWrite::new(&mut chunks, &mut pieces));
+        }
+        txn.commit().unwrap();
     }
 
     fn value(i: u64, size: usize) -> Vec<u8> {
@@ -338,15 +499,12 @@ mod tests {
 
     /// Blocks `0..n` of core 1 with `size` bytes each, plus a neighbour core 2.
     fn filled(db: &redb::Database, n: u64, size: usize) {
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(BLOCKS).unwrap();
-            let values: Vec<Vec<u8>> = (0..n).map(|i| value(i, size)).collect();
-            let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
-            put(&mut t, 1, 0, &refs).unwrap();
-            put(&mut t, 2, 0, &refs).unwrap();
-        }
-        txn.commit().unwrap();
+        let values: Vec<Vec<u8>> = (0..n).map(|i| value(i, size)).collect();
+        let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        write(db, |w| {
+            w.put(1, 0, &refs).unwrap();
+            w.put(2, 0, &refs).unwrap();
+        });
     }
 
     #[test]
@@ -354,17 +512,24 @@ mod tests {
         let db = db();
         filled(&db, 100, 1024);
         let txn = db.begin_read().unwrap();
-        let t = txn.open_table(BLOCKS).unwrap();
-        let rows = t.range((1, 0)..(2, 0)).unwrap().count();
+        let r = BlocksRead::open(&txn).unwrap();
+        let t = r.view();
+        let rows = txn
+            .open_table(BLOCKS)
+            .unwrap()
+            .range((1, 0)..(2, 0))
+            .unwrap()
+            .count();
         assert!(rows < 10, "100 × 1 KiB in {rows} chunks");
         for i in 0..100 {
-            assert_eq!(get(&t, 1, i).unwrap(), Some(value(i, 1024)));
+            assert_eq!(t.get(1, i).unwrap(), Some(value(i, 1024)));
         }
-        assert_eq!(get(&t, 1, 100).unwrap(), None);
-        assert_eq!(count(&t, 1, 0, 200).unwrap(), 100);
-        assert_eq!(first_missing(&t, 1, 0, 1000).unwrap(), 100);
+        assert_eq!(t.get(1, 100).unwrap(), None);
+        assert_eq!(t.count(1, 0, 200).unwrap(), 100);
+        assert_eq!(t.first_missing(1, 0, 1000).unwrap(), 100);
         let mut seen = Vec::new();
-        for_each(&t, 1, 17, 40, |i, v| seen.push((i, v.to_vec()))).unwrap();
+        t.for_each(1, 17, 40, |i, v| seen.push((i, v.to_vec())))
+            .unwrap();
         assert_eq!(
             seen,
             (17..40).map(|i| (i, value(i, 1024))).collect::<Vec<_>>()
@@ -372,37 +537,60 @@ mod tests {
     }
 
     #[test]
-    fn a_large_block_is_a_chunk_of_its_own() {
+    fn a_large_block_is_cut_into_pieces() {
         let db = db();
-        filled(&db, 3, CHUNK_BYTES * 2);
+        filled(&db, 3, CHUNK_BYTES * 2 + 1);
         let txn = db.begin_read().unwrap();
-        let t = txn.open_table(BLOCKS).unwrap();
-        assert_eq!(t.range((1, 0)..(2, 0)).unwrap().count(), 3);
-        assert_eq!(get(&t, 1, 2).unwrap(), Some(value(2, CHUNK_BYTES * 2)));
+        let r = BlocksRead::open(&txn).unwrap();
+        let t = r.view();
+        assert_eq!(
+            txn.open_table(BLOCKS)
+                .unwrap()
+                .range((1, 0)..(2, 0))
+                .unwrap()
+                .count(),
+            3
+        );
+        let pieces = txn.open_table(PIECES).unwrap();
+        assert_eq!(pieces.range((1, 2, 0)..(1, 3, 0)).unwrap().count(), 3);
+        for (_, v) in pieces.iter().unwrap().map(Result::unwrap) {
+            assert!(v.value().len() <= CHUNK_BYTES);
+        }
+        assert_eq!(t.get(1, 2).unwrap(), Some(value(2, CHUNK_BYTES * 2 + 1)));
+        assert_eq!(t.count(1, 0, 10).unwrap(), 3);
+        drop(pieces);
+        write(&db, |w| w.remove(1, 1, 2).unwrap());
+        let txn = db.begin_read().unwrap();
+        let pieces = txn.open_table(PIECES).unwrap();
+        assert_eq!(
+            pieces.range((1, 1, 0)..(1, 2, 0)).unwrap().count(),
+            0,
+            "pieces freed"
+        );
+        let r = BlocksRead::open(&txn).unwrap();
+        assert_eq!(r.view().present(1, 0, 10).unwrap(), vec![0..1, 2..3]);
     }
 
     #[test]
     fn remove_keeps_the_neighbours_of_a_chunk() {
         let db = db();
         filled(&db, 100, 1000);
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(BLOCKS).unwrap();
-            remove(&mut t, 1, 10, 20).unwrap();
-            remove(&mut t, 1, 90, u64::MAX).unwrap();
-        }
-        txn.commit().unwrap();
+        write(&db, |w| {
+            w.remove(1, 10, 20).unwrap();
+            w.remove(1, 90, u64::MAX).unwrap();
+        });
         let txn = db.begin_read().unwrap();
-        let t = txn.open_table(BLOCKS).unwrap();
-        assert_eq!(present(&t, 1, 0, 200).unwrap(), vec![0..10, 20..90]);
+        let r = BlocksRead::open(&txn).unwrap();
+        let t = r.view();
+        assert_eq!(t.present(1, 0, 200).unwrap(), vec![0..10, 20..90]);
         for i in (0..10).chain(20..90) {
-            assert_eq!(get(&t, 1, i).unwrap(), Some(value(i, 1000)), "block {i}");
+            assert_eq!(t.get(1, i).unwrap(), Some(value(i, 1000)), "block {i}");
         }
-        assert!(!has(&t, 1, 15).unwrap());
-        assert_eq!(first_missing(&t, 1, 0, 100).unwrap(), 10);
-        assert_eq!(first_missing(&t, 1, 20, 100).unwrap(), 90);
+        assert!(!t.has(1, 15).unwrap());
+        assert_eq!(t.first_missing(1, 0, 100).unwrap(), 10);
+        assert_eq!(t.first_missing(1, 20, 100).unwrap(), 90);
         assert_eq!(
-            count(&t, 2, 0, 100).unwrap(),
+            t.count(2, 0, 100).unwrap(),
             100,
             "the other core is untouched"
         );
@@ -428,7 +616,7 @@ mod tests {
             (
                 0u64..300,
                 1u64..80,
-                prop_oneof![Just(1usize), 0usize..3000, Just(CHUNK_BYTES)]
+                prop_oneof![Just(1usize), 0usize..3000, Just(CHUNK_BYTES), Just(40_000)]
             )
                 .prop_map(|(start, len, size)| Op::Put { start, len, size }),
             (0u64..300, 0u64..100).prop_map(|(start, n)| Op::Remove {
@@ -445,9 +633,7 @@ mod tests {
             let db = db();
             let mut model = std::collections::BTreeMap::new();
             for op in ops {
-                let txn = db.begin_write().unwrap();
-                {
-                    let mut t = txn.open_table(BLOCKS).unwrap();
+                write(&db, |w| {
                     match op {
                         Op::Put { start, len, size } => {
                             let new: Vec<(u64, Vec<u8>)> = (start..start + len)
@@ -456,30 +642,30 @@ mod tests {
                                 .collect();
                             let refs: Vec<(u64, &[u8])> =
                                 new.iter().map(|(i, v)| (*i, v.as_slice())).collect();
-                            put_sorted(&mut t, 1, &refs).unwrap();
+                            w.put_sorted(1, &refs).unwrap();
                             model.extend(new);
                         }
                         Op::Remove { start, end } => {
-                            remove(&mut t, 1, start, end).unwrap();
+                            w.remove(1, start, end).unwrap();
                             model.retain(|i, _| !(start..end).contains(i));
                         }
                     }
-                }
-                txn.commit().unwrap();
+                });
             }
             let txn = db.begin_read().unwrap();
-            let t = txn.open_table(BLOCKS).unwrap();
+            let r = BlocksRead::open(&txn).unwrap();
+        let t = r.view();
             for i in 0..400 {
-                let stored = get(&t, 1, i).unwrap();
+                let stored = t.get(1, i).unwrap();
                 proptest::prop_assert_eq!(stored.as_ref(), model.get(&i));
             }
             let mut seen = Vec::new();
-            for_each(&t, 1, 0, 400, |i, v| seen.push((i, v.to_vec()))).unwrap();
+            t.for_each(1, 0, 400, |i, v| seen.push((i, v.to_vec()))).unwrap();
             let expected: Vec<(u64, Vec<u8>)> = model.clone().into_iter().collect();
             proptest::prop_assert_eq!(seen, expected);
-            proptest::prop_assert_eq!(count(&t, 1, 0, 400).unwrap(), model.len() as u64);
+            proptest::prop_assert_eq!(t.count(1, 0, 400).unwrap(), model.len() as u64);
             let missing = (0..).find(|i| !model.contains_key(i)).unwrap();
-            proptest::prop_assert_eq!(first_missing(&t, 1, 0, 1000).unwrap(), missing);
+            proptest::prop_assert_eq!(t.first_missing(1, 0, 1000).unwrap(), missing);
         }
     }
 

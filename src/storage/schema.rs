@@ -6,7 +6,7 @@ use super::StorageError;
 use crate::{crypto::CoreKind, tree::TreeState};
 
 /// Version of the layout below; a database of another version is refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Store-wide values: `schema_version` (u32 le), `primary_key` (32 B), `next_core_id` (u64 le).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -18,8 +18,11 @@ pub const HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("headers")
 pub const NODES: TableDefinition<(u64, u64), [u8; 40]> = TableDefinition::new("nodes");
 /// The writable nodes table.
 pub type NodesTable<'txn> = redb::Table<'txn, (u64, u64), [u8; 40]>;
-/// (core id, first block index) → a chunk of consecutive block values (see [`super::blocks`]).
+/// (core id, first block index) → a chunk of consecutive block values, or the marker of a large
+/// block (see [`super::blocks`]).
 pub const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("blocks");
+/// (core id, block index, piece number) → a piece of a large block (see [`super::blocks`]).
+pub const PIECES: TableDefinition<(u64, u64, u32), &[u8]> = TableDefinition::new("pieces");
 
 /// Meta key of the schema version.
 pub const META_SCHEMA_VERSION: &str = "schema_version";
@@ -113,6 +116,7 @@ pub fn init(db: &redb::Database) -> Result<(), StorageError> {
         txn.open_table(HEADERS)?;
         txn.open_table(NODES)?;
         txn.open_table(BLOCKS)?;
+        txn.open_table(PIECES)?;
     }
     txn.commit()?;
     Ok(())

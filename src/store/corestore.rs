@@ -245,8 +245,7 @@ impl Corestore {
                 ctx.txn.open_table(schema::HEADERS)?.remove(id)?;
                 ctx.nodes()?
                     .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
-                ctx.blocks()?
-                    .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+                ctx.blocks()?.remove_core(id)?;
                 if let Some(h) = &handle {
                     h.staged().deleted = true;
                 }

@@ -103,7 +103,7 @@ impl Hypercore {
     }
 
     /// Flushes and closes this core: later writes through any handle fail with
-    /// [`Error::Closed`].
+    /// [`Error::Closed`](crate::Error::Closed).
     pub fn close(&self) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
         self.mark_closed();
         self.flush()

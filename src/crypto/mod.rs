@@ -5,7 +5,7 @@
 //! - [`manifest`]: the v1 manifest, its hash (the core key) and the multisig envelope.
 //! - [`signer`]: key pairs, signables and signature checks for both kinds of core.
 //! - [`capability`]: channel capabilities bound to both endpoints.
-//! - [`derive`]: Corestore 7 key derivation of named cores.
+//! - [`derive`](mod@derive): Corestore 7 key derivation of named cores.
 
 pub mod capability;
 pub mod derive;

@@ -77,7 +77,7 @@ impl Hypercore {
                     BlocksRead::open(txn)?
                         .view()
                         .for_each(id, start, end, |i, v| {
-                            values[(i - start) as usize] = Some(v.to_vec());
+                            values[(i - start) as usize] = Some(v);
                         })?;
                     let mut out = Vec::with_capacity(values.len());
                     let mut run_start = start;
@@ -273,7 +273,7 @@ fn write_run(
     nodes.sort_unstable_by_key(|n| n.index);
     put_nodes(ctx, id, &nodes)?;
     let mut table = ctx.blocks()?;
-    // Blocks stored meanwhile (from another peer) are kept: chunks must not overlap.
+    // Blocks stored meanwhile (from another peer) are kept: rows must not overlap.
     let mut new: Vec<(u64, &[u8])> = proofs
         .iter()
         .filter_map(|p| p.block.as_ref())

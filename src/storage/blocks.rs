@@ -27,6 +27,9 @@ use super::{
 /// fit in a 16 KiB redb page.
 pub const CHUNK_BYTES: usize = 16 * 1024 - 512;
 
+/// Most bytes reserved up front when reassembling a large block.
+const PREALLOC_MAX: u64 = 16 * 1024 * 1024;
+
 /// The writable chunks table.
 pub type BlocksTable<'txn> = Table<'txn, (u64, u64), &'static [u8]>;
 /// The writable pieces table.
@@ -34,9 +37,9 @@ pub type PiecesTable<'txn> = Table<'txn, (u64, u64, u32), &'static [u8]>;
 
 /// A decoded chunk: blocks `first..first + count` of one core.
 #[derive(Debug, Clone, Copy)]
-pub struct Chunk<'a> {
+struct Chunk<'a> {
     /// Index of its first block.
-    pub first: u64,
+    first: u64,
     ends: &'a [u8],
     data: &'a [u8],
 }
@@ -82,7 +85,7 @@ impl Row<'_> {
 
 impl<'a> Chunk<'a> {
     /// Decodes a stored chunk; malformed bytes are a [`StorageError::Corrupt`], never a panic.
-    pub fn parse(first: u64, bytes: &'a [u8]) -> Result<Self, StorageError> {
+    fn parse(first: u64, bytes: &'a [u8]) -> Result<Self, StorageError> {
         let corrupt = |what: &str| StorageError::Corrupt(format!("block chunk at {first}: {what}"));
         let count = bytes
             .get(..4)
@@ -118,22 +121,17 @@ impl<'a> Chunk<'a> {
     }
 
     /// Number of blocks.
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         (self.ends.len() / 4) as u64
     }
 
-    /// Whether the chunk holds no block (never true of a parsed chunk).
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     /// Index after its last block.
-    pub fn end(&self) -> u64 {
+    fn end(&self) -> u64 {
         self.first + self.len()
     }
 
     /// The value of block `index`, if this chunk holds it.
-    pub fn get(&self, index: u64) -> Option<&'a [u8]> {
+    fn get(&self, index: u64) -> Option<&'a [u8]> {
         if index < self.first || index >= self.end() {
             return None;
         }
@@ -189,14 +187,15 @@ where
     /// The bytes of large block `index` of core `id`, `len` long, from its pieces.
     fn large(&self, id: u64, index: u64, len: u64) -> Result<Vec<u8>, StorageError> {
         let corrupt = || StorageError::Corrupt(format!("pieces of block {index}"));
-        let mut out = Vec::with_capacity(usize::try_from(len).map_err(|_| corrupt())?);
+        // The length comes from disk: reserve no more than a sane block up front.
+        let mut out = Vec::with_capacity(len.min(PREALLOC_MAX) as usize);
         for (n, piece) in self
             .pieces
             .range((id, index, 0)..=(id, index, u32::MAX))?
             .enumerate()
         {
             let (key, value) = piece?;
-            if key.value().2 as usize != n || out.len() + value.value().len() > out.capacity() {
+            if key.value().2 as usize != n || (out.len() + value.value().len()) as u64 > len {
                 return Err(corrupt());
             }
             out.extend_from_slice(value.value());
@@ -225,24 +224,25 @@ where
         Ok(self.with_row(id, index, |_| ())?.is_some())
     }
 
-    /// Calls `f(index, value)` for every stored block of core `id` in `start..end`, in order.
+    /// Calls `f(index, value)` with a copy of every stored block of core `id` in `start..end`,
+    /// in order (a large block is copied once, as it is reassembled).
     pub fn for_each(
         &self,
         id: u64,
         start: u64,
         end: u64,
-        mut f: impl FnMut(u64, &[u8]),
+        mut f: impl FnMut(u64, Vec<u8>),
     ) -> Result<(), StorageError> {
         let mut visit = |row: Row<'_>| -> Result<(), StorageError> {
             match row {
                 Row::Chunk(c) => {
                     for i in c.first.max(start)..c.end().min(end) {
                         if let Some(v) = c.get(i) {
-                            f(i, v);
+                            f(i, v.to_vec());
                         }
                     }
                 }
-                Row::Large { index, len } => f(index, &self.large(id, index, len)?),
+                Row::Large { index, len } => f(index, self.large(id, index, len)?),
             }
             Ok(())
         };
@@ -528,8 +528,7 @@ mod tests {
         assert_eq!(t.count(1, 0, 200).unwrap(), 100);
         assert_eq!(t.first_missing(1, 0, 1000).unwrap(), 100);
         let mut seen = Vec::new();
-        t.for_each(1, 17, 40, |i, v| seen.push((i, v.to_vec())))
-            .unwrap();
+        t.for_each(1, 17, 40, |i, v| seen.push((i, v))).unwrap();
         assert_eq!(
             seen,
             (17..40).map(|i| (i, value(i, 1024))).collect::<Vec<_>>()
@@ -660,13 +659,39 @@ mod tests {
                 proptest::prop_assert_eq!(stored.as_ref(), model.get(&i));
             }
             let mut seen = Vec::new();
-            t.for_each(1, 0, 400, |i, v| seen.push((i, v.to_vec()))).unwrap();
+            t.for_each(1, 0, 400, |i, v| seen.push((i, v))).unwrap();
             let expected: Vec<(u64, Vec<u8>)> = model.clone().into_iter().collect();
             proptest::prop_assert_eq!(seen, expected);
             proptest::prop_assert_eq!(t.count(1, 0, 400).unwrap(), model.len() as u64);
             let missing = (0..).find(|i| !model.contains_key(i)).unwrap();
             proptest::prop_assert_eq!(t.first_missing(1, 0, 1000).unwrap(), missing);
         }
+    }
+
+    #[test]
+    fn a_large_block_with_bad_pieces_is_corrupt_not_a_panic() {
+        let db = db();
+        write(&db, |w| {
+            let mut marker = [0u8; 12];
+            marker[4..].copy_from_slice(&u64::MAX.to_le_bytes());
+            w.chunks.insert((1, 0), marker.as_slice()).unwrap();
+            marker[4..].copy_from_slice(&10u64.to_le_bytes());
+            w.chunks.insert((1, 1), marker.as_slice()).unwrap();
+            w.pieces.insert((1, 1, 0), [1u8; 4].as_slice()).unwrap();
+            w.pieces.insert((1, 1, 2), [1u8; 6].as_slice()).unwrap();
+        });
+        let txn = db.begin_read().unwrap();
+        let r = BlocksRead::open(&txn).unwrap();
+        for i in [0, 1] {
+            assert!(
+                matches!(r.view().get(1, i), Err(StorageError::Corrupt(_))),
+                "block {i}"
+            );
+        }
+        assert!(matches!(
+            r.view().for_each(1, 0, 2, |_, _| {}),
+            Err(StorageError::Corrupt(_))
+        ));
     }
 
     #[test]

@@ -145,40 +145,13 @@ impl Engine {
         if let Some(core) = self.channels.get(&channel).map(|c| c.core) {
             match result {
                 Ok(items) => {
-                    // Blocks this node lacks come as runs of `Missing`, answered as one NoData.
-                    let mut gap: Option<(u64, u64)> = None;
-                    for item in items {
-                        match item {
-                            RunItem::Missing(i) => gap = Some((gap.map_or(i, |g| g.0), i + 1)),
-                            RunItem::Proof(proof) => {
-                                if let Some((s, e)) = gap.take() {
-                                    self.send(
-                                        peer,
-                                        channel,
-                                        Message::NoData {
-                                            id,
-                                            start: s,
-                                            end: e,
-                                        },
-                                    );
-                                }
-                                if let Some(b) = &proof.block {
-                                    self.count_upload(core, peer, b.index, b.value.len() as u64);
-                                }
-                                self.send(peer, channel, Message::Data { id, proof });
-                            }
+                    for msg in run_answer(id, items) {
+                        if let Message::Data { proof, .. } = &msg
+                            && let Some(b) = &proof.block
+                        {
+                            self.count_upload(core, peer, b.index, b.value.len() as u64);
                         }
-                    }
-                    if let Some((s, e)) = gap {
-                        self.send(
-                            peer,
-                            channel,
-                            Message::NoData {
-                                id,
-                                start: s,
-                                end: e,
-                            },
-                        );
+                        self.send(peer, channel, msg);
                     }
                 }
                 Err(e) => {
@@ -201,5 +174,73 @@ impl Engine {
             bytes,
             peer,
         });
+    }
+}
+
+/// The messages answering run request `id`, in block order: a `Data` per proof, and one
+/// `NoData` per stretch of blocks this node lacks.
+fn run_answer(id: u64, items: Vec<RunItem>) -> Vec<Message> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut gap: Option<(u64, u64)> = None;
+    // `None` at the end flushes a trailing gap.
+    for item in items.into_iter().map(Some).chain([None]) {
+        if let Some(RunItem::Missing(i)) = item {
+            gap = Some((gap.map_or(i, |g| g.0), i + 1));
+            continue;
+        }
+        if let Some((start, end)) = gap.take() {
+            out.push(Message::NoData { id, start, end });
+        }
+        if let Some(RunItem::Proof(proof)) = item {
+            out.push(Message::Data { id, proof });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::BlockProof;
+
+    fn proof(index: u64) -> RunItem {
+        RunItem::Proof(Proof {
+            block: Some(BlockProof {
+                index,
+                value: Vec::new(),
+                nodes: Vec::new(),
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn missing_stretches_become_one_no_data_each() {
+        let items = vec![
+            RunItem::Missing(0),
+            proof(1),
+            RunItem::Missing(2),
+            RunItem::Missing(3),
+            proof(4),
+            RunItem::Missing(5),
+        ];
+        let shape: Vec<(char, u64, u64)> = run_answer(7, items)
+            .into_iter()
+            .map(|m| match m {
+                Message::Data { id, proof } => ('d', id, proof.block.map_or(99, |b| b.index)),
+                Message::NoData { id, start, end } => ('n', id, start * 10 + end),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ('n', 7, 1),
+                ('d', 7, 1),
+                ('n', 7, 24),
+                ('d', 7, 4),
+                ('n', 7, 56)
+            ]
+        );
     }
 }

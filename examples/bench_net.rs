@@ -80,18 +80,22 @@ fn selected(name: &str) -> bool {
 }
 
 async fn live(net: &TestNet, runs: usize) -> anyhow::Result<()> {
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
+    let (mut got, mut stored) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (p50, p99) = live_latency(net, 1000).await?;
-        p50s.push(p50);
-        p99s.push(p99);
+        let (g, s) = live_latency(net, 1000).await?;
+        got.push(g);
+        stored.push(s);
     }
-    println!(
-        "live latency append -> stored on reader, 1,000 appends: p50 {:.2} ms, p99 {:.2} ms\n",
-        ms(median(p50s)),
-        ms(median(p99s))
-    );
+    for (what, runs) in [("get resolved", got), ("stored", stored)] {
+        let p50 = median(runs.iter().map(|p| p.0).collect());
+        let p99 = median(runs.iter().map(|p| p.1).collect());
+        println!(
+            "live latency append -> {what} on reader, 1,000 appends: p50 {:.2} ms, p99 {:.2} ms",
+            ms(p50),
+            ms(p99)
+        );
+    }
+    println!();
     Ok(())
 }
 
@@ -219,8 +223,12 @@ async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-/// Appends one block at a time and times each until the reader has stored it.
-async fn live_latency(net: &TestNet, appends: u64) -> anyhow::Result<(Duration, Duration)> {
+/// Appends one block at a time and times each until a `get` waiting on the reader resolves,
+/// and until the reader has stored it: (p50, p99) of each.
+async fn live_latency(
+    net: &TestNet,
+    appends: u64,
+) -> anyhow::Result<((Duration, Duration), (Duration, Duration))> {
     let dir = tempfile::tempdir()?;
     let writer = file_node(net, &dir, "w").await?;
     let log = writer.store.get_named("live").await?;
@@ -230,10 +238,17 @@ async fn live_latency(net: &TestNet, appends: u64) -> anyhow::Result<(Duration, 
     let core: Hypercore = reader.proto.open_ticket(&writer.proto.ticket(&log)).await?;
     core.download(0..1).done(Duration::from_secs(30)).await?;
     let mut events = core.subscribe();
-    let mut samples = Vec::new();
+    let (mut got, mut stored) = (Vec::new(), Vec::new());
     for i in 1..=appends {
         let start = Instant::now();
-        log.append(i.to_le_bytes().to_vec()).await?;
+        let get = async {
+            let value = core.get(i).wait(Duration::from_secs(10)).await;
+            (value, start.elapsed())
+        };
+        let ((value, elapsed), appended) = tokio::join!(get, log.append(i.to_le_bytes().to_vec()));
+        appended?;
+        anyhow::ensure!(value?[..] == i.to_le_bytes(), "get returned another block");
+        got.push(elapsed);
         loop {
             match tokio::time::timeout(Duration::from_secs(10), events.next()).await? {
                 Some(CoreEvent::Download { index, .. }) if index == i => break,
@@ -241,11 +256,9 @@ async fn live_latency(net: &TestNet, appends: u64) -> anyhow::Result<(Duration, 
                 None => anyhow::bail!("events ended"),
             }
         }
-        samples.push(start.elapsed());
+        stored.push(start.elapsed());
     }
-    samples.sort();
-    let p = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    let out = (p(0.50), p(0.99));
+    let out = (percentiles(got), percentiles(stored));
     reader.shutdown().await;
     writer.shutdown().await;
     Ok(out)
@@ -260,6 +273,13 @@ async fn file_node(net: &TestNet, dir: &tempfile::TempDir, name: &str) -> anyhow
             StoreOptions::default(),
         )
         .await?)
+}
+
+/// p50 and p99.
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (p(0.50), p(0.99))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -118,6 +118,9 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
                 Ok(Ok((verified, keep)))
             })
             .await??;
+        if let (Some(index), Some(b)) = (verified.block, &proof.block) {
+            inner.hand_over_verified(index, &b.value);
+        }
         let applied = Applied {
             upgraded: verified.upgrade.as_ref().map(|u| u.length),
             block: verified.block,

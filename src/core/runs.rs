@@ -200,6 +200,9 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
             })
             .await?;
         let n = run.verified;
+        for b in proofs[..n].iter().filter_map(|p| p.block.as_ref()) {
+            inner.hand_over_verified(b.index, &b.value);
+        }
         let stored: Vec<(u64, u64)> = proofs[..n]
             .iter()
             .filter_map(|p| p.block.as_ref())

@@ -2,6 +2,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
+
 use redb::ReadableTable;
 use tokio::sync::broadcast;
 
@@ -9,6 +11,8 @@ use super::events::{CoreEvent, EVENT_CAPACITY};
 
 /// Capacity of each core's channel of wanted ranges.
 const WANT_CAPACITY: usize = 256;
+/// Capacity of each core's channel of verified blocks (a lagging read re-reads storage).
+const VERIFIED_CAPACITY: usize = 64;
 use crate::{
     crypto::{CoreKey, CoreKind, DiscoveryKey, KeyPair, Manifest, Verifier, discovery_key},
     error::{Error, Result},
@@ -57,6 +61,9 @@ pub(crate) struct CoreInner {
     pub events: broadcast::Sender<CoreEvent>,
     /// Ranges of blocks readers are waiting for; replication picks them up.
     pub wants: broadcast::Sender<(u64, u64)>,
+    /// Blocks from peers that verified and are being written: waiting reads take them from
+    /// here rather than waiting for the commit.
+    pub verified: broadcast::Sender<(u64, Bytes)>,
 }
 
 impl CoreInner {
@@ -70,6 +77,14 @@ impl CoreInner {
 
     pub fn emit(&self, ev: CoreEvent) {
         let _ = self.events.send(ev);
+    }
+
+    /// Hands a block that verified against the signed tree to the reads waiting for it, ahead
+    /// of its commit: it is authentic whether or not the write succeeds.
+    pub fn hand_over_verified(&self, index: u64, value: &[u8]) {
+        if self.verified.receiver_count() > 0 {
+            let _ = self.verified.send((index, Bytes::copy_from_slice(value)));
+        }
     }
 
     /// Sets the actor-side state back to the committed one (after a failed batch).
@@ -117,6 +132,7 @@ impl CoreInner {
             }),
             events: broadcast::channel(EVENT_CAPACITY).0,
             wants: broadcast::channel(WANT_CAPACITY).0,
+            verified: broadcast::channel(VERIFIED_CAPACITY).0,
         }))
     }
 }

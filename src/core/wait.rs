@@ -32,10 +32,14 @@ impl Get {
     /// The block, fetched by replicating peers if it is not stored (also past the current
     /// length: the read waits for the log to grow). Fails with [`Error::Timeout`] after
     /// `timeout`.
+    ///
+    /// A block from a peer is returned as soon as it verified against the signed tree, while
+    /// it is still being written.
     pub async fn wait(self, timeout: Duration) -> Result<Bytes> {
         {
             let index = self.index;
             let mut events = self.inner.events.subscribe();
+            let mut verified = self.inner.verified.subscribe();
             let deadline = tokio::time::Instant::now() + timeout;
             let mut asked = false;
             loop {
@@ -50,9 +54,24 @@ impl Get {
                     asked = true;
                 }
                 loop {
-                    let ev = tokio::time::timeout_at(deadline, events.recv())
-                        .await
-                        .map_err(|_| Error::Timeout(format!("block {index}")))?;
+                    let ev = tokio::time::timeout_at(deadline, async {
+                        tokio::select! {
+                            ev = events.recv() => Ok(ev),
+                            v = verified.recv() => Err(v),
+                        }
+                    })
+                    .await
+                    .map_err(|_| Error::Timeout(format!("block {index}")))?;
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(Ok((i, value))) if i == index => return Ok(value),
+                        Err(Ok(_)) => continue,
+                        // Missed some: look in storage again.
+                        Err(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                        Err(Err(broadcast::error::RecvError::Closed)) => {
+                            return Err(Error::Closed);
+                        }
+                    };
                     match ev {
                         Ok(CoreEvent::Download { index: i, .. }) if i == index => break,
                         Ok(CoreEvent::Append { length, .. }) if length > index => break,
@@ -190,4 +209,60 @@ async fn count_stored(inner: &Arc<CoreInner>, start: u64, end: u64) -> Result<u6
         .storage
         .read(move |txn| BlocksRead::open(txn)?.view().count(id, start, end))
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{
+        Corestore,
+        tree::{IndexRequest, ProofRequest, UpgradeRequest},
+    };
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A waiting read takes a verified block from the hand-over channel, without the block
+    /// being stored.
+    #[tokio::test]
+    async fn wait_resolves_from_a_verified_block_before_its_commit() {
+        let store = Corestore::memory().await.unwrap();
+        let reader = store.get_remote([7; 32]).await.unwrap();
+        let waiting = tokio::spawn(reader.get(3).wait(WAIT));
+        // On this single-threaded runtime the read runs only once this test awaits, so the
+        // subscription below sees its want.
+        let mut wants = reader.subscribe_wants();
+        assert_eq!(wants.recv().await.unwrap(), (3, 4));
+        reader.inner.hand_over_verified(2, b"other block");
+        reader.inner.hand_over_verified(3, b"block three");
+        let got = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+        assert_eq!(&got.unwrap()[..], b"block three");
+        assert_eq!(reader.info().length, 0, "nothing was stored");
+    }
+
+    /// Applying a proof hands its block over once it verified.
+    #[tokio::test]
+    async fn applying_a_proof_hands_its_block_over() {
+        let store = Corestore::memory().await.unwrap();
+        let writer = store.get_named("w").await.unwrap();
+        writer.append_batch([&b"zero"[..], b"one"]).await.unwrap();
+        let proof = writer
+            .create_proof(ProofRequest {
+                block: Some(IndexRequest { index: 1, nodes: 0 }),
+                upgrade: Some(UpgradeRequest {
+                    start: 0,
+                    length: 2,
+                }),
+                manifest: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let other = Corestore::memory().await.unwrap();
+        let reader = other.get_remote(writer.key()).await.unwrap();
+        let mut verified = reader.inner.verified.subscribe();
+        reader.verify_and_apply_proof(proof).await.unwrap();
+        let (index, value) = verified.try_recv().unwrap();
+        assert_eq!((index, &value[..]), (1, &b"one"[..]));
+    }
 }

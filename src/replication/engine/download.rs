@@ -345,6 +345,8 @@ impl Engine {
         let length = r.local.length;
         let ranges: Vec<(u64, u64)> = match r.mode {
             Mode::Full => {
+                // Wanted blocks within the length are queued below like every other.
+                r.wanted = r.wanted.split_off(&length);
                 let start = r.queued_to.max(r.local.contiguous);
                 r.queued_to = length.max(r.queued_to);
                 if start < length {
@@ -430,5 +432,32 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::super::{Engine, EngineConfig, Input, LocalInfo, Mode};
+
+    /// In full mode, a read waiting past the length is remembered only until the length
+    /// covers it: every block below the length is queued anyway.
+    #[test]
+    fn full_mode_forgets_wants_the_length_covers() {
+        let now = Instant::now();
+        let mut engine = Engine::new([1; 32], EngineConfig::default());
+        let core = [2; 32];
+        engine.add_core(core, LocalInfo::default(), Mode::Full, now);
+        engine.handle(Input::Want(core, 5, 7), now);
+        assert_eq!(engine.cores[&core].wanted.len(), 2);
+        let grown = LocalInfo {
+            length: 6,
+            byte_length: 6,
+            ..Default::default()
+        };
+        engine.handle(Input::LocalChanged(core, grown), now);
+        let wanted: Vec<u64> = engine.cores[&core].wanted.iter().copied().collect();
+        assert_eq!(wanted, [6]);
     }
 }

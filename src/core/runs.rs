@@ -271,9 +271,7 @@ fn write_run(
         }
     }
     let id = inner.id;
-    // Sorted keys insert into redb's B-tree far faster than hash order.
-    let mut nodes: Vec<Node> = nodes.values().copied().collect();
-    nodes.sort_unstable_by_key(|n| n.index);
+    let nodes: Vec<Node> = nodes.values().copied().collect();
     put_nodes(ctx, id, &nodes)?;
     let mut table = ctx.blocks()?;
     // Blocks stored meanwhile (from another peer) are kept: rows must not overlap.

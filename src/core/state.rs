@@ -139,7 +139,7 @@ impl CoreInner {
 
 /// Reads the nodes of one core inside a read transaction.
 pub(crate) struct TxnNodes {
-    table: redb::ReadOnlyTable<(u64, u64), [u8; 40]>,
+    table: redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
     id: u64,
 }
 
@@ -155,10 +155,7 @@ impl TxnNodes {
 impl NodeSource for TxnNodes {
     type Error = StorageError;
     fn node(&self, index: u64) -> Result<Option<Node>, StorageError> {
-        Ok(self
-            .table
-            .get((self.id, index))?
-            .map(|v| schema::decode_node(index, v.value())))
+        crate::storage::nodes::get(&self.table, self.id, index)
     }
 }
 

@@ -201,11 +201,7 @@ pub(crate) fn put_nodes(
     id: u64,
     nodes: &[Node],
 ) -> Result<(), StorageError> {
-    let table = ctx.nodes()?;
-    for n in nodes {
-        table.insert((id, n.index), schema::encode_node(n.size, &n.hash))?;
-    }
-    Ok(())
+    ctx.nodes()?.put(id, nodes)
 }
 
 /// Deletes blocks from `length` on and every node that covers them.
@@ -216,13 +212,13 @@ pub(crate) fn delete_from(
 ) -> Result<(), StorageError> {
     ctx.blocks()?.remove(id, length, u64::MAX)?;
     let head = 2 * length;
-    let nodes = ctx.nodes()?;
-    nodes.retain_in((id, head)..=(id, u64::MAX), |_, _| false)?;
+    let mut nodes = ctx.nodes()?;
+    nodes.remove_from(id, head)?;
     // Ancestors of leaf `head` left of it span removed leaves too.
     let mut i = head;
     while i < flat::MAX_INDEX {
         if i < head {
-            nodes.remove((id, i))?;
+            nodes.remove(id, i)?;
         }
         i = flat::parent(i);
     }

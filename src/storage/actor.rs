@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 use super::{
     Durability, StorageError,
     blocks::{BlocksTable, BlocksWrite, PiecesTable},
-    schema::{self, NodesTable},
+    nodes::{NodesTable, NodesWrite},
+    schema,
 };
 
 /// Most writes merged into one transaction.
@@ -73,14 +74,16 @@ impl<'t> WriteCtx<'_, 't> {
     }
 
     /// The nodes table of this batch.
-    pub fn nodes(&mut self) -> Result<&mut NodesTable<'t>, StorageError> {
+    pub fn nodes(&mut self) -> Result<NodesWrite<'_, 't>, StorageError> {
         if self.tables.nodes.is_none() {
             self.tables.nodes = Some(self.txn.open_table(schema::NODES)?);
         }
-        self.tables
+        let table = self
+            .tables
             .nodes
             .as_mut()
-            .ok_or_else(|| StorageError::Database("nodes table not open".into()))
+            .ok_or_else(|| StorageError::Database("nodes table not open".into()))?;
+        Ok(NodesWrite::new(table))
     }
 
     /// Registers work to run once at the end of the batch for `slot` (for example signing a

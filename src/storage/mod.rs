@@ -6,6 +6,7 @@
 mod actor;
 pub mod blocks;
 mod error;
+pub mod nodes;
 pub mod schema;
 
 use std::{path::Path, sync::Arc};

@@ -6,7 +6,7 @@ use super::StorageError;
 use crate::{crypto::CoreKind, tree::TreeState};
 
 /// Version of the layout below; a database of another version is refused.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Store-wide values: `schema_version` (u32 le), `primary_key` (32 B), `next_core_id` (u64 le).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -14,10 +14,9 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const CORES: TableDefinition<[u8; 32], u64> = TableDefinition::new("cores");
 /// Core id → postcard [`CoreHeader`].
 pub const HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("headers");
-/// (core id, flat-tree index) → `u64le(size) ‖ hash`.
-pub const NODES: TableDefinition<(u64, u64), [u8; 40]> = TableDefinition::new("nodes");
-/// The writable nodes table.
-pub type NodesTable<'txn> = redb::Table<'txn, (u64, u64), [u8; 40]>;
+/// (core id, flat-tree index / 32) → the stored nodes of those 32 indices (see
+/// [`super::nodes`]).
+pub const NODES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("nodes");
 /// (core id, first block index) → a chunk of consecutive block values, or the marker of a large
 /// block (see [`super::blocks`]).
 pub const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("blocks");
@@ -57,27 +56,6 @@ impl CoreHeader {
     /// Decodes a stored header; corrupt bytes give an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
         postcard::from_bytes(bytes).map_err(|e| StorageError::Corrupt(format!("core header: {e}")))
-    }
-}
-
-/// Encodes a node for the `NODES` table.
-pub fn encode_node(size: u64, hash: &[u8; 32]) -> [u8; 40] {
-    let mut out = [0u8; 40];
-    out[..8].copy_from_slice(&size.to_le_bytes());
-    out[8..].copy_from_slice(hash);
-    out
-}
-
-/// Decodes a node from the `NODES` table.
-pub fn decode_node(index: u64, raw: [u8; 40]) -> crate::tree::Node {
-    let mut size = [0u8; 8];
-    size.copy_from_slice(&raw[..8]);
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(&raw[8..]);
-    crate::tree::Node {
-        index,
-        size: u64::from_le_bytes(size),
-        hash,
     }
 }
 

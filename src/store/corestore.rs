@@ -243,8 +243,7 @@ impl Corestore {
                 };
                 found2.store(true, std::sync::atomic::Ordering::Relaxed);
                 ctx.txn.open_table(schema::HEADERS)?.remove(id)?;
-                ctx.nodes()?
-                    .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+                ctx.nodes()?.remove_core(id)?;
                 ctx.blocks()?.remove_core(id)?;
                 if let Some(h) = &handle {
                     h.staged().deleted = true;

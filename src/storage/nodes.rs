@@ -64,19 +64,6 @@ impl Group {
         Ok(group)
     }
 
-    /// The node of slot `slot`, as stored.
-    fn node(&self, slot: usize, index: u64) -> Option<Node> {
-        if self.present & (1 << slot) == 0 {
-            return None;
-        }
-        let (size, hash) = self.slots[slot].split_first_chunk::<8>()?;
-        Some(Node {
-            index,
-            size: u64::from_le_bytes(*size),
-            hash: hash.try_into().ok()?,
-        })
-    }
-
     fn set(&mut self, slot: usize, node: &Node) {
         self.present |= 1 << slot;
         self.slots[slot][..8].copy_from_slice(&node.size.to_le_bytes());
@@ -108,9 +95,38 @@ where
 {
     let (group, slot) = split(index);
     match table.get((id, group))? {
-        Some(row) => Ok(Group::parse(group, row.value())?.node(slot, index)),
+        Some(row) => read_slot(group, row.value(), slot, index),
         None => Ok(None),
     }
+}
+
+/// The node of one slot of a stored row, read in place.
+fn read_slot(
+    group: u64,
+    bytes: &[u8],
+    slot: usize,
+    index: u64,
+) -> Result<Option<Node>, StorageError> {
+    let corrupt = || StorageError::Corrupt(format!("node group {group}: length does not match"));
+    let (head, rest) = bytes.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    let present = u32::from_le_bytes(*head);
+    if present == 0 || rest.len() != present.count_ones() as usize * NODE_BYTES {
+        return Err(corrupt());
+    }
+    if present & (1 << slot) == 0 {
+        return Ok(None);
+    }
+    let at = (present & ((1u32 << slot) - 1)).count_ones() as usize * NODE_BYTES;
+    let stored = rest
+        .get(at..at + NODE_BYTES)
+        .and_then(|b| b.split_first_chunk::<8>())
+        .ok_or_else(corrupt)?;
+    let (size, hash) = stored;
+    Ok(Some(Node {
+        index,
+        size: u64::from_le_bytes(*size),
+        hash: hash.try_into().map_err(|_| corrupt())?,
+    }))
 }
 
 /// The nodes table of a write transaction.

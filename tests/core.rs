@@ -699,12 +699,7 @@ async fn hash_and_seek_proofs_verify_on_a_reader() {
         .unwrap();
 
     // Seek: which block holds byte 25? The proof carries the path, checked by the signature.
-    let reader = Corestore::memory()
-        .await
-        .unwrap()
-        .get_remote(core.key())
-        .await
-        .unwrap();
+    let reader = common::remote_reader(core.key()).await;
     let proof = core
         .create_proof(ProofRequest {
             seek: Some(iroh_hypercore::tree::SeekRequest { bytes: 25 }),

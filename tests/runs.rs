@@ -125,12 +125,7 @@ async fn bad_runs_are_refused() {
     assert!(w.create_run_proofs(1, 0, 5, 10).await.is_err());
     assert!(w.create_run_proofs(0, 5, 5, 10).await.is_err());
     assert!(w.create_run_proofs(0, 0, 11, 11).await.is_err());
-    let r = Corestore::memory()
-        .await
-        .unwrap()
-        .get_remote(w.key())
-        .await
-        .unwrap();
+    let r = common::remote_reader(w.key()).await;
     let ps = proofs(w.create_run_proofs(0, 0, 5, 10).await.unwrap());
     // A reader with no signed length cannot verify blocks.
     assert!(r.apply_block_proofs(ps).await.is_err());

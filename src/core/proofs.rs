@@ -119,7 +119,7 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
             })
             .await??;
         if let (Some(index), Some(b)) = (verified.block, &proof.block) {
-            inner.hand_over_verified(index, &b.value);
+            inner.hand_over_verified([(index, b.value.as_slice())]);
         }
         let applied = Applied {
             upgraded: verified.upgrade.as_ref().map(|u| u.length),

@@ -200,9 +200,12 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
             })
             .await?;
         let n = run.verified;
-        for b in proofs[..n].iter().filter_map(|p| p.block.as_ref()) {
-            inner.hand_over_verified(b.index, &b.value);
-        }
+        inner.hand_over_verified(
+            proofs[..n]
+                .iter()
+                .filter_map(|p| p.block.as_ref())
+                .map(|b| (b.index, b.value.as_slice())),
+        );
         let stored: Vec<(u64, u64)> = proofs[..n]
             .iter()
             .filter_map(|p| p.block.as_ref())

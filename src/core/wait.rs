@@ -232,9 +232,11 @@ mod tests {
         // On this single-threaded runtime the read runs only once this test awaits, so the
         // subscription below sees its want.
         let mut wants = reader.subscribe_wants();
-        assert_eq!(wants.recv().await.unwrap(), (3, 4));
-        reader.inner.hand_over_verified(2, b"other block");
-        reader.inner.hand_over_verified(3, b"block three");
+        let want = tokio::time::timeout(WAIT, wants.recv()).await.unwrap();
+        assert_eq!(want.unwrap(), (3, 4));
+        reader
+            .inner
+            .hand_over_verified([(2, &b"other block"[..]), (3, b"block three")]);
         let got = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
         assert_eq!(&got.unwrap()[..], b"block three");
         assert_eq!(reader.info().length, 0, "nothing was stored");

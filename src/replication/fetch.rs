@@ -187,37 +187,13 @@ impl FetchQueue {
 
     /// Forgets every entry and request of `core` (after it changed fork, or stopped replicating).
     pub fn remove_core(&mut self, core: &CoreKey) {
-        let keys: Vec<BlockKey> = self
-            .entries
-            .range((*core, 0)..=(*core, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            self.entries.remove(&k);
-            self.ready.remove(&k);
-        }
-        let ids: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.core == *core)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.fail_request(id);
-        }
+        self.truncate(core, 0);
+        self.fail_requests(|r| r.core == *core);
     }
 
     /// `peer` no longer serves `core` (its channel closed).
     pub fn remove_source(&mut self, core: &CoreKey, peer: &PeerId) {
-        let ids: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.peer == *peer && r.core == *core)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.fail_request(id);
-        }
+        self.fail_requests(|r| r.peer == *peer && r.core == *core);
         for (_, e) in self.entries.range_mut((*core, 0)..=(*core, u64::MAX)) {
             e.sources.retain(|p| p != peer);
         }
@@ -238,15 +214,7 @@ impl FetchQueue {
 
     /// The peer went away: its requests fail without penalty and it is no longer a source.
     pub fn remove_peer(&mut self, peer: &PeerId) {
-        let ids: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.peer == *peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.fail_request(id);
-        }
+        self.fail_requests(|r| r.peer == *peer);
         for e in self.entries.values_mut() {
             e.sources.retain(|p| p != peer);
         }
@@ -496,6 +464,19 @@ impl FetchQueue {
     }
 
     /// The request's outstanding blocks go back to the queue.
+    /// Fails, without penalty, every open request that `which` selects.
+    fn fail_requests(&mut self, which: impl Fn(&Request) -> bool) {
+        let ids: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| which(r))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.fail_request(id);
+        }
+    }
+
     fn fail_request(&mut self, id: u64) {
         let Some(req) = self.requests.remove(&id) else {
             return;

@@ -41,27 +41,16 @@ impl Group {
         }
     }
 
-    /// Decodes a stored row; malformed bytes are a [`StorageError::Corrupt`], never a panic.
-    fn parse(key: u64, bytes: &[u8]) -> Result<Self, StorageError> {
-        let corrupt = |what: &str| StorageError::Corrupt(format!("node group {key}: {what}"));
-        let (head, mut rest) = bytes
-            .split_first_chunk::<4>()
-            .ok_or_else(|| corrupt("no bitmap"))?;
-        let present = u32::from_le_bytes(*head);
-        if present == 0 || rest.len() != present.count_ones() as usize * NODE_BYTES {
-            return Err(corrupt("length does not match the bitmap"));
-        }
+    /// Copies a stored row out, to change it.
+    fn from_row(row: &RowView<'_>) -> Self {
         let mut group = Self::empty();
-        group.present = present;
+        group.present = row.present;
         for (slot, stored) in group.slots.iter_mut().enumerate() {
-            if present & (1 << slot) != 0
-                && let Some((node, tail)) = rest.split_first_chunk::<NODE_BYTES>()
-            {
+            if let Some(node) = row.slot(slot) {
                 *stored = *node;
-                rest = tail;
             }
         }
-        Ok(group)
+        group
     }
 
     fn set(&mut self, slot: usize, node: &Node) {
@@ -84,6 +73,46 @@ impl Group {
     }
 }
 
+/// A stored row, read in place.
+struct RowView<'a> {
+    present: u32,
+    nodes: &'a [u8],
+}
+
+impl<'a> RowView<'a> {
+    /// Checks a stored row: malformed bytes are a [`StorageError::Corrupt`], never a panic.
+    fn parse(group: u64, bytes: &'a [u8]) -> Result<Self, StorageError> {
+        let corrupt = |what: &str| StorageError::Corrupt(format!("node group {group}: {what}"));
+        let (head, nodes) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("no bitmap"))?;
+        let present = u32::from_le_bytes(*head);
+        if present == 0 || nodes.len() != present.count_ones() as usize * NODE_BYTES {
+            return Err(corrupt("length does not match the bitmap"));
+        }
+        Ok(Self { present, nodes })
+    }
+
+    /// Size and hash stored in slot `slot`, if present.
+    fn slot(&self, slot: usize) -> Option<&'a [u8; NODE_BYTES]> {
+        if self.present & (1 << slot) == 0 {
+            return None;
+        }
+        let at = (self.present & ((1u32 << slot) - 1)).count_ones() as usize * NODE_BYTES;
+        self.nodes.get(at..)?.first_chunk::<NODE_BYTES>()
+    }
+
+    /// The node of slot `slot`, whose flat-tree index is `index`.
+    fn node(&self, slot: usize, index: u64) -> Option<Node> {
+        let (size, hash) = self.slot(slot)?.split_first_chunk::<8>()?;
+        Some(Node {
+            index,
+            size: u64::from_le_bytes(*size),
+            hash: *hash.first_chunk::<32>()?,
+        })
+    }
+}
+
 fn split(index: u64) -> (u64, usize) {
     (index / GROUP, (index % GROUP) as usize)
 }
@@ -95,38 +124,9 @@ where
 {
     let (group, slot) = split(index);
     match table.get((id, group))? {
-        Some(row) => read_slot(group, row.value(), slot, index),
+        Some(row) => Ok(RowView::parse(group, row.value())?.node(slot, index)),
         None => Ok(None),
     }
-}
-
-/// The node of one slot of a stored row, read in place.
-fn read_slot(
-    group: u64,
-    bytes: &[u8],
-    slot: usize,
-    index: u64,
-) -> Result<Option<Node>, StorageError> {
-    let corrupt = || StorageError::Corrupt(format!("node group {group}: length does not match"));
-    let (head, rest) = bytes.split_first_chunk::<4>().ok_or_else(corrupt)?;
-    let present = u32::from_le_bytes(*head);
-    if present == 0 || rest.len() != present.count_ones() as usize * NODE_BYTES {
-        return Err(corrupt());
-    }
-    if present & (1 << slot) == 0 {
-        return Ok(None);
-    }
-    let at = (present & ((1u32 << slot) - 1)).count_ones() as usize * NODE_BYTES;
-    let stored = rest
-        .get(at..at + NODE_BYTES)
-        .and_then(|b| b.split_first_chunk::<8>())
-        .ok_or_else(corrupt)?;
-    let (size, hash) = stored;
-    Ok(Some(Node {
-        index,
-        size: u64::from_le_bytes(*size),
-        hash: hash.try_into().map_err(|_| corrupt())?,
-    }))
 }
 
 /// The nodes table of a write transaction.
@@ -185,10 +185,9 @@ impl<'a, 't> NodesWrite<'a, 't> {
             row.present &= (1u32 << slot) - 1;
             self.store(id, group, &row)?;
         }
-        if group < u64::MAX {
-            self.table
-                .retain_in((id, group + 1)..=(id, u64::MAX), |_, _| false)?;
-        }
+        // `group` is at most u64::MAX / GROUP: the next one exists.
+        self.table
+            .retain_in((id, group + 1)..=(id, u64::MAX), |_, _| false)?;
         Ok(())
     }
 
@@ -201,7 +200,7 @@ impl<'a, 't> NodesWrite<'a, 't> {
 
     fn load(&self, id: u64, group: u64) -> Result<Option<Group>, StorageError> {
         match self.table.get((id, group))? {
-            Some(row) => Ok(Some(Group::parse(group, row.value())?)),
+            Some(row) => Ok(Some(Group::from_row(&RowView::parse(group, row.value())?))),
             None => Ok(None),
         }
     }

@@ -3,18 +3,23 @@
 #![allow(dead_code)]
 
 use iroh_hypercore::{
-    Corestore, Hypercore,
+    CoreKey, Corestore, Hypercore,
     tree::{IndexRequest, ProofRequest, UpgradeRequest},
 };
 
-/// A reader in a new memory store, upgraded (by a verified proof) to the writer's length.
-pub async fn verified_reader(writer: &Hypercore) -> Hypercore {
-    let reader = Corestore::memory()
+/// A reader of `key` in a new memory store, knowing nothing of the log yet.
+pub async fn remote_reader(key: CoreKey) -> Hypercore {
+    Corestore::memory()
         .await
         .unwrap()
-        .get_remote(writer.key())
+        .get_remote(key)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A reader in a new memory store, upgraded (by a verified proof) to the writer's length.
+pub async fn verified_reader(writer: &Hypercore) -> Hypercore {
+    let reader = remote_reader(writer.key()).await;
     let proof = writer
         .create_proof(ProofRequest {
             upgrade: Some(UpgradeRequest {

@@ -377,13 +377,7 @@ impl Engine {
         for i in from..end.min(from.saturating_add(1 << 20)) {
             r.wanted.insert(i);
         }
-        let channels: Vec<(PeerId, ChannelId)> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.core == core && c.remote.is_some())
-            .map(|(id, c)| (c.peer, *id))
-            .collect();
-        for (peer, ch) in channels {
+        for (peer, ch) in self.open_channels(&core) {
             self.send(peer, ch, Message::Want { start, end });
         }
         if let Some(r) = self.cores.get(&core)

@@ -477,13 +477,21 @@ impl Engine {
     /// Peers with an open channel for `core`.
     pub fn core_peers(&self, core: &CoreKey) -> Vec<PeerId> {
         let mut v: Vec<PeerId> = self
-            .channels
-            .values()
-            .filter(|c| c.core == *core && c.remote.is_some())
-            .map(|c| c.peer)
+            .open_channels(core)
+            .into_iter()
+            .map(|(peer, _)| peer)
             .collect();
         v.sort();
         v
+    }
+
+    /// The channels of `core` whose remote has synced, with their peers.
+    fn open_channels(&self, core: &CoreKey) -> Vec<(PeerId, ChannelId)> {
+        self.channels
+            .iter()
+            .filter(|(_, c)| c.core == *core && c.remote.is_some())
+            .map(|(id, c)| (c.peer, *id))
+            .collect()
     }
 
     /// Counters of every connected peer.
@@ -623,13 +631,7 @@ impl Engine {
         let Some(info) = self.sync_info(&core, ask) else {
             return;
         };
-        let targets: Vec<(PeerId, ChannelId)> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.core == core && c.remote.is_some())
-            .map(|(id, c)| (c.peer, *id))
-            .collect();
-        for (peer, ch) in targets {
+        for (peer, ch) in self.open_channels(&core) {
             self.send(peer, ch, Message::Sync(info));
         }
     }

@@ -7,8 +7,9 @@
 //!
 //! Prints medians of `runs` runs (default 3) of: 100,000 × 1 KiB and 256 × 1 MiB blocks
 //! replicated between two nodes (file-backed stores, default durability); the live latency
-//! from `append` on the writer to the block being stored on a connected reader (p50/p99 over
-//! 1,000 appends); and one seeder against three seeders for the same download. With `filter`,
+//! from `append` on the writer to a waiting `get` resolving and to the block being stored on a
+//! connected reader (p50/p99 over 1,000 appends, with a durable and with a relaxed writer); and
+//! one seeder against three seeders for the same download. With `filter`,
 //! only the parts whose name contains it run: `1kib`, `1mib`, `live` or `seeders`.
 
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use iroh::{
 };
 use iroh_blobs::{BlobsProtocol, store::mem::MemStore};
 use iroh_hypercore::{
-    CoreEvent, CoreTicket, Hypercore, StoreOptions,
+    CoreEvent, CoreTicket, Durability, Hypercore, StoreOptions,
     testnet::{Node, TestNet, Transport},
 };
 use n0_future::StreamExt;
@@ -79,21 +80,26 @@ fn selected(name: &str) -> bool {
     std::env::args().nth(2).is_none_or(|f| name.contains(&f))
 }
 
+/// Live latency with a durable writer (each append fsynced before it is announced), then with a
+/// relaxed writer (non-durable commits, as JS Hypercore, which never fsyncs an append).
 async fn live(net: &TestNet, runs: usize) -> anyhow::Result<()> {
-    let (mut got, mut stored) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let (g, s) = live_latency(net, 1000).await?;
-        got.push(g);
-        stored.push(s);
-    }
-    for (what, runs) in [("get resolved", got), ("stored", stored)] {
-        let p50 = median(runs.iter().map(|p| p.0).collect());
-        let p99 = median(runs.iter().map(|p| p.1).collect());
-        println!(
-            "live latency append -> {what} on reader, 1,000 appends: p50 {:.2} ms, p99 {:.2} ms",
-            ms(p50),
-            ms(p99)
-        );
+    for writer in [Durability::Durable, Durability::Relaxed] {
+        let (mut got, mut stored) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (g, s) = live_latency(net, writer, 1000).await?;
+            got.push(g);
+            stored.push(s);
+        }
+        for (what, runs) in [("get resolved", got), ("stored", stored)] {
+            let p50 = median(runs.iter().map(|p| p.0).collect());
+            let p99 = median(runs.iter().map(|p| p.1).collect());
+            println!(
+                "live, {:<7} writer: append -> {what:<12} on reader, 1,000 appends: p50 {:.2} ms, p99 {:.2} ms",
+                format!("{writer:?}").to_lowercase(),
+                ms(p50),
+                ms(p99)
+            );
+        }
     }
     println!();
     Ok(())
@@ -125,7 +131,7 @@ async fn replicate(
     seeders: usize,
 ) -> anyhow::Result<Duration> {
     let dir = tempfile::tempdir()?;
-    let writer = file_node(net, &dir, "w").await?;
+    let writer = file_node(net, &dir, "w", Durability::Durable).await?;
     let log = writer.store.get_named("bench").await?;
     let block = vec![7u8; size];
     let batch = (1 << 20) / size.max(1) + 1;
@@ -138,7 +144,7 @@ async fn replicate(
     writer.proto.replicate(&log).await?;
     let mut nodes = vec![writer.clone()];
     for i in 1..seeders {
-        let s = file_node(net, &dir, &format!("s{i}")).await?;
+        let s = file_node(net, &dir, &format!("s{i}"), Durability::Durable).await?;
         let core = s.proto.open_ticket(&writer.proto.ticket(&log)).await?;
         core.download(0..count)
             .done(Duration::from_secs(600))
@@ -146,7 +152,7 @@ async fn replicate(
         nodes.push(s);
     }
     let addrs = nodes.iter().map(Node::addr).collect();
-    let reader = file_node(net, &dir, "r").await?;
+    let reader = file_node(net, &dir, "r", Durability::Durable).await?;
     let start = Instant::now();
     let core = reader
         .proto
@@ -227,14 +233,15 @@ async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
 /// and until the reader has stored it: (p50, p99) of each.
 async fn live_latency(
     net: &TestNet,
+    writer_durability: Durability,
     appends: u64,
 ) -> anyhow::Result<((Duration, Duration), (Duration, Duration))> {
     let dir = tempfile::tempdir()?;
-    let writer = file_node(net, &dir, "w").await?;
+    let writer = file_node(net, &dir, "w", writer_durability).await?;
     let log = writer.store.get_named("live").await?;
     log.append(b"0".to_vec()).await?;
     writer.proto.replicate(&log).await?;
-    let reader = file_node(net, &dir, "r").await?;
+    let reader = file_node(net, &dir, "r", Durability::Durable).await?;
     let core: Hypercore = reader.proto.open_ticket(&writer.proto.ticket(&log)).await?;
     core.download(0..1).done(Duration::from_secs(30)).await?;
     let mut events = core.subscribe();
@@ -264,14 +271,19 @@ async fn live_latency(
     Ok(out)
 }
 
-/// A direct node with a file store (default durability) in `dir/name`.
-async fn file_node(net: &TestNet, dir: &tempfile::TempDir, name: &str) -> anyhow::Result<Node> {
+/// A direct node with a file store of the given durability in `dir/name`.
+async fn file_node(
+    net: &TestNet,
+    dir: &tempfile::TempDir,
+    name: &str,
+    durability: Durability,
+) -> anyhow::Result<Node> {
+    let options = StoreOptions {
+        durability,
+        ..Default::default()
+    };
     Ok(net
-        .node_in(
-            Transport::Direct,
-            &dir.path().join(name),
-            StoreOptions::default(),
-        )
+        .node_in(Transport::Direct, &dir.path().join(name), options)
         .await?)
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use iroh_hypercore::{
     Event,
-    testnet::{TestNet, Transport},
+    testnet::{Node, TestNet, Transport},
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -40,8 +40,39 @@ async fn replicate_two(transport: Transport, blocks: u64) {
     log.append(b"live".to_vec()).await.unwrap();
     let got = remote.get(blocks).wait(WAIT).await.unwrap();
     assert_eq!(&got[..], b"live");
+    // Following live: once the reader holds the whole log and the writer has heard so, the
+    // writer pushes each new block instead of waiting to be asked.
+    let mut length = blocks + 1;
+    while pushes(&reader, &writer).await == 0 {
+        assert!(length < blocks + 100, "no push after 100 live appends");
+        remote.download(0..length).done(WAIT).await.unwrap();
+        log.append(format!("live {length}").into_bytes())
+            .await
+            .unwrap();
+        let got = remote.get(length).wait(WAIT).await.unwrap();
+        assert_eq!(got, format!("live {length}").into_bytes());
+        length += 1;
+    }
+    let sent = writer.proto.peer_stats().await.unwrap();
+    assert!(sent.iter().any(|s| s.pushes_sent > 0));
+    remote.download(0..length).done(WAIT).await.unwrap();
+    assert_eq!(remote.tree_hash(), log.tree_hash());
     writer.shutdown().await;
     reader.shutdown().await;
+}
+
+/// Pushes from `writer` that `reader` took.
+async fn pushes(reader: &Node, writer: &Node) -> u64 {
+    let writer_id = *writer.endpoint.id().as_bytes();
+    reader
+        .proto
+        .peer_stats()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|s| s.peer == writer_id)
+        .map(|s| s.pushes_taken)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

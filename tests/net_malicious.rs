@@ -8,7 +8,7 @@ mod net;
 
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh_hypercore::{
-    CoreTicket,
+    CoreTicket, Error, Event,
     crypto::capability::capability,
     replication::{
         gossip::{GossipOp, topic},
@@ -17,7 +17,7 @@ use iroh_hypercore::{
     testnet::{TestNet, Transport},
     tree::{BlockProof, Proof, UpgradeProof},
 };
-use net::{WAIT, append_numbered, wait_full};
+use net::{WAIT, append_numbered, wait_event, wait_full};
 
 const LIE: u64 = 1_000_000;
 
@@ -40,6 +40,7 @@ async fn lie_on(mut tx: SendStream, mut rx: RecvStream) {
         length: LIE,
         contiguous: LIE,
         ask: false,
+        downloading: false,
     });
     send(&mut tx, &lie).await;
     let mut flooded = false;
@@ -226,4 +227,116 @@ async fn liars_are_backed_off_and_honest_replication_completes() {
     big_ep.close().await;
     reader.shutdown().await;
     writer.shutdown().await;
+}
+
+/// A peer pushes a forged block with a forged upgrade to a reader that follows live: the push
+/// is taken for verification, rejected and blamed, nothing is stored, and the writer's next
+/// block still reaches the reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_push_is_rejected_and_live_replication_goes_on() {
+    net::init_tracing();
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("pushed").await.unwrap();
+    append_numbered(&log, 0, 10, 64).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let reader_id = *reader.endpoint.id().as_bytes();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    wait_full(&core, 10).await;
+    let mut events = reader.proto.subscribe();
+
+    let liar_ep = net.endpoint(Transport::Direct).await.unwrap();
+    let liar_id = *liar_ep.id().as_bytes();
+    let conn = liar_ep
+        .connect(reader.addr(), iroh_hypercore::ALPN)
+        .await
+        .unwrap();
+    // The reader may keep its own channel to us rather than ours: push on whichever it uses.
+    let accepted = conn.clone();
+    tokio::spawn(async move {
+        while let Ok((tx, mut rx)) = accepted.accept_bi().await {
+            let _ = read_msg(&mut rx).await;
+            tokio::spawn(push_forged(tx, rx));
+        }
+    });
+    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    let open = Message::Open {
+        discovery_key: log.discovery_key(),
+        capability: capability(&log.key(), &liar_id, &reader_id),
+    };
+    send(&mut tx, &open).await;
+    tokio::spawn(push_forged(tx, rx));
+
+    wait_event(
+        &mut events,
+        "the forged push rejected",
+        |e| matches!(e, Event::Invalid { peer, .. } if *peer == liar_id),
+    )
+    .await;
+    let stats = reader.proto.peer_stats().await.unwrap();
+    let liar = stats
+        .iter()
+        .find(|s| s.peer == liar_id)
+        .expect("liar stats");
+    assert_eq!(liar.pushes_taken, 1, "{liar:?}");
+    assert_eq!(liar.blocks_down, 0);
+    assert_eq!(core.info().length, 10, "the forged upgrade was not applied");
+    assert!(
+        matches!(core.get(10).await, Err(Error::OutOfRange { .. })),
+        "nothing of the forged block was stored"
+    );
+
+    log.append(b"real".to_vec()).await.unwrap();
+    let got = core.get(10).wait(WAIT).await.unwrap();
+    assert_eq!(&got[..], b"real");
+    wait_full(&core, 11).await;
+    assert_eq!(core.tree_hash(), log.tree_hash());
+    conn.close(0u32.into(), b"done");
+    liar_ep.close().await;
+    reader.shutdown().await;
+    writer.shutdown().await;
+}
+
+/// Says it holds the same 10 blocks, and once the reader says it downloads and holds them too,
+/// pushes a forged block 10 with a forged upgrade; then reads until the channel ends.
+async fn push_forged(mut tx: SendStream, mut rx: RecvStream) {
+    let same = Message::Sync(SyncInfo {
+        fork: 0,
+        length: 10,
+        contiguous: 10,
+        ask: false,
+        downloading: true,
+    });
+    send(&mut tx, &same).await;
+    let mut pushed = false;
+    while let Some(msg) = read_msg(&mut rx).await {
+        if let Message::Sync(s) = msg
+            && s.downloading
+            && s.length == 10
+            && !pushed
+        {
+            pushed = true;
+            let forged = Proof {
+                block: Some(BlockProof {
+                    index: 10,
+                    value: b"forged".to_vec(),
+                    nodes: vec![],
+                }),
+                upgrade: Some(UpgradeProof {
+                    start: 10,
+                    length: 1,
+                    nodes: vec![],
+                    additional_nodes: vec![],
+                    signature: vec![0; 64],
+                }),
+                ..Default::default()
+            };
+            send(&mut tx, &Message::Push { proof: forged }).await;
+        }
+    }
 }

@@ -30,6 +30,10 @@ pub struct SyncInfo {
     pub contiguous: u64,
     /// Whether the receiver should answer with its own `Sync` (after a gossip lag, say).
     pub ask: bool,
+    /// Whether the sender downloads every block (full mode). While such a peer holds the whole
+    /// log, a peer that gets new blocks pushes it the first one with its upgrade
+    /// ([`Message::Push`]) instead of waiting to be asked.
+    pub downloading: bool,
 }
 
 /// One message on a channel.
@@ -122,6 +126,14 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// A new block with the upgrade that signs it, sent unasked to a peer whose last `Sync`
+    /// said it downloads everything and held the whole log: it saves the `Sync` → `Request`
+    /// round trip of following a log live. The receiver verifies it like any answer, and
+    /// ignores it if it no longer fits its state. The sender's `Sync` follows it.
+    Push {
+        /// The proof: the block at the receiver's length, and the upgrade from there.
+        proof: Proof,
+    },
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -195,6 +207,7 @@ mod tests {
                 length: 2,
                 contiguous: 3,
                 ask: true,
+                downloading: true,
             }),
             Message::Request {
                 id: 7,

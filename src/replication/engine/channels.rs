@@ -89,6 +89,7 @@ impl Engine {
                 remote: None,
                 remote_ranges: Vec::new(),
                 requests: Default::default(),
+                pushing: false,
             },
         );
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -168,6 +169,7 @@ impl Engine {
                 start,
                 end,
             } => self.on_no_data(id, req, start, end),
+            Message::Push { proof } => self.on_push(id, proof, now),
             Message::Unwant { .. } | Message::Cancel { .. } | Message::Extension { .. } => {}
         }
     }

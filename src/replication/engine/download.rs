@@ -196,6 +196,9 @@ impl Engine {
                 },
                 TaskResult::Run(r),
             ) => self.on_served_run(peer, channel, id, start, end, r),
+            (TaskCtx::Push { peer, channel }, TaskResult::Proof(r)) => {
+                self.on_pushed(peer, channel, r)
+            }
             (TaskCtx::ApplyUpgrade { core, peer, block }, TaskResult::Applied(outcome, local)) => {
                 if let Some(r) = self.cores.get_mut(&core) {
                     r.applying = false;
@@ -333,6 +336,7 @@ impl Engine {
             });
             self.announce(core, now);
         }
+        self.push_new_blocks(core, old, new);
         self.broadcast_sync(core, false);
         self.enqueue_missing(core);
     }

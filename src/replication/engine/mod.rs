@@ -10,6 +10,7 @@
 
 mod channels;
 mod download;
+mod push;
 mod serve;
 
 use std::{
@@ -275,6 +276,10 @@ pub struct PeerStats {
     pub blocks_up: u64,
     /// Bytes of blocks sent.
     pub bytes_up: u64,
+    /// Blocks pushed to this peer unasked, as it followed a log live (counted in `blocks_up`).
+    pub pushes_sent: u64,
+    /// Pushes from this peer that fit our state and were taken to be verified.
+    pub pushes_taken: u64,
     /// Proofs from this peer that did not verify.
     pub invalid: u64,
     /// Requests refused because the peer asked for too much.
@@ -298,6 +303,8 @@ struct Channel {
     /// Blocks past `remote.contiguous` the remote said it has.
     remote_ranges: Vec<(u64, u64)>,
     requests: HashMap<u64, Sent>,
+    /// A push to this channel is being prepared; our `Sync` waits for it.
+    pushing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -349,6 +356,8 @@ enum TaskCtx {
         start: u64,
         end: u64,
     },
+    /// Preparing a push of new blocks (see the `push` module).
+    Push { peer: PeerId, channel: ChannelId },
     ApplyUpgrade {
         core: CoreKey,
         peer: PeerId,
@@ -623,16 +632,20 @@ impl Engine {
             length: r.local.length,
             contiguous: r.local.contiguous,
             ask,
+            downloading: r.mode == Mode::Full,
         })
     }
 
-    /// Sends our state on every open channel of `core`.
+    /// Sends our state on every open channel of `core`, but those with a push being prepared:
+    /// their `Sync` follows the push.
     fn broadcast_sync(&mut self, core: CoreKey, ask: bool) {
         let Some(info) = self.sync_info(&core, ask) else {
             return;
         };
         for (peer, ch) in self.open_channels(&core) {
-            self.send(peer, ch, Message::Sync(info));
+            if self.channels.get(&ch).is_some_and(|c| !c.pushing) {
+                self.send(peer, ch, Message::Sync(info));
+            }
         }
     }
 

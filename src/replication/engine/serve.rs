@@ -163,7 +163,13 @@ impl Engine {
         self.serve_next(peer);
     }
 
-    fn count_upload(&mut self, core: crate::crypto::CoreKey, peer: PeerId, index: u64, bytes: u64) {
+    pub(super) fn count_upload(
+        &mut self,
+        core: crate::crypto::CoreKey,
+        peer: PeerId,
+        index: u64,
+        bytes: u64,
+    ) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.stats.blocks_up += 1;
             p.stats.bytes_up += bytes;

@@ -13,6 +13,7 @@ pub fn local_info(core: &Hypercore) -> LocalInfo {
         length: info.length,
         byte_length: info.byte_length,
         contiguous: info.contiguous_length,
+        writable: info.writable,
     }
 }
 

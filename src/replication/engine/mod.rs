@@ -59,6 +59,9 @@ pub struct LocalInfo {
     pub byte_length: u64,
     /// Leading blocks stored.
     pub contiguous: u64,
+    /// Whether this node holds the key pair: it makes the new blocks, and pushes them to the
+    /// peers that follow it live.
+    pub writable: bool,
 }
 
 /// Tuning of the engine.
@@ -632,7 +635,7 @@ impl Engine {
             length: r.local.length,
             contiguous: r.local.contiguous,
             ask,
-            downloading: r.mode == Mode::Full,
+            downloading: r.mode == Mode::Full && !r.local.writable,
         })
     }
 

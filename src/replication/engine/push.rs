@@ -1,11 +1,16 @@
-//! Pushing new blocks to peers that follow a log live.
+//! Pushing new blocks from the writer to peers that follow its log live.
 //!
 //! Without it, a new block reaches a caught-up reader in two round trips of messages: our
 //! `Sync`, its `Request`, our `Data`. A reader that downloads everything will ask for the new
-//! block anyway, so when its last `Sync` said it held the whole log at our previous length, we
-//! send it the first new block with the upgrade right away ([`Message::Push`]) and our `Sync`
-//! after it. The reader checks that the push still fits its state and verifies it like any
-//! answer; a push that does not fit is dropped, and the `Sync` behind it starts the usual path.
+//! block anyway, so when its last `Sync` said it held the whole log at our previous length, the
+//! writer sends it the first new block with the upgrade right away ([`Message::Push`]) and its
+//! `Sync` after it. The reader checks that the push still fits its state and verifies it like
+//! any answer; a push that does not fit is dropped, and the `Sync` behind it starts the usual
+//! path.
+//!
+//! Only the writer pushes. Readers that pushed what they just received would send each block
+//! back to where it came from and to every other reader that already has it; behind a reader,
+//! blocks travel the `Sync` → `Request` way.
 
 use std::time::Instant;
 
@@ -17,11 +22,12 @@ use crate::{
 };
 
 impl Engine {
-    /// After the core grew from `old` to `new` on the same fork: starts a push to every channel
-    /// whose remote downloads everything and held the whole log at `old`. Their `Sync` is held
-    /// back until the push is sent (see [`Engine::on_pushed`]).
+    /// After a writable core grew from `old` to `new` on the same fork: starts a push to every
+    /// channel whose remote downloads everything and held the whole log at `old`. Their `Sync`
+    /// is held back until the push is sent (see [`Engine::on_pushed`]).
     pub(super) fn push_new_blocks(&mut self, core: CoreKey, old: LocalInfo, new: LocalInfo) {
-        let grew = new.fork == old.fork && new.length > old.length && old.length > 0;
+        let grew =
+            new.writable && new.fork == old.fork && new.length > old.length && old.length > 0;
         // We must hold the first new block to prove it.
         if !grew || new.contiguous <= old.length {
             return;
@@ -155,12 +161,13 @@ mod tests {
     const PEER: [u8; 32] = [9; 32];
     const CORE: [u8; 32] = [2; 32];
 
-    fn local(length: u64) -> LocalInfo {
+    fn local(length: u64, writable: bool) -> LocalInfo {
         LocalInfo {
             fork: 0,
             length,
             byte_length: length,
             contiguous: length,
+            writable,
         }
     }
 
@@ -176,9 +183,14 @@ mod tests {
 
     /// An engine holding `length` blocks of `CORE` in `mode`, with one open channel to `PEER`
     /// whose remote sent `remote`; its outputs so far are drained. Returns the channel.
-    fn engine_with_peer(length: u64, mode: Mode, remote: Message, now: Instant) -> (Engine, u64) {
+    fn engine_with_peer(
+        local: LocalInfo,
+        mode: Mode,
+        remote: Message,
+        now: Instant,
+    ) -> (Engine, u64) {
         let mut engine = Engine::new([1; 32], EngineConfig::default());
-        engine.add_core(CORE, local(length), mode, now);
+        engine.add_core(CORE, local, mode, now);
         engine.handle(Input::PeerConnected(PEER), now);
         let channel = std::iter::from_fn(|| engine.poll_output())
             .find_map(|o| match o {
@@ -216,8 +228,9 @@ mod tests {
     #[test]
     fn an_append_is_pushed_to_a_caught_up_downloader_before_our_sync() {
         let now = Instant::now();
-        let (mut engine, channel) = engine_with_peer(5, Mode::Full, sync(5, true), now);
-        engine.handle(Input::LocalChanged(CORE, local(7)), now);
+        let (mut engine, channel) =
+            engine_with_peer(local(5, true), Mode::Full, sync(5, true), now);
+        engine.handle(Input::LocalChanged(CORE, local(7, true)), now);
         let out = outputs(&mut engine);
         let (task, request) = out
             .iter()
@@ -248,11 +261,15 @@ mod tests {
     }
 
     #[test]
-    fn no_push_to_a_sparse_peer_or_one_behind() {
+    fn no_push_to_a_sparse_peer_or_one_behind_nor_from_a_reader() {
         let now = Instant::now();
-        for remote in [sync(5, false), sync(4, true)] {
-            let (mut engine, _) = engine_with_peer(5, Mode::Full, remote, now);
-            engine.handle(Input::LocalChanged(CORE, local(6)), now);
+        for (remote, writable) in [
+            (sync(5, false), true),
+            (sync(4, true), true),
+            (sync(5, true), false),
+        ] {
+            let (mut engine, _) = engine_with_peer(local(5, writable), Mode::Full, remote, now);
+            engine.handle(Input::LocalChanged(CORE, local(6, writable)), now);
             let out = outputs(&mut engine);
             assert!(!out.iter().any(|o| matches!(o, Output::Task(..))));
             assert!(
@@ -265,7 +282,8 @@ mod tests {
     #[test]
     fn a_fitting_push_is_applied_and_the_following_sync_asks_nothing() {
         let now = Instant::now();
-        let (mut engine, channel) = engine_with_peer(5, Mode::Full, sync(5, true), now);
+        let (mut engine, channel) =
+            engine_with_peer(local(5, false), Mode::Full, sync(5, true), now);
         engine.handle(
             Input::Message(
                 PEER,
@@ -295,7 +313,7 @@ mod tests {
         let now = Instant::now();
         // Starts below our length, or we follow sparsely.
         for (start, mode) in [(4, Mode::Full), (5, Mode::Sparse)] {
-            let (mut engine, channel) = engine_with_peer(5, mode, sync(5, true), now);
+            let (mut engine, channel) = engine_with_peer(local(5, false), mode, sync(5, true), now);
             engine.handle(
                 Input::Message(
                     PEER,

@@ -1,6 +1,6 @@
 //! Test network 10: a simulation of the sans-IO engine. 100 peers in one process, a fake
 //! clock, random link failures; storage tasks run on real memory stores. Every peer must end
-//! with the full verified log.
+//! with the full verified log, and then follow it live as the writer appends.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -16,6 +16,8 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 const PEERS: usize = 100;
 const BLOCKS: u64 = 300;
+/// Blocks appended one at a time once every peer holds the first `BLOCKS`.
+const LIVE: u64 = 10;
 const STEP: Duration = Duration::from_millis(1);
 
 struct Peer {
@@ -108,6 +110,79 @@ impl Sim {
             }
         }
     }
+
+    /// Runs the network until every peer holds `length` blocks and nothing is in flight, with
+    /// random link failures in the first 3,000 steps if `with_failures`. Returns how many links
+    /// failed.
+    async fn run_until_all_hold(
+        &mut self,
+        length: u64,
+        rng: &mut StdRng,
+        with_failures: bool,
+    ) -> u64 {
+        let mut steps = 0u64;
+        let mut failures = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 2_000_000, "simulation did not converge");
+            self.now += STEP;
+            // Random link failures for the first part of the run; links come back later.
+            if with_failures && steps < 3_000 && rng.random_bool(0.2) {
+                let all: Vec<(usize, usize)> = self.links.iter().copied().collect();
+                if !all.is_empty() {
+                    let (a, b) = all[rng.random_range(0..all.len())];
+                    self.disconnect(a, b);
+                    failures += 1;
+                }
+            }
+            if steps.is_multiple_of(25) {
+                let a = rng.random_range(0..PEERS);
+                let b = rng.random_range(0..PEERS);
+                self.connect(a, b);
+            }
+            // Deliver a batch of messages, then fire due timers.
+            for _ in 0..64 {
+                let Some((p, input)) = self.queue.pop_front() else {
+                    break;
+                };
+                let now = self.now;
+                self.peers[p].engine.handle(input, now);
+                self.drain(p).await;
+            }
+            if self.queue.is_empty() || steps.is_multiple_of(64) {
+                // Nothing to deliver: jump the clock to the next timer.
+                if self.queue.is_empty()
+                    && let Some(t) = self
+                        .peers
+                        .iter()
+                        .filter_map(|p| p.engine.poll_timeout())
+                        .min()
+                {
+                    self.now = self.now.max(t);
+                }
+                for p in 0..PEERS {
+                    if self.peers[p]
+                        .engine
+                        .poll_timeout()
+                        .is_some_and(|t| t <= self.now)
+                    {
+                        let now = self.now;
+                        self.peers[p].engine.handle_timeout(now);
+                        self.drain(p).await;
+                    }
+                }
+            }
+            if self.queue.is_empty()
+                && self
+                    .peers
+                    .iter()
+                    .all(|p| p.core.info().contiguous_length == length)
+            {
+                break;
+            }
+        }
+        failures
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -170,67 +245,7 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
             sim.connect(p, q);
         }
     }
-    let mut steps = 0u64;
-    let mut failures = 0;
-    loop {
-        steps += 1;
-        assert!(steps < 2_000_000, "simulation did not converge");
-        sim.now += STEP;
-        // Random link failures for the first part of the run; links come back later.
-        if steps < 3_000 && rng.random_bool(0.2) {
-            let all: Vec<(usize, usize)> = sim.links.iter().copied().collect();
-            if !all.is_empty() {
-                let (a, b) = all[rng.random_range(0..all.len())];
-                sim.disconnect(a, b);
-                failures += 1;
-            }
-        }
-        if steps.is_multiple_of(25) {
-            let a = rng.random_range(0..PEERS);
-            let b = rng.random_range(0..PEERS);
-            sim.connect(a, b);
-        }
-        // Deliver a batch of messages, then fire due timers.
-        for _ in 0..64 {
-            let Some((p, input)) = sim.queue.pop_front() else {
-                break;
-            };
-            let now = sim.now;
-            sim.peers[p].engine.handle(input, now);
-            sim.drain(p).await;
-        }
-        if sim.queue.is_empty() || steps.is_multiple_of(64) {
-            // Nothing to deliver: jump the clock to the next timer.
-            if sim.queue.is_empty()
-                && let Some(t) = sim
-                    .peers
-                    .iter()
-                    .filter_map(|p| p.engine.poll_timeout())
-                    .min()
-            {
-                sim.now = sim.now.max(t);
-            }
-            for p in 0..PEERS {
-                if sim.peers[p]
-                    .engine
-                    .poll_timeout()
-                    .is_some_and(|t| t <= sim.now)
-                {
-                    let now = sim.now;
-                    sim.peers[p].engine.handle_timeout(now);
-                    sim.drain(p).await;
-                }
-            }
-        }
-        if sim.queue.is_empty()
-            && sim
-                .peers
-                .iter()
-                .all(|p| p.core.info().contiguous_length == BLOCKS)
-        {
-            break;
-        }
-    }
+    let failures = sim.run_until_all_hold(BLOCKS, &mut rng, true).await;
     assert!(failures > 50, "the run had {failures} link failures");
     for p in &sim.peers {
         assert_eq!(p.core.tree_hash(), writer.tree_hash());
@@ -243,4 +258,29 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
         .unwrap()
         .unwrap();
     assert_eq!(&last[..], format!("sim block {}", BLOCKS - 1).as_bytes());
+
+    // Then live: the writer appends one block at a time and every peer follows, the writer's
+    // neighbours by push, the others through them.
+    for i in BLOCKS..BLOCKS + LIVE {
+        writer
+            .append(format!("sim block {i}").into_bytes())
+            .await
+            .unwrap();
+        let now = sim.now;
+        sim.peers[0]
+            .engine
+            .handle(Input::LocalChanged(writer.key(), local_info(&writer)), now);
+        sim.drain(0).await;
+        sim.run_until_all_hold(i + 1, &mut rng, false).await;
+    }
+    for p in &sim.peers {
+        assert_eq!(p.core.tree_hash(), writer.tree_hash());
+    }
+    let pushed: u64 = sim.peers[0]
+        .engine
+        .peer_stats()
+        .iter()
+        .map(|s| s.pushes_sent)
+        .sum();
+    assert!(pushed > 0, "the writer pushed no live block");
 }

@@ -1,14 +1,14 @@
 //! Test networks 1 and 6: two nodes replicate 10,000 blocks (direct and relay-only); a peer
 //! that knows only the discovery key cannot open a channel.
 
-use std::time::Duration;
+#[path = "common/net.rs"]
+mod net;
 
 use iroh_hypercore::{
     Event,
     testnet::{Node, TestNet, Transport},
 };
-
-const WAIT: Duration = Duration::from_secs(60);
+use net::{WAIT, wait_full};
 
 async fn replicate_two(transport: Transport, blocks: u64) {
     let net = TestNet::new().await.unwrap();
@@ -25,11 +25,7 @@ async fn replicate_two(transport: Transport, blocks: u64) {
     let ticket = writer.proto.ticket(&log);
 
     let remote = reader.proto.open_ticket(&ticket).await.unwrap();
-    remote
-        .download(0..blocks)
-        .done(WAIT)
-        .await
-        .expect("full replication");
+    wait_full(&remote, blocks).await;
     assert_eq!(remote.info().length, blocks);
     assert_eq!(remote.info().contiguous_length, blocks);
     assert_eq!(remote.tree_hash(), log.tree_hash());
@@ -45,7 +41,7 @@ async fn replicate_two(transport: Transport, blocks: u64) {
     let mut length = blocks + 1;
     while pushes(&reader, &writer).await == 0 {
         assert!(length < blocks + 100, "no push after 100 live appends");
-        remote.download(0..length).done(WAIT).await.unwrap();
+        wait_full(&remote, length).await;
         log.append(format!("live {length}").into_bytes())
             .await
             .unwrap();
@@ -55,7 +51,7 @@ async fn replicate_two(transport: Transport, blocks: u64) {
     }
     let sent = writer.proto.peer_stats().await.unwrap();
     assert!(sent.iter().any(|s| s.pushes_sent > 0));
-    remote.download(0..length).done(WAIT).await.unwrap();
+    wait_full(&remote, length).await;
     assert_eq!(remote.tree_hash(), log.tree_hash());
     writer.shutdown().await;
     reader.shutdown().await;

@@ -17,7 +17,7 @@ use iroh_hypercore::{
     testnet::{TestNet, Transport},
     tree::{BlockProof, Proof, UpgradeProof},
 };
-use net::{WAIT, append_numbered, wait_event, wait_full};
+use net::{WAIT, wait_event, wait_full, writer_with_log};
 
 const LIE: u64 = 1_000_000;
 
@@ -109,10 +109,7 @@ fn lie_on_accepted(conn: Connection) {
 async fn liars_are_backed_off_and_honest_replication_completes() {
     net::init_tracing();
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("honest").await.unwrap();
-    append_numbered(&log, 0, 3000, 512).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log) = writer_with_log(&net, "honest", 3000, 512).await;
     let reader = net.node(Transport::Direct).await.unwrap();
     let reader_id = *reader.endpoint.id().as_bytes();
 
@@ -236,10 +233,7 @@ async fn liars_are_backed_off_and_honest_replication_completes() {
 async fn a_forged_push_is_rejected_and_live_replication_goes_on() {
     net::init_tracing();
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("pushed").await.unwrap();
-    append_numbered(&log, 0, 10, 64).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log) = writer_with_log(&net, "pushed", 10, 64).await;
     let reader = net.node(Transport::Direct).await.unwrap();
     let reader_id = *reader.endpoint.id().as_bytes();
     let core = reader

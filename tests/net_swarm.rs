@@ -11,7 +11,7 @@ use iroh_hypercore::{
     CoreTicket, Event, StoreOptions,
     testnet::{TestNet, Transport},
 };
-use net::{WAIT, append_numbered, numbered, wait_event, wait_full};
+use net::{WAIT, append_numbered, numbered, wait_event, wait_full, writer_with_log};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_live_including_a_reader_behind_a_reader() {
@@ -71,10 +71,7 @@ async fn five_nodes_live_including_a_reader_behind_a_reader() {
 async fn late_joiner_catches_up_from_readers_while_the_writer_is_offline() {
     net::init_tracing();
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("late").await.unwrap();
-    append_numbered(&log, 0, 2000, 256).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log) = writer_with_log(&net, "late", 2000, 256).await;
     let ticket = writer.proto.ticket(&log);
     let a = net.node(Transport::Direct).await.unwrap();
     let b = net.node(Transport::RelayOnly).await.unwrap();
@@ -116,10 +113,7 @@ async fn download_completes_when_a_seeder_disappears() {
     net::init_tracing();
     const N: u64 = 5_000;
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("big").await.unwrap();
-    append_numbered(&log, 0, N, 1024).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log) = writer_with_log(&net, "big", N, 1024).await;
     let s1 = net.node(Transport::Direct).await.unwrap();
     let s2 = net.node(Transport::Direct).await.unwrap();
     let c1 = s1
@@ -167,10 +161,7 @@ async fn download_completes_when_a_seeder_disappears() {
 async fn a_truncate_on_the_writer_reaches_readers() {
     net::init_tracing();
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("forks").await.unwrap();
-    append_numbered(&log, 0, 100, 32).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log) = writer_with_log(&net, "forks", 100, 32).await;
     let reader = net.node(Transport::Direct).await.unwrap();
     let core = reader
         .proto
@@ -255,10 +246,7 @@ async fn two_hundred_cores_over_one_connection() {
 async fn a_reader_restarts_from_its_file_without_downloading_again() {
     net::init_tracing();
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("resume").await.unwrap();
-    append_numbered(&log, 0, 2000, 128).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log) = writer_with_log(&net, "resume", 2000, 128).await;
     let ticket = writer.proto.ticket(&log);
     let dir = tempfile::tempdir().unwrap();
 

@@ -3,16 +3,10 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-
 use redb::ReadableTable;
 use tokio::sync::broadcast;
 
 use super::events::{CoreEvent, EVENT_CAPACITY};
-
-/// Capacity of each core's channel of wanted ranges.
-const WANT_CAPACITY: usize = 256;
-/// Capacity of each core's channel of verified blocks (a lagging read re-reads storage).
-const VERIFIED_CAPACITY: usize = 64;
 use crate::{
     crypto::{CoreKey, CoreKind, DiscoveryKey, KeyPair, Manifest, Verifier, discovery_key},
     error::{Error, Result},
@@ -22,6 +16,11 @@ use crate::{
     },
     tree::{Node, NodeSource, TreeState},
 };
+
+/// Capacity of each core's channel of wanted ranges.
+const WANT_CAPACITY: usize = 256;
+/// Capacity of each core's channel of verified blocks (a lagging read re-reads storage).
+const VERIFIED_CAPACITY: usize = 64;
 
 /// The header as the storage actor has applied it (ahead of the committed one while a batch is
 /// open), and the events to emit once that batch commits.

@@ -30,8 +30,8 @@ pub struct SyncInfo {
     pub contiguous: u64,
     /// Whether the receiver should answer with its own `Sync` (after a gossip lag, say).
     pub ask: bool,
-    /// Whether the sender downloads every block (full mode). While such a peer holds the whole
-    /// log, a peer that gets new blocks pushes it the first one with its upgrade
+    /// Whether the sender is a reader that downloads every block (full mode). While such a
+    /// peer holds the whole log, the writer pushes it the first new block with its upgrade
     /// ([`Message::Push`]) instead of waiting to be asked.
     pub downloading: bool,
 }
@@ -126,8 +126,8 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
-    /// A new block with the upgrade that signs it, sent unasked to a peer whose last `Sync`
-    /// said it downloads everything and held the whole log: it saves the `Sync` → `Request`
+    /// A new block with the upgrade that signs it, sent unasked by the writer to a peer whose
+    /// last `Sync` said it downloads everything and held the whole log: it saves the `Sync` → `Request`
     /// round trip of following a log live. The receiver verifies it like any answer, and
     /// ignores it if it no longer fits its state. The sender's `Sync` follows it.
     Push {

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use iroh_hypercore::{Event, Hypercore, HypercoreProtocol};
+use iroh_hypercore::{
+    Event, Hypercore, HypercoreProtocol,
+    testnet::{Node, TestNet, Transport},
+};
 use tokio::sync::broadcast;
 
 /// Generous bound for one step of a test on a loaded 2-core machine.
@@ -52,6 +55,15 @@ pub async fn append_numbered(core: &Hypercore, from: u64, n: u64, size: usize) {
     for chunk in blocks.chunks(1000) {
         core.append_batch(chunk.to_vec()).await.unwrap();
     }
+}
+
+/// A direct node writing the log `name` of `n` numbered blocks of `size` bytes, replicated.
+pub async fn writer_with_log(net: &TestNet, name: &str, n: u64, size: usize) -> (Node, Hypercore) {
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named(name).await.unwrap();
+    append_numbered(&log, 0, n, size).await;
+    writer.proto.replicate(&log).await.unwrap();
+    (writer, log)
 }
 
 /// Block `i` of a numbered log: its index, padded to `size` bytes.

@@ -101,8 +101,9 @@ impl Engine {
     }
 
     /// A peer pushed a block with its upgrade. It is applied as an upgrade from that peer if
-    /// it starts at our length, on our fork, while we hold the whole log and no other upgrade
-    /// is under way; otherwise it is dropped (the peer's `Sync` follows it).
+    /// we are a full-mode reader holding the whole log, it starts at our length on our fork, and
+    /// no other upgrade is under way; otherwise it is dropped (the peer's `Sync` follows it).
+    /// A writer takes no pushes: only it can sign new blocks of its log.
     pub(super) fn on_push(&mut self, channel: ChannelId, proof: Proof, now: Instant) {
         let Some(c) = self.channels.get(&channel) else {
             return;
@@ -114,6 +115,7 @@ impl Engine {
         };
         let local = r.local;
         let fits = r.mode == Mode::Full
+            && !local.writable
             && !backed_off
             && r.upgrading.is_none()
             && r.upgrade_proof.is_none()
@@ -152,7 +154,7 @@ impl Engine {
 mod tests {
     use std::time::Instant;
 
-    use super::super::{Engine, EngineConfig, Input, LocalInfo, Mode, Output, Task};
+    use super::super::{Engine, EngineConfig, Input, LocalInfo, Mode, Output, Task, TaskResult};
     use crate::{
         replication::wire::{Message, SyncInfo},
         tree::{BlockProof, Proof, UpgradeProof},
@@ -248,7 +250,7 @@ mod tests {
         );
 
         let proof = pushed_proof(5);
-        let done = super::super::TaskResult::Proof(Ok(proof.clone()));
+        let done = TaskResult::Proof(Ok(proof.clone()));
         engine.handle(Input::TaskDone(task, done), now);
         let sent: Vec<Message> = outputs(&mut engine)
             .into_iter()
@@ -311,9 +313,14 @@ mod tests {
     #[test]
     fn a_push_that_does_not_fit_is_dropped_and_the_sync_path_remains() {
         let now = Instant::now();
-        // Starts below our length, or we follow sparsely.
-        for (start, mode) in [(4, Mode::Full), (5, Mode::Sparse)] {
-            let (mut engine, channel) = engine_with_peer(local(5, false), mode, sync(5, true), now);
+        // Starts below our length, or we follow sparsely, or we are the writer.
+        for (start, mode, writable) in [
+            (4, Mode::Full, false),
+            (5, Mode::Sparse, false),
+            (5, Mode::Full, true),
+        ] {
+            let (mut engine, channel) =
+                engine_with_peer(local(5, writable), mode, sync(5, true), now);
             engine.handle(
                 Input::Message(
                     PEER,
@@ -328,7 +335,7 @@ mod tests {
                 !outputs(&mut engine)
                     .iter()
                     .any(|o| matches!(o, Output::Task(..))),
-                "dropped: push at {start} in {mode:?} mode"
+                "dropped: push at {start} in {mode:?} mode, writable: {writable}"
             );
             engine.handle(Input::Message(PEER, channel, sync(6, true)), now);
             assert!(

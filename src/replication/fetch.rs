@@ -66,7 +66,32 @@ pub struct Assignment {
     pub end: u64,
 }
 
-type BlockKey = (CoreKey, u64);
+/// The queued blocks of one core, keyed by block index.
+#[derive(Debug, Default)]
+struct CoreQueue {
+    entries: BTreeMap<u64, Entry>,
+    /// Entries waiting for a peer.
+    ready: BTreeSet<u64>,
+}
+
+impl CoreQueue {
+    fn set_in_flight(&mut self, index: u64, id: u64) {
+        self.ready.remove(&index);
+        if let Some(e) = self.entries.get_mut(&index) {
+            e.state = EntryState::InFlight(id);
+        }
+    }
+
+    /// An entry back to ready, if it is in the given state.
+    fn make_ready(&mut self, index: u64, from: EntryState) {
+        if let Some(e) = self.entries.get_mut(&index)
+            && e.state == from
+        {
+            e.state = EntryState::Ready;
+            self.ready.insert(index);
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -115,8 +140,8 @@ pub enum PeerNotice {
 #[derive(Debug)]
 pub struct FetchQueue {
     cfg: FetchConfig,
-    entries: BTreeMap<BlockKey, Entry>,
-    ready: BTreeSet<BlockKey>,
+    /// Queued blocks per core, in key order (runs are handed out in that order).
+    cores: BTreeMap<CoreKey, CoreQueue>,
     requests: HashMap<u64, Request>,
     peers: HashMap<PeerId, PeerState>,
     block_size: HashMap<CoreKey, u64>,
@@ -129,8 +154,7 @@ impl FetchQueue {
     pub fn new(cfg: FetchConfig) -> Self {
         Self {
             cfg,
-            entries: BTreeMap::new(),
-            ready: BTreeSet::new(),
+            cores: BTreeMap::new(),
             requests: HashMap::new(),
             peers: HashMap::new(),
             block_size: HashMap::new(),
@@ -141,17 +165,19 @@ impl FetchQueue {
 
     /// Number of blocks in the queue (waiting, in flight or being committed).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.cores.values().map(|q| q.entries.len()).sum()
     }
 
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.cores.values().all(|q| q.entries.is_empty())
     }
 
     /// Whether block `index` of `core` is queued.
     pub fn contains(&self, core: &CoreKey, index: u64) -> bool {
-        self.entries.contains_key(&(*core, index))
+        self.cores
+            .get(core)
+            .is_some_and(|q| q.entries.contains_key(&index))
     }
 
     /// Sets the average block size of `core`, which sizes runs and windows.
@@ -161,13 +187,29 @@ impl FetchQueue {
 
     /// Queues blocks `start..end` of `core` (keeping entries already queued).
     pub fn add(&mut self, core: CoreKey, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let q = self.cores.entry(core).or_default();
+        let new = || Entry {
+            sources: Vec::new(),
+            state: EntryState::Ready,
+        };
+        let beyond = q
+            .entries
+            .last_key_value()
+            .is_none_or(|(last, _)| *last < start);
+        if beyond && end - start >= q.entries.len() as u64 {
+            // A long stretch past everything queued (a log to catch up on): built in bulk.
+            q.entries
+                .append(&mut (start..end).map(|i| (i, new())).collect());
+            q.ready.append(&mut (start..end).collect());
+            return;
+        }
         for index in start..end {
-            self.entries.entry((core, index)).or_insert_with(|| {
-                self.ready.insert((core, index));
-                Entry {
-                    sources: Vec::new(),
-                    state: EntryState::Ready,
-                }
+            q.entries.entry(index).or_insert_with(|| {
+                q.ready.insert(index);
+                new()
             });
         }
     }
@@ -178,7 +220,10 @@ impl FetchQueue {
             return;
         }
         self.peers.entry(peer).or_default();
-        for (_, e) in self.entries.range_mut((core, start)..(core, end)) {
+        let Some(q) = self.cores.get_mut(&core) else {
+            return;
+        };
+        for e in q.entries.range_mut(start..end).map(|(_, e)| e) {
             if !e.sources.contains(&peer) {
                 e.sources.push(peer);
             }
@@ -187,35 +232,32 @@ impl FetchQueue {
 
     /// Forgets every entry and request of `core` (after it changed fork, or stopped replicating).
     pub fn remove_core(&mut self, core: &CoreKey) {
-        self.truncate(core, 0);
+        self.cores.remove(core);
         self.fail_requests(|r| r.core == *core);
     }
 
     /// `peer` no longer serves `core` (its channel closed).
     pub fn remove_source(&mut self, core: &CoreKey, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer && r.core == *core);
-        for (_, e) in self.entries.range_mut((*core, 0)..=(*core, u64::MAX)) {
-            e.sources.retain(|p| p != peer);
+        if let Some(q) = self.cores.get_mut(core) {
+            for e in q.entries.values_mut() {
+                e.sources.retain(|p| p != peer);
+            }
         }
     }
 
     /// Forgets blocks of `core` from `length` on (the log got shorter).
     pub fn truncate(&mut self, core: &CoreKey, length: u64) {
-        let keys: Vec<BlockKey> = self
-            .entries
-            .range((*core, length)..=(*core, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            self.entries.remove(&k);
-            self.ready.remove(&k);
+        if let Some(q) = self.cores.get_mut(core) {
+            q.entries.split_off(&length);
+            q.ready.split_off(&length);
         }
     }
 
     /// The peer went away: its requests fail without penalty and it is no longer a source.
     pub fn remove_peer(&mut self, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer);
-        for e in self.entries.values_mut() {
+        for e in self.cores.values_mut().flat_map(|q| q.entries.values_mut()) {
             e.sources.retain(|p| p != peer);
         }
         self.peers.remove(peer);
@@ -259,43 +301,47 @@ impl FetchQueue {
 
     /// Builds the longest run of ready blocks `peer` has, starting at the first one.
     fn assign(&mut self, peer: PeerId, now: Instant) -> Option<Assignment> {
+        let state = &self.peers[&peer];
+        let room = self.cfg.window_bytes - state.in_flight_bytes;
+        let failed = state.failures > 0;
         let mut run: Option<(CoreKey, u64, u64)> = None;
-        let mut budget = 0;
-        for key in &self.ready {
-            let e = &self.entries[key];
-            let has = e.sources.contains(&peer);
-            match &mut run {
-                None if has => {
-                    let size = self.block_size.get(&key.0).copied().unwrap_or(1024);
-                    let state = &self.peers[&peer];
-                    let room = self.cfg.window_bytes - state.in_flight_bytes;
-                    let max_blocks = if state.failures > 0 {
-                        1
-                    } else {
-                        (self.cfg.run_bytes.min(room) / size).clamp(1, MAX_RUN)
-                    };
-                    budget = max_blocks;
-                    run = Some((key.0, key.1, key.1 + 1));
+        'cores: for (core, q) in &self.cores {
+            let mut budget = 0;
+            for &index in &q.ready {
+                let has = q
+                    .entries
+                    .get(&index)
+                    .is_some_and(|e| e.sources.contains(&peer));
+                match &mut run {
+                    None if has => {
+                        let size = self.block_size.get(core).copied().unwrap_or(1024);
+                        budget = if failed {
+                            1
+                        } else {
+                            (self.cfg.run_bytes.min(room) / size).clamp(1, MAX_RUN)
+                        };
+                        run = Some((*core, index, index + 1));
+                    }
+                    None => {}
+                    Some((_, _, end)) if *end == index && has => *end += 1,
+                    Some(_) => break 'cores,
                 }
-                None => {}
-                Some((core, _, end)) if *core == key.0 && *end == key.1 && has => {
-                    *end += 1;
+                if let Some((_, start, end)) = run
+                    && end - start >= budget
+                {
+                    break 'cores;
                 }
-                Some(_) => break,
             }
-            if let Some((_, start, end)) = run
-                && end - start >= budget
-            {
+            if run.is_some() {
                 break;
             }
         }
         let (core, start, end) = run?;
         let id = self.next_id;
         self.next_id += 1;
-        for index in start..end {
-            self.ready.remove(&(core, index));
-            if let Some(e) = self.entries.get_mut(&(core, index)) {
-                e.state = EntryState::InFlight(id);
+        if let Some(q) = self.cores.get_mut(&core) {
+            for index in start..end {
+                q.set_in_flight(index, id);
             }
         }
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
@@ -338,7 +384,10 @@ impl FetchQueue {
             p.failures = 0;
             p.backoff_until = None;
         }
-        if let Some(e) = self.entries.get_mut(&(core, index))
+        if let Some(e) = self
+            .cores
+            .get_mut(&core)
+            .and_then(|q| q.entries.get_mut(&index))
             && e.state == EntryState::InFlight(id)
         {
             e.state = EntryState::Received;
@@ -364,13 +413,12 @@ impl FetchQueue {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size * gone.len() as u64);
         }
-        for index in gone {
-            if let Some(e) = self.entries.get_mut(&(core, index)) {
-                e.sources.retain(|p| *p != peer);
-                if e.state == EntryState::InFlight(id) {
-                    e.state = EntryState::Ready;
-                    self.ready.insert((core, index));
+        if let Some(q) = self.cores.get_mut(&core) {
+            for index in gone {
+                if let Some(e) = q.entries.get_mut(&index) {
+                    e.sources.retain(|p| *p != peer);
                 }
+                q.make_ready(index, EntryState::InFlight(id));
             }
         }
         if done {
@@ -380,8 +428,10 @@ impl FetchQueue {
 
     /// Block `index` of `core` was verified and committed: it leaves the queue for every peer.
     pub fn on_committed(&mut self, core: &CoreKey, index: u64) {
-        self.entries.remove(&(*core, index));
-        self.ready.remove(&(*core, index));
+        if let Some(q) = self.cores.get_mut(core) {
+            q.entries.remove(&index);
+            q.ready.remove(&index);
+        }
     }
 
     /// Block `index` of `core` from `peer` did not verify: nothing was stored, the block waits
@@ -397,11 +447,8 @@ impl FetchQueue {
     }
 
     fn requeue(&mut self, core: &CoreKey, index: u64) {
-        if let Some(e) = self.entries.get_mut(&(*core, index))
-            && e.state == EntryState::Received
-        {
-            e.state = EntryState::Ready;
-            self.ready.insert((*core, index));
+        if let Some(q) = self.cores.get_mut(core) {
+            q.make_ready(index, EntryState::Received);
         }
     }
 
@@ -490,12 +537,9 @@ impl FetchQueue {
                 .in_flight_bytes
                 .saturating_sub(size * req.outstanding.len() as u64);
         }
-        for index in req.outstanding {
-            if let Some(e) = self.entries.get_mut(&(req.core, index))
-                && e.state == EntryState::InFlight(id)
-            {
-                e.state = EntryState::Ready;
-                self.ready.insert((req.core, index));
+        if let Some(q) = self.cores.get_mut(&req.core) {
+            for index in req.outstanding {
+                q.make_ready(index, EntryState::InFlight(id));
             }
         }
     }
@@ -546,6 +590,50 @@ mod tests {
 
     fn drain(q: &mut FetchQueue, now: Instant) -> Vec<Assignment> {
         std::iter::from_fn(|| q.next_request(now)).collect()
+    }
+
+    #[test]
+    fn overlapping_and_bulk_adds_queue_each_block_once_in_order() {
+        let now = Instant::now();
+        let mut q = FetchQueue::new(FetchConfig {
+            window_bytes: u64::MAX / 2,
+            max_requests: usize::MAX,
+            ..cfg()
+        });
+        q.add(CORE, 10, 20);
+        // Overlaps what is queued: added block by block.
+        q.add(CORE, 0, 15);
+        // Past everything queued and longer than it: built in bulk.
+        q.add(CORE, 40, 1000);
+        // A short stretch past the end, and one inside a gap.
+        q.add(CORE, 1000, 1002);
+        q.add(CORE, 30, 35);
+        assert_eq!(q.len(), 20 + 960 + 2 + 5);
+        q.add_source(CORE, 0, 2000, A);
+        let got: Vec<u64> = drain(&mut q, now)
+            .into_iter()
+            .flat_map(|a| a.start..a.end)
+            .collect();
+        let want: Vec<u64> = (0..20).chain(30..35).chain(40..1002).collect();
+        assert_eq!(got, want);
+        got.iter().for_each(|i| q.on_committed(&CORE, *i));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn runs_never_span_two_cores() {
+        let now = Instant::now();
+        let other: CoreKey = [2; 32];
+        let mut q = FetchQueue::new(cfg());
+        for core in [other, CORE] {
+            q.add(core, 0, 3);
+            q.add_source(core, 0, 3, A);
+        }
+        let runs: Vec<(CoreKey, u64, u64)> = drain(&mut q, now)
+            .into_iter()
+            .map(|a| (a.core, a.start, a.end))
+            .collect();
+        assert_eq!(runs, vec![(CORE, 0, 3), (other, 0, 3)]);
     }
 
     #[test]

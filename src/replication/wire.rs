@@ -4,7 +4,7 @@
 //! range, cancel, extension), plus `RequestRun` for runs of consecutive blocks and `Open`/`Close`
 //! for the channel itself. Decoding never panics and refuses frames over [`MAX_FRAME`].
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -149,16 +149,17 @@ pub enum WireError {
 
 /// Encodes a message as one frame.
 pub fn encode_frame(msg: &Message) -> Result<Bytes, WireError> {
-    let mut buf = BytesMut::with_capacity(64).writer();
-    buf.get_mut().put_u32(0);
-    postcard::to_io(msg, &mut buf).map_err(|e| WireError::Malformed(e.to_string()))?;
-    let mut buf = buf.into_inner();
-    let len = buf.len() - HEADER_LEN;
+    let malformed = |e: postcard::Error| WireError::Malformed(e.to_string());
+    // Sized first, so an oversized message is refused before it is written and the frame is
+    // written once into a buffer of exactly its size.
+    let len = postcard::experimental::serialized_size(msg).map_err(malformed)?;
     if len > MAX_FRAME {
         return Err(WireError::TooLarge(len));
     }
-    buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(buf.freeze())
+    let mut buf = Vec::with_capacity(HEADER_LEN + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    let buf = postcard::to_extend(msg, buf).map_err(malformed)?;
+    Ok(Bytes::from(buf))
 }
 
 /// The body length announced by a frame header, checked against [`MAX_FRAME`].

@@ -33,9 +33,13 @@ use crate::{
     replication::{
         Engine, Event, Input, Mode, Output, PeerId, TaskResult,
         engine::{ChannelId, PeerStats, TaskId},
-        wire::{Message, encode_frame},
+        wire::{Message, encode_frame_into},
     },
 };
+
+/// Frames queued for one stream are handed to QUIC in chunks of about this size: one chunk
+/// per frame cost an allocation each and many small pieces in QUIC's send buffer.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
 pub(crate) enum Command {
@@ -88,7 +92,10 @@ struct ChannelIo {
     peer: PeerId,
     conn_id: usize,
     send: Option<SendStream>,
+    /// Frames waiting to be written, gathered into chunks.
     queue: Vec<Bytes>,
+    /// The chunk being filled, frames back to back.
+    open: Vec<u8>,
     writing: bool,
     closing: bool,
 }
@@ -103,6 +110,8 @@ pub(crate) struct Driver {
     dialing: HashSet<PeerId>,
     addrs: HashMap<PeerId, EndpointAddr>,
     channels: HashMap<ChannelId, ChannelIo>,
+    /// Channels with frames queued since the last flush.
+    unflushed: Vec<ChannelId>,
     next_incoming: ChannelId,
     gossip_senders: HashMap<CoreKey, GossipSender>,
     gossip_bootstrap: HashMap<CoreKey, Vec<EndpointId>>,
@@ -136,6 +145,7 @@ impl Driver {
             dialing: HashSet::new(),
             addrs: HashMap::new(),
             channels: HashMap::new(),
+            unflushed: Vec::new(),
             next_incoming: 1,
             gossip_senders: HashMap::new(),
             gossip_bootstrap: HashMap::new(),
@@ -329,6 +339,9 @@ impl Driver {
                 }
             }
         }
+        for ch in std::mem::take(&mut self.unflushed) {
+            self.flush(ch);
+        }
     }
 
     fn join_gossip(&mut self, key: CoreKey, topic: [u8; 32]) {
@@ -476,6 +489,7 @@ impl Driver {
                         conn_id,
                         send: Some(send),
                         queue: Vec::new(),
+                        open: Vec::new(),
                         writing: false,
                         closing: false,
                     },
@@ -574,6 +588,7 @@ impl Driver {
                 conn_id,
                 send: None,
                 queue: Vec::new(),
+                open: Vec::new(),
                 writing: false,
                 closing: false,
             },
@@ -589,14 +604,22 @@ impl Driver {
         let Some(c) = self.channels.get_mut(&ch) else {
             return;
         };
-        match encode_frame(msg) {
-            Ok(frame) => c.queue.push(frame),
-            Err(e) => {
-                tracing::error!("message not sent: {e}");
-                return;
-            }
+        let idle = c.queue.is_empty() && c.open.is_empty();
+        if c.open.is_empty() && c.writing {
+            // A burst: room for many frames without regrowing.
+            c.open.reserve(CHUNK_BYTES);
         }
-        self.flush(ch);
+        if let Err(e) = encode_frame_into(msg, &mut c.open) {
+            tracing::error!("message not sent: {e}");
+            return;
+        }
+        if c.open.len() >= CHUNK_BYTES {
+            c.queue.push(Bytes::from(std::mem::take(&mut c.open)));
+        }
+        // Written once the engine's outputs of this turn are all queued.
+        if idle {
+            self.unflushed.push(ch);
+        }
     }
 
     /// Starts writing what is queued on a channel, or finishes it once drained if closing.
@@ -606,6 +629,9 @@ impl Driver {
         };
         if c.writing || c.send.is_none() {
             return;
+        }
+        if !c.open.is_empty() {
+            c.queue.push(Bytes::from(std::mem::take(&mut c.open)));
         }
         if c.queue.is_empty() {
             if c.closing {

@@ -149,17 +149,51 @@ pub enum WireError {
 
 /// Encodes a message as one frame.
 pub fn encode_frame(msg: &Message) -> Result<Bytes, WireError> {
-    let malformed = |e: postcard::Error| WireError::Malformed(e.to_string());
-    // Sized first, so an oversized message is refused before it is written and the frame is
-    // written once into a buffer of exactly its size.
-    let len = postcard::experimental::serialized_size(msg).map_err(malformed)?;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
-    }
-    let mut buf = Vec::with_capacity(HEADER_LEN + len);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
-    let buf = postcard::to_extend(msg, buf).map_err(malformed)?;
+    let mut buf = Vec::new();
+    encode_frame_into(msg, &mut buf)?;
     Ok(Bytes::from(buf))
+}
+
+/// Appends a message as one frame to `buf`, where frames queue for one stream. On error
+/// (an oversized message) `buf` is left as it was.
+pub fn encode_frame_into(msg: &Message, buf: &mut Vec<u8>) -> Result<(), WireError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    let written = postcard::serialize_with_flavor(msg, AppendTo(buf))
+        .map_err(|e| WireError::Malformed(e.to_string()))
+        .and_then(|()| {
+            let len = buf.len() - start - HEADER_LEN;
+            if len > MAX_FRAME {
+                return Err(WireError::TooLarge(len));
+            }
+            buf[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+            Ok(())
+        });
+    if written.is_err() {
+        buf.truncate(start);
+    }
+    written
+}
+
+/// A postcard output that appends to a byte vector: values are copied whole, not byte by byte.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// The body length announced by a frame header, checked against [`MAX_FRAME`].
@@ -258,6 +292,28 @@ mod tests {
             frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()),
             Err(WireError::TooLarge(MAX_FRAME + 1))
         );
+    }
+
+    #[test]
+    fn frames_queue_back_to_back_and_a_refused_one_leaves_no_trace() {
+        let (a, b) = (Message::Cancel { id: 1 }, Message::Cancel { id: 2 });
+        let mut buf = Vec::new();
+        encode_frame_into(&a, &mut buf).unwrap();
+        let huge = Message::Extension {
+            name: String::new(),
+            payload: vec![0; MAX_FRAME],
+        };
+        let before = buf.clone();
+        assert!(matches!(
+            encode_frame_into(&huge, &mut buf),
+            Err(WireError::TooLarge(_))
+        ));
+        assert_eq!(buf, before);
+        encode_frame_into(&b, &mut buf).unwrap();
+        let first = HEADER_LEN + frame_len(buf[..HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(decode_frame(&buf).unwrap(), a);
+        assert_eq!(decode_frame(&buf[first..]).unwrap(), b);
+        assert_eq!(buf[first..], encode_frame(&b).unwrap()[..]);
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! peer, and when.
 //!
 //! Entries are keyed by (core, block) and list the peers that have the block. Requests go out as
-//! runs of consecutive blocks from one peer, within a per-peer window of bytes in flight. A
-//! request that times out, or a peer that sends invalid data, puts the peer on exponential
-//! back-off (capped); after its last back-off the peer is dropped from the queue. A block leaves
-//! the queue only when it was verified and committed; until then it is retried from whichever
-//! peer can serve it. Pure state: time comes in as an argument.
+//! runs of consecutive blocks from one peer, within a per-peer window of bytes in flight, and
+//! while the blocks received and not yet stored stay under a cap. A request that times out, or
+//! a peer that sends invalid data, puts the peer on exponential back-off (capped); after its
+//! last back-off the peer is dropped from the queue. A block leaves the queue only when it was
+//! verified and committed; until then it is retried from whichever peer can serve it. Pure
+//! state: time comes in as an argument.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -35,6 +36,9 @@ pub struct FetchConfig {
     pub max_failures: u32,
     /// Requests in flight per peer (a server queues only so many).
     pub max_requests: usize,
+    /// Bytes received and not yet stored, over all peers and cores, beyond which nothing more
+    /// is asked for: what a reader whose disk is slower than the network holds in memory.
+    pub max_held_bytes: u64,
 }
 
 impl Default for FetchConfig {
@@ -47,6 +51,7 @@ impl Default for FetchConfig {
             backoff_max: Duration::from_secs(8),
             max_failures: 6,
             max_requests: 32,
+            max_held_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -106,8 +111,8 @@ enum EntryState {
     Ready,
     /// Asked for in request `id`.
     InFlight(u64),
-    /// Received, being verified and committed.
-    Received,
+    /// Received (`bytes`, as estimated then), being verified and committed.
+    Received(u64),
 }
 
 #[derive(Debug)]
@@ -147,6 +152,8 @@ pub struct FetchQueue {
     block_size: HashMap<CoreKey, u64>,
     notices: Vec<PeerNotice>,
     next_id: u64,
+    /// Bytes of entries in the `Received` state.
+    held_bytes: u64,
 }
 
 impl FetchQueue {
@@ -160,6 +167,7 @@ impl FetchQueue {
             block_size: HashMap::new(),
             notices: Vec::new(),
             next_id: 1,
+            held_bytes: 0,
         }
     }
 
@@ -232,7 +240,9 @@ impl FetchQueue {
 
     /// Forgets every entry and request of `core` (after it changed fork, or stopped replicating).
     pub fn remove_core(&mut self, core: &CoreKey) {
-        self.cores.remove(core);
+        if let Some(q) = self.cores.remove(core) {
+            self.release_held(q.entries.into_values());
+        }
         self.fail_requests(|r| r.core == *core);
     }
 
@@ -249,8 +259,9 @@ impl FetchQueue {
     /// Forgets blocks of `core` from `length` on (the log got shorter).
     pub fn truncate(&mut self, core: &CoreKey, length: u64) {
         if let Some(q) = self.cores.get_mut(core) {
-            q.entries.split_off(&length);
+            let dropped = q.entries.split_off(&length);
             q.ready.split_off(&length);
+            self.release_held(dropped.into_values());
         }
     }
 
@@ -273,6 +284,10 @@ impl FetchQueue {
 
     /// The next request to send at `now`, if a peer has room in its window and a block to give.
     pub fn next_request(&mut self, now: Instant) -> Option<Assignment> {
+        if self.held_bytes >= self.cfg.max_held_bytes {
+            // Storage is behind: wait for commits before asking for more.
+            return None;
+        }
         let mut peers: Vec<PeerId> = self
             .peers
             .iter()
@@ -390,7 +405,8 @@ impl FetchQueue {
             .and_then(|q| q.entries.get_mut(&index))
             && e.state == EntryState::InFlight(id)
         {
-            e.state = EntryState::Received;
+            e.state = EntryState::Received(size);
+            self.held_bytes += size;
         }
         if done {
             self.close_request(id);
@@ -429,8 +445,19 @@ impl FetchQueue {
     /// Block `index` of `core` was verified and committed: it leaves the queue for every peer.
     pub fn on_committed(&mut self, core: &CoreKey, index: u64) {
         if let Some(q) = self.cores.get_mut(core) {
-            q.entries.remove(&index);
             q.ready.remove(&index);
+            if let Some(e) = q.entries.remove(&index) {
+                self.release_held([e]);
+            }
+        }
+    }
+
+    /// Entries that leave the `Received` state no longer count as held.
+    fn release_held(&mut self, left: impl IntoIterator<Item = Entry>) {
+        for e in left {
+            if let EntryState::Received(bytes) = e.state {
+                self.held_bytes = self.held_bytes.saturating_sub(bytes);
+            }
         }
     }
 
@@ -447,8 +474,15 @@ impl FetchQueue {
     }
 
     fn requeue(&mut self, core: &CoreKey, index: u64) {
-        if let Some(q) = self.cores.get_mut(core) {
-            q.make_ready(index, EntryState::Received);
+        let Some(q) = self.cores.get_mut(core) else {
+            return;
+        };
+        if let Some(e) = q.entries.get_mut(&index)
+            && let EntryState::Received(bytes) = e.state
+        {
+            e.state = EntryState::Ready;
+            q.ready.insert(index);
+            self.held_bytes = self.held_bytes.saturating_sub(bytes);
         }
     }
 
@@ -568,6 +602,7 @@ mod tests {
             backoff_max: Duration::from_millis(400),
             max_failures: 3,
             max_requests: 8,
+            max_held_bytes: 1 << 30,
         }
     }
 
@@ -618,6 +653,36 @@ mod tests {
         assert_eq!(got, want);
         got.iter().for_each(|i| q.on_committed(&CORE, *i));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn received_blocks_not_yet_stored_are_capped() {
+        let clock = Clock(Instant::now());
+        let mut q = FetchQueue::new(FetchConfig {
+            max_held_bytes: 32 * 1024,
+            ..cfg()
+        });
+        q.add(CORE, 0, 200);
+        q.add_source(CORE, 0, 200, A);
+        q.set_block_size(CORE, 1024);
+        let asked: Vec<(u64, u64)> = drain(&mut q, clock.at(0))
+            .iter()
+            .flat_map(|a| (a.start..a.end).map(|i| (a.id, i)))
+            .collect();
+        assert_eq!(asked.len(), 64, "a window of 64 KiB");
+        for (id, i) in &asked {
+            assert!(q.on_received(*id, *i, clock.at(1)));
+        }
+        // The window is free again, but 64 KiB wait to be stored: nothing more is asked for.
+        assert_eq!(q.next_request(clock.at(1)), None);
+        for (_, i) in &asked[..32] {
+            q.on_committed(&CORE, *i);
+        }
+        assert_eq!(q.next_request(clock.at(1)), None, "still 32 KiB held");
+        // A failed store, like a commit, stops holding its block, which is asked for again.
+        q.on_store_failed(&CORE, asked[32].1);
+        let next = q.next_request(clock.at(2)).expect("below the cap");
+        assert_eq!(next.start, asked[32].1);
     }
 
     #[test]

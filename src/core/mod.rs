@@ -5,6 +5,7 @@ mod hypercore;
 mod info;
 mod proofs;
 mod reads;
+mod recent;
 mod runs;
 mod state;
 mod wait;

@@ -45,6 +45,10 @@ impl Hypercore {
                 let st = inner.state();
                 (st.committed.tree.clone(), st.committed.manifest.clone())
             };
+            // A block this node just appended: proven from memory, no hop to the blocking pool.
+            if let Some(proof) = inner.recent().prove(&tree, &req) {
+                return Ok(proof);
+            }
             let id = inner.id;
             inner
                 .storage

@@ -6,7 +6,10 @@ use bytes::Bytes;
 use redb::ReadableTable;
 use tokio::sync::broadcast;
 
-use super::events::{CoreEvent, EVENT_CAPACITY};
+use super::{
+    events::{CoreEvent, EVENT_CAPACITY},
+    recent::RecentAppends,
+};
 use crate::{
     crypto::{CoreKey, CoreKind, DiscoveryKey, KeyPair, Manifest, Verifier, discovery_key},
     error::{Error, Result},
@@ -63,6 +66,8 @@ pub(crate) struct CoreInner {
     /// Blocks from peers that verified and are being written: waiting reads take them from
     /// here rather than waiting for the commit.
     pub verified: broadcast::Sender<(u64, Bytes)>,
+    /// The latest local appends, to prove new blocks without a storage read.
+    pub recent: Mutex<RecentAppends>,
 }
 
 impl CoreInner {
@@ -72,6 +77,10 @@ impl CoreInner {
 
     pub fn staged(&self) -> MutexGuard<'_, Staged> {
         self.staged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn recent(&self) -> MutexGuard<'_, RecentAppends> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn emit(&self, ev: CoreEvent) {
@@ -136,6 +145,7 @@ impl CoreInner {
             events: broadcast::channel(EVENT_CAPACITY).0,
             wants: broadcast::channel(WANT_CAPACITY).0,
             verified: broadcast::channel(VERIFIED_CAPACITY).0,
+            recent: Mutex::new(RecentAppends::default()),
         }))
     }
 }

@@ -132,10 +132,12 @@ fn queue_append(
     if base.0 + blocks.len() as u64 > MAX_LENGTH {
         return Err(Error::InvalidArgument("log too long"));
     }
+    let before = st.head.clone();
     let mut nodes = Vec::with_capacity(blocks.len() * 2 + 8);
     for b in &blocks {
         st.head.append(b, &mut nodes);
     }
+    inner.recent().record(&before, &blocks, &nodes);
     st.head.signature = None;
     let tree = st.head.clone();
     let outcome = AppendOutcome {

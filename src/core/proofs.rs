@@ -111,11 +111,12 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
         // upgrade) needs no stored node but the roots: verified in place, without a storage
         // read and its hop to the blocking pool, if its block is small enough to hash on the
         // async runtime. Anything else is verified against storage.
+        let extends = tree.length > 0 && proof.fork == tree.fork;
         let small = proof
             .block
             .as_ref()
             .is_none_or(|b| b.value.len() <= IN_PLACE_MAX_BLOCK);
-        let in_place = small
+        let in_place = (extends && small)
             .then(|| tree::verify_proof(&Roots(&tree.roots), &tree, &verifier, &proof).ok())
             .flatten()
             .filter(|v| !v.reorg);

@@ -6,18 +6,21 @@
 #[path = "common/net.rs"]
 mod net;
 
-use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::{
+    Endpoint,
+    endpoint::{Connection, RecvStream, SendStream},
+};
 use iroh_hypercore::{
-    CoreTicket, Error, Event,
+    CoreTicket, Error, Event, Hypercore,
     crypto::capability::capability,
     replication::{
         gossip::{GossipOp, topic},
         wire::{MAX_FRAME, Message, SyncInfo, decode_body, encode_frame, frame_len},
     },
-    testnet::{TestNet, Transport},
+    testnet::{Node, TestNet, Transport},
     tree::{BlockProof, Proof, UpgradeProof},
 };
-use net::{WAIT, wait_event, wait_full, writer_with_log};
+use net::{WAIT, follower, wait_event, wait_full, writer_with_log};
 
 const LIE: u64 = 1_000_000;
 
@@ -92,17 +95,42 @@ async fn lie_on(mut tx: SendStream, mut rx: RecvStream) {
     }
 }
 
-/// Answers every channel the peer opens on `conn` with lies.
-fn lie_on_accepted(conn: Connection) {
+/// Connects `ep` to `reader` and plays `answer` on a channel of `log` it opens (with a valid
+/// capability: the key is public) and on every channel the reader opens to it, after the
+/// reader's `Open`: the reader may keep its own channel rather than ours.
+async fn play_on_core<F, Fut>(
+    ep: &Endpoint,
+    reader: &Node,
+    log: &Hypercore,
+    answer: F,
+) -> Connection
+where
+    F: Fn(SendStream, RecvStream) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let conn = ep
+        .connect(reader.addr(), iroh_hypercore::ALPN)
+        .await
+        .unwrap();
+    let accepted = conn.clone();
     tokio::spawn(async move {
-        while let Ok((tx, mut rx)) = conn.accept_bi().await {
-            tokio::spawn(async move {
-                // The first message is the peer's Open.
-                let _ = read_msg(&mut rx).await;
-                lie_on(tx, rx).await;
-            });
+        while let Ok((tx, mut rx)) = accepted.accept_bi().await {
+            let _ = read_msg(&mut rx).await;
+            tokio::spawn(answer(tx, rx));
         }
     });
+    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    let open = Message::Open {
+        discovery_key: log.discovery_key(),
+        capability: capability(
+            &log.key(),
+            ep.id().as_bytes(),
+            reader.endpoint.id().as_bytes(),
+        ),
+    };
+    send(&mut tx, &open).await;
+    tokio::spawn(answer(tx, rx));
+    conn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +139,6 @@ async fn liars_are_backed_off_and_honest_replication_completes() {
     let net = TestNet::new().await.unwrap();
     let (writer, log) = writer_with_log(&net, "honest", 3000, 512).await;
     let reader = net.node(Transport::Direct).await.unwrap();
-    let reader_id = *reader.endpoint.id().as_bytes();
 
     // The liar knows the key (it is public) and opens a channel with a valid capability.
     let liar_ep = net.endpoint(Transport::Direct).await.unwrap();
@@ -124,18 +151,8 @@ async fn liars_are_backed_off_and_honest_replication_completes() {
     // The reader follows the ticket of the writer and of the liar.
     let ticket = CoreTicket::new(log.key(), vec![writer.addr()]);
     let core = reader.proto.open_ticket(&ticket).await.unwrap();
-    let conn = liar_ep
-        .connect(reader.addr(), iroh_hypercore::ALPN)
-        .await
-        .unwrap();
-    lie_on_accepted(conn.clone());
-    let (mut tx, rx) = conn.open_bi().await.unwrap();
-    let open = Message::Open {
-        discovery_key: log.discovery_key(),
-        capability: capability(&log.key(), &liar_id, &reader_id),
-    };
-    send(&mut tx, &open).await;
-    tokio::spawn(lie_on(tx, rx));
+    // Kept open for the whole test.
+    let _conn = play_on_core(&liar_ep, &reader, &log, lie_on).await;
 
     // It also lies in gossip.
     let dk = log.discovery_key();
@@ -234,37 +251,13 @@ async fn a_forged_push_is_rejected_and_live_replication_goes_on() {
     net::init_tracing();
     let net = TestNet::new().await.unwrap();
     let (writer, log) = writer_with_log(&net, "pushed", 10, 64).await;
-    let reader = net.node(Transport::Direct).await.unwrap();
-    let reader_id = *reader.endpoint.id().as_bytes();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
+    let (reader, core) = follower(&net, &writer, &log).await;
     wait_full(&core, 10).await;
     let mut events = reader.proto.subscribe();
 
     let liar_ep = net.endpoint(Transport::Direct).await.unwrap();
     let liar_id = *liar_ep.id().as_bytes();
-    let conn = liar_ep
-        .connect(reader.addr(), iroh_hypercore::ALPN)
-        .await
-        .unwrap();
-    // The reader may keep its own channel to us rather than ours: push on whichever it uses.
-    let accepted = conn.clone();
-    tokio::spawn(async move {
-        while let Ok((tx, mut rx)) = accepted.accept_bi().await {
-            let _ = read_msg(&mut rx).await;
-            tokio::spawn(push_forged(tx, rx));
-        }
-    });
-    let (mut tx, rx) = conn.open_bi().await.unwrap();
-    let open = Message::Open {
-        discovery_key: log.discovery_key(),
-        capability: capability(&log.key(), &liar_id, &reader_id),
-    };
-    send(&mut tx, &open).await;
-    tokio::spawn(push_forged(tx, rx));
+    let conn = play_on_core(&liar_ep, &reader, &log, push_forged).await;
 
     wait_event(
         &mut events,

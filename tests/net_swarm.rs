@@ -11,7 +11,7 @@ use iroh_hypercore::{
     CoreTicket, Event, StoreOptions,
     testnet::{TestNet, Transport},
 };
-use net::{WAIT, append_numbered, numbered, wait_event, wait_full, writer_with_log};
+use net::{WAIT, append_numbered, follower, numbered, wait_event, wait_full, writer_with_log};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_live_including_a_reader_behind_a_reader() {
@@ -114,18 +114,8 @@ async fn download_completes_when_a_seeder_disappears() {
     const N: u64 = 5_000;
     let net = TestNet::new().await.unwrap();
     let (writer, log) = writer_with_log(&net, "big", N, 1024).await;
-    let s1 = net.node(Transport::Direct).await.unwrap();
-    let s2 = net.node(Transport::Direct).await.unwrap();
-    let c1 = s1
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
-    let c2 = s2
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
+    let (s1, c1) = follower(&net, &writer, &log).await;
+    let (s2, c2) = follower(&net, &writer, &log).await;
     wait_full(&c1, N).await;
     wait_full(&c2, N).await;
     writer.shutdown().await;
@@ -162,12 +152,7 @@ async fn a_truncate_on_the_writer_reaches_readers() {
     net::init_tracing();
     let net = TestNet::new().await.unwrap();
     let (writer, log) = writer_with_log(&net, "forks", 100, 32).await;
-    let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
+    let (reader, core) = follower(&net, &writer, &log).await;
     wait_full(&core, 100).await;
     let mut events = reader.proto.subscribe();
     log.truncate(50).await.unwrap();

@@ -105,8 +105,6 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
             Some(v) => v,
             None => verifier_from_proof(&inner, &proof)?,
         };
-        let id = inner.id;
-        let (p, v, t) = (proof.clone(), verifier.clone(), tree.clone());
         // A proof that extends the log from its length (a push, or the answer to a live
         // upgrade) needs no stored node but the roots: verified in place, without a storage
         // read and its hop to the blocking pool, if its block is small enough to hash on the
@@ -123,6 +121,8 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
         let (verified, keep) = match in_place {
             Some(verified) => (verified, None),
             None => {
+                let id = inner.id;
+                let (p, v, t) = (proof.clone(), verifier.clone(), tree.clone());
                 inner
                     .storage
                     .read(move |txn| {

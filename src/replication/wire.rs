@@ -1,8 +1,9 @@
 //! Messages on a channel and their framing: a 4-byte big-endian length, then postcard.
 //!
 //! The set follows hypercore's wire protocol (sync, request, data, no-data, want/unwant,
-//! range, cancel, extension), plus `RequestRun` for runs of consecutive blocks and `Open`/`Close`
-//! for the channel itself. Decoding never panics and refuses frames over [`MAX_FRAME`].
+//! range, cancel, extension), plus `RequestRun` for runs of consecutive blocks, `Push` for a
+//! writer's new blocks to live followers, and `Open`/`Close` for the channel itself. Decoding
+//! never panics and refuses frames over [`MAX_FRAME`].
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -127,9 +128,9 @@ pub enum Message {
         payload: Vec<u8>,
     },
     /// A new block with the upgrade that signs it, sent unasked by the writer to a peer whose
-    /// last `Sync` said it downloads everything and held the whole log: it saves the `Sync` → `Request`
-    /// round trip of following a log live. The receiver verifies it like any answer, and
-    /// ignores it if it no longer fits its state. The sender's `Sync` follows it.
+    /// last `Sync` said it downloads everything and held the whole log: it saves the `Sync` →
+    /// `Request` round trip of following a log live. The receiver verifies it like any answer,
+    /// and ignores it if it no longer fits its state. The sender's `Sync` follows it.
     Push {
         /// The proof: the block at the receiver's length, and the upgrade from there.
         proof: Proof,

@@ -66,6 +66,17 @@ pub async fn writer_with_log(net: &TestNet, name: &str, n: u64, size: usize) -> 
     (writer, log)
 }
 
+/// A direct node following `log` of `writer` through its ticket (not waiting for any block).
+pub async fn follower(net: &TestNet, writer: &Node, log: &Hypercore) -> (Node, Hypercore) {
+    let node = net.node(Transport::Direct).await.unwrap();
+    let core = node
+        .proto
+        .open_ticket(&writer.proto.ticket(log))
+        .await
+        .unwrap();
+    (node, core)
+}
+
 /// Block `i` of a numbered log: its index, padded to `size` bytes.
 pub fn numbered(i: u64, size: usize) -> Vec<u8> {
     let mut v = format!("block {i} ").into_bytes();

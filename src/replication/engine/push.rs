@@ -296,11 +296,11 @@ mod tests {
             ),
             now,
         );
-        let out = outputs(&mut engine);
-        assert!(
-            out.iter()
-                .any(|o| matches!(o, Output::Task(_, _, Task::ApplyProof(p)) if p.block.as_ref().map(|b| b.index) == Some(5)))
-        );
+        let applied = outputs(&mut engine).into_iter().find_map(|o| match o {
+            Output::Task(_, _, Task::ApplyProof(p)) => p.block.map(|b| b.index),
+            _ => None,
+        });
+        assert_eq!(applied, Some(5), "the push is applied as an upgrade");
         engine.handle(Input::Message(PEER, channel, sync(6, true)), now);
         let out = outputs(&mut engine);
         assert!(

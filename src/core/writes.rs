@@ -20,6 +20,10 @@ use crate::{
     tree::{MAX_LENGTH, Node, NodeSource, TreeState, flat},
 };
 
+/// Appends of at most this many bytes may commit on the appender's thread (relaxed
+/// durability, idle storage thread): their write takes a few microseconds.
+const SMALL_APPEND_BYTES: usize = 64 * 1024;
+
 /// Largest block accepted, local or remote (8 MiB); bigger values belong in blobs.
 pub const MAX_BLOCK_SIZE: usize = 8 * 1024 * 1024;
 
@@ -145,7 +149,8 @@ fn queue_append(
         byte_length: tree.byte_length,
     };
     let op_inner = inner.clone();
-    let commit = inner.storage.write(move |ctx| {
+    let small = blocks.iter().map(|b| b.len()).sum::<usize>() <= SMALL_APPEND_BYTES;
+    let op = move |ctx: &mut WriteCtx<'_, '_>| {
         check_base(&op_inner, base)?;
         let id = op_inner.id;
         {
@@ -169,7 +174,8 @@ fn queue_append(
         }
         stage_header(ctx, &op_inner);
         Ok(())
-    });
+    };
+    let commit = inner.storage.write_sized(small, op);
     Ok((commit, outcome))
 }
 

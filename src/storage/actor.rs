@@ -1,12 +1,15 @@
-//! The storage actor: one thread owns all writes and commits queued writes together.
+//! The storage actor: writes are queued in call order and committed together (group commit)
+//! by one storage thread, or, for a small write with relaxed durability while the database is
+//! free, by the caller's own first poll.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
+    pin::Pin,
     sync::{
-        Arc,
+        Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
-        mpsc,
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -112,9 +115,25 @@ impl<'t> WriteCtx<'_, 't> {
 }
 
 enum Request {
-    Write(WriteFn, Reply),
+    /// A write; `small` ones may run on the caller's thread (see [`ActorHandle::write`]).
+    Write {
+        op: WriteFn,
+        reply: Reply,
+        small: bool,
+    },
     Flush(Reply),
     Close(Reply),
+}
+
+impl Request {
+    fn is_small_write(&self) -> bool {
+        matches!(self, Request::Write { small: true, .. })
+    }
+
+    fn answer(self, result: Result<(), StorageError>) {
+        let (Request::Write { reply, .. } | Request::Flush(reply) | Request::Close(reply)) = self;
+        let _ = reply.send(result);
+    }
 }
 
 /// Counters of the storage actor.
@@ -126,6 +145,9 @@ pub struct StorageStats {
     pub durable_commits: u64,
     /// Writes applied.
     pub writes: u64,
+    /// Of the commits, those made on the writer's own thread (small writes with relaxed
+    /// durability while the storage thread was idle).
+    pub inline_commits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -133,13 +155,54 @@ struct Counters {
     commits: AtomicU64,
     durable_commits: AtomicU64,
     writes: AtomicU64,
+    inline_commits: AtomicU64,
+}
+
+/// Most queued small writes one caller commits on its own thread.
+const MAX_INLINE: usize = 16;
+
+/// Requests not yet taken, in call order, and what the storage thread sleeps on.
+#[derive(Default)]
+struct Queue {
+    requests: VecDeque<Request>,
+    /// Set while non-durable commits wait for a durable one.
+    dirty_since: Option<Instant>,
+    /// The actor closed: new requests are answered with [`StorageError::Closed`].
+    closed: bool,
+}
+
+/// State shared by the handle, the storage thread and callers committing inline.
+///
+/// Lock order: `writer` before `queue`; nobody waits for `writer` while holding `queue`.
+/// Requests leave the queue only under `writer`, so commits happen in call order whoever
+/// makes them.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the storage thread: a request arrived, or commits became non-durable.
+    wake: Condvar,
+    /// The database, held by whoever commits; `None` once closed.
+    writer: Mutex<Option<Arc<redb::Database>>>,
+    durability: Durability,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("durability", &self.durability)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The sending side of the actor.
 #[derive(Debug)]
 pub(super) struct ActorHandle {
-    tx: mpsc::Sender<Request>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl ActorHandle {
@@ -147,62 +210,68 @@ impl ActorHandle {
         db: Arc<redb::Database>,
         durability: Durability,
     ) -> Result<Self, StorageError> {
-        let (tx, rx) = mpsc::channel();
-        let counters = Arc::new(Counters::default());
-        let actor = Actor {
-            db,
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            writer: Mutex::new(Some(db)),
             durability,
-            counters: counters.clone(),
-            dirty_since: None,
-        };
+            counters: Counters::default(),
+        });
+        let thread = shared.clone();
         std::thread::Builder::new()
             .name("hypercore-storage".into())
-            .spawn(move || actor.run(rx))
+            .spawn(move || thread.run())
             .map_err(|e| StorageError::Database(format!("cannot start storage thread: {e}")))?;
-        Ok(Self { tx, counters })
+        Ok(Self { shared })
     }
 
-    fn send(
-        &self,
-        req: Request,
-        rx: oneshot::Receiver<Result<(), StorageError>>,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
-        let sent = self.tx.send(req).is_ok();
-        async move {
-            if !sent {
-                return Err(StorageError::Closed);
+    /// Queues `req` and, unless it may run inline, wakes the storage thread.
+    fn send(&self, req: Request, rx: oneshot::Receiver<Result<(), StorageError>>) -> PendingWrite {
+        let inline = req.is_small_write() && self.shared.durability == Durability::Relaxed;
+        {
+            let mut q = lock(&self.shared.queue);
+            if q.closed {
+                drop(q);
+                req.answer(Err(StorageError::Closed));
+                return PendingWrite { inline: None, rx };
             }
-            rx.await.unwrap_or(Err(StorageError::Closed))
+            q.requests.push_back(req);
+        }
+        if !inline {
+            self.shared.wake.notify_one();
+        }
+        PendingWrite {
+            inline: inline.then(|| self.shared.clone()),
+            rx,
         }
     }
 
-    pub(super) fn write(
-        &self,
-        op: WriteFn,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
-        let (r, rx) = oneshot::channel();
-        self.send(Request::Write(op, r), rx)
+    /// Queues a write. With relaxed durability a `small` write is committed by the future's
+    /// first poll on the caller's thread when nothing else holds the database, which saves two
+    /// thread hand-offs (about 50 µs on a small VM) per awaited append; otherwise, and always
+    /// with durable commits (an fsync must not block the runtime), the storage thread commits.
+    pub(super) fn write(&self, op: WriteFn, small: bool) -> PendingWrite {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Write { op, reply, small }, rx)
     }
 
-    pub(super) fn flush(
-        &self,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
+    pub(super) fn flush(&self) -> PendingWrite {
         let (r, rx) = oneshot::channel();
         self.send(Request::Flush(r), rx)
     }
 
-    pub(super) fn close(
-        &self,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
+    pub(super) fn close(&self) -> PendingWrite {
         let (r, rx) = oneshot::channel();
         self.send(Request::Close(r), rx)
     }
 
     pub(super) fn stats(&self) -> StorageStats {
+        let c = &self.shared.counters;
         StorageStats {
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            durable_commits: self.counters.durable_commits.load(Ordering::Relaxed),
-            writes: self.counters.writes.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            durable_commits: c.durable_commits.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            inline_commits: c.inline_commits.load(Ordering::Relaxed),
         }
     }
 }
@@ -210,80 +279,192 @@ impl ActorHandle {
 impl Drop for ActorHandle {
     fn drop(&mut self) {
         let (reply, _rx) = oneshot::channel();
-        let _ = self.tx.send(Request::Close(reply));
+        lock(&self.shared.queue)
+            .requests
+            .push_back(Request::Close(reply));
+        self.shared.wake.notify_one();
     }
 }
 
-struct Actor {
-    db: Arc<redb::Database>,
-    durability: Durability,
-    counters: Arc<Counters>,
-    /// Set while non-durable commits wait for a durable one.
-    dirty_since: Option<Instant>,
+/// The answer to one queued request. A small write with relaxed durability is committed at the
+/// first poll if it can be; dropping the future never cancels the request.
+#[derive(Debug)]
+#[must_use = "a write is queued either way; poll to learn its result"]
+pub(super) struct PendingWrite {
+    /// Set until the request was tried inline or handed to the storage thread.
+    inline: Option<Arc<Shared>>,
+    rx: oneshot::Receiver<Result<(), StorageError>>,
 }
 
-impl Actor {
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
+impl Future for PendingWrite {
+    type Output = Result<(), StorageError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(shared) = self.inline.take() {
+            shared.commit_inline();
+        }
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StorageError::Closed)))
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if let Some(shared) = self.inline.take() {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+impl Shared {
+    /// Commits the queued requests on this thread if they are all small writes and the
+    /// database is free; otherwise leaves them to the storage thread.
+    fn commit_inline(&self) {
+        if let Ok(mut writer) = self.writer.try_lock()
+            && let Some(db) = writer.as_mut()
+        {
+            let batch: Vec<Request> = {
+                let mut q = lock(&self.queue);
+                let all_small = q.requests.len() <= MAX_INLINE
+                    && q.requests.iter().all(Request::is_small_write);
+                if all_small {
+                    q.requests.drain(..).collect()
+                } else {
+                    Vec::new()
+                }
+            };
+            if !batch.is_empty() {
+                let db = db.clone();
+                let was_dirty = lock(&self.queue).dirty_since.is_some();
+                self.counters.inline_commits.fetch_add(1, Ordering::Relaxed);
+                self.process(&db, batch);
+                drop(writer);
+                if !was_dirty {
+                    // The storage thread owes a durable commit within the window now.
+                    self.wake.notify_one();
+                }
+                return;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The storage thread: takes queued requests in order and commits them together; with
+    /// relaxed durability it also makes a durable commit at most [`RELAXED_WINDOW`] after the
+    /// first non-durable one.
+    fn run(self: Arc<Self>) {
         loop {
-            let first = match self.dirty_since {
-                Some(since) => {
-                    let wait = RELAXED_WINDOW.saturating_sub(since.elapsed());
-                    match rx.recv_timeout(wait) {
-                        Ok(r) => r,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = self.commit_batch(Vec::new(), true) {
-                                tracing::warn!("periodic durable commit failed: {e}");
+            let periodic = {
+                let mut q = lock(&self.queue);
+                loop {
+                    if !q.requests.is_empty() {
+                        break false;
+                    }
+                    match q.dirty_since {
+                        Some(since) => {
+                            let wait = RELAXED_WINDOW.saturating_sub(since.elapsed());
+                            if wait.is_zero() {
+                                break true;
                             }
-                            continue;
+                            q = self
+                                .wake
+                                .wait_timeout(q, wait)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
                         }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        None => q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner()),
                     }
                 }
-                None => match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
-                },
             };
-            let mut writes = Vec::new();
-            let mut barriers = Vec::new();
-            let mut closing = None;
-            let mut next = Some(first);
-            while let Some(req) = next.take() {
-                match req {
-                    Request::Write(op, reply) => writes.push((op, reply)),
-                    Request::Flush(reply) => barriers.push(reply),
-                    Request::Close(reply) => {
-                        closing = Some(reply);
+            let mut writer = lock(&self.writer);
+            let Some(db) = writer.clone() else {
+                // Closed: answer whatever came after the close.
+                let mut q = lock(&self.queue);
+                q.closed = true;
+                q.requests
+                    .drain(..)
+                    .for_each(|r| r.answer(Err(StorageError::Closed)));
+                return;
+            };
+            if periodic {
+                if lock(&self.queue).dirty_since.is_some()
+                    && let Err(e) = self.run_batch(&db, Vec::new(), true).1
+                {
+                    tracing::warn!("periodic durable commit failed: {e}");
+                }
+                continue;
+            }
+            let batch: Vec<Request> = {
+                let mut q = lock(&self.queue);
+                let mut n = 0;
+                let mut writes = 0;
+                for r in &q.requests {
+                    n += 1;
+                    match r {
+                        Request::Close(_) => break,
+                        Request::Write { .. } => writes += 1,
+                        Request::Flush(_) => {}
+                    }
+                    if writes == MAX_BATCH {
                         break;
                     }
                 }
-                if writes.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
-                }
-            }
-            let durable =
-                self.durability == Durability::Durable || !barriers.is_empty() || closing.is_some();
-            let (replies, result) = self.run_batch(writes, durable);
-            for (reply, r) in replies {
-                let _ = reply.send(r);
-            }
-            for reply in barriers {
-                let _ = reply.send(result.clone());
-            }
-            if let Some(reply) = closing {
+                q.requests.drain(..n).collect()
+            };
+            if let Some((reply, result)) = self.process(&db, batch) {
                 // Release the database before answering, so the caller can reopen the file.
-                drop(self);
+                *writer = None;
+                drop((writer, db));
+                let mut q = lock(&self.queue);
+                q.closed = true;
+                let rest: Vec<Request> = q.requests.drain(..).collect();
+                drop(q);
+                rest.into_iter()
+                    .for_each(|r| r.answer(Err(StorageError::Closed)));
                 let _ = reply.send(result);
                 return;
             }
         }
-        if self.dirty_since.is_some() {
-            let _ = self.commit_batch(Vec::new(), true);
+    }
+
+    /// Commits `batch` (requests in call order) in one transaction and answers each request
+    /// but a close, which is returned with its result: it is answered once the database is
+    /// released.
+    fn process(
+        &self,
+        db: &redb::Database,
+        batch: Vec<Request>,
+    ) -> Option<(Reply, Result<(), StorageError>)> {
+        let mut writes = Vec::new();
+        let mut barriers = Vec::new();
+        let mut closing = None;
+        for req in batch {
+            match req {
+                Request::Write { op, reply, .. } => writes.push((op, reply)),
+                Request::Flush(reply) => barriers.push(reply),
+                Request::Close(reply) => closing = Some(reply),
+            }
         }
+        let durable =
+            self.durability == Durability::Durable || !barriers.is_empty() || closing.is_some();
+        let (replies, result) = self.run_batch(db, writes, durable);
+        for (reply, r) in replies {
+            let _ = reply.send(r);
+        }
+        for reply in barriers {
+            let _ = reply.send(result.clone());
+        }
+        closing.map(|reply| (reply, result))
     }
 
     /// Applies `writes` in one transaction; returns each write's answer and the commit result.
-    fn run_batch(&mut self, writes: Vec<(WriteFn, Reply)>, durable: bool) -> BatchOutcome {
+    fn run_batch(
+        &self,
+        db: &redb::Database,
+        writes: Vec<(WriteFn, Reply)>,
+        durable: bool,
+    ) -> BatchOutcome {
         if writes.is_empty() && !durable {
             return (Vec::new(), Ok(()));
         }
@@ -293,7 +474,7 @@ impl Actor {
         let mut on_commit = Vec::new();
         let mut on_abort = Vec::new();
         let result = (|| {
-            let txn = self.db.begin_write()?;
+            let txn = db.begin_write()?;
             let mut finalizers = BTreeMap::new();
             let mut tables = OpenTables::default();
             for (op, answer) in ops.into_iter().zip(answers.iter_mut()) {
@@ -332,36 +513,143 @@ impl Actor {
         (replies.into_iter().zip(answers).collect(), result)
     }
 
-    fn commit_batch(
-        &mut self,
-        writes: Vec<(WriteFn, Reply)>,
-        durable: bool,
-    ) -> Result<(), StorageError> {
-        let (replies, result) = self.run_batch(writes, durable);
-        for (reply, r) in replies {
-            let _ = reply.send(r);
-        }
-        result
-    }
-
-    fn commit(
-        &mut self,
-        mut txn: redb::WriteTransaction,
-        durable: bool,
-    ) -> Result<(), StorageError> {
+    fn commit(&self, mut txn: redb::WriteTransaction, durable: bool) -> Result<(), StorageError> {
         if !durable {
             txn.set_durability(redb::Durability::None)?;
         }
         txn.commit()?;
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        let mut q = lock(&self.queue);
         if durable {
             self.counters
                 .durable_commits
                 .fetch_add(1, Ordering::Relaxed);
-            self.dirty_since = None;
-        } else if self.dirty_since.is_none() {
-            self.dirty_since = Some(Instant::now());
+            q.dirty_since = None;
+        } else if q.dirty_since.is_none() {
+            q.dirty_since = Some(Instant::now());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition, backends::InMemoryBackend};
+
+    use super::*;
+
+    const LOG: TableDefinition<u64, u64> = TableDefinition::new("log");
+
+    fn actor(durability: Durability) -> (ActorHandle, Arc<redb::Database>) {
+        let db = redb::Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let db = Arc::new(db);
+        (ActorHandle::spawn(db.clone(), durability).unwrap(), db)
+    }
+
+    /// A write that records `n` in the table and in `order` when it runs.
+    fn record(n: u64, order: &Arc<StdMutex<Vec<u64>>>) -> WriteFn {
+        let order = order.clone();
+        Box::new(move |ctx| {
+            ctx.txn.open_table(LOG)?.insert(n, n)?;
+            order.lock().unwrap().push(n);
+            Ok(())
+        })
+    }
+
+    fn stored(db: &redb::Database) -> Vec<u64> {
+        let txn = db.begin_read().unwrap();
+        match txn.open_table(LOG) {
+            Ok(table) => table
+                .iter()
+                .unwrap()
+                .map(|r| r.unwrap().0.value())
+                .collect(),
+            Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn relaxed_small_writes_commit_inline_then_durably_within_the_window() {
+        let (actor, db) = actor(Durability::Relaxed);
+        let order = Arc::new(StdMutex::new(Vec::new()));
+        for n in 0..50 {
+            actor.write(record(n, &order), true).await.unwrap();
+        }
+        let stats = actor.stats();
+        assert_eq!(stats.inline_commits, 50, "{stats:?}");
+        assert_eq!(stored(&db), (0..50).collect::<Vec<_>>());
+        // The storage thread still owes a durable commit, made within the window.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while actor.stats().durable_commits == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("no durable commit after inline commits");
+    }
+
+    #[tokio::test]
+    async fn durable_writes_never_commit_inline() {
+        let (actor, db) = actor(Durability::Durable);
+        let order = Arc::new(StdMutex::new(Vec::new()));
+        for n in 0..10 {
+            actor.write(record(n, &order), true).await.unwrap();
+        }
+        let stats = actor.stats();
+        assert_eq!(stats.inline_commits, 0);
+        assert_eq!(stats.durable_commits, 10);
+        assert_eq!(stored(&db).len(), 10);
+    }
+
+    #[tokio::test]
+    async fn an_inline_write_never_overtakes_an_earlier_large_one() {
+        let (actor, db) = actor(Durability::Relaxed);
+        let order = Arc::new(StdMutex::new(Vec::new()));
+        let large = actor.write(record(1, &order), false);
+        let small = actor.write(record(2, &order), true);
+        let later = actor.write(record(3, &order), true);
+        // Polled in reverse: whoever commits, call order is commit order.
+        later.await.unwrap();
+        small.await.unwrap();
+        large.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), vec![1, 2, 3]);
+        assert_eq!(stored(&db), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_small_write_still_commits() {
+        let (actor, db) = actor(Durability::Relaxed);
+        let order = Arc::new(StdMutex::new(Vec::new()));
+        drop(actor.write(record(7, &order), true));
+        // No other request wakes the storage thread: dropping the future must.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while stored(&db).is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the dropped write was never committed");
+        assert_eq!(stored(&db), vec![7]);
+    }
+
+    #[tokio::test]
+    async fn writes_after_close_fail_and_the_database_is_released() {
+        let (actor, db) = actor(Durability::Relaxed);
+        let order = Arc::new(StdMutex::new(Vec::new()));
+        actor.write(record(1, &order), true).await.unwrap();
+        actor.close().await.unwrap();
+        assert_eq!(
+            Arc::strong_count(&db),
+            1,
+            "the actor still holds the database"
+        );
+        let err = actor.write(record(2, &order), true).await.unwrap_err();
+        assert!(matches!(err, StorageError::Closed), "{err:?}");
+        assert_eq!(stored(&db), vec![1]);
     }
 }

@@ -1,5 +1,6 @@
-//! Storage: one redb database per store (a file, or redb's in-memory backend), written only
-//! by one storage actor thread that batches queued writes into one transaction (group commit).
+//! Storage: one redb database per store (a file, or redb's in-memory backend). Writes are
+//! queued in call order and committed together (group commit) by one storage actor thread;
+//! with relaxed durability a small write may be committed by its caller when the thread is idle.
 //!
 //! Reads use redb read transactions on tokio's blocking pool, so they never block the runtime.
 
@@ -104,7 +105,22 @@ impl Storage {
     where
         F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<(), StorageError> + Send + 'static,
     {
-        self.shared.actor.write(Box::new(op))
+        self.shared.actor.write(Box::new(op), false)
+    }
+
+    /// Like [`Storage::write`]; a `small` write is one that takes a few microseconds (one
+    /// small append). With relaxed durability, when nothing else holds the database, the
+    /// future's first poll commits a small write on the caller's thread instead of handing it
+    /// to the storage thread and back. Durable commits always run on the storage thread.
+    pub fn write_sized<F>(
+        &self,
+        small: bool,
+        op: F,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<F>
+    where
+        F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<(), StorageError> + Send + 'static,
+    {
+        self.shared.actor.write(Box::new(op), small)
     }
 
     /// Runs `f` in a read transaction on the blocking pool.

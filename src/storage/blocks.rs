@@ -4,11 +4,14 @@
 //!
 //! redb keeps a value inside a B-tree leaf page whose size is a power of two. A row per 1 KiB
 //! block fills a 4 KiB page with three rows and splits a page every few inserts; a 1 MiB or
-//! 64 KiB block, with its key and the page header, takes a page twice its size. So every chunk
-//! stays under [`CHUNK_BYTES`] (one 16 KiB page) and every piece under [`LARGE_PIECE_BYTES`]
-//! (one 64 KiB page): measured on redb 4.4, 1,000 × 1 KiB blocks write 2.6× faster as chunks
-//! of 15 than as 1,000 rows, a random read is as fast, and 1 MiB blocks written whole took
-//! twice the disk space and 1.9× the time of blocks 8 KiB smaller.
+//! 64 KiB block, with its key and the page header, takes a page twice its size. So every row
+//! stays under [`CHUNK_BYTES`] (one 64 KiB page), and the tail of a large block goes in pieces
+//! under [`TAIL_PIECE_BYTES`] (one 16 KiB page) so that it wastes little of its page. Measured
+//! on redb 4.4: 1,000 × 1 KiB blocks write 2.6× faster as chunks of 15 than as 1,000 rows;
+//! 1 MiB blocks written whole took twice the disk space and 1.9× the time of blocks 8 KiB
+//! smaller; rows of 64 KiB rather than 16 KiB write 1 MiB blocks 1.3–1.7× and batches of
+//! 1 KiB blocks about 1.2× faster, and a random read is about as fast. Readers take rows of
+//! any size up to a block's length, so files written with 16 KiB rows read the same.
 //!
 //! Rows of `BLOCKS`: key `(core id, first block index)`, value either a chunk,
 //! `u32le count ‖ u32le end offset of each block ‖ the blocks' bytes`, or the marker of one
@@ -23,16 +26,13 @@ use super::{
     schema::{BLOCKS, PIECES},
 };
 
-/// Most bytes in one row (a chunk, or a piece of a large block), so that the row and its key
-/// fit in a 16 KiB redb page.
-pub const CHUNK_BYTES: usize = 16 * 1024 - 512;
+/// Most bytes in one row (a chunk, or a full piece of a large block), so that the row and its
+/// key fit in a 64 KiB redb page.
+pub const CHUNK_BYTES: usize = 64 * 1024 - 512;
 
-/// Bytes of each full piece of a large block, so that the piece and its key fit in a 64 KiB
-/// redb page; the tail of a block goes in pieces of at most [`CHUNK_BYTES`], so that it wastes
-/// no more of a page than a chunk does. Measured on redb 4.4 (fsynced commits of eight 1 MiB
-/// blocks), pieces of this size write 1.3–1.7× faster than pieces of [`CHUNK_BYTES`]; readers
-/// take pieces of any size.
-pub const LARGE_PIECE_BYTES: usize = 64 * 1024 - 512;
+/// Most bytes in a piece of the tail of a large block (what is left after full pieces), so
+/// that the piece and its key fit in a 16 KiB redb page.
+pub const TAIL_PIECE_BYTES: usize = 16 * 1024 - 512;
 
 /// Most bytes reserved up front when reassembling a large block.
 const PREALLOC_MAX: u64 = 16 * 1024 * 1024;
@@ -407,10 +407,10 @@ impl<'a, 't> BlocksWrite<'a, 't> {
         let mut rest = value;
         let mut n = 0u32;
         while !rest.is_empty() {
-            let size = if rest.len() >= LARGE_PIECE_BYTES {
-                LARGE_PIECE_BYTES
+            let size = if rest.len() >= CHUNK_BYTES {
+                CHUNK_BYTES
             } else {
-                rest.len().min(CHUNK_BYTES)
+                rest.len().min(TAIL_PIECE_BYTES)
             };
             let (piece, tail) = rest.split_at(size);
             self.pieces.insert((id, index, n), piece)?;
@@ -571,8 +571,8 @@ mod tests {
             assert!(v.value().len() <= CHUNK_BYTES);
         }
         drop(pieces);
-        // Full pieces of a bigger block are larger; its tail is cut as above.
-        let big = LARGE_PIECE_BYTES * 2 + CHUNK_BYTES + 10;
+        // Full pieces hold CHUNK_BYTES; the rest goes in pieces of at most TAIL_PIECE_BYTES.
+        let big = CHUNK_BYTES * 2 + TAIL_PIECE_BYTES + 10;
         write(&db, |w| w.put(1, 3, &[&value(3, big)]).unwrap());
         let txn = db.begin_read().unwrap();
         let pieces = txn.open_table(PIECES).unwrap();
@@ -581,10 +581,7 @@ mod tests {
             .unwrap()
             .map(|p| p.unwrap().1.value().len())
             .collect();
-        assert_eq!(
-            sizes,
-            [LARGE_PIECE_BYTES, LARGE_PIECE_BYTES, CHUNK_BYTES, 10]
-        );
+        assert_eq!(sizes, [CHUNK_BYTES, CHUNK_BYTES, TAIL_PIECE_BYTES, 10]);
         let r = BlocksRead::open(&txn).unwrap();
         assert_eq!(r.view().get(1, 3).unwrap(), Some(value(3, big)));
         let t = r.view();
@@ -601,6 +598,36 @@ mod tests {
         );
         let r = BlocksRead::open(&txn).unwrap();
         assert_eq!(r.view().present(1, 0, 10).unwrap(), vec![0..1, 2..4]);
+    }
+
+    #[test]
+    fn rows_written_with_the_older_16_kib_size_read_back() {
+        let db = db();
+        let old_piece = 16 * 1024 - 512;
+        let big = value(0, old_piece * 3 + 7);
+        let small: Vec<Vec<u8>> = (1..16).map(|i| value(i, 1000)).collect();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut chunks = txn.open_table(BLOCKS).unwrap();
+            let mut pieces = txn.open_table(PIECES).unwrap();
+            let mut marker = [0u8; 12];
+            marker[4..].copy_from_slice(&(big.len() as u64).to_le_bytes());
+            chunks.insert((1, 0), marker.as_slice()).unwrap();
+            for (n, p) in big.chunks(old_piece).enumerate() {
+                pieces.insert((1, 0, n as u32), p).unwrap();
+            }
+            let values: Vec<&[u8]> = small.iter().map(Vec::as_slice).collect();
+            let mut row = vec![0u8; encoded_len(&values)];
+            encode_into(&values, &mut row);
+            chunks.insert((1, 1), row.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        let txn = db.begin_read().unwrap();
+        let r = BlocksRead::open(&txn).unwrap();
+        assert_eq!(r.view().get(1, 0).unwrap(), Some(big));
+        for (i, v) in small.iter().enumerate() {
+            assert_eq!(r.view().get(1, i as u64 + 1).unwrap().as_ref(), Some(v));
+        }
     }
 
     #[test]

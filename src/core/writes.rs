@@ -152,12 +152,7 @@ fn queue_append(
     let small = blocks.iter().map(|b| b.len()).sum::<usize>() <= SMALL_APPEND_BYTES;
     let op = move |ctx: &mut WriteCtx<'_, '_>| {
         check_base(&op_inner, base)?;
-        let id = op_inner.id;
-        {
-            let values: Vec<&[u8]> = blocks.iter().map(|b| b.as_ref()).collect();
-            ctx.blocks()?.put(id, base.0, &values)?;
-        }
-        put_nodes(ctx, id, &nodes)?;
+        ctx.append(op_inner.id, base.0, blocks, nodes)?;
         {
             let mut staged = op_inner.staged();
             let h = &mut staged.header;

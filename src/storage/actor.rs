@@ -710,33 +710,40 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn relaxed_small_writes_commit_inline_then_durably_within_the_window() {
-        let (actor, db) = actor(Durability::Relaxed);
+    /// Awaits small writes of `0..n`, one at a time.
+    async fn write_in_turn(actor: &ActorHandle, n: u64) {
         let order = Arc::new(StdMutex::new(Vec::new()));
-        for n in 0..50 {
-            actor.write(record(n, &order), true).await.unwrap();
+        for i in 0..n {
+            actor.write(record(i, &order), true).await.unwrap();
         }
-        let stats = actor.stats();
-        assert_eq!(stats.inline_commits, 50, "{stats:?}");
-        assert_eq!(stored(&db), (0..50).collect::<Vec<_>>());
-        // The storage thread still owes a durable commit, made within the window.
+    }
+
+    /// Waits (at most 5 s) until `done` holds.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
         tokio::time::timeout(Duration::from_secs(5), async {
-            while actor.stats().durable_commits == 0 {
+            while !done() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
         .await
-        .expect("no durable commit after inline commits");
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    #[tokio::test]
+    async fn relaxed_small_writes_commit_inline_then_durably_within_the_window() {
+        let (actor, db) = actor(Durability::Relaxed);
+        write_in_turn(&actor, 50).await;
+        let stats = actor.stats();
+        assert_eq!(stats.inline_commits, 50, "{stats:?}");
+        assert_eq!(stored(&db), (0..50).collect::<Vec<_>>());
+        // The storage thread still owes a durable commit, made within the window.
+        eventually("a durable commit", || actor.stats().durable_commits > 0).await;
     }
 
     #[tokio::test]
     async fn durable_writes_never_commit_inline() {
         let (actor, db) = actor(Durability::Durable);
-        let order = Arc::new(StdMutex::new(Vec::new()));
-        for n in 0..10 {
-            actor.write(record(n, &order), true).await.unwrap();
-        }
+        write_in_turn(&actor, 10).await;
         let stats = actor.stats();
         assert_eq!(stats.inline_commits, 0);
         assert_eq!(stats.durable_commits, 10);
@@ -764,13 +771,7 @@ mod tests {
         let order = Arc::new(StdMutex::new(Vec::new()));
         drop(actor.write(record(7, &order), true));
         // No other request wakes the storage thread: dropping the future must.
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while stored(&db).is_empty() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the dropped write was never committed");
+        eventually("the dropped write", || !stored(&db).is_empty()).await;
         assert_eq!(stored(&db), vec![7]);
     }
 

@@ -565,6 +565,18 @@ async fn ten_thousand_cores_open_and_list_lazily() {
 struct QuotaBackend {
     data: Arc<std::sync::RwLock<Vec<u8>>>,
     limit: Arc<AtomicU64>,
+    /// Bytes read so far.
+    reads: Arc<AtomicU64>,
+}
+
+impl QuotaBackend {
+    fn unlimited() -> Self {
+        Self {
+            data: Default::default(),
+            limit: Arc::new(AtomicU64::new(u64::MAX)),
+            reads: Default::default(),
+        }
+    }
 }
 
 impl QuotaBackend {
@@ -584,6 +596,7 @@ impl redb::StorageBackend for QuotaBackend {
         Ok(self.data.read().unwrap().len() as u64)
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.reads.fetch_add(out.len() as u64, Ordering::Relaxed);
         let data = self.data.read().unwrap();
         let start = offset as usize;
         let src = data
@@ -614,10 +627,7 @@ impl redb::StorageBackend for QuotaBackend {
 
 #[tokio::test]
 async fn a_full_disk_fails_appends_cleanly() {
-    let backend = QuotaBackend {
-        data: Default::default(),
-        limit: Arc::new(AtomicU64::new(u64::MAX)),
-    };
+    let backend = QuotaBackend::unlimited();
     let open = |b: &QuotaBackend| {
         let storage = Storage::with_backend(b.clone(), StorageOptions::default()).unwrap();
         Corestore::with_storage(storage, None)
@@ -661,6 +671,36 @@ async fn a_full_disk_fails_appends_cleanly() {
     let reader = common::verified_reader(&core).await;
     common::fetch_block(&core, &reader, 10).await;
     assert_eq!(reader.get(10).await.unwrap().unwrap().as_ref(), b"next");
+}
+
+#[tokio::test]
+async fn the_page_cache_size_is_applied() {
+    /// Bytes the store reads from its backend to read back 4 MiB it just wrote.
+    async fn read_back(cache_bytes: Option<usize>) -> u64 {
+        let backend = QuotaBackend::unlimited();
+        let opts = StorageOptions {
+            cache_bytes,
+            ..Default::default()
+        };
+        let storage = Storage::with_backend(backend.clone(), opts).unwrap();
+        let store = Corestore::with_storage(storage, None).await.unwrap();
+        let core = store.get_named("cached").await.unwrap();
+        for b in 0..4u32 {
+            core.append_batch((0..1024u32).map(|i| (b * 1024 + i).to_be_bytes().repeat(256)))
+                .await
+                .unwrap();
+        }
+        let before = backend.reads.load(Ordering::Relaxed);
+        for i in 0..4096u32 {
+            let block = core.get(i.into()).await.unwrap().unwrap();
+            assert_eq!(block, i.to_be_bytes().repeat(256));
+        }
+        backend.reads.load(Ordering::Relaxed) - before
+    }
+    let default = read_back(None).await;
+    let small = read_back(Some(256 * 1024)).await;
+    assert!(default < 1 << 20, "default cache read {default} bytes");
+    assert!(small > 2 << 20, "a 256 KiB cache read only {small} bytes");
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ fn options(relaxed: bool) -> StoreOptions {
             Durability::Durable
         },
         primary_key: Some([3; 32]),
+        ..Default::default()
     }
 }
 

@@ -35,6 +35,18 @@ pub enum Durability {
 pub struct StorageOptions {
     /// Durability of acknowledged writes.
     pub durability: Durability,
+    /// Bytes of redb's page cache; `None` keeps redb's default (1 GiB). redb keeps the pages
+    /// it writes in this cache, so a store's memory grows with what it writes up to this size.
+    pub cache_bytes: Option<usize>,
+}
+
+/// redb's builder for `opts`.
+fn builder(opts: &StorageOptions) -> redb::Builder {
+    let mut builder = redb::Database::builder();
+    if let Some(bytes) = opts.cache_bytes {
+        builder.set_cache_size(bytes);
+    }
+    builder
 }
 
 /// A handle to one database and its storage actor. Cheap to clone.
@@ -56,7 +68,7 @@ struct Shared {
 impl Storage {
     /// Opens (or creates) the database file at `path`.
     pub fn open(path: &Path, opts: StorageOptions) -> Result<Self, StorageError> {
-        let db = redb::Database::builder().create(path)?;
+        let db = builder(&opts).create(path)?;
         Self::from_db(db, opts)
     }
 
@@ -70,7 +82,7 @@ impl Storage {
         backend: impl StorageBackend,
         opts: StorageOptions,
     ) -> Result<Self, StorageError> {
-        let db = redb::Database::builder().create_with_backend(backend)?;
+        let db = builder(&opts).create_with_backend(backend)?;
         Self::from_db(db, opts)
     }
 

@@ -57,6 +57,14 @@ struct StoreInner {
     open: tokio::sync::Mutex<HashMap<CoreKey, Weak<crate::core::CoreInnerHandle>>>,
 }
 
+/// The database options of a store's options.
+fn storage_options(opts: &StoreOptions) -> StorageOptions {
+    StorageOptions {
+        durability: opts.durability,
+        cache_bytes: opts.cache_bytes,
+    }
+}
+
 impl Corestore {
     /// Opens (or creates) a store in directory `dir`, with default options.
     pub async fn persistent(dir: impl AsRef<Path>) -> Result<Self> {
@@ -66,12 +74,12 @@ impl Corestore {
     /// Opens (or creates) a store in directory `dir`.
     pub async fn persistent_with(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
-        let durability = opts.durability;
+        let storage_opts = storage_options(&opts);
         let storage = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 StorageError::Database(format!("cannot create {}: {e}", dir.display()))
             })?;
-            Storage::open(&dir.join(DB_FILE), StorageOptions { durability })
+            Storage::open(&dir.join(DB_FILE), storage_opts)
         })
         .await
         .map_err(|e| StorageError::Database(e.to_string()))??;
@@ -85,9 +93,7 @@ impl Corestore {
 
     /// A store in memory (redb's in-memory backend).
     pub async fn memory_with(opts: StoreOptions) -> Result<Self> {
-        let storage = Storage::memory(StorageOptions {
-            durability: opts.durability,
-        })?;
+        let storage = Storage::memory(storage_options(&opts))?;
         Self::with_storage(storage, opts.primary_key).await
     }
 

@@ -10,6 +10,10 @@ use crate::{
 pub struct StoreOptions {
     /// Durability of acknowledged writes.
     pub durability: Durability,
+    /// Bytes of the database's page cache; `None` keeps redb's default (1 GiB). Pages written
+    /// stay in this cache, so a store's memory grows with what it writes up to this size; a
+    /// smaller cache bounds memory, and reads beyond it go to the file.
+    pub cache_bytes: Option<usize>,
     /// The primary key named cores derive from. A new store generates one when this is `None`;
     /// an existing store refuses a primary key that differs from its own.
     pub primary_key: Option<[u8; 32]>,

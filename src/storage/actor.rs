@@ -401,24 +401,22 @@ impl Shared {
     /// Commits the queued requests on this thread if they are all small writes and the
     /// database is free; otherwise leaves them to the storage thread.
     fn commit_inline(&self) {
-        if let Ok(mut writer) = self.writer.try_lock()
-            && let Some(db) = writer.as_mut()
+        if let Ok(writer) = self.writer.try_lock()
+            && let Some(db) = writer.as_ref()
         {
-            let batch: Vec<Request> = {
+            let (batch, was_dirty): (Vec<Request>, bool) = {
                 let mut q = lock(&self.queue);
                 let all_small = q.requests.len() <= MAX_INLINE
                     && q.requests.iter().all(Request::is_small_write);
-                if all_small {
-                    q.requests.drain(..).collect()
-                } else {
-                    Vec::new()
-                }
+                let batch = match all_small {
+                    true => q.requests.drain(..).collect(),
+                    false => Vec::new(),
+                };
+                (batch, q.dirty_since.is_some())
             };
             if !batch.is_empty() {
-                let db = db.clone();
-                let was_dirty = lock(&self.queue).dirty_since.is_some();
                 self.counters.inline_commits.fetch_add(1, Ordering::Relaxed);
-                self.process(&db, batch);
+                self.process(db, batch);
                 drop(writer);
                 if !was_dirty {
                     // The storage thread owes a durable commit within the window now.
@@ -459,12 +457,8 @@ impl Shared {
             };
             let mut writer = lock(&self.writer);
             let Some(db) = writer.clone() else {
-                // Closed: answer whatever came after the close.
-                let mut q = lock(&self.queue);
-                q.closed = true;
-                q.requests
-                    .drain(..)
-                    .for_each(|r| r.answer(Err(StorageError::Closed)));
+                // Closed (the thread returns after a close, so this is only a safeguard).
+                self.refuse_the_rest();
                 return;
             };
             if periodic {
@@ -496,16 +490,23 @@ impl Shared {
                 // Release the database before answering, so the caller can reopen the file.
                 *writer = None;
                 drop((writer, db));
-                let mut q = lock(&self.queue);
-                q.closed = true;
-                let rest: Vec<Request> = q.requests.drain(..).collect();
-                drop(q);
-                rest.into_iter()
-                    .for_each(|r| r.answer(Err(StorageError::Closed)));
+                self.refuse_the_rest();
                 let _ = reply.send(result);
                 return;
             }
         }
+    }
+
+    /// Marks the actor closed and answers every request still queued with
+    /// [`StorageError::Closed`]; later requests are answered so when they are sent.
+    fn refuse_the_rest(&self) {
+        let rest: Vec<Request> = {
+            let mut q = lock(&self.queue);
+            q.closed = true;
+            q.requests.drain(..).collect()
+        };
+        rest.into_iter()
+            .for_each(|r| r.answer(Err(StorageError::Closed)));
     }
 
     /// Commits `batch` (requests in call order) in one transaction and answers each request

@@ -12,7 +12,7 @@ use iroh::{
 };
 use iroh_hypercore::{
     CoreTicket, Error, Event, Hypercore,
-    crypto::capability::capability,
+    crypto::capability::{Role, capability},
     replication::{
         gossip::{GossipOp, topic},
         wire::{MAX_FRAME, Message, SyncInfo, decode_body, encode_frame, frame_len},
@@ -96,8 +96,9 @@ async fn lie_on(mut tx: SendStream, mut rx: RecvStream) {
 }
 
 /// Connects `ep` to `reader` and plays `answer` on a channel of `log` it opens (with a valid
-/// capability: the key is public) and on every channel the reader opens to it, after the
-/// reader's `Open`: the reader may keep its own channel rather than ours.
+/// capability: the key is public) once the reader accepted it, and on every channel the reader
+/// opens to it, after the reader's `Open` and our `Accept`: the reader may keep its own channel
+/// rather than ours.
 async fn play_on_core<F, Fut>(
     ep: &Endpoint,
     reader: &Node,
@@ -113,23 +114,33 @@ where
         .await
         .unwrap();
     let accepted = conn.clone();
+    let (key, me, them) = (
+        log.key(),
+        *ep.id().as_bytes(),
+        *reader.endpoint.id().as_bytes(),
+    );
     tokio::spawn(async move {
-        while let Ok((tx, mut rx)) = accepted.accept_bi().await {
+        while let Ok((mut tx, mut rx)) = accepted.accept_bi().await {
             let _ = read_msg(&mut rx).await;
+            let accept = Message::Accept {
+                capability: capability(&key, Role::Acceptor, &them, &me),
+            };
+            send(&mut tx, &accept).await;
             tokio::spawn(answer(tx, rx));
         }
     });
-    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    let (mut tx, mut rx) = conn.open_bi().await.unwrap();
     let open = Message::Open {
         discovery_key: log.discovery_key(),
-        capability: capability(
-            &log.key(),
-            ep.id().as_bytes(),
-            reader.endpoint.id().as_bytes(),
-        ),
+        capability: capability(&key, Role::Opener, &me, &them),
     };
     send(&mut tx, &open).await;
-    tokio::spawn(answer(tx, rx));
+    tokio::spawn(async move {
+        // The reader proves the key (or keeps its own channel and closes ours).
+        if let Some(Message::Accept { .. }) = read_msg(&mut rx).await {
+            answer(tx, rx).await;
+        }
+    });
     conn
 }
 

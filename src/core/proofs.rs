@@ -88,6 +88,12 @@ impl Hypercore {
 }
 
 async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
+    if inner.signer.is_some() && proof.upgrade.is_some() {
+        // Only this core signs its states: one from the wire is at best a replay of its own.
+        return Err(
+            ProofError::invalid("a writable core takes no signed state from a peer").into(),
+        );
+    }
     if proof
         .block
         .as_ref()
@@ -174,14 +180,23 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
 }
 
 /// The verifier of a core whose kind is not known yet: from the proof's manifest (checked
-/// against the key), else as a compat core whose key is the public key.
+/// against the key), else as a compat core whose key is the public key. The kind is stored only
+/// once a proof verified with it, and a proof without a manifest verifies as compat only through
+/// a signed upgrade, that is a signature by the key itself: a peer cannot make a reader take a
+/// default core for a compat one.
 fn verifier_from_proof(inner: &CoreInner, proof: &Proof) -> Result<Verifier> {
     Ok(match &proof.manifest {
         Some(m) => Verifier::from_manifest(
             inner.key,
             Manifest::decode(m).map_err(crate::crypto::signer::SignatureError::from)?,
         )?,
-        None => Verifier::compat(inner.key)?,
+        None if proof.upgrade.is_some() => Verifier::compat(inner.key)?,
+        None => {
+            return Err(ProofError::invalid(
+                "the core's kind is not known yet: the first proof needs the manifest or a signed upgrade",
+            )
+            .into());
+        }
     })
 }
 

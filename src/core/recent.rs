@@ -117,7 +117,7 @@ mod tests {
             let before = self.tree.clone();
             let mut nodes = Vec::new();
             for v in &values {
-                self.tree.append(v, &mut nodes);
+                self.tree.append(v, &mut nodes).expect("test sizes");
             }
             recent.record(&before, &values, &nodes);
             self.all.extend(nodes.iter().map(|n| (n.index, *n)));
@@ -205,7 +205,9 @@ mod tests {
         let mut rebuilt = committed.clone();
         let mut nodes = Vec::new();
         let other_value = Bytes::from_static(b"another block 11");
-        rebuilt.append(&other_value, &mut nodes);
+        rebuilt
+            .append(&other_value, &mut nodes)
+            .expect("test sizes");
         recent.record(&committed, std::slice::from_ref(&other_value), &nodes);
         let p = recent
             .prove(&rebuilt, &push(0, 11, 12))
@@ -221,7 +223,7 @@ mod tests {
         let big = vec![Bytes::from(vec![0u8; MAX_BYTES + 1])];
         let mut nodes = Vec::new();
         let mut grown = rebuilt.clone();
-        grown.append(&big[0], &mut nodes);
+        grown.append(&big[0], &mut nodes).expect("test sizes");
         recent.record(&rebuilt, &big, &nodes);
         assert!(recent.prove(&grown, &push(0, 12, 13)).is_none());
     }

@@ -55,6 +55,21 @@ impl Hypercore {
         end: u64,
         length: u64,
     ) -> impl Future<Output = Result<Vec<RunItem>>> + Send + 'static + use<> {
+        self.create_run_proofs_within(fork, start, end, length, u64::MAX)
+    }
+
+    /// Like [`create_run_proofs`](Self::create_run_proofs), but reads no more block bytes than
+    /// about `max_bytes`: the run ends after the block that reaches it (at least one block is
+    /// proven), so the answer covers a prefix `start..stop` of the run, with `stop` the index
+    /// after its last item. What a peer's request makes us hold is bounded that way.
+    pub fn create_run_proofs_within(
+        &self,
+        fork: u64,
+        start: u64,
+        end: u64,
+        length: u64,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<RunItem>>> + Send + 'static + use<> {
         let inner = self.inner.clone();
         async move {
             let tree = inner.state().committed.tree.clone();
@@ -74,11 +89,14 @@ impl Hypercore {
                 .read(move |txn| {
                     let src = TxnNodes::open(txn, id)?;
                     let mut values: Vec<Option<Vec<u8>>> = vec![None; (end - start) as usize];
-                    BlocksRead::open(txn)?
-                        .view()
-                        .for_each(id, start, end, |i, v| {
-                            values[(i - start) as usize] = Some(v);
-                        })?;
+                    let stop = BlocksRead::open(txn)?.view().for_each_within(
+                        id,
+                        start,
+                        end,
+                        max_bytes,
+                        |i, v| values[(i - start) as usize] = Some(v),
+                    )?;
+                    values.truncate((stop - start) as usize);
                     let mut out = Vec::with_capacity(values.len());
                     let mut run_start = start;
                     for (index, value) in (start..end).zip(values) {

@@ -139,7 +139,10 @@ fn queue_append(
     let before = st.head.clone();
     let mut nodes = Vec::with_capacity(blocks.len() * 2 + 8);
     for b in &blocks {
-        st.head.append(b, &mut nodes);
+        if let Err(e) = st.head.append(b, &mut nodes) {
+            st.head = before;
+            return Err(e.into());
+        }
     }
     inner.recent().record(&before, &blocks, &nodes);
     st.head.signature = None;

@@ -26,20 +26,36 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{ALPN, frames::FrameReader, tasks};
+use super::{
+    ALPN,
+    frames::{Budget, Budgets, FrameReader, MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED_TOTAL},
+    tasks,
+};
 use crate::{
     CoreEvent, Hypercore,
     crypto::CoreKey,
     replication::{
         Engine, Event, Input, Mode, Output, PeerId, TaskResult,
         engine::{ChannelId, PeerStats, TaskId},
-        wire::{Message, encode_frame_into},
+        wire::{MAX_FRAME, MAX_HANDSHAKE_FRAME, Message, encode_frame_into},
     },
 };
 
 /// Frames queued for one stream are handed to QUIC in chunks of about this size: one chunk
 /// per frame cost an allocation each and many small pieces in QUIC's send buffer.
 const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Connections kept at once; more are closed as they come.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Dials in flight at once (gossip announcements and tickets name whom to dial).
+pub const MAX_DIALS: usize = 16;
+
+/// Nodes of one ticket (or `join`) that are dialed.
+pub const MAX_JOIN_NODES: usize = 8;
+
+/// Time a dial may take.
+pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
 pub(crate) enum Command {
@@ -77,7 +93,8 @@ enum Io {
         FrameReader,
         Result<Option<Vec<Message>>, super::frames::ReadError>,
     ),
-    Written(ChannelId, SendStream, Result<(), String>),
+    /// A write finished: the channel, its stream, and how many bytes it took.
+    Written(ChannelId, SendStream, Result<(), String>, u64),
     Closed(PeerId, usize),
     Done,
 }
@@ -86,6 +103,12 @@ struct Conn {
     conn: Connection,
     id: usize,
     dialed_by_me: bool,
+    /// What unfinished frames on this connection may hold.
+    budget: Budget,
+    /// Bytes queued on its channels that QUIC has not taken yet.
+    backlog: u64,
+    /// Whether the engine was last told the backlog is over its limit.
+    over: bool,
 }
 
 struct ChannelIo {
@@ -98,6 +121,8 @@ struct ChannelIo {
     open: Vec<u8>,
     writing: bool,
     closing: bool,
+    /// Bytes queued on this channel (in `queue`, `open` and the write under way).
+    pending: u64,
 }
 
 pub(crate) struct Driver {
@@ -121,6 +146,10 @@ pub(crate) struct Driver {
     fwd_tx: mpsc::Sender<Forward>,
     fwd_rx: mpsc::Receiver<Forward>,
     events: broadcast::Sender<Event>,
+    /// What unfinished frames on all connections may hold.
+    budget: Budget,
+    /// Peers whose backlog grew this turn (checked against the limit after it).
+    backlog_grew: Vec<PeerId>,
 }
 
 impl Driver {
@@ -155,6 +184,8 @@ impl Driver {
             fwd_tx,
             fwd_rx,
             events,
+            budget: Budget::new(MAX_BUFFERED_TOTAL),
+            backlog_grew: Vec::new(),
         }
     }
 
@@ -202,6 +233,7 @@ impl Driver {
                 let _ = reply.send(());
             }
             Command::Join(key, nodes, reply) => {
+                let nodes: Vec<EndpointAddr> = nodes.into_iter().take(MAX_JOIN_NODES).collect();
                 let ids: Vec<EndpointId> = nodes.iter().map(|a| a.id).collect();
                 for addr in nodes {
                     if addr.id == self.endpoint.id() {
@@ -229,7 +261,14 @@ impl Driver {
                 let _ = reply.send(());
             }
             Command::PeerStats(reply) => {
-                let _ = reply.send(self.engine.peer_stats());
+                let mut stats = self.engine.peer_stats();
+                for s in &mut stats {
+                    if let Some(c) = self.conns.get(&s.peer) {
+                        s.backlog_bytes = c.backlog;
+                        s.buffered_bytes = c.budget.used();
+                    }
+                }
+                let _ = reply.send(stats);
             }
             Command::CorePeers(key, reply) => {
                 let _ = reply.send(self.engine.core_peers(&key));
@@ -312,15 +351,16 @@ impl Driver {
                         c.closing = true;
                         if c.send.is_none() && !c.writing {
                             // Not opened yet: the peer never sees it.
-                            self.channels.remove(&ch);
+                            self.remove_channel(ch);
                         }
                     }
                     self.flush(ch);
                 }
                 Output::Task(id, key, task) => {
                     if let Some(core) = self.cores.get(&key).cloned() {
-                        self.tasks
-                            .push(Box::pin(async move { (id, tasks::run(core, task).await) }));
+                        self.tasks.push(Box::pin(async move {
+                            (id, tasks::run_caught(core, task).await)
+                        }));
                     }
                 }
                 Output::JoinGossip(key, topic) => self.join_gossip(key, topic),
@@ -341,6 +381,9 @@ impl Driver {
         }
         for ch in std::mem::take(&mut self.unflushed) {
             self.flush(ch);
+        }
+        for peer in std::mem::take(&mut self.backlog_grew) {
+            self.report_backlog(&peer);
         }
     }
 
@@ -393,6 +436,10 @@ impl Driver {
         if self.conns.contains_key(&peer) || self.dialing.contains(&peer) {
             return;
         }
+        if self.dialing.len() >= MAX_DIALS {
+            tracing::debug!("dial skipped: {MAX_DIALS} dials in flight");
+            return;
+        }
         let addr = match self.addrs.get(&peer) {
             Some(a) => a.clone(),
             None => match EndpointId::from_bytes(&peer) {
@@ -406,7 +453,10 @@ impl Driver {
         self.dialing.insert(peer);
         let ep = self.endpoint.clone();
         self.io.push(Box::pin(async move {
-            let r = ep.connect(addr, ALPN).await.map_err(|e| e.to_string());
+            let r = match tokio::time::timeout(DIAL_TIMEOUT, ep.connect(addr, ALPN)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("dial timed out".to_string()),
+            };
             Io::Dialed(peer, r)
         }));
     }
@@ -426,6 +476,9 @@ impl Driver {
             if let Some(old) = old {
                 old.conn.close(0u32.into(), b"duplicate connection");
             }
+        } else if self.conns.len() >= MAX_CONNECTIONS {
+            conn.close(0u32.into(), b"too many connections");
+            return;
         }
         let id = conn.stable_id();
         let c1 = conn.clone();
@@ -440,6 +493,9 @@ impl Driver {
                 conn,
                 id,
                 dialed_by_me,
+                budget: Budget::new(MAX_BUFFERED_PER_CONNECTION),
+                backlog: 0,
+                over: false,
             },
         );
         self.engine
@@ -492,9 +548,11 @@ impl Driver {
                         open: Vec::new(),
                         writing: false,
                         closing: false,
+                        pending: 0,
                     },
                 );
-                self.read_next(peer, conn_id, ch, FrameReader::new(recv));
+                let reader = FrameReader::new(recv, self.budgets(&peer));
+                self.read_next(peer, conn_id, ch, reader);
                 if let Some(c) = self.conns.get(&peer) {
                     let conn = c.conn.clone();
                     self.accept_next(peer, conn_id, conn);
@@ -507,11 +565,12 @@ impl Driver {
                 match result {
                     Ok((send, recv)) if c.conn_id == conn_id => {
                         c.send = Some(send);
-                        self.read_next(peer, conn_id, ch, FrameReader::new(recv));
+                        let reader = FrameReader::new(recv, self.budgets(&peer));
+                        self.read_next(peer, conn_id, ch, reader);
                         self.flush(ch);
                     }
                     _ => {
-                        self.channels.remove(&ch);
+                        self.remove_channel(ch);
                         self.engine.handle(Input::ChannelClosed(peer, ch), now);
                     }
                 }
@@ -529,7 +588,10 @@ impl Driver {
                         self.read_next(peer, conn_id, ch, reader);
                     }
                     Ok(None) => self.engine.handle(Input::ChannelClosed(peer, ch), now),
-                    Err(super::frames::ReadError::Wire(e)) => {
+                    Err(
+                        e @ (super::frames::ReadError::Wire(_)
+                        | super::frames::ReadError::OverBudget),
+                    ) => {
                         tracing::warn!("closing connection to a peer that broke framing: {e}");
                         if let Some(c) = self.remove_conn(&peer) {
                             c.conn.close(1u32.into(), b"protocol violation");
@@ -541,22 +603,27 @@ impl Driver {
                     }
                 }
             }
-            Io::Written(ch, send, result) => {
+            Io::Written(ch, send, result, bytes) => {
                 let Some(c) = self.channels.get_mut(&ch) else {
                     return;
                 };
                 c.writing = false;
+                c.pending = c.pending.saturating_sub(bytes);
+                let peer = c.peer;
+                self.add_backlog(&peer, bytes, false);
                 match result {
                     Ok(()) => {
-                        c.send = Some(send);
+                        if let Some(c) = self.channels.get_mut(&ch) {
+                            c.send = Some(send);
+                        }
                         self.flush(ch);
                     }
                     Err(_) => {
-                        let peer = c.peer;
-                        self.channels.remove(&ch);
+                        self.remove_channel(ch);
                         self.engine.handle(Input::ChannelClosed(peer, ch), now);
                     }
                 }
+                self.report_backlog(&peer);
             }
             Io::Closed(peer, conn_id) => {
                 if self.current(&peer, conn_id) {
@@ -567,11 +634,63 @@ impl Driver {
         }
     }
 
+    /// Reads the next frames of a channel: only handshake-sized ones until both sides proved
+    /// the key.
     fn read_next(&mut self, peer: PeerId, conn_id: usize, ch: ChannelId, reader: FrameReader) {
+        let max_frame = if self.engine.is_authenticated(ch) {
+            MAX_FRAME
+        } else {
+            MAX_HANDSHAKE_FRAME
+        };
         self.io.push(Box::pin(async move {
-            let (reader, result) = reader.next_batch().await;
+            let (reader, result) = reader.next_batch(max_frame).await;
             Io::Frames(peer, conn_id, ch, reader, result)
         }));
+    }
+
+    /// The budgets unfinished frames from `peer` count against.
+    fn budgets(&self, peer: &PeerId) -> Budgets {
+        Budgets {
+            connection: self
+                .conns
+                .get(peer)
+                .map_or_else(|| Budget::new(0), |c| c.budget.clone()),
+            total: self.budget.clone(),
+        }
+    }
+
+    /// Adds (or, with `add` false, takes away) bytes queued towards `peer`.
+    fn add_backlog(&mut self, peer: &PeerId, bytes: u64, add: bool) {
+        if let Some(c) = self.conns.get_mut(peer) {
+            c.backlog = if add {
+                c.backlog.saturating_add(bytes)
+            } else {
+                c.backlog.saturating_sub(bytes)
+            };
+        }
+    }
+
+    /// Tells the engine when a peer's backlog crosses its limit, either way.
+    fn report_backlog(&mut self, peer: &PeerId) {
+        let max = self.engine.config().max_backlog_bytes;
+        let Some(c) = self.conns.get_mut(peer) else {
+            return;
+        };
+        let over = c.backlog >= max;
+        if over != c.over {
+            c.over = over;
+            let backlog = c.backlog;
+            self.engine
+                .handle(Input::Backlog(*peer, backlog), Instant::now());
+        }
+    }
+
+    /// Forgets a channel's stream; what was queued on it no longer counts as backlog.
+    fn remove_channel(&mut self, ch: ChannelId) {
+        if let Some(c) = self.channels.remove(&ch) {
+            self.add_backlog(&c.peer, c.pending, false);
+            self.report_backlog(&c.peer);
+        }
     }
 
     fn open_channel(&mut self, peer: PeerId, ch: ChannelId, first: Message) {
@@ -591,6 +710,7 @@ impl Driver {
                 open: Vec::new(),
                 writing: false,
                 closing: false,
+                pending: 0,
             },
         );
         self.send(ch, &first);
@@ -609,16 +729,24 @@ impl Driver {
             // A burst: room for many frames without regrowing.
             c.open.reserve(CHUNK_BYTES);
         }
+        let before = c.open.len();
         if let Err(e) = encode_frame_into(msg, &mut c.open) {
             tracing::error!("message not sent: {e}");
             return;
         }
+        let added = (c.open.len() - before) as u64;
+        c.pending += added;
+        let peer = c.peer;
         if c.open.len() >= CHUNK_BYTES {
             c.queue.push(Bytes::from(std::mem::take(&mut c.open)));
         }
         // Written once the engine's outputs of this turn are all queued.
         if idle {
             self.unflushed.push(ch);
+        }
+        self.add_backlog(&peer, added, true);
+        if idle {
+            self.backlog_grew.push(peer);
         }
     }
 
@@ -638,7 +766,7 @@ impl Driver {
                 if let Some(mut send) = c.send.take() {
                     let _ = send.finish();
                 }
-                self.channels.remove(&ch);
+                self.remove_channel(ch);
             }
             return;
         }
@@ -646,13 +774,14 @@ impl Driver {
             return;
         };
         let mut chunks = std::mem::take(&mut c.queue);
+        let bytes: u64 = chunks.iter().map(|b| b.len() as u64).sum();
         c.writing = true;
         self.io.push(Box::pin(async move {
             let r = send
                 .write_all_chunks(&mut chunks)
                 .await
                 .map_err(|e| e.to_string());
-            Io::Written(ch, send, r)
+            Io::Written(ch, send, r, bytes)
         }));
     }
 }

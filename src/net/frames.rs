@@ -1,12 +1,91 @@
-//! Reading frames off a QUIC stream in batches, and why a stream failed.
+//! Reading frames off a QUIC stream in batches, with the bytes of unfinished frames counted
+//! against a per-connection and a global budget, and why a stream failed.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use bytes::{Buf, BytesMut};
 use iroh::endpoint::RecvStream;
 
-use crate::replication::wire::{HEADER_LEN, Message, WireError, decode_body, frame_len};
+use crate::replication::wire::{
+    HEADER_LEN, MAX_FRAME, Message, WireError, decode_body, frame_len_within,
+};
 
 /// Largest chunk read from a stream at once.
 const CHUNK: usize = 256 * 1024;
+
+/// Bytes of unfinished frames that the streams of one connection may hold together.
+pub const MAX_BUFFERED_PER_CONNECTION: u64 = 32 * 1024 * 1024;
+
+/// Bytes of unfinished frames that all streams of all connections may hold together.
+pub const MAX_BUFFERED_TOTAL: u64 = 256 * 1024 * 1024;
+
+/// A count of buffered bytes with a limit, shared by the readers it covers.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    used: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            used: Arc::new(AtomicU64::new(0)),
+            limit,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+}
+
+/// The budgets a stream's unfinished frames count against: its connection's and the node's.
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    /// The connection's budget.
+    pub connection: Budget,
+    /// The node's budget over all connections.
+    pub total: Budget,
+}
+
+impl Budgets {
+    fn try_take(&self, n: u64) -> bool {
+        if !self.connection.try_take(n) {
+            return false;
+        }
+        if !self.total.try_take(n) {
+            self.connection.give_back(n);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, n: u64) {
+        self.connection.give_back(n);
+        self.total.give_back(n);
+    }
+}
 
 /// Why reading a channel failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,51 +96,69 @@ pub enum ReadError {
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame")]
     Truncated,
+    /// Unfinished frames on this connection, or on all of them, would hold more than their
+    /// budget.
+    #[error("unfinished frames over the memory budget")]
+    OverBudget,
     /// The QUIC stream failed.
     #[error("stream failed: {0}")]
     Stream(String),
 }
 
 /// Reads the frames of one stream; owned so that a pending read can live in a future.
+///
+/// Bytes it keeps between reads (an unfinished frame) count against its [`Budgets`]; a read
+/// that would take more fails with [`ReadError::OverBudget`].
 #[derive(Debug)]
 pub struct FrameReader {
     recv: RecvStream,
     buf: BytesMut,
+    budgets: Budgets,
+    /// Bytes of `buf` taken from the budgets.
+    held: u64,
 }
 
 impl FrameReader {
-    /// Reads `recv`.
-    pub fn new(recv: RecvStream) -> Self {
+    /// Reads `recv`, holding unfinished frames within `budgets`.
+    pub fn new(recv: RecvStream, budgets: Budgets) -> Self {
         Self {
             recv,
             buf: BytesMut::new(),
+            budgets,
+            held: 0,
         }
     }
 
-    /// The frames that are complete after the next read: `Ok(None)` when the stream ended
-    /// cleanly between frames.
-    pub async fn next_batch(mut self) -> (Self, Result<Option<Vec<Message>>, ReadError>) {
-        let result = self.read_batch().await;
+    /// The frames that are complete after the next read, each of at most `max_frame` bytes:
+    /// `Ok(None)` when the stream ended cleanly between frames. Below [`MAX_FRAME`] (before a
+    /// channel's handshake) a batch holds one frame, so that the limit can change after it.
+    pub async fn next_batch(
+        mut self,
+        max_frame: usize,
+    ) -> (Self, Result<Option<Vec<Message>>, ReadError>) {
+        let result = self.read_batch(max_frame).await;
         (self, result)
     }
 
-    async fn read_batch(&mut self) -> Result<Option<Vec<Message>>, ReadError> {
+    async fn read_batch(&mut self, max_frame: usize) -> Result<Option<Vec<Message>>, ReadError> {
+        let one = max_frame < MAX_FRAME;
         let mut frames = Vec::new();
         loop {
-            let used = decode_frames(&self.buf, &mut frames)?;
+            let used = decode_frames(&self.buf, max_frame, one, &mut frames)?;
             self.buf.advance(used);
+            self.account()?;
             if !frames.is_empty() {
                 return Ok(Some(frames));
             }
             match self
                 .recv
-                .read_chunk(CHUNK)
+                .read_chunk(if one { max_frame + HEADER_LEN } else { CHUNK })
                 .await
                 .map_err(|e| ReadError::Stream(e.to_string()))?
             {
                 // Whole frames are decoded straight from the chunk; only a partial one is kept.
                 Some(chunk) if self.buf.is_empty() => {
-                    let used = decode_frames(&chunk, &mut frames)?;
+                    let used = decode_frames(&chunk, max_frame, one, &mut frames)?;
                     self.buf.extend_from_slice(&chunk[used..]);
                 }
                 Some(chunk) => self.buf.extend_from_slice(&chunk),
@@ -70,14 +167,47 @@ impl FrameReader {
             }
         }
     }
+
+    /// Brings the bytes taken from the budgets in line with what the buffer holds.
+    fn account(&mut self) -> Result<(), ReadError> {
+        let now = self.buf.len() as u64;
+        if now > self.held {
+            if !self.budgets.try_take(now - self.held) {
+                return Err(ReadError::OverBudget);
+            }
+        } else {
+            self.budgets.give_back(self.held - now);
+            if now == 0 && self.buf.capacity() > CHUNK {
+                // Do not keep the capacity of a large frame that is done.
+                self.buf = BytesMut::new();
+            }
+        }
+        self.held = now;
+        Ok(())
+    }
 }
 
-/// Decodes the complete frames at the start of `bytes` into `out`; returns the bytes they took.
-fn decode_frames(bytes: &[u8], out: &mut Vec<Message>) -> Result<usize, ReadError> {
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        self.budgets.give_back(self.held);
+    }
+}
+
+/// Decodes the complete frames (each of at most `max_frame` bytes) at the start of `bytes`
+/// into `out`, only the first if `one`; returns the bytes they took.
+fn decode_frames(
+    bytes: &[u8],
+    max_frame: usize,
+    one: bool,
+    out: &mut Vec<Message>,
+) -> Result<usize, ReadError> {
     let mut used = 0;
     while let Some(header) = bytes.get(used..used + HEADER_LEN) {
+        if one && !out.is_empty() {
+            break;
+        }
         let header: [u8; HEADER_LEN] = [header[0], header[1], header[2], header[3]];
-        let len = frame_len(header)?;
+        let len = frame_len_within(header, max_frame)?;
         let Some(body) = bytes.get(used + HEADER_LEN..used + HEADER_LEN + len) else {
             break;
         };
@@ -90,7 +220,7 @@ fn decode_frames(bytes: &[u8], out: &mut Vec<Message>) -> Result<usize, ReadErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::wire::{MAX_FRAME, encode_frame};
+    use crate::replication::wire::{MAX_HANDSHAKE_FRAME, encode_frame};
 
     fn frames(n: u64) -> (Vec<Message>, Vec<u8>) {
         let msgs: Vec<Message> = (0..n)
@@ -112,10 +242,11 @@ mod tests {
         let (msgs, bytes) = frames(3);
         for cut in 0..=bytes.len() {
             let mut out = Vec::new();
-            let used = decode_frames(&bytes[..cut], &mut out).expect("valid frames");
+            let used =
+                decode_frames(&bytes[..cut], MAX_FRAME, false, &mut out).expect("valid frames");
             // Only whole frames are taken, and the rest decodes once it is complete.
             assert_eq!(out[..], msgs[..out.len()], "cut at {cut}");
-            decode_frames(&bytes[used..], &mut out).expect("valid frames");
+            decode_frames(&bytes[used..], MAX_FRAME, false, &mut out).expect("valid frames");
             assert_eq!(out, msgs);
         }
     }
@@ -123,7 +254,7 @@ mod tests {
     #[test]
     fn an_oversized_header_is_refused_before_its_body_arrives() {
         let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        let err = decode_frames(&header, &mut Vec::new()).unwrap_err();
+        let err = decode_frames(&header, MAX_FRAME, false, &mut Vec::new()).unwrap_err();
         assert!(
             matches!(err, ReadError::Wire(WireError::TooLarge(_))),
             "{err}"
@@ -131,10 +262,48 @@ mod tests {
     }
 
     #[test]
+    fn before_the_handshake_frames_are_small_and_taken_one_at_a_time() {
+        let (msgs, bytes) = frames(2);
+        let mut out = Vec::new();
+        let used = decode_frames(&bytes, MAX_HANDSHAKE_FRAME, true, &mut out).unwrap();
+        assert_eq!(out, msgs[..1]);
+        assert!(used < bytes.len());
+        let big = ((MAX_HANDSHAKE_FRAME + 1) as u32).to_be_bytes();
+        let err = decode_frames(&big, MAX_HANDSHAKE_FRAME, true, &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, ReadError::Wire(WireError::TooLarge(_))),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn budgets_refuse_past_their_limit_and_take_back_what_was_given() {
+        let budgets = Budgets {
+            connection: Budget::new(100),
+            total: Budget::new(150),
+        };
+        let other = Budgets {
+            connection: Budget::new(100),
+            total: budgets.total.clone(),
+        };
+        assert!(budgets.try_take(100));
+        assert!(!budgets.try_take(1), "the connection's budget is spent");
+        assert!(!other.try_take(51), "the total is shared");
+        assert_eq!(
+            other.connection.used(),
+            0,
+            "a refused take leaves nothing behind"
+        );
+        assert!(other.try_take(50));
+        budgets.give_back(100);
+        assert_eq!(budgets.total.used(), 50);
+    }
+
+    #[test]
     fn a_malformed_body_is_an_error() {
         let mut bytes = 3u32.to_be_bytes().to_vec();
         bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
-        let err = decode_frames(&bytes, &mut Vec::new()).unwrap_err();
+        let err = decode_frames(&bytes, MAX_FRAME, false, &mut Vec::new()).unwrap_err();
         assert!(
             matches!(err, ReadError::Wire(WireError::Malformed(_))),
             "{err}"

@@ -12,7 +12,7 @@ pub use protocol::{Builder, HypercoreProtocol};
 pub use tasks::{local_info, run as run_task};
 
 /// ALPN of the hypercore replication protocol.
-pub const ALPN: &[u8] = b"/iroh-hypercore/1";
+pub const ALPN: &[u8] = b"/iroh-hypercore/2";
 
 /// Streams a peer may open at once on a connection, in [`transport_config`].
 pub const MAX_CHANNELS: u32 = 4096;

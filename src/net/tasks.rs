@@ -28,8 +28,9 @@ pub async fn run(core: Hypercore, task: Task) -> TaskResult {
             start,
             end,
             length,
+            max_bytes,
         } => TaskResult::Run(
-            core.create_run_proofs(fork, start, end, length)
+            core.create_run_proofs_within(fork, start, end, length, max_bytes)
                 .await
                 .map_err(|e| e.to_string()),
         ),
@@ -40,6 +41,33 @@ pub async fn run(core: Hypercore, task: Task) -> TaskResult {
         Task::ApplyRun(proofs) => {
             let outcome = outcome(core.apply_block_proofs(proofs).await);
             TaskResult::RunApplied(outcome, local_info(&core))
+        }
+    }
+}
+
+/// Runs `task` on `core`; a panic inside it (a bug that input from a peer reached) becomes a
+/// failed task rather than the end of the engine. A panic while applying a peer's data is the
+/// peer's fault: that data is what it ran on.
+pub async fn run_caught(core: Hypercore, task: Task) -> TaskResult {
+    use n0_future::FutureExt;
+    let failed: fn(String, &Hypercore) -> TaskResult = match &task {
+        Task::CreateProof(_) => |e, _| TaskResult::Proof(Err(e)),
+        Task::CreateRun { .. } => |e, _| TaskResult::Run(Err(e)),
+        Task::ApplyProof(_) => {
+            |e, core| TaskResult::Applied(ApplyOutcome::Invalid(e), local_info(core))
+        }
+        Task::ApplyRun(_) => {
+            |e, core| TaskResult::RunApplied(ApplyOutcome::Invalid(e), local_info(core))
+        }
+    };
+    match std::panic::AssertUnwindSafe(run(core.clone(), task))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!("a replication task panicked");
+            failed("the task panicked on this input".into(), &core)
         }
     }
 }

@@ -2,8 +2,34 @@
 //!
 //! The set follows hypercore's wire protocol (sync, request, data, no-data, want/unwant,
 //! range, cancel, extension), plus `RequestRun` for runs of consecutive blocks, `Push` for a
-//! writer's new blocks to live followers, and `Open`/`Close` for the channel itself. Decoding
-//! never panics and refuses frames over [`MAX_FRAME`].
+//! writer's new blocks to live followers, and `Open`/`Accept`/`Close` for the channel itself.
+//! Decoding never panics and refuses frames over [`MAX_FRAME`].
+//!
+//! # The channel handshake
+//!
+//! A channel carries nothing until both sides proved they know the core key:
+//!
+//! 1. The opener sends `Open { discovery_key, capability }` and nothing else. Its capability
+//!    is a keyed hash of the key, the opener role and both endpoint ids
+//!    ([`crate::crypto::capability`]).
+//! 2. The acceptor checks it. If it is wrong the channel is closed; if the acceptor does not
+//!    know the core yet, the channel waits (parked) and carries nothing but its `Open`. Once
+//!    valid, the acceptor sends `Accept { capability }` with its own capability (the acceptor
+//!    role), then its `Sync`.
+//! 3. The opener checks the acceptor's capability, then sends its `Sync`. Any other message
+//!    before that, a wrong capability, or no `Accept` within the handshake timeout closes the
+//!    channel.
+//!
+//! Until a channel is authenticated its stream may carry only frames of at most
+//! [`MAX_HANDSHAKE_FRAME`] bytes.
+//!
+//! # When a signed state may replace another
+//!
+//! A reader moves only forward: to a longer state on its fork (an upgrade that starts at its
+//! length), or to a higher fork proven by the writer's signature (the blocks the new tree shares
+//! are kept, the rest dropped). A shorter or equal state, a lower fork, or an answer that does not
+//! answer the request (another start, another block) is rejected and blamed on the peer. A
+//! writable core never takes a signed state from the wire.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -16,6 +42,10 @@ use crate::{
 
 /// Largest frame accepted or sent: the largest block plus room for its proof.
 pub const MAX_FRAME: usize = MAX_BLOCK_SIZE + 64 * 1024;
+
+/// Largest frame a channel carries before both sides proved the key (`Open`, `Accept`,
+/// `Close`).
+pub const MAX_HANDSHAKE_FRAME: usize = 1024;
 
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;
@@ -41,11 +71,17 @@ pub struct SyncInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// First message of a channel: which core, and the capability proving the opener knows
-    /// its key.
+    /// its key. The opener sends nothing else until the acceptor's [`Message::Accept`].
     Open {
         /// Discovery key of the core.
         discovery_key: DiscoveryKey,
-        /// See [`crate::crypto::capability::capability`].
+        /// The opener's capability ([`crate::crypto::capability::Role::Opener`]).
+        capability: [u8; 32],
+    },
+    /// The acceptor's answer to a valid `Open`: the capability proving it knows the key too.
+    /// Only after it does either side send state, data or requests.
+    Accept {
+        /// The acceptor's capability ([`crate::crypto::capability::Role::Acceptor`]).
         capability: [u8; 32],
     },
     /// The channel is refused or closed, and why.
@@ -140,8 +176,9 @@ pub enum Message {
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
-    /// The frame is larger than [`MAX_FRAME`].
-    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    /// The frame is larger than [`MAX_FRAME`] (or, before the handshake, than
+    /// [`MAX_HANDSHAKE_FRAME`]).
+    #[error("frame of {0} bytes exceeds the limit")]
     TooLarge(usize),
     /// The frame does not decode to a message.
     #[error("malformed frame: {0}")]
@@ -199,8 +236,13 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 
 /// The body length announced by a frame header, checked against [`MAX_FRAME`].
 pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, WireError> {
+    frame_len_within(header, MAX_FRAME)
+}
+
+/// The body length announced by a frame header, checked against `max` (at most [`MAX_FRAME`]).
+pub fn frame_len_within(header: [u8; HEADER_LEN], max: usize) -> Result<usize, WireError> {
     let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME {
+    if len > max.min(MAX_FRAME) {
         return Err(WireError::TooLarge(len));
     }
     Ok(len)

@@ -246,32 +246,60 @@ where
         id: u64,
         start: u64,
         end: u64,
-        mut f: impl FnMut(u64, Vec<u8>),
+        f: impl FnMut(u64, Vec<u8>),
     ) -> Result<(), StorageError> {
-        let mut visit = |row: Row<'_>| -> Result<(), StorageError> {
+        self.for_each_within(id, start, end, u64::MAX, f)
+            .map(|_| ())
+    }
+
+    /// Like [`for_each`](Self::for_each), but stops after the block that brings the bytes
+    /// handed to `f` to `max_bytes` or more (so at least one block is read). Returns where it
+    /// stopped: `end`, or the index after that block.
+    pub fn for_each_within(
+        &self,
+        id: u64,
+        start: u64,
+        end: u64,
+        max_bytes: u64,
+        mut f: impl FnMut(u64, Vec<u8>),
+    ) -> Result<u64, StorageError> {
+        let mut total = 0u64;
+        // Visits one row; returns where to stop, once `max_bytes` are handed out.
+        let mut visit = |row: Row<'_>| -> Result<Option<u64>, StorageError> {
+            let mut give = |i: u64, v: Vec<u8>| {
+                total = total.saturating_add(v.len() as u64);
+                f(i, v);
+                (total >= max_bytes).then_some(i + 1)
+            };
             match row {
                 Row::Chunk(c) => {
                     for i in c.first.max(start)..c.end().min(end) {
-                        if let Some(v) = c.get(i) {
-                            f(i, v.to_vec());
+                        if let Some(v) = c.get(i)
+                            && let Some(stop) = give(i, v.to_vec())
+                        {
+                            return Ok(Some(stop));
                         }
                     }
+                    Ok(None)
                 }
-                Row::Large { index, len } => f(index, self.large(id, index, len)?),
+                Row::Large { index, len } => Ok(give(index, self.large(id, index, len)?)),
             }
-            Ok(())
         };
         if start >= end {
-            return Ok(());
+            return Ok(end);
         }
-        self.with_row(id, start, &mut visit)?.transpose()?;
+        if let Some(stop) = self.with_row(id, start, &mut visit)?.transpose()?.flatten() {
+            return Ok(stop.min(end));
+        }
         if start < u64::MAX {
             for row in self.chunks.range((id, start + 1)..(id, end))? {
                 let (key, value) = row?;
-                visit(Row::parse(key.value().1, value.value())?)?;
+                if let Some(stop) = visit(Row::parse(key.value().1, value.value())?)? {
+                    return Ok(stop.min(end));
+                }
             }
         }
-        Ok(())
+        Ok(end)
     }
 
     /// Stored blocks of core `id` in `start..end`, as sorted ranges.

@@ -23,14 +23,15 @@ impl Node {
         }
     }
 
-    /// The parent at `index` of two sibling nodes, given in any order.
-    pub fn parent(index: u64, a: &Node, b: &Node) -> Self {
+    /// The parent at `index` of two sibling nodes, given in any order; `None` when their
+    /// sizes add up past `u64::MAX` (no real tree has such nodes: a peer made them up).
+    pub fn parent(index: u64, a: &Node, b: &Node) -> Option<Self> {
         let (l, r) = if a.index <= b.index { (a, b) } else { (b, a) };
-        Self {
+        Some(Self {
             index,
-            size: l.size + r.size,
+            size: l.size.checked_add(r.size)?,
             hash: parent_hash((&l.hash, l.size), (&r.hash, r.size)),
-        }
+        })
     }
 }
 

@@ -23,8 +23,8 @@ pub struct VerifiedProof {
     pub block: Option<u64>,
     /// The new signed tree state, if the proof upgraded the reader.
     pub upgrade: Option<TreeState>,
-    /// Whether the upgrade replaces the reader's tree from scratch (another fork, or an
-    /// upgrade from length 0): the reader keeps only what matches the new roots.
+    /// Whether the upgrade replaces the reader's tree from scratch (a higher fork, signed):
+    /// the reader keeps only what matches the new roots.
     pub reorg: bool,
 }
 
@@ -43,9 +43,11 @@ where
     S::Error: std::fmt::Display,
 {
     check_bounds(proof)?;
+    // A signed state only moves forward: on the reader's fork an upgrade must extend its tree
+    // from its length (so it grows), and only a higher fork may replace the tree, from scratch.
     let reorg = match &proof.upgrade {
         // Every root from scratch: the reader keeps only what the new tree shares.
-        Some(u) if u.start == 0 && (state.length > 0 || proof.fork != state.fork) => true,
+        Some(u) if u.start == 0 && proof.fork > state.fork => true,
         _ if proof.fork != state.fork => {
             return Err(ProofError::ForkMismatch {
                 proof: proof.fork,
@@ -151,6 +153,13 @@ fn check_bounds(proof: &Proof) -> Result<(), ProofError> {
     if proof.block.is_some() && proof.hash.is_some() {
         return Err(ProofError::invalid("both block and hash"));
     }
+    let proves_something = proof.block.is_some()
+        || proof.hash.is_some()
+        || proof.upgrade.is_some()
+        || proof.seek.as_ref().is_some_and(|s| !s.nodes.is_empty());
+    if !proves_something {
+        return Err(ProofError::invalid("the proof proves nothing"));
+    }
     if let Some(u) = &proof.upgrade {
         match u.start.checked_add(u.length) {
             Some(end) if end <= MAX_LENGTH && u.length > 0 => {}
@@ -158,6 +167,10 @@ fn check_bounds(proof: &Proof) -> Result<(), ProofError> {
         }
     }
     Ok(())
+}
+
+fn size_overflow() -> ProofError {
+    ProofError::invalid("node sizes overflow")
 }
 
 /// Takes proof nodes in the order the path needs them; `extra` is a node computed from another
@@ -213,7 +226,7 @@ fn verify_paths(proof: &Proof, out: &mut Vec<Node>) -> Result<Option<Node>, Proo
             if node.index != expected {
                 return Err(ProofError::invalid("seek path out of order"));
             }
-            top = Node::parent(c.parent(), &top, node);
+            top = Node::parent(c.parent(), &top, node).ok_or_else(size_overflow)?;
             out.push(*node);
             out.push(top);
         }
@@ -235,7 +248,7 @@ fn verify_paths(proof: &Proof, out: &mut Vec<Node>) -> Result<Option<Node>, Proo
     out.push(top);
     while !q.is_empty() {
         let node = q.shift(c.sibling())?;
-        top = Node::parent(c.parent(), &top, &node);
+        top = Node::parent(c.parent(), &top, &node).ok_or_else(size_overflow)?;
         out.push(node);
         out.push(top);
     }
@@ -273,14 +286,14 @@ fn verify_upgrade(
                         return Err(ProofError::invalid("upgrade does not connect to the tree"));
                     }
                     let node = q.shift(c.sibling())?;
-                    batch.append_root(node, &mut c, out);
+                    batch.append_root(node, &mut c, out)?;
                 }
                 c.next_tree();
                 continue;
             }
         }
         let node = q.shift(c.index)?;
-        batch.append_root(node, &mut c, out);
+        batch.append_root(node, &mut c, out)?;
         c.next_tree();
     }
     let used_block_root = block_root.is_some() && q.extra.is_none();
@@ -297,7 +310,7 @@ fn verify_upgrade(
         c.seek(last.index);
         let mut i = 0;
         while i < extra.len() && extra[i].index == c.sibling() {
-            batch.append_root(extra[i], &mut c, out);
+            batch.append_root(extra[i], &mut c, out)?;
             i += 1;
         }
         while i < extra.len() {
@@ -312,7 +325,7 @@ fn verify_upgrade(
                 }
                 c.left_child();
             }
-            batch.append_root(node, &mut c, out);
+            batch.append_root(node, &mut c, out)?;
             c.sibling();
         }
     }

@@ -3,6 +3,7 @@
 use super::{
     flat::{self, Cursor},
     node::Node,
+    proof::ProofError,
 };
 use crate::crypto::hash::{Hash, tree_hash};
 
@@ -27,22 +28,31 @@ impl TreeState {
         tree_hash(self.roots.iter().map(|n| (&n.hash, n.index, n.size)))
     }
 
-    /// Appends one block, pushing the new leaf and every new parent to `new_nodes`.
-    pub fn append(&mut self, data: &[u8], new_nodes: &mut Vec<Node>) {
+    /// Appends one block, pushing the new leaf and every new parent to `new_nodes`. Fails,
+    /// leaving the state partly grown, only if the byte length would pass `u64::MAX`.
+    pub fn append(&mut self, data: &[u8], new_nodes: &mut Vec<Node>) -> Result<(), ProofError> {
         let leaf = Node::leaf(self.length, data);
         let mut cursor = Cursor::new(leaf.index);
-        self.append_root(leaf, &mut cursor, new_nodes);
+        self.append_root(leaf, &mut cursor, new_nodes)
     }
 
-    /// Appends a node as a new root at `cursor`, merging full siblings into parents.
+    /// Appends a node as a new root at `cursor`, merging full siblings into parents. Sizes and
+    /// lengths may come from a peer: a sum past `u64::MAX` is an error, not a panic.
     pub(crate) fn append_root(
         &mut self,
         node: Node,
         cursor: &mut Cursor,
         new_nodes: &mut Vec<Node>,
-    ) {
-        self.length += cursor.factor / 2;
-        self.byte_length += node.size;
+    ) -> Result<(), ProofError> {
+        let overflow = || ProofError::invalid("tree sizes overflow");
+        self.length = self
+            .length
+            .checked_add(cursor.factor / 2)
+            .ok_or_else(overflow)?;
+        self.byte_length = self
+            .byte_length
+            .checked_add(node.size)
+            .ok_or_else(overflow)?;
         self.roots.push(node);
         new_nodes.push(node);
         while self.roots.len() > 1 {
@@ -52,11 +62,12 @@ impl TreeState {
                 cursor.sibling();
                 break;
             }
-            let parent = Node::parent(cursor.parent(), &a, &b);
+            let parent = Node::parent(cursor.parent(), &a, &b).ok_or_else(overflow)?;
             new_nodes.push(parent);
             self.roots.truncate(self.roots.len() - 2);
             self.roots.push(parent);
         }
+        Ok(())
     }
 
     /// The flat-tree indices of the roots of a tree of `length` blocks.

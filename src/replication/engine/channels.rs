@@ -1,18 +1,19 @@
-//! Peers and channels: opening (with capabilities), simultaneous opens, sync, and closing.
+//! Peers and channels: the handshake in which both sides prove the key, parked channels,
+//! simultaneous opens, sync, and closing.
 
 use std::time::Instant;
 
-use super::{Channel, ChannelId, Engine, Event, Output, Peer, PeerId};
+use super::{Channel, ChannelId, Engine, Event, Output, Parked, Peer, PeerId};
 use crate::{
     crypto::{
         CoreKey, DiscoveryKey,
-        capability::{capability, check_capability},
+        capability::{Role, capability, check_capability},
     },
     replication::wire::{Message, SyncInfo},
 };
 
 impl Engine {
-    pub(super) fn on_connected(&mut self, peer: PeerId) {
+    pub(super) fn on_connected(&mut self, peer: PeerId, now: Instant) {
         if self.peers.contains_key(&peer) {
             return;
         }
@@ -31,9 +32,10 @@ impl Engine {
         // ones it replicates (see `parked`) and opens channels only for cores it adds later.
         // This avoids opening every channel twice.
         if self.me < peer {
-            let cores: Vec<CoreKey> = self.cores.keys().copied().collect();
+            let mut cores: Vec<CoreKey> = self.cores.keys().copied().collect();
+            cores.sort();
             for core in cores {
-                self.open_channel(peer, core);
+                self.open_channel(peer, core, now);
             }
         }
     }
@@ -43,20 +45,28 @@ impl Engine {
             return;
         };
         for ch in p.channels.values() {
-            self.channels.remove(ch);
+            if let Some(c) = self.channels.remove(ch)
+                && let Some(t) = c.handshake_deadline
+            {
+                self.handshakes.remove(&(t, *ch));
+            }
         }
-        self.parked.retain(|(p, _), _| *p != peer);
+        for ch in p.parked {
+            self.forget_parked(ch);
+        }
         self.fetch.remove_peer(&peer);
-        for r in self.cores.values_mut() {
+        for (key, r) in self.cores.iter_mut() {
             if r.upgrading.as_ref().is_some_and(|u| u.peer == peer) {
                 r.upgrading = None;
+                self.retry_upgrade.insert(*key);
             }
         }
         self.emit(Event::PeerRemove(peer));
     }
 
-    /// Opens a channel for `core` to `peer`, unless one exists.
-    pub(super) fn open_channel(&mut self, peer: PeerId, core: CoreKey) {
+    /// Opens a channel for `core` to `peer`, unless one exists. It carries only our `Open`
+    /// until the peer's `Accept` proves it knows the key.
+    pub(super) fn open_channel(&mut self, peer: PeerId, core: CoreKey, now: Instant) {
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
@@ -70,22 +80,30 @@ impl Engine {
         self.next_channel += 2;
         let open = Message::Open {
             discovery_key: r.discovery_key,
-            capability: capability(&core, &self.me, &peer),
+            capability: capability(&core, Role::Opener, &self.me, &peer),
         };
-        self.add_channel(id, peer, core, true);
+        let deadline = now + self.cfg.handshake_timeout;
+        self.add_channel(id, peer, core, true, Some(deadline));
+        self.handshakes.insert((deadline, id));
         self.outputs.push_back(Output::OpenChannel(peer, id, open));
-        if let Some(info) = self.sync_info(&core, false) {
-            self.send(peer, id, Message::Sync(info));
-        }
     }
 
-    fn add_channel(&mut self, id: ChannelId, peer: PeerId, core: CoreKey, opened_by_me: bool) {
+    fn add_channel(
+        &mut self,
+        id: ChannelId,
+        peer: PeerId,
+        core: CoreKey,
+        opened_by_me: bool,
+        handshake_deadline: Option<Instant>,
+    ) {
         self.channels.insert(
             id,
             Channel {
                 peer,
                 core,
                 opened_by_me,
+                authenticated: handshake_deadline.is_none(),
+                handshake_deadline,
                 remote: None,
                 remote_ranges: Vec::new(),
                 requests: Default::default(),
@@ -97,11 +115,20 @@ impl Engine {
         }
     }
 
+    /// Whether both sides of channel `id` proved the key: only then may its stream carry
+    /// frames larger than a handshake's.
+    pub fn is_authenticated(&self, id: ChannelId) -> bool {
+        self.channels.get(&id).is_some_and(|c| c.authenticated)
+    }
+
     /// Forgets a channel; its requests fail without blame.
     fn drop_channel(&mut self, id: ChannelId) {
         let Some(c) = self.channels.remove(&id) else {
             return;
         };
+        if let Some(t) = c.handshake_deadline {
+            self.handshakes.remove(&(t, id));
+        }
         if let Some(p) = self.peers.get_mut(&c.peer)
             && p.channels.get(&c.core) == Some(&id)
         {
@@ -113,6 +140,7 @@ impl Engine {
             && r.upgrading.as_ref().is_some_and(|u| u.channel == id)
         {
             r.upgrading = None;
+            self.retry_upgrade.insert(c.core);
         }
     }
 
@@ -129,9 +157,8 @@ impl Engine {
         self.drop_channel(id);
     }
 
-    pub(super) fn on_channel_closed(&mut self, peer: PeerId, id: ChannelId) {
-        self.parked
-            .retain(|(p, _), (ch, _)| !(*p == peer && *ch == id));
+    pub(super) fn on_channel_closed(&mut self, _peer: PeerId, id: ChannelId) {
+        self.forget_parked(id);
         self.drop_channel(id);
     }
 
@@ -139,21 +166,48 @@ impl Engine {
         if !self.peers.contains_key(&peer) {
             return;
         }
-        if !self.channels.contains_key(&id) {
+        if self.parked.contains_key(&id) {
+            // A parked channel carries nothing but its `Open` until we adopt it.
+            self.forget_parked(id);
+            self.count_dropped(peer);
+            self.refuse(peer, id, "a channel carries nothing before the handshake");
+            return;
+        }
+        let Some(c) = self.channels.get(&id) else {
             match msg {
                 Message::Open {
                     discovery_key,
                     capability,
-                } => self.on_open(peer, id, discovery_key, capability),
-                // Late messages on a channel we dropped, or on a parked one.
+                } if !id.is_multiple_of(2) => {
+                    self.on_open(peer, id, discovery_key, capability, now)
+                }
+                // Late messages on a channel we dropped.
                 _ if id.is_multiple_of(2) => {}
-                _ if self.parked.values().any(|(ch, _)| *ch == id) => {}
                 _ => self.close_channel(peer, id, "the first message must be Open"),
+            }
+            return;
+        };
+        if !c.authenticated {
+            // A channel we opened: the peer must prove the key before anything else.
+            match msg {
+                Message::Accept { capability } => self.on_accept(peer, id, capability),
+                Message::Close { .. } => {
+                    self.outputs.push_back(Output::CloseChannel(peer, id));
+                    self.drop_channel(id);
+                }
+                _ => {
+                    self.count_dropped(peer);
+                    self.refuse(peer, id, "a channel carries nothing before the handshake");
+                    self.drop_channel(id);
+                }
             }
             return;
         }
         match msg {
-            Message::Open { .. } => self.close_channel(peer, id, "channel opened twice"),
+            Message::Open { .. } | Message::Accept { .. } => {
+                self.count_dropped(peer);
+                self.close_channel(peer, id, "channel opened twice")
+            }
             Message::Close { reason } => {
                 tracing::debug!("channel closed by peer: {reason}");
                 self.outputs.push_back(Output::CloseChannel(peer, id));
@@ -168,24 +222,30 @@ impl Engine {
                 id: req,
                 start,
                 end,
-            } => self.on_no_data(id, req, start, end),
+            } => self.on_no_data(id, req, start, end, now),
             Message::Push { proof } => self.on_push(id, proof, now),
             Message::Unwant { .. } | Message::Cancel { .. } | Message::Extension { .. } => {}
         }
     }
 
-    pub(super) fn on_open(&mut self, peer: PeerId, id: ChannelId, dk: DiscoveryKey, cap: [u8; 32]) {
+    /// A peer opened a channel: it is accepted (with our `Accept`, then our `Sync`) if the
+    /// opener's capability checks out, parked if we do not know the core, refused otherwise.
+    pub(super) fn on_open(
+        &mut self,
+        peer: PeerId,
+        id: ChannelId,
+        dk: DiscoveryKey,
+        cap: [u8; 32],
+        now: Instant,
+    ) {
         let Some(core) = self.by_discovery_key.get(&dk).copied() else {
             // Perhaps we are about to replicate it: keep the channel waiting (refusing it
             // would race with our own open of the same core).
-            if self.parked.len() < super::MAX_PARKED && !self.parked.contains_key(&(peer, dk)) {
-                self.parked.insert((peer, dk), (id, cap));
-            } else {
-                self.refuse(peer, id, "unknown core");
-            }
+            self.park(peer, id, dk, cap, now);
             return;
         };
-        if !check_capability(&core, &peer, &self.me, &cap) {
+        if !check_capability(&core, Role::Opener, &peer, &self.me, &cap) {
+            self.count_dropped(peer);
             self.refuse(peer, id, "invalid capability");
             return;
         }
@@ -207,10 +267,112 @@ impl Engine {
                 return;
             }
         }
-        self.add_channel(id, peer, core, false);
-        // Ask for the opener's state: its first Sync is lost if the channel waited parked.
-        if let Some(info) = self.sync_info(&core, true) {
+        self.add_channel(id, peer, core, false, None);
+        let accept = Message::Accept {
+            capability: capability(&core, Role::Acceptor, &peer, &self.me),
+        };
+        self.send(peer, id, accept);
+        if let Some(info) = self.sync_info(&core, false) {
             self.send(peer, id, Message::Sync(info));
+        }
+    }
+
+    /// The peer accepted a channel we opened: if its capability checks out, the channel is
+    /// authenticated and our state follows.
+    fn on_accept(&mut self, peer: PeerId, id: ChannelId, cap: [u8; 32]) {
+        let Some(c) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let core = c.core;
+        if !check_capability(&core, Role::Acceptor, &self.me, &peer, &cap) {
+            self.count_dropped(peer);
+            self.emit(Event::ChannelRefused {
+                peer,
+                reason: "invalid capability in Accept".into(),
+            });
+            self.close_channel(peer, id, "invalid capability");
+            return;
+        }
+        c.authenticated = true;
+        if let Some(t) = c.handshake_deadline.take() {
+            self.handshakes.remove(&(t, id));
+        }
+        if let Some(info) = self.sync_info(&core, false) {
+            self.send(peer, id, Message::Sync(info));
+        }
+    }
+
+    /// Keeps a channel for a core we do not know waiting, within the per-peer and total caps.
+    fn park(&mut self, peer: PeerId, id: ChannelId, dk: DiscoveryKey, cap: [u8; 32], now: Instant) {
+        let per_peer = self.peers.get(&peer).map_or(0, |p| p.parked.len());
+        let same_core = self.parked_by_dk.get(&dk).is_some_and(|chs| {
+            chs.iter()
+                .any(|ch| self.parked.get(ch).is_some_and(|p| p.peer == peer))
+        });
+        if per_peer >= self.cfg.max_parked_per_peer
+            || self.parked.len() >= self.cfg.max_parked
+            || same_core
+        {
+            self.count_refused(peer);
+            self.refuse(peer, id, "unknown core");
+            return;
+        }
+        let deadline = now + self.cfg.handshake_timeout;
+        self.parked.insert(
+            id,
+            Parked {
+                peer,
+                discovery_key: dk,
+                capability: cap,
+                deadline,
+            },
+        );
+        self.parked_by_dk.entry(dk).or_default().insert(id);
+        self.handshakes.insert((deadline, id));
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.parked.insert(id);
+        }
+    }
+
+    /// Takes channel `id` out of the parked ones (but for its discovery key's set, which the
+    /// caller handles).
+    pub(super) fn unpark(&mut self, id: ChannelId) -> Option<Parked> {
+        let p = self.parked.remove(&id)?;
+        self.handshakes.remove(&(p.deadline, id));
+        if let Some(peer) = self.peers.get_mut(&p.peer) {
+            peer.parked.remove(&id);
+        }
+        Some(p)
+    }
+
+    /// Forgets a parked channel, if `id` is one.
+    fn forget_parked(&mut self, id: ChannelId) {
+        if let Some(p) = self.unpark(id)
+            && let Some(chs) = self.parked_by_dk.get_mut(&p.discovery_key)
+        {
+            chs.remove(&id);
+            if chs.is_empty() {
+                self.parked_by_dk.remove(&p.discovery_key);
+            }
+        }
+    }
+
+    /// Closes the channels whose handshake did not finish in time: ours without the peer's
+    /// `Accept`, and parked ones for a core we did not add.
+    pub(super) fn expire_handshakes(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.handshakes.first() {
+            if deadline > now {
+                return;
+            }
+            self.handshakes.remove(&(deadline, id));
+            if let Some(p) = self.parked.get(&id) {
+                let peer = p.peer;
+                self.forget_parked(id);
+                self.refuse(peer, id, "unknown core");
+            } else if let Some(peer) = self.channels.get(&id).map(|c| c.peer) {
+                self.count_dropped(peer);
+                self.close_channel(peer, id, "no proof of the key in time");
+            }
         }
     }
 
@@ -227,6 +389,20 @@ impl Engine {
             },
         ));
         self.outputs.push_back(Output::CloseChannel(peer, id));
+    }
+
+    /// Counts input from `peer` that broke the protocol and was dropped.
+    pub(super) fn count_dropped(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.dropped += 1;
+        }
+    }
+
+    /// Counts a request or channel of `peer` refused because it asked for too much.
+    pub(super) fn count_refused(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.refused += 1;
+        }
     }
 
     fn on_sync(&mut self, id: ChannelId, info: SyncInfo, now: Instant) {
@@ -256,7 +432,7 @@ impl Engine {
                 _ => 0,
             };
             let to = info.contiguous.min(local.length);
-            self.fetch.add_source(core, from, to, peer);
+            self.add_source(core, from, to, peer);
         }
         self.maybe_upgrade(core, now);
     }
@@ -274,7 +450,7 @@ impl Engine {
             && fork == Some(r.local.fork)
         {
             let end = end.min(r.local.length);
-            self.fetch.add_source(core, start, end, peer);
+            self.add_source(core, start, end, peer);
         }
     }
 
@@ -310,7 +486,14 @@ impl Engine {
             }
         }
         for (peer, s, e) in found {
-            self.fetch.add_source(core, s, e, peer);
+            self.add_source(core, s, e, peer);
+        }
+    }
+
+    /// Records that `peer` has blocks `start..end` of `core`, unless it was dropped.
+    fn add_source(&mut self, core: CoreKey, start: u64, end: u64, peer: PeerId) {
+        if self.peers.get(&peer).is_some_and(|p| !p.dropped) {
+            self.fetch.add_source(core, start, end, peer);
         }
     }
 }

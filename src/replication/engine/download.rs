@@ -19,14 +19,15 @@ impl Engine {
         let Some(r) = self.cores.get(&core) else {
             return;
         };
-        if r.upgrading.is_some() || r.upgrade_proof.is_some() {
+        // A writer's state comes from its own appends, never from the wire.
+        if r.upgrading.is_some() || r.upgrade_proof.is_some() || r.local.writable {
             return;
         }
         let local = r.local;
         let best = self
             .channels
             .iter()
-            .filter(|(_, c)| c.core == core && !self.fetch.is_backed_off(&c.peer, now))
+            .filter(|(_, c)| c.core == core && self.may_ask(&c.peer, now))
             .filter_map(|(id, c)| c.remote.map(|s| (*id, c.peer, s)))
             .filter(|(_, _, s)| {
                 s.length > 0
@@ -63,7 +64,8 @@ impl Engine {
             ..Default::default()
         };
         if let Some(c) = self.channels.get_mut(&channel) {
-            c.requests.insert(id, Sent::Upgrade);
+            let block = request.block.map(|b| b.index);
+            c.requests.insert(id, Sent::Upgrade { start, block });
         }
         if let Some(r) = self.cores.get_mut(&core) {
             r.upgrading = Some(Upgrading {
@@ -82,8 +84,25 @@ impl Engine {
         };
         let (peer, core) = (c.peer, c.core);
         match c.requests.get(&id).copied() {
-            Some(Sent::Upgrade) => {
+            Some(Sent::Upgrade { start, block }) => {
                 c.requests.remove(&id);
+                // An answer must answer the question: an upgrade from where we asked, and the
+                // block we asked for. Anything else (no upgrade at all, say) fails the request.
+                let answers = proof.upgrade.as_ref().is_some_and(|u| u.start == start)
+                    && proof.block.as_ref().map(|b| b.index) == block
+                    && proof.hash.is_none()
+                    && proof.seek.is_none();
+                if !answers {
+                    self.upgrade_failed(core, channel);
+                    self.blame(
+                        core,
+                        peer,
+                        "an answer that does not answer the upgrade asked for".into(),
+                        now,
+                    );
+                    self.maybe_upgrade(core, now);
+                    return;
+                }
                 if let Some(r) = self.cores.get_mut(&core) {
                     r.upgrade_proof = Some((peer, proof));
                 }
@@ -112,23 +131,23 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_no_data(&mut self, channel: ChannelId, id: u64, start: u64, end: u64) {
+    pub(super) fn on_no_data(
+        &mut self,
+        channel: ChannelId,
+        id: u64,
+        start: u64,
+        end: u64,
+        now: Instant,
+    ) {
         let Some(c) = self.channels.get_mut(&channel) else {
             return;
         };
         let core = c.core;
         match c.requests.get(&id).copied() {
-            Some(Sent::Upgrade) => {
+            Some(Sent::Upgrade { .. }) => {
                 c.requests.remove(&id);
-                // It cannot prove what it claimed: stop believing it until it syncs again.
-                if let Some(remote) = &mut c.remote
-                    && let Some(r) = self.cores.get(&core)
-                {
-                    remote.length = remote.length.min(r.local.length);
-                }
-                if let Some(r) = self.cores.get_mut(&core) {
-                    r.upgrading = None;
-                }
+                self.upgrade_failed(core, channel);
+                self.maybe_upgrade(core, now);
             }
             Some(Sent::Run) => {
                 self.fetch.on_no_data(id, start, end);
@@ -138,6 +157,30 @@ impl Engine {
             }
             None => {}
         }
+    }
+
+    /// The upgrade asked of `channel`'s peer failed: it cannot prove the length it claimed, so
+    /// it is not believed until it syncs again, and the upgrade may be asked of another peer.
+    pub(super) fn upgrade_failed(&mut self, core: CoreKey, channel: ChannelId) {
+        let Some(r) = self.cores.get_mut(&core) else {
+            return;
+        };
+        if r.upgrading.as_ref().is_some_and(|u| u.channel == channel) {
+            r.upgrading = None;
+        }
+        let length = r.local.length;
+        if let Some(remote) = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|c| c.remote.as_mut())
+        {
+            remote.length = remote.length.min(length);
+        }
+    }
+
+    /// Whether `peer` may be asked for data at `now`: not backed off, not dropped.
+    pub(super) fn may_ask(&self, peer: &PeerId, now: Instant) -> bool {
+        !self.fetch.is_backed_off(peer, now) && self.peers.get(peer).is_some_and(|p| !p.dropped)
     }
 
     /// Starts applying what arrived, one storage task per core at a time, upgrades first.
@@ -190,12 +233,10 @@ impl Engine {
                 TaskCtx::ServeRun {
                     peer,
                     channel,
-                    id,
-                    start,
-                    end,
+                    request,
                 },
                 TaskResult::Run(r),
-            ) => self.on_served_run(peer, channel, id, start, end, r),
+            ) => self.on_served_run(peer, channel, request, r),
             (TaskCtx::Push { peer, channel }, TaskResult::Proof(r)) => {
                 self.on_pushed(peer, channel, r)
             }
@@ -316,7 +357,7 @@ impl Engine {
             self.fetch.remove_core(&core);
             for c in self.channels.values_mut() {
                 if c.core == core {
-                    c.requests.retain(|_, s| *s == Sent::Upgrade);
+                    c.requests.retain(|_, s| matches!(s, Sent::Upgrade { .. }));
                 }
             }
             self.emit(Event::Truncate {
@@ -391,8 +432,12 @@ impl Engine {
         }
     }
 
-    /// Sends every request the fetch queue has room for.
+    /// Asks again for the upgrades whose peer went away, then sends every request the fetch
+    /// queue has room for.
     pub(super) fn schedule(&mut self, now: Instant) {
+        while let Some(core) = self.retry_upgrade.pop_first() {
+            self.maybe_upgrade(core, now);
+        }
         while let Some(a) = self.fetch.next_request(now) {
             let channel = self
                 .peers
@@ -426,6 +471,9 @@ impl Engine {
                     self.emit(Event::Backoff(p))
                 }
                 crate::replication::fetch::PeerNotice::Dropped(p) => {
+                    if let Some(peer) = self.peers.get_mut(&p) {
+                        peer.dropped = true;
+                    }
                     self.emit(Event::PeerDropped(p))
                 }
             }

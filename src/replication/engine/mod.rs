@@ -14,7 +14,7 @@ mod push;
 mod serve;
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -75,12 +75,29 @@ pub struct EngineConfig {
     pub serve_concurrency: usize,
     /// Requests from one peer waiting to be served; more are answered with `NoData`.
     pub serve_queue: usize,
+    /// Bytes queued towards one peer (not yet taken by QUIC) beyond which its requests wait:
+    /// a peer that does not read cannot make us hold more than this (plus the parts of runs
+    /// being read for it).
+    pub max_backlog_bytes: u64,
+    /// Block bytes read for one part of a run answer: a run of large blocks is read and sent
+    /// in parts of this size, each when the peer's backlog has room.
+    pub serve_run_bytes: u64,
     /// Refused requests after which a peer's channels are closed.
     pub max_refused: u64,
     /// Shortest time between two gossip announcements of one core.
     pub announce_interval: Duration,
     /// Gossip message size limit (iroh-gossip's `max_message_size`).
     pub gossip_max_message: usize,
+    /// Time a peer has to prove it knows a core's key on a channel we opened (its `Accept`),
+    /// and time a channel it opened for a core we do not replicate waits to be adopted.
+    pub handshake_timeout: Duration,
+    /// Channels one peer may keep waiting for cores we do not replicate.
+    pub max_parked_per_peer: usize,
+    /// Channels all peers together may keep waiting for cores we do not replicate.
+    pub max_parked: usize,
+    /// Dials that gossip announcements may cause per second (an announcement names its
+    /// origin, and anyone on a topic can announce).
+    pub gossip_dials_per_second: usize,
 }
 
 impl Default for EngineConfig {
@@ -90,9 +107,15 @@ impl Default for EngineConfig {
             upgrade_timeout: Duration::from_secs(5),
             serve_concurrency: 4,
             serve_queue: 256,
+            max_backlog_bytes: 8 * 1024 * 1024,
+            serve_run_bytes: 1024 * 1024,
             max_refused: 4096,
             announce_interval: Duration::from_millis(50),
             gossip_max_message: GOSSIP_MAX_MESSAGE,
+            handshake_timeout: Duration::from_secs(10),
+            max_parked_per_peer: 64,
+            max_parked: 4096,
+            gossip_dials_per_second: 8,
         }
     }
 }
@@ -119,6 +142,9 @@ pub enum Input {
     LocalChanged(CoreKey, LocalInfo),
     /// The application wants blocks `start..end` (sparse cores).
     Want(CoreKey, u64, u64),
+    /// Bytes queued towards `peer` that QUIC has not taken yet (reported by the driver when
+    /// it changes). Requests wait while it is over `max_backlog_bytes`.
+    Backlog(PeerId, u64),
 }
 
 /// A storage task for the driver to run against a core.
@@ -126,7 +152,8 @@ pub enum Input {
 pub enum Task {
     /// `Hypercore::create_proof`.
     CreateProof(ProofRequest),
-    /// `Hypercore::create_run_proofs(fork, start, end, length)`.
+    /// `Hypercore::create_run_proofs_within(fork, start, end, length, max_bytes)`: a prefix
+    /// of the run holding about `max_bytes` of blocks; the engine asks for the rest later.
     CreateRun {
         /// Requester's fork.
         fork: u64,
@@ -136,6 +163,8 @@ pub enum Task {
         end: u64,
         /// Requester's length.
         length: u64,
+        /// Block bytes read for this part of the run.
+        max_bytes: u64,
     },
     /// `Hypercore::verify_and_apply_proof`.
     ApplyProof(Proof),
@@ -285,14 +314,26 @@ pub struct PeerStats {
     pub pushes_taken: u64,
     /// Proofs from this peer that did not verify.
     pub invalid: u64,
-    /// Requests refused because the peer asked for too much.
+    /// Requests and channels refused because the peer asked for too much (a full serve
+    /// queue, a run too long, too many channels for unknown cores).
     pub refused: u64,
+    /// Messages and channels dropped because they broke the protocol: anything before the
+    /// handshake, a wrong capability, a second `Open`.
+    pub dropped: u64,
+    /// Bytes queued towards the peer and not yet taken by QUIC.
+    pub backlog_bytes: u64,
+    /// Bytes of unfinished frames from the peer held in memory.
+    pub buffered_bytes: u64,
 }
 
-/// What a request we sent was for.
+/// What a request we sent was for: an answer must answer it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
-    Upgrade,
+    /// A signed upgrade from `start`, with block `block` if one was asked for.
+    Upgrade {
+        start: u64,
+        block: Option<u64>,
+    },
     Run,
 }
 
@@ -301,6 +342,10 @@ struct Channel {
     peer: PeerId,
     core: CoreKey,
     opened_by_me: bool,
+    /// Both sides proved the key. A channel we opened is not until the peer's valid `Accept`
+    /// arrives before `handshake_deadline`; until then it carries nothing but our `Open`.
+    authenticated: bool,
+    handshake_deadline: Option<Instant>,
     /// The remote's last `Sync`, once the channel is open.
     remote: Option<SyncInfo>,
     /// Blocks past `remote.contiguous` the remote said it has.
@@ -315,6 +360,10 @@ struct Peer {
     channels: HashMap<CoreKey, ChannelId>,
     serve_queue: VecDeque<(ChannelId, Message)>,
     stats: PeerStats,
+    /// Failed after its last back-off: asked for nothing more while this connection lasts.
+    dropped: bool,
+    /// Its parked channels.
+    parked: BTreeSet<ChannelId>,
 }
 
 #[derive(Debug)]
@@ -355,9 +404,8 @@ enum TaskCtx {
     ServeRun {
         peer: PeerId,
         channel: ChannelId,
-        id: u64,
-        start: u64,
-        end: u64,
+        /// The request, with `start` where this part of it begins.
+        request: Message,
     },
     /// Preparing a push of new blocks (see the `push` module).
     Push { peer: PeerId, channel: ChannelId },
@@ -380,8 +428,13 @@ pub struct Engine {
     cfg: EngineConfig,
     cores: HashMap<CoreKey, Replica>,
     by_discovery_key: HashMap<DiscoveryKey, CoreKey>,
-    /// Channels peers opened for cores we do not replicate (yet): adopted if we add the core.
-    parked: HashMap<(PeerId, DiscoveryKey), (ChannelId, [u8; 32])>,
+    /// Channels peers opened for cores we do not replicate (yet): adopted if we add the core
+    /// before their handshake deadline. Each carries nothing but its `Open`.
+    parked: HashMap<ChannelId, Parked>,
+    /// The parked channels of each discovery key.
+    parked_by_dk: BTreeMap<DiscoveryKey, BTreeSet<ChannelId>>,
+    /// Handshake deadlines: channels we opened waiting for `Accept`, and parked channels.
+    handshakes: BTreeSet<(Instant, ChannelId)>,
     peers: HashMap<PeerId, Peer>,
     channels: HashMap<ChannelId, Channel>,
     fetch: FetchQueue,
@@ -390,10 +443,22 @@ pub struct Engine {
     next_channel: ChannelId,
     next_task: TaskId,
     next_upgrade_id: u64,
+    /// Cores whose upgrade peer went away: asked of another peer at the end of this turn.
+    retry_upgrade: BTreeSet<CoreKey>,
+    /// When the dials that gossip caused in the last second started.
+    gossip_dials: VecDeque<Instant>,
+    /// Gossip-caused dials skipped by the rate limit.
+    gossip_dials_skipped: u64,
 }
 
-/// Most channels for unknown cores kept waiting, over all peers.
-const MAX_PARKED: usize = 4096;
+/// A channel a peer opened for a core we do not replicate (yet).
+#[derive(Debug)]
+struct Parked {
+    peer: PeerId,
+    discovery_key: DiscoveryKey,
+    capability: [u8; 32],
+    deadline: Instant,
+}
 
 /// Ids of upgrade requests have the top bit set; run requests use the fetch queue's ids.
 const UPGRADE_ID_BIT: u64 = 1 << 63;
@@ -408,6 +473,8 @@ impl Engine {
             cores: HashMap::new(),
             by_discovery_key: HashMap::new(),
             parked: HashMap::new(),
+            parked_by_dk: BTreeMap::new(),
+            handshakes: BTreeSet::new(),
             peers: HashMap::new(),
             channels: HashMap::new(),
             tasks: HashMap::new(),
@@ -415,12 +482,20 @@ impl Engine {
             next_channel: 0,
             next_task: 0,
             next_upgrade_id: 0,
+            retry_upgrade: BTreeSet::new(),
+            gossip_dials: VecDeque::new(),
+            gossip_dials_skipped: 0,
         }
     }
 
     /// This endpoint's id.
     pub fn me(&self) -> PeerId {
         self.me
+    }
+
+    /// The engine's tuning.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
     }
 
     /// Starts replicating a core: joins its gossip topic and opens a channel on every
@@ -451,19 +526,15 @@ impl Engine {
         );
         self.outputs
             .push_back(Output::JoinGossip(key, super::gossip::topic(&dk)));
-        let parked: Vec<(PeerId, ChannelId, [u8; 32])> = self
-            .parked
-            .iter()
-            .filter(|((_, d), _)| *d == dk)
-            .map(|((p, _), (ch, cap))| (*p, *ch, *cap))
-            .collect();
-        for (peer, ch, cap) in parked {
-            self.parked.remove(&(peer, dk));
-            self.on_open(peer, ch, dk, cap);
+        for ch in self.parked_by_dk.remove(&dk).unwrap_or_default() {
+            if let Some(p) = self.unpark(ch) {
+                self.on_open(p.peer, ch, dk, p.capability, now);
+            }
         }
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        let mut peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        peers.sort();
         for peer in peers {
-            self.open_channel(peer, key);
+            self.open_channel(peer, key, now);
         }
         self.enqueue_missing(key);
         self.announce(key, now);
@@ -521,6 +592,11 @@ impl Engine {
         v
     }
 
+    /// Dials that gossip announcements asked for and the rate limit skipped.
+    pub fn gossip_dials_skipped(&self) -> u64 {
+        self.gossip_dials_skipped
+    }
+
     /// Blocks waiting in the fetch queue.
     pub fn queued_blocks(&self) -> usize {
         self.fetch.len()
@@ -529,15 +605,16 @@ impl Engine {
     /// Feeds one input at time `now`.
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
-            Input::PeerConnected(peer) => self.on_connected(peer),
+            Input::PeerConnected(peer) => self.on_connected(peer, now),
             Input::PeerDisconnected(peer) => self.on_disconnected(peer),
             Input::Message(peer, channel, msg) => self.on_message(peer, channel, msg, now),
             Input::ChannelClosed(peer, channel) => self.on_channel_closed(peer, channel),
             Input::TaskDone(id, result) => self.on_task_done(id, result, now),
-            Input::Gossip(core, bytes) => self.on_gossip(core, &bytes),
+            Input::Gossip(core, bytes) => self.on_gossip(core, &bytes, now),
             Input::GossipLagged(core) => self.resync(core),
             Input::LocalChanged(core, local) => self.update_local(core, local, now),
             Input::Want(core, start, end) => self.on_want(core, start, end),
+            Input::Backlog(peer, bytes) => self.on_backlog(peer, bytes),
         }
         self.schedule(now);
     }
@@ -558,14 +635,18 @@ impl Engine {
                 .then(|| r.last_announce.map(|t| t + self.cfg.announce_interval))
                 .flatten()
         });
+        let handshakes = self.handshakes.first().map(|(t, _)| *t);
         upgrades
             .chain(announces)
+            .chain(handshakes)
             .chain(self.fetch.next_deadline())
             .min()
     }
 
-    /// Handles every timer due at `now`: request timeouts, back-offs, announcements.
+    /// Handles every timer due at `now`: handshakes, request timeouts, back-offs,
+    /// announcements.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_handshakes(now);
         for (id, peer) in self.fetch.poll_timeouts(now) {
             let channels: Vec<ChannelId> = self.peer_channels(&peer);
             for ch in channels {
@@ -589,6 +670,7 @@ impl Engine {
                     c.requests.remove(&u.id);
                 }
                 self.fetch.penalize(u.peer, now);
+                self.maybe_upgrade(core, now);
             }
         }
         let due: Vec<CoreKey> = self
@@ -625,7 +707,14 @@ impl Engine {
         self.outputs.push_back(Output::Event(ev));
     }
 
+    /// Queues a message. Nothing but the handshake leaves on a channel whose peer has not
+    /// proven the key: this is the one place that guarantees it.
     fn send(&mut self, peer: PeerId, channel: ChannelId, msg: Message) {
+        let handshake = matches!(msg, Message::Accept { .. } | Message::Close { .. });
+        if !handshake && !self.is_authenticated(channel) {
+            debug_assert!(false, "{msg:?} on an unauthenticated channel");
+            return;
+        }
         self.outputs.push_back(Output::Send(peer, channel, msg));
     }
 
@@ -684,7 +773,7 @@ impl Engine {
     }
 
     /// A gossip announcement: a hint to connect to the announcer if it is ahead of us.
-    fn on_gossip(&mut self, core: CoreKey, bytes: &[u8]) {
+    fn on_gossip(&mut self, core: CoreKey, bytes: &[u8], now: Instant) {
         let Ok(GossipOp::Announce {
             origin,
             fork,
@@ -703,14 +792,31 @@ impl Engine {
             return;
         }
         if !self.peers.contains_key(&origin) {
+            // Anyone on the topic can name any origin: dials are rate limited here, and the
+            // driver bounds those in flight and times them out.
+            while self
+                .gossip_dials
+                .front()
+                .is_some_and(|t| *t + Duration::from_secs(1) <= now)
+            {
+                self.gossip_dials.pop_front();
+            }
+            if self.gossip_dials.len() >= self.cfg.gossip_dials_per_second {
+                tracing::debug!("gossip dial skipped: rate limit");
+                self.gossip_dials_skipped += 1;
+                return;
+            }
+            self.gossip_dials.push_back(now);
             self.outputs.push_back(Output::Connect(origin));
         } else if let Some(ch) = self.peers[&origin].channels.get(&core).copied() {
             // Connected already: ask for its state rather than trusting the announcement.
-            if let Some(info) = self.sync_info(&core, true) {
+            if self.is_authenticated(ch)
+                && let Some(info) = self.sync_info(&core, true)
+            {
                 self.send(origin, ch, Message::Sync(info));
             }
         } else {
-            self.open_channel(origin, core);
+            self.open_channel(origin, core, now);
         }
     }
 

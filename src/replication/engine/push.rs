@@ -35,7 +35,7 @@ impl Engine {
         let targets: Vec<(PeerId, ChannelId)> = self
             .channels
             .iter()
-            .filter(|(_, c)| c.core == core && !c.pushing)
+            .filter(|(_, c)| c.core == core && !c.pushing && self.has_room(&c.peer))
             .filter(|(_, c)| {
                 c.remote.is_some_and(|s| {
                     s.downloading
@@ -156,6 +156,7 @@ mod tests {
 
     use super::super::{Engine, EngineConfig, Input, LocalInfo, Mode, Output, Task, TaskResult};
     use crate::{
+        crypto::capability::{Role, capability},
         replication::wire::{Message, SyncInfo},
         tree::{BlockProof, Proof, UpgradeProof},
     };
@@ -200,6 +201,10 @@ mod tests {
                 _ => None,
             })
             .expect("a channel is opened to the new peer");
+        let accept = Message::Accept {
+            capability: capability(&CORE, Role::Acceptor, &[1; 32], &PEER),
+        };
+        engine.handle(Input::Message(PEER, channel, accept), now);
         engine.handle(Input::Message(PEER, channel, remote), now);
         while engine.poll_output().is_some() {}
         (engine, channel)
@@ -338,11 +343,13 @@ mod tests {
                 "dropped: push at {start} in {mode:?} mode, writable: {writable}"
             );
             engine.handle(Input::Message(PEER, channel, sync(6, true)), now);
-            assert!(
-                outputs(&mut engine)
-                    .iter()
-                    .any(|o| matches!(o, Output::Send(_, _, Message::Request { .. }))),
-                "the Sync still starts an upgrade request"
+            let asked = outputs(&mut engine)
+                .iter()
+                .any(|o| matches!(o, Output::Send(_, _, Message::Request { .. })));
+            // A writer's state comes from its own appends: it never asks a peer for one.
+            assert_eq!(
+                asked, !writable,
+                "the Sync starts an upgrade request in a reader"
             );
         }
     }

@@ -1,5 +1,7 @@
 //! Serving peers: proofs and runs, with a bounded queue per peer so a flood of requests cannot
-//! take over the storage thread.
+//! take over the storage thread, and a bound on the bytes queued towards a peer so one that does
+//! not read cannot make us hold its answers: requests wait while its backlog is over
+//! `max_backlog_bytes`, and a run is read in parts of `serve_run_bytes`.
 
 use super::{ChannelId, Engine, Event, PeerId, Task, TaskCtx};
 use crate::{
@@ -49,9 +51,25 @@ impl Engine {
             .count()
     }
 
-    /// Starts serving queued requests while the peer is under its concurrency limit.
+    /// The driver's count of bytes queued towards `peer`; serving resumes once it has room.
+    pub(super) fn on_backlog(&mut self, peer: PeerId, bytes: u64) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.backlog_bytes = bytes;
+        }
+        self.serve_next(peer);
+    }
+
+    /// Whether answers may be queued towards `peer`: its backlog is under the limit.
+    pub(super) fn has_room(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.stats.backlog_bytes < self.cfg.max_backlog_bytes)
+    }
+
+    /// Starts serving queued requests while the peer is under its concurrency limit and its
+    /// backlog has room.
     fn serve_next(&mut self, peer: PeerId) {
-        while self.serving(&peer) < self.cfg.serve_concurrency {
+        while self.serving(&peer) < self.cfg.serve_concurrency && self.has_room(&peer) {
             let Some((channel, msg)) = self
                 .peers
                 .get_mut(&peer)
@@ -76,9 +94,7 @@ impl Engine {
                     length,
                 } => {
                     if start >= end || end - start > MAX_RUN {
-                        if let Some(p) = self.peers.get_mut(&peer) {
-                            p.stats.refused += 1;
-                        }
+                        self.count_refused(peer);
                         self.send(peer, channel, Message::NoData { id, start, end });
                         continue;
                     }
@@ -89,13 +105,12 @@ impl Engine {
                             start,
                             end,
                             length,
+                            max_bytes: self.cfg.serve_run_bytes,
                         },
                         TaskCtx::ServeRun {
                             peer,
                             channel,
-                            id,
-                            start,
-                            end,
+                            request: msg,
                         },
                     );
                 }
@@ -133,18 +148,39 @@ impl Engine {
         self.serve_next(peer);
     }
 
+    /// A part of a run was read: it is sent, and the rest of the run queued in front of the
+    /// peer's other requests.
     pub(super) fn on_served_run(
         &mut self,
         peer: PeerId,
         channel: ChannelId,
-        id: u64,
-        start: u64,
-        end: u64,
+        request: Message,
         result: Result<Vec<RunItem>, String>,
     ) {
+        let Message::RequestRun { id, start, end, .. } = request else {
+            return;
+        };
         if let Some(core) = self.channels.get(&channel).map(|c| c.core) {
             match result {
                 Ok(items) => {
+                    let stop = items.last().map_or(end, |item| match item {
+                        RunItem::Missing(i) => i + 1,
+                        RunItem::Proof(p) => p.block.as_ref().map_or(end, |b| b.index + 1),
+                    });
+                    if stop > start
+                        && stop < end
+                        && let Some(p) = self.peers.get_mut(&peer)
+                        && let Message::RequestRun { fork, length, .. } = request
+                    {
+                        let rest = Message::RequestRun {
+                            id,
+                            fork,
+                            start: stop,
+                            end,
+                            length,
+                        };
+                        p.serve_queue.push_front((channel, rest));
+                    }
                     for msg in run_answer(id, items) {
                         if let Message::Data { proof, .. } = &msg
                             && let Some(b) = &proof.block

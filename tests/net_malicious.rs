@@ -3,19 +3,21 @@
 //! Honest replication still completes, nothing unverified is stored, the liars are backed off
 //! or disconnected.
 
+#[path = "common/attacker.rs"]
+mod attacker;
 #[path = "common/net.rs"]
 mod net;
 
+use attacker::{accept_for, open_channel, read_msg, send};
 use iroh::{
     Endpoint,
     endpoint::{Connection, RecvStream, SendStream},
 };
 use iroh_hypercore::{
     CoreTicket, Error, Event, Hypercore,
-    crypto::capability::{Role, capability},
     replication::{
         gossip::{GossipOp, topic},
-        wire::{MAX_FRAME, Message, SyncInfo, decode_body, encode_frame, frame_len},
+        wire::{MAX_FRAME, Message, SyncInfo},
     },
     testnet::{Node, TestNet, Transport},
     tree::{BlockProof, Proof, UpgradeProof},
@@ -23,18 +25,6 @@ use iroh_hypercore::{
 use net::{WAIT, follower, wait_event, wait_full, writer_with_log};
 
 const LIE: u64 = 1_000_000;
-
-async fn read_msg(recv: &mut RecvStream) -> Option<Message> {
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header).await.ok()?;
-    let mut body = vec![0; frame_len(header).ok()?];
-    recv.read_exact(&mut body).await.ok()?;
-    decode_body(&body).ok()
-}
-
-async fn send(send: &mut SendStream, msg: &Message) {
-    let _ = send.write_all(&encode_frame(msg).unwrap()).await;
-}
 
 /// Answers everything on one channel with lies, then floods the peer with requests.
 async fn lie_on(mut tx: SendStream, mut rx: RecvStream) {
@@ -122,22 +112,14 @@ where
     tokio::spawn(async move {
         while let Ok((mut tx, mut rx)) = accepted.accept_bi().await {
             let _ = read_msg(&mut rx).await;
-            let accept = Message::Accept {
-                capability: capability(&key, Role::Acceptor, &them, &me),
-            };
-            send(&mut tx, &accept).await;
+            send(&mut tx, &accept_for(&key, them, me)).await;
             tokio::spawn(answer(tx, rx));
         }
     });
-    let (mut tx, mut rx) = conn.open_bi().await.unwrap();
-    let open = Message::Open {
-        discovery_key: log.discovery_key(),
-        capability: capability(&key, Role::Opener, &me, &them),
-    };
-    send(&mut tx, &open).await;
+    let ours = conn.clone();
     tokio::spawn(async move {
         // The reader proves the key (or keeps its own channel and closes ours).
-        if let Some(Message::Accept { .. }) = read_msg(&mut rx).await {
+        if let Some((tx, rx)) = open_channel(&ours, me, key).await {
             answer(tx, rx).await;
         }
     });

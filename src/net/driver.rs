@@ -57,6 +57,23 @@ pub const MAX_JOIN_NODES: usize = 8;
 /// Time a dial may take.
 pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What a node holds and refused over all its peers: the resources peers can make it spend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Open connections (at most [`MAX_CONNECTIONS`]).
+    pub connections: usize,
+    /// Dials in flight (at most [`MAX_DIALS`]).
+    pub dials_in_flight: usize,
+    /// Dials that gossip announcements asked for and the rate limit skipped.
+    pub gossip_dials_skipped: u64,
+    /// Channels peers opened for cores this node does not replicate, waiting.
+    pub parked_channels: usize,
+    /// Bytes of unfinished frames held, over all connections.
+    pub buffered_bytes: u64,
+    /// Bytes queued towards peers that QUIC has not taken yet.
+    pub backlog_bytes: u64,
+}
+
 /// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
 pub(crate) enum Command {
     Accept(Connection),
@@ -65,6 +82,7 @@ pub(crate) enum Command {
     Join(CoreKey, Vec<EndpointAddr>, oneshot::Sender<()>),
     PeerStats(oneshot::Sender<Vec<PeerStats>>),
     CorePeers(CoreKey, oneshot::Sender<Vec<PeerId>>),
+    NodeStats(oneshot::Sender<NodeStats>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -269,6 +287,16 @@ impl Driver {
                     }
                 }
                 let _ = reply.send(stats);
+            }
+            Command::NodeStats(reply) => {
+                let _ = reply.send(NodeStats {
+                    connections: self.conns.len(),
+                    dials_in_flight: self.dialing.len(),
+                    gossip_dials_skipped: self.engine.gossip_dials_skipped(),
+                    parked_channels: self.engine.parked_channels(),
+                    buffered_bytes: self.budget.used(),
+                    backlog_bytes: self.conns.values().map(|c| c.backlog).sum(),
+                });
             }
             Command::CorePeers(key, reply) => {
                 let _ = reply.send(self.engine.core_peers(&key));

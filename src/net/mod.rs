@@ -6,7 +6,8 @@ mod frames;
 mod protocol;
 mod tasks;
 
-pub use frames::ReadError;
+pub use driver::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES, NodeStats};
+pub use frames::{MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED_TOTAL, ReadError};
 pub use iroh_hypercore_tickets::{CoreTicket, TicketError};
 pub use protocol::{Builder, HypercoreProtocol};
 pub use tasks::{local_info, run as run_task};
@@ -17,11 +18,17 @@ pub const ALPN: &[u8] = b"/iroh-hypercore/2";
 /// Streams a peer may open at once on a connection, in [`transport_config`].
 pub const MAX_CHANNELS: u32 = 4096;
 
-/// A QUIC transport config for endpoints that replicate many cores: every core is a stream,
-/// and QUIC's default of 100 concurrent bidirectional streams would cap a connection at 100
-/// cores. Pass it to `Endpoint::builder(..).transport_config(..)`.
+/// Bytes a peer may have in flight on one connection that we have not read yet: QUIC's
+/// connection receive window, which is unlimited by default.
+pub const RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// A QUIC transport config for endpoints that replicate: every core is a stream, and QUIC's
+/// default of 100 concurrent bidirectional streams would cap a connection at 100 cores; and
+/// the connection receive window is bounded ([`RECEIVE_WINDOW`]) instead of unlimited. Pass it
+/// to `Endpoint::builder(..).transport_config(..)`.
 pub fn transport_config() -> iroh::endpoint::QuicTransportConfig {
     iroh::endpoint::QuicTransportConfig::builder()
         .max_concurrent_bidi_streams(MAX_CHANNELS.into())
+        .receive_window(RECEIVE_WINDOW.into())
         .build()
 }

@@ -11,7 +11,7 @@ use iroh_gossip::Gossip;
 use iroh_hypercore_tickets::CoreTicket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::driver::{Command, Driver};
+use super::driver::{Command, Driver, NodeStats};
 use crate::{
     Corestore, Error, Hypercore, Result,
     replication::{Engine, EngineConfig, Event, Mode, engine::PeerStats},
@@ -176,6 +176,12 @@ impl HypercoreProtocol {
     /// Counters of every connected peer.
     pub async fn peer_stats(&self) -> Result<Vec<PeerStats>> {
         self.command(Command::PeerStats).await
+    }
+
+    /// What this node holds and refused over all peers: connections, dials, parked channels,
+    /// buffered and queued bytes.
+    pub async fn node_stats(&self) -> Result<NodeStats> {
+        self.command(Command::NodeStats).await
     }
 
     /// Peers with an open channel for `core`.

@@ -505,6 +505,12 @@ impl FetchQueue {
     /// Times out requests whose deadline passed: their blocks go back to the queue and their
     /// peers are backed off. Returns the ids of the requests that timed out.
     pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId)> {
+        // Back-offs that ended are no deadline any more (else the next one is in the past).
+        for p in self.peers.values_mut() {
+            if p.backoff_until.is_some_and(|t| t <= now) {
+                p.backoff_until = None;
+            }
+        }
         let expired: Vec<(u64, PeerId)> = self
             .requests
             .iter()

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     crypto::CoreKey,
-    replication::wire::Message,
+    replication::wire::{Message, SyncInfo},
     tree::{IndexRequest, Proof, ProofRequest, UpgradeRequest},
 };
 
@@ -24,17 +24,27 @@ impl Engine {
             return;
         }
         let local = r.local;
+        let ahead = |s: &SyncInfo| {
+            s.length > 0
+                && (s.fork > local.fork || (s.fork == local.fork && s.length > local.length))
+        };
         let best = self
             .channels
             .iter()
             .filter(|(_, c)| c.core == core && self.may_ask(&c.peer, now))
             .filter_map(|(id, c)| c.remote.map(|s| (*id, c.peer, s)))
-            .filter(|(_, _, s)| {
-                s.length > 0
-                    && (s.fork > local.fork || (s.fork == local.fork && s.length > local.length))
-            })
+            .filter(|(_, _, s)| ahead(s))
             .max_by_key(|(id, _, s)| (s.fork, s.length, std::cmp::Reverse(*id)));
         let Some((channel, peer, remote)) = best else {
+            // A peer ahead that is backed off is asked once its back-off ends.
+            let waiting = self.channels.values().any(|c| {
+                c.core == core
+                    && c.remote.as_ref().is_some_and(ahead)
+                    && self.peers.get(&c.peer).is_some_and(|p| !p.dropped)
+            });
+            if waiting {
+                self.upgrade_after_backoff.insert(core);
+            }
             return;
         };
         let start = if remote.fork == local.fork {

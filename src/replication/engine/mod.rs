@@ -445,6 +445,8 @@ pub struct Engine {
     next_upgrade_id: u64,
     /// Cores whose upgrade peer went away: asked of another peer at the end of this turn.
     retry_upgrade: BTreeSet<CoreKey>,
+    /// Cores with a peer ahead that is backed off: asked again when a back-off ends.
+    upgrade_after_backoff: BTreeSet<CoreKey>,
     /// When the dials that gossip caused in the last second started.
     gossip_dials: VecDeque<Instant>,
     /// Gossip-caused dials skipped by the rate limit.
@@ -483,6 +485,7 @@ impl Engine {
             next_task: 0,
             next_upgrade_id: 0,
             retry_upgrade: BTreeSet::new(),
+            upgrade_after_backoff: BTreeSet::new(),
             gossip_dials: VecDeque::new(),
             gossip_dials_skipped: 0,
         }
@@ -597,6 +600,11 @@ impl Engine {
         self.gossip_dials_skipped
     }
 
+    /// Channels peers opened for cores we do not replicate, waiting to be adopted.
+    pub fn parked_channels(&self) -> usize {
+        self.parked.len()
+    }
+
     /// Blocks waiting in the fetch queue.
     pub fn queued_blocks(&self) -> usize {
         self.fetch.len()
@@ -672,6 +680,9 @@ impl Engine {
                 self.fetch.penalize(u.peer, now);
                 self.maybe_upgrade(core, now);
             }
+        }
+        for core in std::mem::take(&mut self.upgrade_after_backoff) {
+            self.maybe_upgrade(core, now);
         }
         let due: Vec<CoreKey> = self
             .cores

@@ -1,0 +1,94 @@
+//! A hostile peer for the attack tests: a raw iroh endpoint that speaks hand-made frames on
+//! `/iroh-hypercore/2`, with whatever it knows (the key, only the discovery key, or nothing).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use iroh::{
+    Endpoint,
+    endpoint::{Connection, RecvStream, SendStream},
+};
+use iroh_hypercore::{
+    CoreKey,
+    crypto::capability::{Role, capability},
+    replication::wire::{Message, decode_body, encode_frame, frame_len},
+    testnet::{TestNet, Transport},
+};
+
+/// Reads one frame; `None` when the stream ends or breaks.
+pub async fn read_msg(recv: &mut RecvStream) -> Option<Message> {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.ok()?;
+    let mut body = vec![0; frame_len(header).ok()?];
+    recv.read_exact(&mut body).await.ok()?;
+    decode_body(&body).ok()
+}
+
+/// Reads frames until the stream ends or `quiet` passes without one; returns them all.
+pub async fn read_all(recv: &mut RecvStream, quiet: Duration) -> Vec<Message> {
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, read_msg(recv)).await {
+        out.push(m);
+    }
+    out
+}
+
+/// Writes one frame, ignoring a closed stream.
+pub async fn send(tx: &mut SendStream, msg: &Message) {
+    let _ = tx.write_all(&encode_frame(msg).expect("encodes")).await;
+}
+
+/// An endpoint on `net` whose id sorts after `than` (so that the node with id `than` opens
+/// channels towards it) or before it, as `after` says.
+pub async fn endpoint_ordered(net: &TestNet, than: [u8; 32], after: bool) -> Endpoint {
+    loop {
+        let ep = net.endpoint(Transport::Direct).await.unwrap();
+        if (*ep.id().as_bytes() > than) == after {
+            return ep;
+        }
+        ep.close().await;
+    }
+}
+
+/// Opens a channel for core `key` on `conn` the honest way (the key is public to anyone with
+/// a ticket) and waits for the node's `Accept`. `None` if the node refused or kept its own
+/// channel instead.
+pub async fn open_channel(
+    conn: &Connection,
+    me: [u8; 32],
+    key: CoreKey,
+) -> Option<(SendStream, RecvStream)> {
+    let them = *conn.remote_id().as_bytes();
+    let (mut tx, mut rx) = conn.open_bi().await.ok()?;
+    let open = Message::Open {
+        discovery_key: iroh_hypercore::crypto::discovery_key(&key),
+        capability: capability(&key, Role::Opener, &me, &them),
+    };
+    send(&mut tx, &open).await;
+    match read_msg(&mut rx).await {
+        Some(Message::Accept { .. }) => Some((tx, rx)),
+        _ => None,
+    }
+}
+
+/// The `Accept` a peer that knows `key` answers an `Open` from `opener` with.
+pub fn accept_for(key: &CoreKey, opener: [u8; 32], me: [u8; 32]) -> Message {
+    Message::Accept {
+        capability: capability(key, Role::Acceptor, &opener, &me),
+    }
+}
+
+/// An endpoint whose id sorts below `target`'s, connected to it. The target then opens no
+/// channel of its own towards it, so a channel the attacker opens is the one kept.
+pub async fn connect_below(
+    net: &TestNet,
+    target: &iroh_hypercore::testnet::Node,
+) -> (Endpoint, Connection) {
+    let ep = endpoint_ordered(net, *target.endpoint.id().as_bytes(), false).await;
+    let conn = ep
+        .connect(target.addr(), iroh_hypercore::ALPN)
+        .await
+        .expect("connects");
+    (ep, conn)
+}

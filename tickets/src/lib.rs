@@ -23,6 +23,10 @@ pub const PREFIX: &str = "core";
 /// Longest ticket string accepted by [`FromStr`]; longer input is refused before decoding.
 pub const MAX_TICKET_LEN: usize = 8192;
 
+/// Most bytes [`CoreTicket::from_bytes`] accepts: what a string of [`MAX_TICKET_LEN`]
+/// characters can encode, so both forms have the same limit.
+pub const MAX_TICKET_BYTES: usize = (MAX_TICKET_LEN - PREFIX.len()) * 5 / 8;
+
 /// A hypercore's key and the addresses of endpoints that replicate it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoreTicket {
@@ -45,6 +49,9 @@ pub enum TicketError {
     /// The decoded bytes are not a ticket.
     #[error("ticket bytes do not decode: {0}")]
     Decode(String),
+    /// The bytes are more than [`MAX_TICKET_BYTES`].
+    #[error("ticket is {0} bytes long, the limit is {MAX_TICKET_BYTES}")]
+    TooLarge(usize),
     /// The decoded ticket has bytes left over.
     #[error("ticket has {0} trailing bytes")]
     Trailing(usize),
@@ -71,8 +78,12 @@ impl CoreTicket {
         postcard::to_stdvec(self).expect("serializing into a Vec cannot fail")
     }
 
-    /// Decodes the postcard bytes of a ticket, refusing trailing bytes.
+    /// Decodes the postcard bytes of a ticket, refusing more than [`MAX_TICKET_BYTES`] and
+    /// trailing bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TicketError> {
+        if bytes.len() > MAX_TICKET_BYTES {
+            return Err(TicketError::TooLarge(bytes.len()));
+        }
         let (ticket, rest) = postcard::take_from_bytes::<Self>(bytes)
             .map_err(|e| TicketError::Decode(e.to_string()))?;
         if !rest.is_empty() {
@@ -181,5 +192,17 @@ mod tests {
             long.parse::<CoreTicket>(),
             Err(TicketError::TooLong(_))
         ));
+        // The byte form has the same limit: a ticket with many nodes that the string form
+        // could not carry is refused before it is decoded.
+        let many: Vec<EndpointAddr> = (0..=255).map(|i| addr(i, 1, true)).collect();
+        let bytes = CoreTicket::new([1; 32], many).to_bytes();
+        assert!(bytes.len() > MAX_TICKET_BYTES);
+        assert_eq!(
+            CoreTicket::from_bytes(&bytes),
+            Err(TicketError::TooLarge(bytes.len()))
+        );
+        let fits = CoreTicket::new([1; 32], vec![addr(1, 1, true)]);
+        assert!(fits.to_string().len() <= MAX_TICKET_LEN);
+        assert_eq!(CoreTicket::from_bytes(&fits.to_bytes()), Ok(fits));
     }
 }

@@ -773,7 +773,9 @@ impl Driver {
             self.unflushed.push(ch);
         }
         self.add_backlog(&peer, added, true);
-        if idle {
+        // Checked against the limit once this turn's outputs are queued (also while a write
+        // is blocked: a peer that does not read is exactly the one to stop serving).
+        if self.backlog_grew.last() != Some(&peer) {
             self.backlog_grew.push(peer);
         }
     }

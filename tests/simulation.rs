@@ -1,6 +1,7 @@
 //! Test network 10: a simulation of the sans-IO engine. 100 peers in one process, a fake
 //! clock, random link failures; storage tasks run on real memory stores. Every peer must end
-//! with the full verified log, and then follow it live as the writer appends.
+//! with the full verified log, and then follow it live as the writer appends; and with five
+//! hostile peers among them, every honest peer must still end with the verified log.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -10,7 +11,8 @@ use std::{
 use iroh_hypercore::{
     Corestore, Hypercore, KeyPair,
     net::{local_info, run_task},
-    replication::{Engine, EngineConfig, Input, Mode, Output, engine::ChannelId},
+    replication::{Engine, EngineConfig, Event, Input, Message, Mode, Output, engine::ChannelId},
+    tree::{Proof, ProofRequest, UpgradeRequest},
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -26,8 +28,64 @@ struct Peer {
     next_incoming: ChannelId,
 }
 
+/// How a hostile peer rewrites what it sends.
+struct Liar {
+    /// A signed state of the log at an older length, replayed as answers to upgrades.
+    old_state: Proof,
+    /// Messages it rewrote.
+    lies: u64,
+}
+
+impl Liar {
+    /// Rewrites one outgoing message: lengths inflated, upgrades replayed from an old state or
+    /// answered with nothing, block values flipped, pushes forged.
+    fn rewrite(&mut self, msg: Message, rng: &mut StdRng) -> Message {
+        // Ids of upgrade requests have the top bit set (the engine's convention).
+        const UPGRADE_ID_BIT: u64 = 1 << 63;
+        self.lies += 1;
+        match msg {
+            Message::Sync(mut info) => {
+                info.length += 1000;
+                info.contiguous += 1000;
+                Message::Sync(info)
+            }
+            Message::Data { id, mut proof } => {
+                if proof.upgrade.is_some() {
+                    proof = if rng.random_bool(0.5) {
+                        self.old_state.clone()
+                    } else {
+                        Proof::default()
+                    };
+                } else if let Some(b) = &mut proof.block {
+                    b.value.push(b'!');
+                }
+                Message::Data { id, proof }
+            }
+            Message::Push { .. } => Message::Push {
+                proof: self.old_state.clone(),
+            },
+            // It cannot prove the length it claimed: it answers the upgrade anyway.
+            Message::NoData { id, .. } if id & UPGRADE_ID_BIT != 0 => Message::Data {
+                id,
+                proof: self.old_state.clone(),
+            },
+            other => {
+                self.lies -= 1;
+                other
+            }
+        }
+    }
+}
+
 struct Sim {
     peers: Vec<Peer>,
+    /// Hostile peers, by index: their engines are honest, what they send is not.
+    liars: HashMap<usize, Liar>,
+    /// Times an honest peer rejected and blamed data from a liar.
+    blamed: u64,
+    /// The longest log each peer held so far.
+    lengths: Vec<u64>,
+    rng: StdRng,
     ids: Vec<[u8; 32]>,
     index: HashMap<[u8; 32], usize>,
     /// Open streams, by either end.
@@ -90,6 +148,10 @@ impl Sim {
                         .push_back((q, Input::Message(self.ids[p], theirs, first)));
                 }
                 Output::Send(_, ch, msg) => {
+                    let msg = match self.liars.get_mut(&p) {
+                        Some(liar) => liar.rewrite(msg, &mut self.rng),
+                        None => msg,
+                    };
                     if let Some((q, theirs)) = self.pipes.get(&(p, ch)).copied() {
                         self.queue
                             .push_back((q, Input::Message(self.ids[p], theirs, msg)));
@@ -104,7 +166,16 @@ impl Sim {
                 }
                 Output::Task(id, _, task) => {
                     let result = run_task(self.peers[p].core.clone(), task).await;
+                    // A signed state only moves forward: no peer's log ever gets shorter.
+                    let length = self.peers[p].core.info().length;
+                    assert!(length >= self.lengths[p], "peer {p} went back to {length}");
+                    self.lengths[p] = length;
                     self.queue.push_back((p, Input::TaskDone(id, result)));
+                }
+                Output::Event(Event::Invalid { peer, .. })
+                    if self.liars.contains_key(&self.index[&peer]) =>
+                {
+                    self.blamed += 1;
                 }
                 Output::JoinGossip(..) | Output::Broadcast(..) | Output::Event(_) => {}
             }
@@ -185,11 +256,8 @@ impl Sim {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
-    let mut rng = StdRng::seed_from_u64(7);
-    let start = Instant::now();
-    let cfg = EngineConfig {
+fn config() -> EngineConfig {
+    EngineConfig {
         fetch: iroh_hypercore::replication::FetchConfig {
             run_bytes: 16 * 1024,
             timeout: Duration::from_millis(200),
@@ -197,12 +265,34 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
         },
         upgrade_timeout: Duration::from_millis(200),
         ..Default::default()
-    };
-    // The writer and 99 readers, each with its own memory store.
+    }
+}
+
+/// The writer (peer 0) with `BLOCKS` blocks and 99 readers, each with its own memory store, on
+/// a sparse random mesh (everyone links to three random others). Peers `1..=liars` are
+/// hostile: they replay the writer's signed state at length 5, answer upgrades with nothing,
+/// flip block values and inflate their lengths.
+async fn setup(rng: &mut StdRng, liars: usize) -> (Sim, Hypercore) {
+    let start = Instant::now();
     let writer_store = Corestore::memory().await.unwrap();
     let writer = writer_store.get_named("sim").await.unwrap();
     writer
-        .append_batch((0..BLOCKS).map(|i| format!("sim block {i}").into_bytes()))
+        .append_batch((0..5).map(|i| format!("sim block {i}").into_bytes()))
+        .await
+        .unwrap();
+    let old_state = writer
+        .create_proof(ProofRequest {
+            upgrade: Some(UpgradeRequest {
+                start: 0,
+                length: 5,
+            }),
+            manifest: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    writer
+        .append_batch((5..BLOCKS).map(|i| format!("sim block {i}").into_bytes()))
         .await
         .unwrap();
     let mut peers = Vec::new();
@@ -219,7 +309,7 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
                 .unwrap()
         };
         let id = KeyPair::generate().public_key();
-        let mut engine = Engine::new(id, cfg.clone());
+        let mut engine = Engine::new(id, config());
         engine.add_core(core.key(), local_info(&core), Mode::Full, start);
         ids.push(id);
         peers.push(Peer {
@@ -229,8 +319,21 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
         });
     }
     let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let liars = (1..=liars)
+        .map(|p| {
+            let liar = Liar {
+                old_state: old_state.clone(),
+                lies: 0,
+            };
+            (p, liar)
+        })
+        .collect();
     let mut sim = Sim {
         peers,
+        liars,
+        blamed: 0,
+        lengths: vec![0; PEERS],
+        rng: StdRng::seed_from_u64(rng.random()),
         ids,
         index,
         pipes: HashMap::new(),
@@ -238,19 +341,33 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
         queue: VecDeque::new(),
         now: start,
     };
-    // A sparse random mesh: everyone links to three random others.
     for p in 0..PEERS {
         for _ in 0..3 {
             let q = rng.random_range(0..PEERS);
             sim.connect(p, q);
         }
     }
+    (sim, writer)
+}
+
+/// Every honest peer holds the writer's verified log.
+fn assert_honest_peers_hold(sim: &Sim, writer: &Hypercore, length: u64) {
+    for (p, peer) in sim.peers.iter().enumerate() {
+        if sim.liars.contains_key(&p) {
+            continue;
+        }
+        assert_eq!(peer.core.tree_hash(), writer.tree_hash(), "peer {p}");
+        assert_eq!(peer.core.info().contiguous_length, length, "peer {p}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut sim, writer) = setup(&mut rng, 0).await;
     let failures = sim.run_until_all_hold(BLOCKS, &mut rng, true).await;
     assert!(failures > 50, "the run had {failures} link failures");
-    for p in &sim.peers {
-        assert_eq!(p.core.tree_hash(), writer.tree_hash());
-        assert_eq!(p.core.info().contiguous_length, BLOCKS);
-    }
+    assert_honest_peers_hold(&sim, &writer, BLOCKS);
     let last = sim.peers[PEERS - 1]
         .core
         .get(BLOCKS - 1)
@@ -273,9 +390,7 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
         sim.drain(0).await;
         sim.run_until_all_hold(i + 1, &mut rng, false).await;
     }
-    for p in &sim.peers {
-        assert_eq!(p.core.tree_hash(), writer.tree_hash());
-    }
+    assert_honest_peers_hold(&sim, &writer, BLOCKS + LIVE);
     let pushed: u64 = sim.peers[0]
         .engine
         .peer_stats()
@@ -283,4 +398,18 @@ async fn hundred_peers_with_link_failures_all_get_the_verified_log() {
         .map(|s| s.pushes_sent)
         .sum();
     assert!(pushed > 0, "the writer pushed no live block");
+}
+
+/// Five of the hundred peers lie in everything they send (see [`Liar`]). The honest peers
+/// still all get the verified log, nothing the liars sent is stored, and the liars are blamed.
+#[tokio::test(flavor = "current_thread")]
+async fn hundred_peers_with_five_liars_all_get_the_verified_log() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (mut sim, writer) = setup(&mut rng, 5).await;
+    sim.run_until_all_hold(BLOCKS, &mut rng, true).await;
+    assert_honest_peers_hold(&sim, &writer, BLOCKS);
+    let lies: u64 = sim.liars.values().map(|l| l.lies).sum();
+    let blamed = sim.blamed;
+    println!("liars rewrote {lies} messages; honest peers blamed them {blamed} times");
+    assert!(lies > 0 && blamed > 0, "lies {lies}, blamed {blamed}");
 }

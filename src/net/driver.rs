@@ -28,7 +28,10 @@ use tokio::{
 
 use super::{
     ALPN,
-    frames::{Budget, Budgets, FrameReader, MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED_TOTAL},
+    frames::{
+        Budget, Budgets, Exceeded, FrameReader, MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED_TOTAL,
+        ReadError,
+    },
     tasks,
 };
 use crate::{
@@ -109,8 +112,10 @@ enum Io {
         usize,
         ChannelId,
         FrameReader,
-        Result<Option<Vec<Message>>, super::frames::ReadError>,
+        Result<Option<Vec<Message>>, ReadError>,
     ),
+    /// A channel's stream sent no complete handshake frame within the handshake timeout.
+    HandshakeTimedOut(PeerId, usize, ChannelId),
     /// A write finished: the channel, its stream, and how many bytes it took.
     Written(ChannelId, SendStream, Result<(), String>, u64),
     Closed(PeerId, usize),
@@ -532,6 +537,8 @@ impl Driver {
 
     fn remove_conn(&mut self, peer: &PeerId) -> Option<Conn> {
         let c = self.conns.remove(peer)?;
+        // Its readers may be dropped only later: its bytes leave the node's budget now.
+        c.budget.release_from(&self.budget);
         self.channels.retain(|_, ch| ch.peer != *peer);
         self.engine
             .handle(Input::PeerDisconnected(*peer), Instant::now());
@@ -615,20 +622,45 @@ impl Driver {
                         }
                         self.read_next(peer, conn_id, ch, reader);
                     }
-                    Ok(None) => self.engine.handle(Input::ChannelClosed(peer, ch), now),
-                    Err(
-                        e @ (super::frames::ReadError::Wire(_)
-                        | super::frames::ReadError::OverBudget),
-                    ) => {
+                    Err(ReadError::OverBudget(Exceeded::Total)) => {
+                        // The node's budget is spent: the connection holding the most gives
+                        // way (whoever asked), and this read is tried again.
+                        let largest = self
+                            .conns
+                            .iter()
+                            .filter(|(_, c)| c.budget.used() > 0)
+                            .max_by_key(|(p, c)| (c.budget.used(), **p))
+                            .map(|(p, _)| *p);
+                        if let Some(evicted) = largest.filter(|l| *l != peer) {
+                            tracing::warn!("frame budget spent: closing the largest holder");
+                            if let Some(c) = self.remove_conn(&evicted) {
+                                c.conn.close(1u32.into(), b"too much buffered");
+                            }
+                            self.read_next(peer, conn_id, ch, reader);
+                        } else if let Some(c) = self.remove_conn(&peer) {
+                            c.conn.close(1u32.into(), b"too much buffered");
+                        }
+                    }
+                    Err(e @ (ReadError::Wire(_) | ReadError::OverBudget(Exceeded::Connection))) => {
                         tracing::warn!("closing connection to a peer that broke framing: {e}");
                         if let Some(c) = self.remove_conn(&peer) {
                             c.conn.close(1u32.into(), b"protocol violation");
                         }
                     }
-                    Err(e) => {
-                        tracing::debug!("channel read failed: {e}");
+                    Ok(None) | Err(_) => {
+                        if let Err(e) = result {
+                            tracing::debug!("channel read failed: {e}");
+                        }
+                        self.remove_channel(ch);
                         self.engine.handle(Input::ChannelClosed(peer, ch), now);
                     }
+                }
+            }
+            Io::HandshakeTimedOut(peer, conn_id, ch) => {
+                if self.current(&peer, conn_id) && self.channels.contains_key(&ch) {
+                    tracing::debug!("no handshake frame in time: channel closed");
+                    self.remove_channel(ch);
+                    self.engine.handle(Input::ChannelClosed(peer, ch), now);
                 }
             }
             Io::Written(ch, send, result, bytes) => {
@@ -663,16 +695,30 @@ impl Driver {
     }
 
     /// Reads the next frames of a channel: only handshake-sized ones until both sides proved
-    /// the key.
+    /// the key. A stream the peer opened must complete a frame within the handshake timeout
+    /// (and a second more, so that the engine's own expiry of a parked channel, which says
+    /// why, comes first): one whose first frame never completes is not kept open. Channels we
+    /// opened are timed by the engine.
     fn read_next(&mut self, peer: PeerId, conn_id: usize, ch: ChannelId, reader: FrameReader) {
-        let max_frame = if self.engine.is_authenticated(ch) {
-            MAX_FRAME
-        } else {
-            MAX_HANDSHAKE_FRAME
-        };
+        let theirs = !ch.is_multiple_of(2);
+        if self.engine.is_authenticated(ch) || !theirs {
+            let max_frame = if self.engine.is_authenticated(ch) {
+                MAX_FRAME
+            } else {
+                MAX_HANDSHAKE_FRAME
+            };
+            self.io.push(Box::pin(async move {
+                let (reader, result) = reader.next_batch(max_frame).await;
+                Io::Frames(peer, conn_id, ch, reader, result)
+            }));
+            return;
+        }
+        let limit = self.engine.config().handshake_timeout + std::time::Duration::from_secs(1);
         self.io.push(Box::pin(async move {
-            let (reader, result) = reader.next_batch(max_frame).await;
-            Io::Frames(peer, conn_id, ch, reader, result)
+            match tokio::time::timeout(limit, reader.next_batch(MAX_HANDSHAKE_FRAME)).await {
+                Ok((reader, result)) => Io::Frames(peer, conn_id, ch, reader, result),
+                Err(_) => Io::HandshakeTimedOut(peer, conn_id, ch),
+            }
         }));
     }
 

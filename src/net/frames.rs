@@ -3,7 +3,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use bytes::{Buf, BytesMut};
@@ -27,6 +27,9 @@ pub const MAX_BUFFERED_TOTAL: u64 = 256 * 1024 * 1024;
 pub struct Budget {
     used: Arc<AtomicU64>,
     limit: u64,
+    /// Set when a connection's budget was released as a whole (its connection closed): what
+    /// its readers give back later is not given back to the total a second time.
+    released: Arc<AtomicBool>,
 }
 
 impl Budget {
@@ -35,6 +38,15 @@ impl Budget {
         Self {
             used: Arc::new(AtomicU64::new(0)),
             limit,
+            released: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Releases this (connection's) budget as a whole from `total` at once, when its
+    /// connection closes: its readers may be dropped only later.
+    pub fn release_from(&self, total: &Budget) {
+        if !self.released.swap(true, Ordering::Relaxed) {
+            total.give_back(self.used.swap(0, Ordering::Relaxed));
         }
     }
 
@@ -69,21 +81,35 @@ pub struct Budgets {
     pub total: Budget,
 }
 
+/// Which budget a read would have passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    /// The connection's own.
+    Connection,
+    /// The node's, over all connections.
+    Total,
+}
+
 impl Budgets {
-    fn try_take(&self, n: u64) -> bool {
+    fn try_take(&self, n: u64) -> Result<(), Exceeded> {
+        if self.connection.released.load(Ordering::Relaxed) {
+            return Err(Exceeded::Connection);
+        }
         if !self.connection.try_take(n) {
-            return false;
+            return Err(Exceeded::Connection);
         }
         if !self.total.try_take(n) {
             self.connection.give_back(n);
-            return false;
+            return Err(Exceeded::Total);
         }
-        true
+        Ok(())
     }
 
     fn give_back(&self, n: u64) {
         self.connection.give_back(n);
-        self.total.give_back(n);
+        if !self.connection.released.load(Ordering::Relaxed) {
+            self.total.give_back(n);
+        }
     }
 }
 
@@ -97,9 +123,9 @@ pub enum ReadError {
     #[error("stream ended inside a frame")]
     Truncated,
     /// Unfinished frames on this connection, or on all of them, would hold more than their
-    /// budget.
-    #[error("unfinished frames over the memory budget")]
-    OverBudget,
+    /// budget. The reader is unchanged: the read may be tried again once there is room.
+    #[error("unfinished frames over the memory budget ({0:?})")]
+    OverBudget(Exceeded),
     /// The QUIC stream failed.
     #[error("stream failed: {0}")]
     Stream(String),
@@ -172,9 +198,9 @@ impl FrameReader {
     fn account(&mut self) -> Result<(), ReadError> {
         let now = self.buf.len() as u64;
         if now > self.held {
-            if !self.budgets.try_take(now - self.held) {
-                return Err(ReadError::OverBudget);
-            }
+            self.budgets
+                .try_take(now - self.held)
+                .map_err(ReadError::OverBudget)?;
         } else {
             self.budgets.give_back(self.held - now);
             if now == 0 && self.buf.capacity() > CHUNK {
@@ -286,17 +312,27 @@ mod tests {
             connection: Budget::new(100),
             total: budgets.total.clone(),
         };
-        assert!(budgets.try_take(100));
-        assert!(!budgets.try_take(1), "the connection's budget is spent");
-        assert!(!other.try_take(51), "the total is shared");
+        assert_eq!(budgets.try_take(100), Ok(()));
+        assert_eq!(budgets.try_take(1), Err(Exceeded::Connection));
         assert_eq!(
-            other.connection.used(),
-            0,
-            "a refused take leaves nothing behind"
+            other.try_take(51),
+            Err(Exceeded::Total),
+            "the total is shared"
         );
-        assert!(other.try_take(50));
+        assert_eq!(other.connection.used(), 0, "a refused take leaves nothing");
+        assert_eq!(other.try_take(50), Ok(()));
         budgets.give_back(100);
         assert_eq!(budgets.total.used(), 50);
+        // A closed connection's bytes leave the total at once, and only once.
+        other.connection.release_from(&other.total);
+        assert_eq!(other.total.used(), 0);
+        other.give_back(50);
+        assert_eq!(other.total.used(), 0);
+        assert_eq!(
+            other.try_take(1),
+            Err(Exceeded::Connection),
+            "nothing more for it"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::ranges;
 use crate::{core::MAX_RUN, crypto::CoreKey};
 
 /// An endpoint id, as bytes.
@@ -130,6 +131,20 @@ struct PeerState {
     requests: usize,
     failures: u32,
     backoff_until: Option<Instant>,
+    /// The blocks of each core the peer is a source of, as ranges: runs are looked for only
+    /// there, so a peer that has little costs little to serve the queue.
+    ranges: BTreeMap<CoreKey, Vec<(u64, u64)>>,
+}
+
+/// What became of a block that arrived for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Expected: to be verified and stored.
+    Taken,
+    /// Not asked for in that request, or answered already.
+    Unexpected,
+    /// Asked for, but holding it would pass `max_held_bytes`: back in the queue, dropped.
+    OverCap,
 }
 
 /// What happened to a peer that the engine should act on.
@@ -212,28 +227,46 @@ impl FetchQueue {
             q.entries
                 .append(&mut (start..end).map(|i| (i, new())).collect());
             q.ready.append(&mut (start..end).collect());
-            return;
+        } else {
+            for index in start..end {
+                q.entries.entry(index).or_insert_with(|| {
+                    q.ready.insert(index);
+                    new()
+                });
+            }
         }
-        for index in start..end {
-            q.entries.entry(index).or_insert_with(|| {
-                q.ready.insert(index);
-                new()
-            });
+        // The peers known to hold these blocks are their sources.
+        for (peer, state) in &self.peers {
+            for &(s, e) in state.ranges.get(&core).into_iter().flatten() {
+                let (s, e) = (s.max(start), e.min(end));
+                if s >= e {
+                    continue;
+                }
+                for entry in q.entries.range_mut(s..e).map(|(_, e)| e) {
+                    if !entry.sources.contains(peer) {
+                        entry.sources.push(*peer);
+                    }
+                }
+            }
         }
     }
 
-    /// Records that `peer` has blocks `start..end` of `core`.
+    /// Records that `peer` has blocks `start..end` of `core`. Only the part not recorded
+    /// before is walked, so a peer repeating itself costs nothing.
     pub fn add_source(&mut self, core: CoreKey, start: u64, end: u64, peer: PeerId) {
         if start >= end {
             return;
         }
-        self.peers.entry(peer).or_default();
+        let state = self.peers.entry(peer).or_default();
         let Some(q) = self.cores.get_mut(&core) else {
             return;
         };
-        for e in q.entries.range_mut(start..end).map(|(_, e)| e) {
-            if !e.sources.contains(&peer) {
-                e.sources.push(peer);
+        let known = state.ranges.entry(core).or_default();
+        for (s, e) in ranges::insert(known, start, end) {
+            for e in q.entries.range_mut(s..e).map(|(_, e)| e) {
+                if !e.sources.contains(&peer) {
+                    e.sources.push(peer);
+                }
             }
         }
     }
@@ -243,15 +276,25 @@ impl FetchQueue {
         if let Some(q) = self.cores.remove(core) {
             self.release_held(q.entries.into_values());
         }
+        for p in self.peers.values_mut() {
+            p.ranges.remove(core);
+        }
         self.fail_requests(|r| r.core == *core);
     }
 
     /// `peer` no longer serves `core` (its channel closed).
     pub fn remove_source(&mut self, core: &CoreKey, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer && r.core == *core);
+        let known = self
+            .peers
+            .get_mut(peer)
+            .and_then(|p| p.ranges.remove(core))
+            .unwrap_or_default();
         if let Some(q) = self.cores.get_mut(core) {
-            for e in q.entries.values_mut() {
-                e.sources.retain(|p| p != peer);
+            for (s, e) in known {
+                for e in q.entries.range_mut(s..e).map(|(_, e)| e) {
+                    e.sources.retain(|p| p != peer);
+                }
             }
         }
     }
@@ -268,10 +311,19 @@ impl FetchQueue {
     /// The peer went away: its requests fail without penalty and it is no longer a source.
     pub fn remove_peer(&mut self, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer);
-        for e in self.cores.values_mut().flat_map(|q| q.entries.values_mut()) {
-            e.sources.retain(|p| p != peer);
+        let Some(state) = self.peers.remove(peer) else {
+            return;
+        };
+        for (core, known) in state.ranges {
+            let Some(q) = self.cores.get_mut(&core) else {
+                continue;
+            };
+            for (s, e) in known {
+                for e in q.entries.range_mut(s..e).map(|(_, e)| e) {
+                    e.sources.retain(|p| p != peer);
+                }
+            }
         }
-        self.peers.remove(peer);
     }
 
     /// Whether `peer` is on back-off at `now`.
@@ -314,15 +366,19 @@ impl FetchQueue {
         None
     }
 
-    /// Builds the longest run of ready blocks `peer` has, starting at the first one.
+    /// Builds the longest run of ready blocks `peer` has, starting at the first one. Only the
+    /// ranges the peer is a source of are looked at.
     fn assign(&mut self, peer: PeerId, now: Instant) -> Option<Assignment> {
-        let state = &self.peers[&peer];
-        let room = self.cfg.window_bytes - state.in_flight_bytes;
+        let state = self.peers.get(&peer)?;
+        let room = self.cfg.window_bytes.saturating_sub(state.in_flight_bytes);
         let failed = state.failures > 0;
         let mut run: Option<(CoreKey, u64, u64)> = None;
-        'cores: for (core, q) in &self.cores {
+        'cores: for (core, known) in &state.ranges {
+            let Some(q) = self.cores.get(core) else {
+                continue;
+            };
             let mut budget = 0;
-            for &index in &q.ready {
+            for &index in known.iter().flat_map(|&(s, e)| q.ready.range(s..e)) {
                 let has = q
                     .entries
                     .get(&index)
@@ -382,40 +438,52 @@ impl FetchQueue {
         })
     }
 
-    /// Block `index` of request `id` arrived (not yet verified). Returns false when the block
-    /// was not expected from that request (late, duplicate or never asked for).
-    pub fn on_received(&mut self, id: u64, index: u64, now: Instant) -> bool {
+    /// Block `index` of request `id` arrived (not yet verified), `bytes` long: it counts as held
+    /// at that size until stored. A block that was not expected from that request (late,
+    /// duplicate or never asked for) is [`Arrival::Unexpected`]; one that would take the bytes
+    /// held past `max_held_bytes` (blocks larger than the log's average were asked for) is
+    /// [`Arrival::OverCap`] and goes back to the queue, so the cap holds whatever arrives. The
+    /// peer's failures are forgiven only when a block of its verifies
+    /// ([`on_verified`](Self::on_verified)), not when one arrives.
+    pub fn on_received(&mut self, id: u64, index: u64, bytes: u64, now: Instant) -> Arrival {
         let Some(req) = self.requests.get_mut(&id) else {
-            return false;
+            return Arrival::Unexpected;
         };
         if !req.outstanding.remove(&index) {
-            return false;
+            return Arrival::Unexpected;
         }
         req.deadline = now + self.cfg.timeout;
         let (peer, core, done) = (req.peer, req.core, req.outstanding.is_empty());
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size);
-            p.failures = 0;
-            p.backoff_until = None;
         }
-        if let Some(e) = self
-            .cores
-            .get_mut(&core)
-            .and_then(|q| q.entries.get_mut(&index))
+        let over =
+            self.held_bytes > 0 && self.held_bytes.saturating_add(bytes) > self.cfg.max_held_bytes;
+        let mut arrival = Arrival::Taken;
+        if let Some(q) = self.cores.get_mut(&core)
+            && let Some(e) = q.entries.get_mut(&index)
             && e.state == EntryState::InFlight(id)
         {
-            e.state = EntryState::Received(size);
-            self.held_bytes += size;
+            if over {
+                q.make_ready(index, EntryState::InFlight(id));
+                arrival = Arrival::OverCap;
+            } else {
+                e.state = EntryState::Received(bytes);
+                self.held_bytes = self.held_bytes.saturating_add(bytes);
+            }
         }
         if done {
             self.close_request(id);
         }
-        true
+        arrival
     }
 
     /// The peer of request `id` does not have blocks `start..end`: it stops being their source.
     pub fn on_no_data(&mut self, id: u64, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
         let Some(req) = self.requests.get_mut(&id) else {
             return;
         };
@@ -423,6 +491,13 @@ impl FetchQueue {
         let gone: Vec<u64> = req.outstanding.range(start..end).copied().collect();
         for index in &gone {
             req.outstanding.remove(index);
+        }
+        if let Some(known) = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.ranges.get_mut(&core))
+        {
+            ranges::remove(known, start, end);
         }
         let done = req.outstanding.is_empty();
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
@@ -439,6 +514,14 @@ impl FetchQueue {
         }
         if done {
             self.close_request(id);
+        }
+    }
+
+    /// A block from `peer` verified: its failures and back-off are forgiven.
+    pub fn on_verified(&mut self, peer: &PeerId) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.failures = 0;
+            p.backoff_until = None;
         }
     }
 
@@ -676,19 +759,23 @@ mod tests {
             .flat_map(|a| (a.start..a.end).map(|i| (a.id, i)))
             .collect();
         assert_eq!(asked.len(), 64, "a window of 64 KiB");
-        for (id, i) in &asked {
-            assert!(q.on_received(*id, *i, clock.at(1)));
-        }
-        // The window is free again, but 64 KiB wait to be stored: nothing more is asked for.
+        let arrived: Vec<Arrival> = asked
+            .iter()
+            .map(|(id, i)| q.on_received(*id, *i, 1024, clock.at(1)))
+            .collect();
+        // What was in flight past the cap is dropped and queued again: the cap holds whatever
+        // arrives.
+        assert!(arrived[..32].iter().all(|a| *a == Arrival::Taken));
+        assert!(arrived[32..].iter().all(|a| *a == Arrival::OverCap));
+        // The window is free again, but 32 KiB wait to be stored: nothing more is asked for.
         assert_eq!(q.next_request(clock.at(1)), None);
-        for (_, i) in &asked[..32] {
-            q.on_committed(&CORE, *i);
-        }
-        assert_eq!(q.next_request(clock.at(1)), None, "still 32 KiB held");
         // A failed store, like a commit, stops holding its block, which is asked for again.
-        q.on_store_failed(&CORE, asked[32].1);
+        q.on_store_failed(&CORE, asked[0].1);
         let next = q.next_request(clock.at(2)).expect("below the cap");
-        assert_eq!(next.start, asked[32].1);
+        assert_eq!(next.start, asked[0].1);
+        // Blocks are held at their real size: one far larger than the average does not fit.
+        let arrival = q.on_received(next.id, next.start, 1 << 20, clock.at(3));
+        assert_eq!(arrival, Arrival::OverCap, "31 KiB held + 1 MiB > 32 KiB");
     }
 
     #[test]
@@ -760,16 +847,31 @@ mod tests {
         assert_ne!(a.id, probe.id);
         assert_eq!(probe.end - probe.start, 1);
         assert_eq!(q.next_request(clock.at(1100)), None);
-        assert!(q.on_received(probe.id, 0, clock.at(1200)));
-        assert!(!q.is_backed_off(&A, clock.at(1200)));
+        assert_eq!(
+            q.on_received(probe.id, 0, 1024, clock.at(1300)),
+            Arrival::Taken
+        );
+        // Arriving is not enough: until a block verified, only one-block probes.
+        let second = q.next_request(clock.at(1300)).unwrap();
+        assert_eq!((second.start, second.end), (1, 2));
+        assert_eq!(
+            q.on_received(second.id, 1, 1024, clock.at(1300)),
+            Arrival::Taken
+        );
+        q.on_verified(&A);
+        assert!(!q.is_backed_off(&A, clock.at(1300)));
         // A late answer to the timed-out request is ignored.
-        assert!(!q.on_received(a.id, 1, clock.at(1200)));
-        // Forgiven: a full run again.
-        let full = q.next_request(clock.at(1200)).unwrap();
-        assert_eq!((full.start, full.end), (1, 3));
-        for i in 1..3 {
-            assert!(q.on_received(full.id, i, clock.at(1300)));
-        }
+        assert_eq!(
+            q.on_received(a.id, 2, 1024, clock.at(1300)),
+            Arrival::Unexpected
+        );
+        // Forgiven: a full run again (here, what is left of the log).
+        let full = q.next_request(clock.at(1300)).unwrap();
+        assert_eq!((full.start, full.end), (2, 3));
+        assert_eq!(
+            q.on_received(full.id, 2, 1024, clock.at(1300)),
+            Arrival::Taken
+        );
         for i in 0..3 {
             q.on_committed(&CORE, i);
         }
@@ -787,10 +889,13 @@ mod tests {
         q.add_source(CORE, 0, 1, B);
         let b = q.next_request(clock.at(1000)).unwrap();
         assert_eq!(b.peer, B);
-        assert!(q.on_received(b.id, 0, clock.at(1010)));
+        assert_eq!(q.on_received(b.id, 0, 1024, clock.at(1010)), Arrival::Taken);
         q.on_committed(&CORE, 0);
         assert!(!q.contains(&CORE, 0));
-        assert!(!q.on_received(a.id, 0, clock.at(1020)));
+        assert_eq!(
+            q.on_received(a.id, 0, 1024, clock.at(1020)),
+            Arrival::Unexpected
+        );
         assert!(q.is_empty());
     }
 
@@ -799,7 +904,10 @@ mod tests {
         let clock = Clock(Instant::now());
         let mut q = queue(2, &[A, B]);
         let first = q.next_request(clock.at(0)).unwrap();
-        assert!(q.on_received(first.id, first.start, clock.at(1)));
+        assert_eq!(
+            q.on_received(first.id, first.start, 1024, clock.at(1)),
+            Arrival::Taken
+        );
         q.on_invalid(&CORE, first.start, first.peer, clock.at(2));
         assert!(q.contains(&CORE, first.start));
         assert!(q.is_backed_off(&first.peer, clock.at(50)));
@@ -818,7 +926,7 @@ mod tests {
         let clock = Clock(Instant::now());
         let mut q = queue(1, &[A]);
         let a = q.next_request(clock.at(0)).unwrap();
-        assert!(q.on_received(a.id, 0, clock.at(1)));
+        assert_eq!(q.on_received(a.id, 0, 1024, clock.at(1)), Arrival::Taken);
         q.on_store_failed(&CORE, 0);
         assert!(q.contains(&CORE, 0));
         assert!(!q.is_backed_off(&A, clock.at(2)));
@@ -848,7 +956,7 @@ mod tests {
         // Answers free the windows and the rest is handed out.
         for r in &runs {
             for i in r.start..r.end {
-                assert!(q.on_received(r.id, i, clock.at(1)));
+                assert_eq!(q.on_received(r.id, i, 1024, clock.at(1)), Arrival::Taken);
                 q.on_committed(&CORE, i);
             }
         }
@@ -863,8 +971,8 @@ mod tests {
         let mut q = queue(4, &[A]);
         let a = q.next_request(clock.at(0)).unwrap();
         q.on_no_data(a.id, 2, 4);
-        assert!(q.on_received(a.id, 0, clock.at(1)));
-        assert!(q.on_received(a.id, 1, clock.at(1)));
+        assert_eq!(q.on_received(a.id, 0, 1024, clock.at(1)), Arrival::Taken);
+        assert_eq!(q.on_received(a.id, 1, 1024, clock.at(1)), Arrival::Taken);
         assert!(!q.is_open(a.id));
         assert_eq!(q.next_request(clock.at(2)), None, "A lacks 2..4");
         q.add_source(CORE, 0, 4, B);

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod fetch;
 pub mod gossip;
+pub mod ranges;
 pub mod wire;
 
 pub use engine::{Engine, EngineConfig, Event, Input, LocalInfo, Mode, Output, Task, TaskResult};

@@ -9,8 +9,14 @@ use crate::{
         CoreKey, DiscoveryKey,
         capability::{Role, capability, check_capability},
     },
-    replication::wire::{Message, SyncInfo},
+    replication::{
+        ranges,
+        wire::{Message, SyncInfo},
+    },
 };
+
+/// Ranges one channel's peer may tell us it holds beyond its contiguous blocks.
+const MAX_REMOTE_RANGES: usize = 1024;
 
 impl Engine {
     pub(super) fn on_connected(&mut self, peer: PeerId, now: Instant) {
@@ -106,6 +112,7 @@ impl Engine {
                 handshake_deadline,
                 remote: None,
                 remote_ranges: Vec::new(),
+                sourced: 0,
                 requests: Default::default(),
                 pushing: false,
             },
@@ -414,11 +421,15 @@ impl Engine {
         let old = c.remote.replace(info);
         if old.is_some_and(|o| o.fork != info.fork) {
             c.remote_ranges.clear();
+            c.sourced = 0;
         }
         if first {
             self.emit(Event::ChannelOpen { core, peer });
         }
+        // Answered only while the peer reads what we send: a peer that asks and never reads
+        // must not grow its backlog one `Sync` at a time.
         if info.ask
+            && self.has_room(&peer)
             && let Some(mine) = self.sync_info(&core, false)
         {
             self.send(peer, id, Message::Sync(mine));
@@ -426,13 +437,16 @@ impl Engine {
         let Some(local) = self.cores.get(&core).map(|r| r.local) else {
             return;
         };
-        if info.fork == local.fork {
-            let from = match old {
-                Some(o) if o.fork == info.fork => o.contiguous,
-                _ => 0,
-            };
-            let to = info.contiguous.min(local.length);
-            self.add_source(core, from, to, peer);
+        if info.fork == local.fork
+            && let Some(c) = self.channels.get_mut(&id)
+        {
+            // Only blocks not recorded before: a peer whose `contiguous` goes down and up
+            // again does not make us walk the fetch queue each time.
+            let (from, to) = (c.sourced, info.contiguous.min(local.length));
+            if to > from {
+                c.sourced = to;
+                self.add_source(core, from, to, peer);
+            }
         }
         self.maybe_upgrade(core, now);
     }
@@ -441,25 +455,34 @@ impl Engine {
         let Some(c) = self.channels.get_mut(&id) else {
             return;
         };
-        if start >= end || c.remote_ranges.len() >= 1024 {
+        // Only what no earlier `Sync` or `Range` of this channel covered: each block is
+        // recorded once per channel however often a peer repeats itself.
+        let start = start.max(c.sourced);
+        if start >= end || c.remote_ranges.len() >= MAX_REMOTE_RANGES {
             return;
         }
-        c.remote_ranges.push((start, end));
+        let new = ranges::insert(&mut c.remote_ranges, start, end);
         let (peer, core, fork) = (c.peer, c.core, c.remote.map(|r| r.fork));
         if let Some(r) = self.cores.get(&core)
             && fork == Some(r.local.fork)
         {
-            let end = end.min(r.local.length);
-            self.add_source(core, start, end, peer);
+            let length = r.local.length;
+            for (s, e) in new {
+                self.add_source(core, s, e.min(length), peer);
+            }
         }
     }
 
-    /// A peer wants blocks: tell it which of them we hold beyond what `Sync` said.
+    /// A peer wants blocks: tell it which of them we hold beyond what `Sync` said, while it
+    /// reads what we send.
     fn on_remote_want(&mut self, id: ChannelId, start: u64, end: u64) {
         let Some(c) = self.channels.get(&id) else {
             return;
         };
         let (peer, core) = (c.peer, c.core);
+        if !self.has_room(&peer) {
+            return;
+        }
         let Some(r) = self.cores.get(&core) else {
             return;
         };

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::{
     crypto::CoreKey,
+    replication::fetch::Arrival,
     replication::wire::{Message, SyncInfo},
     tree::{IndexRequest, Proof, ProofRequest, UpgradeRequest},
 };
@@ -75,7 +76,15 @@ impl Engine {
         };
         if let Some(c) = self.channels.get_mut(&channel) {
             let block = request.block.map(|b| b.index);
-            c.requests.insert(id, Sent::Upgrade { start, block });
+            let length = remote.length - start;
+            c.requests.insert(
+                id,
+                Sent::Upgrade {
+                    start,
+                    length,
+                    block,
+                },
+            );
         }
         if let Some(r) = self.cores.get_mut(&core) {
             r.upgrading = Some(Upgrading {
@@ -94,11 +103,19 @@ impl Engine {
         };
         let (peer, core) = (c.peer, c.core);
         match c.requests.get(&id).copied() {
-            Some(Sent::Upgrade { start, block }) => {
+            Some(Sent::Upgrade {
+                start,
+                length,
+                block,
+            }) => {
                 c.requests.remove(&id);
-                // An answer must answer the question: an upgrade from where we asked, and the
-                // block we asked for. Anything else (no upgrade at all, say) fails the request.
-                let answers = proof.upgrade.as_ref().is_some_and(|u| u.start == start)
+                // An answer must answer the question: an upgrade from where we asked to the
+                // length the peer claimed, and the block we asked for. Anything else (no upgrade
+                // at all, or an older state that proves less than it claimed) fails the request.
+                let answers = proof
+                    .upgrade
+                    .as_ref()
+                    .is_some_and(|u| u.start == start && u.length >= length)
                     && proof.block.as_ref().map(|b| b.index) == block
                     && proof.hash.is_none()
                     && proof.seek.is_none();
@@ -119,17 +136,27 @@ impl Engine {
                 self.maybe_apply(core);
             }
             Some(Sent::Run) => {
-                let index = proof.block.as_ref().map(|b| b.index);
-                let expected = index.is_some_and(|i| self.fetch.on_received(id, i, now));
+                let arrival = match proof.block.as_ref() {
+                    Some(b) => self
+                        .fetch
+                        .on_received(id, b.index, b.value.len() as u64, now),
+                    None => Arrival::Unexpected,
+                };
                 if !self.fetch.is_open(id)
                     && let Some(c) = self.channels.get_mut(&channel)
                 {
                     c.requests.remove(&id);
                 }
-                if !expected {
+                match arrival {
+                    Arrival::Taken => {}
+                    // Storage is behind and the blocks are larger than expected: asked again
+                    // later, nobody blamed.
+                    Arrival::OverCap => return,
                     // Not a block of this run: an answer nobody asked for.
-                    self.fetch.penalize(peer, now);
-                    return;
+                    Arrival::Unexpected => {
+                        self.fetch.penalize(peer, now);
+                        return;
+                    }
                 }
                 if let Some(r) = self.cores.get_mut(&core) {
                     r.pending.push((peer, proof));
@@ -308,7 +335,8 @@ impl Engine {
                     && let Some(peer) = by_index.get(&index).copied()
                 {
                     stored.insert(index);
-                    self.fetch.on_invalid(&core, index, peer, now);
+                    // Back to the queue; the peer is penalized once, by the blame.
+                    self.fetch.on_store_failed(&core, index);
                     self.blame(core, peer, err.to_string(), now);
                 }
             }
@@ -325,7 +353,9 @@ impl Engine {
         self.maybe_apply(core);
     }
 
+    /// A verified block from `peer` was stored: counted, and the peer's failures forgiven.
     fn count_download(&mut self, core: CoreKey, peer: PeerId, index: u64, bytes: u64) {
+        self.fetch.on_verified(&peer);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.stats.blocks_down += 1;
             p.stats.bytes_down += bytes;
@@ -339,11 +369,12 @@ impl Engine {
     }
 
     /// Records bad data from `peer` and backs it off.
-    fn blame(&mut self, core: CoreKey, peer: PeerId, reason: String, now: Instant) {
+    /// A peer that left is not penalized: the fetch queue keeps state only for connected ones.
+    pub(super) fn blame(&mut self, core: CoreKey, peer: PeerId, reason: String, now: Instant) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.stats.invalid += 1;
+            self.fetch.penalize(peer, now);
         }
-        self.fetch.penalize(peer, now);
         self.emit(Event::Invalid { core, peer, reason });
     }
 

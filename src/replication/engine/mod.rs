@@ -329,9 +329,11 @@ pub struct PeerStats {
 /// What a request we sent was for: an answer must answer it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
-    /// A signed upgrade from `start`, with block `block` if one was asked for.
+    /// A signed upgrade from `start` by `length` blocks (to the length the peer claimed), with
+    /// block `block` if one was asked for.
     Upgrade {
         start: u64,
+        length: u64,
         block: Option<u64>,
     },
     Run,
@@ -348,8 +350,10 @@ struct Channel {
     handshake_deadline: Option<Instant>,
     /// The remote's last `Sync`, once the channel is open.
     remote: Option<SyncInfo>,
-    /// Blocks past `remote.contiguous` the remote said it has.
+    /// Blocks past `remote.contiguous` the remote said it has: sorted, disjoint.
     remote_ranges: Vec<(u64, u64)>,
+    /// Blocks `0..sourced` of the remote's contiguous ones were recorded in the fetch queue.
+    sourced: u64,
     requests: HashMap<u64, Sent>,
     /// A push to this channel is being prepared; our `Sync` waits for it.
     pushing: bool,
@@ -673,11 +677,16 @@ impl Engine {
             .map(|(k, _)| *k)
             .collect();
         for core in late {
-            if let Some(u) = self.cores.get_mut(&core).and_then(|r| r.upgrading.take()) {
-                if let Some(c) = self.channels.get_mut(&u.channel) {
-                    c.requests.remove(&u.id);
+            if let Some(u) = self.cores.get(&core).and_then(|r| r.upgrading.as_ref()) {
+                let (peer, channel, id) = (u.peer, u.channel, u.id);
+                if let Some(c) = self.channels.get_mut(&channel) {
+                    c.requests.remove(&id);
                 }
-                self.fetch.penalize(u.peer, now);
+                // Not believed until it syncs again, like a peer that says it cannot prove.
+                self.upgrade_failed(core, channel);
+                if self.peers.contains_key(&peer) {
+                    self.fetch.penalize(peer, now);
+                }
                 self.maybe_upgrade(core, now);
             }
         }

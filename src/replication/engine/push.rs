@@ -109,15 +109,24 @@ impl Engine {
             return;
         };
         let (peer, core) = (c.peer, c.core);
-        let backed_off = self.fetch.is_backed_off(&peer, now);
-        let Some(r) = self.cores.get_mut(&core) else {
+        let trusted = self.may_ask(&peer, now);
+        let Some(r) = self.cores.get(&core) else {
             return;
         };
+        // An upgrade asked of a peer (not a push being applied) does not keep a fitting push
+        // out: a silent or slow peer claiming more must not stall following live.
+        let asked = r.upgrading.as_ref().filter(|u| {
+            self.channels
+                .get(&u.channel)
+                .is_some_and(|c| c.requests.contains_key(&u.id))
+        });
+        let busy = r.upgrading.is_some() && asked.is_none();
+        let asked = asked.map(|u| (u.peer, u.channel, u.id));
         let local = r.local;
         let fits = r.mode == Mode::Full
             && !local.writable
-            && !backed_off
-            && r.upgrading.is_none()
+            && trusted
+            && !busy
             && r.upgrade_proof.is_none()
             && local.length > 0
             && local.contiguous == local.length
@@ -134,6 +143,16 @@ impl Engine {
             tracing::trace!("push from {peer:?} does not fit our state; dropped");
             return;
         }
+        if let Some((asked_peer, asked_channel, asked_id)) = asked {
+            // The push answers what was asked: the request is withdrawn, without blame.
+            if let Some(c) = self.channels.get_mut(&asked_channel) {
+                c.requests.remove(&asked_id);
+            }
+            self.send(asked_peer, asked_channel, Message::Cancel { id: asked_id });
+        }
+        let Some(r) = self.cores.get_mut(&core) else {
+            return;
+        };
         let id = UPGRADE_ID_BIT | self.next_upgrade_id;
         self.next_upgrade_id += 1;
         r.upgrading = Some(Upgrading {

@@ -492,12 +492,23 @@ impl FetchQueue {
         for index in &gone {
             req.outstanding.remove(index);
         }
+        // Only the blocks this request still waited for stop being the peer's: a `NoData`
+        // cannot cut holes in what it was not asked.
         if let Some(known) = self
             .peers
             .get_mut(&peer)
             .and_then(|p| p.ranges.get_mut(&core))
         {
-            ranges::remove(known, start, end);
+            let mut stretches: Vec<(u64, u64)> = Vec::new();
+            for &i in &gone {
+                match stretches.last_mut() {
+                    Some((_, e)) if *e == i => *e += 1,
+                    _ => stretches.push((i, i + 1)),
+                }
+            }
+            for (s, e) in stretches {
+                ranges::remove(known, s, e);
+            }
         }
         let done = req.outstanding.is_empty();
         let size = self.block_size.get(&core).copied().unwrap_or(1024);

@@ -14,6 +14,9 @@ use crate::{
     tree::{IndexRequest, Proof, ProofRequest, UpgradeRequest},
 };
 
+/// Broken run requests remembered per core.
+const MAX_BROKEN_RUNS: usize = 1024;
+
 impl Engine {
     /// Asks the peer furthest ahead for a signed upgrade, if none is in flight.
     pub(super) fn maybe_upgrade(&mut self, core: CoreKey, now: Instant) {
@@ -147,11 +150,25 @@ impl Engine {
                 {
                     c.requests.remove(&id);
                 }
+                let broken = self
+                    .cores
+                    .get(&core)
+                    .is_some_and(|r| r.broken_runs.contains(&id));
                 match arrival {
+                    Arrival::Taken if broken => {
+                        // An earlier block of this run was not stored: this one cannot verify.
+                        if let Some(b) = &proof.block {
+                            self.fetch.on_store_failed(&core, b.index);
+                        }
+                        return;
+                    }
                     Arrival::Taken => {}
                     // Storage is behind and the blocks are larger than expected: asked again
                     // later, nobody blamed.
-                    Arrival::OverCap => return,
+                    Arrival::OverCap => {
+                        self.break_run(core, id);
+                        return;
+                    }
                     // Not a block of this run: an answer nobody asked for.
                     Arrival::Unexpected => {
                         self.fetch.penalize(peer, now);
@@ -159,7 +176,7 @@ impl Engine {
                     }
                 }
                 if let Some(r) = self.cores.get_mut(&core) {
-                    r.pending.push((peer, proof));
+                    r.pending.push((peer, id, proof));
                 }
                 self.maybe_apply(core);
             }
@@ -187,6 +204,8 @@ impl Engine {
                 self.maybe_upgrade(core, now);
             }
             Some(Sent::Run) => {
+                // What the peer lacks now it may hold later: its next `Sync` records it again.
+                c.sourced = c.sourced.min(start);
                 self.fetch.on_no_data(id, start, end);
                 if !self.fetch.is_open(id) {
                     c.requests.remove(&id);
@@ -197,7 +216,8 @@ impl Engine {
     }
 
     /// The upgrade asked of `channel`'s peer failed: it cannot prove the length it claimed, so
-    /// it is not believed until it syncs again, and the upgrade may be asked of another peer.
+    /// it is not believed until it syncs again (it is asked to), and the upgrade may be asked
+    /// of another peer.
     pub(super) fn upgrade_failed(&mut self, core: CoreKey, channel: ChannelId) {
         let Some(r) = self.cores.get_mut(&core) else {
             return;
@@ -206,12 +226,19 @@ impl Engine {
             r.upgrading = None;
         }
         let length = r.local.length;
-        if let Some(remote) = self
-            .channels
-            .get_mut(&channel)
-            .and_then(|c| c.remote.as_mut())
-        {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let peer = c.peer;
+        if let Some(remote) = c.remote.as_mut() {
             remote.length = remote.length.min(length);
+        }
+        // An honest peer that was only slow says its length again and is asked again (after
+        // its back-off); a liar says its lie again and runs out of back-offs.
+        if self.has_room(&peer)
+            && let Some(info) = self.sync_info(&core, true)
+        {
+            self.send(peer, channel, Message::Sync(info));
         }
     }
 
@@ -227,6 +254,16 @@ impl Engine {
         };
         if r.applying {
             return;
+        }
+        // An answer that arrived while a push was applied, and that the push made stale:
+        // dropped, not blamed (it answered what was asked).
+        if r.upgrade_proof.as_ref().is_some_and(|(_, p)| {
+            p.fork == r.local.fork
+                && p.upgrade
+                    .as_ref()
+                    .is_some_and(|u| u.start != r.local.length)
+        }) {
+            r.upgrade_proof = None;
         }
         if let Some((peer, proof)) = r.upgrade_proof.take() {
             r.applying = true;
@@ -244,18 +281,60 @@ impl Engine {
         if r.pending.is_empty() || r.local.length == 0 {
             return;
         }
+        let (pending, broken): (Vec<_>, Vec<_>) = std::mem::take(&mut r.pending)
+            .into_iter()
+            .partition(|(_, id, _)| !r.broken_runs.contains(id));
+        let index = |proof: &Proof| proof.block.as_ref().map_or(u64::MAX, |b| b.index);
+        for (_, _, proof) in &broken {
+            self.fetch.on_store_failed(&core, index(proof));
+        }
+        if pending.is_empty() {
+            return;
+        }
         r.applying = true;
-        let pending = std::mem::take(&mut r.pending);
-        let peers = pending
+        let meta = pending
             .iter()
-            .map(|(p, proof)| (proof.block.as_ref().map_or(u64::MAX, |b| b.index), *p))
+            .map(|(peer, id, proof)| (index(proof), *peer, *id))
             .collect();
-        let proofs = pending.into_iter().map(|(_, p)| p).collect();
+        let proofs = pending.into_iter().map(|(_, _, p)| p).collect();
         self.new_task(
             core,
             Task::ApplyRun(proofs),
-            TaskCtx::ApplyRun { core, peers },
+            TaskCtx::ApplyRun { core, proofs: meta },
         );
+    }
+
+    /// The request that a push superseded while the push was applied: withdrawn once the push
+    /// stored, or asked for again (it is still outstanding) if the push failed, so that a
+    /// forged push cannot cancel an honest upgrade.
+    fn settle_superseded(&mut self, core: CoreKey, asked: super::Upgrading, push_stored: bool) {
+        let outstanding = self
+            .channels
+            .get(&asked.channel)
+            .is_some_and(|c| c.requests.contains_key(&asked.id));
+        if !outstanding {
+            return;
+        }
+        if push_stored {
+            if let Some(c) = self.channels.get_mut(&asked.channel) {
+                c.requests.remove(&asked.id);
+            }
+            self.send(asked.peer, asked.channel, Message::Cancel { id: asked.id });
+        } else if let Some(r) = self.cores.get_mut(&core) {
+            r.upgrading = Some(asked);
+        }
+    }
+
+    /// A proof of run `id` was not stored: the rest of that run is queued again, unapplied.
+    /// At most [`MAX_BROKEN_RUNS`] are remembered.
+    fn break_run(&mut self, core: CoreKey, id: u64) {
+        if let Some(r) = self.cores.get_mut(&core) {
+            r.broken_runs.insert(id);
+            // Request ids only grow: the oldest are long answered.
+            while r.broken_runs.len() > MAX_BROKEN_RUNS {
+                r.broken_runs.pop_first();
+            }
+        }
     }
 
     pub(super) fn on_task_done(&mut self, id: u64, result: TaskResult, now: Instant) {
@@ -278,9 +357,15 @@ impl Engine {
                 self.on_pushed(peer, channel, r)
             }
             (TaskCtx::ApplyUpgrade { core, peer, block }, TaskResult::Applied(outcome, local)) => {
+                let mut asked = None;
                 if let Some(r) = self.cores.get_mut(&core) {
                     r.applying = false;
                     r.upgrading = None;
+                    asked = r.asked_meanwhile.take();
+                }
+                let done = matches!(outcome, ApplyOutcome::Done(()));
+                if let Some(u) = asked {
+                    self.settle_superseded(core, u, done);
                 }
                 match outcome {
                     ApplyOutcome::Done(()) => {
@@ -296,11 +381,11 @@ impl Engine {
                 self.maybe_apply(core);
                 self.maybe_upgrade(core, now);
             }
-            (TaskCtx::ApplyRun { core, peers }, TaskResult::RunApplied(outcome, local)) => {
+            (TaskCtx::ApplyRun { core, proofs }, TaskResult::RunApplied(outcome, local)) => {
                 if let Some(r) = self.cores.get_mut(&core) {
                     r.applying = false;
                 }
-                self.on_run_applied(core, peers, outcome, local, now);
+                self.on_run_applied(core, proofs, outcome, local, now);
             }
             (ctx, result) => {
                 tracing::error!("task result {result:?} does not match its task {ctx:?}");
@@ -308,10 +393,13 @@ impl Engine {
         }
     }
 
+    /// A batch of run proofs was applied up to its first failure. That proof's peer is
+    /// blamed; the proofs after it (of any peer) are queued again without blame, and their
+    /// runs marked broken, since later proofs of those runs rely on the nodes they carried.
     fn on_run_applied(
         &mut self,
         core: CoreKey,
-        peers: Vec<(u64, PeerId)>,
+        proofs: Vec<(u64, PeerId, u64)>,
         outcome: ApplyOutcome<crate::core::RunApplied>,
         local: LocalInfo,
         now: Instant,
@@ -319,24 +407,25 @@ impl Engine {
         let mut stored = std::collections::HashSet::new();
         match outcome {
             ApplyOutcome::Done(applied) => {
-                let by_index: std::collections::HashMap<u64, PeerId> =
-                    peers.iter().copied().collect();
+                let by_index: std::collections::HashMap<u64, (PeerId, u64)> =
+                    proofs.iter().map(|(i, p, id)| (*i, (*p, *id))).collect();
                 for (index, bytes) in &applied.stored {
                     stored.insert(*index);
                     self.fetch.on_committed(&core, *index);
                     if let Some(r) = self.cores.get_mut(&core) {
                         r.wanted.remove(index);
                     }
-                    if let Some(peer) = by_index.get(index).copied() {
+                    if let Some((peer, _)) = by_index.get(index).copied() {
                         self.count_download(core, peer, *index, *bytes);
                     }
                 }
                 if let Some((index, err)) = applied.rejected
-                    && let Some(peer) = by_index.get(&index).copied()
+                    && let Some((peer, id)) = by_index.get(&index).copied()
                 {
                     stored.insert(index);
                     // Back to the queue; the peer is penalized once, by the blame.
                     self.fetch.on_store_failed(&core, index);
+                    self.break_run(core, id);
                     self.blame(core, peer, err.to_string(), now);
                 }
             }
@@ -344,9 +433,10 @@ impl Engine {
                 tracing::warn!("applying a run failed: {e}");
             }
         }
-        for (index, _) in &peers {
+        for (index, _, id) in &proofs {
             if !stored.contains(index) {
                 self.fetch.on_store_failed(&core, *index);
+                self.break_run(core, *id);
             }
         }
         self.update_local(core, local, now);

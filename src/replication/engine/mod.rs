@@ -388,10 +388,17 @@ struct Replica {
     /// Full mode: blocks below this were queued (or held).
     queued_to: u64,
     upgrading: Option<Upgrading>,
+    /// The upgrade request a push took the place of while the push is applied.
+    asked_meanwhile: Option<Upgrading>,
     /// An upgrade proof waiting for the core's writer slot.
     upgrade_proof: Option<(PeerId, Proof)>,
-    /// Block proofs received and not yet applied, in arrival order.
-    pending: Vec<(PeerId, Proof)>,
+    /// Block proofs received and not yet applied, in arrival order, with the run request
+    /// each answers.
+    pending: Vec<(PeerId, u64, Proof)>,
+    /// Run requests one of whose proofs was not stored (cut from a batch by another's
+    /// failure, or dropped over the held cap): their later proofs rely on its nodes, so they
+    /// are queued again rather than applied, and nobody is blamed for them.
+    broken_runs: BTreeSet<u64>,
     /// A storage task applying data to this core is running.
     applying: bool,
     announce_due: bool,
@@ -421,7 +428,8 @@ enum TaskCtx {
     },
     ApplyRun {
         core: CoreKey,
-        peers: Vec<(u64, PeerId)>,
+        /// Each proof's block index, peer and run request.
+        proofs: Vec<(u64, PeerId, u64)>,
     },
 }
 
@@ -524,8 +532,10 @@ impl Engine {
                 wanted: BTreeSet::new(),
                 queued_to: local.contiguous,
                 upgrading: None,
+                asked_meanwhile: None,
                 upgrade_proof: None,
                 pending: Vec::new(),
+                broken_runs: BTreeSet::new(),
                 applying: false,
                 announce_due: false,
                 last_announce: None,

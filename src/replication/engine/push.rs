@@ -121,7 +121,7 @@ impl Engine {
                 .is_some_and(|c| c.requests.contains_key(&u.id))
         });
         let busy = r.upgrading.is_some() && asked.is_none();
-        let asked = asked.map(|u| (u.peer, u.channel, u.id));
+        let asked = asked.is_some();
         let local = r.local;
         let fits = r.mode == Mode::Full
             && !local.writable
@@ -143,16 +143,13 @@ impl Engine {
             tracing::trace!("push from {peer:?} does not fit our state; dropped");
             return;
         }
-        if let Some((asked_peer, asked_channel, asked_id)) = asked {
-            // The push answers what was asked: the request is withdrawn, without blame.
-            if let Some(c) = self.channels.get_mut(&asked_channel) {
-                c.requests.remove(&asked_id);
-            }
-            self.send(asked_peer, asked_channel, Message::Cancel { id: asked_id });
-        }
         let Some(r) = self.cores.get_mut(&core) else {
             return;
         };
+        // The request stays outstanding until the push verified (see `settle_superseded`).
+        if asked {
+            r.asked_meanwhile = r.upgrading.take();
+        }
         let id = UPGRADE_ID_BIT | self.next_upgrade_id;
         self.next_upgrade_id += 1;
         r.upgrading = Some(Upgrading {

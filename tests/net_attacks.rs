@@ -41,6 +41,17 @@ fn sync(length: u64, downloading: bool) -> Message {
     })
 }
 
+/// Reads until the node asks a `Request`; returns its id.
+async fn next_request(rx: &mut RecvStream) -> u64 {
+    loop {
+        match tokio::time::timeout(WAIT, read_msg(rx)).await.unwrap() {
+            Some(Message::Request { id, .. }) => return id,
+            Some(_) => {}
+            None => panic!("the channel closed before the node asked"),
+        }
+    }
+}
+
 /// The names of the messages a stream carried, for assertions and printing.
 fn kinds(msgs: &[Message]) -> Vec<&'static str> {
     msgs.iter()
@@ -286,13 +297,7 @@ async fn a_replayed_old_signature_does_not_roll_a_reader_back() {
     let me = *ep.id().as_bytes();
     let (mut tx, mut rx) = open_channel(&conn, me, log.key()).await.expect("accepted");
     send(&mut tx, &sync(11, false)).await;
-    let id = loop {
-        match tokio::time::timeout(WAIT, read_msg(&mut rx)).await.unwrap() {
-            Some(Message::Request { id, .. }) => break id,
-            Some(_) => {}
-            None => panic!("channel closed before the reader asked"),
-        }
-    };
+    let id = next_request(&mut rx).await;
     send(
         &mut tx,
         &Message::Data {
@@ -453,13 +458,7 @@ async fn a_fresh_reader_cannot_be_poisoned_about_the_kind_of_core() {
         ..Default::default()
     };
     for proof in [Proof::default(), forged] {
-        let id = loop {
-            match tokio::time::timeout(WAIT, read_msg(&mut rx)).await.unwrap() {
-                Some(Message::Request { id, .. }) => break id,
-                Some(_) => {}
-                None => panic!("channel closed"),
-            }
-        };
+        let id = next_request(&mut rx).await;
         send(&mut tx, &Message::Data { id, proof }).await;
         wait_event(
             &mut events,
@@ -507,13 +506,7 @@ async fn when_the_upgrade_peer_leaves_another_peer_is_asked_at_once() {
     let me = *ep.id().as_bytes();
     let (mut tx, mut rx) = open_channel(&conn, me, log.key()).await.expect("accepted");
     send(&mut tx, &sync(1_000_000, false)).await;
-    loop {
-        match tokio::time::timeout(WAIT, read_msg(&mut rx)).await.unwrap() {
-            Some(Message::Request { .. }) => break,
-            Some(_) => {}
-            None => panic!("channel closed"),
-        }
-    }
+    next_request(&mut rx).await;
     // The writer's state arrives while the upgrade is asked of the silent peer.
     reader.proto.join(&core, &[writer.addr()]).await.unwrap();
     let writer_id = *writer.endpoint.id().as_bytes();

@@ -17,11 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iroh::{
-    EndpointAddr, SecretKey,
-    address_lookup::memory::MemoryLookup,
-    endpoint::{Connection, RecvStream, SendStream},
-};
+use iroh::{EndpointAddr, SecretKey, address_lookup::memory::MemoryLookup};
 use iroh_hypercore::{
     ALPN, Hypercore, HypercoreProtocol,
     net::{MAX_BUFFERED_PER_CONNECTION, MAX_DIALS, NodeStats},
@@ -137,25 +133,6 @@ async fn follow_timed(net: &TestNet, writer: &Node, log: &Hypercore) -> Duration
     assert_eq!(core.tree_hash(), log.tree_hash());
     node.shutdown().await;
     took
-}
-
-/// Writes `header` then `body` bytes of zeros (in pieces) on `tx` and never finishes the
-/// frame: the stream stays open until the connection closes.
-fn unfinished_frame(conn: &Connection, mut tx: SendStream, rx: RecvStream, header: u32, body: u64) {
-    let conn = conn.clone();
-    tokio::spawn(async move {
-        let piece = vec![0u8; 64 * 1024];
-        let mut sent = 0;
-        let mut ok = tx.write_all(&header.to_be_bytes()).await.is_ok();
-        while ok && sent < body {
-            let n = (body - sent).min(piece.len() as u64) as usize;
-            ok = tx.write_all(&piece[..n]).await.is_ok();
-            sent += n as u64;
-        }
-        // Dropping the stream would finish it: hold it until the node closes the connection.
-        conn.closed().await;
-        drop((tx, rx));
-    });
 }
 
 /// **Gossip dial flood.** An attacker on a core's gossip topic announces, in four waves a
@@ -345,7 +322,7 @@ async fn unfinished_frames_before_the_handshake_close_the_connection() {
         let Ok((tx, rx)) = conn.open_bi().await else {
             break;
         };
-        unfinished_frame(&conn, tx, rx, 8 * MIB as u32, 256 * 1024);
+        attacker::unfinished_frame(&conn, tx, rx, 8 * MIB as u32, 256 * 1024);
         opened += 1;
     }
     let reason = tokio::time::timeout(WAIT, conn.closed())
@@ -399,7 +376,7 @@ async fn unfinished_frames_after_the_handshake_hit_the_connection_budget() {
     let sampler = watch(&writer.proto, me);
     let start = Instant::now();
     for (tx, rx) in channels {
-        unfinished_frame(&conn, tx, rx, 8 * MIB as u32, 79 * MIB / 10);
+        attacker::unfinished_frame(&conn, tx, rx, 8 * MIB as u32, 79 * MIB / 10);
     }
     let reason = tokio::time::timeout(WAIT, conn.closed())
         .await

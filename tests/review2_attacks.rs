@@ -1,6 +1,7 @@
-//! Second adversarial review, of the fix in b27e0b7 (ranges of sources per peer, the channel's
-//! `sourced` watermark, pushes that withdraw an outstanding upgrade, ...): each test is an
-//! attack that still works against that code and fails until it is fixed.
+//! Attacks found by the second adversarial review, of the first review's fixes (ranges of
+//! sources per peer, the channel's `sourced` watermark, pushes that withdraw an outstanding
+//! upgrade). Each test is named after what must hold; its doc says how the attack worked before
+//! the fix. All failed on the code they were written against and pass now.
 //!
 //! Engine-level tests drive a `replication::Engine` directly (a fixed clock, hand-made
 //! authenticated channels, storage tasks answered by the test).

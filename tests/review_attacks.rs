@@ -1,6 +1,6 @@
-//! Adversarial review of the "both sides prove the key / a signed state only moves forward /
-//! every resource is bounded" change: each test is an attack that still works against the
-//! current code, and fails until it is fixed.
+//! Attacks found by the first adversarial review of the channel handshake, forward-only
+//! states and resource bounds. Each test is named after what must hold; its doc says how the
+//! attack worked before the fix. All failed on the code they were written against and pass now.
 //!
 //! Engine-level tests drive a `replication::Engine` directly (a fixed clock, a hand-made
 //! authenticated channel, storage tasks answered by the test); network tests run real nodes on
@@ -402,7 +402,6 @@ fn blocks_held_before_they_are_stored_are_capped_by_their_real_size() {
 // Network tests: real nodes on the test relay against a raw hostile endpoint.
 // ---------------------------------------------------------------------------------------------
 
-use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh_hypercore::{
     Corestore, Hypercore, HypercoreProtocol,
     net::{MAX_BUFFERED_TOTAL, NodeStats},
@@ -426,24 +425,6 @@ async fn stats(proto: &HypercoreProtocol, peer: [u8; 32]) -> (NodeStats, PeerSta
         .find(|s| s.peer == peer)
         .unwrap_or_default();
     (node, peer)
-}
-
-/// Writes a frame header announcing `header` bytes and then `body` bytes of it, and never
-/// finishes the frame; the stream is held open until the connection closes.
-fn unfinished_frame(conn: &Connection, mut tx: SendStream, rx: RecvStream, header: u32, body: u64) {
-    let conn = conn.clone();
-    tokio::spawn(async move {
-        let piece = vec![0u8; 64 * 1024];
-        let mut sent = 0;
-        let mut ok = tx.write_all(&header.to_be_bytes()).await.is_ok();
-        while ok && sent < body {
-            let n = (body - sent).min(piece.len() as u64) as usize;
-            ok = tx.write_all(&piece[..n]).await.is_ok();
-            sent += n as u64;
-        }
-        conn.closed().await;
-        drop((tx, rx));
-    });
 }
 
 /// **A peer that never reads still makes the node queue without limit.** The attacker knows
@@ -561,7 +542,7 @@ async fn a_stream_that_never_finishes_its_open_is_closed_after_the_handshake_tim
         .unwrap();
     for _ in 0..64 {
         let (tx, rx) = conn.open_bi().await.unwrap();
-        unfinished_frame(&conn, tx, rx, 1024, 1000);
+        attacker::unfinished_frame(&conn, tx, rx, 1024, 1000);
     }
     let started = Instant::now();
     let held = 64 * 1004;
@@ -635,7 +616,7 @@ async fn attackers_filling_the_global_frame_budget_do_not_cut_off_honest_peers()
             let (tx, rx) = attacker::open_channel(&conn, me, log.key())
                 .await
                 .expect("the reader accepts a channel with a valid capability");
-            unfinished_frame(&conn, tx, rx, MAX_FRAME as u32, body);
+            attacker::unfinished_frame(&conn, tx, rx, MAX_FRAME as u32, body);
         }
         attackers.push((ep, conn));
     }

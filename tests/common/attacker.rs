@@ -92,3 +92,28 @@ pub async fn connect_below(
         .expect("connects");
     (ep, conn)
 }
+
+/// Writes a frame header announcing `header` bytes, then `body` bytes of zeros (in pieces), and
+/// never finishes the frame: the stream is held open until the connection closes.
+pub fn unfinished_frame(
+    conn: &Connection,
+    mut tx: SendStream,
+    rx: RecvStream,
+    header: u32,
+    body: u64,
+) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let piece = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        let mut ok = tx.write_all(&header.to_be_bytes()).await.is_ok();
+        while ok && sent < body {
+            let n = (body - sent).min(piece.len() as u64) as usize;
+            ok = tx.write_all(&piece[..n]).await.is_ok();
+            sent += n as u64;
+        }
+        // Dropping the stream would finish it: hold it until the node closes the connection.
+        conn.closed().await;
+        drop((tx, rx));
+    });
+}

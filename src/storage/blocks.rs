@@ -64,10 +64,18 @@ enum Row<'a> {
 }
 
 impl Row<'_> {
+    /// Decodes a stored row; malformed bytes, and a row whose blocks would end past
+    /// `u64::MAX` (no writer stores one: indices stay below `tree::MAX_LENGTH`), are a
+    /// [`StorageError::Corrupt`], never a panic.
     fn parse(first: u64, bytes: &[u8]) -> Result<Row<'_>, StorageError> {
         if let [0, 0, 0, 0, len @ ..] = bytes
             && let Ok(len) = <[u8; 8]>::try_from(len)
         {
+            if first == u64::MAX {
+                return Err(StorageError::Corrupt(format!(
+                    "large block row at index {first}"
+                )));
+            }
             return Ok(Row::Large {
                 index: first,
                 len: u64::from_le_bytes(len),
@@ -119,6 +127,9 @@ impl<'a> Chunk<'a> {
         }
         if prev != chunk.data.len() || count == 0 {
             return Err(corrupt("block offsets do not cover the data"));
+        }
+        if first.checked_add(chunk.len()).is_none() {
+            return Err(corrupt("blocks past the largest index"));
         }
         Ok(chunk)
     }
@@ -804,5 +815,17 @@ mod tests {
                 "{bytes:?}"
             );
         }
+        // Rows whose blocks would end past the largest index (found by the fuzzer: computing
+        // their end overflowed).
+        let two = [2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 7, 8];
+        assert!(Chunk::parse(u64::MAX - 2, &two).is_ok());
+        assert!(matches!(
+            Chunk::parse(u64::MAX - 1, &two),
+            Err(StorageError::Corrupt(_))
+        ));
+        assert!(matches!(
+            Row::parse(u64::MAX, &large_marker(5)),
+            Err(StorageError::Corrupt(_))
+        ));
     }
 }

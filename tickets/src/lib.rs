@@ -89,6 +89,12 @@ impl CoreTicket {
         if !rest.is_empty() {
             return Err(TicketError::Trailing(rest.len()));
         }
+        // Addresses are normalised as they decode (a relay URL gains its trailing `/`): a
+        // ticket at the limit could grow past it, and then not print as a ticket that parses.
+        let len = ticket.to_bytes().len();
+        if len > MAX_TICKET_BYTES {
+            return Err(TicketError::TooLarge(len));
+        }
         Ok(ticket)
     }
 }

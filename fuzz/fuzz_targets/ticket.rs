@@ -1,0 +1,10 @@
+//! Fuzz target `ticket`: runs `checks::ticket` (see `fuzz/checks.rs`) on each input.
+#![no_main]
+
+#[path = "../checks.rs"]
+#[allow(dead_code)]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = checks::ticket(data);
+});

@@ -167,29 +167,14 @@ pub fn wire_decode(data: &[u8]) -> bool {
     }
 }
 
-/// The complete frames (each of at most `max_frame` bytes) at the start of `bytes`, only the
-/// first if `one`: the same split as the private `decode_frames` of `src/net/frames.rs`,
-/// built from the public `frame_len_within` and `decode_body`.
+/// The complete frames at the start of `bytes`: the split the frame reader makes.
 fn split_frames(
     bytes: &[u8],
     max_frame: usize,
     one: bool,
     out: &mut Vec<Message>,
 ) -> Result<usize, WireError> {
-    let mut used = 0;
-    while let Some(header) = bytes.get(used..used + HEADER_LEN) {
-        if one && !out.is_empty() {
-            break;
-        }
-        let header: [u8; HEADER_LEN] = [header[0], header[1], header[2], header[3]];
-        let len = frame_len_within(header, max_frame)?;
-        let Some(body) = bytes.get(used + HEADER_LEN..used + HEADER_LEN + len) else {
-            break;
-        };
-        out.push(decode_body(body)?);
-        used += HEADER_LEN + len;
-    }
-    Ok(used)
+    iroh_hypercore::replication::wire::decode_frames(bytes, max_frame, one, out)
 }
 
 /// How a stream of frames ended.

@@ -9,9 +9,7 @@ use std::sync::{
 use bytes::{Buf, BytesMut};
 use iroh::endpoint::RecvStream;
 
-use crate::replication::wire::{
-    HEADER_LEN, MAX_FRAME, Message, WireError, decode_body, frame_len_within,
-};
+use crate::replication::wire::{HEADER_LEN, MAX_FRAME, Message, WireError};
 
 /// Largest chunk read from a stream at once.
 const CHUNK: usize = 256 * 1024;
@@ -219,28 +217,16 @@ impl Drop for FrameReader {
     }
 }
 
-/// Decodes the complete frames (each of at most `max_frame` bytes) at the start of `bytes`
-/// into `out`, only the first if `one`; returns the bytes they took.
+/// [`wire::decode_frames`](crate::replication::wire::decode_frames), with the reader's error.
 fn decode_frames(
     bytes: &[u8],
     max_frame: usize,
     one: bool,
     out: &mut Vec<Message>,
 ) -> Result<usize, ReadError> {
-    let mut used = 0;
-    while let Some(header) = bytes.get(used..used + HEADER_LEN) {
-        if one && !out.is_empty() {
-            break;
-        }
-        let header: [u8; HEADER_LEN] = [header[0], header[1], header[2], header[3]];
-        let len = frame_len_within(header, max_frame)?;
-        let Some(body) = bytes.get(used + HEADER_LEN..used + HEADER_LEN + len) else {
-            break;
-        };
-        out.push(decode_body(body)?);
-        used += HEADER_LEN + len;
-    }
-    Ok(used)
+    Ok(crate::replication::wire::decode_frames(
+        bytes, max_frame, one, out,
+    )?)
 }
 
 #[cfg(test)]

@@ -248,6 +248,31 @@ pub fn frame_len_within(header: [u8; HEADER_LEN], max: usize) -> Result<usize, W
     Ok(len)
 }
 
+/// Decodes the complete frames (each of at most `max_frame` bytes) at the start of `bytes`
+/// into `out`, only the first if `one`; returns the bytes they took. What follows them is an
+/// unfinished frame. This is how the frame reader splits what it reads.
+pub fn decode_frames(
+    bytes: &[u8],
+    max_frame: usize,
+    one: bool,
+    out: &mut Vec<Message>,
+) -> Result<usize, WireError> {
+    let mut used = 0;
+    while let Some(header) = bytes.get(used..used + HEADER_LEN) {
+        if one && !out.is_empty() {
+            break;
+        }
+        let header: [u8; HEADER_LEN] = [header[0], header[1], header[2], header[3]];
+        let len = frame_len_within(header, max_frame)?;
+        let Some(body) = bytes.get(used + HEADER_LEN..used + HEADER_LEN + len) else {
+            break;
+        };
+        out.push(decode_body(body)?);
+        used += HEADER_LEN + len;
+    }
+    Ok(used)
+}
+
 /// Decodes a frame body; trailing bytes are an error.
 pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
     match postcard::take_from_bytes::<Message>(body) {

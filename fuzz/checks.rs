@@ -45,12 +45,9 @@ pub type Check = fn(&[u8]);
 
 /// Checks that replay `fuzz/regressions/<target>/` where they differ from the target's: the
 /// inputs there fail until a bug is fixed, and the target skips them meanwhile.
-pub const REGRESSIONS: &[(&str, Check)] = &[
-    ("storage_rows", storage_rows_unfiltered),
-    ("proof_verify", |d| {
-        proof_verify_strict(d);
-    }),
-];
+pub const REGRESSIONS: &[(&str, Check)] = &[("proof_verify", |d| {
+    proof_verify_strict(d);
+})];
 
 /// Every fuzz target, by name, with the check it runs. The name is the target's binary in
 /// `fuzz/Cargo.toml` and its corpus directory `fuzz/corpus/<name>/`.
@@ -1427,19 +1424,6 @@ impl<'t> Tables<'t> {
 /// row, a chunk row, a piece, or an operation), for which core (bit 2), near which index
 /// (bits 3–4, see [`block_base`]), and how its bytes are made (bits 5–7).
 pub fn storage_rows(data: &[u8]) {
-    storage_rows_with(data, true);
-}
-
-/// [`storage_rows`] without skipping the rows of the known crash: replays
-/// `fuzz/regressions/storage_rows/`. A chunk or large-block row whose blocks would end past
-/// `u64::MAX` (a key only a corrupt file holds) makes `Row::end`/`Chunk::end` in
-/// `src/storage/blocks.rs` overflow, a panic with overflow checks on; `storage_rows` does not
-/// write such rows until that is fixed.
-pub fn storage_rows_unfiltered(data: &[u8]) {
-    storage_rows_with(data, false);
-}
-
-fn storage_rows_with(data: &[u8], skip_known_crash: bool) {
     let db = storage_db();
     let txn = db.begin_write().expect("a write transaction");
     {
@@ -1500,10 +1484,6 @@ fn storage_rows_with(data: &[u8], skip_known_crash: bool) {
                         let n = (input.u16() % 2048) as usize;
                         input.bytes(n)
                     };
-                    let past_max = RefRow::parse(first, &row).is_some_and(|r| r.end().is_none());
-                    if skip_known_crash && past_max {
-                        continue;
-                    }
                     t.chunks
                         .insert((id, first), row.as_slice())
                         .expect("insert");

@@ -1,4 +1,5 @@
-//! Reproduces every value of the JS Hypercore 11.37.1 / Corestore 7.12.5 test vectors.
+//! Reproduces every value of the JS Hypercore 11.37.1 / Corestore 7.12.5 test vectors
+//! (`tests/data/hypercore-11.37.1.json`; its README says where they come from).
 
 use iroh_hypercore::{
     CoreKind, CoreOptions, Corestore, KeyPair, StoreOptions,
@@ -17,9 +18,9 @@ use serde_json::Value;
 fn vectors() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/vectors/hypercore-11.37.1.json"
+        "/tests/data/hypercore-11.37.1.json"
     );
-    let text = std::fs::read_to_string(path).expect("test vectors beside the repository");
+    let text = std::fs::read_to_string(path).expect("the test vectors in tests/data");
     serde_json::from_str(&text).expect("valid JSON")
 }
 

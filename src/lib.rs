@@ -6,6 +6,8 @@ pub mod crypto;
 mod error;
 pub mod net;
 pub mod replication;
+#[cfg(feature = "test-utils")]
+pub mod sim;
 pub mod storage;
 pub mod store;
 #[cfg(feature = "test-utils")]

@@ -10,7 +10,7 @@
 //! state: time comes in as an argument.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -162,9 +162,9 @@ pub struct FetchQueue {
     cfg: FetchConfig,
     /// Queued blocks per core, in key order (runs are handed out in that order).
     cores: BTreeMap<CoreKey, CoreQueue>,
-    requests: HashMap<u64, Request>,
-    peers: HashMap<PeerId, PeerState>,
-    block_size: HashMap<CoreKey, u64>,
+    requests: BTreeMap<u64, Request>,
+    peers: BTreeMap<PeerId, PeerState>,
+    block_size: BTreeMap<CoreKey, u64>,
     notices: Vec<PeerNotice>,
     next_id: u64,
     /// Bytes of entries in the `Received` state.
@@ -177,9 +177,9 @@ impl FetchQueue {
         Self {
             cfg,
             cores: BTreeMap::new(),
-            requests: HashMap::new(),
-            peers: HashMap::new(),
-            block_size: HashMap::new(),
+            requests: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            block_size: BTreeMap::new(),
             notices: Vec::new(),
             next_id: 1,
             held_bytes: 0,
@@ -953,7 +953,7 @@ mod tests {
         q.set_block_size(CORE, 1024);
         let runs = drain(&mut q, clock.at(0));
         let mut seen = BTreeSet::new();
-        let mut per_peer: HashMap<PeerId, u64> = HashMap::new();
+        let mut per_peer: BTreeMap<PeerId, u64> = BTreeMap::new();
         for r in &runs {
             assert!(r.end - r.start <= 16, "runs respect run_bytes");
             for i in r.start..r.end {

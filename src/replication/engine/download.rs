@@ -404,10 +404,10 @@ impl Engine {
         local: LocalInfo,
         now: Instant,
     ) {
-        let mut stored = std::collections::HashSet::new();
+        let mut stored = std::collections::BTreeSet::new();
         match outcome {
             ApplyOutcome::Done(applied) => {
-                let by_index: std::collections::HashMap<u64, (PeerId, u64)> =
+                let by_index: std::collections::BTreeMap<u64, (PeerId, u64)> =
                     proofs.iter().map(|(i, p, id)| (*i, (*p, *id))).collect();
                 for (index, bytes) in &applied.stored {
                     stored.insert(*index);

@@ -12,9 +12,11 @@ mod channels;
 mod download;
 mod push;
 mod serve;
+#[cfg(test)]
+mod testing;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -354,14 +356,14 @@ struct Channel {
     remote_ranges: Vec<(u64, u64)>,
     /// Blocks `0..sourced` of the remote's contiguous ones were recorded in the fetch queue.
     sourced: u64,
-    requests: HashMap<u64, Sent>,
+    requests: BTreeMap<u64, Sent>,
     /// A push to this channel is being prepared; our `Sync` waits for it.
     pushing: bool,
 }
 
 #[derive(Debug, Default)]
 struct Peer {
-    channels: HashMap<CoreKey, ChannelId>,
+    channels: BTreeMap<CoreKey, ChannelId>,
     serve_queue: VecDeque<(ChannelId, Message)>,
     stats: PeerStats,
     /// Failed after its last back-off: asked for nothing more while this connection lasts.
@@ -438,19 +440,19 @@ enum TaskCtx {
 pub struct Engine {
     me: PeerId,
     cfg: EngineConfig,
-    cores: HashMap<CoreKey, Replica>,
-    by_discovery_key: HashMap<DiscoveryKey, CoreKey>,
+    cores: BTreeMap<CoreKey, Replica>,
+    by_discovery_key: BTreeMap<DiscoveryKey, CoreKey>,
     /// Channels peers opened for cores we do not replicate (yet): adopted if we add the core
     /// before their handshake deadline. Each carries nothing but its `Open`.
-    parked: HashMap<ChannelId, Parked>,
+    parked: BTreeMap<ChannelId, Parked>,
     /// The parked channels of each discovery key.
     parked_by_dk: BTreeMap<DiscoveryKey, BTreeSet<ChannelId>>,
     /// Handshake deadlines: channels we opened waiting for `Accept`, and parked channels.
     handshakes: BTreeSet<(Instant, ChannelId)>,
-    peers: HashMap<PeerId, Peer>,
-    channels: HashMap<ChannelId, Channel>,
+    peers: BTreeMap<PeerId, Peer>,
+    channels: BTreeMap<ChannelId, Channel>,
     fetch: FetchQueue,
-    tasks: HashMap<TaskId, TaskCtx>,
+    tasks: BTreeMap<TaskId, TaskCtx>,
     outputs: VecDeque<Output>,
     next_channel: ChannelId,
     next_task: TaskId,
@@ -484,14 +486,14 @@ impl Engine {
             me,
             fetch: FetchQueue::new(cfg.fetch.clone()),
             cfg,
-            cores: HashMap::new(),
-            by_discovery_key: HashMap::new(),
-            parked: HashMap::new(),
+            cores: BTreeMap::new(),
+            by_discovery_key: BTreeMap::new(),
+            parked: BTreeMap::new(),
             parked_by_dk: BTreeMap::new(),
             handshakes: BTreeSet::new(),
-            peers: HashMap::new(),
-            channels: HashMap::new(),
-            tasks: HashMap::new(),
+            peers: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            tasks: BTreeMap::new(),
             outputs: VecDeque::new(),
             next_channel: 0,
             next_task: 0,

@@ -170,65 +170,14 @@ impl Engine {
 mod tests {
     use std::time::Instant;
 
-    use super::super::{Engine, EngineConfig, Input, LocalInfo, Mode, Output, Task, TaskResult};
+    use super::super::{
+        Input, Mode, Output, Task, TaskResult,
+        testing::{CORE, PEER, engine_with_peer, local, outputs, sync},
+    };
     use crate::{
-        crypto::capability::{Role, capability},
-        replication::wire::{Message, SyncInfo},
+        replication::wire::Message,
         tree::{BlockProof, Proof, UpgradeProof},
     };
-
-    const PEER: [u8; 32] = [9; 32];
-    const CORE: [u8; 32] = [2; 32];
-
-    fn local(length: u64, writable: bool) -> LocalInfo {
-        LocalInfo {
-            fork: 0,
-            length,
-            byte_length: length,
-            contiguous: length,
-            writable,
-        }
-    }
-
-    fn sync(length: u64, downloading: bool) -> Message {
-        Message::Sync(SyncInfo {
-            fork: 0,
-            length,
-            contiguous: length,
-            ask: false,
-            downloading,
-        })
-    }
-
-    /// An engine holding `length` blocks of `CORE` in `mode`, with one open channel to `PEER`
-    /// whose remote sent `remote`; its outputs so far are drained. Returns the channel.
-    fn engine_with_peer(
-        local: LocalInfo,
-        mode: Mode,
-        remote: Message,
-        now: Instant,
-    ) -> (Engine, u64) {
-        let mut engine = Engine::new([1; 32], EngineConfig::default());
-        engine.add_core(CORE, local, mode, now);
-        engine.handle(Input::PeerConnected(PEER), now);
-        let channel = std::iter::from_fn(|| engine.poll_output())
-            .find_map(|o| match o {
-                Output::OpenChannel(_, ch, _) => Some(ch),
-                _ => None,
-            })
-            .expect("a channel is opened to the new peer");
-        let accept = Message::Accept {
-            capability: capability(&CORE, Role::Acceptor, &[1; 32], &PEER),
-        };
-        engine.handle(Input::Message(PEER, channel, accept), now);
-        engine.handle(Input::Message(PEER, channel, remote), now);
-        while engine.poll_output().is_some() {}
-        (engine, channel)
-    }
-
-    fn outputs(engine: &mut Engine) -> Vec<Output> {
-        std::iter::from_fn(|| engine.poll_output()).collect()
-    }
 
     fn pushed_proof(start: u64) -> Proof {
         Proof {

@@ -80,12 +80,24 @@ impl Engine {
             let Some(core) = self.channels.get(&channel).map(|c| c.core) else {
                 continue;
             };
+            let length = self.cores.get(&core).map_or(0, |r| r.local.length);
             match msg {
-                Message::Request { id, request } => self.new_task(
-                    core,
-                    Task::CreateProof(request),
-                    TaskCtx::Serve { peer, channel, id },
-                ),
+                Message::Request { id, request } => {
+                    if !answerable(&request, length) {
+                        let none = Message::NoData {
+                            id,
+                            start: 0,
+                            end: 0,
+                        };
+                        self.send(peer, channel, none);
+                        continue;
+                    }
+                    self.new_task(
+                        core,
+                        Task::CreateProof(request),
+                        TaskCtx::Serve { peer, channel, id },
+                    )
+                }
                 Message::RequestRun {
                     id,
                     fork,
@@ -95,6 +107,11 @@ impl Engine {
                 } => {
                     if start >= end || end - start > MAX_RUN {
                         self.count_refused(peer);
+                        self.send(peer, channel, Message::NoData { id, start, end });
+                        continue;
+                    }
+                    if start >= length {
+                        // None of it is ours: no storage task to say so.
                         self.send(peer, channel, Message::NoData { id, start, end });
                         continue;
                     }
@@ -240,10 +257,93 @@ fn run_answer(id: u64, items: Vec<RunItem>) -> Vec<Message> {
     out
 }
 
+/// Whether a request for a log of `length` blocks could be answered with anything: one that
+/// asks for nothing, or for a block or node past the log, gets `NoData` without a storage task.
+fn answerable(request: &crate::tree::ProofRequest, length: u64) -> bool {
+    let asks = request.block.is_some()
+        || request.hash.is_some()
+        || request.seek.is_some()
+        || request.upgrade.is_some()
+        || request.manifest;
+    let block_past_end = request.block.as_ref().is_some_and(|b| b.index >= length);
+    asks && !block_past_end
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::tree::BlockProof;
+    use std::time::Instant;
+
+    use super::{
+        super::{
+            Input, Mode, Output,
+            testing::{PEER, engine_with_peer, local, outputs, sync},
+        },
+        *,
+    };
+    use crate::tree::{BlockProof, IndexRequest, ProofRequest};
+
+    /// Requests that cannot be answered with anything (past the log, or asking for nothing)
+    /// get `NoData` at once: a flood of them costs no storage task.
+    #[test]
+    fn unanswerable_requests_cost_no_storage_task() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
+        let requests = [
+            Message::RequestRun {
+                id: 1,
+                fork: 0,
+                start: 10,
+                end: 20,
+                length: 10,
+            },
+            Message::Request {
+                id: 2,
+                request: ProofRequest::default(),
+            },
+            Message::Request {
+                id: 3,
+                request: ProofRequest {
+                    block: Some(IndexRequest {
+                        index: 10,
+                        nodes: 0,
+                    }),
+                    ..Default::default()
+                },
+            },
+        ];
+        for msg in requests {
+            engine.handle(Input::Message(PEER, channel, msg), now);
+        }
+        let out = outputs(&mut engine);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Task(..))),
+            "{out:?}"
+        );
+        let answered: Vec<u64> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send(_, _, Message::NoData { id, .. }) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answered, [1, 2, 3]);
+
+        // A block within the log still goes to storage.
+        let msg = Message::Request {
+            id: 4,
+            request: ProofRequest {
+                block: Some(IndexRequest { index: 9, nodes: 0 }),
+                ..Default::default()
+            },
+        };
+        engine.handle(Input::Message(PEER, channel, msg), now);
+        assert!(
+            outputs(&mut engine)
+                .iter()
+                .any(|o| matches!(o, Output::Task(..)))
+        );
+    }
 
     fn proof(index: u64) -> RunItem {
         RunItem::Proof(Proof {

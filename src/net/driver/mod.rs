@@ -1,0 +1,313 @@
+//! The iroh driver: one task that owns the engine and moves bytes between it and iroh.
+//!
+//! Every connection, stream read, stream write, dial and storage task is a future in one of
+//! two `FuturesUnordered` sets polled by this task, so there is no task per peer and no state
+//! shared between peers. Forwarding tasks exist only per core (its events and wanted ranges)
+//! and per gossip topic.
+//!
+//! This file holds the driver's state, its loop and the dispatch of commands, engine outputs
+//! and finished IO; each job is in its own file:
+//! - `connections`: dialing, accepting and keeping one connection per peer;
+//! - `streams`: channels' streams, framing, read budgets and the send backlog;
+//! - `gossip`: gossip topics, their bootstrap nodes and broadcasts;
+//! - `cores`: the cores replicated, their change forwarders and their storage tasks.
+
+mod connections;
+mod cores;
+mod gossip;
+mod streams;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use iroh::{
+    Endpoint, EndpointAddr, EndpointId,
+    address_lookup::memory::MemoryLookup,
+    endpoint::{Connection, RecvStream, SendStream},
+};
+use iroh_gossip::{Gossip, api::GossipSender};
+use n0_future::{FuturesUnordered, StreamExt, boxed::BoxFuture};
+use tokio::{
+    sync::{broadcast, mpsc, oneshot},
+    task::JoinSet,
+};
+
+use super::frames::{Budget, FrameReader, MAX_BUFFERED_TOTAL, ReadError};
+use crate::{
+    Hypercore,
+    crypto::CoreKey,
+    replication::{
+        Engine, Event, Input, Mode, Output, PeerId, TaskResult,
+        engine::{ChannelId, PeerStats, TaskId},
+        wire::Message,
+    },
+};
+
+use connections::Conn;
+pub use connections::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES};
+use streams::ChannelIo;
+
+/// What a node holds and refused over all its peers: the resources peers can make it spend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Open connections (at most [`MAX_CONNECTIONS`]).
+    pub connections: usize,
+    /// Dials in flight (at most [`MAX_DIALS`]).
+    pub dials_in_flight: usize,
+    /// Dials that gossip announcements asked for and the rate limit skipped.
+    pub gossip_dials_skipped: u64,
+    /// Channels peers opened for cores this node does not replicate, waiting.
+    pub parked_channels: usize,
+    /// Bytes of unfinished frames held, over all connections.
+    pub buffered_bytes: u64,
+    /// Bytes queued towards peers that QUIC has not taken yet.
+    pub backlog_bytes: u64,
+}
+
+/// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
+pub(crate) enum Command {
+    Accept(Connection),
+    /// Replicate a core; `None` keeps the mode of a core already replicated (else full).
+    Replicate(Hypercore, Option<Mode>, oneshot::Sender<()>),
+    Join(CoreKey, Vec<EndpointAddr>, oneshot::Sender<()>),
+    PeerStats(oneshot::Sender<Vec<PeerStats>>),
+    CorePeers(CoreKey, oneshot::Sender<Vec<PeerId>>),
+    NodeStats(oneshot::Sender<NodeStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Sent by the per-core and per-topic forwarding tasks.
+enum Forward {
+    CoreChanged(CoreKey),
+    Want(CoreKey, u64, u64),
+    GossipReady(CoreKey, GossipSender),
+    Gossip(CoreKey, Bytes),
+    GossipLagged(CoreKey),
+}
+
+enum Io {
+    Dialed(PeerId, Result<Connection, String>),
+    Accepted(PeerId, usize, Result<(SendStream, RecvStream), String>),
+    Opened(
+        PeerId,
+        usize,
+        ChannelId,
+        Result<(SendStream, RecvStream), String>,
+    ),
+    Frames(
+        PeerId,
+        usize,
+        ChannelId,
+        FrameReader,
+        Result<Option<Vec<Message>>, ReadError>,
+    ),
+    /// A channel's stream sent no complete handshake frame within the handshake timeout.
+    HandshakeTimedOut(PeerId, usize, ChannelId),
+    /// A write finished: the channel, its stream, and how many bytes it took.
+    Written(ChannelId, SendStream, Result<(), String>, u64),
+    Closed(PeerId, usize),
+    Done,
+}
+
+pub(crate) struct Driver {
+    engine: Engine,
+    endpoint: Endpoint,
+    gossip: Option<Gossip>,
+    lookup: MemoryLookup,
+    cores: HashMap<CoreKey, Hypercore>,
+    conns: HashMap<PeerId, Conn>,
+    dialing: HashSet<PeerId>,
+    addrs: HashMap<PeerId, EndpointAddr>,
+    channels: HashMap<ChannelId, ChannelIo>,
+    /// Channels with frames queued since the last flush.
+    unflushed: Vec<ChannelId>,
+    next_incoming: ChannelId,
+    gossip_senders: HashMap<CoreKey, GossipSender>,
+    gossip_bootstrap: HashMap<CoreKey, Vec<EndpointId>>,
+    io: FuturesUnordered<BoxFuture<Io>>,
+    tasks: FuturesUnordered<BoxFuture<(TaskId, TaskResult)>>,
+    forwarders: JoinSet<()>,
+    fwd_tx: mpsc::Sender<Forward>,
+    fwd_rx: mpsc::Receiver<Forward>,
+    events: broadcast::Sender<Event>,
+    /// What unfinished frames on all connections may hold.
+    budget: Budget,
+    /// Peers whose backlog grew this turn (checked against the limit after it).
+    backlog_grew: Vec<PeerId>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        engine: Engine,
+        endpoint: Endpoint,
+        gossip: Option<Gossip>,
+        events: broadcast::Sender<Event>,
+    ) -> Self {
+        let lookup = MemoryLookup::new();
+        if let Ok(services) = endpoint.address_lookup() {
+            services.add(lookup.clone());
+        }
+        let (fwd_tx, fwd_rx) = mpsc::channel(1024);
+        Self {
+            engine,
+            endpoint,
+            gossip,
+            lookup,
+            cores: HashMap::new(),
+            conns: HashMap::new(),
+            dialing: HashSet::new(),
+            addrs: HashMap::new(),
+            channels: HashMap::new(),
+            unflushed: Vec::new(),
+            next_incoming: 1,
+            gossip_senders: HashMap::new(),
+            gossip_bootstrap: HashMap::new(),
+            io: FuturesUnordered::new(),
+            tasks: FuturesUnordered::new(),
+            forwarders: JoinSet::new(),
+            fwd_tx,
+            fwd_rx,
+            events,
+            budget: Budget::new(MAX_BUFFERED_TOTAL),
+            backlog_grew: Vec::new(),
+        }
+    }
+
+    /// Runs until shutdown or until every handle is gone.
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut shutdown_reply = None;
+        loop {
+            self.carry_out();
+            let deadline = self.engine.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => { shutdown_reply = Some(reply); break; }
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                Some(io) = self.io.next(), if !self.io.is_empty() => self.on_io(io),
+                Some((id, result)) = self.tasks.next(), if !self.tasks.is_empty() => {
+                    self.engine.handle(Input::TaskDone(id, result), Instant::now());
+                }
+                Some(fwd) = self.fwd_rx.recv() => self.on_forward(fwd),
+                _ = sleep => self.engine.handle_timeout(Instant::now()),
+            }
+        }
+        for (_, c) in self.conns.drain() {
+            c.conn.close(0u32.into(), b"shutdown");
+        }
+        self.forwarders.abort_all();
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Accept(conn) => self.add_conn(conn, false),
+            Command::Replicate(core, mode, reply) => {
+                self.replicate(core, mode, now);
+                let _ = reply.send(());
+            }
+            Command::Join(key, nodes, reply) => {
+                self.join(key, nodes);
+                let _ = reply.send(());
+            }
+            Command::PeerStats(reply) => {
+                let mut stats = self.engine.peer_stats();
+                for s in &mut stats {
+                    if let Some(c) = self.conns.get(&s.peer) {
+                        s.backlog_bytes = c.backlog;
+                        s.buffered_bytes = c.budget.used();
+                    }
+                }
+                let _ = reply.send(stats);
+            }
+            Command::NodeStats(reply) => {
+                let _ = reply.send(NodeStats {
+                    connections: self.conns.len(),
+                    dials_in_flight: self.dialing.len(),
+                    gossip_dials_skipped: self.engine.gossip_dials_skipped(),
+                    parked_channels: self.engine.parked_channels(),
+                    buffered_bytes: self.budget.used(),
+                    backlog_bytes: self.conns.values().map(|c| c.backlog).sum(),
+                });
+            }
+            Command::CorePeers(key, reply) => {
+                let _ = reply.send(self.engine.core_peers(&key));
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Carries out everything the engine asked for.
+    fn carry_out(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Connect(peer) => self.dial(peer),
+                Output::OpenChannel(peer, ch, first) => self.open_channel(peer, ch, first),
+                Output::Send(_, ch, msg) => self.send(ch, &msg),
+                Output::CloseChannel(_, ch) => self.close_channel(ch),
+                Output::Task(id, key, task) => self.run_task(id, key, task),
+                Output::JoinGossip(key, topic) => self.join_gossip(key, topic),
+                Output::Broadcast(key, bytes) => self.broadcast(key, bytes),
+                Output::Event(ev) => {
+                    let _ = self.events.send(ev);
+                }
+            }
+        }
+        for ch in std::mem::take(&mut self.unflushed) {
+            self.flush(ch);
+        }
+        for peer in std::mem::take(&mut self.backlog_grew) {
+            self.report_backlog(&peer);
+        }
+    }
+
+    fn on_forward(&mut self, fwd: Forward) {
+        let now = Instant::now();
+        match fwd {
+            Forward::CoreChanged(key) => {
+                if let Some(core) = self.cores.get(&key) {
+                    let info = super::tasks::local_info(core);
+                    self.engine.handle(Input::LocalChanged(key, info), now);
+                }
+            }
+            Forward::Want(key, s, e) => self.engine.handle(Input::Want(key, s, e), now),
+            Forward::GossipReady(key, sender) => self.on_gossip_ready(key, sender),
+            Forward::Gossip(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
+            Forward::GossipLagged(key) => self.engine.handle(Input::GossipLagged(key), now),
+        }
+    }
+
+    fn on_io(&mut self, io: Io) {
+        match io {
+            Io::Dialed(peer, result) => self.on_dialed(peer, result),
+            Io::Accepted(peer, conn_id, result) => self.on_accepted(peer, conn_id, result),
+            Io::Opened(peer, conn_id, ch, result) => self.on_opened(peer, conn_id, ch, result),
+            Io::Frames(peer, conn_id, ch, reader, result) => {
+                self.on_frames(peer, conn_id, ch, reader, result)
+            }
+            Io::HandshakeTimedOut(peer, conn_id, ch) => {
+                self.on_handshake_timed_out(peer, conn_id, ch)
+            }
+            Io::Written(ch, send, result, bytes) => self.on_written(ch, send, result, bytes),
+            Io::Closed(peer, conn_id) => {
+                if self.current(&peer, conn_id) {
+                    self.remove_conn(&peer);
+                }
+            }
+            Io::Done => {}
+        }
+    }
+}

@@ -40,14 +40,17 @@ pub(crate) struct CoreInner {
 }
 
 impl CoreInner {
+    /// The committed state and head, kept in the core's slot.
     pub fn state(&self) -> MutexGuard<'_, CoreState> {
         self.slot.state()
     }
 
+    /// The key pair of a writable core.
     pub fn signer(&self) -> Option<&KeyPair> {
         self.slot.signer.as_ref()
     }
 
+    /// The signature checker, once known.
     pub fn verifier(&self) -> MutexGuard<'_, Option<Verifier>> {
         self.verifier.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -42,6 +42,7 @@ pub(crate) struct Batch<'t> {
 }
 
 impl<'t> Batch<'t> {
+    /// An empty batch writing in `txn`.
     pub fn new(txn: &'t redb::WriteTransaction) -> Self {
         Self {
             txn,

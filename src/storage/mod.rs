@@ -1,16 +1,16 @@
 //! Storage: one redb database per store (a file, or redb's in-memory backend), and the only
 //! code that knows its schema.
 //!
-//! - **Typed operations.** `core/` and `store/` describe writes as plain data, an [`Op`]
+//! - **Typed operations.** `core/` and `store/` describe writes as plain data, an `Op`
 //!   (create, delete a core; append; apply a verified proof or run; truncate; clear; set the
-//!   primary key), and reads go through a [`Reader`] of typed queries. No redb table is opened
+//!   primary key), and reads go through a `Reader` of typed queries. No redb table is opened
 //!   anywhere else; the schema (`schema`), the block rows (`blocks`) and the node rows
 //!   (`nodes`) are private to this module.
 //! - **One actor, batches.** Writes are queued in call order and committed together (group
 //!   commit) by one storage thread; with relaxed durability a small write may be committed by
 //!   its caller when the thread is idle. The ops of a batch share one transaction (`batch`,
 //!   `apply`).
-//! - **Cores.** Each open core has a [`CoreSlot`] shared by its handles and the actor: the
+//! - **Cores.** Each open core has a `CoreSlot` shared by its handles and the actor: the
 //!   writes of a core carry it, with the core's key pair. At the end of a batch the actor signs
 //!   each changed core's tree once and writes its header; after the commit it publishes the
 //!   new header as the core's committed state and emits the batch's events, before any write

@@ -19,6 +19,7 @@ pub(crate) struct Reader<'t> {
 }
 
 impl<'t> Reader<'t> {
+    /// Reads in `txn`.
     pub(super) fn new(txn: &'t ReadTransaction) -> Self {
         Self { txn }
     }

@@ -1,15 +1,13 @@
-//! Executing one typed [`Op`] inside a [`Batch`]: what each write stores, and how it changes
-//! the staged header of its core.
+//! Executing one typed [`Op`] inside a [`Batch`]: what each write to a core stores, and how
+//! it changes the staged header of the core. The store-wide ops are in `catalog`.
 
 use std::sync::Arc;
-
-use redb::ReadableTable;
 
 use super::{
     StorageError,
     batch::Batch,
+    catalog,
     ops::{ApplyProof, Op, Outcome},
-    schema::{self, CoreHeader},
     slot::{CoreSlot, Staged},
 };
 use crate::{
@@ -22,15 +20,9 @@ use crate::{
 /// aborts the batch.
 pub(super) fn apply(batch: &mut Batch<'_>, op: Op) -> Result<Outcome, StorageError> {
     match op {
-        Op::SetPrimaryKey(key) => {
-            batch
-                .txn()
-                .open_table(schema::META)?
-                .insert(schema::META_PRIMARY_KEY, key.as_slice())?;
-            Ok(Outcome::Done)
-        }
-        Op::CreateCore { key, header } => create_core(batch, key, &header),
-        Op::DeleteCore { key, slot } => delete_core(batch, key, slot.as_deref()),
+        Op::SetPrimaryKey(key) => catalog::set_primary_key(batch, &key),
+        Op::CreateCore { key, header } => catalog::create_core(batch, key, &header),
+        Op::DeleteCore { key, slot } => catalog::delete_core(batch, key, slot.as_deref()),
         Op::Append {
             slot,
             base,
@@ -62,56 +54,6 @@ pub(super) fn apply(batch: &mut Batch<'_>, op: Op) -> Result<Outcome, StorageErr
         #[cfg(test)]
         Op::Probe(f) => f.0(batch).map(|()| Outcome::Done),
     }
-}
-
-fn create_core(
-    batch: &mut Batch<'_>,
-    key: [u8; 32],
-    header: &CoreHeader,
-) -> Result<Outcome, StorageError> {
-    let txn = batch.txn();
-    let mut cores = txn.open_table(schema::CORES)?;
-    if let Some(id) = cores.get(key)?.map(|v| v.value()) {
-        return Ok(Outcome::Core { id, created: false });
-    }
-    let mut meta = txn.open_table(schema::META)?;
-    let id = {
-        let raw = meta
-            .get(schema::META_NEXT_CORE_ID)?
-            .ok_or_else(|| StorageError::Corrupt("no next core id".into()))?;
-        let bytes: [u8; 8] = raw
-            .value()
-            .try_into()
-            .map_err(|_| StorageError::Corrupt("malformed next core id".into()))?;
-        u64::from_le_bytes(bytes)
-    };
-    meta.insert(schema::META_NEXT_CORE_ID, (id + 1).to_le_bytes().as_slice())?;
-    cores.insert(key, id)?;
-    txn.open_table(schema::HEADERS)?
-        .insert(id, header.encode().as_slice())?;
-    Ok(Outcome::Core { id, created: true })
-}
-
-fn delete_core(
-    batch: &mut Batch<'_>,
-    key: [u8; 32],
-    slot: Option<&CoreSlot>,
-) -> Result<Outcome, StorageError> {
-    let txn = batch.txn();
-    let Some(id) = txn
-        .open_table(schema::CORES)?
-        .remove(key)?
-        .map(|v| v.value())
-    else {
-        return Ok(Outcome::Deleted(false));
-    };
-    txn.open_table(schema::HEADERS)?.remove(id)?;
-    batch.nodes()?.remove_core(id)?;
-    batch.blocks()?.remove_core(id)?;
-    if let Some(slot) = slot {
-        slot.staged().deleted = true;
-    }
-    Ok(Outcome::Deleted(true))
 }
 
 /// The staged state of `slot`, unless the core was deleted.

@@ -8,8 +8,8 @@
 //!   (`nodes`) are private to this module.
 //! - **One actor, batches.** Writes are queued in call order and committed together (group
 //!   commit) by one storage thread; with relaxed durability a small write may be committed by
-//!   its caller when the thread is idle. The ops of a batch share one transaction (`batch`,
-//!   `apply`).
+//!   its caller when the thread is idle. The ops of a batch share one transaction (`batch`;
+//!   `apply` and `catalog` execute them).
 //! - **Cores.** Each open core has a `CoreSlot` shared by its handles and the actor: the
 //!   writes of a core carry it, with the core's key pair. At the end of a batch the actor signs
 //!   each changed core's tree once and writes its header; after the commit it publishes the
@@ -23,6 +23,7 @@ mod actor;
 mod apply;
 mod batch;
 pub(crate) mod blocks;
+mod catalog;
 mod error;
 pub(crate) mod nodes;
 mod ops;

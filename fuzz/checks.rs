@@ -28,9 +28,7 @@ use iroh_hypercore::{
     },
     storage::{
         StorageError,
-        blocks::{BlocksWrite, CHUNK_BYTES},
-        nodes::{self, GROUP, NodesWrite},
-        schema::{self, CoreHeader},
+        test_view::{self as schema, BlocksWrite, CHUNK_BYTES, CoreHeader, GROUP, NodesWrite},
     },
     tree::{
         self, BlockProof, HashProof, IndexRequest, Node, NodeSource, Proof, ProofRequest,
@@ -1415,10 +1413,10 @@ impl<'t> Tables<'t> {
 }
 
 /// `storage_rows`: rows of the node-group, block-chunk and piece tables written from the
-/// input, then reads and writes through the public `storage::nodes` and `storage::blocks`
-/// API, compared with a decoder written from the row formats their docs give. The row
-/// decoders themselves (`RowView::parse`, `Chunk::parse`, `Row::parse`) are private; this
-/// reaches them through every public function that reads a row.
+/// input, then reads and writes through the row codecs that `storage::test_view` exposes
+/// (feature `test-utils`), compared with a decoder written from the row formats their docs
+/// give. The row decoders themselves (`RowView::parse`, `Chunk::parse`, `Row::parse`) are
+/// private; this reaches them through every function of the view that reads a row.
 ///
 /// The input is a list of records. A record's first byte says what it is (bits 0–1: a node
 /// row, a chunk row, a piece, or an operation), for which core (bit 2), near which index
@@ -1523,7 +1521,7 @@ pub fn storage_rows(data: &[u8]) {
 /// Compares every single-index read of core `id` with the reference.
 fn check_reads(snap: &Snapshot, id: u64, t: &mut Tables<'_>) {
     for i in snap.node_indices(id) {
-        let got = nodes::get(&t.nodes, id, i);
+        let got = schema::node(&t.nodes, id, i);
         match snap.node(id, i) {
             Ok(n) => assert_eq!(got, Ok(n), "node {i} of core {id}"),
             Err(()) => assert!(is_corrupt(&got), "node {i} of a malformed row: {got:?}"),

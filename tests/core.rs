@@ -14,7 +14,7 @@ use std::{
 
 use iroh_hypercore::{
     CoreEvent, CoreKind, CoreOptions, Corestore, Durability, Error, Hypercore, StoreOptions,
-    storage::{Storage, StorageError, StorageOptions, schema},
+    storage::{Storage, StorageError, StorageOptions, test_view as schema},
     tree::{IndexRequest, ProofRequest, UpgradeRequest},
 };
 use n0_future::{FuturesUnordered, StreamExt};
@@ -501,7 +501,7 @@ async fn delete_purges_every_byte_of_one_core() {
             "node of the deleted core left"
         );
     }
-    let stored = iroh_hypercore::storage::blocks::BlocksRead::open(&txn).unwrap();
+    let stored = schema::BlocksRead::open(&txn).unwrap();
     assert_eq!(stored.view().count(1, 0, u64::MAX).unwrap(), 10);
     for item in txn.open_table(schema::PIECES).unwrap().iter().unwrap() {
         assert_eq!(

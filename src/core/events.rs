@@ -45,9 +45,6 @@ pub enum CoreEvent {
     Lagged(u64),
 }
 
-/// Capacity of each core's event channel.
-pub(crate) const EVENT_CAPACITY: usize = 1024;
-
 /// A stream of [`CoreEvent`]s from [`Hypercore::subscribe`](super::Hypercore::subscribe).
 pub struct Subscription {
     inner: Pin<Box<dyn Stream<Item = CoreEvent> + Send>>,

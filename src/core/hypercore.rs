@@ -57,7 +57,7 @@ impl Hypercore {
 
     /// Whether this node holds the secret key.
     pub fn writable(&self) -> bool {
-        self.inner.signer.is_some()
+        self.inner.signer().is_some()
     }
 
     /// A snapshot of the committed state.
@@ -71,7 +71,7 @@ impl Hypercore {
             contiguous_length: h.contiguous_length,
             byte_length: h.tree.byte_length,
             fork: h.tree.fork,
-            writable: self.inner.signer.is_some(),
+            writable: self.inner.signer().is_some(),
             kind: h.kind,
         }
     }
@@ -93,7 +93,7 @@ impl Hypercore {
 
     /// A stream of this core's events from now on.
     pub fn subscribe(&self) -> Subscription {
-        Subscription::new(self.inner.events.subscribe())
+        Subscription::new(self.inner.slot.subscribe())
     }
 
     /// Resolves once everything written so far is durable, also with relaxed durability.

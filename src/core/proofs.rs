@@ -2,20 +2,12 @@
 
 use std::sync::Arc;
 
-use super::{
-    events::CoreEvent,
-    hypercore::Hypercore,
-    state::{CoreInner, TxnNodes},
-    writes::{MAX_BLOCK_SIZE, check_base, delete_from, push_event, put_nodes, stage_header},
-};
+use super::{hypercore::Hypercore, state::CoreInner, writes::MAX_BLOCK_SIZE};
 use crate::{
-    crypto::{CoreKind, Manifest, Verifier},
+    crypto::{Manifest, Verifier},
     error::{Error, Result},
-    storage::{StorageError, blocks::BlocksRead},
-    tree::{
-        self, BlockProof, Node, NodeSource, Proof, ProofError, ProofRequest, TreeState,
-        VerifiedProof, flat,
-    },
+    storage::{ApplyProof, CoreNodes, Op, StorageError},
+    tree::{self, Node, NodeSource, Proof, ProofError, ProofRequest, TreeState, flat},
 };
 
 /// What applying a verified proof changed.
@@ -52,8 +44,8 @@ impl Hypercore {
             let id = inner.id;
             inner
                 .storage
-                .read(move |txn| {
-                    let src = TxnNodes::open(txn, id)?;
+                .read(move |r| {
+                    let src = r.nodes(id)?;
                     let mut proof = match tree::create_proof(&src, &tree, &req) {
                         Ok(p) => p,
                         Err(ProofError::MissingNode(i)) => {
@@ -62,7 +54,7 @@ impl Hypercore {
                         Err(e) => return Ok(Err(e.into())),
                     };
                     if let Some(b) = &mut proof.block {
-                        match BlocksRead::open(txn)?.view().get(id, b.index)? {
+                        match r.blocks()?.view().get(id, b.index)? {
                             Some(v) => b.value = v,
                             None => return Ok(Err(Error::BlockNotAvailable(b.index))),
                         }
@@ -88,7 +80,7 @@ impl Hypercore {
 }
 
 async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
-    if inner.signer.is_some() && proof.upgrade.is_some() {
+    if inner.signer().is_some() && proof.upgrade.is_some() {
         // Only this core signs its states: one from the wire is at best a replay of its own.
         return Err(
             ProofError::invalid("a writable core takes no signed state from a peer").into(),
@@ -103,10 +95,8 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
     }
     let mut last_err = None;
     for _ in 0..APPLY_ATTEMPTS {
-        let (tree, verifier) = {
-            let st = inner.state();
-            (st.committed.tree.clone(), st.verifier.clone())
-        };
+        let tree = inner.state().committed.tree.clone();
+        let verifier = inner.verifier().clone();
         let verifier = match verifier {
             Some(v) => v,
             None => verifier_from_proof(&inner, &proof)?,
@@ -131,8 +121,8 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
                 let (p, v, t) = (proof.clone(), verifier.clone(), tree.clone());
                 inner
                     .storage
-                    .read(move |txn| {
-                        let src = TxnNodes::open(txn, id)?;
+                    .read(move |r| {
+                        let src = r.nodes(id)?;
                         let verified = match tree::verify_proof(&src, &t, &v, &p) {
                             Ok(x) => x,
                             Err(e) => return Ok(Err(e)),
@@ -154,21 +144,22 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
             block: verified.block,
             truncated: keep.filter(|k| *k < tree.length),
         };
-        let op_inner = inner.clone();
-        let v2 = verifier.clone();
-        let p = proof.clone();
         let result = inner
             .storage
-            .write(move |ctx| {
-                let block = p.block.as_ref().filter(|_| verified.block.is_some());
-                write_verified(ctx, &op_inner, &tree, &v2, verified, block, keep)
-            })
+            .write(Op::ApplyProof(Box::new(ApplyProof {
+                slot: inner.slot.clone(),
+                base: (tree.length, tree.fork),
+                verified,
+                proof: proof.clone(),
+                verifier: verifier.clone(),
+                keep,
+            })))
             .await;
         match result {
-            Ok(()) => {
-                let mut st = inner.state();
-                if st.verifier.is_none() {
-                    st.verifier = Some(verifier);
+            Ok(_) => {
+                let mut known = inner.verifier();
+                if known.is_none() {
+                    *known = Some(verifier);
                 }
                 return Ok(applied);
             }
@@ -202,7 +193,7 @@ fn verifier_from_proof(inner: &CoreInner, proof: &Proof) -> Result<Verifier> {
 
 /// How many leading blocks of the old tree the new tree shares: whole subtrees under roots of
 /// the new tree whose node the old tree has with the same hash.
-fn common_length(src: &TxnNodes, old: &TreeState, new: &TreeState) -> Result<u64, StorageError> {
+fn common_length(src: &CoreNodes, old: &TreeState, new: &TreeState) -> Result<u64, StorageError> {
     let mut keep = 0;
     for root in &new.roots {
         let local = match old.roots.iter().find(|r| r.index == root.index) {
@@ -215,79 +206,6 @@ fn common_length(src: &TxnNodes, old: &TreeState, new: &TreeState) -> Result<u64
         keep = flat::right_span(root.index) / 2 + 1;
     }
     Ok(keep.min(old.length))
-}
-
-/// Stores a verified proof, if the core is still in the state it was verified against.
-fn write_verified(
-    ctx: &mut crate::storage::WriteCtx<'_, '_>,
-    inner: &Arc<CoreInner>,
-    base: &TreeState,
-    verifier: &Verifier,
-    verified: VerifiedProof,
-    block: Option<&BlockProof>,
-    keep: Option<u64>,
-) -> Result<(), StorageError> {
-    check_base(inner, (base.length, base.fork))?;
-    let id = inner.id;
-    if let Some(keep) = keep
-        && keep < base.length
-    {
-        delete_from(ctx, id, keep)?;
-    }
-    put_nodes(ctx, id, &verified.nodes)?;
-    let mut table = ctx.blocks()?;
-    // A block stored meanwhile (from another peer) is kept: rows must not overlap.
-    let block = match block {
-        Some(b) if table.view().has(id, b.index)? => None,
-        other => other,
-    };
-    if let Some(b) = block {
-        table.put(id, b.index, &[b.value.as_slice()])?;
-    }
-    let mut staged = inner.staged();
-    let staged = &mut *staged;
-    let h = &mut staged.header;
-    if h.kind.is_none() {
-        h.kind = Some(verifier.kind());
-        if verifier.kind() == CoreKind::Default {
-            h.manifest = verifier.manifest().map(Manifest::encode);
-        }
-    }
-    if let Some(keep) = keep
-        && keep < base.length
-    {
-        h.contiguous_length = h.contiguous_length.min(keep);
-        push_event(
-            &mut staged.events,
-            CoreEvent::Truncate {
-                length: keep,
-                fork: verified.upgrade.as_ref().map_or(base.fork, |u| u.fork),
-            },
-        );
-    }
-    if let Some(up) = verified.upgrade {
-        let ev = CoreEvent::Append {
-            length: up.length,
-            byte_length: up.byte_length,
-            fork: up.fork,
-        };
-        h.tree = up;
-        push_event(&mut staged.events, ev);
-    }
-    if let Some(b) = block {
-        push_event(
-            &mut staged.events,
-            CoreEvent::Download {
-                index: b.index,
-                bytes: b.value.len() as u64,
-            },
-        );
-        if b.index == h.contiguous_length {
-            h.contiguous_length = table.view().first_missing(id, b.index + 1, h.tree.length)?;
-        }
-    }
-    stage_header(ctx, inner);
-    Ok(())
 }
 
 /// Largest block verified in place, on the caller's thread (hashing it takes about 0.1 ms).

@@ -1,9 +1,8 @@
 //! Local reads: blocks, presence and byte seeks.
 
-use super::{hypercore::Hypercore, state::TxnNodes};
+use super::hypercore::Hypercore;
 use crate::{
     error::{Error, Result},
-    storage::blocks::BlocksRead,
     tree::{NodeSource, flat::Cursor},
 };
 
@@ -25,7 +24,7 @@ impl Hypercore {
             let id = inner.id;
             Ok(inner
                 .storage
-                .read(move |txn| TxnNodes::open(txn, id)?.node(index))
+                .read(move |r| r.nodes(id)?.node(index))
                 .await?)
         }
     }
@@ -43,8 +42,8 @@ impl Hypercore {
             let id = inner.id;
             Ok(inner
                 .storage
-                .read(move |txn| {
-                    let src = TxnNodes::open(txn, id)?;
+                .read(move |r| {
+                    let src = r.nodes(id)?;
                     let mut c = Cursor::new(2 * index);
                     let mut count = 0;
                     while !c.contains(head) && c.index < crate::tree::flat::MAX_INDEX {
@@ -86,7 +85,7 @@ impl Hypercore {
             let id = inner.id;
             let count = inner
                 .storage
-                .read(move |txn| BlocksRead::open(txn)?.view().count(id, start, end))
+                .read(move |r| r.blocks()?.view().count(id, start, end))
                 .await?;
             Ok(count == end - start)
         }
@@ -109,8 +108,8 @@ impl Hypercore {
             let id = inner.id;
             inner
                 .storage
-                .read(move |txn| {
-                    let src = TxnNodes::open(txn, id)?;
+                .read(move |r| {
+                    let src = r.nodes(id)?;
                     let mut rest = bytes;
                     for root in &tree.roots {
                         if rest >= root.size {

@@ -6,15 +6,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{
-    events::CoreEvent,
-    hypercore::Hypercore,
-    state::{CoreInner, TxnNodes},
-    writes::{MAX_BLOCK_SIZE, push_event, put_nodes, stage_header},
-};
+use super::{hypercore::Hypercore, state::CoreInner, writes::MAX_BLOCK_SIZE};
 use crate::{
     error::{Error, Result},
-    storage::{StorageError, blocks::BlocksRead},
+    storage::{CoreNodes, Op, StorageError},
     tree::{self, IndexRequest, Node, NodeSource, Proof, ProofError, ProofRequest},
 };
 
@@ -86,16 +81,15 @@ impl Hypercore {
             let id = inner.id;
             inner
                 .storage
-                .read(move |txn| {
-                    let src = TxnNodes::open(txn, id)?;
+                .read(move |r| {
+                    let src = r.nodes(id)?;
                     let mut values: Vec<Option<Vec<u8>>> = vec![None; (end - start) as usize];
-                    let stop = BlocksRead::open(txn)?.view().for_each_within(
-                        id,
-                        start,
-                        end,
-                        max_bytes,
-                        |i, v| values[(i - start) as usize] = Some(v),
-                    )?;
+                    let stop =
+                        r.blocks()?
+                            .view()
+                            .for_each_within(id, start, end, max_bytes, |i, v| {
+                                values[(i - start) as usize] = Some(v)
+                            })?;
                     values.truncate((stop - start) as usize);
                     let mut out = Vec::with_capacity(values.len());
                     let mut run_start = start;
@@ -150,7 +144,7 @@ impl Hypercore {
 /// Nodes verified earlier in the same run, in front of the stored ones.
 struct Overlay<'a> {
     added: &'a HashMap<u64, Node>,
-    stored: &'a TxnNodes,
+    stored: &'a CoreNodes,
 }
 
 impl NodeSource for Overlay<'_> {
@@ -174,10 +168,8 @@ struct VerifiedRun {
 async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<RunApplied> {
     let mut last_err = None;
     for _ in 0..APPLY_ATTEMPTS {
-        let (tree, verifier) = {
-            let st = inner.state();
-            (st.committed.tree.clone(), st.verifier.clone())
-        };
+        let tree = inner.state().committed.tree.clone();
+        let verifier = inner.verifier().clone();
         let Some(verifier) = verifier else {
             return Err(Error::InvalidArgument(
                 "the core has no signed length yet: apply an upgrade first",
@@ -187,8 +179,8 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
         let (p, t) = (proofs.clone(), tree.clone());
         let run = inner
             .storage
-            .read(move |txn| {
-                let stored = TxnNodes::open(txn, id)?;
+            .read(move |r| {
+                let stored = r.nodes(id)?;
                 let mut run = VerifiedRun {
                     verified: 0,
                     nodes: HashMap::new(),
@@ -235,15 +227,18 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
                 rejected: run.rejected,
             });
         }
-        let op_inner = inner.clone();
-        let fork = tree.fork;
-        let (verified, nodes) = (proofs.clone(), run.nodes);
         let result = inner
             .storage
-            .write(move |ctx| write_run(ctx, &op_inner, fork, &verified[..n], &nodes))
+            .write(Op::ApplyRun {
+                slot: inner.slot.clone(),
+                fork: tree.fork,
+                proofs: proofs.clone(),
+                count: n,
+                nodes: run.nodes.into_values().collect(),
+            })
             .await;
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 return Ok(RunApplied {
                     stored,
                     rejected: run.rejected,
@@ -272,58 +267,4 @@ fn check_block_proof(proof: &Proof, length: u64) -> Result<()> {
         }
         Some(_) => Ok(()),
     }
-}
-
-/// Stores a verified run, if the core is still on the fork it was verified against.
-fn write_run(
-    ctx: &mut crate::storage::WriteCtx<'_, '_>,
-    inner: &Arc<CoreInner>,
-    fork: u64,
-    proofs: &[Proof],
-    nodes: &HashMap<u64, Node>,
-) -> Result<(), StorageError> {
-    {
-        let staged = inner.staged();
-        if staged.deleted {
-            return Err(StorageError::Rejected("core was deleted".into()));
-        }
-        if staged.header.tree.fork != fork {
-            return Err(StorageError::Rejected("core moved to another fork".into()));
-        }
-    }
-    let id = inner.id;
-    let nodes: Vec<Node> = nodes.values().copied().collect();
-    put_nodes(ctx, id, &nodes)?;
-    let mut table = ctx.blocks()?;
-    // Blocks stored meanwhile (from another peer) are kept: rows must not overlap.
-    let mut new: Vec<(u64, &[u8])> = proofs
-        .iter()
-        .filter_map(|p| p.block.as_ref())
-        .map(|b| (b.index, b.value.as_slice()))
-        .collect();
-    new.sort_unstable_by_key(|(i, _)| *i);
-    new.dedup_by_key(|(i, _)| *i);
-    if let (Some(first), Some(last)) = (new.first(), new.last()) {
-        let stored = table.view().present(id, first.0, last.0 + 1)?;
-        new.retain(|(i, _)| !stored.iter().any(|r| r.contains(i)));
-    }
-    table.put_sorted(id, &new)?;
-    let mut guard = inner.staged();
-    let staged = &mut *guard;
-    let h = &mut staged.header;
-    for (index, value) in &new {
-        push_event(
-            &mut staged.events,
-            CoreEvent::Download {
-                index: *index,
-                bytes: value.len() as u64,
-            },
-        );
-    }
-    h.contiguous_length = table
-        .view()
-        .first_missing(id, h.contiguous_length, h.tree.length)?;
-    drop(guard);
-    stage_header(ctx, inner);
-    Ok(())
 }

@@ -10,10 +10,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use super::{events::CoreEvent, hypercore::Hypercore, state::CoreInner};
-use crate::{
-    error::{Error, Result},
-    storage::blocks::BlocksRead,
-};
+use crate::error::{Error, Result};
 
 /// A read of one block, from [`Hypercore::get`]: `.await` it for the local copy, or
 /// [`wait`](Self::wait) for peers to deliver it.
@@ -38,7 +35,7 @@ impl Get {
     pub async fn wait(self, timeout: Duration) -> Result<Bytes> {
         {
             let index = self.index;
-            let mut events = self.inner.events.subscribe();
+            let mut events = self.inner.slot.subscribe();
             let mut verified = self.inner.verified.subscribe();
             let deadline = tokio::time::Instant::now() + timeout;
             let mut asked = false;
@@ -108,12 +105,7 @@ async fn local_block(inner: &Arc<CoreInner>, index: u64) -> Result<Option<Bytes>
     let id = inner.id;
     Ok(inner
         .storage
-        .read(move |txn| {
-            Ok(BlocksRead::open(txn)?
-                .view()
-                .get(id, index)?
-                .map(Bytes::from))
-        })
+        .read(move |r| Ok(r.blocks()?.view().get(id, index)?.map(Bytes::from)))
         .await?)
 }
 
@@ -139,7 +131,7 @@ impl Hypercore {
     /// Asks replicating peers for blocks `start..end` (which may lie past the current length)
     /// and returns a handle to follow the download.
     pub fn download(&self, range: std::ops::Range<u64>) -> Download {
-        let events = self.inner.events.subscribe();
+        let events = self.inner.slot.subscribe();
         let _ = self.inner.wants.send((range.start, range.end));
         Download {
             inner: self.inner.clone(),
@@ -207,7 +199,7 @@ async fn count_stored(inner: &Arc<CoreInner>, start: u64, end: u64) -> Result<u6
     let id = inner.id;
     Ok(inner
         .storage
-        .read(move |txn| BlocksRead::open(txn)?.view().count(id, start, end))
+        .read(move |r| r.blocks()?.view().count(id, start, end))
         .await?)
 }
 

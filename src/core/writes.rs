@@ -6,18 +6,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    events::CoreEvent,
     hypercore::{AppendOutcome, Hypercore},
-    state::{CoreInner, TxnNodes},
+    state::CoreInner,
 };
 use crate::{
-    crypto::CoreKind,
     error::{Error, Result},
-    storage::{
-        StorageError, WriteCtx,
-        schema::{self, CoreHeader},
-    },
-    tree::{MAX_LENGTH, Node, NodeSource, TreeState, flat},
+    storage::{Op, Outcome, StorageError},
+    tree::{MAX_LENGTH, Node, NodeSource, TreeState},
 };
 
 /// Appends of at most this many bytes may commit on the appender's thread (relaxed
@@ -59,7 +54,7 @@ impl Hypercore {
         async move {
             let (commit, outcome) = queued?;
             match commit.await {
-                Ok(()) => Ok(outcome),
+                Ok(_) => Ok(outcome),
                 Err(e) => {
                     inner.resync_head();
                     Err(e.into())
@@ -90,23 +85,12 @@ impl Hypercore {
             if start >= end {
                 return Ok(());
             }
-            let op_inner = inner.clone();
             inner
                 .storage
-                .write(move |ctx| {
-                    let id = op_inner.id;
-                    if op_inner.staged().deleted {
-                        return Err(StorageError::Rejected("core was deleted".into()));
-                    }
-                    ctx.blocks()?.remove(id, start, end)?;
-                    {
-                        let mut staged = op_inner.staged();
-                        let h = &mut staged.header;
-                        h.contiguous_length = h.contiguous_length.min(start);
-                        staged.events.push(CoreEvent::Clear { start, end });
-                    }
-                    stage_header(ctx, &op_inner);
-                    Ok(())
+                .write(Op::Clear {
+                    slot: inner.slot.clone(),
+                    start,
+                    end,
                 })
                 .await?;
             Ok(())
@@ -119,10 +103,10 @@ fn queue_append(
     inner: &Arc<CoreInner>,
     blocks: Vec<Bytes>,
 ) -> Result<(
-    impl Future<Output = Result<(), StorageError>> + Send + 'static + use<>,
+    impl Future<Output = Result<Outcome, StorageError>> + Send + 'static + use<>,
     AppendOutcome,
 )> {
-    if inner.signer.is_none() {
+    if inner.signer().is_none() {
         return Err(Error::NotWritable);
     }
     if blocks.iter().any(|b| b.len() > MAX_BLOCK_SIZE) {
@@ -151,133 +135,20 @@ fn queue_append(
         length: tree.length,
         byte_length: tree.byte_length,
     };
-    let op_inner = inner.clone();
     let small = blocks.iter().map(|b| b.len()).sum::<usize>() <= SMALL_APPEND_BYTES;
-    let op = move |ctx: &mut WriteCtx<'_, '_>| {
-        check_base(&op_inner, base)?;
-        ctx.append(op_inner.id, base.0, blocks, nodes)?;
-        {
-            let mut staged = op_inner.staged();
-            let h = &mut staged.header;
-            if h.contiguous_length == h.tree.length {
-                h.contiguous_length = tree.length;
-            }
-            let ev = CoreEvent::Append {
-                length: tree.length,
-                byte_length: tree.byte_length,
-                fork: tree.fork,
-            };
-            h.tree = tree;
-            push_event(&mut staged.events, ev);
-        }
-        stage_header(ctx, &op_inner);
-        Ok(())
+    let op = Op::Append {
+        slot: inner.slot.clone(),
+        base,
+        values: blocks,
+        nodes,
+        tree,
     };
     let commit = inner.storage.write_sized(small, op);
     Ok((commit, outcome))
 }
 
-/// Queues an event for the end of the batch; consecutive appends collapse into the last one.
-pub(crate) fn push_event(events: &mut Vec<CoreEvent>, ev: CoreEvent) {
-    if let (Some(CoreEvent::Append { .. }), CoreEvent::Append { .. }) = (events.last(), &ev) {
-        events.pop();
-    }
-    events.push(ev);
-}
-
-/// Rejects a write prepared against another state than the one staged.
-pub(crate) fn check_base(inner: &CoreInner, base: (u64, u64)) -> Result<(), StorageError> {
-    let staged = inner.staged();
-    if staged.deleted {
-        return Err(StorageError::Rejected("core was deleted".into()));
-    }
-    let t = &staged.header.tree;
-    if (t.length, t.fork) != base {
-        return Err(StorageError::Rejected(format!(
-            "core changed (now length {} fork {}) since this write was prepared",
-            t.length, t.fork
-        )));
-    }
-    Ok(())
-}
-
-/// Writes nodes of core `id`.
-pub(crate) fn put_nodes(
-    ctx: &mut WriteCtx<'_, '_>,
-    id: u64,
-    nodes: &[Node],
-) -> Result<(), StorageError> {
-    ctx.nodes()?.put(id, nodes)
-}
-
-/// Deletes blocks from `length` on and every node that covers them.
-pub(crate) fn delete_from(
-    ctx: &mut WriteCtx<'_, '_>,
-    id: u64,
-    length: u64,
-) -> Result<(), StorageError> {
-    ctx.blocks()?.remove(id, length, u64::MAX)?;
-    let head = 2 * length;
-    let mut nodes = ctx.nodes()?;
-    nodes.remove_from(id, head)?;
-    // Ancestors of leaf `head` left of it span removed leaves too.
-    let mut i = head;
-    while i < flat::MAX_INDEX {
-        if i < head {
-            nodes.remove(id, i)?;
-        }
-        i = flat::parent(i);
-    }
-    Ok(())
-}
-
-/// Registers the end-of-batch step for this core: sign the staged tree if it is unsigned, write
-/// the header, and after the commit publish it and emit the staged events.
-pub(crate) fn stage_header(ctx: &mut WriteCtx<'_, '_>, inner: &Arc<CoreInner>) {
-    let fin = inner.clone();
-    ctx.finalize(inner.id, move |txn| {
-        let (header, events) = {
-            let mut staged = fin.staged();
-            if staged.deleted {
-                return Ok(None);
-            }
-            let h = &mut staged.header;
-            if h.tree.signature.is_none()
-                && h.tree.length > 0
-                && let Some(signer) = &fin.signer
-            {
-                let kind = h.kind.unwrap_or(CoreKind::Default);
-                let sig =
-                    signer.sign_tree(kind, &h.key, &h.tree.hash(), h.tree.length, h.tree.fork);
-                h.tree.signature = Some(sig);
-            }
-            (staged.header.clone(), std::mem::take(&mut staged.events))
-        };
-        txn.open_table(schema::HEADERS)?
-            .insert(fin.id, header.encode().as_slice())?;
-        Ok(Some(move || publish(&fin, header, events)))
-    });
-    let abort = inner.clone();
-    ctx.on_abort(move || abort.roll_back_staged());
-}
-
-/// Makes a committed header the core's state and emits its events.
-fn publish(inner: &CoreInner, header: CoreHeader, events: Vec<CoreEvent>) {
-    {
-        let mut st = inner.state();
-        let appended = st.head.length > header.tree.length && st.head.fork == header.tree.fork;
-        if !appended {
-            st.head = header.tree.clone();
-        }
-        st.committed = header;
-    }
-    for ev in events {
-        inner.emit(ev);
-    }
-}
-
 async fn truncate(inner: Arc<CoreInner>, new_length: u64) -> Result<()> {
-    if inner.signer.is_none() {
+    if inner.signer().is_none() {
         return Err(Error::NotWritable);
     }
     loop {
@@ -293,15 +164,15 @@ async fn truncate(inner: Arc<CoreInner>, new_length: u64) -> Result<()> {
         };
         let Some(base) = base else {
             // Appends are queued: wait for them to commit, then look again.
-            inner.storage.write(|_| Ok(())).await?;
+            inner.storage.barrier().await?;
             continue;
         };
         let id = inner.id;
         let indices = TreeState::root_indices(new_length);
         let roots = inner
             .storage
-            .read(move |txn| {
-                let src = TxnNodes::open(txn, id)?;
+            .read(move |r| {
+                let src = r.nodes(id)?;
                 indices
                     .into_iter()
                     .map(|i| src.node(i).map(|n| n.ok_or(i)))
@@ -324,27 +195,14 @@ async fn truncate(inner: Arc<CoreInner>, new_length: u64) -> Result<()> {
                 continue;
             }
             st.head = new_tree.clone();
-            let op_inner = inner.clone();
-            let base_key = (base.length, base.fork);
-            inner.storage.write(move |ctx| {
-                check_base(&op_inner, base_key)?;
-                delete_from(ctx, op_inner.id, new_length)?;
-                {
-                    let mut staged = op_inner.staged();
-                    let h = &mut staged.header;
-                    h.contiguous_length = h.contiguous_length.min(new_length);
-                    h.tree = new_tree;
-                    staged.events.push(CoreEvent::Truncate {
-                        length: new_length,
-                        fork: base_key.1 + 1,
-                    });
-                }
-                stage_header(ctx, &op_inner);
-                Ok(())
+            inner.storage.write(Op::Truncate {
+                slot: inner.slot.clone(),
+                base: (base.length, base.fork),
+                tree: new_tree,
             })
         };
         return match commit.await {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(e) => {
                 inner.resync_head();
                 Err(e.into())

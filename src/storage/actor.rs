@@ -3,7 +3,7 @@
 //! free, by the caller's own first poll.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::VecDeque,
     pin::Pin,
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
@@ -13,191 +13,29 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
     Durability, StorageError,
-    blocks::{BlocksTable, BlocksWrite, PiecesTable},
-    nodes::{NodesTable, NodesWrite},
-    schema,
+    apply::apply,
+    batch::Batch,
+    ops::{Op, Outcome},
 };
-use crate::tree::Node;
 
 /// Most writes merged into one transaction.
 const MAX_BATCH: usize = 8192;
 /// Longest time relaxed durability leaves commits non-durable.
 const RELAXED_WINDOW: Duration = Duration::from_millis(100);
 
-type WriteFn = Box<dyn FnOnce(&mut WriteCtx<'_, '_>) -> Result<(), StorageError> + Send>;
-type FinalizeFn =
-    Box<dyn FnOnce(&redb::WriteTransaction) -> Result<Option<CommitFn>, StorageError> + Send>;
-type CommitFn = Box<dyn FnOnce() + Send>;
-type Reply = oneshot::Sender<Result<(), StorageError>>;
+type Answer = Result<Outcome, StorageError>;
+type Reply = oneshot::Sender<Answer>;
 /// Each write's reply channel with its answer, and the result of the commit.
-type BatchOutcome = (
-    Vec<(Reply, Result<(), StorageError>)>,
-    Result<(), StorageError>,
-);
-
-/// The block and node tables, opened once per batch: opening a redb table for every write of a
-/// batch cost about a tenth of the storage thread's time with 100 appending tasks. Also the
-/// appends staged to be written together.
-#[derive(Default)]
-struct OpenTables<'t> {
-    blocks: Option<(BlocksTable<'t>, PiecesTable<'t>)>,
-    nodes: Option<NodesTable<'t>>,
-    /// Per core id, the blocks and nodes appended by consecutive writes of this batch.
-    runs: BTreeMap<u64, AppendRun>,
-}
-
-/// Blocks `first..first + values.len()` of one core and their tree nodes, appended by one or
-/// more writes of a batch and written as one run: appends of many tasks share chunk rows and
-/// node groups instead of each writing its own.
-struct AppendRun {
-    first: u64,
-    values: Vec<Bytes>,
-    nodes: Vec<Node>,
-}
-
-impl<'t> OpenTables<'t> {
-    fn blocks(
-        &mut self,
-        txn: &'t redb::WriteTransaction,
-    ) -> Result<BlocksWrite<'_, 't>, StorageError> {
-        if self.blocks.is_none() {
-            self.blocks = Some((
-                txn.open_table(schema::BLOCKS)?,
-                txn.open_table(schema::PIECES)?,
-            ));
-        }
-        let (chunks, pieces) = self
-            .blocks
-            .as_mut()
-            .ok_or_else(|| StorageError::Database("block tables not open".into()))?;
-        Ok(BlocksWrite::new(chunks, pieces))
-    }
-
-    fn nodes(
-        &mut self,
-        txn: &'t redb::WriteTransaction,
-    ) -> Result<NodesWrite<'_, 't>, StorageError> {
-        if self.nodes.is_none() {
-            self.nodes = Some(txn.open_table(schema::NODES)?);
-        }
-        let table = self
-            .nodes
-            .as_mut()
-            .ok_or_else(|| StorageError::Database("nodes table not open".into()))?;
-        Ok(NodesWrite::new(table))
-    }
-
-    /// Writes the staged run of core `id`, if any.
-    fn write_run(&mut self, txn: &'t redb::WriteTransaction, id: u64) -> Result<(), StorageError> {
-        let Some(run) = self.runs.remove(&id) else {
-            return Ok(());
-        };
-        let values: Vec<&[u8]> = run.values.iter().map(|v| v.as_ref()).collect();
-        self.blocks(txn)?.put(id, run.first, &values)?;
-        self.nodes(txn)?.put(id, &run.nodes)
-    }
-
-    /// Writes every staged run.
-    fn write_runs(&mut self, txn: &'t redb::WriteTransaction) -> Result<(), StorageError> {
-        while let Some(&id) = self.runs.keys().next() {
-            self.write_run(txn, id)?;
-        }
-        Ok(())
-    }
-}
-
-/// What a queued write sees: the shared transaction, plus hooks that run once per batch.
-///
-/// The block and node tables must be reached through [`WriteCtx::blocks`] and
-/// [`WriteCtx::nodes`], which keep them open for the batch (redb refuses to open a table twice).
-pub struct WriteCtx<'a, 't> {
-    /// The transaction shared by every write of this batch.
-    pub txn: &'t redb::WriteTransaction,
-    tables: &'a mut OpenTables<'t>,
-    finalizers: &'a mut BTreeMap<u64, FinalizeFn>,
-    on_commit: &'a mut Vec<CommitFn>,
-    on_abort: &'a mut Vec<CommitFn>,
-}
-
-impl<'t> WriteCtx<'_, 't> {
-    /// The block tables of this batch. Appends staged by [`WriteCtx::append`] are written
-    /// first, so a write sees every earlier write of the batch.
-    pub fn blocks(&mut self) -> Result<BlocksWrite<'_, 't>, StorageError> {
-        self.tables.write_runs(self.txn)?;
-        self.tables.blocks(self.txn)
-    }
-
-    /// The nodes table of this batch (staged appends are written first, as for
-    /// [`WriteCtx::blocks`]).
-    pub fn nodes(&mut self) -> Result<NodesWrite<'_, 't>, StorageError> {
-        self.tables.write_runs(self.txn)?;
-        self.tables.nodes(self.txn)
-    }
-
-    /// Appends blocks `first..first + values.len()` of core `id`, none stored yet, with their
-    /// tree nodes. Appends to one core that follow each other in a batch are written together
-    /// (one chunk row for many small blocks) before the next other access to the tables or at
-    /// the end of the batch; an error then aborts the whole batch.
-    pub fn append(
-        &mut self,
-        id: u64,
-        first: u64,
-        values: Vec<Bytes>,
-        nodes: Vec<Node>,
-    ) -> Result<(), StorageError> {
-        if let Some(run) = self.tables.runs.get_mut(&id) {
-            if run.first + run.values.len() as u64 == first {
-                run.values.extend(values);
-                run.nodes.extend(nodes);
-                return Ok(());
-            }
-            self.tables.write_run(self.txn, id)?;
-        }
-        self.tables.runs.insert(
-            id,
-            AppendRun {
-                first,
-                values,
-                nodes,
-            },
-        );
-        Ok(())
-    }
-
-    /// Registers work to run once at the end of the batch for `slot` (for example signing a
-    /// core's final length and writing its header); a later registration for the same slot
-    /// replaces an earlier one. It may return work to run after the commit.
-    pub fn finalize<F, C>(&mut self, slot: u64, f: F)
-    where
-        F: FnOnce(&redb::WriteTransaction) -> Result<Option<C>, StorageError> + Send + 'static,
-        C: FnOnce() + Send + 'static,
-    {
-        self.finalizers.insert(
-            slot,
-            Box::new(move |txn| Ok(f(txn)?.map(|c| Box::new(c) as CommitFn))),
-        );
-    }
-
-    /// Registers work to run if the batch fails to commit (to roll back in-memory state).
-    pub fn on_abort(&mut self, f: impl FnOnce() + Send + 'static) {
-        self.on_abort.push(Box::new(f));
-    }
-
-    /// Registers work to run after the batch committed, before any write of it is answered.
-    pub fn on_commit(&mut self, f: impl FnOnce() + Send + 'static) {
-        self.on_commit.push(Box::new(f));
-    }
-}
+type BatchOutcome = (Vec<(Reply, Answer)>, Result<(), StorageError>);
 
 enum Request {
     /// A write; `small` ones may run on the caller's thread (see [`ActorHandle::write`]).
     Write {
-        op: WriteFn,
+        op: Op,
         reply: Reply,
         small: bool,
     },
@@ -210,7 +48,7 @@ impl Request {
         matches!(self, Request::Write { small: true, .. })
     }
 
-    fn answer(self, result: Result<(), StorageError>) {
+    fn answer(self, result: Answer) {
         let (Request::Write { reply, .. } | Request::Flush(reply) | Request::Close(reply)) = self;
         let _ = reply.send(result);
     }
@@ -306,7 +144,7 @@ impl ActorHandle {
     }
 
     /// Queues `req` and, unless it may run inline, wakes the storage thread.
-    fn send(&self, req: Request, rx: oneshot::Receiver<Result<(), StorageError>>) -> PendingWrite {
+    fn send(&self, req: Request, rx: oneshot::Receiver<Answer>) -> PendingWrite {
         let inline = req.is_small_write() && self.shared.durability == Durability::Relaxed;
         {
             let mut q = lock(&self.shared.queue);
@@ -330,7 +168,7 @@ impl ActorHandle {
     /// first poll on the caller's thread when nothing else holds the database, which saves two
     /// thread hand-offs (about 50 µs on a small VM) per awaited append; otherwise, and always
     /// with durable commits (an fsync must not block the runtime), the storage thread commits.
-    pub(super) fn write(&self, op: WriteFn, small: bool) -> PendingWrite {
+    pub(super) fn write(&self, op: Op, small: bool) -> PendingWrite {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Write { op, reply, small }, rx)
     }
@@ -373,11 +211,11 @@ impl Drop for ActorHandle {
 pub(super) struct PendingWrite {
     /// Set until the request was tried inline or handed to the storage thread.
     inline: Option<Arc<Shared>>,
-    rx: oneshot::Receiver<Result<(), StorageError>>,
+    rx: oneshot::Receiver<Answer>,
 }
 
 impl Future for PendingWrite {
-    type Output = Result<(), StorageError>;
+    type Output = Answer;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(shared) = self.inline.take() {
@@ -512,11 +350,7 @@ impl Shared {
     /// Commits `batch` (requests in call order) in one transaction and answers each request
     /// but a close, which is returned with its result: it is answered once the database is
     /// released.
-    fn process(
-        &self,
-        db: &redb::Database,
-        batch: Vec<Request>,
-    ) -> Option<(Reply, Result<(), StorageError>)> {
+    fn process(&self, db: &redb::Database, batch: Vec<Request>) -> Option<(Reply, Answer)> {
         let mut writes = Vec::new();
         let mut barriers = Vec::new();
         let mut closing = None;
@@ -534,62 +368,67 @@ impl Shared {
             let _ = reply.send(r);
         }
         for reply in barriers {
-            let _ = reply.send(result.clone());
+            let _ = reply.send(result.clone().map(|()| Outcome::Done));
         }
-        closing.map(|reply| (reply, result))
+        closing.map(|reply| (reply, result.map(|()| Outcome::Done)))
     }
 
-    /// Applies `writes` in one transaction; returns each write's answer and the commit result.
+    /// Applies `writes` in one transaction, then signs and writes the header of each core they
+    /// changed (once per core), commits, and publishes each core's new state before any write
+    /// is answered. Returns each write's answer and the commit result.
     fn run_batch(
         &self,
         db: &redb::Database,
-        writes: Vec<(WriteFn, Reply)>,
+        writes: Vec<(Op, Reply)>,
         durable: bool,
     ) -> BatchOutcome {
         if writes.is_empty() && !durable {
             return (Vec::new(), Ok(()));
         }
         let n = writes.len();
-        let (ops, replies): (Vec<WriteFn>, Vec<Reply>) = writes.into_iter().unzip();
-        let mut answers: Vec<Result<(), StorageError>> = vec![Ok(()); n];
-        let mut on_commit = Vec::new();
-        let mut on_abort = Vec::new();
+        let (ops, replies): (Vec<Op>, Vec<Reply>) = writes.into_iter().unzip();
+        let mut answers: Vec<Answer> = Vec::with_capacity(n);
         let result = (|| {
             let txn = db.begin_write()?;
-            let mut finalizers = BTreeMap::new();
-            let mut tables = OpenTables::default();
-            for (op, answer) in ops.into_iter().zip(answers.iter_mut()) {
-                let mut ctx = WriteCtx {
-                    txn: &txn,
-                    tables: &mut tables,
-                    finalizers: &mut finalizers,
-                    on_commit: &mut on_commit,
-                    on_abort: &mut on_abort,
-                };
-                match op(&mut ctx) {
-                    Ok(()) => {}
-                    Err(e @ StorageError::Rejected(_)) => *answer = Err(e),
-                    Err(e) => return Err(e),
+            let mut batch = Batch::new(&txn);
+            let mut applied = Ok(());
+            for op in ops {
+                if applied.is_err() {
+                    break;
+                }
+                match apply(&mut batch, op) {
+                    Ok(outcome) => answers.push(Ok(outcome)),
+                    Err(e @ StorageError::Rejected(_)) => answers.push(Err(e)),
+                    Err(e) => applied = Err(e),
                 }
             }
-            tables.write_runs(&txn)?;
-            drop(tables);
-            for (_, f) in finalizers {
-                if let Some(c) = f(&txn)? {
-                    on_commit.push(c);
+            let published = match applied.and_then(|()| batch.finish()) {
+                Ok(p) => p,
+                Err(e) => {
+                    batch.into_touched().for_each(|slot| slot.roll_back());
+                    return Err(e);
+                }
+            };
+            drop(batch);
+            match self.commit(txn, durable) {
+                Ok(()) => {
+                    for (slot, header, events) in published {
+                        slot.publish(header, events);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    published.iter().for_each(|(slot, ..)| slot.roll_back());
+                    Err(e)
                 }
             }
-            self.commit(txn, durable)
         })();
         self.counters.writes.fetch_add(n as u64, Ordering::Relaxed);
-        match &result {
-            Ok(()) => on_commit.into_iter().for_each(|f| f()),
-            Err(e) => {
-                tracing::warn!("storage transaction failed: {e}");
-                on_abort.into_iter().for_each(|f| f());
-                for a in answers.iter_mut().filter(|a| a.is_ok()) {
-                    *a = Err(e.clone());
-                }
+        if let Err(e) = &result {
+            tracing::warn!("storage transaction failed: {e}");
+            answers.resize(n, Err(e.clone()));
+            for a in answers.iter_mut().filter(|a| a.is_ok()) {
+                *a = Err(e.clone());
             }
         }
         (replies.into_iter().zip(answers).collect(), result)
@@ -618,45 +457,72 @@ impl Shared {
 mod tests {
     use std::sync::Mutex as StdMutex;
 
-    use redb::{ReadableDatabase, ReadableTable, TableDefinition, backends::InMemoryBackend};
+    use bytes::Bytes;
+    use redb::{ReadableDatabase, ReadableTable, backends::InMemoryBackend};
 
     use super::*;
-
-    const LOG: TableDefinition<u64, u64> = TableDefinition::new("log");
+    use crate::{
+        crypto::CoreKind,
+        storage::{
+            CoreHeader, CoreSlot,
+            blocks::BlocksRead,
+            nodes,
+            ops::Probe,
+            schema::{self, init},
+        },
+        tree::{Node, TreeState},
+    };
 
     fn actor(durability: Durability) -> (ActorHandle, Arc<redb::Database>) {
         let db = redb::Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .unwrap();
+        init(&db).unwrap();
         let db = Arc::new(db);
         (ActorHandle::spawn(db.clone(), durability).unwrap(), db)
     }
 
-    /// A write that records `n` in the table and in `order` when it runs.
-    fn record(n: u64, order: &Arc<StdMutex<Vec<u64>>>) -> WriteFn {
-        let order = order.clone();
-        Box::new(move |ctx| {
-            ctx.txn.open_table(LOG)?.insert(n, n)?;
-            order.lock().unwrap().push(n);
-            Ok(())
-        })
-    }
-
-    fn stored(db: &redb::Database) -> Vec<u64> {
-        let txn = db.begin_read().unwrap();
-        match txn.open_table(LOG) {
-            Ok(table) => table
-                .iter()
-                .unwrap()
-                .map(|r| r.unwrap().0.value())
-                .collect(),
-            Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
-            Err(e) => panic!("{e}"),
+    fn header(key: [u8; 32]) -> CoreHeader {
+        CoreHeader {
+            key,
+            kind: Some(CoreKind::Default),
+            manifest: None,
+            secret: None,
+            tree: TreeState::default(),
+            contiguous_length: 0,
         }
     }
 
-    /// A write appending blocks `first..first + n` (one byte each) of core 1 with their leaves.
-    fn append(first: u64, n: u64) -> (WriteFn, Reply) {
+    /// A write that stores a core whose key starts with `n`: cores get ids in the order
+    /// their writes run.
+    fn record(n: u64) -> Op {
+        let key = [n as u8; 32];
+        Op::CreateCore {
+            key,
+            header: Box::new(header(key)),
+        }
+    }
+
+    /// The `n` of every recorded write, in the order they ran.
+    fn stored(db: &redb::Database) -> Vec<u64> {
+        let txn = db.begin_read().unwrap();
+        let mut cores: Vec<(u64, u64)> = txn
+            .open_table(schema::CORES)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (v.value(), k.value()[0] as u64)
+            })
+            .collect();
+        cores.sort();
+        cores.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// A write appending blocks `first..first + n` (one byte each) of core `slot` with their
+    /// leaves.
+    fn append(slot: &Arc<CoreSlot>, first: u64, n: u64) -> (Op, Reply) {
         let values: Vec<Bytes> = (first..first + n)
             .map(|i| Bytes::from(vec![i as u8]))
             .collect();
@@ -665,25 +531,36 @@ mod tests {
             .zip(first..)
             .map(|(v, i)| Node::leaf(i, v))
             .collect();
-        let op: WriteFn = Box::new(move |ctx| ctx.append(1, first, values, nodes));
+        let tree = TreeState {
+            length: first + n,
+            ..Default::default()
+        };
+        let op = Op::Append {
+            slot: slot.clone(),
+            base: (first, 0),
+            values,
+            nodes,
+            tree,
+        };
         (op, oneshot::channel().0)
     }
 
     #[test]
     fn appends_of_a_batch_share_rows_and_later_writes_see_them() {
         let (actor, db) = actor(Durability::Durable);
+        let slot = Arc::new(CoreSlot::new(1, header([1; 32])));
         let seen = Arc::new(StdMutex::new(None));
         let seen_in = seen.clone();
-        let check: WriteFn = Box::new(move |ctx| {
-            *seen_in.lock().unwrap() = Some(ctx.blocks()?.view().count(1, 0, 100)?);
+        let check = Op::Probe(Probe(Box::new(move |batch| {
+            *seen_in.lock().unwrap() = Some(batch.blocks()?.view().count(1, 0, 100)?);
             Ok(())
-        });
+        })));
         let writes = vec![
-            append(0, 2),
-            append(2, 2),
+            append(&slot, 0, 2),
+            append(&slot, 2, 2),
             (check, oneshot::channel().0),
-            append(4, 1),
-            append(5, 3),
+            append(&slot, 4, 1),
+            append(&slot, 5, 3),
         ];
         let (answers, result) = actor.shared.run_batch(&db, writes, true);
         result.unwrap();
@@ -702,20 +579,20 @@ mod tests {
             .map(|r| r.unwrap().0.value().1)
             .collect();
         assert_eq!(rows, [0, 4], "one chunk row per run of appends");
-        let blocks = super::super::blocks::BlocksRead::open(&txn).unwrap();
-        let nodes = txn.open_table(schema::NODES).unwrap();
+        let blocks = BlocksRead::open(&txn).unwrap();
+        let table = txn.open_table(schema::NODES).unwrap();
         for i in 0..8u64 {
             assert_eq!(blocks.view().get(1, i).unwrap(), Some(vec![i as u8]));
-            let leaf = super::super::nodes::get(&nodes, 1, 2 * i).unwrap();
+            let leaf = nodes::get(&table, 1, 2 * i).unwrap();
             assert_eq!(leaf, Some(Node::leaf(i, &[i as u8])));
         }
+        assert_eq!(slot.state().committed.tree.length, 8, "published");
     }
 
     /// Awaits small writes of `0..n`, one at a time.
     async fn write_in_turn(actor: &ActorHandle, n: u64) {
-        let order = Arc::new(StdMutex::new(Vec::new()));
         for i in 0..n {
-            actor.write(record(i, &order), true).await.unwrap();
+            actor.write(record(i), true).await.unwrap();
         }
     }
 
@@ -754,23 +631,21 @@ mod tests {
     #[tokio::test]
     async fn an_inline_write_never_overtakes_an_earlier_large_one() {
         let (actor, db) = actor(Durability::Relaxed);
-        let order = Arc::new(StdMutex::new(Vec::new()));
-        let large = actor.write(record(1, &order), false);
-        let small = actor.write(record(2, &order), true);
-        let later = actor.write(record(3, &order), true);
+        let large = actor.write(record(1), false);
+        let small = actor.write(record(2), true);
+        let later = actor.write(record(3), true);
         // Polled in reverse: whoever commits, call order is commit order.
         later.await.unwrap();
         small.await.unwrap();
         large.await.unwrap();
-        assert_eq!(*order.lock().unwrap(), vec![1, 2, 3]);
+        // Cores get ids in the order their writes ran.
         assert_eq!(stored(&db), vec![1, 2, 3]);
     }
 
     #[tokio::test]
     async fn a_dropped_small_write_still_commits() {
         let (actor, db) = actor(Durability::Relaxed);
-        let order = Arc::new(StdMutex::new(Vec::new()));
-        drop(actor.write(record(7, &order), true));
+        drop(actor.write(record(7), true));
         // No other request wakes the storage thread: dropping the future must.
         eventually("the dropped write", || !stored(&db).is_empty()).await;
         assert_eq!(stored(&db), vec![7]);
@@ -779,15 +654,14 @@ mod tests {
     #[tokio::test]
     async fn writes_after_close_fail_and_the_database_is_released() {
         let (actor, db) = actor(Durability::Relaxed);
-        let order = Arc::new(StdMutex::new(Vec::new()));
-        actor.write(record(1, &order), true).await.unwrap();
+        actor.write(record(1), true).await.unwrap();
         actor.close().await.unwrap();
         assert_eq!(
             Arc::strong_count(&db),
             1,
             "the actor still holds the database"
         );
-        let err = actor.write(record(2, &order), true).await.unwrap_err();
+        let err = actor.write(record(2), true).await.unwrap_err();
         assert!(matches!(err, StorageError::Closed), "{err:?}");
         assert_eq!(stored(&db), vec![1]);
     }

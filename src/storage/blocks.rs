@@ -252,6 +252,7 @@ where
 
     /// Calls `f(index, value)` with a copy of every stored block of core `id` in `start..end`,
     /// in order (a large block is copied once, as it is reassembled).
+    #[cfg(any(test, feature = "test-utils"))]
     pub fn for_each(
         &self,
         id: u64,

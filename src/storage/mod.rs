@@ -1,21 +1,48 @@
-//! Storage: one redb database per store (a file, or redb's in-memory backend). Writes are
-//! queued in call order and committed together (group commit) by one storage actor thread;
-//! with relaxed durability a small write may be committed by its caller when the thread is idle.
+//! Storage: one redb database per store (a file, or redb's in-memory backend), and the only
+//! code that knows its schema.
+//!
+//! - **Typed operations.** `core/` and `store/` describe writes as plain data, an `Op`
+//!   (create, delete a core; append; apply a verified proof or run; truncate; clear; set the
+//!   primary key), and reads go through a `Reader` of typed queries. No redb table is opened
+//!   anywhere else; the schema (`schema`), the block rows (`blocks`) and the node rows
+//!   (`nodes`) are private to this module.
+//! - **One actor, batches.** Writes are queued in call order and committed together (group
+//!   commit) by one storage thread; with relaxed durability a small write may be committed by
+//!   its caller when the thread is idle. The ops of a batch share one transaction (`batch`;
+//!   `apply` and `catalog` execute them).
+//! - **Cores.** Each open core has a `CoreSlot` shared by its handles and the actor: the
+//!   writes of a core carry it, with the core's key pair. At the end of a batch the actor signs
+//!   each changed core's tree once and writes its header; after the commit it publishes the
+//!   new header as the core's committed state and emits the batch's events, before any write
+//!   of the batch is answered. Nothing calls back into `core/`.
 //!
 //! Reads use redb read transactions on tokio's blocking pool, so they never block the runtime.
+//! With the `test-utils` feature, `test_view` gives tests and fuzz targets access to the rows.
 
 mod actor;
-pub mod blocks;
+mod apply;
+mod batch;
+pub(crate) mod blocks;
+mod catalog;
 mod error;
-pub mod nodes;
-pub mod schema;
+pub(crate) mod nodes;
+mod ops;
+mod read;
+pub(crate) mod schema;
+mod slot;
+#[cfg(feature = "test-utils")]
+pub mod test_view;
 
 use std::{path::Path, sync::Arc};
 
 use redb::{ReadableDatabase, StorageBackend, backends::InMemoryBackend};
 
-pub use actor::{StorageStats, WriteCtx};
+pub use actor::StorageStats;
 pub use error::StorageError;
+pub(crate) use ops::{ApplyProof, Op, Outcome};
+pub(crate) use read::{CoreNodes, Reader};
+pub(crate) use schema::CoreHeader;
+pub(crate) use slot::{CoreSlot, CoreState};
 
 /// When an acknowledged write is on disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,46 +135,48 @@ impl Storage {
     }
 
     /// Queues a write; it runs on the storage actor in a shared transaction and resolves after
-    /// that transaction commits. An op that returns [`StorageError::Rejected`] must not have
-    /// written anything: only it fails. Any other error aborts the whole transaction.
-    pub fn write<F>(
+    /// that transaction commits. A write that is [`StorageError::Rejected`] wrote nothing: only
+    /// it fails. Any other error aborts the whole transaction.
+    pub(crate) fn write(
         &self,
-        op: F,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<F>
-    where
-        F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<(), StorageError> + Send + 'static,
-    {
-        self.shared.actor.write(Box::new(op), false)
+        op: Op,
+    ) -> impl Future<Output = Result<Outcome, StorageError>> + Send + 'static + use<> {
+        self.shared.actor.write(op, false)
     }
 
     /// Like [`Storage::write`]; a `small` write is one that takes a few microseconds (one
     /// small append). With relaxed durability, when nothing else holds the database, the
     /// future's first poll commits a small write on the caller's thread instead of handing it
     /// to the storage thread and back. Durable commits always run on the storage thread.
-    pub fn write_sized<F>(
+    pub(crate) fn write_sized(
         &self,
         small: bool,
-        op: F,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<F>
-    where
-        F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<(), StorageError> + Send + 'static,
-    {
-        self.shared.actor.write(Box::new(op), small)
+        op: Op,
+    ) -> impl Future<Output = Result<Outcome, StorageError>> + Send + 'static + use<> {
+        self.shared.actor.write(op, small)
     }
 
-    /// Runs `f` in a read transaction on the blocking pool.
-    pub fn read<T, F>(
+    /// Resolves once every write queued before it committed (without forcing durability).
+    pub(crate) fn barrier(
+        &self,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
+        let f = self.write(Op::Barrier);
+        async move { f.await.map(|_| ()) }
+    }
+
+    /// Runs `f` on a [`Reader`] of a read transaction on the blocking pool.
+    pub(crate) fn read<T, F>(
         &self,
         f: F,
     ) -> impl Future<Output = Result<T, StorageError>> + Send + 'static + use<T, F>
     where
         T: Send + 'static,
-        F: FnOnce(&redb::ReadTransaction) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&Reader<'_>) -> Result<T, StorageError> + Send + 'static,
     {
         let db = self.db();
         async move {
             let db = db?;
-            tokio::task::spawn_blocking(move || f(&db.begin_read()?))
+            tokio::task::spawn_blocking(move || f(&Reader::new(&db.begin_read()?)))
                 .await
                 .map_err(|e| StorageError::Database(format!("read task failed: {e}")))?
         }
@@ -155,7 +184,8 @@ impl Storage {
 
     /// Resolves after everything written so far is durable.
     pub fn flush(&self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
-        self.shared.actor.flush()
+        let f = self.shared.actor.flush();
+        async move { f.await.map(|_| ()) }
     }
 
     /// Makes everything durable, stops the actor and releases the database (the file can be
@@ -166,7 +196,8 @@ impl Storage {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        self.shared.actor.close()
+        let f = self.shared.actor.close();
+        async move { f.await.map(|_| ()) }
     }
 
     /// Commit counters of the storage actor.

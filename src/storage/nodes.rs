@@ -141,6 +141,7 @@ impl<'a, 't> NodesWrite<'a, 't> {
     }
 
     /// The node at `index` of core `id`, if stored.
+    #[cfg(any(test, feature = "test-utils"))]
     pub fn get(&self, id: u64, index: u64) -> Result<Option<Node>, StorageError> {
         get(&*self.table, id, index)
     }

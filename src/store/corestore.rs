@@ -6,8 +6,6 @@ use std::{
     sync::{Arc, Weak},
 };
 
-use redb::ReadableTable;
-
 use super::options::{CoreOptions, StoreOptions};
 use crate::{
     core::{Hypercore, create_core, load_core},
@@ -16,7 +14,7 @@ use crate::{
         derive::{DEFAULT_NAMESPACE, child_namespace, derive_key_pair},
     },
     error::{Error, Result},
-    storage::{Storage, StorageError, StorageOptions, StorageStats, schema},
+    storage::{Op, Outcome, Storage, StorageError, StorageOptions, StorageStats},
 };
 
 /// File name of a persistent store's database inside its directory.
@@ -99,19 +97,7 @@ impl Corestore {
 
     /// A store on an opened [`Storage`]; its primary key is read, or set on first open.
     pub async fn with_storage(storage: Storage, primary_key: Option<[u8; 32]>) -> Result<Self> {
-        let stored = storage
-            .read(|txn| {
-                let meta = txn.open_table(schema::META)?;
-                let Some(v) = meta.get(schema::META_PRIMARY_KEY)? else {
-                    return Ok(None);
-                };
-                let key: [u8; 32] = v
-                    .value()
-                    .try_into()
-                    .map_err(|_| StorageError::Corrupt("malformed primary key".into()))?;
-                Ok(Some(key))
-            })
-            .await?;
+        let stored = storage.read(|r| r.primary_key()).await?;
         let primary_key = match (stored, primary_key) {
             (Some(s), Some(given)) if s != given => {
                 return Err(Error::InvalidArgument(
@@ -121,14 +107,7 @@ impl Corestore {
             (Some(s), _) => s,
             (None, given) => {
                 let key = given.unwrap_or_else(rand::random);
-                storage
-                    .write(move |ctx| {
-                        ctx.txn
-                            .open_table(schema::META)?
-                            .insert(schema::META_PRIMARY_KEY, key.as_slice())?;
-                        Ok(())
-                    })
-                    .await?;
+                storage.write(Op::SetPrimaryKey(key)).await?;
                 key
             }
         };
@@ -215,18 +194,7 @@ impl Corestore {
 
     /// Keys of every stored core, read in one pass over the key table (no core is loaded).
     pub async fn list(&self) -> Result<Vec<CoreKey>> {
-        Ok(self
-            .inner
-            .storage
-            .read(|txn| {
-                let cores = txn.open_table(schema::CORES)?;
-                let mut out = Vec::new();
-                for item in cores.iter()? {
-                    out.push(item?.0.value());
-                }
-                Ok(out)
-            })
-            .await?)
+        Ok(self.inner.storage.read(|r| r.core_keys()).await?)
     }
 
     /// Deletes core `key` and every byte stored for it. Open handles of it fail from now on.
@@ -238,26 +206,15 @@ impl Corestore {
         if let Some(h) = &handle {
             Hypercore::from_inner(h.clone()).mark_closed();
         }
-        let found = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let found2 = found.clone();
-        self.inner
+        let outcome = self
+            .inner
             .storage
-            .write(move |ctx| {
-                let mut cores = ctx.txn.open_table(schema::CORES)?;
-                let Some(id) = cores.remove(key)?.map(|v| v.value()) else {
-                    return Ok(());
-                };
-                found2.store(true, std::sync::atomic::Ordering::Relaxed);
-                ctx.txn.open_table(schema::HEADERS)?.remove(id)?;
-                ctx.nodes()?.remove_core(id)?;
-                ctx.blocks()?.remove_core(id)?;
-                if let Some(h) = &handle {
-                    h.staged().deleted = true;
-                }
-                Ok(())
+            .write(Op::DeleteCore {
+                key,
+                slot: handle.map(|h| h.slot.clone()),
             })
             .await?;
-        if !found.load(std::sync::atomic::Ordering::Relaxed) {
+        if outcome != Outcome::Deleted(true) {
             return Err(Error::NotFound(crate::core::hex(&key)));
         }
         Ok(())

@@ -1,0 +1,76 @@
+//! The store-wide writes: the primary key, and creating and deleting cores (the key → id
+//! table, the next free id, the first header, and every row of a deleted core).
+
+use redb::ReadableTable;
+
+use super::{
+    StorageError,
+    batch::Batch,
+    ops::Outcome,
+    schema::{self, CoreHeader},
+    slot::CoreSlot,
+};
+
+/// Stores the store's primary key.
+pub(super) fn set_primary_key(
+    batch: &mut Batch<'_>,
+    key: &[u8; 32],
+) -> Result<Outcome, StorageError> {
+    batch
+        .txn()
+        .open_table(schema::META)?
+        .insert(schema::META_PRIMARY_KEY, key.as_slice())?;
+    Ok(Outcome::Done)
+}
+
+/// Stores a new core under `key`, or reports the one stored already.
+pub(super) fn create_core(
+    batch: &mut Batch<'_>,
+    key: [u8; 32],
+    header: &CoreHeader,
+) -> Result<Outcome, StorageError> {
+    let txn = batch.txn();
+    let mut cores = txn.open_table(schema::CORES)?;
+    if let Some(id) = cores.get(key)?.map(|v| v.value()) {
+        return Ok(Outcome::Core { id, created: false });
+    }
+    let mut meta = txn.open_table(schema::META)?;
+    let id = {
+        let raw = meta
+            .get(schema::META_NEXT_CORE_ID)?
+            .ok_or_else(|| StorageError::Corrupt("no next core id".into()))?;
+        let bytes: [u8; 8] = raw
+            .value()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("malformed next core id".into()))?;
+        u64::from_le_bytes(bytes)
+    };
+    meta.insert(schema::META_NEXT_CORE_ID, (id + 1).to_le_bytes().as_slice())?;
+    cores.insert(key, id)?;
+    txn.open_table(schema::HEADERS)?
+        .insert(id, header.encode().as_slice())?;
+    Ok(Outcome::Core { id, created: true })
+}
+
+/// Deletes the core stored under `key` with every row of it, and marks its open slot deleted.
+pub(super) fn delete_core(
+    batch: &mut Batch<'_>,
+    key: [u8; 32],
+    slot: Option<&CoreSlot>,
+) -> Result<Outcome, StorageError> {
+    let txn = batch.txn();
+    let Some(id) = txn
+        .open_table(schema::CORES)?
+        .remove(key)?
+        .map(|v| v.value())
+    else {
+        return Ok(Outcome::Deleted(false));
+    };
+    txn.open_table(schema::HEADERS)?.remove(id)?;
+    batch.nodes()?.remove_core(id)?;
+    batch.blocks()?.remove_core(id)?;
+    if let Some(slot) = slot {
+        slot.staged().deleted = true;
+    }
+    Ok(Outcome::Deleted(true))
+}

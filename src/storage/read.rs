@@ -1,0 +1,98 @@
+//! [`Reader`]: typed reads inside one read transaction (a consistent snapshot).
+
+use redb::{ReadTransaction, ReadableTable};
+
+use super::{
+    StorageError,
+    blocks::{BlocksRead, ReadView},
+    nodes,
+    schema::{self, CoreHeader},
+};
+use crate::{
+    crypto::CoreKey,
+    tree::{Node, NodeSource},
+};
+
+/// A snapshot of the database, handed to [`Storage::read`](super::Storage::read).
+pub(crate) struct Reader<'t> {
+    txn: &'t ReadTransaction,
+}
+
+impl<'t> Reader<'t> {
+    /// Reads in `txn`.
+    pub(super) fn new(txn: &'t ReadTransaction) -> Self {
+        Self { txn }
+    }
+
+    /// The tree nodes of core `id`.
+    pub fn nodes(&self, id: u64) -> Result<CoreNodes, StorageError> {
+        Ok(CoreNodes {
+            table: self.txn.open_table(schema::NODES)?,
+            id,
+        })
+    }
+
+    /// The block values of every core.
+    pub fn blocks(&self) -> Result<Blocks, StorageError> {
+        Ok(Blocks(BlocksRead::open(self.txn)?))
+    }
+
+    /// The id and header of the core stored under `key`, if any.
+    pub fn core(&self, key: CoreKey) -> Result<Option<(u64, CoreHeader)>, StorageError> {
+        let cores = self.txn.open_table(schema::CORES)?;
+        let Some(id) = cores.get(key)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let headers = self.txn.open_table(schema::HEADERS)?;
+        let raw = headers
+            .get(id)?
+            .ok_or_else(|| StorageError::Corrupt(format!("core {id} has no header")))?;
+        Ok(Some((id, CoreHeader::decode(raw.value())?)))
+    }
+
+    /// Keys of every stored core, in one pass over the key table.
+    pub fn core_keys(&self) -> Result<Vec<CoreKey>, StorageError> {
+        let cores = self.txn.open_table(schema::CORES)?;
+        let mut out = Vec::new();
+        for item in cores.iter()? {
+            out.push(item?.0.value());
+        }
+        Ok(out)
+    }
+
+    /// The store's primary key, once set.
+    pub fn primary_key(&self) -> Result<Option<[u8; 32]>, StorageError> {
+        let meta = self.txn.open_table(schema::META)?;
+        let Some(v) = meta.get(schema::META_PRIMARY_KEY)? else {
+            return Ok(None);
+        };
+        let key: [u8; 32] = v
+            .value()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("malformed primary key".into()))?;
+        Ok(Some(key))
+    }
+}
+
+/// The stored block values, for reading (see [`ReadView`] for the queries).
+pub(crate) struct Blocks(BlocksRead);
+
+impl Blocks {
+    /// Read access.
+    pub fn view(&self) -> ReadView<'_> {
+        self.0.view()
+    }
+}
+
+/// The stored tree nodes of one core.
+pub(crate) struct CoreNodes {
+    table: redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+    id: u64,
+}
+
+impl NodeSource for CoreNodes {
+    type Error = StorageError;
+    fn node(&self, index: u64) -> Result<Option<Node>, StorageError> {
+        nodes::get(&self.table, self.id, index)
+    }
+}

@@ -1,0 +1,145 @@
+//! [`CoreSlot`]: storage's record of one open core, shared by its handles and the storage
+//! actor. The actor stages each batch's changes to the header here, signs and writes the header
+//! once per batch, and after the commit publishes it as the committed state and emits the
+//! batch's events.
+
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+
+use super::schema::CoreHeader;
+use crate::{
+    core::CoreEvent,
+    crypto::{CoreKind, KeyPair},
+    tree::TreeState,
+};
+
+/// Capacity of each core's event channel.
+const EVENT_CAPACITY: usize = 1024;
+
+/// The state of a core its handles see.
+#[derive(Debug)]
+pub(crate) struct CoreState {
+    /// The committed header: what is durable (or about to be, with relaxed durability).
+    pub committed: CoreHeader,
+    /// The head appends build on: the committed tree plus queued appends.
+    pub head: TreeState,
+    /// Set by `close()`: no more writes.
+    pub closed: bool,
+}
+
+/// The header as the storage actor has applied it (ahead of the committed one while a batch is
+/// open), and the events to emit once that batch commits. Touched only by the actor.
+#[derive(Debug)]
+pub(super) struct Staged {
+    pub header: CoreHeader,
+    pub events: Vec<CoreEvent>,
+    /// Set when the core is deleted: nothing more is written for it.
+    pub deleted: bool,
+}
+
+/// One open core: its id, its signing key pair (travelling with every write of the core), its
+/// committed and staged state, and its event channel.
+#[derive(Debug)]
+pub(crate) struct CoreSlot {
+    /// The core's id in the database.
+    pub id: u64,
+    /// The key pair of a writable core; the actor signs each batch's final tree with it.
+    pub signer: Option<KeyPair>,
+    state: Mutex<CoreState>,
+    staged: Mutex<Staged>,
+    events: broadcast::Sender<CoreEvent>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CoreSlot {
+    /// The slot of core `id`, stored with `header`.
+    pub fn new(id: u64, header: CoreHeader) -> Self {
+        let signer = header.secret.map(KeyPair::from_seed);
+        Self {
+            id,
+            signer,
+            state: Mutex::new(CoreState {
+                head: header.tree.clone(),
+                committed: header.clone(),
+                closed: false,
+            }),
+            staged: Mutex::new(Staged {
+                header,
+                events: Vec::new(),
+                deleted: false,
+            }),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+        }
+    }
+
+    /// The state handles see.
+    pub fn state(&self) -> MutexGuard<'_, CoreState> {
+        lock(&self.state)
+    }
+
+    pub(super) fn staged(&self) -> MutexGuard<'_, Staged> {
+        lock(&self.staged)
+    }
+
+    /// A receiver of this core's events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CoreEvent> {
+        self.events.subscribe()
+    }
+
+    /// Sends an event to the subscribers.
+    pub fn emit(&self, ev: CoreEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Drops queued-but-failed appends from the head.
+    pub fn resync_head(&self) {
+        let mut st = self.state();
+        st.head = st.committed.tree.clone();
+    }
+
+    /// The staged header, signed if its tree is unsigned and this core holds the key pair,
+    /// and the staged events; `None` once the core is deleted.
+    pub(super) fn seal(&self) -> Option<(CoreHeader, Vec<CoreEvent>)> {
+        let mut staged = self.staged();
+        if staged.deleted {
+            return None;
+        }
+        let h = &mut staged.header;
+        if h.tree.signature.is_none()
+            && h.tree.length > 0
+            && let Some(signer) = &self.signer
+        {
+            let kind = h.kind.unwrap_or(CoreKind::Default);
+            let sig = signer.sign_tree(kind, &h.key, &h.tree.hash(), h.tree.length, h.tree.fork);
+            h.tree.signature = Some(sig);
+        }
+        Some((staged.header.clone(), std::mem::take(&mut staged.events)))
+    }
+
+    /// Makes a committed header the core's state and emits its events.
+    pub(super) fn publish(&self, header: CoreHeader, events: Vec<CoreEvent>) {
+        {
+            let mut st = self.state();
+            let appended = st.head.length > header.tree.length && st.head.fork == header.tree.fork;
+            if !appended {
+                st.head = header.tree.clone();
+            }
+            st.committed = header;
+        }
+        for ev in events {
+            self.emit(ev);
+        }
+    }
+
+    /// Sets the staged state back to the committed one (after a failed batch).
+    pub(super) fn roll_back(&self) {
+        let committed = self.state().committed.clone();
+        let mut staged = self.staged();
+        staged.header = committed;
+        staged.events.clear();
+    }
+}

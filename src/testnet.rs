@@ -14,7 +14,11 @@ use iroh_gossip::Gossip;
 
 type Result<T> = std::result::Result<T, TestNetError>;
 
-use crate::{Corestore, HypercoreProtocol, StoreOptions, net::ALPN, replication::EngineConfig};
+use crate::{
+    net::{ALPN, HypercoreProtocol},
+    replication::EngineConfig,
+    store::{Corestore, StoreOptions},
+};
 
 /// Longest wait for a node's router to shut down.
 const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -214,7 +218,7 @@ pub enum TestNetError {
     Setup(String),
     /// The store failed.
     #[error(transparent)]
-    Core(#[from] crate::Error),
+    Core(#[from] crate::error::Error),
 }
 
 fn setup(e: impl std::fmt::Display) -> TestNetError {

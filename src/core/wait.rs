@@ -208,7 +208,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::{
-        Corestore,
+        store::Corestore,
         tree::{IndexRequest, ProofRequest, UpgradeRequest},
     };
 

@@ -13,8 +13,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::driver::{Command, Driver, NodeStats};
 use crate::{
-    Corestore, Error, Hypercore, Result,
+    core::Hypercore,
+    error::{Error, Result},
     replication::{Engine, EngineConfig, Event, Mode, engine::PeerStats},
+    store::Corestore,
 };
 
 /// Capacity of the protocol's event channel.

@@ -1,7 +1,8 @@
 //! Carrying out the engine's storage tasks on a [`Hypercore`].
 
 use crate::{
-    Error, Hypercore,
+    core::Hypercore,
+    error::Error,
     replication::{LocalInfo, Task, TaskResult, engine::ApplyOutcome},
 };
 

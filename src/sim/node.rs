@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::hostile::Hostile;
 use crate::{
-    Hypercore,
+    core::Hypercore,
     replication::{Engine, PeerId, Task, engine::ChannelId},
 };
 

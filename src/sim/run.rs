@@ -13,9 +13,10 @@ use super::{
     trace::{Kind, Trace},
 };
 use crate::{
-    Corestore, Hypercore, Info, StoreOptions,
+    core::{Hypercore, Info},
     net::{local_info, run_task},
     replication::{Engine, Event, Input, Message, Mode, Output, PeerId, Task, wire::encode_frame},
+    store::{Corestore, StoreOptions},
     tree::{ProofRequest, UpgradeRequest},
 };
 
@@ -24,7 +25,7 @@ use crate::{
 pub enum SimError {
     /// A store failed.
     #[error("store: {0}")]
-    Store(#[from] crate::Error),
+    Store(#[from] crate::error::Error),
     /// The honest nodes did not all reach the writer's state in time.
     #[error("{unsynced} honest nodes not synced after {at:?}; for example {example}")]
     NotSynced {

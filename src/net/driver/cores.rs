@@ -7,7 +7,7 @@ use n0_future::StreamExt;
 
 use super::{super::tasks, Driver, Forward};
 use crate::{
-    CoreEvent, Hypercore,
+    core::{CoreEvent, Hypercore},
     crypto::CoreKey,
     replication::{Mode, Task, engine::TaskId},
 };

@@ -37,7 +37,7 @@ use tokio::{
 
 use super::frames::{Budget, FrameReader, MAX_BUFFERED_TOTAL, ReadError};
 use crate::{
-    Hypercore,
+    core::Hypercore,
     crypto::CoreKey,
     replication::{
         Engine, Event, Input, Mode, Output, PeerId, TaskResult,

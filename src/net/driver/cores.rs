@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use n0_future::StreamExt;
 
-use super::{super::tasks, Driver, Forward};
+use super::{super::storage_tasks, Driver, Forward};
 use crate::{
     core::{CoreEvent, Hypercore},
     crypto::CoreKey,
@@ -47,14 +47,14 @@ impl Driver {
             self.cores.insert(key, core.clone());
         }
         self.engine
-            .add_core(key, tasks::local_info(&core), mode, now);
+            .add_core(key, storage_tasks::local_info(&core), mode, now);
     }
 
     /// Runs a storage task of the engine on its core; its result goes back to the engine.
     pub(super) fn run_task(&mut self, id: TaskId, key: CoreKey, task: Task) {
         if let Some(core) = self.cores.get(&key).cloned() {
             self.tasks.push(Box::pin(async move {
-                (id, tasks::run_caught(core, task).await)
+                (id, storage_tasks::run_caught(core, task).await)
             }));
         }
     }

@@ -279,7 +279,7 @@ impl Driver {
         match fwd {
             Forward::CoreChanged(key) => {
                 if let Some(core) = self.cores.get(&key) {
-                    let info = super::tasks::local_info(core);
+                    let info = super::storage_tasks::local_info(core);
                     self.engine.handle(Input::LocalChanged(key, info), now);
                 }
             }

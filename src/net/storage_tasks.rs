@@ -1,4 +1,5 @@
-//! Carrying out the engine's storage tasks on a [`Hypercore`].
+//! Storage tasks: the engine's [`Task`]s carried out on a [`Hypercore`], and the engine's view
+//! of a core ([`local_info`]).
 
 use crate::{
     core::Hypercore,

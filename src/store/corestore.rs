@@ -199,10 +199,10 @@ impl Corestore {
 
     /// Deletes core `key` and every byte stored for it. Open handles of it fail from now on.
     pub async fn delete(&self, key: CoreKey) -> Result<()> {
-        let handle = {
-            let mut open = self.inner.open.lock().await;
-            open.remove(&key).and_then(|w| w.upgrade())
-        };
+        // Held until the delete committed: a core opened meanwhile would be loaded from the
+        // rows still stored, with a state the delete does not mark, and take writes that vanish.
+        let mut open = self.inner.open.lock().await;
+        let handle = open.remove(&key).and_then(|w| w.upgrade());
         if let Some(h) = &handle {
             Hypercore::from_inner(h.clone()).mark_closed();
         }
@@ -214,6 +214,7 @@ impl Corestore {
                 slot: handle.map(|h| h.slot.clone()),
             })
             .await?;
+        drop(open);
         if outcome != Outcome::Deleted(true) {
             return Err(Error::NotFound(crate::core::hex(&key)));
         }

@@ -164,3 +164,37 @@ async fn a_core_opened_during_its_delete_takes_no_writes_that_vanish() {
     }
     assert!(stored.is_none(), "the deleted core came back");
 }
+
+/// Two stores on one [`Storage`] share the cores' state: an append through one is not
+/// overwritten by an append through the other.
+///
+/// Before the fix each `Corestore` kept its own map of open cores, so the same core opened
+/// through two stores on one `Storage` had two `CoreSlot`s, each with its own staged length.
+/// Both accepted an append at index 0: the second overwrote the first's block and signed
+/// header, although the first had been acknowledged.
+#[tokio::test]
+async fn two_stores_on_one_storage_share_a_core() {
+    let storage = Storage::memory(StorageOptions::default()).unwrap();
+    let a = Corestore::with_storage(storage.clone(), None)
+        .await
+        .unwrap();
+    let b = Corestore::with_storage(storage.clone(), None)
+        .await
+        .unwrap();
+    let via_a = a.get_named("shared").await.unwrap();
+    let via_b = b.get_named("shared").await.unwrap();
+    assert_eq!(via_a.key(), via_b.key());
+
+    via_a.append(b"first".to_vec()).await.unwrap();
+    let second = via_b.append(b"second".to_vec()).await;
+    let first = via_a.get(0).await.unwrap().map(|v| v.to_vec());
+    assert_eq!(
+        first.as_deref(),
+        Some(&b"first"[..]),
+        "the acknowledged first block was overwritten (second append: {second:?})"
+    );
+    if let Ok(outcome) = second {
+        assert_eq!(outcome.length, 2, "the second append went to index 1");
+        assert_eq!(via_a.info().length, 2);
+    }
+}

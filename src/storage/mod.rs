@@ -39,6 +39,8 @@ use redb::{ReadableDatabase, StorageBackend, backends::InMemoryBackend};
 
 pub use actor::StorageStats;
 pub use error::StorageError;
+#[cfg(test)]
+pub(crate) use ops::Probe;
 pub(crate) use ops::{ApplyProof, Op, Outcome};
 pub(crate) use read::{CoreNodes, Reader};
 pub(crate) use schema::CoreHeader;

@@ -128,8 +128,8 @@ fn queue_append(
             return Err(e.into());
         }
     }
-    inner.recent().record(&before, &blocks, &nodes);
     st.head.signature = None;
+    inner.recent().record(&before, &st.head, &blocks, &nodes);
     let tree = st.head.clone();
     let outcome = AppendOutcome {
         length: tree.length,
@@ -220,7 +220,7 @@ mod tests {
         Hypercore,
         storage::{Op, Probe, StorageError},
         store::Corestore,
-        tree::TreeState,
+        tree::{IndexRequest, ProofRequest, TreeState},
     };
 
     /// Queues a write that holds the storage thread for `ms` milliseconds.
@@ -288,6 +288,17 @@ mod tests {
             core.tree_hash(),
             hash_of_stored(&core).await,
             "the signed tree is not the tree of the stored blocks"
+        );
+        // Proofs of the committed log prove its blocks, not the rejected ones.
+        let req = ProofRequest {
+            block: Some(IndexRequest { index: 1, nodes: 0 }),
+            ..Default::default()
+        };
+        let proof = core.create_proof(req).await.unwrap();
+        assert_eq!(
+            proof.block.map(|b| b.value),
+            Some(b"d".to_vec()),
+            "a proof of a rejected append's block"
         );
         // The core goes on.
         core.append(b"next".to_vec()).await.unwrap();

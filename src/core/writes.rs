@@ -161,12 +161,26 @@ async fn truncate(inner: Arc<CoreInner>, new_length: u64) -> Result<()> {
             if new_length > st.committed.tree.length {
                 return Err(Error::InvalidArgument("truncate beyond the length"));
             }
-            (st.head == st.committed.tree).then(|| st.committed.tree.clone())
+            if st.head == st.committed.tree {
+                Ok(st.committed.tree.clone())
+            } else {
+                Err(st.head.clone())
+            }
         };
-        let Some(base) = base else {
-            // Appends are queued: wait for them to commit, then look again.
-            inner.storage.barrier().await?;
-            continue;
+        let base = match base {
+            Ok(base) => base,
+            Err(head) => {
+                // Appends are queued: wait for them to commit, then look again.
+                inner.storage.barrier().await?;
+                // Every append queued before the barrier was answered: a head that did not move
+                // meanwhile and is still not the committed tree holds appends that failed with
+                // nobody awaiting them.
+                let mut st = inner.state();
+                if st.head == head && st.head != st.committed.tree {
+                    st.head = st.committed.tree.clone();
+                }
+                continue;
+            }
         };
         let id = inner.id;
         let indices = TreeState::root_indices(new_length);
@@ -303,5 +317,30 @@ mod tests {
         // The core goes on.
         core.append(b"next".to_vec()).await.unwrap();
         assert_eq!(core.tree_hash(), hash_of_stored(&core).await);
+    }
+
+    /// A truncate after a failed append nobody awaited goes through.
+    ///
+    /// Before the fix the head kept the dropped append (only its awaiting caller resets it), so
+    /// a truncate, which waits for the head to be the committed tree, queued barriers in a
+    /// busy loop forever.
+    #[tokio::test]
+    async fn a_truncate_after_a_dropped_failed_append_completes() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("t").await.unwrap();
+        core.append_batch([b"0".to_vec(), b"1".to_vec()])
+            .await
+            .unwrap();
+        let held = hold(&core, 100);
+        let failing = fail_batch(&core);
+        drop(core.append(b"x".to_vec()));
+        held.await;
+        failing.await;
+        core.inner.storage.barrier().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), core.truncate(1))
+            .await
+            .expect("the truncate waits forever")
+            .unwrap();
+        assert_eq!(core.info().length, 1);
     }
 }

@@ -35,16 +35,28 @@ struct Chain {
     bytes: usize,
     /// The roots at `start`, and every node appended since.
     nodes: HashMap<u64, Node>,
+    /// The roots at `start` and after each append kept, with the length: the chain continues
+    /// only from its last tree, and proves only against a tree it reached.
+    tips: Vec<(u64, Vec<Node>)>,
 }
 
 impl RecentAppends {
     /// Records an append of `values` queued on `before` (the head it was prepared against),
-    /// which wrote `nodes`.
-    pub fn record(&mut self, before: &TreeState, values: &[Bytes], nodes: &[Node]) {
+    /// which wrote `nodes` and made `after`.
+    pub fn record(
+        &mut self,
+        before: &TreeState,
+        after: &TreeState,
+        values: &[Bytes],
+        nodes: &[Node],
+    ) {
         let bytes: usize = values.iter().map(Bytes::len).sum();
         let continues = self.chain.as_ref().is_some_and(|c| {
             c.fork == before.fork
                 && c.start + c.values.len() as u64 == before.length
+                && c.tips
+                    .last()
+                    .is_some_and(|(_, roots)| *roots == before.roots)
                 && c.values.len() + values.len() <= MAX_BLOCKS
                 && c.bytes + bytes <= MAX_BYTES
         });
@@ -55,12 +67,14 @@ impl RecentAppends {
                 values: Vec::new(),
                 bytes: 0,
                 nodes: before.roots.iter().map(|n| (n.index, *n)).collect(),
+                tips: vec![(before.length, before.roots.clone())],
             });
         }
         if let Some(c) = &mut self.chain {
             c.values.extend(values.iter().cloned());
             c.bytes += bytes;
             c.nodes.extend(nodes.iter().map(|n| (n.index, *n)));
+            c.tips.push((after.length, after.roots.clone()));
         }
     }
 
@@ -70,6 +84,15 @@ impl RecentAppends {
         let c = self.chain.as_ref()?;
         let block = req.block?;
         if req.hash.is_some() || req.seek.is_some() || req.manifest || c.fork != tree.fork {
+            return None;
+        }
+        // An append that was queued but failed, and one queued in its place, leave the chain
+        // with blocks the committed tree does not hold: it proves only a tree it reached.
+        if !c
+            .tips
+            .iter()
+            .any(|(length, roots)| *length == tree.length && *roots == tree.roots)
+        {
             return None;
         }
         let offset = block.index.checked_sub(c.start)?;
@@ -119,7 +142,7 @@ mod tests {
             for v in &values {
                 self.tree.append(v, &mut nodes).expect("test sizes");
             }
-            recent.record(&before, &values, &nodes);
+            recent.record(&before, &self.tree, &values, &nodes);
             self.all.extend(nodes.iter().map(|n| (n.index, *n)));
             self.values.extend(values);
         }
@@ -208,7 +231,12 @@ mod tests {
         rebuilt
             .append(&other_value, &mut nodes)
             .expect("test sizes");
-        recent.record(&committed, std::slice::from_ref(&other_value), &nodes);
+        recent.record(
+            &committed,
+            &rebuilt,
+            std::slice::from_ref(&other_value),
+            &nodes,
+        );
         let p = recent
             .prove(&rebuilt, &push(0, 11, 12))
             .expect("the new chain");
@@ -224,7 +252,7 @@ mod tests {
         let mut nodes = Vec::new();
         let mut grown = rebuilt.clone();
         grown.append(&big[0], &mut nodes).expect("test sizes");
-        recent.record(&rebuilt, &big, &nodes);
+        recent.record(&rebuilt, &grown, &big, &nodes);
         assert!(recent.prove(&grown, &push(0, 12, 13)).is_none());
     }
 }

@@ -128,8 +128,8 @@ fn queue_append(
             return Err(e.into());
         }
     }
-    inner.recent().record(&before, &blocks, &nodes);
     st.head.signature = None;
+    inner.recent().record(&before, &st.head, &blocks, &nodes);
     let tree = st.head.clone();
     let outcome = AppendOutcome {
         length: tree.length,
@@ -139,6 +139,7 @@ fn queue_append(
     let op = Op::Append {
         slot: inner.slot.clone(),
         base,
+        base_roots: before.roots,
         values: blocks,
         nodes,
         tree,
@@ -160,12 +161,26 @@ async fn truncate(inner: Arc<CoreInner>, new_length: u64) -> Result<()> {
             if new_length > st.committed.tree.length {
                 return Err(Error::InvalidArgument("truncate beyond the length"));
             }
-            (st.head == st.committed.tree).then(|| st.committed.tree.clone())
+            if st.head == st.committed.tree {
+                Ok(st.committed.tree.clone())
+            } else {
+                Err(st.head.clone())
+            }
         };
-        let Some(base) = base else {
-            // Appends are queued: wait for them to commit, then look again.
-            inner.storage.barrier().await?;
-            continue;
+        let base = match base {
+            Ok(base) => base,
+            Err(head) => {
+                // Appends are queued: wait for them to commit, then look again.
+                inner.storage.barrier().await?;
+                // Every append queued before the barrier was answered: a head that did not move
+                // meanwhile and is still not the committed tree holds appends that failed with
+                // nobody awaiting them.
+                let mut st = inner.state();
+                if st.head == head && st.head != st.committed.tree {
+                    st.head = st.committed.tree.clone();
+                }
+                continue;
+            }
         };
         let id = inner.id;
         let indices = TreeState::root_indices(new_length);
@@ -208,5 +223,124 @@ async fn truncate(inner: Arc<CoreInner>, new_length: u64) -> Result<()> {
                 Err(e.into())
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{
+        Hypercore,
+        storage::{Op, Probe, StorageError},
+        store::Corestore,
+        tree::{IndexRequest, ProofRequest, TreeState},
+    };
+
+    /// Queues a write that holds the storage thread for `ms` milliseconds.
+    fn hold(core: &Hypercore, ms: u64) -> impl Future + use<> {
+        core.inner.storage.write(Op::Probe(Probe(Box::new(move |_| {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(())
+        }))))
+    }
+
+    /// Queues a write that fails its whole batch, as a corrupt row of any core would.
+    fn fail_batch(core: &Hypercore) -> impl Future + use<> {
+        core.inner.storage.write(Op::Probe(Probe(Box::new(|_| {
+            Err(StorageError::Corrupt("a corrupt row".into()))
+        }))))
+    }
+
+    /// The tree hash of the blocks `core` stores, recomputed from them.
+    async fn hash_of_stored(core: &Hypercore) -> crate::crypto::Hash {
+        let mut tree = TreeState::default();
+        for i in 0..core.info().length {
+            let block = core.get(i).await.unwrap().unwrap();
+            tree.append(&block, &mut Vec::new()).unwrap();
+        }
+        tree.hash()
+    }
+
+    /// A failed batch must not let an append be signed on top of blocks it was not built on.
+    ///
+    /// Before the fix an append was checked only against the staged `(length, fork)`. After a
+    /// failed batch, each failed append's caller resets the head to the committed tree when
+    /// it sees its error; a late reset drops an append queued since (`d`) from the head, so
+    /// the next append (`e`) is prepared at the same index as `d`, and the one after it (`h`)
+    /// on `e`'s tree. `d` commits and `e` is rejected, but `h` has the length and fork of the
+    /// staged tree, so it was applied: the signed tree covered `e`, a block never stored, and
+    /// every proof of the log failed from then on.
+    #[tokio::test]
+    async fn an_append_is_applied_only_on_the_tree_it_was_built_on() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("w").await.unwrap();
+        core.append(b"0".to_vec()).await.unwrap();
+
+        // `x` and `y` share a batch that fails.
+        let held = hold(&core, 200);
+        let failing = fail_batch(&core);
+        let x = core.append(b"x".to_vec());
+        let y = core.append(b"y".to_vec());
+        held.await;
+        failing.await;
+        // `x`'s caller sees its error and resets the head; `d` is queued on it; `y`'s caller
+        // then sees its error and resets the head again, while `d` waits behind a busy
+        // storage thread.
+        assert!(x.await.is_err());
+        let held = hold(&core, 200);
+        let d = core.append(b"d".to_vec());
+        assert!(y.await.is_err());
+        let e = core.append(b"e".to_vec());
+        let h = core.append(b"h".to_vec());
+        held.await;
+        let (d, e, h) = (d.await, e.await, h.await);
+        assert!(d.is_ok(), "{d:?}");
+        assert!(e.is_err(), "e was prepared at d's index: {e:?}");
+        assert!(h.is_err(), "h was built on e, which was not stored: {h:?}");
+        assert_eq!(
+            core.tree_hash(),
+            hash_of_stored(&core).await,
+            "the signed tree is not the tree of the stored blocks"
+        );
+        // Proofs of the committed log prove its blocks, not the rejected ones.
+        let req = ProofRequest {
+            block: Some(IndexRequest { index: 1, nodes: 0 }),
+            ..Default::default()
+        };
+        let proof = core.create_proof(req).await.unwrap();
+        assert_eq!(
+            proof.block.map(|b| b.value),
+            Some(b"d".to_vec()),
+            "a proof of a rejected append's block"
+        );
+        // The core goes on.
+        core.append(b"next".to_vec()).await.unwrap();
+        assert_eq!(core.tree_hash(), hash_of_stored(&core).await);
+    }
+
+    /// A truncate after a failed append nobody awaited goes through.
+    ///
+    /// Before the fix the head kept the dropped append (only its awaiting caller resets it), so
+    /// a truncate, which waits for the head to be the committed tree, queued barriers in a
+    /// busy loop forever.
+    #[tokio::test]
+    async fn a_truncate_after_a_dropped_failed_append_completes() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("t").await.unwrap();
+        core.append_batch([b"0".to_vec(), b"1".to_vec()])
+            .await
+            .unwrap();
+        let held = hold(&core, 100);
+        let failing = fail_batch(&core);
+        drop(core.append(b"x".to_vec()));
+        held.await;
+        failing.await;
+        core.inner.storage.barrier().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), core.truncate(1))
+            .await
+            .expect("the truncate waits forever")
+            .unwrap();
+        assert_eq!(core.info().length, 1);
     }
 }

@@ -538,6 +538,7 @@ mod tests {
         let op = Op::Append {
             slot: slot.clone(),
             base: (first, 0),
+            base_roots: Vec::new(),
             values,
             nodes,
             tree,

@@ -26,10 +26,11 @@ pub(super) fn apply(batch: &mut Batch<'_>, op: Op) -> Result<Outcome, StorageErr
         Op::Append {
             slot,
             base,
+            base_roots,
             values,
             nodes,
             tree,
-        } => append(batch, &slot, base, values, nodes, tree),
+        } => append(batch, &slot, (base, &base_roots), values, nodes, tree),
         Op::Truncate { slot, base, tree } => truncate(batch, &slot, base, tree),
         Op::Clear { slot, start, end } => clear(batch, &slot, start, end),
         Op::ApplyProof(p) => {
@@ -89,12 +90,19 @@ fn push_event(events: &mut Vec<CoreEvent>, ev: CoreEvent) {
 fn append(
     batch: &mut Batch<'_>,
     slot: &Arc<CoreSlot>,
-    base: (u64, u64),
+    (base, base_roots): ((u64, u64), &[Node]),
     values: Vec<bytes::Bytes>,
     nodes: Vec<Node>,
     tree: TreeState,
 ) -> Result<Outcome, StorageError> {
     check_base(slot, base)?;
+    // After a failed write the head an append is prepared on can hold other blocks than the
+    // staged tree at the same length: its nodes and signature would then not match the blocks.
+    if slot.staged().header.tree.roots != base_roots {
+        return Err(StorageError::Rejected(
+            "core changed (other blocks at the same length) since this write was prepared".into(),
+        ));
+    }
     batch.touch(slot);
     batch.append(slot.id, base.0, values, nodes)?;
     let mut staged = slot.staged();

@@ -39,6 +39,8 @@ use redb::{ReadableDatabase, StorageBackend, backends::InMemoryBackend};
 
 pub use actor::StorageStats;
 pub use error::StorageError;
+#[cfg(test)]
+pub(crate) use ops::Probe;
 pub(crate) use ops::{ApplyProof, Op, Outcome};
 pub(crate) use read::{CoreNodes, Reader};
 pub(crate) use schema::CoreHeader;
@@ -90,6 +92,9 @@ struct Shared {
     /// `None` once closed, so that the file is released even while handles remain.
     db: std::sync::RwLock<Option<Arc<redb::Database>>>,
     actor: actor::ActorHandle,
+    /// State every user of this database must share, made on first use: see
+    /// [`Storage::attached`].
+    attached: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Storage {
@@ -121,6 +126,7 @@ impl Storage {
             shared: Arc::new(Shared {
                 db: std::sync::RwLock::new(Some(db)),
                 actor,
+                attached: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -162,6 +168,19 @@ impl Storage {
     ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
         let f = self.write(Op::Barrier);
         async move { f.await.map(|_| ()) }
+    }
+
+    /// The value attached to this database, made by `make` on first use: state that every
+    /// store opened on this `Storage` shares (its open cores, so that a core has one state
+    /// however many stores open it). Only one type is ever attached; asking for another one
+    /// gets a value of its own.
+    pub(crate) fn attached<T: std::any::Any + Send + Sync>(&self, make: impl Fn() -> T) -> Arc<T> {
+        let any = self
+            .shared
+            .attached
+            .get_or_init(|| Arc::new(make()))
+            .clone();
+        any.downcast::<T>().unwrap_or_else(|_| Arc::new(make()))
     }
 
     /// Runs `f` on a [`Reader`] of a read transaction on the blocking pool.

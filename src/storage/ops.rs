@@ -40,6 +40,9 @@ pub(crate) enum Op {
         slot: Arc<CoreSlot>,
         /// `(length, fork)` the append was prepared against.
         base: (u64, u64),
+        /// The roots of the tree the append was prepared against: an append is applied only
+        /// on that tree, not on another one of the same length.
+        base_roots: Vec<Node>,
         /// Block values.
         values: Vec<Bytes>,
         /// New tree nodes.

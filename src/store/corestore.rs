@@ -51,9 +51,13 @@ pub struct Corestore {
 struct StoreInner {
     storage: Storage,
     primary_key: [u8; 32],
-    /// Open cores, so that every handle of one core shares one state.
-    open: tokio::sync::Mutex<HashMap<CoreKey, Weak<crate::core::CoreInnerHandle>>>,
+    /// Open cores, so that every handle of one core shares one state: attached to the
+    /// storage, so shared by every store opened on it.
+    open: Arc<OpenCores>,
 }
+
+/// The open cores of a database, by key.
+type OpenCores = tokio::sync::Mutex<HashMap<CoreKey, Weak<crate::core::CoreInnerHandle>>>;
 
 /// The database options of a store's options.
 fn storage_options(opts: &StoreOptions) -> StorageOptions {
@@ -95,7 +99,8 @@ impl Corestore {
         Self::with_storage(storage, opts.primary_key).await
     }
 
-    /// A store on an opened [`Storage`]; its primary key is read, or set on first open.
+    /// A store on an opened [`Storage`]; its primary key is read, or set on first open. Stores
+    /// on one `Storage` share its open cores: a core opened through two of them has one state.
     pub async fn with_storage(storage: Storage, primary_key: Option<[u8; 32]>) -> Result<Self> {
         let stored = storage.read(|r| r.primary_key()).await?;
         let primary_key = match (stored, primary_key) {
@@ -111,11 +116,12 @@ impl Corestore {
                 key
             }
         };
+        let open = storage.attached(OpenCores::default);
         Ok(Self {
             inner: Arc::new(StoreInner {
                 storage,
                 primary_key,
-                open: Default::default(),
+                open,
             }),
             namespace: DEFAULT_NAMESPACE,
         })
@@ -199,10 +205,10 @@ impl Corestore {
 
     /// Deletes core `key` and every byte stored for it. Open handles of it fail from now on.
     pub async fn delete(&self, key: CoreKey) -> Result<()> {
-        let handle = {
-            let mut open = self.inner.open.lock().await;
-            open.remove(&key).and_then(|w| w.upgrade())
-        };
+        // Held until the delete committed: a core opened meanwhile would be loaded from the
+        // rows still stored, with a state the delete does not mark, and take writes that vanish.
+        let mut open = self.inner.open.lock().await;
+        let handle = open.remove(&key).and_then(|w| w.upgrade());
         if let Some(h) = &handle {
             Hypercore::from_inner(h.clone()).mark_closed();
         }
@@ -214,6 +220,7 @@ impl Corestore {
                 slot: handle.map(|h| h.slot.clone()),
             })
             .await?;
+        drop(open);
         if outcome != Outcome::Deleted(true) {
             return Err(Error::NotFound(crate::core::hex(&key)));
         }

@@ -80,10 +80,10 @@ impl Engine {
             let Some(core) = self.channels.get(&channel).map(|c| c.core) else {
                 continue;
             };
-            let length = self.cores.get(&core).map_or(0, |r| r.local.length);
+            let ours = self.cores.get(&core).map_or(0, |r| r.local.length);
             match msg {
                 Message::Request { id, request } => {
-                    if !answerable(&request, length) {
+                    if !answerable(&request, ours) {
                         let none = Message::NoData {
                             id,
                             start: 0,
@@ -110,8 +110,8 @@ impl Engine {
                         self.send(peer, channel, Message::NoData { id, start, end });
                         continue;
                     }
-                    if start >= length {
-                        // None of it is ours: no storage task to say so.
+                    if start >= ours {
+                        // None of it is in our log: no storage task to say so.
                         self.send(peer, channel, Message::NoData { id, start, end });
                         continue;
                     }
@@ -257,8 +257,8 @@ fn run_answer(id: u64, items: Vec<RunItem>) -> Vec<Message> {
     out
 }
 
-/// Whether a request for a log of `length` blocks could be answered with anything: one that
-/// asks for nothing, or for a block or node past the log, gets `NoData` without a storage task.
+/// Whether a request to a log of `length` blocks could be answered with anything: one that
+/// asks for nothing, or for a block past the log, gets `NoData` without a storage task.
 fn answerable(request: &crate::tree::ProofRequest, length: u64) -> bool {
     let asks = request.block.is_some()
         || request.hash.is_some()
@@ -290,12 +290,13 @@ mod tests {
         let (mut engine, channel) =
             engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
         let requests = [
+            // The requester claims a longer log: what counts is ours.
             Message::RequestRun {
                 id: 1,
                 fork: 0,
                 start: 10,
                 end: 20,
-                length: 10,
+                length: 1000,
             },
             Message::Request {
                 id: 2,

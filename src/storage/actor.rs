@@ -204,6 +204,19 @@ impl Drop for ActorHandle {
     }
 }
 
+/// Closes the actor if the storage thread unwinds: the writes of the failed batch are
+/// answered [`StorageError::Closed`] as their replies drop, and so is every later one.
+struct RefuseOnPanic<'a>(&'a Shared);
+
+impl Drop for RefuseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the storage thread panicked: the store is closed");
+            self.0.refuse_the_rest();
+        }
+    }
+}
+
 /// The answer to one queued request. A small write with relaxed durability is committed at the
 /// first poll if it can be; dropping the future never cancels the request.
 #[derive(Debug)]
@@ -270,6 +283,8 @@ impl Shared {
     /// relaxed durability it also makes a durable commit at most [`RELAXED_WINDOW`] after the
     /// first non-durable one.
     fn run(self: Arc<Self>) {
+        // A panic (a bug) must not leave later writes waiting for a thread that is gone.
+        let _guard = RefuseOnPanic(&self);
         loop {
             let periodic = {
                 let mut q = lock(&self.queue);
@@ -455,7 +470,7 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex as StdMutex;
+    use std::{sync::Mutex as StdMutex, time::Duration};
 
     use bytes::Bytes;
     use redb::{ReadableDatabase, ReadableTable, backends::InMemoryBackend};
@@ -544,6 +559,18 @@ mod tests {
             tree,
         };
         (op, oneshot::channel().0)
+    }
+
+    /// A panic inside a batch (a bug) closes the store: the batch's write and every later one
+    /// are answered `Closed` instead of waiting forever for a thread that is gone.
+    #[tokio::test]
+    async fn a_panic_in_the_storage_thread_closes_the_store() {
+        let (actor, _db) = actor(Durability::Durable);
+        let boom = Op::Probe(Probe(Box::new(|_| panic!("a bug in an op"))));
+        let failed = tokio::time::timeout(Duration::from_secs(10), actor.write(boom, false));
+        assert!(matches!(failed.await, Ok(Err(StorageError::Closed))));
+        let later = tokio::time::timeout(Duration::from_secs(10), actor.write(record(1), false));
+        assert!(matches!(later.await, Ok(Err(StorageError::Closed))));
     }
 
     #[test]

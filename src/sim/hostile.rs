@@ -17,7 +17,8 @@ pub enum Hostility {
     /// Inflates its lengths, answers upgrades with an old signed state or with nothing, flips
     /// block values and pushes forged blocks.
     Liar,
-    /// Completes handshakes, then sends nothing: every request to it times out.
+    /// Completes handshakes and says what it has, then answers nothing and asks for nothing:
+    /// every request to it times out.
     Silent,
     /// Floods every channel with requests for runs it does not need, and claims more than it
     /// has.
@@ -59,7 +60,13 @@ impl Hostile {
         }
         self.lies += 1;
         match self.kind {
-            Hostility::Silent => Vec::new(),
+            Hostility::Silent => match msg {
+                Message::Sync(_) | Message::Close { .. } => {
+                    self.lies -= 1;
+                    vec![msg]
+                }
+                _ => Vec::new(),
+            },
             Hostility::Liar => vec![self.lie(msg, rng)],
             Hostility::Flooder => match msg {
                 Message::Sync(mut info) => {

@@ -10,7 +10,7 @@
 //! Everything random (node ids, the writer's key, topology, latency, loss, churn, lies) comes
 //! from one seeded RNG, and every collection whose order reaches an output is ordered, so a
 //! seed replays a run exactly: [`Sim::digest`] hashes every message, storage operation and
-//! event in order.
+//! event in order. `SIM_DEBUG=1` prints every message as it is sent.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -34,6 +34,8 @@ pub mod links;
 mod node;
 mod queue;
 mod run;
+#[cfg(test)]
+mod tests;
 mod trace;
 
 use std::{collections::BTreeSet, time::Duration};
@@ -125,4 +127,6 @@ pub struct Sim {
     blamed: u64,
     /// A node whose signed state went back, found while running a storage operation.
     went_back: Option<SimError>,
+    /// A signed state of the log at an older length, which hostile nodes replay.
+    old_state: crate::tree::Proof,
 }

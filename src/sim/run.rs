@@ -160,6 +160,7 @@ impl Sim {
             trace: Trace::default(),
             blamed: 0,
             went_back: None,
+            old_state,
         };
         for n in 0..sim.nodes.len() {
             sim.start_engine(n);
@@ -221,6 +222,12 @@ impl Sim {
             .filter_map(|n| n.hostile.as_ref())
             .map(|h| h.lies)
             .sum()
+    }
+
+    /// Makes reader `n` hostile of `kind` from now on (or honest again with `None`).
+    pub fn set_hostile(&mut self, n: usize, kind: Option<Hostility>) {
+        assert!(n != 0, "the writer stays honest");
+        self.nodes[n].hostile = kind.map(|k| Hostile::new(k, self.old_state.clone()));
     }
 
     /// Whether node `n` is honest (the writer is).
@@ -616,8 +623,9 @@ impl Sim {
                 }
             }
             Output::Event(event) => {
-                self.trace
-                    .record(self.now, n, Kind::Event, format!("{event:?}").as_bytes());
+                let text = format!("{event:?}");
+                self.trace.record(self.now, n, Kind::Event, text.as_bytes());
+                Trace::count_kind(&mut self.trace.events, &text);
                 match event {
                     Event::Download { .. } => self.trace.blocks_delivered += 1,
                     Event::Invalid { peer, .. } => {
@@ -654,6 +662,10 @@ impl Sim {
             };
             self.trace.record(self.now, n, Kind::Message, &frame);
             self.trace.messages += 1;
+            Trace::count_kind(&mut self.trace.message_kinds, message_name(&msg));
+            if std::env::var("SIM_DEBUG").is_ok() {
+                eprintln!("{:?} {n}->{q} {msg:?}", self.now);
+            }
             self.trace.message_bytes += frame.len() as u64;
             let input = Input::Message(self.nodes[n].id, theirs, msg);
             self.transmit(n, q, epoch, frame.len(), input);
@@ -822,5 +834,25 @@ fn describe(task: &Task) -> String {
                 .map(|p| p.block.as_ref().map(|b| b.index))
                 .collect::<Vec<_>>()
         ),
+    }
+}
+
+/// The name of a message's kind.
+fn message_name(msg: &Message) -> &'static str {
+    match msg {
+        Message::Open { .. } => "Open",
+        Message::Accept { .. } => "Accept",
+        Message::Close { .. } => "Close",
+        Message::Sync(_) => "Sync",
+        Message::Request { .. } => "Request",
+        Message::RequestRun { .. } => "RequestRun",
+        Message::Data { .. } => "Data",
+        Message::NoData { .. } => "NoData",
+        Message::Want { .. } => "Want",
+        Message::Unwant { .. } => "Unwant",
+        Message::Range { .. } => "Range",
+        Message::Cancel { .. } => "Cancel",
+        Message::Extension { .. } => "Extension",
+        Message::Push { .. } => "Push",
     }
 }

@@ -23,6 +23,10 @@ pub struct Trace {
     pub blocks_delivered: u64,
     /// `Invalid` events: data a node rejected.
     pub invalid: u64,
+    /// Messages sent by kind (`Sync`, `Data`, `RequestRun`...), hostile nodes' included.
+    pub message_kinds: std::collections::BTreeMap<String, u64>,
+    /// Engine events by kind (`Download`, `Backoff`, `PeerDropped`...), over all nodes.
+    pub events: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for Trace {
@@ -36,6 +40,8 @@ impl Default for Trace {
             storage_ops: 0,
             blocks_delivered: 0,
             invalid: 0,
+            events: Default::default(),
+            message_kinds: Default::default(),
         }
     }
 }
@@ -64,6 +70,14 @@ impl Trace {
         self.hasher.update([kind as u8]);
         self.hasher.update((bytes.len() as u64).to_le_bytes());
         self.hasher.update(bytes);
+    }
+
+    /// Counts one `Debug`-formatted value under its variant's name in `counts`.
+    pub fn count_kind(counts: &mut std::collections::BTreeMap<String, u64>, debug: &str) {
+        let kind = debug.split(|c: char| !c.is_alphanumeric()).next();
+        *counts
+            .entry(kind.unwrap_or_default().to_string())
+            .or_default() += 1;
     }
 
     /// The digest of every record so far, in hex.

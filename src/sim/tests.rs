@@ -1,0 +1,60 @@
+//! Engine behaviours checked on small simulated networks: the real engine and stores, exact
+//! and replayable, without hand-built message sequences.
+
+use std::time::Duration;
+
+use super::{Hostility, LinkConfig, Sim, SimConfig};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// `nodes` nodes, each connected to every other, on lossless links.
+fn mesh(nodes: usize, blocks: u64, seed: u64) -> SimConfig {
+    SimConfig {
+        seed,
+        nodes,
+        blocks,
+        min_degree: nodes - 1,
+        max_degree: nodes - 1,
+        links: LinkConfig {
+            loss: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A peer that says it has the log and then answers nothing: the reader's requests to it time
+/// out, it is backed off, and the writer serves the rest.
+#[tokio::test(flavor = "current_thread")]
+async fn requests_to_a_silent_peer_time_out_and_others_serve_them() {
+    let mut sim = Sim::new(mesh(3, 400, 2)).await.unwrap();
+    sim.set_online(2, false).await;
+    sim.run_for(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(sim.nodes()[1].core.info().contiguous_length, 400);
+    sim.set_hostile(1, Some(Hostility::Silent));
+    sim.set_online(2, true).await;
+    let took = sim.run_until_synced(LIMIT).await.unwrap();
+    sim.check_honest_logs().await.unwrap();
+    let backoffs = sim.trace().events.get("Backoff").copied().unwrap_or(0);
+    assert!(backoffs > 0, "the silent peer was never backed off");
+    let timeout = sim.config().engine.fetch.timeout;
+    assert!(
+        took >= timeout,
+        "synced in {took:?}, before any request could time out"
+    );
+}
+
+/// A liar replaying the writer's old signed state and flipping block values: the reader
+/// rejects and blames it, never goes back, and gets the log from the writer.
+#[tokio::test(flavor = "current_thread")]
+async fn a_liar_is_blamed_and_the_reader_never_goes_back() {
+    let mut cfg = mesh(3, 200, 3);
+    cfg.hostile = 1;
+    let mut sim = Sim::new(cfg).await.unwrap();
+    sim.run_until_synced(LIMIT).await.unwrap();
+    sim.append(20).await.unwrap();
+    sim.run_until_synced(LIMIT).await.unwrap();
+    sim.check_honest_logs().await.unwrap();
+    assert!(sim.lies() > 0);
+    assert!(sim.blamed() > 0, "the liar was never blamed");
+}

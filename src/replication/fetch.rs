@@ -8,17 +8,18 @@
 //! last back-off the peer is dropped from the queue. A block leaves the queue only when it was
 //! verified and committed; until then it is retried from whichever peer can serve it. Pure
 //! state: time comes in as an argument.
+//!
+//! Its timers (each request's deadline, each peer's back-off) are kept in a [`Deadlines`] set
+//! in step with the requests and peers, so [`FetchQueue::next_deadline`] and
+//! [`FetchQueue::poll_timeouts`] touch only what is due, however many requests are in flight.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
-use super::ranges;
+use super::{PeerId, deadlines::Deadlines, ranges};
 use crate::{core::MAX_RUN, crypto::CoreKey};
-
-/// An endpoint id, as bytes.
-pub type PeerId = [u8; 32];
 
 /// Tuning of the fetch queue.
 #[derive(Debug, Clone)]
@@ -136,6 +137,15 @@ struct PeerState {
     ranges: BTreeMap<CoreKey, Vec<(u64, u64)>>,
 }
 
+/// What a timer of the queue is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The deadline of request `id`.
+    Request(u64),
+    /// The end of a peer's back-off.
+    Backoff(PeerId),
+}
+
 /// What became of a block that arrived for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
@@ -169,6 +179,8 @@ pub struct FetchQueue {
     next_id: u64,
     /// Bytes of entries in the `Received` state.
     held_bytes: u64,
+    /// Every request's deadline and every back-off, by time.
+    deadlines: Deadlines<Timer>,
 }
 
 impl FetchQueue {
@@ -183,6 +195,7 @@ impl FetchQueue {
             notices: Vec::new(),
             next_id: 1,
             held_bytes: 0,
+            deadlines: Deadlines::default(),
         }
     }
 
@@ -314,6 +327,8 @@ impl FetchQueue {
         let Some(state) = self.peers.remove(peer) else {
             return;
         };
+        self.deadlines
+            .replace(Timer::Backoff(*peer), state.backoff_until, None);
         for (core, known) in state.ranges {
             let Some(q) = self.cores.get_mut(&core) else {
                 continue;
@@ -420,15 +435,17 @@ impl FetchQueue {
             p.in_flight_bytes += size * (end - start);
             p.requests += 1;
         }
+        let deadline = now + self.cfg.timeout;
         self.requests.insert(
             id,
             Request {
                 peer,
                 core,
                 outstanding: (start..end).collect(),
-                deadline: now + self.cfg.timeout,
+                deadline,
             },
         );
+        self.deadlines.insert(deadline, Timer::Request(id));
         Some(Assignment {
             id,
             peer,
@@ -452,7 +469,10 @@ impl FetchQueue {
         if !req.outstanding.remove(&index) {
             return Arrival::Unexpected;
         }
-        req.deadline = now + self.cfg.timeout;
+        let deadline = now + self.cfg.timeout;
+        self.deadlines
+            .replace(Timer::Request(id), Some(req.deadline), Some(deadline));
+        req.deadline = deadline;
         let (peer, core, done) = (req.peer, req.core, req.outstanding.is_empty());
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -532,7 +552,8 @@ impl FetchQueue {
     pub fn on_verified(&mut self, peer: &PeerId) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.failures = 0;
-            p.backoff_until = None;
+            let ended = p.backoff_until.take();
+            self.deadlines.replace(Timer::Backoff(*peer), ended, None);
         }
     }
 
@@ -592,25 +613,34 @@ impl FetchQueue {
         }
         let factor = 1u32 << (state.failures - 1).min(16);
         let delay = cfg.backoff.saturating_mul(factor).min(cfg.backoff_max);
-        state.backoff_until = Some(now + delay);
+        let ended = state.backoff_until.replace(now + delay);
+        self.deadlines
+            .replace(Timer::Backoff(peer), ended, Some(now + delay));
         self.notices.push(PeerNotice::BackedOff(peer, now + delay));
     }
 
     /// Times out requests whose deadline passed: their blocks go back to the queue and their
     /// peers are backed off. Returns the ids of the requests that timed out.
+    /// Only the timers due are looked at; the requests are handled in id order.
     pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId)> {
-        // Back-offs that ended are no deadline any more (else the next one is in the past).
-        for p in self.peers.values_mut() {
-            if p.backoff_until.is_some_and(|t| t <= now) {
-                p.backoff_until = None;
+        let mut expired = Vec::new();
+        for timer in self.deadlines.drain_due(now) {
+            match timer {
+                // Back-offs that ended are no deadline any more (else the next one is in the
+                // past).
+                Timer::Backoff(peer) => {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.backoff_until = None;
+                    }
+                }
+                Timer::Request(id) => {
+                    if let Some(r) = self.requests.get(&id) {
+                        expired.push((id, r.peer));
+                    }
+                }
             }
         }
-        let expired: Vec<(u64, PeerId)> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(id, r)| (*id, r.peer))
-            .collect();
+        expired.sort_unstable();
         for (id, peer) in &expired {
             self.fail_request(*id);
             self.penalize(*peer, now);
@@ -625,9 +655,7 @@ impl FetchQueue {
 
     /// When the queue next needs [`poll_timeouts`](Self::poll_timeouts) or a back-off ends.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let requests = self.requests.values().map(|r| r.deadline);
-        let backoffs = self.peers.values().filter_map(|p| p.backoff_until);
-        requests.chain(backoffs).min()
+        self.deadlines.first()
     }
 
     /// Whether request `id` is still waiting for blocks.
@@ -637,9 +665,11 @@ impl FetchQueue {
 
     /// Removes an answered request.
     fn close_request(&mut self, id: u64) {
-        if let Some(req) = self.requests.remove(&id)
-            && let Some(p) = self.peers.get_mut(&req.peer)
-        {
+        let Some(req) = self.requests.remove(&id) else {
+            return;
+        };
+        self.deadlines.remove(req.deadline, Timer::Request(id));
+        if let Some(p) = self.peers.get_mut(&req.peer) {
             p.requests = p.requests.saturating_sub(1);
         }
     }
@@ -662,6 +692,7 @@ impl FetchQueue {
         let Some(req) = self.requests.remove(&id) else {
             return;
         };
+        self.deadlines.remove(req.deadline, Timer::Request(id));
         if let Some(p) = self.peers.get_mut(&req.peer) {
             p.requests = p.requests.saturating_sub(1);
         }
@@ -974,6 +1005,40 @@ mod tests {
         let rest = drain(&mut q, clock.at(2));
         let n: u64 = rest.iter().map(|r| r.end - r.start).sum();
         assert_eq!(n, 108);
+    }
+
+    /// The timer set holds one deadline per open request and per back-off, moved as blocks
+    /// arrive, and gone with the request or back-off it was for.
+    #[test]
+    fn timers_follow_requests_and_back_offs() {
+        let clock = Clock(Instant::now());
+        let mut q = queue(64, &[A, B]);
+        q.set_block_size(CORE, 1024);
+        let runs = drain(&mut q, clock.at(0));
+        assert_eq!(q.deadlines.len(), runs.len());
+        // An arrival moves its request's deadline.
+        let first = runs[0];
+        q.on_received(first.id, first.start, 1024, clock.at(500));
+        assert_eq!(q.deadlines.len(), runs.len());
+        assert_eq!(q.next_deadline(), Some(clock.at(1000)));
+        // Every other request times out at 1000; the one that got a block does not.
+        let expired = q.poll_timeouts(clock.at(1000));
+        assert_eq!(expired.len(), runs.len() - 1);
+        assert!(expired.windows(2).all(|w| w[0].0 < w[1].0), "in id order");
+        assert!(q.is_open(first.id));
+        // One deadline left for the open request, one back-off for each peer.
+        assert_eq!(q.deadlines.len(), 3);
+        // A failed once (100 ms), B twice (200 ms).
+        assert_eq!(q.next_deadline(), Some(clock.at(1100)));
+        q.poll_timeouts(clock.at(1100));
+        assert_eq!(q.deadlines.len(), 2);
+        assert_eq!(q.next_deadline(), Some(clock.at(1200)));
+        q.poll_timeouts(clock.at(1200));
+        assert_eq!(q.deadlines.len(), 1);
+        assert_eq!(q.next_deadline(), Some(clock.at(1500)));
+        q.on_no_data(first.id, first.start, first.end);
+        assert!(!q.is_open(first.id));
+        assert_eq!(q.next_deadline(), None);
     }
 
     #[test]

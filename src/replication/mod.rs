@@ -2,6 +2,7 @@
 //! and channel. Inputs are messages, time and finished storage tasks; outputs are messages,
 //! storage tasks, timers and events. The iroh driver in [`crate::net`] only moves bytes.
 
+mod deadlines;
 pub mod engine;
 pub mod fetch;
 pub mod gossip;
@@ -9,5 +10,8 @@ pub mod ranges;
 pub mod wire;
 
 pub use engine::{Engine, EngineConfig, Event, Input, LocalInfo, Mode, Output, Task, TaskResult};
-pub use fetch::{FetchConfig, FetchQueue, PeerId};
+pub use fetch::{FetchConfig, FetchQueue};
 pub use wire::{Message, SyncInfo, WireError};
+
+/// An endpoint id, as bytes: names a peer in every input and output of the engine.
+pub type PeerId = [u8; 32];

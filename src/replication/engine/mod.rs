@@ -23,7 +23,8 @@ use std::{
 use bytes::Bytes;
 
 use super::{
-    fetch::{FetchConfig, FetchQueue, PeerId},
+    PeerId,
+    fetch::{FetchConfig, FetchQueue},
     gossip::{GOSSIP_MAX_MESSAGE, GossipOp},
     wire::{Message, SyncInfo},
 };

@@ -783,6 +783,9 @@ impl Engine {
             return;
         };
         if r.local.length == 0 {
+            // Nothing to announce: an announcement that was due is dropped (a due one left
+            // set would be a timer in the past, handled again on every turn).
+            r.announce_due = false;
             return;
         }
         if r.last_announce.is_some_and(|t| t + interval > now) {
@@ -856,5 +859,43 @@ impl Engine {
     /// After lost gossip: ask every channel of the core for its state again.
     fn resync(&mut self, core: CoreKey) {
         self.broadcast_sync(core, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Engine, EngineConfig, Input, LocalInfo, Mode};
+
+    /// A core truncated to nothing while an announcement waited for its interval leaves no
+    /// timer behind: the driver would otherwise be woken at a past instant on every turn.
+    #[test]
+    fn a_core_truncated_to_nothing_drops_its_due_announcement() {
+        let t0 = Instant::now();
+        let mut engine = Engine::new([1; 32], EngineConfig::default());
+        let core = [2; 32];
+        let at = |length, fork| LocalInfo {
+            fork,
+            length,
+            byte_length: length,
+            contiguous: length,
+            writable: true,
+        };
+        engine.add_core(core, at(1, 0), Mode::Full, t0);
+        engine.handle(
+            Input::LocalChanged(core, at(2, 0)),
+            t0 + Duration::from_millis(10),
+        );
+        assert!(
+            engine.poll_timeout().is_some(),
+            "the second announcement waits"
+        );
+        engine.handle(
+            Input::LocalChanged(core, at(0, 1)),
+            t0 + Duration::from_millis(20),
+        );
+        engine.handle_timeout(t0 + Duration::from_millis(100));
+        assert_eq!(engine.poll_timeout(), None, "no timer left");
     }
 }

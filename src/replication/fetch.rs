@@ -9,7 +9,7 @@
 //! verified and committed; until then it is retried from whichever peer can serve it. Pure
 //! state: time comes in as an argument.
 //!
-//! Its timers (each request's deadline, each peer's back-off) are kept in a [`Deadlines`] set
+//! Its timers (each request's deadline, each peer's back-off) are kept in a `Deadlines` set
 //! in step with the requests and peers, so [`FetchQueue::next_deadline`] and
 //! [`FetchQueue::poll_timeouts`] touch only what is due, however many requests are in flight.
 

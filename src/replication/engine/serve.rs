@@ -2,30 +2,169 @@
 //! take over the storage thread, and a bound on the bytes queued towards a peer so one that does
 //! not read cannot make us hold its answers: requests wait while its backlog is over
 //! `max_backlog_bytes`, and a run is read in parts of `serve_run_bytes`.
+//!
+//! [`Server`] owns the serve side's state: each peer's queue of requests and backlog, and the
+//! storage tasks running for each peer. It says which request to serve next; the engine's
+//! methods here decide how (an answer at once, or a storage task) and send the answers.
 
-use super::{ChannelId, Engine, Event, PeerId, Task, TaskCtx};
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{ChannelId, Engine, EngineConfig, PeerId, Task, TaskCtx};
 use crate::{
     core::{MAX_RUN, RunItem},
+    crypto::CoreKey,
     replication::wire::Message,
     tree::Proof,
 };
 
+/// The requests of one peer waiting to be served, and its backlog.
+#[derive(Debug, Default)]
+struct ServeQueue {
+    requests: VecDeque<(ChannelId, Message)>,
+    /// Bytes queued towards the peer that QUIC has not taken yet, as the driver reported.
+    backlog_bytes: u64,
+}
+
+/// Whether a peer's queue takes one more request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admission {
+    /// It has room: the request waits for its turn.
+    Open,
+    /// It is full: the request is refused.
+    Full,
+    /// The peer is not connected.
+    Unknown,
+}
+
+/// The serve side: per-peer request queues and backlogs, and the storage tasks running for
+/// each peer's requests.
+#[derive(Debug)]
+pub(super) struct Server {
+    concurrency: usize,
+    queue_cap: usize,
+    max_backlog: u64,
+    /// Each connected peer's queue.
+    queues: BTreeMap<PeerId, ServeQueue>,
+    /// Storage tasks running for each peer's requests (also those of a connection or channel
+    /// closed since: they hold the storage thread all the same).
+    running: BTreeMap<PeerId, usize>,
+}
+
+impl Server {
+    /// No peer yet; the limits from `cfg`.
+    pub(super) fn new(cfg: &EngineConfig) -> Self {
+        Self {
+            concurrency: cfg.serve_concurrency,
+            queue_cap: cfg.serve_queue,
+            max_backlog: cfg.max_backlog_bytes,
+            queues: BTreeMap::new(),
+            running: BTreeMap::new(),
+        }
+    }
+
+    /// `peer` connected: it gets an empty queue.
+    pub(super) fn add_peer(&mut self, peer: PeerId) {
+        self.queues.entry(peer).or_default();
+    }
+
+    /// `peer` disconnected: its queued requests are dropped (its running tasks still count
+    /// until they finish).
+    pub(super) fn remove_peer(&mut self, peer: &PeerId) {
+        self.queues.remove(peer);
+    }
+
+    /// Whether `peer`'s queue takes one more request.
+    pub(super) fn admission(&self, peer: &PeerId) -> Admission {
+        match self.queues.get(peer) {
+            None => Admission::Unknown,
+            Some(q) if q.requests.len() >= self.queue_cap => Admission::Full,
+            Some(_) => Admission::Open,
+        }
+    }
+
+    /// Queues a request of `peer` on `channel` (see [`admission`](Self::admission)).
+    pub(super) fn push_back(&mut self, peer: PeerId, channel: ChannelId, msg: Message) {
+        if let Some(q) = self.queues.get_mut(&peer) {
+            q.requests.push_back((channel, msg));
+        }
+    }
+
+    /// Puts the rest of a request in front of `peer`'s queue.
+    pub(super) fn push_front(&mut self, peer: PeerId, channel: ChannelId, msg: Message) {
+        if let Some(q) = self.queues.get_mut(&peer) {
+            q.requests.push_front((channel, msg));
+        }
+    }
+
+    /// Drops the queued requests of a channel that closed.
+    pub(super) fn forget_channel(&mut self, peer: &PeerId, channel: ChannelId) {
+        if let Some(q) = self.queues.get_mut(peer) {
+            q.requests.retain(|(ch, _)| *ch != channel);
+        }
+    }
+
+    /// The driver's count of bytes queued towards `peer`.
+    pub(super) fn set_backlog(&mut self, peer: &PeerId, bytes: u64) {
+        if let Some(q) = self.queues.get_mut(peer) {
+            q.backlog_bytes = bytes;
+        }
+    }
+
+    /// Bytes queued towards `peer`, as the driver last reported.
+    pub(super) fn backlog(&self, peer: &PeerId) -> u64 {
+        self.queues.get(peer).map_or(0, |q| q.backlog_bytes)
+    }
+
+    /// Whether answers may be queued towards `peer`: it is connected and its backlog is under
+    /// the limit.
+    pub(super) fn has_room(&self, peer: &PeerId) -> bool {
+        self.queues
+            .get(peer)
+            .is_some_and(|q| q.backlog_bytes < self.max_backlog)
+    }
+
+    /// The next request of `peer` to serve, if it is under its concurrency limit and its
+    /// backlog has room.
+    pub(super) fn next(&mut self, peer: &PeerId) -> Option<(ChannelId, Message)> {
+        let running = self.running.get(peer).copied().unwrap_or(0);
+        if running >= self.concurrency || !self.has_room(peer) {
+            return None;
+        }
+        self.queues.get_mut(peer)?.requests.pop_front()
+    }
+
+    /// A storage task started for a request of `peer`.
+    pub(super) fn started(&mut self, peer: PeerId) {
+        *self.running.entry(peer).or_default() += 1;
+    }
+
+    /// A storage task for a request of `peer` finished.
+    pub(super) fn finished(&mut self, peer: &PeerId) {
+        if let Some(n) = self.running.get_mut(peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running.remove(peer);
+            }
+        }
+    }
+}
+
 impl Engine {
     pub(super) fn on_request(&mut self, peer: PeerId, channel: ChannelId, msg: Message) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        if p.serve_queue.len() >= self.cfg.serve_queue {
-            p.stats.refused += 1;
-            let refused = p.stats.refused;
-            self.refuse_request(peer, channel, &msg);
-            if refused > self.cfg.max_refused {
-                self.close_channel(peer, channel, "too many requests");
+        match self.server.admission(&peer) {
+            Admission::Open => {
+                self.server.push_back(peer, channel, msg);
+                self.serve_next(peer);
             }
-            return;
+            Admission::Full => {
+                let refused = self.count_refused(peer);
+                self.refuse_request(peer, channel, &msg);
+                if refused > self.cfg.max_refused {
+                    self.close_channel(peer, channel, "too many requests");
+                }
+            }
+            Admission::Unknown => {}
         }
-        p.serve_queue.push_back((channel, msg));
-        self.serve_next(peer);
     }
 
     fn refuse_request(&mut self, peer: PeerId, channel: ChannelId, msg: &Message) {
@@ -41,42 +180,27 @@ impl Engine {
         self.send(peer, channel, answer);
     }
 
-    /// Storage tasks running for `peer`'s requests (also those of channels closed since).
-    fn serving(&self, peer: &PeerId) -> usize {
-        self.tasks
-            .values()
-            .filter(|t| {
-                matches!(t, TaskCtx::Serve { peer: p, .. } | TaskCtx::ServeRun { peer: p, .. } if p == peer)
-            })
-            .count()
-    }
-
     /// The driver's count of bytes queued towards `peer`; serving resumes once it has room.
     pub(super) fn on_backlog(&mut self, peer: PeerId, bytes: u64) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.stats.backlog_bytes = bytes;
-        }
+        self.server.set_backlog(&peer, bytes);
         self.serve_next(peer);
     }
 
     /// Whether answers may be queued towards `peer`: its backlog is under the limit.
     pub(super) fn has_room(&self, peer: &PeerId) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.stats.backlog_bytes < self.cfg.max_backlog_bytes)
+        self.server.has_room(peer)
+    }
+
+    /// Starts a storage task for a request of `peer`.
+    fn start_serving(&mut self, peer: PeerId, core: CoreKey, task: Task, ctx: TaskCtx) {
+        self.server.started(peer);
+        self.new_task(core, task, ctx);
     }
 
     /// Starts serving queued requests while the peer is under its concurrency limit and its
     /// backlog has room.
     fn serve_next(&mut self, peer: PeerId) {
-        while self.serving(&peer) < self.cfg.serve_concurrency && self.has_room(&peer) {
-            let Some((channel, msg)) = self
-                .peers
-                .get_mut(&peer)
-                .and_then(|p| p.serve_queue.pop_front())
-            else {
-                return;
-            };
+        while let Some((channel, msg)) = self.server.next(&peer) {
             let Some(core) = self.channels.get(&channel).map(|c| c.core) else {
                 continue;
             };
@@ -92,7 +216,8 @@ impl Engine {
                         self.send(peer, channel, none);
                         continue;
                     }
-                    self.new_task(
+                    self.start_serving(
+                        peer,
                         core,
                         Task::CreateProof(request),
                         TaskCtx::Serve { peer, channel, id },
@@ -115,7 +240,8 @@ impl Engine {
                         self.send(peer, channel, Message::NoData { id, start, end });
                         continue;
                     }
-                    self.new_task(
+                    self.start_serving(
+                        peer,
                         core,
                         Task::CreateRun {
                             fork,
@@ -136,6 +262,7 @@ impl Engine {
         }
     }
 
+    /// A proof for request `id` of `peer` was read (or could not be): it is sent.
     pub(super) fn on_served(
         &mut self,
         peer: PeerId,
@@ -186,7 +313,6 @@ impl Engine {
                     });
                     if stop > start
                         && stop < end
-                        && let Some(p) = self.peers.get_mut(&peer)
                         && let Message::RequestRun { fork, length, .. } = request
                     {
                         let rest = Message::RequestRun {
@@ -196,7 +322,7 @@ impl Engine {
                             end,
                             length,
                         };
-                        p.serve_queue.push_front((channel, rest));
+                        self.server.push_front(peer, channel, rest);
                     }
                     for msg in run_answer(id, items) {
                         if let Message::Data { proof, .. } = &msg
@@ -214,25 +340,6 @@ impl Engine {
             }
         }
         self.serve_next(peer);
-    }
-
-    pub(super) fn count_upload(
-        &mut self,
-        core: crate::crypto::CoreKey,
-        peer: PeerId,
-        index: u64,
-        bytes: u64,
-    ) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.stats.blocks_up += 1;
-            p.stats.bytes_up += bytes;
-        }
-        self.emit(Event::Upload {
-            core,
-            index,
-            bytes,
-            peer,
-        });
     }
 }
 

@@ -196,6 +196,21 @@ mod tests {
     use super::{super::testing::outputs, *};
     use crate::replication::{Engine, EngineConfig, Input, LocalInfo, Mode};
 
+    #[test]
+    fn dials_are_limited_per_second() {
+        let t0 = Instant::now();
+        let mut limit = DialLimit::new(2);
+        assert!(limit.allow(t0));
+        assert!(limit.allow(t0 + Duration::from_millis(500)));
+        assert!(!limit.allow(t0 + Duration::from_millis(900)));
+        assert_eq!(limit.skipped(), 1);
+        assert!(
+            limit.allow(t0 + Duration::from_millis(1000)),
+            "the first is a second old"
+        );
+        assert!(!limit.allow(t0 + Duration::from_millis(1400)));
+    }
+
     /// A core truncated to nothing while an announcement waited for its interval leaves no
     /// timer behind: the driver would otherwise be woken at a past instant on every turn.
     #[test]

@@ -333,3 +333,43 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(core: CoreKey) -> Channel {
+        Channel {
+            peer: [9; 32],
+            core,
+            opened_by_me: true,
+            authenticated: true,
+            handshake_deadline: None,
+            remote: None,
+            remote_ranges: Vec::new(),
+            sourced: 0,
+            requests: BTreeMap::new(),
+            pushing: false,
+        }
+    }
+
+    #[test]
+    fn channels_of_a_core_are_found_in_id_order_and_forgotten_with_them() {
+        let (a, b) = ([1; 32], [2; 32]);
+        let mut table = ChannelTable::default();
+        for (id, core) in [(4, a), (1, b), (2, a), (0, a)] {
+            table.insert(id, channel(core));
+        }
+        let ids = |t: &ChannelTable, core| t.of_core(&core).map(|(id, _)| id).collect::<Vec<_>>();
+        assert_eq!(ids(&table, a), [0, 2, 4]);
+        assert_eq!(ids(&table, b), [1]);
+        table.remove(&2);
+        table.remove(&1);
+        assert_eq!(ids(&table, a), [0, 4]);
+        assert!(!table.by_core.contains_key(&b), "no empty set left");
+        // An id used again for another core moves to that core.
+        table.insert(4, channel(b));
+        assert_eq!(ids(&table, a), [0]);
+        assert_eq!(ids(&table, b), [4]);
+    }
+}

@@ -103,3 +103,42 @@ fn remove_from<K: Ord>(map: &mut BTreeMap<K, BTreeSet<ChannelId>>, key: &K, id: 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(peer: PeerId, dk: DiscoveryKey) -> Parked {
+        Parked {
+            peer,
+            discovery_key: dk,
+            capability: [0; 32],
+            deadline: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn caps_hold_per_peer_in_total_and_per_core() {
+        let (p, q) = ([1; 32], [2; 32]);
+        let (x, y, z) = ([10; 32], [11; 32], [12; 32]);
+        let mut chans = ParkedChannels::default();
+        assert!(chans.has_room(&p, &x, 2, 3));
+        chans.insert(1, parked(p, x));
+        assert!(!chans.has_room(&p, &x, 2, 3), "one per core and peer");
+        assert!(chans.has_room(&q, &x, 2, 3));
+        chans.insert(3, parked(p, y));
+        assert!(!chans.has_room(&p, &z, 2, 3), "two per peer");
+        chans.insert(5, parked(q, x));
+        assert!(!chans.has_room(&q, &z, 2, 3), "three in all");
+        assert_eq!(chans.of_core(&x), [1, 5]);
+        assert_eq!(chans.of_peer(&p), [1, 3]);
+        assert!(chans.remove(1).is_some());
+        assert!(chans.remove(1).is_none());
+        assert_eq!(chans.of_core(&x), [5]);
+        assert_eq!(chans.of_peer(&p), [3]);
+        chans.remove(3);
+        chans.remove(5);
+        assert_eq!(chans.len(), 0);
+        assert!(chans.by_core.is_empty() && chans.by_peer.is_empty());
+    }
+}

@@ -382,7 +382,7 @@ mod tests {
 
     use super::{
         super::{
-            Input, Mode, Output,
+            Input, Mode, Output, TaskResult,
             testing::{PEER, engine_with_peer, local, outputs, sync},
         },
         *,
@@ -490,6 +490,96 @@ mod tests {
                 ('d', 7, 4),
                 ('n', 7, 56)
             ]
+        );
+    }
+
+    fn block_request(id: u64) -> Message {
+        Message::Request {
+            id,
+            request: ProofRequest {
+                block: Some(IndexRequest {
+                    index: id,
+                    nodes: 0,
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// At most `serve_concurrency` storage tasks run for one peer; each that finishes lets the
+    /// next request start. Tasks of a connection that went away still count.
+    #[test]
+    fn serve_tasks_per_peer_are_bounded_and_counted() {
+        let cfg = EngineConfig {
+            serve_concurrency: 2,
+            ..Default::default()
+        };
+        let mut server = Server::new(&cfg);
+        server.add_peer(PEER);
+        for id in 0..3 {
+            server.push_back(PEER, 1, block_request(id));
+        }
+        assert!(server.next(&PEER).is_some());
+        server.started(PEER);
+        assert!(server.next(&PEER).is_some());
+        server.started(PEER);
+        assert!(server.next(&PEER).is_none(), "two running");
+        server.finished(&PEER);
+        assert!(server.next(&PEER).is_some());
+        server.started(PEER);
+        // Reconnected: the old connection's tasks still hold the storage thread.
+        server.remove_peer(&PEER);
+        server.add_peer(PEER);
+        server.push_back(PEER, 3, block_request(4));
+        assert!(server.next(&PEER).is_none());
+        server.finished(&PEER);
+        server.finished(&PEER);
+        assert!(server.next(&PEER).is_some());
+        server.started(PEER);
+        server.finished(&PEER);
+        assert!(server.running.is_empty(), "no counter left at zero");
+    }
+
+    /// A peer whose backlog is over the limit is served nothing until it reads.
+    #[test]
+    fn a_peer_over_its_backlog_waits() {
+        let cfg = EngineConfig::default();
+        let mut server = Server::new(&cfg);
+        server.add_peer(PEER);
+        server.push_back(PEER, 1, block_request(0));
+        server.set_backlog(&PEER, cfg.max_backlog_bytes);
+        assert!(!server.has_room(&PEER));
+        assert!(server.next(&PEER).is_none());
+        server.set_backlog(&PEER, 0);
+        assert!(server.next(&PEER).is_some());
+        assert_eq!(server.admission(&[7; 32]), Admission::Unknown);
+    }
+
+    /// Through the engine: requests beyond the concurrency wait for a task to finish.
+    #[test]
+    fn requests_beyond_the_concurrency_wait_for_a_task() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
+        let concurrency = engine.config().serve_concurrency as u64;
+        for id in 0..concurrency + 2 {
+            engine.handle(Input::Message(PEER, channel, block_request(id)), now);
+        }
+        let tasks: Vec<u64> = outputs(&mut engine)
+            .iter()
+            .filter_map(|o| match o {
+                Output::Task(id, ..) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tasks.len() as u64, concurrency);
+        let done = TaskResult::Proof(Err("gone".into()));
+        engine.handle(Input::TaskDone(tasks[0], done), now);
+        let out = outputs(&mut engine);
+        assert_eq!(
+            out.iter().filter(|o| matches!(o, Output::Task(..))).count(),
+            1,
+            "{out:?}"
         );
     }
 }

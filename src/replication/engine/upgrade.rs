@@ -358,3 +358,64 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{
+        super::{
+            Mode, Output,
+            testing::{PEER, engine_with_peer, local, outputs, sync},
+        },
+        *,
+    };
+
+    /// The deadline set holds the deadline of each upgrade in flight, and nothing else.
+    #[test]
+    fn deadlines_follow_the_upgrades_in_flight() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut u = Upgrades::new(Duration::from_millis(100));
+        let (a, b) = ([1; 32], [2; 32]);
+        u.start(b, PEER, 0, at(0));
+        u.start(a, PEER, 2, at(10));
+        assert_eq!(u.next_deadline(), Some(at(100)));
+        // A push takes the place of b's request: its timer goes with it, and comes back
+        // with it.
+        u.supersede(b);
+        assert_eq!(u.next_deadline(), Some(at(110)));
+        let asked = u.take_superseded(&b).expect("put aside");
+        u.set(b, asked);
+        assert_eq!(u.next_deadline(), Some(at(100)));
+        assert!(u.take_on(&a, 0).is_none(), "asked on another channel");
+        assert!(u.take_on(&a, 2).is_some());
+        assert_eq!(u.timed_out(at(200)), vec![b]);
+        assert!(u.take(&b).is_some());
+        assert_eq!(u.next_deadline(), None);
+        assert_eq!(u.of_peer(&PEER), Vec::<CoreKey>::new());
+    }
+
+    /// An upgrade that times out is the engine's next timer; when it fires the peer is asked
+    /// to sync again and backed off, and the back-off's end is the next timer.
+    #[test]
+    fn an_upgrade_that_times_out_asks_the_peer_to_sync_again() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(5, false), Mode::Full, sync(8, true), now);
+        let _ = outputs(&mut engine);
+        let cfg = engine.config().clone();
+        let deadline = now + cfg.upgrade_timeout;
+        assert_eq!(engine.poll_timeout(), Some(deadline));
+        engine.handle_timeout(deadline);
+        let out = outputs(&mut engine);
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Send(_, ch, Message::Sync(s)) if *ch == channel && s.ask
+            )),
+            "{out:?}"
+        );
+        assert_eq!(engine.poll_timeout(), Some(deadline + cfg.fetch.backoff));
+    }
+}

@@ -44,19 +44,21 @@ pub struct LocalInfo {
     pub writable: bool,
 }
 
-/// Something the driver tells the engine.
+/// Something the driver tells the engine, with [`Engine::handle`](super::Engine::handle).
+/// When each must be reported is part of the calling contract on
+/// [`Engine`](super::Engine).
 #[derive(Debug)]
 pub enum Input {
-    /// A connection to `peer` is up.
+    /// A connection to `peer` is up: reported before any message of that peer.
     PeerConnected(PeerId),
-    /// The connection to `peer` is gone.
+    /// The connection to `peer` is gone: its channels, requests and queues are forgotten.
     PeerDisconnected(PeerId),
     /// A message arrived on a channel; the first message of a channel the peer opened is
     /// `Open`, on a new odd channel id.
     Message(PeerId, ChannelId, Message),
     /// A channel's stream ended or failed.
     ChannelClosed(PeerId, ChannelId),
-    /// A storage task finished.
+    /// A storage task finished: exactly once for every [`Output::Task`], with its id.
     TaskDone(TaskId, TaskResult),
     /// A gossip message arrived on a core's topic.
     Gossip(CoreKey, Bytes),
@@ -66,8 +68,8 @@ pub enum Input {
     LocalChanged(CoreKey, LocalInfo),
     /// The application wants blocks `start..end` (sparse cores).
     Want(CoreKey, u64, u64),
-    /// Bytes queued towards `peer` that QUIC has not taken yet (reported by the driver when
-    /// it changes). Requests wait while it is over `max_backlog_bytes`.
+    /// Bytes queued towards `peer` that QUIC has not taken yet (reported by the driver at
+    /// least when it crosses `max_backlog_bytes`, either way). Requests wait while it is over.
     Backlog(PeerId, u64),
 }
 

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, VecDeque};
 use super::{ChannelId, Engine, EngineConfig, PeerId, Task, TaskCtx};
 use crate::{
     core::{MAX_RUN, RunItem},
-    crypto::CoreKey,
     replication::wire::Message,
     tree::Proof,
 };
@@ -191,12 +190,6 @@ impl Engine {
         self.server.has_room(peer)
     }
 
-    /// Starts a storage task for a request of `peer`.
-    fn start_serving(&mut self, peer: PeerId, core: CoreKey, task: Task, ctx: TaskCtx) {
-        self.server.started(peer);
-        self.new_task(core, task, ctx);
-    }
-
     /// Starts serving queued requests while the peer is under its concurrency limit and its
     /// backlog has room.
     fn serve_next(&mut self, peer: PeerId) {
@@ -205,59 +198,17 @@ impl Engine {
                 continue;
             };
             let length = self.cores.get(&core).map_or(0, |r| r.local.length);
-            match msg {
-                Message::Request { id, request } => {
-                    if !answerable(&request, length) {
-                        let none = Message::NoData {
-                            id,
-                            start: 0,
-                            end: 0,
-                        };
-                        self.send(peer, channel, none);
-                        continue;
-                    }
-                    self.start_serving(
-                        peer,
-                        core,
-                        Task::CreateProof(request),
-                        TaskCtx::Serve { peer, channel, id },
-                    )
+            match plan(peer, channel, msg, length, self.cfg.serve_run_bytes) {
+                Some(ServeStep::Answer(answer)) => self.send(peer, channel, answer),
+                Some(ServeStep::Refuse(answer)) => {
+                    self.count_refused(peer);
+                    self.send(peer, channel, answer);
                 }
-                Message::RequestRun {
-                    id,
-                    fork,
-                    start,
-                    end,
-                    length,
-                } => {
-                    if start >= end || end - start > MAX_RUN {
-                        self.count_refused(peer);
-                        self.send(peer, channel, Message::NoData { id, start, end });
-                        continue;
-                    }
-                    if start >= length {
-                        // None of it is ours: no storage task to say so.
-                        self.send(peer, channel, Message::NoData { id, start, end });
-                        continue;
-                    }
-                    self.start_serving(
-                        peer,
-                        core,
-                        Task::CreateRun {
-                            fork,
-                            start,
-                            end,
-                            length,
-                            max_bytes: self.cfg.serve_run_bytes,
-                        },
-                        TaskCtx::ServeRun {
-                            peer,
-                            channel,
-                            request: msg,
-                        },
-                    );
+                Some(ServeStep::Read(task, ctx)) => {
+                    self.server.started(peer);
+                    self.new_task(core, task, ctx);
                 }
-                _ => {}
+                None => {}
             }
         }
     }
@@ -341,6 +292,76 @@ impl Engine {
         }
         self.serve_next(peer);
     }
+}
+
+/// How to serve a request taken from a peer's queue.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Returned and matched at once; boxing the task costs more.
+pub(super) enum ServeStep {
+    /// Answer at once, without a storage task.
+    Answer(Message),
+    /// Answer at once, and count the request as refused: it asked for too much.
+    Refuse(Message),
+    /// Read the answer from storage with this task; its result goes where the context says.
+    Read(Task, TaskCtx),
+}
+
+/// How to serve `msg`, a request of `peer` on `channel` for a log of `length` blocks: runs
+/// are read in parts of `run_bytes`. `None` for a message that is no request.
+pub(super) fn plan(
+    peer: PeerId,
+    channel: ChannelId,
+    msg: Message,
+    length: u64,
+    run_bytes: u64,
+) -> Option<ServeStep> {
+    let step = match msg {
+        Message::Request { id, request } => {
+            if !answerable(&request, length) {
+                let none = Message::NoData {
+                    id,
+                    start: 0,
+                    end: 0,
+                };
+                return Some(ServeStep::Answer(none));
+            }
+            ServeStep::Read(
+                Task::CreateProof(request),
+                TaskCtx::Serve { peer, channel, id },
+            )
+        }
+        Message::RequestRun {
+            id,
+            fork,
+            start,
+            end,
+            length,
+        } => {
+            if start >= end || end - start > MAX_RUN {
+                return Some(ServeStep::Refuse(Message::NoData { id, start, end }));
+            }
+            if start >= length {
+                // None of it is ours: no storage task to say so.
+                return Some(ServeStep::Answer(Message::NoData { id, start, end }));
+            }
+            ServeStep::Read(
+                Task::CreateRun {
+                    fork,
+                    start,
+                    end,
+                    length,
+                    max_bytes: run_bytes,
+                },
+                TaskCtx::ServeRun {
+                    peer,
+                    channel,
+                    request: msg,
+                },
+            )
+        }
+        _ => return None,
+    };
+    Some(step)
 }
 
 /// The messages answering run request `id`, in block order: a `Data` per proof, and one
@@ -581,5 +602,48 @@ mod tests {
             1,
             "{out:?}"
         );
+    }
+
+    /// What serving each kind of run request takes: too long a run is refused, one wholly
+    /// past the log is answered at once, and the rest is read in parts of `run_bytes`.
+    #[test]
+    fn runs_are_refused_answered_or_read() {
+        let run = |start, end| Message::RequestRun {
+            id: 7,
+            fork: 0,
+            start,
+            end,
+            length: 100,
+        };
+        let step = |msg| plan(PEER, 1, msg, 100, 4096);
+        assert!(matches!(
+            step(run(0, MAX_RUN + 1)),
+            Some(ServeStep::Refuse(Message::NoData { id: 7, .. }))
+        ));
+        assert!(matches!(
+            step(run(5, 5)),
+            Some(ServeStep::Refuse(Message::NoData { .. }))
+        ));
+        assert!(matches!(
+            step(run(100, 110)),
+            Some(ServeStep::Answer(Message::NoData {
+                start: 100,
+                end: 110,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            step(run(10, 20)),
+            Some(ServeStep::Read(
+                Task::CreateRun {
+                    start: 10,
+                    end: 20,
+                    max_bytes: 4096,
+                    ..
+                },
+                TaskCtx::ServeRun { .. }
+            ))
+        ));
+        assert!(step(Message::Cancel { id: 7 }).is_none());
     }
 }

@@ -335,13 +335,14 @@ pub(super) fn plan(
             fork,
             start,
             end,
-            length,
+            length: their_length,
         } => {
             if start >= end || end - start > MAX_RUN {
                 return Some(ServeStep::Refuse(Message::NoData { id, start, end }));
             }
-            if start >= length {
-                // None of it is ours: no storage task to say so.
+            if start >= length.min(their_length) {
+                // Past our log, or past the log the requester asks about: nothing of it can
+                // be proven, and no storage task is needed to say so.
                 return Some(ServeStep::Answer(Message::NoData { id, start, end }));
             }
             ServeStep::Read(
@@ -349,7 +350,7 @@ pub(super) fn plan(
                     fork,
                     start,
                     end,
-                    length,
+                    length: their_length,
                     max_bytes: run_bytes,
                 },
                 TaskCtx::ServeRun {
@@ -602,6 +603,40 @@ mod tests {
             1,
             "{out:?}"
         );
+    }
+
+    /// A run wholly past our log costs no storage task, whatever length the requester
+    /// claims: there is nothing of it to read.
+    #[test]
+    fn a_run_past_our_log_costs_no_storage_task_whatever_length_is_claimed() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
+        let msg = Message::RequestRun {
+            id: 1,
+            fork: 0,
+            start: 10,
+            end: 20,
+            length: 1 << 40,
+        };
+        engine.handle(Input::Message(PEER, channel, msg), now);
+        let out = outputs(&mut engine);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Task(..))),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Send(
+                _,
+                _,
+                Message::NoData {
+                    id: 1,
+                    start: 10,
+                    end: 20
+                }
+            )
+        )));
     }
 
     /// What serving each kind of run request takes: too long a run is refused, one wholly

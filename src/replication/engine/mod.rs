@@ -137,25 +137,38 @@ use crate::crypto::{CoreKey, DiscoveryKey, discovery_key};
 /// - [`Output::Event`]: tell the application.
 #[derive(Debug)]
 pub struct Engine {
+    /// This endpoint's id.
     me: PeerId,
     cfg: EngineConfig,
-    /// The replicated cores.
+    /// The replicated cores: local state, mode, wanted blocks, proofs waiting to be applied.
     cores: BTreeMap<CoreKey, Replica>,
+    /// The core of each discovery key (the key on the wire).
     by_discovery_key: BTreeMap<DiscoveryKey, CoreKey>,
+    /// Connected peers: their channel of each core and their counters.
     peers: BTreeMap<PeerId, Peer>,
+    /// Every channel, by id and by core.
     channels: ChannelTable,
     /// Handshake deadlines: channels we opened waiting for `Accept`, and parked channels.
     handshakes: Deadlines<ChannelId>,
+    /// Channels peers opened for cores we do not replicate (yet).
     parked: ParkedChannels,
+    /// Each core's upgrade request in flight, with its deadline.
     upgrades: Upgrades,
+    /// The missing blocks, the run requests fetching them, the peers' back-offs.
     fetch: FetchQueue,
+    /// The serve side: the peers' requests to us, queued and bounded.
     server: Server,
+    /// When each core was last announced on gossip, and the announcements waiting.
     announcer: Announcer,
+    /// The rate limit on dials that gossip announcements cause.
     dials: DialLimit,
-    /// Running storage tasks.
+    /// Running storage tasks: what each is for.
     tasks: BTreeMap<TaskId, TaskCtx>,
+    /// Outputs not yet polled, in order.
     outputs: VecDeque<Output>,
+    /// The id of the next channel we open (even).
     next_channel: ChannelId,
+    /// The id of the next storage task.
     next_task: TaskId,
 }
 

@@ -5,7 +5,7 @@
 //! runs of consecutive blocks from one peer, within a per-peer window of bytes in flight, and
 //! while the blocks received and not yet stored stay under a cap. A request that times out, or
 //! a peer that sends invalid data, puts the peer on exponential back-off (capped); after its
-//! last back-off the peer is dropped from the queue. A block leaves the queue only when it was
+//! last back-off the peer is dropped from the queue until it disconnects. A block leaves the queue only when it was
 //! verified and committed; until then it is retried from whichever peer can serve it. Pure
 //! state: time comes in as an argument.
 //!
@@ -144,6 +144,9 @@ pub struct FetchQueue {
     held_bytes: u64,
     /// Every request's deadline and every back-off, by time.
     deadlines: Deadlines<Timer>,
+    /// Peers dropped after their last back-off: no source, no back-off, no state, until they
+    /// disconnect ([`remove_peer`](Self::remove_peer)).
+    dropped: BTreeSet<PeerId>,
 }
 
 impl FetchQueue {
@@ -159,6 +162,7 @@ impl FetchQueue {
             next_id: 1,
             held_bytes: 0,
             deadlines: Deadlines::default(),
+            dropped: BTreeSet::new(),
         }
     }
 
@@ -229,8 +233,9 @@ impl FetchQueue {
 
     /// Records that `peer` has blocks `start..end` of `core`. Only the part not recorded
     /// before is walked, so a peer repeating itself costs nothing.
+    /// A peer that was dropped is no source.
     pub fn add_source(&mut self, core: CoreKey, start: u64, end: u64, peer: PeerId) {
-        if start >= end {
+        if start >= end || self.dropped.contains(&peer) {
             return;
         }
         let state = self.peers.entry(peer).or_default();
@@ -286,6 +291,12 @@ impl FetchQueue {
 
     /// The peer went away: its requests fail without penalty and it is no longer a source.
     pub fn remove_peer(&mut self, peer: &PeerId) {
+        self.dropped.remove(peer);
+        self.forget_peer(peer);
+    }
+
+    /// Fails the requests of `peer` without penalty and forgets its state.
+    fn forget_peer(&mut self, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer);
         let Some(state) = self.peers.remove(peer) else {
             return;
@@ -565,13 +576,18 @@ impl FetchQueue {
     }
 
     /// Puts `peer` on back-off (or drops it after its last one); see [`PeerNotice`].
+    /// A peer already dropped is left alone.
     pub fn penalize(&mut self, peer: PeerId, now: Instant) {
+        if self.dropped.contains(&peer) {
+            return;
+        }
         let cfg = &self.cfg;
         let state = self.peers.entry(peer).or_default();
         state.failures += 1;
         if state.failures > cfg.max_failures {
             self.notices.push(PeerNotice::Dropped(peer));
-            self.remove_peer(&peer);
+            self.dropped.insert(peer);
+            self.forget_peer(&peer);
             return;
         }
         let factor = 1u32 << (state.failures - 1).min(16);

@@ -339,3 +339,42 @@ fn no_data_moves_the_block_to_another_source() {
     assert_eq!((b.peer, b.start, b.end), (B, 2, 4));
     assert!(!q.is_backed_off(&A, clock.at(3)));
 }
+
+/// A peer dropped after its last back-off stays dropped until it disconnects: failures
+/// reported after the drop (another request timing out in the same pass, a late invalid
+/// block) neither back it off again nor give it state in the queue.
+#[test]
+fn a_dropped_peer_is_not_backed_off_again() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    for _ in 0..cfg().max_failures {
+        q.penalize(A, clock.at(0));
+    }
+    q.take_notices();
+    // A's back-off ended; it has failed: one probe at a time. Fail it, then make it two
+    // requests in flight by forgiving it.
+    q.on_verified(&A);
+    let first = q.next_request(clock.at(0)).unwrap();
+    let second = q.next_request(clock.at(0)).unwrap();
+    assert_ne!(first.id, second.id);
+    for _ in 0..cfg().max_failures {
+        q.penalize(A, clock.at(0));
+    }
+    q.take_notices();
+    // Both requests time out in one pass: the first failure drops A, the second finds it gone.
+    q.poll_timeouts(clock.at(1000));
+    assert_eq!(q.take_notices(), vec![PeerNotice::Dropped(A)]);
+    assert!(!q.peers.contains_key(&A));
+    q.penalize(A, clock.at(1001));
+    assert!(q.take_notices().is_empty());
+    assert!(!q.is_backed_off(&A, clock.at(1002)));
+    assert!(!q.peers.contains_key(&A));
+    assert_eq!(q.next_deadline(), None);
+    // Once it disconnects, a new connection starts afresh.
+    q.remove_peer(&A);
+    q.penalize(A, clock.at(2000));
+    assert_eq!(
+        q.take_notices(),
+        vec![PeerNotice::BackedOff(A, clock.at(2100))]
+    );
+}

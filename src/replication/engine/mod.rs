@@ -114,7 +114,7 @@ use crate::crypto::{CoreKey, DiscoveryKey, discovery_key};
 ///   variant of the task (`CreateProof` → `Proof`, `CreateRun` → `Run`, `ApplyProof` →
 ///   `Applied`, `ApplyRun` → `RunApplied`) and, for applies, the core's state after the task.
 ///   The engine runs at most one apply task per core at a time; the others may finish in any
-///   order. A task whose core was dropped must still be reported.
+///   order. Tasks for a peer or channel that went away meanwhile are reported all the same.
 /// - [`Input::Backlog`] when the bytes queued towards a peer cross
 ///   [`EngineConfig::max_backlog_bytes`] either way: serving that peer waits while it is over.
 /// - [`Input::LocalChanged`] after every change of a core made outside the engine (a local

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::fetch::PeerId;
+use super::PeerId;
 use crate::crypto::{DiscoveryKey, hash::hash_parts};
 
 /// iroh-gossip's default message limit.

@@ -1,75 +1,130 @@
-//! Peers and channels: the handshake in which both sides prove the key, parked channels,
-//! simultaneous opens, sync, and closing.
+//! Channels: one stream, one core, with one peer. [`ChannelTable`] holds every channel by id
+//! and by core; the engine's methods here open, close and forget channels, and route each
+//! message of an open channel to the part of the engine it is for.
 
-use std::time::Instant;
-
-use super::{Channel, ChannelId, Engine, Event, Output, Parked, Peer, PeerId};
-use crate::{
-    crypto::{
-        CoreKey, DiscoveryKey,
-        capability::{Role, capability, check_capability},
-    },
-    replication::{
-        ranges,
-        wire::{Message, SyncInfo},
-    },
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
 };
 
-/// Ranges one channel's peer may tell us it holds beyond its contiguous blocks.
-const MAX_REMOTE_RANGES: usize = 1024;
+use super::{ChannelId, Engine, Output, PeerId};
+use crate::{
+    crypto::{
+        CoreKey,
+        capability::{Role, capability},
+    },
+    replication::wire::{Message, SyncInfo},
+};
+
+/// What a request we sent was for: an answer must answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sent {
+    /// A signed upgrade from `start` by `length` blocks (to the length the peer claimed), with
+    /// block `block` if one was asked for.
+    Upgrade {
+        start: u64,
+        length: u64,
+        block: Option<u64>,
+    },
+    /// A run of blocks handed out by the fetch queue.
+    Run,
+}
+
+/// One channel: a stream for one core with one peer.
+#[derive(Debug)]
+pub(super) struct Channel {
+    /// The peer at the other end.
+    pub(super) peer: PeerId,
+    /// The core it replicates.
+    pub(super) core: CoreKey,
+    /// We opened it (its id is even).
+    pub(super) opened_by_me: bool,
+    /// Both sides proved the key. A channel we opened is not until the peer's valid `Accept`
+    /// arrives before `handshake_deadline`; until then it carries nothing but our `Open`.
+    pub(super) authenticated: bool,
+    /// When a channel we opened is closed if the peer has not proven the key.
+    pub(super) handshake_deadline: Option<Instant>,
+    /// The remote's last `Sync`, once the channel is open.
+    pub(super) remote: Option<SyncInfo>,
+    /// Blocks past `remote.contiguous` the remote said it has: sorted, disjoint.
+    pub(super) remote_ranges: Vec<(u64, u64)>,
+    /// Blocks `0..sourced` of the remote's contiguous ones were recorded in the fetch queue.
+    pub(super) sourced: u64,
+    /// Our requests on this channel that wait for an answer, by id.
+    pub(super) requests: BTreeMap<u64, Sent>,
+    /// A push to this channel is being prepared; our `Sync` waits for it.
+    pub(super) pushing: bool,
+}
+
+/// Every channel, by id and by core: the channels of one core are found without a scan, in
+/// id order.
+#[derive(Debug, Default)]
+pub(super) struct ChannelTable {
+    by_id: BTreeMap<ChannelId, Channel>,
+    by_core: BTreeMap<CoreKey, BTreeSet<ChannelId>>,
+}
+
+impl ChannelTable {
+    /// Channel `id`.
+    pub(super) fn get(&self, id: &ChannelId) -> Option<&Channel> {
+        self.by_id.get(id)
+    }
+
+    /// Channel `id`, to change it (its peer and core stay).
+    pub(super) fn get_mut(&mut self, id: &ChannelId) -> Option<&mut Channel> {
+        self.by_id.get_mut(id)
+    }
+
+    /// Adds channel `id`.
+    pub(super) fn insert(&mut self, id: ChannelId, channel: Channel) {
+        self.by_core.entry(channel.core).or_default().insert(id);
+        if let Some(old) = self.by_id.insert(id, channel) {
+            self.unindex(id, &old.core);
+        }
+    }
+
+    /// Removes channel `id`.
+    pub(super) fn remove(&mut self, id: &ChannelId) -> Option<Channel> {
+        let c = self.by_id.remove(id)?;
+        self.unindex(*id, &c.core);
+        Some(c)
+    }
+
+    fn unindex(&mut self, id: ChannelId, core: &CoreKey) {
+        if self.by_id.get(&id).is_some_and(|c| c.core == *core) {
+            return;
+        }
+        if let Some(ids) = self.by_core.get_mut(core) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_core.remove(core);
+            }
+        }
+    }
+
+    /// The channels of `core`, in id order.
+    pub(super) fn of_core<'a>(
+        &'a self,
+        core: &CoreKey,
+    ) -> impl Iterator<Item = (ChannelId, &'a Channel)> + 'a {
+        self.by_core
+            .get(core)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id).map(|c| (*id, c)))
+    }
+
+    /// Applies `f` to every channel of `core`, in id order.
+    pub(super) fn for_each_of_core(&mut self, core: &CoreKey, mut f: impl FnMut(&mut Channel)) {
+        for id in self.by_core.get(core).into_iter().flatten() {
+            if let Some(c) = self.by_id.get_mut(id) {
+                f(c);
+            }
+        }
+    }
+}
 
 impl Engine {
-    pub(super) fn on_connected(&mut self, peer: PeerId, now: Instant) {
-        if self.peers.contains_key(&peer) {
-            return;
-        }
-        self.peers.insert(
-            peer,
-            Peer {
-                stats: super::PeerStats {
-                    peer,
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        );
-        self.emit(Event::PeerAdd(peer));
-        // Only the lower id opens channels for everything it has; the other side adopts the
-        // ones it replicates (see `parked`) and opens channels only for cores it adds later.
-        // This avoids opening every channel twice.
-        if self.me < peer {
-            let mut cores: Vec<CoreKey> = self.cores.keys().copied().collect();
-            cores.sort();
-            for core in cores {
-                self.open_channel(peer, core, now);
-            }
-        }
-    }
-
-    pub(super) fn on_disconnected(&mut self, peer: PeerId) {
-        let Some(p) = self.peers.remove(&peer) else {
-            return;
-        };
-        for ch in p.channels.values() {
-            if let Some(c) = self.channels.remove(ch)
-                && let Some(t) = c.handshake_deadline
-            {
-                self.handshakes.remove(&(t, *ch));
-            }
-        }
-        for ch in p.parked {
-            self.forget_parked(ch);
-        }
-        self.fetch.remove_peer(&peer);
-        for (key, r) in self.cores.iter_mut() {
-            if r.upgrading.as_ref().is_some_and(|u| u.peer == peer) {
-                r.upgrading = None;
-                self.retry_upgrade.insert(*key);
-            }
-        }
-        self.emit(Event::PeerRemove(peer));
-    }
-
     /// Opens a channel for `core` to `peer`, unless one exists. It carries only our `Open`
     /// until the peer's `Accept` proves it knows the key.
     pub(super) fn open_channel(&mut self, peer: PeerId, core: CoreKey, now: Instant) {
@@ -90,11 +145,11 @@ impl Engine {
         };
         let deadline = now + self.cfg.handshake_timeout;
         self.add_channel(id, peer, core, true, Some(deadline));
-        self.handshakes.insert((deadline, id));
+        self.handshakes.insert(deadline, id);
         self.outputs.push_back(Output::OpenChannel(peer, id, open));
     }
 
-    fn add_channel(
+    pub(super) fn add_channel(
         &mut self,
         id: ChannelId,
         peer: PeerId,
@@ -128,26 +183,32 @@ impl Engine {
         self.channels.get(&id).is_some_and(|c| c.authenticated)
     }
 
+    /// The channels of `core` whose remote has synced, with their peers.
+    pub(super) fn open_channels(&self, core: &CoreKey) -> Vec<(PeerId, ChannelId)> {
+        self.channels
+            .of_core(core)
+            .filter(|(_, c)| c.remote.is_some())
+            .map(|(id, c)| (c.peer, id))
+            .collect()
+    }
+
     /// Forgets a channel; its requests fail without blame.
-    fn drop_channel(&mut self, id: ChannelId) {
+    pub(super) fn drop_channel(&mut self, id: ChannelId) {
         let Some(c) = self.channels.remove(&id) else {
             return;
         };
         if let Some(t) = c.handshake_deadline {
-            self.handshakes.remove(&(t, id));
+            self.handshakes.remove(t, id);
         }
         if let Some(p) = self.peers.get_mut(&c.peer)
             && p.channels.get(&c.core) == Some(&id)
         {
             p.channels.remove(&c.core);
-            p.serve_queue.retain(|(ch, _)| *ch != id);
+            self.server.forget_channel(&c.peer, id);
         }
         self.fetch.remove_source(&c.core, &c.peer);
-        if let Some(r) = self.cores.get_mut(&c.core)
-            && r.upgrading.as_ref().is_some_and(|u| u.channel == id)
-        {
-            r.upgrading = None;
-            self.retry_upgrade.insert(c.core);
+        if self.upgrades.take_on(&c.core, id).is_some() {
+            self.upgrades.retry(c.core);
         }
     }
 
@@ -165,7 +226,7 @@ impl Engine {
     }
 
     pub(super) fn on_channel_closed(&mut self, _peer: PeerId, id: ChannelId) {
-        self.forget_parked(id);
+        self.unpark(id);
         self.drop_channel(id);
     }
 
@@ -173,9 +234,9 @@ impl Engine {
         if !self.peers.contains_key(&peer) {
             return;
         }
-        if self.parked.contains_key(&id) {
+        if self.parked.contains(id) {
             // A parked channel carries nothing but its `Open` until we adopt it.
-            self.forget_parked(id);
+            self.unpark(id);
             self.count_dropped(peer);
             self.refuse(peer, id, "a channel carries nothing before the handshake");
             return;
@@ -235,288 +296,80 @@ impl Engine {
         }
     }
 
-    /// A peer opened a channel: it is accepted (with our `Accept`, then our `Sync`) if the
-    /// opener's capability checks out, parked if we do not know the core, refused otherwise.
-    pub(super) fn on_open(
-        &mut self,
-        peer: PeerId,
-        id: ChannelId,
-        dk: DiscoveryKey,
-        cap: [u8; 32],
-        now: Instant,
-    ) {
-        let Some(core) = self.by_discovery_key.get(&dk).copied() else {
-            // Perhaps we are about to replicate it: keep the channel waiting (refusing it
-            // would race with our own open of the same core).
-            self.park(peer, id, dk, cap, now);
+    /// `Data` on `channel`: routed to the upgrade or run request `id` it answers.
+    fn on_data(&mut self, channel: ChannelId, id: u64, proof: crate::tree::Proof, now: Instant) {
+        let Some(c) = self.channels.get_mut(&channel) else {
             return;
         };
-        if !check_capability(&core, Role::Opener, &peer, &self.me, &cap) {
-            self.count_dropped(peer);
-            self.refuse(peer, id, "invalid capability");
-            return;
-        }
-        if let Some(existing) = self.peers[&peer].channels.get(&core).copied() {
-            // Both opened a channel: keep the one opened by the lower endpoint id.
-            let ours = self.channels.get(&existing).is_some_and(|c| c.opened_by_me);
-            if ours && peer < self.me {
-                self.outputs.push_back(Output::CloseChannel(peer, existing));
-                self.drop_channel(existing);
-            } else {
-                self.outputs.push_back(Output::Send(
-                    peer,
-                    id,
-                    Message::Close {
-                        reason: "duplicate channel".into(),
-                    },
-                ));
-                self.outputs.push_back(Output::CloseChannel(peer, id));
-                return;
+        match c.requests.get(&id).copied() {
+            Some(Sent::Upgrade {
+                start,
+                length,
+                block,
+            }) => {
+                c.requests.remove(&id);
+                self.on_upgrade_data(channel, (start, length, block), proof, now);
             }
-        }
-        self.add_channel(id, peer, core, false, None);
-        let accept = Message::Accept {
-            capability: capability(&core, Role::Acceptor, &peer, &self.me),
-        };
-        self.send(peer, id, accept);
-        if let Some(info) = self.sync_info(&core, false) {
-            self.send(peer, id, Message::Sync(info));
+            Some(Sent::Run) => self.on_run_data(channel, id, proof, now),
+            // Late answer to a request that timed out or was cancelled.
+            None => {}
         }
     }
 
-    /// The peer accepted a channel we opened: if its capability checks out, the channel is
-    /// authenticated and our state follows.
-    fn on_accept(&mut self, peer: PeerId, id: ChannelId, cap: [u8; 32]) {
-        let Some(c) = self.channels.get_mut(&id) else {
+    /// `NoData` on `channel`: routed to the upgrade or run request `id` it answers.
+    fn on_no_data(&mut self, channel: ChannelId, id: u64, start: u64, end: u64, now: Instant) {
+        let Some(c) = self.channels.get_mut(&channel) else {
             return;
         };
         let core = c.core;
-        if !check_capability(&core, Role::Acceptor, &self.me, &peer, &cap) {
-            self.count_dropped(peer);
-            self.emit(Event::ChannelRefused {
-                peer,
-                reason: "invalid capability in Accept".into(),
-            });
-            self.close_channel(peer, id, "invalid capability");
-            return;
-        }
-        c.authenticated = true;
-        if let Some(t) = c.handshake_deadline.take() {
-            self.handshakes.remove(&(t, id));
-        }
-        if let Some(info) = self.sync_info(&core, false) {
-            self.send(peer, id, Message::Sync(info));
-        }
-    }
-
-    /// Keeps a channel for a core we do not know waiting, within the per-peer and total caps.
-    fn park(&mut self, peer: PeerId, id: ChannelId, dk: DiscoveryKey, cap: [u8; 32], now: Instant) {
-        let per_peer = self.peers.get(&peer).map_or(0, |p| p.parked.len());
-        let same_core = self.parked_by_dk.get(&dk).is_some_and(|chs| {
-            chs.iter()
-                .any(|ch| self.parked.get(ch).is_some_and(|p| p.peer == peer))
-        });
-        if per_peer >= self.cfg.max_parked_per_peer
-            || self.parked.len() >= self.cfg.max_parked
-            || same_core
-        {
-            self.count_refused(peer);
-            self.refuse(peer, id, "unknown core");
-            return;
-        }
-        let deadline = now + self.cfg.handshake_timeout;
-        self.parked.insert(
-            id,
-            Parked {
-                peer,
-                discovery_key: dk,
-                capability: cap,
-                deadline,
-            },
-        );
-        self.parked_by_dk.entry(dk).or_default().insert(id);
-        self.handshakes.insert((deadline, id));
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.parked.insert(id);
-        }
-    }
-
-    /// Takes channel `id` out of the parked ones (but for its discovery key's set, which the
-    /// caller handles).
-    pub(super) fn unpark(&mut self, id: ChannelId) -> Option<Parked> {
-        let p = self.parked.remove(&id)?;
-        self.handshakes.remove(&(p.deadline, id));
-        if let Some(peer) = self.peers.get_mut(&p.peer) {
-            peer.parked.remove(&id);
-        }
-        Some(p)
-    }
-
-    /// Forgets a parked channel, if `id` is one.
-    fn forget_parked(&mut self, id: ChannelId) {
-        if let Some(p) = self.unpark(id)
-            && let Some(chs) = self.parked_by_dk.get_mut(&p.discovery_key)
-        {
-            chs.remove(&id);
-            if chs.is_empty() {
-                self.parked_by_dk.remove(&p.discovery_key);
+        match c.requests.get(&id).copied() {
+            Some(Sent::Upgrade { .. }) => {
+                c.requests.remove(&id);
+                self.upgrade_failed(core, channel);
+                self.maybe_upgrade(core, now);
             }
+            Some(Sent::Run) => self.on_run_no_data(channel, id, start, end),
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(core: CoreKey) -> Channel {
+        Channel {
+            peer: [9; 32],
+            core,
+            opened_by_me: true,
+            authenticated: true,
+            handshake_deadline: None,
+            remote: None,
+            remote_ranges: Vec::new(),
+            sourced: 0,
+            requests: BTreeMap::new(),
+            pushing: false,
         }
     }
 
-    /// Closes the channels whose handshake did not finish in time: ours without the peer's
-    /// `Accept`, and parked ones for a core we did not add.
-    pub(super) fn expire_handshakes(&mut self, now: Instant) {
-        while let Some(&(deadline, id)) = self.handshakes.first() {
-            if deadline > now {
-                return;
-            }
-            self.handshakes.remove(&(deadline, id));
-            if let Some(p) = self.parked.get(&id) {
-                let peer = p.peer;
-                self.forget_parked(id);
-                self.refuse(peer, id, "unknown core");
-            } else if let Some(peer) = self.channels.get(&id).map(|c| c.peer) {
-                self.count_dropped(peer);
-                self.close_channel(peer, id, "no proof of the key in time");
-            }
+    #[test]
+    fn channels_of_a_core_are_found_in_id_order_and_forgotten_with_them() {
+        let (a, b) = ([1; 32], [2; 32]);
+        let mut table = ChannelTable::default();
+        for (id, core) in [(4, a), (1, b), (2, a), (0, a)] {
+            table.insert(id, channel(core));
         }
-    }
-
-    fn refuse(&mut self, peer: PeerId, id: ChannelId, reason: &str) {
-        self.emit(Event::ChannelRefused {
-            peer,
-            reason: reason.to_string(),
-        });
-        self.outputs.push_back(Output::Send(
-            peer,
-            id,
-            Message::Close {
-                reason: reason.to_string(),
-            },
-        ));
-        self.outputs.push_back(Output::CloseChannel(peer, id));
-    }
-
-    /// Counts input from `peer` that broke the protocol and was dropped.
-    pub(super) fn count_dropped(&mut self, peer: PeerId) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.stats.dropped += 1;
-        }
-    }
-
-    /// Counts a request or channel of `peer` refused because it asked for too much.
-    pub(super) fn count_refused(&mut self, peer: PeerId) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.stats.refused += 1;
-        }
-    }
-
-    fn on_sync(&mut self, id: ChannelId, info: SyncInfo, now: Instant) {
-        let Some(c) = self.channels.get_mut(&id) else {
-            return;
-        };
-        let (peer, core) = (c.peer, c.core);
-        let first = c.remote.is_none();
-        let old = c.remote.replace(info);
-        if old.is_some_and(|o| o.fork != info.fork) {
-            c.remote_ranges.clear();
-            c.sourced = 0;
-        }
-        if first {
-            self.emit(Event::ChannelOpen { core, peer });
-        }
-        // Answered only while the peer reads what we send: a peer that asks and never reads
-        // must not grow its backlog one `Sync` at a time.
-        if info.ask
-            && self.has_room(&peer)
-            && let Some(mine) = self.sync_info(&core, false)
-        {
-            self.send(peer, id, Message::Sync(mine));
-        }
-        let Some(local) = self.cores.get(&core).map(|r| r.local) else {
-            return;
-        };
-        if info.fork == local.fork
-            && let Some(c) = self.channels.get_mut(&id)
-        {
-            // Only blocks not recorded before: a peer whose `contiguous` goes down and up
-            // again does not make us walk the fetch queue each time.
-            let (from, to) = (c.sourced, info.contiguous.min(local.length));
-            if to > from {
-                c.sourced = to;
-                self.add_source(core, from, to, peer);
-            }
-        }
-        self.maybe_upgrade(core, now);
-    }
-
-    fn on_range(&mut self, id: ChannelId, start: u64, end: u64) {
-        let Some(c) = self.channels.get_mut(&id) else {
-            return;
-        };
-        // Only what no earlier `Sync` or `Range` of this channel covered: each block is
-        // recorded once per channel however often a peer repeats itself.
-        let start = start.max(c.sourced);
-        if start >= end || c.remote_ranges.len() >= MAX_REMOTE_RANGES {
-            return;
-        }
-        let new = ranges::insert(&mut c.remote_ranges, start, end);
-        let (peer, core, fork) = (c.peer, c.core, c.remote.map(|r| r.fork));
-        if let Some(r) = self.cores.get(&core)
-            && fork == Some(r.local.fork)
-        {
-            let length = r.local.length;
-            for (s, e) in new {
-                self.add_source(core, s, e.min(length), peer);
-            }
-        }
-    }
-
-    /// A peer wants blocks: tell it which of them we hold beyond what `Sync` said, while it
-    /// reads what we send.
-    fn on_remote_want(&mut self, id: ChannelId, start: u64, end: u64) {
-        let Some(c) = self.channels.get(&id) else {
-            return;
-        };
-        let (peer, core) = (c.peer, c.core);
-        if !self.has_room(&peer) {
-            return;
-        }
-        let Some(r) = self.cores.get(&core) else {
-            return;
-        };
-        let end = end.min(r.local.contiguous);
-        if start < end {
-            self.send(peer, id, Message::Range { start, end });
-        }
-    }
-
-    /// Which peers have `index` of `core`, for the fetch queue.
-    pub(super) fn add_sources(&mut self, core: CoreKey, start: u64, end: u64) {
-        let Some(local) = self.cores.get(&core).map(|r| r.local) else {
-            return;
-        };
-        let mut found = Vec::new();
-        for c in self.channels.values() {
-            let Some(remote) = c.remote else { continue };
-            if c.core != core || remote.fork != local.fork {
-                continue;
-            }
-            found.push((c.peer, start, end.min(remote.contiguous)));
-            for (s, e) in &c.remote_ranges {
-                found.push((c.peer, start.max(*s), end.min(*e)));
-            }
-        }
-        for (peer, s, e) in found {
-            self.add_source(core, s, e, peer);
-        }
-    }
-
-    /// Records that `peer` has blocks `start..end` of `core`, unless it was dropped.
-    fn add_source(&mut self, core: CoreKey, start: u64, end: u64, peer: PeerId) {
-        if self.peers.get(&peer).is_some_and(|p| !p.dropped) {
-            self.fetch.add_source(core, start, end, peer);
-        }
+        let ids = |t: &ChannelTable, core| t.of_core(&core).map(|(id, _)| id).collect::<Vec<_>>();
+        assert_eq!(ids(&table, a), [0, 2, 4]);
+        assert_eq!(ids(&table, b), [1]);
+        table.remove(&2);
+        table.remove(&1);
+        assert_eq!(ids(&table, a), [0, 4]);
+        assert!(!table.by_core.contains_key(&b), "no empty set left");
+        // An id used again for another core moves to that core.
+        table.insert(4, channel(b));
+        assert_eq!(ids(&table, a), [0]);
+        assert_eq!(ids(&table, b), [4]);
     }
 }

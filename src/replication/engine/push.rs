@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use super::{ChannelId, Engine, LocalInfo, Mode, PeerId, Task, TaskCtx, UPGRADE_ID_BIT, Upgrading};
+use super::{ChannelId, Engine, LocalInfo, Mode, PeerId, Task, TaskCtx};
 use crate::{
     crypto::CoreKey,
     replication::wire::Message,
@@ -34,8 +34,8 @@ impl Engine {
         }
         let targets: Vec<(PeerId, ChannelId)> = self
             .channels
-            .iter()
-            .filter(|(_, c)| c.core == core && !c.pushing && self.has_room(&c.peer))
+            .of_core(&core)
+            .filter(|(_, c)| !c.pushing && self.has_room(&c.peer))
             .filter(|(_, c)| {
                 c.remote.is_some_and(|s| {
                     s.downloading
@@ -44,7 +44,7 @@ impl Engine {
                         && s.contiguous == s.length
                 })
             })
-            .map(|(id, c)| (c.peer, *id))
+            .map(|(id, c)| (c.peer, id))
             .collect();
         for (peer, channel) in targets {
             if let Some(c) = self.channels.get_mut(&channel) {
@@ -115,19 +115,20 @@ impl Engine {
         };
         // An upgrade asked of a peer (not a push being applied) does not keep a fitting push
         // out: a silent or slow peer claiming more must not stall following live.
-        let asked = r.upgrading.as_ref().filter(|u| {
+        let upgrading = self.upgrades.get(&core);
+        let asked = upgrading.filter(|u| {
             self.channels
                 .get(&u.channel)
                 .is_some_and(|c| c.requests.contains_key(&u.id))
         });
-        let busy = r.upgrading.is_some() && asked.is_none();
+        let busy = upgrading.is_some() && asked.is_none();
         let asked = asked.is_some();
         let local = r.local;
         let fits = r.mode == Mode::Full
             && !local.writable
             && trusted
             && !busy
-            && r.upgrade_proof.is_none()
+            && r.apply.upgrade_proof.is_none()
             && local.length > 0
             && local.contiguous == local.length
             && proof.fork == local.fork
@@ -148,17 +149,10 @@ impl Engine {
         };
         // The request stays outstanding until the push verified (see `settle_superseded`).
         if asked {
-            r.asked_meanwhile = r.upgrading.take();
+            self.upgrades.supersede(core);
         }
-        let id = UPGRADE_ID_BIT | self.next_upgrade_id;
-        self.next_upgrade_id += 1;
-        r.upgrading = Some(Upgrading {
-            peer,
-            channel,
-            id,
-            deadline: now + self.cfg.upgrade_timeout,
-        });
-        r.upgrade_proof = Some((peer, proof));
+        self.upgrades.start(core, peer, channel, now);
+        r.apply.upgrade_proof = Some((peer, proof));
         if let Some(p) = self.peers.get_mut(&peer) {
             p.stats.pushes_taken += 1;
         }

@@ -2,30 +2,168 @@
 //! take over the storage thread, and a bound on the bytes queued towards a peer so one that does
 //! not read cannot make us hold its answers: requests wait while its backlog is over
 //! `max_backlog_bytes`, and a run is read in parts of `serve_run_bytes`.
+//!
+//! [`Server`] owns the serve side's state: each peer's queue of requests and backlog, and the
+//! storage tasks running for each peer. It says which request to serve next; the engine's
+//! methods here decide how (an answer at once, or a storage task) and send the answers.
 
-use super::{ChannelId, Engine, Event, PeerId, Task, TaskCtx};
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{ChannelId, Engine, EngineConfig, PeerId, Task, TaskCtx};
 use crate::{
     core::{MAX_RUN, RunItem},
     replication::wire::Message,
     tree::Proof,
 };
 
+/// The requests of one peer waiting to be served, and its backlog.
+#[derive(Debug, Default)]
+struct ServeQueue {
+    requests: VecDeque<(ChannelId, Message)>,
+    /// Bytes queued towards the peer that QUIC has not taken yet, as the driver reported.
+    backlog_bytes: u64,
+}
+
+/// Whether a peer's queue takes one more request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admission {
+    /// It has room: the request waits for its turn.
+    Open,
+    /// It is full: the request is refused.
+    Full,
+    /// The peer is not connected.
+    Unknown,
+}
+
+/// The serve side: per-peer request queues and backlogs, and the storage tasks running for
+/// each peer's requests.
+#[derive(Debug)]
+pub(super) struct Server {
+    concurrency: usize,
+    queue_cap: usize,
+    max_backlog: u64,
+    /// Each connected peer's queue.
+    queues: BTreeMap<PeerId, ServeQueue>,
+    /// Storage tasks running for each peer's requests (also those of a connection or channel
+    /// closed since: they hold the storage thread all the same).
+    running: BTreeMap<PeerId, usize>,
+}
+
+impl Server {
+    /// No peer yet; the limits from `cfg`.
+    pub(super) fn new(cfg: &EngineConfig) -> Self {
+        Self {
+            concurrency: cfg.serve_concurrency,
+            queue_cap: cfg.serve_queue,
+            max_backlog: cfg.max_backlog_bytes,
+            queues: BTreeMap::new(),
+            running: BTreeMap::new(),
+        }
+    }
+
+    /// `peer` connected: it gets an empty queue.
+    pub(super) fn add_peer(&mut self, peer: PeerId) {
+        self.queues.entry(peer).or_default();
+    }
+
+    /// `peer` disconnected: its queued requests are dropped (its running tasks still count
+    /// until they finish).
+    pub(super) fn remove_peer(&mut self, peer: &PeerId) {
+        self.queues.remove(peer);
+    }
+
+    /// Whether `peer`'s queue takes one more request.
+    pub(super) fn admission(&self, peer: &PeerId) -> Admission {
+        match self.queues.get(peer) {
+            None => Admission::Unknown,
+            Some(q) if q.requests.len() >= self.queue_cap => Admission::Full,
+            Some(_) => Admission::Open,
+        }
+    }
+
+    /// Queues a request of `peer` on `channel` (see [`admission`](Self::admission)).
+    pub(super) fn push_back(&mut self, peer: PeerId, channel: ChannelId, msg: Message) {
+        if let Some(q) = self.queues.get_mut(&peer) {
+            q.requests.push_back((channel, msg));
+        }
+    }
+
+    /// Puts the rest of a request in front of `peer`'s queue.
+    pub(super) fn push_front(&mut self, peer: PeerId, channel: ChannelId, msg: Message) {
+        if let Some(q) = self.queues.get_mut(&peer) {
+            q.requests.push_front((channel, msg));
+        }
+    }
+
+    /// Drops the queued requests of a channel that closed.
+    pub(super) fn forget_channel(&mut self, peer: &PeerId, channel: ChannelId) {
+        if let Some(q) = self.queues.get_mut(peer) {
+            q.requests.retain(|(ch, _)| *ch != channel);
+        }
+    }
+
+    /// The driver's count of bytes queued towards `peer`.
+    pub(super) fn set_backlog(&mut self, peer: &PeerId, bytes: u64) {
+        if let Some(q) = self.queues.get_mut(peer) {
+            q.backlog_bytes = bytes;
+        }
+    }
+
+    /// Bytes queued towards `peer`, as the driver last reported.
+    pub(super) fn backlog(&self, peer: &PeerId) -> u64 {
+        self.queues.get(peer).map_or(0, |q| q.backlog_bytes)
+    }
+
+    /// Whether answers may be queued towards `peer`: it is connected and its backlog is under
+    /// the limit.
+    pub(super) fn has_room(&self, peer: &PeerId) -> bool {
+        self.queues
+            .get(peer)
+            .is_some_and(|q| q.backlog_bytes < self.max_backlog)
+    }
+
+    /// The next request of `peer` to serve, if it is under its concurrency limit and its
+    /// backlog has room.
+    pub(super) fn next(&mut self, peer: &PeerId) -> Option<(ChannelId, Message)> {
+        let running = self.running.get(peer).copied().unwrap_or(0);
+        if running >= self.concurrency || !self.has_room(peer) {
+            return None;
+        }
+        self.queues.get_mut(peer)?.requests.pop_front()
+    }
+
+    /// A storage task started for a request of `peer`.
+    pub(super) fn started(&mut self, peer: PeerId) {
+        *self.running.entry(peer).or_default() += 1;
+    }
+
+    /// A storage task for a request of `peer` finished.
+    pub(super) fn finished(&mut self, peer: &PeerId) {
+        if let Some(n) = self.running.get_mut(peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running.remove(peer);
+            }
+        }
+    }
+}
+
 impl Engine {
     pub(super) fn on_request(&mut self, peer: PeerId, channel: ChannelId, msg: Message) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        if p.serve_queue.len() >= self.cfg.serve_queue {
-            p.stats.refused += 1;
-            let refused = p.stats.refused;
-            self.refuse_request(peer, channel, &msg);
-            if refused > self.cfg.max_refused {
-                self.close_channel(peer, channel, "too many requests");
+        match self.server.admission(&peer) {
+            Admission::Open => {
+                self.server.push_back(peer, channel, msg);
+                self.serve_next(peer);
             }
-            return;
+            Admission::Full => {
+                let refused = self.count_refused(peer);
+                self.refuse_request(peer, channel, &msg);
+                if refused > self.cfg.max_refused {
+                    self.close_channel(peer, channel, "too many requests");
+                }
+            }
+            Admission::Unknown => {}
         }
-        p.serve_queue.push_back((channel, msg));
-        self.serve_next(peer);
     }
 
     fn refuse_request(&mut self, peer: PeerId, channel: ChannelId, msg: &Message) {
@@ -41,101 +179,41 @@ impl Engine {
         self.send(peer, channel, answer);
     }
 
-    /// Storage tasks running for `peer`'s requests (also those of channels closed since).
-    fn serving(&self, peer: &PeerId) -> usize {
-        self.tasks
-            .values()
-            .filter(|t| {
-                matches!(t, TaskCtx::Serve { peer: p, .. } | TaskCtx::ServeRun { peer: p, .. } if p == peer)
-            })
-            .count()
-    }
-
     /// The driver's count of bytes queued towards `peer`; serving resumes once it has room.
     pub(super) fn on_backlog(&mut self, peer: PeerId, bytes: u64) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.stats.backlog_bytes = bytes;
-        }
+        self.server.set_backlog(&peer, bytes);
         self.serve_next(peer);
     }
 
     /// Whether answers may be queued towards `peer`: its backlog is under the limit.
     pub(super) fn has_room(&self, peer: &PeerId) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.stats.backlog_bytes < self.cfg.max_backlog_bytes)
+        self.server.has_room(peer)
     }
 
     /// Starts serving queued requests while the peer is under its concurrency limit and its
     /// backlog has room.
     fn serve_next(&mut self, peer: PeerId) {
-        while self.serving(&peer) < self.cfg.serve_concurrency && self.has_room(&peer) {
-            let Some((channel, msg)) = self
-                .peers
-                .get_mut(&peer)
-                .and_then(|p| p.serve_queue.pop_front())
-            else {
-                return;
-            };
+        while let Some((channel, msg)) = self.server.next(&peer) {
             let Some(core) = self.channels.get(&channel).map(|c| c.core) else {
                 continue;
             };
-            let ours = self.cores.get(&core).map_or(0, |r| r.local.length);
-            match msg {
-                Message::Request { id, request } => {
-                    if !answerable(&request, ours) {
-                        let none = Message::NoData {
-                            id,
-                            start: 0,
-                            end: 0,
-                        };
-                        self.send(peer, channel, none);
-                        continue;
-                    }
-                    self.new_task(
-                        core,
-                        Task::CreateProof(request),
-                        TaskCtx::Serve { peer, channel, id },
-                    )
+            let length = self.cores.get(&core).map_or(0, |r| r.local.length);
+            match plan(peer, channel, msg, length, self.cfg.serve_run_bytes) {
+                Some(ServeStep::Answer(answer)) => self.send(peer, channel, answer),
+                Some(ServeStep::Refuse(answer)) => {
+                    self.count_refused(peer);
+                    self.send(peer, channel, answer);
                 }
-                Message::RequestRun {
-                    id,
-                    fork,
-                    start,
-                    end,
-                    length,
-                } => {
-                    if start >= end || end - start > MAX_RUN {
-                        self.count_refused(peer);
-                        self.send(peer, channel, Message::NoData { id, start, end });
-                        continue;
-                    }
-                    if start >= ours {
-                        // None of it is in our log: no storage task to say so.
-                        self.send(peer, channel, Message::NoData { id, start, end });
-                        continue;
-                    }
-                    self.new_task(
-                        core,
-                        Task::CreateRun {
-                            fork,
-                            start,
-                            end,
-                            length,
-                            max_bytes: self.cfg.serve_run_bytes,
-                        },
-                        TaskCtx::ServeRun {
-                            peer,
-                            channel,
-                            request: msg,
-                        },
-                    );
+                Some(ServeStep::Read(task, ctx)) => {
+                    self.server.started(peer);
+                    self.new_task(core, task, ctx);
                 }
-                _ => {}
+                None => {}
             }
         }
     }
 
+    /// A proof for request `id` of `peer` was read (or could not be): it is sent.
     pub(super) fn on_served(
         &mut self,
         peer: PeerId,
@@ -186,7 +264,6 @@ impl Engine {
                     });
                     if stop > start
                         && stop < end
-                        && let Some(p) = self.peers.get_mut(&peer)
                         && let Message::RequestRun { fork, length, .. } = request
                     {
                         let rest = Message::RequestRun {
@@ -196,7 +273,7 @@ impl Engine {
                             end,
                             length,
                         };
-                        p.serve_queue.push_front((channel, rest));
+                        self.server.push_front(peer, channel, rest);
                     }
                     for msg in run_answer(id, items) {
                         if let Message::Data { proof, .. } = &msg
@@ -215,25 +292,77 @@ impl Engine {
         }
         self.serve_next(peer);
     }
+}
 
-    pub(super) fn count_upload(
-        &mut self,
-        core: crate::crypto::CoreKey,
-        peer: PeerId,
-        index: u64,
-        bytes: u64,
-    ) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.stats.blocks_up += 1;
-            p.stats.bytes_up += bytes;
+/// How to serve a request taken from a peer's queue.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Returned and matched at once; boxing the task costs more.
+pub(super) enum ServeStep {
+    /// Answer at once, without a storage task.
+    Answer(Message),
+    /// Answer at once, and count the request as refused: it asked for too much.
+    Refuse(Message),
+    /// Read the answer from storage with this task; its result goes where the context says.
+    Read(Task, TaskCtx),
+}
+
+/// How to serve `msg`, a request of `peer` on `channel` for a log of `length` blocks: runs
+/// are read in parts of `run_bytes`. `None` for a message that is no request.
+pub(super) fn plan(
+    peer: PeerId,
+    channel: ChannelId,
+    msg: Message,
+    length: u64,
+    run_bytes: u64,
+) -> Option<ServeStep> {
+    let step = match msg {
+        Message::Request { id, request } => {
+            if !answerable(&request, length) {
+                let none = Message::NoData {
+                    id,
+                    start: 0,
+                    end: 0,
+                };
+                return Some(ServeStep::Answer(none));
+            }
+            ServeStep::Read(
+                Task::CreateProof(request),
+                TaskCtx::Serve { peer, channel, id },
+            )
         }
-        self.emit(Event::Upload {
-            core,
-            index,
-            bytes,
-            peer,
-        });
-    }
+        Message::RequestRun {
+            id,
+            fork,
+            start,
+            end,
+            length: their_length,
+        } => {
+            if start >= end || end - start > MAX_RUN {
+                return Some(ServeStep::Refuse(Message::NoData { id, start, end }));
+            }
+            if start >= length.min(their_length) {
+                // Past our log, or past the log the requester asks about: nothing of it can
+                // be proven, and no storage task is needed to say so.
+                return Some(ServeStep::Answer(Message::NoData { id, start, end }));
+            }
+            ServeStep::Read(
+                Task::CreateRun {
+                    fork,
+                    start,
+                    end,
+                    length: their_length,
+                    max_bytes: run_bytes,
+                },
+                TaskCtx::ServeRun {
+                    peer,
+                    channel,
+                    request: msg,
+                },
+            )
+        }
+        _ => return None,
+    };
+    Some(step)
 }
 
 /// The messages answering run request `id`, in block order: a `Data` per proof, and one
@@ -275,7 +404,7 @@ mod tests {
 
     use super::{
         super::{
-            Input, Mode, Output,
+            Input, Mode, Output, TaskResult,
             testing::{PEER, engine_with_peer, local, outputs, sync},
         },
         *,
@@ -385,5 +514,172 @@ mod tests {
                 ('n', 7, 56)
             ]
         );
+    }
+
+    fn block_request(id: u64) -> Message {
+        Message::Request {
+            id,
+            request: ProofRequest {
+                block: Some(IndexRequest {
+                    index: id,
+                    nodes: 0,
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// At most `serve_concurrency` storage tasks run for one peer; each that finishes lets the
+    /// next request start. Tasks of a connection that went away still count.
+    #[test]
+    fn serve_tasks_per_peer_are_bounded_and_counted() {
+        let cfg = EngineConfig {
+            serve_concurrency: 2,
+            ..Default::default()
+        };
+        let mut server = Server::new(&cfg);
+        server.add_peer(PEER);
+        for id in 0..3 {
+            server.push_back(PEER, 1, block_request(id));
+        }
+        assert!(server.next(&PEER).is_some());
+        server.started(PEER);
+        assert!(server.next(&PEER).is_some());
+        server.started(PEER);
+        assert!(server.next(&PEER).is_none(), "two running");
+        server.finished(&PEER);
+        assert!(server.next(&PEER).is_some());
+        server.started(PEER);
+        // Reconnected: the old connection's tasks still hold the storage thread.
+        server.remove_peer(&PEER);
+        server.add_peer(PEER);
+        server.push_back(PEER, 3, block_request(4));
+        assert!(server.next(&PEER).is_none());
+        server.finished(&PEER);
+        server.finished(&PEER);
+        assert!(server.next(&PEER).is_some());
+        server.started(PEER);
+        server.finished(&PEER);
+        assert!(server.running.is_empty(), "no counter left at zero");
+    }
+
+    /// A peer whose backlog is over the limit is served nothing until it reads.
+    #[test]
+    fn a_peer_over_its_backlog_waits() {
+        let cfg = EngineConfig::default();
+        let mut server = Server::new(&cfg);
+        server.add_peer(PEER);
+        server.push_back(PEER, 1, block_request(0));
+        server.set_backlog(&PEER, cfg.max_backlog_bytes);
+        assert!(!server.has_room(&PEER));
+        assert!(server.next(&PEER).is_none());
+        server.set_backlog(&PEER, 0);
+        assert!(server.next(&PEER).is_some());
+        assert_eq!(server.admission(&[7; 32]), Admission::Unknown);
+    }
+
+    /// Through the engine: requests beyond the concurrency wait for a task to finish.
+    #[test]
+    fn requests_beyond_the_concurrency_wait_for_a_task() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
+        let concurrency = engine.config().serve_concurrency as u64;
+        for id in 0..concurrency + 2 {
+            engine.handle(Input::Message(PEER, channel, block_request(id)), now);
+        }
+        let tasks: Vec<u64> = outputs(&mut engine)
+            .iter()
+            .filter_map(|o| match o {
+                Output::Task(id, ..) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tasks.len() as u64, concurrency);
+        let done = TaskResult::Proof(Err("gone".into()));
+        engine.handle(Input::TaskDone(tasks[0], done), now);
+        let out = outputs(&mut engine);
+        assert_eq!(
+            out.iter().filter(|o| matches!(o, Output::Task(..))).count(),
+            1,
+            "{out:?}"
+        );
+    }
+
+    /// A run wholly past our log costs no storage task, whatever length the requester
+    /// claims: there is nothing of it to read.
+    #[test]
+    fn a_run_past_our_log_costs_no_storage_task_whatever_length_is_claimed() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
+        let msg = Message::RequestRun {
+            id: 1,
+            fork: 0,
+            start: 10,
+            end: 20,
+            length: 1 << 40,
+        };
+        engine.handle(Input::Message(PEER, channel, msg), now);
+        let out = outputs(&mut engine);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Task(..))),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Send(
+                _,
+                _,
+                Message::NoData {
+                    id: 1,
+                    start: 10,
+                    end: 20
+                }
+            )
+        )));
+    }
+
+    /// What serving each kind of run request takes: too long a run is refused, one wholly
+    /// past the log is answered at once, and the rest is read in parts of `run_bytes`.
+    #[test]
+    fn runs_are_refused_answered_or_read() {
+        let run = |start, end| Message::RequestRun {
+            id: 7,
+            fork: 0,
+            start,
+            end,
+            length: 100,
+        };
+        let step = |msg| plan(PEER, 1, msg, 100, 4096);
+        assert!(matches!(
+            step(run(0, MAX_RUN + 1)),
+            Some(ServeStep::Refuse(Message::NoData { id: 7, .. }))
+        ));
+        assert!(matches!(
+            step(run(5, 5)),
+            Some(ServeStep::Refuse(Message::NoData { .. }))
+        ));
+        assert!(matches!(
+            step(run(100, 110)),
+            Some(ServeStep::Answer(Message::NoData {
+                start: 100,
+                end: 110,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            step(run(10, 20)),
+            Some(ServeStep::Read(
+                Task::CreateRun {
+                    start: 10,
+                    end: 20,
+                    max_bytes: 4096,
+                    ..
+                },
+                TaskCtx::ServeRun { .. }
+            ))
+        ));
+        assert!(step(Message::Cancel { id: 7 }).is_none());
     }
 }

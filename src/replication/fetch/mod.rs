@@ -5,20 +5,28 @@
 //! runs of consecutive blocks from one peer, within a per-peer window of bytes in flight, and
 //! while the blocks received and not yet stored stay under a cap. A request that times out, or
 //! a peer that sends invalid data, puts the peer on exponential back-off (capped); after its
-//! last back-off the peer is dropped from the queue. A block leaves the queue only when it was
+//! last back-off the peer is dropped from the queue until it disconnects. A block leaves the queue only when it was
 //! verified and committed; until then it is retried from whichever peer can serve it. Pure
 //! state: time comes in as an argument.
+//!
+//! Its timers (each request's deadline, each peer's back-off) are kept in a `Deadlines` set
+//! in step with the requests and peers, so [`FetchQueue::next_deadline`] and
+//! [`FetchQueue::poll_timeouts`] touch only what is due, however many requests are in flight.
+//!
+//! This file holds the queue, its requests and its per-peer state; `blocks` holds the queued
+//! entries of each core.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
-use super::ranges;
-use crate::{core::MAX_RUN, crypto::CoreKey};
+mod blocks;
 
-/// An endpoint id, as bytes.
-pub type PeerId = [u8; 32];
+use blocks::{CoreQueue, Entry, EntryState};
+
+use super::{PeerId, deadlines::Deadlines, ranges};
+use crate::{core::MAX_RUN, crypto::CoreKey};
 
 /// Tuning of the fetch queue.
 #[derive(Debug, Clone)]
@@ -72,50 +80,6 @@ pub struct Assignment {
     pub end: u64,
 }
 
-/// The queued blocks of one core, keyed by block index.
-#[derive(Debug, Default)]
-struct CoreQueue {
-    entries: BTreeMap<u64, Entry>,
-    /// Entries waiting for a peer.
-    ready: BTreeSet<u64>,
-}
-
-impl CoreQueue {
-    fn set_in_flight(&mut self, index: u64, id: u64) {
-        self.ready.remove(&index);
-        if let Some(e) = self.entries.get_mut(&index) {
-            e.state = EntryState::InFlight(id);
-        }
-    }
-
-    /// An entry back to ready, if it is in the given state.
-    fn make_ready(&mut self, index: u64, from: EntryState) {
-        if let Some(e) = self.entries.get_mut(&index)
-            && e.state == from
-        {
-            e.state = EntryState::Ready;
-            self.ready.insert(index);
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Entry {
-    /// Peers that have the block.
-    sources: Vec<PeerId>,
-    state: EntryState,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EntryState {
-    /// Waiting for a peer.
-    Ready,
-    /// Asked for in request `id`.
-    InFlight(u64),
-    /// Received (`bytes`, as estimated then), being verified and committed.
-    Received(u64),
-}
-
 #[derive(Debug)]
 struct Request {
     peer: PeerId,
@@ -134,6 +98,15 @@ struct PeerState {
     /// The blocks of each core the peer is a source of, as ranges: runs are looked for only
     /// there, so a peer that has little costs little to serve the queue.
     ranges: BTreeMap<CoreKey, Vec<(u64, u64)>>,
+}
+
+/// What a timer of the queue is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The deadline of request `id`.
+    Request(u64),
+    /// The end of a peer's back-off.
+    Backoff(PeerId),
 }
 
 /// What became of a block that arrived for a request.
@@ -169,6 +142,11 @@ pub struct FetchQueue {
     next_id: u64,
     /// Bytes of entries in the `Received` state.
     held_bytes: u64,
+    /// Every request's deadline and every back-off, by time.
+    deadlines: Deadlines<Timer>,
+    /// Peers dropped after their last back-off: no source, no back-off, no state, until they
+    /// disconnect ([`remove_peer`](Self::remove_peer)).
+    dropped: BTreeSet<PeerId>,
 }
 
 impl FetchQueue {
@@ -183,6 +161,8 @@ impl FetchQueue {
             notices: Vec::new(),
             next_id: 1,
             held_bytes: 0,
+            deadlines: Deadlines::default(),
+            dropped: BTreeSet::new(),
         }
     }
 
@@ -253,8 +233,9 @@ impl FetchQueue {
 
     /// Records that `peer` has blocks `start..end` of `core`. Only the part not recorded
     /// before is walked, so a peer repeating itself costs nothing.
+    /// A peer that was dropped is no source.
     pub fn add_source(&mut self, core: CoreKey, start: u64, end: u64, peer: PeerId) {
-        if start >= end {
+        if start >= end || self.dropped.contains(&peer) {
             return;
         }
         let state = self.peers.entry(peer).or_default();
@@ -310,10 +291,18 @@ impl FetchQueue {
 
     /// The peer went away: its requests fail without penalty and it is no longer a source.
     pub fn remove_peer(&mut self, peer: &PeerId) {
+        self.dropped.remove(peer);
+        self.forget_peer(peer);
+    }
+
+    /// Fails the requests of `peer` without penalty and forgets its state.
+    fn forget_peer(&mut self, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer);
         let Some(state) = self.peers.remove(peer) else {
             return;
         };
+        self.deadlines
+            .replace(Timer::Backoff(*peer), state.backoff_until, None);
         for (core, known) in state.ranges {
             let Some(q) = self.cores.get_mut(&core) else {
                 continue;
@@ -420,15 +409,17 @@ impl FetchQueue {
             p.in_flight_bytes += size * (end - start);
             p.requests += 1;
         }
+        let deadline = now + self.cfg.timeout;
         self.requests.insert(
             id,
             Request {
                 peer,
                 core,
                 outstanding: (start..end).collect(),
-                deadline: now + self.cfg.timeout,
+                deadline,
             },
         );
+        self.deadlines.insert(deadline, Timer::Request(id));
         Some(Assignment {
             id,
             peer,
@@ -452,7 +443,10 @@ impl FetchQueue {
         if !req.outstanding.remove(&index) {
             return Arrival::Unexpected;
         }
-        req.deadline = now + self.cfg.timeout;
+        let deadline = now + self.cfg.timeout;
+        self.deadlines
+            .replace(Timer::Request(id), Some(req.deadline), Some(deadline));
+        req.deadline = deadline;
         let (peer, core, done) = (req.peer, req.core, req.outstanding.is_empty());
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -532,7 +526,8 @@ impl FetchQueue {
     pub fn on_verified(&mut self, peer: &PeerId) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.failures = 0;
-            p.backoff_until = None;
+            let ended = p.backoff_until.take();
+            self.deadlines.replace(Timer::Backoff(*peer), ended, None);
         }
     }
 
@@ -581,36 +576,50 @@ impl FetchQueue {
     }
 
     /// Puts `peer` on back-off (or drops it after its last one); see [`PeerNotice`].
+    /// A peer already dropped is left alone.
     pub fn penalize(&mut self, peer: PeerId, now: Instant) {
+        if self.dropped.contains(&peer) {
+            return;
+        }
         let cfg = &self.cfg;
         let state = self.peers.entry(peer).or_default();
         state.failures += 1;
         if state.failures > cfg.max_failures {
             self.notices.push(PeerNotice::Dropped(peer));
-            self.remove_peer(&peer);
+            self.dropped.insert(peer);
+            self.forget_peer(&peer);
             return;
         }
         let factor = 1u32 << (state.failures - 1).min(16);
         let delay = cfg.backoff.saturating_mul(factor).min(cfg.backoff_max);
-        state.backoff_until = Some(now + delay);
+        let ended = state.backoff_until.replace(now + delay);
+        self.deadlines
+            .replace(Timer::Backoff(peer), ended, Some(now + delay));
         self.notices.push(PeerNotice::BackedOff(peer, now + delay));
     }
 
     /// Times out requests whose deadline passed: their blocks go back to the queue and their
     /// peers are backed off. Returns the ids of the requests that timed out.
+    /// Only the timers due are looked at; the requests are handled in id order.
     pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId)> {
-        // Back-offs that ended are no deadline any more (else the next one is in the past).
-        for p in self.peers.values_mut() {
-            if p.backoff_until.is_some_and(|t| t <= now) {
-                p.backoff_until = None;
+        let mut expired = Vec::new();
+        for timer in self.deadlines.drain_due(now) {
+            match timer {
+                // Back-offs that ended are no deadline any more (else the next one is in the
+                // past).
+                Timer::Backoff(peer) => {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.backoff_until = None;
+                    }
+                }
+                Timer::Request(id) => {
+                    if let Some(r) = self.requests.get(&id) {
+                        expired.push((id, r.peer));
+                    }
+                }
             }
         }
-        let expired: Vec<(u64, PeerId)> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(id, r)| (*id, r.peer))
-            .collect();
+        expired.sort_unstable();
         for (id, peer) in &expired {
             self.fail_request(*id);
             self.penalize(*peer, now);
@@ -625,9 +634,7 @@ impl FetchQueue {
 
     /// When the queue next needs [`poll_timeouts`](Self::poll_timeouts) or a back-off ends.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let requests = self.requests.values().map(|r| r.deadline);
-        let backoffs = self.peers.values().filter_map(|p| p.backoff_until);
-        requests.chain(backoffs).min()
+        self.deadlines.first()
     }
 
     /// Whether request `id` is still waiting for blocks.
@@ -637,9 +644,11 @@ impl FetchQueue {
 
     /// Removes an answered request.
     fn close_request(&mut self, id: u64) {
-        if let Some(req) = self.requests.remove(&id)
-            && let Some(p) = self.peers.get_mut(&req.peer)
-        {
+        let Some(req) = self.requests.remove(&id) else {
+            return;
+        };
+        self.deadlines.remove(req.deadline, Timer::Request(id));
+        if let Some(p) = self.peers.get_mut(&req.peer) {
             p.requests = p.requests.saturating_sub(1);
         }
     }
@@ -662,6 +671,7 @@ impl FetchQueue {
         let Some(req) = self.requests.remove(&id) else {
             return;
         };
+        self.deadlines.remove(req.deadline, Timer::Request(id));
         if let Some(p) = self.peers.get_mut(&req.peer) {
             p.requests = p.requests.saturating_sub(1);
         }
@@ -685,310 +695,4 @@ impl FetchQueue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CORE: CoreKey = [1; 32];
-    const A: PeerId = [0xa; 32];
-    const B: PeerId = [0xb; 32];
-    const C: PeerId = [0xc; 32];
-
-    fn cfg() -> FetchConfig {
-        FetchConfig {
-            window_bytes: 64 * 1024,
-            run_bytes: 16 * 1024,
-            timeout: Duration::from_secs(1),
-            backoff: Duration::from_millis(100),
-            backoff_max: Duration::from_millis(400),
-            max_failures: 3,
-            max_requests: 8,
-            max_held_bytes: 1 << 30,
-        }
-    }
-
-    /// A fake clock: a fixed origin plus simulated time.
-    struct Clock(Instant);
-    impl Clock {
-        fn at(&self, ms: u64) -> Instant {
-            self.0 + Duration::from_millis(ms)
-        }
-    }
-
-    fn queue(blocks: u64, sources: &[PeerId]) -> FetchQueue {
-        let mut q = FetchQueue::new(cfg());
-        q.add(CORE, 0, blocks);
-        for p in sources {
-            q.add_source(CORE, 0, blocks, *p);
-        }
-        q
-    }
-
-    fn drain(q: &mut FetchQueue, now: Instant) -> Vec<Assignment> {
-        std::iter::from_fn(|| q.next_request(now)).collect()
-    }
-
-    #[test]
-    fn overlapping_and_bulk_adds_queue_each_block_once_in_order() {
-        let now = Instant::now();
-        let mut q = FetchQueue::new(FetchConfig {
-            window_bytes: u64::MAX / 2,
-            max_requests: usize::MAX,
-            ..cfg()
-        });
-        q.add(CORE, 10, 20);
-        // Overlaps what is queued: added block by block.
-        q.add(CORE, 0, 15);
-        // Past everything queued and longer than it: built in bulk.
-        q.add(CORE, 40, 1000);
-        // A short stretch past the end, and one inside a gap.
-        q.add(CORE, 1000, 1002);
-        q.add(CORE, 30, 35);
-        assert_eq!(q.len(), 20 + 960 + 2 + 5);
-        q.add_source(CORE, 0, 2000, A);
-        let got: Vec<u64> = drain(&mut q, now)
-            .into_iter()
-            .flat_map(|a| a.start..a.end)
-            .collect();
-        let want: Vec<u64> = (0..20).chain(30..35).chain(40..1002).collect();
-        assert_eq!(got, want);
-        got.iter().for_each(|i| q.on_committed(&CORE, *i));
-        assert!(q.is_empty());
-    }
-
-    #[test]
-    fn received_blocks_not_yet_stored_are_capped() {
-        let clock = Clock(Instant::now());
-        let mut q = FetchQueue::new(FetchConfig {
-            max_held_bytes: 32 * 1024,
-            ..cfg()
-        });
-        q.add(CORE, 0, 200);
-        q.add_source(CORE, 0, 200, A);
-        q.set_block_size(CORE, 1024);
-        let asked: Vec<(u64, u64)> = drain(&mut q, clock.at(0))
-            .iter()
-            .flat_map(|a| (a.start..a.end).map(|i| (a.id, i)))
-            .collect();
-        assert_eq!(asked.len(), 64, "a window of 64 KiB");
-        let arrived: Vec<Arrival> = asked
-            .iter()
-            .map(|(id, i)| q.on_received(*id, *i, 1024, clock.at(1)))
-            .collect();
-        // What was in flight past the cap is dropped and queued again: the cap holds whatever
-        // arrives.
-        assert!(arrived[..32].iter().all(|a| *a == Arrival::Taken));
-        assert!(arrived[32..].iter().all(|a| *a == Arrival::OverCap));
-        // The window is free again, but 32 KiB wait to be stored: nothing more is asked for.
-        assert_eq!(q.next_request(clock.at(1)), None);
-        // A failed store, like a commit, stops holding its block, which is asked for again.
-        q.on_store_failed(&CORE, asked[0].1);
-        let next = q.next_request(clock.at(2)).expect("below the cap");
-        assert_eq!(next.start, asked[0].1);
-        // Blocks are held at their real size: one far larger than the average does not fit.
-        let arrival = q.on_received(next.id, next.start, 1 << 20, clock.at(3));
-        assert_eq!(arrival, Arrival::OverCap, "31 KiB held + 1 MiB > 32 KiB");
-    }
-
-    #[test]
-    fn runs_never_span_two_cores() {
-        let now = Instant::now();
-        let other: CoreKey = [2; 32];
-        let mut q = FetchQueue::new(cfg());
-        for core in [other, CORE] {
-            q.add(core, 0, 3);
-            q.add_source(core, 0, 3, A);
-        }
-        let runs: Vec<(CoreKey, u64, u64)> = drain(&mut q, now)
-            .into_iter()
-            .map(|a| (a.core, a.start, a.end))
-            .collect();
-        assert_eq!(runs, vec![(CORE, 0, 3), (other, 0, 3)]);
-    }
-
-    #[test]
-    fn unresponsive_peer_times_out_and_backs_off_then_is_dropped() {
-        let clock = Clock(Instant::now());
-        let mut q = queue(4, &[A]);
-        let a = q.next_request(clock.at(0)).unwrap();
-        assert_eq!((a.peer, a.start, a.end), (A, 0, 4));
-        assert_eq!(q.next_request(clock.at(0)), None);
-        assert_eq!(q.next_deadline(), Some(clock.at(1000)));
-        assert!(q.poll_timeouts(clock.at(999)).is_empty());
-        assert_eq!(q.poll_timeouts(clock.at(1000)), vec![(a.id, A)]);
-        assert_eq!(
-            q.take_notices(),
-            vec![PeerNotice::BackedOff(A, clock.at(1100))]
-        );
-        // Backed off: nothing to send until the back-off ends.
-        assert_eq!(q.next_request(clock.at(1050)), None);
-        let mut t = 1100;
-        let mut delays = vec![];
-        for _ in 0..3 {
-            let a = q.next_request(clock.at(t)).expect("retried after back-off");
-            t += 1000;
-            q.poll_timeouts(clock.at(t));
-            match q.take_notices()[..] {
-                [PeerNotice::BackedOff(_, until)] => {
-                    delays.push((until - clock.at(t)).as_millis());
-                    t = (until - clock.0).as_millis() as u64;
-                }
-                [PeerNotice::Dropped(p)] => {
-                    assert_eq!(p, A);
-                    delays.push(0);
-                }
-                ref other => panic!("{other:?}"),
-            }
-            let _ = a;
-        }
-        // 100 ms, 200 ms, 400 ms (capped), then dropped after the fourth failure.
-        assert_eq!(delays, vec![200, 400, 0]);
-        assert_eq!(q.next_request(clock.at(t + 10_000)), None);
-        assert_eq!(q.len(), 4, "blocks stay queued without a source");
-    }
-
-    #[test]
-    fn peer_coming_back_is_forgiven() {
-        let clock = Clock(Instant::now());
-        let mut q = queue(3, &[A]);
-        let a = q.next_request(clock.at(0)).unwrap();
-        q.poll_timeouts(clock.at(1000));
-        q.take_notices();
-        // After a failure the peer gets a one-block probe.
-        let probe = q.next_request(clock.at(1100)).unwrap();
-        assert_ne!(a.id, probe.id);
-        assert_eq!(probe.end - probe.start, 1);
-        assert_eq!(q.next_request(clock.at(1100)), None);
-        assert_eq!(
-            q.on_received(probe.id, 0, 1024, clock.at(1300)),
-            Arrival::Taken
-        );
-        // Arriving is not enough: until a block verified, only one-block probes.
-        let second = q.next_request(clock.at(1300)).unwrap();
-        assert_eq!((second.start, second.end), (1, 2));
-        assert_eq!(
-            q.on_received(second.id, 1, 1024, clock.at(1300)),
-            Arrival::Taken
-        );
-        q.on_verified(&A);
-        assert!(!q.is_backed_off(&A, clock.at(1300)));
-        // A late answer to the timed-out request is ignored.
-        assert_eq!(
-            q.on_received(a.id, 2, 1024, clock.at(1300)),
-            Arrival::Unexpected
-        );
-        // Forgiven: a full run again (here, what is left of the log).
-        let full = q.next_request(clock.at(1300)).unwrap();
-        assert_eq!((full.start, full.end), (2, 3));
-        assert_eq!(
-            q.on_received(full.id, 2, 1024, clock.at(1300)),
-            Arrival::Taken
-        );
-        for i in 0..3 {
-            q.on_committed(&CORE, i);
-        }
-        assert!(q.is_empty());
-        assert_eq!(q.next_deadline(), None);
-    }
-
-    #[test]
-    fn block_received_from_another_peer_first() {
-        let clock = Clock(Instant::now());
-        let mut q = queue(1, &[A]);
-        let a = q.next_request(clock.at(0)).unwrap();
-        // A times out; B shows up with the block and delivers first.
-        q.poll_timeouts(clock.at(1000));
-        q.add_source(CORE, 0, 1, B);
-        let b = q.next_request(clock.at(1000)).unwrap();
-        assert_eq!(b.peer, B);
-        assert_eq!(q.on_received(b.id, 0, 1024, clock.at(1010)), Arrival::Taken);
-        q.on_committed(&CORE, 0);
-        assert!(!q.contains(&CORE, 0));
-        assert_eq!(
-            q.on_received(a.id, 0, 1024, clock.at(1020)),
-            Arrival::Unexpected
-        );
-        assert!(q.is_empty());
-    }
-
-    #[test]
-    fn invalid_data_backs_off_and_requeues_nothing_lost() {
-        let clock = Clock(Instant::now());
-        let mut q = queue(2, &[A, B]);
-        let first = q.next_request(clock.at(0)).unwrap();
-        assert_eq!(
-            q.on_received(first.id, first.start, 1024, clock.at(1)),
-            Arrival::Taken
-        );
-        q.on_invalid(&CORE, first.start, first.peer, clock.at(2));
-        assert!(q.contains(&CORE, first.start));
-        assert!(q.is_backed_off(&first.peer, clock.at(50)));
-        let other = if first.peer == A { B } else { A };
-        let retry = drain(&mut q, clock.at(50));
-        assert!(retry.iter().all(|r| r.peer == other), "{retry:?}");
-        assert!(
-            retry
-                .iter()
-                .any(|r| (r.start..r.end).contains(&first.start))
-        );
-    }
-
-    #[test]
-    fn storage_failure_keeps_the_entry_without_blame() {
-        let clock = Clock(Instant::now());
-        let mut q = queue(1, &[A]);
-        let a = q.next_request(clock.at(0)).unwrap();
-        assert_eq!(q.on_received(a.id, 0, 1024, clock.at(1)), Arrival::Taken);
-        q.on_store_failed(&CORE, 0);
-        assert!(q.contains(&CORE, 0));
-        assert!(!q.is_backed_off(&A, clock.at(2)));
-        assert!(q.take_notices().is_empty());
-        let again = q.next_request(clock.at(2)).unwrap();
-        assert_eq!((again.peer, again.start), (A, 0));
-    }
-
-    #[test]
-    fn three_seeders_share_a_range_in_disjoint_runs() {
-        let clock = Clock(Instant::now());
-        let mut q = queue(300, &[A, B, C]);
-        q.set_block_size(CORE, 1024);
-        let runs = drain(&mut q, clock.at(0));
-        let mut seen = BTreeSet::new();
-        let mut per_peer: BTreeMap<PeerId, u64> = BTreeMap::new();
-        for r in &runs {
-            assert!(r.end - r.start <= 16, "runs respect run_bytes");
-            for i in r.start..r.end {
-                assert!(seen.insert(i), "block {i} asked twice");
-            }
-            *per_peer.entry(r.peer).or_default() += r.end - r.start;
-        }
-        assert_eq!(seen.len(), 192, "three windows of 64 blocks");
-        assert_eq!(per_peer.len(), 3);
-        assert!(per_peer.values().all(|n| *n == 64), "{per_peer:?}");
-        // Answers free the windows and the rest is handed out.
-        for r in &runs {
-            for i in r.start..r.end {
-                assert_eq!(q.on_received(r.id, i, 1024, clock.at(1)), Arrival::Taken);
-                q.on_committed(&CORE, i);
-            }
-        }
-        let rest = drain(&mut q, clock.at(2));
-        let n: u64 = rest.iter().map(|r| r.end - r.start).sum();
-        assert_eq!(n, 108);
-    }
-
-    #[test]
-    fn no_data_moves_the_block_to_another_source() {
-        let clock = Clock(Instant::now());
-        let mut q = queue(4, &[A]);
-        let a = q.next_request(clock.at(0)).unwrap();
-        q.on_no_data(a.id, 2, 4);
-        assert_eq!(q.on_received(a.id, 0, 1024, clock.at(1)), Arrival::Taken);
-        assert_eq!(q.on_received(a.id, 1, 1024, clock.at(1)), Arrival::Taken);
-        assert!(!q.is_open(a.id));
-        assert_eq!(q.next_request(clock.at(2)), None, "A lacks 2..4");
-        q.add_source(CORE, 0, 4, B);
-        let b = q.next_request(clock.at(3)).unwrap();
-        assert_eq!((b.peer, b.start, b.end), (B, 2, 4));
-        assert!(!q.is_backed_off(&A, clock.at(3)));
-    }
-}
+mod tests;

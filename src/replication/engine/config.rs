@@ -1,0 +1,61 @@
+//! Tuning of the engine.
+
+use std::time::Duration;
+
+use crate::replication::{fetch::FetchConfig, gossip::GOSSIP_MAX_MESSAGE};
+
+/// Tuning of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The fetch queue's tuning.
+    pub fetch: FetchConfig,
+    /// Time an upgrade request may take before it is asked of another peer.
+    pub upgrade_timeout: Duration,
+    /// Storage tasks run at once for one peer's requests.
+    pub serve_concurrency: usize,
+    /// Requests from one peer waiting to be served; more are answered with `NoData`.
+    pub serve_queue: usize,
+    /// Bytes queued towards one peer (not yet taken by QUIC) beyond which its requests wait:
+    /// a peer that does not read cannot make us hold more than this (plus the parts of runs
+    /// being read for it).
+    pub max_backlog_bytes: u64,
+    /// Block bytes read for one part of a run answer: a run of large blocks is read and sent
+    /// in parts of this size, each when the peer's backlog has room.
+    pub serve_run_bytes: u64,
+    /// Refused requests after which a peer's channels are closed.
+    pub max_refused: u64,
+    /// Shortest time between two gossip announcements of one core.
+    pub announce_interval: Duration,
+    /// Gossip message size limit (iroh-gossip's `max_message_size`).
+    pub gossip_max_message: usize,
+    /// Time a peer has to prove it knows a core's key on a channel we opened (its `Accept`),
+    /// and time a channel it opened for a core we do not replicate waits to be adopted.
+    pub handshake_timeout: Duration,
+    /// Channels one peer may keep waiting for cores we do not replicate.
+    pub max_parked_per_peer: usize,
+    /// Channels all peers together may keep waiting for cores we do not replicate.
+    pub max_parked: usize,
+    /// Dials that gossip announcements may cause per second (an announcement names its
+    /// origin, and anyone on a topic can announce).
+    pub gossip_dials_per_second: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            fetch: FetchConfig::default(),
+            upgrade_timeout: Duration::from_secs(5),
+            serve_concurrency: 4,
+            serve_queue: 256,
+            max_backlog_bytes: 8 * 1024 * 1024,
+            serve_run_bytes: 1024 * 1024,
+            max_refused: 4096,
+            announce_interval: Duration::from_millis(50),
+            gossip_max_message: GOSSIP_MAX_MESSAGE,
+            handshake_timeout: Duration::from_secs(10),
+            max_parked_per_peer: 64,
+            max_parked: 4096,
+            gossip_dials_per_second: 8,
+        }
+    }
+}

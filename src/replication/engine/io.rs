@@ -1,0 +1,254 @@
+//! What the engine and its driver say to each other: the [`Input`]s the driver reports, the
+//! [`Output`]s the engine asks for, the storage [`Task`]s it runs and their [`TaskResult`]s,
+//! the [`Event`]s it reports, and the per-peer [`PeerStats`].
+
+use bytes::Bytes;
+
+use crate::{
+    core::{RunApplied, RunItem},
+    crypto::CoreKey,
+    replication::{PeerId, wire::Message},
+    tree::{Proof, ProofRequest},
+};
+
+/// Identifies a channel (one stream, one core) within the engine. Ids of channels the engine
+/// opens are even; the driver gives odd ids to channels a peer opens.
+pub type ChannelId = u64;
+
+/// Identifies a storage task.
+pub type TaskId = u64;
+
+/// How much of a core to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Every block, following the log live.
+    #[default]
+    Full,
+    /// Only blocks asked for with [`Input::Want`]; the length is still followed live.
+    Sparse,
+}
+
+/// The local state of a core, as the engine needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LocalInfo {
+    /// Fork id.
+    pub fork: u64,
+    /// Signed length.
+    pub length: u64,
+    /// Bytes in the signed length.
+    pub byte_length: u64,
+    /// Leading blocks stored.
+    pub contiguous: u64,
+    /// Whether this node holds the key pair: it makes the new blocks, and pushes them to the
+    /// peers that follow it live.
+    pub writable: bool,
+}
+
+/// Something the driver tells the engine, with [`Engine::handle`](super::Engine::handle).
+/// When each must be reported is part of the calling contract on
+/// [`Engine`](super::Engine).
+#[derive(Debug)]
+pub enum Input {
+    /// A connection to `peer` is up: reported before any message of that peer.
+    PeerConnected(PeerId),
+    /// The connection to `peer` is gone: its channels, requests and queues are forgotten.
+    PeerDisconnected(PeerId),
+    /// A message arrived on a channel; the first message of a channel the peer opened is
+    /// `Open`, on a new odd channel id.
+    Message(PeerId, ChannelId, Message),
+    /// A channel's stream ended or failed.
+    ChannelClosed(PeerId, ChannelId),
+    /// A storage task finished: exactly once for every [`Output::Task`], with its id.
+    TaskDone(TaskId, TaskResult),
+    /// A gossip message arrived on a core's topic.
+    Gossip(CoreKey, Bytes),
+    /// The gossip subscription of a core lagged (messages were lost).
+    GossipLagged(CoreKey),
+    /// The core changed outside the engine (a local append or truncate).
+    LocalChanged(CoreKey, LocalInfo),
+    /// The application wants blocks `start..end` (sparse cores).
+    Want(CoreKey, u64, u64),
+    /// Bytes queued towards `peer` that QUIC has not taken yet (reported by the driver at
+    /// least when it crosses `max_backlog_bytes`, either way). Requests wait while it is over.
+    Backlog(PeerId, u64),
+}
+
+/// A storage task for the driver to run against a core.
+#[derive(Debug)]
+pub enum Task {
+    /// `Hypercore::create_proof`.
+    CreateProof(ProofRequest),
+    /// `Hypercore::create_run_proofs_within(fork, start, end, length, max_bytes)`: a prefix
+    /// of the run holding about `max_bytes` of blocks; the engine asks for the rest later.
+    CreateRun {
+        /// Requester's fork.
+        fork: u64,
+        /// First block.
+        start: u64,
+        /// End of the run.
+        end: u64,
+        /// Requester's length.
+        length: u64,
+        /// Block bytes read for this part of the run.
+        max_bytes: u64,
+    },
+    /// `Hypercore::verify_and_apply_proof`.
+    ApplyProof(Proof),
+    /// `Hypercore::apply_block_proofs`.
+    ApplyRun(Vec<Proof>),
+}
+
+/// How a task that applies data from a peer ended.
+#[derive(Debug)]
+pub enum ApplyOutcome<T> {
+    /// Verified and stored.
+    Done(T),
+    /// The data did not verify: the peer's fault, nothing stored.
+    Invalid(String),
+    /// Storing failed: our fault, nothing stored.
+    Failed(String),
+}
+
+/// The result of a [`Task`], with the core's state after it.
+#[derive(Debug)]
+pub enum TaskResult {
+    /// Answer to [`Task::CreateProof`].
+    Proof(Result<Proof, String>),
+    /// Answer to [`Task::CreateRun`].
+    Run(Result<Vec<RunItem>, String>),
+    /// Answer to [`Task::ApplyProof`].
+    Applied(ApplyOutcome<()>, LocalInfo),
+    /// Answer to [`Task::ApplyRun`].
+    RunApplied(ApplyOutcome<RunApplied>, LocalInfo),
+}
+
+/// Something the engine asks the driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Connect to `peer` (the driver knows or looks up its address).
+    Connect(PeerId),
+    /// Open a new stream to `peer` as channel `channel`, starting with `first`.
+    OpenChannel(PeerId, ChannelId, Message),
+    /// Send a message on a channel.
+    Send(PeerId, ChannelId, Message),
+    /// Close a channel's stream (after sending what was queued).
+    CloseChannel(PeerId, ChannelId),
+    /// Run a storage task on a core and report it with [`Input::TaskDone`].
+    Task(TaskId, CoreKey, Task),
+    /// Subscribe to the gossip topic of a core.
+    JoinGossip(CoreKey, [u8; 32]),
+    /// Broadcast an encoded [`GossipOp`](crate::replication::gossip::GossipOp) on the topic of a
+    /// core.
+    Broadcast(CoreKey, Bytes),
+    /// Something happened.
+    Event(Event),
+}
+
+/// What the engine reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A peer connected.
+    PeerAdd(PeerId),
+    /// A peer disconnected.
+    PeerRemove(PeerId),
+    /// A channel for `core` with `peer` is open.
+    ChannelOpen {
+        /// Core.
+        core: CoreKey,
+        /// Peer.
+        peer: PeerId,
+    },
+    /// A peer's channel was refused.
+    ChannelRefused {
+        /// Peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The core grew to `length` (locally or by a verified upgrade).
+    Append {
+        /// Core.
+        core: CoreKey,
+        /// New length.
+        length: u64,
+        /// Fork.
+        fork: u64,
+    },
+    /// The core moved to a new fork at `length`.
+    Truncate {
+        /// Core.
+        core: CoreKey,
+        /// Length after the truncation.
+        length: u64,
+        /// New fork.
+        fork: u64,
+    },
+    /// A verified block from `peer` was stored.
+    Download {
+        /// Core.
+        core: CoreKey,
+        /// Block index.
+        index: u64,
+        /// Block size.
+        bytes: u64,
+        /// Peer that sent it.
+        peer: PeerId,
+    },
+    /// A block was sent to `peer`.
+    Upload {
+        /// Core.
+        core: CoreKey,
+        /// Block index.
+        index: u64,
+        /// Block size.
+        bytes: u64,
+        /// Peer it was sent to.
+        peer: PeerId,
+    },
+    /// `peer` sent data that did not verify.
+    Invalid {
+        /// Core.
+        core: CoreKey,
+        /// Peer.
+        peer: PeerId,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// `peer` failed (timeout or invalid data) and is backed off.
+    Backoff(PeerId),
+    /// `peer` failed after its last back-off and no longer serves the fetch queue.
+    PeerDropped(PeerId),
+}
+
+/// Counters of one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Peer id.
+    pub peer: PeerId,
+    /// Open channels.
+    pub channels: usize,
+    /// Verified blocks received.
+    pub blocks_down: u64,
+    /// Bytes of verified blocks received.
+    pub bytes_down: u64,
+    /// Blocks sent.
+    pub blocks_up: u64,
+    /// Bytes of blocks sent.
+    pub bytes_up: u64,
+    /// Blocks pushed to this peer unasked, as it followed a log live (counted in `blocks_up`).
+    pub pushes_sent: u64,
+    /// Pushes from this peer that fit our state and were taken to be verified.
+    pub pushes_taken: u64,
+    /// Proofs from this peer that did not verify.
+    pub invalid: u64,
+    /// Requests and channels refused because the peer asked for too much (a full serve
+    /// queue, a run too long, too many channels for unknown cores).
+    pub refused: u64,
+    /// Messages and channels dropped because they broke the protocol: anything before the
+    /// handshake, a wrong capability, a second `Open`.
+    pub dropped: u64,
+    /// Bytes queued towards the peer and not yet taken by QUIC.
+    pub backlog_bytes: u64,
+    /// Bytes of unfinished frames from the peer held in memory.
+    pub buffered_bytes: u64,
+}

@@ -1,0 +1,144 @@
+//! Parked channels: channels peers opened for cores we do not replicate (yet). Each carries
+//! nothing but its `Open`, and is adopted if we add the core before its handshake deadline.
+//! A per-peer and a total cap bound them.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
+
+use super::{ChannelId, PeerId};
+use crate::crypto::DiscoveryKey;
+
+/// A channel a peer opened for a core we do not replicate (yet).
+#[derive(Debug)]
+pub(super) struct Parked {
+    /// The peer that opened it.
+    pub(super) peer: PeerId,
+    /// The core it is for.
+    pub(super) discovery_key: DiscoveryKey,
+    /// The capability of its `Open`, checked once we know the core.
+    pub(super) capability: [u8; 32],
+    /// When it is refused if we have not added the core.
+    pub(super) deadline: Instant,
+}
+
+/// The parked channels, by id, by core and by peer.
+#[derive(Debug, Default)]
+pub(super) struct ParkedChannels {
+    by_id: BTreeMap<ChannelId, Parked>,
+    by_core: BTreeMap<DiscoveryKey, BTreeSet<ChannelId>>,
+    by_peer: BTreeMap<PeerId, BTreeSet<ChannelId>>,
+}
+
+impl ParkedChannels {
+    /// Number of parked channels.
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether channel `id` is parked.
+    pub(super) fn contains(&self, id: ChannelId) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    /// Whether `peer` may park one more channel for `core`: under the per-peer and total caps,
+    /// and not a second one for the same core.
+    pub(super) fn has_room(
+        &self,
+        peer: &PeerId,
+        core: &DiscoveryKey,
+        per_peer: usize,
+        total: usize,
+    ) -> bool {
+        let of_peer = self.by_peer.get(peer).map_or(0, BTreeSet::len);
+        let same_core = self.by_core.get(core).is_some_and(|chs| {
+            chs.iter()
+                .any(|ch| self.by_id.get(ch).is_some_and(|p| p.peer == *peer))
+        });
+        of_peer < per_peer && self.by_id.len() < total && !same_core
+    }
+
+    /// Parks channel `id`.
+    pub(super) fn insert(&mut self, id: ChannelId, parked: Parked) {
+        self.by_core
+            .entry(parked.discovery_key)
+            .or_default()
+            .insert(id);
+        self.by_peer.entry(parked.peer).or_default().insert(id);
+        self.by_id.insert(id, parked);
+    }
+
+    /// Takes channel `id` out, if it is parked.
+    pub(super) fn remove(&mut self, id: ChannelId) -> Option<Parked> {
+        let p = self.by_id.remove(&id)?;
+        remove_from(&mut self.by_core, &p.discovery_key, id);
+        remove_from(&mut self.by_peer, &p.peer, id);
+        Some(p)
+    }
+
+    /// The channels parked for `core`, in id order (they stay parked).
+    pub(super) fn of_core(&self, core: &DiscoveryKey) -> Vec<ChannelId> {
+        self.by_core
+            .get(core)
+            .map(|chs| chs.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The channels `peer` parked, in id order (they stay parked).
+    pub(super) fn of_peer(&self, peer: &PeerId) -> Vec<ChannelId> {
+        self.by_peer
+            .get(peer)
+            .map(|chs| chs.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Removes `id` from the set of `key`, and the set once it is empty.
+fn remove_from<K: Ord>(map: &mut BTreeMap<K, BTreeSet<ChannelId>>, key: &K, id: ChannelId) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(&id);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(peer: PeerId, dk: DiscoveryKey) -> Parked {
+        Parked {
+            peer,
+            discovery_key: dk,
+            capability: [0; 32],
+            deadline: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn caps_hold_per_peer_in_total_and_per_core() {
+        let (p, q) = ([1; 32], [2; 32]);
+        let (x, y, z) = ([10; 32], [11; 32], [12; 32]);
+        let mut chans = ParkedChannels::default();
+        assert!(chans.has_room(&p, &x, 2, 3));
+        chans.insert(1, parked(p, x));
+        assert!(!chans.has_room(&p, &x, 2, 3), "one per core and peer");
+        assert!(chans.has_room(&q, &x, 2, 3));
+        chans.insert(3, parked(p, y));
+        assert!(!chans.has_room(&p, &z, 2, 3), "two per peer");
+        chans.insert(5, parked(q, x));
+        assert!(!chans.has_room(&q, &z, 2, 3), "three in all");
+        assert_eq!(chans.of_core(&x), [1, 5]);
+        assert_eq!(chans.of_peer(&p), [1, 3]);
+        assert!(chans.remove(1).is_some());
+        assert!(chans.remove(1).is_none());
+        assert_eq!(chans.of_core(&x), [5]);
+        assert_eq!(chans.of_peer(&p), [3]);
+        chans.remove(3);
+        chans.remove(5);
+        assert_eq!(chans.len(), 0);
+        assert!(chans.by_core.is_empty() && chans.by_peer.is_empty());
+    }
+}

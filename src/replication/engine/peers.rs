@@ -1,0 +1,144 @@
+//! Peers: the connections the driver reports, each with its channels (one per core) and its
+//! counters. Connecting opens channels for our cores; disconnecting forgets every channel,
+//! parked channel, serve queue, fetch-queue state and upgrade of the peer.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use super::{ChannelId, Engine, Event, PeerId, PeerStats};
+use crate::crypto::CoreKey;
+
+/// A connected peer.
+#[derive(Debug, Default)]
+pub(super) struct Peer {
+    /// Its channel of each core.
+    pub(super) channels: BTreeMap<CoreKey, ChannelId>,
+    /// Its counters (but `channels` and `backlog_bytes`, filled in when asked).
+    pub(super) stats: PeerStats,
+    /// Failed after its last back-off: asked for nothing more while this connection lasts.
+    pub(super) dropped: bool,
+}
+
+impl Engine {
+    pub(super) fn on_connected(&mut self, peer: PeerId, now: Instant) {
+        if self.peers.contains_key(&peer) {
+            return;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                stats: PeerStats {
+                    peer,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        self.server.add_peer(peer);
+        self.emit(Event::PeerAdd(peer));
+        // Only the lower id opens channels for everything it has; the other side adopts the
+        // ones it replicates (see `parked`) and opens channels only for cores it adds later.
+        // This avoids opening every channel twice.
+        if self.me < peer {
+            let cores: Vec<CoreKey> = self.cores.keys().copied().collect();
+            for core in cores {
+                self.open_channel(peer, core, now);
+            }
+        }
+    }
+
+    pub(super) fn on_disconnected(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.remove(&peer) else {
+            return;
+        };
+        self.server.remove_peer(&peer);
+        for ch in p.channels.values() {
+            if let Some(c) = self.channels.remove(ch)
+                && let Some(t) = c.handshake_deadline
+            {
+                self.handshakes.remove(t, *ch);
+            }
+        }
+        for ch in self.parked.of_peer(&peer) {
+            self.unpark(ch);
+        }
+        self.fetch.remove_peer(&peer);
+        for core in self.upgrades.of_peer(&peer) {
+            self.upgrades.take(&core);
+            self.upgrades.retry(core);
+        }
+        self.emit(Event::PeerRemove(peer));
+    }
+
+    /// Counters of every connected peer, in id order.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        self.peers
+            .iter()
+            .map(|(id, p)| PeerStats {
+                peer: *id,
+                channels: p.channels.len(),
+                backlog_bytes: self.server.backlog(id),
+                ..p.stats.clone()
+            })
+            .collect()
+    }
+
+    /// Whether `peer` may be asked for data at `now`: not backed off, not dropped.
+    pub(super) fn may_ask(&self, peer: &PeerId, now: Instant) -> bool {
+        !self.fetch.is_backed_off(peer, now) && self.peers.get(peer).is_some_and(|p| !p.dropped)
+    }
+
+    /// Counts input from `peer` that broke the protocol and was dropped.
+    pub(super) fn count_dropped(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.dropped += 1;
+        }
+    }
+
+    /// Counts a request or channel of `peer` refused because it asked for too much; returns
+    /// the peer's count so far.
+    pub(super) fn count_refused(&mut self, peer: PeerId) -> u64 {
+        self.peers.get_mut(&peer).map_or(0, |p| {
+            p.stats.refused += 1;
+            p.stats.refused
+        })
+    }
+
+    /// A block was sent to `peer`: counted and reported.
+    pub(super) fn count_upload(&mut self, core: CoreKey, peer: PeerId, index: u64, bytes: u64) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.blocks_up += 1;
+            p.stats.bytes_up += bytes;
+        }
+        self.emit(Event::Upload {
+            core,
+            index,
+            bytes,
+            peer,
+        });
+    }
+
+    /// A verified block from `peer` was stored: counted, and the peer's failures forgiven.
+    pub(super) fn count_download(&mut self, core: CoreKey, peer: PeerId, index: u64, bytes: u64) {
+        self.fetch.on_verified(&peer);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.blocks_down += 1;
+            p.stats.bytes_down += bytes;
+        }
+        self.emit(Event::Download {
+            core,
+            index,
+            bytes,
+            peer,
+        });
+    }
+
+    /// Records bad data from `peer` and backs it off.
+    /// A peer that left is not penalized: the fetch queue keeps state only for connected ones.
+    pub(super) fn blame(&mut self, core: CoreKey, peer: PeerId, reason: String, now: Instant) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.invalid += 1;
+            self.fetch.penalize(peer, now);
+        }
+        self.emit(Event::Invalid { core, peer, reason });
+    }
+}

@@ -1,0 +1,85 @@
+//! A replicated core: its local state as the engine knows it, its mode, what the application
+//! waits for, and its queue of proofs to apply. Changes of the local state (from storage
+//! tasks or the application) are taken in here and passed on: events, announcements,
+//! pushes, `Sync`s and the blocks to fetch.
+
+use std::{collections::BTreeSet, time::Instant};
+
+use super::{Engine, Event, LocalInfo, Mode, Sent, apply::ApplyQueue};
+use crate::crypto::{CoreKey, DiscoveryKey};
+
+/// A core the engine replicates.
+#[derive(Debug)]
+pub(super) struct Replica {
+    /// Its discovery key (the one on the wire).
+    pub(super) discovery_key: DiscoveryKey,
+    /// Its local state.
+    pub(super) local: LocalInfo,
+    /// What to fetch of it.
+    pub(super) mode: Mode,
+    /// Sparse mode: blocks the application is waiting for.
+    pub(super) wanted: BTreeSet<u64>,
+    /// Full mode: blocks below this were queued (or held).
+    pub(super) queued_to: u64,
+    /// Proofs received and not yet applied.
+    pub(super) apply: ApplyQueue,
+}
+
+impl Replica {
+    /// A core with local state `local`, fetched in `mode`.
+    pub(super) fn new(discovery_key: DiscoveryKey, local: LocalInfo, mode: Mode) -> Self {
+        Self {
+            discovery_key,
+            local,
+            mode,
+            wanted: BTreeSet::new(),
+            queued_to: local.contiguous,
+            apply: ApplyQueue::default(),
+        }
+    }
+}
+
+impl Engine {
+    /// Takes in the core's new local state: tells peers, queues new blocks, emits events.
+    pub(super) fn update_local(&mut self, core: CoreKey, new: LocalInfo, now: Instant) {
+        let Some(r) = self.cores.get_mut(&core) else {
+            return;
+        };
+        let old = r.local;
+        if old == new {
+            return;
+        }
+        r.local = new;
+        if let Some(avg) = new.byte_length.checked_div(new.length) {
+            self.fetch.set_block_size(core, avg);
+        }
+        if new.fork != old.fork {
+            // Everything in flight was for the old fork.
+            r.apply.pending.clear();
+            r.queued_to = new.contiguous;
+            self.fetch.remove_core(&core);
+            self.channels.for_each_of_core(&core, |c| {
+                c.requests.retain(|_, s| matches!(s, Sent::Upgrade { .. }));
+            });
+            self.emit(Event::Truncate {
+                core,
+                length: new.length,
+                fork: new.fork,
+            });
+        } else if new.length < old.length {
+            self.fetch.truncate(&core, new.length);
+            r.queued_to = r.queued_to.min(new.length);
+        }
+        if new.length > old.length || new.fork != old.fork {
+            self.emit(Event::Append {
+                core,
+                length: new.length,
+                fork: new.fork,
+            });
+            self.announce(core, now);
+        }
+        self.push_new_blocks(core, old, new);
+        self.broadcast_sync(core, false);
+        self.enqueue_missing(core);
+    }
+}

@@ -1,0 +1,380 @@
+//! Tests of the fetch queue, driven with a fake clock.
+
+use super::*;
+
+const CORE: CoreKey = [1; 32];
+const A: PeerId = [0xa; 32];
+const B: PeerId = [0xb; 32];
+const C: PeerId = [0xc; 32];
+
+fn cfg() -> FetchConfig {
+    FetchConfig {
+        window_bytes: 64 * 1024,
+        run_bytes: 16 * 1024,
+        timeout: Duration::from_secs(1),
+        backoff: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(400),
+        max_failures: 3,
+        max_requests: 8,
+        max_held_bytes: 1 << 30,
+    }
+}
+
+/// A fake clock: a fixed origin plus simulated time.
+struct Clock(Instant);
+impl Clock {
+    fn at(&self, ms: u64) -> Instant {
+        self.0 + Duration::from_millis(ms)
+    }
+}
+
+fn queue(blocks: u64, sources: &[PeerId]) -> FetchQueue {
+    let mut q = FetchQueue::new(cfg());
+    q.add(CORE, 0, blocks);
+    for p in sources {
+        q.add_source(CORE, 0, blocks, *p);
+    }
+    q
+}
+
+fn drain(q: &mut FetchQueue, now: Instant) -> Vec<Assignment> {
+    std::iter::from_fn(|| q.next_request(now)).collect()
+}
+
+#[test]
+fn overlapping_and_bulk_adds_queue_each_block_once_in_order() {
+    let now = Instant::now();
+    let mut q = FetchQueue::new(FetchConfig {
+        window_bytes: u64::MAX / 2,
+        max_requests: usize::MAX,
+        ..cfg()
+    });
+    q.add(CORE, 10, 20);
+    // Overlaps what is queued: added block by block.
+    q.add(CORE, 0, 15);
+    // Past everything queued and longer than it: built in bulk.
+    q.add(CORE, 40, 1000);
+    // A short stretch past the end, and one inside a gap.
+    q.add(CORE, 1000, 1002);
+    q.add(CORE, 30, 35);
+    assert_eq!(q.len(), 20 + 960 + 2 + 5);
+    q.add_source(CORE, 0, 2000, A);
+    let got: Vec<u64> = drain(&mut q, now)
+        .into_iter()
+        .flat_map(|a| a.start..a.end)
+        .collect();
+    let want: Vec<u64> = (0..20).chain(30..35).chain(40..1002).collect();
+    assert_eq!(got, want);
+    got.iter().for_each(|i| q.on_committed(&CORE, *i));
+    assert!(q.is_empty());
+}
+
+#[test]
+fn received_blocks_not_yet_stored_are_capped() {
+    let clock = Clock(Instant::now());
+    let mut q = FetchQueue::new(FetchConfig {
+        max_held_bytes: 32 * 1024,
+        ..cfg()
+    });
+    q.add(CORE, 0, 200);
+    q.add_source(CORE, 0, 200, A);
+    q.set_block_size(CORE, 1024);
+    let asked: Vec<(u64, u64)> = drain(&mut q, clock.at(0))
+        .iter()
+        .flat_map(|a| (a.start..a.end).map(|i| (a.id, i)))
+        .collect();
+    assert_eq!(asked.len(), 64, "a window of 64 KiB");
+    let arrived: Vec<Arrival> = asked
+        .iter()
+        .map(|(id, i)| q.on_received(*id, *i, 1024, clock.at(1)))
+        .collect();
+    // What was in flight past the cap is dropped and queued again: the cap holds whatever
+    // arrives.
+    assert!(arrived[..32].iter().all(|a| *a == Arrival::Taken));
+    assert!(arrived[32..].iter().all(|a| *a == Arrival::OverCap));
+    // The window is free again, but 32 KiB wait to be stored: nothing more is asked for.
+    assert_eq!(q.next_request(clock.at(1)), None);
+    // A failed store, like a commit, stops holding its block, which is asked for again.
+    q.on_store_failed(&CORE, asked[0].1);
+    let next = q.next_request(clock.at(2)).expect("below the cap");
+    assert_eq!(next.start, asked[0].1);
+    // Blocks are held at their real size: one far larger than the average does not fit.
+    let arrival = q.on_received(next.id, next.start, 1 << 20, clock.at(3));
+    assert_eq!(arrival, Arrival::OverCap, "31 KiB held + 1 MiB > 32 KiB");
+}
+
+#[test]
+fn runs_never_span_two_cores() {
+    let now = Instant::now();
+    let other: CoreKey = [2; 32];
+    let mut q = FetchQueue::new(cfg());
+    for core in [other, CORE] {
+        q.add(core, 0, 3);
+        q.add_source(core, 0, 3, A);
+    }
+    let runs: Vec<(CoreKey, u64, u64)> = drain(&mut q, now)
+        .into_iter()
+        .map(|a| (a.core, a.start, a.end))
+        .collect();
+    assert_eq!(runs, vec![(CORE, 0, 3), (other, 0, 3)]);
+}
+
+#[test]
+fn unresponsive_peer_times_out_and_backs_off_then_is_dropped() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(4, &[A]);
+    let a = q.next_request(clock.at(0)).unwrap();
+    assert_eq!((a.peer, a.start, a.end), (A, 0, 4));
+    assert_eq!(q.next_request(clock.at(0)), None);
+    assert_eq!(q.next_deadline(), Some(clock.at(1000)));
+    assert!(q.poll_timeouts(clock.at(999)).is_empty());
+    assert_eq!(q.poll_timeouts(clock.at(1000)), vec![(a.id, A)]);
+    assert_eq!(
+        q.take_notices(),
+        vec![PeerNotice::BackedOff(A, clock.at(1100))]
+    );
+    // Backed off: nothing to send until the back-off ends.
+    assert_eq!(q.next_request(clock.at(1050)), None);
+    let mut t = 1100;
+    let mut delays = vec![];
+    for _ in 0..3 {
+        let a = q.next_request(clock.at(t)).expect("retried after back-off");
+        t += 1000;
+        q.poll_timeouts(clock.at(t));
+        match q.take_notices()[..] {
+            [PeerNotice::BackedOff(_, until)] => {
+                delays.push((until - clock.at(t)).as_millis());
+                t = (until - clock.0).as_millis() as u64;
+            }
+            [PeerNotice::Dropped(p)] => {
+                assert_eq!(p, A);
+                delays.push(0);
+            }
+            ref other => panic!("{other:?}"),
+        }
+        let _ = a;
+    }
+    // 100 ms, 200 ms, 400 ms (capped), then dropped after the fourth failure.
+    assert_eq!(delays, vec![200, 400, 0]);
+    assert_eq!(q.next_request(clock.at(t + 10_000)), None);
+    assert_eq!(q.len(), 4, "blocks stay queued without a source");
+}
+
+#[test]
+fn peer_coming_back_is_forgiven() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(3, &[A]);
+    let a = q.next_request(clock.at(0)).unwrap();
+    q.poll_timeouts(clock.at(1000));
+    q.take_notices();
+    // After a failure the peer gets a one-block probe.
+    let probe = q.next_request(clock.at(1100)).unwrap();
+    assert_ne!(a.id, probe.id);
+    assert_eq!(probe.end - probe.start, 1);
+    assert_eq!(q.next_request(clock.at(1100)), None);
+    assert_eq!(
+        q.on_received(probe.id, 0, 1024, clock.at(1300)),
+        Arrival::Taken
+    );
+    // Arriving is not enough: until a block verified, only one-block probes.
+    let second = q.next_request(clock.at(1300)).unwrap();
+    assert_eq!((second.start, second.end), (1, 2));
+    assert_eq!(
+        q.on_received(second.id, 1, 1024, clock.at(1300)),
+        Arrival::Taken
+    );
+    q.on_verified(&A);
+    assert!(!q.is_backed_off(&A, clock.at(1300)));
+    // A late answer to the timed-out request is ignored.
+    assert_eq!(
+        q.on_received(a.id, 2, 1024, clock.at(1300)),
+        Arrival::Unexpected
+    );
+    // Forgiven: a full run again (here, what is left of the log).
+    let full = q.next_request(clock.at(1300)).unwrap();
+    assert_eq!((full.start, full.end), (2, 3));
+    assert_eq!(
+        q.on_received(full.id, 2, 1024, clock.at(1300)),
+        Arrival::Taken
+    );
+    for i in 0..3 {
+        q.on_committed(&CORE, i);
+    }
+    assert!(q.is_empty());
+    assert_eq!(q.next_deadline(), None);
+}
+
+#[test]
+fn block_received_from_another_peer_first() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(1, &[A]);
+    let a = q.next_request(clock.at(0)).unwrap();
+    // A times out; B shows up with the block and delivers first.
+    q.poll_timeouts(clock.at(1000));
+    q.add_source(CORE, 0, 1, B);
+    let b = q.next_request(clock.at(1000)).unwrap();
+    assert_eq!(b.peer, B);
+    assert_eq!(q.on_received(b.id, 0, 1024, clock.at(1010)), Arrival::Taken);
+    q.on_committed(&CORE, 0);
+    assert!(!q.contains(&CORE, 0));
+    assert_eq!(
+        q.on_received(a.id, 0, 1024, clock.at(1020)),
+        Arrival::Unexpected
+    );
+    assert!(q.is_empty());
+}
+
+#[test]
+fn invalid_data_backs_off_and_requeues_nothing_lost() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(2, &[A, B]);
+    let first = q.next_request(clock.at(0)).unwrap();
+    assert_eq!(
+        q.on_received(first.id, first.start, 1024, clock.at(1)),
+        Arrival::Taken
+    );
+    q.on_invalid(&CORE, first.start, first.peer, clock.at(2));
+    assert!(q.contains(&CORE, first.start));
+    assert!(q.is_backed_off(&first.peer, clock.at(50)));
+    let other = if first.peer == A { B } else { A };
+    let retry = drain(&mut q, clock.at(50));
+    assert!(retry.iter().all(|r| r.peer == other), "{retry:?}");
+    assert!(
+        retry
+            .iter()
+            .any(|r| (r.start..r.end).contains(&first.start))
+    );
+}
+
+#[test]
+fn storage_failure_keeps_the_entry_without_blame() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(1, &[A]);
+    let a = q.next_request(clock.at(0)).unwrap();
+    assert_eq!(q.on_received(a.id, 0, 1024, clock.at(1)), Arrival::Taken);
+    q.on_store_failed(&CORE, 0);
+    assert!(q.contains(&CORE, 0));
+    assert!(!q.is_backed_off(&A, clock.at(2)));
+    assert!(q.take_notices().is_empty());
+    let again = q.next_request(clock.at(2)).unwrap();
+    assert_eq!((again.peer, again.start), (A, 0));
+}
+
+#[test]
+fn three_seeders_share_a_range_in_disjoint_runs() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(300, &[A, B, C]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    let mut seen = BTreeSet::new();
+    let mut per_peer: BTreeMap<PeerId, u64> = BTreeMap::new();
+    for r in &runs {
+        assert!(r.end - r.start <= 16, "runs respect run_bytes");
+        for i in r.start..r.end {
+            assert!(seen.insert(i), "block {i} asked twice");
+        }
+        *per_peer.entry(r.peer).or_default() += r.end - r.start;
+    }
+    assert_eq!(seen.len(), 192, "three windows of 64 blocks");
+    assert_eq!(per_peer.len(), 3);
+    assert!(per_peer.values().all(|n| *n == 64), "{per_peer:?}");
+    // Answers free the windows and the rest is handed out.
+    for r in &runs {
+        for i in r.start..r.end {
+            assert_eq!(q.on_received(r.id, i, 1024, clock.at(1)), Arrival::Taken);
+            q.on_committed(&CORE, i);
+        }
+    }
+    let rest = drain(&mut q, clock.at(2));
+    let n: u64 = rest.iter().map(|r| r.end - r.start).sum();
+    assert_eq!(n, 108);
+}
+
+/// The timer set holds one deadline per open request and per back-off, moved as blocks
+/// arrive, and gone with the request or back-off it was for.
+#[test]
+fn timers_follow_requests_and_back_offs() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A, B]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    assert_eq!(q.deadlines.len(), runs.len());
+    // An arrival moves its request's deadline.
+    let first = runs[0];
+    q.on_received(first.id, first.start, 1024, clock.at(500));
+    assert_eq!(q.deadlines.len(), runs.len());
+    assert_eq!(q.next_deadline(), Some(clock.at(1000)));
+    // Every other request times out at 1000; the one that got a block does not.
+    let expired = q.poll_timeouts(clock.at(1000));
+    assert_eq!(expired.len(), runs.len() - 1);
+    assert!(expired.windows(2).all(|w| w[0].0 < w[1].0), "in id order");
+    assert!(q.is_open(first.id));
+    // One deadline left for the open request, one back-off for each peer.
+    assert_eq!(q.deadlines.len(), 3);
+    // A failed once (100 ms), B twice (200 ms).
+    assert_eq!(q.next_deadline(), Some(clock.at(1100)));
+    q.poll_timeouts(clock.at(1100));
+    assert_eq!(q.deadlines.len(), 2);
+    assert_eq!(q.next_deadline(), Some(clock.at(1200)));
+    q.poll_timeouts(clock.at(1200));
+    assert_eq!(q.deadlines.len(), 1);
+    assert_eq!(q.next_deadline(), Some(clock.at(1500)));
+    q.on_no_data(first.id, first.start, first.end);
+    assert!(!q.is_open(first.id));
+    assert_eq!(q.next_deadline(), None);
+}
+
+#[test]
+fn no_data_moves_the_block_to_another_source() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(4, &[A]);
+    let a = q.next_request(clock.at(0)).unwrap();
+    q.on_no_data(a.id, 2, 4);
+    assert_eq!(q.on_received(a.id, 0, 1024, clock.at(1)), Arrival::Taken);
+    assert_eq!(q.on_received(a.id, 1, 1024, clock.at(1)), Arrival::Taken);
+    assert!(!q.is_open(a.id));
+    assert_eq!(q.next_request(clock.at(2)), None, "A lacks 2..4");
+    q.add_source(CORE, 0, 4, B);
+    let b = q.next_request(clock.at(3)).unwrap();
+    assert_eq!((b.peer, b.start, b.end), (B, 2, 4));
+    assert!(!q.is_backed_off(&A, clock.at(3)));
+}
+
+/// A peer dropped after its last back-off stays dropped until it disconnects: failures
+/// reported after the drop (another request timing out in the same pass, a late invalid
+/// block) neither back it off again nor give it state in the queue.
+#[test]
+fn a_dropped_peer_is_not_backed_off_again() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    for _ in 0..cfg().max_failures {
+        q.penalize(A, clock.at(0));
+    }
+    q.take_notices();
+    // A's back-off ended; it has failed: one probe at a time. Fail it, then make it two
+    // requests in flight by forgiving it.
+    q.on_verified(&A);
+    let first = q.next_request(clock.at(0)).unwrap();
+    let second = q.next_request(clock.at(0)).unwrap();
+    assert_ne!(first.id, second.id);
+    for _ in 0..cfg().max_failures {
+        q.penalize(A, clock.at(0));
+    }
+    q.take_notices();
+    // Both requests time out in one pass: the first failure drops A, the second finds it gone.
+    q.poll_timeouts(clock.at(1000));
+    assert_eq!(q.take_notices(), vec![PeerNotice::Dropped(A)]);
+    assert!(!q.peers.contains_key(&A));
+    q.penalize(A, clock.at(1001));
+    assert!(q.take_notices().is_empty());
+    assert!(!q.is_backed_off(&A, clock.at(1002)));
+    assert!(!q.peers.contains_key(&A));
+    assert_eq!(q.next_deadline(), None);
+    // Once it disconnects, a new connection starts afresh.
+    q.remove_peer(&A);
+    q.penalize(A, clock.at(2000));
+    assert_eq!(
+        q.take_notices(),
+        vec![PeerNotice::BackedOff(A, clock.at(2100))]
+    );
+}

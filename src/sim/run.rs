@@ -614,6 +614,9 @@ impl Sim {
             }
             Output::JoinGossip(..) => {}
             Output::Broadcast(core, bytes) => {
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!("{:?} {n} broadcast", self.now);
+                }
                 self.trace.record(self.now, n, Kind::Message, &bytes);
                 for q in self.links.neighbours(n) {
                     if let Some(epoch) = self.links.epoch(n, q) {
@@ -624,6 +627,9 @@ impl Sim {
             }
             Output::Event(event) => {
                 let text = format!("{event:?}");
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!("{:?} {n} event {text}", self.now);
+                }
                 self.trace.record(self.now, n, Kind::Event, text.as_bytes());
                 Trace::count_kind(&mut self.trace.events, &text);
                 match event {

@@ -1,7 +1,7 @@
 //! Engine behaviours checked on small simulated networks: the real engine and stores, exact
 //! and replayable, without hand-built message sequences.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use super::{Hostility, LinkConfig, Sim, SimConfig};
 
@@ -21,6 +21,47 @@ fn mesh(nodes: usize, blocks: u64, seed: u64) -> SimConfig {
         },
         ..Default::default()
     }
+}
+
+fn pushes_sent(sim: &Sim) -> u64 {
+    let writer = sim.nodes()[0]
+        .engine
+        .as_ref()
+        .expect("the writer is online");
+    writer.peer_stats().iter().map(|s| s.pushes_sent).sum()
+}
+
+/// A reader that holds the whole log is pushed each new block: no request round trip.
+#[tokio::test(flavor = "current_thread")]
+async fn a_caught_up_reader_is_pushed_each_append() {
+    let mut sim = Sim::new(mesh(2, 50, 1)).await.unwrap();
+    sim.run_until_synced(LIMIT).await.unwrap();
+    // The reader's last `Sync` (it holds the whole log) reaches the writer.
+    sim.run_for(Duration::from_secs(1)).await.unwrap();
+    for _ in 0..10 {
+        let kinds = sim.trace().message_kinds.clone();
+        sim.append(1).await.unwrap();
+        sim.run_until_synced(LIMIT).await.unwrap();
+        sim.run_for(Duration::from_secs(1)).await.unwrap();
+        let sent: BTreeMap<String, u64> = sim
+            .trace()
+            .message_kinds
+            .iter()
+            .map(|(k, n)| (k.clone(), n - kinds.get(k).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        // The push, the writer's `Sync` behind it and the reader's `Sync` after it; an
+        // announcement that overtakes the push may add an ask and its answer. Never the
+        // request round trip.
+        assert_eq!(sent.get("Push"), Some(&1), "{sent:?}");
+        assert!(
+            !sent.contains_key("Request") && !sent.contains_key("Data"),
+            "{sent:?}"
+        );
+        assert!(sent.values().sum::<u64>() <= 5, "{sent:?}");
+    }
+    assert_eq!(pushes_sent(&sim), 10);
+    sim.check_honest_logs().await.unwrap();
 }
 
 /// A peer that says it has the log and then answers nothing: the reader's requests to it time

@@ -172,8 +172,16 @@ impl Engine {
             }
             self.outputs.push_back(Output::Connect(origin));
         } else if let Some(ch) = self.peers[&origin].channels.get(&core).copied() {
-            // Connected already: ask for its state rather than trusting the announcement.
-            if self.is_authenticated(ch)
+            // Connected already: ask for its state rather than trusting the announcement,
+            // unless its last `Sync` told us that much already (a writer's `Sync` and push
+            // travel beside its announcement).
+            let told = self
+                .channels
+                .get(&ch)
+                .and_then(|c| c.remote)
+                .is_some_and(|s| (s.fork, s.length) >= (fork, length));
+            if !told
+                && self.is_authenticated(ch)
                 && let Some(info) = self.sync_info(&core, true)
             {
                 self.send(origin, ch, Message::Sync(info));
@@ -193,7 +201,10 @@ impl Engine {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{super::testing::outputs, *};
+    use super::{
+        super::testing::{CORE, PEER, engine_with_peer, local, outputs, sync},
+        *,
+    };
     use crate::replication::{Engine, EngineConfig, Input, LocalInfo, Mode};
 
     #[test]
@@ -273,5 +284,33 @@ mod tests {
         engine.handle_timeout(t0 + interval);
         assert_eq!(broadcasts(&mut engine), 1);
         assert_eq!(engine.poll_timeout(), None);
+    }
+
+    /// An announcement from a connected peer is a reason to ask for its state only if its last
+    /// `Sync` did not say as much: a writer's announcement travels beside its `Sync` and push.
+    #[test]
+    fn an_announcement_its_sync_told_already_asks_nothing() {
+        let now = Instant::now();
+        let (mut engine, _) = engine_with_peer(local(5, false), Mode::Full, sync(10, false), now);
+        let announce = |length| {
+            let op = GossipOp::Announce {
+                origin: PEER,
+                fork: 0,
+                length,
+                contiguous: length,
+            };
+            let bytes = op.encode(crate::replication::gossip::GOSSIP_MAX_MESSAGE);
+            Input::Gossip(CORE, bytes.unwrap().into())
+        };
+        let asks = |engine: &mut Engine| {
+            outputs(engine)
+                .iter()
+                .filter(|o| matches!(o, Output::Send(_, _, Message::Sync(s)) if s.ask))
+                .count()
+        };
+        engine.handle(announce(10), now);
+        assert_eq!(asks(&mut engine), 0, "its Sync said 10 already");
+        engine.handle(announce(11), now);
+        assert_eq!(asks(&mut engine), 1, "11 is news");
     }
 }

@@ -13,7 +13,8 @@
 use std::time::{Duration, Instant};
 
 use iroh_hypercore::{
-    CoreTicket, Event, Hypercore, StoreOptions,
+    CoreTicket, Hypercore, StoreOptions,
+    replication::Event,
     testnet::{Node, TestNet, Transport},
 };
 

@@ -18,6 +18,6 @@ pub use crate::core::{CoreEvent, Hypercore, Info};
 pub use crypto::{CoreKey, CoreKind, KeyPair};
 pub use error::{Error, Result};
 pub use net::{ALPN, CoreTicket, HypercoreProtocol};
-pub use replication::{Event, Mode};
+pub use replication::Mode;
 pub use storage::Durability;
 pub use store::{CoreOptions, Corestore, StoreOptions};

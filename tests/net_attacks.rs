@@ -19,9 +19,9 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler, Router},
 };
 use iroh_hypercore::{
-    Corestore, Error, Event, Hypercore,
+    Corestore, Error, Hypercore,
     replication::{
-        EngineConfig,
+        EngineConfig, Event,
         gossip::{GossipOp, topic},
         wire::{Message, SyncInfo},
     },

@@ -5,7 +5,7 @@
 mod net;
 
 use iroh_hypercore::{
-    Event,
+    replication::Event,
     testnet::{Node, TestNet, Transport},
 };
 use net::{WAIT, wait_full};

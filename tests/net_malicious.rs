@@ -14,8 +14,9 @@ use iroh::{
     endpoint::{Connection, RecvStream, SendStream},
 };
 use iroh_hypercore::{
-    CoreTicket, Error, Event, Hypercore,
+    CoreTicket, Error, Hypercore,
     replication::{
+        Event,
         gossip::{GossipOp, topic},
         wire::{MAX_FRAME, Message, SyncInfo},
     },

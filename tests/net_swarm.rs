@@ -8,7 +8,8 @@ mod net;
 use std::collections::HashSet;
 
 use iroh_hypercore::{
-    CoreTicket, Event, StoreOptions,
+    CoreTicket, StoreOptions,
+    replication::Event,
     testnet::{TestNet, Transport},
 };
 use net::{WAIT, append_numbered, follower, numbered, wait_event, wait_full, writer_with_log};

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use iroh_hypercore::{
-    Event, Hypercore, HypercoreProtocol,
+    Hypercore, HypercoreProtocol,
+    replication::Event,
     testnet::{Node, TestNet, Transport},
 };
 use tokio::sync::broadcast;

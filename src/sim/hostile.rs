@@ -25,13 +25,6 @@ pub enum Hostility {
     Flooder,
 }
 
-impl Hostility {
-    /// The kinds in turn, for the `n`th hostile node.
-    pub fn nth(n: usize) -> Self {
-        [Self::Liar, Self::Silent, Self::Flooder][n % 3]
-    }
-}
-
 /// A hostile node's state.
 #[derive(Debug, Clone)]
 pub struct Hostile {

@@ -72,8 +72,10 @@ pub struct SimConfig {
     /// Share of the readers that leave per simulated minute, each coming back from its store
     /// 5 to 20 s later.
     pub churn_per_minute: f64,
-    /// Nodes `1..=hostile` are hostile, of the kinds [`Hostility::nth`] gives in turn.
+    /// Nodes `1..=hostile` are hostile, of the kinds in `hostile_kinds` in turn.
     pub hostile: usize,
+    /// The kinds of hostile nodes, taken in turn (all three kinds by default).
+    pub hostile_kinds: Vec<Hostility>,
     /// The engines' tuning.
     pub engine: EngineConfig,
 }
@@ -91,6 +93,7 @@ impl Default for SimConfig {
             storage: StorageModel::default(),
             churn_per_minute: 0.0,
             hostile: 0,
+            hostile_kinds: vec![Hostility::Liar, Hostility::Silent, Hostility::Flooder],
             engine: EngineConfig {
                 fetch: FetchConfig {
                     run_bytes: 16 * 1024,

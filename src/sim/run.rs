@@ -131,7 +131,12 @@ impl Sim {
             let id: PeerId = rng.random();
             index.insert(id, n);
             let hostile = (n >= 1 && n <= cfg.hostile)
-                .then(|| Hostile::new(Hostility::nth(n - 1), old_state.clone()));
+                .then(|| {
+                    cfg.hostile_kinds
+                        .get((n - 1) % cfg.hostile_kinds.len().max(1))
+                })
+                .flatten()
+                .map(|kind| Hostile::new(*kind, old_state.clone()));
             nodes.push(Node {
                 id,
                 core,

@@ -324,8 +324,13 @@ impl Engine {
         let core = c.core;
         match c.requests.get(&id).copied() {
             Some(Sent::Upgrade { .. }) => {
+                let peer = c.peer;
                 c.requests.remove(&id);
                 self.upgrade_failed(core, channel);
+                // It said it had that length and cannot prove it: backed off like a peer that
+                // does not answer, or a peer repeating the claim in its next `Sync` would be
+                // asked again at once, round after round.
+                self.fetch.penalize(peer, now);
                 self.maybe_upgrade(core, now);
             }
             Some(Sent::Run) => self.on_run_no_data(channel, id, start, end),

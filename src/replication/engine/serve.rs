@@ -199,7 +199,6 @@ impl Engine {
             };
             let length = self.cores.get(&core).map_or(0, |r| r.local.length);
             match plan(peer, channel, msg, length, self.cfg.serve_run_bytes) {
-                Some(ServeStep::Answer(answer)) => self.send(peer, channel, answer),
                 Some(ServeStep::Refuse(answer)) => {
                     self.count_refused(peer);
                     self.send(peer, channel, answer);
@@ -298,9 +297,8 @@ impl Engine {
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // Returned and matched at once; boxing the task costs more.
 pub(super) enum ServeStep {
-    /// Answer at once, without a storage task.
-    Answer(Message),
-    /// Answer at once, and count the request as refused: it asked for too much.
+    /// Answer at once, and count the request as refused: it asked for too much, or for
+    /// nothing we have (an honest peer asks for what our `Sync` said we hold).
     Refuse(Message),
     /// Read the answer from storage with this task; its result goes where the context says.
     Read(Task, TaskCtx),
@@ -323,7 +321,7 @@ pub(super) fn plan(
                     start: 0,
                     end: 0,
                 };
-                return Some(ServeStep::Answer(none));
+                return Some(ServeStep::Refuse(none));
             }
             ServeStep::Read(
                 Task::CreateProof(request),
@@ -342,8 +340,9 @@ pub(super) fn plan(
             }
             if start >= length.min(their_length) {
                 // Past our log, or past the log the requester asks about: nothing of it can
-                // be proven, and no storage task is needed to say so.
-                return Some(ServeStep::Answer(Message::NoData { id, start, end }));
+                // be proven, and no storage task is needed to say so. Counted: a peer that
+                // keeps asking for what we never said we hold is closed like a flood.
+                return Some(ServeStep::Refuse(Message::NoData { id, start, end }));
             }
             ServeStep::Read(
                 Task::CreateRun {
@@ -640,8 +639,9 @@ mod tests {
         )));
     }
 
-    /// What serving each kind of run request takes: too long a run is refused, one wholly
-    /// past the log is answered at once, and the rest is read in parts of `run_bytes`.
+    /// What serving each kind of run request takes: too long a run, or one wholly past the
+    /// log, is refused (answered at once, and counted), and the rest is read in parts of
+    /// `run_bytes`.
     #[test]
     fn runs_are_refused_answered_or_read() {
         let run = |start, end| Message::RequestRun {
@@ -662,7 +662,7 @@ mod tests {
         ));
         assert!(matches!(
             step(run(100, 110)),
-            Some(ServeStep::Answer(Message::NoData {
+            Some(ServeStep::Refuse(Message::NoData {
                 start: 100,
                 end: 110,
                 ..

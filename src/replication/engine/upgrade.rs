@@ -365,7 +365,7 @@ mod tests {
 
     use super::{
         super::{
-            Mode, Output,
+            Input, Mode, Output,
             testing::{PEER, engine_with_peer, local, outputs, sync},
         },
         *,
@@ -417,5 +417,46 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(engine.poll_timeout(), Some(deadline + cfg.fetch.backoff));
+    }
+
+    /// A peer that answers an upgrade to the length it claimed with `NoData` is backed off:
+    /// claiming the length again in its next `Sync` does not get it asked again at once.
+    #[test]
+    fn a_peer_that_cannot_prove_its_claim_is_backed_off() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(5, false), Mode::Full, sync(5, false), now);
+        let upgrade_ids = |out: &[Output]| -> Vec<u64> {
+            out.iter()
+                .filter_map(|o| match o {
+                    Output::Send(_, _, Message::Request { id, request })
+                        if request.upgrade.is_some() =>
+                    {
+                        Some(*id)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        engine.handle(Input::Message(PEER, channel, sync(10, false)), now);
+        let asked = upgrade_ids(&outputs(&mut engine));
+        assert_eq!(asked.len(), 1, "the claim is asked for");
+        let none = Message::NoData {
+            id: asked[0],
+            start: 0,
+            end: 0,
+        };
+        engine.handle(Input::Message(PEER, channel, none), now);
+        outputs(&mut engine);
+        engine.handle(Input::Message(PEER, channel, sync(10, false)), now);
+        assert!(
+            upgrade_ids(&outputs(&mut engine)).is_empty(),
+            "asked again at once"
+        );
+        // After its back-off it is asked again.
+        let later = now + Duration::from_secs(60);
+        engine.handle_timeout(later);
+        engine.handle(Input::Message(PEER, channel, sync(10, false)), later);
+        assert_eq!(upgrade_ids(&outputs(&mut engine)).len(), 1);
     }
 }

@@ -365,10 +365,14 @@ mod tests {
 
     use super::{
         super::{
-            Mode, Output,
-            testing::{PEER, engine_with_peer, local, outputs, sync},
+            ApplyOutcome, Input, LocalInfo, Mode, Output, Task, TaskResult,
+            testing::{CORE, PEER, engine_with_peer, local, outputs, sync},
         },
         *,
+    };
+    use crate::{
+        core::RunApplied,
+        tree::{BlockProof, UpgradeProof},
     };
 
     /// The deadline set holds the deadline of each upgrade in flight, and nothing else.
@@ -417,5 +421,135 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(engine.poll_timeout(), Some(deadline + cfg.fetch.backoff));
+    }
+
+    fn request_ids(engine: &Engine, channel: ChannelId) -> (Option<u64>, Option<u64>) {
+        let requests = &engine.channels.get(&channel).expect("open").requests;
+        let of = |upgrade: bool| {
+            requests
+                .iter()
+                .find(|(_, s)| matches!(s, Sent::Upgrade { .. }) == upgrade)
+                .map(|(id, _)| *id)
+        };
+        (of(false), of(true))
+    }
+
+    /// A core whose only peer ahead is backed off waits for the back-off's end to ask it. When
+    /// a verified block of that peer ends the back-off early, the upgrade is asked then: there
+    /// is no back-off timer left to wake it later.
+    #[test]
+    fn an_upgrade_waiting_for_a_back_off_is_asked_when_a_verified_block_ends_it() {
+        let now = Instant::now();
+        let mine = LocalInfo {
+            contiguous: 9,
+            ..local(10, false)
+        };
+        let (mut engine, channel) = engine_with_peer(mine, Mode::Full, sync(20, false), now);
+        let (Some(run), Some(upgrade)) = request_ids(&engine, channel) else {
+            panic!("a run of block 9 and an upgrade to 20 are asked");
+        };
+        // Block 9 arrives; storing it takes a while.
+        let block = Proof {
+            block: Some(BlockProof {
+                index: 9,
+                value: b"x".to_vec(),
+                nodes: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        let data = Message::Data {
+            id: run,
+            proof: block,
+        };
+        engine.handle(Input::Message(PEER, channel, data), now);
+        let apply = outputs(&mut engine)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Task(id, _, Task::ApplyRun(_)) => Some(id),
+                _ => None,
+            })
+            .expect("block 9 is applied");
+        // The upgrade's answer proves nothing: the peer is backed off and asked to sync.
+        let empty = Message::Data {
+            id: upgrade,
+            proof: Proof::default(),
+        };
+        engine.handle(Input::Message(PEER, channel, empty), now);
+        // It syncs again, still ahead: the upgrade waits for its back-off to end.
+        engine.handle(Input::Message(PEER, channel, sync(20, false)), now);
+        let _ = outputs(&mut engine);
+        assert!(engine.fetch.is_backed_off(&PEER, now));
+        // Block 9 verifies: the peer is forgiven, its back-off is over.
+        let later = now + Duration::from_millis(10);
+        let stored = RunApplied {
+            stored: vec![(9, 1)],
+            rejected: None,
+        };
+        let done = TaskResult::RunApplied(ApplyOutcome::Done(stored), local(10, false));
+        engine.handle(Input::TaskDone(apply, done), later);
+        assert!(!engine.fetch.is_backed_off(&PEER, later));
+        let asked = outputs(&mut engine)
+            .iter()
+            .any(|o| matches!(o, Output::Send(_, _, Message::Request { .. })));
+        assert!(
+            asked || engine.poll_timeout().is_some(),
+            "the peer ahead is never asked: no upgrade request and no timer left"
+        );
+    }
+
+    /// An upgrade that was answered is not the peer's to time out while our storage applies
+    /// it: the peer is neither backed off nor disbelieved, and the upgrade keeps a deadline.
+    #[test]
+    fn an_answered_upgrade_applied_slowly_does_not_blame_the_peer() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(5, false), Mode::Full, sync(8, true), now);
+        let (_, Some(upgrade)) = request_ids(&engine, channel) else {
+            panic!("an upgrade to 8 is asked");
+        };
+        let proof = Proof {
+            block: Some(BlockProof {
+                index: 5,
+                value: b"x".to_vec(),
+                nodes: Vec::new(),
+            }),
+            upgrade: Some(UpgradeProof {
+                start: 5,
+                length: 3,
+                nodes: Vec::new(),
+                additional_nodes: Vec::new(),
+                signature: vec![0; 64],
+            }),
+            ..Default::default()
+        };
+        engine.handle(
+            Input::Message(PEER, channel, Message::Data { id: upgrade, proof }),
+            now,
+        );
+        let apply = outputs(&mut engine)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Task(id, _, Task::ApplyProof(_)) => Some(id),
+                _ => None,
+            })
+            .expect("the answer is applied");
+        // Our storage is slow: the upgrade's deadline passes while it applies.
+        let deadline = now + engine.config().upgrade_timeout;
+        engine.handle_timeout(deadline);
+        let out = outputs(&mut engine);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Event(super::super::Event::Backoff(_)))),
+            "the peer that answered is backed off: {out:?}"
+        );
+        assert!(!engine.fetch.is_backed_off(&PEER, deadline));
+        assert!(
+            engine.poll_timeout().is_some_and(|t| t > deadline),
+            "the upgrade being applied keeps a deadline"
+        );
+        let done = TaskResult::Applied(ApplyOutcome::Done(()), local(8, false));
+        engine.handle(Input::TaskDone(apply, done), deadline);
+        assert!(!engine.upgrades.is_under_way(&CORE));
+        assert_eq!(engine.poll_timeout(), None, "no timer left");
     }
 }

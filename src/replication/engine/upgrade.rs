@@ -175,6 +175,12 @@ impl Upgrades {
     pub(super) fn take_after_backoff(&mut self) -> BTreeSet<CoreKey> {
         std::mem::take(&mut self.after_backoff)
     }
+
+    /// A back-off ended before its timer (a block of the peer verified): the cores that waited
+    /// for one ask again at the end of this turn.
+    pub(super) fn backoff_ended(&mut self) {
+        self.retry.append(&mut self.after_backoff);
+    }
 }
 
 impl Engine {

@@ -522,13 +522,16 @@ impl FetchQueue {
         }
     }
 
-    /// A block from `peer` verified: its failures and back-off are forgiven.
-    pub fn on_verified(&mut self, peer: &PeerId) {
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.failures = 0;
-            let ended = p.backoff_until.take();
-            self.deadlines.replace(Timer::Backoff(*peer), ended, None);
-        }
+    /// A block from `peer` verified: its failures and back-off are forgiven. Returns whether
+    /// that ended a back-off (whose timer will not fire).
+    pub fn on_verified(&mut self, peer: &PeerId) -> bool {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        p.failures = 0;
+        let ended = p.backoff_until.take();
+        self.deadlines.replace(Timer::Backoff(*peer), ended, None);
+        ended.is_some()
     }
 
     /// Block `index` of `core` was verified and committed: it leaves the queue for every peer.

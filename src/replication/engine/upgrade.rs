@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ChannelId, Engine, Mode, PeerId, Sent};
+use super::{ChannelId, Engine, Mode, PeerId, Sent, TaskCtx};
 use crate::{
     crypto::CoreKey,
     replication::{
@@ -105,6 +105,19 @@ impl Upgrades {
     pub(super) fn set(&mut self, core: CoreKey, upgrade: Upgrading) {
         let old = self.in_flight.insert(core, upgrade).map(|u| u.deadline);
         self.deadlines.replace(core, old, Some(upgrade.deadline));
+    }
+
+    /// The upgrade in flight of `core` waits another `timeout` from `now`.
+    pub(super) fn wait_again(&mut self, core: CoreKey, now: Instant) {
+        if let Some(u) = self.in_flight.get(&core).copied() {
+            self.set(
+                core,
+                Upgrading {
+                    deadline: now + self.timeout,
+                    ..u
+                },
+            );
+        }
     }
 
     /// Ends the upgrade in flight of `core`.
@@ -322,11 +335,18 @@ impl Engine {
     }
 
     /// The upgrades whose deadline passed are asked of another peer; their peers are not
-    /// believed until they sync again, and are backed off. Then the cores that waited for a
-    /// back-off ask again.
+    /// believed until they sync again, and are backed off. An upgrade whose answer (or push)
+    /// arrived and waits for storage is not late on the peer's side: it waits again. Then the
+    /// cores that waited for a back-off ask again.
     pub(super) fn expire_upgrades(&mut self, now: Instant) {
         for core in self.upgrades.timed_out(now) {
             if let Some(u) = self.upgrades.get(&core).copied() {
+                if self.upgrade_being_applied(core, &u) {
+                    // Answered (or pushed), and our storage is slow to apply it: the peer is
+                    // not at fault. It waits again, with a deadline.
+                    self.upgrades.wait_again(core, now);
+                    continue;
+                }
                 if let Some(c) = self.channels.get_mut(&u.channel) {
                     c.requests.remove(&u.id);
                 }
@@ -341,6 +361,29 @@ impl Engine {
         for core in self.upgrades.take_after_backoff() {
             self.maybe_upgrade(core, now);
         }
+    }
+
+    /// Whether the answer (or push) of upgrade `u` of `core` waits for storage or is being
+    /// applied: it is no longer asked, and a proof from its peer is queued or applying.
+    fn upgrade_being_applied(&self, core: CoreKey, u: &Upgrading) -> bool {
+        let asked = self
+            .channels
+            .get(&u.channel)
+            .is_some_and(|c| c.requests.contains_key(&u.id));
+        let Some(r) = self.cores.get(&core) else {
+            return false;
+        };
+        let queued = r
+            .apply
+            .upgrade_proof
+            .as_ref()
+            .is_some_and(|(peer, _)| *peer == u.peer);
+        let applying = r.apply.running
+            && self.tasks.values().any(|t| {
+                matches!(t, TaskCtx::ApplyUpgrade { core: c, peer, .. }
+                    if *c == core && *peer == u.peer)
+            });
+        !asked && (queued || applying)
     }
 
     /// The request that a push superseded while the push was applied: withdrawn once the push

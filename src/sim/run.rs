@@ -46,6 +46,15 @@ pub enum SimError {
         /// State after.
         to: (u64, u64),
     },
+    /// A node's engine asked to be woken at an instant already handled: its driver would be
+    /// woken again and again without time passing.
+    #[error("node {node}: a timer at or before {at:?} is left after handling the timers due")]
+    TimerInPast {
+        /// Node.
+        node: usize,
+        /// Simulated time.
+        at: Duration,
+    },
     /// An honest node holds something the writer did not write.
     #[error("node {node}: {reason}")]
     Diverged {
@@ -382,7 +391,12 @@ impl Sim {
                         behind.insert(n);
                     }
                 }
-                None => behind.retain(|n| !self.synced(*n, &target)),
+                // Churn takes a random node offline: any of them may be behind now.
+                None => {
+                    behind = (0..self.nodes.len())
+                        .filter(|n| !self.synced(*n, &target))
+                        .collect();
+                }
             }
         }
     }
@@ -478,6 +492,9 @@ impl Sim {
                     && engine.poll_timeout().is_some_and(|t| t <= now)
                 {
                     engine.handle_timeout(now);
+                    if engine.poll_timeout().is_some_and(|t| t <= now) {
+                        return Err(SimError::TimerInPast { node, at: self.now });
+                    }
                 }
                 self.drain(node).await;
             }

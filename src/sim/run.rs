@@ -46,6 +46,14 @@ pub enum SimError {
         /// State after.
         to: (u64, u64),
     },
+    /// A node's engine holds a timer that no state of it needs, or state without its timer.
+    #[error("node {node}: {reason}")]
+    Timers {
+        /// Node.
+        node: usize,
+        /// What is out of step.
+        reason: String,
+    },
     /// A node's engine asked to be woken at an instant already handled: its driver would be
     /// woken again and again without time passing.
     #[error("node {node}: a timer at or before {at:?} is left after handling the timers due")]
@@ -540,6 +548,10 @@ impl Sim {
                 break;
             };
             self.output(n, out).await;
+        }
+        if let Some(Err(reason)) = self.nodes[n].engine.as_ref().map(|e| e.check_timers()) {
+            self.went_back
+                .get_or_insert(SimError::Timers { node: n, reason });
         }
         self.arm_timer(n);
     }

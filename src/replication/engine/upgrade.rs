@@ -164,6 +164,24 @@ impl Upgrades {
         late
     }
 
+    /// Checks that the deadline set holds exactly the deadline of every upgrade in flight.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn check_timers(&self) -> Result<(), String> {
+        let mut expected: Vec<(Instant, CoreKey)> = self
+            .in_flight
+            .iter()
+            .map(|(c, u)| (u.deadline, *c))
+            .collect();
+        expected.sort();
+        let set = self.deadlines.entries();
+        if set != expected {
+            return Err(format!(
+                "upgrade timers {set:?}, upgrades in flight {expected:?}"
+            ));
+        }
+        Ok(())
+    }
+
     /// When the next upgrade times out.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first()
@@ -537,6 +555,7 @@ mod tests {
         let done = TaskResult::RunApplied(ApplyOutcome::Done(stored), local(10, false));
         engine.handle(Input::TaskDone(apply, done), later);
         assert!(!engine.fetch.is_backed_off(&PEER, later));
+        engine.check_timers().unwrap();
         let asked = outputs(&mut engine)
             .iter()
             .any(|o| matches!(o, Output::Send(_, _, Message::Request { .. })));
@@ -596,6 +615,7 @@ mod tests {
             engine.poll_timeout().is_some_and(|t| t > deadline),
             "the upgrade being applied keeps a deadline"
         );
+        engine.check_timers().unwrap();
         let done = TaskResult::Applied(ApplyOutcome::Done(()), local(8, false));
         engine.handle(Input::TaskDone(apply, done), deadline);
         assert!(!engine.upgrades.is_under_way(&CORE));

@@ -640,6 +640,28 @@ impl FetchQueue {
         self.deadlines.first()
     }
 
+    /// Checks that the deadline set holds exactly the deadline of every request and the
+    /// back-off of every peer.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn check_timers(&self) -> Result<(), String> {
+        let mut expected: Vec<(Instant, Timer)> = self
+            .requests
+            .iter()
+            .map(|(id, r)| (r.deadline, Timer::Request(*id)))
+            .chain(
+                self.peers
+                    .iter()
+                    .filter_map(|(p, s)| s.backoff_until.map(|t| (t, Timer::Backoff(*p)))),
+            )
+            .collect();
+        expected.sort();
+        let set = self.deadlines.entries();
+        if set != expected {
+            return Err(format!("fetch timers {set:?}, state {expected:?}"));
+        }
+        Ok(())
+    }
+
     /// Whether request `id` is still waiting for blocks.
     pub fn is_open(&self, id: u64) -> bool {
         self.requests.contains_key(&id)

@@ -65,6 +65,12 @@ impl<K: Ord + Copy> Deadlines<K> {
             .collect()
     }
 
+    /// Every timer set, by deadline.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(crate) fn entries(&self) -> Vec<(Instant, K)> {
+        self.set.iter().copied().collect()
+    }
+
     /// Number of timers set.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

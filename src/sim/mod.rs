@@ -128,7 +128,8 @@ pub struct Sim {
     trace: Trace,
     /// Times an honest node rejected data from a hostile one.
     blamed: u64,
-    /// A node whose signed state went back, found while running a storage operation.
+    /// A broken invariant found while running: a node whose signed state went back (found
+    /// while running a storage operation), or whose engine's timers are out of step.
     went_back: Option<SimError>,
     /// A signed state of the log at an older length, which hostile nodes replay.
     old_state: crate::tree::Proof,

@@ -46,6 +46,23 @@ pub enum SimError {
         /// State after.
         to: (u64, u64),
     },
+    /// A node's engine holds a timer that no state of it needs, or state without its timer.
+    #[error("node {node}: {reason}")]
+    Timers {
+        /// Node.
+        node: usize,
+        /// What is out of step.
+        reason: String,
+    },
+    /// A node's engine asked to be woken at an instant already handled: its driver would be
+    /// woken again and again without time passing.
+    #[error("node {node}: a timer at or before {at:?} is left after handling the timers due")]
+    TimerInPast {
+        /// Node.
+        node: usize,
+        /// Simulated time.
+        at: Duration,
+    },
     /// An honest node holds something the writer did not write.
     #[error("node {node}: {reason}")]
     Diverged {
@@ -387,7 +404,12 @@ impl Sim {
                         behind.insert(n);
                     }
                 }
-                None => behind.retain(|n| !self.synced(*n, &target)),
+                // Churn takes a random node offline: any of them may be behind now.
+                None => {
+                    behind = (0..self.nodes.len())
+                        .filter(|n| !self.synced(*n, &target))
+                        .collect();
+                }
             }
         }
     }
@@ -483,6 +505,9 @@ impl Sim {
                     && engine.poll_timeout().is_some_and(|t| t <= now)
                 {
                     engine.handle_timeout(now);
+                    if engine.poll_timeout().is_some_and(|t| t <= now) {
+                        return Err(SimError::TimerInPast { node, at: self.now });
+                    }
                 }
                 self.drain(node).await;
             }
@@ -528,6 +553,10 @@ impl Sim {
                 break;
             };
             self.output(n, out).await;
+        }
+        if let Some(Err(reason)) = self.nodes[n].engine.as_ref().map(|e| e.check_timers()) {
+            self.went_back
+                .get_or_insert(SimError::Timers { node: n, reason });
         }
         self.arm_timer(n);
     }

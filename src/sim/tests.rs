@@ -99,3 +99,27 @@ async fn a_liar_is_blamed_and_the_reader_never_goes_back() {
     assert!(sim.lies() > 0);
     assert!(sim.blamed() > 0, "the liar was never blamed");
 }
+
+/// Readers leave and come back all along. A run is synced only when every honest node is
+/// online and holds the log: a reader that held it and left meanwhile is not synced.
+#[tokio::test(flavor = "current_thread")]
+async fn synced_means_every_honest_node_is_online() {
+    let mut cfg = mesh(6, 20, 5);
+    cfg.churn_per_minute = 3.0;
+    let mut sim = Sim::new(cfg).await.unwrap();
+    for round in 0..30 {
+        sim.run_for(Duration::from_secs(5)).await.unwrap();
+        sim.append(1).await.unwrap();
+        sim.run_until_synced(Duration::from_secs(600))
+            .await
+            .unwrap();
+        let offline: Vec<usize> = (0..sim.nodes().len())
+            .filter(|n| !sim.nodes()[*n].online())
+            .collect();
+        assert!(
+            offline.is_empty(),
+            "round {round}: synced at {:?} with nodes {offline:?} offline",
+            sim.now()
+        );
+    }
+}

@@ -65,6 +65,17 @@ impl Announcer {
         due
     }
 
+    /// Checks that each waiting announcement waits for the end of its core's interval.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn check_timers(&self) -> Result<(), String> {
+        for (at, core) in self.waiting.entries() {
+            if self.last.get(&core).map(|t| *t + self.interval) != Some(at) {
+                return Err(format!("announcement of {core:?} waits for {at:?}"));
+            }
+        }
+        Ok(())
+    }
+
     /// When the next waiting announcement may go.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.waiting.first()

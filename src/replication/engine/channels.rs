@@ -102,6 +102,12 @@ impl ChannelTable {
         }
     }
 
+    /// Every channel, in id order.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn all(&self) -> impl Iterator<Item = (ChannelId, &Channel)> {
+        self.by_id.iter().map(|(id, c)| (*id, c))
+    }
+
     /// The channels of `core`, in id order.
     pub(super) fn of_core<'a>(
         &'a self,

@@ -323,6 +323,27 @@ impl Engine {
         self.schedule(now);
     }
 
+    /// Checks that every deadline set holds exactly the timers of the state it indexes
+    /// (handshakes, upgrades, announcements, requests and back-offs), and that every upgrade
+    /// and request in flight has one: for tests and simulations.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn check_timers(&self) -> Result<(), String> {
+        let mut expected: Vec<(Instant, ChannelId)> = self
+            .channels
+            .all()
+            .filter_map(|(id, c)| c.handshake_deadline.map(|t| (t, id)))
+            .chain(self.parked.all().map(|(id, p)| (p.deadline, id)))
+            .collect();
+        expected.sort();
+        let set = self.handshakes.entries();
+        if set != expected {
+            return Err(format!("handshake timers {set:?}, handshakes {expected:?}"));
+        }
+        self.upgrades.check_timers()?;
+        self.announcer.check_timers()?;
+        self.fetch.check_timers()
+    }
+
     fn emit(&mut self, ev: Event) {
         self.outputs.push_back(Output::Event(ev));
     }

@@ -37,6 +37,12 @@ impl ParkedChannels {
         self.by_id.len()
     }
 
+    /// Every parked channel, in id order.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn all(&self) -> impl Iterator<Item = (ChannelId, &Parked)> {
+        self.by_id.iter().map(|(id, p)| (*id, p))
+    }
+
     /// Whether channel `id` is parked.
     pub(super) fn contains(&self, id: ChannelId) -> bool {
         self.by_id.contains_key(&id)

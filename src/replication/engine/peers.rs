@@ -118,8 +118,12 @@ impl Engine {
     }
 
     /// A verified block from `peer` was stored: counted, and the peer's failures forgiven.
+    /// A back-off that ends so has no timer left to fire: the upgrades that waited for a
+    /// back-off's end are asked at the end of this turn.
     pub(super) fn count_download(&mut self, core: CoreKey, peer: PeerId, index: u64, bytes: u64) {
-        self.fetch.on_verified(&peer);
+        if self.fetch.on_verified(&peer) {
+            self.upgrades.backoff_ended();
+        }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.stats.blocks_down += 1;
             p.stats.bytes_down += bytes;

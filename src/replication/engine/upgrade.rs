@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ChannelId, Engine, Mode, PeerId, Sent};
+use super::{ChannelId, Engine, Mode, PeerId, Sent, TaskCtx};
 use crate::{
     crypto::CoreKey,
     replication::{
@@ -107,6 +107,19 @@ impl Upgrades {
         self.deadlines.replace(core, old, Some(upgrade.deadline));
     }
 
+    /// The upgrade in flight of `core` waits another `timeout` from `now`.
+    pub(super) fn wait_again(&mut self, core: CoreKey, now: Instant) {
+        if let Some(u) = self.in_flight.get(&core).copied() {
+            self.set(
+                core,
+                Upgrading {
+                    deadline: now + self.timeout,
+                    ..u
+                },
+            );
+        }
+    }
+
     /// Ends the upgrade in flight of `core`.
     pub(super) fn take(&mut self, core: &CoreKey) -> Option<Upgrading> {
         let u = self.in_flight.remove(core)?;
@@ -151,6 +164,24 @@ impl Upgrades {
         late
     }
 
+    /// Checks that the deadline set holds exactly the deadline of every upgrade in flight.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn check_timers(&self) -> Result<(), String> {
+        let mut expected: Vec<(Instant, CoreKey)> = self
+            .in_flight
+            .iter()
+            .map(|(c, u)| (u.deadline, *c))
+            .collect();
+        expected.sort();
+        let set = self.deadlines.entries();
+        if set != expected {
+            return Err(format!(
+                "upgrade timers {set:?}, upgrades in flight {expected:?}"
+            ));
+        }
+        Ok(())
+    }
+
     /// When the next upgrade times out.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first()
@@ -174,6 +205,12 @@ impl Upgrades {
     /// The cores waiting for a back-off to end.
     pub(super) fn take_after_backoff(&mut self) -> BTreeSet<CoreKey> {
         std::mem::take(&mut self.after_backoff)
+    }
+
+    /// A back-off ended before its timer (a block of the peer verified): the cores that waited
+    /// for one ask again at the end of this turn.
+    pub(super) fn backoff_ended(&mut self) {
+        self.retry.append(&mut self.after_backoff);
     }
 }
 
@@ -316,11 +353,18 @@ impl Engine {
     }
 
     /// The upgrades whose deadline passed are asked of another peer; their peers are not
-    /// believed until they sync again, and are backed off. Then the cores that waited for a
-    /// back-off ask again.
+    /// believed until they sync again, and are backed off. An upgrade whose answer (or push)
+    /// arrived and waits for storage is not late on the peer's side: it waits again. Then the
+    /// cores that waited for a back-off ask again.
     pub(super) fn expire_upgrades(&mut self, now: Instant) {
         for core in self.upgrades.timed_out(now) {
             if let Some(u) = self.upgrades.get(&core).copied() {
+                if self.upgrade_being_applied(core, &u) {
+                    // Answered (or pushed), and our storage is slow to apply it: the peer is
+                    // not at fault. It waits again, with a deadline.
+                    self.upgrades.wait_again(core, now);
+                    continue;
+                }
                 if let Some(c) = self.channels.get_mut(&u.channel) {
                     c.requests.remove(&u.id);
                 }
@@ -335,6 +379,29 @@ impl Engine {
         for core in self.upgrades.take_after_backoff() {
             self.maybe_upgrade(core, now);
         }
+    }
+
+    /// Whether the answer (or push) of upgrade `u` of `core` waits for storage or is being
+    /// applied: it is no longer asked, and a proof from its peer is queued or applying.
+    fn upgrade_being_applied(&self, core: CoreKey, u: &Upgrading) -> bool {
+        let asked = self
+            .channels
+            .get(&u.channel)
+            .is_some_and(|c| c.requests.contains_key(&u.id));
+        let Some(r) = self.cores.get(&core) else {
+            return false;
+        };
+        let queued = r
+            .apply
+            .upgrade_proof
+            .as_ref()
+            .is_some_and(|(peer, _)| *peer == u.peer);
+        let applying = r.apply.running
+            && self.tasks.values().any(|t| {
+                matches!(t, TaskCtx::ApplyUpgrade { core: c, peer, .. }
+                    if *c == core && *peer == u.peer)
+            });
+        !asked && (queued || applying)
     }
 
     /// The request that a push superseded while the push was applied: withdrawn once the push
@@ -365,10 +432,14 @@ mod tests {
 
     use super::{
         super::{
-            Input, Mode, Output,
-            testing::{PEER, engine_with_peer, local, outputs, sync},
+            ApplyOutcome, Input, LocalInfo, Mode, Output, Task, TaskResult,
+            testing::{CORE, PEER, engine_with_peer, local, outputs, sync},
         },
         *,
+    };
+    use crate::{
+        core::RunApplied,
+        tree::{BlockProof, UpgradeProof},
     };
 
     /// The deadline set holds the deadline of each upgrade in flight, and nothing else.
@@ -458,5 +529,137 @@ mod tests {
         engine.handle_timeout(later);
         engine.handle(Input::Message(PEER, channel, sync(10, false)), later);
         assert_eq!(upgrade_ids(&outputs(&mut engine)).len(), 1);
+    }
+
+    fn request_ids(engine: &Engine, channel: ChannelId) -> (Option<u64>, Option<u64>) {
+        let requests = &engine.channels.get(&channel).expect("open").requests;
+        let of = |upgrade: bool| {
+            requests
+                .iter()
+                .find(|(_, s)| matches!(s, Sent::Upgrade { .. }) == upgrade)
+                .map(|(id, _)| *id)
+        };
+        (of(false), of(true))
+    }
+
+    /// A core whose only peer ahead is backed off waits for the back-off's end to ask it. When
+    /// a verified block of that peer ends the back-off early, the upgrade is asked then: there
+    /// is no back-off timer left to wake it later.
+    #[test]
+    fn an_upgrade_waiting_for_a_back_off_is_asked_when_a_verified_block_ends_it() {
+        let now = Instant::now();
+        let mine = LocalInfo {
+            contiguous: 9,
+            ..local(10, false)
+        };
+        let (mut engine, channel) = engine_with_peer(mine, Mode::Full, sync(20, false), now);
+        let (Some(run), Some(upgrade)) = request_ids(&engine, channel) else {
+            panic!("a run of block 9 and an upgrade to 20 are asked");
+        };
+        // Block 9 arrives; storing it takes a while.
+        let block = Proof {
+            block: Some(BlockProof {
+                index: 9,
+                value: b"x".to_vec(),
+                nodes: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        let data = Message::Data {
+            id: run,
+            proof: block,
+        };
+        engine.handle(Input::Message(PEER, channel, data), now);
+        let apply = outputs(&mut engine)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Task(id, _, Task::ApplyRun(_)) => Some(id),
+                _ => None,
+            })
+            .expect("block 9 is applied");
+        // The upgrade's answer proves nothing: the peer is backed off and asked to sync.
+        let empty = Message::Data {
+            id: upgrade,
+            proof: Proof::default(),
+        };
+        engine.handle(Input::Message(PEER, channel, empty), now);
+        // It syncs again, still ahead: the upgrade waits for its back-off to end.
+        engine.handle(Input::Message(PEER, channel, sync(20, false)), now);
+        let _ = outputs(&mut engine);
+        assert!(engine.fetch.is_backed_off(&PEER, now));
+        // Block 9 verifies: the peer is forgiven, its back-off is over.
+        let later = now + Duration::from_millis(10);
+        let stored = RunApplied {
+            stored: vec![(9, 1)],
+            rejected: None,
+        };
+        let done = TaskResult::RunApplied(ApplyOutcome::Done(stored), local(10, false));
+        engine.handle(Input::TaskDone(apply, done), later);
+        assert!(!engine.fetch.is_backed_off(&PEER, later));
+        engine.check_timers().unwrap();
+        let asked = outputs(&mut engine)
+            .iter()
+            .any(|o| matches!(o, Output::Send(_, _, Message::Request { .. })));
+        assert!(
+            asked || engine.poll_timeout().is_some(),
+            "the peer ahead is never asked: no upgrade request and no timer left"
+        );
+    }
+
+    /// An upgrade that was answered is not the peer's to time out while our storage applies
+    /// it: the peer is neither backed off nor disbelieved, and the upgrade keeps a deadline.
+    #[test]
+    fn an_answered_upgrade_applied_slowly_does_not_blame_the_peer() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(5, false), Mode::Full, sync(8, true), now);
+        let (_, Some(upgrade)) = request_ids(&engine, channel) else {
+            panic!("an upgrade to 8 is asked");
+        };
+        let proof = Proof {
+            block: Some(BlockProof {
+                index: 5,
+                value: b"x".to_vec(),
+                nodes: Vec::new(),
+            }),
+            upgrade: Some(UpgradeProof {
+                start: 5,
+                length: 3,
+                nodes: Vec::new(),
+                additional_nodes: Vec::new(),
+                signature: vec![0; 64],
+            }),
+            ..Default::default()
+        };
+        engine.handle(
+            Input::Message(PEER, channel, Message::Data { id: upgrade, proof }),
+            now,
+        );
+        let apply = outputs(&mut engine)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Task(id, _, Task::ApplyProof(_)) => Some(id),
+                _ => None,
+            })
+            .expect("the answer is applied");
+        // Our storage is slow: the upgrade's deadline passes while it applies.
+        let deadline = now + engine.config().upgrade_timeout;
+        engine.handle_timeout(deadline);
+        let out = outputs(&mut engine);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Event(super::super::Event::Backoff(_)))),
+            "the peer that answered is backed off: {out:?}"
+        );
+        assert!(!engine.fetch.is_backed_off(&PEER, deadline));
+        assert!(
+            engine.poll_timeout().is_some_and(|t| t > deadline),
+            "the upgrade being applied keeps a deadline"
+        );
+        engine.check_timers().unwrap();
+        let done = TaskResult::Applied(ApplyOutcome::Done(()), local(8, false));
+        engine.handle(Input::TaskDone(apply, done), deadline);
+        assert!(!engine.upgrades.is_under_way(&CORE));
+        assert_eq!(engine.poll_timeout(), None, "no timer left");
     }
 }

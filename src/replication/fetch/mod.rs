@@ -522,13 +522,16 @@ impl FetchQueue {
         }
     }
 
-    /// A block from `peer` verified: its failures and back-off are forgiven.
-    pub fn on_verified(&mut self, peer: &PeerId) {
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.failures = 0;
-            let ended = p.backoff_until.take();
-            self.deadlines.replace(Timer::Backoff(*peer), ended, None);
-        }
+    /// A block from `peer` verified: its failures and back-off are forgiven. Returns whether
+    /// that ended a back-off (whose timer will not fire).
+    pub fn on_verified(&mut self, peer: &PeerId) -> bool {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        p.failures = 0;
+        let ended = p.backoff_until.take();
+        self.deadlines.replace(Timer::Backoff(*peer), ended, None);
+        ended.is_some()
     }
 
     /// Block `index` of `core` was verified and committed: it leaves the queue for every peer.
@@ -635,6 +638,28 @@ impl FetchQueue {
     /// When the queue next needs [`poll_timeouts`](Self::poll_timeouts) or a back-off ends.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first()
+    }
+
+    /// Checks that the deadline set holds exactly the deadline of every request and the
+    /// back-off of every peer.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn check_timers(&self) -> Result<(), String> {
+        let mut expected: Vec<(Instant, Timer)> = self
+            .requests
+            .iter()
+            .map(|(id, r)| (r.deadline, Timer::Request(*id)))
+            .chain(
+                self.peers
+                    .iter()
+                    .filter_map(|(p, s)| s.backoff_until.map(|t| (t, Timer::Backoff(*p)))),
+            )
+            .collect();
+        expected.sort();
+        let set = self.deadlines.entries();
+        if set != expected {
+            return Err(format!("fetch timers {set:?}, state {expected:?}"));
+        }
+        Ok(())
     }
 
     /// Whether request `id` is still waiting for blocks.

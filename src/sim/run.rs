@@ -364,11 +364,25 @@ impl Sim {
     /// Runs until every honest node is online and holds the writer's whole log (its fork and
     /// length, every block), at most `limit` of simulated time. Returns the time it took.
     pub async fn run_until_synced(&mut self, limit: Duration) -> Result<Duration, SimError> {
+        self.run_until(limit, false).await
+    }
+
+    /// Like [`Sim::run_until_synced`], but nodes offline at the time do not count: while nodes
+    /// keep leaving, every online honest node holds the writer's whole log.
+    pub async fn run_until_online_synced(&mut self, limit: Duration) -> Result<Duration, SimError> {
+        self.run_until(limit, true).await
+    }
+
+    async fn run_until(
+        &mut self,
+        limit: Duration,
+        online_only: bool,
+    ) -> Result<Duration, SimError> {
         let start = self.now;
         let deadline = start + limit;
         let target = self.writer().info();
         let mut behind: BTreeSet<usize> = (0..self.nodes.len())
-            .filter(|n| !self.synced(*n, &target))
+            .filter(|n| !self.synced(*n, &target, online_only))
             .collect();
         loop {
             if behind.is_empty() {
@@ -398,7 +412,7 @@ impl Sim {
             self.process(ev).await?;
             match touched {
                 Some(n) => {
-                    if self.synced(n, &target) {
+                    if self.synced(n, &target, online_only) {
                         behind.remove(&n);
                     } else if self.is_honest(n) {
                         behind.insert(n);
@@ -407,17 +421,18 @@ impl Sim {
                 // Churn takes a random node offline: any of them may be behind now.
                 None => {
                     behind = (0..self.nodes.len())
-                        .filter(|n| !self.synced(*n, &target))
+                        .filter(|n| !self.synced(*n, &target, online_only))
                         .collect();
                 }
             }
         }
     }
 
-    /// Whether node `n` is hostile or holds `target` and is online.
-    fn synced(&self, n: usize, target: &Info) -> bool {
+    /// Whether node `n` is hostile or holds `target` and is online (or, `online_only`, is
+    /// offline).
+    fn synced(&self, n: usize, target: &Info, online_only: bool) -> bool {
         let node = &self.nodes[n];
-        if node.hostile.is_some() {
+        if node.hostile.is_some() || (online_only && !node.online()) {
             return true;
         }
         let info = node.core.info();

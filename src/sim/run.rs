@@ -729,20 +729,23 @@ impl Sim {
 
     /// Puts `input` on the connection `epoch` from `from` to `to`.
     fn transmit(&mut self, from: usize, to: usize, epoch: u64, bytes: usize, input: Input) {
-        let Some((at, _)) = self.links.send(from, to, bytes, self.now, &mut self.rng) else {
-            return;
-        };
+        if let Some((at, _)) = self.links.send(from, to, bytes, self.now, &mut self.rng) {
+            self.deliver_at(at, from, to, epoch, input);
+        }
+    }
+
+    /// Queues `input` for node `to` at `at`, from `from` on the connection `epoch`: dropped
+    /// then if that connection or `to`'s engine is gone by then.
+    fn deliver_at(&mut self, at: Duration, from: usize, to: usize, epoch: u64, input: Input) {
         let incarnation = self.nodes[to].incarnation;
-        self.queue.push(
-            at,
-            Ev::Deliver {
-                to,
-                incarnation,
-                from,
-                epoch,
-                input,
-            },
-        );
+        let ev = Ev::Deliver {
+            to,
+            incarnation,
+            from,
+            epoch,
+            input,
+        };
+        self.queue.push(at, ev);
     }
 
     /// Connects nodes `a` and `b` if both are online and can reach each other.
@@ -756,18 +759,8 @@ impl Sim {
         self.action(a, format!("connect {b}"));
         let latency = self.links.latency(a, b).unwrap_or_default();
         for (to, from) in [(a, b), (b, a)] {
-            let incarnation = self.nodes[to].incarnation;
             let input = Input::PeerConnected(self.nodes[from].id);
-            self.queue.push(
-                self.now + latency,
-                Ev::Deliver {
-                    to,
-                    incarnation,
-                    from,
-                    epoch,
-                    input,
-                },
-            );
+            self.deliver_at(self.now + latency, from, to, epoch, input);
         }
     }
 

@@ -563,7 +563,7 @@ async fn ten_thousand_cores_open_and_list_lazily() {
 /// outlive the database, so the store can be reopened on them.
 #[derive(Debug, Clone)]
 struct QuotaBackend {
-    data: Arc<std::sync::RwLock<Vec<u8>>>,
+    file: common::mem_file::MemFile,
     limit: Arc<AtomicU64>,
     /// Bytes read so far.
     reads: Arc<AtomicU64>,
@@ -572,7 +572,7 @@ struct QuotaBackend {
 impl QuotaBackend {
     fn unlimited() -> Self {
         Self {
-            data: Default::default(),
+            file: Default::default(),
             limit: Arc::new(AtomicU64::new(u64::MAX)),
             reads: Default::default(),
         }
@@ -593,35 +593,22 @@ impl QuotaBackend {
 
 impl redb::StorageBackend for QuotaBackend {
     fn len(&self) -> std::io::Result<u64> {
-        Ok(self.data.read().unwrap().len() as u64)
+        self.file.len()
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
         self.reads.fetch_add(out.len() as u64, Ordering::Relaxed);
-        let data = self.data.read().unwrap();
-        let start = offset as usize;
-        let src = data
-            .get(start..start + out.len())
-            .ok_or_else(|| std::io::Error::other("read past the end"))?;
-        out.copy_from_slice(src);
-        Ok(())
+        self.file.read(offset, out)
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.full(len)?;
-        self.data.write().unwrap().resize(len as usize, 0);
-        Ok(())
+        self.file.set_len(len)
     }
     fn sync_data(&self) -> std::io::Result<()> {
         Ok(())
     }
     fn write(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
         self.full(offset + bytes.len() as u64)?;
-        let mut data = self.data.write().unwrap();
-        let start = offset as usize;
-        let dst = data
-            .get_mut(start..start + bytes.len())
-            .ok_or_else(|| std::io::Error::other("write past the end"))?;
-        dst.copy_from_slice(bytes);
-        Ok(())
+        self.file.write(offset, bytes)
     }
 }
 
@@ -642,7 +629,7 @@ async fn a_full_disk_fails_appends_cleanly() {
 
     backend
         .limit
-        .store(backend.data.read().unwrap().len() as u64, Ordering::Relaxed);
+        .store(backend.file.len().unwrap(), Ordering::Relaxed);
     let err = core.append(vec![1u8; 4 << 20]).await.unwrap_err();
     assert!(
         matches!(err, Error::Storage(StorageError::Database(_))),

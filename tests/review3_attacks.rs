@@ -10,10 +10,13 @@ use std::{
     time::Duration,
 };
 
+use common::mem_file::MemFile;
 use iroh_hypercore::{
     Corestore,
     storage::{Storage, StorageOptions},
 };
+
+mod common;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -22,7 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// so a store can be reopened on them.
 #[derive(Debug, Clone, Default)]
 struct GateBackend {
-    data: Arc<std::sync::RwLock<Vec<u8>>>,
+    file: MemFile,
     gate: Arc<Gate>,
 }
 
@@ -61,20 +64,13 @@ impl Gate {
 
 impl redb::StorageBackend for GateBackend {
     fn len(&self) -> std::io::Result<u64> {
-        Ok(self.data.read().unwrap().len() as u64)
+        self.file.len()
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        let data = self.data.read().unwrap();
-        let start = offset as usize;
-        let src = data
-            .get(start..start + out.len())
-            .ok_or_else(|| std::io::Error::other("read past the end"))?;
-        out.copy_from_slice(src);
-        Ok(())
+        self.file.read(offset, out)
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.data.write().unwrap().resize(len as usize, 0);
-        Ok(())
+        self.file.set_len(len)
     }
     fn sync_data(&self) -> std::io::Result<()> {
         if self.gate.armed.load(Ordering::SeqCst) {
@@ -87,13 +83,7 @@ impl redb::StorageBackend for GateBackend {
         Ok(())
     }
     fn write(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-        let mut data = self.data.write().unwrap();
-        let start = offset as usize;
-        let dst = data
-            .get_mut(start..start + bytes.len())
-            .ok_or_else(|| std::io::Error::other("write past the end"))?;
-        dst.copy_from_slice(bytes);
-        Ok(())
+        self.file.write(offset, bytes)
     }
 }
 

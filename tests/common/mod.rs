@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod mem_file;
+
 use iroh_hypercore::{
     CoreKey, Corestore, Hypercore,
     tree::{IndexRequest, ProofRequest, UpgradeRequest},

@@ -237,12 +237,22 @@ mod tests {
         tree::{IndexRequest, ProofRequest, TreeState},
     };
 
-    /// Queues a write that holds the storage thread for `ms` milliseconds.
-    fn hold(core: &Hypercore, ms: u64) -> impl Future + use<> {
-        core.inner.storage.write(Op::Probe(Probe(Box::new(move |_| {
-            std::thread::sleep(Duration::from_millis(ms));
+    /// Queues a write that holds the storage thread inside its batch, and waits until it does:
+    /// what is queued meanwhile goes into the next batch, together. The thread goes on when
+    /// the returned sender is dropped; the future resolves after that batch.
+    async fn hold(core: &Hypercore) -> (std::sync::mpsc::Sender<()>, impl Future + use<>) {
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let held = core.inner.storage.write(Op::Probe(Probe(Box::new(move |_| {
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv();
             Ok(())
-        }))))
+        }))));
+        tokio::task::spawn_blocking(move || entered_rx.recv())
+            .await
+            .unwrap()
+            .expect("the storage thread runs the held write");
+        (release_tx, held)
     }
 
     /// Queues a write that fails its whole batch, as a corrupt row of any core would.
@@ -278,21 +288,23 @@ mod tests {
         core.append(b"0".to_vec()).await.unwrap();
 
         // `x` and `y` share a batch that fails.
-        let held = hold(&core, 200);
+        let (release, held) = hold(&core).await;
         let failing = fail_batch(&core);
         let x = core.append(b"x".to_vec());
         let y = core.append(b"y".to_vec());
+        drop(release);
         held.await;
         failing.await;
         // `x`'s caller sees its error and resets the head; `d` is queued on it; `y`'s caller
         // then sees its error and resets the head again, while `d` waits behind a busy
         // storage thread.
         assert!(x.await.is_err());
-        let held = hold(&core, 200);
+        let (release, held) = hold(&core).await;
         let d = core.append(b"d".to_vec());
         assert!(y.await.is_err());
         let e = core.append(b"e".to_vec());
         let h = core.append(b"h".to_vec());
+        drop(release);
         held.await;
         let (d, e, h) = (d.await, e.await, h.await);
         assert!(d.is_ok(), "{d:?}");
@@ -331,9 +343,10 @@ mod tests {
         core.append_batch([b"0".to_vec(), b"1".to_vec()])
             .await
             .unwrap();
-        let held = hold(&core, 100);
+        let (release, held) = hold(&core).await;
         let failing = fail_batch(&core);
         drop(core.append(b"x".to_vec()));
+        drop(release);
         held.await;
         failing.await;
         core.inner.storage.barrier().await.unwrap();

@@ -87,6 +87,17 @@ fn push_event(events: &mut Vec<CoreEvent>, ev: CoreEvent) {
     events.push(ev);
 }
 
+/// The staged tree becomes `tree`, a longer one: with the `Append` event that says so.
+fn grow_to(tree_slot: &mut TreeState, events: &mut Vec<CoreEvent>, tree: TreeState) {
+    let ev = CoreEvent::Append {
+        length: tree.length,
+        byte_length: tree.byte_length,
+        fork: tree.fork,
+    };
+    *tree_slot = tree;
+    push_event(events, ev);
+}
+
 fn append(
     batch: &mut Batch<'_>,
     slot: &Arc<CoreSlot>,
@@ -106,17 +117,12 @@ fn append(
     batch.touch(slot);
     batch.append(slot.id, base.0, values, nodes)?;
     let mut staged = slot.staged();
+    let staged = &mut *staged;
     let h = &mut staged.header;
     if h.contiguous_length == h.tree.length {
         h.contiguous_length = tree.length;
     }
-    let ev = CoreEvent::Append {
-        length: tree.length,
-        byte_length: tree.byte_length,
-        fork: tree.fork,
-    };
-    h.tree = tree;
-    push_event(&mut staged.events, ev);
+    grow_to(&mut h.tree, &mut staged.events, tree);
     Ok(Outcome::Done)
 }
 
@@ -222,13 +228,7 @@ fn apply_proof(
         );
     }
     if let Some(up) = verified.upgrade {
-        let ev = CoreEvent::Append {
-            length: up.length,
-            byte_length: up.byte_length,
-            fork: up.fork,
-        };
-        h.tree = up;
-        push_event(&mut staged.events, ev);
+        grow_to(&mut h.tree, &mut staged.events, up);
     }
     if let Some(b) = block {
         push_event(

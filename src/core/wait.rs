@@ -167,6 +167,10 @@ impl Download {
             loop {
                 let have = count_stored(&self.inner, self.start, self.end).await?;
                 if have == total {
+                    // A read can see a commit whose new state the storage thread has not
+                    // published yet: wait for it, so that `info()` already says what was
+                    // downloaded when this resolves.
+                    self.inner.storage.barrier().await?;
                     return Ok(());
                 }
                 // Count arrivals rather than re-reading the table for each one.

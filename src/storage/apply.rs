@@ -21,6 +21,7 @@ use crate::{
 pub(super) fn apply(batch: &mut Batch<'_>, op: Op) -> Result<Outcome, StorageError> {
     match op {
         Op::SetPrimaryKey(key) => catalog::set_primary_key(batch, &key),
+        Op::SetEndpointKey(key) => catalog::set_endpoint_key(batch, &key),
         Op::CreateCore { key, header } => catalog::create_core(batch, key, &header),
         Op::DeleteCore { key, slot } => catalog::delete_core(batch, key, slot.as_deref()),
         Op::Append {

@@ -3,6 +3,8 @@
 
 use redb::ReadableTable;
 
+use crate::crypto::discovery_key;
+
 use super::{
     StorageError,
     batch::Batch,
@@ -21,6 +23,24 @@ pub(super) fn set_primary_key(
         .open_table(schema::META)?
         .insert(schema::META_PRIMARY_KEY, key.as_slice())?;
     Ok(Outcome::Done)
+}
+
+/// Stores the secret key of the endpoint that serves the store, unless one is stored: the
+/// outcome carries the stored one.
+pub(super) fn set_endpoint_key(
+    batch: &mut Batch<'_>,
+    key: &[u8; 32],
+) -> Result<Outcome, StorageError> {
+    let mut meta = batch.txn().open_table(schema::META)?;
+    if let Some(stored) = meta.get(schema::META_ENDPOINT_KEY)? {
+        let stored: [u8; 32] = stored
+            .value()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("malformed endpoint key".into()))?;
+        return Ok(Outcome::EndpointKey(stored));
+    }
+    meta.insert(schema::META_ENDPOINT_KEY, key.as_slice())?;
+    Ok(Outcome::EndpointKey(*key))
 }
 
 /// Stores a new core under `key`, or reports the one stored already.
@@ -47,6 +67,8 @@ pub(super) fn create_core(
     };
     meta.insert(schema::META_NEXT_CORE_ID, (id + 1).to_le_bytes().as_slice())?;
     cores.insert(key, id)?;
+    txn.open_table(schema::DISCOVERY)?
+        .insert(discovery_key(&key), key)?;
     txn.open_table(schema::HEADERS)?
         .insert(id, header.encode().as_slice())?;
     Ok(Outcome::Core { id, created: true })
@@ -66,6 +88,8 @@ pub(super) fn delete_core(
     else {
         return Ok(Outcome::Deleted(false));
     };
+    txn.open_table(schema::DISCOVERY)?
+        .remove(discovery_key(&key))?;
     txn.open_table(schema::HEADERS)?.remove(id)?;
     batch.nodes()?.remove_core(id)?;
     batch.blocks()?.remove_core(id)?;

@@ -18,6 +18,8 @@ use crate::{
 pub(crate) enum Op {
     /// Stores the store's primary key.
     SetPrimaryKey([u8; 32]),
+    /// Stores the secret key of the store's endpoint, unless one is stored already.
+    SetEndpointKey([u8; 32]),
     /// Stores a new core under `key` with `header`, unless one is stored under that key.
     CreateCore {
         /// The core key.
@@ -138,4 +140,6 @@ pub(crate) enum Outcome {
     },
     /// [`Op::DeleteCore`]: whether a core was stored under the key.
     Deleted(bool),
+    /// [`Op::SetEndpointKey`]: the endpoint key stored now (the earlier one, if there was).
+    EndpointKey([u8; 32]),
 }

@@ -60,16 +60,32 @@ impl<'t> Reader<'t> {
         Ok(out)
     }
 
+    /// The key of the stored core whose discovery key is `dk`, if any.
+    pub fn core_by_discovery_key(&self, dk: &[u8; 32]) -> Result<Option<CoreKey>, StorageError> {
+        let index = self.txn.open_table(schema::DISCOVERY)?;
+        Ok(index.get(dk)?.map(|v| v.value()))
+    }
+
     /// The store's primary key, once set.
     pub fn primary_key(&self) -> Result<Option<[u8; 32]>, StorageError> {
+        self.meta_key(schema::META_PRIMARY_KEY, "primary key")
+    }
+
+    /// The secret key of the store's endpoint, once set.
+    pub fn endpoint_key(&self) -> Result<Option<[u8; 32]>, StorageError> {
+        self.meta_key(schema::META_ENDPOINT_KEY, "endpoint key")
+    }
+
+    /// A 32-byte value of the meta table.
+    fn meta_key(&self, name: &str, what: &str) -> Result<Option<[u8; 32]>, StorageError> {
         let meta = self.txn.open_table(schema::META)?;
-        let Some(v) = meta.get(schema::META_PRIMARY_KEY)? else {
+        let Some(v) = meta.get(name)? else {
             return Ok(None);
         };
         let key: [u8; 32] = v
             .value()
             .try_into()
-            .map_err(|_| StorageError::Corrupt("malformed primary key".into()))?;
+            .map_err(|_| StorageError::Corrupt(format!("malformed {what}")))?;
         Ok(Some(key))
     }
 }

@@ -1,17 +1,30 @@
-//! The redb schema: table definitions, the stored core header, and the schema version check.
+//! The redb schema: table definitions, the stored core header, the schema version check and
+//! the migration of files of the previous version.
 
-use redb::{ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::StorageError;
-use crate::{crypto::CoreKind, tree::TreeState};
+use crate::{
+    crypto::{CoreKind, discovery_key},
+    tree::TreeState,
+};
 
-/// Version of the layout below; a database of another version is refused.
-pub const SCHEMA_VERSION: u32 = 4;
+/// Version of the layout below. A file of [`PREVIOUS_SCHEMA_VERSION`] is migrated on open; any
+/// other version is refused.
+pub const SCHEMA_VERSION: u32 = 5;
 
-/// Store-wide values: `schema_version` (u32 le), `primary_key` (32 B), `next_core_id` (u64 le).
+/// The version migrated to [`SCHEMA_VERSION`] on open: version 4 had no [`DISCOVERY`] index
+/// and no endpoint key (the index is built from [`CORES`]; the key is made on first use).
+pub const PREVIOUS_SCHEMA_VERSION: u32 = 4;
+
+/// Store-wide values: `schema_version` (u32 le), `primary_key` (32 B), `next_core_id` (u64 le),
+/// `endpoint_secret_key` (32 B).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Core key → core id.
 pub const CORES: TableDefinition<[u8; 32], u64> = TableDefinition::new("cores");
+/// Discovery key → core key, for every core in [`CORES`]: a peer names a core by its
+/// discovery key only.
+pub const DISCOVERY: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("discovery");
 /// Core id → postcard [`CoreHeader`].
 pub const HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("headers");
 /// (core id, flat-tree index / 32) → the stored nodes of those 32 indices (see
@@ -29,6 +42,8 @@ pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_PRIMARY_KEY: &str = "primary_key";
 /// Meta key of the next free core id.
 pub const META_NEXT_CORE_ID: &str = "next_core_id";
+/// Meta key of the secret key of the endpoint that serves the store.
+pub const META_ENDPOINT_KEY: &str = "endpoint_secret_key";
 
 /// Everything about one core that is not a node or a block.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -59,42 +74,69 @@ impl CoreHeader {
     }
 }
 
-/// Creates the tables of a new database, or checks the schema version of an existing one.
+/// Creates the tables of a new database, migrates one of [`PREVIOUS_SCHEMA_VERSION`], or checks
+/// the schema version of an existing one.
 pub fn init(db: &redb::Database) -> Result<(), StorageError> {
-    {
-        let read = db.begin_read()?;
-        match read.open_table(META) {
-            Ok(meta) => {
-                let version = meta
-                    .get(META_SCHEMA_VERSION)?
-                    .ok_or_else(|| StorageError::Corrupt("no schema version".into()))?;
-                let bytes: [u8; 4] = version
-                    .value()
-                    .try_into()
-                    .map_err(|_| StorageError::Corrupt("malformed schema version".into()))?;
-                let found = u32::from_le_bytes(bytes);
-                if found != SCHEMA_VERSION {
-                    return Err(StorageError::SchemaMismatch {
-                        found,
-                        expected: SCHEMA_VERSION,
-                    });
-                }
-                return Ok(());
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+    match stored_version(db)? {
+        Some(SCHEMA_VERSION) => Ok(()),
+        Some(PREVIOUS_SCHEMA_VERSION) => migrate_from_previous(db),
+        Some(found) => Err(StorageError::SchemaMismatch {
+            found,
+            expected: SCHEMA_VERSION,
+        }),
+        None => create(db),
     }
+}
+
+/// The schema version of the file, or `None` for a new database.
+fn stored_version(db: &redb::Database) -> Result<Option<u32>, StorageError> {
+    let read = db.begin_read()?;
+    let meta = match read.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let version = meta
+        .get(META_SCHEMA_VERSION)?
+        .ok_or_else(|| StorageError::Corrupt("no schema version".into()))?;
+    let bytes: [u8; 4] = version
+        .value()
+        .try_into()
+        .map_err(|_| StorageError::Corrupt("malformed schema version".into()))?;
+    Ok(Some(u32::from_le_bytes(bytes)))
+}
+
+/// The tables of a new database.
+fn create(db: &redb::Database) -> Result<(), StorageError> {
     let txn = db.begin_write()?;
     {
         let mut meta = txn.open_table(META)?;
         meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())?;
         meta.insert(META_NEXT_CORE_ID, 0u64.to_le_bytes().as_slice())?;
         txn.open_table(CORES)?;
+        txn.open_table(DISCOVERY)?;
         txn.open_table(HEADERS)?;
         txn.open_table(NODES)?;
         txn.open_table(BLOCKS)?;
         txn.open_table(PIECES)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Version 4 to 5, in one transaction (a crash leaves the file at version 4): indexes every
+/// stored core by its discovery key.
+fn migrate_from_previous(db: &redb::Database) -> Result<(), StorageError> {
+    let txn = db.begin_write()?;
+    {
+        let cores = txn.open_table(CORES)?;
+        let mut index = txn.open_table(DISCOVERY)?;
+        for item in cores.iter()? {
+            let key = item?.0.value();
+            index.insert(discovery_key(&key), key)?;
+        }
+        txn.open_table(META)?
+            .insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())?;
     }
     txn.commit()?;
     Ok(())

@@ -6,7 +6,7 @@ pub use super::{
     blocks::{BlocksRead, BlocksWrite, CHUNK_BYTES},
     nodes::{GROUP, NodesWrite, get as node},
     schema::{
-        BLOCKS, CORES, CoreHeader, HEADERS, META, META_SCHEMA_VERSION, NODES, PIECES,
-        SCHEMA_VERSION, init,
+        BLOCKS, CORES, CoreHeader, DISCOVERY, HEADERS, META, META_SCHEMA_VERSION, NODES, PIECES,
+        PREVIOUS_SCHEMA_VERSION, SCHEMA_VERSION, init,
     },
 };

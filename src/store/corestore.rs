@@ -10,7 +10,7 @@ use super::options::{CoreOptions, StoreOptions};
 use crate::{
     core::{Hypercore, create_core, load_core},
     crypto::{
-        CoreKey, CoreKind, Hash, KeyPair,
+        CoreKey, CoreKind, DiscoveryKey, Hash, KeyPair,
         derive::{DEFAULT_NAMESPACE, child_namespace, derive_key_pair},
     },
     error::{Error, Result},
@@ -51,6 +51,8 @@ pub struct Corestore {
 struct StoreInner {
     storage: Storage,
     primary_key: [u8; 32],
+    /// The secret key of the endpoint that serves this store, kept in the database.
+    endpoint_key: [u8; 32],
     /// Open cores, so that every handle of one core shares one state: attached to the
     /// storage, so shared by every store opened on it.
     open: Arc<OpenCores>,
@@ -99,10 +101,13 @@ impl Corestore {
         Self::with_storage(storage, opts.primary_key).await
     }
 
-    /// A store on an opened [`Storage`]; its primary key is read, or set on first open. Stores
-    /// on one `Storage` share its open cores: a core opened through two of them has one state.
+    /// A store on an opened [`Storage`]; its primary key and endpoint key are read, or set on
+    /// first open. Stores on one `Storage` share its open cores: a core opened through two of
+    /// them has one state.
     pub async fn with_storage(storage: Storage, primary_key: Option<[u8; 32]>) -> Result<Self> {
-        let stored = storage.read(|r| r.primary_key()).await?;
+        let (stored, endpoint_key) = storage
+            .read(|r| Ok((r.primary_key()?, r.endpoint_key()?)))
+            .await?;
         let primary_key = match (stored, primary_key) {
             (Some(s), Some(given)) if s != given => {
                 return Err(Error::InvalidArgument(
@@ -116,11 +121,25 @@ impl Corestore {
                 key
             }
         };
+        let endpoint_key = match endpoint_key {
+            Some(key) => key,
+            // A second store opening the file at once may have stored one first: the stored
+            // one wins, so both agree.
+            None => match storage.write(Op::SetEndpointKey(rand::random())).await? {
+                Outcome::EndpointKey(key) => key,
+                other => {
+                    return Err(Error::Storage(StorageError::Database(format!(
+                        "unexpected outcome {other:?} of storing the endpoint key"
+                    ))));
+                }
+            },
+        };
         let open = storage.attached(OpenCores::default);
         Ok(Self {
             inner: Arc::new(StoreInner {
                 storage,
                 primary_key,
+                endpoint_key,
                 open,
             }),
             namespace: DEFAULT_NAMESPACE,
@@ -146,6 +165,16 @@ impl Corestore {
             Some(kp),
         )
         .await
+    }
+
+    /// The secret key of the endpoint that serves this store: made on the store's first open
+    /// and kept in its database, so the endpoint id (and every ticket printed with it) stays
+    /// the same across restarts. Bind the endpoint with it:
+    /// `Endpoint::builder(..).secret_key(store.endpoint_secret_key())`.
+    ///
+    /// Whoever reads the database can act as this endpoint, as they can sign as its cores.
+    pub fn endpoint_secret_key(&self) -> iroh::SecretKey {
+        iroh::SecretKey::from_bytes(&self.inner.endpoint_key)
     }
 
     /// The key a named core would have, without opening it.
@@ -177,6 +206,21 @@ impl Corestore {
             open.insert(key, Arc::downgrade(&inner));
             Hypercore::from_inner(inner)
         }))
+    }
+
+    /// The stored core whose discovery key is `dk`, if any: how a peer names a core it asks
+    /// for (the key itself never travels).
+    pub async fn get_by_discovery_key(&self, dk: &DiscoveryKey) -> Result<Option<Hypercore>> {
+        let dk = *dk;
+        let key = self
+            .inner
+            .storage
+            .read(move |r| r.core_by_discovery_key(&dk))
+            .await?;
+        match key {
+            Some(key) => self.get(key).await,
+            None => Ok(None),
+        }
     }
 
     async fn open_or_create(

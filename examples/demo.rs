@@ -137,7 +137,7 @@ async fn follower(
     let core = node.proto.open_ticket(&ticket).await?;
     let mut events = node.proto.subscribe();
     tokio::spawn(async move {
-        while let Ok(ev) = events.recv().await {
+        while let Some(ev) = n0_future::StreamExt::next(&mut events).await {
             if let Event::Invalid { reason, .. } = ev {
                 eprintln!("rejected data: {reason}");
             }

@@ -48,6 +48,10 @@ pub enum Error {
     /// The core or store was closed.
     #[error("closed")]
     Closed,
+    /// A read waiting for peers was given up: the protocol left the core
+    /// (`HypercoreProtocol::leave`), so nobody fetches for it any more.
+    #[error("the core stopped replicating while waiting for {0}")]
+    Left(String),
     /// Waiting for data from peers took longer than allowed.
     #[error("timed out waiting for {0}")]
     Timeout(String),

@@ -83,7 +83,16 @@ impl TestNet {
 
     /// An endpoint on this network whose address every other endpoint can look up.
     pub async fn endpoint(&self, transport: Transport) -> Result<Endpoint> {
-        let ep = self.unlisted_endpoint(transport).await?;
+        self.endpoint_with_key(transport, None).await
+    }
+
+    /// Like [`endpoint`](Self::endpoint), with the secret key `key` (a new one if `None`).
+    pub async fn endpoint_with_key(
+        &self,
+        transport: Transport,
+        key: Option<iroh::SecretKey>,
+    ) -> Result<Endpoint> {
+        let ep = self.bind(transport, key).await?;
         self.lookup.add_endpoint_info(ep.addr());
         if let Ok(services) = ep.address_lookup() {
             services.add(self.lookup.clone());
@@ -94,7 +103,15 @@ impl TestNet {
     /// An endpoint that is not in the network's address book and does not use it: it reaches
     /// only the addresses it is given.
     pub async fn unlisted_endpoint(&self, transport: Transport) -> Result<Endpoint> {
-        let builder = Endpoint::builder(presets::Minimal)
+        self.bind(transport, None).await
+    }
+
+    async fn bind(&self, transport: Transport, key: Option<iroh::SecretKey>) -> Result<Endpoint> {
+        let mut builder = Endpoint::builder(presets::Minimal);
+        if let Some(key) = key {
+            builder = builder.secret_key(key);
+        }
+        let builder = builder
             .relay_mode(RelayMode::Custom(self.relay_map.clone()))
             .ca_tls_config(CaTlsConfig::insecure_skip_verify())
             .portmapper_config(PortmapperConfig::Disabled)
@@ -132,14 +149,18 @@ impl TestNet {
             .await
     }
 
-    /// A node with the given store and engine tuning.
+    /// A node with the given store and engine tuning, on an endpoint with the store's
+    /// persisted identity ([`Corestore::endpoint_secret_key`]): a node restarted from its
+    /// directory has the same endpoint id.
     pub async fn node_with(
         &self,
         transport: Transport,
         store: Corestore,
         config: EngineConfig,
     ) -> Result<Node> {
-        let endpoint = self.endpoint(transport).await?;
+        let endpoint = self
+            .endpoint_with_key(transport, Some(store.endpoint_secret_key()))
+            .await?;
         Ok(Node::spawn(endpoint, store, config))
     }
 

@@ -8,6 +8,7 @@ use iroh_hypercore::{
     replication::Event,
     testnet::{Node, TestNet, Transport},
 };
+use n0_future::StreamExt;
 use net::{WAIT, wait_full};
 
 async fn replicate_two(transport: Transport, blocks: u64) {
@@ -135,7 +136,7 @@ async fn discovery_key_alone_cannot_open_a_channel() {
     }
     let refused = tokio::time::timeout(WAIT, async {
         loop {
-            if let Ok(Event::ChannelRefused { reason, .. }) = events.recv().await {
+            if let Some(Event::ChannelRefused { reason, .. }) = events.next().await {
                 return reason;
             }
         }
@@ -175,7 +176,7 @@ async fn sparse_replication_fetches_only_what_is_asked_for() {
     let mut downloaded = std::collections::BTreeSet::new();
     tokio::time::timeout(WAIT, async {
         while downloaded.len() < 11 {
-            if let Ok(Event::Download { index, .. }) = events.recv().await {
+            if let Some(Event::Download { index, .. }) = events.next().await {
                 downloaded.insert(index);
             }
         }

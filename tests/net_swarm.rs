@@ -12,7 +12,9 @@ use iroh_hypercore::{
     replication::Event,
     testnet::{TestNet, Transport},
 };
-use net::{WAIT, append_numbered, follower, numbered, wait_event, wait_full, writer_with_log};
+use net::{
+    WAIT, append_numbered, drain, follower, numbered, wait_event, wait_full, writer_with_log,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_live_including_a_reader_behind_a_reader() {
@@ -98,7 +100,7 @@ async fn late_joiner_catches_up_from_readers_while_the_writer_is_offline() {
         !from.is_empty()
     })
     .await;
-    while let Ok(ev) = events.try_recv() {
+    for ev in drain(&mut events).await {
         if let Event::Download { peer, .. } = ev {
             from.insert(peer);
         }
@@ -266,7 +268,7 @@ async fn a_reader_restarts_from_its_file_without_downloading_again() {
         downloaded.len() >= 100
     })
     .await;
-    while let Ok(ev) = events.try_recv() {
+    for ev in drain(&mut events).await {
         if let Event::Download { index, .. } = ev {
             downloaded.insert(index);
         }

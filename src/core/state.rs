@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::recent::RecentAppends;
 use crate::{
@@ -37,6 +37,9 @@ pub(crate) struct CoreInner {
     pub verified: broadcast::Sender<(u64, Bytes)>,
     /// The latest local appends, to prove new blocks without a storage read.
     pub recent: Mutex<RecentAppends>,
+    /// Bumped when nobody fetches for the reads waiting on this core any more: a protocol
+    /// left it, or it was closed or deleted. Waiting reads fail then.
+    pub stopped: watch::Sender<u64>,
 }
 
 impl CoreInner {
@@ -71,6 +74,21 @@ impl CoreInner {
         }
     }
 
+    /// Fails the reads waiting on this core ([`Error::Left`], or [`Error::Closed`] once
+    /// closed).
+    pub fn stop_waits(&self) {
+        self.stopped.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The error of a wait for `what` given up by [`stop_waits`](Self::stop_waits).
+    pub fn stopped_error(&self, what: String) -> Error {
+        if self.state().closed {
+            Error::Closed
+        } else {
+            Error::Left(what)
+        }
+    }
+
     /// Drops queued-but-failed appends from the head.
     pub fn resync_head(&self) {
         self.slot.resync_head();
@@ -96,6 +114,7 @@ impl CoreInner {
             wants: broadcast::channel(WANT_CAPACITY).0,
             verified: broadcast::channel(VERIFIED_CAPACITY).0,
             recent: Mutex::new(RecentAppends::default()),
+            stopped: watch::channel(0).0,
         }))
     }
 }

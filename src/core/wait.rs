@@ -28,7 +28,8 @@ impl Get {
 
     /// The block, fetched by replicating peers if it is not stored (also past the current
     /// length: the read waits for the log to grow). Fails with [`Error::Timeout`] after
-    /// `timeout`.
+    /// `timeout`, and with [`Error::Left`] if the protocol stops replicating the core
+    /// meanwhile.
     ///
     /// A block from a peer is returned as soon as it verified against the signed tree, while
     /// it is still being written.
@@ -37,6 +38,7 @@ impl Get {
             let index = self.index;
             let mut events = self.inner.slot.subscribe();
             let mut verified = self.inner.verified.subscribe();
+            let mut stopped = self.inner.stopped.subscribe();
             let deadline = tokio::time::Instant::now() + timeout;
             let mut asked = false;
             loop {
@@ -53,12 +55,14 @@ impl Get {
                 loop {
                     let ev = tokio::time::timeout_at(deadline, async {
                         tokio::select! {
-                            ev = events.recv() => Ok(ev),
-                            v = verified.recv() => Err(v),
+                            ev = events.recv() => Some(Ok(ev)),
+                            v = verified.recv() => Some(Err(v)),
+                            _ = stopped.changed() => None,
                         }
                     })
                     .await
-                    .map_err(|_| Error::Timeout(format!("block {index}")))?;
+                    .map_err(|_| Error::Timeout(format!("block {index}")))?
+                    .ok_or_else(|| self.inner.stopped_error(format!("block {index}")))?;
                     let ev = match ev {
                         Ok(ev) => ev,
                         Err(Ok((i, value))) if i == index => return Ok(value),
@@ -125,6 +129,7 @@ pub struct Download {
     start: u64,
     end: u64,
     events: broadcast::Receiver<CoreEvent>,
+    stopped: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Hypercore {
@@ -132,12 +137,14 @@ impl Hypercore {
     /// and returns a handle to follow the download.
     pub fn download(&self, range: std::ops::Range<u64>) -> Download {
         let events = self.inner.slot.subscribe();
+        let stopped = self.inner.stopped.subscribe();
         let _ = self.inner.wants.send((range.start, range.end));
         Download {
             inner: self.inner.clone(),
             start: range.start,
             end: range.end.max(range.start),
             events,
+            stopped,
         }
     }
 
@@ -159,7 +166,8 @@ impl Download {
         }
     }
 
-    /// Resolves when every block of the range is stored, or fails with [`Error::Timeout`].
+    /// Resolves when every block of the range is stored, or fails with [`Error::Timeout`], or
+    /// with [`Error::Left`] if the protocol stops replicating the core meanwhile.
     pub async fn done(mut self, timeout: Duration) -> Result<()> {
         {
             let deadline = tokio::time::Instant::now() + timeout;
@@ -176,11 +184,16 @@ impl Download {
                 // Count arrivals rather than re-reading the table for each one.
                 let mut seen = HashSet::new();
                 while have + (seen.len() as u64) < total {
-                    let ev = tokio::time::timeout_at(deadline, self.events.recv())
-                        .await
-                        .map_err(|_| {
-                            Error::Timeout(format!("blocks {}..{}", self.start, self.end))
-                        })?;
+                    let what = || format!("blocks {}..{}", self.start, self.end);
+                    let ev = tokio::time::timeout_at(deadline, async {
+                        tokio::select! {
+                            ev = self.events.recv() => Some(ev),
+                            _ = self.stopped.changed() => None,
+                        }
+                    })
+                    .await
+                    .map_err(|_| Error::Timeout(what()))?
+                    .ok_or_else(|| self.inner.stopped_error(what()))?;
                     match ev {
                         Ok(CoreEvent::Download { index, .. })
                             if (self.start..self.end).contains(&index) =>

@@ -11,7 +11,10 @@ use iroh_gossip::Gossip;
 use iroh_hypercore_tickets::CoreTicket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::driver::{Command, Driver, NodeStats};
+use super::{
+    driver::{Command, Driver, NodeStats},
+    events::{Events, ReplicaEvents},
+};
 use crate::{
     core::Hypercore,
     error::{Error, Result},
@@ -68,9 +71,22 @@ struct Inner {
 pub struct Builder {
     store: Corestore,
     config: EngineConfig,
+    serve_store: bool,
 }
 
 impl Builder {
+    /// Whether a peer that proves it knows the key of any core in the store gets a channel
+    /// for it, opened on demand, whether or not the application replicates that core
+    /// (Corestore's `store.replicate`). Default `true`. With `false`, only the cores given
+    /// to [`replicate`](HypercoreProtocol::replicate) and its kin are served.
+    ///
+    /// A core served on demand is replicated sparsely (nothing is fetched but what the
+    /// application reads; its length is followed) and joins no gossip topic.
+    pub fn serve_store(mut self, serve: bool) -> Self {
+        self.serve_store = serve;
+        self
+    }
+
     /// Sets the engine's tuning.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
@@ -93,7 +109,14 @@ impl Builder {
         let engine = Engine::new(me, self.config);
         let (commands, rx) = mpsc::channel(256);
         let events = broadcast::channel(EVENT_CAPACITY).0;
-        let driver = Driver::new(engine, endpoint.clone(), gossip, events.clone());
+        let driver = Driver::new(
+            engine,
+            endpoint.clone(),
+            gossip,
+            self.store.clone(),
+            self.serve_store,
+            events.clone(),
+        );
         tokio::spawn(driver.run(rx));
         HypercoreProtocol {
             inner: Arc::new(Inner {
@@ -112,6 +135,7 @@ impl HypercoreProtocol {
         Builder {
             store,
             config: EngineConfig::default(),
+            serve_store: true,
         }
     }
 
@@ -148,6 +172,24 @@ impl HypercoreProtocol {
             .await
     }
 
+    /// Follows every core of the store in `mode` with every connected peer that holds them,
+    /// the cores created later too (Corestore's `store.replicate`). Cores served this way
+    /// join no gossip topic unless replicated by name ([`replicate`](Self::replicate),
+    /// [`join`](Self::join)).
+    pub async fn replicate_store(&self, mode: Mode) -> Result<()> {
+        self.command(|tx| Command::ReplicateStore(mode, tx)).await
+    }
+
+    /// Stops replicating `core`: its channels close (each peer is told), its gossip topic is
+    /// left, its queued fetches are dropped, and pending `get(..).wait(..)` and
+    /// `download(..).done(..)` fail with [`Error::Left`]. The store no longer serves it on
+    /// demand; [`replicate`](Self::replicate) starts again. Returns whether it was
+    /// replicated.
+    pub async fn leave(&self, core: &Hypercore) -> Result<bool> {
+        let key = core.key();
+        self.command(|tx| Command::Leave(key, tx)).await
+    }
+
     /// Replicates `core` (fully, unless it already is replicated) and connects to `nodes`,
     /// which also bootstrap its gossip topic.
     pub async fn join(&self, core: &Hypercore, nodes: &[EndpointAddr]) -> Result<()> {
@@ -170,9 +212,17 @@ impl HypercoreProtocol {
         CoreTicket::new(core.key(), vec![self.inner.endpoint.addr()])
     }
 
-    /// Events: peers coming and going, appends, truncates, downloads and uploads.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.inner.events.subscribe()
+    /// Every event, as a `Stream`: peers coming and going, channels, appends, truncates,
+    /// downloads and uploads. A subscriber that falls behind gets
+    /// [`Event::Lagged`](crate::replication::Event::Lagged) and goes on.
+    pub fn subscribe(&self) -> Events {
+        Events::new(self.inner.events.subscribe())
+    }
+
+    /// The events of one core, as a `Stream`: peers added and removed (a channel for the core
+    /// opened or closed), appends, truncates, downloads and uploads.
+    pub fn events(&self, core: &Hypercore) -> ReplicaEvents {
+        ReplicaEvents::new(core.key(), self.inner.events.subscribe())
     }
 
     /// Counters of every connected peer.

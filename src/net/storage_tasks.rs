@@ -74,6 +74,18 @@ pub async fn run_caught(core: Hypercore, task: Task) -> TaskResult {
     }
 }
 
+/// The result of a `task` that could not run (its core is no longer replicated): failed,
+/// nobody's fault.
+pub(crate) fn not_run(task: &Task, reason: &str) -> TaskResult {
+    let e = reason.to_string();
+    match task {
+        Task::CreateProof(_) => TaskResult::Proof(Err(e)),
+        Task::CreateRun { .. } => TaskResult::Run(Err(e)),
+        Task::ApplyProof(_) => TaskResult::Applied(ApplyOutcome::Failed(e), LocalInfo::default()),
+        Task::ApplyRun(_) => TaskResult::RunApplied(ApplyOutcome::Failed(e), LocalInfo::default()),
+    }
+}
+
 /// Splits errors into the peer's fault (the data did not verify) and ours (storage).
 fn outcome<T>(r: Result<T, Error>) -> ApplyOutcome<T> {
     match r {

@@ -661,7 +661,7 @@ impl Sim {
                     },
                 );
             }
-            Output::JoinGossip(..) => {}
+            Output::JoinGossip(..) | Output::LeaveGossip(..) | Output::FindCore(..) => {}
             Output::Broadcast(core, bytes) => {
                 if std::env::var("SIM_DEBUG").is_ok() {
                     eprintln!("{:?} {n} broadcast", self.now);

@@ -53,13 +53,31 @@ struct StoreInner {
     primary_key: [u8; 32],
     /// The secret key of the endpoint that serves this store, kept in the database.
     endpoint_key: [u8; 32],
-    /// Open cores, so that every handle of one core shares one state: attached to the
-    /// storage, so shared by every store opened on it.
-    open: Arc<OpenCores>,
+    /// Open cores and news of created ones: attached to the storage, so shared by every
+    /// store opened on it.
+    shared: Arc<SharedCores>,
 }
 
-/// The open cores of a database, by key.
-type OpenCores = tokio::sync::Mutex<HashMap<CoreKey, Weak<crate::core::CoreInnerHandle>>>;
+/// What every store on one database shares.
+#[derive(Debug)]
+struct SharedCores {
+    /// The open cores, by key, so that every handle of one core shares one state.
+    open: tokio::sync::Mutex<HashMap<CoreKey, Weak<crate::core::CoreInnerHandle>>>,
+    /// The key of each core created (a protocol replicating the whole store follows it).
+    created: tokio::sync::broadcast::Sender<CoreKey>,
+}
+
+/// News of created cores a lagging follower may miss before it lists the store again.
+const CREATED_CAPACITY: usize = 1024;
+
+impl Default for SharedCores {
+    fn default() -> Self {
+        Self {
+            open: Default::default(),
+            created: tokio::sync::broadcast::channel(CREATED_CAPACITY).0,
+        }
+    }
+}
 
 /// The database options of a store's options.
 fn storage_options(opts: &StoreOptions) -> StorageOptions {
@@ -134,13 +152,13 @@ impl Corestore {
                 }
             },
         };
-        let open = storage.attached(OpenCores::default);
+        let shared = storage.attached(SharedCores::default);
         Ok(Self {
             inner: Arc::new(StoreInner {
                 storage,
                 primary_key,
                 endpoint_key,
-                open,
+                shared,
             }),
             namespace: DEFAULT_NAMESPACE,
         })
@@ -197,7 +215,7 @@ impl Corestore {
 
     /// The stored core with key `key`, if any.
     pub async fn get(&self, key: CoreKey) -> Result<Option<Hypercore>> {
-        let mut open = self.inner.open.lock().await;
+        let mut open = self.inner.shared.open.lock().await;
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Some(Hypercore::from_inner(inner)));
         }
@@ -229,17 +247,27 @@ impl Corestore {
         kind: Option<CoreKind>,
         key_pair: Option<KeyPair>,
     ) -> Result<Hypercore> {
-        let mut open = self.inner.open.lock().await;
+        let mut open = self.inner.shared.open.lock().await;
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Hypercore::from_inner(inner));
         }
         let inner = match load_core(&self.inner.storage, key).await? {
             Some(inner) => inner,
-            None => create_core(&self.inner.storage, key, kind, key_pair).await?,
+            None => {
+                let inner = create_core(&self.inner.storage, key, kind, key_pair).await?;
+                let _ = self.inner.shared.created.send(key);
+                inner
+            }
         };
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(key, Arc::downgrade(&inner));
         Ok(Hypercore::from_inner(inner))
+    }
+
+    /// The key of each core created from now on, through any store on this database (a
+    /// lagging receiver should list the store again).
+    pub(crate) fn subscribe_created(&self) -> tokio::sync::broadcast::Receiver<CoreKey> {
+        self.inner.shared.created.subscribe()
     }
 
     /// Keys of every stored core, read in one pass over the key table (no core is loaded).
@@ -251,7 +279,7 @@ impl Corestore {
     pub async fn delete(&self, key: CoreKey) -> Result<()> {
         // Held until the delete committed: a core opened meanwhile would be loaded from the
         // rows still stored, with a state the delete does not mark, and take writes that vanish.
-        let mut open = self.inner.open.lock().await;
+        let mut open = self.inner.shared.open.lock().await;
         let handle = open.remove(&key).and_then(|w| w.upgrade());
         if let Some(h) = &handle {
             Hypercore::from_inner(h.clone()).mark_closed();
@@ -281,6 +309,7 @@ impl Corestore {
     pub async fn close(&self) -> Result<()> {
         for inner in self
             .inner
+            .shared
             .open
             .lock()
             .await

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use iroh_hypercore::{
     Hypercore, HypercoreProtocol,
+    net::Events,
     replication::Event,
     testnet::{Node, TestNet, Transport},
 };
-use tokio::sync::broadcast;
+use n0_future::StreamExt;
 
 /// Generous bound for one step of a test on a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -24,21 +25,31 @@ pub fn init_tracing() {
 
 /// Waits for an event matching `pred`, failing the test after [`WAIT`].
 pub async fn wait_event(
-    events: &mut broadcast::Receiver<Event>,
+    events: &mut Events,
     what: &str,
     mut pred: impl FnMut(&Event) -> bool,
 ) -> Event {
     tokio::time::timeout(WAIT, async {
         loop {
-            match events.recv().await {
-                Ok(ev) if pred(&ev) => return ev,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => panic!("events closed: {what}"),
+            match events.next().await {
+                Some(ev) if pred(&ev) => return ev,
+                Some(_) => {}
+                None => panic!("events closed: {what}"),
             }
         }
     })
     .await
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// The events already delivered to `events`, without waiting for more.
+pub async fn drain(events: &mut Events) -> Vec<Event> {
+    let mut out = Vec::new();
+    // A zero timeout still polls the stream once before it expires.
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
+        out.push(ev);
+    }
+    out
 }
 
 /// Waits until `core` holds blocks `0..length` (fetched by its replication).

@@ -21,7 +21,7 @@ impl Driver {
         };
         let tx = self.fwd_tx.clone();
         let bootstrap = self.gossip_bootstrap.remove(&key).unwrap_or_default();
-        self.forwarders.spawn(async move {
+        let task = self.forwarders.spawn(async move {
             let mut bootstrap = bootstrap;
             loop {
                 let topic = match gossip
@@ -58,6 +58,19 @@ impl Driver {
                 }
             }
         });
+        if let Some(old) = self.gossip_tasks.insert(key, task) {
+            old.abort();
+        }
+    }
+
+    /// Leaves a core's topic: its subscription ends (iroh-gossip leaves a topic once its last
+    /// sender and receiver are gone) and its bootstrap nodes are forgotten.
+    pub(super) fn leave_gossip(&mut self, key: CoreKey) {
+        if let Some(task) = self.gossip_tasks.remove(&key) {
+            task.abort();
+        }
+        self.gossip_senders.remove(&key);
+        self.gossip_bootstrap.remove(&key);
     }
 
     /// Adds nodes to a core's gossip topic, or keeps them to bootstrap it once joined.
@@ -92,6 +105,9 @@ impl Driver {
 
     /// A core's topic is joined: nodes kept to bootstrap it are added.
     pub(super) fn on_gossip_ready(&mut self, key: CoreKey, sender: GossipSender) {
+        if !self.gossip_tasks.contains_key(&key) {
+            return; // left meanwhile
+        }
         if let Some(ids) = self.gossip_bootstrap.remove(&key) {
             let s = sender.clone();
             self.io.push(Box::pin(async move {

@@ -10,11 +10,14 @@
 //! - `connections`: dialing, accepting and keeping one connection per peer;
 //! - `streams`: channels' streams, framing, read budgets and the send backlog;
 //! - `gossip`: gossip topics, their bootstrap nodes and broadcasts;
-//! - `cores`: the cores replicated, their change forwarders and their storage tasks.
+//! - `cores`: the cores replicated, their change forwarders and their storage tasks, and
+//!   leaving them;
+//! - `store`: serving the whole store (cores peers ask for, `replicate_store`).
 
 mod connections;
 mod cores;
 mod gossip;
+mod store;
 mod streams;
 
 use std::{
@@ -32,22 +35,24 @@ use iroh_gossip::{Gossip, api::GossipSender};
 use n0_future::{FuturesUnordered, StreamExt, boxed::BoxFuture};
 use tokio::{
     sync::{broadcast, mpsc, oneshot},
-    task::JoinSet,
+    task::{AbortHandle, JoinSet},
 };
 
 use super::frames::{Budget, FrameReader, MAX_BUFFERED_TOTAL, ReadError};
 use crate::{
     core::Hypercore,
-    crypto::CoreKey,
+    crypto::{CoreKey, DiscoveryKey},
     replication::{
         Engine, Event, Input, Mode, Output, PeerId, TaskResult,
         engine::{ChannelId, PeerStats, TaskId},
         wire::Message,
     },
+    store::Corestore,
 };
 
 use connections::Conn;
 pub use connections::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES};
+use cores::Replicated;
 use streams::ChannelIo;
 
 /// What a node holds and refused over all its peers: the resources peers can make it spend.
@@ -73,6 +78,10 @@ pub(crate) enum Command {
     /// Replicate a core; `None` keeps the mode of a core already replicated (else full).
     Replicate(Hypercore, Option<Mode>, oneshot::Sender<()>),
     Join(CoreKey, Vec<EndpointAddr>, oneshot::Sender<()>),
+    /// Stop replicating a core; answers whether it was replicated.
+    Leave(CoreKey, oneshot::Sender<bool>),
+    /// Follow every core of the store in a mode.
+    ReplicateStore(Mode, oneshot::Sender<()>),
     PeerStats(oneshot::Sender<Vec<PeerStats>>),
     CorePeers(CoreKey, oneshot::Sender<Vec<PeerId>>),
     NodeStats(oneshot::Sender<NodeStats>),
@@ -86,6 +95,12 @@ enum Forward {
     GossipReady(CoreKey, GossipSender),
     Gossip(CoreKey, Bytes),
     GossipLagged(CoreKey),
+    /// A replicated core was closed or deleted.
+    CoreClosed(CoreKey),
+    /// A core was created in the store.
+    CoreCreated(CoreKey),
+    /// News of created cores was lost: list the store again.
+    CreatedLagged,
 }
 
 enum Io {
@@ -109,6 +124,10 @@ enum Io {
     /// A write finished: the channel, its stream, and how many bytes it took.
     Written(ChannelId, SendStream, Result<(), String>, u64),
     Closed(PeerId, usize),
+    /// A lookup of a core a peer asked for by discovery key ended.
+    Found(DiscoveryKey, Option<Hypercore>),
+    /// Cores of the store to follow in the store's mode.
+    StoreCores(Vec<Hypercore>),
     Done,
 }
 
@@ -117,7 +136,18 @@ pub(crate) struct Driver {
     endpoint: Endpoint,
     gossip: Option<Gossip>,
     lookup: MemoryLookup,
-    cores: HashMap<CoreKey, Hypercore>,
+    /// The store whose cores are served.
+    store: Corestore,
+    /// Whether a core of the store a peer asks for is served without the application
+    /// replicating it.
+    serve_store: bool,
+    /// The mode every core of the store is followed in, once `replicate_store` was called.
+    store_mode: Option<Mode>,
+    /// Discovery keys being looked up in the store.
+    finding: HashSet<DiscoveryKey>,
+    /// Cores the application left: not served on demand until replicated again.
+    left: HashSet<CoreKey>,
+    cores: HashMap<CoreKey, Replicated>,
     conns: HashMap<PeerId, Conn>,
     dialing: HashSet<PeerId>,
     addrs: HashMap<PeerId, EndpointAddr>,
@@ -127,6 +157,8 @@ pub(crate) struct Driver {
     next_incoming: ChannelId,
     gossip_senders: HashMap<CoreKey, GossipSender>,
     gossip_bootstrap: HashMap<CoreKey, Vec<EndpointId>>,
+    /// The subscription task of each joined topic.
+    gossip_tasks: HashMap<CoreKey, AbortHandle>,
     io: FuturesUnordered<BoxFuture<Io>>,
     tasks: FuturesUnordered<BoxFuture<(TaskId, TaskResult)>>,
     forwarders: JoinSet<()>,
@@ -144,6 +176,8 @@ impl Driver {
         engine: Engine,
         endpoint: Endpoint,
         gossip: Option<Gossip>,
+        store: Corestore,
+        serve_store: bool,
         events: broadcast::Sender<Event>,
     ) -> Self {
         let lookup = MemoryLookup::new();
@@ -156,6 +190,11 @@ impl Driver {
             endpoint,
             gossip,
             lookup,
+            store,
+            serve_store,
+            store_mode: None,
+            finding: HashSet::new(),
+            left: HashSet::new(),
             cores: HashMap::new(),
             conns: HashMap::new(),
             dialing: HashSet::new(),
@@ -165,6 +204,7 @@ impl Driver {
             next_incoming: 1,
             gossip_senders: HashMap::new(),
             gossip_bootstrap: HashMap::new(),
+            gossip_tasks: HashMap::new(),
             io: FuturesUnordered::new(),
             tasks: FuturesUnordered::new(),
             forwarders: JoinSet::new(),
@@ -216,7 +256,14 @@ impl Driver {
         match cmd {
             Command::Accept(conn) => self.add_conn(conn, false),
             Command::Replicate(core, mode, reply) => {
-                self.replicate(core, mode, now);
+                self.replicate(core, mode, true, now);
+                let _ = reply.send(());
+            }
+            Command::Leave(key, reply) => {
+                let _ = reply.send(self.leave(key, now));
+            }
+            Command::ReplicateStore(mode, reply) => {
+                self.replicate_store(mode);
                 let _ = reply.send(());
             }
             Command::Join(key, nodes, reply) => {
@@ -259,7 +306,9 @@ impl Driver {
                 Output::Send(_, ch, msg) => self.send(ch, &msg),
                 Output::CloseChannel(_, ch) => self.close_channel(ch),
                 Output::Task(id, key, task) => self.run_task(id, key, task),
-                Output::JoinGossip(key, topic) => self.join_gossip(key, topic),
+                Output::JoinGossip(key, topic) => self.on_join_gossip(key, topic),
+                Output::LeaveGossip(key) => self.leave_gossip(key),
+                Output::FindCore(dk) => self.find_core(dk),
                 Output::Broadcast(key, bytes) => self.broadcast(key, bytes),
                 Output::Event(ev) => {
                     let _ = self.events.send(ev);
@@ -278,8 +327,8 @@ impl Driver {
         let now = Instant::now();
         match fwd {
             Forward::CoreChanged(key) => {
-                if let Some(core) = self.cores.get(&key) {
-                    let info = super::storage_tasks::local_info(core);
+                if let Some(r) = self.cores.get(&key) {
+                    let info = super::storage_tasks::local_info(&r.core);
                     self.engine.handle(Input::LocalChanged(key, info), now);
                 }
             }
@@ -287,6 +336,11 @@ impl Driver {
             Forward::GossipReady(key, sender) => self.on_gossip_ready(key, sender),
             Forward::Gossip(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
             Forward::GossipLagged(key) => self.engine.handle(Input::GossipLagged(key), now),
+            Forward::CoreClosed(key) => {
+                self.leave(key, now);
+            }
+            Forward::CoreCreated(key) => self.on_core_created(key),
+            Forward::CreatedLagged => self.load_store(),
         }
     }
 
@@ -307,6 +361,8 @@ impl Driver {
                     self.remove_conn(&peer);
                 }
             }
+            Io::Found(dk, core) => self.on_found(dk, core, Instant::now()),
+            Io::StoreCores(cores) => self.on_store_cores(cores, Instant::now()),
             Io::Done => {}
         }
     }

@@ -58,6 +58,13 @@ impl Announcer {
         self.waiting.replace(core, end, None);
     }
 
+    /// Forgets `core`: its waiting announcement and when it was last announced (the core is no
+    /// longer replicated).
+    pub(super) fn forget(&mut self, core: &CoreKey) {
+        self.cancel(*core);
+        self.last.remove(core);
+    }
+
     /// The cores whose announcement may go at `now`, in key order; they wait no more.
     pub(super) fn due(&mut self, now: Instant) -> Vec<CoreKey> {
         let mut due = self.waiting.drain_due(now);

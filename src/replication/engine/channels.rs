@@ -7,7 +7,7 @@ use std::{
     time::Instant,
 };
 
-use super::{ChannelId, Engine, Output, PeerId};
+use super::{ChannelId, Engine, Event, Output, PeerId};
 use crate::{
     crypto::{
         CoreKey,
@@ -205,6 +205,12 @@ impl Engine {
         };
         if let Some(t) = c.handshake_deadline {
             self.handshakes.remove(t, id);
+        }
+        if c.remote.is_some() {
+            self.emit(Event::ChannelClosed {
+                core: c.core,
+                peer: c.peer,
+            });
         }
         if let Some(p) = self.peers.get_mut(&c.peer)
             && p.channels.get(&c.core) == Some(&id)

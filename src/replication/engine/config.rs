@@ -31,6 +31,11 @@ pub struct EngineConfig {
     /// Time a peer has to prove it knows a core's key on a channel we opened (its `Accept`),
     /// and time a channel it opened for a core we do not replicate waits to be adopted.
     pub handshake_timeout: Duration,
+    /// Time the higher endpoint id of a connection waits before it opens channels for the
+    /// cores the other side has not opened: the lower id opens channels for all its cores at
+    /// once, the higher one then opens the rest (which the other side may serve from its
+    /// store), so that the cores both replicate are not opened twice.
+    pub open_delay: Duration,
     /// Channels one peer may keep waiting for cores we do not replicate.
     pub max_parked_per_peer: usize,
     /// Channels all peers together may keep waiting for cores we do not replicate.
@@ -53,6 +58,7 @@ impl Default for EngineConfig {
             announce_interval: Duration::from_millis(50),
             gossip_max_message: GOSSIP_MAX_MESSAGE,
             handshake_timeout: Duration::from_secs(10),
+            open_delay: Duration::from_millis(500),
             max_parked_per_peer: 64,
             max_parked: 4096,
             gossip_dials_per_second: 8,

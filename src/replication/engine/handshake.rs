@@ -103,6 +103,7 @@ impl Engine {
             return;
         }
         let deadline = now + self.cfg.handshake_timeout;
+        let first_for_core = self.parked.of_core(&dk).is_empty();
         self.parked.insert(
             id,
             Parked {
@@ -113,6 +114,9 @@ impl Engine {
             },
         );
         self.handshakes.insert(deadline, id);
+        if first_for_core {
+            self.outputs.push_back(Output::FindCore(dk));
+        }
     }
 
     /// Takes channel `id` out of the parked ones, with its deadline, if it is one.

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::{
     core::{RunApplied, RunItem},
-    crypto::CoreKey,
+    crypto::{CoreKey, DiscoveryKey},
     replication::{PeerId, wire::Message},
     tree::{Proof, ProofRequest},
 };
@@ -137,6 +137,13 @@ pub enum Output {
     Task(TaskId, CoreKey, Task),
     /// Subscribe to the gossip topic of a core.
     JoinGossip(CoreKey, [u8; 32]),
+    /// Leave the gossip topic of a core (it is no longer replicated).
+    LeaveGossip(CoreKey),
+    /// A peer opened a channel for a core we do not replicate, named by this discovery key:
+    /// if the application's store holds that core and serves it, add it with
+    /// [`Engine::add_core`](super::Engine::add_core) (the channel waits, parked, until the
+    /// handshake timeout). Given once per discovery key while channels for it are parked.
+    FindCore(DiscoveryKey),
     /// Broadcast an encoded [`GossipOp`](crate::replication::gossip::GossipOp) on the topic of a
     /// core.
     Broadcast(CoreKey, Bytes),
@@ -153,6 +160,13 @@ pub enum Event {
     PeerRemove(PeerId),
     /// A channel for `core` with `peer` is open.
     ChannelOpen {
+        /// Core.
+        core: CoreKey,
+        /// Peer.
+        peer: PeerId,
+    },
+    /// The channel for `core` with `peer` closed (it was open: a `ChannelOpen` came before).
+    ChannelClosed {
         /// Core.
         core: CoreKey,
         /// Peer.
@@ -218,6 +232,9 @@ pub enum Event {
     Backoff(PeerId),
     /// `peer` failed after its last back-off and no longer serves the fetch queue.
     PeerDropped(PeerId),
+    /// A subscriber fell behind and missed this many events (never emitted by the engine:
+    /// the event streams of [`HypercoreProtocol`](crate::net::HypercoreProtocol) yield it).
+    Lagged(u64),
 }
 
 /// Counters of one peer.

@@ -45,6 +45,7 @@ mod config;
 mod fetching;
 mod handshake;
 mod io;
+mod leave;
 mod parked;
 mod peers;
 mod push;
@@ -68,6 +69,7 @@ pub use io::{
     ApplyOutcome, ChannelId, Event, Input, LocalInfo, Mode, Output, PeerStats, Task, TaskId,
     TaskResult,
 };
+pub use leave::LEAVE_REASON;
 use parked::ParkedChannels;
 use peers::Peer;
 use replica::Replica;
@@ -150,6 +152,8 @@ pub struct Engine {
     channels: ChannelTable,
     /// Handshake deadlines: channels we opened waiting for `Accept`, and parked channels.
     handshakes: Deadlines<ChannelId>,
+    /// When we open the channels the lower id of a connection did not (see `peers`).
+    open_rest: Deadlines<PeerId>,
     /// Channels peers opened for cores we do not replicate (yet).
     parked: ParkedChannels,
     /// Each core's upgrade request in flight, with its deadline.
@@ -188,6 +192,7 @@ impl Engine {
             peers: BTreeMap::new(),
             channels: ChannelTable::default(),
             handshakes: Deadlines::default(),
+            open_rest: Deadlines::default(),
             parked: ParkedChannels::default(),
             tasks: BTreeMap::new(),
             outputs: VecDeque::new(),
@@ -302,6 +307,7 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.handshakes.first(),
+            self.open_rest.first(),
             self.upgrades.next_deadline(),
             self.announcer.next_deadline(),
             self.fetch.next_deadline(),
@@ -311,10 +317,11 @@ impl Engine {
         .min()
     }
 
-    /// Handles every timer due at `now`: handshakes, request timeouts, back-offs,
-    /// upgrades, announcements.
+    /// Handles every timer due at `now`: handshakes, channels to open, request timeouts,
+    /// back-offs, upgrades, announcements.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire_handshakes(now);
+        self.open_rest_due(now);
         self.expire_runs(now);
         self.expire_upgrades(now);
         for core in self.announcer.due(now) {
@@ -338,6 +345,16 @@ impl Engine {
         let set = self.handshakes.entries();
         if set != expected {
             return Err(format!("handshake timers {set:?}, handshakes {expected:?}"));
+        }
+        let mut expected: Vec<(Instant, PeerId)> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| p.open_rest_at.map(|t| (t, *id)))
+            .collect();
+        expected.sort();
+        let set = self.open_rest.entries();
+        if set != expected {
+            return Err(format!("open timers {set:?}, peers {expected:?}"));
         }
         self.upgrades.check_timers()?;
         self.announcer.check_timers()?;

@@ -16,6 +16,8 @@ pub(super) struct Peer {
     pub(super) stats: PeerStats,
     /// Failed after its last back-off: asked for nothing more while this connection lasts.
     pub(super) dropped: bool,
+    /// When we open channels for the cores it has not opened (we are the higher id).
+    pub(super) open_rest_at: Option<Instant>,
 }
 
 impl Engine {
@@ -39,9 +41,32 @@ impl Engine {
         // ones it replicates (see `parked`) and opens channels only for cores it adds later.
         // This avoids opening every channel twice.
         if self.me < peer {
-            let cores: Vec<CoreKey> = self.cores.keys().copied().collect();
-            for core in cores {
-                self.open_channel(peer, core, now);
+            self.open_all_channels(peer, now);
+        } else {
+            // The lower id opens its cores now; ours that it has not opened (perhaps it does
+            // not replicate them but its store holds them) are opened a little later.
+            let at = now + self.cfg.open_delay;
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.open_rest_at = Some(at);
+            }
+            self.open_rest.insert(at, peer);
+        }
+    }
+
+    /// Opens a channel to `peer` for every core we replicate that has none with it.
+    fn open_all_channels(&mut self, peer: PeerId, now: Instant) {
+        let cores: Vec<CoreKey> = self.cores.keys().copied().collect();
+        for core in cores {
+            self.open_channel(peer, core, now);
+        }
+    }
+
+    /// Opens the channels the lower id of each connection due at `now` did not open.
+    pub(super) fn open_rest_due(&mut self, now: Instant) {
+        while let Some((_, peer)) = self.open_rest.pop_due(now) {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.open_rest_at = None;
+                self.open_all_channels(peer, now);
             }
         }
     }
@@ -51,11 +76,18 @@ impl Engine {
             return;
         };
         self.server.remove_peer(&peer);
+        if let Some(at) = p.open_rest_at {
+            self.open_rest.remove(at, peer);
+        }
         for ch in p.channels.values() {
-            if let Some(c) = self.channels.remove(ch)
-                && let Some(t) = c.handshake_deadline
-            {
+            let Some(c) = self.channels.remove(ch) else {
+                continue;
+            };
+            if let Some(t) = c.handshake_deadline {
                 self.handshakes.remove(t, *ch);
+            }
+            if c.remote.is_some() {
+                self.emit(Event::ChannelClosed { core: c.core, peer });
             }
         }
         for ch in self.parked.of_peer(&peer) {

@@ -187,6 +187,15 @@ impl Upgrades {
         self.deadlines.first()
     }
 
+    /// Forgets everything of `core`: its upgrade in flight, the one a push took the place
+    /// of, and its retries (the core is no longer replicated).
+    pub(super) fn forget(&mut self, core: &CoreKey) {
+        self.take(core);
+        self.superseded.remove(core);
+        self.retry.remove(core);
+        self.after_backoff.remove(core);
+    }
+
     /// Asks `core` again of another peer at the end of this turn.
     pub(super) fn retry(&mut self, core: CoreKey) {
         self.retry.insert(core);

@@ -1,0 +1,160 @@
+//! Event streams of a [`HypercoreProtocol`](super::HypercoreProtocol): every event of the
+//! engine ([`Events`]), or those of one core as its peers come and go and its blocks move
+//! ([`ReplicaEvents`]). Both are `Stream`s; a subscriber that falls behind gets a `Lagged(n)`
+//! item and goes on with the newest events.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use iroh::EndpointId;
+use n0_future::{Stream, boxed::BoxStream};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::{crypto::CoreKey, replication::Event};
+
+/// Every event of the engine, as a `Stream`: peers coming and going, channels, appends,
+/// truncates, downloads, uploads, refusals, back-offs, and [`Event::Lagged`] when this
+/// subscriber fell behind.
+pub struct Events(BoxStream<Event>);
+
+impl Events {
+    pub(super) fn new(rx: broadcast::Receiver<Event>) -> Self {
+        Self(Box::pin(n0_future::stream::unfold(
+            rx,
+            |mut rx| async move {
+                let ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(RecvError::Lagged(n)) => Event::Lagged(n),
+                    Err(RecvError::Closed) => return None,
+                };
+                Some((ev, rx))
+            },
+        )))
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+impl Stream for Events {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+/// What happens to one replicated core, from [`HypercoreProtocol::events`](super::HypercoreProtocol::events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaEvent {
+    /// A channel for the core with this peer opened: both proved the key and synced.
+    PeerAdd(EndpointId),
+    /// The channel with this peer closed.
+    PeerRemove(EndpointId),
+    /// The core grew to `length` (a local append or a verified upgrade).
+    Append {
+        /// New length.
+        length: u64,
+        /// Fork.
+        fork: u64,
+    },
+    /// The core moved to a new fork at `length`.
+    Truncate {
+        /// Length after the truncation.
+        length: u64,
+        /// New fork.
+        fork: u64,
+    },
+    /// A verified block from `peer` was stored.
+    Download {
+        /// Block index.
+        index: u64,
+        /// Block size.
+        bytes: u64,
+        /// The peer that sent it.
+        peer: EndpointId,
+    },
+    /// A block was sent to `peer`.
+    Upload {
+        /// Block index.
+        index: u64,
+        /// Block size.
+        bytes: u64,
+        /// The peer it was sent to.
+        peer: EndpointId,
+    },
+    /// This subscriber fell behind and missed this many events (of all cores).
+    Lagged(u64),
+}
+
+impl ReplicaEvent {
+    /// The event of `core` that `ev` is, if it is one.
+    fn of(core: &CoreKey, ev: Event) -> Option<Self> {
+        let id = |peer: [u8; 32]| EndpointId::from_bytes(&peer).ok();
+        Some(match ev {
+            Event::ChannelOpen { core: c, peer } if c == *core => Self::PeerAdd(id(peer)?),
+            Event::ChannelClosed { core: c, peer } if c == *core => Self::PeerRemove(id(peer)?),
+            Event::Append {
+                core: c,
+                length,
+                fork,
+            } if c == *core => Self::Append { length, fork },
+            Event::Truncate {
+                core: c,
+                length,
+                fork,
+            } if c == *core => Self::Truncate { length, fork },
+            Event::Download {
+                core: c,
+                index,
+                bytes,
+                peer,
+            } if c == *core => Self::Download {
+                index,
+                bytes,
+                peer: id(peer)?,
+            },
+            Event::Upload {
+                core: c,
+                index,
+                bytes,
+                peer,
+            } if c == *core => Self::Upload {
+                index,
+                bytes,
+                peer: id(peer)?,
+            },
+            Event::Lagged(n) => Self::Lagged(n),
+            _ => return None,
+        })
+    }
+}
+
+/// The events of one core, as a `Stream` of [`ReplicaEvent`].
+pub struct ReplicaEvents(BoxStream<ReplicaEvent>);
+
+impl ReplicaEvents {
+    pub(super) fn new(core: CoreKey, rx: broadcast::Receiver<Event>) -> Self {
+        use n0_future::StreamExt;
+        Self(Box::pin(
+            Events::new(rx).filter_map(move |ev| ReplicaEvent::of(&core, ev)),
+        ))
+    }
+}
+
+impl std::fmt::Debug for ReplicaEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplicaEvents")
+    }
+}
+
+impl Stream for ReplicaEvents {
+    type Item = ReplicaEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReplicaEvent>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}

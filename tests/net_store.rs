@@ -1,0 +1,288 @@
+//! Whole-store replication over real endpoints on the test relay: a store serves any core it
+//! holds to a peer that proves its key, `serve_store(false)` does not, `replicate_store`
+//! follows every core (the ones created later too), `leave` stops a core, the per-core event
+//! stream reports peers and uploads, and a restarted writer keeps its endpoint id, so a
+//! ticket printed before the restart still works.
+
+#[path = "common/net.rs"]
+mod net;
+
+use std::time::Duration;
+
+use iroh_hypercore::{
+    Corestore, Error, Mode, StoreOptions,
+    net::ReplicaEvent,
+    replication::{EngineConfig, Event},
+    testnet::{Node, TestNet, Transport},
+};
+use n0_future::StreamExt;
+use net::{WAIT, append_numbered, numbered, wait_event, wait_full};
+
+/// Two memory stores, ordered by their endpoint ids (lower first): which side of a
+/// connection opens the channels depends on the order.
+async fn two_stores() -> (Corestore, Corestore) {
+    let a = Corestore::memory().await.unwrap();
+    let b = Corestore::memory().await.unwrap();
+    if a.endpoint_secret_key().public() < b.endpoint_secret_key().public() {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+async fn node(net: &TestNet, store: Corestore) -> Node {
+    net.node_with(Transport::Direct, store, EngineConfig::default())
+        .await
+        .unwrap()
+}
+
+/// The writer's store holds a log the writer never replicates: a reader with its key gets it
+/// all, whichever of the two has the lower endpoint id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_the_store_holds_is_served_without_being_replicated() {
+    let net = TestNet::new().await.unwrap();
+    for writer_is_lower in [true, false] {
+        let (lo, hi) = two_stores().await;
+        let (w_store, r_store) = if writer_is_lower { (lo, hi) } else { (hi, lo) };
+        let writer = node(&net, w_store).await;
+        let log = writer.store.get_named("unreplicated").await.unwrap();
+        append_numbered(&log, 0, 200, 100).await;
+
+        let reader = node(&net, r_store).await;
+        let core = reader.store.get_remote(log.key()).await.unwrap();
+        reader.proto.join(&core, &[writer.addr()]).await.unwrap();
+        wait_full(&core, 200).await;
+        assert_eq!(core.get(199).await.unwrap().unwrap(), numbered(199, 100));
+        writer.shutdown().await;
+        reader.shutdown().await;
+    }
+}
+
+/// With `serve_store(false)` the same reader gets nothing: its channel waits parked and is
+/// refused once the handshake timeout passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_store_false_serves_only_what_is_replicated() {
+    let net = TestNet::new().await.unwrap();
+    let store = Corestore::memory().await.unwrap();
+    let endpoint = net
+        .endpoint_with_key(Transport::Direct, Some(store.endpoint_secret_key()))
+        .await
+        .unwrap();
+    let gossip = iroh_gossip::Gossip::builder().spawn(endpoint.clone());
+    let config = EngineConfig {
+        handshake_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let proto = iroh_hypercore::HypercoreProtocol::builder(store.clone())
+        .config(config)
+        .serve_store(false)
+        .spawn(endpoint.clone(), gossip.clone());
+    let router = iroh::protocol::Router::builder(endpoint.clone())
+        .accept(iroh_hypercore::ALPN, proto.clone())
+        .accept(iroh_gossip::ALPN, gossip)
+        .spawn();
+    let log = store.get_named("private").await.unwrap();
+    append_numbered(&log, 0, 10, 10).await;
+
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader.store.get_remote(log.key()).await.unwrap();
+    let mut events = proto.subscribe();
+    reader.proto.join(&core, &[endpoint.addr()]).await.unwrap();
+    wait_event(
+        &mut events,
+        "the reader's channel refused",
+        |e| matches!(e, Event::ChannelRefused { reason, .. } if reason == "unknown core"),
+    )
+    .await;
+    assert_eq!(core.info().length, 0, "nothing was served");
+    assert!(core.get(0).wait(Duration::from_millis(200)).await.is_err());
+    reader.shutdown().await;
+    proto.shutdown().await;
+    router.shutdown().await.unwrap();
+}
+
+/// `replicate_store(Full)` on the reader follows every core the writer's store serves to it,
+/// over one connection, and a core the writer creates later reaches a reader that follows
+/// the writer's whole store too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_store_follows_every_core_and_new_ones() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let mut logs = Vec::new();
+    for i in 0..20 {
+        let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
+        append_numbered(&log, 0, 10, 50).await;
+        logs.push(log);
+    }
+    writer.proto.replicate_store(Mode::Full).await.unwrap();
+
+    // The reader knows the keys (as if it had 20 tickets) and follows its whole store.
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let mut cores = Vec::new();
+    for log in &logs {
+        cores.push(reader.store.get_remote(log.key()).await.unwrap());
+    }
+    reader.proto.replicate_store(Mode::Full).await.unwrap();
+    reader
+        .proto
+        .join(&cores[0], &[writer.addr()])
+        .await
+        .unwrap();
+    for core in &cores {
+        wait_full(core, 10).await;
+    }
+    let stats = writer.proto.node_stats().await.unwrap();
+    assert_eq!(stats.connections, 1, "one connection carries every core");
+
+    // A core created on the writer after replicate_store is followed there; the reader
+    // opens it by key and gets it over the same connection.
+    let late = writer.store.get_named("late").await.unwrap();
+    append_numbered(&late, 0, 5, 50).await;
+    let late_reader = reader.store.get_remote(late.key()).await.unwrap();
+    wait_full(&late_reader, 5).await;
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
+
+/// `leave` closes the core's channels (the peer sees the channel go), fails pending waits
+/// with `Error::Left`, and stops replication until `replicate` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_stops_a_core_and_replicate_resumes_it() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("left").await.unwrap();
+    append_numbered(&log, 0, 10, 10).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    wait_full(&core, 10).await;
+    let mut writer_events = writer.proto.events(&log);
+
+    // A read past the end waits for the log to grow; leaving fails it.
+    let pending = tokio::spawn(core.get(50).wait(WAIT));
+    let download = tokio::spawn(core.download(10..20).done(WAIT));
+    tokio::task::yield_now().await;
+    assert!(reader.proto.leave(&core).await.unwrap());
+    let err = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert!(matches!(err, Err(Error::Left(_))), "{err:?}");
+    let err = tokio::time::timeout(WAIT, download).await.unwrap().unwrap();
+    assert!(matches!(err, Err(Error::Left(_))), "{err:?}");
+    let reader_id = reader.endpoint.id();
+    tokio::time::timeout(WAIT, async {
+        while let Some(ev) = writer_events.next().await {
+            if ev == ReplicaEvent::PeerRemove(reader_id) {
+                return;
+            }
+        }
+        panic!("events ended");
+    })
+    .await
+    .expect("the writer saw the reader leave the core");
+    assert!(reader.proto.peers(&core).await.unwrap().is_empty());
+    assert!(!reader.proto.leave(&core).await.unwrap(), "left already");
+
+    // New appends do not reach it while it is left ...
+    append_numbered(&log, 10, 5, 10).await;
+    assert!(core.get(12).wait(Duration::from_millis(300)).await.is_err());
+    assert!(core.info().length <= 10);
+    // ... and do once it replicates again.
+    reader.proto.join(&core, &[writer.addr()]).await.unwrap();
+    wait_full(&core, 15).await;
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
+
+/// The per-core event stream reports the peer added, each block uploaded, and the peer
+/// removed when it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_events_report_peers_and_uploads() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("watched").await.unwrap();
+    append_numbered(&log, 0, 20, 10).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let mut events = writer.proto.events(&log);
+
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let reader_id = reader.endpoint.id();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    wait_full(&core, 20).await;
+    let mut added = false;
+    let mut uploaded = std::collections::BTreeSet::new();
+    tokio::time::timeout(WAIT, async {
+        while !(added && uploaded.len() == 20) {
+            match events.next().await.expect("events ended") {
+                ReplicaEvent::PeerAdd(p) => added |= p == reader_id,
+                ReplicaEvent::Upload { index, peer, bytes } => {
+                    assert_eq!(peer, reader_id);
+                    assert_eq!(bytes, numbered(index, 10).len() as u64);
+                    uploaded.insert(index);
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("PeerAdd and 20 uploads");
+    assert_eq!(uploaded, (0..20).collect());
+
+    reader.shutdown().await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if events.next().await.expect("events ended") == ReplicaEvent::PeerRemove(reader_id) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("PeerRemove when the reader went");
+    writer.shutdown().await;
+}
+
+/// A writer restarted from its directory has the same endpoint id: a reader holding the
+/// ticket printed before the restart reconnects and follows the new appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_outlives_a_writer_restart() {
+    let net = TestNet::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = net
+        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let log = writer.store.get_named("durable").await.unwrap();
+    append_numbered(&log, 0, 10, 10).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log).to_string();
+    let id = writer.endpoint.id();
+    writer.shutdown().await;
+    drop((writer, log));
+
+    let writer = net
+        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(writer.endpoint.id(), id, "same identity after the restart");
+    let log = writer.store.get_named("durable").await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    append_numbered(&log, 10, 5, 10).await;
+
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader
+        .proto
+        .open_ticket(&ticket.parse().unwrap())
+        .await
+        .unwrap();
+    wait_full(&core, 15).await;
+    append_numbered(&log, 15, 1, 10).await;
+    assert_eq!(core.get(15).wait(WAIT).await.unwrap(), numbered(15, 10));
+    writer.shutdown().await;
+    reader.shutdown().await;
+}

@@ -192,3 +192,35 @@ async fn sparse_replication_fetches_only_what_is_asked_for() {
     reader.shutdown().await;
     writer.shutdown().await;
 }
+
+/// Both endpoints dial each other at once: the race ends with one connection that carries the
+/// core both ways (each side keeps the connection dialed by the lower id), 50 times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_end_with_one_connection_that_replicates() {
+    let net = TestNet::new().await.unwrap();
+    for round in 0..50u64 {
+        let a = net.node(Transport::Direct).await.unwrap();
+        let b = net.node(Transport::Direct).await.unwrap();
+        let log = a.store.get_named("race").await.unwrap();
+        log.append(format!("round {round}").into_bytes())
+            .await
+            .unwrap();
+        let remote = b.store.get_remote(log.key()).await.unwrap();
+        a.proto.replicate(&log).await.unwrap();
+        b.proto.replicate(&remote).await.unwrap();
+        let (a_addr, b_addr) = ([a.addr()], [b.addr()]);
+        let (ra, rb) = tokio::join!(a.proto.join(&log, &b_addr), b.proto.join(&remote, &a_addr));
+        ra.unwrap();
+        rb.unwrap();
+        wait_full(&remote, 1).await;
+        // A block appended after the race reaches the reader over the connection kept.
+        log.append(b"after".to_vec()).await.unwrap();
+        let got = remote.get(1).wait(WAIT).await.unwrap();
+        assert_eq!(&got[..], b"after", "round {round}");
+        for node in [&a, &b] {
+            assert_eq!(node.proto.node_stats().await.unwrap().connections, 1);
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+}

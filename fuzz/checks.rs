@@ -35,7 +35,7 @@ use iroh_hypercore::{
         SeekRequest, TreeState, UpgradeRequest, VerifiedProof,
     },
 };
-use iroh_hypercore_tickets::{EndpointAddr, MAX_TICKET_BYTES, MAX_TICKET_LEN, PREFIX};
+use iroh_hypercore_tickets::{EndpointAddr, MAX_TICKET_BYTES, MAX_TICKET_LEN, PREFIX, Ticket};
 use redb::{ReadableTable, backends::InMemoryBackend};
 
 /// A check: panics if an invariant breaks on the input.
@@ -326,19 +326,22 @@ pub fn gossip_op(data: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// `ticket`: the first byte picks `CoreTicket::from_bytes` on the rest (0), `from_str` on the
-/// rest as UTF-8 (1), or `from_str` on `core` + base32 of the rest (2). A decoded ticket's
-/// string and bytes decode back to it, and its string is lowercase and within the limit.
+/// rest as UTF-8 (1), or `from_str` on `core` + base32 of the rest (2); the bytes are versioned
+/// (a postcard enum: the version, then its fields). iroh's `Ticket::decode_bytes` /
+/// `decode_string` accept exactly what `from_bytes` / `from_str` do, as the same ticket. A
+/// decoded ticket's string and bytes decode back to it (both ways), its string is lowercase,
+/// within the limit and the same as `Ticket::encode_string`.
 pub fn ticket(data: &[u8]) -> bool {
     let Some((&mode, rest)) = data.split_first() else {
         return false;
     };
-    let parsed = match mode % 3 {
+    let (parsed, theirs) = match mode % 3 {
         0 => {
             let t = CoreTicket::from_bytes(rest);
             if rest.len() > MAX_TICKET_BYTES {
                 assert!(t.is_err(), "more than MAX_TICKET_BYTES is refused");
             }
-            t
+            (t, CoreTicket::decode_bytes(rest).ok())
         }
         1 => {
             let Ok(s) = std::str::from_utf8(rest) else {
@@ -350,14 +353,19 @@ pub fn ticket(data: &[u8]) -> bool {
             } else if !s.starts_with(PREFIX) {
                 assert!(t.is_err(), "a string without the prefix is refused");
             }
-            t
+            (t, CoreTicket::decode_string(s).ok())
         }
         _ => {
             let mut s = PREFIX.to_string();
             s.push_str(&data_encoding::BASE32_NOPAD.encode(rest).to_lowercase());
-            s.parse::<CoreTicket>()
+            (s.parse::<CoreTicket>(), CoreTicket::decode_string(&s).ok())
         }
     };
+    assert_eq!(
+        parsed.as_ref().ok(),
+        theirs.as_ref(),
+        "the Ticket trait decodes the input as CoreTicket does"
+    );
     let Ok(t) = parsed else {
         return false;
     };
@@ -379,6 +387,13 @@ pub fn ticket(data: &[u8]) -> bool {
         text.parse::<CoreTicket>().as_ref(),
         Ok(&t),
         "a ticket's string parses to it"
+    );
+    assert_eq!(t.encode_string(), text, "Ticket::encode_string is Display");
+    assert_eq!(t.encode_bytes(), bytes, "Ticket::encode_bytes is to_bytes");
+    assert_eq!(
+        CoreTicket::decode_string(&text).ok().as_ref(),
+        Some(&t),
+        "Ticket::decode_string reads a ticket's string back"
     );
     assert_eq!(CoreTicket::new(t.key(), t.nodes().to_vec()), t);
     true

@@ -133,16 +133,24 @@ impl ChannelTable {
 impl Engine {
     /// Opens a channel for `core` to `peer`, unless one exists. It carries only our `Open`
     /// until the peer's `Accept` proves it knows the key.
+    /// At most [`EngineConfig::max_opening_per_peer`](super::EngineConfig) of ours wait for
+    /// their `Accept` per peer (a peer parks only so many channels for cores it has not
+    /// looked up yet); the rest wait in the peer's queue and open as handshakes end.
     pub(super) fn open_channel(&mut self, peer: PeerId, core: CoreKey, now: Instant) {
-        let Some(p) = self.peers.get(&peer) else {
+        let Some(r) = self.cores.get(&core) else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
         if p.channels.contains_key(&core) {
             return;
         }
-        let Some(r) = self.cores.get(&core) else {
+        if p.opening >= self.cfg.max_opening_per_peer {
+            p.to_open.insert(core);
             return;
-        };
+        }
+        p.opening += 1;
         let id = self.next_channel;
         self.next_channel += 2;
         let open = Message::Open {
@@ -206,6 +214,9 @@ impl Engine {
         if let Some(t) = c.handshake_deadline {
             self.handshakes.remove(t, id);
         }
+        if c.opened_by_me && !c.authenticated {
+            self.handshake_ended(c.peer);
+        }
         if c.remote.is_some() {
             self.emit(Event::ChannelClosed {
                 core: c.core,
@@ -221,6 +232,30 @@ impl Engine {
         self.fetch.remove_source(&c.core, &c.peer);
         if self.upgrades.take_on(&c.core, id).is_some() {
             self.upgrades.retry(c.core);
+        }
+    }
+
+    /// A handshake of a channel we opened to `peer` ended (accepted, refused, timed out): the
+    /// next cores waiting in its queue open at the end of the turn.
+    pub(super) fn handshake_ended(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.opening = p.opening.saturating_sub(1);
+            if !p.to_open.is_empty() {
+                self.open_next.insert(peer);
+            }
+        }
+    }
+
+    /// Opens the queued channels of the peers whose handshakes ended this turn, as far as
+    /// their room allows.
+    pub(super) fn open_queued(&mut self, now: Instant) {
+        while let Some(peer) = self.open_next.pop_first() {
+            while let Some(p) = self.peers.get_mut(&peer)
+                && p.opening < self.cfg.max_opening_per_peer
+                && let Some(core) = p.to_open.pop_first()
+            {
+                self.open_channel(peer, core, now);
+            }
         }
     }
 

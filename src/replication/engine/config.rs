@@ -36,6 +36,10 @@ pub struct EngineConfig {
     /// once, the higher one then opens the rest (which the other side may serve from its
     /// store), so that the cores both replicate are not opened twice.
     pub open_delay: Duration,
+    /// Channels we opened to one peer that may wait for its `Accept` at once; more wait their
+    /// turn. Keep it under the peer's `max_parked_per_peer`: a peer parks a channel for a core
+    /// until it has looked it up in its store.
+    pub max_opening_per_peer: usize,
     /// Channels one peer may keep waiting for cores we do not replicate.
     pub max_parked_per_peer: usize,
     /// Channels all peers together may keep waiting for cores we do not replicate.
@@ -59,6 +63,7 @@ impl Default for EngineConfig {
             gossip_max_message: GOSSIP_MAX_MESSAGE,
             handshake_timeout: Duration::from_secs(10),
             open_delay: Duration::from_millis(500),
+            max_opening_per_peer: 32,
             max_parked_per_peer: 64,
             max_parked: 4096,
             gossip_dials_per_second: 8,

@@ -128,9 +128,11 @@ impl Engine {
         }
     }
 
-    /// Ends every turn: asks again for the upgrades whose peer went away, sends every request
+    /// Ends every turn: opens the channels that waited for a handshake to end, asks again for
+    /// the upgrades whose peer went away, sends every request
     /// the fetch queue has room for, and reports the peers it backed off or dropped.
     pub(super) fn schedule(&mut self, now: Instant) {
+        self.open_queued(now);
         while let Some(core) = self.upgrades.next_retry() {
             self.maybe_upgrade(core, now);
         }

@@ -84,6 +84,7 @@ impl Engine {
         if let Some(t) = c.handshake_deadline.take() {
             self.handshakes.remove(t, id);
         }
+        self.handshake_ended(peer);
         if let Some(info) = self.sync_info(&core, false) {
             self.send(peer, id, Message::Sync(info));
         }

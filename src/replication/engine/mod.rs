@@ -58,7 +58,7 @@ mod testing;
 mod upgrade;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     time::Instant,
 };
 
@@ -154,6 +154,8 @@ pub struct Engine {
     handshakes: Deadlines<ChannelId>,
     /// When we open the channels the lower id of a connection did not (see `peers`).
     open_rest: Deadlines<PeerId>,
+    /// Peers whose queued channels may open at the end of this turn (see `channels`).
+    open_next: BTreeSet<PeerId>,
     /// Channels peers opened for cores we do not replicate (yet).
     parked: ParkedChannels,
     /// Each core's upgrade request in flight, with its deadline.
@@ -193,6 +195,7 @@ impl Engine {
             channels: ChannelTable::default(),
             handshakes: Deadlines::default(),
             open_rest: Deadlines::default(),
+            open_next: BTreeSet::new(),
             parked: ParkedChannels::default(),
             tasks: BTreeMap::new(),
             outputs: VecDeque::new(),

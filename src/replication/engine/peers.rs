@@ -2,7 +2,10 @@
 //! counters. Connecting opens channels for our cores; disconnecting forgets every channel,
 //! parked channel, serve queue, fetch-queue state and upgrade of the peer.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use super::{ChannelId, Engine, Event, PeerId, PeerStats};
 use crate::crypto::CoreKey;
@@ -18,6 +21,10 @@ pub(super) struct Peer {
     pub(super) dropped: bool,
     /// When we open channels for the cores it has not opened (we are the higher id).
     pub(super) open_rest_at: Option<Instant>,
+    /// Channels we opened to it that wait for its `Accept`.
+    pub(super) opening: usize,
+    /// Cores waiting for room among `opening` to open a channel to it.
+    pub(super) to_open: BTreeSet<CoreKey>,
 }
 
 impl Engine {
@@ -76,6 +83,7 @@ impl Engine {
             return;
         };
         self.server.remove_peer(&peer);
+        self.open_next.remove(&peer);
         if let Some(at) = p.open_rest_at {
             self.open_rest.remove(at, peer);
         }

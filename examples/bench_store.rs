@@ -1,0 +1,155 @@
+//! Benchmark of whole-store replication: a writer's store holds `cores` logs of 10 blocks of
+//! 100 bytes; a reader that knows their keys follows its whole store (`replicate_store`) and
+//! the time until it holds every block is measured, with the process's peak RSS. Baseline in
+//! the same run: one raw iroh connection carrying the same bytes on one stream per core.
+//! Release mode, one size per process (peak RSS is the process's):
+//!
+//! ```text
+//! cargo run --release --example bench_store -- <cores> [runs]
+//! ```
+
+use std::time::{Duration, Instant};
+
+use iroh::{
+    endpoint::Connection,
+    protocol::{AcceptError, ProtocolHandler, Router},
+};
+use iroh_hypercore::{
+    Corestore, Mode,
+    testnet::{TestNet, Transport},
+};
+use n0_future::{FuturesUnordered, StreamExt};
+
+const BLOCKS: u64 = 10;
+const BLOCK_BYTES: usize = 100;
+const RAW_ALPN: &[u8] = b"/bench-raw-streams/1";
+/// Longest a run may take before it counts as failed.
+const LIMIT: Duration = Duration::from_secs(300);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cores: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let net = TestNet::new().await?;
+    let mut hyper = Vec::new();
+    let mut raw = Vec::new();
+    for _ in 0..runs {
+        hyper.push(replicate_store(&net, cores).await?);
+        raw.push(raw_streams(&net, cores).await?);
+    }
+    let (h, r) = (median(hyper), median(raw));
+    println!("{cores} cores x {BLOCKS} blocks x {BLOCK_BYTES} B, median of {runs} runs, loopback");
+    println!("replicate_store (reader follows the writer's whole store): {h:.2?}");
+    println!("raw iroh, one stream per core, same bytes:                 {r:.2?}");
+    println!("ratio: {:.1}x", h.as_secs_f64() / r.as_secs_f64());
+    println!("peak RSS of the process: {} MiB", peak_rss_kib() / 1024);
+    Ok(())
+}
+
+/// Time from the reader's join until it holds every block of every core.
+async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<Duration> {
+    let writer = net.node(Transport::Direct).await?;
+    let reader = net.node(Transport::Direct).await?;
+    let mut keys = Vec::with_capacity(cores);
+    for i in 0..cores {
+        let log = writer.store.get_named(&format!("log {i}")).await?;
+        let blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|_| vec![7u8; BLOCK_BYTES]).collect();
+        log.append_batch(blocks).await?;
+        keys.push(log.key());
+    }
+    let mut remotes = Vec::with_capacity(cores);
+    for key in &keys {
+        remotes.push(reader.store.get_remote(*key).await?);
+    }
+    reader.proto.replicate_store(Mode::Full).await?;
+    let start = Instant::now();
+    reader.proto.join(&remotes[0], &[writer.addr()]).await?;
+    let done: Vec<_> = remotes
+        .iter()
+        .map(|core| core.download(0..BLOCKS).done(LIMIT))
+        .collect::<FuturesUnordered<_>>()
+        .collect()
+        .await;
+    let elapsed = start.elapsed();
+    for r in done {
+        r?;
+    }
+    writer.shutdown().await;
+    reader.shutdown().await;
+    drop_store(writer.store).await;
+    drop_store(reader.store).await;
+    Ok(elapsed)
+}
+
+async fn drop_store(store: Corestore) {
+    let _ = store.close().await;
+}
+
+/// Serves `BLOCKS * BLOCK_BYTES` bytes on every stream the client opens.
+#[derive(Debug, Clone)]
+struct RawStreams;
+
+impl ProtocolHandler for RawStreams {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let body = vec![7u8; BLOCKS as usize * BLOCK_BYTES];
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let _ = recv.read_to_end(16).await;
+                let _ = send.write_all(&body).await;
+                let _ = send.finish();
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The same bytes over one raw connection, one stream per core, at most as many at once as
+/// the replication transport allows.
+async fn raw_streams(net: &TestNet, cores: usize) -> anyhow::Result<Duration> {
+    let server = net.endpoint(Transport::Direct).await?;
+    let router = Router::builder(server.clone())
+        .accept(RAW_ALPN, RawStreams)
+        .spawn();
+    let client = net.endpoint(Transport::Direct).await?;
+    let start = Instant::now();
+    let conn = client.connect(server.addr(), RAW_ALPN).await?;
+    let fetches = (0..cores).map(|_| {
+        let conn = conn.clone();
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(b"go").await?;
+            send.finish()?;
+            let got = recv.read_to_end(1 << 20).await?;
+            anyhow::ensure!(got.len() == BLOCKS as usize * BLOCK_BYTES);
+            anyhow::Ok(())
+        }
+    });
+    let results: Vec<_> = fetches.collect::<FuturesUnordered<_>>().collect().await;
+    for r in results {
+        r?;
+    }
+    let elapsed = start.elapsed();
+    conn.close(0u32.into(), b"done");
+    client.close().await;
+    router.shutdown().await?;
+    Ok(elapsed)
+}
+
+/// The process's peak resident set (VmHWM), in KiB; 0 where /proc is not there.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}

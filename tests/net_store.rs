@@ -286,3 +286,33 @@ async fn a_ticket_outlives_a_writer_restart() {
     writer.shutdown().await;
     reader.shutdown().await;
 }
+
+/// A hundred cores the writer never replicates, all followed by a reader at once: more
+/// channels than a peer parks while it looks cores up, so the opener paces them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_cores_are_served_on_demand_over_one_connection() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let mut cores = Vec::new();
+    for i in 0..100 {
+        let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
+        log.append(numbered(i, 20)).await.unwrap();
+        cores.push(reader.store.get_remote(log.key()).await.unwrap());
+    }
+    reader.proto.replicate_store(Mode::Full).await.unwrap();
+    reader
+        .proto
+        .join(&cores[0], &[writer.addr()])
+        .await
+        .unwrap();
+    for (i, core) in cores.iter().enumerate() {
+        wait_full(core, 1).await;
+        assert_eq!(core.get(0).await.unwrap().unwrap(), numbered(i as u64, 20));
+    }
+    let stats = writer.proto.peer_stats().await.unwrap();
+    assert_eq!(stats[0].channels, 100);
+    assert_eq!(stats[0].refused, 0, "no channel refused");
+    writer.shutdown().await;
+    reader.shutdown().await;
+}

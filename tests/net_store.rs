@@ -316,3 +316,32 @@ async fn a_hundred_cores_are_served_on_demand_over_one_connection() {
     writer.shutdown().await;
     reader.shutdown().await;
 }
+
+/// A core deleted while the whole store is followed, then created again under the same name:
+/// the new core is followed (the deleted one does not count as left), and its blocks reach a
+/// reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_deleted_and_created_again_is_followed() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    writer.proto.replicate_store(Mode::Full).await.unwrap();
+    let log = writer.store.get_named("phoenix").await.unwrap();
+    append_numbered(&log, 0, 3, 10).await;
+    let key = log.key();
+    drop(log);
+    writer.store.delete(key).await.unwrap();
+
+    let log = writer.store.get_named("phoenix").await.unwrap();
+    append_numbered(&log, 0, 2, 30).await;
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader.store.get_remote(key).await.unwrap();
+    reader.proto.join(&core, &[writer.addr()]).await.unwrap();
+    wait_full(&core, 2).await;
+    assert_eq!(core.get(1).await.unwrap().unwrap(), numbered(1, 30));
+    assert!(
+        !writer.proto.peers(&log).await.unwrap().is_empty(),
+        "the new core is replicated by the writer"
+    );
+    writer.shutdown().await;
+    reader.shutdown().await;
+}

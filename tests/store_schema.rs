@@ -148,3 +148,39 @@ async fn the_endpoint_key_is_made_once_and_kept() {
     let other = Corestore::memory().await.unwrap();
     assert_ne!(other.endpoint_secret_key().to_bytes(), first.to_bytes());
 }
+
+#[tokio::test]
+async fn stores_opening_a_new_database_at_once_agree_on_its_keys() {
+    let storage = iroh_hypercore::storage::Storage::memory(Default::default()).unwrap();
+    let (a, b) = tokio::join!(
+        Corestore::with_storage(storage.clone(), None),
+        Corestore::with_storage(storage.clone(), None)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.named_key("x"), b.named_key("x"));
+    assert_eq!(
+        a.endpoint_secret_key().to_bytes(),
+        b.endpoint_secret_key().to_bytes()
+    );
+    let c = Corestore::with_storage(storage, None).await.unwrap();
+    assert_eq!(c.named_key("x"), a.named_key("x"));
+}
+
+#[tokio::test]
+async fn a_wait_on_a_closed_core_fails_at_once() {
+    let store = Corestore::memory().await.unwrap();
+    let core = store.get_remote([5; 32]).await.unwrap();
+    core.close().await.unwrap();
+    let err = core
+        .get(0)
+        .wait(std::time::Duration::from_secs(600))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, iroh_hypercore::Error::Closed), "{err}");
+    let err = core
+        .download(0..1)
+        .done(std::time::Duration::from_secs(600))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, iroh_hypercore::Error::Closed), "{err}");
+}

@@ -114,6 +114,11 @@ impl Hypercore {
         self.inner.stop_waits();
     }
 
+    /// Whether this core was closed or deleted.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.state().closed
+    }
+
     /// Fails the reads waiting for peers with [`Error::Left`](crate::Error::Left): called by
     /// a protocol that stops replicating this core.
     pub(crate) fn stop_waits(&self) {

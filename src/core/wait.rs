@@ -39,6 +39,9 @@ impl Get {
             let mut events = self.inner.slot.subscribe();
             let mut verified = self.inner.verified.subscribe();
             let mut stopped = self.inner.stopped.subscribe();
+            if self.inner.state().closed {
+                return Err(Error::Closed);
+            }
             let deadline = tokio::time::Instant::now() + timeout;
             let mut asked = false;
             loop {
@@ -170,6 +173,9 @@ impl Download {
     /// with [`Error::Left`] if the protocol stops replicating the core meanwhile.
     pub async fn done(mut self, timeout: Duration) -> Result<()> {
         {
+            if self.inner.state().closed {
+                return Err(Error::Closed);
+            }
             let deadline = tokio::time::Instant::now() + timeout;
             let total = self.end - self.start;
             loop {

@@ -13,16 +13,32 @@ use super::{
     slot::CoreSlot,
 };
 
-/// Stores the store's primary key.
+/// Stores the store's primary key, unless one is stored: the outcome carries the stored one
+/// (two stores opening a new database at once agree on it).
 pub(super) fn set_primary_key(
     batch: &mut Batch<'_>,
     key: &[u8; 32],
 ) -> Result<Outcome, StorageError> {
-    batch
-        .txn()
-        .open_table(schema::META)?
-        .insert(schema::META_PRIMARY_KEY, key.as_slice())?;
-    Ok(Outcome::Done)
+    set_meta_key_once(batch, schema::META_PRIMARY_KEY, "primary key", key)
+}
+
+/// Stores the 32-byte meta value `name`, unless one is stored: returns the stored one.
+fn set_meta_key_once(
+    batch: &mut Batch<'_>,
+    name: &str,
+    what: &str,
+    key: &[u8; 32],
+) -> Result<Outcome, StorageError> {
+    let mut meta = batch.txn().open_table(schema::META)?;
+    if let Some(stored) = meta.get(name)? {
+        let stored: [u8; 32] = stored
+            .value()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt(format!("malformed {what}")))?;
+        return Ok(Outcome::Key(stored));
+    }
+    meta.insert(name, key.as_slice())?;
+    Ok(Outcome::Key(*key))
 }
 
 /// Stores the secret key of the endpoint that serves the store, unless one is stored: the
@@ -31,16 +47,7 @@ pub(super) fn set_endpoint_key(
     batch: &mut Batch<'_>,
     key: &[u8; 32],
 ) -> Result<Outcome, StorageError> {
-    let mut meta = batch.txn().open_table(schema::META)?;
-    if let Some(stored) = meta.get(schema::META_ENDPOINT_KEY)? {
-        let stored: [u8; 32] = stored
-            .value()
-            .try_into()
-            .map_err(|_| StorageError::Corrupt("malformed endpoint key".into()))?;
-        return Ok(Outcome::EndpointKey(stored));
-    }
-    meta.insert(schema::META_ENDPOINT_KEY, key.as_slice())?;
-    Ok(Outcome::EndpointKey(*key))
+    set_meta_key_once(batch, schema::META_ENDPOINT_KEY, "endpoint key", key)
 }
 
 /// Stores a new core under `key`, or reports the one stored already.

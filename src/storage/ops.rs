@@ -16,7 +16,7 @@ use crate::{
 /// rejected with [`StorageError::Rejected`](super::StorageError::Rejected), alone.
 #[derive(Debug)]
 pub(crate) enum Op {
-    /// Stores the store's primary key.
+    /// Stores the store's primary key, unless one is stored already.
     SetPrimaryKey([u8; 32]),
     /// Stores the secret key of the store's endpoint, unless one is stored already.
     SetEndpointKey([u8; 32]),
@@ -140,6 +140,7 @@ pub(crate) enum Outcome {
     },
     /// [`Op::DeleteCore`]: whether a core was stored under the key.
     Deleted(bool),
-    /// [`Op::SetEndpointKey`]: the endpoint key stored now (the earlier one, if there was).
-    EndpointKey([u8; 32]),
+    /// [`Op::SetPrimaryKey`], [`Op::SetEndpointKey`]: the key stored now (the earlier one, if
+    /// there was).
+    Key([u8; 32]),
 }

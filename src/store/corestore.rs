@@ -87,6 +87,16 @@ fn storage_options(opts: &StoreOptions) -> StorageOptions {
     }
 }
 
+/// The key an [`Op::SetPrimaryKey`] or [`Op::SetEndpointKey`] left stored.
+fn stored_key(outcome: Outcome) -> Result<[u8; 32]> {
+    match outcome {
+        Outcome::Key(key) => Ok(key),
+        other => Err(Error::Storage(StorageError::Database(format!(
+            "storing a key answered {other:?}"
+        )))),
+    }
+}
+
 impl Corestore {
     /// Opens (or creates) a store in directory `dir`, with default options.
     pub async fn persistent(dir: impl AsRef<Path>) -> Result<Self> {
@@ -135,22 +145,21 @@ impl Corestore {
             (Some(s), _) => s,
             (None, given) => {
                 let key = given.unwrap_or_else(rand::random);
-                storage.write(Op::SetPrimaryKey(key)).await?;
-                key
+                // Another store opening the database at once may have stored one first.
+                let stored = stored_key(storage.write(Op::SetPrimaryKey(key)).await?)?;
+                if given.is_some_and(|g| g != stored) {
+                    return Err(Error::InvalidArgument(
+                        "primary key differs from the stored one",
+                    ));
+                }
+                stored
             }
         };
         let endpoint_key = match endpoint_key {
             Some(key) => key,
             // A second store opening the file at once may have stored one first: the stored
             // one wins, so both agree.
-            None => match storage.write(Op::SetEndpointKey(rand::random())).await? {
-                Outcome::EndpointKey(key) => key,
-                other => {
-                    return Err(Error::Storage(StorageError::Database(format!(
-                        "unexpected outcome {other:?} of storing the endpoint key"
-                    ))));
-                }
-            },
+            None => stored_key(storage.write(Op::SetEndpointKey(rand::random())).await?)?,
         };
         let shared = storage.attached(SharedCores::default);
         Ok(Self {

@@ -14,62 +14,123 @@ use crate::{
     replication::{Mode, Task, engine::TaskId},
 };
 
+/// Why the driver replicates a core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Why {
+    /// The application replicates it by name (`replicate`, `join`, `open_ticket`).
+    Named,
+    /// It is a core of the store, and the application follows the whole store.
+    Store,
+    /// A peer asked for it and the store serves it: only to the peers that ask.
+    Served,
+}
+
 /// A core the driver replicates.
 pub(super) struct Replicated {
     /// A handle of it (storage tasks run on it).
     pub(super) core: Hypercore,
     /// The task forwarding its changes.
     forwarder: AbortHandle,
-    /// Whether its gossip topic is joined when the engine asks (the application replicates
-    /// it by name; a core served only because a peer asked for it joins no topic).
-    pub(super) gossip: bool,
-    /// Its gossip topic, once the engine named it.
+    /// Why it is replicated.
+    pub(super) why: Why,
+    /// Its gossip topic, once the engine named it (joined only for [`Why::Named`]).
     pub(super) topic: Option<[u8; 32]>,
 }
 
 impl Driver {
     /// Replicates `core` in `mode` (`None` keeps the mode of a core already replicated, else
-    /// full). `gossip`: the application asked for this core, so its topic is joined.
+    /// full), for the reason `why`: a core the application names joins its gossip topic.
     pub(super) fn replicate(
         &mut self,
         core: Hypercore,
         mode: Option<Mode>,
-        gossip: bool,
+        why: Why,
         now: Instant,
     ) {
         let key = core.key();
-        self.left.remove(&key);
+        if why == Why::Named {
+            self.left.remove(&key);
+        }
+        self.forget_closed(&key, now);
         if let Some(r) = self.cores.get_mut(&key) {
-            if gossip && !r.gossip {
-                r.gossip = true;
-                if let Some(topic) = r.topic {
+            let promoted = match (r.why, why) {
+                (_, Why::Named) if r.why != Why::Named => true,
+                (Why::Served, Why::Store) => true,
+                _ => false,
+            };
+            if promoted {
+                r.why = why;
+                if why == Why::Named
+                    && let Some(topic) = r.topic
+                {
                     self.join_gossip(key, topic);
                 }
-            }
-            if mode.is_none() {
+            } else if mode.is_none() {
                 return;
             }
         } else {
-            let forwarder = self.spawn_forwarder(&core);
-            self.cores.insert(
-                key,
-                Replicated {
-                    core: core.clone(),
-                    forwarder,
-                    gossip,
-                    topic: None,
-                },
-            );
+            self.track(core.clone(), why);
         }
         let mode = mode.unwrap_or_default();
         self.engine
             .add_core(key, storage_tasks::local_info(&core), mode, now);
     }
 
-    /// Stops replicating `key`: the engine closes its channels, its gossip topic is left, its
-    /// forwarder stops and the reads waiting on it fail. Returns whether it was replicated.
+    /// Serves `core` (found in the store for a peer) to the peers whose parked channels prove
+    /// its key; if none does, it is not kept.
+    pub(super) fn serve(&mut self, core: Hypercore, mode: Mode, now: Instant) {
+        let key = core.key();
+        self.forget_closed(&key, now);
+        if self.cores.contains_key(&key) {
+            return;
+        }
+        self.track(core.clone(), Why::Served);
+        let local = storage_tasks::local_info(&core);
+        if !self.engine.serve_core(key, local, mode, now)
+            && let Some(r) = self.cores.remove(&key)
+        {
+            r.forwarder.abort();
+        }
+    }
+
+    /// Starts forwarding the changes of `core`.
+    fn track(&mut self, core: Hypercore, why: Why) {
+        let forwarder = self.spawn_forwarder(&core);
+        self.cores.insert(
+            core.key(),
+            Replicated {
+                core,
+                forwarder,
+                why,
+                topic: None,
+            },
+        );
+    }
+
+    /// Drops the replication of `key` if its handle was closed or deleted (a core of the same
+    /// key opened since is another one).
+    fn forget_closed(&mut self, key: &CoreKey, now: Instant) {
+        if self.cores.get(key).is_some_and(|r| r.core.is_closed()) {
+            self.stop(*key, now);
+        }
+    }
+
+    /// The application leaves `key`: it is no longer replicated, and not served on demand
+    /// until replicated by name again. Returns whether it was replicated.
     pub(super) fn leave(&mut self, key: CoreKey, now: Instant) -> bool {
         self.left.insert(key);
+        self.stop(key, now)
+    }
+
+    /// A replicated core was closed or deleted: it stops, if the handle replicated is the
+    /// closed one.
+    pub(super) fn on_core_closed(&mut self, key: CoreKey, now: Instant) {
+        self.forget_closed(&key, now);
+    }
+
+    /// Stops replicating `key`: the engine closes its channels, its gossip topic is left, its
+    /// forwarder stops and the reads waiting on it fail. Returns whether it was replicated.
+    fn stop(&mut self, key: CoreKey, now: Instant) -> bool {
         let replicated = self.engine.remove_core(key, now);
         self.leave_gossip(key);
         if let Some(r) = self.cores.remove(&key) {
@@ -85,7 +146,7 @@ impl Driver {
             return;
         };
         r.topic = Some(topic);
-        if r.gossip {
+        if r.why == Why::Named {
             self.join_gossip(key, topic);
         }
     }

@@ -52,7 +52,7 @@ use crate::{
 
 use connections::Conn;
 pub use connections::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES};
-use cores::Replicated;
+use cores::{Replicated, Why};
 use streams::ChannelIo;
 
 /// What a node holds and refused over all its peers: the resources peers can make it spend.
@@ -143,8 +143,12 @@ pub(crate) struct Driver {
     serve_store: bool,
     /// The mode every core of the store is followed in, once `replicate_store` was called.
     store_mode: Option<Mode>,
-    /// Discovery keys being looked up in the store.
+    /// Discovery keys being looked up in the store, or waiting for a lookup.
     finding: HashSet<DiscoveryKey>,
+    /// Discovery keys waiting for a lookup (at most [`MAX_LOOKUPS`] run at once).
+    to_find: std::collections::VecDeque<DiscoveryKey>,
+    /// Lookups running.
+    lookups: usize,
     /// Cores the application left: not served on demand until replicated again.
     left: HashSet<CoreKey>,
     cores: HashMap<CoreKey, Replicated>,
@@ -194,6 +198,8 @@ impl Driver {
             serve_store,
             store_mode: None,
             finding: HashSet::new(),
+            to_find: Default::default(),
+            lookups: 0,
             left: HashSet::new(),
             cores: HashMap::new(),
             conns: HashMap::new(),
@@ -256,7 +262,7 @@ impl Driver {
         match cmd {
             Command::Accept(conn) => self.add_conn(conn, false),
             Command::Replicate(core, mode, reply) => {
-                self.replicate(core, mode, true, now);
+                self.replicate(core, mode, Why::Named, now);
                 let _ = reply.send(());
             }
             Command::Leave(key, reply) => {
@@ -336,9 +342,7 @@ impl Driver {
             Forward::GossipReady(key, sender) => self.on_gossip_ready(key, sender),
             Forward::Gossip(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
             Forward::GossipLagged(key) => self.engine.handle(Input::GossipLagged(key), now),
-            Forward::CoreClosed(key) => {
-                self.leave(key, now);
-            }
+            Forward::CoreClosed(key) => self.on_core_closed(key, now),
             Forward::CoreCreated(key) => self.on_core_created(key),
             Forward::CreatedLagged => self.load_store(),
         }

@@ -61,6 +61,7 @@ impl Engine {
         }) {
             r.apply.upgrade_proof = None;
         }
+        let epoch = r.epoch;
         if let Some((peer, proof)) = r.apply.upgrade_proof.take() {
             r.apply.running = true;
             let block = proof
@@ -70,7 +71,12 @@ impl Engine {
             self.new_task(
                 core,
                 Task::ApplyProof(proof),
-                TaskCtx::ApplyUpgrade { core, peer, block },
+                TaskCtx::ApplyUpgrade {
+                    core,
+                    epoch,
+                    peer,
+                    block,
+                },
             );
             return;
         }
@@ -96,7 +102,11 @@ impl Engine {
         self.new_task(
             core,
             Task::ApplyRun(proofs),
-            TaskCtx::ApplyRun { core, proofs: meta },
+            TaskCtx::ApplyRun {
+                core,
+                epoch,
+                proofs: meta,
+            },
         );
     }
 

@@ -140,9 +140,11 @@ pub enum Output {
     /// Leave the gossip topic of a core (it is no longer replicated).
     LeaveGossip(CoreKey),
     /// A peer opened a channel for a core we do not replicate, named by this discovery key:
-    /// if the application's store holds that core and serves it, add it with
-    /// [`Engine::add_core`](super::Engine::add_core) (the channel waits, parked, until the
-    /// handshake timeout). Given once per discovery key while channels for it are parked.
+    /// if the application's store holds that core and serves it, hand it to
+    /// [`Engine::serve_core`](super::Engine::serve_core). Otherwise nothing: the channel
+    /// waits, parked, until the handshake timeout (the application may be about to replicate
+    /// that core; refusing at once would race with its own open). Given once per discovery
+    /// key while channels for it are parked.
     FindCore(DiscoveryKey),
     /// Broadcast an encoded [`GossipOp`](crate::replication::gossip::GossipOp) on the topic of a
     /// core.

@@ -83,7 +83,11 @@ use super::{
     fetch::FetchQueue,
     wire::{Message, SyncInfo},
 };
-use crate::crypto::{CoreKey, DiscoveryKey, discovery_key};
+use crate::crypto::{
+    CoreKey, DiscoveryKey,
+    capability::{Role, check_capability},
+    discovery_key,
+};
 
 /// The replication engine of one endpoint; see the module docs for its parts.
 ///
@@ -176,6 +180,8 @@ pub struct Engine {
     next_channel: ChannelId,
     /// The id of the next storage task.
     next_task: TaskId,
+    /// The epoch of the replica last added.
+    next_epoch: u64,
 }
 
 impl Engine {
@@ -201,6 +207,7 @@ impl Engine {
             outputs: VecDeque::new(),
             next_channel: 0,
             next_task: 0,
+            next_epoch: 0,
         }
     }
 
@@ -216,16 +223,61 @@ impl Engine {
 
     /// Starts replicating a core: joins its gossip topic, adopts the channels peers parked for
     /// it and opens a channel on every other connection. Adding a core twice only updates its
-    /// mode. A turn of its own (see the calling contract).
+    /// mode (and a core that was only [served](Self::serve_core) becomes replicated). A turn
+    /// of its own (see the calling contract).
     pub fn add_core(&mut self, key: CoreKey, local: LocalInfo, mode: Mode, now: Instant) {
         if let Some(r) = self.cores.get_mut(&key) {
             r.mode = mode;
+            if std::mem::take(&mut r.served_only) {
+                self.open_to_every_peer(key, now);
+            }
             self.schedule(now);
             return;
         }
+        self.insert_core(key, local, mode, false, now);
+        self.open_to_every_peer(key, now);
+    }
+
+    /// Serves a core the driver found in its store for the channels peers parked for it
+    /// (after [`Output::FindCore`]): adopted if one of them proves the key, with no channel
+    /// opened to other peers and no announcement. If none does (or they went away), the core
+    /// is not added and they wait out their handshake timeout as for a core the store lacks,
+    /// so that a peer without the key cannot tell whether the store holds it. Returns whether
+    /// it is served. A turn of its own.
+    pub fn serve_core(&mut self, key: CoreKey, local: LocalInfo, mode: Mode, now: Instant) -> bool {
+        if self.cores.contains_key(&key) {
+            return true;
+        }
+        let dk = discovery_key(&key);
+        let proven = self.parked.of_core(&dk).into_iter().any(|ch| {
+            self.parked.get(ch).is_some_and(|p| {
+                check_capability(&key, Role::Opener, &p.peer, &self.me, &p.capability)
+            })
+        });
+        if !proven {
+            return false;
+        }
+        self.insert_core(key, local, mode, true, now);
+        self.schedule(now);
+        true
+    }
+
+    /// Adds the replica of `key` and adopts the channels parked for it.
+    fn insert_core(
+        &mut self,
+        key: CoreKey,
+        local: LocalInfo,
+        mode: Mode,
+        served_only: bool,
+        now: Instant,
+    ) {
         let dk = discovery_key(&key);
         self.by_discovery_key.insert(dk, key);
-        self.cores.insert(key, Replica::new(dk, local, mode));
+        self.next_epoch += 1;
+        self.cores.insert(
+            key,
+            Replica::new(dk, local, mode, self.next_epoch, served_only),
+        );
         self.outputs
             .push_back(Output::JoinGossip(key, super::gossip::topic(&dk)));
         for ch in self.parked.of_core(&dk) {
@@ -233,11 +285,15 @@ impl Engine {
                 self.on_open(p.peer, ch, dk, p.capability, now);
             }
         }
+        self.enqueue_missing(key);
+    }
+
+    /// Opens a channel for `key` on every connection, and announces it.
+    fn open_to_every_peer(&mut self, key: CoreKey, now: Instant) {
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
             self.open_channel(peer, key, now);
         }
-        self.enqueue_missing(key);
         self.announce(key, now);
     }
 

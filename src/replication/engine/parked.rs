@@ -43,6 +43,11 @@ impl ParkedChannels {
         self.by_id.iter().map(|(id, p)| (*id, p))
     }
 
+    /// Parked channel `id`.
+    pub(super) fn get(&self, id: ChannelId) -> Option<&Parked> {
+        self.by_id.get(&id)
+    }
+
     /// Whether channel `id` is parked.
     pub(super) fn contains(&self, id: ChannelId) -> bool {
         self.by_id.contains_key(&id)

@@ -60,9 +60,15 @@ impl Engine {
         }
     }
 
-    /// Opens a channel to `peer` for every core we replicate that has none with it.
+    /// Opens a channel to `peer` for every core we replicate that has none with it (not for
+    /// cores only served to the peers that asked).
     fn open_all_channels(&mut self, peer: PeerId, now: Instant) {
-        let cores: Vec<CoreKey> = self.cores.keys().copied().collect();
+        let cores: Vec<CoreKey> = self
+            .cores
+            .iter()
+            .filter(|(_, r)| !r.served_only)
+            .map(|(k, _)| *k)
+            .collect();
         for core in cores {
             self.open_channel(peer, core, now);
         }

@@ -23,11 +23,23 @@ pub(super) struct Replica {
     pub(super) queued_to: u64,
     /// Proofs received and not yet applied.
     pub(super) apply: ApplyQueue,
+    /// Which adding of the core this is: storage tasks started by an earlier one (before a
+    /// leave) are ignored when they end.
+    pub(super) epoch: u64,
+    /// Served only because a peer asked for it: channels open to the peers that ask, not to
+    /// every peer.
+    pub(super) served_only: bool,
 }
 
 impl Replica {
     /// A core with local state `local`, fetched in `mode`.
-    pub(super) fn new(discovery_key: DiscoveryKey, local: LocalInfo, mode: Mode) -> Self {
+    pub(super) fn new(
+        discovery_key: DiscoveryKey,
+        local: LocalInfo,
+        mode: Mode,
+        epoch: u64,
+        served_only: bool,
+    ) -> Self {
         Self {
             discovery_key,
             local,
@@ -35,6 +47,8 @@ impl Replica {
             wanted: BTreeSet::new(),
             queued_to: local.contiguous,
             apply: ApplyQueue::default(),
+            epoch,
+            served_only,
         }
     }
 }

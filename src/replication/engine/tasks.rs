@@ -28,6 +28,8 @@ pub(super) enum TaskCtx {
     /// Applying an upgrade proof from `peer`.
     ApplyUpgrade {
         core: CoreKey,
+        /// The epoch of the core's replica that started it (see `Replica::epoch`).
+        epoch: u64,
         peer: PeerId,
         /// The block that came with the upgrade: index and size.
         block: Option<(u64, u64)>,
@@ -35,6 +37,8 @@ pub(super) enum TaskCtx {
     /// Applying a batch of run proofs.
     ApplyRun {
         core: CoreKey,
+        /// The epoch of the core's replica that started it.
+        epoch: u64,
         /// Each proof's block index, peer and run request.
         proofs: Vec<(u64, PeerId, u64)>,
     },
@@ -72,10 +76,19 @@ impl Engine {
             (TaskCtx::Push { peer, channel }, TaskResult::Proof(r)) => {
                 self.on_pushed(peer, channel, r)
             }
-            (TaskCtx::ApplyUpgrade { core, peer, block }, TaskResult::Applied(outcome, local)) => {
-                self.on_upgrade_applied(core, peer, block, outcome, local, now)
-            }
-            (TaskCtx::ApplyRun { core, proofs }, TaskResult::RunApplied(outcome, local)) => {
+            // An apply started before the core was left and added again: the new replica
+            // knows nothing of it (the core's change events bring its state).
+            (
+                TaskCtx::ApplyUpgrade { core, epoch, .. } | TaskCtx::ApplyRun { core, epoch, .. },
+                _,
+            ) if self.cores.get(&core).is_none_or(|r| r.epoch != epoch) => {}
+            (
+                TaskCtx::ApplyUpgrade {
+                    core, peer, block, ..
+                },
+                TaskResult::Applied(outcome, local),
+            ) => self.on_upgrade_applied(core, peer, block, outcome, local, now),
+            (TaskCtx::ApplyRun { core, proofs, .. }, TaskResult::RunApplied(outcome, local)) => {
                 self.on_run_applied(core, proofs, outcome, local, now)
             }
             (ctx, result) => {

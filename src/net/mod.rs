@@ -3,12 +3,14 @@
 
 mod driver;
 mod events;
+mod extension;
 mod frames;
 mod protocol;
 mod storage_tasks;
 
 pub use driver::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES, NodeStats};
 pub use events::{Events, ReplicaEvent, ReplicaEvents};
+pub use extension::{Extension, ExtensionMessage, ExtensionMessages};
 pub use frames::{MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED_TOTAL, ReadError};
 pub use iroh_hypercore_tickets::{CoreTicket, TicketError};
 pub use protocol::{Builder, HypercoreProtocol};

@@ -14,11 +14,15 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::{
     driver::{Command, Driver, NodeStats},
     events::{Events, ReplicaEvents},
+    extension::Extension,
 };
 use crate::{
     core::Hypercore,
     error::{Error, Result},
-    replication::{Engine, EngineConfig, Event, Mode, engine::PeerStats},
+    replication::{
+        Engine, EngineConfig, Event, Mode,
+        engine::{ExtensionTarget, PeerStats},
+    },
     store::Corestore,
 };
 
@@ -178,6 +182,26 @@ impl HypercoreProtocol {
     /// [`join`](Self::join)).
     pub async fn replicate_store(&self, mode: Mode) -> Result<()> {
         self.command(|tx| Command::ReplicateStore(mode, tx)).await
+    }
+
+    /// The extension `name` (at most 64 bytes): registers it, so that peers' messages of this
+    /// name are delivered, and returns its handle to send and subscribe.
+    pub async fn extension(&self, name: &str) -> Result<Extension> {
+        let ext = Extension::new(name.to_string(), self.clone())?;
+        let name = name.to_string();
+        self.command(|tx| Command::RegisterExtension(name, tx))
+            .await?;
+        Ok(ext)
+    }
+
+    pub(super) async fn send_extension(
+        &self,
+        target: ExtensionTarget,
+        name: String,
+        payload: bytes::Bytes,
+    ) -> Result<usize> {
+        self.command(|tx| Command::SendExtension(target, name, payload, tx))
+            .await
     }
 
     /// Stops replicating `core`: its channels close (each peer is told), its gossip topic is

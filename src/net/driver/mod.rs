@@ -44,7 +44,7 @@ use crate::{
     crypto::{CoreKey, DiscoveryKey},
     replication::{
         Engine, Event, Input, Mode, Output, PeerId, TaskResult,
-        engine::{ChannelId, PeerStats, TaskId},
+        engine::{ChannelId, ExtensionTarget, PeerStats, TaskId},
         wire::Message,
     },
     store::Corestore,
@@ -82,6 +82,10 @@ pub(crate) enum Command {
     Leave(CoreKey, oneshot::Sender<bool>),
     /// Follow every core of the store in a mode.
     ReplicateStore(Mode, oneshot::Sender<()>),
+    /// Deliver extension messages of a name.
+    RegisterExtension(String, oneshot::Sender<()>),
+    /// Send an extension message; answers on how many channels it was queued.
+    SendExtension(ExtensionTarget, String, Bytes, oneshot::Sender<usize>),
     PeerStats(oneshot::Sender<Vec<PeerStats>>),
     CorePeers(CoreKey, oneshot::Sender<Vec<PeerId>>),
     NodeStats(oneshot::Sender<NodeStats>),
@@ -271,6 +275,13 @@ impl Driver {
             Command::ReplicateStore(mode, reply) => {
                 self.replicate_store(mode);
                 let _ = reply.send(());
+            }
+            Command::RegisterExtension(name, reply) => {
+                self.engine.register_extension(&name);
+                let _ = reply.send(());
+            }
+            Command::SendExtension(target, name, payload, reply) => {
+                let _ = reply.send(self.engine.send_extension(target, &name, payload, now));
             }
             Command::Join(key, nodes, reply) => {
                 self.join(key, nodes);

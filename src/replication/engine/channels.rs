@@ -216,6 +216,11 @@ impl Engine {
         }
         if c.opened_by_me && !c.authenticated {
             self.handshake_ended(c.peer);
+            if c.core == super::STORE_CHANNEL_KEY
+                && let Some(p) = self.peers.get_mut(&c.peer)
+            {
+                p.store_queue.clear();
+            }
         }
         if c.remote.is_some() {
             self.emit(Event::ChannelClosed {
@@ -318,6 +323,11 @@ impl Engine {
             }
             return;
         }
+        let core = c.core;
+        if core == super::STORE_CHANNEL_KEY {
+            self.on_store_message(peer, id, msg, now);
+            return;
+        }
         match msg {
             Message::Open { .. } | Message::Accept { .. } => {
                 self.count_dropped(peer);
@@ -339,7 +349,10 @@ impl Engine {
                 end,
             } => self.on_no_data(id, req, start, end, now),
             Message::Push { proof } => self.on_push(id, proof, now),
-            Message::Unwant { .. } | Message::Cancel { .. } | Message::Extension { .. } => {}
+            Message::Extension { name, payload } => {
+                self.on_extension(peer, Some(core), name, payload, now)
+            }
+            Message::Unwant { .. } | Message::Cancel { .. } => {}
         }
     }
 

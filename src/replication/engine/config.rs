@@ -44,6 +44,9 @@ pub struct EngineConfig {
     pub max_parked_per_peer: usize,
     /// Channels all peers together may keep waiting for cores we do not replicate.
     pub max_parked: usize,
+    /// Extension messages one peer may send us per second (and at most as many at once);
+    /// more are dropped and counted.
+    pub extension_messages_per_second: u64,
     /// Dials that gossip announcements may cause per second (an announcement names its
     /// origin, and anyone on a topic can announce).
     pub gossip_dials_per_second: usize,
@@ -67,6 +70,7 @@ impl Default for EngineConfig {
             max_parked_per_peer: 64,
             max_parked: 4096,
             gossip_dials_per_second: 8,
+            extension_messages_per_second: 256,
         }
     }
 }

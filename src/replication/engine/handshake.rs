@@ -25,6 +25,10 @@ impl Engine {
         cap: [u8; 32],
         now: Instant,
     ) {
+        if dk == super::store_channel_discovery_key() {
+            self.on_store_open(peer, id, cap);
+            return;
+        }
         let Some(core) = self.by_discovery_key.get(&dk).copied() else {
             // Perhaps we are about to replicate it: keep the channel waiting (refusing it
             // would race with our own open of the same core).
@@ -85,6 +89,10 @@ impl Engine {
             self.handshakes.remove(t, id);
         }
         self.handshake_ended(peer);
+        if core == super::STORE_CHANNEL_KEY {
+            self.flush_store_queue(peer, id);
+            return;
+        }
         if let Some(info) = self.sync_info(&core, false) {
             self.send(peer, id, Message::Sync(info));
         }

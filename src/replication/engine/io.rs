@@ -234,6 +234,17 @@ pub enum Event {
     Backoff(PeerId),
     /// `peer` failed after its last back-off and no longer serves the fetch queue.
     PeerDropped(PeerId),
+    /// An extension message from `peer`, of a name the application registered.
+    Extension {
+        /// The core whose channel carried it; `None` for the store channel.
+        core: Option<CoreKey>,
+        /// Peer.
+        peer: PeerId,
+        /// The extension's name.
+        name: String,
+        /// Its payload (at most `MAX_EXTENSION_PAYLOAD` bytes).
+        payload: Bytes,
+    },
     /// A subscriber fell behind and missed this many events (never emitted by the engine:
     /// the event streams of [`HypercoreProtocol`](crate::net::HypercoreProtocol) yield it).
     Lagged(u64),
@@ -266,6 +277,11 @@ pub struct PeerStats {
     /// Messages and channels dropped because they broke the protocol: anything before the
     /// handshake, a wrong capability, a second `Open`.
     pub dropped: u64,
+    /// Extension messages from the peer delivered to the application.
+    pub extensions_received: u64,
+    /// Extension messages from the peer dropped: a name not registered, a payload over the
+    /// limit, or over the peer's rate.
+    pub extensions_dropped: u64,
     /// Bytes queued towards the peer and not yet taken by QUIC.
     pub backlog_bytes: u64,
     /// Bytes of unfinished frames from the peer held in memory.

@@ -42,6 +42,7 @@ mod announce;
 mod apply;
 mod channels;
 mod config;
+mod extensions;
 mod fetching;
 mod handshake;
 mod io;
@@ -65,6 +66,10 @@ use std::{
 use announce::{Announcer, DialLimit};
 use channels::{ChannelTable, Sent};
 pub use config::EngineConfig;
+pub use extensions::{
+    ExtensionTarget, MAX_EXTENSION_NAME, MAX_EXTENSION_PAYLOAD, STORE_CHANNEL_KEY,
+    store_channel_discovery_key,
+};
 pub use io::{
     ApplyOutcome, ChannelId, Event, Input, LocalInfo, Mode, Output, PeerStats, Task, TaskId,
     TaskResult,
@@ -182,6 +187,8 @@ pub struct Engine {
     next_task: TaskId,
     /// The epoch of the replica last added.
     next_epoch: u64,
+    /// Extension names the application registered.
+    extensions: extensions::ExtensionNames,
 }
 
 impl Engine {
@@ -208,6 +215,7 @@ impl Engine {
             next_channel: 0,
             next_task: 0,
             next_epoch: 0,
+            extensions: Default::default(),
         }
     }
 

@@ -25,6 +25,10 @@ pub(super) struct Peer {
     pub(super) opening: usize,
     /// Cores waiting for room among `opening` to open a channel to it.
     pub(super) to_open: BTreeSet<CoreKey>,
+    /// Extension messages waiting for our store channel to it to open.
+    pub(super) store_queue: Vec<crate::replication::wire::Message>,
+    /// What extension messages it may still send us.
+    pub(super) extension_allowance: super::extensions::ExtensionAllowance,
 }
 
 impl Engine {

@@ -345,3 +345,40 @@ async fn a_core_deleted_and_created_again_is_followed() {
     writer.shutdown().await;
     reader.shutdown().await;
 }
+
+/// `update().wait(..)` asks the peers and resolves with their newest signed length: after
+/// each acknowledged append of the writer, a sparse reader's update returns that length; with
+/// no peer it returns the local length at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_wait_returns_the_newest_length_of_the_peers() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.unlisted_node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("updates").await.unwrap();
+    append_numbered(&log, 0, 1, 8).await;
+    writer.proto.replicate(&log).await.unwrap();
+    let reader = net.unlisted_node(Transport::Direct).await.unwrap();
+    let core = reader.store.get_remote(log.key()).await.unwrap();
+    reader
+        .proto
+        .replicate_with(&core, Mode::Sparse)
+        .await
+        .unwrap();
+    assert_eq!(core.update().wait(WAIT).await.unwrap(), 0, "no peer yet");
+    reader.proto.join(&core, &[writer.addr()]).await.unwrap();
+    let mut added = reader.proto.events(&core);
+    tokio::time::timeout(WAIT, async {
+        while added.next().await.expect("events") != ReplicaEvent::PeerAdd(writer.endpoint.id()) {}
+    })
+    .await
+    .unwrap();
+    for length in 2..=20u64 {
+        append_numbered(&log, length - 1, 1, 8).await;
+        assert_eq!(core.update().wait(WAIT).await.unwrap(), length);
+    }
+    assert!(
+        core.get(5).await.unwrap().is_none(),
+        "sparse: no block fetched"
+    );
+    writer.shutdown().await;
+    reader.shutdown().await;
+}

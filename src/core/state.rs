@@ -40,6 +40,10 @@ pub(crate) struct CoreInner {
     /// Bumped when nobody fetches for the reads waiting on this core any more: a protocol
     /// left it, or it was closed or deleted. Waiting reads fail then.
     pub stopped: watch::Sender<u64>,
+    /// The number of `update()`s asked (a replicating protocol follows it).
+    pub update_requests: watch::Sender<u64>,
+    /// The last of `update_requests` a protocol answered.
+    pub updated: watch::Sender<u64>,
 }
 
 impl CoreInner {
@@ -115,6 +119,8 @@ impl CoreInner {
             verified: broadcast::channel(VERIFIED_CAPACITY).0,
             recent: Mutex::new(RecentAppends::default()),
             stopped: watch::channel(0).0,
+            update_requests: watch::channel(0).0,
+            updated: watch::channel(0).0,
         }))
     }
 }

@@ -32,13 +32,17 @@ impl Get {
     /// meanwhile.
     ///
     /// A block from a peer is returned as soon as it verified against the signed tree, while
-    /// it is still being written.
-    pub async fn wait(self, timeout: Duration) -> Result<Bytes> {
-        {
+    /// it is still being written. The read counts from this call: a `leave` after it fails
+    /// it, even before the future is first polled.
+    pub fn wait(
+        self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Bytes>> + Send + 'static + use<> {
+        let mut events = self.inner.slot.subscribe();
+        let mut verified = self.inner.verified.subscribe();
+        let mut stopped = self.inner.stopped.subscribe();
+        async move {
             let index = self.index;
-            let mut events = self.inner.slot.subscribe();
-            let mut verified = self.inner.verified.subscribe();
-            let mut stopped = self.inner.stopped.subscribe();
             if self.inner.state().closed {
                 return Err(Error::Closed);
             }
@@ -114,6 +118,74 @@ async fn local_block(inner: &Arc<CoreInner>, index: u64) -> Result<Option<Bytes>
         .storage
         .read(move |r| Ok(r.blocks()?.view().get(id, index)?.map(Bytes::from)))
         .await?)
+}
+
+/// An update of a core from its peers, from [`Hypercore::update`].
+#[derive(Debug)]
+#[must_use = "an Update does nothing until it is waited on"]
+pub struct Update {
+    inner: Arc<CoreInner>,
+}
+
+impl Hypercore {
+    /// Asks the peers replicating this core for their newest state (hypercore's
+    /// `update({ wait: true })`): see [`Update::wait`].
+    pub fn update(&self) -> Update {
+        Update {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The count of `update()`s asked, for a replicating protocol to follow.
+    pub(crate) fn subscribe_update_requests(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.update_requests.subscribe()
+    }
+
+    /// A protocol answered the `update()`s up to `asked`.
+    pub(crate) fn mark_updated(&self, asked: u64) {
+        self.inner.updated.send_modify(|n| *n = (*n).max(asked));
+    }
+}
+
+impl Update {
+    /// Asks every peer with an open channel for the core for its state, and resolves with the
+    /// core's signed length once each has answered (or gone) and the upgrade to the newest
+    /// length any of them has, if it is ahead, was verified and stored. With no peer it
+    /// resolves at once with the local length. Fails with [`Error::Timeout`] after `timeout`
+    /// (also when no protocol replicates the core), and with [`Error::Left`] or
+    /// [`Error::Closed`] if the core stops replicating or closes meanwhile.
+    pub fn wait(
+        self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<u64>> + Send + 'static + use<> {
+        let mut updated = self.inner.updated.subscribe();
+        let mut stopped = self.inner.stopped.subscribe();
+        async move {
+            let inner = &self.inner;
+            if inner.state().closed {
+                return Err(Error::Closed);
+            }
+            inner.update_requests.send_modify(|n| *n += 1);
+            let asked = *inner.update_requests.borrow();
+            let deadline = tokio::time::Instant::now() + timeout;
+            tokio::time::timeout_at(deadline, async {
+                loop {
+                    if *updated.borrow_and_update() >= asked {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        r = updated.changed() => r.map_err(|_| Error::Closed)?,
+                        _ = stopped.changed() => {
+                            return Err(inner.stopped_error("an update".into()));
+                        }
+                    }
+                }
+            })
+            .await
+            .map_err(|_| Error::Timeout("an update from peers".into()))??;
+            Ok(inner.state().committed.tree.length)
+        }
+    }
 }
 
 /// How far a [`Download`] got.

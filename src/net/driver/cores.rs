@@ -132,6 +132,7 @@ impl Driver {
     /// forwarder stops and the reads waiting on it fail. Returns whether it was replicated.
     fn stop(&mut self, key: CoreKey, now: Instant) -> bool {
         let replicated = self.engine.remove_core(key, now);
+        self.update_asked.remove(&key);
         self.leave_gossip(key);
         if let Some(r) = self.cores.remove(&key) {
             r.forwarder.abort();
@@ -157,11 +158,16 @@ impl Driver {
         let mut events = core.subscribe();
         let mut wants = core.subscribe_wants();
         let closed = core.closed();
+        let mut updates = core.subscribe_update_requests();
         let tx = self.fwd_tx.clone();
         self.forwarders.spawn(async move {
             tokio::pin!(closed);
             loop {
                 tokio::select! {
+                    Ok(()) = updates.changed() => {
+                        let asked = *updates.borrow_and_update();
+                        if tx.send(Forward::Update(key, asked)).await.is_err() { break; }
+                    }
                     ev = events.next() => match ev {
                         Some(CoreEvent::Append { .. } | CoreEvent::Truncate { .. }
                             | CoreEvent::Clear { .. } | CoreEvent::Lagged(_)) => {
@@ -184,6 +190,23 @@ impl Driver {
                 }
             }
         })
+    }
+
+    /// The application asked for an update of `key` (the `asked`th).
+    pub(super) fn update(&mut self, key: CoreKey, asked: u64, now: Instant) {
+        let latest = self.update_asked.entry(key).or_default();
+        *latest = (*latest).max(asked);
+        self.engine
+            .handle(crate::replication::Input::Update(key), now);
+    }
+
+    /// The engine answered the updates of `key` asked so far.
+    pub(super) fn on_updated(&mut self, key: CoreKey) {
+        if let Some(asked) = self.update_asked.remove(&key)
+            && let Some(r) = self.cores.get(&key)
+        {
+            r.core.mark_updated(asked);
+        }
     }
 
     /// Runs a storage task of the engine on its core; its result goes back to the engine

@@ -101,6 +101,8 @@ enum Forward {
     GossipLagged(CoreKey),
     /// A replicated core was closed or deleted.
     CoreClosed(CoreKey),
+    /// The application asked for an update of a core (the count of updates asked).
+    Update(CoreKey, u64),
     /// A core was created in the store.
     CoreCreated(CoreKey),
     /// News of created cores was lost: list the store again.
@@ -156,6 +158,8 @@ pub(crate) struct Driver {
     /// Cores the application left: not served on demand until replicated again.
     left: HashSet<CoreKey>,
     cores: HashMap<CoreKey, Replicated>,
+    /// The latest `update()` the application asked of each core, until the engine answers.
+    update_asked: HashMap<CoreKey, u64>,
     conns: HashMap<PeerId, Conn>,
     dialing: HashSet<PeerId>,
     addrs: HashMap<PeerId, EndpointAddr>,
@@ -206,6 +210,7 @@ impl Driver {
             lookups: 0,
             left: HashSet::new(),
             cores: HashMap::new(),
+            update_asked: HashMap::new(),
             conns: HashMap::new(),
             dialing: HashSet::new(),
             addrs: HashMap::new(),
@@ -328,6 +333,9 @@ impl Driver {
                 Output::FindCore(dk) => self.find_core(dk),
                 Output::Broadcast(key, bytes) => self.broadcast(key, bytes),
                 Output::Event(ev) => {
+                    if let Event::Updated { core, .. } = &ev {
+                        self.on_updated(*core);
+                    }
                     let _ = self.events.send(ev);
                 }
             }
@@ -354,6 +362,7 @@ impl Driver {
             Forward::Gossip(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
             Forward::GossipLagged(key) => self.engine.handle(Input::GossipLagged(key), now),
             Forward::CoreClosed(key) => self.on_core_closed(key, now),
+            Forward::Update(key, asked) => self.update(key, asked, now),
             Forward::CoreCreated(key) => self.on_core_created(key),
             Forward::CreatedLagged => self.load_store(),
         }

@@ -15,7 +15,7 @@ use super::{
 use crate::replication::{
     Input, PeerId,
     engine::ChannelId,
-    wire::{MAX_FRAME, MAX_HANDSHAKE_FRAME, Message, encode_frame_into},
+    wire::{MAX_FRAME, MAX_HANDSHAKE_FRAME, Message, SyncInfo, encode_frame_into},
 };
 
 /// Frames queued for one stream are handed to QUIC in chunks of about this size: one chunk
@@ -97,6 +97,18 @@ impl Driver {
         }
     }
 
+    /// Tells the engine the current state of channel `ch`'s core before a peer's question
+    /// about it is answered: the engine learns of local appends a hop after they commit, and
+    /// an `update()` that starts after an acknowledged append must hear of it.
+    fn refresh_local(&mut self, ch: ChannelId, now: Instant) {
+        if let Some(core) = self.engine.channel_core(ch)
+            && let Some(r) = self.cores.get(&core)
+        {
+            let info = super::super::storage_tasks::local_info(&r.core);
+            self.engine.handle(Input::LocalChanged(core, info), now);
+        }
+    }
+
     /// Frames arrived on a channel (or its stream ended or broke the framing).
     pub(super) fn on_frames(
         &mut self,
@@ -114,6 +126,9 @@ impl Driver {
         match result {
             Ok(Some(msgs)) => {
                 for msg in msgs {
+                    if matches!(msg, Message::Sync(SyncInfo { ask: true, .. })) {
+                        self.refresh_local(ch, now);
+                    }
                     self.engine.handle(Input::Message(peer, ch, msg), now);
                 }
                 self.read_next(peer, conn_id, ch, reader);

@@ -191,6 +191,11 @@ impl Engine {
         }
     }
 
+    /// The core of channel `id`.
+    pub fn channel_core(&self, id: ChannelId) -> Option<CoreKey> {
+        self.channels.get(&id).map(|c| c.core)
+    }
+
     /// Whether both sides of channel `id` proved the key: only then may its stream carry
     /// frames larger than a handshake's.
     pub fn is_authenticated(&self, id: ChannelId) -> bool {
@@ -222,6 +227,7 @@ impl Engine {
                 p.store_queue.clear();
             }
         }
+        self.update_answered(&c.core, id);
         if c.remote.is_some() {
             self.emit(Event::ChannelClosed {
                 core: c.core,

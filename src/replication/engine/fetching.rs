@@ -163,6 +163,7 @@ impl Engine {
                 },
             );
         }
+        self.finish_updates();
         for notice in self.fetch.take_notices() {
             match notice {
                 PeerNotice::BackedOff(p, _) => self.emit(Event::Backoff(p)),

@@ -68,6 +68,9 @@ pub enum Input {
     LocalChanged(CoreKey, LocalInfo),
     /// The application wants blocks `start..end` (sparse cores).
     Want(CoreKey, u64, u64),
+    /// The application asks for the newest state of a core's peers (`update`): answered with
+    /// [`Event::Updated`].
+    Update(CoreKey),
     /// Bytes queued towards `peer` that QUIC has not taken yet (reported by the driver at
     /// least when it crosses `max_backlog_bytes`, either way). Requests wait while it is over.
     Backlog(PeerId, u64),
@@ -234,6 +237,14 @@ pub enum Event {
     Backoff(PeerId),
     /// `peer` failed after its last back-off and no longer serves the fetch queue.
     PeerDropped(PeerId),
+    /// An [`Input::Update`] of `core` is answered: every peer asked sent its state (or went),
+    /// and the upgrade to the longest, if any, ended; `length` is the core's signed length.
+    Updated {
+        /// Core.
+        core: CoreKey,
+        /// Its signed length now.
+        length: u64,
+    },
     /// An extension message from `peer`, of a name the application registered.
     Extension {
         /// The core whose channel carried it; `None` for the store channel.

@@ -32,6 +32,7 @@ impl Engine {
         self.fetch.remove_core(&key);
         self.upgrades.forget(&key);
         self.announcer.forget(&key);
+        self.updates.remove(&key);
         self.outputs.push_back(super::Output::LeaveGossip(key));
         self.schedule(now);
         true

@@ -56,6 +56,7 @@ mod serve;
 mod tasks;
 #[cfg(test)]
 mod testing;
+mod update;
 mod upgrade;
 
 use std::{
@@ -189,6 +190,8 @@ pub struct Engine {
     next_epoch: u64,
     /// Extension names the application registered.
     extensions: extensions::ExtensionNames,
+    /// The channels each core's `update` waits for.
+    updates: update::PendingUpdates,
 }
 
 impl Engine {
@@ -216,6 +219,7 @@ impl Engine {
             next_task: 0,
             next_epoch: 0,
             extensions: Default::default(),
+            updates: Default::default(),
         }
     }
 
@@ -359,6 +363,7 @@ impl Engine {
             Input::LocalChanged(core, local) => self.update_local(core, local, now),
             Input::Want(core, start, end) => self.on_want(core, start, end),
             Input::Backlog(peer, bytes) => self.on_backlog(peer, bytes),
+            Input::Update(core) => self.on_update(core),
         }
         self.schedule(now);
     }

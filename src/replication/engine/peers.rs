@@ -104,6 +104,7 @@ impl Engine {
             if let Some(t) = c.handshake_deadline {
                 self.handshakes.remove(t, *ch);
             }
+            self.update_answered(&c.core, *ch);
             if c.remote.is_some() {
                 self.emit(Event::ChannelClosed { core: c.core, peer });
             }

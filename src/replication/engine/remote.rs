@@ -28,6 +28,7 @@ impl Engine {
             c.remote_ranges.clear();
             c.sourced = 0;
         }
+        self.update_answered(&core, id);
         if first {
             self.emit(Event::ChannelOpen { core, peer });
         }

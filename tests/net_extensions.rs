@@ -35,6 +35,7 @@ async fn on_peer_add_a_tells_b_of_a_core_and_b_replicates_it() {
     let b_cores = b.proto.extension("cores").await.unwrap();
     let mut told = b_cores.subscribe();
     let mut a_events = a.proto.subscribe();
+    let mut b_events = b.proto.subscribe();
 
     let meeting = a.store.get_named("meeting").await.unwrap();
     a.proto.join(&meeting, &[b.addr()]).await.unwrap();
@@ -56,6 +57,14 @@ async fn on_peer_add_a_tells_b_of_a_core_and_b_replicates_it() {
     let msg = next_message(&mut told).await;
     assert_eq!(msg.core, None, "sent with no core");
     assert_eq!(msg.peer, a.endpoint.id());
+    assert_eq!(told.missed(), 0);
+    // Extension messages do not crowd the replication events.
+    assert!(
+        !net::drain(&mut b_events)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::Extension { .. }))
+    );
     let key: [u8; 32] = msg.bytes[..].try_into().unwrap();
     let core = b.store.get_remote(key).await.unwrap();
     b.proto.replicate(&core).await.unwrap();

@@ -3,12 +3,17 @@
 
 use std::{
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
 use iroh::EndpointId;
-use n0_future::{Stream, StreamExt, boxed::BoxStream};
+use n0_future::{Stream, boxed::BoxStream};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::HypercoreProtocol;
 use crate::{
@@ -107,39 +112,75 @@ impl Extension {
         Ok(self.send_to(target, bytes.into()).await? > 0)
     }
 
-    /// The messages of this extension peers send from now on, as a `Stream`.
+    /// The messages of this extension peers send from now on, as a `Stream`. A subscriber
+    /// that falls behind (by 256 messages of all extensions) misses the oldest:
+    /// [`ExtensionMessages::missed`] counts them.
     pub fn subscribe(&self) -> ExtensionMessages {
         let name = self.name.clone();
-        ExtensionMessages(Box::pin(self.proto.subscribe().filter_map(
-            move |ev| match ev {
-                Event::Extension {
-                    core,
-                    peer,
-                    name: n,
-                    payload,
-                } if n == name => Some(ExtensionMessage {
-                    core,
-                    peer: EndpointId::from_bytes(&peer).ok()?,
-                    bytes: payload,
-                }),
-                _ => None,
-            },
-        )))
+        let missed = Arc::new(AtomicU64::new(0));
+        let counter = missed.clone();
+        let rx = self.proto.subscribe_extensions();
+        let stream = n0_future::stream::unfold(rx, move |mut rx| {
+            let (name, counter) = (name.clone(), counter.clone());
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(Event::Extension {
+                            core,
+                            peer,
+                            name: n,
+                            payload,
+                        }) if n == name => {
+                            let Ok(peer) = EndpointId::from_bytes(&peer) else {
+                                continue;
+                            };
+                            let msg = ExtensionMessage {
+                                core,
+                                peer,
+                                bytes: payload,
+                            };
+                            return Some((msg, rx));
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(n)) => {
+                            counter.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        ExtensionMessages {
+            stream: Box::pin(stream),
+            missed,
+        }
     }
 }
 
 /// The messages of one extension, from [`Extension::subscribe`].
-pub struct ExtensionMessages(BoxStream<ExtensionMessage>);
+pub struct ExtensionMessages {
+    stream: BoxStream<ExtensionMessage>,
+    missed: Arc<AtomicU64>,
+}
+
+impl ExtensionMessages {
+    /// Messages (of any extension) this subscriber missed because it fell behind.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+}
 
 impl std::fmt::Debug for ExtensionMessages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ExtensionMessages")
+        f.debug_struct("ExtensionMessages")
+            .field("missed", &self.missed())
+            .finish()
     }
 }
 
 impl Stream for ExtensionMessages {
     type Item = ExtensionMessage;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.as_mut().poll_next(cx)
+        self.stream.as_mut().poll_next(cx)
     }
 }

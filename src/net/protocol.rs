@@ -29,6 +29,10 @@ use crate::{
 /// Capacity of the protocol's event channel.
 const EVENT_CAPACITY: usize = 4096;
 
+/// Capacity of the channel of extension messages (each at most 64 KiB): a subscriber that
+/// does not read holds at most this many, and misses the rest.
+const EXTENSION_CAPACITY: usize = 256;
+
 /// Replicates the cores of a [`Corestore`] with peers over iroh.
 ///
 /// Register it on an iroh `Router` under [`ALPN`](super::ALPN), next to iroh-gossip. It is a
@@ -68,6 +72,9 @@ struct Inner {
     endpoint: Endpoint,
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
+    /// Extension messages, apart from `events`: a peer sending them cannot make subscribers
+    /// of replication events miss any, nor make them hold its payloads.
+    extension_events: broadcast::Sender<Event>,
 }
 
 /// Builds a [`HypercoreProtocol`].
@@ -113,6 +120,7 @@ impl Builder {
         let engine = Engine::new(me, self.config);
         let (commands, rx) = mpsc::channel(256);
         let events = broadcast::channel(EVENT_CAPACITY).0;
+        let extension_events = broadcast::channel(EXTENSION_CAPACITY).0;
         let driver = Driver::new(
             engine,
             endpoint.clone(),
@@ -120,6 +128,7 @@ impl Builder {
             self.store.clone(),
             self.serve_store,
             events.clone(),
+            extension_events.clone(),
         );
         tokio::spawn(driver.run(rx));
         HypercoreProtocol {
@@ -128,6 +137,7 @@ impl Builder {
                 endpoint,
                 commands,
                 events,
+                extension_events,
             }),
         }
     }
@@ -192,6 +202,11 @@ impl HypercoreProtocol {
         self.command(|tx| Command::RegisterExtension(name, tx))
             .await?;
         Ok(ext)
+    }
+
+    /// The extension messages from now on.
+    pub(super) fn subscribe_extensions(&self) -> broadcast::Receiver<Event> {
+        self.inner.extension_events.subscribe()
     }
 
     pub(super) async fn send_extension(

@@ -177,6 +177,8 @@ pub(crate) struct Driver {
     fwd_tx: mpsc::Sender<Forward>,
     fwd_rx: mpsc::Receiver<Forward>,
     events: broadcast::Sender<Event>,
+    /// Where extension messages go (apart from `events`).
+    extension_events: broadcast::Sender<Event>,
     /// What unfinished frames on all connections may hold.
     budget: Budget,
     /// Peers whose backlog grew this turn (checked against the limit after it).
@@ -191,6 +193,7 @@ impl Driver {
         store: Corestore,
         serve_store: bool,
         events: broadcast::Sender<Event>,
+        extension_events: broadcast::Sender<Event>,
     ) -> Self {
         let lookup = MemoryLookup::new();
         if let Ok(services) = endpoint.address_lookup() {
@@ -226,6 +229,7 @@ impl Driver {
             fwd_tx,
             fwd_rx,
             events,
+            extension_events,
             budget: Budget::new(MAX_BUFFERED_TOTAL),
             backlog_grew: Vec::new(),
         }
@@ -332,6 +336,9 @@ impl Driver {
                 Output::LeaveGossip(key) => self.leave_gossip(key),
                 Output::FindCore(dk) => self.find_core(dk),
                 Output::Broadcast(key, bytes) => self.broadcast(key, bytes),
+                Output::Event(ev @ Event::Extension { .. }) => {
+                    let _ = self.extension_events.send(ev);
+                }
                 Output::Event(ev) => {
                     if let Event::Updated { core, .. } = &ev {
                         self.on_updated(*core);

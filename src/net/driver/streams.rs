@@ -15,7 +15,7 @@ use super::{
 use crate::replication::{
     Input, PeerId,
     engine::ChannelId,
-    wire::{MAX_FRAME, MAX_HANDSHAKE_FRAME, Message, SyncInfo, encode_frame_into},
+    wire::{MAX_HANDSHAKE_FRAME, Message, SyncInfo, encode_frame_into},
 };
 
 /// Frames queued for one stream are handed to QUIC in chunks of about this size: one chunk
@@ -223,11 +223,7 @@ impl Driver {
     ) {
         let theirs = !ch.is_multiple_of(2);
         if self.engine.is_authenticated(ch) || !theirs {
-            let max_frame = if self.engine.is_authenticated(ch) {
-                MAX_FRAME
-            } else {
-                MAX_HANDSHAKE_FRAME
-            };
+            let max_frame = self.engine.max_frame(ch);
             self.io.push(Box::pin(async move {
                 let (reader, result) = reader.next_batch(max_frame).await;
                 Io::Frames(peer, conn_id, ch, reader, result)

@@ -196,6 +196,19 @@ impl Engine {
         self.channels.get(&id).map(|c| c.core)
     }
 
+    /// The largest frame to read on channel `id`: a handshake's until both sides proved the
+    /// key, an extension message's on a store channel, else [`MAX_FRAME`](crate::replication::wire::MAX_FRAME).
+    pub fn max_frame(&self, id: ChannelId) -> usize {
+        use crate::replication::wire::{MAX_FRAME, MAX_HANDSHAKE_FRAME};
+        match self.channels.get(&id) {
+            Some(c) if c.authenticated && c.core == *super::STORE_CHANNEL_KEY => {
+                super::extensions::MAX_STORE_CHANNEL_FRAME
+            }
+            Some(c) if c.authenticated => MAX_FRAME,
+            _ => MAX_HANDSHAKE_FRAME,
+        }
+    }
+
     /// Whether both sides of channel `id` proved the key: only then may its stream carry
     /// frames larger than a handshake's.
     pub fn is_authenticated(&self, id: ChannelId) -> bool {
@@ -220,12 +233,9 @@ impl Engine {
             self.handshakes.remove(t, id);
         }
         if c.opened_by_me && !c.authenticated {
+            // A store channel's queue waits on: if the peer refused ours because both opened
+            // one, theirs comes and takes it. It goes with the peer.
             self.handshake_ended(c.peer);
-            if c.core == super::STORE_CHANNEL_KEY
-                && let Some(p) = self.peers.get_mut(&c.peer)
-            {
-                p.store_queue.clear();
-            }
         }
         self.update_answered(&c.core, id);
         if c.remote.is_some() {
@@ -330,7 +340,7 @@ impl Engine {
             return;
         }
         let core = c.core;
-        if core == super::STORE_CHANNEL_KEY {
+        if core == *super::STORE_CHANNEL_KEY {
             self.on_store_message(peer, id, msg, now);
             return;
         }

@@ -30,10 +30,19 @@ pub const MAX_EXTENSION_NAME: usize = 64;
 /// Messages queued for a store channel that waits for the peer's `Accept`; more are dropped.
 const MAX_QUEUED_ON_STORE_CHANNEL: usize = 64;
 
-/// The key the store channel's handshake proves: public (anyone may open a store channel),
-/// and not a valid Ed25519 key, so no core has it. The capabilities still bind both
-/// endpoint ids.
-pub const STORE_CHANNEL_KEY: CoreKey = [0; 32];
+/// Payload bytes queued for a store channel that waits for the peer's `Accept`.
+const MAX_QUEUED_BYTES_ON_STORE_CHANNEL: usize = 1024 * 1024;
+
+/// Largest frame read on a store channel: one extension message of the largest payload and
+/// name, with room for its encoding.
+pub const MAX_STORE_CHANNEL_FRAME: usize = MAX_EXTENSION_PAYLOAD + MAX_EXTENSION_NAME + 64;
+
+/// The key the store channel's handshake proves: public (anyone may open a store channel; the
+/// capabilities still bind both endpoint ids), a hash of a domain tag, so that no core has it
+/// by chance; a core with this key is not replicated.
+pub static STORE_CHANNEL_KEY: std::sync::LazyLock<CoreKey> = std::sync::LazyLock::new(|| {
+    crate::crypto::hash::hash_parts(&[b"iroh-hypercore store channel"])
+});
 
 /// The discovery key of the store channel.
 pub fn store_channel_discovery_key() -> DiscoveryKey {
@@ -64,17 +73,17 @@ impl ExtensionAllowance {
     /// that many at once).
     fn take(&mut self, per_second: u64, now: Instant) -> bool {
         let cap = per_second.saturating_mul(1000);
-        let elapsed = self.refilled.map_or(u64::MAX, |t| {
-            now.saturating_duration_since(t)
-                .as_millis()
-                .try_into()
-                .unwrap_or(u64::MAX)
-        });
-        self.milli_tokens = self
-            .milli_tokens
-            .saturating_add(elapsed.saturating_mul(per_second))
-            .min(cap);
-        self.refilled = Some(now);
+        let credit = match self.refilled {
+            None => u64::MAX,
+            Some(t) => {
+                let nanos = now.saturating_duration_since(t).as_nanos();
+                // Thousandths of a message: nanoseconds × rate / 10⁶, exact to the nanosecond.
+                u64::try_from(nanos.saturating_mul(u128::from(per_second)) / 1_000_000)
+                    .unwrap_or(u64::MAX)
+            }
+        };
+        self.milli_tokens = self.milli_tokens.saturating_add(credit).min(cap);
+        self.refilled = Some(self.refilled.map_or(now, |t| t.max(now)));
         if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
             true
@@ -114,6 +123,7 @@ impl Engine {
         if name.len() > MAX_EXTENSION_NAME || payload.len() > MAX_EXTENSION_PAYLOAD {
             return 0;
         }
+        // A peer that does not read what we send gets no more of it (as with serving).
         let msg = Message::Extension {
             name: name.to_string(),
             payload: payload.to_vec(),
@@ -126,9 +136,16 @@ impl Engine {
                 .collect(),
             ExtensionTarget::Broadcast(core) => self.open_channels(&core),
             ExtensionTarget::Peer(peer) => {
+                if !self.server.has_room(&peer) {
+                    return 0;
+                }
                 return usize::from(self.send_on_store_channel(peer, msg, now));
             }
         };
+        let channels: Vec<(PeerId, ChannelId)> = channels
+            .into_iter()
+            .filter(|(p, _)| self.server.has_room(p))
+            .collect();
         for (peer, ch) in &channels {
             self.send(*peer, *ch, msg.clone());
         }
@@ -142,7 +159,7 @@ impl Engine {
         let Some(p) = self.peers.get_mut(&peer) else {
             return false;
         };
-        if let Some(ch) = p.channels.get(&STORE_CHANNEL_KEY).copied() {
+        if let Some(ch) = p.channels.get(&*STORE_CHANNEL_KEY).copied() {
             if self.is_authenticated(ch) {
                 self.send(peer, ch, msg);
                 self.schedule(now);
@@ -156,7 +173,7 @@ impl Engine {
                 capability: capability(&STORE_CHANNEL_KEY, Role::Opener, &self.me, &peer),
             };
             let deadline = now + self.cfg.handshake_timeout;
-            self.add_channel(id, peer, STORE_CHANNEL_KEY, true, Some(deadline));
+            self.add_channel(id, peer, *STORE_CHANNEL_KEY, true, Some(deadline));
             self.handshakes.insert(deadline, id);
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.opening += 1;
@@ -166,7 +183,10 @@ impl Engine {
         let Some(p) = self.peers.get_mut(&peer) else {
             return false;
         };
-        if p.store_queue.len() >= MAX_QUEUED_ON_STORE_CHANNEL {
+        let bytes: usize = p.store_queue.iter().map(extension_bytes).sum();
+        if p.store_queue.len() >= MAX_QUEUED_ON_STORE_CHANNEL
+            || bytes + extension_bytes(&msg) > MAX_QUEUED_BYTES_ON_STORE_CHANNEL
+        {
             return false;
         }
         p.store_queue.push(msg);
@@ -180,8 +200,13 @@ impl Engine {
             self.refuse(peer, id, "invalid capability");
             return;
         }
-        if let Some(existing) = self.peers[&peer].channels.get(&STORE_CHANNEL_KEY).copied() {
-            // Both opened one: keep the one opened by the lower endpoint id.
+        let existing = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.channels.get(&*STORE_CHANNEL_KEY).copied());
+        if let Some(existing) = existing {
+            // Both opened one: keep the one opened by the lower endpoint id (what waited for
+            // ours goes on theirs).
             if peer < self.me {
                 self.outputs.push_back(Output::CloseChannel(peer, existing));
                 self.drop_channel(existing);
@@ -190,7 +215,7 @@ impl Engine {
                 return;
             }
         }
-        self.add_channel(id, peer, STORE_CHANNEL_KEY, false, None);
+        self.add_channel(id, peer, *STORE_CHANNEL_KEY, false, None);
         let accept = Message::Accept {
             capability: capability(&STORE_CHANNEL_KEY, Role::Acceptor, &peer, &self.me),
         };
@@ -262,6 +287,14 @@ impl Engine {
     }
 }
 
+/// The payload and name bytes of a queued extension message.
+fn extension_bytes(msg: &Message) -> usize {
+    match msg {
+        Message::Extension { name, payload } => name.len() + payload.len(),
+        _ => 0,
+    }
+}
+
 /// Registered extension names.
 pub(super) type ExtensionNames = BTreeSet<String>;
 
@@ -286,6 +319,21 @@ mod tests {
         let later = t0 + Duration::from_secs(3600);
         assert_eq!((0..20).filter(|_| a.take(10, later)).count(), 10);
     }
+
+    /// A peer sending at exactly its rate is never cut, however the interval falls between
+    /// milliseconds; a clock that goes back credits nothing.
+    #[test]
+    fn the_allowance_counts_fractions_of_a_millisecond() {
+        let t0 = Instant::now();
+        let mut a = ExtensionAllowance::default();
+        assert_eq!((0..256).filter(|_| a.take(256, t0)).count(), 256);
+        let step = Duration::from_nanos(1_000_000_000 / 256 + 1);
+        let taken = (1..=1000u32)
+            .filter(|i| a.take(256, t0 + step * *i))
+            .count();
+        assert_eq!(taken, 1000);
+        assert!(!a.take(256, t0), "no credit for a clock that went back");
+    }
 }
 
 #[cfg(test)]
@@ -301,7 +349,10 @@ mod engine_tests {
         },
         *,
     };
-    use crate::replication::wire::Message;
+    use crate::{
+        crypto::capability::{Role, capability},
+        replication::wire::Message,
+    };
 
     fn ext(name: &str, len: usize) -> Message {
         Message::Extension {
@@ -428,5 +479,128 @@ mod engine_tests {
         assert_eq!(b.peer_stats()[0].dropped, 1);
         a.check_timers().unwrap();
         b.check_timers().unwrap();
+    }
+
+    /// Opens the store channel from both sides at once (`a` has the lower id): whichever
+    /// way the race goes, what each queued reaches the other.
+    #[test]
+    fn store_channels_opened_at_once_lose_nothing_queued() {
+        let now = Instant::now();
+        let (lo, hi) = ([1; 32], PEER);
+        let mut a = Engine::new(lo, super::super::EngineConfig::default());
+        let mut b = Engine::new(hi, super::super::EngineConfig::default());
+        a.handle(Input::PeerConnected(hi), now);
+        b.handle(Input::PeerConnected(lo), now);
+        a.register_extension("x");
+        b.register_extension("x");
+        outputs(&mut a);
+        outputs(&mut b);
+        a.send_extension(
+            ExtensionTarget::Peer(hi),
+            "x",
+            Bytes::from_static(b"from a"),
+            now,
+        );
+        b.send_extension(
+            ExtensionTarget::Peer(lo),
+            "x",
+            Bytes::from_static(b"from b"),
+            now,
+        );
+        let a_open = outputs(&mut a);
+        let b_open = outputs(&mut b);
+        let open_of = |out: &[Output]| {
+            out.iter()
+                .find_map(|o| match o {
+                    Output::OpenChannel(_, ch, m) => Some((*ch, m.clone())),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let (a_ch, a_msg) = open_of(&a_open);
+        let (b_ch, b_msg) = open_of(&b_open);
+        // Each sees the other's Open; peer-opened channels get odd ids.
+        a.handle(Input::Message(hi, b_ch + 1, b_msg), now);
+        b.handle(Input::Message(lo, a_ch + 1, a_msg), now);
+        let mut to_a: Vec<(u64, Message)> = outputs(&mut b)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send(_, ch, m) => Some((ch, m)),
+                _ => None,
+            })
+            .collect();
+        let mut to_b: Vec<(u64, Message)> = outputs(&mut a)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send(_, ch, m) => Some((ch, m)),
+                _ => None,
+            })
+            .collect();
+        // Deliver until quiet; channel ids map: ours even, theirs odd (+1).
+        let id_at = |ch: u64| if ch.is_multiple_of(2) { ch + 1 } else { ch - 1 };
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            for (ch, m) in std::mem::take(&mut to_a) {
+                a.handle(Input::Message(hi, id_at(ch), m), now);
+            }
+            for (ch, m) in std::mem::take(&mut to_b) {
+                b.handle(Input::Message(lo, id_at(ch), m), now);
+            }
+            for o in outputs(&mut a) {
+                match o {
+                    Output::Send(_, ch, m) => to_b.push((ch, m)),
+                    Output::Event(Event::Extension { payload, .. }) => got.push(payload),
+                    _ => {}
+                }
+            }
+            for o in outputs(&mut b) {
+                match o {
+                    Output::Send(_, ch, m) => to_a.push((ch, m)),
+                    Output::Event(Event::Extension { payload, .. }) => got.push(payload),
+                    _ => {}
+                }
+            }
+        }
+        got.sort();
+        assert_eq!(got, [&b"from a"[..], b"from b"]);
+    }
+
+    /// Extension messages wait while the peer does not read what we send; a store channel
+    /// reads frames of one extension message at most; no core takes the store channel's key.
+    #[test]
+    fn extensions_respect_the_backlog_and_the_store_channel_is_its_own() {
+        let now = Instant::now();
+        let (mut engine, _) = engine_with_peer(local(3, true), Mode::Full, sync(3, false), now);
+        let max = engine.config().max_backlog_bytes;
+        engine.handle(Input::Backlog(PEER, max), now);
+        let payload = Bytes::from_static(b"hi");
+        assert_eq!(
+            engine.send_extension(ExtensionTarget::Core(CORE, PEER), "x", payload.clone(), now),
+            0
+        );
+        assert_eq!(
+            engine.send_extension(ExtensionTarget::Peer(PEER), "x", payload.clone(), now),
+            0
+        );
+        engine.handle(Input::Backlog(PEER, 0), now);
+        assert_eq!(
+            engine.send_extension(ExtensionTarget::Core(CORE, PEER), "x", payload.clone(), now),
+            1
+        );
+        engine.send_extension(ExtensionTarget::Peer(PEER), "x", payload, now);
+        let store = outputs(&mut engine)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::OpenChannel(_, ch, _) => Some(ch),
+                _ => None,
+            })
+            .unwrap();
+        let accept = Message::Accept {
+            capability: capability(&STORE_CHANNEL_KEY, Role::Acceptor, &[1; 32], &PEER),
+        };
+        engine.handle(Input::Message(PEER, store, accept), now);
+        assert_eq!(engine.max_frame(store), MAX_STORE_CHANNEL_FRAME);
+        engine.add_core(*STORE_CHANNEL_KEY, local(0, false), Mode::Full, now);
+        assert!(!engine.has_core(&STORE_CHANNEL_KEY));
     }
 }

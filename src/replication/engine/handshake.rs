@@ -89,7 +89,7 @@ impl Engine {
             self.handshakes.remove(t, id);
         }
         self.handshake_ended(peer);
-        if core == super::STORE_CHANNEL_KEY {
+        if core == *super::STORE_CHANNEL_KEY {
             self.flush_store_queue(peer, id);
             return;
         }

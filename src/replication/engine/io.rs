@@ -245,7 +245,8 @@ pub enum Event {
         /// Its signed length now.
         length: u64,
     },
-    /// An extension message from `peer`, of a name the application registered.
+    /// An extension message from `peer`, of a name the application registered (the protocol
+    /// hands these to `Extension::subscribe`, apart from its other events).
     Extension {
         /// The core whose channel carried it; `None` for the store channel.
         core: Option<CoreKey>,

@@ -68,8 +68,8 @@ use announce::{Announcer, DialLimit};
 use channels::{ChannelTable, Sent};
 pub use config::EngineConfig;
 pub use extensions::{
-    ExtensionTarget, MAX_EXTENSION_NAME, MAX_EXTENSION_PAYLOAD, STORE_CHANNEL_KEY,
-    store_channel_discovery_key,
+    ExtensionTarget, MAX_EXTENSION_NAME, MAX_EXTENSION_PAYLOAD, MAX_STORE_CHANNEL_FRAME,
+    STORE_CHANNEL_KEY, store_channel_discovery_key,
 };
 pub use io::{
     ApplyOutcome, ChannelId, Event, Input, LocalInfo, Mode, Output, PeerStats, Task, TaskId,
@@ -238,6 +238,9 @@ impl Engine {
     /// mode (and a core that was only [served](Self::serve_core) becomes replicated). A turn
     /// of its own (see the calling contract).
     pub fn add_core(&mut self, key: CoreKey, local: LocalInfo, mode: Mode, now: Instant) {
+        if key == *STORE_CHANNEL_KEY {
+            return;
+        }
         if let Some(r) = self.cores.get_mut(&key) {
             r.mode = mode;
             if std::mem::take(&mut r.served_only) {
@@ -257,6 +260,9 @@ impl Engine {
     /// so that a peer without the key cannot tell whether the store holds it. Returns whether
     /// it is served. A turn of its own.
     pub fn serve_core(&mut self, key: CoreKey, local: LocalInfo, mode: Mode, now: Instant) -> bool {
+        if key == *STORE_CHANNEL_KEY {
+            return false;
+        }
         if self.cores.contains_key(&key) {
             return true;
         }

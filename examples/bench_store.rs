@@ -38,11 +38,13 @@ async fn main() -> anyhow::Result<()> {
         hyper.push(replicate_store(&net, cores).await?);
         raw.push(raw_streams(&net, cores).await?);
     }
+    let samples: Vec<String> = hyper.iter().map(|d| format!("{d:.2?}")).collect();
     let (h, r) = (median(hyper), median(raw));
     println!("{cores} cores x {BLOCKS} blocks x {BLOCK_BYTES} B, median of {runs} runs, loopback");
     println!("replicate_store (reader follows the writer's whole store): {h:.2?}");
     println!("raw iroh, one stream per core, same bytes:                 {r:.2?}");
     println!("ratio: {:.1}x", h.as_secs_f64() / r.as_secs_f64());
+    println!("replicate_store runs (in order): {}", samples.join(", "));
     println!("peak RSS of the process: {} MiB", peak_rss_kib() / 1024);
     Ok(())
 }

@@ -32,9 +32,11 @@ pub struct EngineConfig {
     /// and time a channel it opened for a core we do not replicate waits to be adopted.
     pub handshake_timeout: Duration,
     /// Time the higher endpoint id of a connection waits before it opens channels for the
-    /// cores the other side has not opened: the lower id opens channels for all its cores at
-    /// once, the higher one then opens the rest (which the other side may serve from its
-    /// store), so that the cores both replicate are not opened twice.
+    /// cores the other side has not opened (the lower id opens its channels at once). Zero
+    /// (the default): both open at once, and a core both opened in the same moment keeps the
+    /// lower id's channel; as each side has at most `max_opening_per_peer` handshakes in
+    /// flight, at most that many channels are opened twice, while a delay would hold back
+    /// every core only the higher id replicates (and the other serves from its store).
     pub open_delay: Duration,
     /// Channels we opened to one peer that may wait for its `Accept` at once; more wait their
     /// turn. Keep it under the peer's `max_parked_per_peer`: a peer parks a channel for a core
@@ -65,7 +67,7 @@ impl Default for EngineConfig {
             announce_interval: Duration::from_millis(50),
             gossip_max_message: GOSSIP_MAX_MESSAGE,
             handshake_timeout: Duration::from_secs(10),
-            open_delay: Duration::from_millis(500),
+            open_delay: Duration::ZERO,
             max_opening_per_peer: 32,
             max_parked_per_peer: 64,
             max_parked: 4096,

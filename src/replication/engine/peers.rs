@@ -51,7 +51,7 @@ impl Engine {
         // Only the lower id opens channels for everything it has; the other side adopts the
         // ones it replicates (see `parked`) and opens channels only for cores it adds later.
         // This avoids opening every channel twice.
-        if self.me < peer {
+        if self.me < peer || self.cfg.open_delay.is_zero() {
             self.open_all_channels(peer, now);
         } else {
             // The lower id opens its cores now; ours that it has not opened (perhaps it does
@@ -195,5 +195,48 @@ impl Engine {
             self.fetch.penalize(peer, now);
         }
         self.emit(Event::Invalid { core, peer, reason });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{
+        super::{
+            EngineConfig, Input, Mode, Output,
+            testing::{CORE, local, outputs},
+        },
+        *,
+    };
+
+    /// With an open delay, the higher id opens the channels the lower did not once it passes
+    /// (a deadline of its own); with none, both open at once.
+    #[test]
+    fn the_higher_id_opens_the_rest_after_the_open_delay() {
+        let now = Instant::now();
+        let delay = Duration::from_millis(100);
+        let cfg = EngineConfig {
+            open_delay: delay,
+            ..Default::default()
+        };
+        let (me, lower) = ([9; 32], [1; 32]);
+        let mut engine = Engine::new(me, cfg);
+        engine.add_core(CORE, local(1, true), Mode::Full, now);
+        outputs(&mut engine);
+        engine.handle(Input::PeerConnected(lower), now);
+        let opened = |out: &[Output]| out.iter().any(|o| matches!(o, Output::OpenChannel(..)));
+        assert!(!opened(&outputs(&mut engine)));
+        assert_eq!(engine.poll_timeout(), Some(now + delay));
+        engine.check_timers().unwrap();
+        engine.handle_timeout(now + delay);
+        assert!(opened(&outputs(&mut engine)));
+        assert_eq!(engine.poll_timeout().filter(|t| *t <= now + delay), None);
+        engine.check_timers().unwrap();
+
+        let mut engine = Engine::new(me, EngineConfig::default());
+        engine.add_core(CORE, local(1, true), Mode::Full, now);
+        engine.handle(Input::PeerConnected(lower), now);
+        assert!(opened(&outputs(&mut engine)), "no delay by default");
     }
 }

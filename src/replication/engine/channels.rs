@@ -368,7 +368,10 @@ impl Engine {
             Message::Extension { name, payload } => {
                 self.on_extension(peer, Some(core), name, payload, now)
             }
-            Message::Unwant { .. } | Message::Cancel { .. } => {}
+            Message::Cancel { id: req } => self.on_cancel(peer, id, req),
+            // What a peer no longer wants changes nothing we send: we tell of what we hold
+            // only when asked.
+            Message::Unwant { .. } => {}
         }
     }
 

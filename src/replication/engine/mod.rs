@@ -192,6 +192,8 @@ pub struct Engine {
     extensions: extensions::ExtensionNames,
     /// The channels each core's `update` waits for.
     updates: update::PendingUpdates,
+    /// Requests being read for peers that the peers cancelled: `(channel, request id)`.
+    cancelled: BTreeSet<(ChannelId, u64)>,
 }
 
 impl Engine {
@@ -220,6 +222,7 @@ impl Engine {
             next_epoch: 0,
             extensions: Default::default(),
             updates: Default::default(),
+            cancelled: BTreeSet::new(),
         }
     }
 

@@ -95,6 +95,19 @@ impl Server {
         }
     }
 
+    /// Drops the queued request `id` of `channel` (the peer cancelled it); returns whether one
+    /// was queued.
+    pub(super) fn cancel_queued(&mut self, peer: &PeerId, channel: ChannelId, id: u64) -> bool {
+        let Some(q) = self.queues.get_mut(peer) else {
+            return false;
+        };
+        let before = q.requests.len();
+        q.requests.retain(|(ch, msg)| {
+            *ch != channel || !matches!(msg, Message::Request { id: i, .. } | Message::RequestRun { id: i, .. } if *i == id)
+        });
+        q.requests.len() != before
+    }
+
     /// Drops the queued requests of a channel that closed.
     pub(super) fn forget_channel(&mut self, peer: &PeerId, channel: ChannelId) {
         if let Some(q) = self.queues.get_mut(peer) {
@@ -179,6 +192,32 @@ impl Engine {
         self.send(peer, channel, answer);
     }
 
+    /// The peer cancelled its request `id` on `channel`: a queued one is dropped, and one
+    /// being read is neither sent nor continued when its task ends. Nothing is answered.
+    pub(super) fn on_cancel(&mut self, peer: PeerId, channel: ChannelId, id: u64) {
+        if self.server.cancel_queued(&peer, channel, id) {
+            return;
+        }
+        let running = self.tasks.values().any(|t| match t {
+            TaskCtx::Serve {
+                peer: p,
+                channel: c,
+                id: i,
+            } => (*p, *c, *i) == (peer, channel, id),
+            TaskCtx::ServeRun {
+                peer: p,
+                channel: c,
+                request: Message::RequestRun { id: i, .. },
+            } => (*p, *c, *i) == (peer, channel, id),
+            _ => false,
+        });
+        // Only requests being read are remembered, so the set holds at most the running
+        // serve tasks.
+        if running {
+            self.cancelled.insert((channel, id));
+        }
+    }
+
     /// The driver's count of bytes queued towards `peer`; serving resumes once it has room.
     pub(super) fn on_backlog(&mut self, peer: PeerId, bytes: u64) {
         self.server.set_backlog(&peer, bytes);
@@ -220,6 +259,10 @@ impl Engine {
         id: u64,
         result: Result<Proof, String>,
     ) {
+        if self.cancelled.remove(&(channel, id)) {
+            self.serve_next(peer);
+            return;
+        }
         if let Some(core) = self.channels.get(&channel).map(|c| c.core) {
             match result {
                 Ok(proof) => {
@@ -254,6 +297,10 @@ impl Engine {
         let Message::RequestRun { id, start, end, .. } = request else {
             return;
         };
+        if self.cancelled.remove(&(channel, id)) {
+            self.serve_next(peer);
+            return;
+        }
         if let Some(core) = self.channels.get(&channel).map(|c| c.core) {
             match result {
                 Ok(items) => {
@@ -603,6 +650,69 @@ mod tests {
             1,
             "{out:?}"
         );
+    }
+
+    /// A cancelled request is not served: a queued one never costs a task, and one being
+    /// read is not sent when its task ends (nor is anything answered for either).
+    #[test]
+    fn cancelled_requests_are_not_served() {
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
+        let concurrency = engine.config().serve_concurrency as u64;
+        for id in 0..concurrency + 1 {
+            engine.handle(Input::Message(PEER, channel, block_request(id)), now);
+        }
+        let tasks: Vec<u64> = outputs(&mut engine)
+            .iter()
+            .filter_map(|o| match o {
+                Output::Task(id, ..) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tasks.len() as u64, concurrency);
+        // Cancel the queued one (id `concurrency`) and the first running one (id 0).
+        for id in [concurrency, 0] {
+            engine.handle(Input::Message(PEER, channel, Message::Cancel { id }), now);
+        }
+        let proof = |index| Proof {
+            block: Some(crate::tree::BlockProof {
+                index,
+                value: b"x".to_vec(),
+                nodes: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        engine.handle(
+            Input::TaskDone(tasks[0], TaskResult::Proof(Ok(proof(0)))),
+            now,
+        );
+        engine.handle(
+            Input::TaskDone(tasks[1], TaskResult::Proof(Ok(proof(1)))),
+            now,
+        );
+        let out = outputs(&mut engine);
+        let answered: Vec<u64> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send(_, _, Message::Data { id, .. } | Message::NoData { id, .. }) => {
+                    Some(*id)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answered, [1], "only the request not cancelled is answered");
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Task(..))),
+            "the cancelled queued request got a task: {out:?}"
+        );
+        assert!(engine.cancelled.is_empty(), "nothing remembered once read");
+        // A Cancel of a request that is neither queued nor read is not remembered.
+        engine.handle(
+            Input::Message(PEER, channel, Message::Cancel { id: 99 }),
+            now,
+        );
+        assert!(engine.cancelled.is_empty());
     }
 
     /// A run wholly past our log costs no storage task, whatever length the requester

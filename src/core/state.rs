@@ -32,6 +32,9 @@ pub(crate) struct CoreInner {
     pub verifier: Mutex<Option<Verifier>>,
     /// Ranges of blocks readers are waiting for; replication picks them up.
     pub wants: broadcast::Sender<(u64, u64)>,
+    /// Ranges a reader no longer waits for (a `Download` dropped or cancelled before it was
+    /// done).
+    pub unwants: broadcast::Sender<(u64, u64)>,
     /// Blocks from peers that verified and are being written: waiting reads take them from
     /// here rather than waiting for the commit.
     pub verified: broadcast::Sender<(u64, Bytes)>,
@@ -116,6 +119,7 @@ impl CoreInner {
             slot: Arc::new(CoreSlot::new(id, header)),
             verifier: Mutex::new(verifier),
             wants: broadcast::channel(WANT_CAPACITY).0,
+            unwants: broadcast::channel(WANT_CAPACITY).0,
             verified: broadcast::channel(VERIFIED_CAPACITY).0,
             recent: Mutex::new(RecentAppends::default()),
             stopped: watch::channel(0).0,

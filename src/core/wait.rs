@@ -205,6 +205,19 @@ pub struct Download {
     end: u64,
     events: broadcast::Receiver<CoreEvent>,
     stopped: tokio::sync::watch::Receiver<u64>,
+    /// Every block arrived: dropping it then unwants nothing.
+    finished: bool,
+}
+
+impl Drop for Download {
+    /// A download dropped before it was done tells the replicating protocol that its blocks
+    /// are no longer wanted (unless another read wants them): their queued fetches go, and
+    /// requests for them are cancelled with the peers.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.inner.unwants.send((self.start, self.end));
+        }
+    }
 }
 
 impl Hypercore {
@@ -220,7 +233,13 @@ impl Hypercore {
             end: range.end.max(range.start),
             events,
             stopped,
+            finished: false,
         }
+    }
+
+    /// Ranges that dropped downloads no longer want, for a replicating protocol to follow.
+    pub(crate) fn subscribe_unwants(&self) -> broadcast::Receiver<(u64, u64)> {
+        self.inner.unwants.subscribe()
     }
 
     /// Ranges that waiting reads ask for, for a replicating protocol to follow.
@@ -230,6 +249,10 @@ impl Hypercore {
 }
 
 impl Download {
+    /// Stops the download (the same as dropping it before it is done): its blocks are no
+    /// longer fetched unless another read wants them.
+    pub fn cancel(self) {}
+
     /// How many blocks of the range are stored now.
     pub fn progress(&self) -> impl Future<Output = Result<Progress>> + Send + 'static + use<> {
         let (inner, start, end) = (self.inner.clone(), self.start, self.end);
@@ -257,6 +280,7 @@ impl Download {
                     // published yet: wait for it, so that `info()` already says what was
                     // downloaded when this resolves.
                     self.inner.storage.barrier().await?;
+                    self.finished = true;
                     return Ok(());
                 }
                 // Count arrivals rather than re-reading the table for each one.
@@ -327,6 +351,25 @@ mod tests {
         let got = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
         assert_eq!(&got.unwrap()[..], b"block three");
         assert_eq!(reader.info().length, 0, "nothing was stored");
+    }
+
+    /// A download dropped or cancelled before it is done unwants its range; one that is done
+    /// does not.
+    #[tokio::test]
+    async fn a_download_dropped_before_it_is_done_unwants_its_range() {
+        let store = Corestore::memory().await.unwrap();
+        let writer = store.get_named("w").await.unwrap();
+        writer.append(b"a".to_vec()).await.unwrap();
+        let mut unwants = writer.subscribe_unwants();
+        drop(writer.download(5..9));
+        assert_eq!(unwants.try_recv().unwrap(), (5, 9));
+        writer.download(2..3).cancel();
+        assert_eq!(unwants.try_recv().unwrap(), (2, 3));
+        writer.download(0..1).done(WAIT).await.unwrap();
+        assert!(
+            unwants.try_recv().is_err(),
+            "a finished download unwants nothing"
+        );
     }
 
     /// Applying a proof hands its block over once it verified.

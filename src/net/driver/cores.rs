@@ -157,6 +157,7 @@ impl Driver {
         let key = core.key();
         let mut events = core.subscribe();
         let mut wants = core.subscribe_wants();
+        let mut unwants = core.subscribe_unwants();
         let closed = core.closed();
         let mut updates = core.subscribe_update_requests();
         let tx = self.fwd_tx.clone();
@@ -179,6 +180,13 @@ impl Driver {
                     want = wants.recv() => match want {
                         Ok((s, e)) => {
                             if tx.send(Forward::Want(key, s, e)).await.is_err() { break; }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    },
+                    unwant = unwants.recv() => match unwant {
+                        Ok((s, e)) => {
+                            if tx.send(Forward::Unwant(key, s, e)).await.is_err() { break; }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(_) => break,

@@ -96,6 +96,7 @@ pub(crate) enum Command {
 enum Forward {
     CoreChanged(CoreKey),
     Want(CoreKey, u64, u64),
+    Unwant(CoreKey, u64, u64),
     GossipReady(CoreKey, GossipSender),
     Gossip(CoreKey, Bytes),
     GossipLagged(CoreKey),
@@ -365,6 +366,7 @@ impl Driver {
                 }
             }
             Forward::Want(key, s, e) => self.engine.handle(Input::Want(key, s, e), now),
+            Forward::Unwant(key, s, e) => self.engine.handle(Input::Unwant(key, s, e), now),
             Forward::GossipReady(key, sender) => self.on_gossip_ready(key, sender),
             Forward::Gossip(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
             Forward::GossipLagged(key) => self.engine.handle(Input::GossipLagged(key), now),

@@ -15,6 +15,9 @@ use crate::{
     tree::Proof,
 };
 
+/// Blocks one `Want` (or `Unwant`) counts, from its start: a want of more is cut there.
+const MAX_WANTED_RANGE: u64 = 1 << 20;
+
 impl Engine {
     /// `Data` answering run request `id` on `channel`: a block to verify and store, unless
     /// the request did not ask for it.
@@ -98,8 +101,9 @@ impl Engine {
             Mode::Sparse => r
                 .wanted
                 .range(..length)
-                .filter(|i| !self.fetch.contains(&core, **i))
-                .map(|i| (*i, i + 1))
+                .map(|(i, _)| *i)
+                .filter(|i| !self.fetch.contains(&core, *i))
+                .map(|i| (i, i + 1))
                 .collect(),
         };
         for (s, e) in ranges {
@@ -115,8 +119,9 @@ impl Engine {
         };
         let from = start.max(if r.mode == Mode::Full { r.queued_to } else { 0 });
         // Full mode queues every block anyway; a want only matters beyond the known length.
-        for i in from..end.min(from.saturating_add(1 << 20)) {
-            r.wanted.insert(i);
+        for i in from..end.min(from.saturating_add(MAX_WANTED_RANGE)) {
+            let n = r.wanted.entry(i).or_default();
+            *n = n.saturating_add(1);
         }
         for (peer, ch) in self.open_channels(&core) {
             self.send(peer, ch, Message::Want { start, end });
@@ -125,6 +130,44 @@ impl Engine {
             && r.mode == Mode::Sparse
         {
             self.enqueue_missing(core);
+        }
+    }
+
+    /// The application no longer wants blocks `start..end`: each loses one want, and those
+    /// nobody wants leave the fetch queue (sparse mode); run requests left with nothing
+    /// wanted are cancelled, and the peers told.
+    pub(super) fn on_unwant(&mut self, core: CoreKey, start: u64, end: u64) {
+        let Some(r) = self.cores.get_mut(&core) else {
+            return;
+        };
+        let end = end.min(start.saturating_add(MAX_WANTED_RANGE));
+        let mut gone = Vec::new();
+        for (i, n) in r.wanted.range_mut(start..end) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                gone.push(*i);
+            }
+        }
+        for i in &gone {
+            r.wanted.remove(i);
+        }
+        if r.mode == Mode::Sparse && !gone.is_empty() {
+            for id in self.fetch.remove_blocks(&core, &gone) {
+                let channel = self
+                    .channels
+                    .of_core(&core)
+                    .find(|(_, c)| c.requests.contains_key(&id))
+                    .map(|(ch, c)| (ch, c.peer));
+                if let Some((ch, peer)) = channel {
+                    if let Some(c) = self.channels.get_mut(&ch) {
+                        c.requests.remove(&id);
+                    }
+                    self.send(peer, ch, Message::Cancel { id });
+                }
+            }
+        }
+        for (peer, ch) in self.open_channels(&core) {
+            self.send(peer, ch, Message::Unwant { start, end });
         }
     }
 
@@ -220,7 +263,75 @@ mod tests {
             ..Default::default()
         };
         engine.handle(Input::LocalChanged(core, grown), now);
-        let wanted: Vec<u64> = engine.cores[&core].wanted.iter().copied().collect();
+        let wanted: Vec<u64> = engine.cores[&core].wanted.keys().copied().collect();
         assert_eq!(wanted, [6]);
+    }
+
+    /// A sparse reader's blocks nobody wants any more leave the queue and their request is
+    /// cancelled with its peer (and the peer told); blocks another read still wants stay.
+    #[test]
+    fn unwanted_blocks_leave_the_queue_and_their_requests_are_cancelled() {
+        use super::super::{
+            Output,
+            testing::{CORE, engine_with_peer, local, outputs, sync},
+        };
+        use crate::replication::wire::Message;
+
+        let now = Instant::now();
+        let (mut engine, channel) =
+            engine_with_peer(local(100, false), Mode::Sparse, sync(100, false), now);
+        engine.handle(Input::Want(CORE, 10, 20), now);
+        engine.handle(Input::Want(CORE, 15, 16), now);
+        let run = outputs(&mut engine)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Send(_, ch, Message::RequestRun { id, start, end, .. })
+                    if ch == channel =>
+                {
+                    Some((id, start, end))
+                }
+                _ => None,
+            })
+            .expect("the wanted blocks are asked for");
+        assert_eq!((run.1, run.2), (10, 20));
+
+        engine.handle(Input::Unwant(CORE, 10, 20), now);
+        let out = outputs(&mut engine);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Send(_, _, Message::Cancel { .. }))),
+            "block 15 is still wanted: the request stays"
+        );
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Send(_, _, Message::Unwant { start: 10, end: 20 })
+        )));
+        assert_eq!(engine.queued_blocks(), 1, "only block 15 stays queued");
+
+        engine.handle(Input::Unwant(CORE, 15, 16), now);
+        let out = outputs(&mut engine);
+        assert!(
+            out.iter().any(
+                |o| matches!(o, Output::Send(_, ch, Message::Cancel { id }) if *ch == channel && *id == run.0)
+            ),
+            "{out:?}"
+        );
+        assert_eq!(engine.queued_blocks(), 0);
+        assert!(engine.cores[&CORE].wanted.is_empty());
+        engine.check_timers().unwrap();
+        // A late answer of the cancelled request is not taken.
+        engine.handle(
+            Input::Message(
+                super::super::testing::PEER,
+                channel,
+                Message::NoData {
+                    id: run.0,
+                    start: 10,
+                    end: 20,
+                },
+            ),
+            now,
+        );
+        engine.check_timers().unwrap();
     }
 }

@@ -68,6 +68,10 @@ pub enum Input {
     LocalChanged(CoreKey, LocalInfo),
     /// The application wants blocks `start..end` (sparse cores).
     Want(CoreKey, u64, u64),
+    /// The application no longer wants blocks `start..end` it wanted (one `Unwant` undoes one
+    /// `Want`): blocks nobody wants any more leave the fetch queue, and requests left with
+    /// nothing wanted are cancelled with their peers.
+    Unwant(CoreKey, u64, u64),
     /// The application asks for the newest state of a core's peers (`update`): answered with
     /// [`Event::Updated`].
     Update(CoreKey),

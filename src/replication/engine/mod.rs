@@ -371,6 +371,7 @@ impl Engine {
             Input::GossipLagged(core) => self.resync(core),
             Input::LocalChanged(core, local) => self.update_local(core, local, now),
             Input::Want(core, start, end) => self.on_want(core, start, end),
+            Input::Unwant(core, start, end) => self.on_unwant(core, start, end),
             Input::Backlog(peer, bytes) => self.on_backlog(peer, bytes),
             Input::Update(core) => self.on_update(core),
         }

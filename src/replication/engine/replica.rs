@@ -3,7 +3,7 @@
 //! tasks or the application) are taken in here and passed on: events, announcements,
 //! pushes, `Sync`s and the blocks to fetch.
 
-use std::{collections::BTreeSet, time::Instant};
+use std::{collections::BTreeMap, time::Instant};
 
 use super::{Engine, Event, LocalInfo, Mode, Sent, apply::ApplyQueue};
 use crate::crypto::{CoreKey, DiscoveryKey};
@@ -17,8 +17,9 @@ pub(super) struct Replica {
     pub(super) local: LocalInfo,
     /// What to fetch of it.
     pub(super) mode: Mode,
-    /// Sparse mode: blocks the application is waiting for.
-    pub(super) wanted: BTreeSet<u64>,
+    /// Blocks the application is waiting for (past the length, or any in sparse mode), with
+    /// how many reads want each.
+    pub(super) wanted: BTreeMap<u64, u32>,
     /// Full mode: blocks below this were queued (or held).
     pub(super) queued_to: u64,
     /// Proofs received and not yet applied.
@@ -44,7 +45,7 @@ impl Replica {
             discovery_key,
             local,
             mode,
-            wanted: BTreeSet::new(),
+            wanted: BTreeMap::new(),
             queued_to: local.contiguous,
             apply: ApplyQueue::default(),
             epoch,

@@ -263,6 +263,41 @@ impl FetchQueue {
         self.fail_requests(|r| r.core == *core);
     }
 
+    /// Blocks `indices` of `core` are no longer wanted: their entries leave the queue (but
+    /// those received and being stored). Returns the requests left with nothing to fetch,
+    /// which are closed here, for the caller to cancel with their peers.
+    pub fn remove_blocks(&mut self, core: &CoreKey, indices: &[u64]) -> Vec<u64> {
+        let Some(q) = self.cores.get_mut(core) else {
+            return Vec::new();
+        };
+        let mut touched = BTreeSet::new();
+        for index in indices {
+            match q.entries.get(index).map(|e| e.state) {
+                Some(EntryState::Received(_)) | None => {}
+                Some(state) => {
+                    if let EntryState::InFlight(id) = state {
+                        touched.insert(id);
+                    }
+                    q.entries.remove(index);
+                    q.ready.remove(index);
+                }
+            }
+        }
+        let emptied: Vec<u64> = touched
+            .into_iter()
+            .filter(|id| {
+                self.requests
+                    .get(id)
+                    .is_some_and(|r| r.outstanding.iter().all(|i| !q.entries.contains_key(i)))
+            })
+            .collect();
+        for id in &emptied {
+            // Its blocks are gone from the queue: failing it only frees the peer's window.
+            self.fail_request(*id);
+        }
+        emptied
+    }
+
     /// `peer` no longer serves `core` (its channel closed).
     pub fn remove_source(&mut self, core: &CoreKey, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer && r.core == *core);

@@ -1,6 +1,6 @@
 //! Scenarios over the crate's simulator (`iroh_hypercore::sim`): real engines and real memory
-//! stores, simulated time, links with latency, bandwidth and loss, churn, partitions and
-//! hostile nodes. Every honest node must end with the writer's verified log, and nothing any
+//! stores, simulated time, links with latency, bandwidth and loss, churn, partitions,
+//! hostile nodes, stores that serve without replicating, and nodes that leave. Every honest node must end with the writer's verified log, and nothing any
 //! hostile node sent may be stored.
 //!
 //! Each scenario prints its seed, the digest of its whole trace and its figures.
@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use iroh_hypercore::sim::{Hostility, Sim, SimConfig};
+use iroh_hypercore::sim::{Hostility, Serving, Sim, SimConfig};
 
 /// The swarm size of the large scenarios.
 fn peers() -> usize {
@@ -190,6 +190,67 @@ async fn a_partition_heals() {
     report("partition", &sim, wall.elapsed());
     println!("partition: healed and synced after {synced:?}");
     sim.check_honest_logs().await.unwrap();
+}
+
+/// Whole-store serving and leave. After the log spread, a third of the nodes keep it in
+/// their stores without replicating it (they serve whoever proves its key), a fifth lose
+/// their stores, and everyone else, the writer included, goes offline. The wiped nodes come
+/// back knowing only the key: the stores alone give them the whole log. Then one of them
+/// leaves the core: its channels close and no peer keeps one with it.
+#[tokio::test(flavor = "current_thread")]
+async fn stores_serve_what_they_hold_and_a_node_that_leaves_gets_nothing() {
+    let wall = std::time::Instant::now();
+    let mut sim = Sim::new(small(seed(51))).await.unwrap();
+    sim.run_until_synced(SYNC_LIMIT).await.unwrap();
+    let n = sim.nodes().len();
+    let stores: Vec<usize> = (1..=n / 3).collect();
+    let wiped: Vec<usize> = (n - n / 5..n).collect();
+    for &s in &stores {
+        sim.set_serving(s, Serving::StoreOnly).await;
+    }
+    for node in 0..n {
+        if !stores.contains(&node) {
+            sim.set_online(node, false).await;
+        }
+    }
+    for &w in &wiped {
+        sim.wipe(w).await.unwrap();
+        assert_eq!(sim.nodes()[w].core.info().length, 0);
+    }
+    for &w in &wiped {
+        sim.set_online(w, true).await;
+    }
+    let synced = sim.run_until_online_synced(SYNC_LIMIT).await.unwrap();
+    report("store serving", &sim, wall.elapsed());
+    println!(
+        "store serving: {} wiped nodes got the log from {} stores in {synced:?}",
+        wiped.len(),
+        stores.len()
+    );
+    let blocks = sim.config().blocks;
+    for &w in &wiped {
+        assert_eq!(sim.nodes()[w].core.info().contiguous_length, blocks);
+    }
+    sim.check_honest_logs().await.unwrap();
+
+    // One of them leaves the core.
+    let leaver = wiped[0];
+    let key = sim.writer().key();
+    sim.set_serving(leaver, Serving::Left).await;
+    sim.run_for(Duration::from_secs(15)).await.unwrap();
+    let left = &sim.nodes()[leaver];
+    let engine = left.engine.as_ref().unwrap();
+    assert!(!engine.has_core(&key));
+    assert!(engine.core_peers(&key).is_empty());
+    for (q, node) in sim.nodes().iter().enumerate() {
+        if let Some(engine) = &node.engine {
+            assert!(
+                !engine.core_peers(&key).contains(&left.id),
+                "node {q} keeps a channel with the node that left"
+            );
+        }
+    }
+    assert_eq!(left.core.info().length, blocks, "what it stored stays");
 }
 
 /// A seed replays a run exactly; another seed makes another run.

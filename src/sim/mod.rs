@@ -42,7 +42,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 pub use hostile::{Hostile, Hostility};
 pub use links::{LinkConfig, Links};
-pub use node::{Node, StorageModel};
+pub use node::{Node, Serving, StorageModel};
 pub use queue::EventQueue;
 pub use run::SimError;
 pub use trace::{Kind, Trace};

@@ -39,6 +39,19 @@ impl StorageModel {
     }
 }
 
+/// What a node does with the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Serving {
+    /// It replicates the core (fully).
+    #[default]
+    Replicate,
+    /// Its store holds the core but it does not replicate it: it serves it to peers that
+    /// open a channel for it (whole-store serving), following its length sparsely.
+    StoreOnly,
+    /// It left the core: it neither replicates nor serves it.
+    Left,
+}
+
 /// A node of the simulation.
 #[derive(Debug)]
 pub struct Node {
@@ -61,6 +74,8 @@ pub struct Node {
     pub hostile: Option<Hostile>,
     /// The furthest signed state (fork, length) the node held: it never goes back.
     pub furthest: (u64, u64),
+    /// What it does with the core.
+    pub serving: Serving,
 }
 
 impl Node {

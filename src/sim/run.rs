@@ -10,6 +10,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use super::{
     Hostile, Hostility, Links, Node, Sim, SimConfig,
+    node::Serving,
     trace::{Kind, Trace},
 };
 use crate::{
@@ -164,6 +165,7 @@ impl Sim {
                 storage_free_at: Duration::ZERO,
                 hostile,
                 furthest: (0, 0),
+                serving: Serving::Replicate,
             });
         }
         let churn = cfg.churn_per_minute > 0.0;
@@ -432,7 +434,8 @@ impl Sim {
     /// offline).
     fn synced(&self, n: usize, target: &Info, online_only: bool) -> bool {
         let node = &self.nodes[n];
-        if node.hostile.is_some() || (online_only && !node.online()) {
+        let replicates = node.serving == Serving::Replicate;
+        if node.hostile.is_some() || !replicates || (online_only && !node.online()) {
             return true;
         }
         let info = node.core.info();
@@ -452,7 +455,7 @@ impl Sim {
             blocks.push(writer.get(i).await?);
         }
         for (n, node) in self.nodes.iter().enumerate().skip(1) {
-            if node.hostile.is_some() {
+            if node.hostile.is_some() || node.serving != Serving::Replicate {
                 continue;
             }
             let theirs = node.core.info();
@@ -547,8 +550,54 @@ impl Sim {
         let now = self.instant(self.now);
         let node = &mut self.nodes[n];
         let mut engine = Engine::new(node.id, self.cfg.engine.clone());
-        engine.add_core(node.core.key(), local_info(&node.core), Mode::Full, now);
+        if node.serving == Serving::Replicate {
+            engine.add_core(node.core.key(), local_info(&node.core), Mode::Full, now);
+        }
         node.engine = Some(engine);
+    }
+
+    /// Sets what node `n` does with the core. `Left` leaves it at once (its channels close);
+    /// `StoreOnly` restarts an online node without replicating it; `Replicate` adds it.
+    pub async fn set_serving(&mut self, n: usize, serving: Serving) {
+        self.action(n, format!("serving {serving:?}"));
+        self.nodes[n].serving = serving;
+        if !self.nodes[n].online() {
+            return;
+        }
+        let now = self.instant(self.now);
+        let key = self.nodes[n].core.key();
+        match serving {
+            Serving::Left => {
+                if let Some(engine) = self.nodes[n].engine.as_mut() {
+                    engine.remove_core(key, now);
+                }
+                self.drain(n).await;
+            }
+            Serving::StoreOnly => {
+                self.set_online(n, false).await;
+                self.set_online(n, true).await;
+            }
+            Serving::Replicate => {
+                let info = local_info(&self.nodes[n].core);
+                if let Some(engine) = self.nodes[n].engine.as_mut() {
+                    engine.add_core(key, info, Mode::Full, now);
+                }
+                self.drain(n).await;
+            }
+        }
+    }
+
+    /// Replaces the store of offline node `n` with an empty one: it comes back knowing only
+    /// the core's key.
+    pub async fn wipe(&mut self, n: usize) -> Result<(), SimError> {
+        if self.nodes[n].online() || n == 0 {
+            return Ok(());
+        }
+        self.action(n, "wipe".into());
+        let key = self.nodes[n].core.key();
+        self.nodes[n].core = Corestore::memory().await?.get_remote(key).await?;
+        self.nodes[n].furthest = (0, 0);
+        Ok(())
     }
 
     /// Hands `input` to node `n`'s engine and carries out what it asks for.
@@ -661,7 +710,19 @@ impl Sim {
                     },
                 );
             }
-            Output::JoinGossip(..) | Output::LeaveGossip(..) | Output::FindCore(..) => {}
+            Output::FindCore(dk) => {
+                // A store that holds the core serves it, unless the node left it.
+                let node = &mut self.nodes[n];
+                let key = node.core.key();
+                if node.serving == Serving::StoreOnly && dk == crate::crypto::discovery_key(&key) {
+                    let info = local_info(&node.core);
+                    let now = self.instant(self.now);
+                    if let Some(engine) = self.nodes[n].engine.as_mut() {
+                        engine.serve_core(key, info, Mode::Sparse, now);
+                    }
+                }
+            }
+            Output::JoinGossip(..) | Output::LeaveGossip(..) => {}
             Output::Broadcast(core, bytes) => {
                 if std::env::var("SIM_DEBUG").is_ok() {
                     eprintln!("{:?} {n} broadcast", self.now);

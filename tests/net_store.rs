@@ -382,3 +382,52 @@ async fn update_wait_returns_the_newest_length_of_the_peers() {
     writer.shutdown().await;
     reader.shutdown().await;
 }
+
+/// More cores than a peer's channel cap: idle channels close to make room, and every core
+/// gets its log over the one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_cores_than_the_channel_cap_take_turns() {
+    let net = TestNet::new().await.unwrap();
+    let capped = || EngineConfig {
+        max_channels_per_peer: 8,
+        // Fewer handshakes in flight than the cap: the cap is reached as handshakes end.
+        max_opening_per_peer: 4,
+        ..Default::default()
+    };
+    let writer = net
+        .node_with(
+            Transport::Direct,
+            Corestore::memory().await.unwrap(),
+            capped(),
+        )
+        .await
+        .unwrap();
+    let reader = net
+        .node_with(
+            Transport::Direct,
+            Corestore::memory().await.unwrap(),
+            capped(),
+        )
+        .await
+        .unwrap();
+    let mut cores = Vec::new();
+    for i in 0..30 {
+        let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
+        log.append(numbered(i, 20)).await.unwrap();
+        cores.push(reader.store.get_remote(log.key()).await.unwrap());
+    }
+    reader.proto.replicate_store(Mode::Full).await.unwrap();
+    reader
+        .proto
+        .join(&cores[0], &[writer.addr()])
+        .await
+        .unwrap();
+    for (i, core) in cores.iter().enumerate() {
+        wait_full(core, 1).await;
+        assert_eq!(core.get(0).await.unwrap().unwrap(), numbered(i as u64, 20));
+    }
+    let stats = reader.proto.peer_stats().await.unwrap();
+    assert!(stats[0].channels <= 8, "{} channels", stats[0].channels);
+    writer.shutdown().await;
+    reader.shutdown().await;
+}

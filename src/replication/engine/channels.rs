@@ -146,6 +146,11 @@ impl Engine {
         if p.channels.contains_key(&core) {
             return;
         }
+        if p.channels.len() >= self.cfg.max_channels_per_peer {
+            p.to_open.insert(core);
+            self.room_wanted.insert(peer);
+            return;
+        }
         if p.opening >= self.cfg.max_opening_per_peer {
             p.to_open.insert(core);
             return;
@@ -273,9 +278,16 @@ impl Engine {
         while let Some(peer) = self.open_next.pop_first() {
             while let Some(p) = self.peers.get_mut(&peer)
                 && p.opening < self.cfg.max_opening_per_peer
+                && p.channels.len() < self.cfg.max_channels_per_peer
                 && let Some(core) = p.to_open.pop_first()
             {
                 self.open_channel(peer, core, now);
+            }
+            if let Some(p) = self.peers.get(&peer)
+                && !p.to_open.is_empty()
+                && p.channels.len() >= self.cfg.max_channels_per_peer
+            {
+                self.room_wanted.insert(peer);
             }
         }
     }
@@ -353,6 +365,11 @@ impl Engine {
                 tracing::debug!("channel closed by peer: {reason}");
                 self.outputs.push_back(Output::CloseChannel(peer, id));
                 self.drop_channel(id);
+                if reason == super::IDLE_REASON
+                    && let Some(p) = self.peers.get_mut(&peer)
+                {
+                    p.idle_closed.insert(core);
+                }
             }
             Message::Sync(info) => self.on_sync(id, info, now),
             Message::Range { start, end } => self.on_range(id, start, end),

@@ -42,6 +42,10 @@ pub struct EngineConfig {
     /// turn. Keep it under the peer's `max_parked_per_peer`: a peer parks a channel for a core
     /// until it has looked it up in its store.
     pub max_opening_per_peer: usize,
+    /// Channels with one peer open at once (either side opened them): under QUIC's limit of
+    /// concurrent streams (`net::MAX_CHANNELS` each way). While cores wait for room, idle
+    /// channels close and reopen when they have something new.
+    pub max_channels_per_peer: usize,
     /// Channels one peer may keep waiting for cores we do not replicate.
     pub max_parked_per_peer: usize,
     /// Channels all peers together may keep waiting for cores we do not replicate.
@@ -69,6 +73,7 @@ impl Default for EngineConfig {
             handshake_timeout: Duration::from_secs(10),
             open_delay: Duration::ZERO,
             max_opening_per_peer: 32,
+            max_channels_per_peer: 2048,
             max_parked_per_peer: 64,
             max_parked: 4096,
             gossip_dials_per_second: 8,

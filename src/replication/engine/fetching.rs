@@ -113,7 +113,7 @@ impl Engine {
     }
 
     /// The application wants blocks `start..end` of `core`.
-    pub(super) fn on_want(&mut self, core: CoreKey, start: u64, end: u64) {
+    pub(super) fn on_want(&mut self, core: CoreKey, start: u64, end: u64, now: Instant) {
         let Some(r) = self.cores.get_mut(&core) else {
             return;
         };
@@ -126,6 +126,7 @@ impl Engine {
         for (peer, ch) in self.open_channels(&core) {
             self.send(peer, ch, Message::Want { start, end });
         }
+        self.reopen_idle(core, now);
         if let Some(r) = self.cores.get(&core)
             && r.mode == Mode::Sparse
         {
@@ -175,6 +176,7 @@ impl Engine {
     /// the upgrades whose peer went away, sends every request
     /// the fetch queue has room for, and reports the peers it backed off or dropped.
     pub(super) fn schedule(&mut self, now: Instant) {
+        self.make_room();
         self.open_queued(now);
         while let Some(core) = self.upgrades.next_retry() {
             self.maybe_upgrade(core, now);

@@ -45,6 +45,7 @@ mod config;
 mod extensions;
 mod fetching;
 mod handshake;
+mod idle;
 mod io;
 mod leave;
 mod parked;
@@ -71,6 +72,7 @@ pub use extensions::{
     ExtensionTarget, MAX_EXTENSION_NAME, MAX_EXTENSION_PAYLOAD, MAX_STORE_CHANNEL_FRAME,
     STORE_CHANNEL_KEY, store_channel_discovery_key,
 };
+pub use idle::IDLE_REASON;
 pub use io::{
     ApplyOutcome, ChannelId, Event, Input, LocalInfo, Mode, Output, PeerStats, Task, TaskId,
     TaskResult,
@@ -194,6 +196,8 @@ pub struct Engine {
     updates: update::PendingUpdates,
     /// Requests being read for peers that the peers cancelled: `(channel, request id)`.
     cancelled: BTreeSet<(ChannelId, u64)>,
+    /// Peers at their channel cap with cores waiting for room (see `idle`).
+    room_wanted: BTreeSet<PeerId>,
 }
 
 impl Engine {
@@ -223,6 +227,7 @@ impl Engine {
             extensions: Default::default(),
             updates: Default::default(),
             cancelled: BTreeSet::new(),
+            room_wanted: BTreeSet::new(),
         }
     }
 
@@ -370,7 +375,7 @@ impl Engine {
             Input::Gossip(core, bytes) => self.on_gossip(core, &bytes, now),
             Input::GossipLagged(core) => self.resync(core),
             Input::LocalChanged(core, local) => self.update_local(core, local, now),
-            Input::Want(core, start, end) => self.on_want(core, start, end),
+            Input::Want(core, start, end) => self.on_want(core, start, end, now),
             Input::Unwant(core, start, end) => self.on_unwant(core, start, end),
             Input::Backlog(peer, bytes) => self.on_backlog(peer, bytes),
             Input::Update(core) => self.on_update(core),

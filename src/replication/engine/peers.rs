@@ -27,6 +27,10 @@ pub(super) struct Peer {
     pub(super) to_open: BTreeSet<CoreKey>,
     /// Extension messages waiting for our store channel to it to open.
     pub(super) store_queue: Vec<crate::replication::wire::Message>,
+    /// Cores whose channel with it closed idle: opened again when they have something new.
+    pub(super) idle_closed: BTreeSet<CoreKey>,
+    /// Where the next scan for an idle channel starts.
+    pub(super) idle_cursor: CoreKey,
     /// What extension messages it may still send us.
     pub(super) extension_allowance: super::extensions::ExtensionAllowance,
 }
@@ -94,6 +98,7 @@ impl Engine {
         };
         self.server.remove_peer(&peer);
         self.open_next.remove(&peer);
+        self.room_wanted.remove(&peer);
         if let Some(at) = p.open_rest_at {
             self.open_rest.remove(at, peer);
         }

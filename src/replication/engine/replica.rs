@@ -93,6 +93,9 @@ impl Engine {
             });
             self.announce(core, now);
         }
+        if new.length != old.length || new.fork != old.fork {
+            self.reopen_idle(core, now);
+        }
         self.push_new_blocks(core, old, new);
         self.broadcast_sync(core, false);
         self.enqueue_missing(core);

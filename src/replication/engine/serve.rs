@@ -108,6 +108,13 @@ impl Server {
         q.requests.len() != before
     }
 
+    /// Whether a request of `channel` waits in `peer`'s queue.
+    pub(super) fn has_queued(&self, peer: &PeerId, channel: ChannelId) -> bool {
+        self.queues
+            .get(peer)
+            .is_some_and(|q| q.requests.iter().any(|(ch, _)| *ch == channel))
+    }
+
     /// Drops the queued requests of a channel that closed.
     pub(super) fn forget_channel(&mut self, peer: &PeerId, channel: ChannelId) {
         if let Some(q) = self.queues.get_mut(peer) {

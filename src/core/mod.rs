@@ -16,6 +16,7 @@ pub use hypercore::{AppendOutcome, Hypercore};
 pub use info::Info;
 pub use proofs::Applied;
 pub use runs::{MAX_RUN, RunApplied, RunItem};
+pub(crate) use state::WantChange;
 pub(crate) use state::{CoreInner as CoreInnerHandle, create_core, hex, load_core};
 pub use wait::{Download, Get, Progress, Update};
 pub use writes::MAX_BLOCK_SIZE;

@@ -18,6 +18,15 @@ const WANT_CAPACITY: usize = 256;
 /// Capacity of each core's channel of verified blocks (a lagging read re-reads storage).
 const VERIFIED_CAPACITY: usize = 64;
 
+/// A read starting or stopping to wait for blocks `start..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WantChange {
+    /// A read waits for them.
+    Want(u64, u64),
+    /// A read that waited for them no longer does (a `Download` dropped before it was done).
+    Unwant(u64, u64),
+}
+
 /// Everything a [`Hypercore`](super::Hypercore) handle shares.
 #[derive(Debug)]
 pub(crate) struct CoreInner {
@@ -30,11 +39,9 @@ pub(crate) struct CoreInner {
     pub slot: Arc<CoreSlot>,
     /// Signature checker, once the kind (and manifest) is known.
     pub verifier: Mutex<Option<Verifier>>,
-    /// Ranges of blocks readers are waiting for; replication picks them up.
-    pub wants: broadcast::Sender<(u64, u64)>,
-    /// Ranges a reader no longer waits for (a `Download` dropped or cancelled before it was
-    /// done).
-    pub unwants: broadcast::Sender<(u64, u64)>,
+    /// Ranges of blocks readers start and stop waiting for, in the order they do (one
+    /// channel, so that a stop never overtakes its start); replication picks them up.
+    pub wants: broadcast::Sender<WantChange>,
     /// Blocks from peers that verified and are being written: waiting reads take them from
     /// here rather than waiting for the commit.
     pub verified: broadcast::Sender<(u64, Bytes)>,
@@ -119,7 +126,6 @@ impl CoreInner {
             slot: Arc::new(CoreSlot::new(id, header)),
             verifier: Mutex::new(verifier),
             wants: broadcast::channel(WANT_CAPACITY).0,
-            unwants: broadcast::channel(WANT_CAPACITY).0,
             verified: broadcast::channel(VERIFIED_CAPACITY).0,
             recent: Mutex::new(RecentAppends::default()),
             stopped: watch::channel(0).0,

@@ -9,7 +9,11 @@ use std::{collections::HashSet, future::IntoFuture, pin::Pin, sync::Arc, time::D
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::{events::CoreEvent, hypercore::Hypercore, state::CoreInner};
+use super::{
+    events::CoreEvent,
+    hypercore::Hypercore,
+    state::{CoreInner, WantChange},
+};
 use crate::error::{Error, Result};
 
 /// A read of one block, from [`Hypercore::get`]: `.await` it for the local copy, or
@@ -56,7 +60,7 @@ impl Get {
                     return Ok(v);
                 }
                 if !asked {
-                    let _ = self.inner.wants.send((index, index + 1));
+                    let _ = self.inner.wants.send(WantChange::Want(index, index + 1));
                     asked = true;
                 }
                 loop {
@@ -215,7 +219,10 @@ impl Drop for Download {
     /// requests for them are cancelled with the peers.
     fn drop(&mut self) {
         if !self.finished {
-            let _ = self.inner.unwants.send((self.start, self.end));
+            let _ = self
+                .inner
+                .wants
+                .send(WantChange::Unwant(self.start, self.end));
         }
     }
 }
@@ -226,7 +233,10 @@ impl Hypercore {
     pub fn download(&self, range: std::ops::Range<u64>) -> Download {
         let events = self.inner.slot.subscribe();
         let stopped = self.inner.stopped.subscribe();
-        let _ = self.inner.wants.send((range.start, range.end));
+        let _ = self
+            .inner
+            .wants
+            .send(WantChange::Want(range.start, range.end));
         Download {
             inner: self.inner.clone(),
             start: range.start,
@@ -237,13 +247,8 @@ impl Hypercore {
         }
     }
 
-    /// Ranges that dropped downloads no longer want, for a replicating protocol to follow.
-    pub(crate) fn subscribe_unwants(&self) -> broadcast::Receiver<(u64, u64)> {
-        self.inner.unwants.subscribe()
-    }
-
     /// Ranges that waiting reads ask for, for a replicating protocol to follow.
-    pub(crate) fn subscribe_wants(&self) -> broadcast::Receiver<(u64, u64)> {
+    pub(crate) fn subscribe_wants(&self) -> broadcast::Receiver<WantChange> {
         self.inner.wants.subscribe()
     }
 }
@@ -326,6 +331,7 @@ async fn count_stored(inner: &Arc<CoreInner>, start: u64, end: u64) -> Result<u6
 mod tests {
     use std::time::Duration;
 
+    use super::WantChange;
     use crate::{
         store::Corestore,
         tree::{IndexRequest, ProofRequest, UpgradeRequest},
@@ -344,7 +350,7 @@ mod tests {
         // subscription below sees its want.
         let mut wants = reader.subscribe_wants();
         let want = tokio::time::timeout(WAIT, wants.recv()).await.unwrap();
-        assert_eq!(want.unwrap(), (3, 4));
+        assert_eq!(want.unwrap(), WantChange::Want(3, 4));
         reader
             .inner
             .hand_over_verified([(2, &b"other block"[..]), (3, b"block three")]);
@@ -360,14 +366,17 @@ mod tests {
         let store = Corestore::memory().await.unwrap();
         let writer = store.get_named("w").await.unwrap();
         writer.append(b"a".to_vec()).await.unwrap();
-        let mut unwants = writer.subscribe_unwants();
+        let mut wants = writer.subscribe_wants();
         drop(writer.download(5..9));
-        assert_eq!(unwants.try_recv().unwrap(), (5, 9));
+        assert_eq!(wants.try_recv().unwrap(), WantChange::Want(5, 9));
+        assert_eq!(wants.try_recv().unwrap(), WantChange::Unwant(5, 9));
         writer.download(2..3).cancel();
-        assert_eq!(unwants.try_recv().unwrap(), (2, 3));
+        assert_eq!(wants.try_recv().unwrap(), WantChange::Want(2, 3));
+        assert_eq!(wants.try_recv().unwrap(), WantChange::Unwant(2, 3));
         writer.download(0..1).done(WAIT).await.unwrap();
+        assert_eq!(wants.try_recv().unwrap(), WantChange::Want(0, 1));
         assert!(
-            unwants.try_recv().is_err(),
+            wants.try_recv().is_err(),
             "a finished download unwants nothing"
         );
     }

@@ -9,7 +9,7 @@ use tokio::task::AbortHandle;
 
 use super::{super::storage_tasks, Driver, Forward};
 use crate::{
-    core::{CoreEvent, Hypercore},
+    core::{CoreEvent, Hypercore, WantChange},
     crypto::CoreKey,
     replication::{Mode, Task, engine::TaskId},
 };
@@ -157,7 +157,6 @@ impl Driver {
         let key = core.key();
         let mut events = core.subscribe();
         let mut wants = core.subscribe_wants();
-        let mut unwants = core.subscribe_unwants();
         let closed = core.closed();
         let mut updates = core.subscribe_update_requests();
         let tx = self.fwd_tx.clone();
@@ -178,14 +177,10 @@ impl Driver {
                         None => break,
                     },
                     want = wants.recv() => match want {
-                        Ok((s, e)) => {
+                        Ok(WantChange::Want(s, e)) => {
                             if tx.send(Forward::Want(key, s, e)).await.is_err() { break; }
                         }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => break,
-                    },
-                    unwant = unwants.recv() => match unwant {
-                        Ok((s, e)) => {
+                        Ok(WantChange::Unwant(s, e)) => {
                             if tx.send(Forward::Unwant(key, s, e)).await.is_err() { break; }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -363,12 +363,19 @@ impl Engine {
             }
             Message::Close { reason } => {
                 tracing::debug!("channel closed by peer: {reason}");
+                // Closed as idle while we had news for it (they crossed): open it again now,
+                // or nobody would until the core's next change.
+                let idle_here = self.is_idle(id);
                 self.outputs.push_back(Output::CloseChannel(peer, id));
                 self.drop_channel(id);
-                if reason == super::IDLE_REASON
-                    && let Some(p) = self.peers.get_mut(&peer)
-                {
-                    p.idle_closed.insert(core);
+                if reason == super::IDLE_REASON {
+                    if idle_here {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.idle_closed.insert(core);
+                        }
+                    } else {
+                        self.open_channel(peer, core, now);
+                    }
                 }
             }
             Message::Sync(info) => self.on_sync(id, info, now),

@@ -141,9 +141,11 @@ impl Engine {
         let Some(r) = self.cores.get_mut(&core) else {
             return;
         };
-        let end = end.min(start.saturating_add(MAX_WANTED_RANGE));
+        // The same blocks its `Want` counted.
+        let from = start.max(if r.mode == Mode::Full { r.queued_to } else { 0 });
+        let to = end.min(from.saturating_add(MAX_WANTED_RANGE));
         let mut gone = Vec::new();
-        for (i, n) in r.wanted.range_mut(start..end) {
+        for (i, n) in r.wanted.range_mut(from..to.max(from)) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 gone.push(*i);
@@ -209,6 +211,10 @@ impl Engine {
             );
         }
         self.finish_updates();
+        if !self.room_wanted.is_empty() && self.room_deadline.is_none() {
+            // Channels may turn idle with no message to say so: look again soon.
+            self.room_deadline = Some(now + super::idle::ROOM_RETRY);
+        }
         for notice in self.fetch.take_notices() {
             match notice {
                 PeerNotice::BackedOff(p, _) => self.emit(Event::Backoff(p)),

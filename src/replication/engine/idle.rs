@@ -15,10 +15,14 @@ pub const IDLE_REASON: &str = "idle";
 /// Channels of one peer looked at per turn for one to close.
 const IDLE_SCAN: usize = 64;
 
+/// While cores wait for room, the time after which idle channels are looked for again when no
+/// message came meanwhile.
+pub(super) const ROOM_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Engine {
     /// Whether channel `id` carries nothing and would carry nothing if kept: both sides hold
     /// the same whole log (or a sparse one with nothing wanted), nothing is asked either way.
-    fn is_idle(&self, id: ChannelId) -> bool {
+    pub(super) fn is_idle(&self, id: ChannelId) -> bool {
         let Some(c) = self.channels.get(&id) else {
             return false;
         };
@@ -38,6 +42,18 @@ impl Engine {
             && theirs_complete
             && !self.server.has_queued(&c.peer, id)
             && self.upgrades.get(&c.core).is_none_or(|u| u.channel != id)
+            && !self.updates.get(&c.core).is_some_and(|w| w.contains(&id))
+            && !self.serving_on(id)
+    }
+
+    /// Whether a storage task is reading an answer for channel `id`.
+    fn serving_on(&self, id: ChannelId) -> bool {
+        self.tasks.values().any(|t| match t {
+            super::TaskCtx::Serve { channel, .. }
+            | super::TaskCtx::ServeRun { channel, .. }
+            | super::TaskCtx::Push { channel, .. } => *channel == id,
+            _ => false,
+        })
     }
 
     /// Closes idle channels of the peers whose cores wait for room, a few per turn each.
@@ -218,6 +234,58 @@ mod tests {
                 || opened(&outputs(&mut engine))
                     .iter()
                     .any(|(_, k)| *k == idle_core)
+        );
+        engine.check_timers().unwrap();
+    }
+
+    /// The peer closes a channel as idle while we have news for it (they crossed): it opens
+    /// again at once, not at the core's next change. Cores waiting for room get a timer.
+    #[test]
+    fn an_idle_close_that_crosses_news_reopens_at_once() {
+        let now = Instant::now();
+        let me = [1; 32];
+        let cfg = EngineConfig {
+            max_channels_per_peer: 1,
+            ..Default::default()
+        };
+        let mut engine = Engine::new(me, cfg);
+        let (a, b) = ([3; 32], [4; 32]);
+        engine.add_core(a, local(5, true), Mode::Full, now);
+        engine.add_core(b, local(5, true), Mode::Full, now);
+        outputs(&mut engine);
+        engine.handle(Input::PeerConnected(PEER), now);
+        let first = opened(&outputs(&mut engine));
+        assert_eq!(first.len(), 1);
+        let (ch, core) = first[0];
+        assert!(
+            engine.poll_timeout().is_some(),
+            "a core waits for room: a timer"
+        );
+        let accept = Message::Accept {
+            capability: capability(&core, Role::Acceptor, &me, &PEER),
+        };
+        engine.handle(Input::Message(PEER, ch, accept), now);
+        // Our log grows before the peer's Sync says it holds the old one.
+        let grown = LocalInfo {
+            length: 6,
+            byte_length: 6,
+            contiguous: 6,
+            ..local(5, true)
+        };
+        engine.handle(Input::LocalChanged(core, grown), now);
+        engine.handle(Input::Message(PEER, ch, sync(5, true)), now);
+        outputs(&mut engine);
+        let close = Message::Close {
+            reason: IDLE_REASON.into(),
+        };
+        engine.handle(Input::Message(PEER, ch, close), now);
+        let p = &engine.peers[&PEER];
+        assert!(!p.idle_closed.contains(&core), "left closed despite news");
+        assert!(
+            p.to_open.contains(&core)
+                || opened(&outputs(&mut engine))
+                    .iter()
+                    .any(|(_, k)| *k == core)
         );
         engine.check_timers().unwrap();
     }

@@ -33,6 +33,10 @@ impl Engine {
         self.upgrades.forget(&key);
         self.announcer.forget(&key);
         self.updates.remove(&key);
+        for p in self.peers.values_mut() {
+            p.to_open.remove(&key);
+            p.idle_closed.remove(&key);
+        }
         self.outputs.push_back(super::Output::LeaveGossip(key));
         self.schedule(now);
         true

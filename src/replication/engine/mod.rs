@@ -198,6 +198,8 @@ pub struct Engine {
     cancelled: BTreeSet<(ChannelId, u64)>,
     /// Peers at their channel cap with cores waiting for room (see `idle`).
     room_wanted: BTreeSet<PeerId>,
+    /// When to look again for idle channels while cores wait for room, if no message comes.
+    room_deadline: Option<Instant>,
 }
 
 impl Engine {
@@ -228,6 +230,7 @@ impl Engine {
             updates: Default::default(),
             cancelled: BTreeSet::new(),
             room_wanted: BTreeSet::new(),
+            room_deadline: None,
         }
     }
 
@@ -395,6 +398,7 @@ impl Engine {
         [
             self.handshakes.first(),
             self.open_rest.first(),
+            self.room_deadline,
             self.upgrades.next_deadline(),
             self.announcer.next_deadline(),
             self.fetch.next_deadline(),
@@ -409,6 +413,9 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire_handshakes(now);
         self.open_rest_due(now);
+        if self.room_deadline.is_some_and(|t| t <= now) {
+            self.room_deadline = None;
+        }
         self.expire_runs(now);
         self.expire_upgrades(now);
         for core in self.announcer.due(now) {

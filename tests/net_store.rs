@@ -287,15 +287,11 @@ async fn a_ticket_outlives_a_writer_restart() {
     reader.shutdown().await;
 }
 
-/// A hundred cores the writer never replicates, all followed by a reader at once: more
-/// channels than a peer parks while it looks cores up, so the opener paces them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_cores_are_served_on_demand_over_one_connection() {
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let reader = net.node(Transport::Direct).await.unwrap();
+/// The writer makes `n` named cores of one block it does not replicate; the reader knows
+/// their keys, follows its whole store over one connection and gets every block.
+async fn follow_named_cores(writer: &Node, reader: &Node, n: u64) {
     let mut cores = Vec::new();
-    for i in 0..100 {
+    for i in 0..n {
         let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
         log.append(numbered(i, 20)).await.unwrap();
         cores.push(reader.store.get_remote(log.key()).await.unwrap());
@@ -310,6 +306,16 @@ async fn a_hundred_cores_are_served_on_demand_over_one_connection() {
         wait_full(core, 1).await;
         assert_eq!(core.get(0).await.unwrap().unwrap(), numbered(i as u64, 20));
     }
+}
+
+/// A hundred cores the writer never replicates, all followed by a reader at once: more
+/// channels than a peer parks while it looks cores up, so the opener paces them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_cores_are_served_on_demand_over_one_connection() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    follow_named_cores(&writer, &reader, 100).await;
     let stats = writer.proto.peer_stats().await.unwrap();
     assert_eq!(stats[0].channels, 100);
     assert_eq!(stats[0].refused, 0, "no channel refused");
@@ -410,22 +416,7 @@ async fn more_cores_than_the_channel_cap_take_turns() {
         )
         .await
         .unwrap();
-    let mut cores = Vec::new();
-    for i in 0..30 {
-        let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
-        log.append(numbered(i, 20)).await.unwrap();
-        cores.push(reader.store.get_remote(log.key()).await.unwrap());
-    }
-    reader.proto.replicate_store(Mode::Full).await.unwrap();
-    reader
-        .proto
-        .join(&cores[0], &[writer.addr()])
-        .await
-        .unwrap();
-    for (i, core) in cores.iter().enumerate() {
-        wait_full(core, 1).await;
-        assert_eq!(core.get(0).await.unwrap().unwrap(), numbered(i as u64, 20));
-    }
+    follow_named_cores(&writer, &reader, 30).await;
     let stats = reader.proto.peer_stats().await.unwrap();
     assert!(stats[0].channels <= 8, "{} channels", stats[0].channels);
     writer.shutdown().await;

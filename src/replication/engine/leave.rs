@@ -51,7 +51,7 @@ mod tests {
         super::{
             ApplyOutcome, Input, Mode, Output, Task, TaskResult,
             channels::Sent,
-            testing::{CORE, PEER, engine_with_peer, local, outputs, sync},
+            testing::{CORE, PEER, engine_with_peer, local, outputs, sync, upgrade_answer},
         },
         *,
     };
@@ -61,7 +61,6 @@ mod tests {
             discovery_key,
         },
         replication::wire::Message,
-        tree::{BlockProof, Proof, UpgradeProof},
     };
 
     /// The upgrade request in flight on `channel`.
@@ -80,21 +79,7 @@ mod tests {
     /// Answers the upgrade in flight on `channel` and returns the apply task it starts.
     fn answer_upgrade(engine: &mut Engine, channel: ChannelId, now: Instant) -> u64 {
         let id = upgrade_id(engine, channel);
-        let proof = Proof {
-            block: Some(BlockProof {
-                index: 5,
-                value: b"x".to_vec(),
-                nodes: Vec::new(),
-            }),
-            upgrade: Some(UpgradeProof {
-                start: 5,
-                length: 3,
-                nodes: Vec::new(),
-                additional_nodes: Vec::new(),
-                signature: vec![0; 64],
-            }),
-            ..Default::default()
-        };
+        let proof = upgrade_answer(5, 3);
         engine.handle(
             Input::Message(PEER, channel, Message::Data { id, proof }),
             now,

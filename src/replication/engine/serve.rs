@@ -631,14 +631,13 @@ mod tests {
         assert_eq!(server.admission(&[7; 32]), Admission::Unknown);
     }
 
-    /// Through the engine: requests beyond the concurrency wait for a task to finish.
-    #[test]
-    fn requests_beyond_the_concurrency_wait_for_a_task() {
-        let now = Instant::now();
+    /// An engine serving `PEER`, who sent `extra` block requests (ids from 0) more than the
+    /// serve concurrency: the channel, the concurrency and the storage tasks started.
+    fn requests_past_concurrency(extra: u64, now: Instant) -> (Engine, ChannelId, u64, Vec<u64>) {
         let (mut engine, channel) =
             engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
         let concurrency = engine.config().serve_concurrency as u64;
-        for id in 0..concurrency + 2 {
+        for id in 0..concurrency + extra {
             engine.handle(Input::Message(PEER, channel, block_request(id)), now);
         }
         let tasks: Vec<u64> = outputs(&mut engine)
@@ -649,6 +648,14 @@ mod tests {
             })
             .collect();
         assert_eq!(tasks.len() as u64, concurrency);
+        (engine, channel, concurrency, tasks)
+    }
+
+    /// Through the engine: requests beyond the concurrency wait for a task to finish.
+    #[test]
+    fn requests_beyond_the_concurrency_wait_for_a_task() {
+        let now = Instant::now();
+        let (mut engine, _, _, tasks) = requests_past_concurrency(2, now);
         let done = TaskResult::Proof(Err("gone".into()));
         engine.handle(Input::TaskDone(tasks[0], done), now);
         let out = outputs(&mut engine);
@@ -664,20 +671,7 @@ mod tests {
     #[test]
     fn cancelled_requests_are_not_served() {
         let now = Instant::now();
-        let (mut engine, channel) =
-            engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
-        let concurrency = engine.config().serve_concurrency as u64;
-        for id in 0..concurrency + 1 {
-            engine.handle(Input::Message(PEER, channel, block_request(id)), now);
-        }
-        let tasks: Vec<u64> = outputs(&mut engine)
-            .iter()
-            .filter_map(|o| match o {
-                Output::Task(id, ..) => Some(*id),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(tasks.len() as u64, concurrency);
+        let (mut engine, channel, concurrency, tasks) = requests_past_concurrency(1, now);
         // Cancel the queued one (id `concurrency`) and the first running one (id 0).
         for id in [concurrency, 0] {
             engine.handle(Input::Message(PEER, channel, Message::Cancel { id }), now);

@@ -57,6 +57,27 @@ pub(super) fn engine_with_peer(
     (engine, channel)
 }
 
+/// An answer to an upgrade from `start` by `length` blocks, with block `start` (its proof
+/// is not checked by the engine: storage verifies it).
+pub(super) fn upgrade_answer(start: u64, length: u64) -> crate::tree::Proof {
+    use crate::tree::{BlockProof, Proof, UpgradeProof};
+    Proof {
+        block: Some(BlockProof {
+            index: start,
+            value: b"x".to_vec(),
+            nodes: Vec::new(),
+        }),
+        upgrade: Some(UpgradeProof {
+            start,
+            length,
+            nodes: Vec::new(),
+            additional_nodes: Vec::new(),
+            signature: vec![0; 64],
+        }),
+        ..Default::default()
+    }
+}
+
 pub(super) fn outputs(engine: &mut Engine) -> Vec<Output> {
     std::iter::from_fn(|| engine.poll_output()).collect()
 }

@@ -442,14 +442,11 @@ mod tests {
     use super::{
         super::{
             ApplyOutcome, Input, LocalInfo, Mode, Output, Task, TaskResult,
-            testing::{CORE, PEER, engine_with_peer, local, outputs, sync},
+            testing::{CORE, PEER, engine_with_peer, local, outputs, sync, upgrade_answer},
         },
         *,
     };
-    use crate::{
-        core::RunApplied,
-        tree::{BlockProof, UpgradeProof},
-    };
+    use crate::{core::RunApplied, tree::BlockProof};
 
     /// The deadline set holds the deadline of each upgrade in flight, and nothing else.
     #[test]
@@ -625,21 +622,7 @@ mod tests {
         let (_, Some(upgrade)) = request_ids(&engine, channel) else {
             panic!("an upgrade to 8 is asked");
         };
-        let proof = Proof {
-            block: Some(BlockProof {
-                index: 5,
-                value: b"x".to_vec(),
-                nodes: Vec::new(),
-            }),
-            upgrade: Some(UpgradeProof {
-                start: 5,
-                length: 3,
-                nodes: Vec::new(),
-                additional_nodes: Vec::new(),
-                signature: vec![0; 64],
-            }),
-            ..Default::default()
-        };
+        let proof = upgrade_answer(5, 3);
         engine.handle(
             Input::Message(PEER, channel, Message::Data { id: upgrade, proof }),
             now,

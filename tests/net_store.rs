@@ -370,8 +370,9 @@ async fn update_wait_returns_the_newest_length_of_the_peers() {
         .await
         .unwrap();
     assert_eq!(core.update().wait(WAIT).await.unwrap(), 0, "no peer yet");
-    reader.proto.join(&core, &[writer.addr()]).await.unwrap();
+    // Subscribe before joining: the peer may be added before `join` returns.
     let mut added = reader.proto.events(&core);
+    reader.proto.join(&core, &[writer.addr()]).await.unwrap();
     tokio::time::timeout(WAIT, async {
         while added.next().await.expect("events") != ReplicaEvent::PeerAdd(writer.endpoint.id()) {}
     })

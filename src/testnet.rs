@@ -15,7 +15,7 @@ use iroh_gossip::Gossip;
 type Result<T> = std::result::Result<T, TestNetError>;
 
 use crate::{
-    net::{ALPN, HypercoreProtocol},
+    net::{ALPN, Builder, HypercoreProtocol},
     replication::EngineConfig,
     store::{Corestore, StoreOptions},
 };
@@ -164,6 +164,20 @@ impl TestNet {
         Ok(Node::spawn(endpoint, store, config))
     }
 
+    /// A node like [`node_with`](Self::node_with) whose protocol `build` configures (for
+    /// example `|b| b.serve_store(false)`).
+    pub async fn node_built(
+        &self,
+        transport: Transport,
+        store: Corestore,
+        build: impl FnOnce(Builder) -> Builder,
+    ) -> Result<Node> {
+        let endpoint = self
+            .endpoint_with_key(transport, Some(store.endpoint_secret_key()))
+            .await?;
+        Ok(Node::spawn_built(endpoint, store, build, true))
+    }
+
     /// A node on an [unlisted](Self::unlisted_endpoint) endpoint, with a memory store and
     /// without gossip (which would tell it other addresses): it talks only to the nodes it
     /// joins.
@@ -192,8 +206,18 @@ impl Node {
         config: EngineConfig,
         announce: bool,
     ) -> Self {
+        Self::spawn_built(endpoint, store, |b| b.config(config), announce)
+    }
+
+    /// Like [`spawn_with`](Self::spawn_with), with the protocol configured by `build`.
+    pub fn spawn_built(
+        endpoint: Endpoint,
+        store: Corestore,
+        build: impl FnOnce(Builder) -> Builder,
+        announce: bool,
+    ) -> Self {
         let gossip = Gossip::builder().spawn(endpoint.clone());
-        let builder = HypercoreProtocol::builder(store.clone()).config(config);
+        let builder = build(HypercoreProtocol::builder(store.clone()));
         let proto = if announce {
             builder.spawn(endpoint.clone(), gossip.clone())
         } else {

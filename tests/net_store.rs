@@ -323,6 +323,70 @@ async fn a_hundred_cores_are_served_on_demand_over_one_connection() {
     reader.shutdown().await;
 }
 
+/// Replicating many cores costs no task per core: 300 cores served on demand by the writer and
+/// followed by the reader's whole store add a handful of tasks (the connection's), where a
+/// task per core on each side would add 600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_cores_are_replicated_without_a_task_per_core() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    follow_named_cores(&writer, &reader, 300).await;
+    let added = metrics.num_alive_tasks().saturating_sub(before);
+    assert_eq!(writer.proto.node_stats().await.unwrap().cores, 300);
+    assert_eq!(reader.proto.node_stats().await.unwrap().cores, 300);
+    assert!(added < 100, "{added} tasks for 300 cores on two nodes");
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
+
+/// Dropping the last handle of a core the application replicates ends its replication on a
+/// node that does not serve its store (its peer sees it go, and `replicate` again resumes
+/// it); a node that serves its store keeps replicating it, and an append through a handle
+/// opened later reaches the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_handle_dropped_ends_replication_unless_the_store_is_served() {
+    let net = TestNet::new().await.unwrap();
+    for serve_store in [false, true] {
+        let store = Corestore::memory().await.unwrap();
+        let writer = net
+            .node_built(Transport::Direct, store, |b| b.serve_store(serve_store))
+            .await
+            .unwrap();
+        let log = writer.store.get_named("dropped").await.unwrap();
+        append_numbered(&log, 0, 5, 10).await;
+        writer.proto.replicate(&log).await.unwrap();
+        let ticket = writer.proto.ticket(&log);
+        let reader = net.node(Transport::Direct).await.unwrap();
+        let core = reader.proto.open_ticket(&ticket).await.unwrap();
+        wait_full(&core, 5).await;
+        let mut reader_events = reader.proto.events(&core);
+        drop(log);
+        let writer_id = writer.endpoint.id();
+        if !serve_store {
+            tokio::time::timeout(WAIT, async {
+                while reader_events.next().await.expect("events")
+                    != ReplicaEvent::PeerRemove(writer_id)
+                {}
+            })
+            .await
+            .expect("the writer's channel closed when its last handle went");
+            assert_eq!(writer.proto.node_stats().await.unwrap().cores, 0);
+        }
+        let log = writer.store.get_named("dropped").await.unwrap();
+        if !serve_store {
+            writer.proto.replicate(&log).await.unwrap();
+        }
+        append_numbered(&log, 5, 1, 10).await;
+        wait_full(&core, 6).await;
+        assert_eq!(core.get(5).await.unwrap().unwrap(), numbered(5, 10));
+        writer.shutdown().await;
+        reader.shutdown().await;
+    }
+}
+
 /// A core deleted while the whole store is followed, then created again under the same name:
 /// the new core is followed (the deleted one does not count as left), and its blocks reach a
 /// reader.

@@ -112,6 +112,7 @@ impl Hypercore {
     pub(crate) fn mark_closed(&self) {
         self.inner.state().closed = true;
         self.inner.stop_waits();
+        self.inner.signal(super::Signal::Closed);
     }
 
     /// Whether this core was closed or deleted.
@@ -123,18 +124,5 @@ impl Hypercore {
     /// a protocol that stops replicating this core.
     pub(crate) fn stop_waits(&self) {
         self.inner.stop_waits();
-    }
-
-    /// Resolves when this core is closed or deleted.
-    pub(crate) fn closed(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
-        let inner = self.inner.clone();
-        let mut stopped = inner.stopped.subscribe();
-        async move {
-            while !inner.state().closed {
-                if stopped.changed().await.is_err() {
-                    return;
-                }
-            }
-        }
     }
 }

@@ -3,9 +3,13 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
-use super::recent::RecentAppends;
+use super::{
+    lazy_broadcast::LazyBroadcast,
+    recent::RecentAppends,
+    signals::{Signal, SignalQueue},
+};
 use crate::{
     crypto::{CoreKey, CoreKind, DiscoveryKey, KeyPair, Manifest, Verifier, discovery_key},
     error::{Error, Result},
@@ -13,19 +17,8 @@ use crate::{
     tree::TreeState,
 };
 
-/// Capacity of each core's channel of wanted ranges.
-const WANT_CAPACITY: usize = 256;
 /// Capacity of each core's channel of verified blocks (a lagging read re-reads storage).
 const VERIFIED_CAPACITY: usize = 64;
-
-/// A read starting or stopping to wait for blocks `start..end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WantChange {
-    /// A read waits for them.
-    Want(u64, u64),
-    /// A read that waited for them no longer does (a `Download` dropped before it was done).
-    Unwant(u64, u64),
-}
 
 /// Everything a [`Hypercore`](super::Hypercore) handle shares.
 #[derive(Debug)]
@@ -39,19 +32,16 @@ pub(crate) struct CoreInner {
     pub slot: Arc<CoreSlot>,
     /// Signature checker, once the kind (and manifest) is known.
     pub verifier: Mutex<Option<Verifier>>,
-    /// Ranges of blocks readers start and stop waiting for, in the order they do (one
-    /// channel, so that a stop never overtakes its start); replication picks them up.
-    pub wants: broadcast::Sender<WantChange>,
     /// Blocks from peers that verified and are being written: waiting reads take them from
     /// here rather than waiting for the commit.
-    pub verified: broadcast::Sender<(u64, Bytes)>,
+    pub verified: LazyBroadcast<(u64, Bytes)>,
     /// The latest local appends, to prove new blocks without a storage read.
     pub recent: Mutex<RecentAppends>,
     /// Bumped when nobody fetches for the reads waiting on this core any more: a protocol
     /// left it, or it was closed or deleted. Waiting reads fail then.
     pub stopped: watch::Sender<u64>,
-    /// The number of `update()`s asked (a replicating protocol follows it).
-    pub update_requests: watch::Sender<u64>,
+    /// The number of `update()`s asked.
+    pub update_requests: std::sync::atomic::AtomicU64,
     /// The last of `update_requests` a protocol answered.
     pub updated: watch::Sender<u64>,
 }
@@ -84,8 +74,23 @@ impl CoreInner {
             return;
         }
         for (index, value) in blocks {
-            let _ = self.verified.send((index, Bytes::copy_from_slice(value)));
+            self.verified.send((index, Bytes::copy_from_slice(value)));
         }
+    }
+
+    /// Tells the replicating protocols of `signal`.
+    pub fn signal(&self, signal: Signal) {
+        self.slot.signal(signal);
+    }
+
+    /// Sends this core's signals to `queue` from now on.
+    pub fn watch(&self, queue: &Arc<SignalQueue>) {
+        self.slot.watchers.add(queue);
+    }
+
+    /// Stops sending this core's signals to `queue`.
+    pub fn unwatch(&self, queue: &Arc<SignalQueue>) {
+        self.slot.watchers.remove(queue);
     }
 
     /// Fails the reads waiting on this core ([`Error::Left`], or [`Error::Closed`] once
@@ -125,13 +130,19 @@ impl CoreInner {
             storage,
             slot: Arc::new(CoreSlot::new(id, header)),
             verifier: Mutex::new(verifier),
-            wants: broadcast::channel(WANT_CAPACITY).0,
-            verified: broadcast::channel(VERIFIED_CAPACITY).0,
+            verified: LazyBroadcast::new(VERIFIED_CAPACITY),
             recent: Mutex::new(RecentAppends::default()),
             stopped: watch::channel(0).0,
-            update_requests: watch::channel(0).0,
+            update_requests: Default::default(),
             updated: watch::channel(0).0,
         }))
+    }
+}
+
+impl Drop for CoreInner {
+    /// The last handle went: a protocol replicating the core for the application stops.
+    fn drop(&mut self) {
+        self.slot.signal(Signal::Dropped);
     }
 }
 

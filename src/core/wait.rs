@@ -9,11 +9,7 @@ use std::{collections::HashSet, future::IntoFuture, pin::Pin, sync::Arc, time::D
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::{
-    events::CoreEvent,
-    hypercore::Hypercore,
-    state::{CoreInner, WantChange},
-};
+use super::{events::CoreEvent, hypercore::Hypercore, signals::Signal, state::CoreInner};
 use crate::error::{Error, Result};
 
 /// A read of one block, from [`Hypercore::get`]: `.await` it for the local copy, or
@@ -60,7 +56,7 @@ impl Get {
                     return Ok(v);
                 }
                 if !asked {
-                    let _ = self.inner.wants.send(WantChange::Want(index, index + 1));
+                    self.inner.signal(Signal::Want(index, index + 1));
                     asked = true;
                 }
                 loop {
@@ -140,11 +136,6 @@ impl Hypercore {
         }
     }
 
-    /// The count of `update()`s asked, for a replicating protocol to follow.
-    pub(crate) fn subscribe_update_requests(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.update_requests.subscribe()
-    }
-
     /// A protocol answered the `update()`s up to `asked`.
     pub(crate) fn mark_updated(&self, asked: u64) {
         self.inner.updated.send_modify(|n| *n = (*n).max(asked));
@@ -169,8 +160,11 @@ impl Update {
             if inner.state().closed {
                 return Err(Error::Closed);
             }
-            inner.update_requests.send_modify(|n| *n += 1);
-            let asked = *inner.update_requests.borrow();
+            let asked = inner
+                .update_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            inner.signal(Signal::Update(asked));
             let deadline = tokio::time::Instant::now() + timeout;
             tokio::time::timeout_at(deadline, async {
                 loop {
@@ -219,10 +213,7 @@ impl Drop for Download {
     /// requests for them are cancelled with the peers.
     fn drop(&mut self) {
         if !self.finished {
-            let _ = self
-                .inner
-                .wants
-                .send(WantChange::Unwant(self.start, self.end));
+            self.inner.signal(Signal::Unwant(self.start, self.end));
         }
     }
 }
@@ -233,10 +224,7 @@ impl Hypercore {
     pub fn download(&self, range: std::ops::Range<u64>) -> Download {
         let events = self.inner.slot.subscribe();
         let stopped = self.inner.stopped.subscribe();
-        let _ = self
-            .inner
-            .wants
-            .send(WantChange::Want(range.start, range.end));
+        self.inner.signal(Signal::Want(range.start, range.end));
         Download {
             inner: self.inner.clone(),
             start: range.start,
@@ -245,11 +233,6 @@ impl Hypercore {
             stopped,
             finished: false,
         }
-    }
-
-    /// Ranges that waiting reads ask for, for a replicating protocol to follow.
-    pub(crate) fn subscribe_wants(&self) -> broadcast::Receiver<WantChange> {
-        self.inner.wants.subscribe()
     }
 }
 
@@ -331,8 +314,8 @@ async fn count_stored(inner: &Arc<CoreInner>, start: u64, end: u64) -> Result<u6
 mod tests {
     use std::time::Duration;
 
-    use super::WantChange;
     use crate::{
+        core::{Signal, SignalQueue},
         store::Corestore,
         tree::{IndexRequest, ProofRequest, UpgradeRequest},
     };
@@ -345,12 +328,11 @@ mod tests {
     async fn wait_resolves_from_a_verified_block_before_its_commit() {
         let store = Corestore::memory().await.unwrap();
         let reader = store.get_remote([7; 32]).await.unwrap();
+        let signals = SignalQueue::new();
+        reader.inner.watch(&signals);
         let waiting = tokio::spawn(reader.get(3).wait(WAIT));
-        // On this single-threaded runtime the read runs only once this test awaits, so the
-        // subscription below sees its want.
-        let mut wants = reader.subscribe_wants();
-        let want = tokio::time::timeout(WAIT, wants.recv()).await.unwrap();
-        assert_eq!(want.unwrap(), WantChange::Want(3, 4));
+        let want = tokio::time::timeout(WAIT, signals.next()).await.unwrap();
+        assert_eq!(want, vec![(reader.key(), Signal::Want(3, 4))]);
         reader
             .inner
             .hand_over_verified([(2, &b"other block"[..]), (3, b"block three")]);
@@ -366,17 +348,21 @@ mod tests {
         let store = Corestore::memory().await.unwrap();
         let writer = store.get_named("w").await.unwrap();
         writer.append(b"a".to_vec()).await.unwrap();
-        let mut wants = writer.subscribe_wants();
+        let signals = SignalQueue::new();
+        writer.inner.watch(&signals);
         drop(writer.download(5..9));
-        assert_eq!(wants.try_recv().unwrap(), WantChange::Want(5, 9));
-        assert_eq!(wants.try_recv().unwrap(), WantChange::Unwant(5, 9));
         writer.download(2..3).cancel();
-        assert_eq!(wants.try_recv().unwrap(), WantChange::Want(2, 3));
-        assert_eq!(wants.try_recv().unwrap(), WantChange::Unwant(2, 3));
         writer.download(0..1).done(WAIT).await.unwrap();
-        assert_eq!(wants.try_recv().unwrap(), WantChange::Want(0, 1));
-        assert!(
-            wants.try_recv().is_err(),
+        let key = writer.key();
+        assert_eq!(
+            signals.drain(),
+            vec![
+                (key, Signal::Want(5, 9)),
+                (key, Signal::Unwant(5, 9)),
+                (key, Signal::Want(2, 3)),
+                (key, Signal::Unwant(2, 3)),
+                (key, Signal::Want(0, 1)),
+            ],
             "a finished download unwants nothing"
         );
     }

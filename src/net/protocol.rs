@@ -93,6 +93,11 @@ impl Builder {
     ///
     /// A core served on demand is replicated sparsely (nothing is fetched but what the
     /// application reads; its length is followed) and joins no gossip topic.
+    ///
+    /// It also decides what dropping the last handle of a replicated core does: a served
+    /// store keeps replicating it (its peers still get it); with `false`, its replication
+    /// ends: its channels close and its gossip topic is left, as with
+    /// [`leave`](HypercoreProtocol::leave).
     pub fn serve_store(mut self, serve: bool) -> Self {
         self.serve_store = serve;
         self

@@ -9,8 +9,8 @@ use tokio::sync::broadcast;
 
 use super::schema::CoreHeader;
 use crate::{
-    core::CoreEvent,
-    crypto::{CoreKind, KeyPair},
+    core::{CoreEvent, LazyBroadcast, Signal, Watchers},
+    crypto::{CoreKey, CoreKind, KeyPair},
     tree::TreeState,
 };
 
@@ -48,7 +48,11 @@ pub(crate) struct CoreSlot {
     pub signer: Option<KeyPair>,
     state: Mutex<CoreState>,
     staged: Mutex<Staged>,
-    events: broadcast::Sender<CoreEvent>,
+    events: LazyBroadcast<CoreEvent>,
+    /// The key, for the signals to watchers.
+    key: CoreKey,
+    /// The replicating protocols following this core.
+    pub watchers: Watchers,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,6 +66,8 @@ impl CoreSlot {
         Self {
             id,
             signer,
+            key: header.key,
+            watchers: Watchers::default(),
             state: Mutex::new(CoreState {
                 head: header.tree.clone(),
                 committed: header.clone(),
@@ -72,7 +78,7 @@ impl CoreSlot {
                 events: Vec::new(),
                 deleted: false,
             }),
-            events: broadcast::channel(EVENT_CAPACITY).0,
+            events: LazyBroadcast::new(EVENT_CAPACITY),
         }
     }
 
@@ -92,7 +98,12 @@ impl CoreSlot {
 
     /// Sends an event to the subscribers.
     pub fn emit(&self, ev: CoreEvent) {
-        let _ = self.events.send(ev);
+        self.events.send(ev);
+    }
+
+    /// Tells the watching protocols of `signal`.
+    pub fn signal(&self, signal: Signal) {
+        self.watchers.signal(self.key, signal);
     }
 
     /// Drops queued-but-failed appends from the head.
@@ -130,8 +141,17 @@ impl CoreSlot {
             }
             st.committed = header;
         }
+        let changed = events.iter().any(|ev| {
+            matches!(
+                ev,
+                CoreEvent::Append { .. } | CoreEvent::Truncate { .. } | CoreEvent::Clear { .. }
+            )
+        });
         for ev in events {
             self.emit(ev);
+        }
+        if changed {
+            self.signal(Signal::Changed);
         }
     }
 

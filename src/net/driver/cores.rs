@@ -1,17 +1,17 @@
-//! The cores replicated: a forwarder per core turns its appends, truncations, wanted ranges
-//! and its closing into engine inputs, and the engine's storage tasks run against it. Leaving
-//! a core undoes all of it.
+//! The cores replicated: each sends its changes, wanted ranges, update requests and its
+//! closing to the driver's one signal queue (no task per core), which turns them into engine
+//! inputs, and the engine's storage tasks run against it. Leaving a core undoes all of it.
 
-use std::time::Instant;
+use std::{
+    sync::{Arc, Weak},
+    time::Instant,
+};
 
-use n0_future::StreamExt;
-use tokio::task::AbortHandle;
-
-use super::{super::storage_tasks, Driver, Forward};
+use super::{super::storage_tasks, Driver};
 use crate::{
-    core::{CoreEvent, Hypercore, WantChange},
+    core::{CoreInnerHandle, Hypercore, Signal},
     crypto::CoreKey,
-    replication::{Mode, Task, engine::TaskId},
+    replication::{Input, Mode, Task, engine::TaskId},
 };
 
 /// Why the driver replicates a core.
@@ -25,16 +25,43 @@ pub(super) enum Why {
     Served,
 }
 
+/// The driver's hold on a core it replicates.
+enum Hold {
+    /// A core the application replicates by name on a node that does not serve its whole
+    /// store: held weakly, so that dropping its last handle ends its replication.
+    App(Weak<CoreInnerHandle>),
+    /// Any other core (served or followed for the store, or named on a node that serves its
+    /// store): held open.
+    Store(Hypercore),
+}
+
 /// A core the driver replicates.
 pub(super) struct Replicated {
-    /// A handle of it (storage tasks run on it).
-    pub(super) core: Hypercore,
-    /// The task forwarding its changes.
-    forwarder: AbortHandle,
+    /// The core (storage tasks run on it).
+    hold: Hold,
     /// Why it is replicated.
     pub(super) why: Why,
     /// Its gossip topic, once the engine named it (joined only for [`Why::Named`]).
     pub(super) topic: Option<[u8; 32]>,
+}
+
+impl Replicated {
+    /// A handle of the core, unless the application dropped its last one.
+    pub(super) fn core(&self) -> Option<Hypercore> {
+        match &self.hold {
+            Hold::App(weak) => weak.upgrade().map(Hypercore::from_inner),
+            Hold::Store(core) => Some(core.clone()),
+        }
+    }
+
+    /// Holds `core` as `why` requires: weakly only for a core the application names on a
+    /// node that does not serve its store (a served store keeps serving what it holds).
+    fn hold(core: Hypercore, why: Why, serve_store: bool) -> Hold {
+        match why {
+            Why::Named if !serve_store => Hold::App(Arc::downgrade(&core.inner)),
+            _ => Hold::Store(core),
+        }
+    }
 }
 
 impl Driver {
@@ -60,6 +87,7 @@ impl Driver {
             };
             if promoted {
                 r.why = why;
+                r.hold = Replicated::hold(core.clone(), why, self.serve_store);
                 if why == Why::Named
                     && let Some(topic) = r.topic
                 {
@@ -86,31 +114,33 @@ impl Driver {
         }
         self.track(core.clone(), Why::Served);
         let local = storage_tasks::local_info(&core);
-        if !self.engine.serve_core(key, local, mode, now)
-            && let Some(r) = self.cores.remove(&key)
-        {
-            r.forwarder.abort();
+        if !self.engine.serve_core(key, local, mode, now) {
+            self.cores.remove(&key);
+            core.inner.unwatch(&self.signals);
         }
     }
 
-    /// Starts forwarding the changes of `core`.
+    /// Starts following the signals of `core`.
     fn track(&mut self, core: Hypercore, why: Why) {
-        let forwarder = self.spawn_forwarder(&core);
+        core.inner.watch(&self.signals);
         self.cores.insert(
             core.key(),
             Replicated {
-                core,
-                forwarder,
+                hold: Replicated::hold(core, why, self.serve_store),
                 why,
                 topic: None,
             },
         );
     }
 
-    /// Drops the replication of `key` if its handle was closed or deleted (a core of the same
-    /// key opened since is another one).
+    /// Drops the replication of `key` if its handle was closed, deleted or dropped (a core of
+    /// the same key opened since is another one).
     fn forget_closed(&mut self, key: &CoreKey, now: Instant) {
-        if self.cores.get(key).is_some_and(|r| r.core.is_closed()) {
+        let gone = self
+            .cores
+            .get(key)
+            .is_some_and(|r| r.core().is_none_or(|c| c.is_closed()));
+        if gone {
             self.stop(*key, now);
         }
     }
@@ -122,21 +152,44 @@ impl Driver {
         self.stop(key, now)
     }
 
-    /// A replicated core was closed or deleted: it stops, if the handle replicated is the
-    /// closed one.
-    pub(super) fn on_core_closed(&mut self, key: CoreKey, now: Instant) {
-        self.forget_closed(&key, now);
+    /// Takes the signals of the cores replicated.
+    pub(super) fn on_signals(&mut self, batch: Vec<(CoreKey, Signal)>) {
+        let now = Instant::now();
+        for (key, signal) in batch {
+            match signal {
+                Signal::Changed => {
+                    if let Some(core) = self.cores.get(&key).and_then(Replicated::core) {
+                        let info = storage_tasks::local_info(&core);
+                        self.engine.handle(Input::LocalChanged(key, info), now);
+                    }
+                }
+                Signal::Want(s, e) => self.engine.handle(Input::Want(key, s, e), now),
+                Signal::Unwant(s, e) => self.engine.handle(Input::Unwant(key, s, e), now),
+                Signal::Update(asked) => self.update(key, asked, now),
+                // Stops if the handle replicated is the one closed, deleted or dropped.
+                Signal::Closed => self.forget_closed(&key, now),
+                Signal::Dropped => {
+                    let was_replicated = self.cores.contains_key(&key);
+                    self.forget_closed(&key, now);
+                    if was_replicated && !self.cores.contains_key(&key) {
+                        // Still a core of the store: followed again if the store is.
+                        self.on_core_created(key);
+                    }
+                }
+            }
+        }
     }
 
     /// Stops replicating `key`: the engine closes its channels, its gossip topic is left, its
-    /// forwarder stops and the reads waiting on it fail. Returns whether it was replicated.
+    /// signals are no longer followed and the reads waiting on it fail. Returns whether it was
+    /// replicated.
     fn stop(&mut self, key: CoreKey, now: Instant) -> bool {
         let replicated = self.engine.remove_core(key, now);
         self.update_asked.remove(&key);
         self.leave_gossip(key);
-        if let Some(r) = self.cores.remove(&key) {
-            r.forwarder.abort();
-            r.core.stop_waits();
+        if let Some(core) = self.cores.remove(&key).and_then(|r| r.core()) {
+            core.inner.unwatch(&self.signals);
+            core.stop_waits();
         }
         replicated
     }
@@ -152,70 +205,26 @@ impl Driver {
         }
     }
 
-    /// Forwards the changes, wanted ranges and closing of `core` to the driver.
-    fn spawn_forwarder(&mut self, core: &Hypercore) -> AbortHandle {
-        let key = core.key();
-        let mut events = core.subscribe();
-        let mut wants = core.subscribe_wants();
-        let closed = core.closed();
-        let mut updates = core.subscribe_update_requests();
-        let tx = self.fwd_tx.clone();
-        self.forwarders.spawn(async move {
-            tokio::pin!(closed);
-            loop {
-                tokio::select! {
-                    Ok(()) = updates.changed() => {
-                        let asked = *updates.borrow_and_update();
-                        if tx.send(Forward::Update(key, asked)).await.is_err() { break; }
-                    }
-                    ev = events.next() => match ev {
-                        Some(CoreEvent::Append { .. } | CoreEvent::Truncate { .. }
-                            | CoreEvent::Clear { .. } | CoreEvent::Lagged(_)) => {
-                            if tx.send(Forward::CoreChanged(key)).await.is_err() { break; }
-                        }
-                        Some(_) => {}
-                        None => break,
-                    },
-                    want = wants.recv() => match want {
-                        Ok(WantChange::Want(s, e)) => {
-                            if tx.send(Forward::Want(key, s, e)).await.is_err() { break; }
-                        }
-                        Ok(WantChange::Unwant(s, e)) => {
-                            if tx.send(Forward::Unwant(key, s, e)).await.is_err() { break; }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => break,
-                    },
-                    () = &mut closed => {
-                        let _ = tx.send(Forward::CoreClosed(key)).await;
-                        break;
-                    }
-                }
-            }
-        })
-    }
-
     /// The application asked for an update of `key` (the `asked`th).
     pub(super) fn update(&mut self, key: CoreKey, asked: u64, now: Instant) {
         let latest = self.update_asked.entry(key).or_default();
         *latest = (*latest).max(asked);
-        self.engine
-            .handle(crate::replication::Input::Update(key), now);
+        self.engine.handle(Input::Update(key), now);
     }
 
     /// The engine answered the updates of `key` asked so far.
     pub(super) fn on_updated(&mut self, key: CoreKey) {
         if let Some(asked) = self.update_asked.remove(&key)
-            && let Some(r) = self.cores.get(&key)
+            && let Some(core) = self.cores.get(&key).and_then(Replicated::core)
         {
-            r.core.mark_updated(asked);
+            core.mark_updated(asked);
         }
     }
 
     /// Runs a storage task of the engine on its core; its result goes back to the engine
     /// (failed at once if the core is no longer replicated: every task is answered).
     pub(super) fn run_task(&mut self, id: TaskId, key: CoreKey, task: Task) {
-        let core = self.cores.get(&key).map(|r| r.core.clone());
+        let core = self.cores.get(&key).and_then(Replicated::core);
         self.tasks.push(Box::pin(async move {
             let result = match core {
                 Some(core) => storage_tasks::run_caught(core, task).await,

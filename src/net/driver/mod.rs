@@ -2,16 +2,16 @@
 //!
 //! Every connection, stream read, stream write, dial and storage task is a future in one of
 //! two `FuturesUnordered` sets polled by this task, so there is no task per peer and no state
-//! shared between peers. Forwarding tasks exist only per core (its events and wanted ranges)
-//! and per gossip topic.
+//! shared between peers, and no task per core: the cores replicated push their changes,
+//! wanted ranges and update requests into one signal queue. Forwarding tasks exist only per
+//! gossip topic joined, and one for the store's created cores when the whole store is followed.
 //!
 //! This file holds the driver's state, its loop and the dispatch of commands, engine outputs
 //! and finished IO; each job is in its own file:
 //! - `connections`: dialing, accepting and keeping one connection per peer;
 //! - `streams`: channels' streams, framing, read budgets and the send backlog;
 //! - `gossip`: gossip topics, their bootstrap nodes and broadcasts;
-//! - `cores`: the cores replicated, their change forwarders and their storage tasks, and
-//!   leaving them;
+//! - `cores`: the cores replicated, their signals and their storage tasks, and leaving them;
 //! - `store`: serving the whole store (cores peers ask for, `replicate_store`).
 
 mod connections;
@@ -22,6 +22,7 @@ mod streams;
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Instant,
 };
 
@@ -40,7 +41,7 @@ use tokio::{
 
 use super::frames::{Budget, FrameReader, MAX_BUFFERED_TOTAL, ReadError};
 use crate::{
-    core::Hypercore,
+    core::{Hypercore, SignalQueue},
     crypto::{CoreKey, DiscoveryKey},
     replication::{
         Engine, Event, Input, Mode, Output, PeerId, TaskResult,
@@ -70,6 +71,9 @@ pub struct NodeStats {
     pub buffered_bytes: u64,
     /// Bytes queued towards peers that QUIC has not taken yet.
     pub backlog_bytes: u64,
+    /// Cores replicated: named by the application, followed for the store, or served to a
+    /// peer that asked.
+    pub cores: usize,
 }
 
 /// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
@@ -92,18 +96,11 @@ pub(crate) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Sent by the per-core and per-topic forwarding tasks.
+/// Sent by the per-topic gossip tasks and the store's created-cores task.
 enum Forward {
-    CoreChanged(CoreKey),
-    Want(CoreKey, u64, u64),
-    Unwant(CoreKey, u64, u64),
     GossipReady(CoreKey, GossipSender),
     Gossip(CoreKey, Bytes),
     GossipLagged(CoreKey),
-    /// A replicated core was closed or deleted.
-    CoreClosed(CoreKey),
-    /// The application asked for an update of a core (the count of updates asked).
-    Update(CoreKey, u64),
     /// A core was created in the store.
     CoreCreated(CoreKey),
     /// News of created cores was lost: list the store again.
@@ -175,6 +172,8 @@ pub(crate) struct Driver {
     io: FuturesUnordered<BoxFuture<Io>>,
     tasks: FuturesUnordered<BoxFuture<(TaskId, TaskResult)>>,
     forwarders: JoinSet<()>,
+    /// What happens to the cores replicated (each pushes into it; see `cores`).
+    signals: Arc<SignalQueue>,
     fwd_tx: mpsc::Sender<Forward>,
     fwd_rx: mpsc::Receiver<Forward>,
     events: broadcast::Sender<Event>,
@@ -227,6 +226,7 @@ impl Driver {
             io: FuturesUnordered::new(),
             tasks: FuturesUnordered::new(),
             forwarders: JoinSet::new(),
+            signals: SignalQueue::new(),
             fwd_tx,
             fwd_rx,
             events,
@@ -242,6 +242,7 @@ impl Driver {
         loop {
             self.carry_out();
             let deadline = self.engine.poll_timeout();
+            let signals = self.signals.clone();
             let sleep = async {
                 match deadline {
                     Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
@@ -259,6 +260,7 @@ impl Driver {
                     self.engine.handle(Input::TaskDone(id, result), Instant::now());
                 }
                 Some(fwd) = self.fwd_rx.recv() => self.on_forward(fwd),
+                batch = signals.next() => self.on_signals(batch),
                 _ = sleep => self.engine.handle_timeout(Instant::now()),
             }
         }
@@ -315,6 +317,7 @@ impl Driver {
                     parked_channels: self.engine.parked_channels(),
                     buffered_bytes: self.budget.used(),
                     backlog_bytes: self.conns.values().map(|c| c.backlog).sum(),
+                    cores: self.cores.len(),
                 });
             }
             Command::CorePeers(key, reply) => {
@@ -359,19 +362,9 @@ impl Driver {
     fn on_forward(&mut self, fwd: Forward) {
         let now = Instant::now();
         match fwd {
-            Forward::CoreChanged(key) => {
-                if let Some(r) = self.cores.get(&key) {
-                    let info = super::storage_tasks::local_info(&r.core);
-                    self.engine.handle(Input::LocalChanged(key, info), now);
-                }
-            }
-            Forward::Want(key, s, e) => self.engine.handle(Input::Want(key, s, e), now),
-            Forward::Unwant(key, s, e) => self.engine.handle(Input::Unwant(key, s, e), now),
             Forward::GossipReady(key, sender) => self.on_gossip_ready(key, sender),
             Forward::Gossip(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
             Forward::GossipLagged(key) => self.engine.handle(Input::GossipLagged(key), now),
-            Forward::CoreClosed(key) => self.on_core_closed(key, now),
-            Forward::Update(key, asked) => self.update(key, asked, now),
             Forward::CoreCreated(key) => self.on_core_created(key),
             Forward::CreatedLagged => self.load_store(),
         }

@@ -102,9 +102,9 @@ impl Driver {
     /// an `update()` that starts after an acknowledged append must hear of it.
     fn refresh_local(&mut self, ch: ChannelId, now: Instant) {
         if let Some(core) = self.engine.channel_core(ch)
-            && let Some(r) = self.cores.get(&core)
+            && let Some(r) = self.cores.get(&core).and_then(super::Replicated::core)
         {
-            let info = super::super::storage_tasks::local_info(&r.core);
+            let info = super::super::storage_tasks::local_info(&r);
             self.engine.handle(Input::LocalChanged(core, info), now);
         }
     }

@@ -1,8 +1,8 @@
 //! Reads that wait for replication: `get(i).wait(timeout)` and `download(range)`.
 //!
-//! A core knows nothing of the network. Waiting reads publish the blocks they want on the
-//! core's want channel, which a replicating protocol follows, and then wait for the core's own
-//! events to say the blocks arrived.
+//! A core knows nothing of the network. Waiting reads signal the blocks they want (and, when
+//! they give up, that they no longer want them) to the replicating protocols watching the
+//! core, and then wait for the core's own events to say the blocks arrived.
 
 use std::{collections::HashSet, future::IntoFuture, pin::Pin, sync::Arc, time::Duration};
 
@@ -47,17 +47,23 @@ impl Get {
                 return Err(Error::Closed);
             }
             let deadline = tokio::time::Instant::now() + timeout;
-            let mut asked = false;
+            let mut want = BlockWant {
+                inner: &self.inner,
+                index,
+                asked: false,
+            };
             loop {
                 let length = self.inner.state().committed.tree.length;
                 if index < length
                     && let Some(v) = local_block(&self.inner, index).await?
                 {
+                    want.asked = false;
                     return Ok(v);
                 }
-                if !asked {
-                    self.inner.signal(Signal::Want(index, index + 1));
-                    asked = true;
+                if !want.asked {
+                    self.inner
+                        .signal(Signal::Want(index, index.saturating_add(1)));
+                    want.asked = true;
                 }
                 loop {
                     let ev = tokio::time::timeout_at(deadline, async {
@@ -72,7 +78,10 @@ impl Get {
                     .ok_or_else(|| self.inner.stopped_error(format!("block {index}")))?;
                     let ev = match ev {
                         Ok(ev) => ev,
-                        Err(Ok((i, value))) if i == index => return Ok(value),
+                        Err(Ok((i, value))) if i == index => {
+                            want.asked = false;
+                            return Ok(value);
+                        }
                         Err(Ok(_)) => continue,
                         // Missed some: look in storage again.
                         Err(Err(broadcast::error::RecvError::Lagged(_))) => break,
@@ -112,6 +121,24 @@ impl IntoFuture for Get {
     }
 }
 
+/// The want of a waiting read: a read that gives up (timed out, failed or dropped) before its
+/// block came unwants it, so that peers are no longer asked for a block nobody waits for.
+struct BlockWant<'a> {
+    inner: &'a CoreInner,
+    index: u64,
+    /// Wanted and not arrived.
+    asked: bool,
+}
+
+impl Drop for BlockWant<'_> {
+    fn drop(&mut self) {
+        if self.asked {
+            self.inner
+                .signal(Signal::Unwant(self.index, self.index.saturating_add(1)));
+        }
+    }
+}
+
 async fn local_block(inner: &Arc<CoreInner>, index: u64) -> Result<Option<Bytes>> {
     let id = inner.id;
     Ok(inner
@@ -144,7 +171,8 @@ impl Hypercore {
 
 impl Update {
     /// Asks every peer with an open channel for the core for its state, and resolves with the
-    /// core's signed length once each has answered (or gone) and the upgrade to the newest
+    /// core's signed length once each has answered (or gone, or stayed silent for the
+    /// protocol's `upgrade_timeout`, 5 s by default) and the upgrade to the newest
     /// length any of them has, if it is ahead, was verified and stored. With no peer it
     /// resolves at once with the local length. Fails with [`Error::Timeout`] after `timeout`
     /// (also when no protocol replicates the core), and with [`Error::Left`] or
@@ -339,6 +367,33 @@ mod tests {
         let got = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
         assert_eq!(&got.unwrap()[..], b"block three");
         assert_eq!(reader.info().length, 0, "nothing was stored");
+        assert!(
+            signals.drain().is_empty(),
+            "a read that got its block unwants nothing"
+        );
+    }
+
+    /// A read that times out unwants its block, so that peers stop being asked for it.
+    #[tokio::test]
+    async fn a_read_that_gives_up_unwants_its_block() {
+        let store = Corestore::memory().await.unwrap();
+        let reader = store.get_remote([7; 32]).await.unwrap();
+        let signals = SignalQueue::new();
+        reader.inner.watch(&signals);
+        let err = reader.get(5).wait(Duration::from_millis(20)).await;
+        assert!(matches!(err, Err(crate::Error::Timeout(_))), "{err:?}");
+        let err = reader.get(u64::MAX).wait(Duration::ZERO).await;
+        assert!(matches!(err, Err(crate::Error::Timeout(_))), "{err:?}");
+        let key = reader.key();
+        assert_eq!(
+            signals.drain(),
+            vec![
+                (key, Signal::Want(5, 6)),
+                (key, Signal::Unwant(5, 6)),
+                (key, Signal::Want(u64::MAX, u64::MAX)),
+                (key, Signal::Unwant(u64::MAX, u64::MAX)),
+            ]
+        );
     }
 
     /// A download dropped or cancelled before it is done unwants its range; one that is done

@@ -9,7 +9,8 @@ use crate::replication::{fetch::FetchConfig, gossip::GOSSIP_MAX_MESSAGE};
 pub struct EngineConfig {
     /// The fetch queue's tuning.
     pub fetch: FetchConfig,
-    /// Time an upgrade request may take before it is asked of another peer.
+    /// Time an upgrade request may take before it is asked of another peer, and how long an
+    /// `update()` waits for a peer that does not answer it.
     pub upgrade_timeout: Duration,
     /// Storage tasks run at once for one peer's requests.
     pub serve_concurrency: usize,

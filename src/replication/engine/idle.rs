@@ -42,7 +42,10 @@ impl Engine {
             && theirs_complete
             && !self.server.has_queued(&c.peer, id)
             && self.upgrades.get(&c.core).is_none_or(|u| u.channel != id)
-            && !self.updates.get(&c.core).is_some_and(|w| w.contains(&id))
+            && !self
+                .updates
+                .get(&c.core)
+                .is_some_and(|u| u.waiting.contains(&id))
             && !self.serving_on(id)
     }
 

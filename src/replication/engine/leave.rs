@@ -32,7 +32,7 @@ impl Engine {
         self.fetch.remove_core(&key);
         self.upgrades.forget(&key);
         self.announcer.forget(&key);
-        self.updates.remove(&key);
+        self.drop_update(&key);
         for p in self.peers.values_mut() {
             p.to_open.remove(&key);
             p.idle_closed.remove(&key);

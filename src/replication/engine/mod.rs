@@ -194,6 +194,8 @@ pub struct Engine {
     extensions: extensions::ExtensionNames,
     /// The channels each core's `update` waits for.
     updates: update::PendingUpdates,
+    /// When each update under way stops waiting for silent peers.
+    update_deadlines: Deadlines<CoreKey>,
     /// Requests being read for peers that the peers cancelled: `(channel, request id)`.
     cancelled: BTreeSet<(ChannelId, u64)>,
     /// Peers at their channel cap with cores waiting for room (see `idle`).
@@ -228,6 +230,7 @@ impl Engine {
             next_epoch: 0,
             extensions: Default::default(),
             updates: Default::default(),
+            update_deadlines: Deadlines::default(),
             cancelled: BTreeSet::new(),
             room_wanted: BTreeSet::new(),
             room_deadline: None,
@@ -381,7 +384,7 @@ impl Engine {
             Input::Want(core, start, end) => self.on_want(core, start, end, now),
             Input::Unwant(core, start, end) => self.on_unwant(core, start, end),
             Input::Backlog(peer, bytes) => self.on_backlog(peer, bytes),
-            Input::Update(core) => self.on_update(core),
+            Input::Update(core) => self.on_update(core, now),
         }
         self.schedule(now);
     }
@@ -399,6 +402,7 @@ impl Engine {
             self.handshakes.first(),
             self.open_rest.first(),
             self.room_deadline,
+            self.update_deadlines.first(),
             self.upgrades.next_deadline(),
             self.announcer.next_deadline(),
             self.fetch.next_deadline(),
@@ -418,6 +422,7 @@ impl Engine {
         }
         self.expire_runs(now);
         self.expire_upgrades(now);
+        self.expire_updates(now);
         for core in self.announcer.due(now) {
             self.announce(core, now);
         }
@@ -450,6 +455,7 @@ impl Engine {
         if set != expected {
             return Err(format!("open timers {set:?}, peers {expected:?}"));
         }
+        self.check_update_timers()?;
         self.upgrades.check_timers()?;
         self.announcer.check_timers()?;
         self.fetch.check_timers()

@@ -103,15 +103,17 @@ impl Watchers {
     }
 
     /// Starts sending this core's signals to `queue` (once, however often it is added).
-    pub fn add(&self, queue: &Arc<SignalQueue>) {
+    /// Returns whether it was not watching yet.
+    pub fn add(&self, queue: &Arc<SignalQueue>) -> bool {
         let mut list = self.list();
         list.retain(|w| w.strong_count() > 0);
-        if !list
+        let new = !list
             .iter()
-            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(queue)))
-        {
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(queue)));
+        if new {
             list.push(Arc::downgrade(queue));
         }
+        new
     }
 
     /// Stops sending this core's signals to `queue`.
@@ -137,8 +139,8 @@ mod tests {
     async fn changes_merge_per_core_and_other_signals_keep_their_order() {
         let queue = SignalQueue::new();
         let watchers = Watchers::default();
-        watchers.add(&queue);
-        watchers.add(&queue);
+        assert!(watchers.add(&queue));
+        assert!(!watchers.add(&queue));
         let (a, b) = ([1; 32], [2; 32]);
         watchers.signal(a, Signal::Changed);
         watchers.signal(a, Signal::Want(0, 4));

@@ -1,6 +1,9 @@
 //! The shared state behind a [`Hypercore`](super::Hypercore) handle, and loading/creating it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -35,6 +38,8 @@ pub(crate) struct CoreInner {
     /// Blocks from peers that verified and are being written: waiting reads take them from
     /// here rather than waiting for the commit.
     pub verified: LazyBroadcast<(u64, Bytes)>,
+    /// The ranges reads wait for now, with how many reads wait for each.
+    open_wants: Mutex<BTreeMap<(u64, u64), u64>>,
     /// The latest local appends, to prove new blocks without a storage read.
     pub recent: Mutex<RecentAppends>,
     /// Bumped when nobody fetches for the reads waiting on this core any more: a protocol
@@ -78,14 +83,61 @@ impl CoreInner {
         }
     }
 
-    /// Tells the replicating protocols of `signal`.
+    /// Tells the replicating protocols of `signal` (wants go through [`want`](Self::want)).
     pub fn signal(&self, signal: Signal) {
         self.slot.signal(signal);
     }
 
-    /// Sends this core's signals to `queue` from now on.
+    fn open_wants(&self) -> MutexGuard<'_, BTreeMap<(u64, u64), u64>> {
+        self.open_wants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A read waits for blocks `start..end`: the replicating protocols are told, now and
+    /// when they start watching, until it [unwants](Self::unwant) or
+    /// [releases](Self::release_want) them.
+    pub fn want(&self, start: u64, end: u64) {
+        let mut wants = self.open_wants();
+        *wants.entry((start, end)).or_default() += 1;
+        // Under the lock: a protocol starting to watch sees the want once, replayed or sent.
+        self.slot.signal(Signal::Want(start, end));
+    }
+
+    /// A read no longer waits for blocks `start..end` it wanted: the protocols are told.
+    pub fn unwant(&self, start: u64, end: u64) {
+        let mut wants = self.open_wants();
+        if Self::take_want(&mut wants, start, end) {
+            self.slot.signal(Signal::Unwant(start, end));
+        }
+    }
+
+    /// The blocks `start..end` a read wanted arrived (the protocols dropped their want
+    /// themselves): the want is no longer open.
+    pub fn release_want(&self, start: u64, end: u64) {
+        Self::take_want(&mut self.open_wants(), start, end);
+    }
+
+    fn take_want(wants: &mut BTreeMap<(u64, u64), u64>, start: u64, end: u64) -> bool {
+        let Some(n) = wants.get_mut(&(start, end)) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            wants.remove(&(start, end));
+        }
+        true
+    }
+
+    /// Sends this core's signals to `queue` from now on, starting with the wants of the reads
+    /// waiting now (so that each unwant the queue gets matches a want it got).
     pub fn watch(&self, queue: &Arc<SignalQueue>) {
-        self.slot.watchers.add(queue);
+        let wants = self.open_wants();
+        if self.slot.watchers.add(queue) {
+            for (&(start, end), &n) in wants.iter() {
+                for _ in 0..n {
+                    queue.push(self.key, Signal::Want(start, end));
+                }
+            }
+        }
     }
 
     /// Stops sending this core's signals to `queue`.
@@ -131,6 +183,7 @@ impl CoreInner {
             slot: Arc::new(CoreSlot::new(id, header)),
             verifier: Mutex::new(verifier),
             verified: LazyBroadcast::new(VERIFIED_CAPACITY),
+            open_wants: Mutex::default(),
             recent: Mutex::new(RecentAppends::default()),
             stopped: watch::channel(0).0,
             update_requests: Default::default(),

@@ -47,23 +47,21 @@ impl Get {
                 return Err(Error::Closed);
             }
             let deadline = tokio::time::Instant::now() + timeout;
-            let mut want = BlockWant {
-                inner: &self.inner,
-                index,
-                asked: false,
-            };
+            let mut want: Option<RangeWant> = None;
             loop {
                 let length = self.inner.state().committed.tree.length;
                 if index < length
                     && let Some(v) = local_block(&self.inner, index).await?
                 {
-                    want.asked = false;
+                    want.map(RangeWant::arrived);
                     return Ok(v);
                 }
-                if !want.asked {
-                    self.inner
-                        .signal(Signal::Want(index, index.saturating_add(1)));
-                    want.asked = true;
+                if want.is_none() {
+                    want = Some(RangeWant::new(
+                        self.inner.clone(),
+                        index,
+                        index.saturating_add(1),
+                    ));
                 }
                 loop {
                     let ev = tokio::time::timeout_at(deadline, async {
@@ -79,7 +77,7 @@ impl Get {
                     let ev = match ev {
                         Ok(ev) => ev,
                         Err(Ok((i, value))) if i == index => {
-                            want.asked = false;
+                            want.map(RangeWant::arrived);
                             return Ok(value);
                         }
                         Err(Ok(_)) => continue,
@@ -121,20 +119,40 @@ impl IntoFuture for Get {
     }
 }
 
-/// The want of a waiting read: a read that gives up (timed out, failed or dropped) before its
-/// block came unwants it, so that peers are no longer asked for a block nobody waits for.
-struct BlockWant<'a> {
-    inner: &'a CoreInner,
-    index: u64,
-    /// Wanted and not arrived.
-    asked: bool,
+/// A range of blocks a read waits for: wanted when made, and unwanted if the read gives up
+/// (times out, fails or is dropped) before they arrived, so that peers are no longer asked
+/// for blocks nobody waits for.
+#[derive(Debug)]
+struct RangeWant {
+    inner: Arc<CoreInner>,
+    start: u64,
+    end: u64,
+    /// Not arrived yet.
+    open: bool,
 }
 
-impl Drop for BlockWant<'_> {
+impl RangeWant {
+    fn new(inner: Arc<CoreInner>, start: u64, end: u64) -> Self {
+        inner.want(start, end);
+        Self {
+            inner,
+            start,
+            end,
+            open: true,
+        }
+    }
+
+    /// The blocks arrived: the protocol dropped their want itself.
+    fn arrived(mut self) {
+        self.inner.release_want(self.start, self.end);
+        self.open = false;
+    }
+}
+
+impl Drop for RangeWant {
     fn drop(&mut self) {
-        if self.asked {
-            self.inner
-                .signal(Signal::Unwant(self.index, self.index.saturating_add(1)));
+        if self.open {
+            self.inner.unwant(self.start, self.end);
         }
     }
 }
@@ -231,19 +249,10 @@ pub struct Download {
     end: u64,
     events: broadcast::Receiver<CoreEvent>,
     stopped: tokio::sync::watch::Receiver<u64>,
-    /// Every block arrived: dropping it then unwants nothing.
-    finished: bool,
-}
-
-impl Drop for Download {
-    /// A download dropped before it was done tells the replicating protocol that its blocks
-    /// are no longer wanted (unless another read wants them): their queued fetches go, and
-    /// requests for them are cancelled with the peers.
-    fn drop(&mut self) {
-        if !self.finished {
-            self.inner.signal(Signal::Unwant(self.start, self.end));
-        }
-    }
+    /// Its want until every block arrived. Dropped before, it tells the replicating protocol
+    /// that the blocks are no longer wanted (unless another read wants them): their queued
+    /// fetches go, and requests for them are cancelled with the peers.
+    want: Option<RangeWant>,
 }
 
 impl Hypercore {
@@ -252,14 +261,14 @@ impl Hypercore {
     pub fn download(&self, range: std::ops::Range<u64>) -> Download {
         let events = self.inner.slot.subscribe();
         let stopped = self.inner.stopped.subscribe();
-        self.inner.signal(Signal::Want(range.start, range.end));
+        let (start, end) = (range.start, range.end.max(range.start));
         Download {
             inner: self.inner.clone(),
-            start: range.start,
-            end: range.end.max(range.start),
+            start,
+            end,
             events,
             stopped,
-            finished: false,
+            want: Some(RangeWant::new(self.inner.clone(), start, end)),
         }
     }
 }
@@ -296,7 +305,7 @@ impl Download {
                     // published yet: wait for it, so that `info()` already says what was
                     // downloaded when this resolves.
                     self.inner.storage.barrier().await?;
-                    self.finished = true;
+                    self.want.take().map(RangeWant::arrived);
                     return Ok(());
                 }
                 // Count arrivals rather than re-reading the table for each one.
@@ -371,6 +380,30 @@ mod tests {
             signals.drain().is_empty(),
             "a read that got its block unwants nothing"
         );
+    }
+
+    /// A protocol that starts watching a core gets the wants of the reads already waiting:
+    /// the unwant of a read that gives up then matches a want it got (else it would cancel
+    /// another read's want), and the early read is fetched for too. Reads that are done
+    /// leave no want to replay.
+    #[tokio::test]
+    async fn a_protocol_watching_late_gets_the_wants_of_waiting_reads() {
+        let store = Corestore::memory().await.unwrap();
+        let reader = store.get_remote([7; 32]).await.unwrap();
+        let early = tokio::spawn(reader.get(3).wait(Duration::from_millis(50)));
+        // On this single-threaded runtime the read runs up to its first wait here.
+        tokio::task::yield_now().await;
+        let signals = SignalQueue::new();
+        reader.inner.watch(&signals);
+        let key = reader.key();
+        assert_eq!(signals.drain(), vec![(key, Signal::Want(3, 4))]);
+        let err = tokio::time::timeout(WAIT, early).await.unwrap().unwrap();
+        assert!(matches!(err, Err(crate::Error::Timeout(_))), "{err:?}");
+        assert_eq!(signals.drain(), vec![(key, Signal::Unwant(3, 4))]);
+
+        let late = SignalQueue::new();
+        reader.inner.watch(&late);
+        assert!(late.drain().is_empty(), "no read waits any more");
     }
 
     /// A read that times out unwants its block, so that peers stop being asked for it.

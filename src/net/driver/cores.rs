@@ -75,6 +75,9 @@ impl Driver {
         now: Instant,
     ) {
         let key = core.key();
+        if core.is_closed() {
+            return;
+        }
         if why == Why::Named {
             self.left.remove(&key);
         }
@@ -87,7 +90,10 @@ impl Driver {
             };
             if promoted {
                 r.why = why;
-                r.hold = Replicated::hold(core.clone(), why, self.serve_store);
+                // The instance tracked (and watched) stays: `forget_closed` left it only if
+                // it is open, and a handle passed in may be an older, closed one.
+                let current = r.core().unwrap_or_else(|| core.clone());
+                r.hold = Replicated::hold(current, why, self.serve_store);
                 if why == Why::Named
                     && let Some(topic) = r.topic
                 {
@@ -135,7 +141,7 @@ impl Driver {
 
     /// Drops the replication of `key` if its handle was closed, deleted or dropped (a core of
     /// the same key opened since is another one).
-    fn forget_closed(&mut self, key: &CoreKey, now: Instant) {
+    pub(super) fn forget_closed(&mut self, key: &CoreKey, now: Instant) {
         let gone = self
             .cores
             .get(key)
@@ -207,6 +213,10 @@ impl Driver {
 
     /// The application asked for an update of `key` (the `asked`th).
     pub(super) fn update(&mut self, key: CoreKey, asked: u64, now: Instant) {
+        if !self.cores.contains_key(&key) {
+            // Asked of a core not replicated (or of an instance left since): nobody answers.
+            return;
+        }
         let latest = self.update_asked.entry(key).or_default();
         *latest = (*latest).max(asked);
         self.engine.handle(Input::Update(key), now);
@@ -225,6 +235,12 @@ impl Driver {
     /// (failed at once if the core is no longer replicated: every task is answered).
     pub(super) fn run_task(&mut self, id: TaskId, key: CoreKey, task: Task) {
         let core = self.cores.get(&key).and_then(Replicated::core);
+        if core.is_none() && self.cores.contains_key(&key) {
+            // Its last handle went and the signal is still queued: stop it first, so that
+            // the engine takes the task's failure for a core it no longer has rather than
+            // for an empty log.
+            self.stop(key, Instant::now());
+        }
         self.tasks.push(Box::pin(async move {
             let result = match core {
                 Some(core) => storage_tasks::run_caught(core, task).await,

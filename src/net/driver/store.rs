@@ -116,6 +116,8 @@ impl Driver {
         };
         for core in cores {
             let key = core.key();
+            // A core deleted and created again: the closed instance tracked goes first.
+            self.forget_closed(&key, now);
             let why = self.cores.get(&key).map(|r| r.why);
             if self.left.contains(&key) || why.is_some_and(|w| w != Why::Served) {
                 continue;
@@ -126,6 +128,8 @@ impl Driver {
 
     /// A core was created in the store: followed if the whole store is.
     pub(super) fn on_core_created(&mut self, key: crate::crypto::CoreKey) {
+        // Its closed predecessor may still be tracked (its Closed signal not taken yet).
+        self.forget_closed(&key, Instant::now());
         if self.store_mode.is_none() || self.cores.get(&key).is_some_and(|r| r.why != Why::Served) {
             return;
         }

@@ -24,11 +24,13 @@ impl Engine {
             return;
         };
         let channels = self.open_channels(&core);
-        let deadline = now.checked_add(self.cfg.upgrade_timeout);
         let pending = self.updates.entry(core).or_default();
-        self.update_deadlines
-            .replace(core, pending.deadline, deadline);
-        pending.deadline = deadline;
+        if pending.deadline.is_none() {
+            // An update asked while one is under way joins it and keeps its deadline: asking
+            // again and again does not make a silent peer hold them all up.
+            pending.deadline = now.checked_add(self.cfg.upgrade_timeout);
+            self.update_deadlines.replace(core, None, pending.deadline);
+        }
         for (_, ch) in &channels {
             pending.waiting.insert(*ch);
         }
@@ -142,10 +144,13 @@ mod tests {
         engine.handle(Input::Message(PEER, channel, sync(5, false)), now);
         assert!(updated(&outputs(&mut engine), 5), "the answer resolves it");
 
-        // The peer stays silent this time.
+        // The peer stays silent this time, and a second update asked meanwhile does not put
+        // the deadline back.
         engine.handle(Input::Update(CORE), now);
         assert!(!updated(&outputs(&mut engine), 5));
         let timeout = engine.config().upgrade_timeout;
+        engine.handle(Input::Update(CORE), now + timeout / 2);
+        assert!(!updated(&outputs(&mut engine), 5));
         assert!(engine.poll_timeout().is_some_and(|t| t <= now + timeout));
         engine.handle_timeout(now + timeout / 2);
         assert!(!updated(&outputs(&mut engine), 5), "not before the timeout");

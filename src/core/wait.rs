@@ -53,7 +53,9 @@ impl Get {
                 if index < length
                     && let Some(v) = local_block(&self.inner, index).await?
                 {
-                    want.map(RangeWant::arrived);
+                    if let Some(w) = want {
+                        w.arrived();
+                    }
                     return Ok(v);
                 }
                 if want.is_none() {
@@ -77,7 +79,9 @@ impl Get {
                     let ev = match ev {
                         Ok(ev) => ev,
                         Err(Ok((i, value))) if i == index => {
-                            want.map(RangeWant::arrived);
+                            if let Some(w) = want {
+                                w.arrived();
+                            }
                             return Ok(value);
                         }
                         Err(Ok(_)) => continue,
@@ -305,7 +309,9 @@ impl Download {
                     // published yet: wait for it, so that `info()` already says what was
                     // downloaded when this resolves.
                     self.inner.storage.barrier().await?;
-                    self.want.take().map(RangeWant::arrived);
+                    if let Some(w) = self.want.take() {
+                        w.arrived();
+                    }
                     return Ok(());
                 }
                 // Count arrivals rather than re-reading the table for each one.

@@ -55,6 +55,9 @@ pub enum Error {
     /// Waiting for data from peers took longer than allowed.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// A blob could not be stored, fetched or read, or a block names none or one too big.
+    #[error("blob: {0}")]
+    Blob(String),
 }
 
 /// Result with [`Error`].

@@ -1,6 +1,7 @@
 //! Hypercore-compatible signed append-only logs, replicated peer to peer over iroh.
 #![warn(missing_docs)]
 
+pub mod blobs;
 pub mod core;
 pub mod crypto;
 mod error;

@@ -226,6 +226,7 @@ impl Node {
         let router = Router::builder(endpoint.clone())
             .accept(ALPN, proto.clone())
             .accept(iroh_gossip::ALPN, gossip.clone())
+            .accept(iroh_blobs::ALPN, proto.blobs_protocol())
             .spawn();
         Node {
             endpoint,

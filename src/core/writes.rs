@@ -63,23 +63,30 @@ impl Hypercore {
         }
     }
 
-    /// Truncates the log to `new_length` on a new fork (`fork + 1`) and signs it.
+    /// Truncates the log to `new_length` on a new fork (`fork + 1`) and signs it; the blobs of
+    /// the blocks cut are released (garbage collection takes those no other block names).
     pub fn truncate(
         &self,
         new_length: u64,
     ) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
-        let inner = self.inner.clone();
-        async move { truncate(inner, new_length).await }
+        let core = self.clone();
+        async move {
+            truncate(core.inner.clone(), new_length).await?;
+            // After the truncate: a crash before this keeps blobs too long, never loses one.
+            core.release_blobs(new_length, u64::MAX).await
+        }
     }
 
-    /// Frees the data of blocks `start..end`; the tree (and so proofs of the log) is kept.
+    /// Frees the data of blocks `start..end` (and releases the blobs they name); the tree (and
+    /// so proofs of the log) is kept.
     pub fn clear(
         &self,
         start: u64,
         end: u64,
     ) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
-        let inner = self.inner.clone();
+        let core = self.clone();
         async move {
+            let inner = &core.inner;
             let length = inner.state().committed.tree.length;
             let end = end.min(length);
             if start >= end {
@@ -93,7 +100,7 @@ impl Hypercore {
                     end,
                 })
                 .await?;
-            Ok(())
+            core.release_blobs(start, end).await
         }
     }
 }

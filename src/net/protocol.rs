@@ -136,6 +136,29 @@ impl Builder {
             extension_events.clone(),
         );
         tokio::spawn(driver.run(rx));
+        let blobs = self.store.blob_store();
+        let downloader = blobs.store().downloader(&endpoint);
+        let weak = commands.downgrade();
+        let providers: crate::blobs::Providers = Arc::new(move |key| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let Some(commands) = weak.upgrade() else {
+                    return Vec::new();
+                };
+                let (tx, rx) = oneshot::channel();
+                if commands
+                    .send(Command::BlobProviders(key, tx))
+                    .await
+                    .is_err()
+                {
+                    return Vec::new();
+                }
+                rx.await.unwrap_or_default()
+            })
+        });
+        crate::store::shared_blobs_of(&self.store).set_fetcher(Arc::new(
+            crate::blobs::BlobFetcher::new(downloader, providers),
+        ));
         HypercoreProtocol {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -166,6 +189,13 @@ impl HypercoreProtocol {
     /// The endpoint the protocol runs on.
     pub fn endpoint(&self) -> &Endpoint {
         &self.inner.endpoint
+    }
+
+    /// The iroh-blobs protocol serving the store's blobs: register it on the router under
+    /// [`iroh_blobs::ALPN`] next to this protocol, so that peers fetch the blobs the store's
+    /// logs name from this node. Shutting the router down shuts the blob store down.
+    pub fn blobs_protocol(&self) -> iroh_blobs::BlobsProtocol {
+        iroh_blobs::BlobsProtocol::new(&self.inner.store.blobs(), None)
     }
 
     async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {

@@ -8,6 +8,7 @@ use std::{
 
 use super::options::{CoreOptions, StoreOptions};
 use crate::{
+    blobs::{BlobState, BlobStore},
     core::{Hypercore, create_core, load_core},
     crypto::{
         CoreKey, CoreKind, DiscoveryKey, Hash, KeyPair,
@@ -19,6 +20,9 @@ use crate::{
 
 /// File name of a persistent store's database inside its directory.
 pub const DB_FILE: &str = "cores.redb";
+
+/// Directory of a persistent store's blob store inside its directory.
+pub const BLOBS_DIR: &str = "blobs";
 
 /// Many cores in one redb database, sharing one storage actor.
 ///
@@ -65,6 +69,18 @@ struct SharedCores {
     open: tokio::sync::Mutex<HashMap<CoreKey, Weak<crate::core::CoreInnerHandle>>>,
     /// The key of each core created (a protocol replicating the whole store follows it).
     created: tokio::sync::broadcast::Sender<CoreKey>,
+    /// The blob store beside the database, and the protocol that fetches blobs.
+    blobs: Arc<BlobState>,
+}
+
+/// The blob state of the stores on `storage` (set when the first of them opened).
+pub(crate) fn shared_blobs(storage: &Storage) -> Arc<BlobState> {
+    storage.attached(SharedCores::default).blobs.clone()
+}
+
+/// The blob state of `store`.
+pub(crate) fn shared_blobs_of(store: &Corestore) -> Arc<BlobState> {
+    store.inner.shared.blobs.clone()
 }
 
 /// News of created cores a lagging follower may miss before it lists the store again.
@@ -75,6 +91,7 @@ impl Default for SharedCores {
         Self {
             open: Default::default(),
             created: tokio::sync::broadcast::channel(CREATED_CAPACITY).0,
+            blobs: Default::default(),
         }
     }
 }
@@ -106,6 +123,7 @@ impl Corestore {
     /// Opens (or creates) a store in directory `dir`.
     pub async fn persistent_with(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
+        let blob_dir = dir.join(BLOBS_DIR);
         let storage_opts = storage_options(&opts);
         let storage = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| {
@@ -115,6 +133,11 @@ impl Corestore {
         })
         .await
         .map_err(|e| StorageError::Database(e.to_string()))??;
+        let shared = storage.attached(SharedCores::default);
+        if shared.blobs.store().is_none() {
+            let blobs = BlobStore::persistent(&blob_dir, &opts.blobs).await?;
+            shared.blobs.set_store(blobs);
+        }
         Self::with_storage(storage, opts.primary_key).await
     }
 
@@ -126,12 +149,16 @@ impl Corestore {
     /// A store in memory (redb's in-memory backend).
     pub async fn memory_with(opts: StoreOptions) -> Result<Self> {
         let storage = Storage::memory(storage_options(&opts))?;
+        let shared = storage.attached(SharedCores::default);
+        shared.blobs.set_store(BlobStore::memory(&opts.blobs));
         Self::with_storage(storage, opts.primary_key).await
     }
 
     /// A store on an opened [`Storage`]; its primary key and endpoint key are read, or set on
-    /// first open. Stores on one `Storage` share its open cores: a core opened through two of
-    /// them has one state.
+    /// first open. Stores on one `Storage` share its open cores (a core opened through two of
+    /// them has one state) and its blob store (a memory one, with default options, unless a
+    /// store opened with [`persistent`](Self::persistent) or [`memory`](Self::memory) made
+    /// it).
     pub async fn with_storage(storage: Storage, primary_key: Option<[u8; 32]>) -> Result<Self> {
         let (stored, endpoint_key) = storage
             .read(|r| Ok((r.primary_key()?, r.endpoint_key()?)))
@@ -162,6 +189,11 @@ impl Corestore {
             None => stored_key(storage.write(Op::SetEndpointKey(rand::random())).await?)?,
         };
         let shared = storage.attached(SharedCores::default);
+        if shared.blobs.store().is_none() {
+            shared
+                .blobs
+                .set_store(BlobStore::memory(&Default::default()));
+        }
         Ok(Self {
             inner: Arc::new(StoreInner {
                 storage,
@@ -305,7 +337,29 @@ impl Corestore {
         if outcome != Outcome::Deleted(true) {
             return Err(Error::NotFound(crate::core::hex(&key)));
         }
+        // After the delete: a crash before this leaves tags (blobs kept), never blocks
+        // without theirs.
+        if let Some(blobs) = self.inner.shared.blobs.store() {
+            blobs.release_core(&key).await?;
+        }
         Ok(())
+    }
+
+    /// The iroh-blobs store beside this store's database: a file store in the directory of a
+    /// [`persistent`](Self::persistent) store, a memory store otherwise. Serve it with
+    /// [`HypercoreProtocol::blobs_protocol`](crate::HypercoreProtocol::blobs_protocol).
+    pub fn blobs(&self) -> iroh_blobs::api::Store {
+        self.blob_store().store().clone()
+    }
+
+    /// The blob store with its tags.
+    pub(crate) fn blob_store(&self) -> BlobStore {
+        self.inner
+            .shared
+            .blobs
+            .store()
+            .cloned()
+            .unwrap_or_else(|| BlobStore::memory(&Default::default()))
     }
 
     /// Resolves once everything written so far is durable.
@@ -313,8 +367,8 @@ impl Corestore {
         Ok(self.inner.storage.flush().await?)
     }
 
-    /// Makes everything durable and stops the storage actor; the database closes when the last
-    /// handle is dropped.
+    /// Makes everything durable and stops the storage actor and the blob store; the database
+    /// closes when the last handle is dropped.
     pub async fn close(&self) -> Result<()> {
         for inner in self
             .inner
@@ -326,6 +380,10 @@ impl Corestore {
             .filter_map(Weak::upgrade)
         {
             Hypercore::from_inner(inner).mark_closed();
+        }
+        if let Some(blobs) = self.inner.shared.blobs.store() {
+            // Already shut down by a router serving it: nothing more to do.
+            let _ = blobs.store().shutdown().await;
         }
         Ok(self.inner.storage.close().await?)
     }

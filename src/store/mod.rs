@@ -5,4 +5,5 @@ mod corestore;
 mod options;
 
 pub use corestore::Corestore;
-pub use options::{CoreOptions, StoreOptions};
+pub(crate) use corestore::{shared_blobs, shared_blobs_of};
+pub use options::{BlobOptions, CoreOptions, DEFAULT_MAX_BLOB_SIZE, StoreOptions};

@@ -92,6 +92,9 @@ pub(crate) enum Command {
     SendExtension(ExtensionTarget, String, Bytes, oneshot::Sender<usize>),
     PeerStats(oneshot::Sender<Vec<PeerStats>>),
     CorePeers(CoreKey, oneshot::Sender<Vec<PeerId>>),
+    /// The peers that may hold a core's blobs: those with an open channel for it, then the
+    /// nodes it was joined with.
+    BlobProviders(CoreKey, oneshot::Sender<Vec<EndpointId>>),
     NodeStats(oneshot::Sender<NodeStats>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -322,6 +325,20 @@ impl Driver {
             }
             Command::CorePeers(key, reply) => {
                 let _ = reply.send(self.engine.core_peers(&key));
+            }
+            Command::BlobProviders(key, reply) => {
+                let mut ids: Vec<EndpointId> = self
+                    .engine
+                    .core_peers(&key)
+                    .iter()
+                    .filter_map(|b| EndpointId::from_bytes(b).ok())
+                    .collect();
+                for id in self.gossip_bootstrap.get(&key).into_iter().flatten() {
+                    if !ids.contains(id) {
+                        ids.push(*id);
+                    }
+                }
+                let _ = reply.send(ids);
             }
             Command::Shutdown(_) => {}
         }

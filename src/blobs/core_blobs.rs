@@ -1,0 +1,296 @@
+//! Blobs of a core: [`Hypercore::append_blob`] and [`Hypercore::get_blob`].
+
+use std::{
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use iroh::EndpointId;
+use iroh_blobs::api::proto::BlobStatus;
+use n0_future::Stream;
+use tokio::sync::watch;
+
+use super::{BlobRef, BlobState, BlobStore};
+use crate::{
+    core::Hypercore,
+    error::{Error, Result},
+    store::shared_blobs,
+};
+
+/// Where the content of a blob comes from (see [`Hypercore::append_blob`]).
+pub enum BlobSource {
+    /// Bytes in memory.
+    Bytes(Bytes),
+    /// A file, read (and hashed) where it lies.
+    Path(PathBuf),
+    /// A stream of chunks.
+    Stream(Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>),
+}
+
+impl std::fmt::Debug for BlobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Self::Path(p) => write!(f, "Path({})", p.display()),
+            Self::Stream(_) => write!(f, "Stream"),
+        }
+    }
+}
+
+impl From<Bytes> for BlobSource {
+    fn from(bytes: Bytes) -> Self {
+        Self::Bytes(bytes)
+    }
+}
+
+impl From<Vec<u8>> for BlobSource {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::Bytes(bytes.into())
+    }
+}
+
+impl From<&[u8]> for BlobSource {
+    fn from(bytes: &[u8]) -> Self {
+        Self::Bytes(Bytes::copy_from_slice(bytes))
+    }
+}
+
+impl From<PathBuf> for BlobSource {
+    fn from(path: PathBuf) -> Self {
+        Self::Path(path)
+    }
+}
+
+impl From<&Path> for BlobSource {
+    fn from(path: &Path) -> Self {
+        Self::Path(path.to_owned())
+    }
+}
+
+/// How far a [`GetBlob`] got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobProgress {
+    /// Bytes of the blob stored.
+    pub done: u64,
+    /// The blob's size (0 until its block was read).
+    pub total: u64,
+    /// The peer asked last, if any.
+    pub provider: Option<EndpointId>,
+}
+
+/// The prefix of the tag that keeps a blob while its block is being appended.
+const PENDING_PREFIX: &[u8] = b"hypercore-pending/";
+
+fn blob_state(core: &Hypercore) -> (Arc<BlobState>, Result<BlobStore>) {
+    let state = shared_blobs(&core.inner.storage);
+    let store = state
+        .store()
+        .cloned()
+        .ok_or_else(|| Error::Blob("the core's store has no blob store".into()));
+    (state, store)
+}
+
+fn blob_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
+    Error::Blob(format!("{what}: {e}"))
+}
+
+impl Hypercore {
+    /// Appends a blob: its content goes into the store's iroh-blobs store, and a small
+    /// block holding its [`BlobRef`] is appended and signed. Returns the block's index. The
+    /// blob is kept from garbage collection as long as the block is.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
+    /// use iroh_hypercore::{Corestore, blobs::BlobRef};
+    ///
+    /// let store = Corestore::memory().await?;
+    /// let core = store.get_named("files").await?;
+    /// let index = core.append_blob(vec![7u8; 100_000]).await?;
+    /// let block = core.get(index).await?.expect("the block is stored");
+    /// let blob = BlobRef::from_block(&block).expect("a blob block");
+    /// assert_eq!(blob.size, 100_000);
+    /// assert_eq!(store.blobs().get_bytes(blob.hash).await.unwrap().len(), 100_000);
+    /// # Ok(()) }
+    /// ```
+    pub async fn append_blob(&self, source: impl Into<BlobSource>) -> Result<u64> {
+        if !self.writable() {
+            return Err(Error::NotWritable);
+        }
+        let (_, store) = blob_state(self);
+        let store = store?;
+        let blobs = store.store();
+        let added = match source.into() {
+            BlobSource::Bytes(bytes) => blobs.add_bytes(bytes).temp_tag().await,
+            BlobSource::Path(path) => blobs.add_path(&path).temp_tag().await,
+            BlobSource::Stream(stream) => blobs.add_stream(stream).await.temp_tag().await,
+        };
+        let held = added.map_err(|e| blob_error("adding a blob", e))?;
+        let hash = held.hash();
+        let size = match blobs.status(hash).await {
+            Ok(BlobStatus::Complete { size }) => size,
+            Ok(other) => return Err(Error::Blob(format!("added blob is {other:?}"))),
+            Err(e) => return Err(blob_error("reading an added blob", e)),
+        };
+        // A persistent tag before the block exists: a crash after the append but before the
+        // block's own tag leaves this one (the blob kept too long), never a block whose blob
+        // garbage collection may take.
+        let mut pending = PENDING_PREFIX.to_vec();
+        pending.extend_from_slice(&self.key());
+        pending.extend_from_slice(&rand::random::<[u8; 8]>());
+        blobs
+            .tags()
+            .set(&pending, iroh_blobs::HashAndFormat::raw(hash))
+            .await
+            .map_err(|e| blob_error("tagging a blob", e))?;
+        let appended = self.append(BlobRef { hash, size }.to_block()).await;
+        let result = match appended {
+            Ok(out) => {
+                let index = out.length - 1;
+                store
+                    .protect(&self.key(), index, hash)
+                    .await
+                    .map(|()| index)
+            }
+            Err(e) => Err(e),
+        };
+        blobs
+            .tags()
+            .delete(&pending)
+            .await
+            .map_err(|e| blob_error("untagging a blob", e))?;
+        drop(held);
+        result
+    }
+
+    /// The blob block `index` names, fetched from the peers that replicate this core if it is
+    /// not stored: see [`GetBlob`].
+    pub fn get_blob(&self, index: u64) -> GetBlob {
+        GetBlob {
+            core: self.clone(),
+            index,
+            progress: watch::channel(BlobProgress::default()).0,
+        }
+    }
+
+    /// Releases the blobs of blocks `start..end` (truncated or cleared).
+    pub(crate) async fn release_blobs(&self, start: u64, end: u64) -> Result<()> {
+        match blob_state(self).1 {
+            Ok(store) => store.release(&self.key(), start, end).await,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// A blob named by a block, from [`Hypercore::get_blob`].
+///
+/// The block is read (fetched by replicating peers if needed, and verified against the
+/// log's signature) first, so the log vouches for the blob's hash; then the blob is fetched
+/// from the peers that replicate the core (several at once, resuming what is already
+/// stored), verified by BLAKE3 as it streams, and kept from garbage collection as long as
+/// the block is. A block naming a blob over the store's
+/// [`max_blob_size`](crate::store::BlobOptions::max_blob_size) is refused before anything
+/// is downloaded.
+#[derive(Debug)]
+#[must_use = "a GetBlob does nothing until it is waited on or exported"]
+pub struct GetBlob {
+    core: Hypercore,
+    index: u64,
+    progress: watch::Sender<BlobProgress>,
+}
+
+impl GetBlob {
+    /// The progress of the fetch: bytes done, the total and the peer asked last.
+    pub fn progress(&self) -> impl Stream<Item = BlobProgress> + Send + Unpin + 'static {
+        let rx = self.progress.subscribe();
+        Box::pin(n0_future::stream::unfold(
+            (rx, true),
+            |(mut rx, first)| async move {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                let now = *rx.borrow_and_update();
+                Some((now, (rx, false)))
+            },
+        ))
+    }
+
+    /// The blob's bytes, within `timeout`.
+    pub async fn wait(self, timeout: Duration) -> Result<Bytes> {
+        let (store, blob) = self.fetch(timeout).await?;
+        store
+            .store()
+            .get_bytes(blob.hash)
+            .await
+            .map_err(|e| blob_error("reading a blob", e))
+    }
+
+    /// Writes the blob to the file `path` (fetching it first, within `timeout`); returns its
+    /// size.
+    pub async fn export(self, path: impl AsRef<Path>, timeout: Duration) -> Result<u64> {
+        let (store, blob) = self.fetch(timeout).await?;
+        let path = std::path::absolute(path.as_ref())
+            .map_err(|e| blob_error(format!("exporting to {}", path.as_ref().display()), e))?;
+        store
+            .store()
+            .export(blob.hash, &path)
+            .finish()
+            .await
+            .map_err(|e| blob_error(format!("exporting to {}", path.display()), e))?;
+        Ok(blob.size)
+    }
+
+    /// Reads the block, checks the reference and makes sure the blob is stored.
+    async fn fetch(&self, timeout: Duration) -> Result<(BlobStore, BlobRef)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (state, store) = blob_state(&self.core);
+        let store = store?;
+        let index = self.index;
+        let block = self.core.get(index).wait(timeout).await?;
+        let blob = BlobRef::from_block(&block)
+            .ok_or_else(|| Error::Blob(format!("block {index} names no blob")))?;
+        if blob.size > store.max_blob_size {
+            return Err(Error::Blob(format!(
+                "block {index} names a blob of {} bytes, over max_blob_size ({} bytes)",
+                blob.size, store.max_blob_size
+            )));
+        }
+        self.progress.send_modify(|p| p.total = blob.size);
+        let key = self.core.key();
+        // Held while it downloads, so that garbage collection leaves the partial blob alone.
+        let _held = store.hold(blob.hash).await?;
+        if !is_complete(&store, &blob).await? {
+            let fetcher = state.fetcher().ok_or_else(|| {
+                Error::Blob("no protocol replicates the core to fetch its blobs".into())
+            })?;
+            tokio::time::timeout_at(deadline, fetcher.fetch(key, blob, &self.progress))
+                .await
+                .map_err(|_| Error::Timeout(format!("blob {} of block {index}", blob.hash)))??;
+            if !is_complete(&store, &blob).await? {
+                return Err(Error::Blob(format!(
+                    "blob {} of block {index} is incomplete after its download",
+                    blob.hash
+                )));
+            }
+        }
+        self.progress.send_modify(|p| p.done = blob.size);
+        store.protect(&key, index, blob.hash).await?;
+        Ok((store, blob))
+    }
+}
+
+/// Whether `blob` is stored whole, with the size its reference says (a reference whose size
+/// lies about its content is an error).
+async fn is_complete(store: &BlobStore, blob: &BlobRef) -> Result<bool> {
+    match store.store().status(blob.hash).await {
+        Ok(BlobStatus::Complete { size }) if size == blob.size => Ok(true),
+        Ok(BlobStatus::Complete { size }) => Err(Error::Blob(format!(
+            "blob {} has {size} bytes, its block says {}",
+            blob.hash, blob.size
+        ))),
+        Ok(_) => Ok(false),
+        Err(e) => Err(blob_error("reading a blob's status", e)),
+    }
+}

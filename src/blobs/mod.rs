@@ -1,0 +1,52 @@
+//! Large values through iroh-blobs, named by a signed log.
+//!
+//! A block can hold at most [`MAX_BLOCK_SIZE`](crate::core::MAX_BLOCK_SIZE) bytes; bigger
+//! values go into the store's iroh-blobs store, and the log gets a small block holding a
+//! [`BlobRef`] (the content's BLAKE3 hash and size), signed like any other block. A reader
+//! fetches and verifies the block first, so the log vouches for the hash, then the blob from
+//! the peers that replicate the core, verified by BLAKE3 as it streams.
+
+mod blob_ref;
+mod core_blobs;
+mod fetch;
+mod store;
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use blob_ref::BlobRef;
+pub use core_blobs::{BlobProgress, BlobSource, GetBlob};
+pub(crate) use fetch::{BlobFetcher, Providers};
+pub(crate) use store::BlobStore;
+
+/// The blob side of the stores on one database: the blob store, and the protocol that fetches
+/// blobs for their cores (the last one spawned on the store).
+#[derive(Debug, Default)]
+pub(crate) struct BlobState {
+    store: OnceLock<BlobStore>,
+    fetcher: Mutex<Option<Arc<BlobFetcher>>>,
+}
+
+impl BlobState {
+    /// The blob store, once set.
+    pub fn store(&self) -> Option<&BlobStore> {
+        self.store.get()
+    }
+
+    /// Sets the blob store, unless one is set.
+    pub fn set_store(&self, store: BlobStore) {
+        let _ = self.store.set(store);
+    }
+
+    /// The protocol fetching blobs, if one runs.
+    pub fn fetcher(&self) -> Option<Arc<BlobFetcher>> {
+        self.fetcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes `fetcher` the one fetching blobs.
+    pub fn set_fetcher(&self, fetcher: Arc<BlobFetcher>) {
+        *self.fetcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(fetcher);
+    }
+}

@@ -1,0 +1,133 @@
+//! [`BlobStore`]: the iroh-blobs store beside a core store's database, and the tags that keep
+//! the blobs its blocks name from garbage collection.
+//!
+//! Every blob a block names is held by one persistent tag per (core, block): `hypercore/`,
+//! the core key, the block index (big-endian). A blob named by two blocks (of one core or of
+//! two) has two tags, and goes only once both are released. Tags are set before they are
+//! needed and released after the blocks are gone, so a crash in between can leave a tag
+//! behind (a blob kept too long), never a block without its blob's tag.
+
+use std::{path::Path, time::Duration};
+
+use iroh_blobs::{
+    Hash, HashAndFormat,
+    api::{Store, TempTag},
+    store::{GcConfig, fs::FsStore, mem::MemStore},
+};
+
+use crate::{
+    crypto::CoreKey,
+    error::{Error, Result},
+    store::BlobOptions,
+};
+
+/// The prefix of every tag this crate sets.
+const TAG_PREFIX: &[u8] = b"hypercore/";
+
+/// The name of the tag that keeps the blob of block `index` of `core`.
+fn tag(core: &CoreKey, index: u64) -> Vec<u8> {
+    let mut name = Vec::with_capacity(TAG_PREFIX.len() + 40);
+    name.extend_from_slice(TAG_PREFIX);
+    name.extend_from_slice(core);
+    name.extend_from_slice(&index.to_be_bytes());
+    name
+}
+
+/// The prefix of every tag of `core`.
+fn core_prefix(core: &CoreKey) -> Vec<u8> {
+    let mut name = TAG_PREFIX.to_vec();
+    name.extend_from_slice(core);
+    name
+}
+
+/// The blob store of a [`Corestore`](crate::Corestore): iroh-blobs' file store in the
+/// store's directory, or its memory store.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobStore {
+    store: Store,
+    /// The largest blob fetched.
+    pub max_blob_size: u64,
+}
+
+fn blob_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Blob(format!("{what}: {e}"))
+}
+
+impl BlobStore {
+    /// A memory store.
+    pub fn memory(opts: &BlobOptions) -> Self {
+        let mem = iroh_blobs::store::mem::Options {
+            gc_config: opts.gc_interval.map(gc_config),
+        };
+        Self {
+            store: MemStore::new_with_opts(mem).into(),
+            max_blob_size: opts.max_blob_size,
+        }
+    }
+
+    /// A file store in `dir`.
+    pub async fn persistent(dir: &Path, opts: &BlobOptions) -> Result<Self> {
+        let mut fs = iroh_blobs::store::fs::options::Options::new(dir);
+        fs.gc = opts.gc_interval.map(gc_config);
+        let store = FsStore::load_with_opts(dir.join("blobs.db"), fs)
+            .await
+            .map_err(|e| blob_error(&format!("opening the blob store in {}", dir.display()), e))?;
+        Ok(Self {
+            store: store.into(),
+            max_blob_size: opts.max_blob_size,
+        })
+    }
+
+    /// The iroh-blobs store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Keeps `hash` for block `index` of `core`.
+    pub async fn protect(&self, core: &CoreKey, index: u64, hash: Hash) -> Result<()> {
+        self.store
+            .tags()
+            .set(tag(core, index), HashAndFormat::raw(hash))
+            .await
+            .map_err(|e| blob_error("tagging a blob", e))
+    }
+
+    /// Keeps `hash` until the returned tag is dropped (while its block is being written).
+    pub async fn hold(&self, hash: Hash) -> Result<TempTag> {
+        self.store
+            .tags()
+            .temp_tag(HashAndFormat::raw(hash))
+            .await
+            .map_err(|e| blob_error("holding a blob", e))
+    }
+
+    /// Releases the blobs of blocks `start..end` of `core`.
+    pub async fn release(&self, core: &CoreKey, start: u64, end: u64) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        self.store
+            .tags()
+            .delete_range(tag(core, start)..tag(core, end))
+            .await
+            .map(|_| ())
+            .map_err(|e| blob_error("releasing blobs", e))
+    }
+
+    /// Releases every blob of `core`.
+    pub async fn release_core(&self, core: &CoreKey) -> Result<()> {
+        self.store
+            .tags()
+            .delete_prefix(core_prefix(core))
+            .await
+            .map(|_| ())
+            .map_err(|e| blob_error("releasing blobs", e))
+    }
+}
+
+fn gc_config(interval: Duration) -> GcConfig {
+    GcConfig {
+        interval,
+        add_protected: None,
+    }
+}

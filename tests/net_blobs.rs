@@ -1,0 +1,234 @@
+//! Blobs over real endpoints on the test relay, with file stores: values appended as blobs
+//! reach a reader that has only the ticket (with progress up to the total), a second reader
+//! gets them from the first while the writer is offline, a reference to a blob over the
+//! reader's limit is refused before anything is downloaded, and garbage collection keeps
+//! exactly the blobs the store's blocks name.
+
+#[path = "common/net.rs"]
+mod net;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use iroh_hypercore::{
+    Corestore, Error, StoreOptions,
+    blobs::{BlobProgress, BlobRef},
+    store::BlobOptions,
+    testnet::{TestNet, Transport},
+};
+use n0_future::StreamExt;
+use net::{WAIT, wait_full};
+
+/// `n` bytes that differ from one blob to the next.
+fn content(n: usize, seed: u8) -> Bytes {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Blobs of 0 B, 1 KiB and 10 MiB, appended by a writer, reach a reader holding only the
+/// ticket, byte for byte; the progress of each ends at its total. With the writer gone, a
+/// second reader gets them from the first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_reach_a_reader_with_the_ticket_and_a_second_reader_from_the_first() {
+    let net = TestNet::new().await.unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let writer = net
+        .node_in(Transport::Direct, dirs[0].path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let log = writer.store.get_named("files").await.unwrap();
+    log.append(b"a plain block".to_vec()).await.unwrap();
+    let blobs = [content(0, 1), content(1024, 2), content(10 << 20, 3)];
+    let mut indices = Vec::new();
+    for blob in &blobs {
+        indices.push(log.append_blob(blob.clone()).await.unwrap());
+    }
+    assert_eq!(indices, [1, 2, 3]);
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log);
+
+    let reader = net
+        .node_in(Transport::Direct, dirs[1].path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let core = reader.proto.open_ticket(&ticket).await.unwrap();
+    for (blob, index) in blobs.iter().zip(&indices) {
+        let get = core.get_blob(*index);
+        let progress = get.progress();
+        let got = get.wait(WAIT).await.unwrap();
+        assert_eq!(got, *blob, "blob of block {index}");
+        let seen: Vec<BlobProgress> = progress.collect().await;
+        let last = seen.last().expect("progress was reported");
+        assert_eq!(
+            (last.done, last.total),
+            (blob.len() as u64, blob.len() as u64)
+        );
+    }
+    let err = core.get_blob(0).wait(WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Blob(m) if m.contains("names no blob")),
+        "{err}"
+    );
+    writer.shutdown().await;
+
+    let second = net
+        .node_in(Transport::Direct, dirs[2].path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let core2 = second
+        .proto
+        .open_ticket(&reader.proto.ticket(&core))
+        .await
+        .unwrap();
+    wait_full(&core2, 4).await;
+    let got = core2.get_blob(3).wait(WAIT).await.unwrap();
+    assert_eq!(got, blobs[2], "the 10 MiB blob from the first reader");
+    let file = dirs[2].path().join("exported");
+    assert_eq!(core2.get_blob(2).export(&file, WAIT).await.unwrap(), 1024);
+    assert_eq!(std::fs::read(&file).unwrap(), blobs[1]);
+    reader.shutdown().await;
+    second.shutdown().await;
+}
+
+/// A block naming a blob bigger than the reader's `max_blob_size` is refused with a clear
+/// error before anything is downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_over_the_size_limit_is_refused_before_downloading() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("big").await.unwrap();
+    let index = log.append_blob(content(2 << 20, 9)).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+
+    let opts = StoreOptions {
+        blobs: BlobOptions {
+            max_blob_size: 1 << 20,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let store = Corestore::memory_with(opts).await.unwrap();
+    let reader = net
+        .node_with(Transport::Direct, store, Default::default())
+        .await
+        .unwrap();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    let err = core.get_blob(index).wait(WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Blob(m) if m.contains("over max_blob_size")),
+        "{err}"
+    );
+    let block = core.get(index).wait(WAIT).await.unwrap();
+    let blob = BlobRef::from_block(&block).unwrap();
+    let status = reader.store.blobs().status(blob.hash).await.unwrap();
+    assert!(
+        matches!(status, iroh_blobs::api::proto::BlobStatus::NotFound),
+        "nothing downloaded: {status:?}"
+    );
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
+
+/// A reference that understates its blob's size (a writer's lie) gets an error, and no more
+/// than the size it states is downloaded: the blob stays incomplete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_that_understates_its_blob_downloads_no_more_than_it_states() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let big = content(3 << 20, 5);
+    let tag = writer.store.blobs().add_bytes(big).await.unwrap();
+    let log = writer.store.get_named("liar").await.unwrap();
+    let lie = BlobRef {
+        hash: tag.hash,
+        size: 1000,
+    };
+    log.append(lie.to_block()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    let err = core.get_blob(0).wait(WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Blob(m) if m.contains("incomplete")),
+        "{err}"
+    );
+    let status = reader.store.blobs().status(tag.hash).await.unwrap();
+    assert!(
+        !matches!(status, iroh_blobs::api::proto::BlobStatus::Complete { .. }),
+        "only the stated size was fetched: {status:?}"
+    );
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
+
+/// Waits (up to `WAIT`) until `hash` is gone from `store`'s blobs.
+async fn wait_collected(store: &Corestore, hash: iroh_blobs::Hash) {
+    tokio::time::timeout(WAIT, async {
+        while store.blobs().has(hash).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("garbage collection took the blob");
+}
+
+/// Garbage collection keeps the blobs blocks name and takes the others; a truncate below a
+/// blob block releases its blob, and a blob named by two cores stays until both let go.
+#[tokio::test]
+async fn garbage_collection_keeps_exactly_the_blobs_blocks_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        blobs: BlobOptions {
+            gc_interval: Some(Duration::from_millis(50)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let store = Corestore::persistent_with(dir.path(), opts).await.unwrap();
+    let log = store.get_named("log").await.unwrap();
+    let other = store.get_named("other").await.unwrap();
+    let kept = content(5000, 1);
+    let cut = content(6000, 2);
+    let shared = content(7000, 3);
+    log.append_blob(kept.clone()).await.unwrap();
+    let cut_at = log.append_blob(cut.clone()).await.unwrap();
+    log.append_blob(shared.clone()).await.unwrap();
+    other.append_blob(shared.clone()).await.unwrap();
+    let hash = |b: &Bytes| iroh_blobs::Hash::new(b);
+
+    // An unreferenced blob goes in the next run; the referenced ones stay.
+    let stray = store
+        .blobs()
+        .add_bytes(content(3000, 4))
+        .temp_tag()
+        .await
+        .unwrap();
+    let stray_hash = stray.hash();
+    drop(stray);
+    wait_collected(&store, stray_hash).await;
+    for b in [&kept, &cut, &shared] {
+        assert!(store.blobs().has(hash(b)).await.unwrap());
+    }
+
+    // Truncating below a blob block releases its blob (and the shared one of this core).
+    log.truncate(cut_at).await.unwrap();
+    wait_collected(&store, hash(&cut)).await;
+    assert!(store.blobs().has(hash(&kept)).await.unwrap());
+    assert!(
+        store.blobs().has(hash(&shared)).await.unwrap(),
+        "still named by the other core"
+    );
+    store.delete(other.key()).await.unwrap();
+    wait_collected(&store, hash(&shared)).await;
+    assert!(store.blobs().has(hash(&kept)).await.unwrap());
+    store.close().await.unwrap();
+}

@@ -171,7 +171,7 @@ impl Hypercore {
         GetBlob {
             core: self.clone(),
             index,
-            progress: watch::channel(BlobProgress::default()).0,
+            progress: Arc::new(watch::channel(BlobProgress::default()).0),
         }
     }
 
@@ -198,7 +198,7 @@ impl Hypercore {
 pub struct GetBlob {
     core: Hypercore,
     index: u64,
-    progress: watch::Sender<BlobProgress>,
+    progress: Arc<watch::Sender<BlobProgress>>,
 }
 
 impl GetBlob {
@@ -217,9 +217,16 @@ impl GetBlob {
         ))
     }
 
+    /// Resolves once the blob is stored here (fetched from peers if it was not), within
+    /// `timeout`, with its reference; read it from [`Corestore::blobs`](crate::Corestore::blobs)
+    /// without copying it into memory.
+    pub async fn fetch(self, timeout: Duration) -> Result<BlobRef> {
+        Ok(self.ensure_stored(timeout).await?.1)
+    }
+
     /// The blob's bytes, within `timeout`.
     pub async fn wait(self, timeout: Duration) -> Result<Bytes> {
-        let (store, blob) = self.fetch(timeout).await?;
+        let (store, blob) = self.ensure_stored(timeout).await?;
         store
             .store()
             .get_bytes(blob.hash)
@@ -230,7 +237,7 @@ impl GetBlob {
     /// Writes the blob to the file `path` (fetching it first, within `timeout`); returns its
     /// size.
     pub async fn export(self, path: impl AsRef<Path>, timeout: Duration) -> Result<u64> {
-        let (store, blob) = self.fetch(timeout).await?;
+        let (store, blob) = self.ensure_stored(timeout).await?;
         let path = std::path::absolute(path.as_ref())
             .map_err(|e| blob_error(format!("exporting to {}", path.as_ref().display()), e))?;
         store
@@ -243,7 +250,7 @@ impl GetBlob {
     }
 
     /// Reads the block, checks the reference and makes sure the blob is stored.
-    async fn fetch(&self, timeout: Duration) -> Result<(BlobStore, BlobRef)> {
+    async fn ensure_stored(&self, timeout: Duration) -> Result<(BlobStore, BlobRef)> {
         let deadline = tokio::time::Instant::now() + timeout;
         let (state, store) = blob_state(&self.core);
         let store = store?;

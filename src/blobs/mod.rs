@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use blob_ref::BlobRef;
 pub use core_blobs::{BlobProgress, BlobSource, GetBlob};
-pub(crate) use fetch::{BlobFetcher, Providers};
+pub(crate) use fetch::{BlameProvider, BlobFetcher, Providers};
 pub(crate) use store::BlobStore;
 
 /// The blob side of the stores on one database: the blob store, and the protocol that fetches

@@ -136,8 +136,6 @@ impl Builder {
             extension_events.clone(),
         );
         tokio::spawn(driver.run(rx));
-        let blobs = self.store.blob_store();
-        let downloader = blobs.store().downloader(&endpoint);
         let weak = commands.downgrade();
         let providers: crate::blobs::Providers = Arc::new(move |key| {
             let weak = weak.clone();
@@ -156,9 +154,16 @@ impl Builder {
                 rx.await.unwrap_or_default()
             })
         });
-        crate::store::shared_blobs_of(&self.store).set_fetcher(Arc::new(
-            crate::blobs::BlobFetcher::new(downloader, providers),
-        ));
+        let weak = commands.downgrade();
+        let blame: crate::blobs::BlameProvider = Arc::new(move |key, peer, reason| {
+            if let Some(commands) = weak.upgrade() {
+                // Best effort: a full command queue loses one count, not the fetch.
+                let _ = commands.try_send(Command::BlobInvalid(key, peer, reason));
+            }
+        });
+        let fetcher =
+            crate::blobs::BlobFetcher::new(self.store.blobs(), endpoint.clone(), providers, blame);
+        crate::store::shared_blobs_of(&self.store).set_fetcher(Arc::new(fetcher));
         HypercoreProtocol {
             inner: Arc::new(Inner {
                 store: self.store,

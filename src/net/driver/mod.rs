@@ -95,6 +95,8 @@ pub(crate) enum Command {
     /// The peers that may hold a core's blobs: those with an open channel for it, then the
     /// nodes it was joined with.
     BlobProviders(CoreKey, oneshot::Sender<Vec<EndpointId>>),
+    /// A blob provider sent bytes that failed verification.
+    BlobInvalid(CoreKey, EndpointId, String),
     NodeStats(oneshot::Sender<NodeStats>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -325,6 +327,10 @@ impl Driver {
             }
             Command::CorePeers(key, reply) => {
                 let _ = reply.send(self.engine.core_peers(&key));
+            }
+            Command::BlobInvalid(key, peer, reason) => {
+                let peer = *peer.as_bytes();
+                self.engine.handle(Input::Invalid(key, peer, reason), now);
             }
             Command::BlobProviders(key, reply) => {
                 let mut ids: Vec<EndpointId> = self

@@ -49,6 +49,9 @@ pub struct LocalInfo {
 /// [`Engine`](super::Engine).
 #[derive(Debug)]
 pub enum Input {
+    /// Data `peer` sent for `core` outside the engine (a blob) failed verification: counted
+    /// in its [`PeerStats::invalid`] and backed off, as bad blocks are.
+    Invalid(CoreKey, PeerId, String),
     /// A connection to `peer` is up: reported before any message of that peer.
     PeerConnected(PeerId),
     /// The connection to `peer` is gone: its channels, requests and queues are forgotten.

@@ -383,6 +383,7 @@ impl Engine {
             Input::LocalChanged(core, local) => self.update_local(core, local, now),
             Input::Want(core, start, end) => self.on_want(core, start, end, now),
             Input::Unwant(core, start, end) => self.on_unwant(core, start, end),
+            Input::Invalid(core, peer, reason) => self.blame(core, peer, reason, now),
             Input::Backlog(peer, bytes) => self.on_backlog(peer, bytes),
             Input::Update(core) => self.on_update(core, now),
         }

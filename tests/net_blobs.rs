@@ -91,6 +91,62 @@ async fn blobs_reach_a_reader_with_the_ticket_and_a_second_reader_from_the_first
     second.shutdown().await;
 }
 
+/// A provider whose stored blob is corrupt serves bytes that fail verification: its part is
+/// fetched from the other provider, the bytes are right, and the corrupt one is counted as
+/// invalid in the reader's peer stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_serving_corrupt_bytes_is_dropped_and_counted_invalid() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("shared").await.unwrap();
+    let blob = content(2 << 20, 7);
+    let index = log.append_blob(blob.clone()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log);
+
+    let good = net.node(Transport::Direct).await.unwrap();
+    let good_core = good.proto.open_ticket(&ticket).await.unwrap();
+    good_core.get_blob(index).fetch(WAIT).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = net
+        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let bad_core = bad.proto.open_ticket(&ticket).await.unwrap();
+    let stored = bad_core.get_blob(index).fetch(WAIT).await.unwrap();
+    writer.shutdown().await;
+    // Every byte of its copy flipped, on disk, under the running store.
+    let file = dir
+        .path()
+        .join("blobs")
+        .join("data")
+        .join(format!("{}.data", stored.hash.to_hex()));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.iter_mut().for_each(|b| *b = !*b);
+    std::fs::write(&file, bytes).unwrap();
+
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader.store.get_remote(log.key()).await.unwrap();
+    reader
+        .proto
+        .join(&core, &[bad.addr(), good.addr()])
+        .await
+        .unwrap();
+    wait_full(&core, index + 1).await;
+    let got = core.get_blob(index).wait(WAIT).await.unwrap();
+    assert_eq!(got, blob, "the right bytes, from the good provider");
+    let bad_id = *bad.endpoint.id().as_bytes();
+    let stats = reader.proto.peer_stats().await.unwrap();
+    let bad_stats = stats.iter().find(|s| s.peer == bad_id).expect("the bad peer");
+    assert!(bad_stats.invalid >= 1, "{bad_stats:?}");
+    let good_id = *good.endpoint.id().as_bytes();
+    let good_stats = stats.iter().find(|s| s.peer == good_id).expect("the good peer");
+    assert_eq!(good_stats.invalid, 0);
+    for node in [good, bad, reader] {
+        node.shutdown().await;
+    }
+}
+
 /// A block naming a blob bigger than the reader's `max_blob_size` is refused with a clear
 /// error before anything is downloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,10 +137,16 @@ async fn a_provider_serving_corrupt_bytes_is_dropped_and_counted_invalid() {
     assert_eq!(got, blob, "the right bytes, from the good provider");
     let bad_id = *bad.endpoint.id().as_bytes();
     let stats = reader.proto.peer_stats().await.unwrap();
-    let bad_stats = stats.iter().find(|s| s.peer == bad_id).expect("the bad peer");
+    let bad_stats = stats
+        .iter()
+        .find(|s| s.peer == bad_id)
+        .expect("the bad peer");
     assert!(bad_stats.invalid >= 1, "{bad_stats:?}");
     let good_id = *good.endpoint.id().as_bytes();
-    let good_stats = stats.iter().find(|s| s.peer == good_id).expect("the good peer");
+    let good_stats = stats
+        .iter()
+        .find(|s| s.peer == good_id)
+        .expect("the good peer");
     assert_eq!(good_stats.invalid, 0);
     for node in [good, bad, reader] {
         node.shutdown().await;
@@ -287,4 +293,143 @@ async fn garbage_collection_keeps_exactly_the_blobs_blocks_name() {
     wait_collected(&store, hash(&shared)).await;
     assert!(store.blobs().has(hash(&kept)).await.unwrap());
     store.close().await.unwrap();
+}
+
+/// Whether two files hold the same bytes (read a MiB at a time).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = fa.read(&mut ba).unwrap();
+        let mut nb = 0;
+        while nb < na {
+            let n = fb.read(&mut bb[nb..na]).unwrap();
+            if n == 0 {
+                return false;
+            }
+            nb += n;
+        }
+        if na == 0 {
+            return fb.read(&mut bb).unwrap() == 0;
+        }
+        if ba[..na] != bb[..na] {
+            return false;
+        }
+    }
+}
+
+/// Writes a file of `mib` MiB of varied bytes.
+fn write_file(path: &std::path::Path, mib: usize) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..mib {
+        f.write_all(&content(1 << 20, i as u8)).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// A 200 MiB file appended as a blob by path is exported by a reader with the ticket to a
+/// file with the same bytes, its progress reaching the total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_file_goes_from_file_to_file() {
+    let net = TestNet::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    write_file(&source, 200);
+    let writer = net
+        .node_in(
+            Transport::Direct,
+            &dir.path().join("w"),
+            StoreOptions::default(),
+        )
+        .await
+        .unwrap();
+    let log = writer.store.get_named("big files").await.unwrap();
+    let index = log.append_blob(source.as_path()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+
+    let reader = net
+        .node_in(
+            Transport::Direct,
+            &dir.path().join("r"),
+            StoreOptions::default(),
+        )
+        .await
+        .unwrap();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    let get = core.get_blob(index);
+    let progress = get.progress();
+    let target = dir.path().join("exported.bin");
+    assert_eq!(get.export(&target, WAIT).await.unwrap(), 200 << 20);
+    assert!(same_file(&source, &target));
+    let seen: Vec<BlobProgress> = progress.collect().await;
+    let last = seen.last().unwrap();
+    assert_eq!((last.done, last.total), (200 << 20, 200 << 20));
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
+
+/// A reader stopped in the middle of a blob and restarted from its directory keeps what it
+/// had stored (its blob store holds part of the blob after the restart) and fetches the rest:
+/// the blob is whole and right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_restarted_mid_blob_resumes_where_it_stopped() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("resumed").await.unwrap();
+    let blob = content(64 << 20, 11);
+    let hash = iroh_blobs::Hash::new(&blob);
+    let index = log.append_blob(blob.clone()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log);
+
+    let dir = tempfile::tempdir().unwrap();
+    let reader = net
+        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let core = reader.proto.open_ticket(&ticket).await.unwrap();
+    let get = core.get_blob(index);
+    let mut progress = get.progress();
+    let fetch = tokio::spawn(get.fetch(WAIT));
+    tokio::time::timeout(WAIT, async {
+        // Stopped as soon as a MiB is in: the other 63 take the transfer a while.
+        while progress.next().await.expect("progress").done < 1 << 20 {}
+    })
+    .await
+    .expect("a MiB of the blob arrived");
+    fetch.abort();
+    let _ = fetch.await;
+    drop(core);
+    reader.shutdown().await;
+
+    let reader = net
+        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let kept = reader
+        .store
+        .blobs()
+        .remote()
+        .local(hash)
+        .await
+        .unwrap()
+        .local_bytes();
+    assert!(
+        kept > 0 && kept < 64 << 20,
+        "part of the blob survived the restart: {kept} bytes"
+    );
+    let core = reader.proto.open_ticket(&ticket).await.unwrap();
+    let got = core.get_blob(index).wait(WAIT).await.unwrap();
+    assert_eq!(got, blob);
+    writer.shutdown().await;
+    reader.shutdown().await;
 }

@@ -45,6 +45,16 @@ impl Driver {
     pub(super) fn join(&mut self, key: CoreKey, nodes: Vec<EndpointAddr>) {
         let nodes: Vec<EndpointAddr> = nodes.into_iter().take(MAX_JOIN_NODES).collect();
         let ids: Vec<EndpointId> = nodes.iter().map(|a| a.id).collect();
+        // Kept (the latest at most MAX_JOIN_NODES) as the core's blob providers beside its
+        // channel peers.
+        let known = self.join_nodes.entry(key).or_default();
+        for id in ids.iter().filter(|id| **id != self.endpoint.id()) {
+            if !known.contains(id) {
+                known.push(*id);
+            }
+        }
+        let excess = known.len().saturating_sub(MAX_JOIN_NODES);
+        known.drain(..excess);
         for addr in nodes {
             if addr.id == self.endpoint.id() {
                 continue;

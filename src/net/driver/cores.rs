@@ -192,6 +192,7 @@ impl Driver {
     fn stop(&mut self, key: CoreKey, now: Instant) -> bool {
         let replicated = self.engine.remove_core(key, now);
         self.update_asked.remove(&key);
+        self.join_nodes.remove(&key);
         self.leave_gossip(key);
         if let Some(core) = self.cores.remove(&key).and_then(|r| r.core()) {
             core.inner.unwatch(&self.signals);

@@ -172,6 +172,9 @@ pub(crate) struct Driver {
     next_incoming: ChannelId,
     gossip_senders: HashMap<CoreKey, GossipSender>,
     gossip_bootstrap: HashMap<CoreKey, Vec<EndpointId>>,
+    /// The nodes each core was joined with (at most `MAX_JOIN_NODES`): its blob providers
+    /// beside its channel peers.
+    join_nodes: HashMap<CoreKey, Vec<EndpointId>>,
     /// The subscription task of each joined topic.
     gossip_tasks: HashMap<CoreKey, AbortHandle>,
     io: FuturesUnordered<BoxFuture<Io>>,
@@ -227,6 +230,7 @@ impl Driver {
             next_incoming: 1,
             gossip_senders: HashMap::new(),
             gossip_bootstrap: HashMap::new(),
+            join_nodes: HashMap::new(),
             gossip_tasks: HashMap::new(),
             io: FuturesUnordered::new(),
             tasks: FuturesUnordered::new(),
@@ -339,7 +343,7 @@ impl Driver {
                     .iter()
                     .filter_map(|b| EndpointId::from_bytes(b).ok())
                     .collect();
-                for id in self.gossip_bootstrap.get(&key).into_iter().flatten() {
+                for id in self.join_nodes.get(&key).into_iter().flatten() {
                     if !ids.contains(id) {
                         ids.push(*id);
                     }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use iroh_hypercore::{
     Corestore, Error, StoreOptions,
-    blobs::{BlobProgress, BlobRef},
+    blobs::{BlobPolicy, BlobProgress, BlobRef},
+    net::ReplicaEvent,
     store::BlobOptions,
     testnet::{TestNet, Transport},
 };
@@ -432,4 +433,68 @@ async fn a_reader_restarted_mid_blob_resumes_where_it_stopped() {
     assert_eq!(got, blob);
     writer.shutdown().await;
     reader.shutdown().await;
+}
+
+/// A reader replicating in full under `BlobPolicy::UpTo(1 MiB)` fetches the small blob with
+/// its block (a `BlobDownloaded` event) and not the big one; under `BlobPolicy::All` it
+/// fetches both; with the default policy, none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_replication_fetches_the_blobs_its_policy_admits() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("with blobs").await.unwrap();
+    log.append(b"plain".to_vec()).await.unwrap();
+    let (big, small) = (content(2 << 20, 1), content(100 << 10, 2));
+    let big_at = log.append_blob(big.clone()).await.unwrap();
+    let small_at = log.append_blob(small.clone()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let (big_hash, small_hash) = (iroh_blobs::Hash::new(&big), iroh_blobs::Hash::new(&small));
+
+    for policy in [BlobPolicy::UpTo(1 << 20), BlobPolicy::All, BlobPolicy::None] {
+        let store = Corestore::memory().await.unwrap();
+        let reader = net
+            .node_built(Transport::Direct, store, |b| b.blob_policy(policy))
+            .await
+            .unwrap();
+        let core = reader.store.get_remote(log.key()).await.unwrap();
+        let mut events = reader.proto.events(&core);
+        reader.proto.join(&core, &[writer.addr()]).await.unwrap();
+        wait_full(&core, 3).await;
+        let mut expected: Vec<(u64, iroh_blobs::Hash)> =
+            [(big_at, big_hash), (small_at, small_hash)]
+                .into_iter()
+                .filter(|(i, _)| policy.admits(if *i == big_at { 2 << 20 } else { 100 << 10 }))
+                .collect();
+        tokio::time::timeout(WAIT, async {
+            while !expected.is_empty() {
+                if let ReplicaEvent::BlobDownloaded { index, hash, .. } =
+                    events.next().await.expect("events")
+                {
+                    assert!(expected.contains(&(index, hash)), "{policy:?}: {index}");
+                    expected.retain(|e| *e != (index, hash));
+                }
+            }
+        })
+        .await
+        .expect("the admitted blobs were downloaded");
+        // Every policy fetch has ended: what was not admitted was not fetched.
+        tokio::time::timeout(WAIT, async {
+            while reader.proto.node_stats().await.unwrap().blob_fetches > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let blobs = reader.store.blobs();
+        assert_eq!(
+            blobs.has(small_hash).await.unwrap(),
+            policy != BlobPolicy::None
+        );
+        assert_eq!(
+            blobs.has(big_hash).await.unwrap(),
+            policy == BlobPolicy::All
+        );
+        reader.shutdown().await;
+    }
+    writer.shutdown().await;
 }

@@ -9,6 +9,11 @@ const MARKER: &[u8; 12] = b"\0hyper-blob\0";
 /// The version of the encoding after [`MARKER`].
 const VERSION: u8 = 0;
 
+/// The sizes a blob block can have: the marker, the version, the hash and a size of one to
+/// ten bytes (a varint). Blocks of other sizes are not looked at.
+pub(crate) const BLOCK_LEN: std::ops::RangeInclusive<u64> =
+    (MARKER.len() as u64 + 34)..=(MARKER.len() as u64 + 43);
+
 /// A blob named by a log: the block holding it vouches (by the log's signature) for the
 /// content's BLAKE3 hash and its size, and the bytes themselves travel through iroh-blobs.
 ///
@@ -90,6 +95,19 @@ mod tests {
             if !noise.starts_with(MARKER) {
                 prop_assert_eq!(BlobRef::from_block(&noise), None);
             }
+        }
+    }
+
+    #[test]
+    fn blob_blocks_have_the_sizes_the_protocol_looks_at() {
+        for size in [0, 1, 127, 128, u32::MAX as u64, u64::MAX] {
+            let len = BlobRef {
+                hash: iroh_blobs::Hash::new(b"x"),
+                size,
+            }
+            .to_block()
+            .len() as u64;
+            assert!(BLOCK_LEN.contains(&len), "{size}: {len}");
         }
     }
 

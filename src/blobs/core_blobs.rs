@@ -224,6 +224,16 @@ impl GetBlob {
         Ok(self.ensure_stored(timeout).await?.1)
     }
 
+    /// [`fetch`](Self::fetch), with the provider asked last (none if it was stored).
+    pub(crate) async fn fetch_with_provider(
+        self,
+        timeout: Duration,
+    ) -> Result<(BlobRef, Option<EndpointId>)> {
+        let blob = self.ensure_stored(timeout).await?.1;
+        let provider = self.progress.borrow().provider;
+        Ok((blob, provider))
+    }
+
     /// The blob's bytes, within `timeout`.
     pub async fn wait(self, timeout: Duration) -> Result<Bytes> {
         let (store, blob) = self.ensure_stored(timeout).await?;

@@ -9,13 +9,16 @@
 mod blob_ref;
 mod core_blobs;
 mod fetch;
+mod policy;
 mod store;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub(crate) use blob_ref::BLOCK_LEN;
 pub use blob_ref::BlobRef;
 pub use core_blobs::{BlobProgress, BlobSource, GetBlob};
 pub(crate) use fetch::{BlameProvider, BlobFetcher, Providers};
+pub use policy::BlobPolicy;
 pub(crate) use store::BlobStore;
 
 /// The blob side of the stores on one database: the blob store, and the protocol that fetches

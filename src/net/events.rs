@@ -87,6 +87,18 @@ pub enum ReplicaEvent {
         /// The peer it was sent to.
         peer: EndpointId,
     },
+    /// The blob named by block `index` was fetched under the protocol's
+    /// [`BlobPolicy`](crate::blobs::BlobPolicy).
+    BlobDownloaded {
+        /// Index of the block naming the blob.
+        index: u64,
+        /// The blob's hash.
+        hash: iroh_blobs::Hash,
+        /// The blob's size in bytes.
+        size: u64,
+        /// The peer asked last.
+        peer: EndpointId,
+    },
     /// This subscriber fell behind and missed this many events (of all cores).
     Lagged(u64),
 }
@@ -126,6 +138,18 @@ impl ReplicaEvent {
             } if c == *core => Self::Upload {
                 index,
                 bytes,
+                peer: id(peer)?,
+            },
+            Event::BlobDownloaded {
+                core: c,
+                index,
+                hash,
+                size,
+                peer,
+            } if c == *core => Self::BlobDownloaded {
+                index,
+                hash: iroh_blobs::Hash::from_bytes(hash),
+                size,
                 peer: id(peer)?,
             },
             Event::Lagged(n) => Self::Lagged(n),

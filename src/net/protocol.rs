@@ -12,7 +12,7 @@ use iroh_hypercore_tickets::CoreTicket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    driver::{Command, Driver, NodeStats},
+    driver::{Command, Driver, NodeStats, Serving},
     events::{Events, ReplicaEvents},
     extension::Extension,
 };
@@ -83,6 +83,7 @@ pub struct Builder {
     store: Corestore,
     config: EngineConfig,
     serve_store: bool,
+    blob_policy: crate::blobs::BlobPolicy,
 }
 
 impl Builder {
@@ -100,6 +101,13 @@ impl Builder {
     /// [`leave`](HypercoreProtocol::leave).
     pub fn serve_store(mut self, serve: bool) -> Self {
         self.serve_store = serve;
+        self
+    }
+
+    /// Which blobs a core replicated in full fetches along with its blocks (default
+    /// [`BlobPolicy::None`](crate::blobs::BlobPolicy::None): only when the application asks).
+    pub fn blob_policy(mut self, policy: crate::blobs::BlobPolicy) -> Self {
+        self.blob_policy = policy;
         self
     }
 
@@ -131,7 +139,10 @@ impl Builder {
             endpoint.clone(),
             gossip,
             self.store.clone(),
-            self.serve_store,
+            Serving {
+                serve_store: self.serve_store,
+                blob_policy: self.blob_policy,
+            },
             events.clone(),
             extension_events.clone(),
         );
@@ -183,6 +194,7 @@ impl HypercoreProtocol {
             store,
             config: EngineConfig::default(),
             serve_store: true,
+            blob_policy: Default::default(),
         }
     }
 

@@ -12,8 +12,10 @@
 //! - `streams`: channels' streams, framing, read budgets and the send backlog;
 //! - `gossip`: gossip topics, their bootstrap nodes and broadcasts;
 //! - `cores`: the cores replicated, their signals and their storage tasks, and leaving them;
-//! - `store`: serving the whole store (cores peers ask for, `replicate_store`).
+//! - `store`: serving the whole store (cores peers ask for, `replicate_store`);
+//! - `blobs`: fetching the blobs of cores replicated in full, under the blob policy.
 
+mod blobs;
 mod connections;
 mod cores;
 mod gossip;
@@ -74,6 +76,8 @@ pub struct NodeStats {
     /// Cores replicated: named by the application, followed for the store, or served to a
     /// peer that asked.
     pub cores: usize,
+    /// Blobs being fetched or waiting for a fetch under the blob policy.
+    pub blob_fetches: usize,
 }
 
 /// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
@@ -135,6 +139,12 @@ enum Io {
     Closed(PeerId, usize),
     /// A lookup of a core a peer asked for by discovery key ended.
     Found(DiscoveryKey, Option<Hypercore>),
+    /// A blob fetch under the blob policy ended (`None`: nothing to fetch).
+    BlobFetched(
+        CoreKey,
+        u64,
+        crate::Result<Option<(crate::blobs::BlobRef, Option<EndpointId>)>>,
+    ),
     /// Cores of the store to follow in the store's mode.
     StoreCores(Vec<Hypercore>),
     Done,
@@ -189,8 +199,21 @@ pub(crate) struct Driver {
     extension_events: broadcast::Sender<Event>,
     /// What unfinished frames on all connections may hold.
     budget: Budget,
+    /// Which blobs of cores replicated in full are fetched with their blocks.
+    blob_policy: crate::blobs::BlobPolicy,
+    /// Blob fetches under the policy running, and the blob blocks waiting for one.
+    blob_fetching: usize,
+    blob_queue: std::collections::VecDeque<(CoreKey, u64)>,
     /// Peers whose backlog grew this turn (checked against the limit after it).
     backlog_grew: Vec<PeerId>,
+}
+
+/// What a driver serves beyond the cores it is told to replicate.
+pub(crate) struct Serving {
+    /// Cores of the store that peers ask for (see `store`).
+    pub serve_store: bool,
+    /// Blobs fetched with the blocks of cores replicated in full (see `blobs`).
+    pub blob_policy: crate::blobs::BlobPolicy,
 }
 
 impl Driver {
@@ -199,10 +222,14 @@ impl Driver {
         endpoint: Endpoint,
         gossip: Option<Gossip>,
         store: Corestore,
-        serve_store: bool,
+        serving: Serving,
         events: broadcast::Sender<Event>,
         extension_events: broadcast::Sender<Event>,
     ) -> Self {
+        let Serving {
+            serve_store,
+            blob_policy,
+        } = serving;
         let lookup = MemoryLookup::new();
         if let Ok(services) = endpoint.address_lookup() {
             services.add(lookup.clone());
@@ -241,6 +268,9 @@ impl Driver {
             events,
             extension_events,
             budget: Budget::new(MAX_BUFFERED_TOTAL),
+            blob_policy,
+            blob_fetching: 0,
+            blob_queue: Default::default(),
             backlog_grew: Vec::new(),
         }
     }
@@ -327,6 +357,7 @@ impl Driver {
                     buffered_bytes: self.budget.used(),
                     backlog_bytes: self.conns.values().map(|c| c.backlog).sum(),
                     cores: self.cores.len(),
+                    blob_fetches: self.blob_fetching + self.blob_queue.len(),
                 });
             }
             Command::CorePeers(key, reply) => {
@@ -371,8 +402,12 @@ impl Driver {
                     let _ = self.extension_events.send(ev);
                 }
                 Output::Event(ev) => {
-                    if let Event::Updated { core, .. } = &ev {
-                        self.on_updated(*core);
+                    match &ev {
+                        Event::Updated { core, .. } => self.on_updated(*core),
+                        Event::Download {
+                            core, index, bytes, ..
+                        } => self.on_block_downloaded(*core, *index, *bytes),
+                        _ => {}
                     }
                     let _ = self.events.send(ev);
                 }
@@ -416,6 +451,7 @@ impl Driver {
             }
             Io::Found(dk, core) => self.on_found(dk, core, Instant::now()),
             Io::StoreCores(cores) => self.on_store_cores(cores, Instant::now()),
+            Io::BlobFetched(core, index, result) => self.on_blob_fetched(core, index, result),
             Io::Done => {}
         }
     }

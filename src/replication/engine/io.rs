@@ -220,6 +220,20 @@ pub enum Event {
         /// Peer that sent it.
         peer: PeerId,
     },
+    /// The blob named by block `index` of `core` was fetched by the protocol, under its blob
+    /// policy (the engine itself never emits this).
+    BlobDownloaded {
+        /// Core.
+        core: CoreKey,
+        /// Index of the block naming the blob.
+        index: u64,
+        /// The blob's BLAKE3 hash.
+        hash: [u8; 32],
+        /// The blob's size in bytes.
+        size: u64,
+        /// The peer asked last.
+        peer: PeerId,
+    },
     /// A block was sent to `peer`.
     Upload {
         /// Core.

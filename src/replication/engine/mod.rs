@@ -334,6 +334,11 @@ impl Engine {
         self.cores.contains_key(key)
     }
 
+    /// The mode `key` is replicated in.
+    pub fn mode(&self, key: &CoreKey) -> Option<Mode> {
+        self.cores.get(key).map(|r| r.mode)
+    }
+
     /// The local state the engine knows of a core.
     pub fn local(&self, key: &CoreKey) -> Option<LocalInfo> {
         self.cores.get(key).map(|r| r.local)

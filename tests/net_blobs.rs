@@ -10,6 +10,7 @@ mod net;
 use std::time::Duration;
 
 use bytes::Bytes;
+use iroh_hypercore::replication::Event;
 use iroh_hypercore::{
     Corestore, Error, StoreOptions,
     blobs::{BlobPolicy, BlobProgress, BlobRef},
@@ -18,7 +19,7 @@ use iroh_hypercore::{
     testnet::{TestNet, Transport},
 };
 use n0_future::StreamExt;
-use net::{WAIT, wait_full};
+use net::{WAIT, wait_event, wait_full};
 
 /// `n` bytes that differ from one blob to the next.
 fn content(n: usize, seed: u8) -> Bytes {
@@ -92,11 +93,31 @@ async fn blobs_reach_a_reader_with_the_ticket_and_a_second_reader_from_the_first
     second.shutdown().await;
 }
 
-/// A provider whose stored blob is corrupt serves bytes that fail verification: its part is
-/// fetched from the other provider, the bytes are right, and the corrupt one is counted as
-/// invalid in the reader's peer stats.
+/// A blob provider that answers every request with the encoding of another blob of the
+/// same size: bytes that fail verification.
+#[derive(Debug, Clone)]
+struct LyingBlobs(Bytes);
+
+impl iroh::protocol::ProtocolHandler for LyingBlobs {
+    async fn accept(
+        &self,
+        conn: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let _request = recv.read_to_end(64 * 1024).await;
+            let _ = send.write_all(&self.0).await;
+            let _ = send.finish();
+        }
+        Ok(())
+    }
+}
+
+/// A provider that sends bytes failing verification is dropped for the others, the blob
+/// arrives right, and the liar is blamed (an `Invalid` event; a peer with a channel is
+/// counted in its stats); a provider that merely lacks the blob (a reader that holds only the
+/// block) is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_serving_corrupt_bytes_is_dropped_and_counted_invalid() {
+async fn a_provider_sending_bad_bytes_is_dropped_and_blamed() {
     let net = TestNet::new().await.unwrap();
     let writer = net.node(Transport::Direct).await.unwrap();
     let log = writer.store.get_named("shared").await.unwrap();
@@ -105,51 +126,71 @@ async fn a_provider_serving_corrupt_bytes_is_dropped_and_counted_invalid() {
     writer.proto.replicate(&log).await.unwrap();
     let ticket = writer.proto.ticket(&log);
 
-    let good = net.node(Transport::Direct).await.unwrap();
-    let good_core = good.proto.open_ticket(&ticket).await.unwrap();
-    good_core.get_blob(index).fetch(WAIT).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bad = net
-        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
+    // The encoding of another blob of the same size, as a provider sends it.
+    let other = writer
+        .store
+        .blobs()
+        .add_bytes(content(2 << 20, 8))
         .await
         .unwrap();
-    let bad_core = bad.proto.open_ticket(&ticket).await.unwrap();
-    let stored = bad_core.get_blob(index).fetch(WAIT).await.unwrap();
-    writer.shutdown().await;
-    // Every byte of its copy flipped, on disk, under the running store.
-    let file = dir
-        .path()
-        .join("blobs")
-        .join("data")
-        .join(format!("{}.data", stored.hash.to_hex()));
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes.iter_mut().for_each(|b| *b = !*b);
-    std::fs::write(&file, bytes).unwrap();
+    let lie = writer
+        .store
+        .blobs()
+        .export_bao(other.hash, iroh_blobs::protocol::ChunkRanges::all())
+        .bao_to_vec()
+        .await
+        .unwrap();
+    let liar_ep = net.endpoint(Transport::Direct).await.unwrap();
+    let liar_router = iroh::protocol::Router::builder(liar_ep.clone())
+        .accept(iroh_blobs::ALPN, LyingBlobs(lie.into()))
+        .spawn();
+    // A reader with the block but not the blob: a provider without it.
+    let lacking = net.node(Transport::Direct).await.unwrap();
+    let lacking_core = lacking.proto.open_ticket(&ticket).await.unwrap();
+    wait_full(&lacking_core, index + 1).await;
 
     let reader = net.node(Transport::Direct).await.unwrap();
     let core = reader.store.get_remote(log.key()).await.unwrap();
     reader
         .proto
-        .join(&core, &[bad.addr(), good.addr()])
+        .join(&core, &[liar_ep.addr(), lacking.addr(), writer.addr()])
         .await
         .unwrap();
     wait_full(&core, index + 1).await;
+    tokio::time::timeout(WAIT, async {
+        while reader.proto.peers(&core).await.unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("channels with the writer and the lacking reader");
+    let mut events = reader.proto.subscribe();
     let got = core.get_blob(index).wait(WAIT).await.unwrap();
-    assert_eq!(got, blob, "the right bytes, from the good provider");
-    let bad_id = *bad.endpoint.id().as_bytes();
+    assert_eq!(got, blob, "the right bytes, from the writer");
     let stats = reader.proto.peer_stats().await.unwrap();
-    let bad_stats = stats
-        .iter()
-        .find(|s| s.peer == bad_id)
-        .expect("the bad peer");
-    assert!(bad_stats.invalid >= 1, "{bad_stats:?}");
-    let good_id = *good.endpoint.id().as_bytes();
-    let good_stats = stats
-        .iter()
-        .find(|s| s.peer == good_id)
-        .expect("the good peer");
-    assert_eq!(good_stats.invalid, 0);
-    for node in [good, bad, reader] {
+    let invalid = |id: iroh::EndpointId| {
+        stats
+            .iter()
+            .find(|s| s.peer == *id.as_bytes())
+            .map_or(0, |s| s.invalid)
+    };
+    assert_eq!(
+        invalid(lacking.endpoint.id()),
+        0,
+        "lacking the blob is no fault"
+    );
+    assert_eq!(invalid(writer.endpoint.id()), 0);
+    // The liar has no channel (it speaks only iroh-blobs), so it has no stats row: its
+    // blame shows as an `Invalid` event.
+    let liar = *liar_ep.id().as_bytes();
+    wait_event(
+        &mut events,
+        "the liar blamed",
+        |e| matches!(e, Event::Invalid { peer, .. } if *peer == liar),
+    )
+    .await;
+    let _ = liar_router.shutdown().await;
+    for node in [writer, lacking, reader] {
         node.shutdown().await;
     }
 }
@@ -198,7 +239,8 @@ async fn a_blob_over_the_size_limit_is_refused_before_downloading() {
 }
 
 /// A reference that understates its blob's size (a writer's lie) gets an error, and no more
-/// than the size it states is downloaded: the blob stays incomplete.
+/// than the size it states is downloaded: the blob stays incomplete. One that states the
+/// size 0 for a blob that is not empty asks nobody for anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reference_that_understates_its_blob_downloads_no_more_than_it_states() {
     let net = TestNet::new().await.unwrap();
@@ -497,4 +539,82 @@ async fn full_replication_fetches_the_blobs_its_policy_admits() {
         reader.shutdown().await;
     }
     writer.shutdown().await;
+}
+
+/// A store dropped without `close` closes by itself, its blob store too (whose garbage
+/// collector would otherwise keep it running, with its files locked): the directory opens
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_dropped_without_close_opens_again() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3u8 {
+        // Dropping closes asynchronously: the next open waits for the files' locks to go.
+        let store = tokio::time::timeout(WAIT, async {
+            loop {
+                match Corestore::persistent(dir.path()).await {
+                    Ok(store) => break store,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await
+        .expect("the dropped store let go of its files");
+        let core = store.get_named("reopened").await.unwrap();
+        core.append_blob(content(20_000, round)).await.unwrap();
+        assert_eq!(core.info().length, u64::from(round) + 1);
+    }
+}
+
+/// A blob provider that accepts every request and never answers.
+#[derive(Debug, Clone)]
+struct SilentBlobs;
+
+impl iroh::protocol::ProtocolHandler for SilentBlobs {
+    async fn accept(
+        &self,
+        conn: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        let _streams = conn.accept_bi().await;
+        conn.closed().await;
+        Ok(())
+    }
+}
+
+/// A provider that never answers holds its part up only for `PROVIDER_IDLE` (10 s): the part
+/// goes to the next provider and the blob arrives; the silent one is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_provider_holds_a_fetch_up_only_until_it_is_dropped() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("stalled").await.unwrap();
+    let blob = content(1 << 20, 3);
+    let index = log.append_blob(blob.clone()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let silent_ep = net.endpoint(Transport::Direct).await.unwrap();
+    let silent_router = iroh::protocol::Router::builder(silent_ep.clone())
+        .accept(iroh_blobs::ALPN, SilentBlobs)
+        .spawn();
+
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader.store.get_remote(log.key()).await.unwrap();
+    reader
+        .proto
+        .join(&core, &[silent_ep.addr(), writer.addr()])
+        .await
+        .unwrap();
+    wait_full(&core, index + 1).await;
+    let mut events = reader.proto.subscribe();
+    let got = core.get_blob(index).wait(WAIT).await.unwrap();
+    assert_eq!(got, blob);
+    let silent = *silent_ep.id().as_bytes();
+    assert!(
+        !net::drain(&mut events)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::Invalid { peer, .. } if *peer == silent)),
+        "silence is not bad data"
+    );
+    let _ = silent_router.shutdown().await;
+    writer.shutdown().await;
+    reader.shutdown().await;
 }

@@ -119,12 +119,17 @@ impl Hypercore {
         if !self.writable() {
             return Err(Error::NotWritable);
         }
-        let (_, store) = blob_state(self);
+        let (state, store) = blob_state(self);
         let store = store?;
         let blobs = store.store();
         let added = match source.into() {
             BlobSource::Bytes(bytes) => blobs.add_bytes(bytes).temp_tag().await,
-            BlobSource::Path(path) => blobs.add_path(&path).temp_tag().await,
+            BlobSource::Path(path) => {
+                // The file store takes absolute paths only.
+                let path = std::path::absolute(&path)
+                    .map_err(|e| blob_error(format!("reading {}", path.display()), e))?;
+                blobs.add_path(&path).temp_tag().await
+            }
             BlobSource::Stream(stream) => blobs.add_stream(stream).await.temp_tag().await,
         };
         let held = added.map_err(|e| blob_error("adding a blob", e))?;
@@ -145,6 +150,9 @@ impl Hypercore {
             .set(&pending, iroh_blobs::HashAndFormat::raw(hash))
             .await
             .map_err(|e| blob_error("tagging a blob", e))?;
+        // Appends and tag changes of blobs take turns with truncates and clears, so that a
+        // truncate's release never takes the tag of a block appended meanwhile.
+        let turn = state.tags.clone().lock_owned().await;
         let appended = self.append(BlobRef { hash, size }.to_block()).await;
         let result = match appended {
             Ok(out) => {
@@ -156,11 +164,13 @@ impl Hypercore {
             }
             Err(e) => Err(e),
         };
-        blobs
-            .tags()
-            .delete(&pending)
-            .await
-            .map_err(|e| blob_error("untagging a blob", e))?;
+        drop(turn);
+        if result.is_ok() {
+            // Kept if the block's own tag failed: the blob then stays too long, not too short.
+            if let Err(e) = blobs.tags().delete(&pending).await {
+                tracing::warn!("a blob's pending tag stays: {e}");
+            }
+        }
         drop(held);
         result
     }
@@ -175,12 +185,22 @@ impl Hypercore {
         }
     }
 
-    /// Releases the blobs of blocks `start..end` (truncated or cleared).
+    /// Waits for the turn of a change to blocks that name blobs (see `append_blob`); a
+    /// truncate or clear holds it until it released the tags of the blocks it cut.
+    pub(crate) async fn blob_tags_turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        blob_state(self).0.tags.clone().lock_owned().await
+    }
+
+    /// Releases the blobs of blocks `start..end` (truncated or cleared). A failure is logged,
+    /// not returned: the blocks are gone either way, and a tag left keeps a blob too long,
+    /// never too short.
     pub(crate) async fn release_blobs(&self, start: u64, end: u64) -> Result<()> {
-        match blob_state(self).1 {
-            Ok(store) => store.release(&self.key(), start, end).await,
-            Err(_) => Ok(()),
+        if let Ok(store) = blob_state(self).1
+            && let Err(e) = store.release(&self.key(), start, end).await
+        {
+            tracing::warn!("blobs of blocks {start}..{end} stay tagged: {e}");
         }
+        Ok(())
     }
 }
 
@@ -234,7 +254,9 @@ impl GetBlob {
         Ok((blob, provider))
     }
 
-    /// The blob's bytes, within `timeout`.
+    /// The blob's bytes, within `timeout`. They are read into memory whole (up to the store's
+    /// `max_blob_size`): for big blobs, [`export`](Self::export) to a file or
+    /// [`fetch`](Self::fetch) and read from the blob store.
     pub async fn wait(self, timeout: Duration) -> Result<Bytes> {
         let (store, blob) = self.ensure_stored(timeout).await?;
         store
@@ -276,8 +298,22 @@ impl GetBlob {
         }
         self.progress.send_modify(|p| p.total = blob.size);
         let key = self.core.key();
-        // Held while it downloads, so that garbage collection leaves the partial blob alone.
-        let _held = store.hold(blob.hash).await?;
+        if blob.size == 0 {
+            // Nothing to fetch, and nothing to ask a peer for: any request would have no
+            // bound.
+            if blob.hash != iroh_blobs::Hash::EMPTY {
+                return Err(Error::Blob(format!(
+                    "block {index} names an empty blob whose hash is not the empty hash"
+                )));
+            }
+            let added = store.store().add_bytes(Bytes::new()).temp_tag().await;
+            let _held = added.map_err(|e| blob_error("storing the empty blob", e))?;
+            store.protect(&key, index, blob.hash).await?;
+            return Ok((store, blob));
+        }
+        // Tagged before it downloads (the block vouches for the hash): garbage collection
+        // keeps what arrived even if this fetch stops, so the next one resumes from it.
+        store.protect(&key, index, blob.hash).await?;
         if !is_complete(&store, &blob).await? {
             let fetcher = state.fetcher().ok_or_else(|| {
                 Error::Blob("no protocol replicates the core to fetch its blobs".into())
@@ -293,7 +329,6 @@ impl GetBlob {
             }
         }
         self.progress.send_modify(|p| p.done = blob.size);
-        store.protect(&key, index, blob.hash).await?;
         Ok((store, blob))
     }
 }

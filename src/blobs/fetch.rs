@@ -1,11 +1,13 @@
 //! [`BlobFetcher`]: how a protocol fetches a blob for a core, from the peers replicating it.
 //!
-//! The blob's missing bytes are split in one part per provider (whole 16 KiB chunk groups),
-//! and each part is fetched over a connection of our own with iroh-blobs' `execute_get`,
-//! which verifies every chunk against the BLAKE3 tree as it arrives. A provider that fails
-//! (unreachable, or bytes that do not match the hash) is dropped, and its part goes to the
-//! next one; one whose bytes failed verification is reported, so that the protocol counts
-//! it as invalid. What is stored already is never fetched again.
+//! The blob's missing bytes are split in one part per provider (whole 16 KiB chunk groups,
+//! at most [`MAX_PROVIDERS`] providers), and each part is fetched over a connection of our
+//! own with iroh-blobs' `execute_get`, which verifies every chunk against the BLAKE3 tree as
+//! it arrives. A provider that fails (unreachable, without the blob, silent for
+//! [`PROVIDER_IDLE`], or sending bytes that do not match the hash) is dropped for this fetch,
+//! and its part goes to the next one. Only bytes that fail verification are reported, so
+//! that the protocol counts the provider as invalid: a peer that merely lacks the blob is
+//! not blamed. What is stored already is never fetched again.
 
 use std::{
     fmt,
@@ -15,6 +17,7 @@ use std::{
 use iroh::{Endpoint, EndpointId, endpoint::Connection};
 use iroh_blobs::{
     api::{Store, remote::GetProgressItem},
+    get::{GetError, fsm::DecodeError},
     protocol::{ChunkRanges, ChunkRangesExt, GetRequest},
 };
 use n0_future::{StreamExt, boxed::BoxFuture};
@@ -36,6 +39,13 @@ pub(crate) type BlameProvider = Arc<dyn Fn(CoreKey, EndpointId, String) + Send +
 /// Bytes per part boundary: iroh-blobs stores and verifies 16 KiB chunk groups.
 const PART_ALIGN: u64 = 16 * 1024;
 
+/// Providers asked in one fetch (the first ones: channel peers before join nodes).
+pub(crate) const MAX_PROVIDERS: usize = 8;
+
+/// How long a provider may take to connect, or go without sending anything, before its part
+/// goes to the next one.
+pub(crate) const PROVIDER_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Fetches blobs from a core's providers into the store's blob store.
 pub(crate) struct BlobFetcher {
     store: Store,
@@ -54,7 +64,8 @@ impl fmt::Debug for BlobFetcher {
 /// failed.
 struct Pool {
     providers: Vec<EndpointId>,
-    conns: tokio::sync::Mutex<Vec<Option<Connection>>>,
+    /// One lock per provider: connecting to one does not hold up the others.
+    conns: Vec<tokio::sync::Mutex<Option<Connection>>>,
     failed: Mutex<Vec<bool>>,
 }
 
@@ -95,7 +106,8 @@ impl BlobFetcher {
         blob: BlobRef,
         progress: &Arc<watch::Sender<BlobProgress>>,
     ) -> Result<()> {
-        let providers = (self.providers)(core).await;
+        let mut providers = (self.providers)(core).await;
+        providers.truncate(MAX_PROVIDERS);
         if providers.is_empty() {
             return Err(Error::Blob(format!(
                 "no peer to fetch blob {} from: none replicates the core",
@@ -110,13 +122,19 @@ impl BlobFetcher {
         let have = local.local_bytes();
         progress.send_modify(|p| p.done = have.min(blob.size));
         let n = providers.len() as u64;
-        let step = (blob.size / n).div_ceil(PART_ALIGN).max(1) * PART_ALIGN;
+        let step = (blob.size / n)
+            .div_ceil(PART_ALIGN)
+            .max(1)
+            .saturating_mul(PART_ALIGN);
         let parts: Vec<(u64, u64)> = (0..n)
-            .map(|i| (i * step, ((i + 1) * step).min(blob.size)))
-            .filter(|(s, e)| s < e || blob.size == 0)
+            .map(|i| {
+                let start = i.saturating_mul(step).min(blob.size);
+                (start, start.saturating_add(step).min(blob.size))
+            })
+            .filter(|(s, e)| s < e)
             .collect();
         let pool = Arc::new(Pool {
-            conns: tokio::sync::Mutex::new(vec![None; providers.len()]),
+            conns: providers.iter().map(|_| Default::default()).collect(),
             failed: Mutex::new(vec![false; providers.len()]),
             providers,
         });
@@ -171,6 +189,8 @@ impl BlobFetcher {
         let part = request(blob, start, end);
         let mut at = first;
         let mut last_error = String::new();
+        // Bytes of this part that failed providers delivered (stored, so not asked again).
+        let mut carried = 0;
         while let Some(k) = pool.next_alive(at) {
             at = k + 1;
             let local = self.local(&part).await?;
@@ -193,26 +213,36 @@ impl BlobFetcher {
                     .execute_get(conn, local.missing())
                     .stream(),
             );
-            let mut outcome = Err(format!("{provider} ended the transfer early"));
-            while let Some(item) = items.next().await {
-                match item {
-                    GetProgressItem::Progress(bytes) => report(bytes),
-                    GetProgressItem::Done(_) => {
-                        outcome = Ok(());
-                        break;
+            let mut got = 0;
+            let outcome = loop {
+                match tokio::time::timeout(PROVIDER_IDLE, items.next()).await {
+                    Err(_) => {
+                        break Err((
+                            format!("{provider} sent nothing for {PROVIDER_IDLE:?}"),
+                            false,
+                        ));
                     }
-                    GetProgressItem::Error(e) => {
-                        outcome = Err(format!("{provider}: {e}"));
-                        break;
+                    Ok(None) => break Err((format!("{provider} ended the transfer early"), false)),
+                    Ok(Some(GetProgressItem::Progress(bytes))) => {
+                        got = bytes;
+                        report(carried + bytes);
+                    }
+                    Ok(Some(GetProgressItem::Done(_))) => break Ok(()),
+                    Ok(Some(GetProgressItem::Error(e))) => {
+                        let bad = is_bad_data(&e);
+                        break Err((format!("{provider}: {e}"), bad));
                     }
                 }
-            }
+            };
+            carried += got;
             match outcome {
                 Ok(()) => return Ok(()),
-                Err(e) => {
+                Err((e, bad_data)) => {
                     tracing::debug!(%provider, hash = %blob.hash, "a blob provider failed: {e}");
                     pool.failed()[k] = true;
-                    (self.blame)(core, provider, format!("blob {}: {e}", blob.hash));
+                    if bad_data {
+                        (self.blame)(core, provider, format!("blob {}: {e}", blob.hash));
+                    }
                     last_error = e;
                 }
             }
@@ -234,29 +264,39 @@ impl BlobFetcher {
 
     /// The connection to provider `k` of `pool`, made on first use.
     async fn connection(&self, pool: &Pool, k: usize) -> std::result::Result<Connection, String> {
-        let mut conns = pool.conns.lock().await;
-        if let Some(conn) = &conns[k]
+        let mut slot = pool.conns[k].lock().await;
+        if let Some(conn) = &*slot
             && conn.close_reason().is_none()
         {
             return Ok(conn.clone());
         }
         let provider = pool.providers[k];
-        let conn = self
-            .endpoint
-            .connect(provider, iroh_blobs::ALPN)
-            .await
-            .map_err(|e| format!("connecting to {provider}: {e}"))?;
-        conns[k] = Some(conn.clone());
+        let conn = tokio::time::timeout(
+            PROVIDER_IDLE,
+            self.endpoint.connect(provider, iroh_blobs::ALPN),
+        )
+        .await
+        .map_err(|_| format!("connecting to {provider} took over {PROVIDER_IDLE:?}"))?
+        .map_err(|e| format!("connecting to {provider}: {e}"))?;
+        *slot = Some(conn.clone());
         Ok(conn)
     }
 }
 
-/// The request for bytes `start..end` of `blob` (the whole of an empty one, whose proof of
-/// size is all there is).
+/// The request for bytes `start..end` of `blob` (never all of it: a size the block states
+/// bounds every request, so an empty blob is never asked for; see `core_blobs`).
 fn request(blob: &BlobRef, start: u64, end: u64) -> GetRequest {
-    if blob.size == 0 {
-        GetRequest::blob(blob.hash)
-    } else {
-        GetRequest::blob_ranges(blob.hash, ChunkRanges::bytes(start..end))
-    }
+    GetRequest::blob_ranges(blob.hash, ChunkRanges::bytes(start..end))
+}
+
+/// Whether a fetch failed because the provider's bytes did not match the hash (rather than
+/// because it lacks them, or the connection broke).
+fn is_bad_data(e: &GetError) -> bool {
+    matches!(
+        e,
+        GetError::Decode {
+            source: DecodeError::ParentHashMismatch { .. } | DecodeError::LeafHashMismatch { .. },
+            ..
+        }
+    )
 }

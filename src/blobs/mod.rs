@@ -27,6 +27,8 @@ pub(crate) use store::BlobStore;
 pub(crate) struct BlobState {
     store: OnceLock<BlobStore>,
     fetcher: Mutex<Option<Arc<BlobFetcher>>>,
+    /// Turns of the changes that tag or release blobs of blocks (see `core_blobs`).
+    pub tags: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl BlobState {
@@ -51,5 +53,20 @@ impl BlobState {
     /// Makes `fetcher` the one fetching blobs.
     pub fn set_fetcher(&self, fetcher: Arc<BlobFetcher>) {
         *self.fetcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(fetcher);
+    }
+}
+
+impl Drop for BlobState {
+    /// The last user of the database is gone (every store and core on it): the blob store
+    /// stops too. Its garbage collector would keep it running, with its files locked.
+    fn drop(&mut self) {
+        if let (Some(blobs), Ok(runtime)) =
+            (self.store.get(), tokio::runtime::Handle::try_current())
+        {
+            let store = blobs.store().clone();
+            runtime.spawn(async move {
+                let _ = store.shutdown().await;
+            });
+        }
     }
 }

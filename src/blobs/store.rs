@@ -11,7 +11,7 @@ use std::{path::Path, time::Duration};
 
 use iroh_blobs::{
     Hash, HashAndFormat,
-    api::{Store, TempTag},
+    api::Store,
     store::{GcConfig, fs::FsStore, mem::MemStore},
 };
 
@@ -90,15 +90,6 @@ impl BlobStore {
             .set(tag(core, index), HashAndFormat::raw(hash))
             .await
             .map_err(|e| blob_error("tagging a blob", e))
-    }
-
-    /// Keeps `hash` until the returned tag is dropped (while its block is being written).
-    pub async fn hold(&self, hash: Hash) -> Result<TempTag> {
-        self.store
-            .tags()
-            .temp_tag(HashAndFormat::raw(hash))
-            .await
-            .map_err(|e| blob_error("holding a blob", e))
     }
 
     /// Releases the blobs of blocks `start..end` of `core`.

@@ -71,6 +71,7 @@ impl Hypercore {
     ) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
         let core = self.clone();
         async move {
+            let _turn = core.blob_tags_turn().await;
             truncate(core.inner.clone(), new_length).await?;
             // After the truncate: a crash before this keeps blobs too long, never loses one.
             core.release_blobs(new_length, u64::MAX).await
@@ -92,6 +93,7 @@ impl Hypercore {
             if start >= end {
                 return Ok(());
             }
+            let _turn = core.blob_tags_turn().await;
             inner
                 .storage
                 .write(Op::Clear {

@@ -113,11 +113,10 @@ impl iroh::protocol::ProtocolHandler for LyingBlobs {
 }
 
 /// A provider that sends bytes failing verification is dropped for the others, the blob
-/// arrives right, and the liar is blamed (an `Invalid` event; a peer with a channel is
-/// counted in its stats); a provider that merely lacks the blob (a reader that holds only the
-/// block) is not.
+/// arrives right, and the liar is blamed (an `Invalid` event, counted in its peer stats); a
+/// provider that merely lacks the blob (a reader that holds only the block) is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_sending_bad_bytes_is_dropped_and_blamed() {
+async fn a_provider_sending_bad_bytes_is_dropped_and_counted_invalid() {
     let net = TestNet::new().await.unwrap();
     let writer = net.node(Transport::Direct).await.unwrap();
     let log = writer.store.get_named("shared").await.unwrap();
@@ -140,10 +139,23 @@ async fn a_provider_sending_bad_bytes_is_dropped_and_blamed() {
         .bao_to_vec()
         .await
         .unwrap();
-    let liar_ep = net.endpoint(Transport::Direct).await.unwrap();
+    // The liar replicates the core like any peer (so it has a channel and stats), and
+    // answers blob requests with the other blob's bytes.
+    let liar_store = Corestore::memory().await.unwrap();
+    let liar_ep = net
+        .endpoint_with_key(Transport::Direct, Some(liar_store.endpoint_secret_key()))
+        .await
+        .unwrap();
+    let liar_gossip = iroh_gossip::Gossip::builder().spawn(liar_ep.clone());
+    let liar = iroh_hypercore::HypercoreProtocol::builder(liar_store)
+        .spawn(liar_ep.clone(), liar_gossip.clone());
     let liar_router = iroh::protocol::Router::builder(liar_ep.clone())
+        .accept(iroh_hypercore::ALPN, liar.clone())
+        .accept(iroh_gossip::ALPN, liar_gossip)
         .accept(iroh_blobs::ALPN, LyingBlobs(lie.into()))
         .spawn();
+    let liar_core = liar.open_ticket(&ticket).await.unwrap();
+    wait_full(&liar_core, index + 1).await;
     // A reader with the block but not the blob: a provider without it.
     let lacking = net.node(Transport::Direct).await.unwrap();
     let lacking_core = lacking.proto.open_ticket(&ticket).await.unwrap();
@@ -158,12 +170,12 @@ async fn a_provider_sending_bad_bytes_is_dropped_and_blamed() {
         .unwrap();
     wait_full(&core, index + 1).await;
     tokio::time::timeout(WAIT, async {
-        while reader.proto.peers(&core).await.unwrap().len() < 2 {
+        while reader.proto.peers(&core).await.unwrap().len() < 3 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
-    .expect("channels with the writer and the lacking reader");
+    .expect("channels with the writer, the lacking reader and the liar");
     let mut events = reader.proto.subscribe();
     let got = core.get_blob(index).wait(WAIT).await.unwrap();
     assert_eq!(got, blob, "the right bytes, from the writer");
@@ -615,6 +627,52 @@ async fn a_silent_provider_holds_a_fetch_up_only_until_it_is_dropped() {
         "silence is not bad data"
     );
     let _ = silent_router.shutdown().await;
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
+
+/// A writer that truncates below a blob block and writes on moves its readers to a new fork:
+/// the reader releases the blob of the block cut, and garbage collection takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_from_the_writer_releases_the_blobs_it_cuts() {
+    let net = TestNet::new().await.unwrap();
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named("forked").await.unwrap();
+    log.append(b"kept".to_vec()).await.unwrap();
+    let cut = content(50_000, 4);
+    let index = log.append_blob(cut.clone()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+
+    let opts = StoreOptions {
+        blobs: BlobOptions {
+            gc_interval: Some(Duration::from_millis(50)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let store = Corestore::memory_with(opts).await.unwrap();
+    let reader = net
+        .node_with(Transport::Direct, store, Default::default())
+        .await
+        .unwrap();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    core.get_blob(index).fetch(WAIT).await.unwrap();
+    let mut events = reader.proto.events(&core);
+    log.truncate(index).await.unwrap();
+    log.append(b"new fork".to_vec()).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while !matches!(
+            events.next().await.expect("events"),
+            ReplicaEvent::Truncate { .. }
+        ) {}
+    })
+    .await
+    .expect("the reader moved to the new fork");
+    wait_collected(&reader.store, iroh_blobs::Hash::new(&cut)).await;
     writer.shutdown().await;
     reader.shutdown().await;
 }

@@ -69,13 +69,21 @@ impl Hypercore {
     }
 
     /// Verifies a proof from a peer against this core's key and tree and, only if everything
-    /// checks out, stores what it proves. A bad proof is an error and changes nothing.
+    /// checks out, stores what it proves. A bad proof is an error and changes nothing. A
+    /// proof that moves the core to another fork releases the blobs of the blocks it cuts.
     pub fn verify_and_apply_proof(
         &self,
         proof: Proof,
     ) -> impl Future<Output = Result<Applied>> + Send + 'static + use<> {
-        let inner = self.inner.clone();
-        async move { apply(inner, Arc::new(proof)).await }
+        let core = self.clone();
+        async move {
+            let applied = apply(core.inner.clone(), Arc::new(proof)).await?;
+            if let Some(keep) = applied.truncated {
+                // Moved to another fork: the blobs of the blocks cut are released.
+                core.release_blobs(keep, u64::MAX).await?;
+            }
+            Ok(applied)
+        }
     }
 }
 

@@ -676,3 +676,28 @@ async fn a_fork_from_the_writer_releases_the_blobs_it_cuts() {
     writer.shutdown().await;
     reader.shutdown().await;
 }
+
+/// A blob appended from a stream of chunks names their concatenation; a handle that cannot
+/// write gets `NotWritable` and stores nothing.
+#[tokio::test]
+async fn a_blob_appended_from_a_stream_names_its_chunks_together() {
+    let store = Corestore::memory().await.unwrap();
+    let core = store.get_named("streamed").await.unwrap();
+    let chunks = vec![content(5000, 1), content(1, 2), content(70_000, 3)];
+    let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let stream = n0_future::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    let index = core
+        .append_blob(iroh_hypercore::blobs::BlobSource::Stream(Box::pin(stream)))
+        .await
+        .unwrap();
+    let block = core.get(index).await.unwrap().unwrap();
+    let blob = BlobRef::from_block(&block).unwrap();
+    assert_eq!(blob.size, whole.len() as u64);
+    assert_eq!(store.blobs().get_bytes(blob.hash).await.unwrap(), whole);
+
+    let other = Corestore::memory().await.unwrap();
+    let remote = other.get_remote(core.key()).await.unwrap();
+    let err = remote.append_blob(b"no".to_vec()).await.unwrap_err();
+    assert!(matches!(err, Error::NotWritable), "{err}");
+    assert_eq!(remote.info().length, 0);
+}

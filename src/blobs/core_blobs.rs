@@ -154,6 +154,7 @@ impl Hypercore {
         // truncate's release never takes the tag of a block appended meanwhile.
         let turn = state.tags.clone().lock_owned().await;
         let appended = self.append(BlobRef { hash, size }.to_block()).await;
+        let appended_ok = appended.is_ok();
         let result = match appended {
             Ok(out) => {
                 let index = out.length - 1;
@@ -165,11 +166,11 @@ impl Hypercore {
             Err(e) => Err(e),
         };
         drop(turn);
-        if result.is_ok() {
-            // Kept if the block's own tag failed: the blob then stays too long, not too short.
-            if let Err(e) = blobs.tags().delete(&pending).await {
-                tracing::warn!("a blob's pending tag stays: {e}");
-            }
+        // Kept only if the block was appended but its own tag failed: the blob then stays too
+        // long, not too short. Without a block, nothing names the blob.
+        let keep_pending = appended_ok && result.is_err();
+        if !keep_pending && let Err(e) = blobs.tags().delete(&pending).await {
+            tracing::warn!("a blob's pending tag stays: {e}");
         }
         drop(held);
         result

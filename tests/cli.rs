@@ -1,3 +1,4 @@
+#![cfg(feature = "cli")]
 //! The `hyper` binary run as a separate process on a temporary data directory: its local
 //! commands round-trip, `--json` parses, and every error is one line with a non-zero exit.
 

@@ -19,13 +19,47 @@ use iroh_hypercore::{
     testnet::{TestNet, Transport},
 };
 use n0_future::StreamExt;
-use net::{WAIT, wait_event, wait_full};
+use net::{WAIT, wait_event, wait_full, wait_replica_event};
 
 /// `n` bytes that differ from one blob to the next.
 fn content(n: usize, seed: u8) -> Bytes {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
+}
+
+/// A writer node whose log `name` holds `blob` as block `index` (after the blocks `before`),
+/// replicated: `(writer, log, index)`.
+async fn writer_with_blob(
+    net: &TestNet,
+    name: &str,
+    before: &[&[u8]],
+    blob: Bytes,
+) -> (
+    iroh_hypercore::testnet::Node,
+    iroh_hypercore::Hypercore,
+    u64,
+) {
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = writer.store.get_named(name).await.unwrap();
+    for block in before {
+        log.append(block.to_vec()).await.unwrap();
+    }
+    let index = log.append_blob(blob).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    (writer, log, index)
+}
+
+/// An endpoint that speaks only iroh-blobs, through `handler`: `(endpoint, router)`.
+async fn blob_only_endpoint(
+    net: &TestNet,
+    handler: impl iroh::protocol::ProtocolHandler,
+) -> (iroh::Endpoint, iroh::protocol::Router) {
+    let ep = net.endpoint(Transport::Direct).await.unwrap();
+    let router = iroh::protocol::Router::builder(ep.clone())
+        .accept(iroh_blobs::ALPN, handler)
+        .spawn();
+    (ep, router)
 }
 
 /// Blobs of 0 B, 1 KiB and 10 MiB, appended by a writer, reach a reader holding only the
@@ -118,11 +152,8 @@ impl iroh::protocol::ProtocolHandler for LyingBlobs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_sending_bad_bytes_is_dropped_and_counted_invalid() {
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("shared").await.unwrap();
     let blob = content(2 << 20, 7);
-    let index = log.append_blob(blob.clone()).await.unwrap();
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log, index) = writer_with_blob(&net, "shared", &[], blob.clone()).await;
     let ticket = writer.proto.ticket(&log);
 
     // The encoding of another blob of the same size, as a provider sends it.
@@ -212,10 +243,7 @@ async fn a_provider_sending_bad_bytes_is_dropped_and_counted_invalid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_over_the_size_limit_is_refused_before_downloading() {
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("big").await.unwrap();
-    let index = log.append_blob(content(2 << 20, 9)).await.unwrap();
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log, index) = writer_with_blob(&net, "big", &[], content(2 << 20, 9)).await;
 
     let opts = StoreOptions {
         blobs: BlobOptions {
@@ -438,12 +466,9 @@ async fn a_200_mib_file_goes_from_file_to_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_restarted_mid_blob_resumes_where_it_stopped() {
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("resumed").await.unwrap();
     let blob = content(64 << 20, 11);
     let hash = iroh_blobs::Hash::new(&blob);
-    let index = log.append_blob(blob.clone()).await.unwrap();
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log, index) = writer_with_blob(&net, "resumed", &[], blob.clone()).await;
     let ticket = writer.proto.ticket(&log);
 
     let dir = tempfile::tempdir().unwrap();
@@ -597,15 +622,9 @@ impl iroh::protocol::ProtocolHandler for SilentBlobs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_provider_holds_a_fetch_up_only_until_it_is_dropped() {
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("stalled").await.unwrap();
     let blob = content(1 << 20, 3);
-    let index = log.append_blob(blob.clone()).await.unwrap();
-    writer.proto.replicate(&log).await.unwrap();
-    let silent_ep = net.endpoint(Transport::Direct).await.unwrap();
-    let silent_router = iroh::protocol::Router::builder(silent_ep.clone())
-        .accept(iroh_blobs::ALPN, SilentBlobs)
-        .spawn();
+    let (writer, log, index) = writer_with_blob(&net, "stalled", &[], blob.clone()).await;
+    let (silent_ep, silent_router) = blob_only_endpoint(&net, SilentBlobs).await;
 
     let reader = net.node(Transport::Direct).await.unwrap();
     let core = reader.store.get_remote(log.key()).await.unwrap();
@@ -636,12 +655,8 @@ async fn a_silent_provider_holds_a_fetch_up_only_until_it_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_from_the_writer_releases_the_blobs_it_cuts() {
     let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("forked").await.unwrap();
-    log.append(b"kept".to_vec()).await.unwrap();
     let cut = content(50_000, 4);
-    let index = log.append_blob(cut.clone()).await.unwrap();
-    writer.proto.replicate(&log).await.unwrap();
+    let (writer, log, index) = writer_with_blob(&net, "forked", &[b"kept"], cut.clone()).await;
 
     let opts = StoreOptions {
         blobs: BlobOptions {
@@ -664,14 +679,10 @@ async fn a_fork_from_the_writer_releases_the_blobs_it_cuts() {
     let mut events = reader.proto.events(&core);
     log.truncate(index).await.unwrap();
     log.append(b"new fork".to_vec()).await.unwrap();
-    tokio::time::timeout(WAIT, async {
-        while !matches!(
-            events.next().await.expect("events"),
-            ReplicaEvent::Truncate { .. }
-        ) {}
+    wait_replica_event(&mut events, "the reader moved to the new fork", |e| {
+        matches!(e, ReplicaEvent::Truncate { .. })
     })
-    .await
-    .expect("the reader moved to the new fork");
+    .await;
     wait_collected(&reader.store, iroh_blobs::Hash::new(&cut)).await;
     writer.shutdown().await;
     reader.shutdown().await;

@@ -16,7 +16,7 @@ use iroh_hypercore::{
     testnet::{Node, TestNet, Transport},
 };
 use n0_future::StreamExt;
-use net::{WAIT, append_numbered, numbered, wait_event, wait_full};
+use net::{WAIT, append_numbered, numbered, wait_event, wait_full, wait_replica_event};
 
 /// Two memory stores, ordered by their endpoint ids (lower first): which side of a
 /// connection opens the channels depends on the order.
@@ -172,16 +172,12 @@ async fn leave_stops_a_core_and_replicate_resumes_it() {
     let err = tokio::time::timeout(WAIT, download).await.unwrap().unwrap();
     assert!(matches!(err, Err(Error::Left(_))), "{err:?}");
     let reader_id = reader.endpoint.id();
-    tokio::time::timeout(WAIT, async {
-        while let Some(ev) = writer_events.next().await {
-            if ev == ReplicaEvent::PeerRemove(reader_id) {
-                return;
-            }
-        }
-        panic!("events ended");
-    })
-    .await
-    .expect("the writer saw the reader leave the core");
+    wait_replica_event(
+        &mut writer_events,
+        "the writer saw the reader leave the core",
+        |e| *e == ReplicaEvent::PeerRemove(reader_id),
+    )
+    .await;
     assert!(reader.proto.peers(&core).await.unwrap().is_empty());
     assert!(!reader.proto.leave(&core).await.unwrap(), "left already");
 
@@ -235,15 +231,10 @@ async fn core_events_report_peers_and_uploads() {
     assert_eq!(uploaded, (0..20).collect());
 
     reader.shutdown().await;
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if events.next().await.expect("events ended") == ReplicaEvent::PeerRemove(reader_id) {
-                return;
-            }
-        }
+    wait_replica_event(&mut events, "PeerRemove when the reader went", |e| {
+        *e == ReplicaEvent::PeerRemove(reader_id)
     })
-    .await
-    .expect("PeerRemove when the reader went");
+    .await;
     writer.shutdown().await;
 }
 
@@ -366,13 +357,12 @@ async fn the_last_handle_dropped_ends_replication_unless_the_store_is_served() {
         drop(log);
         let writer_id = writer.endpoint.id();
         if !serve_store {
-            tokio::time::timeout(WAIT, async {
-                while reader_events.next().await.expect("events")
-                    != ReplicaEvent::PeerRemove(writer_id)
-                {}
-            })
-            .await
-            .expect("the writer's channel closed when its last handle went");
+            wait_replica_event(
+                &mut reader_events,
+                "the writer's channel closed when its last handle went",
+                |e| *e == ReplicaEvent::PeerRemove(writer_id),
+            )
+            .await;
             assert_eq!(writer.proto.node_stats().await.unwrap().cores, 0);
         }
         let log = writer.store.get_named("dropped").await.unwrap();
@@ -437,11 +427,11 @@ async fn update_wait_returns_the_newest_length_of_the_peers() {
     // Subscribe before joining: the peer may be added before `join` returns.
     let mut added = reader.proto.events(&core);
     reader.proto.join(&core, &[writer.addr()]).await.unwrap();
-    tokio::time::timeout(WAIT, async {
-        while added.next().await.expect("events") != ReplicaEvent::PeerAdd(writer.endpoint.id()) {}
+    let writer_id = writer.endpoint.id();
+    wait_replica_event(&mut added, "the writer added", |e| {
+        *e == ReplicaEvent::PeerAdd(writer_id)
     })
-    .await
-    .unwrap();
+    .await;
     for length in 2..=20u64 {
         append_numbered(&log, length - 1, 1, 8).await;
         assert_eq!(core.update().wait(WAIT).await.unwrap(), length);

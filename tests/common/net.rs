@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use iroh_hypercore::{
     Hypercore, HypercoreProtocol,
-    net::Events,
+    net::{Events, ReplicaEvent, ReplicaEvents},
     replication::Event,
     testnet::{Node, TestNet, Transport},
 };
@@ -29,6 +29,25 @@ pub async fn wait_event(
     what: &str,
     mut pred: impl FnMut(&Event) -> bool,
 ) -> Event {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.next().await {
+                Some(ev) if pred(&ev) => return ev,
+                Some(_) => {}
+                None => panic!("events closed: {what}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits (up to `WAIT`) for the first event of one core that satisfies `pred`.
+pub async fn wait_replica_event(
+    events: &mut ReplicaEvents,
+    what: &str,
+    mut pred: impl FnMut(&ReplicaEvent) -> bool,
+) -> ReplicaEvent {
     tokio::time::timeout(WAIT, async {
         loop {
             match events.next().await {

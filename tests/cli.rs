@@ -2,47 +2,10 @@
 //! The `hyper` binary run as a separate process on a temporary data directory: its local
 //! commands round-trip, `--json` parses, and every error is one line with a non-zero exit.
 
-use std::process::{Command, Output, Stdio};
+#[path = "common/process.rs"]
+mod process;
 
-/// Runs `hyper --data dir args…` with `stdin` fed in.
-fn hyper(dir: &std::path::Path, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hyper"))
-        .arg("--data")
-        .arg(dir)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("hyper runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("stdin written");
-    child.wait_with_output().expect("hyper ends")
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "hyper failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8")
-}
-
-/// A failure: exit code 1 and one line on stderr, which is returned.
-fn failure(out: &Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8(out.stderr.clone()).expect("utf-8");
-    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
-    assert!(err.starts_with("hyper: "), "{err}");
-    err
-}
+use process::{HYPER, failure, hyper, stdout};
 
 #[test]
 fn create_append_cat_info_list_and_delete_round_trip() {
@@ -136,4 +99,31 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     runtime.block_on(held.close()).unwrap();
     assert_eq!(stdout(&hyper(d, &["list"], "")), "", "free again");
+}
+
+/// A write the disk has no room for (here: over the process's file size limit, which fails
+/// the write as a full disk would) is one line, and the log keeps what it had.
+#[cfg(unix)]
+#[test]
+fn a_full_disk_is_said_plainly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    stdout(&hyper(d, &["create", "log"], ""));
+    stdout(&hyper(d, &["append", "log", "one", "two"], ""));
+    let big = d.join("big.bin");
+    std::fs::write(&big, vec![7u8; 4 << 20]).unwrap();
+    let limited = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 2048; trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(HYPER)
+        .arg("--data")
+        .arg(d)
+        .args(["append", "log", "--file", big.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("sh runs");
+    let err = failure(&limited);
+    assert!(err.contains("the disk is full"), "{err}");
+    assert_eq!(stdout(&hyper(d, &["cat", "log"], "")), "one\ntwo\n");
+    assert_eq!(stdout(&hyper(d, &["append", "log", "three"], "")), "3\n");
 }

@@ -3,71 +3,86 @@
 use std::{
     io::{BufRead, Write},
     path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
+use clap::Subcommand;
 use iroh_hypercore::{Corestore, Hypercore, core::MAX_BLOCK_SIZE};
 
-use crate::{Command, names};
+use crate::{fail, names, peers};
 
-/// Runs `command` on the store in `data` (or the platform's data directory).
-pub async fn run(data: Option<PathBuf>, command: Command) -> Result<(), String> {
-    let dir = data
-        .or_else(default_data_dir)
-        .ok_or("no data directory: pass --data DIR")?;
-    let store = open(&dir).await?;
-    let result = run_on(&store, &dir, command).await;
-    let closed = store.close().await;
-    result?;
-    closed.map_err(|e| format!("closing the store in {}: {e}", dir.display()))
+/// The commands that work on the store alone.
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Create the writable log NAME (derived from the store's primary key) and print its key.
+    Create {
+        /// The log's name.
+        name: String,
+    },
+    /// List the logs of the store: key, name (if made here), length.
+    List {
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a log: key, length, byte length, fork, writable, and when each peer was last
+    /// seen by share or follow.
+    Info {
+        /// The log's key (64 hex characters) or name.
+        log: String,
+        /// A JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append blocks to the writable log NAME: each TEXT one block; with no TEXT, one block
+    /// per line of stdin. Prints the log's new length (with --blob, the block's index).
+    Append {
+        /// The log's name.
+        name: String,
+        /// Blocks to append.
+        texts: Vec<String>,
+        /// Append the file's bytes as one block (at most 8 MiB).
+        #[arg(long, conflicts_with_all = ["texts", "blob"])]
+        file: Option<PathBuf>,
+        /// Append the file as a blob (any size; the block names it).
+        #[arg(long, conflicts_with = "texts")]
+        blob: Option<PathBuf>,
+    },
+    /// Print blocks of a log, one per line.
+    Cat {
+        /// The log's key (64 hex characters) or name.
+        log: String,
+        /// First block.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// End (exclusive; default: the log's length).
+        #[arg(long)]
+        end: Option<u64>,
+        /// Write the blocks' bytes as they are, with no newline between them.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Delete a log and everything stored for it.
+    Delete {
+        /// The log's key (64 hex characters) or name.
+        log: String,
+    },
 }
 
-/// The platform's data directory for `hyper`: `$XDG_DATA_HOME/iroh-hypercore`, else
-/// `~/.local/share/iroh-hypercore` (`~/Library/Application Support/…` on macOS,
-/// `%APPDATA%\…` on Windows).
-fn default_data_dir() -> Option<PathBuf> {
-    const NAME: &str = "iroh-hypercore";
-    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(xdg).join(NAME));
-    }
-    if cfg!(windows) {
-        return std::env::var_os("APPDATA").map(|a| PathBuf::from(a).join(NAME));
-    }
-    let home = PathBuf::from(std::env::var_os("HOME")?);
-    Some(if cfg!(target_os = "macos") {
-        home.join("Library/Application Support").join(NAME)
-    } else {
-        home.join(".local/share").join(NAME)
-    })
-}
-
-/// Opens the store in `dir`, saying plainly when another process holds it.
-async fn open(dir: &Path) -> Result<Corestore, String> {
-    Corestore::persistent(dir).await.map_err(|e| {
-        let text = e.to_string();
-        if text.contains("already open") || text.contains("acquire lock") {
-            format!(
-                "the data directory {} is in use by another hyper process",
-                dir.display()
-            )
-        } else {
-            format!("cannot open the store in {}: {text}", dir.display())
-        }
-    })
-}
-
-async fn run_on(store: &Corestore, dir: &Path, command: Command) -> Result<(), String> {
-    let fail = |what: &str, e: iroh_hypercore::Error| format!("{what}: {e}");
+/// Runs a local command on the store of `dir`.
+pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result<(), String> {
+    let failed = |what: &str, e: iroh_hypercore::Error| fail::describe(what, e);
     match command {
-        Command::Create { name } => {
+        LocalCommand::Create { name } => {
             let core = store
                 .get_named(&name)
                 .await
-                .map_err(|e| fail("create", e))?;
+                .map_err(|e| failed("create", e))?;
             names::remember(dir, &name, &core.key()).map_err(|e| e.to_string())?;
             println!("{}", names::hex(&core.key()));
         }
-        Command::List { json } => {
-            let keys = store.list().await.map_err(|e| fail("list", e))?;
+        LocalCommand::List { json } => {
+            let keys = store.list().await.map_err(|e| failed("list", e))?;
             let known = names::load(dir);
             let name_of = |key: &[u8; 32]| {
                 known
@@ -77,10 +92,10 @@ async fn run_on(store: &Corestore, dir: &Path, command: Command) -> Result<(), S
             };
             let mut rows = Vec::new();
             for key in keys {
-                let Some(core) = store.get(key).await.map_err(|e| fail("list", e))? else {
+                let Some(core) = store.get(key).await.map_err(|e| failed("list", e))? else {
                     continue;
                 };
-                rows.push(describe(&core, name_of(&key)));
+                rows.push(describe(dir, &core, name_of(&key)));
             }
             if json {
                 println!("{}", serde_json::Value::Array(rows));
@@ -95,21 +110,30 @@ async fn run_on(store: &Corestore, dir: &Path, command: Command) -> Result<(), S
                 }
             }
         }
-        Command::Info { log, json } => {
+        LocalCommand::Info { log, json } => {
             let (core, name) = resolve(store, dir, &log).await?;
-            let row = describe(&core, name);
+            let row = describe(dir, &core, name);
             if json {
                 println!("{row}");
             } else if let serde_json::Value::Object(fields) = row {
                 for (field, value) in fields {
                     match value {
                         serde_json::Value::String(s) => println!("{field}: {s}"),
+                        serde_json::Value::Array(peers) => {
+                            for peer in peers {
+                                println!(
+                                    "peer: {} last seen {}",
+                                    peer["id"].as_str().unwrap_or_default(),
+                                    ago(peer["last_seen"].as_u64().unwrap_or_default())
+                                );
+                            }
+                        }
                         other => println!("{field}: {other}"),
                     }
                 }
             }
         }
-        Command::Append {
+        LocalCommand::Append {
             name,
             texts,
             file,
@@ -119,12 +143,12 @@ async fn run_on(store: &Corestore, dir: &Path, command: Command) -> Result<(), S
                 let core = store
                     .get_named(&name)
                     .await
-                    .map_err(|e| fail("append", e))?;
+                    .map_err(|e| failed("append", e))?;
                 names::remember(dir, &name, &core.key()).map_err(|e| e.to_string())?;
                 let index = core
                     .append_blob(path.as_path())
                     .await
-                    .map_err(|e| fail(&format!("appending {} as a blob", path.display()), e))?;
+                    .map_err(|e| failed(&format!("appending {} as a blob", path.display()), e))?;
                 println!("{index}");
                 return Ok(());
             }
@@ -155,16 +179,16 @@ async fn run_on(store: &Corestore, dir: &Path, command: Command) -> Result<(), S
             let core = store
                 .get_named(&name)
                 .await
-                .map_err(|e| fail("append", e))?;
+                .map_err(|e| failed("append", e))?;
             names::remember(dir, &name, &core.key()).map_err(|e| e.to_string())?;
             for chunk in blocks.chunks(1000) {
                 core.append_batch(chunk.to_vec())
                     .await
-                    .map_err(|e| fail("append", e))?;
+                    .map_err(|e| failed("append", e))?;
             }
             println!("{}", core.info().length);
         }
-        Command::Cat {
+        LocalCommand::Cat {
             log,
             start,
             end,
@@ -178,7 +202,7 @@ async fn run_on(store: &Corestore, dir: &Path, command: Command) -> Result<(), S
                 let block = core
                     .get(index)
                     .await
-                    .map_err(|e| fail(&format!("block {index}"), e))?
+                    .map_err(|e| failed(&format!("block {index}"), e))?
                     .ok_or_else(|| format!("block {index} is not stored here"))?;
                 let written = if raw {
                     out.write_all(&block)
@@ -186,26 +210,34 @@ async fn run_on(store: &Corestore, dir: &Path, command: Command) -> Result<(), S
                     out.write_all(String::from_utf8_lossy(&block).as_bytes())
                         .and_then(|()| out.write_all(b"\n"))
                 };
-                if written.is_err() {
+                match written {
+                    Ok(()) => {}
                     // The reader went away (a closed pipe): nothing more to do.
-                    return Ok(());
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    Err(e) => return Err(fail::describe("writing to stdout", e)),
                 }
             }
-            let _ = out.flush();
+            match out.flush() {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(fail::describe("writing to stdout", e));
+                }
+                _ => {}
+            }
         }
-        Command::Delete { log } => {
+        LocalCommand::Delete { log } => {
             let (core, _) = resolve(store, dir, &log).await?;
             let key = core.key();
             drop(core);
-            store.delete(key).await.map_err(|e| fail("delete", e))?;
+            store.delete(key).await.map_err(|e| failed("delete", e))?;
             names::forget(dir, &key).map_err(|e| e.to_string())?;
+            peers::forget(dir, &key).map_err(|e| e.to_string())?;
         }
     }
     Ok(())
 }
 
 /// The log `log` names: a key (64 hex characters) or a name made in this directory.
-async fn resolve(
+pub async fn resolve(
     store: &Corestore,
     dir: &Path,
     log: &str,
@@ -241,8 +273,12 @@ async fn resolve(
 }
 
 /// What `list` and `info` show of a log.
-fn describe(core: &Hypercore, name: Option<String>) -> serde_json::Value {
+fn describe(dir: &Path, core: &Hypercore, name: Option<String>) -> serde_json::Value {
     let info = core.info();
+    let peers: Vec<serde_json::Value> = peers::last_seen(dir, &core.key())
+        .into_iter()
+        .map(|(id, at)| serde_json::json!({ "id": id, "last_seen": at }))
+        .collect();
     serde_json::json!({
         "key": names::hex(&core.key()),
         "name": name,
@@ -250,5 +286,20 @@ fn describe(core: &Hypercore, name: Option<String>) -> serde_json::Value {
         "byte_length": info.byte_length,
         "fork": info.fork,
         "writable": info.writable,
+        "peers": peers,
     })
+}
+
+/// How long ago the unix time `at` was, in words.
+fn ago(at: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let secs = now.saturating_sub(at);
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..86400 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86400),
+    }
 }

@@ -1,17 +1,27 @@
-//! `hyper`: create, write and read Hypercore logs from the command line.
+//! `hyper`: create, write, share and follow Hypercore logs from the command line.
 //!
-//! This first version has the local commands (`create`, `list`, `info`, `append`, `cat`,
-//! `delete`); every error is one line on stderr and a non-zero exit code.
+//! Every command opens the store of one data directory. The local ones (`create`, `list`,
+//! `info`, `append`, `cat`, `delete`) do their job and close it; the network ones (`share`,
+//! `follow`, `get-blob`) start an iroh node with the store's persisted identity. Every error
+//! is one line on stderr and exit code 1; Ctrl-C stops a node cleanly with exit code 0.
 
+mod data_dir;
+mod fail;
+mod follow;
+mod get_blob;
 mod local;
 mod names;
+mod node;
+mod peers;
+mod share;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use iroh_hypercore::CoreTicket;
 
-/// Create, write and read signed append-only logs (Hypercore 11 compatible), stored in one
-/// data directory.
+/// Create, write, share and follow signed append-only logs (Hypercore 11 compatible), stored
+/// in one data directory and replicated peer to peer over iroh.
 #[derive(Debug, Parser)]
 #[command(name = "hyper", version)]
 struct Cli {
@@ -19,6 +29,15 @@ struct Cli {
     /// ~/.local/share/iroh-hypercore).
     #[arg(long, global = true, env = "HYPER_DATA")]
     data: Option<PathBuf>,
+    /// Relays for the network commands: "default" (iroh's public relays, and lookup of
+    /// peers by id), "disabled" (direct addresses only: one machine or one LAN) or the URL
+    /// of your own relay.
+    #[arg(long, global = true, default_value = "default", value_parser = parse_relay)]
+    relay: node::Relay,
+    /// The local address the network commands listen on, e.g. 127.0.0.1:0 or 0.0.0.0:4433
+    /// (default: every interface, a free port).
+    #[arg(long, global = true)]
+    bind: Option<SocketAddr>,
     /// Log output on stderr (RUST_LOG is honoured too).
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -26,61 +45,23 @@ struct Cli {
     command: Command,
 }
 
+fn parse_relay(text: &str) -> Result<node::Relay, String> {
+    text.parse()
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the writable log NAME (derived from the store's primary key) and print its key.
-    Create {
-        /// The log's name.
-        name: String,
-    },
-    /// List the logs of the store: key, name (if made here), length.
-    List {
-        /// One JSON array instead of lines.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show a log: key, length, byte length, fork, writable.
-    Info {
-        /// The log's key (64 hex characters) or name.
-        log: String,
-        /// A JSON object instead of lines.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Append blocks to the writable log NAME: each TEXT one block; with no TEXT, one block
-    /// per line of stdin.
-    Append {
-        /// The log's name.
-        name: String,
-        /// Blocks to append.
-        texts: Vec<String>,
-        /// Append the file's bytes as one block (at most 8 MiB).
-        #[arg(long, conflicts_with_all = ["texts", "blob"])]
-        file: Option<PathBuf>,
-        /// Append the file as a blob (any size; the block names it).
-        #[arg(long, conflicts_with = "texts")]
-        blob: Option<PathBuf>,
-    },
-    /// Print blocks of a log, one per line.
-    Cat {
-        /// The log's key (64 hex characters) or name.
-        log: String,
-        /// First block.
-        #[arg(long, default_value_t = 0)]
-        start: u64,
-        /// End (exclusive; default: the log's length).
-        #[arg(long)]
-        end: Option<u64>,
-        /// Write the blocks' bytes as they are, with no newline between them.
-        #[arg(long)]
-        raw: bool,
-    },
-    /// Delete a log and everything stored for it.
-    Delete {
-        /// The log's key (64 hex characters) or name.
-        log: String,
-    },
+    #[command(flatten)]
+    Local(local::LocalCommand),
+    /// Serve logs to peers: prints one ticket per log (a line each, before anything else on
+    /// stdout), then serves until Ctrl-C.
+    Share(share::ShareArgs),
+    /// Follow the log a ticket names: prints its blocks in order, one per line, as they
+    /// arrive (with a progress bar on stderr while catching up), then new ones live.
+    Follow(follow::FollowArgs),
+    /// Fetch the blob block INDEX of a ticket's log names, into a file.
+    GetBlob(get_blob::GetBlobArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,11 +81,53 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(local::run(cli.data, cli.command)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hyper: {e}");
             ExitCode::FAILURE
         }
+    };
+    // A thread blocked reading stdin (share --stdin) must not hold the exit.
+    runtime.shutdown_background();
+    code
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let net = node::NetOptions {
+        relay: cli.relay,
+        bind: cli.bind,
+    };
+    // A ticket is checked before the store is opened: a typo creates nothing.
+    let job = Job::of(cli.command)?;
+    let dir = data_dir::resolve(cli.data)?;
+    let store = data_dir::open(&dir).await?;
+    let result = match job {
+        Job::Local(command) => local::run(&store, &dir, command).await,
+        Job::Share(args) => share::run(&store, &dir, &net, args).await,
+        Job::Follow(ticket, args) => follow::run(&store, &dir, &net, &ticket, args).await,
+        Job::GetBlob(ticket, args) => get_blob::run(&store, &dir, &net, &ticket, args).await,
+    };
+    let closed = store.close().await;
+    result?;
+    closed.map_err(|e| fail::describe(&format!("closing the store in {}", dir.display()), e))
+}
+
+/// A command with its ticket parsed.
+enum Job {
+    Local(local::LocalCommand),
+    Share(share::ShareArgs),
+    Follow(CoreTicket, follow::FollowArgs),
+    GetBlob(CoreTicket, get_blob::GetBlobArgs),
+}
+
+impl Job {
+    fn of(command: Command) -> Result<Self, String> {
+        Ok(match command {
+            Command::Local(command) => Self::Local(command),
+            Command::Share(args) => Self::Share(args),
+            Command::Follow(args) => Self::Follow(node::parse_ticket(&args.ticket)?, args),
+            Command::GetBlob(args) => Self::GetBlob(node::parse_ticket(&args.ticket)?, args),
+        })
     }
 }

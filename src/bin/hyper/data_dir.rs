@@ -1,0 +1,48 @@
+//! The data directory: where it is, and opening its store.
+
+use std::path::{Path, PathBuf};
+
+use iroh_hypercore::Corestore;
+
+use crate::fail;
+
+/// The directory `--data` names, else the platform's data directory.
+pub fn resolve(data: Option<PathBuf>) -> Result<PathBuf, String> {
+    data.or_else(default_data_dir)
+        .ok_or_else(|| "no data directory: pass --data DIR".to_string())
+}
+
+/// The platform's data directory for `hyper`: `$XDG_DATA_HOME/iroh-hypercore`, else
+/// `~/.local/share/iroh-hypercore` (`~/Library/Application Support/…` on macOS,
+/// `%APPDATA%\…` on Windows).
+fn default_data_dir() -> Option<PathBuf> {
+    const NAME: &str = "iroh-hypercore";
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(xdg).join(NAME));
+    }
+    if cfg!(windows) {
+        return std::env::var_os("APPDATA").map(|a| PathBuf::from(a).join(NAME));
+    }
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    Some(if cfg!(target_os = "macos") {
+        home.join("Library/Application Support").join(NAME)
+    } else {
+        home.join(".local/share").join(NAME)
+    })
+}
+
+/// Opens the store in `dir`, saying plainly when another process holds it (at once: the
+/// lock is not waited for).
+pub async fn open(dir: &Path) -> Result<Corestore, String> {
+    Corestore::persistent(dir).await.map_err(|e| {
+        let text = e.to_string();
+        if text.contains("already open") || text.contains("acquire lock") {
+            format!(
+                "the data directory {} is in use by another hyper process",
+                dir.display()
+            )
+        } else {
+            fail::describe(&format!("cannot open the store in {}", dir.display()), e)
+        }
+    })
+}

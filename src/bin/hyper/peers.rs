@@ -1,0 +1,180 @@
+//! The peers of each log, as `share` and `follow` saw them: who is connected now, what was
+//! downloaded, and when each peer was last seen (kept in `peers.txt` of the data directory,
+//! one `key<TAB>peer<TAB>unix seconds` line each, for `hyper info`).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use iroh::EndpointId;
+use iroh_hypercore::{CoreKey, HypercoreProtocol, replication::Event};
+use n0_future::StreamExt;
+
+use crate::names;
+
+/// The file, inside the data directory.
+const FILE: &str = "peers.txt";
+
+/// When each peer of `key` was last seen, newest first: (peer id, unix seconds).
+pub fn last_seen(dir: &Path, key: &CoreKey) -> Vec<(String, u64)> {
+    let key = names::hex(key);
+    let mut peers: Vec<(String, u64)> = load(dir)
+        .into_iter()
+        .filter(|((k, _), _)| *k == key)
+        .map(|((_, peer), at)| (peer, at))
+        .collect();
+    peers.sort_by_key(|p| std::cmp::Reverse(p.1));
+    peers
+}
+
+/// Forgets the peers of `key` (its log was deleted).
+pub fn forget(dir: &Path, key: &CoreKey) -> std::io::Result<()> {
+    let key = names::hex(key);
+    let mut all = load(dir);
+    all.retain(|(k, _), _| *k != key);
+    save(dir, &all)
+}
+
+type Records = BTreeMap<(String, String), u64>;
+
+fn load(dir: &Path) -> Records {
+    let Ok(text) = std::fs::read_to_string(dir.join(FILE)) else {
+        return Records::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let key = names::parse_key(fields.next()?)?;
+            let peer: EndpointId = fields.next()?.parse().ok()?;
+            let at = fields.next()?.parse().ok()?;
+            Some(((names::hex(&key), peer.to_string()), at))
+        })
+        .collect()
+}
+
+/// Writes the records to a new file and renames it over the old one, so a crash leaves
+/// one or the other whole.
+fn save(dir: &Path, records: &Records) -> std::io::Result<()> {
+    let text: String = records
+        .iter()
+        .map(|((key, peer), at)| format!("{key}\t{peer}\t{at}\n"))
+        .collect();
+    let tmp = dir.join(format!("{FILE}.new"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, dir.join(FILE))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the tracker saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Peers with an open channel, by log.
+    connected: HashMap<CoreKey, HashSet<[u8; 32]>>,
+    /// Blocks downloaded and their bytes.
+    downloaded: (u64, u64),
+}
+
+/// Follows the events of a protocol for some logs: peers connected, blocks downloaded, and
+/// the last-seen records.
+#[derive(Debug)]
+pub struct PeerTracker {
+    dir: PathBuf,
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeerTracker {
+    /// Starts following `proto`'s events for the logs `keys`.
+    pub fn start(dir: &Path, proto: &HypercoreProtocol, keys: &[CoreKey]) -> Self {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut events = proto.subscribe();
+        let keys: HashSet<CoreKey> = keys.iter().copied().collect();
+        let (dir2, seen2) = (dir.to_path_buf(), seen.clone());
+        let task = tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let (core, peer, open) = match event {
+                    Event::ChannelOpen { core, peer } => (core, peer, true),
+                    Event::ChannelClosed { core, peer } => (core, peer, false),
+                    Event::Download { core, bytes, .. } if keys.contains(&core) => {
+                        let mut seen = lock(&seen2);
+                        seen.downloaded.0 += 1;
+                        seen.downloaded.1 += bytes;
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if !keys.contains(&core) {
+                    continue;
+                }
+                {
+                    let mut seen = lock(&seen2);
+                    let peers = seen.connected.entry(core).or_default();
+                    if open {
+                        peers.insert(peer);
+                    } else {
+                        peers.remove(&peer);
+                    }
+                }
+                record(&dir2, &core, &[peer]);
+            }
+        });
+        Self {
+            dir: dir.to_path_buf(),
+            seen,
+            task,
+        }
+    }
+
+    /// Distinct peers connected now, over all the logs.
+    pub fn peers(&self) -> usize {
+        let seen = lock(&self.seen);
+        seen.connected
+            .values()
+            .flatten()
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// Blocks downloaded so far and their bytes.
+    pub fn downloaded(&self) -> (u64, u64) {
+        lock(&self.seen).downloaded
+    }
+
+    /// Stops following, and records the peers still connected as seen now.
+    pub fn finish(self) {
+        self.task.abort();
+        let seen = lock(&self.seen);
+        for (core, peers) in &seen.connected {
+            let peers: Vec<_> = peers.iter().copied().collect();
+            record(&self.dir, core, &peers);
+        }
+    }
+}
+
+fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Records `peers` of `core` as seen now. A failure to write is logged: the record is a
+/// convenience, not data.
+fn record(dir: &Path, core: &CoreKey, peers: &[[u8; 32]]) {
+    let mut all = load(dir);
+    let at = now();
+    for peer in peers {
+        let Ok(peer) = EndpointId::from_bytes(peer) else {
+            continue;
+        };
+        all.insert((names::hex(core), peer.to_string()), at);
+    }
+    if let Err(e) = save(dir, &all) {
+        tracing::warn!("cannot record the peers seen in {}: {e}", dir.display());
+    }
+}

@@ -1,0 +1,195 @@
+//! The built `hyper` binary run as separate processes: one-shot commands, and long-running
+//! ones (`share`, `follow`) whose stdout lines arrive on a channel.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::Path,
+    process::{Child, ChildStdin, Command, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        mpsc::{Receiver, channel},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+/// How long a test waits for a line or an exit: generous, for a loaded CI machine.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The network options of every networked process: loopback only, no relay.
+pub const LOOPBACK: [&str; 4] = ["--relay", "disabled", "--bind", "127.0.0.1:0"];
+
+/// The built binary.
+pub const HYPER: &str = env!("CARGO_BIN_EXE_hyper");
+
+fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(HYPER);
+    cmd.arg("--data")
+        .arg(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("HYPER_DATA");
+    cmd
+}
+
+/// Runs `hyper --data dir args…` to its end with `stdin` fed in.
+pub fn hyper(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = command(dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hyper runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin written");
+    child.wait_with_output().expect("hyper ends")
+}
+
+/// The stdout of a run that succeeded.
+pub fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "hyper failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8")
+}
+
+/// A failure: exit code 1 and one line on stderr, which is returned.
+pub fn failure(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr.clone()).expect("utf-8");
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("hyper: "), "{err}");
+    err
+}
+
+/// A `hyper` process that keeps running: its stdout lines arrive on a channel, its stderr
+/// is collected, its stdin stays open.
+pub struct Running {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<JoinHandle<()>>,
+    stdout_reader: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts `hyper --data dir args…`.
+    pub fn spawn(dir: &Path, args: &[&str]) -> Self {
+        let mut child = command(dir, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hyper runs");
+        let (tx, lines) = channel();
+        let out = child.stdout.take().expect("stdout");
+        let stdout_reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("stderr");
+        let collected = stderr.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = err.read(&mut buf) {
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child: Some(child),
+            lines,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+            stdout_reader: Some(stdout_reader),
+        }
+    }
+
+    /// The next line on stdout (within [`WAIT`]).
+    pub fn line(&self) -> String {
+        match self.lines.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(e) => panic!(
+                "no line from hyper ({e}); its stderr: {}",
+                self.stderr.lock().unwrap()
+            ),
+        }
+    }
+
+    /// Types `text` and a newline on the process's stdin.
+    pub fn type_line(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{text}").expect("stdin written");
+        stdin.flush().expect("stdin flushed");
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit: its code and everything on stderr.
+    pub fn interrupt(self) -> (Option<i32>, String) {
+        let pid = self.child.as_ref().expect("running").id();
+        let sent = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGINT sent");
+        self.wait()
+    }
+
+    /// Waits (within [`WAIT`]) for the process to end by itself: its code and stderr.
+    pub fn wait(mut self) -> (Option<i32>, String) {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = match rx.recv_timeout(WAIT) {
+            Ok(status) => status.expect("wait"),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                panic!(
+                    "hyper did not exit; its stderr: {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+        };
+        for reader in [self.stderr_reader.take(), self.stdout_reader.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = reader.join();
+        }
+        let stderr = self.stderr.lock().unwrap().clone();
+        (status.code(), stderr)
+    }
+
+    /// The stdout lines not read yet (all of them once [`wait`](Self::wait) returned).
+    pub fn rest(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -35,6 +35,16 @@ fn create_append_cat_info_list_and_delete_round_trip() {
         stdout(&hyper(d, &["cat", "chat", "--start", "3", "--raw"], "")),
         "twothree"
     );
+    // A writer cannot drive the reader's terminal or split a block into two lines.
+    stdout(&hyper(d, &["append", "chat", "\u{1b}[2Jred\nfake"], ""));
+    assert_eq!(
+        stdout(&hyper(d, &["cat", "chat", "--start", "5"], "")),
+        "\\u{1b}[2Jred\\nfake\n"
+    );
+    assert_eq!(
+        stdout(&hyper(d, &["truncate", "chat", "5"], "")),
+        "5 (fork 1)\n"
+    );
 
     let info: serde_json::Value =
         serde_json::from_str(&stdout(&hyper(d, &["info", "chat", "--json"], ""))).unwrap();
@@ -79,6 +89,12 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     let err = failure(&hyper(d, &["info", &"ab".repeat(32)], ""));
     assert!(err.contains("no log with key abab"), "{err}");
 
+    let err = failure(&hyper(d, &["append", "x", "text"], ""));
+    assert!(
+        err.contains("no log named \"x\"") && err.contains("hyper create x"),
+        "append makes no log: {err}"
+    );
+    stdout(&hyper(d, &["create", "x"], ""));
     let big = d.join("big.bin");
     std::fs::write(&big, vec![0u8; (8 << 20) + 1]).unwrap();
     let err = failure(&hyper(
@@ -87,6 +103,16 @@ fn errors_are_one_line_with_a_non_zero_exit() {
         "",
     ));
     assert!(err.contains("use --blob"), "{err}");
+
+    // Names: no control characters, nothing that reads as a key, no second log of a name.
+    let err = failure(&hyper(d, &["create", "a\tb"], ""));
+    assert!(err.contains("control characters"), "{err}");
+    let err = failure(&hyper(d, &["create", &"cd".repeat(32)], ""));
+    assert!(err.contains("64 hex characters"), "{err}");
+    let err = failure(&hyper(d, &["create", "x"], ""));
+    assert!(err.contains("exists"), "{err}");
+    let err = failure(&hyper(d, &["truncate", "x", "5"], ""));
+    assert!(err.contains("cannot grow"), "{err}");
 
     // Another process holds the directory: said at once, not waited for.
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -98,7 +124,10 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     assert!(err.contains("in use by another hyper process"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     runtime.block_on(held.close()).unwrap();
-    assert_eq!(stdout(&hyper(d, &["list"], "")), "", "free again");
+    assert!(
+        stdout(&hyper(d, &["list"], "")).contains("\tx\t0\n"),
+        "free again"
+    );
 }
 
 /// A write the disk has no room for (here: over the process's file size limit, which fails

@@ -153,6 +153,10 @@ fn a_shared_blob_is_fetched_with_equal_bytes() {
     );
     stdout(&got);
     assert!(std::fs::read(&out).unwrap() == bytes, "equal bytes");
+    assert!(
+        !c.path().join(".fetched.bin.partial").exists(),
+        "written under a temporary name, renamed once whole"
+    );
 
     // The block that is no blob, one past the end, and a full disk: one line each.
     let err = failure(&run(c.path(), &["get-blob", &ticket, "0", "-o", "x.bin"]));
@@ -225,6 +229,82 @@ fn network_errors_are_one_line_with_exit_code_one() {
     assert_eq!(sharer.interrupt().0, Some(0));
     let err = failure(&run(b.path(), &["share", &key, "--stdin"]));
     assert!(err.contains("not writable here"), "{err}");
+}
+
+#[test]
+fn a_follow_prints_again_what_a_truncation_replaced() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    log_with(a.path(), "log", &["a", "b", "c", "d", "e"]);
+    let sharer = spawn(a.path(), &["share", "log"]);
+    let ticket = sharer.line();
+    let first = run(b.path(), &["follow", &ticket, "--exit-when-synced"]);
+    assert_eq!(stdout(&first), "a\nb\nc\nd\ne\n");
+    assert_eq!(sharer.interrupt().0, Some(0));
+
+    // The writer cuts the log to 3 blocks and writes two others: a new fork.
+    assert_eq!(
+        stdout(&hyper(a.path(), &["truncate", "log", "3"], "")),
+        "3 (fork 1)\n"
+    );
+    stdout(&hyper(a.path(), &["append", "log", "X", "Y"], ""));
+    let sharer = spawn(a.path(), &["share", "log"]);
+    let ticket = sharer.line();
+    let again = run(b.path(), &["follow", &ticket, "--exit-when-synced"]);
+    // The reader knows where the forks part to a subtree's root: at the writer's cut or
+    // before it. From there the new fork is printed again.
+    let err = String::from_utf8_lossy(&again.stderr);
+    let from: usize = err
+        .split("printing from block ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the fork is said: {err}"));
+    assert!(err.contains("the log moved to fork 1"), "{err}");
+    assert!(from <= 3, "{err}");
+    let new_fork = ["a", "b", "c", "X", "Y"];
+    let expected: String = ["a", "b", "c", "d", "e"]
+        .iter()
+        .chain(&new_fork[from..])
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        stdout(&again),
+        expected,
+        "the stored blocks, then from the fork again"
+    );
+    // Now the store holds the new fork.
+    let last = run(b.path(), &["follow", &ticket, "--exit-when-synced"]);
+    assert_eq!(stdout(&last), "a\nb\nc\nX\nY\n");
+    assert_eq!(sharer.interrupt().0, Some(0));
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_follow_with_exit_code_zero() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // More than a pipe holds, so that the writes after `head` left fail.
+    let line = "x".repeat(100);
+    let lines: Vec<&str> = (0..3000).map(|_| line.as_str()).collect();
+    log_with(a.path(), "log", &lines);
+    let sharer = spawn(a.path(), &["share", "log"]);
+    let ticket = sharer.line();
+    let piped = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(
+            "set -o pipefail; \"$0\" --data \"$1\" --relay disabled --bind 127.0.0.1:0 \
+             follow \"$2\" --exit-when-synced | head -n 1",
+        )
+        .arg(process::HYPER)
+        .arg(b.path())
+        .arg(&ticket)
+        .output()
+        .expect("bash runs");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), format!("{line}\n"));
+    assert!(
+        piped.status.success(),
+        "a closed pipe is a normal end: {}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert_eq!(sharer.interrupt().0, Some(0));
 }
 
 /// The endpoint id a ticket names (as `hyper info` shows peers).

@@ -46,3 +46,16 @@ pub async fn open(dir: &Path) -> Result<Corestore, String> {
         }
     })
 }
+
+/// Writes `text` to a new file beside `path` and renames it over `path`, so that a crash or
+/// a full disk leaves the old file or the new one whole, never half of one.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}

@@ -7,13 +7,17 @@ use std::{
 };
 
 use clap::Args;
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use iroh_hypercore::{CoreTicket, Corestore, Error, Hypercore};
 
 use crate::{
-    fail, names,
+    fail,
+    fork_watch::ForkWatch,
+    names,
     node::{self, NetOptions, Node},
     peers::PeerTracker,
+    signals::Interrupts,
+    text,
 };
 
 /// `hyper follow` arguments.
@@ -32,10 +36,12 @@ pub struct FollowArgs {
     /// of following live.
     #[arg(long)]
     exit_when_synced: bool,
-    /// Seconds to wait for a peer before giving up.
+    /// Seconds to wait for a peer before giving up (and, with --exit-when-synced, for one
+    /// to come back when every peer went away).
     #[arg(long, default_value_t = 30)]
     timeout: u64,
-    /// Write the blocks' bytes as they are, with no newline between them.
+    /// Write the blocks' bytes as they are, with no newline between them (else one line per
+    /// block, control characters escaped).
     #[arg(long)]
     raw: bool,
 }
@@ -55,6 +61,7 @@ pub async fn run(
     ticket: &CoreTicket,
     args: FollowArgs,
 ) -> Result<(), String> {
+    let mut interrupts = Interrupts::install()?;
     // Blocks stored before this run: what it downloads is counted against them.
     let stored_before = match store.get(ticket.key()).await {
         Ok(Some(core)) => core.info().contiguous_length,
@@ -64,8 +71,8 @@ pub async fn run(
     let tracker = PeerTracker::start(dir, &node.proto, &[ticket.key()]);
     let mut seen = Seen::default();
     let result = tokio::select! {
-        r = follow(&node, &tracker, ticket, &args, &mut seen) => r,
-        () = node::interrupted() => Ok(()),
+        r = follow(&node, net, &tracker, ticket, &args, &mut seen) => r,
+        () = interrupts.first() => Ok(()),
     };
     if let Some(core) = &seen.core
         && seen.next > seen.first
@@ -75,19 +82,38 @@ pub async fn run(
         let _ = core.download(seen.first..seen.next).done(STORE_WAIT).await;
     }
     let downloaded = match (&seen.core, args.sparse) {
-        (Some(core), false) => core.info().contiguous_length.saturating_sub(stored_before),
-        _ => tracker.downloaded().0,
+        (Some(core), false) => Some(core.info().contiguous_length.saturating_sub(stored_before)),
+        _ => None,
     };
-    tracker.finish();
+    tracker.finish().await;
     node.shutdown().await;
-    if result.is_ok() {
-        eprintln!(
-            "{}: {} blocks printed, {downloaded} downloaded this run",
-            names::hex(&ticket.key()),
-            seen.printed,
-        );
+    match result {
+        Ok(()) | Err(Stop::ReaderGone) => {
+            eprintln!(
+                "{}: {} blocks printed{}",
+                names::hex(&ticket.key()),
+                seen.printed,
+                downloaded.map_or(String::new(), |n| format!(", {n} downloaded this run")),
+            );
+            Ok(())
+        }
+        Err(Stop::Failed(e)) => Err(e),
     }
-    result
+}
+
+/// Why following stopped before Ctrl-C.
+#[derive(Debug)]
+enum Stop {
+    /// Whoever read stdout went away (`hyper follow … | head`): a normal end.
+    ReaderGone,
+    /// An error to report.
+    Failed(String),
+}
+
+impl From<String> for Stop {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
+    }
 }
 
 /// What a follow did, for its summary.
@@ -106,17 +132,21 @@ struct Seen {
 }
 
 /// Prints the stored blocks, waits for a peer, catches up with a progress bar, then follows
-/// live (or returns once synced).
+/// live (or returns once synced). A truncation (a new fork) below what was printed is said
+/// on stderr and the blocks from there are printed again. (Where the old and new fork part
+/// is known to the root of a subtree, so "from there" may be earlier than the writer's cut.)
 async fn follow(
     node: &Node,
+    net: &NetOptions,
     tracker: &PeerTracker,
     ticket: &CoreTicket,
     args: &FollowArgs,
     seen: &mut Seen,
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     let core = node.open_ticket(ticket, args.sparse).await?;
     seen.core = Some(core.clone());
     let mut events = node.proto.events(&core);
+    let mut forks = ForkWatch::new(&core);
     let mut out = Output::new(args.raw);
     let mut next = args.start.unwrap_or(0);
     // What is stored already is printed at once: a restart downloads nothing again.
@@ -130,7 +160,7 @@ async fn follow(
     }
     let timeout = Duration::from_secs(args.timeout);
     node::wait_for_peer(&node.proto, &core, &mut events, ticket, timeout).await?;
-    let synced = core
+    let mut synced = core
         .update()
         .wait(UPDATE_WAIT)
         .await
@@ -141,9 +171,26 @@ async fn follow(
     (seen.first, seen.next) = (next, next);
     // In sparse mode the catch-up range is asked for at once, not block by block.
     let _download = (args.sparse && next < synced).then(|| core.download(next..synced));
-    let bar = catch_up_bar(next, synced);
+    let bar = catch_up_bar(net, next, synced);
+    // With --exit-when-synced, losing every peer for the timeout is an error, not a hang.
+    let lost = node::no_peer_for(&node.proto, &core, timeout);
+    tokio::pin!(lost);
     let mut live = false;
     loop {
+        if let Some((cut, fork)) = forks.rewind(&core)
+            && cut < next
+        {
+            bar.suspend(|| {
+                eprintln!(
+                    "the log moved to fork {fork}: blocks from {cut} on may differ from those \
+                     printed, printing from block {cut} again"
+                );
+            });
+            next = cut;
+            seen.first = seen.first.min(next);
+            seen.next = next;
+            synced = synced.min(core.info().length);
+        }
         if next >= synced && !live {
             bar.finish_and_clear();
             if args.exit_when_synced {
@@ -157,10 +204,17 @@ async fn follow(
             None => {
                 out.flush()?;
                 bar.set_message(status(seen.bytes, tracker));
-                match core.get(next).wait(BLOCK_WAIT).await {
-                    Ok(block) => block,
-                    Err(Error::Timeout(_)) => continue,
-                    Err(e) => return Err(format!("block {next}: {e}")),
+                tokio::select! {
+                    got = core.get(next).wait(BLOCK_WAIT) => match got {
+                        Ok(block) => block,
+                        Err(Error::Timeout(_)) => continue,
+                        Err(e) => return Err(format!("block {next}: {e}").into()),
+                    },
+                    // Look at the fork again.
+                    () = forks.changed() => continue,
+                    e = &mut lost, if args.exit_when_synced => {
+                        return Err(format!("{e}; {} of {synced} blocks printed", seen.printed).into());
+                    }
                 }
             }
         };
@@ -179,20 +233,17 @@ async fn follow(
 }
 
 /// The block if it is stored here.
-async fn local_block(core: &Hypercore, index: u64) -> Result<Option<bytes::Bytes>, String> {
+async fn local_block(core: &Hypercore, index: u64) -> Result<Option<bytes::Bytes>, Stop> {
     match core.get(index).await {
         Ok(block) => Ok(block),
         Err(Error::OutOfRange { .. }) => Ok(None),
-        Err(e) => Err(fail::describe(&format!("reading block {index}"), e)),
+        Err(e) => Err(fail::describe(&format!("reading block {index}"), e).into()),
     }
 }
 
 /// A bar for the blocks `next..synced` on stderr (hidden when stderr is not a terminal).
-fn catch_up_bar(next: u64, synced: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        Some(synced.saturating_sub(next)),
-        ProgressDrawTarget::stderr(),
-    );
+fn catch_up_bar(net: &NetOptions, next: u64, synced: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(synced.saturating_sub(next)), net.bar_target());
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} {bar:30} {pos}/{len} blocks, {rate} blocks/s, {msg} [{elapsed}]",
@@ -238,14 +289,14 @@ impl Output {
     }
 
     /// Writes a block; on a terminal shared with `bar`, the bar steps aside.
-    fn write(&mut self, block: &[u8], bar: Option<&ProgressBar>) -> Result<(), String> {
+    fn write(&mut self, block: &[u8], bar: Option<&ProgressBar>) -> Result<(), Stop> {
         let bar = bar.filter(|_| self.terminal);
         let (out, raw) = (&mut self.out, self.raw);
         let mut write = || -> std::io::Result<()> {
             if raw {
                 out.write_all(block)?;
             } else {
-                out.write_all(String::from_utf8_lossy(block).as_bytes())?;
+                out.write_all(text::line(block).as_bytes())?;
                 out.write_all(b"\n")?;
             }
             if bar.is_some() {
@@ -257,12 +308,18 @@ impl Output {
             Some(bar) => bar.suspend(write),
             None => write(),
         }
-        .map_err(|e| fail::describe("writing to stdout", e))
+        .map_err(stdout_failed)
     }
 
-    fn flush(&mut self) -> Result<(), String> {
-        self.out
-            .flush()
-            .map_err(|e| fail::describe("writing to stdout", e))
+    fn flush(&mut self) -> Result<(), Stop> {
+        self.out.flush().map_err(stdout_failed)
+    }
+}
+
+fn stdout_failed(e: std::io::Error) -> Stop {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Stop::ReaderGone
+    } else {
+        Stop::Failed(fail::describe("writing to stdout", e))
     }
 }

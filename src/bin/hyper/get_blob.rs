@@ -6,7 +6,7 @@ use std::{
 };
 
 use clap::Args;
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use iroh_blobs::api::proto::BlobStatus;
 use iroh_hypercore::{CoreTicket, Corestore, Hypercore, blobs::BlobRef};
 use n0_future::StreamExt;
@@ -16,6 +16,7 @@ use crate::{
     fail,
     node::{self, NetOptions, Node},
     peers::PeerTracker,
+    signals::Interrupts,
 };
 
 /// `hyper get-blob` arguments.
@@ -46,23 +47,25 @@ pub async fn run(
     ticket: &CoreTicket,
     args: GetBlobArgs,
 ) -> Result<(), String> {
+    let mut interrupts = Interrupts::install()?;
     let node = Node::start(store, net).await?;
     let tracker = PeerTracker::start(dir, &node.proto, &[ticket.key()]);
     let result = tokio::select! {
-        r = get_blob(&node, store, ticket, &args) => r,
-        () = node::interrupted() => Err(
+        r = get_blob(&node, net, store, ticket, &args) => r,
+        () = interrupts.first() => Err(
             "interrupted before the blob was written; what was fetched is kept, and \
              get-blob again resumes"
                 .into(),
         ),
     };
-    tracker.finish();
+    tracker.finish().await;
     node.shutdown().await;
     result
 }
 
 async fn get_blob(
     node: &Node,
+    net: &NetOptions,
     store: &Corestore,
     ticket: &CoreTicket,
     args: &GetBlobArgs,
@@ -70,8 +73,9 @@ async fn get_blob(
     // Only the blob's block is needed from the log.
     let core = node.open_ticket(ticket, true).await?;
     let mut events = node.proto.events(&core);
-    if !stored_here(store, &core, args.index).await {
-        let timeout = Duration::from_secs(args.timeout);
+    let timeout = Duration::from_secs(args.timeout);
+    let needs_peers = !stored_here(store, &core, args.index).await;
+    if needs_peers {
         node::wait_for_peer(&node.proto, &core, &mut events, ticket, timeout).await?;
         let length = core
             .update()
@@ -86,7 +90,7 @@ async fn get_blob(
         }
     }
     let get = core.get_blob(args.index);
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(None, net.bar_target());
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} {bar:30} {bytes}/{total_bytes}, {binary_bytes_per_sec}, eta {eta}",
@@ -104,10 +108,16 @@ async fn get_blob(
             shown.set_position(p.done);
         }
     });
-    let fetched = get.fetch(FETCH_WAIT).await;
+    // Losing every peer for the timeout ends the fetch, rather than a wait of days.
+    let fetched = tokio::select! {
+        fetched = get.fetch(FETCH_WAIT) => fetched.map_err(|e| {
+            fail::describe(&format!("block {}", args.index), e)
+        }),
+        e = node::no_peer_for(&node.proto, &core, timeout), if needs_peers => Err(e),
+    };
     watch.abort();
     bar.finish_and_clear();
-    let blob = fetched.map_err(|e| fail::describe(&format!("block {}", args.index), e))?;
+    let blob = fetched?;
     write_file(store, &blob, &args.output).await?;
     eprintln!(
         "wrote {} ({} bytes) to {}",
@@ -118,8 +128,10 @@ async fn get_blob(
     Ok(())
 }
 
-/// Copies the blob from the store into `path` (`-` for stdout). A file this run created is
-/// removed again if the copy fails (a full disk): no half file is left behind.
+/// Copies the blob from the store into `path` (`-` for stdout). A file is written under a
+/// temporary name beside it and renamed into place once whole, so that a full disk or a
+/// Ctrl-C leaves neither half a file nor a clobbered old one. Other targets (a device, a
+/// pipe) are written directly.
 async fn write_file(store: &Corestore, blob: &BlobRef, path: &Path) -> Result<(), String> {
     let mut reader = store.blobs().reader(blob.hash);
     let failed = |e: std::io::Error| fail::describe(&format!("writing {}", path.display()), e);
@@ -130,20 +142,51 @@ async fn write_file(store: &Corestore, blob: &BlobRef, path: &Path) -> Result<()
             .map_err(failed)?;
         return out.flush().await.map_err(failed);
     }
-    let created = !path.exists();
-    let copied = async {
-        let mut file = tokio::fs::File::create(path).await?;
-        tokio::io::copy(&mut reader, &mut file).await?;
-        file.sync_all().await
+    let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+    if special {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await
+            .map_err(failed)?;
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(failed)?;
+        return file.flush().await.map_err(failed);
     }
-    .await;
-    if let Err(e) = copied {
-        if created && path.is_file() {
-            let _ = std::fs::remove_file(path);
-        }
-        return Err(failed(e));
+    let partial = Partial::beside(path);
+    let mut file = tokio::fs::File::create(&partial.0).await.map_err(failed)?;
+    tokio::io::copy(&mut reader, &mut file)
+        .await
+        .map_err(failed)?;
+    file.sync_all().await.map_err(failed)?;
+    drop(file);
+    partial.rename_to(path).map_err(failed)
+}
+
+/// A file being written under a temporary name; removed unless renamed into place.
+struct Partial(PathBuf);
+
+impl Partial {
+    /// `.NAME.partial` in the same directory (a rename stays on one file system).
+    fn beside(path: &Path) -> Self {
+        let name = path
+            .file_name()
+            .map_or_else(|| "blob".into(), |n| n.to_string_lossy().into_owned());
+        Self(path.with_file_name(format!(".{name}.partial")))
     }
-    Ok(())
+
+    fn rename_to(self, path: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.0, path)?;
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Whether the block and its whole blob are stored here already (no peer needed).

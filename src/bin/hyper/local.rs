@@ -1,15 +1,15 @@
 //! The local commands: they open the data directory's store, do their job and close it.
 
 use std::{
-    io::{BufRead, Write},
+    io::Write,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use clap::Subcommand;
-use iroh_hypercore::{Corestore, Hypercore, core::MAX_BLOCK_SIZE};
+use iroh_hypercore::{Corestore, Hypercore};
 
-use crate::{fail, names, peers};
+use crate::{append, fail, names, peers, text};
 
 /// The commands that work on the store alone.
 #[derive(Debug, Subcommand)]
@@ -34,8 +34,9 @@ pub enum LocalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Append blocks to the writable log NAME: each TEXT one block; with no TEXT, one block
-    /// per line of stdin. Prints the log's new length (with --blob, the block's index).
+    /// Append blocks to the writable log NAME (made by create): each TEXT one block; with no
+    /// TEXT, one block per line of stdin, appended as the lines come. Prints the log's new
+    /// length (with --blob, the block's index).
     Append {
         /// The log's name.
         name: String,
@@ -48,7 +49,15 @@ pub enum LocalCommand {
         #[arg(long, conflicts_with = "texts")]
         blob: Option<PathBuf>,
     },
-    /// Print blocks of a log, one per line.
+    /// Truncate the writable log NAME to LENGTH blocks, on a new fork (followers see the
+    /// fork and print the blocks after LENGTH again).
+    Truncate {
+        /// The log's name (or key).
+        name: String,
+        /// The new length.
+        length: u64,
+    },
+    /// Print blocks of a log, one per line (control characters escaped).
     Cat {
         /// The log's key (64 hex characters) or name.
         log: String,
@@ -74,11 +83,18 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
     let failed = |what: &str, e: iroh_hypercore::Error| fail::describe(what, e);
     match command {
         LocalCommand::Create { name } => {
+            names::check(&name)?;
+            if names::load(dir).contains_key(&name) {
+                return Err(format!(
+                    "a log named {name:?} exists in {} already",
+                    dir.display()
+                ));
+            }
             let core = store
                 .get_named(&name)
                 .await
                 .map_err(|e| failed("create", e))?;
-            names::remember(dir, &name, &core.key()).map_err(|e| e.to_string())?;
+            names::remember(dir, &name, &core.key())?;
             println!("{}", names::hex(&core.key()));
         }
         LocalCommand::List { json } => {
@@ -139,54 +155,32 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
             file,
             blob,
         } => {
-            if let Some(path) = blob {
-                let core = store
-                    .get_named(&name)
-                    .await
-                    .map_err(|e| failed("append", e))?;
-                names::remember(dir, &name, &core.key()).map_err(|e| e.to_string())?;
-                let index = core
-                    .append_blob(path.as_path())
-                    .await
-                    .map_err(|e| failed(&format!("appending {} as a blob", path.display()), e))?;
-                println!("{index}");
-                return Ok(());
-            }
-            // The blocks first: bad input creates no log.
-            let blocks: Vec<Vec<u8>> = if let Some(path) = file {
-                let bytes =
-                    std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-                if bytes.len() > MAX_BLOCK_SIZE {
-                    return Err(format!(
-                        "{} has {} bytes, over the {MAX_BLOCK_SIZE} of a block: use --blob",
-                        path.display(),
-                        bytes.len()
-                    ));
-                }
-                vec![bytes]
-            } else if !texts.is_empty() {
-                texts.into_iter().map(String::into_bytes).collect()
-            } else {
-                let mut lines = Vec::new();
-                for line in std::io::stdin().lock().lines() {
-                    lines.push(
-                        line.map_err(|e| format!("reading stdin: {e}"))?
-                            .into_bytes(),
-                    );
-                }
-                lines
+            let source = match (file, blob) {
+                (Some(path), _) => append::Source::File(path),
+                (None, Some(path)) => append::Source::Blob(path),
+                (None, None) if texts.is_empty() => append::Source::Stdin,
+                (None, None) => append::Source::Texts(texts),
             };
-            let core = store
-                .get_named(&name)
-                .await
-                .map_err(|e| failed("append", e))?;
-            names::remember(dir, &name, &core.key()).map_err(|e| e.to_string())?;
-            for chunk in blocks.chunks(1000) {
-                core.append_batch(chunk.to_vec())
-                    .await
-                    .map_err(|e| failed("append", e))?;
+            append::run(store, dir, &name, source).await?;
+        }
+        LocalCommand::Truncate { name, length } => {
+            let (core, _) = resolve(store, dir, &name).await?;
+            if !core.writable() {
+                return Err(format!(
+                    "{name} is not writable here (it was made elsewhere)"
+                ));
             }
-            println!("{}", core.info().length);
+            let had = core.info().length;
+            if length > had {
+                return Err(format!(
+                    "{name} has {had} blocks: it cannot grow to {length} by a truncate"
+                ));
+            }
+            core.truncate(length)
+                .await
+                .map_err(|e| failed(&format!("truncating {name}"), e))?;
+            let info = core.info();
+            println!("{} (fork {})", info.length, info.fork);
         }
         LocalCommand::Cat {
             log,
@@ -207,7 +201,7 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
                 let written = if raw {
                     out.write_all(&block)
                 } else {
-                    out.write_all(String::from_utf8_lossy(&block).as_bytes())
+                    out.write_all(text::line(&block).as_bytes())
                         .and_then(|()| out.write_all(b"\n"))
                 };
                 match written {
@@ -229,7 +223,7 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
             let key = core.key();
             drop(core);
             store.delete(key).await.map_err(|e| failed("delete", e))?;
-            names::forget(dir, &key).map_err(|e| e.to_string())?;
+            names::forget(dir, &key)?;
             peers::forget(dir, &key).map_err(|e| e.to_string())?;
         }
     }

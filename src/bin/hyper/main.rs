@@ -5,15 +5,20 @@
 //! `follow`, `get-blob`) start an iroh node with the store's persisted identity. Every error
 //! is one line on stderr and exit code 1; Ctrl-C stops a node cleanly with exit code 0.
 
+mod append;
 mod data_dir;
 mod fail;
 mod follow;
+mod fork_watch;
 mod get_blob;
 mod local;
 mod names;
 mod node;
 mod peers;
 mod share;
+mod signals;
+mod stdin_lines;
+mod text;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -60,7 +65,8 @@ enum Command {
     /// Follow the log a ticket names: prints its blocks in order, one per line, as they
     /// arrive (with a progress bar on stderr while catching up), then new ones live.
     Follow(follow::FollowArgs),
-    /// Fetch the blob block INDEX of a ticket's log names, into a file.
+    /// Fetch the blob that block INDEX of a ticket's log names, into a file (with a progress
+    /// bar on stderr).
     GetBlob(get_blob::GetBlobArgs),
 }
 
@@ -97,6 +103,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     let net = node::NetOptions {
         relay: cli.relay,
         bind: cli.bind,
+        // Log lines would tear the progress bars apart.
+        bars: !cli.verbose,
     };
     // A ticket is checked before the store is opened: a typo creates nothing.
     let job = Job::of(cli.command)?;

@@ -21,27 +21,59 @@ pub fn load(dir: &Path) -> BTreeMap<String, CoreKey> {
         .collect()
 }
 
-/// Records `name` for `key` (once).
-pub fn remember(dir: &Path, name: &str, key: &CoreKey) -> std::io::Result<()> {
-    if load(dir).contains_key(name) {
-        return Ok(());
+/// Checks a name for a new log: not empty, no control characters (they would break the
+/// file's lines), and not 64 hex characters (that reads as a key).
+pub fn check(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a log's name cannot be empty".into());
     }
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(FILE))?;
-    writeln!(f, "{}\t{}", name.replace(['\n', '\t'], " "), hex(key))
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "{name:?}: a log's name cannot hold control characters"
+        ));
+    }
+    if parse_key(name).is_some() {
+        return Err(format!(
+            "{name}: a log's name cannot be 64 hex characters (that is how keys are written)"
+        ));
+    }
+    Ok(())
+}
+
+/// Records `name` for `key`; a name already given to another key is refused.
+pub fn remember(dir: &Path, name: &str, key: &CoreKey) -> Result<(), String> {
+    check(name)?;
+    let mut known = load(dir);
+    match known.get(name) {
+        Some(k) if k == key => return Ok(()),
+        Some(k) => {
+            return Err(format!(
+                "the name {name:?} is taken by the log {} in {}",
+                hex(k),
+                dir.display()
+            ));
+        }
+        None => {}
+    }
+    known.insert(name.to_string(), *key);
+    save(dir, &known)
 }
 
 /// Forgets the name of `key`.
-pub fn forget(dir: &Path, key: &CoreKey) -> std::io::Result<()> {
-    let kept: String = load(dir)
-        .into_iter()
-        .filter(|(_, k)| k != key)
-        .map(|(n, k)| format!("{n}\t{}\n", hex(&k)))
+pub fn forget(dir: &Path, key: &CoreKey) -> Result<(), String> {
+    let mut known = load(dir);
+    known.retain(|_, k| k != key);
+    save(dir, &known)
+}
+
+fn save(dir: &Path, known: &BTreeMap<String, CoreKey>) -> Result<(), String> {
+    let text: String = known
+        .iter()
+        .map(|(n, k)| format!("{n}\t{}\n", hex(k)))
         .collect();
-    std::fs::write(dir.join(FILE), kept)
+    let path = dir.join(FILE);
+    crate::data_dir::write_atomic(&path, &text)
+        .map_err(|e| crate::fail::describe(&format!("writing {}", path.display()), e))
 }
 
 /// Lowercase hex of a key.

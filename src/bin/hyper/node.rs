@@ -57,6 +57,19 @@ pub struct NetOptions {
     pub relay: Relay,
     /// `--bind`: the one local address to listen on (else every interface, a free port).
     pub bind: Option<SocketAddr>,
+    /// Whether progress bars are drawn (on a terminal; not with `-v`).
+    pub bars: bool,
+}
+
+impl NetOptions {
+    /// Where progress bars go: stderr (drawn only on a terminal), or nowhere.
+    pub fn bar_target(&self) -> indicatif::ProgressDrawTarget {
+        if self.bars {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        }
+    }
 }
 
 /// How long a node waits for its home relay before it prints a ticket without it.
@@ -167,15 +180,16 @@ impl Node {
         Ok(core)
     }
 
-    /// Stops the router (each peer is told), then the endpoint.
+    /// Stops the engine and the router (each peer is told), then the endpoint; each step
+    /// bounded, so that a peer that is gone cannot hold the exit.
     pub async fn shutdown(self) {
-        self.proto.shutdown().await;
-        // iroh-gossip's goodbye can wait on a peer that is gone: bound it.
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.proto.shutdown()).await;
+        // iroh-gossip's goodbye can wait on a peer that is gone.
         if tokio::time::timeout(SHUTDOWN_WAIT, self.router.shutdown())
             .await
             .is_err()
         {
-            self.endpoint.close().await;
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.endpoint.close()).await;
         }
     }
 }
@@ -242,18 +256,38 @@ fn describe_nodes(nodes: &[EndpointAddr]) -> String {
         .join("; ")
 }
 
-/// Resolves on Ctrl-C (or SIGTERM).
-pub async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// Resolves, with the error to report, once `core` has had no peer for `timeout`: every
+/// peer went away and none came back. Pending forever while one is connected.
+pub async fn no_peer_for(proto: &HypercoreProtocol, core: &Hypercore, timeout: Duration) -> String {
+    let mut events = proto.events(core);
+    loop {
+        let connected = proto.peers(core).await.is_ok_and(|p| !p.is_empty());
+        if connected {
+            // Until one goes (or events were missed): then look again.
+            loop {
+                match events.next().await {
+                    Some(ReplicaEvent::PeerRemove(_) | ReplicaEvent::Lagged(_)) => break,
+                    Some(_) => {}
+                    None => std::future::pending::<()>().await,
+                }
             }
-            return;
+            continue;
+        }
+        let came_back = tokio::time::timeout(timeout, async {
+            loop {
+                match events.next().await {
+                    Some(ReplicaEvent::PeerAdd(_) | ReplicaEvent::Lagged(_)) => return,
+                    Some(_) => {}
+                    None => std::future::pending::<()>().await,
+                }
+            }
+        })
+        .await;
+        if came_back.is_err() {
+            return format!(
+                "every peer went away and none answered within {} s",
+                timeout.as_secs()
+            );
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -1,5 +1,5 @@
-//! The peers of each log, as `share` and `follow` saw them: who is connected now, what was
-//! downloaded, and when each peer was last seen (kept in `peers.txt` of the data directory,
+//! The peers of each log, as `share` and `follow` saw them: who is connected now, and when
+//! each peer was last seen (kept in `peers.txt` of the data directory,
 //! one `key<TAB>peer<TAB>unix seconds` line each, for `hyper info`).
 
 use std::{
@@ -17,6 +17,8 @@ use crate::names;
 
 /// The file, inside the data directory.
 const FILE: &str = "peers.txt";
+/// Peers remembered per log (the most recently seen): anyone may connect with a new id.
+const MAX_PER_LOG: usize = 32;
 
 /// When each peer of `key` was last seen, newest first: (peer id, unix seconds).
 pub fn last_seen(dir: &Path, key: &CoreKey) -> Vec<(String, u64)> {
@@ -55,16 +57,20 @@ fn load(dir: &Path) -> Records {
         .collect()
 }
 
-/// Writes the records to a new file and renames it over the old one, so a crash leaves
-/// one or the other whole.
+/// Writes the records, at most [`MAX_PER_LOG`] per log (the newest), atomically.
 fn save(dir: &Path, records: &Records) -> std::io::Result<()> {
-    let text: String = records
-        .iter()
-        .map(|((key, peer), at)| format!("{key}\t{peer}\t{at}\n"))
-        .collect();
-    let tmp = dir.join(format!("{FILE}.new"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, dir.join(FILE))
+    let mut by_log: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+    for ((key, peer), at) in records {
+        by_log.entry(key).or_default().push((peer, *at));
+    }
+    let mut text = String::new();
+    for (key, mut peers) in by_log {
+        peers.sort_by_key(|p| std::cmp::Reverse(p.1));
+        for (peer, at) in peers.into_iter().take(MAX_PER_LOG) {
+            text.push_str(&format!("{key}\t{peer}\t{at}\n"));
+        }
+    }
+    crate::data_dir::write_atomic(&dir.join(FILE), &text)
 }
 
 fn now() -> u64 {
@@ -78,12 +84,10 @@ fn now() -> u64 {
 struct Seen {
     /// Peers with an open channel, by log.
     connected: HashMap<CoreKey, HashSet<[u8; 32]>>,
-    /// Blocks downloaded and their bytes.
-    downloaded: (u64, u64),
 }
 
-/// Follows the events of a protocol for some logs: peers connected, blocks downloaded, and
-/// the last-seen records.
+/// Follows the events of a protocol for some logs: the peers connected, and the last-seen
+/// records.
 #[derive(Debug)]
 pub struct PeerTracker {
     dir: PathBuf,
@@ -103,12 +107,6 @@ impl PeerTracker {
                 let (core, peer, open) = match event {
                     Event::ChannelOpen { core, peer } => (core, peer, true),
                     Event::ChannelClosed { core, peer } => (core, peer, false),
-                    Event::Download { core, bytes, .. } if keys.contains(&core) => {
-                        let mut seen = lock(&seen2);
-                        seen.downloaded.0 += 1;
-                        seen.downloaded.1 += bytes;
-                        continue;
-                    }
                     _ => continue,
                 };
                 if !keys.contains(&core) {
@@ -143,14 +141,11 @@ impl PeerTracker {
             .len()
     }
 
-    /// Blocks downloaded so far and their bytes.
-    pub fn downloaded(&self) -> (u64, u64) {
-        lock(&self.seen).downloaded
-    }
-
     /// Stops following, and records the peers still connected as seen now.
-    pub fn finish(self) {
+    pub async fn finish(self) {
         self.task.abort();
+        // Its last write, if one was under way, ends before this one starts.
+        let _ = self.task.await;
         let seen = lock(&self.seen);
         for (core, peers) in &seen.connected {
             let peers: Vec<_> = peers.iter().copied().collect();

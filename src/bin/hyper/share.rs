@@ -1,18 +1,17 @@
 //! `hyper share`: serve logs to whoever holds their tickets, until Ctrl-C.
 
-use std::{
-    io::{BufRead, Write},
-    path::Path,
-};
+use std::{io::Write, path::Path};
 
 use clap::Args;
-use iroh_hypercore::{Corestore, Hypercore};
+use iroh_hypercore::{Corestore, Hypercore, core::MAX_BLOCK_SIZE};
 use tokio::sync::mpsc;
 
 use crate::{
     fail, local,
-    node::{self, NetOptions, Node},
+    node::{NetOptions, Node},
     peers::PeerTracker,
+    signals::Interrupts,
+    stdin_lines,
 };
 
 /// `hyper share` arguments.
@@ -26,8 +25,8 @@ pub struct ShareArgs {
     stdin: bool,
 }
 
-/// Lines read from stdin and not yet appended.
-const STDIN_BACKLOG: usize = 64;
+/// Lines of stdin appended (and signed) together at most.
+const BATCH: usize = 1000;
 
 /// Shares the logs: prints their tickets, then serves until Ctrl-C (or SIGTERM).
 pub async fn run(
@@ -36,6 +35,7 @@ pub async fn run(
     net: &NetOptions,
     args: ShareArgs,
 ) -> Result<(), String> {
+    let mut interrupts = Interrupts::install()?;
     let mut cores = Vec::new();
     for log in &args.logs {
         cores.push(local::resolve(store, dir, log).await?.0);
@@ -46,25 +46,39 @@ pub async fn run(
             args.logs[0]
         ));
     }
+    let mut lines = args.stdin.then(stdin_lines::read);
     let node = Node::start(store, net).await?;
     let keys: Vec<_> = cores.iter().map(Hypercore::key).collect();
     let tracker = PeerTracker::start(dir, &node.proto, &keys);
-    let result = tokio::select! {
-        r = share(&node, net, &cores, args.stdin) => r,
-        () = node::interrupted() => Ok(()),
+    let mut result = tokio::select! {
+        r = share(&node, net, &cores, lines.as_mut()) => r,
+        () = interrupts.first() => Ok(()),
     };
-    tracker.finish();
+    // Lines read before the interrupt are appended, not dropped.
+    if let Some(lines) = lines.as_mut()
+        && result.is_ok()
+    {
+        lines.close();
+        let mut rest = Vec::new();
+        while let Ok(line) = lines.try_recv() {
+            rest.extend(line.ok());
+        }
+        if !rest.is_empty() {
+            result = append(&cores[0], rest).await;
+        }
+    }
+    tracker.finish().await;
     node.shutdown().await;
     result
 }
 
-/// Replicates the cores, prints their tickets and serves; with `stdin`, appends its lines to
-/// the first core. Returns only on an error.
+/// Replicates the cores, prints their tickets and serves; with `lines`, appends them to the
+/// first core. Returns only on an error.
 async fn share(
     node: &Node,
     net: &NetOptions,
     cores: &[Hypercore],
-    stdin: bool,
+    lines: Option<&mut mpsc::Receiver<std::io::Result<String>>>,
 ) -> Result<(), String> {
     for core in cores {
         node.proto
@@ -89,29 +103,29 @@ async fn share(
         node.endpoint.id(),
         net.relay
     );
-    if stdin {
-        append_lines(&cores[0]).await?;
+    if let Some(lines) = lines {
+        loop {
+            let batch = stdin_lines::next_batch(lines, BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            append(&cores[0], batch).await?;
+        }
         eprintln!("stdin closed; still sharing");
     }
     std::future::pending().await
 }
 
-/// Appends each line of stdin to `core` as it is read, until stdin closes.
-async fn append_lines(core: &Hypercore) -> Result<(), String> {
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<String>>(STDIN_BACKLOG);
-    // A plain thread: a read blocked on a terminal must not hold the runtime's shutdown.
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            if tx.blocking_send(line).is_err() {
-                return;
-            }
-        }
-    });
-    while let Some(line) = rx.recv().await {
-        let line = line.map_err(|e| format!("reading stdin: {e}"))?;
-        core.append(line.into_bytes())
-            .await
-            .map_err(|e| fail::describe("appending a line", e))?;
+/// Appends lines to `core`, each one block.
+async fn append(core: &Hypercore, lines: Vec<String>) -> Result<(), String> {
+    if let Some(line) = lines.iter().find(|l| l.len() > MAX_BLOCK_SIZE) {
+        return Err(format!(
+            "a line of {} bytes is over the {MAX_BLOCK_SIZE} of a block",
+            line.len()
+        ));
     }
-    Ok(())
+    core.append_batch(lines.into_iter().map(String::into_bytes))
+        .await
+        .map(|_| ())
+        .map_err(|e| fail::describe("appending a line", e))
 }

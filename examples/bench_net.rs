@@ -14,19 +14,15 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use iroh::{
-    endpoint::Connection,
-    protocol::{AcceptError, ProtocolHandler, Router},
-};
-use iroh_blobs::{BlobsProtocol, store::mem::MemStore};
 use iroh_hypercore::{
     CoreEvent, CoreTicket, Durability, Hypercore, StoreOptions,
     testnet::{Node, TestNet, Transport},
 };
 use n0_future::StreamExt;
 
-const RAW_ALPN: &[u8] = b"/bench-raw/1";
+#[path = "common/baseline.rs"]
+mod baseline;
+use baseline::{blobs_fetch, human, median, raw_stream, row};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -170,65 +166,6 @@ async fn replicate(
     Ok(elapsed)
 }
 
-/// Serves `len` bytes on one stream per connection.
-#[derive(Debug, Clone)]
-struct RawServe(Bytes);
-
-impl ProtocolHandler for RawServe {
-    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
-        let (mut send, _recv) = conn.accept_bi().await?;
-        send.write_chunk(self.0.clone())
-            .await
-            .map_err(AcceptError::from_err)?;
-        send.finish()?;
-        conn.closed().await;
-        Ok(())
-    }
-}
-
-async fn raw_stream(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
-    let server = net.endpoint(Transport::Direct).await?;
-    let router = Router::builder(server.clone())
-        .accept(RAW_ALPN, RawServe(Bytes::from(vec![7u8; len as usize])))
-        .spawn();
-    let client = net.endpoint(Transport::Direct).await?;
-    let start = Instant::now();
-    let conn = client.connect(server.addr(), RAW_ALPN).await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(b"go").await?;
-    let mut got = 0u64;
-    while let Some(chunk) = recv.read_chunk(1 << 20).await? {
-        got += chunk.len() as u64;
-    }
-    let elapsed = start.elapsed();
-    anyhow::ensure!(got == len);
-    conn.close(0u32.into(), b"done");
-    client.close().await;
-    router.shutdown().await?;
-    Ok(elapsed)
-}
-
-async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
-    let provider_store = MemStore::new();
-    let tag = provider_store.add_bytes(vec![7u8; len as usize]).await?;
-    let server = net.endpoint(Transport::Direct).await?;
-    let blobs = BlobsProtocol::new(&provider_store, None);
-    let router = Router::builder(server.clone())
-        .accept(iroh_blobs::ALPN, blobs)
-        .spawn();
-    let client = net.endpoint(Transport::Direct).await?;
-    let store = MemStore::new();
-    let start = Instant::now();
-    let conn = client.connect(server.addr(), iroh_blobs::ALPN).await?;
-    store.remote().fetch(conn.clone(), tag.hash).await?;
-    let elapsed = start.elapsed();
-    anyhow::ensure!(store.remote().local(tag.hash).await?.is_complete());
-    conn.close(0u32.into(), b"done");
-    client.close().await;
-    router.shutdown().await?;
-    Ok(elapsed)
-}
-
 /// Appends one block at a time and times each until a `get` waiting on the reader resolves,
 /// and until the reader has stored it: (p50, p99) of each.
 async fn live_latency(
@@ -294,29 +231,6 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     (p(0.50), p(0.99))
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn human(size: usize) -> String {
-    if size >= 1 << 20 {
-        format!("{} MiB", size >> 20)
-    } else {
-        format!("{} KiB", size >> 10)
-    }
-}
-
-fn row(name: &str, blocks: u64, bytes: u64, d: Duration) {
-    let s = d.as_secs_f64();
-    println!(
-        "{name:<44} {:>12.0} {:>12.1} {:>9.2}s",
-        blocks as f64 / s,
-        bytes as f64 / 1e6 / s,
-        s
-    );
 }

@@ -92,7 +92,7 @@ fn a_restarted_follow_resumes_from_its_store() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let lines: Vec<String> = (0..50).map(|i| format!("line {i}")).collect();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    log_with(a.path(), "log", &refs);
+    let key = log_with(a.path(), "log", &refs);
     let mut sharer = spawn(a.path(), &["share", "log", "--stdin"]);
     let ticket = sharer.line();
 
@@ -106,6 +106,30 @@ fn a_restarted_follow_resumes_from_its_store() {
     assert_eq!(stdout(&again), expected, "the same blocks, from the store");
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("50 blocks printed, 0 downloaded"), "{err}");
+
+    // Sparse: only the blocks asked for.
+    let c = tempfile::tempdir().unwrap();
+    let sparse = run(
+        c.path(),
+        &[
+            "follow",
+            &ticket,
+            "--sparse",
+            "--start",
+            "48",
+            "--exit-when-synced",
+        ],
+    );
+    assert_eq!(stdout(&sparse), "line 48\nline 49\n");
+    let err = String::from_utf8_lossy(&sparse.stderr);
+    assert!(err.contains(": 2 blocks printed\n"), "{err}");
+    let held = stdout(&hyper(c.path(), &["cat", &key, "--start", "48"], ""));
+    assert_eq!(held, "line 48\nline 49\n", "the two are stored");
+    let err = failure(&hyper(c.path(), &["cat", &key, "--start", "47"], ""));
+    assert!(
+        err.contains("block 47 is not stored here"),
+        "nothing else: {err}"
+    );
 
     // Live again: the stored blocks first, then only the new ones are downloaded.
     let follower = spawn(b.path(), &["follow", &ticket]);

@@ -163,6 +163,59 @@ async fn a_thousand_concurrent_appends_share_commits() {
     }
 }
 
+/// `get_stored` reads the run of stored blocks from the range's start: it ends at a gap, at
+/// the log's length, and after the block that reaches `max_bytes`; large blocks (kept in
+/// pieces) come whole.
+#[tokio::test]
+async fn get_stored_reads_the_run_from_the_start_of_a_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Corestore::persistent(dir.path()).await.unwrap();
+    let core = store.get_named("log").await.unwrap();
+    let big = vec![9u8; 300_000];
+    core.append_batch((0..10u8).map(|i| vec![i; 100]))
+        .await
+        .unwrap();
+    core.append(big.clone()).await.unwrap();
+    core.append(b"last".to_vec()).await.unwrap();
+    core.clear(4, 6).await.unwrap();
+
+    let run = core.get_stored(0..100, u64::MAX).await.unwrap();
+    assert_eq!(run.len(), 4, "up to the gap");
+    assert!(
+        run.iter()
+            .enumerate()
+            .all(|(i, b)| b[..] == [i as u8; 100][..])
+    );
+    assert!(core.get_stored(4..100, u64::MAX).await.unwrap().is_empty());
+    let run = core.get_stored(6..100, u64::MAX).await.unwrap();
+    assert_eq!(run.len(), 6, "to the length");
+    assert_eq!(run[4], big, "a large block whole");
+    assert_eq!(&run[5][..], b"last");
+    assert_eq!(
+        core.get_stored(6..8, u64::MAX).await.unwrap().len(),
+        2,
+        "to the end"
+    );
+    assert_eq!(
+        core.get_stored(0..100, 250).await.unwrap().len(),
+        3,
+        "to max_bytes"
+    );
+    assert_eq!(
+        core.get_stored(0..100, 0).await.unwrap().len(),
+        1,
+        "one at least"
+    );
+    assert!(
+        core.get_stored(12..u64::MAX, u64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (start, end) = (5, 3);
+    assert!(core.get_stored(start..end, u64::MAX).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn reopen_preserves_everything() {
     let dir = tempfile::tempdir().unwrap();

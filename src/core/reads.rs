@@ -14,6 +14,54 @@ impl Hypercore {
         super::Get::new(self.inner.clone(), index)
     }
 
+    /// The blocks of `range` stored here, from its start up to the first one missing, and
+    /// no further than the block that brings them to `max_bytes` (at least one block): one
+    /// read of the database for many blocks, where [`get`](Self::get) reads one. Empty when
+    /// the range's first block is not stored.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
+    /// let core = iroh_hypercore::Corestore::memory().await?.get_named("log").await?;
+    /// core.append_batch(["a", "b", "c"].map(|s| s.as_bytes().to_vec())).await?;
+    /// let blocks = core.get_stored(1..10, 1 << 20).await?;
+    /// assert_eq!(blocks, vec![&b"b"[..], &b"c"[..]]);
+    /// # Ok(()) }
+    /// ```
+    pub fn get_stored(
+        &self,
+        range: std::ops::Range<u64>,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<bytes::Bytes>>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move {
+            let id = inner.id;
+            let end = range.end.min(inner.state().committed.tree.length);
+            let start = range.start;
+            if start >= end {
+                return Ok(Vec::new());
+            }
+            Ok(inner
+                .storage
+                .read(move |r| {
+                    let mut run = Vec::new();
+                    r.blocks()?.view().for_each_within(
+                        id,
+                        start,
+                        end,
+                        max_bytes,
+                        |index, value| {
+                            // Only the run from `start`: a gap ends it.
+                            if index == start + run.len() as u64 {
+                                run.push(bytes::Bytes::from(value));
+                            }
+                        },
+                    )?;
+                    Ok(run)
+                })
+                .await?)
+        }
+    }
+
     /// The stored tree node at flat-tree `index`, if any.
     pub fn tree_node(
         &self,

@@ -1,6 +1,7 @@
 //! `hyper follow`: replicate the log a ticket names and print its blocks in order, live.
 
 use std::{
+    collections::VecDeque,
     io::{IsTerminal, Write},
     path::Path,
     time::Duration,
@@ -48,6 +49,8 @@ pub struct FollowArgs {
 
 /// How long one wait for the next block lasts before it is asked again (following live).
 const BLOCK_WAIT: Duration = Duration::from_secs(3600);
+/// Bytes of stored blocks read from the database at once.
+const READ_BATCH: u64 = 1 << 20;
 /// How long printed blocks may take to be written at the end.
 const STORE_WAIT: Duration = Duration::from_secs(10);
 /// How long the first update from the peers may take.
@@ -151,10 +154,16 @@ async fn follow(
     let mut next = args.start.unwrap_or(0);
     // What is stored already is printed at once: a restart downloads nothing again.
     if !args.sparse || args.start.is_some() {
-        while let Some(block) = local_block(&core, next).await? {
-            out.write(&block, None)?;
-            next += 1;
-            seen.printed += 1;
+        loop {
+            let run = stored(&core, next).await?;
+            if run.is_empty() {
+                break;
+            }
+            for block in run {
+                out.write(&block, None)?;
+                next += 1;
+                seen.printed += 1;
+            }
         }
         out.flush()?;
     }
@@ -176,6 +185,8 @@ async fn follow(
     let lost = node::no_peer_for(&node.proto, &core, timeout);
     tokio::pin!(lost);
     let mut live = false;
+    // Blocks read from the store and not printed yet.
+    let mut ready = VecDeque::new();
     loop {
         if let Some((cut, fork)) = forks.rewind(&core)
             && cut < next
@@ -187,6 +198,7 @@ async fn follow(
                 );
             });
             next = cut;
+            ready.clear();
             seen.first = seen.first.min(next);
             seen.next = next;
             synced = synced.min(core.info().length);
@@ -199,7 +211,10 @@ async fn follow(
             eprintln!("synced at {synced} blocks; following live (Ctrl-C stops)");
             live = true;
         }
-        let block = match local_block(&core, next).await? {
+        if ready.is_empty() {
+            ready = stored(&core, next).await?;
+        }
+        let block = match ready.pop_front() {
             Some(block) => block,
             None => {
                 out.flush()?;
@@ -232,13 +247,12 @@ async fn follow(
     }
 }
 
-/// The block if it is stored here.
-async fn local_block(core: &Hypercore, index: u64) -> Result<Option<bytes::Bytes>, Stop> {
-    match core.get(index).await {
-        Ok(block) => Ok(block),
-        Err(Error::OutOfRange { .. }) => Ok(None),
-        Err(e) => Err(fail::describe(&format!("reading block {index}"), e).into()),
-    }
+/// Blocks from `index` on that are stored here, read together (up to [`READ_BATCH`] bytes).
+async fn stored(core: &Hypercore, index: u64) -> Result<VecDeque<bytes::Bytes>, Stop> {
+    core.get_stored(index..u64::MAX, READ_BATCH)
+        .await
+        .map(VecDeque::from)
+        .map_err(|e| Stop::Failed(fail::describe(&format!("reading block {index}"), e)))
 }
 
 /// A bar for the blocks `next..synced` on stderr (hidden when stderr is not a terminal).

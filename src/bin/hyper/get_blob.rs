@@ -155,12 +155,21 @@ async fn write_file(store: &Corestore, blob: &BlobRef, path: &Path) -> Result<()
         return file.flush().await.map_err(failed);
     }
     let partial = Partial::beside(path);
-    let mut file = tokio::fs::File::create(&partial.0).await.map_err(failed)?;
-    tokio::io::copy(&mut reader, &mut file)
-        .await
-        .map_err(failed)?;
-    file.sync_all().await.map_err(failed)?;
-    drop(file);
+    // The blob store's own export copies the file whole (the fast way). Its errors do not
+    // say why, so a failed export is done again by hand, which names the cause (a full
+    // disk) or succeeds.
+    let target = std::path::absolute(&partial.0).map_err(failed)?;
+    let exported = store.blobs().export(blob.hash, &target).finish().await;
+    if exported.is_err() {
+        let mut file = tokio::fs::File::create(&partial.0).await.map_err(failed)?;
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(failed)?;
+        file.sync_all().await.map_err(failed)?;
+    } else {
+        let file = std::fs::File::open(&partial.0).map_err(failed)?;
+        file.sync_all().map_err(failed)?;
+    }
     partial.rename_to(path).map_err(failed)
 }
 

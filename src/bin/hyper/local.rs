@@ -192,23 +192,29 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
             let length = core.info().length;
             let end = end.unwrap_or(length).min(length);
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            for index in start..end {
-                let block = core
-                    .get(index)
+            let mut index = start;
+            while index < end {
+                let run = core
+                    .get_stored(index..end, 1 << 20)
                     .await
-                    .map_err(|e| failed(&format!("block {index}"), e))?
-                    .ok_or_else(|| format!("block {index} is not stored here"))?;
-                let written = if raw {
-                    out.write_all(&block)
-                } else {
-                    out.write_all(text::line(&block).as_bytes())
-                        .and_then(|()| out.write_all(b"\n"))
-                };
-                match written {
-                    Ok(()) => {}
-                    // The reader went away (a closed pipe): nothing more to do.
-                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                    Err(e) => return Err(fail::describe("writing to stdout", e)),
+                    .map_err(|e| failed(&format!("block {index}"), e))?;
+                if run.is_empty() {
+                    return Err(format!("block {index} is not stored here"));
+                }
+                for block in run {
+                    let written = if raw {
+                        out.write_all(&block)
+                    } else {
+                        out.write_all(text::line(&block).as_bytes())
+                            .and_then(|()| out.write_all(b"\n"))
+                    };
+                    match written {
+                        Ok(()) => {}
+                        // The reader went away (a closed pipe): nothing more to do.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                        Err(e) => return Err(fail::describe("writing to stdout", e)),
+                    }
+                    index += 1;
                 }
             }
             match out.flush() {

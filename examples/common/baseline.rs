@@ -1,0 +1,104 @@
+//! Baselines the benchmarks measure in the same run as what they benchmark: the same bytes
+//! over one raw iroh stream and through an iroh-blobs fetch, between two endpoints of a test
+//! network; and the helpers that print the figures.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use iroh::{
+    endpoint::Connection,
+    protocol::{AcceptError, ProtocolHandler, Router},
+};
+use iroh_blobs::{BlobsProtocol, store::mem::MemStore};
+use iroh_hypercore::testnet::{TestNet, Transport};
+
+const RAW_ALPN: &[u8] = b"/bench-raw/1";
+
+/// Serves `len` bytes on one stream per connection.
+#[derive(Debug, Clone)]
+struct RawServe(Bytes);
+
+impl ProtocolHandler for RawServe {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let (mut send, _recv) = conn.accept_bi().await?;
+        send.write_chunk(self.0.clone())
+            .await
+            .map_err(AcceptError::from_err)?;
+        send.finish()?;
+        conn.closed().await;
+        Ok(())
+    }
+}
+
+/// `len` bytes over one raw iroh stream: connect, ask, read to the end.
+pub async fn raw_stream(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
+    let server = net.endpoint(Transport::Direct).await?;
+    let router = Router::builder(server.clone())
+        .accept(RAW_ALPN, RawServe(Bytes::from(vec![7u8; len as usize])))
+        .spawn();
+    let client = net.endpoint(Transport::Direct).await?;
+    let start = Instant::now();
+    let conn = client.connect(server.addr(), RAW_ALPN).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(b"go").await?;
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(1 << 20).await? {
+        got += chunk.len() as u64;
+    }
+    let elapsed = start.elapsed();
+    anyhow::ensure!(got == len);
+    conn.close(0u32.into(), b"done");
+    client.close().await;
+    router.shutdown().await?;
+    Ok(elapsed)
+}
+
+/// `len` bytes as one blob, fetched with iroh-blobs from a memory store into another.
+pub async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
+    let provider_store = MemStore::new();
+    let tag = provider_store.add_bytes(vec![7u8; len as usize]).await?;
+    let server = net.endpoint(Transport::Direct).await?;
+    let blobs = BlobsProtocol::new(&provider_store, None);
+    let router = Router::builder(server.clone())
+        .accept(iroh_blobs::ALPN, blobs)
+        .spawn();
+    let client = net.endpoint(Transport::Direct).await?;
+    let store = MemStore::new();
+    let start = Instant::now();
+    let conn = client.connect(server.addr(), iroh_blobs::ALPN).await?;
+    store.remote().fetch(conn.clone(), tag.hash).await?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(store.remote().local(tag.hash).await?.is_complete());
+    conn.close(0u32.into(), b"done");
+    client.close().await;
+    router.shutdown().await?;
+    Ok(elapsed)
+}
+
+/// The median.
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// `N KiB` or `N MiB`.
+pub fn human(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{} MiB", size >> 20)
+    } else {
+        format!("{} KiB", size >> 10)
+    }
+}
+
+/// One line of figures: blocks/s, MB/s and seconds.
+pub fn row(name: &str, blocks: u64, bytes: u64, d: Duration) {
+    let s = d.as_secs_f64();
+    println!(
+        "{name:<44} {:>12.0} {:>12.1} {:>9.2}s",
+        blocks as f64 / s,
+        bytes as f64 / 1e6 / s,
+        s
+    );
+}

@@ -213,7 +213,12 @@ async fn get_stored_reads_the_run_from_the_start_of_a_range() {
             .is_empty()
     );
     let (start, end) = (5, 3);
-    assert!(core.get_stored(start..end, u64::MAX).await.unwrap().is_empty());
+    assert!(
+        core.get_stored(start..end, u64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

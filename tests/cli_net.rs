@@ -177,9 +177,22 @@ fn a_shared_blob_is_fetched_with_equal_bytes() {
     );
     stdout(&got);
     assert!(std::fs::read(&out).unwrap() == bytes, "equal bytes");
+    let left: Vec<_> = std::fs::read_dir(c.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
     assert!(
-        !c.path().join(".fetched.bin.partial").exists(),
+        left.is_empty(),
         "written under a temporary name, renamed once whole"
+    );
+    let err = failure(&run(
+        c.path(),
+        &["get-blob", &ticket, "1", "-o", "no/such/dir/f"],
+    ));
+    assert!(
+        err.contains("the directory no/such/dir does not exist"),
+        "{err}"
     );
 
     // The block that is no blob, one past the end, and a full disk: one line each.
@@ -277,6 +290,17 @@ fn a_follow_prints_again_what_a_truncation_replaced() {
     // The reader knows where the forks part to a subtree's root: at the writer's cut or
     // before it. From there the new fork is printed again.
     let err = String::from_utf8_lossy(&again.stderr);
+    let printed: Vec<String> = stdout(&again).lines().map(String::from).collect();
+    assert_eq!(printed[..5], ["a", "b", "c", "d", "e"], "the stored blocks first");
+    assert_printed_again(&err, &printed[5..], &["a", "b", "c", "X", "Y"]);
+    // Now the store holds the new fork.
+    let last = run(b.path(), &["follow", &ticket, "--exit-when-synced"]);
+    assert_eq!(stdout(&last), "a\nb\nc\nX\nY\n");
+    assert_eq!(sharer.interrupt().0, Some(0));
+}
+
+/// The blocks printed after a fork notice: from the block the notice names, the new fork.
+fn assert_printed_again(err: &str, after: &[String], new_fork: &[&str]) {
     let from: usize = err
         .split("printing from block ")
         .nth(1)
@@ -284,22 +308,46 @@ fn a_follow_prints_again_what_a_truncation_replaced() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the fork is said: {err}"));
     assert!(err.contains("the log moved to fork 1"), "{err}");
-    assert!(from <= 3, "{err}");
-    let new_fork = ["a", "b", "c", "X", "Y"];
-    let expected: String = ["a", "b", "c", "d", "e"]
-        .iter()
-        .chain(&new_fork[from..])
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_eq!(
-        stdout(&again),
-        expected,
-        "the stored blocks, then from the fork again"
-    );
-    // Now the store holds the new fork.
-    let last = run(b.path(), &["follow", &ticket, "--exit-when-synced"]);
-    assert_eq!(stdout(&last), "a\nb\nc\nX\nY\n");
-    assert_eq!(sharer.interrupt().0, Some(0));
+    assert!(from <= 3, "never past the writer's cut: {err}");
+    assert_eq!(after, &new_fork[from..], "{err}");
+}
+
+/// A writer (the library, on a test network) truncates while `follow` runs live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_follow_notices_a_truncation_and_prints_the_new_fork() {
+    use iroh_hypercore::{
+        StoreOptions,
+        testnet::{TestNet, Transport},
+    };
+    let (w, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let net = TestNet::new().await.unwrap();
+    let writer = net
+        .node_in(Transport::Direct, w.path(), StoreOptions::default())
+        .await
+        .unwrap();
+    let log = writer.store.get_named("log").await.unwrap();
+    log.append_batch(["a", "b", "c", "d", "e"].map(|s| s.as_bytes().to_vec()))
+        .await
+        .unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let ticket = writer.proto.ticket(&log).to_string();
+
+    let follower = spawn(b.path(), &["follow", &ticket]);
+    for line in ["a", "b", "c", "d", "e"] {
+        assert_eq!(follower.line(), line);
+    }
+    log.truncate(3).await.unwrap();
+    log.append_batch(["X", "Y"].map(|s| s.as_bytes().to_vec()))
+        .await
+        .unwrap();
+    let mut after = Vec::new();
+    while after.last().is_none_or(|l| l != "Y") {
+        after.push(follower.line());
+    }
+    let (code, err) = follower.interrupt();
+    assert_eq!(code, Some(0), "{err}");
+    assert_printed_again(&err, &after, &["a", "b", "c", "X", "Y"]);
+    writer.shutdown().await;
 }
 
 #[test]
@@ -311,17 +359,16 @@ fn a_reader_that_goes_away_ends_follow_with_exit_code_zero() {
     log_with(a.path(), "log", &lines);
     let sharer = spawn(a.path(), &["share", "log"]);
     let ticket = sharer.line();
-    let piped = std::process::Command::new("bash")
-        .arg("-c")
+    let mut bash = std::process::Command::new("bash");
+    bash.arg("-c")
         .arg(
             "set -o pipefail; \"$0\" --data \"$1\" --relay disabled --bind 127.0.0.1:0 \
              follow \"$2\" --exit-when-synced | head -n 1",
         )
         .arg(process::HYPER)
         .arg(b.path())
-        .arg(&ticket)
-        .output()
-        .expect("bash runs");
+        .arg(&ticket);
+    let piped = process::output_within(bash, "");
     assert_eq!(String::from_utf8_lossy(&piped.stdout), format!("{line}\n"));
     assert!(
         piped.status.success(),

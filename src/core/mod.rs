@@ -18,6 +18,7 @@ pub use hypercore::{AppendOutcome, Hypercore};
 pub use info::Info;
 pub(crate) use lazy_broadcast::LazyBroadcast;
 pub use proofs::Applied;
+pub use reads::MAX_STORED_RUN;
 pub use runs::{MAX_RUN, RunApplied, RunItem};
 pub(crate) use signals::{Signal, SignalQueue, Watchers};
 pub(crate) use state::{CoreInner as CoreInnerHandle, create_core, hex, load_core};

@@ -6,6 +6,9 @@ use crate::{
     tree::{NodeSource, flat::Cursor},
 };
 
+/// The most blocks one [`Hypercore::get_stored`] returns.
+pub const MAX_STORED_RUN: u64 = 65_536;
+
 impl Hypercore {
     /// Block `index`: `.await` it for the local copy (`None` if the block is within the log but
     /// not stored; an index at or past the length is an error), or call
@@ -15,9 +18,9 @@ impl Hypercore {
     }
 
     /// The blocks of `range` stored here, from its start up to the first one missing, and
-    /// no further than the block that brings them to `max_bytes` (at least one block): one
-    /// read of the database for many blocks, where [`get`](Self::get) reads one. Empty when
-    /// the range's first block is not stored.
+    /// no further than the block that brings them to `max_bytes` (at least one block) or
+    /// [`MAX_STORED_RUN`] blocks: one read of the database for many blocks, where
+    /// [`get`](Self::get) reads one. Empty when the range's first block is not stored.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
@@ -43,19 +46,18 @@ impl Hypercore {
             Ok(inner
                 .storage
                 .read(move |r| {
+                    let blocks = r.blocks()?;
+                    let view = blocks.view();
+                    // Where the run from `start` ends: the rows say, without reading values.
+                    let scan_end = end.min(start.saturating_add(MAX_STORED_RUN));
+                    let run_end = match view.present(id, start, scan_end)?.first() {
+                        Some(run) if run.start == start => run.end,
+                        _ => return Ok(Vec::new()),
+                    };
                     let mut run = Vec::new();
-                    r.blocks()?.view().for_each_within(
-                        id,
-                        start,
-                        end,
-                        max_bytes,
-                        |index, value| {
-                            // Only the run from `start`: a gap ends it.
-                            if index == start + run.len() as u64 {
-                                run.push(bytes::Bytes::from(value));
-                            }
-                        },
-                    )?;
+                    view.for_each_within(id, start, run_end, max_bytes, |_, value| {
+                        run.push(bytes::Bytes::from(value));
+                    })?;
                     Ok(run)
                 })
                 .await?)

@@ -36,19 +36,35 @@ fn command(dir: &Path, args: &[&str]) -> Command {
 
 /// Runs `hyper --data dir args…` to its end with `stdin` fed in.
 pub fn hyper(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = command(dir, args)
+    output_within(command(dir, args), stdin)
+}
+
+/// Runs `cmd` to its end with `stdin` fed in; a run over [`WAIT`] is killed and fails the
+/// test, so a hang fails rather than holds the test run.
+pub fn output_within(mut cmd: Command, stdin: &str) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("hyper runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("stdin written");
-    child.wait_with_output().expect("hyper ends")
+        .expect("the command runs");
+    let pid = child.id();
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_string();
+    std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(out) => out.expect("the command ends"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("{cmd:?} did not end within {WAIT:?}");
+        }
+    }
 }
 
 /// The stdout of a run that succeeded.

@@ -91,7 +91,8 @@ async fn writable(store: &Corestore, dir: &Path, name: &str) -> Result<Hypercore
     Ok(core)
 }
 
-/// The texts as blocks, each within a block's size; `before` lines came earlier.
+/// The texts as blocks, each within a block's size (or none is appended); `before` lines
+/// were appended earlier.
 fn checked(texts: Vec<String>, before: usize) -> Result<Vec<Vec<u8>>, String> {
     texts
         .into_iter()
@@ -99,11 +100,10 @@ fn checked(texts: Vec<String>, before: usize) -> Result<Vec<Vec<u8>>, String> {
         .map(|(i, text)| {
             if text.len() > MAX_BLOCK_SIZE {
                 Err(format!(
-                    "line {} has {} bytes, over the {MAX_BLOCK_SIZE} of a block \
-                     (the {} before it were appended): use --blob",
+                    "line {} has {} bytes, over the {MAX_BLOCK_SIZE} of a block: use --blob \
+                     ({before} lines were appended before its batch)",
                     before + i + 1,
                     text.len(),
-                    before + i
                 ))
             } else {
                 Ok(text.into_bytes())

@@ -77,6 +77,7 @@ pub async fn run(
         r = follow(&node, net, &tracker, ticket, &args, &mut seen) => r,
         () = interrupts.first() => Ok(()),
     };
+    interrupts.exit_on_next();
     if let Some(core) = &seen.core
         && seen.next > seen.first
     {
@@ -93,15 +94,20 @@ pub async fn run(
     match result {
         Ok(()) | Err(Stop::ReaderGone) => {
             eprintln!(
-                "{}: {} blocks printed{}",
+                "{}: {} printed{}",
                 names::hex(&ticket.key()),
-                seen.printed,
+                blocks(seen.printed),
                 downloaded.map_or(String::new(), |n| format!(", {n} downloaded this run")),
             );
             Ok(())
         }
         Err(Stop::Failed(e)) => Err(e),
     }
+}
+
+/// `1 block`, `2 blocks`.
+fn blocks(n: u64) -> String {
+    format!("{n} block{}", if n == 1 { "" } else { "s" })
 }
 
 /// Why following stopped before Ctrl-C.
@@ -177,6 +183,8 @@ async fn follow(
     if args.sparse && args.start.is_none() {
         next = next.max(synced);
     }
+    // The first block this run prints: a fork never prints anything before it "again".
+    let asked_from = args.start.unwrap_or(if args.sparse { next } else { 0 });
     (seen.first, seen.next) = (next, next);
     // In sparse mode the catch-up range is asked for at once, not block by block.
     let _download = (args.sparse && next < synced).then(|| core.download(next..synced));
@@ -188,20 +196,26 @@ async fn follow(
     // Blocks read from the store and not printed yet.
     let mut ready = VecDeque::new();
     loop {
-        if let Some((cut, fork)) = forks.rewind(&core)
-            && cut < next
-        {
-            bar.suspend(|| {
-                eprintln!(
-                    "the log moved to fork {fork}: blocks from {cut} on may differ from those \
-                     printed, printing from block {cut} again"
-                );
-            });
-            next = cut;
-            ready.clear();
-            seen.first = seen.first.min(next);
-            seen.next = next;
+        if let Some((cut, fork)) = forks.rewind(&core) {
+            // The log may be shorter now: the blocks the peers had are not all to come.
             synced = synced.min(core.info().length);
+            let cut = cut.max(asked_from);
+            // Read from the old fork and not printed yet: dropped from the cut on.
+            if let Some(keep) = cut.checked_sub(next) {
+                ready.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+            }
+            if cut < next {
+                bar.suspend(|| {
+                    eprintln!(
+                        "the log moved to fork {fork}: blocks from {cut} on may differ from \
+                         those printed, printing from block {cut} again"
+                    );
+                });
+                next = cut;
+                ready.clear();
+                seen.first = seen.first.min(next);
+                seen.next = next;
+            }
         }
         if next >= synced && !live {
             bar.finish_and_clear();

@@ -11,8 +11,9 @@ pub struct ForkWatch {
     events: Subscription,
     /// The fork of what was printed.
     fork: u64,
-    /// The lowest length a truncation cut the log to since the last look.
-    cut: Option<u64>,
+    /// The newest fork a truncation event named since the last look, and the lowest length
+    /// one cut the log to.
+    cut: Option<(u64, u64)>,
     /// Events were missed since the last look: a cut may be unknown.
     missed: bool,
 }
@@ -28,8 +29,13 @@ impl ForkWatch {
         }
     }
 
-    /// If the log moved to another fork since the last look, the block from which what was
+    /// If the log moved to another fork since the last look: the block from which what was
     /// printed may differ (0 when the cut was missed), and the new fork.
+    ///
+    /// The fork moves on the truncation events alone. A core publishes its state before it
+    /// sends the events, so a new fork can show in the state before its event is here: it
+    /// is taken when the event comes (and [`changed`](Self::changed) wakes for it). Only
+    /// when events were missed does the state decide, with the cut unknown.
     pub fn rewind(&mut self, core: &Hypercore) -> Option<(u64, u64)> {
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
@@ -37,22 +43,19 @@ impl ForkWatch {
         {
             self.take(event);
         }
-        // The state after the events: a core publishes its state before it sends the events,
-        // so a truncation drained above shows in it, and a later one is drained next time.
-        let info = core.info();
-        if info.fork == self.fork {
-            // Nothing was cut (every cut makes a new fork): what was missed did not matter.
-            (self.cut, self.missed) = (None, false);
-            return None;
+        if std::mem::take(&mut self.missed) {
+            // Events drained so far were sent after their state: this state is at least as
+            // new as any of them.
+            let fork = core.info().fork;
+            if fork != self.fork {
+                self.fork = fork;
+                self.cut = None;
+                return Some((0, fork));
+            }
         }
-        self.fork = info.fork;
-        let cut = match (self.missed, self.cut) {
-            (false, Some(cut)) => cut,
-            (false, None) => info.length,
-            (true, _) => 0,
-        };
-        (self.cut, self.missed) = (None, false);
-        Some((cut.min(info.length), info.fork))
+        let (fork, cut) = self.cut.take()?;
+        self.fork = fork;
+        Some((cut, fork))
     }
 
     /// Resolves at the next truncation (or missed events); [`rewind`](Self::rewind) says
@@ -66,11 +69,14 @@ impl ForkWatch {
         std::future::pending::<()>().await;
     }
 
-    /// Records a truncation or missed events; returns whether it was one.
+    /// Records a truncation to a newer fork or missed events; returns whether it was one.
     fn take(&mut self, event: CoreEvent) -> bool {
         match event {
-            CoreEvent::Truncate { length, .. } => {
-                self.cut = Some(self.cut.map_or(length, |c| c.min(length)));
+            CoreEvent::Truncate { length, fork } if fork > self.fork => {
+                self.cut = Some(match self.cut {
+                    Some((f, cut)) => (f.max(fork), cut.min(length)),
+                    None => (fork, length),
+                });
                 true
             }
             CoreEvent::Lagged(_) => {

@@ -1,19 +1,15 @@
 //! `hyper get-blob`: fetch the blob a block of a ticket's log names, into a file.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use iroh_blobs::api::proto::BlobStatus;
 use iroh_hypercore::{CoreTicket, Corestore, Hypercore, blobs::BlobRef};
 use n0_future::StreamExt;
-use tokio::io::AsyncWriteExt;
 
 use crate::{
-    fail,
+    blob_file, fail,
     node::{self, NetOptions, Node},
     peers::PeerTracker,
     signals::Interrupts,
@@ -48,18 +44,24 @@ pub async fn run(
     args: GetBlobArgs,
 ) -> Result<(), String> {
     let mut interrupts = Interrupts::install()?;
+    // A target that cannot be written is said before anything is fetched.
+    blob_file::check_target(&args.output)?;
     let node = Node::start(store, net).await?;
     let tracker = PeerTracker::start(dir, &node.proto, &[ticket.key()]);
+    let partial = blob_file::Leftover::default();
     let result = tokio::select! {
-        r = get_blob(&node, net, store, ticket, &args) => r,
+        r = get_blob(&node, net, store, ticket, &args, &partial) => r,
         () = interrupts.first() => Err(
             "interrupted before the blob was written; what was fetched is kept, and \
              get-blob again resumes"
                 .into(),
         ),
     };
+    interrupts.exit_on_next();
     tracker.finish().await;
+    // Stops the blob store too: an export cut short by Ctrl-C writes no more after this.
     node.shutdown().await;
+    partial.remove();
     result
 }
 
@@ -69,6 +71,7 @@ async fn get_blob(
     store: &Corestore,
     ticket: &CoreTicket,
     args: &GetBlobArgs,
+    partial: &blob_file::Leftover,
 ) -> Result<(), String> {
     // Only the blob's block is needed from the log.
     let core = node.open_ticket(ticket, true).await?;
@@ -118,7 +121,7 @@ async fn get_blob(
     watch.abort();
     bar.finish_and_clear();
     let blob = fetched?;
-    write_file(store, &blob, &args.output).await?;
+    blob_file::write(store, &blob, &args.output, partial).await?;
     eprintln!(
         "wrote {} ({} bytes) to {}",
         HumanBytes(blob.size),
@@ -126,76 +129,6 @@ async fn get_blob(
         args.output.display()
     );
     Ok(())
-}
-
-/// Copies the blob from the store into `path` (`-` for stdout). A file is written under a
-/// temporary name beside it and renamed into place once whole, so that a full disk or a
-/// Ctrl-C leaves neither half a file nor a clobbered old one. Other targets (a device, a
-/// pipe) are written directly.
-async fn write_file(store: &Corestore, blob: &BlobRef, path: &Path) -> Result<(), String> {
-    let mut reader = store.blobs().reader(blob.hash);
-    let failed = |e: std::io::Error| fail::describe(&format!("writing {}", path.display()), e);
-    if path == Path::new("-") {
-        let mut out = tokio::io::stdout();
-        tokio::io::copy(&mut reader, &mut out)
-            .await
-            .map_err(failed)?;
-        return out.flush().await.map_err(failed);
-    }
-    let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
-    if special {
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .await
-            .map_err(failed)?;
-        tokio::io::copy(&mut reader, &mut file)
-            .await
-            .map_err(failed)?;
-        return file.flush().await.map_err(failed);
-    }
-    let partial = Partial::beside(path);
-    // The blob store's own export copies the file whole (the fast way). Its errors do not
-    // say why, so a failed export is done again by hand, which names the cause (a full
-    // disk) or succeeds.
-    let target = std::path::absolute(&partial.0).map_err(failed)?;
-    let exported = store.blobs().export(blob.hash, &target).finish().await;
-    if exported.is_err() {
-        let mut file = tokio::fs::File::create(&partial.0).await.map_err(failed)?;
-        tokio::io::copy(&mut reader, &mut file)
-            .await
-            .map_err(failed)?;
-        file.sync_all().await.map_err(failed)?;
-    } else {
-        let file = std::fs::File::open(&partial.0).map_err(failed)?;
-        file.sync_all().map_err(failed)?;
-    }
-    partial.rename_to(path).map_err(failed)
-}
-
-/// A file being written under a temporary name; removed unless renamed into place.
-struct Partial(PathBuf);
-
-impl Partial {
-    /// `.NAME.partial` in the same directory (a rename stays on one file system).
-    fn beside(path: &Path) -> Self {
-        let name = path
-            .file_name()
-            .map_or_else(|| "blob".into(), |n| n.to_string_lossy().into_owned());
-        Self(path.with_file_name(format!(".{name}.partial")))
-    }
-
-    fn rename_to(self, path: &Path) -> std::io::Result<()> {
-        std::fs::rename(&self.0, path)?;
-        std::mem::forget(self);
-        Ok(())
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// Whether the block and its whole blob are stored here already (no peer needed).

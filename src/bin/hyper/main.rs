@@ -6,6 +6,7 @@
 //! is one line on stderr and exit code 1; Ctrl-C stops a node cleanly with exit code 0.
 
 mod append;
+mod blob_file;
 mod data_dir;
 mod fail;
 mod follow;

@@ -54,12 +54,17 @@ pub async fn run(
         r = share(&node, net, &cores, lines.as_mut()) => r,
         () = interrupts.first() => Ok(()),
     };
+    interrupts.exit_on_next();
     // Lines read before the interrupt are appended, not dropped.
     if let Some(lines) = lines.as_mut()
         && result.is_ok()
     {
-        lines.close();
+        // Taken before and after closing: a reader waiting for room sends once some is made.
         let mut rest = Vec::new();
+        while let Ok(line) = lines.try_recv() {
+            rest.extend(line.ok());
+        }
+        lines.close();
         while let Ok(line) = lines.try_recv() {
             rest.extend(line.ok());
         }

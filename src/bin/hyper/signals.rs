@@ -1,4 +1,5 @@
-//! Ctrl-C and SIGTERM: the first one stops a node cleanly, a second one exits at once.
+//! Ctrl-C and SIGTERM: the first one stops a node cleanly; once a node is shutting down
+//! (for that or any other reason), the next one exits at once.
 
 /// The process's interrupt handlers, installed before the node starts, so that a Ctrl-C
 /// during start-up also shuts down cleanly instead of killing the process.
@@ -26,9 +27,23 @@ impl Interrupts {
         Ok(Self {})
     }
 
-    /// Resolves on the first Ctrl-C (or SIGTERM). From then on a second one exits the process
-    /// at once (code 130), for a shutdown that hangs.
+    /// Resolves on the first Ctrl-C (or SIGTERM).
     pub async fn first(&mut self) {
+        self.next().await;
+    }
+
+    /// From now on (a shutdown under way), the next Ctrl-C or SIGTERM exits the process at
+    /// once with code 130: a shutdown that hangs can always be cut short. Signals that came
+    /// meanwhile count: the handlers stay installed.
+    pub fn exit_on_next(mut self) {
+        tokio::spawn(async move {
+            self.next().await;
+            eprintln!("hyper: interrupted again: exiting without a clean shutdown");
+            std::process::exit(130);
+        });
+    }
+
+    async fn next(&mut self) {
         #[cfg(unix)]
         tokio::select! {
             _ = self.int.recv() => {}
@@ -36,10 +51,5 @@ impl Interrupts {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        tokio::spawn(async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("hyper: interrupted again: exiting without a clean shutdown");
-            std::process::exit(130);
-        });
     }
 }

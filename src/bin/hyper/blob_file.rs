@@ -1,0 +1,130 @@
+//! Writing a fetched blob to the file `get-blob -o` names, never leaving half a file.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use iroh_hypercore::{Corestore, blobs::BlobRef};
+use tokio::io::AsyncWriteExt;
+
+use crate::fail;
+
+/// Checks that `path` can be written before anything is fetched: `-`, or a file in a
+/// directory that exists.
+pub fn check_target(path: &Path) -> Result<(), String> {
+    if path == Path::new("-") {
+        return Ok(());
+    }
+    if path.is_dir() {
+        return Err(format!("{} is a directory: name a file", path.display()));
+    }
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+            Err(format!("the directory {} does not exist", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The temporary file a write under way uses, to be removed if the write is cut short
+/// (by Ctrl-C: the blob store's export may still be writing it until the store stops).
+#[derive(Debug, Default, Clone)]
+pub struct Leftover(Arc<Mutex<Option<PathBuf>>>);
+
+impl Leftover {
+    fn set(&self, path: Option<PathBuf>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    }
+
+    /// Removes the temporary file, if a write left one.
+    pub fn remove(&self) {
+        if let Some(path) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Copies the blob from the store into `path` (`-` for stdout). A file is written under a
+/// new temporary name beside it (through a symlink: beside its target) and renamed into
+/// place once whole and synced, so that a full disk or Ctrl-C leaves neither half a file
+/// nor a clobbered old one. Other targets (a device, a pipe) are written directly.
+pub async fn write(
+    store: &Corestore,
+    blob: &BlobRef,
+    path: &Path,
+    leftover: &Leftover,
+) -> Result<(), String> {
+    let mut reader = store.blobs().reader(blob.hash);
+    let failed = |e: std::io::Error| fail::describe(&format!("writing {}", path.display()), e);
+    if path == Path::new("-") {
+        let mut out = tokio::io::stdout();
+        tokio::io::copy(&mut reader, &mut out)
+            .await
+            .map_err(failed)?;
+        return out.flush().await.map_err(failed);
+    }
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await
+            .map_err(failed)?;
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(failed)?;
+        return file.flush().await.map_err(failed);
+    }
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_symlink() => std::fs::canonicalize(path).map_err(failed)?,
+        _ => std::path::absolute(path).map_err(failed)?,
+    };
+    let partial = temporary_beside(&target).map_err(failed)?;
+    leftover.set(Some(partial.clone()));
+    let written = async {
+        // The blob store's own export copies the file whole (the fast way). Its errors do
+        // not say why, so a failed export is done again by hand, which names the cause (a
+        // full disk) or succeeds.
+        if store
+            .blobs()
+            .export(blob.hash, &partial)
+            .finish()
+            .await
+            .is_err()
+        {
+            let mut file = tokio::fs::File::create(&partial).await?;
+            tokio::io::copy(&mut reader, &mut file).await?;
+            file.sync_all().await?;
+        } else {
+            std::fs::File::open(&partial)?.sync_all()?;
+        }
+        std::fs::rename(&partial, &target)
+    }
+    .await;
+    if written.is_ok() {
+        leftover.set(None);
+    } else {
+        leftover.remove();
+    }
+    written.map_err(failed)
+}
+
+/// A new, empty file `.NAME.<random>.partial` beside `path` (a rename stays on one file
+/// system), made with `create_new`: never one that exists, nor a link planted there.
+fn temporary_beside(path: &Path) -> std::io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "blob".into(), |n| n.to_string_lossy().into_owned());
+    loop {
+        let partial = path.with_file_name(format!(".{name}.{:08x}.partial", rand::random::<u32>()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+        {
+            Ok(_) => return Ok(partial),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

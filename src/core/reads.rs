@@ -7,7 +7,7 @@ use crate::{
 };
 
 /// The most blocks one [`Hypercore::get_stored`] returns.
-pub const MAX_STORED_RUN: u64 = 65_536;
+pub const MAX_STORED_RUN: u64 = 4096;
 
 impl Hypercore {
     /// Block `index`: `.await` it for the local copy (`None` if the block is within the log but

@@ -291,7 +291,11 @@ fn a_follow_prints_again_what_a_truncation_replaced() {
     // before it. From there the new fork is printed again.
     let err = String::from_utf8_lossy(&again.stderr);
     let printed: Vec<String> = stdout(&again).lines().map(String::from).collect();
-    assert_eq!(printed[..5], ["a", "b", "c", "d", "e"], "the stored blocks first");
+    assert_eq!(
+        printed[..5],
+        ["a", "b", "c", "d", "e"],
+        "the stored blocks first"
+    );
     assert_printed_again(&err, &printed[5..], &["a", "b", "c", "X", "Y"]);
     // Now the store holds the new fork.
     let last = run(b.path(), &["follow", &ticket, "--exit-when-synced"]);

@@ -19,7 +19,7 @@ use iroh_hypercore::{
     testnet::{TestNet, Transport},
 };
 use n0_future::StreamExt;
-use net::{WAIT, wait_event, wait_full, wait_replica_event};
+use net::{WAIT, wait_event, wait_full};
 
 /// `n` bytes that differ from one blob to the next.
 fn content(n: usize, seed: u8) -> Bytes {
@@ -253,15 +253,7 @@ async fn a_blob_over_the_size_limit_is_refused_before_downloading() {
         ..Default::default()
     };
     let store = Corestore::memory_with(opts).await.unwrap();
-    let reader = net
-        .node_with(Transport::Direct, store, Default::default())
-        .await
-        .unwrap();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
+    let (reader, core) = net::follower_with(&net, &writer, &log, store).await;
     let err = core.get_blob(index).wait(WAIT).await.unwrap_err();
     assert!(
         matches!(&err, Error::Blob(m) if m.contains("over max_blob_size")),
@@ -295,12 +287,7 @@ async fn a_reference_that_understates_its_blob_downloads_no_more_than_it_states(
     log.append(lie.to_block()).await.unwrap();
     writer.proto.replicate(&log).await.unwrap();
 
-    let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
+    let (reader, core) = net::follower(&net, &writer, &log).await;
     let err = core.get_blob(0).wait(WAIT).await.unwrap_err();
     assert!(
         matches!(&err, Error::Blob(m) if m.contains("incomplete")),
@@ -666,20 +653,12 @@ async fn a_fork_from_the_writer_releases_the_blobs_it_cuts() {
         ..Default::default()
     };
     let store = Corestore::memory_with(opts).await.unwrap();
-    let reader = net
-        .node_with(Transport::Direct, store, Default::default())
-        .await
-        .unwrap();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
+    let (reader, core) = net::follower_with(&net, &writer, &log, store).await;
     core.get_blob(index).fetch(WAIT).await.unwrap();
     let mut events = reader.proto.events(&core);
     log.truncate(index).await.unwrap();
     log.append(b"new fork".to_vec()).await.unwrap();
-    wait_replica_event(&mut events, "the reader moved to the new fork", |e| {
+    wait_event(&mut events, "the reader moved to the new fork", |e| {
         matches!(e, ReplicaEvent::Truncate { .. })
     })
     .await;

@@ -16,7 +16,7 @@ use iroh_hypercore::{
     testnet::{Node, TestNet, Transport},
 };
 use n0_future::StreamExt;
-use net::{WAIT, append_numbered, numbered, wait_event, wait_full, wait_replica_event};
+use net::{WAIT, append_numbered, numbered, wait_event, wait_full};
 
 /// Two memory stores, ordered by their endpoint ids (lower first): which side of a
 /// connection opens the channels depends on the order.
@@ -172,7 +172,7 @@ async fn leave_stops_a_core_and_replicate_resumes_it() {
     let err = tokio::time::timeout(WAIT, download).await.unwrap().unwrap();
     assert!(matches!(err, Err(Error::Left(_))), "{err:?}");
     let reader_id = reader.endpoint.id();
-    wait_replica_event(
+    wait_event(
         &mut writer_events,
         "the writer saw the reader leave the core",
         |e| *e == ReplicaEvent::PeerRemove(reader_id),
@@ -231,7 +231,7 @@ async fn core_events_report_peers_and_uploads() {
     assert_eq!(uploaded, (0..20).collect());
 
     reader.shutdown().await;
-    wait_replica_event(&mut events, "PeerRemove when the reader went", |e| {
+    wait_event(&mut events, "PeerRemove when the reader went", |e| {
         *e == ReplicaEvent::PeerRemove(reader_id)
     })
     .await;
@@ -357,7 +357,7 @@ async fn the_last_handle_dropped_ends_replication_unless_the_store_is_served() {
         drop(log);
         let writer_id = writer.endpoint.id();
         if !serve_store {
-            wait_replica_event(
+            wait_event(
                 &mut reader_events,
                 "the writer's channel closed when its last handle went",
                 |e| *e == ReplicaEvent::PeerRemove(writer_id),
@@ -428,7 +428,7 @@ async fn update_wait_returns_the_newest_length_of_the_peers() {
     let mut added = reader.proto.events(&core);
     reader.proto.join(&core, &[writer.addr()]).await.unwrap();
     let writer_id = writer.endpoint.id();
-    wait_replica_event(&mut added, "the writer added", |e| {
+    wait_event(&mut added, "the writer added", |e| {
         *e == ReplicaEvent::PeerAdd(writer_id)
     })
     .await;

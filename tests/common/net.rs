@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use iroh_hypercore::{
-    Hypercore, HypercoreProtocol,
-    net::{Events, ReplicaEvent, ReplicaEvents},
+    Corestore, Hypercore, HypercoreProtocol,
+    net::Events,
     replication::Event,
     testnet::{Node, TestNet, Transport},
 };
@@ -23,31 +23,13 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Waits for an event matching `pred`, failing the test after [`WAIT`].
-pub async fn wait_event(
-    events: &mut Events,
+/// Waits for the first item of `events` (all events, or one core's) matching `pred`,
+/// failing the test after [`WAIT`].
+pub async fn wait_event<T>(
+    events: &mut (impl n0_future::Stream<Item = T> + Unpin),
     what: &str,
-    mut pred: impl FnMut(&Event) -> bool,
-) -> Event {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.next().await {
-                Some(ev) if pred(&ev) => return ev,
-                Some(_) => {}
-                None => panic!("events closed: {what}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// Waits (up to `WAIT`) for the first event of one core that satisfies `pred`.
-pub async fn wait_replica_event(
-    events: &mut ReplicaEvents,
-    what: &str,
-    mut pred: impl FnMut(&ReplicaEvent) -> bool,
-) -> ReplicaEvent {
+    mut pred: impl FnMut(&T) -> bool,
+) -> T {
     tokio::time::timeout(WAIT, async {
         loop {
             match events.next().await {
@@ -99,7 +81,20 @@ pub async fn writer_with_log(net: &TestNet, name: &str, n: u64, size: usize) -> 
 
 /// A direct node following `log` of `writer` through its ticket (not waiting for any block).
 pub async fn follower(net: &TestNet, writer: &Node, log: &Hypercore) -> (Node, Hypercore) {
-    let node = net.node(Transport::Direct).await.unwrap();
+    follower_with(net, writer, log, Corestore::memory().await.unwrap()).await
+}
+
+/// [`follower`], on `store`.
+pub async fn follower_with(
+    net: &TestNet,
+    writer: &Node,
+    log: &Hypercore,
+    store: Corestore,
+) -> (Node, Hypercore) {
+    let node = net
+        .node_with(Transport::Direct, store, Default::default())
+        .await
+        .unwrap();
     let core = node
         .proto
         .open_ticket(&writer.proto.ticket(log))

@@ -58,11 +58,7 @@ pub async fn run(store: &Corestore, dir: &Path, name: &str, source: Source) -> R
                 if batch.is_empty() {
                     break;
                 }
-                let n = batch.len();
-                core.append_batch(checked(batch, appended)?)
-                    .await
-                    .map_err(failed)?;
-                appended += n;
+                appended += append_lines(&core, batch, appended).await?;
             }
         }
     }
@@ -89,6 +85,20 @@ async fn writable(store: &Corestore, dir: &Path, name: &str) -> Result<Hypercore
         ));
     }
     Ok(core)
+}
+
+/// Appends lines (read from stdin) as blocks, all or none; `before` lines were appended
+/// earlier. Returns how many were appended.
+pub async fn append_lines(
+    core: &Hypercore,
+    lines: Vec<String>,
+    before: usize,
+) -> Result<usize, String> {
+    let n = lines.len();
+    core.append_batch(checked(lines, before)?)
+        .await
+        .map_err(|e| fail::describe("appending lines", e))?;
+    Ok(n)
 }
 
 /// The texts as blocks, each within a block's size (or none is appended); `before` lines

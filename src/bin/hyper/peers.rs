@@ -79,29 +79,25 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// What the tracker saw.
-#[derive(Debug, Default)]
-struct Seen {
-    /// Peers with an open channel, by log.
-    connected: HashMap<CoreKey, HashSet<[u8; 32]>>,
-}
+/// Peers with an open channel, by log.
+type Connected = HashMap<CoreKey, HashSet<[u8; 32]>>;
 
 /// Follows the events of a protocol for some logs: the peers connected, and the last-seen
 /// records.
 #[derive(Debug)]
 pub struct PeerTracker {
     dir: PathBuf,
-    seen: Arc<Mutex<Seen>>,
+    connected: Arc<Mutex<Connected>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl PeerTracker {
     /// Starts following `proto`'s events for the logs `keys`.
     pub fn start(dir: &Path, proto: &HypercoreProtocol, keys: &[CoreKey]) -> Self {
-        let seen = Arc::new(Mutex::new(Seen::default()));
+        let connected = Arc::new(Mutex::new(Connected::new()));
         let mut events = proto.subscribe();
         let keys: HashSet<CoreKey> = keys.iter().copied().collect();
-        let (dir2, seen2) = (dir.to_path_buf(), seen.clone());
+        let (dir2, connected2) = (dir.to_path_buf(), connected.clone());
         let task = tokio::spawn(async move {
             while let Some(event) = events.next().await {
                 let (core, peer, open) = match event {
@@ -113,8 +109,8 @@ impl PeerTracker {
                     continue;
                 }
                 {
-                    let mut seen = lock(&seen2);
-                    let peers = seen.connected.entry(core).or_default();
+                    let mut connected = lock(&connected2);
+                    let peers = connected.entry(core).or_default();
                     if open {
                         peers.insert(peer);
                     } else {
@@ -126,15 +122,14 @@ impl PeerTracker {
         });
         Self {
             dir: dir.to_path_buf(),
-            seen,
+            connected,
             task,
         }
     }
 
     /// Distinct peers connected now, over all the logs.
     pub fn peers(&self) -> usize {
-        let seen = lock(&self.seen);
-        seen.connected
+        lock(&self.connected)
             .values()
             .flatten()
             .collect::<HashSet<_>>()
@@ -146,16 +141,17 @@ impl PeerTracker {
         self.task.abort();
         // Its last write, if one was under way, ends before this one starts.
         let _ = self.task.await;
-        let seen = lock(&self.seen);
-        for (core, peers) in &seen.connected {
+        for (core, peers) in lock(&self.connected).iter() {
             let peers: Vec<_> = peers.iter().copied().collect();
             record(&self.dir, core, &peers);
         }
     }
 }
 
-fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
-    seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock(connected: &Mutex<Connected>) -> std::sync::MutexGuard<'_, Connected> {
+    connected
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Records `peers` of `core` as seen now. A failure to write is logged: the record is a

@@ -3,11 +3,11 @@
 use std::{io::Write, path::Path};
 
 use clap::Args;
-use iroh_hypercore::{Corestore, Hypercore, core::MAX_BLOCK_SIZE};
+use iroh_hypercore::{Corestore, Hypercore};
 use tokio::sync::mpsc;
 
 use crate::{
-    fail, local,
+    append, fail, local,
     node::{NetOptions, Node},
     peers::PeerTracker,
     signals::Interrupts,
@@ -50,8 +50,9 @@ pub async fn run(
     let node = Node::start(store, net).await?;
     let keys: Vec<_> = cores.iter().map(Hypercore::key).collect();
     let tracker = PeerTracker::start(dir, &node.proto, &keys);
+    let mut appended = 0;
     let mut result = tokio::select! {
-        r = share(&node, net, &cores, lines.as_mut()) => r,
+        r = share(&node, net, &cores, lines.as_mut(), &mut appended) => r,
         () = interrupts.first() => Ok(()),
     };
     interrupts.exit_on_next();
@@ -69,7 +70,9 @@ pub async fn run(
             rest.extend(line.ok());
         }
         if !rest.is_empty() {
-            result = append(&cores[0], rest).await;
+            result = append::append_lines(&cores[0], rest, appended)
+                .await
+                .map(|_| ());
         }
     }
     tracker.finish().await;
@@ -78,12 +81,13 @@ pub async fn run(
 }
 
 /// Replicates the cores, prints their tickets and serves; with `lines`, appends them to the
-/// first core. Returns only on an error.
+/// first core (counted in `appended`). Returns only on an error.
 async fn share(
     node: &Node,
     net: &NetOptions,
     cores: &[Hypercore],
     lines: Option<&mut mpsc::Receiver<std::io::Result<String>>>,
+    appended: &mut usize,
 ) -> Result<(), String> {
     for core in cores {
         node.proto
@@ -114,23 +118,9 @@ async fn share(
             if batch.is_empty() {
                 break;
             }
-            append(&cores[0], batch).await?;
+            *appended += append::append_lines(&cores[0], batch, *appended).await?;
         }
         eprintln!("stdin closed; still sharing");
     }
     std::future::pending().await
-}
-
-/// Appends lines to `core`, each one block.
-async fn append(core: &Hypercore, lines: Vec<String>) -> Result<(), String> {
-    if let Some(line) = lines.iter().find(|l| l.len() > MAX_BLOCK_SIZE) {
-        return Err(format!(
-            "a line of {} bytes is over the {MAX_BLOCK_SIZE} of a block",
-            line.len()
-        ));
-    }
-    core.append_batch(lines.into_iter().map(String::into_bytes))
-        .await
-        .map(|_| ())
-        .map_err(|e| fail::describe("appending a line", e))
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use iroh_hypercore::{
     crypto::capability::{Role, capability},
     replication::{
-        Engine, EngineConfig, Input, LocalInfo, Mode, Output, Task, TaskResult,
-        engine::ApplyOutcome,
+        Engine, EngineConfig, Input, LocalInfo, Mode, Output, Task,
+        engine::{Applied, ApplyOutcome},
         wire::{Message, SyncInfo},
     },
     tree::{BlockProof, Proof, UpgradeProof},
@@ -247,11 +247,11 @@ fn a_forged_push_does_not_withdraw_an_honest_upgrade_request() {
                     asked_h = true;
                 }
                 Output::Send(p, _, Message::Cancel { .. }) if p == h => cancels += 1,
-                Output::Task(t, _, Task::ApplyProof(proof)) => {
+                Output::Task(_, Task::ApplyProof { proof, reply }) => {
                     if proof.block.as_ref().is_some_and(|b| b.value == b"honest") {
                         applied_from_h = Some(now - t0);
                     } else {
-                        task = Some(t);
+                        task = Some(reply);
                     }
                 }
                 _ => {}
@@ -260,11 +260,9 @@ fn a_forged_push_does_not_withdraw_an_honest_upgrade_request() {
         if let Some(t) = task {
             // The forged push fails verification.
             now += Duration::from_millis(1);
-            let result = TaskResult::Applied(
-                ApplyOutcome::Invalid("invalid signature".into()),
-                local(10, 10),
-            );
-            engine.handle(Input::TaskDone(t, result), now);
+            let outcome = ApplyOutcome::Invalid("invalid signature".into());
+            let local = local(10, 10);
+            engine.handle(t.done(Applied { outcome, local }), now);
             // A forgets its blame by reconnecting.
             rest.extend(drain(&mut engine));
             engine.handle(Input::PeerDisconnected(a), now);

@@ -21,8 +21,8 @@ use iroh_hypercore::{
     core::RunApplied,
     crypto::capability::{Role, capability},
     replication::{
-        Engine, EngineConfig, Event, FetchConfig, Input, LocalInfo, Mode, Output, Task, TaskResult,
-        engine::ApplyOutcome,
+        Engine, EngineConfig, Event, FetchConfig, Input, LocalInfo, Mode, Output, Task,
+        engine::{Applied, ApplyOutcome},
         wire::{Message, SyncInfo},
     },
     tree::{BlockProof, Proof},
@@ -180,7 +180,7 @@ fn a_peer_whose_blocks_never_verify_runs_out_of_work() {
             };
             engine.handle(Input::Message(PEER, channel, data), t);
             let task = drain(&mut engine).into_iter().find_map(|o| match o {
-                Output::Task(t, _, Task::ApplyRun(p)) => Some((t, p)),
+                Output::Task(_, Task::ApplyRun { proofs, reply }) => Some((reply, proofs)),
                 _ => None,
             });
             // (A late answer to a run that timed out is not applied: it only counts against
@@ -192,9 +192,9 @@ fn a_peer_whose_blocks_never_verify_runs_out_of_work() {
                     stored: vec![],
                     rejected: Some((first, Error::InvalidArgument("checksum mismatch"))),
                 };
-                let result =
-                    TaskResult::RunApplied(ApplyOutcome::Done(applied), local(1000, 0, false));
-                engine.handle(Input::TaskDone(task, result), t);
+                let outcome = ApplyOutcome::Done(applied);
+                let local = local(1000, 0, false);
+                engine.handle(task.done(Applied { outcome, local }), t);
                 outputs.extend(drain(&mut engine));
             }
         }
@@ -356,9 +356,8 @@ fn blocks_held_before_they_are_stored_are_capped_by_their_real_size() {
             now,
         );
         for o in drain(&mut engine) {
-            if let Output::Task(t, _, Task::ApplyRun(p)) = o {
-                first_task.get_or_insert(t);
-                drop(p);
+            if let Output::Task(_, Task::ApplyRun { reply, .. }) = o {
+                first_task.get_or_insert(reply);
             }
         }
         held += 256 * 1024;
@@ -370,12 +369,13 @@ fn blocks_held_before_they_are_stored_are_capped_by_their_real_size() {
         stored: vec![],
         rejected: None,
     };
-    let result = TaskResult::RunApplied(ApplyOutcome::Done(applied), local(1000, 0, false));
-    engine.handle(Input::TaskDone(task, result), now);
+    let outcome = ApplyOutcome::Done(applied);
+    let local = local(1000, 0, false);
+    engine.handle(task.done(Applied { outcome, local }), now);
     let pending: u64 = drain(&mut engine)
         .iter()
         .filter_map(|o| match o {
-            Output::Task(_, _, Task::ApplyRun(p)) => Some(
+            Output::Task(_, Task::ApplyRun { proofs: p, .. }) => Some(
                 p.iter()
                     .filter_map(|p| p.block.as_ref())
                     .map(|b| b.value.len() as u64)
@@ -742,7 +742,7 @@ fn silent_peers_claiming_a_longer_log_do_not_stall_the_reader() {
     while now < t0 + Duration::from_secs(300) {
         for o in drain(&mut engine) {
             match o {
-                Output::Task(_, _, Task::ApplyProof(_)) => {
+                Output::Task(_, Task::ApplyProof { .. }) => {
                     served_by_w.get_or_insert(now - t0);
                 }
                 Output::Send(p, _, Message::Request { .. }) if p == w => {
@@ -981,16 +981,14 @@ fn a_dropped_peer_cannot_keep_pushing_invalid_upgrades() {
         drain(&mut engine);
         engine.handle(Input::Message(PEER, channel, push()), now);
         let task = drain(&mut engine).into_iter().find_map(|o| match o {
-            Output::Task(t, _, Task::ApplyProof(_)) => Some(t),
+            Output::Task(_, Task::ApplyProof { reply, .. }) => Some(reply),
             _ => None,
         });
         let Some(task) = task else { continue };
         taken += 1;
-        let result = TaskResult::Applied(
-            ApplyOutcome::Invalid("invalid signature".into()),
-            local(10, 10, false),
-        );
-        engine.handle(Input::TaskDone(task, result), now);
+        let outcome = ApplyOutcome::Invalid("invalid signature".into());
+        let local = local(10, 10, false);
+        engine.handle(task.done(Applied { outcome, local }), now);
         for o in drain(&mut engine) {
             if let Output::Event(Event::PeerDropped(p)) = o
                 && p == PEER
@@ -1037,7 +1035,7 @@ fn a_peer_that_leaves_while_it_is_blamed_leaves_nothing_behind() {
     let task = drain(&mut engine)
         .into_iter()
         .find_map(|o| match o {
-            Output::Task(t, _, Task::ApplyRun(_)) => Some(t),
+            Output::Task(_, Task::ApplyRun { reply, .. }) => Some(reply),
             _ => None,
         })
         .expect("the junk block is applied");
@@ -1058,8 +1056,9 @@ fn a_peer_that_leaves_while_it_is_blamed_leaves_nothing_behind() {
         stored: vec![],
         rejected: Some((start, Error::InvalidArgument("checksum mismatch"))),
     };
-    let result = TaskResult::RunApplied(ApplyOutcome::Done(applied), local(n, 0, false));
-    engine.handle(Input::TaskDone(task, result), t0);
+    let outcome = ApplyOutcome::Done(applied);
+    let local = local(n, 0, false);
+    engine.handle(task.done(Applied { outcome, local }), t0);
     drain(&mut engine);
     let after = timed(&mut engine);
     println!(

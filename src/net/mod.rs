@@ -6,7 +6,6 @@ mod events;
 mod extension;
 mod frames;
 mod protocol;
-mod storage_tasks;
 
 pub use driver::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES, NodeStats};
 pub use events::{Events, ReplicaEvent, ReplicaEvents};
@@ -14,7 +13,6 @@ pub use extension::{Extension, ExtensionMessage, ExtensionMessages};
 pub use frames::{MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED_TOTAL, ReadError};
 pub use iroh_hypercore_tickets::{CoreTicket, TicketError};
 pub use protocol::{Builder, HypercoreProtocol};
-pub use storage_tasks::{local_info, run as run_task};
 
 /// ALPN of the hypercore replication protocol.
 pub const ALPN: &[u8] = b"/iroh-hypercore/2";

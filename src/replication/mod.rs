@@ -7,17 +7,20 @@
 //! - [`fetch`]: the queue of missing blocks, which peer to ask for which run, and when;
 //! - [`engine`]: the state machine the driver calls, composed of parts that each own their
 //!   state (see its module docs and the calling contract on [`Engine`]);
+//! - [`storage`]: the engine's storage tasks carried out on a [`Hypercore`](crate::Hypercore),
+//!   for the iroh driver and the simulator alike;
 //! - [`ranges`]: sorted disjoint ranges of blocks;
-//! - `deadlines`: the deadline sets the engine and the fetch queue take their timers from.
 
-mod deadlines;
 pub mod engine;
 pub mod fetch;
 pub mod gossip;
 pub mod ranges;
+pub mod storage;
 pub mod wire;
 
-pub use engine::{Engine, EngineConfig, Event, Input, LocalInfo, Mode, Output, Task, TaskResult};
+pub use engine::{
+    ApplyOutcome, Engine, EngineConfig, Event, Input, LocalInfo, Mode, Output, Task, TaskDone,
+};
 pub use fetch::{FetchConfig, FetchQueue};
 pub use wire::{Message, SyncInfo, WireError};
 

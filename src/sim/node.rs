@@ -31,9 +31,9 @@ impl StorageModel {
     /// How long `task` takes.
     pub fn cost(&self, task: &Task) -> Duration {
         let blocks = match task {
-            Task::CreateProof(_) | Task::ApplyProof(_) => 1,
+            Task::CreateProof { .. } | Task::ApplyProof { .. } => 1,
             Task::CreateRun { start, end, .. } => end.saturating_sub(*start).min(1024),
-            Task::ApplyRun(proofs) => proofs.len() as u64,
+            Task::ApplyRun { proofs, .. } => proofs.len() as u64,
         };
         self.per_op + self.per_block * u32::try_from(blocks).unwrap_or(u32::MAX)
     }

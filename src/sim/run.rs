@@ -15,8 +15,11 @@ use super::{
 };
 use crate::{
     core::{Hypercore, Info},
-    net::{local_info, run_task},
-    replication::{Engine, Event, Input, Message, Mode, Output, PeerId, Task, wire::encode_frame},
+    replication::{
+        Engine, Event, Input, Message, Mode, Output, PeerId, Task,
+        storage::{local_info, run as run_task},
+        wire::encode_frame,
+    },
     store::{Corestore, StoreOptions},
     tree::{ProofRequest, UpgradeRequest},
 };
@@ -681,7 +684,7 @@ impl Sim {
                     self.transmit(n, q, epoch, 8, input);
                 }
             }
-            Output::Task(id, _, task) => {
+            Output::Task(_, task) => {
                 self.trace
                     .record(self.now, n, Kind::StorageOp, describe(&task).as_bytes());
                 self.trace.storage_ops += 1;
@@ -706,7 +709,7 @@ impl Sim {
                     Ev::Local {
                         to: n,
                         incarnation,
-                        input: Input::TaskDone(id, result),
+                        input: result,
                     },
                 );
             }
@@ -922,21 +925,22 @@ impl Ev {
 /// messages' records).
 fn describe(task: &Task) -> String {
     match task {
-        Task::CreateProof(req) => format!("create proof {req:?}"),
+        Task::CreateProof { request, .. } => format!("create proof {request:?}"),
         Task::CreateRun {
             fork,
             start,
             end,
             length,
             max_bytes,
+            ..
         } => format!("create run {fork} {start}..{end} of {length} within {max_bytes}"),
-        Task::ApplyProof(p) => format!(
+        Task::ApplyProof { proof: p, .. } => format!(
             "apply proof fork {} block {:?} upgrade {:?}",
             p.fork,
             p.block.as_ref().map(|b| b.index),
             p.upgrade.as_ref().map(|u| (u.start, u.length))
         ),
-        Task::ApplyRun(proofs) => format!(
+        Task::ApplyRun { proofs, .. } => format!(
             "apply run {:?}",
             proofs
                 .iter()

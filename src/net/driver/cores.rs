@@ -7,11 +7,11 @@ use std::{
     time::Instant,
 };
 
-use super::{super::storage_tasks, Driver};
+use super::Driver;
 use crate::{
     core::{CoreInnerHandle, Hypercore, Signal},
     crypto::CoreKey,
-    replication::{Input, Mode, Task, engine::TaskId},
+    replication::{Input, Mode, Task, storage},
 };
 
 /// Why the driver replicates a core.
@@ -107,7 +107,7 @@ impl Driver {
         }
         let mode = mode.unwrap_or_default();
         self.engine
-            .add_core(key, storage_tasks::local_info(&core), mode, now);
+            .add_core(key, storage::local_info(&core), mode, now);
     }
 
     /// Serves `core` (found in the store for a peer) to the peers whose parked channels prove
@@ -119,7 +119,7 @@ impl Driver {
             return;
         }
         self.track(core.clone(), Why::Served);
-        let local = storage_tasks::local_info(&core);
+        let local = storage::local_info(&core);
         if !self.engine.serve_core(key, local, mode, now) {
             self.cores.remove(&key);
             core.inner.unwatch(&self.signals);
@@ -163,12 +163,7 @@ impl Driver {
         let now = Instant::now();
         for (key, signal) in batch {
             match signal {
-                Signal::Changed => {
-                    if let Some(core) = self.cores.get(&key).and_then(Replicated::core) {
-                        let info = storage_tasks::local_info(&core);
-                        self.engine.handle(Input::LocalChanged(key, info), now);
-                    }
-                }
+                Signal::Changed => self.local_changed(key, now),
                 Signal::Want(s, e) => self.engine.handle(Input::Want(key, s, e), now),
                 Signal::Unwant(s, e) => self.engine.handle(Input::Unwant(key, s, e), now),
                 Signal::Update(asked) => self.update(key, asked, now),
@@ -182,6 +177,18 @@ impl Driver {
                         self.on_core_created(key);
                     }
                 }
+            }
+        }
+    }
+
+    /// Tells the engine the state of `key` if it changed since the engine last heard of it. A
+    /// commit of the engine's own storage task reaches the engine with the task's result: its
+    /// change signal then finds nothing new, and the engine hears of the commit once.
+    pub(super) fn local_changed(&mut self, key: CoreKey, now: Instant) {
+        if let Some(core) = self.cores.get(&key).and_then(Replicated::core) {
+            let info = storage::local_info(&core);
+            if self.engine.local(&key) != Some(info) {
+                self.engine.handle(Input::LocalChanged(key, info), now);
             }
         }
     }
@@ -234,7 +241,7 @@ impl Driver {
 
     /// Runs a storage task of the engine on its core; its result goes back to the engine
     /// (failed at once if the core is no longer replicated: every task is answered).
-    pub(super) fn run_task(&mut self, id: TaskId, key: CoreKey, task: Task) {
+    pub(super) fn run_task(&mut self, key: CoreKey, task: Task) {
         let core = self.cores.get(&key).and_then(Replicated::core);
         if core.is_none() && self.cores.contains_key(&key) {
             // Its last handle went and the signal is still queued: stop it first, so that
@@ -243,11 +250,10 @@ impl Driver {
             self.stop(key, Instant::now());
         }
         self.tasks.push(Box::pin(async move {
-            let result = match core {
-                Some(core) => storage_tasks::run_caught(core, task).await,
-                None => storage_tasks::not_run(&task, "the core is no longer replicated"),
-            };
-            (id, result)
+            match core {
+                Some(core) => storage::run(core, task).await,
+                None => task.not_run("the core is no longer replicated"),
+            }
         }));
     }
 }

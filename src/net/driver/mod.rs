@@ -46,8 +46,8 @@ use crate::{
     core::{Hypercore, SignalQueue},
     crypto::{CoreKey, DiscoveryKey},
     replication::{
-        Engine, Event, Input, Mode, Output, PeerId, TaskResult,
-        engine::{ChannelId, ExtensionTarget, PeerStats, TaskId},
+        Engine, Event, Input, Mode, Output, PeerId,
+        engine::{ChannelId, ExtensionTarget, PeerStats},
         wire::Message,
     },
     store::Corestore,
@@ -188,7 +188,7 @@ pub(crate) struct Driver {
     /// The subscription task of each joined topic.
     gossip_tasks: HashMap<CoreKey, AbortHandle>,
     io: FuturesUnordered<BoxFuture<Io>>,
-    tasks: FuturesUnordered<BoxFuture<(TaskId, TaskResult)>>,
+    tasks: FuturesUnordered<BoxFuture<Input>>,
     forwarders: JoinSet<()>,
     /// What happens to the cores replicated (each pushes into it; see `cores`).
     signals: Arc<SignalQueue>,
@@ -295,8 +295,8 @@ impl Driver {
                     None => break,
                 },
                 Some(io) = self.io.next(), if !self.io.is_empty() => self.on_io(io),
-                Some((id, result)) = self.tasks.next(), if !self.tasks.is_empty() => {
-                    self.engine.handle(Input::TaskDone(id, result), Instant::now());
+                Some(done) = self.tasks.next(), if !self.tasks.is_empty() => {
+                    self.engine.handle(done, Instant::now());
                 }
                 Some(fwd) = self.fwd_rx.recv() => self.on_forward(fwd),
                 batch = signals.next() => self.on_signals(batch),
@@ -393,7 +393,7 @@ impl Driver {
                 Output::OpenChannel(peer, ch, first) => self.open_channel(peer, ch, first),
                 Output::Send(_, ch, msg) => self.send(ch, &msg),
                 Output::CloseChannel(_, ch) => self.close_channel(ch),
-                Output::Task(id, key, task) => self.run_task(id, key, task),
+                Output::Task(key, task) => self.run_task(key, task),
                 Output::JoinGossip(key, topic) => self.on_join_gossip(key, topic),
                 Output::LeaveGossip(key) => self.leave_gossip(key),
                 Output::FindCore(dk) => self.find_core(dk),

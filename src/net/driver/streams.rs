@@ -101,11 +101,8 @@ impl Driver {
     /// about it is answered: the engine learns of local appends a hop after they commit, and
     /// an `update()` that starts after an acknowledged append must hear of it.
     fn refresh_local(&mut self, ch: ChannelId, now: Instant) {
-        if let Some(core) = self.engine.channel_core(ch)
-            && let Some(r) = self.cores.get(&core).and_then(super::Replicated::core)
-        {
-            let info = super::super::storage_tasks::local_info(&r);
-            self.engine.handle(Input::LocalChanged(core, info), now);
+        if let Some(core) = self.engine.channel_core(ch) {
+            self.local_changed(core, now);
         }
     }
 

@@ -1,22 +1,18 @@
 //! What the engine and its driver say to each other: the [`Input`]s the driver reports, the
-//! [`Output`]s the engine asks for, the storage [`Task`]s it runs and their [`TaskResult`]s,
-//! the [`Event`]s it reports, and the per-peer [`PeerStats`].
+//! [`Output`]s the engine asks for, the [`Event`]s it reports, and the per-peer [`PeerStats`].
+//! (Storage tasks and their results are in `task`.)
 
 use bytes::Bytes;
 
+use super::task::{Task, TaskDone};
 use crate::{
-    core::{RunApplied, RunItem},
     crypto::{CoreKey, DiscoveryKey},
     replication::{PeerId, wire::Message},
-    tree::{Proof, ProofRequest},
 };
 
 /// Identifies a channel (one stream, one core) within the engine. Ids of channels the engine
 /// opens are even; the driver gives odd ids to channels a peer opens.
 pub type ChannelId = u64;
-
-/// Identifies a storage task.
-pub type TaskId = u64;
 
 /// How much of a core to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,8 +57,9 @@ pub enum Input {
     Message(PeerId, ChannelId, Message),
     /// A channel's stream ended or failed.
     ChannelClosed(PeerId, ChannelId),
-    /// A storage task finished: exactly once for every [`Output::Task`], with its id.
-    TaskDone(TaskId, TaskResult),
+    /// A storage task finished: exactly once for every [`Output::Task`], made by its task's
+    /// [`Reply::done`](super::Reply::done).
+    TaskDone(TaskDone),
     /// A gossip message arrived on a core's topic.
     Gossip(CoreKey, Bytes),
     /// The gossip subscription of a core lagged (messages were lost).
@@ -83,31 +80,6 @@ pub enum Input {
     Backlog(PeerId, u64),
 }
 
-/// A storage task for the driver to run against a core.
-#[derive(Debug)]
-pub enum Task {
-    /// `Hypercore::create_proof`.
-    CreateProof(ProofRequest),
-    /// `Hypercore::create_run_proofs_within(fork, start, end, length, max_bytes)`: a prefix
-    /// of the run holding about `max_bytes` of blocks; the engine asks for the rest later.
-    CreateRun {
-        /// Requester's fork.
-        fork: u64,
-        /// First block.
-        start: u64,
-        /// End of the run.
-        end: u64,
-        /// Requester's length.
-        length: u64,
-        /// Block bytes read for this part of the run.
-        max_bytes: u64,
-    },
-    /// `Hypercore::verify_and_apply_proof`.
-    ApplyProof(Proof),
-    /// `Hypercore::apply_block_proofs`.
-    ApplyRun(Vec<Proof>),
-}
-
 /// How a task that applies data from a peer ended.
 #[derive(Debug)]
 pub enum ApplyOutcome<T> {
@@ -117,19 +89,6 @@ pub enum ApplyOutcome<T> {
     Invalid(String),
     /// Storing failed: our fault, nothing stored.
     Failed(String),
-}
-
-/// The result of a [`Task`], with the core's state after it.
-#[derive(Debug)]
-pub enum TaskResult {
-    /// Answer to [`Task::CreateProof`].
-    Proof(Result<Proof, String>),
-    /// Answer to [`Task::CreateRun`].
-    Run(Result<Vec<RunItem>, String>),
-    /// Answer to [`Task::ApplyProof`].
-    Applied(ApplyOutcome<()>, LocalInfo),
-    /// Answer to [`Task::ApplyRun`].
-    RunApplied(ApplyOutcome<RunApplied>, LocalInfo),
 }
 
 /// Something the engine asks the driver to do.
@@ -144,7 +103,7 @@ pub enum Output {
     /// Close a channel's stream (after sending what was queued).
     CloseChannel(PeerId, ChannelId),
     /// Run a storage task on a core and report it with [`Input::TaskDone`].
-    Task(TaskId, CoreKey, Task),
+    Task(CoreKey, Task),
     /// Subscribe to the gossip topic of a core.
     JoinGossip(CoreKey, [u8; 32]),
     /// Leave the gossip topic of a core (it is no longer replicated).

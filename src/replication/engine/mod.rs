@@ -10,92 +10,110 @@
 //!
 //! # Shape
 //!
-//! [`Engine`] composes parts that each own their state, and routes inputs to them and their
-//! results to the outputs, as iroh-gossip's topic state composes its swarm membership and its
-//! broadcast tree:
+//! [`Engine`] routes inputs to parts that each own their state, behind private fields, as
+//! iroh-gossip's topic state routes to its swarm membership and its broadcast tree:
 //!
-//! - `peers`: the connected peers, their channels by core and their counters;
-//! - `channels`: every channel by id and by core (`channels::ChannelTable`), opening and
-//!   closing them, and routing each message of an open channel;
-//! - `handshake` and `parked`: the key proof on each new channel, and the channels waiting
-//!   for a core we do not replicate (`parked::ParkedChannels`);
-//! - `remote`: what each channel's remote holds (`Sync`, `Range`, `Want`), recorded as
-//!   sources in the fetch queue;
-//! - `replica`: each core's local state and what follows from its changes;
-//! - `upgrade`: the signed-length requests of each core and their deadlines
-//!   (`upgrade::Upgrades`);
-//! - `fetching`: the blocks to fetch, the run requests the [`FetchQueue`] hands out, their
-//!   answers, and the end of every turn (`Engine::schedule`);
-//! - `apply`: the proofs of each core waiting for storage (`apply::ApplyQueue`);
-//! - `push`: the writer's pushes of new blocks to peers that follow it live;
-//! - `serve`: the peers' requests to us, queued, bounded and answered (`serve::Server`);
-//! - `announce`: gossip announcements and the rate limit on the dials they cause
-//!   (`announce::Announcer`, `announce::DialLimit`);
-//! - `tasks`: what each storage task is for, and where its result goes;
-//! - `io` and `config`: the public types the driver sees.
+//! - `channels`: every channel up to the moment both sides proved the key (the handshake,
+//!   parked channels, each peer's channel table, the queue of cores waiting for room, idle
+//!   channels closing at the cap);
+//! - `sync`: one [`CoreSync`](sync) per replicated core: what its peers hold, its upgrade,
+//!   the blocks it fetches, the proofs it applies, the pushes of a writer, `update`;
+//! - `serve`: the peers' requests to us, queued, bounded and answered;
+//! - `fetch`: the [`FetchQueue`] of missing blocks, shared by every core, with the peers'
+//!   back-offs;
+//! - `announce`: gossip announcements and the rate limit on the dials they cause;
+//! - `extensions`: registered names, the peers' allowances, the store channel's queue;
+//! - `peers`: each connected peer's counters and backlog;
+//! - `timer`: one table of every timer but the fetch queue's; `tasks`: storage task ids.
 //!
-//! Timers come from deadline sets kept in step with the state (handshakes, upgrades,
-//! announcements here, requests and back-offs in the fetch queue): [`Engine::poll_timeout`]
-//! reads the first of each, and [`Engine::handle_timeout`] takes only the due ones.
+//! A part changes only its own state. What it needs of the others it gets through [`Cx`]
+//! (outputs, timers, task ids, counters, the fetch queue), and what it asks of another part it
+//! says with a [`Note`] (a channel authenticated or gone, a core to announce, an upgrade to
+//! ask again), which the engine routes once the call returns. `impl Engine` is this file:
+//! routing, and the `poll_*` calls.
+//!
+//! # A received block, from frame to event
+//!
+//! 1. The driver reads a `Data` frame and reports [`Input::Message`]; the channel part finds
+//!    the channel authenticated and hands the message back ([`Inbound::Data`]).
+//! 2. The engine routes it to the core's sync part, which matches it to the run request it
+//!    answers, tells the fetch queue it arrived, queues the proof and starts (or joins) the
+//!    core's one apply task: [`Output::Task`] with [`Task::ApplyRun`].
+//! 3. The driver runs it through [`storage::run`](crate::replication::storage::run)
+//!    (`Hypercore::apply_block_proofs`: verify, one storage transaction, commit) and reports
+//!    the [`Reply`]'s [`Input::TaskDone`] with the core's state after the commit.
+//! 4. The engine routes the result to the core's sync part: each stored block leaves the
+//!    fetch queue and is counted ([`Event::Download`]); the new state is taken in once
+//!    ([`Event::Append`], our `Sync` to the peers, an announcement), and the next batch
+//!    applied. The core's own change signal for that commit finds the state already taken in
+//!    and changes nothing.
 
 mod announce;
-mod apply;
 mod channels;
 mod config;
+mod cx;
 mod extensions;
-mod fetching;
-mod handshake;
-mod idle;
 mod io;
-mod leave;
-mod parked;
 mod peers;
-mod push;
-mod remote;
-mod replica;
 mod serve;
+mod sync;
+mod task;
 mod tasks;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 #[cfg(test)]
-mod testing;
-mod update;
-mod upgrade;
+mod tests;
+mod timer;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     time::Instant,
 };
 
-use announce::{Announcer, DialLimit};
-use channels::{ChannelTable, Sent};
+use announce::Announcer;
+use bytes::Bytes;
+use channels::{Channels, Inbound, StoreChannel};
 pub use config::EngineConfig;
+use cx::{Cx, Note};
+use extensions::Extensions;
 pub use extensions::{
     ExtensionTarget, MAX_EXTENSION_NAME, MAX_EXTENSION_PAYLOAD, MAX_STORE_CHANNEL_FRAME,
     STORE_CHANNEL_KEY, store_channel_discovery_key,
 };
-pub use idle::IDLE_REASON;
-pub use io::{
-    ApplyOutcome, ChannelId, Event, Input, LocalInfo, Mode, Output, PeerStats, Task, TaskId,
-    TaskResult,
-};
-pub use leave::LEAVE_REASON;
-use parked::ParkedChannels;
-use peers::Peer;
-use replica::Replica;
+pub use io::{ApplyOutcome, ChannelId, Event, Input, LocalInfo, Mode, Output, PeerStats};
+use peers::Peers;
 use serve::Server;
-use tasks::TaskCtx;
-use upgrade::Upgrades;
+use sync::CoreSync;
+use task::Done;
+pub use task::{Applied, ProofRead, Reply, RunRead, Task, TaskDone, TaskId};
+use tasks::Tasks;
+use timer::{Timer, TimerTable};
 
-use super::{
-    PeerId,
-    deadlines::Deadlines,
-    fetch::FetchQueue,
-    wire::{Message, SyncInfo},
-};
-use crate::crypto::{
-    CoreKey, DiscoveryKey,
-    capability::{Role, check_capability},
-    discovery_key,
-};
+use super::{PeerId, fetch::FetchQueue, wire::Message};
+use crate::crypto::{CoreKey, discovery_key};
+
+/// The reason in the `Close` of a channel closed because it was idle.
+pub const IDLE_REASON: &str = "idle";
+
+/// The reason sent in the `Close` of each channel of a core the node leaves.
+pub const LEAVE_REASON: &str = "left the core";
+
+/// The services a part may use, borrowed from the engine's fields (so that a part can be
+/// borrowed beside them).
+macro_rules! cx {
+    ($engine:ident, $now:expr) => {
+        Cx {
+            now: $now,
+            cfg: &$engine.cfg,
+            out: &mut $engine.outputs,
+            notes: &mut $engine.notes,
+            timers: &mut $engine.timers,
+            tasks: &mut $engine.tasks,
+            peers: &mut $engine.peers,
+            fetch: &mut $engine.fetch,
+        }
+    };
+}
 
 /// The replication engine of one endpoint; see the module docs for its parts.
 ///
@@ -124,11 +142,11 @@ use crate::crypto::{
 ///   first message on such a channel is the peer's `Open`.
 /// - [`Input::ChannelClosed`] when a stream ends or fails (also after an
 ///   [`Output::CloseChannel`]: it is then ignored).
-/// - [`Input::TaskDone`] exactly once for every [`Output::Task`], with the same id, the result
-///   variant of the task (`CreateProof` → `Proof`, `CreateRun` → `Run`, `ApplyProof` →
-///   `Applied`, `ApplyRun` → `RunApplied`) and, for applies, the core's state after the task.
-///   The engine runs at most one apply task per core at a time; the others may finish in any
-///   order. Tasks for a peer or channel that went away meanwhile are reported all the same.
+/// - [`Input::TaskDone`] exactly once for every [`Output::Task`], made by the task's
+///   [`Reply`] (so it is of the task's own kind), with, for applies, the core's state after
+///   the task. The engine runs at most one apply task per core at a time; the others may
+///   finish in any order. Tasks for a peer or channel that went away meanwhile are reported
+///   all the same.
 /// - [`Input::Backlog`] when the bytes queued towards a peer cross
 ///   [`EngineConfig::max_backlog_bytes`] either way: serving that peer waits while it is over.
 /// - [`Input::LocalChanged`] after every change of a core made outside the engine (a local
@@ -154,54 +172,34 @@ pub struct Engine {
     /// This endpoint's id.
     me: PeerId,
     cfg: EngineConfig,
-    /// The replicated cores: local state, mode, wanted blocks, proofs waiting to be applied.
-    cores: BTreeMap<CoreKey, Replica>,
-    /// The core of each discovery key (the key on the wire).
-    by_discovery_key: BTreeMap<DiscoveryKey, CoreKey>,
-    /// Connected peers: their channel of each core and their counters.
-    peers: BTreeMap<PeerId, Peer>,
-    /// Every channel, by id and by core.
-    channels: ChannelTable,
-    /// Handshake deadlines: channels we opened waiting for `Accept`, and parked channels.
-    handshakes: Deadlines<ChannelId>,
-    /// When we open the channels the lower id of a connection did not (see `peers`).
-    open_rest: Deadlines<PeerId>,
-    /// Peers whose queued channels may open at the end of this turn (see `channels`).
-    open_next: BTreeSet<PeerId>,
-    /// Channels peers opened for cores we do not replicate (yet).
-    parked: ParkedChannels,
-    /// Each core's upgrade request in flight, with its deadline.
-    upgrades: Upgrades,
+    /// Every channel up to its authentication, and the cores that may have channels.
+    channels: Channels,
+    /// The sync part of each replicated core.
+    cores: BTreeMap<CoreKey, CoreSync>,
+    /// The connected peers' counters and backlogs.
+    peers: Peers,
+    /// The peers' requests to us.
+    server: Server,
     /// The missing blocks, the run requests fetching them, the peers' back-offs.
     fetch: FetchQueue,
-    /// The serve side: the peers' requests to us, queued and bounded.
-    server: Server,
-    /// When each core was last announced on gossip, and the announcements waiting.
+    /// Gossip announcements and the dials they cause.
     announcer: Announcer,
-    /// The rate limit on dials that gossip announcements cause.
-    dials: DialLimit,
-    /// Running storage tasks: what each is for.
-    tasks: BTreeMap<TaskId, TaskCtx>,
+    /// Extension names, allowances and the store channel's queues.
+    extensions: Extensions,
+    /// Storage task ids.
+    tasks: Tasks,
+    /// Every timer but the fetch queue's.
+    timers: TimerTable,
     /// Outputs not yet polled, in order.
     outputs: VecDeque<Output>,
-    /// The id of the next channel we open (even).
-    next_channel: ChannelId,
-    /// The id of the next storage task.
-    next_task: TaskId,
-    /// The epoch of the replica last added.
-    next_epoch: u64,
-    /// Extension names the application registered.
-    extensions: extensions::ExtensionNames,
-    /// The channels each core's `update` waits for.
-    updates: update::PendingUpdates,
-    /// When each update under way stops waiting for silent peers.
-    update_deadlines: Deadlines<CoreKey>,
-    /// Requests being read for peers that the peers cancelled: `(channel, request id)`.
-    cancelled: BTreeSet<(ChannelId, u64)>,
-    /// Peers at their channel cap with cores waiting for room (see `idle`).
-    room_wanted: BTreeSet<PeerId>,
-    /// When to look again for idle channels while cores wait for room, if no message comes.
-    room_deadline: Option<Instant>,
+    /// What parts asked of each other, routed after each call.
+    notes: VecDeque<Note>,
+    /// Cores whose upgrade is asked again at the end of the turn.
+    retry_upgrade: BTreeSet<CoreKey>,
+    /// Cores with a peer ahead that is backed off: asked again when a back-off ends.
+    after_backoff: BTreeSet<CoreKey>,
+    /// Cores with an `update` under way.
+    updating: BTreeSet<CoreKey>,
 }
 
 impl Engine {
@@ -209,31 +207,26 @@ impl Engine {
     pub fn new(me: PeerId, cfg: EngineConfig) -> Self {
         Self {
             me,
-            fetch: FetchQueue::new(cfg.fetch.clone()),
-            upgrades: Upgrades::new(cfg.upgrade_timeout),
-            server: Server::new(&cfg),
-            announcer: Announcer::new(cfg.announce_interval),
-            dials: DialLimit::new(cfg.gossip_dials_per_second),
-            cfg,
+            channels: Channels::new(me),
             cores: BTreeMap::new(),
-            by_discovery_key: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            channels: ChannelTable::default(),
-            handshakes: Deadlines::default(),
-            open_rest: Deadlines::default(),
-            open_next: BTreeSet::new(),
-            parked: ParkedChannels::default(),
-            tasks: BTreeMap::new(),
+            peers: Peers::new(cfg.max_backlog_bytes),
+            server: Server::default(),
+            fetch: FetchQueue::new(cfg.fetch.clone()),
+            announcer: Announcer::new(
+                me,
+                cfg.announce_interval,
+                cfg.gossip_max_message,
+                cfg.gossip_dials_per_second,
+            ),
+            extensions: Extensions::default(),
+            tasks: Tasks::default(),
+            timers: TimerTable::default(),
             outputs: VecDeque::new(),
-            next_channel: 0,
-            next_task: 0,
-            next_epoch: 0,
-            extensions: Default::default(),
-            updates: Default::default(),
-            update_deadlines: Deadlines::default(),
-            cancelled: BTreeSet::new(),
-            room_wanted: BTreeSet::new(),
-            room_deadline: None,
+            notes: VecDeque::new(),
+            retry_upgrade: BTreeSet::new(),
+            after_backoff: BTreeSet::new(),
+            updating: BTreeSet::new(),
+            cfg,
         }
     }
 
@@ -247,6 +240,8 @@ impl Engine {
         &self.cfg
     }
 
+    // Cores.
+
     /// Starts replicating a core: joins its gossip topic, adopts the channels peers parked for
     /// it and opens a channel on every other connection. Adding a core twice only updates its
     /// mode (and a core that was only [served](Self::serve_core) becomes replicated). A turn
@@ -255,16 +250,22 @@ impl Engine {
         if key == *STORE_CHANNEL_KEY {
             return;
         }
-        if let Some(r) = self.cores.get_mut(&key) {
-            r.mode = mode;
-            if std::mem::take(&mut r.served_only) {
+        match self.channels.register(key, false) {
+            Some(was_served_only) => {
+                if let Some(c) = self.cores.get_mut(&key) {
+                    c.set_mode(mode);
+                }
+                if was_served_only {
+                    self.open_to_every_peer(key, now);
+                }
+            }
+            None => {
+                self.insert_core(key, local, mode, now);
                 self.open_to_every_peer(key, now);
             }
-            self.schedule(now);
-            return;
         }
-        self.insert_core(key, local, mode, false, now);
-        self.open_to_every_peer(key, now);
+        self.route_notes(now);
+        self.schedule(now);
     }
 
     /// Serves a core the driver found in its store for the channels peers parked for it
@@ -280,53 +281,61 @@ impl Engine {
         if self.cores.contains_key(&key) {
             return true;
         }
-        let dk = discovery_key(&key);
-        let proven = self.parked.of_core(&dk).into_iter().any(|ch| {
-            self.parked.get(ch).is_some_and(|p| {
-                check_capability(&key, Role::Opener, &p.peer, &self.me, &p.capability)
-            })
-        });
-        if !proven {
+        if !self.channels.parked_proves(&key) {
             return false;
         }
-        self.insert_core(key, local, mode, true, now);
+        self.channels.register(key, true);
+        self.insert_core(key, local, mode, now);
+        self.route_notes(now);
         self.schedule(now);
         true
     }
 
-    /// Adds the replica of `key` and adopts the channels parked for it.
-    fn insert_core(
-        &mut self,
-        key: CoreKey,
-        local: LocalInfo,
-        mode: Mode,
-        served_only: bool,
-        now: Instant,
-    ) {
-        let dk = discovery_key(&key);
-        self.by_discovery_key.insert(dk, key);
-        self.next_epoch += 1;
-        self.cores.insert(
-            key,
-            Replica::new(dk, local, mode, self.next_epoch, served_only),
-        );
-        self.outputs
-            .push_back(Output::JoinGossip(key, super::gossip::topic(&dk)));
-        for ch in self.parked.of_core(&dk) {
-            if let Some(p) = self.unpark(ch) {
-                self.on_open(p.peer, ch, dk, p.capability, now);
-            }
+    /// Adds the sync part of `key` (registered with the channel part) and adopts the channels
+    /// parked for it.
+    fn insert_core(&mut self, key: CoreKey, local: LocalInfo, mode: Mode, now: Instant) {
+        self.cores.insert(key, CoreSync::new(key, local, mode));
+        let topic = super::gossip::topic(&discovery_key(&key));
+        self.outputs.push_back(Output::JoinGossip(key, topic));
+        let mut cx = cx!(self, now);
+        self.channels.adopt_parked(&key, &mut cx);
+        self.route_notes(now);
+        if let Some(c) = self.cores.get_mut(&key) {
+            c.enqueue_missing(&mut cx!(self, now));
         }
-        self.enqueue_missing(key);
     }
 
     /// Opens a channel for `key` on every connection, and announces it.
     fn open_to_every_peer(&mut self, key: CoreKey, now: Instant) {
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        let peers: Vec<PeerId> = self.peers.ids().collect();
+        let mut cx = cx!(self, now);
         for peer in peers {
-            self.open_channel(peer, key, now);
+            self.channels.open(peer, key, &mut cx);
         }
-        self.announce(key, now);
+        cx.note(Note::Announce(key));
+    }
+
+    /// Stops replicating `key` (a turn of its own): each of its channels is closed with a
+    /// `Close` telling the peer, and its queued fetches, upgrade, proofs waiting to be
+    /// applied and announcement are dropped; the driver is asked to leave its gossip topic
+    /// ([`Output::LeaveGossip`]). Storage tasks still running for it finish and are ignored.
+    /// Adding the core again starts afresh. Returns whether the core was replicated.
+    pub fn remove_core(&mut self, key: CoreKey, now: Instant) -> bool {
+        let Some(core) = self.cores.remove(&key) else {
+            return false;
+        };
+        let mut cx = cx!(self, now);
+        core.clear_timers(&mut cx);
+        self.channels.unregister(&key, &mut cx);
+        cx.fetch.remove_core(&key);
+        self.announcer.forget(&key, cx.timers);
+        self.retry_upgrade.remove(&key);
+        self.after_backoff.remove(&key);
+        self.updating.remove(&key);
+        self.outputs.push_back(Output::LeaveGossip(key));
+        self.route_notes(now);
+        self.schedule(now);
+        true
     }
 
     /// Whether `key` is replicated.
@@ -336,38 +345,43 @@ impl Engine {
 
     /// The mode `key` is replicated in.
     pub fn mode(&self, key: &CoreKey) -> Option<Mode> {
-        self.cores.get(key).map(|r| r.mode)
+        self.cores.get(key).map(|c| c.mode())
     }
 
     /// The local state the engine knows of a core.
     pub fn local(&self, key: &CoreKey) -> Option<LocalInfo> {
-        self.cores.get(key).map(|r| r.local)
+        self.cores.get(key).map(|c| c.local())
     }
+
+    // Queries.
 
     /// Connected peers, in id order.
     pub fn peers(&self) -> Vec<PeerId> {
-        self.peers.keys().copied().collect()
+        self.peers.ids().collect()
     }
 
     /// Peers with an open channel for `core`, in id order.
     pub fn core_peers(&self, core: &CoreKey) -> Vec<PeerId> {
-        let mut v: Vec<PeerId> = self
-            .open_channels(core)
-            .into_iter()
-            .map(|(peer, _)| peer)
-            .collect();
+        let mut v: Vec<PeerId> = self.cores.get(core).map_or_else(Vec::new, |c| {
+            c.open_channels().into_iter().map(|(p, _)| p).collect()
+        });
         v.sort();
         v
     }
 
+    /// Counters of every connected peer, in id order.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        self.peers.stats(|p| self.channels.count_of(p))
+    }
+
     /// Dials that gossip announcements asked for and the rate limit skipped.
     pub fn gossip_dials_skipped(&self) -> u64 {
-        self.dials.skipped()
+        self.announcer.dials_skipped()
     }
 
     /// Channels peers opened for cores we do not replicate, waiting to be adopted.
     pub fn parked_channels(&self) -> usize {
-        self.parked.len()
+        self.channels.parked_len()
     }
 
     /// Blocks waiting in the fetch queue.
@@ -375,133 +389,489 @@ impl Engine {
         self.fetch.len()
     }
 
+    /// The core of channel `id`.
+    pub fn channel_core(&self, id: ChannelId) -> Option<CoreKey> {
+        self.channels.core_of(id)
+    }
+
+    /// The largest frame to read on channel `id`: a handshake's until both sides proved the
+    /// key, an extension message's on a store channel, else
+    /// [`MAX_FRAME`](crate::replication::wire::MAX_FRAME).
+    pub fn max_frame(&self, id: ChannelId) -> usize {
+        self.channels.max_frame(id)
+    }
+
+    /// Whether both sides of channel `id` proved the key: only then may its stream carry
+    /// frames larger than a handshake's.
+    pub fn is_authenticated(&self, id: ChannelId) -> bool {
+        self.channels.is_authenticated(id)
+    }
+
+    // Extensions.
+
+    /// Delivers extension messages named `name` (as [`Event::Extension`]).
+    pub fn register_extension(&mut self, name: &str) {
+        self.extensions.register(name);
+    }
+
+    /// Sends an extension message (a turn of its own). Returns how many channels it was
+    /// queued on: none if the core has no open channel with the peer, or the name or payload
+    /// is over its limit. A peer that does not read what we send gets no more of it (as with
+    /// serving).
+    pub fn send_extension(
+        &mut self,
+        target: ExtensionTarget,
+        name: &str,
+        payload: Bytes,
+        now: Instant,
+    ) -> usize {
+        let Some(msg) = Extensions::message(name, &payload) else {
+            return 0;
+        };
+        let open = |core: &CoreKey| {
+            self.cores
+                .get(core)
+                .map_or_else(Vec::new, CoreSync::open_channels)
+        };
+        let channels: Vec<(PeerId, ChannelId)> = match target {
+            ExtensionTarget::Core(core, peer) => open(&core)
+                .into_iter()
+                .filter(|(p, _)| *p == peer)
+                .collect(),
+            ExtensionTarget::Broadcast(core) => open(&core),
+            ExtensionTarget::Peer(peer) => {
+                if !self.peers.has_room(&peer) {
+                    return 0;
+                }
+                let mut cx = cx!(self, now);
+                let sent = match self.channels.store_channel(peer, &mut cx) {
+                    StoreChannel::Open(ch) => {
+                        cx.send(peer, ch, msg);
+                        true
+                    }
+                    StoreChannel::Opening => self.extensions.queue_for_store_channel(peer, msg),
+                    StoreChannel::NoPeer => false,
+                };
+                self.schedule(now);
+                return usize::from(sent);
+            }
+        };
+        let channels: Vec<(PeerId, ChannelId)> = channels
+            .into_iter()
+            .filter(|(p, _)| self.peers.has_room(p))
+            .collect();
+        for (peer, ch) in &channels {
+            self.outputs
+                .push_back(Output::Send(*peer, *ch, msg.clone()));
+        }
+        self.schedule(now);
+        channels.len()
+    }
+
+    // Turns.
+
     /// Feeds one input at time `now` (step 1 of the calling contract).
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
             Input::PeerConnected(peer) => self.on_connected(peer, now),
-            Input::PeerDisconnected(peer) => self.on_disconnected(peer),
+            Input::PeerDisconnected(peer) => self.on_disconnected(peer, now),
             Input::Message(peer, channel, msg) => self.on_message(peer, channel, msg, now),
-            Input::ChannelClosed(peer, channel) => self.on_channel_closed(peer, channel),
-            Input::TaskDone(id, result) => self.on_task_done(id, result, now),
+            Input::ChannelClosed(_, channel) => self.channels.drop(channel, &mut cx!(self, now)),
+            Input::TaskDone(done) => self.on_task_done(done, now),
             Input::Gossip(core, bytes) => self.on_gossip(core, &bytes, now),
-            Input::GossipLagged(core) => self.resync(core),
-            Input::LocalChanged(core, local) => self.update_local(core, local, now),
-            Input::Want(core, start, end) => self.on_want(core, start, end, now),
-            Input::Unwant(core, start, end) => self.on_unwant(core, start, end),
-            Input::Invalid(core, peer, reason) => self.blame(core, peer, reason, now),
-            Input::Backlog(peer, bytes) => self.on_backlog(peer, bytes),
-            Input::Update(core) => self.on_update(core, now),
+            Input::Backlog(peer, bytes) => {
+                self.peers.set_backlog(&peer, bytes);
+                self.serve_next(peer, now);
+            }
+            Input::Invalid(core, peer, reason) => cx!(self, now).blame(core, peer, reason),
+            Input::GossipLagged(core) => {
+                self.with_core(core, now, |c, cx| c.broadcast_sync(true, cx))
+            }
+            Input::LocalChanged(core, local) => {
+                self.with_core(core, now, |c, cx| c.local_changed(local, cx))
+            }
+            Input::Want(core, start, end) => {
+                self.with_core(core, now, |c, cx| c.want(start, end, cx))
+            }
+            Input::Unwant(core, start, end) => {
+                self.with_core(core, now, |c, cx| c.unwant(start, end, cx))
+            }
+            Input::Update(core) => self.with_core(core, now, |c, cx| c.update(cx)),
         }
+        self.route_notes(now);
         self.schedule(now);
+    }
+
+    /// Calls `f` on the sync part of `core`, if it is replicated.
+    fn with_core(&mut self, core: CoreKey, now: Instant, f: impl FnOnce(&mut CoreSync, &mut Cx)) {
+        if let Some(c) = self.cores.get_mut(&core) {
+            f(c, &mut cx!(self, now));
+        }
     }
 
     /// The next output to carry out (step 2 of the calling contract).
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front()?;
+        // Nothing but the handshake leaves on a channel whose peer has not proven the key:
+        // only the channel part sends on such channels, and only `Accept` and `Close`.
+        debug_assert!(
+            match &out {
+                Output::Send(_, ch, msg) => {
+                    matches!(msg, Message::Accept { .. } | Message::Close { .. })
+                        || self.channels.core_of(*ch).is_none()
+                        || self.channels.is_authenticated(*ch)
+                }
+                _ => true,
+            },
+            "{out:?} on an unauthenticated channel"
+        );
+        Some(out)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called (step 3 of the
-    /// calling contract): the first deadline of the handshakes, upgrades, announcements,
-    /// requests and back-offs, each read from its deadline set.
+    /// calling contract): the first timer of the engine's table or of the fetch queue.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.handshakes.first(),
-            self.open_rest.first(),
-            self.room_deadline,
-            self.update_deadlines.first(),
-            self.upgrades.next_deadline(),
-            self.announcer.next_deadline(),
-            self.fetch.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.timers.first(), self.fetch.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Handles every timer due at `now`: handshakes, channels to open, request timeouts,
-    /// back-offs, upgrades, announcements.
+    /// Handles every timer due at `now`: the fetch queue's requests and back-offs, then each
+    /// timer of the table by the part it names.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.expire_handshakes(now);
-        self.open_rest_due(now);
-        if self.room_deadline.is_some_and(|t| t <= now) {
-            self.room_deadline = None;
+        for (id, peer, core) in self.fetch.poll_timeouts(now) {
+            self.with_core(core, now, |c, cx| c.run_timed_out(id, peer, cx));
         }
-        self.expire_runs(now);
-        self.expire_upgrades(now);
-        self.expire_updates(now);
-        for core in self.announcer.due(now) {
-            self.announce(core, now);
+        while let Some(timer) = self.timers.pop_due(now) {
+            let mut cx = cx!(self, now);
+            match timer {
+                Timer::Handshake(ch) => self.channels.handshake_timed_out(ch, &mut cx),
+                Timer::OpenRest(peer) => self.channels.open_all(peer, &mut cx),
+                Timer::Room => {}
+                Timer::Update(core) => {
+                    if let Some(c) = self.cores.get_mut(&core) {
+                        c.update_timed_out();
+                    }
+                }
+                Timer::Upgrade(core) => {
+                    if let Some(c) = self.cores.get_mut(&core) {
+                        c.upgrade_timed_out(&mut cx);
+                    }
+                }
+                Timer::Announce(core) => {
+                    if let Some(c) = self.cores.get(&core) {
+                        self.announcer.announce(core, c.local(), &mut cx);
+                    }
+                }
+            }
+            self.route_notes(now);
         }
+        // The cores that waited for a back-off ask again (one may have ended).
+        for core in std::mem::take(&mut self.after_backoff) {
+            self.with_core(core, now, |c, cx| c.maybe_upgrade(cx));
+        }
+        self.route_notes(now);
         self.schedule(now);
     }
 
-    /// Checks that every deadline set holds exactly the timers of the state it indexes
-    /// (handshakes, upgrades, announcements, requests and back-offs), and that every upgrade
-    /// and request in flight has one: for tests and simulations.
-    #[cfg(any(test, feature = "test-utils"))]
-    pub fn check_timers(&self) -> Result<(), String> {
-        let mut expected: Vec<(Instant, ChannelId)> = self
-            .channels
-            .all()
-            .filter_map(|(id, c)| c.handshake_deadline.map(|t| (t, id)))
-            .chain(self.parked.all().map(|(id, p)| (p.deadline, id)))
-            .collect();
-        expected.sort();
-        let set = self.handshakes.entries();
-        if set != expected {
-            return Err(format!("handshake timers {set:?}, handshakes {expected:?}"));
-        }
-        let mut expected: Vec<(Instant, PeerId)> = self
-            .peers
-            .iter()
-            .filter_map(|(id, p)| p.open_rest_at.map(|t| (t, *id)))
-            .collect();
-        expected.sort();
-        let set = self.open_rest.entries();
-        if set != expected {
-            return Err(format!("open timers {set:?}, peers {expected:?}"));
-        }
-        self.check_update_timers()?;
-        self.upgrades.check_timers()?;
-        self.announcer.check_timers()?;
-        self.fetch.check_timers()
-    }
+    // Routing.
 
-    fn emit(&mut self, ev: Event) {
-        self.outputs.push_back(Output::Event(ev));
-    }
-
-    /// Queues a message. Nothing but the handshake leaves on a channel whose peer has not
-    /// proven the key: this is the one place that guarantees it.
-    fn send(&mut self, peer: PeerId, channel: ChannelId, msg: Message) {
-        let handshake = matches!(msg, Message::Accept { .. } | Message::Close { .. });
-        if !handshake && !self.is_authenticated(channel) {
-            debug_assert!(false, "{msg:?} on an unauthenticated channel");
-            return;
-        }
-        self.outputs.push_back(Output::Send(peer, channel, msg));
-    }
-
-    fn sync_info(&self, core: &CoreKey, ask: bool) -> Option<SyncInfo> {
-        self.cores.get(core).map(|r| SyncInfo {
-            fork: r.local.fork,
-            length: r.local.length,
-            contiguous: r.local.contiguous,
-            ask,
-            downloading: r.mode == Mode::Full && !r.local.writable,
-        })
-    }
-
-    /// Sends our state on every open channel of `core`, but those with a push being prepared:
-    /// their `Sync` follows the push.
-    fn broadcast_sync(&mut self, core: CoreKey, ask: bool) {
-        let Some(info) = self.sync_info(&core, ask) else {
+    fn on_connected(&mut self, peer: PeerId, now: Instant) {
+        let mut cx = cx!(self, now);
+        let Some(open_now) = self.channels.connect(peer, &mut cx) else {
             return;
         };
-        for (peer, ch) in self.open_channels(&core) {
-            if self.channels.get(&ch).is_some_and(|c| !c.pushing) {
-                self.send(peer, ch, Message::Sync(info));
+        cx.peers.add(peer);
+        self.server.add_peer(peer);
+        cx.emit(Event::PeerAdd(peer));
+        if open_now {
+            self.channels.open_all(peer, &mut cx);
+        }
+    }
+
+    /// A connection is gone: every channel, parked channel, serve queue, fetch-queue state and
+    /// upgrade of the peer is forgotten.
+    fn on_disconnected(&mut self, peer: PeerId, now: Instant) {
+        if !self.channels.disconnect(&peer, &mut cx!(self, now)) {
+            return;
+        }
+        self.route_notes(now);
+        self.peers.remove(&peer);
+        self.server.remove_peer(&peer);
+        self.extensions.remove_peer(&peer);
+        self.fetch.remove_peer(&peer);
+        self.outputs
+            .push_back(Output::Event(Event::PeerRemove(peer)));
+    }
+
+    fn on_message(&mut self, peer: PeerId, channel: ChannelId, msg: Message, now: Instant) {
+        let inbound = self
+            .channels
+            .on_message(peer, channel, msg, &mut cx!(self, now));
+        let Inbound::Data { core, msg } = inbound else {
+            return;
+        };
+        if core == *STORE_CHANNEL_KEY {
+            self.on_store_message(peer, channel, msg, now);
+            return;
+        }
+        let mut cx = cx!(self, now);
+        match msg {
+            Message::Open { .. } | Message::Accept { .. } => {
+                cx.peers.count_dropped(&peer);
+                self.channels
+                    .close(peer, channel, "channel opened twice", &mut cx);
+            }
+            Message::Close { reason } => {
+                tracing::debug!("channel closed by peer: {reason}");
+                // Closed as idle while we had news for it (they crossed): open it again now,
+                // or nobody would until the core's next change.
+                let idle_here = is_idle(&self.cores, &self.server, peer, core, channel);
+                cx.out.push_back(Output::CloseChannel(peer, channel));
+                self.channels.drop(channel, &mut cx);
+                self.route_notes(now);
+                if reason == IDLE_REASON {
+                    if idle_here {
+                        self.channels.mark_idle_closed(peer, core);
+                    } else {
+                        self.channels.open(peer, core, &mut cx!(self, now));
+                    }
+                }
+            }
+            Message::Request { .. } | Message::RequestRun { .. } => {
+                let cores = &self.cores;
+                let length_of = |k: &CoreKey| cores.get(k).map_or(0, |c| c.local().length);
+                let flood = self
+                    .server
+                    .on_request(peer, channel, core, msg, &length_of, &mut cx);
+                if flood {
+                    self.channels
+                        .close(peer, channel, "too many requests", &mut cx);
+                }
+            }
+            Message::Cancel { id } => self.server.cancel(peer, channel, id),
+            Message::Extension { name, payload } => {
+                self.extensions
+                    .on_message(peer, Some(core), name, payload, &mut cx)
+            }
+            msg => {
+                if let Some(c) = self.cores.get_mut(&core) {
+                    c.on_message(channel, msg, &mut cx);
+                }
             }
         }
     }
+
+    /// A message on the store channel: only extensions (and its end) mean anything there.
+    fn on_store_message(&mut self, peer: PeerId, channel: ChannelId, msg: Message, now: Instant) {
+        let mut cx = cx!(self, now);
+        match msg {
+            Message::Extension { name, payload } => self
+                .extensions
+                .on_message(peer, None, name, payload, &mut cx),
+            Message::Close { .. } => {
+                cx.out.push_back(Output::CloseChannel(peer, channel));
+                self.channels.drop(channel, &mut cx);
+            }
+            _ => cx.peers.count_dropped(&peer),
+        }
+    }
+
+    /// A storage task finished: its result goes to the part that asked for it, by its kind.
+    /// A core left meanwhile (and perhaps added again) knows nothing of its tasks, whose
+    /// results are then dropped.
+    fn on_task_done(&mut self, done: TaskDone, now: Instant) {
+        let cores = &mut self.cores;
+        let mut cx = cx!(self, now);
+        match done.0 {
+            Done::Proof(_, id, result) if self.server.reads_proof(id) => {
+                let length_of = |k: &CoreKey| cores.get(k).map_or(0, |c| c.local().length);
+                self.server.proof_read(id, result, &length_of, &mut cx);
+            }
+            Done::Proof(core, id, result) => {
+                if let Some(c) = cores.get_mut(&core) {
+                    c.pushed(id, result, &mut cx);
+                }
+            }
+            Done::Run(id, result) => {
+                let length_of = |k: &CoreKey| cores.get(k).map_or(0, |c| c.local().length);
+                self.server.run_read(id, result, &length_of, &mut cx);
+            }
+            Done::Applied(core, id, applied) => {
+                if let Some(c) = cores.get_mut(&core) {
+                    c.upgrade_applied(id, applied, &mut cx);
+                }
+            }
+            Done::RunApplied(core, id, applied) => {
+                if let Some(c) = cores.get_mut(&core) {
+                    c.run_applied(id, applied, &mut cx);
+                }
+            }
+        }
+    }
+
+    /// A gossip announcement: a hint to connect to the announcer, or ask it for its state, if
+    /// it is ahead of us.
+    fn on_gossip(&mut self, core: CoreKey, bytes: &[u8], now: Instant) {
+        let Some(local) = self.cores.get(&core).map(CoreSync::local) else {
+            return;
+        };
+        let Some(heard) = self.announcer.heard(bytes, &local) else {
+            return;
+        };
+        let mut cx = cx!(self, now);
+        if !self.channels.is_connected(&heard.origin) {
+            // Anyone on the topic can name any origin: dials are rate limited here, and the
+            // driver bounds those in flight and times them out.
+            if self.announcer.allow_dial(now) {
+                cx.out.push_back(Output::Connect(heard.origin));
+            } else {
+                tracing::debug!("gossip dial skipped: rate limit");
+            }
+        } else if let Some(ch) = self.channels.channel_of(&heard.origin, &core) {
+            // Connected already: ask for its state rather than trusting the announcement.
+            if let Some(c) = self.cores.get_mut(&core) {
+                c.ask_if_untold(ch, heard.fork, heard.length, &mut cx);
+            }
+        } else {
+            self.channels.open(heard.origin, core, &mut cx);
+        }
+    }
+
+    /// Starts serving `peer`'s queued requests as far as its limits allow.
+    fn serve_next(&mut self, peer: PeerId, now: Instant) {
+        let cores = &self.cores;
+        let length_of = |k: &CoreKey| cores.get(k).map_or(0, |c| c.local().length);
+        self.server
+            .serve_next(peer, &length_of, &mut cx!(self, now));
+    }
+
+    /// Routes the notes the parts left, in order, until none is left.
+    fn route_notes(&mut self, now: Instant) {
+        while let Some(note) = self.notes.pop_front() {
+            let mut cx = cx!(self, now);
+            match note {
+                Note::ChannelUp {
+                    peer,
+                    core,
+                    channel,
+                } => {
+                    if core == *STORE_CHANNEL_KEY {
+                        self.extensions.store_channel_open(peer, channel, &mut cx);
+                    } else if let Some(c) = self.cores.get_mut(&core) {
+                        c.channel_up(peer, channel, &mut cx);
+                    }
+                }
+                Note::ChannelDown {
+                    peer,
+                    core,
+                    channel,
+                    peer_gone,
+                } => {
+                    if let Some(c) = self.cores.get_mut(&core) {
+                        c.channel_down(channel, peer_gone, &mut cx);
+                    }
+                    self.server.forget_channel(&peer, channel);
+                }
+                Note::Announce(core) => {
+                    if let Some(c) = self.cores.get(&core) {
+                        self.announcer.announce(core, c.local(), &mut cx);
+                    }
+                }
+                Note::Reopen(core) => self.channels.reopen_idle(core, &mut cx),
+                Note::RetryUpgrade(core) => {
+                    self.retry_upgrade.insert(core);
+                }
+                Note::UpgradeAfterBackoff(core) => {
+                    self.after_backoff.insert(core);
+                }
+                Note::BackoffEnded => self.retry_upgrade.append(&mut self.after_backoff),
+                Note::Updating(core) => {
+                    self.updating.insert(core);
+                }
+            }
+        }
+    }
+
+    /// Ends every turn: closes idle channels where cores wait for room, opens the channels
+    /// that waited for a handshake to end, asks again for the upgrades whose peer went away,
+    /// sends every request the fetch queue has room for, reports the updates answered, and
+    /// the peers the fetch queue backed off or dropped.
+    fn schedule(&mut self, now: Instant) {
+        let (cores, server) = (&self.cores, &self.server);
+        self.channels.make_room(
+            |peer, core, ch| is_idle(cores, server, peer, core, ch),
+            &mut cx!(self, now),
+        );
+        self.channels.open_queued(&mut cx!(self, now));
+        self.route_notes(now);
+        while let Some(core) = self.retry_upgrade.pop_first() {
+            self.with_core(core, now, |c, cx| c.maybe_upgrade(cx));
+            self.route_notes(now);
+        }
+        while let Some(a) = self.fetch.next_request(now) {
+            let mut cx = cx!(self, now);
+            let sent = self
+                .cores
+                .get_mut(&a.core)
+                .is_some_and(|c| c.send_run(a, &mut cx));
+            if !sent {
+                cx.fetch.cancel(a.id);
+                cx.fetch.remove_source(&a.core, &a.peer);
+            }
+        }
+        for core in std::mem::take(&mut self.updating) {
+            let mut cx = cx!(self, now);
+            if let Some(c) = self.cores.get_mut(&core) {
+                match c.finish_update(&mut cx) {
+                    Some(length) => cx.emit(Event::Updated { core, length }),
+                    None => {
+                        self.updating.insert(core);
+                    }
+                }
+            }
+        }
+        self.channels.arm_room_timer(&mut cx!(self, now));
+        for notice in self.fetch.take_notices() {
+            let ev = match notice {
+                super::fetch::PeerNotice::BackedOff(p, _) => Event::Backoff(p),
+                super::fetch::PeerNotice::Dropped(p) => Event::PeerDropped(p),
+            };
+            self.outputs.push_back(Output::Event(ev));
+        }
+    }
+
+    /// Checks that the timer table holds exactly the timers the parts' state needs
+    /// (handshakes, upgrades, updates, announcements), and the fetch queue's its requests
+    /// and back-offs: for tests and simulations.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn check_timers(&self) -> Result<(), String> {
+        self.channels.check_timers(&self.timers)?;
+        for c in self.cores.values() {
+            c.check_timers(&self.timers)?;
+        }
+        for (timer, _) in self.timers.entries() {
+            if let Timer::Upgrade(core) | Timer::Update(core) | Timer::Announce(core) = timer
+                && !self.cores.contains_key(&core)
+            {
+                return Err(format!("{timer:?} of a core not replicated"));
+            }
+        }
+        self.announcer.check_timers(&self.timers)?;
+        self.fetch.check_timers()
+    }
+}
+
+/// Whether channel `ch` of `peer` for `core` carries nothing and would carry nothing if kept:
+/// nothing its core's sync would send or wait for, and no request of the peer's queued or
+/// being read.
+fn is_idle(
+    cores: &BTreeMap<CoreKey, CoreSync>,
+    server: &Server,
+    peer: PeerId,
+    core: CoreKey,
+    ch: ChannelId,
+) -> bool {
+    cores.get(&core).is_some_and(|c| c.is_idle(ch)) && !server.is_busy_on(&peer, ch)
 }

@@ -22,10 +22,12 @@ use std::{
 };
 
 mod blocks;
+mod deadlines;
 
 use blocks::{CoreQueue, Entry, EntryState};
+use deadlines::Deadlines;
 
-use super::{PeerId, deadlines::Deadlines, ranges};
+use super::{PeerId, ranges};
 use crate::{core::MAX_RUN, crypto::CoreKey};
 
 /// Tuning of the fetch queue.
@@ -350,6 +352,11 @@ impl FetchQueue {
         }
     }
 
+    /// Whether `peer` was dropped after its last back-off (until it disconnects).
+    pub fn is_dropped(&self, peer: &PeerId) -> bool {
+        self.dropped.contains(peer)
+    }
+
     /// Whether `peer` is on back-off at `now`.
     pub fn is_backed_off(&self, peer: &PeerId, now: Instant) -> bool {
         self.peers
@@ -637,9 +644,9 @@ impl FetchQueue {
     }
 
     /// Times out requests whose deadline passed: their blocks go back to the queue and their
-    /// peers are backed off. Returns the ids of the requests that timed out.
+    /// peers are backed off. Returns the requests that timed out: id, peer and core.
     /// Only the timers due are looked at; the requests are handled in id order.
-    pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId)> {
+    pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId, CoreKey)> {
         let mut expired = Vec::new();
         for timer in self.deadlines.drain_due(now) {
             match timer {
@@ -652,13 +659,13 @@ impl FetchQueue {
                 }
                 Timer::Request(id) => {
                     if let Some(r) = self.requests.get(&id) {
-                        expired.push((id, r.peer));
+                        expired.push((id, r.peer, r.core));
                     }
                 }
             }
         }
         expired.sort_unstable();
-        for (id, peer) in &expired {
+        for (id, peer, _) in &expired {
             self.fail_request(*id);
             self.penalize(*peer, now);
         }

@@ -128,7 +128,7 @@ fn unresponsive_peer_times_out_and_backs_off_then_is_dropped() {
     assert_eq!(q.next_request(clock.at(0)), None);
     assert_eq!(q.next_deadline(), Some(clock.at(1000)));
     assert!(q.poll_timeouts(clock.at(999)).is_empty());
-    assert_eq!(q.poll_timeouts(clock.at(1000)), vec![(a.id, A)]);
+    assert_eq!(q.poll_timeouts(clock.at(1000)), vec![(a.id, A, a.core)]);
     assert_eq!(
         q.take_notices(),
         vec![PeerNotice::BackedOff(A, clock.at(1100))]

@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, time::Instant};
 /// A set of `(deadline, key)`: the earliest deadline in `O(log n)`, due timers popped in
 /// deadline order, ties by key.
 #[derive(Debug, Clone)]
-pub(crate) struct Deadlines<K> {
+pub(super) struct Deadlines<K> {
     set: BTreeSet<(Instant, K)>,
 }
 
@@ -23,17 +23,17 @@ impl<K> Default for Deadlines<K> {
 
 impl<K: Ord + Copy> Deadlines<K> {
     /// Adds the timer of `key` due `at`.
-    pub(crate) fn insert(&mut self, at: Instant, key: K) {
+    pub(super) fn insert(&mut self, at: Instant, key: K) {
         self.set.insert((at, key));
     }
 
     /// Removes the timer of `key` due `at`, if it is set.
-    pub(crate) fn remove(&mut self, at: Instant, key: K) {
+    pub(super) fn remove(&mut self, at: Instant, key: K) {
         self.set.remove(&(at, key));
     }
 
     /// Moves the timer of `key` from `old` to `new` (either may be unset).
-    pub(crate) fn replace(&mut self, key: K, old: Option<Instant>, new: Option<Instant>) {
+    pub(super) fn replace(&mut self, key: K, old: Option<Instant>, new: Option<Instant>) {
         if old == new {
             return;
         }
@@ -46,12 +46,12 @@ impl<K: Ord + Copy> Deadlines<K> {
     }
 
     /// The earliest deadline.
-    pub(crate) fn first(&self) -> Option<Instant> {
+    pub(super) fn first(&self) -> Option<Instant> {
         self.set.first().map(|(at, _)| *at)
     }
 
     /// Removes and returns the earliest timer if it is due at `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
         if self.first()? > now {
             return None;
         }
@@ -59,7 +59,7 @@ impl<K: Ord + Copy> Deadlines<K> {
     }
 
     /// Removes every timer due at `now`, returning their keys in deadline order.
-    pub(crate) fn drain_due(&mut self, now: Instant) -> Vec<K> {
+    pub(super) fn drain_due(&mut self, now: Instant) -> Vec<K> {
         std::iter::from_fn(|| self.pop_due(now))
             .map(|(_, key)| key)
             .collect()
@@ -67,13 +67,13 @@ impl<K: Ord + Copy> Deadlines<K> {
 
     /// Every timer set, by deadline.
     #[cfg(any(test, feature = "test-utils"))]
-    pub(crate) fn entries(&self) -> Vec<(Instant, K)> {
+    pub(super) fn entries(&self) -> Vec<(Instant, K)> {
         self.set.iter().copied().collect()
     }
 
     /// Number of timers set.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.set.len()
     }
 }

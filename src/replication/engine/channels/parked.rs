@@ -1,13 +1,10 @@
 //! Parked channels: channels peers opened for cores we do not replicate (yet). Each carries
-//! nothing but its `Open`, and is adopted if we add the core before its handshake deadline.
+//! nothing but its `Open`, and is adopted if we add the core before its handshake timer fires.
 //! A per-peer and a total cap bound them.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Instant,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{ChannelId, PeerId};
+use super::super::{ChannelId, PeerId};
 use crate::crypto::DiscoveryKey;
 
 /// A channel a peer opened for a core we do not replicate (yet).
@@ -19,8 +16,6 @@ pub(super) struct Parked {
     pub(super) discovery_key: DiscoveryKey,
     /// The capability of its `Open`, checked once we know the core.
     pub(super) capability: [u8; 32],
-    /// When it is refused if we have not added the core.
-    pub(super) deadline: Instant,
 }
 
 /// The parked channels, by id, by core and by peer.
@@ -39,8 +34,8 @@ impl ParkedChannels {
 
     /// Every parked channel, in id order.
     #[cfg(any(test, feature = "test-utils"))]
-    pub(super) fn all(&self) -> impl Iterator<Item = (ChannelId, &Parked)> {
-        self.by_id.iter().map(|(id, p)| (*id, p))
+    pub(super) fn ids(&self) -> impl Iterator<Item = ChannelId> + '_ {
+        self.by_id.keys().copied()
     }
 
     /// Parked channel `id`.
@@ -124,7 +119,6 @@ mod tests {
             peer,
             discovery_key: dk,
             capability: [0; 32],
-            deadline: Instant::now(),
         }
     }
 

@@ -1,0 +1,789 @@
+//! The channel part: every channel (one stream, one core, one peer) up to the moment both
+//! sides proved the core's key, and what bounds them.
+//!
+//! It owns the cores that may have channels (by key and by discovery key), the channel table,
+//! each peer's channels, the handshakes and their timers, the channels peers parked for cores
+//! we do not replicate, the queue of cores waiting for room to open a channel, and the
+//! closing of idle channels when a peer's channels are at their cap. It speaks the handshake
+//! (`Open`, `Accept`, `Close`) itself; every other message of an authenticated channel goes
+//! back to the engine as [`Inbound::Data`], and a channel that becomes authenticated or goes
+//! away is told with [`Note::ChannelUp`] and [`Note::ChannelDown`].
+//!
+//! The handshake: the opener sends `Open` with its capability, the acceptor checks it and
+//! answers `Accept` with its own; a channel carries nothing else until then. Channels for cores
+//! we do not replicate are parked until we add the core or their handshake timer fires;
+//! simultaneous opens keep the channel of the lower endpoint id. Only the lower id of a
+//! connection opens channels at once if an open delay is set (the other side adopts them).
+
+mod parked;
+mod peer;
+mod table;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use parked::{Parked, ParkedChannels};
+use peer::PeerChannels;
+use table::{Channel, ChannelTable};
+
+use super::{
+    ChannelId, Event, IDLE_REASON, LEAVE_REASON, Output, PeerId, STORE_CHANNEL_KEY,
+    cx::{Cx, Note},
+    extensions::{MAX_STORE_CHANNEL_FRAME, store_channel_discovery_key},
+    timer::Timer,
+};
+use crate::{
+    crypto::{
+        CoreKey, DiscoveryKey,
+        capability::{Role, capability, check_capability},
+        discovery_key,
+    },
+    replication::wire::{MAX_FRAME, MAX_HANDSHAKE_FRAME, Message},
+};
+
+/// Channels of one peer looked at per turn for one to close while cores wait for room.
+const IDLE_SCAN: usize = 64;
+
+/// While cores wait for room, the time after which idle channels are looked for again when no
+/// message came meanwhile.
+pub(super) const ROOM_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A core that may have channels.
+#[derive(Debug, Clone, Copy)]
+struct Registered {
+    discovery_key: DiscoveryKey,
+    /// Served only because a peer asked for it: channels open to the peers that ask, not to
+    /// every peer.
+    served_only: bool,
+}
+
+/// What became of a message on a channel.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Returned and matched at once; boxing costs more.
+pub(super) enum Inbound {
+    /// It belonged to the handshake (or broke it), and was dealt with here.
+    Handled,
+    /// A message of authenticated channel for `core` (the store channel's key for the store
+    /// channel): for the engine to route.
+    Data { core: CoreKey, msg: Message },
+}
+
+/// Where the store channel with a peer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StoreChannel {
+    /// Open: messages go on it.
+    Open(ChannelId),
+    /// Waiting for the peer's `Accept` (opened now, or before).
+    Opening,
+    /// The peer is not connected.
+    NoPeer,
+}
+
+/// The channel part; see the module docs.
+#[derive(Debug)]
+pub(super) struct Channels {
+    /// This endpoint's id.
+    me: PeerId,
+    /// The cores that may have channels, and the core of each discovery key.
+    cores: BTreeMap<CoreKey, Registered>,
+    by_discovery_key: BTreeMap<DiscoveryKey, CoreKey>,
+    /// Every channel, by id and by core.
+    table: ChannelTable,
+    /// Each connected peer's channels.
+    peers: BTreeMap<PeerId, PeerChannels>,
+    /// Channels peers opened for cores we do not replicate (yet).
+    parked: ParkedChannels,
+    /// The id of the next channel we open (even).
+    next_id: ChannelId,
+    /// Peers whose queued channels may open at the end of this turn.
+    open_next: BTreeSet<PeerId>,
+    /// Peers at their channel cap with cores waiting for room.
+    room_wanted: BTreeSet<PeerId>,
+}
+
+impl Channels {
+    /// No core, no peer yet.
+    pub(super) fn new(me: PeerId) -> Self {
+        Self {
+            me,
+            cores: BTreeMap::new(),
+            by_discovery_key: BTreeMap::new(),
+            table: ChannelTable::default(),
+            peers: BTreeMap::new(),
+            parked: ParkedChannels::default(),
+            next_id: 0,
+            open_next: BTreeSet::new(),
+            room_wanted: BTreeSet::new(),
+        }
+    }
+
+    // Cores.
+
+    /// `key` may have channels from now on (`served_only`: only with the peers that ask for
+    /// it). Returns `Some(was_served_only)` if it was registered already; it is then
+    /// registered as `served_only` only if it was and still is.
+    pub(super) fn register(&mut self, key: CoreKey, served_only: bool) -> Option<bool> {
+        if let Some(r) = self.cores.get_mut(&key) {
+            let was = r.served_only;
+            r.served_only &= served_only;
+            return Some(was);
+        }
+        let dk = discovery_key(&key);
+        self.by_discovery_key.insert(dk, key);
+        self.cores.insert(
+            key,
+            Registered {
+                discovery_key: dk,
+                served_only,
+            },
+        );
+        None
+    }
+
+    /// `key` has channels no more: each is closed with a `Close` telling the peer, and the
+    /// cores waiting to open one forget it.
+    pub(super) fn unregister(&mut self, key: &CoreKey, cx: &mut Cx) {
+        let Some(r) = self.cores.remove(key) else {
+            return;
+        };
+        self.by_discovery_key.remove(&r.discovery_key);
+        for (id, c) in self.table.of_core(key) {
+            self.close(c.peer, id, LEAVE_REASON, cx);
+        }
+        for p in self.peers.values_mut() {
+            p.to_open.remove(key);
+            p.idle_closed.remove(key);
+        }
+    }
+
+    /// Whether a channel parked for `key` proves its opener knows the key.
+    pub(super) fn parked_proves(&self, key: &CoreKey) -> bool {
+        self.parked
+            .of_core(&discovery_key(key))
+            .into_iter()
+            .any(|ch| {
+                self.parked.get(ch).is_some_and(|p| {
+                    check_capability(key, Role::Opener, &p.peer, &self.me, &p.capability)
+                })
+            })
+    }
+
+    /// Takes in the channels parked for `key`, now registered: each is accepted if its
+    /// opener's capability checks out, refused otherwise.
+    pub(super) fn adopt_parked(&mut self, key: &CoreKey, cx: &mut Cx) {
+        let dk = discovery_key(key);
+        for ch in self.parked.of_core(&dk) {
+            if let Some(p) = self.unpark(ch, cx) {
+                self.on_open(p.peer, ch, dk, p.capability, cx);
+            }
+        }
+    }
+
+    // Peers.
+
+    /// `peer` connected: `None` if it was already, else whether to open channels for our
+    /// cores now (else its `OpenRest` timer is set: only the lower id of a connection opens
+    /// at once when an open delay is set, and the other side adopts the channels it
+    /// replicates).
+    pub(super) fn connect(&mut self, peer: PeerId, cx: &mut Cx) -> Option<bool> {
+        if self.peers.contains_key(&peer) {
+            return None;
+        }
+        self.peers.insert(peer, PeerChannels::default());
+        if self.me < peer || cx.cfg.open_delay.is_zero() {
+            return Some(true);
+        }
+        cx.timers
+            .set(Timer::OpenRest(peer), cx.now + cx.cfg.open_delay);
+        Some(false)
+    }
+
+    /// Opens a channel to `peer` for every registered core that has none with it (not for
+    /// cores only served to the peers that asked).
+    pub(super) fn open_all(&mut self, peer: PeerId, cx: &mut Cx) {
+        let cores: Vec<CoreKey> = self
+            .cores
+            .iter()
+            .filter(|(_, r)| !r.served_only)
+            .map(|(k, _)| *k)
+            .collect();
+        for core in cores {
+            self.open(peer, core, cx);
+        }
+    }
+
+    /// `peer`'s connection is gone: every channel, handshake and parked channel of it is
+    /// forgotten (authenticated channels with [`Note::ChannelDown`]). False if it was not
+    /// connected.
+    pub(super) fn disconnect(&mut self, peer: &PeerId, cx: &mut Cx) -> bool {
+        let Some(p) = self.peers.remove(peer) else {
+            return false;
+        };
+        self.open_next.remove(peer);
+        self.room_wanted.remove(peer);
+        cx.timers.clear(Timer::OpenRest(*peer));
+        for ch in p.by_core.values() {
+            let Some(c) = self.table.remove(ch) else {
+                continue;
+            };
+            cx.timers.clear(Timer::Handshake(*ch));
+            if c.authenticated {
+                cx.note(Note::ChannelDown {
+                    peer: *peer,
+                    core: c.core,
+                    channel: *ch,
+                    peer_gone: true,
+                });
+            }
+        }
+        for ch in self.parked.of_peer(peer) {
+            self.unpark(ch, cx);
+        }
+        true
+    }
+
+    // Opening.
+
+    /// Opens a channel for `core` to `peer`, unless one exists. It carries only our `Open`
+    /// until the peer's `Accept` proves it knows the key. At most
+    /// [`EngineConfig::max_opening_per_peer`](super::EngineConfig) of ours wait for their
+    /// `Accept` per peer (a peer parks only so many channels for cores it has not looked up
+    /// yet), and at most `max_channels_per_peer` are open; the rest wait in the peer's queue
+    /// and open as handshakes end and idle channels close.
+    pub(super) fn open(&mut self, peer: PeerId, core: CoreKey, cx: &mut Cx) {
+        let Some(r) = self.cores.get(&core) else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.by_core.contains_key(&core) {
+            return;
+        }
+        if p.by_core.len() >= cx.cfg.max_channels_per_peer {
+            p.to_open.insert(core);
+            self.room_wanted.insert(peer);
+            return;
+        }
+        if p.opening >= cx.cfg.max_opening_per_peer {
+            p.to_open.insert(core);
+            return;
+        }
+        let dk = r.discovery_key;
+        self.start_open(peer, core, dk, cx);
+    }
+
+    /// Opens a channel of ours for `core` (known by `dk`) to a connected `peer`.
+    fn start_open(&mut self, peer: PeerId, core: CoreKey, dk: DiscoveryKey, cx: &mut Cx) {
+        let id = self.next_id;
+        self.next_id += 2;
+        let open = Message::Open {
+            discovery_key: dk,
+            capability: capability(&core, Role::Opener, &self.me, &peer),
+        };
+        self.add(id, peer, core, true, false);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.opening += 1;
+        }
+        cx.timers
+            .set(Timer::Handshake(id), cx.now + cx.cfg.handshake_timeout);
+        cx.out.push_back(Output::OpenChannel(peer, id, open));
+    }
+
+    /// The store channel with `peer`, opened now if there is none.
+    pub(super) fn store_channel(&mut self, peer: PeerId, cx: &mut Cx) -> StoreChannel {
+        let Some(p) = self.peers.get(&peer) else {
+            return StoreChannel::NoPeer;
+        };
+        match p.by_core.get(&*STORE_CHANNEL_KEY) {
+            Some(ch) if self.is_authenticated(*ch) => StoreChannel::Open(*ch),
+            Some(_) => StoreChannel::Opening,
+            None => {
+                let dk = store_channel_discovery_key();
+                self.start_open(peer, *STORE_CHANNEL_KEY, dk, cx);
+                StoreChannel::Opening
+            }
+        }
+    }
+
+    fn add(
+        &mut self,
+        id: ChannelId,
+        peer: PeerId,
+        core: CoreKey,
+        opened_by_me: bool,
+        authenticated: bool,
+    ) {
+        self.table.insert(
+            id,
+            Channel {
+                peer,
+                core,
+                opened_by_me,
+                authenticated,
+            },
+        );
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.by_core.insert(core, id);
+        }
+    }
+
+    /// A handshake of a channel we opened to `peer` ended (accepted, refused, timed out): the
+    /// next cores waiting in its queue open at the end of the turn.
+    fn handshake_ended(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.opening = p.opening.saturating_sub(1);
+            if !p.to_open.is_empty() {
+                self.open_next.insert(peer);
+            }
+        }
+    }
+
+    /// Opens the queued channels of the peers whose handshakes ended this turn, as far as
+    /// their room allows.
+    pub(super) fn open_queued(&mut self, cx: &mut Cx) {
+        while let Some(peer) = self.open_next.pop_first() {
+            while let Some(p) = self.peers.get_mut(&peer)
+                && p.opening < cx.cfg.max_opening_per_peer
+                && p.by_core.len() < cx.cfg.max_channels_per_peer
+                && let Some(core) = p.to_open.pop_first()
+            {
+                self.open(peer, core, cx);
+            }
+            if let Some(p) = self.peers.get(&peer)
+                && !p.to_open.is_empty()
+                && p.by_core.len() >= cx.cfg.max_channels_per_peer
+            {
+                self.room_wanted.insert(peer);
+            }
+        }
+    }
+
+    // Messages.
+
+    /// A message on channel `id` of `peer`: the handshake is dealt with here, the rest of an
+    /// authenticated channel's messages go back to the engine.
+    pub(super) fn on_message(
+        &mut self,
+        peer: PeerId,
+        id: ChannelId,
+        msg: Message,
+        cx: &mut Cx,
+    ) -> Inbound {
+        if !self.peers.contains_key(&peer) {
+            return Inbound::Handled;
+        }
+        if self.parked.contains(id) {
+            // A parked channel carries nothing but its `Open` until we adopt it.
+            self.unpark(id, cx);
+            cx.peers.count_dropped(&peer);
+            self.refuse(
+                peer,
+                id,
+                "a channel carries nothing before the handshake",
+                cx,
+            );
+            return Inbound::Handled;
+        }
+        let Some(c) = self.table.get(&id).copied() else {
+            match msg {
+                Message::Open {
+                    discovery_key,
+                    capability,
+                } if !id.is_multiple_of(2) => self.on_open(peer, id, discovery_key, capability, cx),
+                // Late messages on a channel we dropped.
+                _ if id.is_multiple_of(2) => {}
+                _ => self.close(peer, id, "the first message must be Open", cx),
+            }
+            return Inbound::Handled;
+        };
+        if !c.authenticated {
+            // A channel we opened: the peer must prove the key before anything else.
+            match msg {
+                Message::Accept { capability } => self.on_accept(peer, id, capability, cx),
+                Message::Close { .. } => {
+                    cx.out.push_back(Output::CloseChannel(peer, id));
+                    self.drop(id, cx);
+                }
+                _ => {
+                    cx.peers.count_dropped(&peer);
+                    self.refuse(
+                        peer,
+                        id,
+                        "a channel carries nothing before the handshake",
+                        cx,
+                    );
+                    self.drop(id, cx);
+                }
+            }
+            return Inbound::Handled;
+        }
+        Inbound::Data { core: c.core, msg }
+    }
+
+    /// A peer opened a channel: accepted (with our `Accept`, then [`Note::ChannelUp`]) if the
+    /// opener's capability checks out, parked if we do not know the core, refused otherwise.
+    fn on_open(
+        &mut self,
+        peer: PeerId,
+        id: ChannelId,
+        dk: DiscoveryKey,
+        cap: [u8; 32],
+        cx: &mut Cx,
+    ) {
+        let core = if dk == store_channel_discovery_key() {
+            *STORE_CHANNEL_KEY
+        } else if let Some(core) = self.by_discovery_key.get(&dk) {
+            *core
+        } else {
+            // Perhaps we are about to replicate it: keep the channel waiting (refusing it
+            // would race with our own open of the same core).
+            self.park(peer, id, dk, cap, cx);
+            return;
+        };
+        if !check_capability(&core, Role::Opener, &peer, &self.me, &cap) {
+            cx.peers.count_dropped(&peer);
+            self.refuse(peer, id, "invalid capability", cx);
+            return;
+        }
+        let existing = self.peers.get(&peer).and_then(|p| p.by_core.get(&core));
+        if let Some(existing) = existing.copied() {
+            // Both opened a channel: keep the one opened by the lower endpoint id (what waited
+            // for ours goes on theirs).
+            let ours = self.table.get(&existing).is_some_and(|c| c.opened_by_me);
+            if peer < self.me && (ours || core == *STORE_CHANNEL_KEY) {
+                cx.out.push_back(Output::CloseChannel(peer, existing));
+                self.drop(existing, cx);
+            } else if core == *STORE_CHANNEL_KEY {
+                self.refuse(peer, id, "duplicate channel", cx);
+                return;
+            } else {
+                let close = Message::Close {
+                    reason: "duplicate channel".into(),
+                };
+                cx.send(peer, id, close);
+                cx.out.push_back(Output::CloseChannel(peer, id));
+                return;
+            }
+        }
+        self.add(id, peer, core, false, true);
+        let accept = Message::Accept {
+            capability: capability(&core, Role::Acceptor, &peer, &self.me),
+        };
+        cx.send(peer, id, accept);
+        cx.note(Note::ChannelUp {
+            peer,
+            core,
+            channel: id,
+        });
+    }
+
+    /// The peer accepted a channel we opened: if its capability checks out, the channel is
+    /// authenticated ([`Note::ChannelUp`]).
+    fn on_accept(&mut self, peer: PeerId, id: ChannelId, cap: [u8; 32], cx: &mut Cx) {
+        let Some(c) = self.table.get_mut(&id) else {
+            return;
+        };
+        let core = c.core;
+        if !check_capability(&core, Role::Acceptor, &self.me, &peer, &cap) {
+            cx.peers.count_dropped(&peer);
+            cx.emit(Event::ChannelRefused {
+                peer,
+                reason: "invalid capability in Accept".into(),
+            });
+            self.close(peer, id, "invalid capability", cx);
+            return;
+        }
+        c.authenticated = true;
+        cx.timers.clear(Timer::Handshake(id));
+        self.handshake_ended(peer);
+        cx.note(Note::ChannelUp {
+            peer,
+            core,
+            channel: id,
+        });
+    }
+
+    /// Keeps a channel for a core we do not know waiting, within the per-peer and total caps.
+    fn park(&mut self, peer: PeerId, id: ChannelId, dk: DiscoveryKey, cap: [u8; 32], cx: &mut Cx) {
+        let room = self
+            .parked
+            .has_room(&peer, &dk, cx.cfg.max_parked_per_peer, cx.cfg.max_parked);
+        if !room {
+            cx.peers.count_refused(&peer);
+            self.refuse(peer, id, "unknown core", cx);
+            return;
+        }
+        let first_for_core = self.parked.of_core(&dk).is_empty();
+        self.parked.insert(
+            id,
+            Parked {
+                peer,
+                discovery_key: dk,
+                capability: cap,
+            },
+        );
+        cx.timers
+            .set(Timer::Handshake(id), cx.now + cx.cfg.handshake_timeout);
+        if first_for_core {
+            cx.out.push_back(Output::FindCore(dk));
+        }
+    }
+
+    /// Takes channel `id` out of the parked ones, with its timer, if it is one.
+    fn unpark(&mut self, id: ChannelId, cx: &mut Cx) -> Option<Parked> {
+        let p = self.parked.remove(id)?;
+        cx.timers.clear(Timer::Handshake(id));
+        Some(p)
+    }
+
+    /// The handshake timer of channel `id` fired: ours without the peer's `Accept` closes,
+    /// and a parked one for a core we did not add is refused.
+    pub(super) fn handshake_timed_out(&mut self, id: ChannelId, cx: &mut Cx) {
+        if let Some(p) = self.parked.remove(id) {
+            self.refuse(p.peer, id, "unknown core", cx);
+        } else if let Some(peer) = self.table.get(&id).map(|c| c.peer) {
+            cx.peers.count_dropped(&peer);
+            self.close(peer, id, "no proof of the key in time", cx);
+        }
+    }
+
+    // Closing.
+
+    /// Refuses a channel: tells the peer why and closes the stream.
+    fn refuse(&mut self, peer: PeerId, id: ChannelId, reason: &str, cx: &mut Cx) {
+        cx.emit(Event::ChannelRefused {
+            peer,
+            reason: reason.to_string(),
+        });
+        let close = Message::Close {
+            reason: reason.to_string(),
+        };
+        cx.send(peer, id, close);
+        cx.out.push_back(Output::CloseChannel(peer, id));
+    }
+
+    /// Ends a channel with a reason: tells the peer, closes the stream, forgets it.
+    pub(super) fn close(&mut self, peer: PeerId, id: ChannelId, reason: &str, cx: &mut Cx) {
+        let close = Message::Close {
+            reason: reason.to_string(),
+        };
+        cx.send(peer, id, close);
+        cx.out.push_back(Output::CloseChannel(peer, id));
+        self.drop(id, cx);
+    }
+
+    /// Forgets channel `id` (its stream ended, or it is closed): an authenticated one with
+    /// [`Note::ChannelDown`]; a parked one is unparked.
+    pub(super) fn drop(&mut self, id: ChannelId, cx: &mut Cx) {
+        self.unpark(id, cx);
+        let Some(c) = self.table.remove(&id) else {
+            return;
+        };
+        cx.timers.clear(Timer::Handshake(id));
+        if c.opened_by_me && !c.authenticated {
+            // A store channel's queue waits on: if the peer refused ours because both opened
+            // one, theirs comes and takes it. It goes with the peer.
+            self.handshake_ended(c.peer);
+        }
+        if let Some(p) = self.peers.get_mut(&c.peer)
+            && p.by_core.get(&c.core) == Some(&id)
+        {
+            p.by_core.remove(&c.core);
+        }
+        if c.authenticated {
+            cx.note(Note::ChannelDown {
+                peer: c.peer,
+                core: c.core,
+                channel: id,
+                peer_gone: false,
+            });
+        }
+    }
+
+    // Idle channels.
+
+    /// Closes idle channels of the peers whose cores wait for room, one per turn each, from
+    /// where the last scan stopped: `is_idle(peer, core, channel)` says whether an
+    /// authenticated channel carries nothing and would carry nothing if kept.
+    pub(super) fn make_room(
+        &mut self,
+        is_idle: impl Fn(PeerId, CoreKey, ChannelId) -> bool,
+        cx: &mut Cx,
+    ) {
+        let waiting: Vec<PeerId> = self.room_wanted.iter().copied().collect();
+        for peer in waiting {
+            let Some(p) = self.peers.get(&peer) else {
+                self.room_wanted.remove(&peer);
+                continue;
+            };
+            if p.to_open.is_empty() {
+                self.room_wanted.remove(&peer);
+                continue;
+            }
+            if p.by_core.len() < cx.cfg.max_channels_per_peer {
+                self.open_next.insert(peer);
+                continue;
+            }
+            let from = p.idle_cursor;
+            let candidates: Vec<(CoreKey, ChannelId)> = p
+                .by_core
+                .range(from..)
+                .chain(p.by_core.range(..from))
+                .take(IDLE_SCAN)
+                .map(|(k, ch)| (*k, *ch))
+                .collect();
+            let mut closed = None;
+            let mut last = from;
+            for (core, ch) in candidates {
+                last = core;
+                if self.is_authenticated(ch) && is_idle(peer, core, ch) {
+                    closed = Some((core, ch));
+                    break;
+                }
+            }
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.idle_cursor = next_key(last);
+            }
+            if let Some((core, ch)) = closed {
+                self.close(peer, ch, IDLE_REASON, cx);
+                self.mark_idle_closed(peer, core);
+                self.open_next.insert(peer);
+            }
+        }
+    }
+
+    /// Sets the `Room` timer while cores wait for room (channels may turn idle with no message
+    /// to say so: they are looked for again soon), and clears it once none does.
+    pub(super) fn arm_room_timer(&self, cx: &mut Cx) {
+        if self.room_wanted.is_empty() {
+            cx.timers.clear(Timer::Room);
+        } else if cx.timers.get(Timer::Room).is_none() {
+            cx.timers.set(Timer::Room, cx.now + ROOM_RETRY);
+        }
+    }
+
+    /// `core`'s channel with `peer` closed idle: it opens again when the core has something
+    /// new.
+    pub(super) fn mark_idle_closed(&mut self, peer: PeerId, core: CoreKey) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.idle_closed.insert(core);
+        }
+    }
+
+    /// `core` has something new (a local change, a wanted block): its channels that closed
+    /// idle open again.
+    pub(super) fn reopen_idle(&mut self, core: CoreKey, cx: &mut Cx) {
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.idle_closed.contains(&core))
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in peers {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.idle_closed.remove(&core);
+            }
+            self.open(peer, core, cx);
+        }
+    }
+
+    // Queries.
+
+    /// Whether `peer` is connected.
+    pub(super) fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// `peer`'s channel for `core`, whatever its handshake.
+    pub(super) fn channel_of(&self, peer: &PeerId, core: &CoreKey) -> Option<ChannelId> {
+        self.peers.get(peer)?.by_core.get(core).copied()
+    }
+
+    /// The channels of `peer`.
+    pub(super) fn count_of(&self, peer: &PeerId) -> usize {
+        self.peers.get(peer).map_or(0, |p| p.by_core.len())
+    }
+
+    /// The core of channel `id`.
+    pub(super) fn core_of(&self, id: ChannelId) -> Option<CoreKey> {
+        self.table.get(&id).map(|c| c.core)
+    }
+
+    /// Whether both sides of channel `id` proved the key.
+    pub(super) fn is_authenticated(&self, id: ChannelId) -> bool {
+        self.table.get(&id).is_some_and(|c| c.authenticated)
+    }
+
+    /// The largest frame to read on channel `id`: a handshake's until both sides proved the
+    /// key, an extension message's on a store channel, else [`MAX_FRAME`].
+    pub(super) fn max_frame(&self, id: ChannelId) -> usize {
+        match self.table.get(&id) {
+            Some(c) if c.authenticated && c.core == *STORE_CHANNEL_KEY => MAX_STORE_CHANNEL_FRAME,
+            Some(c) if c.authenticated => MAX_FRAME,
+            _ => MAX_HANDSHAKE_FRAME,
+        }
+    }
+
+    /// Channels peers opened for cores we do not replicate, waiting to be adopted.
+    pub(super) fn parked_len(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Whether `core`'s channel with `peer` closed idle.
+    #[cfg(test)]
+    pub(super) fn idle_closed(&self, peer: &PeerId, core: &CoreKey) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.idle_closed.contains(core))
+    }
+
+    /// Whether `core` waits for room to open a channel to `peer`.
+    #[cfg(test)]
+    pub(super) fn waits_to_open(&self, peer: &PeerId, core: &CoreKey) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.to_open.contains(core))
+    }
+
+    /// Checks the channel part's timers: a `Handshake` timer for exactly the channels of ours
+    /// waiting for an `Accept` and the parked ones, an `OpenRest` timer only for connected
+    /// peers.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn check_timers(&self, timers: &super::timer::TimerTable) -> Result<(), String> {
+        let mut expected: BTreeSet<ChannelId> = self
+            .table
+            .all()
+            .filter(|(_, c)| !c.authenticated)
+            .map(|(id, _)| id)
+            .collect();
+        expected.extend(self.parked.ids());
+        let mut set = BTreeSet::new();
+        for (timer, _) in timers.entries() {
+            match timer {
+                Timer::Handshake(id) => {
+                    set.insert(id);
+                }
+                Timer::OpenRest(peer) if !self.peers.contains_key(&peer) => {
+                    return Err(format!("open timer of a peer gone {peer:?}"));
+                }
+                _ => {}
+            }
+        }
+        if set != expected {
+            return Err(format!("handshake timers {set:?}, handshakes {expected:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// The key after `key` in byte order (wrapping to zero after the last).
+fn next_key(mut key: CoreKey) -> CoreKey {
+    for b in key.iter_mut().rev() {
+        let (v, carry) = b.overflowing_add(1);
+        *b = v;
+        if !carry {
+            break;
+        }
+    }
+    key
+}

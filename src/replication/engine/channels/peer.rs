@@ -1,0 +1,24 @@
+//! The channels of one connected peer: its channel of each core, the handshakes of ours it has
+//! not answered yet, the cores waiting for room to open one, and the channels that closed
+//! idle.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::super::ChannelId;
+use crate::crypto::CoreKey;
+
+/// What the channel part keeps of one connected peer.
+#[derive(Debug, Default)]
+pub(super) struct PeerChannels {
+    /// Its channel of each core (the store channel's under its key).
+    pub(super) by_core: BTreeMap<CoreKey, ChannelId>,
+    /// Channels we opened to it that wait for its `Accept`.
+    pub(super) opening: usize,
+    /// Cores waiting for room among `opening` (or under the channel cap) to open a channel
+    /// to it.
+    pub(super) to_open: BTreeSet<CoreKey>,
+    /// Cores whose channel with it closed idle: opened again when they have something new.
+    pub(super) idle_closed: BTreeSet<CoreKey>,
+    /// Where the next scan for an idle channel starts.
+    pub(super) idle_cursor: CoreKey,
+}

@@ -1,0 +1,16 @@
+//! An `update` of one core under way: the channels whose answer it waits for, and whether its
+//! `Update` timer is still set.
+
+use std::collections::BTreeSet;
+
+use super::super::ChannelId;
+
+/// An update of one core under way.
+#[derive(Debug, Default)]
+pub(super) struct PendingUpdate {
+    /// The channels whose answer it waits for.
+    pub(super) waiting: BTreeSet<ChannelId>,
+    /// Whether its timer is set: it stops waiting for silent peers once it fires, and an
+    /// update asked meanwhile joins this one without setting it again.
+    pub(super) timed: bool,
+}

@@ -1,0 +1,184 @@
+//! Channels: who opens them, and how idle ones make room at a peer's cap.
+
+use std::time::{Duration, Instant};
+
+use super::super::{
+    ChannelId, Engine, EngineConfig, IDLE_REASON, Input, LocalInfo, Mode, Output,
+    testing::{CORE, PEER, local, outputs, sync},
+};
+use crate::{
+    crypto::{
+        CoreKey,
+        capability::{Role, capability},
+    },
+    replication::wire::Message,
+};
+
+/// With an open delay, the higher id opens the channels the lower did not once it passes
+/// (a timer of its own); with none, both open at once.
+#[test]
+fn the_higher_id_opens_the_rest_after_the_open_delay() {
+    let now = Instant::now();
+    let delay = Duration::from_millis(100);
+    let cfg = EngineConfig {
+        open_delay: delay,
+        ..Default::default()
+    };
+    let (me, lower) = ([9; 32], [1; 32]);
+    let mut engine = Engine::new(me, cfg);
+    engine.add_core(CORE, local(1, true), Mode::Full, now);
+    outputs(&mut engine);
+    engine.handle(Input::PeerConnected(lower), now);
+    let opened = |out: &[Output]| out.iter().any(|o| matches!(o, Output::OpenChannel(..)));
+    assert!(!opened(&outputs(&mut engine)));
+    assert_eq!(engine.poll_timeout(), Some(now + delay));
+    engine.check_timers().unwrap();
+    engine.handle_timeout(now + delay);
+    assert!(opened(&outputs(&mut engine)));
+    assert_eq!(engine.poll_timeout().filter(|t| *t <= now + delay), None);
+    engine.check_timers().unwrap();
+
+    let mut engine = Engine::new(me, EngineConfig::default());
+    engine.add_core(CORE, local(1, true), Mode::Full, now);
+    engine.handle(Input::PeerConnected(lower), now);
+    assert!(opened(&outputs(&mut engine)), "no delay by default");
+}
+
+/// The channels opened in `out`, with their cores (of three test cores).
+fn opened(out: &[Output]) -> Vec<(ChannelId, CoreKey)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::OpenChannel(_, ch, Message::Open { discovery_key, .. }) => {
+                Some((*ch, *discovery_key))
+            }
+            _ => None,
+        })
+        .map(|(ch, dk)| {
+            let core = [[3; 32], [4; 32], [5; 32]]
+                .into_iter()
+                .find(|k| crate::crypto::discovery_key(k) == dk)
+                .unwrap();
+            (ch, core)
+        })
+        .collect()
+}
+
+/// A local state one block longer than `local(5, true)`.
+fn grown() -> LocalInfo {
+    LocalInfo {
+        length: 6,
+        byte_length: 6,
+        contiguous: 6,
+        ..local(5, true)
+    }
+}
+
+/// At the channel cap, a core waits; once an open channel is idle it closes (telling the
+/// peer why) and the waiting core gets its channel; the core closed idle opens again when it
+/// has something new.
+#[test]
+fn idle_channels_make_room_and_reopen_on_change() {
+    let now = Instant::now();
+    let me = [1; 32];
+    let cfg = EngineConfig {
+        max_channels_per_peer: 2,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(me, cfg);
+    let cores = [[3; 32], [4; 32], [5; 32]];
+    for core in cores {
+        engine.add_core(core, local(5, true), Mode::Full, now);
+    }
+    outputs(&mut engine);
+    engine.handle(Input::PeerConnected(PEER), now);
+    let first = opened(&outputs(&mut engine));
+    assert_eq!(first.len(), 2, "two channels at the cap");
+    // Both open and idle: the peer holds the same whole log.
+    for (ch, core) in &first {
+        let accept = Message::Accept {
+            capability: capability(core, Role::Acceptor, &me, &PEER),
+        };
+        engine.handle(Input::Message(PEER, *ch, accept), now);
+    }
+    for (ch, _) in &first {
+        engine.handle(Input::Message(PEER, *ch, sync(5, true)), now);
+    }
+    let out = outputs(&mut engine);
+    let closed: Vec<ChannelId> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(_, ch, Message::Close { reason }) if reason == IDLE_REASON => Some(*ch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed.len(), 1, "{out:?}");
+    let third = opened(&out);
+    assert_eq!(third.len(), 1);
+    let waiting = cores
+        .into_iter()
+        .find(|c| !first.iter().any(|(_, k)| k == c))
+        .unwrap();
+    assert_eq!(third[0].1, waiting, "the waiting core got the room");
+    let idle_core = first.iter().find(|(ch, _)| *ch == closed[0]).unwrap().1;
+    assert!(engine.channels.idle_closed(&PEER, &idle_core));
+
+    // The idle-closed core grows: its channel is wanted again (opened, or queued for room,
+    // which the next idle channel makes).
+    engine.handle(Input::LocalChanged(idle_core, grown()), now);
+    assert!(!engine.channels.idle_closed(&PEER, &idle_core));
+    assert!(
+        engine.channels.waits_to_open(&PEER, &idle_core)
+            || opened(&outputs(&mut engine))
+                .iter()
+                .any(|(_, k)| *k == idle_core)
+    );
+    engine.check_timers().unwrap();
+}
+
+/// The peer closes a channel as idle while we have news for it (they crossed): it opens
+/// again at once, not at the core's next change. Cores waiting for room get a timer.
+#[test]
+fn an_idle_close_that_crosses_news_reopens_at_once() {
+    let now = Instant::now();
+    let me = [1; 32];
+    let cfg = EngineConfig {
+        max_channels_per_peer: 1,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(me, cfg);
+    let (a, b) = ([3; 32], [4; 32]);
+    engine.add_core(a, local(5, true), Mode::Full, now);
+    engine.add_core(b, local(5, true), Mode::Full, now);
+    outputs(&mut engine);
+    engine.handle(Input::PeerConnected(PEER), now);
+    let first = opened(&outputs(&mut engine));
+    assert_eq!(first.len(), 1);
+    let (ch, core) = first[0];
+    assert!(
+        engine.poll_timeout().is_some(),
+        "a core waits for room: a timer"
+    );
+    let accept = Message::Accept {
+        capability: capability(&core, Role::Acceptor, &me, &PEER),
+    };
+    engine.handle(Input::Message(PEER, ch, accept), now);
+    // Our log grows before the peer's Sync says it holds the old one.
+    engine.handle(Input::LocalChanged(core, grown()), now);
+    engine.handle(Input::Message(PEER, ch, sync(5, true)), now);
+    outputs(&mut engine);
+    let close = Message::Close {
+        reason: IDLE_REASON.into(),
+    };
+    engine.handle(Input::Message(PEER, ch, close), now);
+    assert!(
+        !engine.channels.idle_closed(&PEER, &core),
+        "left closed despite news"
+    );
+    assert!(
+        engine.channels.waits_to_open(&PEER, &core)
+            || opened(&outputs(&mut engine))
+                .iter()
+                .any(|(_, k)| *k == core)
+    );
+    engine.check_timers().unwrap();
+}

@@ -1,0 +1,12 @@
+//! The engine's behaviour, driven through its inputs and outputs with a fake clock, one file
+//! per part of it.
+
+mod channels;
+mod extensions;
+mod fetching;
+mod gossip;
+mod leave;
+mod push;
+mod serve;
+mod update;
+mod upgrade;

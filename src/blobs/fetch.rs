@@ -23,7 +23,7 @@ use iroh_blobs::{
 use n0_future::{StreamExt, boxed::BoxFuture};
 use tokio::sync::watch;
 
-use super::{BlobRef, core_blobs::BlobProgress};
+use super::{BlobProgress, BlobRef};
 use crate::{
     crypto::CoreKey,
     error::{Error, Result},

@@ -5,20 +5,27 @@
 //! [`BlobRef`] (the content's BLAKE3 hash and size), signed like any other block. A reader
 //! fetches and verifies the block first, so the log vouches for the hash, then the blob from
 //! the peers that replicate the core, verified by BLAKE3 as it streams.
+//!
+//! This module is the blob side of a database: the blob store, the fetcher, references and
+//! options, below the cores. A core's own blob calls
+//! ([`Hypercore::append_blob`](crate::Hypercore::append_blob),
+//! [`Hypercore::get_blob`](crate::Hypercore::get_blob)) live with the core.
 
 mod blob_ref;
-mod core_blobs;
 mod fetch;
+mod options;
 mod policy;
+mod source;
 mod store;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub(crate) use blob_ref::BLOCK_LEN;
 pub use blob_ref::BlobRef;
-pub use core_blobs::{BlobProgress, BlobSource, GetBlob};
 pub(crate) use fetch::{BlameProvider, BlobFetcher, Providers};
+pub use options::{BlobOptions, DEFAULT_MAX_BLOB_SIZE};
 pub use policy::BlobPolicy;
+pub use source::{BlobProgress, BlobSource};
 pub(crate) use store::BlobStore;
 
 /// The blob side of the stores on one database: the blob store, and the protocol that fetches
@@ -27,7 +34,7 @@ pub(crate) use store::BlobStore;
 pub(crate) struct BlobState {
     store: OnceLock<BlobStore>,
     fetcher: Mutex<Option<Arc<BlobFetcher>>>,
-    /// Turns of the changes that tag or release blobs of blocks (see `core_blobs`).
+    /// Turns of the changes that tag or release blobs of blocks (see `Hypercore::append_blob`).
     pub tags: Arc<tokio::sync::Mutex<()>>,
 }
 

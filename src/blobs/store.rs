@@ -15,10 +15,10 @@ use iroh_blobs::{
     store::{GcConfig, fs::FsStore, mem::MemStore},
 };
 
+use super::BlobOptions;
 use crate::{
     crypto::CoreKey,
     error::{Error, Result},
-    store::BlobOptions,
 };
 
 /// The prefix of every tag this crate sets.

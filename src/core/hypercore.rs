@@ -93,7 +93,7 @@ impl Hypercore {
 
     /// A stream of this core's events from now on.
     pub fn subscribe(&self) -> Subscription {
-        Subscription::new(self.inner.slot.subscribe())
+        Subscription::new(self.inner.news.subscribe())
     }
 
     /// Resolves once everything written so far is durable, also with relaxed durability.

@@ -1,9 +1,11 @@
 //! [`Hypercore`]: one signed append-only log stored in a [`Storage`](crate::storage::Storage).
 
+mod blobs;
 mod events;
 mod hypercore;
 mod info;
 mod lazy_broadcast;
+mod news;
 mod proofs;
 mod reads;
 mod recent;
@@ -13,6 +15,7 @@ mod state;
 mod wait;
 mod writes;
 
+pub use blobs::GetBlob;
 pub use events::{CoreEvent, Subscription};
 pub use hypercore::{AppendOutcome, Hypercore};
 pub use info::Info;
@@ -20,7 +23,7 @@ pub(crate) use lazy_broadcast::LazyBroadcast;
 pub use proofs::Applied;
 pub use reads::MAX_STORED_RUN;
 pub use runs::{MAX_RUN, RunApplied, RunItem};
-pub(crate) use signals::{Signal, SignalQueue, Watchers};
-pub(crate) use state::{CoreInner as CoreInnerHandle, create_core, hex, load_core};
+pub(crate) use signals::{Signal, SignalQueue};
+pub(crate) use state::{CoreHome, CoreInner as CoreInnerHandle, create_core, hex, load_core};
 pub use wait::{Download, Get, Progress, Update};
 pub use writes::MAX_BLOCK_SIZE;

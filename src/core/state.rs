@@ -10,10 +10,12 @@ use tokio::sync::watch;
 
 use super::{
     lazy_broadcast::LazyBroadcast,
+    news::CoreNews,
     recent::RecentAppends,
     signals::{Signal, SignalQueue},
 };
 use crate::{
+    blobs::BlobState,
     crypto::{CoreKey, CoreKind, DiscoveryKey, KeyPair, Manifest, Verifier, discovery_key},
     error::{Error, Result},
     storage::{CoreHeader, CoreSlot, CoreState, Op, Outcome, Storage, StorageError},
@@ -30,9 +32,16 @@ pub(crate) struct CoreInner {
     pub key: CoreKey,
     pub discovery_key: DiscoveryKey,
     pub storage: Storage,
-    /// Storage's record of this core: its committed state, head and events. Every write of
-    /// this core carries it.
+    /// The blob side of the core's database: its blob store and the protocol fetching blobs.
+    pub blobs: Arc<BlobState>,
+    /// What the store that opened it keeps for every core of its database: held as long as
+    /// the core is open (never read here).
+    _held: Arc<dyn std::fmt::Debug + Send + Sync>,
+    /// Storage's record of this core: its committed state and head. Every write of this core
+    /// carries it.
     pub slot: Arc<CoreSlot>,
+    /// Its events and the protocols watching it: storage tells it of every commit.
+    pub news: Arc<CoreNews>,
     /// Signature checker, once the kind (and manifest) is known.
     pub verifier: Mutex<Option<Verifier>>,
     /// Blocks from peers that verified and are being written: waiting reads take them from
@@ -85,7 +94,7 @@ impl CoreInner {
 
     /// Tells the replicating protocols of `signal` (wants go through [`want`](Self::want)).
     pub fn signal(&self, signal: Signal) {
-        self.slot.signal(signal);
+        self.news.signal(signal);
     }
 
     fn open_wants(&self) -> MutexGuard<'_, BTreeMap<(u64, u64), u64>> {
@@ -99,14 +108,14 @@ impl CoreInner {
         let mut wants = self.open_wants();
         *wants.entry((start, end)).or_default() += 1;
         // Under the lock: a protocol starting to watch sees the want once, replayed or sent.
-        self.slot.signal(Signal::Want(start, end));
+        self.news.signal(Signal::Want(start, end));
     }
 
     /// A read no longer waits for blocks `start..end` it wanted: the protocols are told.
     pub fn unwant(&self, start: u64, end: u64) {
         let mut wants = self.open_wants();
         if Self::take_want(&mut wants, start, end) {
-            self.slot.signal(Signal::Unwant(start, end));
+            self.news.signal(Signal::Unwant(start, end));
         }
     }
 
@@ -131,7 +140,7 @@ impl CoreInner {
     /// waiting now (so that each unwant the queue gets matches a want it got).
     pub fn watch(&self, queue: &Arc<SignalQueue>) {
         let wants = self.open_wants();
-        if self.slot.watchers.add(queue) {
+        if self.news.watchers.add(queue) {
             for (&(start, end), &n) in wants.iter() {
                 for _ in 0..n {
                     queue.push(self.key, Signal::Want(start, end));
@@ -142,7 +151,7 @@ impl CoreInner {
 
     /// Stops sending this core's signals to `queue`.
     pub fn unwatch(&self, queue: &Arc<SignalQueue>) {
-        self.slot.watchers.remove(queue);
+        self.news.watchers.remove(queue);
     }
 
     /// Fails the reads waiting on this core ([`Error::Left`], or [`Error::Closed`] once
@@ -165,7 +174,7 @@ impl CoreInner {
         self.slot.resync_head();
     }
 
-    pub fn new(id: u64, header: CoreHeader, storage: Storage) -> Result<Arc<Self>> {
+    pub fn new(id: u64, header: CoreHeader, home: CoreHome) -> Result<Arc<Self>> {
         let verifier = match (header.kind, &header.manifest) {
             (Some(CoreKind::Compat), _) => Some(Verifier::compat(header.key)?),
             (Some(CoreKind::Default), Some(m)) => Some(Verifier::from_manifest(
@@ -175,12 +184,16 @@ impl CoreInner {
             )?),
             _ => None,
         };
+        let news = Arc::new(CoreNews::new(header.key));
         Ok(Arc::new(Self {
             id,
             key: header.key,
             discovery_key: discovery_key(&header.key),
-            storage,
-            slot: Arc::new(CoreSlot::new(id, header)),
+            storage: home.storage,
+            blobs: home.blobs,
+            _held: home.held,
+            slot: Arc::new(CoreSlot::new(id, header, news.clone())),
+            news,
             verifier: Mutex::new(verifier),
             verified: LazyBroadcast::new(VERIFIED_CAPACITY),
             open_wants: Mutex::default(),
@@ -195,22 +208,34 @@ impl CoreInner {
 impl Drop for CoreInner {
     /// The last handle went: a protocol replicating the core for the application stops.
     fn drop(&mut self) {
-        self.slot.signal(Signal::Dropped);
+        self.news.signal(Signal::Dropped);
     }
 }
 
-/// Loads the core stored under `key`, if any.
-pub(crate) async fn load_core(storage: &Storage, key: CoreKey) -> Result<Option<Arc<CoreInner>>> {
-    let found = storage.read(move |r| r.core(key)).await?;
+/// Where a core lives: its database, the blob side of it, and what the store that opens it
+/// keeps for every core of that database.
+#[derive(Debug, Clone)]
+pub(crate) struct CoreHome {
+    /// The database.
+    pub storage: Storage,
+    /// Its blob store and blob fetcher.
+    pub blobs: Arc<BlobState>,
+    /// Held by each core as long as it is open.
+    pub held: Arc<dyn std::fmt::Debug + Send + Sync>,
+}
+
+/// Loads the core stored under `key` in `home`, if any.
+pub(crate) async fn load_core(home: &CoreHome, key: CoreKey) -> Result<Option<Arc<CoreInner>>> {
+    let found = home.storage.read(move |r| r.core(key)).await?;
     match found {
-        Some((id, header)) => Ok(Some(CoreInner::new(id, header, storage.clone())?)),
+        Some((id, header)) => Ok(Some(CoreInner::new(id, header, home.clone())?)),
         None => Ok(None),
     }
 }
 
-/// Stores a new core (or returns the one already stored under the same key).
+/// Stores a new core in `home` (or returns the one already stored under the same key).
 pub(crate) async fn create_core(
-    storage: &Storage,
+    home: &CoreHome,
     key: CoreKey,
     kind: Option<CoreKind>,
     key_pair: Option<KeyPair>,
@@ -227,15 +252,16 @@ pub(crate) async fn create_core(
         tree: TreeState::default(),
         contiguous_length: 0,
     };
-    let outcome = storage
+    let outcome = home
+        .storage
         .write(Op::CreateCore {
             key,
             header: Box::new(header.clone()),
         })
         .await?;
     match outcome {
-        Outcome::Core { id, created: true } => CoreInner::new(id, header, storage.clone()),
-        Outcome::Core { created: false, .. } => load_core(storage, key)
+        Outcome::Core { id, created: true } => CoreInner::new(id, header, home.clone()),
+        Outcome::Core { created: false, .. } => load_core(home, key)
             .await?
             .ok_or_else(|| Error::NotFound(hex(&key))),
         other => Err(StorageError::Database(format!("create answered {other:?}")).into()),

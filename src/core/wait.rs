@@ -38,7 +38,7 @@ impl Get {
         self,
         timeout: Duration,
     ) -> impl Future<Output = Result<Bytes>> + Send + 'static + use<> {
-        let mut events = self.inner.slot.subscribe();
+        let mut events = self.inner.news.subscribe();
         let mut verified = self.inner.verified.subscribe();
         let mut stopped = self.inner.stopped.subscribe();
         async move {
@@ -263,7 +263,7 @@ impl Hypercore {
     /// Asks replicating peers for blocks `start..end` (which may lie past the current length)
     /// and returns a handle to follow the download.
     pub fn download(&self, range: std::ops::Range<u64>) -> Download {
-        let events = self.inner.slot.subscribe();
+        let events = self.inner.news.subscribe();
         let stopped = self.inner.stopped.subscribe();
         let (start, end) = (range.start, range.end.max(range.start));
         Download {

@@ -479,7 +479,7 @@ mod tests {
     use crate::{
         crypto::CoreKind,
         storage::{
-            CoreHeader, CoreSlot,
+            Change, CommitListener, CoreHeader, CoreSlot,
             blocks::BlocksRead,
             nodes,
             ops::Probe,
@@ -576,7 +576,8 @@ mod tests {
     #[test]
     fn appends_of_a_batch_share_rows_and_later_writes_see_them() {
         let (actor, db) = actor(Durability::Durable);
-        let slot = Arc::new(CoreSlot::new(1, header([1; 32])));
+        let heard = Arc::new(Heard::default());
+        let slot = Arc::new(CoreSlot::new(1, header([1; 32]), heard.clone()));
         let seen = Arc::new(StdMutex::new(None));
         let seen_in = seen.clone();
         let check = Op::Probe(Probe(Box::new(move |batch| {
@@ -615,6 +616,21 @@ mod tests {
             assert_eq!(leaf, Some(Node::leaf(i, &[i as u8])));
         }
         assert_eq!(slot.state().committed.tree.length, 8, "published");
+        let changes = heard.0.lock().unwrap().clone();
+        assert!(
+            matches!(changes[..], [Change::Append { length: 8, .. }]),
+            "consecutive appends are heard of as one: {changes:?}"
+        );
+    }
+
+    /// Records the changes it hears of.
+    #[derive(Debug, Default)]
+    struct Heard(StdMutex<Vec<Change>>);
+
+    impl CommitListener for Heard {
+        fn committed(&self, changes: Vec<Change>) {
+            self.0.lock().unwrap().extend(changes);
+        }
     }
 
     /// Awaits small writes of `0..n`, one at a time.

@@ -7,11 +7,11 @@ use super::{
     StorageError,
     batch::Batch,
     catalog,
+    change::Change,
     ops::{ApplyProof, Op, Outcome},
     slot::{CoreSlot, Staged},
 };
 use crate::{
-    core::CoreEvent,
     crypto::{CoreKind, Manifest, Verifier},
     tree::{Node, Proof, TreeState, VerifiedProof, flat},
 };
@@ -81,16 +81,16 @@ fn check_base(slot: &CoreSlot, base: (u64, u64)) -> Result<(), StorageError> {
 }
 
 /// Queues an event for the end of the batch; consecutive appends collapse into the last one.
-fn push_event(events: &mut Vec<CoreEvent>, ev: CoreEvent) {
-    if let (Some(CoreEvent::Append { .. }), CoreEvent::Append { .. }) = (events.last(), &ev) {
+fn push_event(events: &mut Vec<Change>, ev: Change) {
+    if let (Some(Change::Append { .. }), Change::Append { .. }) = (events.last(), &ev) {
         events.pop();
     }
     events.push(ev);
 }
 
 /// The staged tree becomes `tree`, a longer one: with the `Append` event that says so.
-fn grow_to(tree_slot: &mut TreeState, events: &mut Vec<CoreEvent>, tree: TreeState) {
-    let ev = CoreEvent::Append {
+fn grow_to(tree_slot: &mut TreeState, events: &mut Vec<Change>, tree: TreeState) {
+    let ev = Change::Append {
         length: tree.length,
         byte_length: tree.byte_length,
         fork: tree.fork,
@@ -141,7 +141,7 @@ fn truncate(
     let h = &mut staged.header;
     h.contiguous_length = h.contiguous_length.min(length);
     h.tree = tree;
-    staged.events.push(CoreEvent::Truncate {
+    staged.events.push(Change::Truncate {
         length,
         fork: base.1 + 1,
     });
@@ -160,7 +160,7 @@ fn clear(
     let mut staged = slot.staged();
     let h = &mut staged.header;
     h.contiguous_length = h.contiguous_length.min(start);
-    staged.events.push(CoreEvent::Clear { start, end });
+    staged.events.push(Change::Clear { start, end });
     Ok(Outcome::Done)
 }
 
@@ -222,7 +222,7 @@ fn apply_proof(
         h.contiguous_length = h.contiguous_length.min(keep);
         push_event(
             &mut staged.events,
-            CoreEvent::Truncate {
+            Change::Truncate {
                 length: keep,
                 fork: verified.upgrade.as_ref().map_or(base.1, |u| u.fork),
             },
@@ -234,7 +234,7 @@ fn apply_proof(
     if let Some(b) = block {
         push_event(
             &mut staged.events,
-            CoreEvent::Download {
+            Change::Download {
                 index: b.index,
                 bytes: b.value.len() as u64,
             },
@@ -280,7 +280,7 @@ fn apply_run(
     for (index, value) in &new {
         push_event(
             &mut staged.events,
-            CoreEvent::Download {
+            Change::Download {
                 index: *index,
                 bytes: value.len() as u64,
             },

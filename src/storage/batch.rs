@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 
+use super::change::Change;
 use super::{
     StorageError,
     blocks::{BlocksTable, BlocksWrite, PiecesTable},
@@ -13,7 +14,7 @@ use super::{
     schema::{self, CoreHeader},
     slot::CoreSlot,
 };
-use crate::{core::CoreEvent, tree::Node};
+use crate::tree::Node;
 
 /// Blocks `first..first + values.len()` of one core and their tree nodes, appended by one or
 /// more writes of a batch and written as one run: appends of many tasks share chunk rows and
@@ -24,8 +25,8 @@ struct AppendRun {
     nodes: Vec<Node>,
 }
 
-/// A committed core's new header and events, to publish once the batch committed.
-pub(super) type Publication = (Arc<CoreSlot>, CoreHeader, Vec<CoreEvent>);
+/// A committed core's new header and changes, to publish once the batch committed.
+pub(super) type Publication = (Arc<CoreSlot>, CoreHeader, Vec<Change>);
 
 /// The state of one batch inside its write transaction.
 ///

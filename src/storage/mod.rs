@@ -24,6 +24,7 @@ mod apply;
 mod batch;
 pub(crate) mod blocks;
 mod catalog;
+mod change;
 mod error;
 pub(crate) mod nodes;
 mod ops;
@@ -38,6 +39,7 @@ use std::{path::Path, sync::Arc};
 use redb::{ReadableDatabase, StorageBackend, backends::InMemoryBackend};
 
 pub use actor::StorageStats;
+pub(crate) use change::{Change, CommitListener};
 pub use error::StorageError;
 #[cfg(test)]
 pub(crate) use ops::Probe;
@@ -92,9 +94,25 @@ struct Shared {
     /// `None` once closed, so that the file is released even while handles remain.
     db: std::sync::RwLock<Option<Arc<redb::Database>>>,
     actor: actor::ActorHandle,
-    /// State every user of this database must share, made on first use: see
-    /// [`Storage::attached`].
-    attached: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+/// A handle that names a database without keeping it open: the layers above find their own
+/// per-database state by it.
+#[derive(Debug, Clone)]
+pub(crate) struct WeakStorage(std::sync::Weak<Shared>);
+
+impl WeakStorage {
+    /// Whether it names `storage` (and that database is still open somewhere).
+    pub(crate) fn is(&self, storage: &Storage) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|s| Arc::ptr_eq(&s, &storage.shared))
+    }
+
+    /// Whether some handle of the database is left.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
 }
 
 impl Storage {
@@ -126,7 +144,6 @@ impl Storage {
             shared: Arc::new(Shared {
                 db: std::sync::RwLock::new(Some(db)),
                 actor,
-                attached: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -170,17 +187,9 @@ impl Storage {
         async move { f.await.map(|_| ()) }
     }
 
-    /// The value attached to this database, made by `make` on first use: state that every
-    /// store opened on this `Storage` shares (its open cores, so that a core has one state
-    /// however many stores open it). Only one type is ever attached; asking for another one
-    /// gets a value of its own.
-    pub(crate) fn attached<T: std::any::Any + Send + Sync>(&self, make: impl Fn() -> T) -> Arc<T> {
-        let any = self
-            .shared
-            .attached
-            .get_or_init(|| Arc::new(make()))
-            .clone();
-        any.downcast::<T>().unwrap_or_else(|_| Arc::new(make()))
+    /// A handle naming this database that does not keep it open.
+    pub(crate) fn downgrade(&self) -> WeakStorage {
+        WeakStorage(Arc::downgrade(&self.shared))
     }
 
     /// Runs `f` on a [`Reader`] of a read transaction on the blocking pool.

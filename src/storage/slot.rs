@@ -1,21 +1,18 @@
 //! [`CoreSlot`]: storage's record of one open core, shared by its handles and the storage
 //! actor. The actor stages each batch's changes to the header here, signs and writes the header
-//! once per batch, and after the commit publishes it as the committed state and emits the
-//! batch's events.
+//! once per batch, and after the commit publishes it as the committed state and tells the
+//! core's [`CommitListener`] what changed.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
-
-use super::schema::CoreHeader;
+use super::{
+    change::{Change, CommitListener},
+    schema::CoreHeader,
+};
 use crate::{
-    core::{CoreEvent, LazyBroadcast, Signal, Watchers},
-    crypto::{CoreKey, CoreKind, KeyPair},
+    crypto::{CoreKind, KeyPair},
     tree::TreeState,
 };
-
-/// Capacity of each core's event channel.
-const EVENT_CAPACITY: usize = 1024;
 
 /// The state of a core its handles see.
 #[derive(Debug)]
@@ -29,17 +26,17 @@ pub(crate) struct CoreState {
 }
 
 /// The header as the storage actor has applied it (ahead of the committed one while a batch is
-/// open), and the events to emit once that batch commits. Touched only by the actor.
+/// open), and the changes to tell of once that batch commits. Touched only by the actor.
 #[derive(Debug)]
 pub(super) struct Staged {
     pub header: CoreHeader,
-    pub events: Vec<CoreEvent>,
+    pub events: Vec<Change>,
     /// Set when the core is deleted: nothing more is written for it.
     pub deleted: bool,
 }
 
 /// One open core: its id, its signing key pair (travelling with every write of the core), its
-/// committed and staged state, and its event channel.
+/// committed and staged state, and who hears of its commits.
 #[derive(Debug)]
 pub(crate) struct CoreSlot {
     /// The core's id in the database.
@@ -48,11 +45,8 @@ pub(crate) struct CoreSlot {
     pub signer: Option<KeyPair>,
     state: Mutex<CoreState>,
     staged: Mutex<Staged>,
-    events: LazyBroadcast<CoreEvent>,
-    /// The key, for the signals to watchers.
-    key: CoreKey,
-    /// The replicating protocols following this core.
-    pub watchers: Watchers,
+    /// Hears of each commit's changes.
+    listener: Arc<dyn CommitListener>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,14 +54,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CoreSlot {
-    /// The slot of core `id`, stored with `header`.
-    pub fn new(id: u64, header: CoreHeader) -> Self {
+    /// The slot of core `id`, stored with `header`, whose commits `listener` hears of.
+    pub fn new(id: u64, header: CoreHeader, listener: Arc<dyn CommitListener>) -> Self {
         let signer = header.secret.map(KeyPair::from_seed);
         Self {
             id,
             signer,
-            key: header.key,
-            watchers: Watchers::default(),
+            listener,
             state: Mutex::new(CoreState {
                 head: header.tree.clone(),
                 committed: header.clone(),
@@ -78,7 +71,6 @@ impl CoreSlot {
                 events: Vec::new(),
                 deleted: false,
             }),
-            events: LazyBroadcast::new(EVENT_CAPACITY),
         }
     }
 
@@ -91,21 +83,6 @@ impl CoreSlot {
         lock(&self.staged)
     }
 
-    /// A receiver of this core's events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<CoreEvent> {
-        self.events.subscribe()
-    }
-
-    /// Sends an event to the subscribers.
-    pub fn emit(&self, ev: CoreEvent) {
-        self.events.send(ev);
-    }
-
-    /// Tells the watching protocols of `signal`.
-    pub fn signal(&self, signal: Signal) {
-        self.watchers.signal(self.key, signal);
-    }
-
     /// Drops queued-but-failed appends from the head.
     pub fn resync_head(&self) {
         let mut st = self.state();
@@ -113,8 +90,8 @@ impl CoreSlot {
     }
 
     /// The staged header, signed if its tree is unsigned and this core holds the key pair,
-    /// and the staged events; `None` once the core is deleted.
-    pub(super) fn seal(&self) -> Option<(CoreHeader, Vec<CoreEvent>)> {
+    /// and the staged changes; `None` once the core is deleted.
+    pub(super) fn seal(&self) -> Option<(CoreHeader, Vec<Change>)> {
         let mut staged = self.staged();
         if staged.deleted {
             return None;
@@ -131,8 +108,8 @@ impl CoreSlot {
         Some((staged.header.clone(), std::mem::take(&mut staged.events)))
     }
 
-    /// Makes a committed header the core's state and emits its events.
-    pub(super) fn publish(&self, header: CoreHeader, events: Vec<CoreEvent>) {
+    /// Makes a committed header the core's state and tells the listener what changed.
+    pub(super) fn publish(&self, header: CoreHeader, changes: Vec<Change>) {
         {
             let mut st = self.state();
             let appended = st.head.length > header.tree.length && st.head.fork == header.tree.fork;
@@ -141,17 +118,8 @@ impl CoreSlot {
             }
             st.committed = header;
         }
-        let changed = events.iter().any(|ev| {
-            matches!(
-                ev,
-                CoreEvent::Append { .. } | CoreEvent::Truncate { .. } | CoreEvent::Clear { .. }
-            )
-        });
-        for ev in events {
-            self.emit(ev);
-        }
-        if changed {
-            self.signal(Signal::Changed);
+        if !changes.is_empty() {
+            self.listener.committed(changes);
         }
     }
 

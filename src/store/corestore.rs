@@ -1,12 +1,14 @@
 //! The [`Corestore`] handle.
 
 use std::{
-    collections::HashMap,
     path::Path,
     sync::{Arc, Weak},
 };
 
-use super::options::{CoreOptions, StoreOptions};
+use super::{
+    options::{CoreOptions, StoreOptions},
+    shared::SharedCores,
+};
 use crate::{
     blobs::{BlobState, BlobStore},
     core::{Hypercore, create_core, load_core},
@@ -57,43 +59,14 @@ struct StoreInner {
     primary_key: [u8; 32],
     /// The secret key of the endpoint that serves this store, kept in the database.
     endpoint_key: [u8; 32],
-    /// Open cores and news of created ones: attached to the storage, so shared by every
-    /// store opened on it.
+    /// Open cores, news of created ones and the blob side: shared by every store opened on
+    /// the same database.
     shared: Arc<SharedCores>,
-}
-
-/// What every store on one database shares.
-#[derive(Debug)]
-struct SharedCores {
-    /// The open cores, by key, so that every handle of one core shares one state.
-    open: tokio::sync::Mutex<HashMap<CoreKey, Weak<crate::core::CoreInnerHandle>>>,
-    /// The key of each core created (a protocol replicating the whole store follows it).
-    created: tokio::sync::broadcast::Sender<CoreKey>,
-    /// The blob store beside the database, and the protocol that fetches blobs.
-    blobs: Arc<BlobState>,
-}
-
-/// The blob state of the stores on `storage` (set when the first of them opened).
-pub(crate) fn shared_blobs(storage: &Storage) -> Arc<BlobState> {
-    storage.attached(SharedCores::default).blobs.clone()
 }
 
 /// The blob state of `store`.
 pub(crate) fn shared_blobs_of(store: &Corestore) -> Arc<BlobState> {
     store.inner.shared.blobs.clone()
-}
-
-/// News of created cores a lagging follower may miss before it lists the store again.
-const CREATED_CAPACITY: usize = 1024;
-
-impl Default for SharedCores {
-    fn default() -> Self {
-        Self {
-            open: Default::default(),
-            created: tokio::sync::broadcast::channel(CREATED_CAPACITY).0,
-            blobs: Default::default(),
-        }
-    }
 }
 
 /// The database options of a store's options.
@@ -133,7 +106,7 @@ impl Corestore {
         })
         .await
         .map_err(|e| StorageError::Database(e.to_string()))??;
-        let shared = storage.attached(SharedCores::default);
+        let shared = SharedCores::of(&storage);
         if shared.blobs.store().is_none() {
             let blobs = BlobStore::persistent(&blob_dir, &opts.blobs).await?;
             shared.blobs.set_store(blobs);
@@ -149,7 +122,7 @@ impl Corestore {
     /// A store in memory (redb's in-memory backend).
     pub async fn memory_with(opts: StoreOptions) -> Result<Self> {
         let storage = Storage::memory(storage_options(&opts))?;
-        let shared = storage.attached(SharedCores::default);
+        let shared = SharedCores::of(&storage);
         shared.blobs.set_store(BlobStore::memory(&opts.blobs));
         Self::with_storage(storage, opts.primary_key).await
     }
@@ -188,7 +161,7 @@ impl Corestore {
             // one wins, so both agree.
             None => stored_key(storage.write(Op::SetEndpointKey(rand::random())).await?)?,
         };
-        let shared = storage.attached(SharedCores::default);
+        let shared = SharedCores::of(&storage);
         if shared.blobs.store().is_none() {
             shared
                 .blobs
@@ -203,6 +176,11 @@ impl Corestore {
             }),
             namespace: DEFAULT_NAMESPACE,
         })
+    }
+
+    /// Where the cores of this store live.
+    fn home(&self) -> crate::core::CoreHome {
+        self.inner.shared.home(&self.inner.storage)
     }
 
     /// A view of this store in child namespace `name` (as Corestore's `store.namespace(name)`):
@@ -260,7 +238,7 @@ impl Corestore {
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Some(Hypercore::from_inner(inner)));
         }
-        let loaded = load_core(&self.inner.storage, key).await?;
+        let loaded = load_core(&self.home(), key).await?;
         Ok(loaded.map(|inner| {
             open.insert(key, Arc::downgrade(&inner));
             Hypercore::from_inner(inner)
@@ -292,10 +270,10 @@ impl Corestore {
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Hypercore::from_inner(inner));
         }
-        let inner = match load_core(&self.inner.storage, key).await? {
+        let inner = match load_core(&self.home(), key).await? {
             Some(inner) => inner,
             None => {
-                let inner = create_core(&self.inner.storage, key, kind, key_pair).await?;
+                let inner = create_core(&self.home(), key, kind, key_pair).await?;
                 let _ = self.inner.shared.created.send(key);
                 inner
             }

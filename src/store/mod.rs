@@ -3,7 +3,10 @@
 
 mod corestore;
 mod options;
+mod shared;
 
 pub use corestore::Corestore;
-pub(crate) use corestore::{shared_blobs, shared_blobs_of};
-pub use options::{BlobOptions, CoreOptions, DEFAULT_MAX_BLOB_SIZE, StoreOptions};
+pub(crate) use corestore::shared_blobs_of;
+pub use options::{CoreOptions, StoreOptions};
+
+pub use crate::blobs::{BlobOptions, DEFAULT_MAX_BLOB_SIZE};

@@ -1,11 +1,7 @@
-//! Blobs of a core: [`Hypercore::append_blob`] and [`Hypercore::get_blob`].
+//! Blobs of a core: [`Hypercore::append_blob`] and [`Hypercore::get_blob`], on the blob
+//! store of the core's database.
 
-use std::{
-    path::{Path, PathBuf},
-    pin::Pin,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use iroh::EndpointId;
@@ -13,79 +9,17 @@ use iroh_blobs::api::proto::BlobStatus;
 use n0_future::Stream;
 use tokio::sync::watch;
 
-use super::{BlobRef, BlobState, BlobStore};
+use super::Hypercore;
 use crate::{
-    core::Hypercore,
+    blobs::{BlobProgress, BlobRef, BlobSource, BlobState, BlobStore},
     error::{Error, Result},
-    store::shared_blobs,
 };
-
-/// Where the content of a blob comes from (see [`Hypercore::append_blob`]).
-pub enum BlobSource {
-    /// Bytes in memory.
-    Bytes(Bytes),
-    /// A file, read (and hashed) where it lies.
-    Path(PathBuf),
-    /// A stream of chunks.
-    Stream(Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>),
-}
-
-impl std::fmt::Debug for BlobSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
-            Self::Path(p) => write!(f, "Path({})", p.display()),
-            Self::Stream(_) => write!(f, "Stream"),
-        }
-    }
-}
-
-impl From<Bytes> for BlobSource {
-    fn from(bytes: Bytes) -> Self {
-        Self::Bytes(bytes)
-    }
-}
-
-impl From<Vec<u8>> for BlobSource {
-    fn from(bytes: Vec<u8>) -> Self {
-        Self::Bytes(bytes.into())
-    }
-}
-
-impl From<&[u8]> for BlobSource {
-    fn from(bytes: &[u8]) -> Self {
-        Self::Bytes(Bytes::copy_from_slice(bytes))
-    }
-}
-
-impl From<PathBuf> for BlobSource {
-    fn from(path: PathBuf) -> Self {
-        Self::Path(path)
-    }
-}
-
-impl From<&Path> for BlobSource {
-    fn from(path: &Path) -> Self {
-        Self::Path(path.to_owned())
-    }
-}
-
-/// How far a [`GetBlob`] got.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BlobProgress {
-    /// Bytes of the blob stored.
-    pub done: u64,
-    /// The blob's size (0 until its block was read).
-    pub total: u64,
-    /// The peer asked last, if any.
-    pub provider: Option<EndpointId>,
-}
 
 /// The prefix of the tag that keeps a blob while its block is being appended.
 const PENDING_PREFIX: &[u8] = b"hypercore-pending/";
 
 fn blob_state(core: &Hypercore) -> (Arc<BlobState>, Result<BlobStore>) {
-    let state = shared_blobs(&core.inner.storage);
+    let state = core.inner.blobs.clone();
     let store = state
         .store()
         .cloned()

@@ -1,0 +1,66 @@
+//! What every store on one database shares ([`SharedCores`]), and finding it by the
+//! database: stores opened on one [`Storage`] share its open cores (a core has one state
+//! however many stores open it), the news of cores created, and the blob side. It is held by
+//! each store and each core open on the database, and found through a table of the databases
+//! that have one, which holds neither open.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+};
+
+use crate::{
+    blobs::BlobState,
+    core::{CoreHome, CoreInnerHandle},
+    crypto::CoreKey,
+    storage::{Storage, WeakStorage},
+};
+
+/// News of created cores a lagging follower may miss before it lists the store again.
+const CREATED_CAPACITY: usize = 1024;
+
+/// The shared state of each database that has one: by a handle that does not keep the
+/// database open, to state that lives as long as a store or core holds it.
+static BY_DATABASE: Mutex<Vec<(WeakStorage, Weak<SharedCores>)>> = Mutex::new(Vec::new());
+
+/// What every store on one database shares.
+#[derive(Debug)]
+pub(super) struct SharedCores {
+    /// The open cores, by key, so that every handle of one core shares one state.
+    pub open: tokio::sync::Mutex<HashMap<CoreKey, Weak<CoreInnerHandle>>>,
+    /// The key of each core created (a protocol replicating the whole store follows it).
+    pub created: tokio::sync::broadcast::Sender<CoreKey>,
+    /// The blob store beside the database, and the protocol that fetches blobs.
+    pub blobs: Arc<BlobState>,
+}
+
+impl SharedCores {
+    /// The shared state of `storage`'s database, made if no store or core holds one.
+    pub fn of(storage: &Storage) -> Arc<Self> {
+        let mut table = BY_DATABASE.lock().unwrap_or_else(|e| e.into_inner());
+        table.retain(|(db, shared)| db.is_alive() && shared.strong_count() > 0);
+        let found = table
+            .iter()
+            .find(|(db, _)| db.is(storage))
+            .and_then(|(_, shared)| shared.upgrade());
+        if let Some(shared) = found {
+            return shared;
+        }
+        let shared = Arc::new(Self {
+            open: Default::default(),
+            created: tokio::sync::broadcast::channel(CREATED_CAPACITY).0,
+            blobs: Default::default(),
+        });
+        table.push((storage.downgrade(), Arc::downgrade(&shared)));
+        shared
+    }
+
+    /// Where a core of `storage`'s database lives: it holds this state while it is open.
+    pub fn home(self: &Arc<Self>, storage: &Storage) -> CoreHome {
+        CoreHome {
+            storage: storage.clone(),
+            blobs: self.blobs.clone(),
+            held: self.clone(),
+        }
+    }
+}

@@ -1,14 +1,17 @@
-//! Fetching the blobs of cores replicated in full, under the protocol's [`BlobPolicy`]: each
-//! block that arrives with the size of a blob block is read, and the blob it names is
-//! fetched if the policy admits its size, a few at a time.
+//! The blob part: fetching the blobs of cores replicated in full, under the protocol's
+//! [`BlobPolicy`]: each block that arrives with the size of a blob block is read, and the
+//! blob it names is fetched if the policy admits its size, a few at a time. It owns the
+//! futures of its fetches.
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
-use super::{Driver, Io, cores::Replicated};
+use iroh::EndpointId;
+use n0_future::{FuturesUnordered, StreamExt, boxed::BoxFuture};
+
 use crate::{
     blobs::{BLOCK_LEN, BlobPolicy, BlobRef},
+    core::Hypercore,
     crypto::CoreKey,
-    replication::{Event, Mode},
 };
 
 /// Blobs fetched at once under the policy.
@@ -23,34 +26,67 @@ fn fetch_timeout(size_hint: u64) -> Duration {
     Duration::from_secs(60 + size_hint / 1_000_000)
 }
 
-impl Driver {
-    /// Block `index` of `core` arrived (`bytes` long): if it may name a blob and the core is
-    /// replicated in full under a policy that fetches blobs, its blob is queued.
-    pub(super) fn on_block_downloaded(&mut self, core: CoreKey, index: u64, bytes: u64) {
-        if self.blob_policy == BlobPolicy::None
-            || !BLOCK_LEN.contains(&bytes)
-            || self.engine.mode(&core) != Some(Mode::Full)
-        {
-            return;
+/// A policy fetch that ended: block `u64` of the core, and the blob fetched (with the peer
+/// that served it) or nothing to fetch.
+pub(super) type Fetched = (
+    CoreKey,
+    u64,
+    crate::Result<Option<(BlobRef, Option<EndpointId>)>>,
+);
+
+/// The blob part; see the module docs.
+pub(super) struct BlobFetches {
+    policy: BlobPolicy,
+    /// Fetches running.
+    fetching: usize,
+    /// Blob blocks waiting for a fetch.
+    queue: VecDeque<(CoreKey, u64)>,
+    io: FuturesUnordered<BoxFuture<Fetched>>,
+}
+
+impl BlobFetches {
+    /// Fetching the blobs `policy` admits.
+    pub(super) fn new(policy: BlobPolicy) -> Self {
+        Self {
+            policy,
+            fetching: 0,
+            queue: VecDeque::new(),
+            io: FuturesUnordered::new(),
         }
-        if self.blob_queue.len() >= MAX_BLOB_QUEUE {
-            tracing::debug!("blob queue full: block {index} left for the application");
-            return;
-        }
-        self.blob_queue.push_back((core, index));
-        self.start_blob_fetches();
     }
 
-    /// Starts queued blob fetches while fewer than [`MAX_BLOB_FETCHES`] run.
-    fn start_blob_fetches(&mut self) {
-        while self.blob_fetching < MAX_BLOB_FETCHES
-            && let Some((key, index)) = self.blob_queue.pop_front()
+    /// Block `index` of `core` arrived (`bytes` long) on a core replicated in full (`full`):
+    /// if it may name a blob and the policy fetches blobs, its blob is queued. Returns
+    /// whether it was.
+    pub(super) fn block_downloaded(
+        &mut self,
+        core: CoreKey,
+        index: u64,
+        bytes: u64,
+        full: bool,
+    ) -> bool {
+        if self.policy == BlobPolicy::None || !BLOCK_LEN.contains(&bytes) || !full {
+            return false;
+        }
+        if self.queue.len() >= MAX_BLOB_QUEUE {
+            tracing::debug!("blob queue full: block {index} left for the application");
+            return false;
+        }
+        self.queue.push_back((core, index));
+        true
+    }
+
+    /// Starts queued fetches while fewer than [`MAX_BLOB_FETCHES`] run; `core_of` gives the
+    /// handle of a core still replicated.
+    pub(super) fn start(&mut self, core_of: impl Fn(&CoreKey) -> Option<Hypercore>) {
+        while self.fetching < MAX_BLOB_FETCHES
+            && let Some((key, index)) = self.queue.pop_front()
         {
-            let Some(core) = self.cores.get(&key).and_then(Replicated::core) else {
+            let Some(core) = core_of(&key) else {
                 continue;
             };
-            let policy = self.blob_policy;
-            self.blob_fetching += 1;
+            let policy = self.policy;
+            self.fetching += 1;
             self.io.push(Box::pin(async move {
                 let result = async {
                     let Some(block) = core.get(index).await? else {
@@ -69,32 +105,25 @@ impl Driver {
                     Ok(Some(fetched))
                 }
                 .await;
-                Io::BlobFetched(key, index, result)
+                (key, index, result)
             }));
         }
     }
 
-    /// A policy fetch ended: a blob fetched is reported.
-    pub(super) fn on_blob_fetched(
-        &mut self,
-        core: CoreKey,
-        index: u64,
-        result: crate::Result<Option<(BlobRef, Option<iroh::EndpointId>)>>,
-    ) {
-        self.blob_fetching = self.blob_fetching.saturating_sub(1);
-        self.start_blob_fetches();
-        match result {
-            Ok(Some((blob, peer))) => {
-                let _ = self.events.send(Event::BlobDownloaded {
-                    core,
-                    index,
-                    hash: *blob.hash.as_bytes(),
-                    size: blob.size,
-                    peer: peer.map(|p| *p.as_bytes()).unwrap_or_default(),
-                });
+    /// Fetches running or waiting.
+    pub(super) fn pending(&self) -> usize {
+        self.fetching + self.queue.len()
+    }
+
+    /// The next fetch that ended (the next queued one may start then); pending forever while
+    /// none runs.
+    pub(super) async fn next(&mut self) -> Fetched {
+        match self.io.next().await {
+            Some(done) => {
+                self.fetching = self.fetching.saturating_sub(1);
+                done
             }
-            Ok(None) => {}
-            Err(e) => tracing::debug!("fetching the blob of block {index}: {e}"),
+            None => std::future::pending().await,
         }
     }
 }

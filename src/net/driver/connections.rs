@@ -1,19 +1,22 @@
-//! Connections: dials (bounded and timed out), accepted connections, one connection per
-//! peer (the one dialed by the lower endpoint id), at most [`MAX_CONNECTIONS`].
+//! The connections part: dials (bounded and timed out), accepted connections, one connection
+//! per peer (the one dialed by the lower endpoint id), at most [`MAX_CONNECTIONS`], and the
+//! budgets their unfinished frames count against. It owns its futures: dials, the next
+//! stream each connection's peer opens, and each connection's end.
 
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
 
-use iroh::{EndpointAddr, EndpointId, endpoint::Connection};
-
-use super::{
-    super::ALPN,
-    super::frames::{Budget, MAX_BUFFERED_PER_CONNECTION},
-    Driver, Io,
+use iroh::{
+    Endpoint, EndpointAddr, EndpointId,
+    address_lookup::memory::MemoryLookup,
+    endpoint::{Connection, RecvStream, SendStream},
 };
-use crate::{
-    crypto::CoreKey,
-    replication::{Input, PeerId},
+use n0_future::{FuturesUnordered, StreamExt, boxed::BoxFuture};
+
+use super::super::{
+    ALPN,
+    frames::{Budget, Budgets, MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED_TOTAL},
 };
+use crate::replication::PeerId;
 
 /// Connections kept at once; more are closed as they come.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -27,46 +30,78 @@ pub const MAX_JOIN_NODES: usize = 8;
 /// Time a dial may take.
 pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A peer's connection.
 pub(super) struct Conn {
     pub(super) conn: Connection,
+    /// Its stable id: events of a connection replaced since are ignored.
     pub(super) id: usize,
-    pub(super) dialed_by_me: bool,
+    dialed_by_me: bool,
     /// What unfinished frames on this connection may hold.
-    pub(super) budget: Budget,
-    /// Bytes queued on its channels that QUIC has not taken yet.
-    pub(super) backlog: u64,
-    /// Whether the engine was last told the backlog is over its limit.
-    pub(super) over: bool,
+    budget: Budget,
 }
 
-impl Driver {
-    /// Dials the nodes a ticket (or `join`) names, at most [`MAX_JOIN_NODES`], and adds them
-    /// to the core's gossip topic.
-    pub(super) fn join(&mut self, key: CoreKey, nodes: Vec<EndpointAddr>) {
-        let nodes: Vec<EndpointAddr> = nodes.into_iter().take(MAX_JOIN_NODES).collect();
-        let ids: Vec<EndpointId> = nodes.iter().map(|a| a.id).collect();
-        // Kept (the latest at most MAX_JOIN_NODES) as the core's blob providers beside its
-        // channel peers.
-        let known = self.join_nodes.entry(key).or_default();
-        for id in ids.iter().filter(|id| **id != self.endpoint.id()) {
-            if !known.contains(id) {
-                known.push(*id);
-            }
+/// What happened to a dial or a connection.
+pub(super) enum ConnEvent {
+    /// A dial ended.
+    Dialed(PeerId, Result<Connection, String>),
+    /// The peer of connection `usize` opened a stream (or the connection failed).
+    Accepted(PeerId, usize, Result<(SendStream, RecvStream), String>),
+    /// Connection `usize` of the peer closed.
+    Closed(PeerId, usize),
+}
+
+/// What adding a connection did.
+pub(super) enum Added {
+    /// It was kept: `PeerId`'s connection now, replacing the connection returned, if any.
+    Kept(PeerId, Option<Conn>),
+    /// It was closed: a better one exists, or there are too many.
+    Refused,
+}
+
+/// The connections part; see the module docs.
+pub(super) struct Connections {
+    endpoint: Endpoint,
+    /// The addresses the driver learnt, for the endpoint to dial.
+    lookup: MemoryLookup,
+    conns: HashMap<PeerId, Conn>,
+    dialing: HashSet<PeerId>,
+    addrs: HashMap<PeerId, EndpointAddr>,
+    /// What unfinished frames on all connections may hold.
+    budget: Budget,
+    io: FuturesUnordered<BoxFuture<ConnEvent>>,
+}
+
+impl Connections {
+    /// No connection yet, on `endpoint`.
+    pub(super) fn new(endpoint: Endpoint) -> Self {
+        let lookup = MemoryLookup::new();
+        if let Ok(services) = endpoint.address_lookup() {
+            services.add(lookup.clone());
         }
-        let excess = known.len().saturating_sub(MAX_JOIN_NODES);
-        known.drain(..excess);
-        for addr in nodes {
-            if addr.id == self.endpoint.id() {
-                continue;
-            }
-            self.lookup.add_endpoint_info(addr.clone());
-            let peer = *addr.id.as_bytes();
-            self.addrs.insert(peer, addr);
-            self.dial(peer);
+        Self {
+            endpoint,
+            lookup,
+            conns: HashMap::new(),
+            dialing: HashSet::new(),
+            addrs: HashMap::new(),
+            budget: Budget::new(MAX_BUFFERED_TOTAL),
+            io: FuturesUnordered::new(),
         }
-        self.join_gossip_peers(key, ids);
     }
 
+    /// This endpoint's id.
+    pub(super) fn me(&self) -> EndpointId {
+        self.endpoint.id()
+    }
+
+    /// Keeps `addr` to dial its node by.
+    pub(super) fn remember(&mut self, addr: EndpointAddr) {
+        self.lookup.add_endpoint_info(addr.clone());
+        self.addrs.insert(*addr.id.as_bytes(), addr);
+    }
+
+    /// Dials `peer`, unless it is connected, being dialed, this node, or [`MAX_DIALS`] dials
+    /// are in flight.
     pub(super) fn dial(&mut self, peer: PeerId) {
         if self.conns.contains_key(&peer) || self.dialing.contains(&peer) {
             return;
@@ -92,78 +127,124 @@ impl Driver {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err("dial timed out".to_string()),
             };
-            Io::Dialed(peer, r)
+            ConnEvent::Dialed(peer, r)
         }));
     }
 
-    /// Registers a connection, keeping one per peer: the one dialed by the lower endpoint id.
-    pub(super) fn add_conn(&mut self, conn: Connection, dialed_by_me: bool) {
+    /// A dial of `peer` ended.
+    pub(super) fn dialed(&mut self, peer: &PeerId) {
+        self.dialing.remove(peer);
+    }
+
+    /// Adds a connection, keeping one per peer: the one dialed by the lower endpoint id.
+    pub(super) fn add(&mut self, conn: Connection, dialed_by_me: bool) -> Added {
         let peer = *conn.remote_id().as_bytes();
         let me = *self.endpoint.id().as_bytes();
         let preferred = |dialed_by_me: bool| dialed_by_me == (me < peer);
+        let mut replaced = None;
         if let Some(existing) = self.conns.get(&peer) {
             let existing_alive = existing.conn.close_reason().is_none();
             if existing_alive && (preferred(existing.dialed_by_me) || !preferred(dialed_by_me)) {
                 conn.close(0u32.into(), b"duplicate connection");
-                return;
+                return Added::Refused;
             }
-            let old = self.remove_conn(&peer);
-            if let Some(old) = old {
-                old.conn.close(0u32.into(), b"duplicate connection");
-            }
+            replaced = self.remove(&peer);
         } else if self.conns.len() >= MAX_CONNECTIONS {
             conn.close(0u32.into(), b"too many connections");
-            return;
+            return Added::Refused;
         }
         let id = conn.stable_id();
-        let c1 = conn.clone();
+        let watched = conn.clone();
         self.io.push(Box::pin(async move {
-            c1.closed().await;
-            Io::Closed(peer, id)
+            watched.closed().await;
+            ConnEvent::Closed(peer, id)
         }));
-        self.accept_next(peer, id, conn.clone());
-        self.conns.insert(
-            peer,
-            Conn {
-                conn,
-                id,
-                dialed_by_me,
-                budget: Budget::new(MAX_BUFFERED_PER_CONNECTION),
-                backlog: 0,
-                over: false,
-            },
-        );
-        self.engine
-            .handle(Input::PeerConnected(peer), Instant::now());
+        let budget = Budget::new(MAX_BUFFERED_PER_CONNECTION);
+        let c = Conn {
+            conn,
+            id,
+            dialed_by_me,
+            budget,
+        };
+        self.conns.insert(peer, c);
+        self.accept_next(peer, id);
+        Added::Kept(peer, replaced)
     }
 
-    pub(super) fn remove_conn(&mut self, peer: &PeerId) -> Option<Conn> {
+    /// Forgets `peer`'s connection (it is not closed here): its unfinished frames leave the
+    /// node's budget now, though its readers may be dropped only later.
+    pub(super) fn remove(&mut self, peer: &PeerId) -> Option<Conn> {
         let c = self.conns.remove(peer)?;
-        // Its readers may be dropped only later: its bytes leave the node's budget now.
         c.budget.release_from(&self.budget);
-        self.channels.retain(|_, ch| ch.peer != *peer);
-        self.engine
-            .handle(Input::PeerDisconnected(*peer), Instant::now());
         Some(c)
     }
 
-    pub(super) fn accept_next(&mut self, peer: PeerId, id: usize, conn: Connection) {
+    /// Waits for the next stream the peer opens on connection `id`.
+    pub(super) fn accept_next(&mut self, peer: PeerId, id: usize) {
+        let Some(conn) = self.conns.get(&peer).map(|c| c.conn.clone()) else {
+            return;
+        };
         self.io.push(Box::pin(async move {
             let r = conn.accept_bi().await.map_err(|e| e.to_string());
-            Io::Accepted(peer, id, r)
+            ConnEvent::Accepted(peer, id, r)
         }));
     }
 
-    pub(super) fn current(&self, peer: &PeerId, conn_id: usize) -> bool {
-        self.conns.get(peer).is_some_and(|c| c.id == conn_id)
+    /// Whether connection `id` is `peer`'s current one.
+    pub(super) fn is_current(&self, peer: &PeerId, id: usize) -> bool {
+        self.conns.get(peer).is_some_and(|c| c.id == id)
     }
 
-    /// A dial ended: the connection is registered, or the failure logged.
-    pub(super) fn on_dialed(&mut self, peer: PeerId, result: Result<Connection, String>) {
-        self.dialing.remove(&peer);
-        match result {
-            Ok(conn) => self.add_conn(conn, true),
-            Err(e) => tracing::debug!("dial failed: {e}"),
+    /// `peer`'s connection.
+    pub(super) fn get(&self, peer: &PeerId) -> Option<&Conn> {
+        self.conns.get(peer)
+    }
+
+    /// The budgets unfinished frames from `peer` count against.
+    pub(super) fn budgets(&self, peer: &PeerId) -> Budgets {
+        Budgets {
+            connection: self
+                .conns
+                .get(peer)
+                .map_or_else(|| Budget::new(0), |c| c.budget.clone()),
+            total: self.budget.clone(),
+        }
+    }
+
+    /// The peer whose connection holds the most unfinished bytes, if any holds some.
+    pub(super) fn largest_holder(&self) -> Option<PeerId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.budget.used() > 0)
+            .max_by_key(|(p, c)| (c.budget.used(), **p))
+            .map(|(p, _)| *p)
+    }
+
+    /// Bytes of unfinished frames held from `peer`, and from all peers.
+    pub(super) fn buffered(&self, peer: Option<&PeerId>) -> u64 {
+        match peer {
+            Some(p) => self.conns.get(p).map_or(0, |c| c.budget.used()),
+            None => self.budget.used(),
+        }
+    }
+
+    /// Connections open, and dials in flight.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        (self.conns.len(), self.dialing.len())
+    }
+
+    /// Closes every connection (the node shuts down).
+    pub(super) fn close_all(&mut self) {
+        for (_, c) in self.conns.drain() {
+            c.conn.close(0u32.into(), b"shutdown");
+        }
+    }
+
+    /// The next dial, stream or close; pending forever while none is in flight.
+    pub(super) async fn next(&mut self) -> ConnEvent {
+        match self.io.next().await {
+            Some(ev) => ev,
+            None => std::future::pending().await,
         }
     }
 }

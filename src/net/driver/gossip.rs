@@ -1,28 +1,85 @@
-//! Gossip: a subscription per core topic (subscribed again when it lags), its bootstrap
-//! nodes, and broadcasts.
+//! The gossip part: a subscription per core topic (subscribed again when it lags), the nodes
+//! kept to bootstrap each topic, and broadcasts. Each subscription runs on a task of its own
+//! that forwards what arrives; this part owns those tasks and their channel, and the futures
+//! of its broadcasts and joins.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use iroh::EndpointId;
 use iroh_gossip::{
-    TopicId,
+    Gossip, TopicId,
     api::{Event as GossipEvent, GossipSender},
 };
-use n0_future::StreamExt;
+use n0_future::{FuturesUnordered, StreamExt, boxed::BoxFuture};
+use tokio::{
+    sync::mpsc,
+    task::{AbortHandle, JoinSet},
+};
 
-use super::{Driver, Forward, Io};
 use crate::crypto::CoreKey;
 
-impl Driver {
-    /// Subscribes to a core's topic (with the nodes kept to bootstrap it), and forwards
-    /// what arrives to the engine; a lagged subscription is renewed.
-    pub(super) fn join_gossip(&mut self, key: CoreKey, topic: [u8; 32]) {
+/// What a topic's task forwards.
+enum Forward {
+    /// Subscribed (again): broadcasts go through this sender.
+    Ready(CoreKey, GossipSender),
+    /// A message arrived on the topic.
+    Message(CoreKey, Bytes),
+    /// The subscription lagged (messages were lost).
+    Lagged(CoreKey),
+}
+
+/// What arrived on a core's topic, for the engine.
+pub(super) enum Heard {
+    /// A message.
+    Message(CoreKey, Bytes),
+    /// Messages were lost.
+    Lagged(CoreKey),
+}
+
+/// The gossip part; see the module docs.
+pub(super) struct GossipTopics {
+    gossip: Option<Gossip>,
+    me: EndpointId,
+    /// The sender of each topic subscribed.
+    senders: HashMap<CoreKey, GossipSender>,
+    /// Nodes to add to each topic once it is subscribed.
+    bootstrap: HashMap<CoreKey, Vec<EndpointId>>,
+    /// The task of each topic joined.
+    tasks: HashMap<CoreKey, AbortHandle>,
+    forwarders: JoinSet<()>,
+    tx: mpsc::Sender<Forward>,
+    rx: mpsc::Receiver<Forward>,
+    /// Broadcasts and joins of nodes under way.
+    io: FuturesUnordered<BoxFuture<()>>,
+}
+
+impl GossipTopics {
+    /// No topic joined yet; `gossip` is `None` for a node without gossip.
+    pub(super) fn new(gossip: Option<Gossip>, me: EndpointId) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        Self {
+            gossip,
+            me,
+            senders: HashMap::new(),
+            bootstrap: HashMap::new(),
+            tasks: HashMap::new(),
+            forwarders: JoinSet::new(),
+            tx,
+            rx,
+            io: FuturesUnordered::new(),
+        }
+    }
+
+    /// Subscribes to a core's topic (with the nodes kept to bootstrap it); what arrives comes
+    /// out of [`next`](Self::next), and a lagged subscription is renewed.
+    pub(super) fn join(&mut self, key: CoreKey, topic: [u8; 32]) {
         let Some(gossip) = self.gossip.clone() else {
             return;
         };
-        let tx = self.fwd_tx.clone();
-        let bootstrap = self.gossip_bootstrap.remove(&key).unwrap_or_default();
+        let tx = self.tx.clone();
+        let mut bootstrap = self.bootstrap.remove(&key).unwrap_or_default();
         let task = self.forwarders.spawn(async move {
-            let mut bootstrap = bootstrap;
             loop {
                 let topic = match gossip
                     .subscribe(TopicId::from_bytes(topic), std::mem::take(&mut bootstrap))
@@ -35,86 +92,99 @@ impl Driver {
                     }
                 };
                 let (sender, mut receiver) = topic.split();
-                if tx.send(Forward::GossipReady(key, sender)).await.is_err() {
+                if tx.send(Forward::Ready(key, sender)).await.is_err() {
                     return;
                 }
                 loop {
-                    match receiver.next().await {
-                        Some(Ok(GossipEvent::Received(m))) => {
-                            if tx.send(Forward::Gossip(key, m.content)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(Ok(GossipEvent::Lagged)) => {
-                            if tx.send(Forward::GossipLagged(key)).await.is_err() {
-                                return;
-                            }
-                            // A lagged subscription is closed: subscribe again.
-                            break;
-                        }
-                        Some(Ok(_)) => {}
+                    let fwd = match receiver.next().await {
+                        Some(Ok(GossipEvent::Received(m))) => Forward::Message(key, m.content),
+                        Some(Ok(GossipEvent::Lagged)) => Forward::Lagged(key),
+                        Some(Ok(_)) => continue,
                         Some(Err(_)) | None => return,
+                    };
+                    let lagged = matches!(fwd, Forward::Lagged(_));
+                    if tx.send(fwd).await.is_err() {
+                        return;
+                    }
+                    if lagged {
+                        // A lagged subscription is closed: subscribe again.
+                        break;
                     }
                 }
             }
         });
-        if let Some(old) = self.gossip_tasks.insert(key, task) {
+        if let Some(old) = self.tasks.insert(key, task) {
             old.abort();
         }
     }
 
     /// Leaves a core's topic: its subscription ends (iroh-gossip leaves a topic once its last
     /// sender and receiver are gone) and its bootstrap nodes are forgotten.
-    pub(super) fn leave_gossip(&mut self, key: CoreKey) {
-        if let Some(task) = self.gossip_tasks.remove(&key) {
+    pub(super) fn leave(&mut self, key: &CoreKey) {
+        if let Some(task) = self.tasks.remove(key) {
             task.abort();
         }
-        self.gossip_senders.remove(&key);
-        self.gossip_bootstrap.remove(&key);
+        self.senders.remove(key);
+        self.bootstrap.remove(key);
     }
 
-    /// Adds nodes to a core's gossip topic, or keeps them to bootstrap it once joined.
-    pub(super) fn join_gossip_peers(&mut self, key: CoreKey, ids: Vec<EndpointId>) {
-        let ids: Vec<EndpointId> = ids
-            .into_iter()
-            .filter(|i| *i != self.endpoint.id())
-            .collect();
-        match self.gossip_senders.get(&key) {
+    /// Adds nodes to a core's topic, or keeps them to bootstrap it once joined.
+    pub(super) fn add_nodes(&mut self, key: CoreKey, ids: Vec<EndpointId>) {
+        let ids: Vec<EndpointId> = ids.into_iter().filter(|i| *i != self.me).collect();
+        match self.senders.get(&key) {
             Some(sender) => {
                 let sender = sender.clone();
                 self.io.push(Box::pin(async move {
                     let _ = sender.join_peers(ids).await;
-                    Io::Done
                 }));
             }
-            None => self.gossip_bootstrap.entry(key).or_default().extend(ids),
+            None => self.bootstrap.entry(key).or_default().extend(ids),
         }
     }
 
     /// Broadcasts an encoded gossip op on a core's topic.
-    pub(super) fn broadcast(&mut self, key: CoreKey, bytes: Bytes) {
-        if let Some(sender) = self.gossip_senders.get(&key).cloned() {
+    pub(super) fn broadcast(&mut self, key: &CoreKey, bytes: Bytes) {
+        if let Some(sender) = self.senders.get(key).cloned() {
             self.io.push(Box::pin(async move {
                 if let Err(e) = sender.broadcast(bytes).await {
                     tracing::debug!("gossip broadcast failed: {e}");
                 }
-                Io::Done
             }));
         }
     }
 
-    /// A core's topic is joined: nodes kept to bootstrap it are added.
-    pub(super) fn on_gossip_ready(&mut self, key: CoreKey, sender: GossipSender) {
-        if !self.gossip_tasks.contains_key(&key) {
+    /// A core's topic is subscribed: the nodes kept to bootstrap it are added.
+    fn ready(&mut self, key: CoreKey, sender: GossipSender) {
+        if !self.tasks.contains_key(&key) {
             return; // left meanwhile
         }
-        if let Some(ids) = self.gossip_bootstrap.remove(&key) {
+        if let Some(ids) = self.bootstrap.remove(&key) {
             let s = sender.clone();
             self.io.push(Box::pin(async move {
                 let _ = s.join_peers(ids).await;
-                Io::Done
             }));
         }
-        self.gossip_senders.insert(key, sender);
+        self.senders.insert(key, sender);
+    }
+
+    /// The next message or lag of a topic, driving broadcasts and joins meanwhile.
+    /// Cancel-safe.
+    pub(super) async fn next(&mut self) -> Heard {
+        loop {
+            tokio::select! {
+                Some(fwd) = self.rx.recv() => match fwd {
+                    Forward::Ready(key, sender) => self.ready(key, sender),
+                    Forward::Message(key, bytes) => return Heard::Message(key, bytes),
+                    Forward::Lagged(key) => return Heard::Lagged(key),
+                },
+                Some(()) = self.io.next(), if !self.io.is_empty() => {}
+                else => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Stops every subscription (the node shuts down).
+    pub(super) fn shutdown(&mut self) {
+        self.forwarders.abort_all();
     }
 }

@@ -1,62 +1,59 @@
 //! The iroh driver: one task that owns the engine and moves bytes between it and iroh.
 //!
-//! Every connection, stream read, stream write, dial and storage task is a future in one of
-//! two `FuturesUnordered` sets polled by this task, so there is no task per peer and no state
-//! shared between peers, and no task per core: the cores replicated push their changes,
-//! wanted ranges and update requests into one signal queue. Forwarding tasks exist only per
-//! gossip topic joined, and one for the store's created cores when the whole store is followed.
+//! It routes between the engine and parts that each own their state and the futures of their
+//! IO, so there is no task per peer, no state shared between peers, and no task per core:
 //!
-//! This file holds the driver's state, its loop and the dispatch of commands, engine outputs
-//! and finished IO; each job is in its own file:
-//! - `connections`: dialing, accepting and keeping one connection per peer;
-//! - `streams`: channels' streams, framing, read budgets and the send backlog;
-//! - `gossip`: gossip topics, their bootstrap nodes and broadcasts;
-//! - `cores`: the cores replicated, their signals and their storage tasks, and leaving them;
+//! - `connections`: dialing, accepting and keeping one connection per peer, and the budgets
+//!   of unfinished frames;
+//! - `streams`: channels' streams, framing, reads within the budgets and the send backlog;
+//! - `gossip`: gossip topics, their bootstrap nodes and broadcasts (a forwarding task per
+//!   topic joined);
+//! - `cores`: the cores replicated, their signals (one queue for all) and their storage tasks;
 //! - `store`: serving the whole store (cores peers ask for, `replicate_store`);
 //! - `blobs`: fetching the blobs of cores replicated in full, under the blob policy.
+//!
+//! `impl Driver` is this file: the loop, the commands of [`HypercoreProtocol`](super::HypercoreProtocol)
+//! handles, the engine's outputs, and what each part's IO means to the engine.
 
 mod blobs;
 mod connections;
 mod cores;
 mod gossip;
+mod replicated;
 mod store;
 mod streams;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Instant,
-};
+use std::time::Instant;
 
 use bytes::Bytes;
 use iroh::{
     Endpoint, EndpointAddr, EndpointId,
-    address_lookup::memory::MemoryLookup,
     endpoint::{Connection, RecvStream, SendStream},
 };
-use iroh_gossip::{Gossip, api::GossipSender};
-use n0_future::{FuturesUnordered, StreamExt, boxed::BoxFuture};
-use tokio::{
-    sync::{broadcast, mpsc, oneshot},
-    task::{AbortHandle, JoinSet},
-};
+use iroh_gossip::Gossip;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::frames::{Budget, FrameReader, MAX_BUFFERED_TOTAL, ReadError};
+use super::frames::{Exceeded, FrameReader, ReadError};
 use crate::{
-    core::{Hypercore, SignalQueue},
+    core::{Hypercore, Signal},
     crypto::{CoreKey, DiscoveryKey},
     replication::{
         Engine, Event, Input, Mode, Output, PeerId,
         engine::{ChannelId, ExtensionTarget, PeerStats},
-        wire::Message,
+        storage,
+        wire::{MAX_HANDSHAKE_FRAME, Message, SyncInfo},
     },
     store::Corestore,
 };
 
-use connections::Conn;
+use blobs::BlobFetches;
+use connections::{Added, ConnEvent, Connections};
 pub use connections::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES};
-use cores::{Replicated, Why};
-use streams::ChannelIo;
+use cores::Cores;
+use gossip::{GossipTopics, Heard};
+use replicated::Why;
+use store::{SERVED_MODE, StoreEvent, StoreServing};
+use streams::{ReadLimit, StreamEvent, Streams};
 
 /// What a node holds and refused over all its peers: the resources peers can make it spend.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,115 +102,27 @@ pub(crate) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Sent by the per-topic gossip tasks and the store's created-cores task.
-enum Forward {
-    GossipReady(CoreKey, GossipSender),
-    Gossip(CoreKey, Bytes),
-    GossipLagged(CoreKey),
-    /// A core was created in the store.
-    CoreCreated(CoreKey),
-    /// News of created cores was lost: list the store again.
-    CreatedLagged,
-}
-
-enum Io {
-    Dialed(PeerId, Result<Connection, String>),
-    Accepted(PeerId, usize, Result<(SendStream, RecvStream), String>),
-    Opened(
-        PeerId,
-        usize,
-        ChannelId,
-        Result<(SendStream, RecvStream), String>,
-    ),
-    Frames(
-        PeerId,
-        usize,
-        ChannelId,
-        FrameReader,
-        Result<Option<Vec<Message>>, ReadError>,
-    ),
-    /// A channel's stream sent no complete handshake frame within the handshake timeout.
-    HandshakeTimedOut(PeerId, usize, ChannelId),
-    /// A write finished: the channel, its stream, and how many bytes it took.
-    Written(ChannelId, SendStream, Result<(), String>, u64),
-    Closed(PeerId, usize),
-    /// A lookup of a core a peer asked for by discovery key ended.
-    Found(DiscoveryKey, Option<Hypercore>),
-    /// A blob fetch under the blob policy ended (`None`: nothing to fetch).
-    BlobFetched(
-        CoreKey,
-        u64,
-        crate::Result<Option<(crate::blobs::BlobRef, Option<EndpointId>)>>,
-    ),
-    /// Cores of the store to follow in the store's mode.
-    StoreCores(Vec<Hypercore>),
-    Done,
-}
-
-pub(crate) struct Driver {
-    engine: Engine,
-    endpoint: Endpoint,
-    gossip: Option<Gossip>,
-    lookup: MemoryLookup,
-    /// The store whose cores are served.
-    store: Corestore,
-    /// Whether a core of the store a peer asks for is served without the application
-    /// replicating it.
-    serve_store: bool,
-    /// The mode every core of the store is followed in, once `replicate_store` was called.
-    store_mode: Option<Mode>,
-    /// Discovery keys being looked up in the store, or waiting for a lookup.
-    finding: HashSet<DiscoveryKey>,
-    /// Discovery keys waiting for a lookup (at most [`MAX_LOOKUPS`] run at once).
-    to_find: std::collections::VecDeque<DiscoveryKey>,
-    /// Lookups running.
-    lookups: usize,
-    /// Cores the application left: not served on demand until replicated again.
-    left: HashSet<CoreKey>,
-    cores: HashMap<CoreKey, Replicated>,
-    /// The latest `update()` the application asked of each core, until the engine answers.
-    update_asked: HashMap<CoreKey, u64>,
-    conns: HashMap<PeerId, Conn>,
-    dialing: HashSet<PeerId>,
-    addrs: HashMap<PeerId, EndpointAddr>,
-    channels: HashMap<ChannelId, ChannelIo>,
-    /// Channels with frames queued since the last flush.
-    unflushed: Vec<ChannelId>,
-    next_incoming: ChannelId,
-    gossip_senders: HashMap<CoreKey, GossipSender>,
-    gossip_bootstrap: HashMap<CoreKey, Vec<EndpointId>>,
-    /// The nodes each core was joined with (at most `MAX_JOIN_NODES`): its blob providers
-    /// beside its channel peers.
-    join_nodes: HashMap<CoreKey, Vec<EndpointId>>,
-    /// The subscription task of each joined topic.
-    gossip_tasks: HashMap<CoreKey, AbortHandle>,
-    io: FuturesUnordered<BoxFuture<Io>>,
-    tasks: FuturesUnordered<BoxFuture<Input>>,
-    forwarders: JoinSet<()>,
-    /// What happens to the cores replicated (each pushes into it; see `cores`).
-    signals: Arc<SignalQueue>,
-    fwd_tx: mpsc::Sender<Forward>,
-    fwd_rx: mpsc::Receiver<Forward>,
-    events: broadcast::Sender<Event>,
-    /// Where extension messages go (apart from `events`).
-    extension_events: broadcast::Sender<Event>,
-    /// What unfinished frames on all connections may hold.
-    budget: Budget,
-    /// Which blobs of cores replicated in full are fetched with their blocks.
-    blob_policy: crate::blobs::BlobPolicy,
-    /// Blob fetches under the policy running, and the blob blocks waiting for one.
-    blob_fetching: usize,
-    blob_queue: std::collections::VecDeque<(CoreKey, u64)>,
-    /// Peers whose backlog grew this turn (checked against the limit after it).
-    backlog_grew: Vec<PeerId>,
-}
-
 /// What a driver serves beyond the cores it is told to replicate.
 pub(crate) struct Serving {
     /// Cores of the store that peers ask for (see `store`).
     pub serve_store: bool,
     /// Blobs fetched with the blocks of cores replicated in full (see `blobs`).
     pub blob_policy: crate::blobs::BlobPolicy,
+}
+
+/// The driver; see the module docs.
+pub(crate) struct Driver {
+    engine: Engine,
+    conns: Connections,
+    streams: Streams,
+    gossip: GossipTopics,
+    cores: Cores,
+    store: StoreServing,
+    blobs: BlobFetches,
+    /// Where the engine's events go.
+    events: broadcast::Sender<Event>,
+    /// Where extension messages go (apart from `events`).
+    extension_events: broadcast::Sender<Event>,
 }
 
 impl Driver {
@@ -226,52 +135,17 @@ impl Driver {
         events: broadcast::Sender<Event>,
         extension_events: broadcast::Sender<Event>,
     ) -> Self {
-        let Serving {
-            serve_store,
-            blob_policy,
-        } = serving;
-        let lookup = MemoryLookup::new();
-        if let Ok(services) = endpoint.address_lookup() {
-            services.add(lookup.clone());
-        }
-        let (fwd_tx, fwd_rx) = mpsc::channel(1024);
+        let me = endpoint.id();
         Self {
             engine,
-            endpoint,
-            gossip,
-            lookup,
-            store,
-            serve_store,
-            store_mode: None,
-            finding: HashSet::new(),
-            to_find: Default::default(),
-            lookups: 0,
-            left: HashSet::new(),
-            cores: HashMap::new(),
-            update_asked: HashMap::new(),
-            conns: HashMap::new(),
-            dialing: HashSet::new(),
-            addrs: HashMap::new(),
-            channels: HashMap::new(),
-            unflushed: Vec::new(),
-            next_incoming: 1,
-            gossip_senders: HashMap::new(),
-            gossip_bootstrap: HashMap::new(),
-            join_nodes: HashMap::new(),
-            gossip_tasks: HashMap::new(),
-            io: FuturesUnordered::new(),
-            tasks: FuturesUnordered::new(),
-            forwarders: JoinSet::new(),
-            signals: SignalQueue::new(),
-            fwd_tx,
-            fwd_rx,
+            conns: Connections::new(endpoint),
+            streams: Streams::default(),
+            gossip: GossipTopics::new(gossip, me),
+            cores: Cores::new(serving.serve_store),
+            store: StoreServing::new(store, serving.serve_store),
+            blobs: BlobFetches::new(serving.blob_policy),
             events,
             extension_events,
-            budget: Budget::new(MAX_BUFFERED_TOTAL),
-            blob_policy,
-            blob_fetching: 0,
-            blob_queue: Default::default(),
-            backlog_grew: Vec::new(),
         }
     }
 
@@ -281,7 +155,7 @@ impl Driver {
         loop {
             self.carry_out();
             let deadline = self.engine.poll_timeout();
-            let signals = self.signals.clone();
+            let signals = self.cores.signal_queue();
             let sleep = async {
                 match deadline {
                     Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
@@ -294,19 +168,18 @@ impl Driver {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
-                Some(io) = self.io.next(), if !self.io.is_empty() => self.on_io(io),
-                Some(done) = self.tasks.next(), if !self.tasks.is_empty() => {
-                    self.engine.handle(done, Instant::now());
-                }
-                Some(fwd) = self.fwd_rx.recv() => self.on_forward(fwd),
+                ev = self.conns.next() => self.on_conn_event(ev),
+                ev = self.streams.next() => self.on_stream_event(ev),
+                done = self.cores.next_done() => self.engine.handle(done, Instant::now()),
                 batch = signals.next() => self.on_signals(batch),
+                heard = self.gossip.next() => self.on_gossip(heard),
+                ev = self.store.next() => self.on_store_event(ev),
+                fetched = self.blobs.next() => self.on_blob_fetched(fetched),
                 _ = sleep => self.engine.handle_timeout(Instant::now()),
             }
         }
-        for (_, c) in self.conns.drain() {
-            c.conn.close(0u32.into(), b"shutdown");
-        }
-        self.forwarders.abort_all();
+        self.conns.close_all();
+        self.gossip.shutdown();
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
         }
@@ -321,10 +194,11 @@ impl Driver {
                 let _ = reply.send(());
             }
             Command::Leave(key, reply) => {
-                let _ = reply.send(self.leave(key, now));
+                self.store.left(key);
+                let _ = reply.send(self.stop(key, now));
             }
             Command::ReplicateStore(mode, reply) => {
-                self.replicate_store(mode);
+                self.store.follow(mode);
                 let _ = reply.send(());
             }
             Command::RegisterExtension(name, reply) => {
@@ -341,23 +215,24 @@ impl Driver {
             Command::PeerStats(reply) => {
                 let mut stats = self.engine.peer_stats();
                 for s in &mut stats {
-                    if let Some(c) = self.conns.get(&s.peer) {
-                        s.backlog_bytes = c.backlog;
-                        s.buffered_bytes = c.budget.used();
+                    if self.conns.get(&s.peer).is_some() {
+                        s.backlog_bytes = self.streams.backlog(Some(&s.peer));
+                        s.buffered_bytes = self.conns.buffered(Some(&s.peer));
                     }
                 }
                 let _ = reply.send(stats);
             }
             Command::NodeStats(reply) => {
+                let (connections, dials_in_flight) = self.conns.counts();
                 let _ = reply.send(NodeStats {
-                    connections: self.conns.len(),
-                    dials_in_flight: self.dialing.len(),
+                    connections,
+                    dials_in_flight,
                     gossip_dials_skipped: self.engine.gossip_dials_skipped(),
                     parked_channels: self.engine.parked_channels(),
-                    buffered_bytes: self.budget.used(),
-                    backlog_bytes: self.conns.values().map(|c| c.backlog).sum(),
+                    buffered_bytes: self.conns.buffered(None),
+                    backlog_bytes: self.streams.backlog(None),
                     cores: self.cores.len(),
-                    blob_fetches: self.blob_fetching + self.blob_queue.len(),
+                    blob_fetches: self.blobs.pending(),
                 });
             }
             Command::CorePeers(key, reply) => {
@@ -374,7 +249,7 @@ impl Driver {
                     .iter()
                     .filter_map(|b| EndpointId::from_bytes(b).ok())
                     .collect();
-                for id in self.join_nodes.get(&key).into_iter().flatten() {
+                for id in self.cores.join_nodes(&key) {
                     if !ids.contains(id) {
                         ids.push(*id);
                     }
@@ -385,74 +260,470 @@ impl Driver {
         }
     }
 
-    /// Carries out everything the engine asked for.
+    /// Carries out everything the engine asked for, then writes what it queued and tells it
+    /// of the backlogs that crossed their limit (until that asks for nothing more).
     fn carry_out(&mut self) {
+        loop {
+            self.carry_out_outputs();
+            self.streams.flush_all();
+            if !self.report_backlogs() {
+                break;
+            }
+        }
+    }
+
+    /// Carries out the engine's outputs.
+    fn carry_out_outputs(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             match out {
-                Output::Connect(peer) => self.dial(peer),
-                Output::OpenChannel(peer, ch, first) => self.open_channel(peer, ch, first),
-                Output::Send(_, ch, msg) => self.send(ch, &msg),
-                Output::CloseChannel(_, ch) => self.close_channel(ch),
+                Output::Connect(peer) => self.conns.dial(peer),
+                Output::OpenChannel(peer, ch, first) => self.open_channel(peer, ch, &first),
+                Output::Send(_, ch, msg) => self.streams.send(ch, &msg),
+                Output::CloseChannel(_, ch) => self.streams.close(ch),
                 Output::Task(key, task) => self.run_task(key, task),
-                Output::JoinGossip(key, topic) => self.on_join_gossip(key, topic),
-                Output::LeaveGossip(key) => self.leave_gossip(key),
-                Output::FindCore(dk) => self.find_core(dk),
-                Output::Broadcast(key, bytes) => self.broadcast(key, bytes),
+                Output::JoinGossip(key, topic) => {
+                    if let Some(topic) = self.cores.set_topic(&key, topic) {
+                        self.gossip.join(key, topic);
+                    }
+                }
+                Output::LeaveGossip(key) => self.gossip.leave(&key),
+                Output::FindCore(dk) => self.store.find(dk),
+                Output::Broadcast(key, bytes) => self.gossip.broadcast(&key, bytes),
                 Output::Event(ev @ Event::Extension { .. }) => {
                     let _ = self.extension_events.send(ev);
                 }
                 Output::Event(ev) => {
                     match &ev {
-                        Event::Updated { core, .. } => self.on_updated(*core),
+                        Event::Updated { core, .. } => self.cores.updated(core),
                         Event::Download {
                             core, index, bytes, ..
-                        } => self.on_block_downloaded(*core, *index, *bytes),
+                        } => {
+                            let full = self.engine.mode(core) == Some(Mode::Full);
+                            if self.blobs.block_downloaded(*core, *index, *bytes, full) {
+                                self.blobs.start(|k| self.cores.core(k));
+                            }
+                        }
                         _ => {}
                     }
                     let _ = self.events.send(ev);
                 }
             }
         }
-        for ch in std::mem::take(&mut self.unflushed) {
-            self.flush(ch);
-        }
-        for peer in std::mem::take(&mut self.backlog_grew) {
-            self.report_backlog(&peer);
-        }
     }
 
-    fn on_forward(&mut self, fwd: Forward) {
-        let now = Instant::now();
-        match fwd {
-            Forward::GossipReady(key, sender) => self.on_gossip_ready(key, sender),
-            Forward::Gossip(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
-            Forward::GossipLagged(key) => self.engine.handle(Input::GossipLagged(key), now),
-            Forward::CoreCreated(key) => self.on_core_created(key),
-            Forward::CreatedLagged => self.load_store(),
+    /// Tells the engine of the peers whose backlog crossed its limit, either way; returns
+    /// whether there was one.
+    fn report_backlogs(&mut self) -> bool {
+        let max = self.engine.config().max_backlog_bytes;
+        let crossed = self.streams.backlog_crossings(max);
+        for (peer, bytes) in &crossed {
+            self.engine
+                .handle(Input::Backlog(*peer, *bytes), Instant::now());
         }
+        !crossed.is_empty()
     }
 
-    fn on_io(&mut self, io: Io) {
-        match io {
-            Io::Dialed(peer, result) => self.on_dialed(peer, result),
-            Io::Accepted(peer, conn_id, result) => self.on_accepted(peer, conn_id, result),
-            Io::Opened(peer, conn_id, ch, result) => self.on_opened(peer, conn_id, ch, result),
-            Io::Frames(peer, conn_id, ch, reader, result) => {
-                self.on_frames(peer, conn_id, ch, reader, result)
+    // Connections.
+
+    /// Dials the nodes a ticket (or `join`) names, at most [`MAX_JOIN_NODES`], and adds them
+    /// to the core's gossip topic; they stay the core's blob providers beside its channel
+    /// peers.
+    fn join(&mut self, key: CoreKey, nodes: Vec<EndpointAddr>) {
+        let me = self.conns.me();
+        let nodes: Vec<EndpointAddr> = nodes.into_iter().take(MAX_JOIN_NODES).collect();
+        let ids: Vec<EndpointId> = nodes.iter().map(|a| a.id).collect();
+        self.cores.joined(key, &ids, me);
+        for addr in nodes.into_iter().filter(|a| a.id != me) {
+            let peer = *addr.id.as_bytes();
+            self.conns.remember(addr);
+            self.conns.dial(peer);
+        }
+        self.gossip.add_nodes(key, ids);
+    }
+
+    /// Registers a connection, keeping one per peer (the one dialed by the lower id).
+    fn add_conn(&mut self, conn: Connection, dialed_by_me: bool) {
+        let Added::Kept(peer, replaced) = self.conns.add(conn, dialed_by_me) else {
+            return;
+        };
+        if let Some(old) = replaced {
+            self.peer_gone(&peer);
+            old.conn.close(0u32.into(), b"duplicate connection");
+        }
+        self.engine
+            .handle(Input::PeerConnected(peer), Instant::now());
+    }
+
+    /// Forgets `peer`'s connection (the caller closes it): its streams go, and the engine
+    /// forgets the peer.
+    fn remove_conn(&mut self, peer: &PeerId) -> Option<Connection> {
+        let c = self.conns.remove(peer)?;
+        self.peer_gone(peer);
+        Some(c.conn)
+    }
+
+    /// `peer`'s connection was removed: its streams go, and the engine forgets the peer.
+    fn peer_gone(&mut self, peer: &PeerId) {
+        self.streams.remove_peer(peer);
+        self.engine
+            .handle(Input::PeerDisconnected(*peer), Instant::now());
+    }
+
+    fn on_conn_event(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Dialed(peer, result) => {
+                self.conns.dialed(&peer);
+                match result {
+                    Ok(conn) => self.add_conn(conn, true),
+                    Err(e) => tracing::debug!("dial failed: {e}"),
+                }
             }
-            Io::HandshakeTimedOut(peer, conn_id, ch) => {
-                self.on_handshake_timed_out(peer, conn_id, ch)
+            ConnEvent::Accepted(peer, conn_id, Ok((send, recv))) => {
+                self.on_accepted(peer, conn_id, send, recv)
             }
-            Io::Written(ch, send, result, bytes) => self.on_written(ch, send, result, bytes),
-            Io::Closed(peer, conn_id) => {
-                if self.current(&peer, conn_id) {
+            ConnEvent::Accepted(..) => {}
+            ConnEvent::Closed(peer, conn_id) => {
+                if self.conns.is_current(&peer, conn_id) {
                     self.remove_conn(&peer);
                 }
             }
-            Io::Found(dk, core) => self.on_found(dk, core, Instant::now()),
-            Io::StoreCores(cores) => self.on_store_cores(cores, Instant::now()),
-            Io::BlobFetched(core, index, result) => self.on_blob_fetched(core, index, result),
-            Io::Done => {}
+        }
+    }
+
+    // Streams.
+
+    /// The peer opened a stream: a new channel, read from at once; the next stream is awaited.
+    fn on_accepted(&mut self, peer: PeerId, conn_id: usize, send: SendStream, recv: RecvStream) {
+        if !self.conns.is_current(&peer, conn_id) {
+            return;
+        }
+        let budgets = self.conns.budgets(&peer);
+        let (ch, reader) = self.streams.accept(peer, conn_id, send, recv, budgets);
+        self.read_next(peer, conn_id, ch, reader);
+        self.conns.accept_next(peer, conn_id);
+    }
+
+    /// Opens a stream for the engine's channel `ch` to `peer`, starting with `first`.
+    fn open_channel(&mut self, peer: PeerId, ch: ChannelId, first: &Message) {
+        let Some(c) = self.conns.get(&peer) else {
+            self.engine
+                .handle(Input::ChannelClosed(peer, ch), Instant::now());
+            return;
+        };
+        let (conn, conn_id) = (c.conn.clone(), c.id);
+        self.streams.open(peer, conn, conn_id, ch, first);
+    }
+
+    /// Reads the next frames of a channel: only handshake-sized ones until both sides proved
+    /// the key. A stream the peer opened must complete a frame within the handshake timeout
+    /// (and a second more, so that the engine's own expiry of a parked channel, which says
+    /// why, comes first): one whose first frame never completes is not kept open. Channels we
+    /// opened are timed by the engine.
+    fn read_next(&mut self, peer: PeerId, conn_id: usize, ch: ChannelId, reader: FrameReader) {
+        let theirs = !ch.is_multiple_of(2);
+        let limit = if self.engine.is_authenticated(ch) || !theirs {
+            ReadLimit::Frames(self.engine.max_frame(ch))
+        } else {
+            let within = self.engine.config().handshake_timeout + std::time::Duration::from_secs(1);
+            ReadLimit::Handshake(MAX_HANDSHAKE_FRAME, within)
+        };
+        self.streams.read(peer, conn_id, ch, reader, limit);
+    }
+
+    /// A channel's stream is gone: the engine is told.
+    fn channel_closed(&mut self, peer: PeerId, ch: ChannelId) {
+        self.streams.remove(ch);
+        self.engine
+            .handle(Input::ChannelClosed(peer, ch), Instant::now());
+    }
+
+    fn on_stream_event(&mut self, ev: StreamEvent) {
+        match ev {
+            StreamEvent::Opened(peer, conn_id, ch, result) => {
+                let budgets = self.conns.budgets(&peer);
+                let reader = match result {
+                    Ok((send, recv)) => self.streams.opened(ch, conn_id, send, recv, budgets),
+                    Err(_) => None,
+                };
+                match reader {
+                    Some(reader) => self.read_next(peer, conn_id, ch, reader),
+                    None if self.streams.has(ch) => self.channel_closed(peer, ch),
+                    None => {}
+                }
+            }
+            StreamEvent::Frames(peer, conn_id, ch, reader, result) => {
+                self.on_frames(peer, conn_id, ch, reader, result)
+            }
+            StreamEvent::HandshakeTimedOut(peer, conn_id, ch) => {
+                if self.conns.is_current(&peer, conn_id) && self.streams.has(ch) {
+                    tracing::debug!("no handshake frame in time: channel closed");
+                    self.channel_closed(peer, ch);
+                }
+            }
+            StreamEvent::Written(ch, send, result, bytes) => {
+                if let Some((peer, true)) = self.streams.written(ch, send, result, bytes) {
+                    self.engine
+                        .handle(Input::ChannelClosed(peer, ch), Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Frames arrived on a channel (or its stream ended or broke the framing).
+    fn on_frames(
+        &mut self,
+        peer: PeerId,
+        conn_id: usize,
+        ch: ChannelId,
+        reader: FrameReader,
+        result: Result<Option<Vec<Message>>, ReadError>,
+    ) {
+        let now = Instant::now();
+        // A channel we closed, or a connection that was replaced: stop reading it.
+        if !self.conns.is_current(&peer, conn_id) || !self.streams.has(ch) {
+            return;
+        }
+        match result {
+            Ok(Some(msgs)) => {
+                for msg in msgs {
+                    if matches!(msg, Message::Sync(SyncInfo { ask: true, .. }))
+                        && let Some(core) = self.engine.channel_core(ch)
+                    {
+                        // The engine learns of local appends a hop after they commit: an
+                        // `update()` that starts after an acknowledged append must hear of it.
+                        self.local_changed(core, now);
+                    }
+                    self.engine.handle(Input::Message(peer, ch, msg), now);
+                }
+                self.read_next(peer, conn_id, ch, reader);
+            }
+            Err(ReadError::OverBudget(Exceeded::Total)) => {
+                // The node's budget is spent: the connection holding the most gives way
+                // (whoever asked), and this read is tried again.
+                match self.conns.largest_holder().filter(|l| *l != peer) {
+                    Some(evicted) => {
+                        tracing::warn!("frame budget spent: closing the largest holder");
+                        if let Some(conn) = self.remove_conn(&evicted) {
+                            conn.close(1u32.into(), b"too much buffered");
+                        }
+                        self.read_next(peer, conn_id, ch, reader);
+                    }
+                    None => {
+                        if let Some(conn) = self.remove_conn(&peer) {
+                            conn.close(1u32.into(), b"too much buffered");
+                        }
+                    }
+                }
+            }
+            Err(e @ (ReadError::Wire(_) | ReadError::OverBudget(Exceeded::Connection))) => {
+                tracing::warn!("closing connection to a peer that broke framing: {e}");
+                if let Some(conn) = self.remove_conn(&peer) {
+                    conn.close(1u32.into(), b"protocol violation");
+                }
+            }
+            Ok(None) | Err(_) => {
+                if let Err(e) = result {
+                    tracing::debug!("channel read failed: {e}");
+                }
+                self.channel_closed(peer, ch);
+            }
+        }
+    }
+
+    // Cores.
+
+    /// Replicates `core` in `mode` (`None` keeps the mode of a core already replicated, else
+    /// full), for the reason `why`: a core the application names joins its gossip topic.
+    fn replicate(&mut self, core: Hypercore, mode: Option<Mode>, why: Why, now: Instant) {
+        let key = core.key();
+        if core.is_closed() {
+            return;
+        }
+        if why == Why::Named {
+            self.store.named(&key);
+        }
+        self.forget_closed(&key, now);
+        if self.cores.contains(&key) {
+            let (promoted, topic) = self.cores.promote(&core, why);
+            if let Some(topic) = topic {
+                self.gossip.join(key, topic);
+            }
+            if !promoted && mode.is_none() {
+                return;
+            }
+        } else {
+            self.cores.track(core.clone(), why);
+        }
+        let local = storage::local_info(&core);
+        self.engine
+            .add_core(key, local, mode.unwrap_or_default(), now);
+    }
+
+    /// Serves `core` (found in the store for a peer) to the peers whose parked channels prove
+    /// its key; if none does, it is not kept.
+    fn serve(&mut self, core: Hypercore, mode: Mode, now: Instant) {
+        let key = core.key();
+        self.forget_closed(&key, now);
+        if self.cores.contains(&key) {
+            return;
+        }
+        self.cores.track(core.clone(), Why::Served);
+        let local = storage::local_info(&core);
+        if !self.engine.serve_core(key, local, mode, now) {
+            self.cores.remove(&key);
+        }
+    }
+
+    /// Drops the replication of `key` if its handle was closed, deleted or dropped (a core of
+    /// the same key opened since is another one).
+    fn forget_closed(&mut self, key: &CoreKey, now: Instant) {
+        if self.cores.is_gone(key) {
+            self.stop(*key, now);
+        }
+    }
+
+    /// Stops replicating `key`: the engine closes its channels, its gossip topic is left, its
+    /// signals are no longer followed and the reads waiting on it fail. Returns whether it was
+    /// replicated.
+    fn stop(&mut self, key: CoreKey, now: Instant) -> bool {
+        let replicated = self.engine.remove_core(key, now);
+        self.gossip.leave(&key);
+        self.cores.remove(&key);
+        replicated
+    }
+
+    /// Takes the signals of the cores replicated.
+    fn on_signals(&mut self, batch: Vec<(CoreKey, Signal)>) {
+        let now = Instant::now();
+        for (key, signal) in batch {
+            match signal {
+                Signal::Changed => self.local_changed(key, now),
+                Signal::Want(s, e) => self.engine.handle(Input::Want(key, s, e), now),
+                Signal::Unwant(s, e) => self.engine.handle(Input::Unwant(key, s, e), now),
+                Signal::Update(asked) => {
+                    if self.cores.update_asked(key, asked) {
+                        self.engine.handle(Input::Update(key), now);
+                    }
+                }
+                // Stops if the handle replicated is the one closed, deleted or dropped.
+                Signal::Closed => self.forget_closed(&key, now),
+                Signal::Dropped => {
+                    let was_replicated = self.cores.contains(&key);
+                    self.forget_closed(&key, now);
+                    if was_replicated && !self.cores.contains(&key) {
+                        // Still a core of the store: followed again if the store is.
+                        self.on_core_created(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the engine the state of `key` if it changed since the engine last heard of it. A
+    /// commit of the engine's own storage task reaches the engine with the task's result: its
+    /// change signal then finds nothing new, and the engine hears of the commit once.
+    fn local_changed(&mut self, key: CoreKey, now: Instant) {
+        if let Some(core) = self.cores.core(&key) {
+            let info = storage::local_info(&core);
+            if self.engine.local(&key) != Some(info) {
+                self.engine.handle(Input::LocalChanged(key, info), now);
+            }
+        }
+    }
+
+    /// Runs a storage task of the engine on its core; its result goes back to the engine
+    /// (failed at once if the core is no longer replicated: every task is answered).
+    fn run_task(&mut self, key: CoreKey, task: crate::replication::Task) {
+        if self.cores.is_dropped(&key) {
+            // Its last handle went and the signal is still queued: stop it first, so that
+            // the engine takes the task's failure for a core it no longer has rather than
+            // for an empty log.
+            self.stop(key, Instant::now());
+        }
+        self.cores.run(key, task);
+    }
+
+    // Gossip.
+
+    fn on_gossip(&mut self, heard: Heard) {
+        let now = Instant::now();
+        match heard {
+            Heard::Message(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
+            Heard::Lagged(key) => self.engine.handle(Input::GossipLagged(key), now),
+        }
+    }
+
+    // The whole store.
+
+    fn on_store_event(&mut self, ev: StoreEvent) {
+        let now = Instant::now();
+        match ev {
+            StoreEvent::Found(dk, core) => self.on_found(dk, core, now),
+            StoreEvent::Cores(cores) => self.on_store_cores(cores, now),
+            StoreEvent::Created(key) => self.on_core_created(key),
+        }
+    }
+
+    /// A lookup ended: a core found (and not left by the application) is served to the peers
+    /// that proved its key; otherwise their channels wait out their handshake timeout.
+    fn on_found(&mut self, dk: DiscoveryKey, core: Option<Hypercore>, now: Instant) {
+        self.store.found(&dk);
+        match core {
+            Some(core) if !self.store.is_left(&core.key()) && !core.is_closed() => {
+                match self.store.mode() {
+                    Some(mode) => self.replicate(core, Some(mode), Why::Store, now),
+                    None => self.serve(core, SERVED_MODE, now),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Cores of the store to follow in the store's mode: each not replicated yet (and not
+    /// left) is added, and each only served so far is followed in that mode.
+    fn on_store_cores(&mut self, cores: Vec<Hypercore>, now: Instant) {
+        let Some(mode) = self.store.mode() else {
+            return;
+        };
+        for core in cores {
+            let key = core.key();
+            // A core deleted and created again: the closed instance tracked goes first.
+            self.forget_closed(&key, now);
+            let why = self.cores.why(&key);
+            if self.store.is_left(&key) || why.is_some_and(|w| w != Why::Served) {
+                continue;
+            }
+            self.replicate(core, Some(mode), Why::Store, now);
+        }
+    }
+
+    /// A core was created in the store: followed if the whole store is.
+    fn on_core_created(&mut self, key: CoreKey) {
+        // Its closed predecessor may still be tracked (its Closed signal not taken yet).
+        self.forget_closed(&key, Instant::now());
+        let followed = self.cores.why(&key).is_some_and(|w| w != Why::Served);
+        if self.store.mode().is_some() && !followed {
+            self.store.open(key);
+        }
+    }
+
+    // Blobs.
+
+    /// A policy fetch ended: a blob fetched is reported, and the next fetch starts.
+    fn on_blob_fetched(&mut self, (core, index, result): blobs::Fetched) {
+        self.blobs.start(|k| self.cores.core(k));
+        match result {
+            Ok(Some((blob, peer))) => {
+                let _ = self.events.send(Event::BlobDownloaded {
+                    core,
+                    index,
+                    hash: *blob.hash.as_bytes(),
+                    size: blob.size,
+                    peer: peer.map(|p| *p.as_bytes()).unwrap_or_default(),
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("fetching the blob of block {index}: {e}"),
         }
     }
 }

@@ -1,23 +1,97 @@
-//! Serving the whole store: a channel a peer opens for a core the store holds (named by its
-//! discovery key; the key never travels) is served on demand, and `replicate_store` follows
-//! every core of the store, the ones created later too.
+//! The whole-store part: finding the cores of the store that peers ask for by discovery key
+//! (the key never travels; a few lookups at once), following every core of the store once
+//! `replicate_store` is called (listing it, and hearing of cores created later), and
+//! remembering the cores the application left. It owns the futures of its lookups and lists.
 
-use std::time::Instant;
+use std::collections::{HashSet, VecDeque};
 
-use super::{Driver, Forward, Io, Why};
-use crate::{core::Hypercore, crypto::DiscoveryKey, replication::Mode};
+use n0_future::{FuturesUnordered, StreamExt, boxed::BoxFuture};
+use tokio::sync::broadcast;
+
+use crate::{
+    core::Hypercore,
+    crypto::{CoreKey, DiscoveryKey},
+    replication::Mode,
+    store::Corestore,
+};
 
 /// Mode of a core served only because a peer opened a channel for it: nothing is fetched
 /// but what the application asks for, and its length is followed.
-const SERVED_MODE: Mode = Mode::Sparse;
+pub(super) const SERVED_MODE: Mode = Mode::Sparse;
 
 /// Store lookups run at once; more wait their turn (a peer can make us look up one discovery
 /// key per channel it opens, and the engine bounds those channels).
 pub(crate) const MAX_LOOKUPS: usize = 32;
 
-impl Driver {
-    /// The engine parked a channel for a core it does not replicate: look for it in the store.
-    pub(super) fn find_core(&mut self, dk: DiscoveryKey) {
+/// What the store part found.
+pub(super) enum StoreEvent {
+    /// A lookup by discovery key ended, with the core if the store holds it.
+    Found(DiscoveryKey, Option<Hypercore>),
+    /// Cores of the store to follow in the store's mode.
+    Cores(Vec<Hypercore>),
+    /// A core was created in the store.
+    Created(CoreKey),
+}
+
+/// The whole-store part; see the module docs.
+pub(super) struct StoreServing {
+    store: Corestore,
+    /// Whether a core of the store a peer asks for is served without the application
+    /// replicating it.
+    serve_store: bool,
+    /// The mode every core of the store is followed in, once `replicate_store` was called.
+    mode: Option<Mode>,
+    /// News of cores created, once the store is followed.
+    created: Option<broadcast::Receiver<CoreKey>>,
+    /// Discovery keys being looked up, or waiting for a lookup.
+    finding: HashSet<DiscoveryKey>,
+    /// Discovery keys waiting for a lookup (at most [`MAX_LOOKUPS`] run at once).
+    to_find: VecDeque<DiscoveryKey>,
+    /// Lookups running.
+    lookups: usize,
+    /// Cores the application left: not served on demand until replicated again.
+    left: HashSet<CoreKey>,
+    io: FuturesUnordered<BoxFuture<StoreEvent>>,
+}
+
+impl StoreServing {
+    /// Serving `store` (on demand if `serve_store`).
+    pub(super) fn new(store: Corestore, serve_store: bool) -> Self {
+        Self {
+            store,
+            serve_store,
+            mode: None,
+            created: None,
+            finding: HashSet::new(),
+            to_find: VecDeque::new(),
+            lookups: 0,
+            left: HashSet::new(),
+            io: FuturesUnordered::new(),
+        }
+    }
+
+    /// The mode the whole store is followed in, once it is.
+    pub(super) fn mode(&self) -> Option<Mode> {
+        self.mode
+    }
+
+    /// The application left `key`: it is not served on demand until replicated by name.
+    pub(super) fn left(&mut self, key: CoreKey) {
+        self.left.insert(key);
+    }
+
+    /// The application replicates `key` by name again.
+    pub(super) fn named(&mut self, key: &CoreKey) {
+        self.left.remove(key);
+    }
+
+    /// Whether the application left `key`.
+    pub(super) fn is_left(&self, key: &CoreKey) -> bool {
+        self.left.contains(key)
+    }
+
+    /// A peer asked for a core we do not replicate: look for it in the store.
+    pub(super) fn find(&mut self, dk: DiscoveryKey) {
         if !self.serve_store {
             return;
         }
@@ -36,59 +110,34 @@ impl Driver {
             let store = self.store.clone();
             self.io.push(Box::pin(async move {
                 match store.get_by_discovery_key(&dk).await {
-                    Ok(core) => Io::Found(dk, core),
+                    Ok(core) => StoreEvent::Found(dk, core),
                     Err(e) => {
                         tracing::warn!("looking up a core for a peer failed: {e}");
-                        Io::Found(dk, None)
+                        StoreEvent::Found(dk, None)
                     }
                 }
             }));
         }
     }
 
-    /// A lookup ended: a core found (and not left by the application) is served to the peers
-    /// that proved its key; otherwise their channels wait out their handshake timeout.
-    pub(super) fn on_found(&mut self, dk: DiscoveryKey, core: Option<Hypercore>, now: Instant) {
-        self.finding.remove(&dk);
+    /// The lookup of `dk` ended: the next one starts.
+    pub(super) fn found(&mut self, dk: &DiscoveryKey) {
+        self.finding.remove(dk);
         self.lookups = self.lookups.saturating_sub(1);
         self.start_lookups();
-        match core {
-            Some(core) if !self.left.contains(&core.key()) && !core.is_closed() => {
-                match self.store_mode {
-                    Some(mode) => self.replicate(core, Some(mode), Why::Store, now),
-                    None => self.serve(core, SERVED_MODE, now),
-                }
-            }
-            _ => {}
-        }
     }
 
     /// Follows every core of the store in `mode`, and each core created later.
-    pub(super) fn replicate_store(&mut self, mode: Mode) {
-        if self.store_mode.is_none() {
-            let mut created = self.store.subscribe_created();
-            let tx = self.fwd_tx.clone();
-            self.forwarders.spawn(async move {
-                loop {
-                    let fwd = match created.recv().await {
-                        Ok(key) => Forward::CoreCreated(key),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            Forward::CreatedLagged
-                        }
-                        Err(_) => return,
-                    };
-                    if tx.send(fwd).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    pub(super) fn follow(&mut self, mode: Mode) {
+        if self.mode.is_none() {
+            self.created = Some(self.store.subscribe_created());
         }
-        self.store_mode = Some(mode);
-        self.load_store();
+        self.mode = Some(mode);
+        self.load();
     }
 
-    /// Loads every core of the store, to replicate them in the store's mode.
-    pub(super) fn load_store(&mut self) {
+    /// Lists every core of the store, to follow them in the store's mode.
+    fn load(&mut self) {
         let store = self.store.clone();
         self.io.push(Box::pin(async move {
             let mut cores = Vec::new();
@@ -104,44 +153,44 @@ impl Driver {
                 }
                 Err(e) => tracing::warn!("listing the store failed: {e}"),
             }
-            Io::StoreCores(cores)
+            StoreEvent::Cores(cores)
         }));
     }
 
-    /// Cores of the store to follow in the store's mode: each not replicated yet (and not
-    /// left) is added, and each only served so far is followed in that mode.
-    pub(super) fn on_store_cores(&mut self, cores: Vec<Hypercore>, now: Instant) {
-        let Some(mode) = self.store_mode else {
-            return;
-        };
-        for core in cores {
-            let key = core.key();
-            // A core deleted and created again: the closed instance tracked goes first.
-            self.forget_closed(&key, now);
-            let why = self.cores.get(&key).map(|r| r.why);
-            if self.left.contains(&key) || why.is_some_and(|w| w != Why::Served) {
-                continue;
-            }
-            self.replicate(core, Some(mode), Why::Store, now);
-        }
-    }
-
-    /// A core was created in the store: followed if the whole store is.
-    pub(super) fn on_core_created(&mut self, key: crate::crypto::CoreKey) {
-        // Its closed predecessor may still be tracked (its Closed signal not taken yet).
-        self.forget_closed(&key, Instant::now());
-        if self.store_mode.is_none() || self.cores.get(&key).is_some_and(|r| r.why != Why::Served) {
-            return;
-        }
+    /// Opens core `key` of the store, created since, to follow it.
+    pub(super) fn open(&mut self, key: CoreKey) {
         let store = self.store.clone();
         self.io.push(Box::pin(async move {
             match store.get(key).await {
-                Ok(core) => Io::StoreCores(core.into_iter().collect()),
+                Ok(core) => StoreEvent::Cores(core.into_iter().collect()),
                 Err(e) => {
                     tracing::warn!("opening a created core failed: {e}");
-                    Io::Done
+                    StoreEvent::Cores(Vec::new())
                 }
             }
         }));
+    }
+
+    /// The next lookup, list or created core. Cancel-safe.
+    pub(super) async fn next(&mut self) -> StoreEvent {
+        loop {
+            let created = &mut self.created;
+            let news = async move {
+                match created {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let news = tokio::select! {
+                Some(ev) = self.io.next(), if !self.io.is_empty() => return ev,
+                news = news => news,
+            };
+            match news {
+                Ok(key) => return StoreEvent::Created(key),
+                // News of created cores was lost: list the store again.
+                Err(broadcast::error::RecvError::Lagged(_)) => self.load(),
+                Err(broadcast::error::RecvError::Closed) => self.created = None,
+            }
+        }
     }
 }

@@ -8,13 +8,15 @@ use std::time::Duration;
 use iroh::{
     Endpoint,
     endpoint::{Connection, RecvStream, SendStream},
+    protocol::{AcceptError, ProtocolHandler, Router},
 };
 use iroh_hypercore::{
-    CoreKey,
+    CoreKey, Hypercore,
     crypto::capability::{Role, capability},
     replication::wire::{Message, decode_body, encode_frame, frame_len},
-    testnet::{TestNet, Transport},
+    testnet::{Node, TestNet, Transport},
 };
+use tokio::sync::mpsc;
 
 /// Reads one frame; `None` when the stream ends or breaks.
 pub async fn read_msg(recv: &mut RecvStream) -> Option<Message> {
@@ -116,4 +118,105 @@ pub fn unfinished_frame(
         conn.closed().await;
         drop((tx, rx));
     });
+}
+
+/// Reads until the node asks a `Request`; returns its id.
+pub async fn next_request(rx: &mut RecvStream) -> u64 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), read_msg(rx))
+            .await
+            .unwrap()
+        {
+            Some(Message::Request { id, .. }) => return id,
+            Some(_) => {}
+            None => panic!("the channel closed before the node asked"),
+        }
+    }
+}
+
+/// The names of the messages a stream carried, for assertions and printing.
+pub fn kinds(msgs: &[Message]) -> Vec<&'static str> {
+    msgs.iter()
+        .map(|m| match m {
+            Message::Open { .. } => "Open",
+            Message::Accept { .. } => "Accept",
+            Message::Close { .. } => "Close",
+            Message::Sync(_) => "Sync",
+            Message::Data { .. } => "Data",
+            Message::NoData { .. } => "NoData",
+            Message::Request { .. } => "Request",
+            Message::RequestRun { .. } => "RequestRun",
+            Message::Push { .. } => "Push",
+            _ => "other",
+        })
+        .collect()
+}
+
+/// A raw endpoint that hands every connection it accepts on the hypercore ALPN to the test.
+#[derive(Debug)]
+pub struct Catch(mpsc::UnboundedSender<Connection>);
+
+impl ProtocolHandler for Catch {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let _ = self.0.send(conn);
+        Ok(())
+    }
+}
+
+/// Gossip on `ep` and a router that serves it and hands hypercore connections to the test.
+pub fn catch_connections(
+    ep: &Endpoint,
+) -> (
+    iroh_gossip::Gossip,
+    Router,
+    mpsc::UnboundedReceiver<Connection>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let gossip = iroh_gossip::Gossip::builder().spawn(ep.clone());
+    let router = Router::builder(ep.clone())
+        .accept(iroh_hypercore::ALPN, Catch(tx))
+        .accept(iroh_gossip::ALPN, gossip.clone())
+        .spawn();
+    (gossip, router, rx)
+}
+
+/// Connects `ep` to `reader` and plays `answer` on a channel of `log` it opens (with a valid
+/// capability: the key is public) once the reader accepted it, and on every channel the reader
+/// opens to it, after the reader's `Open` and our `Accept`: the reader may keep its own channel
+/// rather than ours.
+pub async fn play_on_core<F, Fut>(
+    ep: &Endpoint,
+    reader: &Node,
+    log: &Hypercore,
+    answer: F,
+) -> Connection
+where
+    F: Fn(SendStream, RecvStream) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let conn = ep
+        .connect(reader.addr(), iroh_hypercore::ALPN)
+        .await
+        .unwrap();
+    let accepted = conn.clone();
+    let (key, me, them) = (
+        log.key(),
+        *ep.id().as_bytes(),
+        *reader.endpoint.id().as_bytes(),
+    );
+    tokio::spawn(async move {
+        while let Ok((mut tx, mut rx)) = accepted.accept_bi().await {
+            let _ = read_msg(&mut rx).await;
+            send(&mut tx, &accept_for(&key, them, me)).await;
+            tokio::spawn(answer(tx, rx));
+        }
+    });
+    let ours = conn.clone();
+    tokio::spawn(async move {
+        // The reader proves the key (or keeps its own channel and closes ours).
+        if let Some((tx, rx)) = open_channel(&ours, me, key).await {
+            answer(tx, rx).await;
+        }
+    });
+    conn
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use iroh_hypercore::{
     Corestore, Hypercore, HypercoreProtocol,
-    net::Events,
-    replication::Event,
+    net::{Events, NodeStats},
+    replication::{Event, engine::PeerStats},
     testnet::{Node, TestNet, Transport},
 };
 use n0_future::StreamExt;
@@ -121,4 +121,17 @@ pub async fn core_peers(proto: &HypercoreProtocol, core: &Hypercore) -> Vec<[u8;
         .collect();
     v.sort();
     v
+}
+
+/// What `proto` holds over all peers, and the counters of `peer`.
+pub async fn stats(proto: &HypercoreProtocol, peer: [u8; 32]) -> (NodeStats, PeerStats) {
+    let node = proto.node_stats().await.unwrap();
+    let peer = proto
+        .peer_stats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.peer == peer)
+        .unwrap_or_default();
+    (node, peer)
 }

@@ -46,6 +46,29 @@ pub fn sync(length: u64, downloading: bool) -> Message {
     })
 }
 
+/// A reader's state: `length` blocks of 1 KiB on fork 0, the first `contiguous` stored.
+pub fn local_at(length: u64, contiguous: u64, writable: bool) -> LocalInfo {
+    LocalInfo {
+        fork: 0,
+        length,
+        byte_length: length * 1024,
+        contiguous,
+        writable,
+    }
+}
+
+/// A `Sync` saying `length` blocks on fork 0 with the first `contiguous` held, from a peer
+/// that does not download everything; `ask` asks ours back.
+pub fn sync_at(length: u64, contiguous: u64, ask: bool) -> Message {
+    Message::Sync(SyncInfo {
+        fork: 0,
+        length,
+        contiguous,
+        ask,
+        downloading: false,
+    })
+}
+
 /// An engine holding `CORE` at `local` in `mode`, with one open channel to `PEER` whose
 /// remote sent `remote`; its outputs so far are drained. Returns the channel.
 pub fn engine_with_peer(
@@ -54,42 +77,92 @@ pub fn engine_with_peer(
     remote: Message,
     now: Instant,
 ) -> (Engine, u64) {
-    engine_with_peer_cfg(EngineConfig::default(), local, mode, remote, now)
+    let (engine, channel, _) =
+        engine_with_peer_outputs(EngineConfig::default(), local, mode, remote, now);
+    (engine, channel)
 }
 
-/// [`engine_with_peer`] with the tuning `cfg`.
-pub fn engine_with_peer_cfg(
+/// [`engine_with_peer`] with the tuning `cfg`, returning the outputs that followed the
+/// remote's message too.
+pub fn engine_with_peer_outputs(
     cfg: EngineConfig,
     local: LocalInfo,
     mode: Mode,
     remote: Message,
     now: Instant,
-) -> (Engine, u64) {
+) -> (Engine, u64, Vec<Output>) {
     let mut engine = Engine::new(ME, cfg);
     engine.add_core(CORE, local, mode, now);
     let channel = connect(&mut engine, PEER, now);
     engine.handle(Input::Message(PEER, channel, remote), now);
-    outputs(&mut engine);
-    (engine, channel)
+    let out = outputs(&mut engine);
+    (engine, channel, out)
 }
 
 /// Connects `peer` to `engine`, which replicates `CORE`, and answers the channel the engine
 /// opens for it with the peer's `Accept`. Returns the channel; the outputs are drained.
 pub fn connect(engine: &mut Engine, peer: [u8; 32], now: Instant) -> u64 {
+    let channel = connect_keeping(engine, peer, now, &mut Vec::new());
+    outputs(engine);
+    channel
+}
+
+/// [`connect`], keeping the engine's outputs before the `Accept` (but its `OpenChannel`) in
+/// `rest`.
+pub fn connect_keeping(
+    engine: &mut Engine,
+    peer: [u8; 32],
+    now: Instant,
+    rest: &mut Vec<Output>,
+) -> u64 {
     engine.handle(Input::PeerConnected(peer), now);
-    let channel = outputs(engine)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::OpenChannel(p, ch, _) if p == peer => Some(ch),
-            _ => None,
-        })
-        .expect("a channel is opened to the new peer");
+    let mut channel = None;
+    for o in outputs(engine) {
+        match o {
+            Output::OpenChannel(p, ch, _) if p == peer => channel = Some(ch),
+            o => rest.push(o),
+        }
+    }
+    let channel = channel.expect("a channel is opened to the new peer");
     let accept = Message::Accept {
         capability: capability(&CORE, Role::Acceptor, &engine.me(), &peer),
     };
     engine.handle(Input::Message(peer, channel, accept), now);
-    outputs(engine);
+    assert!(engine.is_authenticated(channel));
     channel
+}
+
+/// The run requests among `out`: (id, start, end).
+pub fn run_requests(out: &[Output]) -> Vec<(u64, u64, u64)> {
+    run_requests_where(out, |_| true)
+}
+
+/// The run requests among `out` towards `peer`: (id, start, end).
+pub fn run_requests_to(out: &[Output], peer: [u8; 32]) -> Vec<(u64, u64, u64)> {
+    run_requests_where(out, |p| *p == peer)
+}
+
+fn run_requests_where(out: &[Output], to: impl Fn(&[u8; 32]) -> bool) -> Vec<(u64, u64, u64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(p, _, Message::RequestRun { id, start, end, .. }) if to(p) => {
+                Some((*id, *start, *end))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A block proof of `size` bytes at `index` that proves nothing.
+pub fn junk_block(index: u64, size: usize) -> Proof {
+    Proof {
+        block: Some(BlockProof {
+            index,
+            value: vec![0xee; size],
+            nodes: vec![],
+        }),
+        ..Default::default()
+    }
 }
 
 /// An answer to an upgrade from `start` by `length` blocks, with block `start` (its proof

@@ -1,5 +1,6 @@
-//! Test networks 1 and 6: two nodes replicate 10,000 blocks (direct and relay-only); a peer
-//! that knows only the discovery key cannot open a channel.
+//! Replication between two nodes on the test relay: 10,000 blocks direct and relay-only, sparse
+//! reads fetching only what is asked for, and simultaneous dials ending with one connection.
+//! (A peer that knows only the discovery key is in `capability.rs`.)
 
 #[path = "common/net.rs"]
 mod net;
@@ -80,72 +81,6 @@ async fn two_nodes_direct() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_relay_only() {
     replicate_two(Transport::RelayOnly, 10_000).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_key_alone_cannot_open_a_channel() {
-    use iroh_hypercore::replication::wire::{Message, decode_body, encode_frame, frame_len};
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("secret").await.unwrap();
-    log.append(b"private".to_vec()).await.unwrap();
-    writer.proto.replicate(&log).await.unwrap();
-    let mut events = writer.proto.subscribe();
-
-    // An eavesdropper knows the discovery key and guesses a capability.
-    let spy = net.endpoint(Transport::Direct).await.unwrap();
-    let conn = spy
-        .connect(writer.addr(), iroh_hypercore::ALPN)
-        .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let open = Message::Open {
-        discovery_key: log.discovery_key(),
-        capability: log.discovery_key(),
-    };
-    send.write_all(&encode_frame(&open).unwrap()).await.unwrap();
-    let request = Message::RequestRun {
-        id: 1,
-        fork: 0,
-        start: 0,
-        end: 1,
-        length: 1,
-    };
-    send.write_all(&encode_frame(&request).unwrap())
-        .await
-        .unwrap();
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header).await.unwrap();
-    let mut body = vec![0; frame_len(header).unwrap()];
-    recv.read_exact(&mut body).await.unwrap();
-    match decode_body(&body).unwrap() {
-        Message::Close { reason } => assert!(reason.contains("capability"), "{reason}"),
-        other => panic!("expected Close, got {other:?}"),
-    }
-    // Nothing but refusals follows: the stream ends without a block.
-    let rest = tokio::time::timeout(WAIT, recv.read_to_end(1 << 20))
-        .await
-        .unwrap()
-        .unwrap_or_default();
-    let mut at = 0;
-    while at + 4 <= rest.len() {
-        let len = frame_len(rest[at..at + 4].try_into().unwrap()).unwrap();
-        let msg = decode_body(&rest[at + 4..at + 4 + len]).unwrap();
-        assert!(matches!(msg, Message::Close { .. }), "{msg:?}");
-        at += 4 + len;
-    }
-    let refused = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(Event::ChannelRefused { reason, .. }) = events.next().await {
-                return reason;
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(refused, "invalid capability");
-    spy.close().await;
-    writer.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

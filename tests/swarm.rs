@@ -1,4 +1,4 @@
-//! Test networks 2, 3, 4, 7, 8 and 9: live appends through a chain of readers, a late joiner
+//! Swarms: live appends through a chain of readers, a late joiner
 //! served by readers alone, a seeder leaving mid-download, a truncate reaching readers, 200
 //! cores over one connection, and a reader resuming from its database file.
 

@@ -1,6 +1,6 @@
-//! Attacks on the storage restructuring (typed ops executed in batches by the storage actor,
-//! per-core `CoreSlot`s shared by a core's handles). Each test is named after what must hold;
-//! its doc says how the attack worked before the fix.
+//! One state per core: however many handles or stores open a core, and whatever happens to it
+//! meanwhile (a delete half-committed), its writes go through one state, and none that is
+//! acknowledged vanishes.
 
 use std::{
     sync::{

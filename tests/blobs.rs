@@ -67,12 +67,9 @@ async fn blob_only_endpoint(
 /// second reader gets them from the first one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_reach_a_reader_with_the_ticket_and_a_second_reader_from_the_first() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let writer = net
-        .node_in(Transport::Direct, dirs[0].path(), StoreOptions::default())
-        .await
-        .unwrap();
+    let writer = net::node_in_dir(&net, dirs[0].path()).await;
     let log = writer.store.get_named("files").await.unwrap();
     log.append(b"a plain block".to_vec()).await.unwrap();
     let blobs = [content(0, 1), content(1024, 2), content(10 << 20, 3)];
@@ -84,10 +81,7 @@ async fn blobs_reach_a_reader_with_the_ticket_and_a_second_reader_from_the_first
     writer.proto.replicate(&log).await.unwrap();
     let ticket = writer.proto.ticket(&log);
 
-    let reader = net
-        .node_in(Transport::Direct, dirs[1].path(), StoreOptions::default())
-        .await
-        .unwrap();
+    let reader = net::node_in_dir(&net, dirs[1].path()).await;
     let core = reader.proto.open_ticket(&ticket).await.unwrap();
     for (blob, index) in blobs.iter().zip(&indices) {
         let get = core.get_blob(*index);
@@ -108,23 +102,15 @@ async fn blobs_reach_a_reader_with_the_ticket_and_a_second_reader_from_the_first
     );
     writer.shutdown().await;
 
-    let second = net
-        .node_in(Transport::Direct, dirs[2].path(), StoreOptions::default())
-        .await
-        .unwrap();
-    let core2 = second
-        .proto
-        .open_ticket(&reader.proto.ticket(&core))
-        .await
-        .unwrap();
+    let second = net::node_in_dir(&net, dirs[2].path()).await;
+    let core2 = net::follow(&second, &reader, &core).await;
     wait_full(&core2, 4).await;
     let got = core2.get_blob(3).wait(WAIT).await.unwrap();
     assert_eq!(got, blobs[2], "the 10 MiB blob from the first reader");
     let file = dirs[2].path().join("exported");
     assert_eq!(core2.get_blob(2).export(&file, WAIT).await.unwrap(), 1024);
     assert_eq!(std::fs::read(&file).unwrap(), blobs[1]);
-    reader.shutdown().await;
-    second.shutdown().await;
+    net::shutdown(&[&reader, &second]).await;
 }
 
 /// A blob provider that answers every request with the encoding of another blob of the
@@ -146,12 +132,27 @@ impl iroh::protocol::ProtocolHandler for LyingBlobs {
     }
 }
 
+/// A blob provider that accepts every request and never answers.
+#[derive(Debug, Clone)]
+struct SilentBlobs;
+
+impl iroh::protocol::ProtocolHandler for SilentBlobs {
+    async fn accept(
+        &self,
+        conn: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        let _streams = conn.accept_bi().await;
+        conn.closed().await;
+        Ok(())
+    }
+}
+
 /// A provider that sends bytes failing verification is dropped for the others, the blob
 /// arrives right, and the liar is blamed (an `Invalid` event, counted in its peer stats); a
 /// provider that merely lacks the blob (a reader that holds only the block) is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_sending_bad_bytes_is_dropped_and_counted_invalid() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let blob = content(2 << 20, 7);
     let (writer, log, index) = writer_with_blob(&net, "shared", &[], blob.clone()).await;
     let ticket = writer.proto.ticket(&log);
@@ -188,17 +189,11 @@ async fn a_provider_sending_bad_bytes_is_dropped_and_counted_invalid() {
     let liar_core = liar.open_ticket(&ticket).await.unwrap();
     wait_full(&liar_core, index + 1).await;
     // A reader with the block but not the blob: a provider without it.
-    let lacking = net.node(Transport::Direct).await.unwrap();
-    let lacking_core = lacking.proto.open_ticket(&ticket).await.unwrap();
-    wait_full(&lacking_core, index + 1).await;
+    let (lacking, _lacking_core) = net::synced_follower(&net, &writer, &log).await;
 
     let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader.store.get_remote(log.key()).await.unwrap();
-    reader
-        .proto
-        .join(&core, &[liar_ep.addr(), lacking.addr(), writer.addr()])
-        .await
-        .unwrap();
+    let providers = [liar_ep.addr(), lacking.addr(), writer.addr()];
+    let core = net::joined(&reader, log.key(), &providers).await;
     wait_full(&core, index + 1).await;
     tokio::time::timeout(WAIT, async {
         while reader.proto.peers(&core).await.unwrap().len() < 3 {
@@ -226,12 +221,7 @@ async fn a_provider_sending_bad_bytes_is_dropped_and_counted_invalid() {
     // The liar has no channel (it speaks only iroh-blobs), so it has no stats row: its
     // blame shows as an `Invalid` event.
     let liar = *liar_ep.id().as_bytes();
-    wait_event(
-        &mut events,
-        "the liar blamed",
-        |e| matches!(e, Event::Invalid { peer, .. } if *peer == liar),
-    )
-    .await;
+    net::wait_blamed(&mut events, liar, "the liar blamed").await;
     let _ = liar_router.shutdown().await;
     for node in [writer, lacking, reader] {
         node.shutdown().await;
@@ -242,7 +232,7 @@ async fn a_provider_sending_bad_bytes_is_dropped_and_counted_invalid() {
 /// error before anything is downloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_over_the_size_limit_is_refused_before_downloading() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let (writer, log, index) = writer_with_blob(&net, "big", &[], content(2 << 20, 9)).await;
 
     let opts = StoreOptions {
@@ -266,8 +256,7 @@ async fn a_blob_over_the_size_limit_is_refused_before_downloading() {
         matches!(status, iroh_blobs::api::proto::BlobStatus::NotFound),
         "nothing downloaded: {status:?}"
     );
-    writer.shutdown().await;
-    reader.shutdown().await;
+    net::shutdown(&[&writer, &reader]).await;
 }
 
 /// A reference that understates its blob's size (a writer's lie) gets an error, and no more
@@ -275,7 +264,7 @@ async fn a_blob_over_the_size_limit_is_refused_before_downloading() {
 /// size 0 for a blob that is not empty asks nobody for anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reference_that_understates_its_blob_downloads_no_more_than_it_states() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let writer = net.node(Transport::Direct).await.unwrap();
     let big = content(3 << 20, 5);
     let tag = writer.store.blobs().add_bytes(big).await.unwrap();
@@ -298,8 +287,7 @@ async fn a_reference_that_understates_its_blob_downloads_no_more_than_it_states(
         !matches!(status, iroh_blobs::api::proto::BlobStatus::Complete { .. }),
         "only the stated size was fetched: {status:?}"
     );
-    writer.shutdown().await;
-    reader.shutdown().await;
+    net::shutdown(&[&writer, &reader]).await;
 }
 
 /// Waits (up to `WAIT`) until `hash` is gone from `store`'s blobs.
@@ -406,35 +394,17 @@ fn write_file(path: &std::path::Path, mib: usize) {
 /// file with the same bytes, its progress reaching the total.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mib_file_goes_from_file_to_file() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.bin");
     write_file(&source, 200);
-    let writer = net
-        .node_in(
-            Transport::Direct,
-            &dir.path().join("w"),
-            StoreOptions::default(),
-        )
-        .await
-        .unwrap();
+    let writer = net::node_in_dir(&net, &dir.path().join("w")).await;
     let log = writer.store.get_named("big files").await.unwrap();
     let index = log.append_blob(source.as_path()).await.unwrap();
     writer.proto.replicate(&log).await.unwrap();
 
-    let reader = net
-        .node_in(
-            Transport::Direct,
-            &dir.path().join("r"),
-            StoreOptions::default(),
-        )
-        .await
-        .unwrap();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
+    let reader = net::node_in_dir(&net, &dir.path().join("r")).await;
+    let core = net::follow(&reader, &writer, &log).await;
     let get = core.get_blob(index);
     let progress = get.progress();
     let target = dir.path().join("exported.bin");
@@ -443,8 +413,7 @@ async fn a_200_mib_file_goes_from_file_to_file() {
     let seen: Vec<BlobProgress> = progress.collect().await;
     let last = seen.last().unwrap();
     assert_eq!((last.done, last.total), (200 << 20, 200 << 20));
-    writer.shutdown().await;
-    reader.shutdown().await;
+    net::shutdown(&[&writer, &reader]).await;
 }
 
 /// A reader stopped in the middle of a blob and restarted from its directory keeps what it
@@ -452,17 +421,14 @@ async fn a_200_mib_file_goes_from_file_to_file() {
 /// the blob is whole and right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_restarted_mid_blob_resumes_where_it_stopped() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let blob = content(64 << 20, 11);
     let hash = iroh_blobs::Hash::new(&blob);
     let (writer, log, index) = writer_with_blob(&net, "resumed", &[], blob.clone()).await;
     let ticket = writer.proto.ticket(&log);
 
     let dir = tempfile::tempdir().unwrap();
-    let reader = net
-        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
-        .await
-        .unwrap();
+    let reader = net::node_in_dir(&net, dir.path()).await;
     let core = reader.proto.open_ticket(&ticket).await.unwrap();
     let get = core.get_blob(index);
     let mut progress = get.progress();
@@ -478,10 +444,7 @@ async fn a_reader_restarted_mid_blob_resumes_where_it_stopped() {
     drop(core);
     reader.shutdown().await;
 
-    let reader = net
-        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
-        .await
-        .unwrap();
+    let reader = net::node_in_dir(&net, dir.path()).await;
     let kept = reader
         .store
         .blobs()
@@ -497,8 +460,7 @@ async fn a_reader_restarted_mid_blob_resumes_where_it_stopped() {
     let core = reader.proto.open_ticket(&ticket).await.unwrap();
     let got = core.get_blob(index).wait(WAIT).await.unwrap();
     assert_eq!(got, blob);
-    writer.shutdown().await;
-    reader.shutdown().await;
+    net::shutdown(&[&writer, &reader]).await;
 }
 
 /// A reader replicating in full under `BlobPolicy::UpTo(1 MiB)` fetches the small blob with
@@ -506,7 +468,7 @@ async fn a_reader_restarted_mid_blob_resumes_where_it_stopped() {
 /// fetches both; with the default policy, none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_replication_fetches_the_blobs_its_policy_admits() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let writer = net.node(Transport::Direct).await.unwrap();
     let log = writer.store.get_named("with blobs").await.unwrap();
     log.append(b"plain".to_vec()).await.unwrap();
@@ -589,37 +551,17 @@ async fn a_store_dropped_without_close_opens_again() {
     }
 }
 
-/// A blob provider that accepts every request and never answers.
-#[derive(Debug, Clone)]
-struct SilentBlobs;
-
-impl iroh::protocol::ProtocolHandler for SilentBlobs {
-    async fn accept(
-        &self,
-        conn: iroh::endpoint::Connection,
-    ) -> Result<(), iroh::protocol::AcceptError> {
-        let _streams = conn.accept_bi().await;
-        conn.closed().await;
-        Ok(())
-    }
-}
-
 /// A provider that never answers holds its part up only for `PROVIDER_IDLE` (10 s): the part
 /// goes to the next provider and the blob arrives; the silent one is not blamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_provider_holds_a_fetch_up_only_until_it_is_dropped() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let blob = content(1 << 20, 3);
     let (writer, log, index) = writer_with_blob(&net, "stalled", &[], blob.clone()).await;
     let (silent_ep, silent_router) = blob_only_endpoint(&net, SilentBlobs).await;
 
     let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader.store.get_remote(log.key()).await.unwrap();
-    reader
-        .proto
-        .join(&core, &[silent_ep.addr(), writer.addr()])
-        .await
-        .unwrap();
+    let core = net::joined(&reader, log.key(), &[silent_ep.addr(), writer.addr()]).await;
     wait_full(&core, index + 1).await;
     let mut events = reader.proto.subscribe();
     let got = core.get_blob(index).wait(WAIT).await.unwrap();
@@ -633,15 +575,14 @@ async fn a_silent_provider_holds_a_fetch_up_only_until_it_is_dropped() {
         "silence is not bad data"
     );
     let _ = silent_router.shutdown().await;
-    writer.shutdown().await;
-    reader.shutdown().await;
+    net::shutdown(&[&writer, &reader]).await;
 }
 
 /// A writer that truncates below a blob block and writes on moves its readers to a new fork:
 /// the reader releases the blob of the block cut, and garbage collection takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_from_the_writer_releases_the_blobs_it_cuts() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let cut = content(50_000, 4);
     let (writer, log, index) = writer_with_blob(&net, "forked", &[b"kept"], cut.clone()).await;
 
@@ -663,8 +604,7 @@ async fn a_fork_from_the_writer_releases_the_blobs_it_cuts() {
     })
     .await;
     wait_collected(&reader.store, iroh_blobs::Hash::new(&cut)).await;
-    writer.shutdown().await;
-    reader.shutdown().await;
+    net::shutdown(&[&writer, &reader]).await;
 }
 
 /// A blob appended from a stream of chunks names their concatenation; a handle that cannot

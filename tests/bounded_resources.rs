@@ -7,6 +7,7 @@
 
 #[path = "common/attacker.rs"]
 mod attacker;
+mod common;
 #[path = "common/net.rs"]
 mod net;
 
@@ -19,11 +20,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::reader_engine;
 use iroh::{EndpointAddr, SecretKey, address_lookup::memory::MemoryLookup};
 use iroh_hypercore::{
-    ALPN, Corestore, Error, Hypercore, HypercoreProtocol,
+    ALPN, Error, Hypercore, HypercoreProtocol,
     core::RunApplied,
-    crypto::capability::{Role, capability},
     net::{MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED_TOTAL, MAX_DIALS, NodeStats},
     replication::{
         Engine, EngineConfig, FetchConfig, Input, Mode, Output, Task,
@@ -49,13 +50,9 @@ struct Snapshot {
     peer: PeerStats,
 }
 
+/// [`stats`] as a [`Snapshot`].
 async fn snapshot(proto: &HypercoreProtocol, peer: [u8; 32]) -> Snapshot {
-    let node = proto.node_stats().await.unwrap();
-    let peers = proto.peer_stats().await.unwrap();
-    let peer = peers
-        .into_iter()
-        .find(|s| s.peer == peer)
-        .unwrap_or_default();
+    let (node, peer) = stats(proto, peer).await;
     Snapshot { node, peer }
 }
 
@@ -127,16 +124,31 @@ impl Watch {
 async fn follow_timed(net: &TestNet, writer: &Node, log: &Hypercore) -> Duration {
     let node = net.node(Transport::Direct).await.unwrap();
     let start = Instant::now();
-    let core = node
-        .proto
-        .open_ticket(&writer.proto.ticket(log))
-        .await
-        .unwrap();
+    let core = follow(&node, writer, log).await;
     wait_full(&core, log.info().length).await;
     let took = start.elapsed();
     assert_eq!(core.tree_hash(), log.tree_hash());
     node.shutdown().await;
     took
+}
+
+/// Waits until the node of `proto` closes `conn` (opened by `me`) and then gives back every
+/// buffer: why it closed, how long after `start`, and the node's stats then.
+async fn closed_and_released(
+    proto: &HypercoreProtocol,
+    conn: &iroh::endpoint::Connection,
+    me: [u8; 32],
+    start: Instant,
+) -> (iroh::endpoint::ConnectionError, Duration, Snapshot) {
+    let reason = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("the connection is closed");
+    let closed = start.elapsed();
+    let after = poll_until(proto, me, "buffers given back", |s| {
+        s.node.buffered_bytes == 0 && s.node.connections == 0
+    })
+    .await;
+    (reason, closed, after)
 }
 
 /// **Gossip dial flood.** An attacker on a core's gossip topic announces, in four waves a
@@ -147,8 +159,7 @@ async fn follow_timed(net: &TestNet, writer: &Node, log: &Hypercore) -> Duration
 /// honest follower of its log still completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gossip_dial_flood_is_rate_limited_and_bounded() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (target, log) = writer_with_log(&net, "gossiped", 200, 1024).await;
 
     // The made-up origins: the target can look them up, but nothing answers there.
@@ -228,20 +239,14 @@ async fn a_gossip_dial_flood_is_rate_limited_and_bounded() {
 /// log of the writer completes (its time with and without the attacker is printed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_holds_at_most_its_backlog_limit() {
-    net::init_tracing();
     let cfg = EngineConfig::default();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, big) = writer_with_log(&net, "big", 128, 256 * 1024).await;
-    let small = writer.store.get_named("small").await.unwrap();
-    append_numbered(&small, 0, 500, 1024).await;
-    writer.proto.replicate(&small).await.unwrap();
+    let small = log_on(&writer, "small", 500, 1024).await;
     let quiet = follow_timed(&net, &writer, &small).await;
 
-    let (ep, conn) = attacker::connect_below(&net, &writer).await;
-    let me = *ep.id().as_bytes();
-    let (mut tx, rx) = attacker::open_channel(&conn, me, big.key())
-        .await
-        .expect("the writer accepts a channel with a valid capability");
+    let (intruder, mut tx, rx) = attacker::intrude(&net, &writer, big.key()).await;
+    let me = intruder.me;
     let sync = SyncInfo {
         fork: 0,
         length: 0,
@@ -301,8 +306,7 @@ async fn a_peer_that_never_reads_holds_at_most_its_backlog_limit() {
     );
     assert!(peak <= bound && peak >= limit);
     drop((tx, rx));
-    conn.close(0u32.into(), b"done");
-    ep.close().await;
+    intruder.hang_up().await;
     writer.shutdown().await;
 }
 
@@ -313,8 +317,7 @@ async fn a_peer_that_never_reads_holds_at_most_its_backlog_limit() {
 /// connection closed, and the node never holds more than a handshake frame per stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_frames_before_the_handshake_close_the_connection() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (target, _log) = writer_with_log(&net, "log", 10, 64).await;
     let ep = net.endpoint(Transport::Direct).await.unwrap();
     let conn = ep.connect(target.addr(), ALPN).await.unwrap();
@@ -329,14 +332,7 @@ async fn unfinished_frames_before_the_handshake_close_the_connection() {
         attacker::unfinished_frame(&conn, tx, rx, 8 * MIB as u32, 256 * 1024);
         opened += 1;
     }
-    let reason = tokio::time::timeout(WAIT, conn.closed())
-        .await
-        .expect("the connection is closed");
-    let closed = start.elapsed();
-    let after = poll_until(&target.proto, me, "buffers given back", |s| {
-        s.node.buffered_bytes == 0 && s.node.connections == 0
-    })
-    .await;
+    let (reason, closed, after) = closed_and_released(&target.proto, &conn, me, start).await;
     let peak = sampler.stop().await;
     println!(
         "unfinished frames before the handshake: {opened} streams opened, connection closed \
@@ -360,16 +356,9 @@ async fn unfinished_frames_before_the_handshake_close_the_connection() {
 /// follower of one of the cores then completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_frames_after_the_handshake_hit_the_connection_budget() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let writer = net.node(Transport::Direct).await.unwrap();
-    let mut logs = Vec::new();
-    for i in 0..6 {
-        let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
-        append_numbered(&log, 0, 100, 1024).await;
-        writer.proto.replicate(&log).await.unwrap();
-        logs.push(log);
-    }
+    let logs = logs_on(&writer, 6, 100, 1024).await;
     let (ep, conn) = attacker::connect_below(&net, &writer).await;
     let me = *ep.id().as_bytes();
     let mut channels = Vec::new();
@@ -382,14 +371,7 @@ async fn unfinished_frames_after_the_handshake_hit_the_connection_budget() {
     for (tx, rx) in channels {
         attacker::unfinished_frame(&conn, tx, rx, 8 * MIB as u32, 79 * MIB / 10);
     }
-    let reason = tokio::time::timeout(WAIT, conn.closed())
-        .await
-        .expect("the connection is closed");
-    let closed = start.elapsed();
-    let after = poll_until(&writer.proto, me, "buffers given back", |s| {
-        s.node.buffered_bytes == 0 && s.node.connections == 0
-    })
-    .await;
+    let (reason, closed, after) = closed_and_released(&writer.proto, &conn, me, start).await;
     let peak = sampler.stop().await;
     let honest = follow_timed(&net, &writer, &logs[0]).await;
     println!(
@@ -417,9 +399,8 @@ async fn unfinished_frames_after_the_handshake_hit_the_connection_budget() {
 /// T then replicates X, it adopts H's parked channel and downloads X from H.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_channels_are_capped_per_peer_and_an_honest_one_is_adopted() {
-    net::init_tracing();
     let cap = EngineConfig::default().max_parked_per_peer;
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (t, c) = writer_with_log(&net, "c", 10, 64).await;
     let h = net.node(Transport::Direct).await.unwrap();
     let h_id = *h.endpoint.id().as_bytes();
@@ -516,8 +497,7 @@ async fn parked_channels_are_capped_per_peer_and_an_honest_one_is_adopted() {
     assert_eq!(done.peer.refused + done.peer.dropped, 0, "{:?}", done.peer);
     drop(streams);
     ep.close().await;
-    h.shutdown().await;
-    t.shutdown().await;
+    shutdown(&[&h, &t]).await;
 }
 
 /// **A peer that never reads still makes the node queue without limit.** The attacker knows
@@ -528,25 +508,17 @@ async fn parked_channels_are_capped_per_peer_and_an_honest_one_is_adopted() {
 /// the default limit) and keeps growing with what the attacker sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_cannot_grow_the_backlog_with_sync_asks() {
-    net::init_tracing();
     let cfg = EngineConfig {
         max_backlog_bytes: 256 * 1024,
         serve_run_bytes: 64 * 1024,
         ..Default::default()
     };
     let bound = cfg.max_backlog_bytes + 4 * cfg.serve_run_bytes;
-    let net = TestNet::new().await.unwrap();
-    let store = Corestore::memory().await.unwrap();
-    let writer = net.node_with(Transport::Direct, store, cfg).await.unwrap();
-    let log = writer.store.get_named("log").await.unwrap();
-    append_numbered(&log, 0, 100, 64).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let net = test_net().await;
+    let writer = node_with_config(&net, cfg).await;
+    let log = log_on(&writer, "log", 100, 64).await;
 
-    let (ep, conn) = attacker::connect_below(&net, &writer).await;
-    let me = *ep.id().as_bytes();
-    let (mut tx, rx) = attacker::open_channel(&conn, me, log.key())
-        .await
-        .expect("the writer accepts a channel with a valid capability");
+    let (intruder, mut tx, rx) = attacker::intrude(&net, &writer, log.key()).await;
     let ask = Message::Sync(SyncInfo {
         fork: 0,
         length: 0,
@@ -574,7 +546,7 @@ async fn a_peer_that_never_reads_cannot_grow_the_backlog_with_sync_asks() {
     let started = Instant::now();
     let (mut peak, mut last, mut same) = (0u64, u64::MAX, 0);
     while started.elapsed() < WAIT {
-        let (_, p) = stats(&writer.proto, me).await;
+        let (_, p) = stats(&writer.proto, intruder.me).await;
         peak = peak.max(p.backlog_bytes);
         same = if p.backlog_bytes == last { same + 1 } else { 0 };
         last = p.backlog_bytes;
@@ -583,7 +555,7 @@ async fn a_peer_that_never_reads_cannot_grow_the_backlog_with_sync_asks() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (_, p) = stats(&writer.proto, me).await;
+    let (_, p) = stats(&writer.proto, intruder.me).await;
     println!(
         "never-reading peer sending Sync asks: writer's backlog towards it peaked at {:.1} MiB \
          after {:.1?} (max_backlog_bytes {} KiB, bound {} KiB); blocks up {}",
@@ -600,8 +572,7 @@ async fn a_peer_that_never_reads_cannot_grow_the_backlog_with_sync_asks() {
         bound / 1024
     );
     drop(rx);
-    conn.close(0u32.into(), b"done");
-    ep.close().await;
+    intruder.hang_up().await;
     writer.shutdown().await;
 }
 
@@ -615,20 +586,11 @@ async fn a_peer_that_never_reads_cannot_grow_the_backlog_with_sync_asks() {
 /// gets the blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attackers_filling_the_global_frame_budget_do_not_cut_off_honest_peers() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let reader = net.node(Transport::Direct).await.unwrap();
+    let net = test_net().await;
+    let (writer, reader) = two_nodes(&net).await;
     let mut logs: Vec<(Hypercore, Hypercore)> = Vec::new();
-    for i in 0..4 {
-        let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
-        append_numbered(&log, 0, 1, 64).await;
-        writer.proto.replicate(&log).await.unwrap();
-        let copy = reader
-            .proto
-            .open_ticket(&writer.proto.ticket(&log))
-            .await
-            .unwrap();
+    for log in logs_on(&writer, 4, 1, 64).await {
+        let copy = follow(&reader, &writer, &log).await;
         wait_full(&copy, 1).await;
         logs.push((log, copy));
     }
@@ -690,11 +652,9 @@ async fn attackers_filling_the_global_frame_budget_do_not_cut_off_honest_peers()
         "the honest writer's blocks never arrived while 8 attackers hold the global budget"
     );
     for (ep, conn) in attackers {
-        conn.close(0u32.into(), b"done");
-        ep.close().await;
+        attacker::hang_up(&ep, &conn).await;
     }
-    reader.shutdown().await;
-    writer.shutdown().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// **Answers that are not requests ignore the backlog limit.** While a peer does not read, the
@@ -738,6 +698,23 @@ fn a_peer_over_its_backlog_limit_gets_no_more_queued_answers() {
     );
 }
 
+/// The engine's mean time, over `rounds`, to handle an input that concerns no fetch: a
+/// `Backlog` report of `peer` at `now`, and the outputs that follow.
+fn time_per_input(engine: &mut Engine, peer: [u8; 32], rounds: u32, now: Instant) -> Duration {
+    let start = Instant::now();
+    for _ in 0..rounds {
+        engine.handle(Input::Backlog(peer, 0), now);
+        outputs(engine);
+    }
+    start.elapsed() / rounds
+}
+
+/// Asserts that the engine took under a millisecond (`took`) per input; `why` says what it
+/// means if not.
+fn assert_under_a_millisecond(took: Duration, why: &str) {
+    assert!(took < Duration::from_millis(1), "{took:?} {why}");
+}
+
 /// **One small `Sync` makes the engine scan the whole fetch queue.** A reader catching up a
 /// log of 1,000,000 blocks has 1,000,000 entries in its fetch queue. `on_sync` calls
 /// `fetch.add_source(core, old.contiguous, new.contiguous)`, and a peer that alternates
@@ -756,13 +733,7 @@ fn a_sync_does_not_make_the_engine_scan_the_whole_fetch_queue() {
         },
         ..Default::default()
     };
-    let (mut engine, channel, _) = engine_with_peer_outputs(
-        cfg,
-        local_at(n, 0, false),
-        Mode::Full,
-        sync_at(n, 0, false),
-        now,
-    );
+    let (mut engine, channel, _) = reader_engine(cfg, n, 0, sync_at(n, 0, false), now);
     assert_eq!(engine.queued_blocks(), n as usize);
     let rounds = 100;
     let timed = |engine: &mut Engine, toggle: bool| {
@@ -788,9 +759,9 @@ fn a_sync_does_not_make_the_engine_scan_the_whole_fetch_queue() {
         "{rounds} Syncs: {quiet:?} with a steady contiguous, {toggled:?} toggling it \
          ({per:?} per 10-byte message) against a fetch queue of {n} blocks"
     );
-    assert!(
-        per < Duration::from_millis(1),
-        "{per:?} of engine time per Sync: on_sync -> fetch.add_source scans the queue"
+    assert_under_a_millisecond(
+        per,
+        "of engine time per Sync: on_sync -> fetch.add_source scans the queue",
     );
 }
 
@@ -813,13 +784,7 @@ fn blocks_held_before_they_are_stored_are_capped_by_their_real_size() {
         },
         ..Default::default()
     };
-    let (mut engine, channel, out) = engine_with_peer_outputs(
-        cfg,
-        local_at(1000, 0, false),
-        Mode::Full,
-        sync_at(1000, 1000, false),
-        now,
-    );
+    let (mut engine, channel, out) = reader_engine(cfg, 1000, 0, sync_at(1000, 1000, false), now);
     let asked: Vec<(u64, u64)> = run_requests(&out)
         .into_iter()
         .flat_map(|(id, s, e)| (s..e).map(move |i| (id, i)))
@@ -890,47 +855,21 @@ fn a_peer_with_nothing_to_give_does_not_make_every_input_scan_the_fetch_queue() 
     let n = 1_000_000;
     let h: [u8; 32] = [9; 32];
     let a: [u8; 32] = [10; 32];
-    let (mut engine, _hc, out) = engine_with_peer_outputs(
-        EngineConfig::default(),
-        local_at(n, 1, false),
-        Mode::Full,
-        sync_at(n, n, false),
-        now,
-    );
+    let (mut engine, _hc, out) =
+        reader_engine(EngineConfig::default(), n, 1, sync_at(n, n, false), now);
     assert!(!run_requests(&out).is_empty(), "H is asked for runs");
-    engine.handle(Input::PeerConnected(a), now);
-    let ac = outputs(&mut engine)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::OpenChannel(_, ch, _) => Some(ch),
-            _ => None,
-        })
-        .unwrap();
-    let accept = Message::Accept {
-        capability: capability(&CORE, Role::Acceptor, &ME, &a),
-    };
-    engine.handle(Input::Message(a, ac, accept), now);
-    outputs(&mut engine);
-    let rounds = 5;
-    let timed = |engine: &mut Engine| {
-        let start = Instant::now();
-        for _ in 0..rounds {
-            engine.handle(Input::Backlog(h, 0), now);
-            outputs(engine);
-        }
-        start.elapsed() / rounds
-    };
-    let before = timed(&mut engine);
+    let ac = connect(&mut engine, a, now);
+    let before = time_per_input(&mut engine, h, 5, now);
     engine.handle(Input::Message(a, ac, sync_at(n, 1, false)), now);
     outputs(&mut engine);
-    let after = timed(&mut engine);
+    let after = time_per_input(&mut engine, h, 5, now);
     println!(
         "engine time per unrelated input: {before:?} before A's one Sync, {after:?} after it \
          (fetch queue of {n} blocks)"
     );
-    assert!(
-        after < Duration::from_millis(1),
-        "{after:?} per input: FetchQueue::next_request -> assign(A) walks every ready entry"
+    assert_under_a_millisecond(
+        after,
+        "per input: FetchQueue::next_request -> assign(A) walks every ready entry",
     );
 }
 
@@ -946,13 +885,8 @@ fn a_peer_with_nothing_to_give_does_not_make_every_input_scan_the_fetch_queue() 
 fn a_peer_that_leaves_while_it_is_blamed_leaves_nothing_behind() {
     let t0 = Instant::now();
     let n = 1_000_000;
-    let (mut engine, channel, out) = engine_with_peer_outputs(
-        EngineConfig::default(),
-        local_at(n, 0, false),
-        Mode::Full,
-        sync_at(n, n, false),
-        t0,
-    );
+    let (mut engine, channel, out) =
+        reader_engine(EngineConfig::default(), n, 0, sync_at(n, n, false), t0);
     let (id, start, _) = run_requests(&out)[0];
     let data = Message::Data {
         id,
@@ -969,16 +903,7 @@ fn a_peer_that_leaves_while_it_is_blamed_leaves_nothing_behind() {
     engine.handle(Input::PeerDisconnected(PEER), t0);
     outputs(&mut engine);
     let later = t0 + Duration::from_secs(10);
-    let rounds = 3;
-    let timed = |engine: &mut Engine| {
-        let start = Instant::now();
-        for _ in 0..rounds {
-            engine.handle(Input::Backlog([7; 32], 0), later);
-            outputs(engine);
-        }
-        start.elapsed() / rounds
-    };
-    let before = timed(&mut engine);
+    let before = time_per_input(&mut engine, [7; 32], 3, later);
     let applied = RunApplied {
         stored: vec![],
         rejected: Some((start, Error::InvalidArgument("checksum mismatch"))),
@@ -987,15 +912,15 @@ fn a_peer_that_leaves_while_it_is_blamed_leaves_nothing_behind() {
     let local = local_at(n, 0, false);
     engine.handle(task.done(Applied { outcome, local }), t0);
     outputs(&mut engine);
-    let after = timed(&mut engine);
+    let after = time_per_input(&mut engine, [7; 32], 3, later);
     println!(
         "peers connected: {:?}; engine time per input {before:?} before the late blame, \
          {after:?} after it (fetch queue of {n} blocks)",
         engine.peers()
     );
-    assert!(
-        after < Duration::from_millis(1),
-        "{after:?} per input: the blamed peer, gone, is back in the fetch queue for good"
+    assert_under_a_millisecond(
+        after,
+        "per input: the blamed peer, gone, is back in the fetch queue for good",
     );
 }
 
@@ -1031,16 +956,7 @@ fn no_data_cannot_fragment_a_peers_ranges_into_a_scan_per_input() {
         .expect("A is asked for a run of the missing blocks");
     println!("A is asked for run {id}: {start}..{end}");
 
-    let timed_input = |engine: &mut Engine| {
-        let rounds = 20;
-        let t = Instant::now();
-        for _ in 0..rounds {
-            engine.handle(Input::Backlog(h, 0), now);
-            outputs(engine);
-        }
-        t.elapsed() / rounds
-    };
-    let before = timed_input(&mut engine);
+    let before = time_per_input(&mut engine, h, 20, now);
 
     let holes = c / 2;
     let nodata = |engine: &mut Engine, s: u64| {
@@ -1078,7 +994,7 @@ fn no_data_cannot_fragment_a_peers_ranges_into_a_scan_per_input() {
         now,
     );
     outputs(&mut engine);
-    let after = timed_input(&mut engine);
+    let after = time_per_input(&mut engine, h, 20, now);
     println!(
         "engine time per 25-byte NoData: {first:?} for the first 1,000, {last:?} for the last \
          1,000 of {holes}; per unrelated input: {before:?} before, {after:?} after \

@@ -4,6 +4,7 @@
 
 #[path = "common/attacker.rs"]
 mod attacker;
+mod common;
 #[path = "common/net.rs"]
 mod net;
 
@@ -11,15 +12,13 @@ use std::time::{Duration, Instant};
 
 use attacker::*;
 use iroh_hypercore::{
-    Corestore,
     replication::{
         EngineConfig, Event,
         engine::testing::sync,
         gossip::{GossipOp, topic},
         wire::Message,
     },
-    testnet::{TestNet, Transport},
-    tree::{ProofRequest, UpgradeRequest},
+    testnet::Transport,
 };
 use n0_future::StreamExt;
 use net::*;
@@ -30,14 +29,9 @@ use net::*;
 /// without proving the key, a made-up `Accept`, or the writer's own capability reflected back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_the_key_gets_nothing_on_channels_we_open() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let writer = net.node(Transport::Direct).await.unwrap();
-    for name in ["a", "b", "c"] {
-        let log = writer.store.get_named(name).await.unwrap();
-        append_numbered(&log, 0, 10, 64).await;
-        writer.proto.replicate(&log).await.unwrap();
-    }
+    logs_on(&writer, 3, 10, 64).await;
     let ep = endpoint_ordered(&net, *writer.endpoint.id().as_bytes(), true).await;
     let conn = ep
         .connect(writer.addr(), iroh_hypercore::ALPN)
@@ -58,14 +52,7 @@ async fn a_peer_without_the_key_gets_nothing_on_channels_we_open() {
             // Requests and a state of its own, without proving anything.
             0 => {
                 send(&mut tx, &sync(0, true)).await;
-                let request = ProofRequest {
-                    upgrade: Some(UpgradeRequest {
-                        start: 0,
-                        length: 10,
-                    }),
-                    manifest: true,
-                    ..Default::default()
-                };
+                let request = common::upgrade_request(10);
                 send(&mut tx, &Message::Request { id: 1, request }).await;
             }
             // A made-up capability.
@@ -95,8 +82,7 @@ async fn a_peer_without_the_key_gets_nothing_on_channels_we_open() {
         .unwrap();
     assert!(me.dropped >= 3, "{me:?}");
     assert_eq!(me.blocks_up, 0);
-    conn.close(0u32.into(), b"done");
-    ep.close().await;
+    hang_up(&ep, &conn).await;
     writer.shutdown().await;
 }
 
@@ -105,22 +91,14 @@ async fn a_peer_without_the_key_gets_nothing_on_channels_we_open() {
 /// and closes the channel once the handshake timeout passes without the peer's `Accept`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gossip_announcer_that_knows_only_the_discovery_key_reads_nothing() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, log) = writer_with_log(&net, "secret", 10, 64).await;
     let cfg = EngineConfig {
         handshake_timeout: Duration::from_secs(2),
         ..Default::default()
     };
-    let reader = net
-        .node_with(Transport::Direct, Corestore::memory().await.unwrap(), cfg)
-        .await
-        .unwrap();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
+    let reader = node_with_config(&net, cfg).await;
+    let core = follow(&reader, &writer, &log).await;
     wait_full(&core, 10).await;
 
     let ep = endpoint_ordered(&net, *reader.endpoint.id().as_bytes(), true).await;
@@ -184,18 +162,14 @@ async fn a_gossip_announcer_that_knows_only_the_discovery_key_reads_nothing() {
     assert!(me.is_none_or(|s| s.blocks_up == 0), "{me:?}");
     drop(gossip_tx);
     router.shutdown().await.ok();
-    reader.shutdown().await;
-    writer.shutdown().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_key_alone_cannot_open_a_channel() {
     use iroh_hypercore::replication::wire::{Message, decode_body, encode_frame, frame_len};
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("secret").await.unwrap();
-    log.append(b"private".to_vec()).await.unwrap();
-    writer.proto.replicate(&log).await.unwrap();
+    let net = test_net().await;
+    let (writer, log) = writer_with_log(&net, "secret", 1, 7).await;
     let mut events = writer.proto.subscribe();
 
     // An eavesdropper knows the discovery key and guesses a capability.
@@ -263,18 +237,14 @@ async fn discovery_key_alone_cannot_open_a_channel() {
 /// which any honest connection that buffers part of a frame is closed (see the next test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_never_finishes_its_open_is_closed_after_the_handshake_timeout() {
-    net::init_tracing();
     let timeout = Duration::from_secs(1);
     let cfg = EngineConfig {
         handshake_timeout: timeout,
         ..Default::default()
     };
-    let net = TestNet::new().await.unwrap();
-    let store = Corestore::memory().await.unwrap();
-    let target = net.node_with(Transport::Direct, store, cfg).await.unwrap();
-    let log = target.store.get_named("log").await.unwrap();
-    append_numbered(&log, 0, 10, 64).await;
-    target.proto.replicate(&log).await.unwrap();
+    let net = test_net().await;
+    let target = node_with_config(&net, cfg).await;
+    let _log = log_on(&target, "log", 10, 64).await;
 
     let ep = net.endpoint(Transport::Direct).await.unwrap();
     let me = *ep.id().as_bytes();
@@ -314,7 +284,6 @@ async fn a_stream_that_never_finishes_its_open_is_closed_after_the_handshake_tim
         "unfinished frames of streams that never proved anything are held past the handshake \
          timeout"
     );
-    conn.close(0u32.into(), b"done");
-    ep.close().await;
+    hang_up(&ep, &conn).await;
     target.shutdown().await;
 }

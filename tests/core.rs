@@ -186,39 +186,22 @@ async fn get_stored_reads_the_run_from_the_start_of_a_range() {
             .enumerate()
             .all(|(i, b)| b[..] == [i as u8; 100][..])
     );
-    assert!(core.get_stored(4..100, u64::MAX).await.unwrap().is_empty());
+    assert_eq!(stored_count(&core, 4..100, u64::MAX).await, 0);
     let run = core.get_stored(6..100, u64::MAX).await.unwrap();
     assert_eq!(run.len(), 6, "to the length");
     assert_eq!(run[4], big, "a large block whole");
     assert_eq!(&run[5][..], b"last");
-    assert_eq!(
-        core.get_stored(6..8, u64::MAX).await.unwrap().len(),
-        2,
-        "to the end"
-    );
-    assert_eq!(
-        core.get_stored(0..100, 250).await.unwrap().len(),
-        3,
-        "to max_bytes"
-    );
-    assert_eq!(
-        core.get_stored(0..100, 0).await.unwrap().len(),
-        1,
-        "one at least"
-    );
-    assert!(
-        core.get_stored(12..u64::MAX, u64::MAX)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(stored_count(&core, 6..8, u64::MAX).await, 2, "to the end");
+    assert_eq!(stored_count(&core, 0..100, 250).await, 3, "to max_bytes");
+    assert_eq!(stored_count(&core, 0..100, 0).await, 1, "one at least");
+    assert_eq!(stored_count(&core, 12..u64::MAX, u64::MAX).await, 0);
     let (start, end) = (5, 3);
-    assert!(
-        core.get_stored(start..end, u64::MAX)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(stored_count(&core, start..end, u64::MAX).await, 0);
+}
+
+/// How many blocks `get_stored` reads from `range` within `max_bytes`.
+async fn stored_count(core: &Hypercore, range: std::ops::Range<u64>, max_bytes: u64) -> usize {
+    core.get_stored(range, max_bytes).await.unwrap().len()
 }
 
 #[tokio::test]
@@ -439,17 +422,7 @@ async fn bad_arguments_are_clear_errors() {
     ));
     assert!(matches!(reader.truncate(0).await, Err(Error::NotWritable)));
     // A proof of another core is rejected by the reader.
-    let proof = core
-        .create_proof(ProofRequest {
-            upgrade: Some(UpgradeRequest {
-                start: 0,
-                length: 1,
-            }),
-            manifest: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let proof = core.create_proof(common::upgrade_request(1)).await.unwrap();
     assert!(reader.verify_and_apply_proof(proof).await.is_err());
     assert_eq!(reader.info().length, 0);
 }
@@ -788,12 +761,7 @@ async fn hash_and_seek_proofs_verify_on_a_reader() {
     let proof = core
         .create_proof(ProofRequest {
             seek: Some(iroh_hypercore::tree::SeekRequest { bytes: 25 }),
-            upgrade: Some(UpgradeRequest {
-                start: 0,
-                length: 10,
-            }),
-            manifest: true,
-            ..Default::default()
+            ..common::upgrade_request(10)
         })
         .await
         .unwrap();

@@ -10,10 +10,10 @@ use iroh_hypercore::{
     Error,
     net::{ExtensionMessage, ReplicaEvent},
     replication::{Event, engine::MAX_EXTENSION_PAYLOAD},
-    testnet::{TestNet, Transport},
+    testnet::Transport,
 };
 use n0_future::StreamExt;
-use net::{WAIT, append_numbered, wait_event, wait_full};
+use net::{WAIT, follow, log_on, two_nodes, wait_event, wait_full, writer_with_log};
 
 async fn next_message(messages: &mut iroh_hypercore::net::ExtensionMessages) -> ExtensionMessage {
     tokio::time::timeout(WAIT, messages.next())
@@ -24,13 +24,10 @@ async fn next_message(messages: &mut iroh_hypercore::net::ExtensionMessages) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_peer_add_a_tells_b_of_a_core_and_b_replicates_it() {
-    let net = TestNet::new().await.unwrap();
-    let a = net.node(Transport::Direct).await.unwrap();
-    let b = net.node(Transport::Direct).await.unwrap();
+    let net = net::test_net().await;
+    let (a, b) = two_nodes(&net).await;
     // A has a core B has never heard of; a second core of A's brings the two together.
-    let secret = a.store.get_named("told").await.unwrap();
-    append_numbered(&secret, 0, 10, 32).await;
-    a.proto.replicate(&secret).await.unwrap();
+    let secret = log_on(&a, "told", 10, 32).await;
     let a_cores = a.proto.extension("cores").await.unwrap();
     let b_cores = b.proto.extension("cores").await.unwrap();
     let mut told = b_cores.subscribe();
@@ -70,18 +67,13 @@ async fn on_peer_add_a_tells_b_of_a_core_and_b_replicates_it() {
     b.proto.replicate(&core).await.unwrap();
     wait_full(&core, 10).await;
     assert_eq!(a.proto.node_stats().await.unwrap().connections, 1);
-    a.shutdown().await;
-    b.shutdown().await;
+    net::shutdown(&[&a, &b]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_go_on_a_cores_channel_and_unknown_names_are_counted() {
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("room").await.unwrap();
-    append_numbered(&log, 0, 1, 8).await;
-    writer.proto.replicate(&log).await.unwrap();
-    let ticket = writer.proto.ticket(&log);
+    let net = net::test_net().await;
+    let (writer, log) = writer_with_log(&net, "room", 1, 8).await;
     let mut room = writer.proto.events(&log);
     let mut readers = Vec::new();
     let mut inboxes = Vec::new();
@@ -89,7 +81,7 @@ async fn messages_go_on_a_cores_channel_and_unknown_names_are_counted() {
         let r = net.node(Transport::Direct).await.unwrap();
         let ext = r.proto.extension("chat").await.unwrap();
         inboxes.push(ext.subscribe());
-        let core = r.proto.open_ticket(&ticket).await.unwrap();
+        let core = follow(&r, &writer, &log).await;
         wait_full(&core, 1).await;
         readers.push((r, core, ext));
     }

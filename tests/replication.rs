@@ -7,26 +7,17 @@ mod net;
 
 use iroh_hypercore::{
     replication::Event,
-    testnet::{Node, TestNet, Transport},
+    testnet::{Node, Transport},
 };
 use n0_future::StreamExt;
 use net::{WAIT, wait_full};
 
 async fn replicate_two(transport: Transport, blocks: u64) {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     let writer = net.node(Transport::Direct).await.unwrap();
     let reader = net.node(transport).await.unwrap();
-    let log = writer.store.get_named("log").await.unwrap();
-    let batch: Vec<Vec<u8>> = (0..blocks)
-        .map(|i| format!("block {i}").into_bytes())
-        .collect();
-    for chunk in batch.chunks(1000) {
-        log.append_batch(chunk.to_vec()).await.unwrap();
-    }
-    writer.proto.replicate(&log).await.unwrap();
-    let ticket = writer.proto.ticket(&log);
-
-    let remote = reader.proto.open_ticket(&ticket).await.unwrap();
+    let log = net::log_on(&writer, "log", blocks, 0).await;
+    let remote = net::follow(&reader, &writer, &log).await;
     wait_full(&remote, blocks).await;
     assert_eq!(remote.info().length, blocks);
     assert_eq!(remote.info().contiguous_length, blocks);
@@ -55,8 +46,7 @@ async fn replicate_two(transport: Transport, blocks: u64) {
     assert!(sent.iter().any(|s| s.pushes_sent > 0));
     wait_full(&remote, length).await;
     assert_eq!(remote.tree_hash(), log.tree_hash());
-    writer.shutdown().await;
-    reader.shutdown().await;
+    net::shutdown(&[&writer, &reader]).await;
 }
 
 /// Pushes from `writer` that `reader` took.
@@ -86,9 +76,8 @@ async fn two_nodes_relay_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sparse_replication_fetches_only_what_is_asked_for() {
     use iroh_hypercore::Mode;
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let reader = net.node(Transport::Direct).await.unwrap();
+    let net = net::test_net().await;
+    let (writer, reader) = net::two_nodes(&net).await;
     let log = writer.store.get_named("sparse").await.unwrap();
     let blocks: Vec<Vec<u8>> = (0..1000u64).map(|i| format!("s{i}").into_bytes()).collect();
     log.append_batch(blocks).await.unwrap();
@@ -124,18 +113,16 @@ async fn sparse_replication_fetches_only_what_is_asked_for() {
     assert_eq!(core.info().contiguous_length, 0);
     assert!(core.get(0).await.unwrap().is_none(), "nothing else fetched");
     assert!(core.get(999).await.unwrap().is_none());
-    reader.shutdown().await;
-    writer.shutdown().await;
+    net::shutdown(&[&reader, &writer]).await;
 }
 
 /// Both endpoints dial each other at once: the race ends with one connection that carries the
 /// core both ways (each side keeps the connection dialed by the lower id), 50 times over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dials_end_with_one_connection_that_replicates() {
-    let net = TestNet::new().await.unwrap();
+    let net = net::test_net().await;
     for round in 0..50u64 {
-        let a = net.node(Transport::Direct).await.unwrap();
-        let b = net.node(Transport::Direct).await.unwrap();
+        let (a, b) = net::two_nodes(&net).await;
         let log = a.store.get_named("race").await.unwrap();
         log.append(format!("round {round}").into_bytes())
             .await
@@ -155,7 +142,6 @@ async fn simultaneous_dials_end_with_one_connection_that_replicates() {
         for node in [&a, &b] {
             assert_eq!(node.proto.node_stats().await.unwrap().connections, 1);
         }
-        a.shutdown().await;
-        b.shutdown().await;
+        net::shutdown(&[&a, &b]).await;
     }
 }

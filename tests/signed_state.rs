@@ -7,21 +7,15 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{remote_reader, verified_reader};
+use common::{created, forged_upgrade, remote_reader, verified_reader};
 use iroh_hypercore::{
-    CoreKind, CoreOptions, Corestore, Error, Hypercore, KeyPair,
-    tree::{BlockProof, Node, Proof, ProofRequest, UpgradeProof, UpgradeRequest},
+    CoreKind, Error, Hypercore, KeyPair,
+    tree::{BlockProof, Node, Proof, ProofRequest, UpgradeRequest},
 };
 
+/// A new core of `kind` signed by `key_pair`, holding `blocks`.
 async fn writer_with(key_pair: &KeyPair, kind: CoreKind, blocks: &[&str]) -> Hypercore {
-    let store = Corestore::memory().await.unwrap();
-    let core = store
-        .create(CoreOptions {
-            key_pair: Some(key_pair.clone()),
-            kind,
-        })
-        .await
-        .unwrap();
+    let core = created(key_pair, kind).await;
     for b in blocks {
         core.append(b.as_bytes().to_vec()).await.unwrap();
     }
@@ -185,31 +179,10 @@ async fn sizes_that_overflow_are_an_error() {
         size: u64::MAX,
         hash: [0; 32],
     };
-    let grow = Proof {
-        block: Some(BlockProof {
-            index: 2,
-            value: b"c".to_vec(),
-            nodes: vec![huge(6)],
-        }),
-        upgrade: Some(UpgradeProof {
-            start: 2,
-            length: 2,
-            nodes: vec![],
-            additional_nodes: vec![],
-            signature: vec![0; 64],
-        }),
-        ..Default::default()
-    };
+    let mut grow = forged_upgrade(2, 2, Some((2, b"c")));
+    grow.block.as_mut().unwrap().nodes.push(huge(6));
     rejected(&reader, grow, "a block path that overflows").await;
-    let roots = Proof {
-        upgrade: Some(UpgradeProof {
-            start: 2,
-            length: 2,
-            nodes: vec![huge(5)],
-            additional_nodes: vec![],
-            signature: vec![0; 64],
-        }),
-        ..Default::default()
-    };
+    let mut roots = forged_upgrade(2, 2, None);
+    roots.upgrade.as_mut().unwrap().nodes.push(huge(5));
     rejected(&reader, roots, "an upgrade that overflows").await;
 }

@@ -5,22 +5,24 @@
 
 #[path = "common/attacker.rs"]
 mod attacker;
+mod common;
 #[path = "common/net.rs"]
 mod net;
 
 use std::time::{Duration, Instant};
 
 use attacker::*;
+use common::{forged_upgrade, upgrade_request};
 use iroh::endpoint::{RecvStream, SendStream};
 use iroh_hypercore::{
     Error, Hypercore,
     replication::{
-        Engine, EngineConfig, Event, Input, Mode, Output, Task,
+        Engine, EngineConfig, Input, Mode, Output, Task,
         engine::{Applied, ApplyOutcome, testing::*},
         wire::{Message, SyncInfo},
     },
     testnet::{Node, TestNet, Transport},
-    tree::{BlockProof, Node as TreeNode, Proof, ProofRequest, UpgradeProof, UpgradeRequest},
+    tree::{Node as TreeNode, Proof, ProofRequest},
 };
 use net::*;
 
@@ -28,17 +30,7 @@ use net::*;
 /// grown to 10 blocks afterwards.
 async fn log_with_old_signature(net: &TestNet) -> (Node, Hypercore, Proof) {
     let (writer, log) = writer_with_log(net, "rolled", 5, 64).await;
-    let old = log
-        .create_proof(ProofRequest {
-            upgrade: Some(UpgradeRequest {
-                start: 0,
-                length: 5,
-            }),
-            manifest: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let old = log.create_proof(upgrade_request(5)).await.unwrap();
     append_numbered(&log, 5, 5, 64).await;
     (writer, log, old)
 }
@@ -48,16 +40,12 @@ async fn log_with_old_signature(net: &TestNet) -> (Node, Hypercore, Proof) {
 /// blamed; the reader keeps its 10 blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_old_signature_does_not_roll_a_reader_back() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, log, old) = log_with_old_signature(&net).await;
-    let (reader, core) = follower(&net, &writer, &log).await;
-    wait_full(&core, 10).await;
+    let (reader, core) = synced_follower(&net, &writer, &log).await;
     let mut events = reader.proto.subscribe();
 
-    let (ep, conn) = connect_below(&net, &reader).await;
-    let me = *ep.id().as_bytes();
-    let (mut tx, mut rx) = open_channel(&conn, me, log.key()).await.expect("accepted");
+    let (intruder, mut tx, mut rx) = intrude(&net, &reader, log.key()).await;
     send(&mut tx, &sync(11, false)).await;
     let id = next_request(&mut rx).await;
     send(
@@ -69,12 +57,7 @@ async fn a_replayed_old_signature_does_not_roll_a_reader_back() {
     )
     .await;
     send(&mut tx, &Message::Push { proof: old }).await;
-    let ev = wait_event(
-        &mut events,
-        "the replay blamed",
-        |e| matches!(e, Event::Invalid { peer, .. } if *peer == me),
-    )
-    .await;
+    let ev = wait_blamed(&mut events, intruder.me, "the replay blamed").await;
     println!("replay rejected: {ev:?}");
     assert_eq!(core.info().length, 10, "not rolled back");
     assert_eq!(core.tree_hash(), log.tree_hash());
@@ -82,10 +65,8 @@ async fn a_replayed_old_signature_does_not_roll_a_reader_back() {
     // And it still follows the writer.
     log.append(b"eleven".to_vec()).await.unwrap();
     assert_eq!(&core.get(10).wait(WAIT).await.unwrap()[..], b"eleven");
-    conn.close(0u32.into(), b"done");
-    ep.close().await;
-    reader.shutdown().await;
-    writer.shutdown().await;
+    intruder.hang_up().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// Attack 3b: the same replay aimed at the writer itself: a longer claimed length, the old
@@ -93,12 +74,9 @@ async fn a_replayed_old_signature_does_not_roll_a_reader_back() {
 /// takes none, and keeps every acknowledged append.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_old_signature_does_not_roll_the_writer_back() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, log, old) = log_with_old_signature(&net).await;
-    let (ep, conn) = connect_below(&net, &writer).await;
-    let me = *ep.id().as_bytes();
-    let (mut tx, mut rx) = open_channel(&conn, me, log.key()).await.expect("accepted");
+    let (intruder, mut tx, mut rx) = intrude(&net, &writer, log.key()).await;
     send(&mut tx, &sync(11, true)).await;
     send(&mut tx, &Message::Push { proof: old.clone() }).await;
     let unasked = Message::Data {
@@ -137,8 +115,7 @@ async fn a_replayed_old_signature_does_not_roll_the_writer_back() {
     ));
     log.append(b"eleven".to_vec()).await.unwrap();
     assert_eq!(log.info().length, 11);
-    conn.close(0u32.into(), b"done");
-    ep.close().await;
+    intruder.hang_up().await;
     writer.shutdown().await;
 }
 
@@ -147,51 +124,30 @@ async fn a_replayed_old_signature_does_not_roll_the_writer_back() {
 /// The reader stores nothing of them, so the writer's proofs still verify once it joins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_reader_cannot_be_poisoned_about_the_kind_of_core() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, log) = writer_with_log(&net, "poison", 10, 64).await;
     let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader.store.get_remote(log.key()).await.unwrap();
-    reader.proto.replicate(&core).await.unwrap();
+    let core = replica(&reader, log.key()).await;
     let mut events = reader.proto.subscribe();
 
-    let (ep, conn) = connect_below(&net, &reader).await;
-    let me = *ep.id().as_bytes();
-    let (mut tx, mut rx) = open_channel(&conn, me, log.key()).await.expect("accepted");
+    let (intruder, mut tx, mut rx) = intrude(&net, &reader, log.key()).await;
     send(&mut tx, &sync(10, false)).await;
-    let forged = Proof {
-        upgrade: Some(UpgradeProof {
-            start: 0,
-            length: 10,
-            nodes: vec![],
-            additional_nodes: vec![],
-            signature: vec![0; 64],
-        }),
-        ..Default::default()
-    };
-    for proof in [Proof::default(), forged] {
+    for proof in [Proof::default(), forged_upgrade(0, 10, None)] {
         let id = next_request(&mut rx).await;
         send(&mut tx, &Message::Data { id, proof }).await;
-        wait_event(
-            &mut events,
-            "the poison rejected",
-            |e| matches!(e, Event::Invalid { peer, .. } if *peer == me),
-        )
-        .await;
+        wait_blamed(&mut events, intruder.me, "the poison rejected").await;
         // Back-off passes, the reader asks again (the peer still claims the longest log).
         send(&mut tx, &sync(10, false)).await;
     }
     assert_eq!(core.info().length, 0);
     assert!(core.manifest().is_none(), "nothing was stored");
-    conn.close(0u32.into(), b"done");
-    ep.close().await;
+    intruder.hang_up().await;
 
     reader.proto.join(&core, &[writer.addr()]).await.unwrap();
     wait_full(&core, 10).await;
     assert_eq!(core.tree_hash(), log.tree_hash());
     assert_eq!(core.manifest(), log.manifest());
-    reader.shutdown().await;
-    writer.shutdown().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// Attack 7: a push whose proof carries a node of size `u64::MAX`, so that adding sizes
@@ -199,30 +155,18 @@ async fn a_fresh_reader_cannot_be_poisoned_about_the_kind_of_core() {
 /// writer's next block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_size_u64_max_is_an_error_not_a_panic() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
-    let (writer, log) = writer_with_log(&net, "overflow", 10, 64).await;
-    let (reader, core) = follower(&net, &writer, &log).await;
-    wait_full(&core, 10).await;
+    let net = test_net().await;
+    let (writer, log, reader, core) = synced_pair(&net, "overflow", 10, 64).await;
     let mut events = reader.proto.subscribe();
-    let (ep, conn) = connect_below(&net, &reader).await;
-    let me = *ep.id().as_bytes();
-    let (tx, rx) = open_channel(&conn, me, log.key()).await.expect("accepted");
+    let (intruder, tx, rx) = intrude(&net, &reader, log.key()).await;
     tokio::spawn(push_overflowing(tx, rx));
-    let ev = wait_event(
-        &mut events,
-        "the overflowing push blamed",
-        |e| matches!(e, Event::Invalid { peer, .. } if *peer == me),
-    )
-    .await;
+    let ev = wait_blamed(&mut events, intruder.me, "the overflowing push blamed").await;
     println!("{ev:?}");
     assert_eq!(core.info().length, 10);
     log.append(b"after".to_vec()).await.unwrap();
     assert_eq!(&core.get(10).wait(WAIT).await.unwrap()[..], b"after");
-    conn.close(0u32.into(), b"done");
-    ep.close().await;
-    reader.shutdown().await;
-    writer.shutdown().await;
+    intruder.hang_up().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// Says it holds the same 10 blocks and downloads; once the reader says the same, pushes
@@ -234,25 +178,12 @@ async fn push_overflowing(mut tx: SendStream, mut rx: RecvStream) {
             && s.downloading
             && s.length == 10
         {
-            let proof = Proof {
-                block: Some(BlockProof {
-                    index: 10,
-                    value: b"x".to_vec(),
-                    nodes: vec![],
-                }),
-                upgrade: Some(UpgradeProof {
-                    start: 10,
-                    length: 2,
-                    nodes: vec![TreeNode {
-                        index: 21,
-                        size: u64::MAX,
-                        hash: [0; 32],
-                    }],
-                    additional_nodes: vec![],
-                    signature: vec![0; 64],
-                }),
-                ..Default::default()
-            };
+            let mut proof = forged_upgrade(10, 2, Some((10, b"x")));
+            proof.upgrade.as_mut().unwrap().nodes.push(TreeNode {
+                index: 21,
+                size: u64::MAX,
+                hash: [0; 32],
+            });
             send(&mut tx, &Message::Push { proof }).await;
             break;
         }
@@ -274,17 +205,10 @@ async fn push_overflowing(mut tx: SendStream, mut rx: RecvStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_replaying_old_states_one_by_one_does_not_pin_a_reader_behind() {
     use iroh_hypercore::tree::{IndexRequest, ProofRequest, UpgradeRequest};
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
-    let (writer, log) = net::writer_with_log(&net, "pinned", 10, 64).await;
-    let (reader, core) = net::follower(&net, &writer, &log).await;
-    wait_full(&core, 10).await;
+    let net = test_net().await;
+    let (writer, log, reader, core) = synced_pair(&net, "pinned", 10, 64).await;
 
-    let (ep, conn) = attacker::connect_below(&net, &reader).await;
-    let me = *ep.id().as_bytes();
-    let (mut tx, mut rx) = attacker::open_channel(&conn, me, log.key())
-        .await
-        .expect("accepted");
+    let (intruder, mut tx, mut rx) = intrude(&net, &reader, log.key()).await;
     attacker::send(&mut tx, &sync_at(1_000_000, 1_000_000, false)).await;
     let first = loop {
         match tokio::time::timeout(WAIT, attacker::read_msg(&mut rx))
@@ -347,7 +271,7 @@ async fn a_peer_replaying_old_states_one_by_one_does_not_pin_a_reader_behind() {
         .done(Duration::from_secs(10))
         .await;
     let at = core.info().length;
-    let a = stats(&reader.proto, me).await.1;
+    let a = stats(&reader.proto, intruder.me).await.1;
     println!(
         "after {:.1?}: W at length {w_length}, R at {at}; A's answers blamed: {} (invalid), \
          blocks R took from A: {}",
@@ -360,11 +284,10 @@ async fn a_peer_replaying_old_states_one_by_one_does_not_pin_a_reader_behind() {
         "R is pinned at length {at} while the connected writer is at {w_length}: \
          A's one-block replays are taken and A is asked again"
     );
-    conn.close(0u32.into(), b"done");
+    intruder.conn.close(0u32.into(), b"done");
     let _ = replayer.await;
-    ep.close().await;
-    reader.shutdown().await;
-    writer.shutdown().await;
+    intruder.ep.close().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// A peer pushes a forged block with a forged upgrade to a reader that follows live: the push
@@ -372,23 +295,15 @@ async fn a_peer_replaying_old_states_one_by_one_does_not_pin_a_reader_behind() {
 /// block still reaches the reader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_push_is_rejected_and_live_replication_goes_on() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
-    let (writer, log) = writer_with_log(&net, "pushed", 10, 64).await;
-    let (reader, core) = follower(&net, &writer, &log).await;
-    wait_full(&core, 10).await;
+    let net = test_net().await;
+    let (writer, log, reader, core) = synced_pair(&net, "pushed", 10, 64).await;
     let mut events = reader.proto.subscribe();
 
     let liar_ep = net.endpoint(Transport::Direct).await.unwrap();
     let liar_id = *liar_ep.id().as_bytes();
     let conn = play_on_core(&liar_ep, &reader, &log, push_forged).await;
 
-    wait_event(
-        &mut events,
-        "the forged push rejected",
-        |e| matches!(e, Event::Invalid { peer, .. } if *peer == liar_id),
-    )
-    .await;
+    wait_blamed(&mut events, liar_id, "the forged push rejected").await;
     let stats = reader.proto.peer_stats().await.unwrap();
     let liar = stats
         .iter()
@@ -407,10 +322,8 @@ async fn a_forged_push_is_rejected_and_live_replication_goes_on() {
     assert_eq!(&got[..], b"real");
     wait_full(&core, 11).await;
     assert_eq!(core.tree_hash(), log.tree_hash());
-    conn.close(0u32.into(), b"done");
-    liar_ep.close().await;
-    reader.shutdown().await;
-    writer.shutdown().await;
+    hang_up(&liar_ep, &conn).await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// Says it holds the same 10 blocks, and once the reader says it downloads and holds them too,
@@ -432,43 +345,9 @@ async fn push_forged(mut tx: SendStream, mut rx: RecvStream) {
             && !pushed
         {
             pushed = true;
-            let forged = Proof {
-                block: Some(BlockProof {
-                    index: 10,
-                    value: b"forged".to_vec(),
-                    nodes: vec![],
-                }),
-                upgrade: Some(UpgradeProof {
-                    start: 10,
-                    length: 1,
-                    nodes: vec![],
-                    additional_nodes: vec![],
-                    signature: vec![0; 64],
-                }),
-                ..Default::default()
-            };
+            let forged = forged_upgrade(10, 1, Some((10, b"forged")));
             send(&mut tx, &Message::Push { proof: forged }).await;
         }
-    }
-}
-
-/// A block with its upgrade from `start`, signed (or not) by whoever made it.
-fn upgrade_proof(start: u64, length: u64, block: Option<u64>, value: &[u8]) -> Proof {
-    Proof {
-        fork: 0,
-        block: block.map(|index| BlockProof {
-            index,
-            value: value.to_vec(),
-            nodes: vec![],
-        }),
-        upgrade: Some(UpgradeProof {
-            start,
-            length,
-            nodes: vec![],
-            additional_nodes: vec![],
-            signature: vec![0; 64],
-        }),
-        ..Default::default()
     }
 }
 
@@ -540,7 +419,7 @@ fn a_forged_push_does_not_withdraw_an_honest_upgrade_request() {
             // A pushes junk right after R asked H (or: it pushes every millisecond).
             now += Duration::from_millis(1);
             let push = Message::Push {
-                proof: upgrade_proof(10, 1, Some(10), b"forged"),
+                proof: forged_upgrade(10, 1, Some((10, b"forged"))),
             };
             engine.handle(Input::Message(a, ac, push), now);
             forged += 1;
@@ -560,7 +439,7 @@ fn a_forged_push_does_not_withdraw_an_honest_upgrade_request() {
             .collect();
         in_flight.retain(|(t, _)| *t > now);
         for id in due {
-            let proof = upgrade_proof(10, 10, Some(10), b"honest");
+            let proof = forged_upgrade(10, 10, Some((10, b"honest")));
             engine.handle(Input::Message(h, hc, Message::Data { id, proof }), now);
         }
         engine.handle_timeout(now);

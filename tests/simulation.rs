@@ -131,13 +131,29 @@ fn small(seed: u64) -> SimConfig {
     }
 }
 
+/// A [`small`] network on the scenario's seed, run until every node holds the log, and the
+/// wall-clock time it started at.
+async fn small_synced(default_seed: u64) -> (std::time::Instant, Sim) {
+    let wall = std::time::Instant::now();
+    let mut sim = Sim::new(small(seed(default_seed))).await.unwrap();
+    sim.run_until_synced(SYNC_LIMIT).await.unwrap();
+    (wall, sim)
+}
+
+/// Runs `sim` until every honest node holds the log, reports the run as `name` (from `wall`)
+/// and checks the honest logs; returns the simulated time it took.
+async fn sync_and_check(sim: &mut Sim, name: &str, wall: std::time::Instant) -> Duration {
+    let synced = sim.run_until_synced(SYNC_LIMIT).await.unwrap();
+    report(name, sim, wall.elapsed());
+    sim.check_honest_logs().await.unwrap();
+    synced
+}
+
 /// The writer is offline half the time (5 s on, 5 s off) while it appends a block every
 /// 500 ms: what it wrote offline reaches everyone once it is back.
 #[tokio::test(flavor = "current_thread")]
 async fn writer_offline_half_the_time() {
-    let wall = std::time::Instant::now();
-    let mut sim = Sim::new(small(seed(21))).await.unwrap();
-    sim.run_until_synced(SYNC_LIMIT).await.unwrap();
+    let (wall, mut sim) = small_synced(21).await;
     for step in 0..120 {
         if step % 10 == 0 {
             sim.set_online(0, (step / 10) % 2 == 1).await;
@@ -146,10 +162,8 @@ async fn writer_offline_half_the_time() {
         sim.run_for(Duration::from_millis(500)).await.unwrap();
     }
     sim.set_online(0, true).await;
-    let synced = sim.run_until_synced(SYNC_LIMIT).await.unwrap();
-    report("writer offline", &sim, wall.elapsed());
+    let synced = sync_and_check(&mut sim, "writer offline", wall).await;
     println!("writer offline: synced {synced:?} after the writer came back");
-    sim.check_honest_logs().await.unwrap();
     assert_eq!(sim.writer().info().length, 220);
 }
 
@@ -157,25 +171,19 @@ async fn writer_offline_half_the_time() {
 /// new fork and holds the new blocks, none of the old ones.
 #[tokio::test(flavor = "current_thread")]
 async fn a_truncate_reaches_every_node() {
-    let wall = std::time::Instant::now();
-    let mut sim = Sim::new(small(seed(31))).await.unwrap();
-    sim.run_until_synced(SYNC_LIMIT).await.unwrap();
+    let (wall, mut sim) = small_synced(31).await;
     sim.truncate(70).await.unwrap();
     sim.append(10).await.unwrap();
-    let synced = sim.run_until_synced(SYNC_LIMIT).await.unwrap();
-    report("truncate", &sim, wall.elapsed());
+    let synced = sync_and_check(&mut sim, "truncate", wall).await;
     println!("truncate: every node on the new fork after {synced:?}");
     assert_eq!(sim.writer().info().fork, 1);
-    sim.check_honest_logs().await.unwrap();
 }
 
 /// Half the network is cut off while the writer appends; the cut-off half stays behind, then
 /// catches up once the partition heals.
 #[tokio::test(flavor = "current_thread")]
 async fn a_partition_heals() {
-    let wall = std::time::Instant::now();
-    let mut sim = Sim::new(small(seed(41))).await.unwrap();
-    sim.run_until_synced(SYNC_LIMIT).await.unwrap();
+    let (wall, mut sim) = small_synced(41).await;
     let side: BTreeSet<usize> = (50..100).collect();
     sim.partition(side.clone()).await;
     sim.append(20).await.unwrap();
@@ -186,10 +194,8 @@ async fn a_partition_heals() {
         assert!(info.length < length, "node {n} crossed the partition");
     }
     sim.heal().await;
-    let synced = sim.run_until_synced(SYNC_LIMIT).await.unwrap();
-    report("partition", &sim, wall.elapsed());
+    let synced = sync_and_check(&mut sim, "partition", wall).await;
     println!("partition: healed and synced after {synced:?}");
-    sim.check_honest_logs().await.unwrap();
 }
 
 /// Whole-store serving and leave. After the log spread, a third of the nodes keep it in
@@ -199,9 +205,7 @@ async fn a_partition_heals() {
 /// leaves the core: its channels close and no peer keeps one with it.
 #[tokio::test(flavor = "current_thread")]
 async fn stores_serve_what_they_hold_and_a_node_that_leaves_gets_nothing() {
-    let wall = std::time::Instant::now();
-    let mut sim = Sim::new(small(seed(51))).await.unwrap();
-    sim.run_until_synced(SYNC_LIMIT).await.unwrap();
+    let (wall, mut sim) = small_synced(51).await;
     let n = sim.nodes().len();
     let stores: Vec<usize> = (1..=n / 3).collect();
     let wiped: Vec<usize> = (n - n / 5..n).collect();

@@ -171,16 +171,12 @@ async fn a_wait_on_a_closed_core_fails_at_once() {
     let store = Corestore::memory().await.unwrap();
     let core = store.get_remote([5; 32]).await.unwrap();
     core.close().await.unwrap();
-    let err = core
-        .get(0)
-        .wait(std::time::Duration::from_secs(600))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, iroh_hypercore::Error::Closed), "{err}");
-    let err = core
-        .download(0..1)
-        .done(std::time::Duration::from_secs(600))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, iroh_hypercore::Error::Closed), "{err}");
+    let patience = std::time::Duration::from_secs(600);
+    let errors = [
+        core.get(0).wait(patience).await.unwrap_err(),
+        core.download(0..1).done(patience).await.unwrap_err(),
+    ];
+    for err in errors {
+        assert!(matches!(err, iroh_hypercore::Error::Closed), "{err}");
+    }
 }

@@ -7,34 +7,23 @@ mod net;
 
 use std::collections::HashSet;
 
-use iroh_hypercore::{
-    CoreTicket, StoreOptions,
-    replication::Event,
-    testnet::{TestNet, Transport},
-};
+use iroh_hypercore::{CoreTicket, replication::Event, testnet::Transport};
 use net::{
-    WAIT, append_numbered, drain, follower, numbered, wait_event, wait_full, writer_with_log,
+    WAIT, append_numbered, drain, follow, follower, node_in_dir, numbered, shutdown,
+    synced_follower, synced_pair, test_net, wait_event, wait_full, writer_with_log,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_live_including_a_reader_behind_a_reader() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("live").await.unwrap();
-    log.append(b"first".to_vec()).await.unwrap();
-    writer.proto.replicate(&log).await.unwrap();
-    let ticket = writer.proto.ticket(&log);
+    let net = test_net().await;
+    let (writer, log) = writer_with_log(&net, "live", 1, 64).await;
     let mut readers = Vec::new();
     for _ in 0..3 {
-        let node = net.node(Transport::Direct).await.unwrap();
-        let core = node.proto.open_ticket(&ticket).await.unwrap();
-        readers.push((node, core));
+        readers.push(follower(&net, &writer, &log).await);
     }
     // The fifth node cannot look anyone up and is given only the first reader's address.
     let hidden = net.unlisted_node(Transport::Direct).await.unwrap();
-    let via = readers[0].0.proto.ticket(&readers[0].1);
-    let hidden_core = hidden.proto.open_ticket(&via).await.unwrap();
+    let hidden_core = follow(&hidden, &readers[0].0, &readers[0].1).await;
     let mut hidden_events = hidden.proto.subscribe();
 
     for i in 1..=50u64 {
@@ -66,21 +55,16 @@ async fn five_nodes_live_including_a_reader_behind_a_reader() {
     for (node, _) in &readers {
         node.shutdown().await;
     }
-    hidden.shutdown().await;
-    writer.shutdown().await;
+    shutdown(&[&hidden, &writer]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_catches_up_from_readers_while_the_writer_is_offline() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, log) = writer_with_log(&net, "late", 2000, 256).await;
-    let ticket = writer.proto.ticket(&log);
-    let a = net.node(Transport::Direct).await.unwrap();
+    let (a, _ca) = synced_follower(&net, &writer, &log).await;
     let b = net.node(Transport::RelayOnly).await.unwrap();
-    let ca = a.proto.open_ticket(&ticket).await.unwrap();
-    let cb = b.proto.open_ticket(&ticket).await.unwrap();
-    wait_full(&ca, 2000).await;
+    let cb = follow(&b, &writer, &log).await;
     wait_full(&cb, 2000).await;
     let writer_id = *writer.endpoint.id().as_bytes();
     let hash = log.tree_hash();
@@ -113,14 +97,11 @@ async fn late_joiner_catches_up_from_readers_while_the_writer_is_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_completes_when_a_seeder_disappears() {
-    net::init_tracing();
     const N: u64 = 5_000;
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, log) = writer_with_log(&net, "big", N, 1024).await;
-    let (s1, c1) = follower(&net, &writer, &log).await;
-    let (s2, c2) = follower(&net, &writer, &log).await;
-    wait_full(&c1, N).await;
-    wait_full(&c2, N).await;
+    let (s1, _c1) = synced_follower(&net, &writer, &log).await;
+    let (s2, _c2) = synced_follower(&net, &writer, &log).await;
     writer.shutdown().await;
 
     let d = net.node(Transport::Direct).await.unwrap();
@@ -151,17 +132,13 @@ async fn download_completes_when_a_seeder_disappears() {
         "the first seeder is gone"
     );
     assert_eq!(core.tree_hash(), log.tree_hash());
-    s2.shutdown().await;
-    d.shutdown().await;
+    shutdown(&[&s2, &d]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncate_on_the_writer_reaches_readers() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
-    let (writer, log) = writer_with_log(&net, "forks", 100, 32).await;
-    let (reader, core) = follower(&net, &writer, &log).await;
-    wait_full(&core, 100).await;
+    let net = test_net().await;
+    let (writer, log, reader, core) = synced_pair(&net, "forks", 100, 32).await;
     let mut events = reader.proto.subscribe();
     log.truncate(50).await.unwrap();
     log.append_batch((0..10).map(|i| format!("new {i}").into_bytes()))
@@ -181,14 +158,12 @@ async fn a_truncate_on_the_writer_reaches_readers() {
         &core.get(49).await.unwrap().unwrap()[..],
         &numbered(49, 32)[..]
     );
-    reader.shutdown().await;
-    writer.shutdown().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_cores_over_one_connection() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let writer = net.node(Transport::Direct).await.unwrap();
     let reader = net.node(Transport::Direct).await.unwrap();
     let mut logs = Vec::new();
@@ -202,12 +177,7 @@ async fn two_hundred_cores_over_one_connection() {
     }
     let mut remotes = Vec::new();
     for log in &logs {
-        let core = reader
-            .proto
-            .open_ticket(&writer.proto.ticket(log))
-            .await
-            .unwrap();
-        remotes.push(core);
+        remotes.push(follow(&reader, &writer, log).await);
     }
     for (log, core) in logs.iter().zip(&remotes) {
         wait_full(core, 5).await;
@@ -231,32 +201,24 @@ async fn two_hundred_cores_over_one_connection() {
     let w = writer.proto.peer_stats().await.unwrap();
     assert_eq!(w.len(), 1);
     assert!(w[0].blocks_up >= 1000);
-    reader.shutdown().await;
-    writer.shutdown().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_restarts_from_its_file_without_downloading_again() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, log) = writer_with_log(&net, "resume", 2000, 128).await;
     let ticket = writer.proto.ticket(&log);
     let dir = tempfile::tempdir().unwrap();
 
-    let reader = net
-        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
-        .await
-        .unwrap();
+    let reader = node_in_dir(&net, dir.path()).await;
     let core = reader.proto.open_ticket(&ticket).await.unwrap();
     wait_full(&core, 2000).await;
     reader.shutdown().await;
     drop(core);
 
     append_numbered(&log, 2000, 100, 128).await;
-    let again = net
-        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
-        .await
-        .unwrap();
+    let again = node_in_dir(&net, dir.path()).await;
     let mut events = again.proto.subscribe();
     let core = again.proto.open_ticket(&ticket).await.unwrap();
     assert_eq!(
@@ -281,6 +243,5 @@ async fn a_reader_restarts_from_its_file_without_downloading_again() {
     assert_eq!(downloaded, (2000..2100).collect::<HashSet<u64>>());
     let stats = again.proto.peer_stats().await.unwrap();
     assert_eq!(stats.iter().map(|s| s.blocks_down).sum::<u64>(), 100);
-    again.shutdown().await;
-    writer.shutdown().await;
+    shutdown(&[&again, &writer]).await;
 }

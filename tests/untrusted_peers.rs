@@ -6,6 +6,7 @@
 
 #[path = "common/attacker.rs"]
 mod attacker;
+mod common;
 #[path = "common/net.rs"]
 mod net;
 
@@ -15,11 +16,11 @@ use std::{
 };
 
 use attacker::*;
+use common::{forged_upgrade, reader_engine, upgrade_request};
 use iroh::endpoint::{RecvStream, SendStream};
 use iroh_hypercore::{
-    CoreTicket, Corestore, Error,
+    CoreTicket, Error,
     core::RunApplied,
-    crypto::capability::{Role, capability},
     replication::{
         Engine, EngineConfig, Event, Input, Mode, Output, Task,
         engine::{Applied, ApplyOutcome, testing::*},
@@ -27,8 +28,8 @@ use iroh_hypercore::{
         wire::{MAX_FRAME, Message, SyncInfo},
     },
     sim::{LinkConfig, Sim, SimConfig, StorageModel},
-    testnet::{TestNet, Transport},
-    tree::{BlockProof, Proof, UpgradeProof},
+    testnet::Transport,
+    tree::{BlockProof, Proof},
 };
 use net::*;
 
@@ -48,16 +49,9 @@ async fn lie_on(mut tx: SendStream, mut rx: RecvStream) {
     while let Some(msg) = read_msg(&mut rx).await {
         match msg {
             Message::Request { id, request } => {
-                let upgrade = request.upgrade.map(|u| UpgradeProof {
-                    start: u.start,
-                    length: u.length,
-                    nodes: vec![],
-                    additional_nodes: vec![],
-                    signature: vec![0; 64],
-                });
-                let proof = Proof {
-                    upgrade,
-                    ..Default::default()
+                let proof = match request.upgrade {
+                    Some(u) => forged_upgrade(u.start, u.length, None),
+                    None => Proof::default(),
                 };
                 send(&mut tx, &Message::Data { id, proof }).await;
             }
@@ -95,8 +89,7 @@ async fn lie_on(mut tx: SendStream, mut rx: RecvStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liars_are_backed_off_and_honest_replication_completes() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, log) = writer_with_log(&net, "honest", 3000, 512).await;
     let reader = net.node(Transport::Direct).await.unwrap();
 
@@ -203,8 +196,7 @@ async fn liars_are_backed_off_and_honest_replication_completes() {
     drop(gossip_tx);
     liar_router.shutdown().await.ok();
     big_ep.close().await;
-    reader.shutdown().await;
-    writer.shutdown().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// Attack 4: a peer claims a much longer log and answers every upgrade request with a valid
@@ -212,14 +204,9 @@ async fn liars_are_backed_off_and_honest_replication_completes() {
 /// goes to the writer, so the reader follows the writer's new blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_that_prove_nothing_are_failures_and_the_writer_is_asked() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
-    let (writer, log) = writer_with_log(&net, "empty", 10, 64).await;
-    let (reader, core) = follower(&net, &writer, &log).await;
-    wait_full(&core, 10).await;
-    let (ep, conn) = connect_below(&net, &reader).await;
-    let me = *ep.id().as_bytes();
-    let (mut tx, mut rx) = open_channel(&conn, me, log.key()).await.expect("accepted");
+    let net = test_net().await;
+    let (writer, log, reader, core) = synced_pair(&net, "empty", 10, 64).await;
+    let (intruder, mut tx, mut rx) = intrude(&net, &reader, log.key()).await;
     send(&mut tx, &sync(1_000_000, false)).await;
     let answered = tokio::spawn(async move {
         let mut n = 0u64;
@@ -243,8 +230,11 @@ async fn answers_that_prove_nothing_are_failures_and_the_writer_is_asked() {
     wait_full(&core, 15).await;
     assert_eq!(core.tree_hash(), log.tree_hash());
     let stats = reader.proto.peer_stats().await.unwrap();
-    let liar = stats.iter().find(|s| s.peer == me).expect("liar stats");
-    conn.close(0u32.into(), b"done");
+    let liar = stats
+        .iter()
+        .find(|s| s.peer == intruder.me)
+        .expect("liar stats");
+    intruder.conn.close(0u32.into(), b"done");
     let n = answered.await.unwrap();
     println!(
         "followed 5 new blocks in {:?}; empty answers sent {n}, blamed {}",
@@ -252,34 +242,26 @@ async fn answers_that_prove_nothing_are_failures_and_the_writer_is_asked() {
         liar.invalid
     );
     assert!(liar.invalid >= 1 && n >= 1, "{liar:?}");
-    ep.close().await;
-    reader.shutdown().await;
-    writer.shutdown().await;
+    intruder.ep.close().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// Attack 6: the peer a reader asked for an upgrade (it claimed the longest log) never answers
 /// and then goes away. The reader asks the writer at once, not after the upgrade timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_upgrade_peer_leaves_another_peer_is_asked_at_once() {
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let (writer, log) = writer_with_log(&net, "left", 20, 64).await;
     let timeout = Duration::from_secs(120);
     let cfg = EngineConfig {
         upgrade_timeout: timeout,
         ..Default::default()
     };
-    let reader = net
-        .node_with(Transport::Direct, Corestore::memory().await.unwrap(), cfg)
-        .await
-        .unwrap();
-    let core = reader.store.get_remote(log.key()).await.unwrap();
-    reader.proto.replicate(&core).await.unwrap();
+    let reader = node_with_config(&net, cfg).await;
+    let core = replica(&reader, log.key()).await;
     let mut events = reader.proto.subscribe();
 
-    let (ep, conn) = connect_below(&net, &reader).await;
-    let me = *ep.id().as_bytes();
-    let (mut tx, mut rx) = open_channel(&conn, me, log.key()).await.expect("accepted");
+    let (intruder, mut tx, mut rx) = intrude(&net, &reader, log.key()).await;
     send(&mut tx, &sync(1_000_000, false)).await;
     next_request(&mut rx).await;
     // The writer's state arrives while the upgrade is asked of the silent peer.
@@ -293,14 +275,13 @@ async fn when_the_upgrade_peer_leaves_another_peer_is_asked_at_once() {
     .await;
     assert_eq!(core.info().length, 0, "still waiting on the silent peer");
     let left = Instant::now();
-    conn.close(0u32.into(), b"gone");
+    intruder.conn.close(0u32.into(), b"gone");
     wait_full(&core, 20).await;
     let took = left.elapsed();
     println!("upgraded from the writer {took:?} after the silent peer left (timeout {timeout:?})");
     assert!(took < timeout / 4, "{took:?}");
-    ep.close().await;
-    reader.shutdown().await;
-    writer.shutdown().await;
+    intruder.ep.close().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// **A `NoData` whose `start` is after its `end` kills the engine.** A reader asks a peer for
@@ -311,13 +292,8 @@ async fn when_the_upgrade_peer_leaves_another_peer_is_asked_at_once() {
 #[test]
 fn a_no_data_with_start_after_end_does_not_panic_the_engine() {
     let now = Instant::now();
-    let (mut engine, channel, out) = engine_with_peer_outputs(
-        EngineConfig::default(),
-        local_at(10, 0, false),
-        Mode::Full,
-        sync_at(10, 10, false),
-        now,
-    );
+    let (mut engine, channel, out) =
+        reader_engine(EngineConfig::default(), 10, 0, sync_at(10, 10, false), now);
     let (id, start, end) = *run_requests(&out)
         .first()
         .expect("the reader asks the peer for a run");
@@ -353,13 +329,7 @@ fn a_peer_whose_blocks_never_verify_runs_out_of_work() {
     cfg.fetch.timeout = Duration::from_secs(3600);
     cfg.upgrade_timeout = Duration::from_secs(3600);
     let max_failures = cfg.fetch.max_failures;
-    let (mut engine, channel, out) = engine_with_peer_outputs(
-        cfg,
-        local_at(1000, 0, false),
-        Mode::Full,
-        sync_at(1000, 1000, false),
-        now,
-    );
+    let (mut engine, channel, out) = reader_engine(cfg, 1000, 0, sync_at(1000, 1000, false), now);
     let mut outstanding: Vec<(u64, u64)> = run_requests(&out)
         .into_iter()
         .flat_map(|(id, s, e)| (s..e).map(move |i| (id, i)))
@@ -454,19 +424,7 @@ fn silent_peers_claiming_a_longer_log_do_not_stall_the_reader() {
     let liars: Vec<[u8; 32]> = (0..3).map(|i| [20 + i; 32]).collect();
     let mut channel_of = std::collections::HashMap::new();
     for peer in liars.iter().chain([&w]) {
-        engine.handle(Input::PeerConnected(*peer), t0);
-        let ch = outputs(&mut engine)
-            .into_iter()
-            .find_map(|o| match o {
-                Output::OpenChannel(_, ch, _) => Some(ch),
-                _ => None,
-            })
-            .unwrap();
-        let accept = Message::Accept {
-            capability: capability(&CORE, Role::Acceptor, &ME, peer),
-        };
-        engine.handle(Input::Message(*peer, ch, accept), t0);
-        channel_of.insert(*peer, ch);
+        channel_of.insert(*peer, connect(&mut engine, *peer, t0));
     }
     for liar in &liars {
         let claim = sync_at(1_000_000, 1_000_000, false);
@@ -482,22 +440,7 @@ fn silent_peers_claiming_a_longer_log_do_not_stall_the_reader() {
         downloading: false,
     });
     let push = Message::Push {
-        proof: Proof {
-            fork: 0,
-            block: Some(BlockProof {
-                index: 10,
-                value: b"block 10".to_vec(),
-                nodes: vec![],
-            }),
-            upgrade: Some(iroh_hypercore::tree::UpgradeProof {
-                start: 10,
-                length: 1,
-                nodes: vec![],
-                additional_nodes: vec![],
-                signature: vec![0; 64],
-            }),
-            ..Default::default()
-        },
+        proof: forged_upgrade(10, 1, Some((10, b"block 10"))),
     };
     engine.handle(Input::Message(w, channel_of[&w], push), t0);
     engine.handle(Input::Message(w, channel_of[&w], ws), t0);
@@ -558,25 +501,9 @@ fn a_dropped_peer_cannot_keep_pushing_invalid_upgrades() {
         ask: false,
         downloading: true,
     });
-    let (mut engine, channel, _) =
-        engine_with_peer_outputs(cfg, local_at(10, 10, false), Mode::Full, remote, t0);
+    let (mut engine, channel, _) = reader_engine(cfg, 10, 10, remote, t0);
     let push = || Message::Push {
-        proof: Proof {
-            fork: 0,
-            block: Some(BlockProof {
-                index: 10,
-                value: b"forged".to_vec(),
-                nodes: vec![],
-            }),
-            upgrade: Some(iroh_hypercore::tree::UpgradeProof {
-                start: 10,
-                length: 1,
-                nodes: vec![],
-                additional_nodes: vec![],
-                signature: vec![0; 64],
-            }),
-            ..Default::default()
-        },
+        proof: forged_upgrade(10, 1, Some((10, b"forged"))),
     };
     let (mut taken, mut dropped_at) = (0, None);
     for k in 0..20u64 {
@@ -620,30 +547,13 @@ fn a_dropped_peer_cannot_keep_pushing_invalid_upgrades() {
 /// R no block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_no_data_from_a_peer_does_not_end_the_nodes_replication() {
-    use iroh_hypercore::tree::{ProofRequest, UpgradeRequest};
-    net::init_tracing();
-    let net = TestNet::new().await.unwrap();
-    let (writer, log) = net::writer_with_log(&net, "killed", 10, 64).await;
-    let upgrade = log
-        .create_proof(ProofRequest {
-            upgrade: Some(UpgradeRequest {
-                start: 0,
-                length: 10,
-            }),
-            manifest: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let net = test_net().await;
+    let (writer, log) = writer_with_log(&net, "killed", 10, 64).await;
+    let upgrade = log.create_proof(upgrade_request(10)).await.unwrap();
     let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader.store.get_remote(log.key()).await.unwrap();
-    reader.proto.replicate(&core).await.unwrap();
+    let core = replica(&reader, log.key()).await;
 
-    let (ep, conn) = attacker::connect_below(&net, &reader).await;
-    let me = *ep.id().as_bytes();
-    let (mut tx, mut rx) = attacker::open_channel(&conn, me, log.key())
-        .await
-        .expect("accepted");
+    let (intruder, mut tx, mut rx) = intrude(&net, &reader, log.key()).await;
     attacker::send(&mut tx, &sync_at(10, 10, false)).await;
     let mut sent = Vec::new();
     loop {
@@ -687,10 +597,8 @@ async fn one_no_data_from_a_peer_does_not_end_the_nodes_replication() {
         matches!(alive, Ok(Ok(_))) && got.is_ok(),
         "R's replication died on one NoData with start > end"
     );
-    conn.close(0u32.into(), b"done");
-    ep.close().await;
-    reader.shutdown().await;
-    writer.shutdown().await;
+    intruder.hang_up().await;
+    shutdown(&[&reader, &writer]).await;
 }
 
 /// **An honest peer that could not serve a run once is never asked for those blocks again on

@@ -1,8 +1,12 @@
 //! Reproduces every value of the JS Hypercore 11.37.1 / Corestore 7.12.5 test vectors
 //! (`tests/data/hypercore-11.37.1.json`; its README says where they come from).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{block_proof, created, remote_reader, upgrade_request};
 use iroh_hypercore::{
-    CoreKind, CoreOptions, Corestore, KeyPair, StoreOptions,
+    CoreKind, Corestore, KeyPair, StoreOptions,
     crypto::{
         Manifest,
         derive::{DEFAULT_NAMESPACE, child_namespace, derive_seed},
@@ -11,7 +15,7 @@ use iroh_hypercore::{
         namespace::{CORESTORE_NS, NS},
         signer::signable,
     },
-    tree::{IndexRequest, Node, ProofRequest, UpgradeRequest, flat},
+    tree::{IndexRequest, Node, ProofRequest, flat},
 };
 use serde_json::Value;
 
@@ -98,14 +102,7 @@ async fn check_mode(mode: &str, kind: CoreKind) {
         h(&ms["signers"][0]["publicKey"])
     );
 
-    let store = Corestore::memory().await.unwrap();
-    let core = store
-        .create(CoreOptions {
-            key_pair: Some(kp.clone()),
-            kind,
-        })
-        .await
-        .unwrap();
+    let core = created(&kp, kind).await;
     assert_eq!(core.key().to_vec(), h(&m["key"]));
     assert_eq!(core.discovery_key().to_vec(), h(&m["discoveryKey"]));
     assert_eq!(m["compat"], Value::Bool(kind == CoreKind::Compat));
@@ -189,12 +186,8 @@ async fn check_mode(mode: &str, kind: CoreKind) {
         .create_proof(ProofRequest {
             fork: 0,
             block: Some(IndexRequest { index: 3, nodes: 0 }),
-            upgrade: Some(UpgradeRequest {
-                start: 0,
-                length: 10,
-            }),
             manifest: kind == CoreKind::Default,
-            ..Default::default()
+            ..upgrade_request(10)
         })
         .await
         .unwrap();
@@ -214,8 +207,7 @@ async fn check_mode(mode: &str, kind: CoreKind) {
     assert_eq!(up.signature, h(&pv["upgrade"]["signature"]));
 
     // It verifies on a fresh reader that knows only the key.
-    let reader_store = Corestore::memory().await.unwrap();
-    let reader = reader_store.get_remote(core.key()).await.unwrap();
+    let reader = remote_reader(core.key()).await;
     reader.verify_and_apply_proof(proof).await.unwrap();
     assert_eq!(reader.info().length, 10);
     assert_eq!(reader.info().kind, Some(kind));
@@ -228,13 +220,7 @@ async fn check_mode(mode: &str, kind: CoreKind) {
 
     // Block 3 when the requester lacks three levels, no upgrade.
     let pv = &m["proofBlock3Nodes3"];
-    let proof = core
-        .create_proof(ProofRequest {
-            block: Some(IndexRequest { index: 3, nodes: 3 }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let proof = block_proof(&core, 3, 3).await;
     nodes_eq(&proof.block.as_ref().unwrap().nodes, &pv["block"]["nodes"]);
     assert!(proof.upgrade.is_none() && pv["upgrade"].is_null());
 

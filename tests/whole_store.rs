@@ -10,13 +10,17 @@ mod net;
 use std::time::Duration;
 
 use iroh_hypercore::{
-    Corestore, Error, Mode, StoreOptions,
+    CoreKey, Corestore, Error, Hypercore, Mode,
     net::ReplicaEvent,
     replication::{EngineConfig, Event},
     testnet::{Node, TestNet, Transport},
 };
 use n0_future::StreamExt;
-use net::{WAIT, append_numbered, numbered, wait_event, wait_full};
+use net::{
+    WAIT, append_numbered, joined, log_on, node_in_dir, node_with_config, numbered, shutdown,
+    synced_follower, synced_pair, test_net, two_nodes, wait_event, wait_full, wait_full_numbered,
+    writer_with_log,
+};
 
 /// Two memory stores, ordered by their endpoint ids (lower first): which side of a
 /// connection opens the channels depends on the order.
@@ -30,6 +34,7 @@ async fn two_stores() -> (Corestore, Corestore) {
     }
 }
 
+/// A direct node on `store`.
 async fn node(net: &TestNet, store: Corestore) -> Node {
     net.node_with(Transport::Direct, store, EngineConfig::default())
         .await
@@ -40,7 +45,7 @@ async fn node(net: &TestNet, store: Corestore) -> Node {
 /// all, whichever of the two has the lower endpoint id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_the_store_holds_is_served_without_being_replicated() {
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     for writer_is_lower in [true, false] {
         let (lo, hi) = two_stores().await;
         let (w_store, r_store) = if writer_is_lower { (lo, hi) } else { (hi, lo) };
@@ -49,12 +54,9 @@ async fn a_core_the_store_holds_is_served_without_being_replicated() {
         append_numbered(&log, 0, 200, 100).await;
 
         let reader = node(&net, r_store).await;
-        let core = reader.store.get_remote(log.key()).await.unwrap();
-        reader.proto.join(&core, &[writer.addr()]).await.unwrap();
-        wait_full(&core, 200).await;
-        assert_eq!(core.get(199).await.unwrap().unwrap(), numbered(199, 100));
-        writer.shutdown().await;
-        reader.shutdown().await;
+        let core = joined(&reader, log.key(), &[writer.addr()]).await;
+        wait_full_numbered(&core, 200, 100).await;
+        shutdown(&[&writer, &reader]).await;
     }
 }
 
@@ -62,32 +64,25 @@ async fn a_core_the_store_holds_is_served_without_being_replicated() {
 /// refused once the handshake timeout passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_store_false_serves_only_what_is_replicated() {
-    let net = TestNet::new().await.unwrap();
-    let store = Corestore::memory().await.unwrap();
-    let endpoint = net
-        .endpoint_with_key(Transport::Direct, Some(store.endpoint_secret_key()))
-        .await
-        .unwrap();
-    let gossip = iroh_gossip::Gossip::builder().spawn(endpoint.clone());
+    let net = test_net().await;
     let config = EngineConfig {
         handshake_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    let proto = iroh_hypercore::HypercoreProtocol::builder(store.clone())
-        .config(config)
-        .serve_store(false)
-        .spawn(endpoint.clone(), gossip.clone());
-    let router = iroh::protocol::Router::builder(endpoint.clone())
-        .accept(iroh_hypercore::ALPN, proto.clone())
-        .accept(iroh_gossip::ALPN, gossip)
-        .spawn();
-    let log = store.get_named("private").await.unwrap();
+    let store = Corestore::memory().await.unwrap();
+    let writer = net
+        .node_built(Transport::Direct, store, |b| {
+            b.config(config).serve_store(false)
+        })
+        .await
+        .unwrap();
+    let log = writer.store.get_named("private").await.unwrap();
     append_numbered(&log, 0, 10, 10).await;
 
     let reader = net.node(Transport::Direct).await.unwrap();
     let core = reader.store.get_remote(log.key()).await.unwrap();
-    let mut events = proto.subscribe();
-    reader.proto.join(&core, &[endpoint.addr()]).await.unwrap();
+    let mut events = writer.proto.subscribe();
+    reader.proto.join(&core, &[writer.addr()]).await.unwrap();
     wait_event(
         &mut events,
         "the reader's channel refused",
@@ -97,8 +92,8 @@ async fn serve_store_false_serves_only_what_is_replicated() {
     assert_eq!(core.info().length, 0, "nothing was served");
     assert!(core.get(0).wait(Duration::from_millis(200)).await.is_err());
     reader.shutdown().await;
-    proto.shutdown().await;
-    router.shutdown().await.unwrap();
+    writer.proto.shutdown().await;
+    writer.router.shutdown().await.unwrap();
 }
 
 /// `replicate_store(Full)` on the reader follows every core the writer's store serves to it,
@@ -106,29 +101,19 @@ async fn serve_store_false_serves_only_what_is_replicated() {
 /// the writer's whole store too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_store_follows_every_core_and_new_ones() {
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let writer = net.node(Transport::Direct).await.unwrap();
-    let mut logs = Vec::new();
+    let mut keys = Vec::new();
     for i in 0..20 {
         let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
         append_numbered(&log, 0, 10, 50).await;
-        logs.push(log);
+        keys.push(log.key());
     }
     writer.proto.replicate_store(Mode::Full).await.unwrap();
 
     // The reader knows the keys (as if it had 20 tickets) and follows its whole store.
     let reader = net.node(Transport::Direct).await.unwrap();
-    let mut cores = Vec::new();
-    for log in &logs {
-        cores.push(reader.store.get_remote(log.key()).await.unwrap());
-    }
-    reader.proto.replicate_store(Mode::Full).await.unwrap();
-    reader
-        .proto
-        .join(&cores[0], &[writer.addr()])
-        .await
-        .unwrap();
-    for core in &cores {
+    for core in &follow_store(&reader, &writer, keys).await {
         wait_full(core, 10).await;
     }
     let stats = writer.proto.node_stats().await.unwrap();
@@ -140,26 +125,15 @@ async fn replicate_store_follows_every_core_and_new_ones() {
     append_numbered(&late, 0, 5, 50).await;
     let late_reader = reader.store.get_remote(late.key()).await.unwrap();
     wait_full(&late_reader, 5).await;
-    writer.shutdown().await;
-    reader.shutdown().await;
+    shutdown(&[&writer, &reader]).await;
 }
 
 /// `leave` closes the core's channels (the peer sees the channel go), fails pending waits
 /// with `Error::Left`, and stops replication until `replicate` again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_stops_a_core_and_replicate_resumes_it() {
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("left").await.unwrap();
-    append_numbered(&log, 0, 10, 10).await;
-    writer.proto.replicate(&log).await.unwrap();
-    let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
-    wait_full(&core, 10).await;
+    let net = test_net().await;
+    let (writer, log, reader, core) = synced_pair(&net, "left", 10, 10).await;
     let mut writer_events = writer.proto.events(&log);
 
     // A read past the end waits for the log to grow; leaving fails it.
@@ -188,29 +162,19 @@ async fn leave_stops_a_core_and_replicate_resumes_it() {
     // ... and do once it replicates again.
     reader.proto.join(&core, &[writer.addr()]).await.unwrap();
     wait_full(&core, 15).await;
-    writer.shutdown().await;
-    reader.shutdown().await;
+    shutdown(&[&writer, &reader]).await;
 }
 
 /// The per-core event stream reports the peer added, each block uploaded, and the peer
 /// removed when it goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_events_report_peers_and_uploads() {
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("watched").await.unwrap();
-    append_numbered(&log, 0, 20, 10).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let net = test_net().await;
+    let (writer, log) = writer_with_log(&net, "watched", 20, 10).await;
     let mut events = writer.proto.events(&log);
 
-    let reader = net.node(Transport::Direct).await.unwrap();
+    let (reader, _core) = synced_follower(&net, &writer, &log).await;
     let reader_id = reader.endpoint.id();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
-    wait_full(&core, 20).await;
     let mut added = false;
     let mut uploaded = std::collections::BTreeSet::new();
     tokio::time::timeout(WAIT, async {
@@ -242,24 +206,16 @@ async fn core_events_report_peers_and_uploads() {
 /// ticket printed before the restart reconnects and follows the new appends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_outlives_a_writer_restart() {
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let dir = tempfile::tempdir().unwrap();
-    let writer = net
-        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
-        .await
-        .unwrap();
-    let log = writer.store.get_named("durable").await.unwrap();
-    append_numbered(&log, 0, 10, 10).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let writer = node_in_dir(&net, dir.path()).await;
+    let log = log_on(&writer, "durable", 10, 10).await;
     let ticket = writer.proto.ticket(&log).to_string();
     let id = writer.endpoint.id();
     writer.shutdown().await;
     drop((writer, log));
 
-    let writer = net
-        .node_in(Transport::Direct, dir.path(), StoreOptions::default())
-        .await
-        .unwrap();
+    let writer = node_in_dir(&net, dir.path()).await;
     assert_eq!(writer.endpoint.id(), id, "same identity after the restart");
     let log = writer.store.get_named("durable").await.unwrap();
     writer.proto.replicate(&log).await.unwrap();
@@ -274,18 +230,31 @@ async fn a_ticket_outlives_a_writer_restart() {
     wait_full(&core, 15).await;
     append_numbered(&log, 15, 1, 10).await;
     assert_eq!(core.get(15).wait(WAIT).await.unwrap(), numbered(15, 10));
-    writer.shutdown().await;
-    reader.shutdown().await;
+    shutdown(&[&writer, &reader]).await;
 }
 
 /// The writer makes `n` named cores of one block it does not replicate; the reader knows
 /// their keys, follows its whole store over one connection and gets every block.
 async fn follow_named_cores(writer: &Node, reader: &Node, n: u64) {
-    let mut cores = Vec::new();
+    let mut keys = Vec::new();
     for i in 0..n {
         let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
         log.append(numbered(i, 20)).await.unwrap();
-        cores.push(reader.store.get_remote(log.key()).await.unwrap());
+        keys.push(log.key());
+    }
+    let cores = follow_store(reader, writer, keys).await;
+    for (i, core) in cores.iter().enumerate() {
+        wait_full(core, 1).await;
+        assert_eq!(core.get(0).await.unwrap().unwrap(), numbered(i as u64, 20));
+    }
+}
+
+/// The cores `keys`, opened on `reader` by key, which then follows its whole store and joins
+/// `writer` (over one connection that carries them all).
+async fn follow_store(reader: &Node, writer: &Node, keys: Vec<CoreKey>) -> Vec<Hypercore> {
+    let mut cores = Vec::new();
+    for key in keys {
+        cores.push(reader.store.get_remote(key).await.unwrap());
     }
     reader.proto.replicate_store(Mode::Full).await.unwrap();
     reader
@@ -293,25 +262,20 @@ async fn follow_named_cores(writer: &Node, reader: &Node, n: u64) {
         .join(&cores[0], &[writer.addr()])
         .await
         .unwrap();
-    for (i, core) in cores.iter().enumerate() {
-        wait_full(core, 1).await;
-        assert_eq!(core.get(0).await.unwrap().unwrap(), numbered(i as u64, 20));
-    }
+    cores
 }
 
 /// A hundred cores the writer never replicates, all followed by a reader at once: more
 /// channels than a peer parks while it looks cores up, so the opener paces them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_cores_are_served_on_demand_over_one_connection() {
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let reader = net.node(Transport::Direct).await.unwrap();
+    let net = test_net().await;
+    let (writer, reader) = two_nodes(&net).await;
     follow_named_cores(&writer, &reader, 100).await;
     let stats = writer.proto.peer_stats().await.unwrap();
     assert_eq!(stats[0].channels, 100);
     assert_eq!(stats[0].refused, 0, "no channel refused");
-    writer.shutdown().await;
-    reader.shutdown().await;
+    shutdown(&[&writer, &reader]).await;
 }
 
 /// Replicating many cores costs no task per core: 300 cores served on demand by the writer and
@@ -319,9 +283,8 @@ async fn a_hundred_cores_are_served_on_demand_over_one_connection() {
 /// task per core on each side would add 600.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_cores_are_replicated_without_a_task_per_core() {
-    let net = TestNet::new().await.unwrap();
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let reader = net.node(Transport::Direct).await.unwrap();
+    let net = test_net().await;
+    let (writer, reader) = two_nodes(&net).await;
     let metrics = tokio::runtime::Handle::current().metrics();
     let before = metrics.num_alive_tasks();
     follow_named_cores(&writer, &reader, 300).await;
@@ -329,8 +292,7 @@ async fn many_cores_are_replicated_without_a_task_per_core() {
     assert_eq!(writer.proto.node_stats().await.unwrap().cores, 300);
     assert_eq!(reader.proto.node_stats().await.unwrap().cores, 300);
     assert!(added < 100, "{added} tasks for 300 cores on two nodes");
-    writer.shutdown().await;
-    reader.shutdown().await;
+    shutdown(&[&writer, &reader]).await;
 }
 
 /// Dropping the last handle of a core the application replicates ends its replication on a
@@ -339,20 +301,15 @@ async fn many_cores_are_replicated_without_a_task_per_core() {
 /// opened later reaches the peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_handle_dropped_ends_replication_unless_the_store_is_served() {
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     for serve_store in [false, true] {
         let store = Corestore::memory().await.unwrap();
         let writer = net
             .node_built(Transport::Direct, store, |b| b.serve_store(serve_store))
             .await
             .unwrap();
-        let log = writer.store.get_named("dropped").await.unwrap();
-        append_numbered(&log, 0, 5, 10).await;
-        writer.proto.replicate(&log).await.unwrap();
-        let ticket = writer.proto.ticket(&log);
-        let reader = net.node(Transport::Direct).await.unwrap();
-        let core = reader.proto.open_ticket(&ticket).await.unwrap();
-        wait_full(&core, 5).await;
+        let log = log_on(&writer, "dropped", 5, 10).await;
+        let (reader, core) = synced_follower(&net, &writer, &log).await;
         let mut reader_events = reader.proto.events(&core);
         drop(log);
         let writer_id = writer.endpoint.id();
@@ -370,10 +327,8 @@ async fn the_last_handle_dropped_ends_replication_unless_the_store_is_served() {
             writer.proto.replicate(&log).await.unwrap();
         }
         append_numbered(&log, 5, 1, 10).await;
-        wait_full(&core, 6).await;
-        assert_eq!(core.get(5).await.unwrap().unwrap(), numbered(5, 10));
-        writer.shutdown().await;
-        reader.shutdown().await;
+        wait_full_numbered(&core, 6, 10).await;
+        shutdown(&[&writer, &reader]).await;
     }
 }
 
@@ -382,7 +337,7 @@ async fn the_last_handle_dropped_ends_replication_unless_the_store_is_served() {
 /// reader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_deleted_and_created_again_is_followed() {
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let writer = net.node(Transport::Direct).await.unwrap();
     writer.proto.replicate_store(Mode::Full).await.unwrap();
     let log = writer.store.get_named("phoenix").await.unwrap();
@@ -394,16 +349,13 @@ async fn a_core_deleted_and_created_again_is_followed() {
     let log = writer.store.get_named("phoenix").await.unwrap();
     append_numbered(&log, 0, 2, 30).await;
     let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader.store.get_remote(key).await.unwrap();
-    reader.proto.join(&core, &[writer.addr()]).await.unwrap();
-    wait_full(&core, 2).await;
-    assert_eq!(core.get(1).await.unwrap().unwrap(), numbered(1, 30));
+    let core = joined(&reader, key, &[writer.addr()]).await;
+    wait_full_numbered(&core, 2, 30).await;
     assert!(
         !writer.proto.peers(&log).await.unwrap().is_empty(),
         "the new core is replicated by the writer"
     );
-    writer.shutdown().await;
-    reader.shutdown().await;
+    shutdown(&[&writer, &reader]).await;
 }
 
 /// `update().wait(..)` asks the peers and resolves with their newest signed length: after
@@ -411,11 +363,9 @@ async fn a_core_deleted_and_created_again_is_followed() {
 /// no peer it returns the local length at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_wait_returns_the_newest_length_of_the_peers() {
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let writer = net.unlisted_node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named("updates").await.unwrap();
-    append_numbered(&log, 0, 1, 8).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let log = log_on(&writer, "updates", 1, 8).await;
     let reader = net.unlisted_node(Transport::Direct).await.unwrap();
     let core = reader.store.get_remote(log.key()).await.unwrap();
     reader
@@ -440,40 +390,24 @@ async fn update_wait_returns_the_newest_length_of_the_peers() {
         core.get(5).await.unwrap().is_none(),
         "sparse: no block fetched"
     );
-    writer.shutdown().await;
-    reader.shutdown().await;
+    shutdown(&[&writer, &reader]).await;
 }
 
 /// More cores than a peer's channel cap: idle channels close to make room, and every core
 /// gets its log over the one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_cores_than_the_channel_cap_take_turns() {
-    let net = TestNet::new().await.unwrap();
+    let net = test_net().await;
     let capped = || EngineConfig {
         max_channels_per_peer: 8,
         // Fewer handshakes in flight than the cap: the cap is reached as handshakes end.
         max_opening_per_peer: 4,
         ..Default::default()
     };
-    let writer = net
-        .node_with(
-            Transport::Direct,
-            Corestore::memory().await.unwrap(),
-            capped(),
-        )
-        .await
-        .unwrap();
-    let reader = net
-        .node_with(
-            Transport::Direct,
-            Corestore::memory().await.unwrap(),
-            capped(),
-        )
-        .await
-        .unwrap();
+    let writer = node_with_config(&net, capped()).await;
+    let reader = node_with_config(&net, capped()).await;
     follow_named_cores(&writer, &reader, 30).await;
     let stats = reader.proto.peer_stats().await.unwrap();
     assert!(stats[0].channels <= 8, "{} channels", stats[0].channels);
-    writer.shutdown().await;
-    reader.shutdown().await;
+    shutdown(&[&writer, &reader]).await;
 }

@@ -95,6 +95,42 @@ pub async fn connect_below(
     (ep, conn)
 }
 
+/// A raw endpoint connected below a node ([`connect_below`]).
+pub struct Intruder {
+    pub ep: Endpoint,
+    pub conn: Connection,
+    /// `ep`'s id, as bytes.
+    pub me: [u8; 32],
+}
+
+impl Intruder {
+    /// Closes its connection, then its endpoint.
+    pub async fn hang_up(&self) {
+        hang_up(&self.ep, &self.conn).await;
+    }
+}
+
+/// An [`Intruder`] on `target` and the channel for core `key` it opened there
+/// ([`open_channel`]); panics if `target` refuses the channel.
+pub async fn intrude(
+    net: &TestNet,
+    target: &Node,
+    key: CoreKey,
+) -> (Intruder, SendStream, RecvStream) {
+    let (ep, conn) = connect_below(net, target).await;
+    let me = *ep.id().as_bytes();
+    let (tx, rx) = open_channel(&conn, me, key)
+        .await
+        .expect("the node accepts a channel with a valid capability");
+    (Intruder { ep, conn, me }, tx, rx)
+}
+
+/// Closes `conn`, then `ep`.
+pub async fn hang_up(ep: &Endpoint, conn: &Connection) {
+    conn.close(0u32.into(), b"done");
+    ep.close().await;
+}
+
 /// Writes a frame header announcing `header` bytes, then `body` bytes of zeros (in pieces), and
 /// never finishes the frame: the stream is held open until the connection closes.
 pub fn unfinished_frame(

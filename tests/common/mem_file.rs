@@ -17,10 +17,9 @@ impl MemFile {
     /// Fills `out` from `offset`; past the end is an error.
     pub fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
         let data = self.0.read().unwrap();
-        let start = offset as usize;
         let src = data
-            .get(start..start + out.len())
-            .ok_or_else(|| std::io::Error::other("read past the end"))?;
+            .get(span(offset, out.len()))
+            .ok_or_else(|| past_end("read"))?;
         out.copy_from_slice(src);
         Ok(())
     }
@@ -34,11 +33,21 @@ impl MemFile {
     /// Writes `bytes` at `offset`; past the end is an error.
     pub fn write(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
         let mut data = self.0.write().unwrap();
-        let start = offset as usize;
         let dst = data
-            .get_mut(start..start + bytes.len())
-            .ok_or_else(|| std::io::Error::other("write past the end"))?;
+            .get_mut(span(offset, bytes.len()))
+            .ok_or_else(|| past_end("write"))?;
         dst.copy_from_slice(bytes);
         Ok(())
     }
+}
+
+/// The byte range of `len` bytes from `offset`.
+fn span(offset: u64, len: usize) -> std::ops::Range<usize> {
+    let start = offset as usize;
+    start..start + len
+}
+
+/// The error of an access (`what`) past the end of the file.
+fn past_end(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("{what} past the end"))
 }

@@ -2,12 +2,14 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
+
+use iroh::EndpointAddr;
 
 use iroh_hypercore::{
-    Corestore, Hypercore, HypercoreProtocol,
+    CoreKey, Corestore, Hypercore, HypercoreProtocol, StoreOptions,
     net::{Events, NodeStats},
-    replication::{Event, engine::PeerStats},
+    replication::{EngineConfig, Event, engine::PeerStats},
     testnet::{Node, TestNet, Transport},
 };
 use n0_future::StreamExt;
@@ -21,6 +23,19 @@ pub fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+/// A fresh test network, logging to stderr when `RUST_LOG` is set.
+pub async fn test_net() -> TestNet {
+    init_tracing();
+    TestNet::new().await.unwrap()
+}
+
+/// Shuts `nodes` down, one after the other.
+pub async fn shutdown(nodes: &[&Node]) {
+    for node in nodes {
+        node.shutdown().await;
+    }
 }
 
 /// Waits for the first item of `events` (all events, or one core's) matching `pred`,
@@ -43,6 +58,16 @@ pub async fn wait_event<T>(
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Waits for `peer` to be blamed (an `Invalid` event) on `events`, which is `what`.
+pub async fn wait_blamed(events: &mut Events, peer: [u8; 32], what: &str) -> Event {
+    wait_event(
+        events,
+        what,
+        |e| matches!(e, Event::Invalid { peer: p, .. } if *p == peer),
+    )
+    .await
+}
+
 /// The events already delivered to `events`, without waiting for more.
 pub async fn drain(events: &mut Events) -> Vec<Event> {
     let mut out = Vec::new();
@@ -62,6 +87,13 @@ pub async fn wait_full(core: &Hypercore, length: u64) {
     assert!(core.info().length >= length);
 }
 
+/// [`wait_full`], then checks that the last block is the numbered one of `size` bytes.
+pub async fn wait_full_numbered(core: &Hypercore, length: u64, size: usize) {
+    wait_full(core, length).await;
+    let last = core.get(length - 1).await.unwrap();
+    assert_eq!(last.unwrap(), numbered(length - 1, size));
+}
+
 /// Appends `n` blocks named after their index, in batches, starting at `from`.
 pub async fn append_numbered(core: &Hypercore, from: u64, n: u64, size: usize) {
     let blocks: Vec<Vec<u8>> = (from..from + n).map(|i| numbered(i, size)).collect();
@@ -73,15 +105,93 @@ pub async fn append_numbered(core: &Hypercore, from: u64, n: u64, size: usize) {
 /// A direct node writing the log `name` of `n` numbered blocks of `size` bytes, replicated.
 pub async fn writer_with_log(net: &TestNet, name: &str, n: u64, size: usize) -> (Node, Hypercore) {
     let writer = net.node(Transport::Direct).await.unwrap();
-    let log = writer.store.get_named(name).await.unwrap();
-    append_numbered(&log, 0, n, size).await;
-    writer.proto.replicate(&log).await.unwrap();
+    let log = log_on(&writer, name, n, size).await;
     (writer, log)
+}
+
+/// The log `name` of `node`, with `n` numbered blocks of `size` bytes appended, replicated.
+pub async fn log_on(node: &Node, name: &str, n: u64, size: usize) -> Hypercore {
+    let log = node.store.get_named(name).await.unwrap();
+    append_numbered(&log, 0, n, size).await;
+    node.proto.replicate(&log).await.unwrap();
+    log
+}
+
+/// Two direct nodes on new memory stores.
+pub async fn two_nodes(net: &TestNet) -> (Node, Node) {
+    let a = net.node(Transport::Direct).await.unwrap();
+    let b = net.node(Transport::Direct).await.unwrap();
+    (a, b)
+}
+
+/// A direct node with a store in `dir` (default options): restarted there, it has the same id.
+pub async fn node_in_dir(net: &TestNet, dir: &Path) -> Node {
+    net.node_in(Transport::Direct, dir, StoreOptions::default())
+        .await
+        .unwrap()
+}
+
+/// `count` logs of `node` named `log 0`, `log 1`, ..., each a [`log_on`] of `n` blocks.
+pub async fn logs_on(node: &Node, count: u64, n: u64, size: usize) -> Vec<Hypercore> {
+    let mut logs = Vec::new();
+    for i in 0..count {
+        logs.push(log_on(node, &format!("log {i}"), n, size).await);
+    }
+    logs
+}
+
+/// A direct node on a new memory store, its engine tuned by `config`.
+pub async fn node_with_config(net: &TestNet, config: EngineConfig) -> Node {
+    let store = Corestore::memory().await.unwrap();
+    net.node_with(Transport::Direct, store, config)
+        .await
+        .unwrap()
+}
+
+/// `log` of `writer`, opened on `node` through its ticket (not waiting for any block).
+pub async fn follow(node: &Node, writer: &Node, log: &Hypercore) -> Hypercore {
+    node.proto
+        .open_ticket(&writer.proto.ticket(log))
+        .await
+        .unwrap()
+}
+
+/// Core `key`, opened on `node` by its key and replicated (meeting no peer yet).
+pub async fn replica(node: &Node, key: CoreKey) -> Hypercore {
+    let core = node.store.get_remote(key).await.unwrap();
+    node.proto.replicate(&core).await.unwrap();
+    core
+}
+
+/// Core `key`, opened on `node` by its key and joined with `peers`.
+pub async fn joined(node: &Node, key: CoreKey, peers: &[EndpointAddr]) -> Hypercore {
+    let core = node.store.get_remote(key).await.unwrap();
+    node.proto.join(&core, peers).await.unwrap();
+    core
 }
 
 /// A direct node following `log` of `writer` through its ticket (not waiting for any block).
 pub async fn follower(net: &TestNet, writer: &Node, log: &Hypercore) -> (Node, Hypercore) {
     follower_with(net, writer, log, Corestore::memory().await.unwrap()).await
+}
+
+/// [`writer_with_log`] and a [`synced_follower`] of its log: `(writer, log, reader, core)`.
+pub async fn synced_pair(
+    net: &TestNet,
+    name: &str,
+    n: u64,
+    size: usize,
+) -> (Node, Hypercore, Node, Hypercore) {
+    let (writer, log) = writer_with_log(net, name, n, size).await;
+    let (reader, core) = synced_follower(net, &writer, &log).await;
+    (writer, log, reader, core)
+}
+
+/// [`follower`], once it holds every block `log` has now.
+pub async fn synced_follower(net: &TestNet, writer: &Node, log: &Hypercore) -> (Node, Hypercore) {
+    let (node, core) = follower(net, writer, log).await;
+    wait_full(&core, log.info().length).await;
+    (node, core)
 }
 
 /// [`follower`], on `store`.
@@ -95,11 +205,7 @@ pub async fn follower_with(
         .node_with(Transport::Direct, store, Default::default())
         .await
         .unwrap();
-    let core = node
-        .proto
-        .open_ticket(&writer.proto.ticket(log))
-        .await
-        .unwrap();
+    let core = follow(&node, writer, log).await;
     (node, core)
 }
 

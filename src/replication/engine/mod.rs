@@ -34,19 +34,35 @@
 //!
 //! # A received block, from frame to event
 //!
-//! 1. The driver reads a `Data` frame and reports [`Input::Message`]; the channel part finds
-//!    the channel authenticated and hands the message back ([`Inbound::Data`]).
-//! 2. The engine routes it to the core's sync part, which matches it to the run request it
-//!    answers, tells the fetch queue it arrived, queues the proof and starts (or joins) the
-//!    core's one apply task: [`Output::Task`] with [`Task::ApplyRun`].
-//! 3. The driver runs it through [`storage::run`](crate::replication::storage::run)
-//!    (`Hypercore::apply_block_proofs`: verify, one storage transaction, commit) and reports
-//!    the [`Reply`]'s [`Input::TaskDone`] with the core's state after the commit.
-//! 4. The engine routes the result to the core's sync part: each stored block leaves the
-//!    fetch queue and is counted ([`Event::Download`]); the new state is taken in once
-//!    ([`Event::Append`], our `Sync` to the peers, an announcement), and the next batch
-//!    applied. The core's own change signal for that commit finds the state already taken in
-//!    and changes nothing.
+//! Fourteen steps, each a call from one part to the next (a `Data` frame answering a run
+//! request; the local append path is the same from step 9 down, and starts at `Hypercore`):
+//!
+//! 1. `net/frames`: the channel's `FrameReader` decodes the frame;
+//! 2. `net/driver`: `Driver::on_frames` reports it, [`Input::Message`];
+//! 3. `channels`: the channel is authenticated, the message goes back as `Inbound::Data`;
+//! 4. `sync`: the core's `CoreSync` matches it to the run request it answers (`on_data`);
+//! 5. `fetch`: [`FetchQueue::on_received`] takes the block (or says it was not asked for);
+//! 6. `sync`: the proof joins the core's batch, and the one apply task starts:
+//!    [`Output::Task`] with [`Task::ApplyRun`];
+//! 7. `net/driver/cores`: the task runs on the core, through
+//!    [`storage::run`](crate::replication::storage::run);
+//! 8. `core/runs`: `Hypercore::apply_block_proofs` verifies the batch in one read transaction
+//!    (`tree::verify_proof`), hands the blocks to waiting reads, and writes them as one op;
+//! 9. `storage`: the actor commits the op in its batch (group commit);
+//! 10. `storage/slot`: the committed state is published, and the core's `CommitListener`
+//!     told;
+//! 11. `core/news`: `CoreEvent::Download` goes to the core's subscribers (a block changes no
+//!     length: the protocols watching the core are not signalled);
+//! 12. `net/driver/cores`: the task's [`Reply`] reports [`Input::TaskDone`] with the core's
+//!     state after the commit;
+//! 13. `sync`: `CoreSync::run_applied` takes each stored block out of the fetch queue, counts
+//!     it ([`Event::Download`]) and takes the new state in, once: our `Sync` to the peers,
+//!     the next batch, the next requests;
+//! 14. `net/driver`: the outputs go out (events to subscribers, frames to `Streams`).
+//!
+//! An upgrade is applied the same way; its commit also moves the length, so the watching
+//! protocols are signalled too, and the driver, finding the engine already holds that state
+//! from the task's reply, does not report it again: each commit is heard once.
 
 mod announce;
 mod channels;

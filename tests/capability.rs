@@ -287,3 +287,54 @@ async fn a_stream_that_never_finishes_its_open_is_closed_after_the_handshake_tim
     hang_up(&ep, &conn).await;
     target.shutdown().await;
 }
+
+/// A peer that knows only the discovery key of a core the store holds (and the node does not
+/// replicate) opens a channel for it. The node looks the core up, finds that no parked channel
+/// proves the key, and does not serve it: the application's reads on its own log go on
+/// untouched (the core is its, not the protocol's, to stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_for_a_peer_without_the_key_leaves_the_applications_reads_alone() {
+    let net = test_net().await;
+    let cfg = EngineConfig {
+        handshake_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let node = node_with_config(&net, cfg).await;
+    // A log of the node's store that it does not replicate, and a local read waiting for its
+    // next block.
+    let log = node.store.get_named("local").await.unwrap();
+    append_numbered(&log, 0, 1, 8).await;
+    let waiting = tokio::spawn(log.get(1).wait(WAIT));
+
+    let spy = net.endpoint(Transport::Direct).await.unwrap();
+    let conn = spy
+        .connect(node.addr(), iroh_hypercore::ALPN)
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = conn.open_bi().await.unwrap();
+    let open = Message::Open {
+        discovery_key: log.discovery_key(),
+        capability: [7; 32],
+    };
+    send(&mut tx, &open).await;
+    // The channel is parked, the core looked up and not served; the channel is refused at its
+    // handshake timeout, after the lookup.
+    let refused = tokio::time::timeout(WAIT, async {
+        while let Some(msg) = read_msg(&mut rx).await {
+            if matches!(msg, Message::Close { .. }) {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(refused.await.unwrap(), "the channel is refused");
+    assert!(!waiting.is_finished(), "the application's read was ended");
+    append_numbered(&log, 1, 1, 8).await;
+    let got = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert!(
+        got.is_ok(),
+        "the application's read on its own log failed: {got:?}"
+    );
+    hang_up(&spy, &conn).await;
+    node.shutdown().await;
+}

@@ -131,7 +131,8 @@ impl Corestore {
     /// first open. Stores on one `Storage` share its open cores (a core opened through two of
     /// them has one state) and its blob store (a memory one, with default options, unless a
     /// store opened with [`persistent`](Self::persistent) or [`memory`](Self::memory) made
-    /// it).
+    /// it), as long as one of them, or a core opened through one, is open: a store opened on
+    /// a `Storage` none of whose stores and cores is left starts that state afresh.
     pub async fn with_storage(storage: Storage, primary_key: Option<[u8; 32]>) -> Result<Self> {
         let (stored, endpoint_key) = storage
             .read(|r| Ok((r.primary_key()?, r.endpoint_key()?)))

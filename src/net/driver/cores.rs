@@ -123,6 +123,15 @@ impl Cores {
         true
     }
 
+    /// Stops tracking `key` without touching its handle: its signals are no longer followed,
+    /// and reads waiting on it (the application's) go on. For a core found for a peer and not
+    /// served after all.
+    pub(super) fn untrack(&mut self, key: &CoreKey) {
+        if let Some(core) = self.cores.remove(key).and_then(|r| r.core()) {
+            core.inner.unwatch(&self.signals);
+        }
+    }
+
     /// Keeps `ids` (the latest [`MAX_JOIN_NODES`] at most, but `me`) as `key`'s blob providers
     /// beside its channel peers.
     pub(super) fn joined(&mut self, key: CoreKey, ids: &[EndpointId], me: EndpointId) {

@@ -570,7 +570,9 @@ impl Driver {
         self.cores.track(core.clone(), Why::Served);
         let local = storage::local_info(&core);
         if !self.engine.serve_core(key, local, mode, now) {
-            self.cores.remove(&key);
+            // Nobody proved the key: the core is not kept, and the application's reads on it
+            // (if it has some) are none of this.
+            self.cores.untrack(&key);
         }
     }
 

@@ -337,12 +337,18 @@ impl Engine {
     /// ([`Output::LeaveGossip`]). Storage tasks still running for it finish and are ignored.
     /// Adding the core again starts afresh. Returns whether the core was replicated.
     pub fn remove_core(&mut self, key: CoreKey, now: Instant) -> bool {
+        if !self.cores.contains_key(&key) {
+            return false;
+        }
+        // Its channels close first, and their ends reach its sync part (each open one
+        // reported closed), before the part goes.
+        self.channels.unregister(&key, &mut cx!(self, now));
+        self.route_notes(now);
         let Some(core) = self.cores.remove(&key) else {
             return false;
         };
         let mut cx = cx!(self, now);
         core.clear_timers(&mut cx);
-        self.channels.unregister(&key, &mut cx);
         cx.fetch.remove_core(&key);
         self.announcer.forget(&key, cx.timers);
         self.retry_upgrade.remove(&key);
@@ -559,7 +565,10 @@ impl Engine {
         for (id, peer, core) in self.fetch.poll_timeouts(now) {
             self.with_core(core, now, |c, cx| c.run_timed_out(id, peer, cx));
         }
-        while let Some(timer) = self.timers.pop_due(now) {
+        // The timers due now, taken at once: one a handler sets again for `now` waits for the
+        // next call.
+        let due: Vec<Timer> = std::iter::from_fn(|| self.timers.pop_due(now)).collect();
+        for timer in due {
             let mut cx = cx!(self, now);
             match timer {
                 Timer::Handshake(ch) => self.channels.handshake_timed_out(ch, &mut cx),

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use super::super::{
-    ApplyOutcome, ChannelId, Engine, EngineConfig, Input, LEAVE_REASON, Mode, Output, Task,
+    ApplyOutcome, ChannelId, Engine, EngineConfig, Event, Input, LEAVE_REASON, Mode, Output, Task,
     testing::{
         CORE, PEER, engine_with_peer, local, outputs, proof_applied, sync, take_task,
         upgrade_answer,
@@ -165,4 +165,27 @@ fn a_found_core_is_served_only_to_a_peer_that_proves_its_key() {
             .any(|o| matches!(o, Output::OpenChannel(p, ..) if *p == other))
     );
     engine.check_timers().unwrap();
+}
+
+/// Leaving a core closes its open channels, each reported with `Event::ChannelClosed` to pair
+/// with its `ChannelOpen`: the subscribers of the core's events see the peer leave.
+#[test]
+fn leaving_a_core_reports_its_open_channels_closed() {
+    let now = Instant::now();
+    let (mut engine, channel) = engine_with_peer(local(5, true), Mode::Full, sync(5, true), now);
+    assert!(engine.remove_core(CORE, now));
+    let out = outputs(&mut engine);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::CloseChannel(_, ch) if *ch == channel)),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            Output::Event(Event::ChannelClosed { core, peer })
+                if *core == CORE && *peer == PEER
+        )),
+        "the channel that was open is never reported closed: {out:?}"
+    );
 }

@@ -256,3 +256,35 @@ fn a_run_past_our_log_costs_no_storage_task_whatever_length_is_claimed() {
         )
     )));
 }
+
+/// A run is read in parts of `serve_run_bytes`: the storage task asks for that much, and the
+/// run the requester asked for.
+#[test]
+fn a_run_is_read_in_parts_of_the_configured_size() {
+    let now = Instant::now();
+    let (mut engine, channel) = engine_with_peer(local(100, true), Mode::Full, sync(0, true), now);
+    let run_bytes = engine.config().serve_run_bytes;
+    let msg = Message::RequestRun {
+        id: 1,
+        fork: 0,
+        start: 10,
+        end: 20,
+        length: 100,
+    };
+    engine.handle(Input::Message(PEER, channel, msg), now);
+    let task = take_task(&mut outputs(&mut engine), |t| {
+        matches!(t, Task::CreateRun { .. })
+    })
+    .expect("the run is read");
+    let Task::CreateRun {
+        start,
+        end,
+        length,
+        max_bytes,
+        ..
+    } = task
+    else {
+        unreachable!()
+    };
+    assert_eq!((start, end, length, max_bytes), (10, 20, 100, run_bytes));
+}

@@ -192,3 +192,40 @@ fn an_answered_upgrade_applied_slowly_does_not_blame_the_peer() {
     assert!(!engine.cores[&CORE].upgrade_in_flight());
     assert_eq!(engine.poll_timeout(), None, "no timer left");
 }
+
+/// A handler may set its own timer again for `now` (an upgrade whose answer is being applied
+/// waits again, here with an `upgrade_timeout` of zero): `handle_timeout` handles the timers
+/// that were due when it was called, and returns.
+#[test]
+fn a_timer_set_again_for_now_does_not_hang_handle_timeout() {
+    let now = Instant::now();
+    let cfg = crate::replication::EngineConfig {
+        upgrade_timeout: Duration::ZERO,
+        ..Default::default()
+    };
+    let (mut engine, channel, _) = super::super::testing::engine_with_peer_outputs(
+        cfg,
+        local(5, false),
+        Mode::Full,
+        sync(8, true),
+        now,
+    );
+    let (_, Some(upgrade)) = request_ids(&engine, channel) else {
+        panic!("an upgrade to 8 is asked");
+    };
+    let proof = upgrade_answer(5, 3);
+    engine.handle(
+        Input::Message(PEER, channel, Message::Data { id: upgrade, proof }),
+        now,
+    );
+    outputs(&mut engine);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        engine.handle_timeout(now);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "handle_timeout did not return within 5 s"
+    );
+}

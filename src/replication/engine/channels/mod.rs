@@ -457,11 +457,7 @@ impl Channels {
                 self.refuse(peer, id, "duplicate channel", cx);
                 return;
             } else {
-                let close = Message::Close {
-                    reason: "duplicate channel".into(),
-                };
-                cx.send(peer, id, close);
-                cx.out.push_back(Output::CloseChannel(peer, id));
+                send_close(peer, id, "duplicate channel", cx);
                 return;
             }
         }
@@ -555,20 +551,12 @@ impl Channels {
             peer,
             reason: reason.to_string(),
         });
-        let close = Message::Close {
-            reason: reason.to_string(),
-        };
-        cx.send(peer, id, close);
-        cx.out.push_back(Output::CloseChannel(peer, id));
+        send_close(peer, id, reason, cx);
     }
 
     /// Ends a channel with a reason: tells the peer, closes the stream, forgets it.
     pub(super) fn close(&mut self, peer: PeerId, id: ChannelId, reason: &str, cx: &mut Cx) {
-        let close = Message::Close {
-            reason: reason.to_string(),
-        };
-        cx.send(peer, id, close);
-        cx.out.push_back(Output::CloseChannel(peer, id));
+        send_close(peer, id, reason, cx);
         self.drop(id, cx);
     }
 
@@ -774,6 +762,15 @@ impl Channels {
         }
         Ok(())
     }
+}
+
+/// Tells the peer why channel `id` ends, and closes its stream.
+fn send_close(peer: PeerId, id: ChannelId, reason: &str, cx: &mut Cx) {
+    let close = Message::Close {
+        reason: reason.to_string(),
+    };
+    cx.send(peer, id, close);
+    cx.out.push_back(Output::CloseChannel(peer, id));
 }
 
 /// The key after `key` in byte order (wrapping to zero after the last).

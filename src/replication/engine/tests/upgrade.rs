@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use super::super::{
-    ApplyOutcome, ChannelId, Engine, Event, Input, LocalInfo, Mode, Output, Task,
+    ApplyOutcome, ChannelId, Engine, EngineConfig, Event, Input, LocalInfo, Mode, Output, Task,
     testing::{
-        CORE, PEER, engine_with_peer, local, outputs, proof_applied, run_applied, sync, take_task,
-        upgrade_answer,
+        CORE, PEER, engine_with_peer, engine_with_peer_outputs, local, outputs, proof_applied,
+        run_applied, sync, take_task, upgrade_answer,
     },
 };
 use crate::{
@@ -152,12 +152,11 @@ fn an_upgrade_waiting_for_a_back_off_is_asked_when_a_verified_block_ends_it() {
     );
 }
 
-/// An upgrade that was answered is not the peer's to time out while our storage applies it:
-/// the peer is neither backed off nor disbelieved, and the upgrade keeps a timer.
-#[test]
-fn an_answered_upgrade_applied_slowly_does_not_blame_the_peer() {
-    let now = Instant::now();
-    let (mut engine, channel) = engine_with_peer(local(5, false), Mode::Full, sync(8, true), now);
+/// A reader at 5 blocks with a peer at 8 (tuned by `cfg`) whose answer to the upgrade is being
+/// applied: the engine, and the apply task.
+fn upgrade_being_applied(cfg: EngineConfig, now: Instant) -> (Engine, Task) {
+    let (mut engine, channel, _) =
+        engine_with_peer_outputs(cfg, local(5, false), Mode::Full, sync(8, true), now);
     let (_, Some(upgrade)) = request_ids(&engine, channel) else {
         panic!("an upgrade to 8 is asked");
     };
@@ -170,6 +169,15 @@ fn an_answered_upgrade_applied_slowly_does_not_blame_the_peer() {
         matches!(t, Task::ApplyProof { .. })
     })
     .expect("the answer is applied");
+    (engine, apply)
+}
+
+/// An upgrade that was answered is not the peer's to time out while our storage applies it:
+/// the peer is neither backed off nor disbelieved, and the upgrade keeps a timer.
+#[test]
+fn an_answered_upgrade_applied_slowly_does_not_blame_the_peer() {
+    let now = Instant::now();
+    let (mut engine, apply) = upgrade_being_applied(EngineConfig::default(), now);
     // Our storage is slow: the upgrade's timer fires while it applies.
     let deadline = now + engine.config().upgrade_timeout;
     engine.handle_timeout(deadline);
@@ -199,26 +207,11 @@ fn an_answered_upgrade_applied_slowly_does_not_blame_the_peer() {
 #[test]
 fn a_timer_set_again_for_now_does_not_hang_handle_timeout() {
     let now = Instant::now();
-    let cfg = crate::replication::EngineConfig {
+    let cfg = EngineConfig {
         upgrade_timeout: Duration::ZERO,
         ..Default::default()
     };
-    let (mut engine, channel, _) = super::super::testing::engine_with_peer_outputs(
-        cfg,
-        local(5, false),
-        Mode::Full,
-        sync(8, true),
-        now,
-    );
-    let (_, Some(upgrade)) = request_ids(&engine, channel) else {
-        panic!("an upgrade to 8 is asked");
-    };
-    let proof = upgrade_answer(5, 3);
-    engine.handle(
-        Input::Message(PEER, channel, Message::Data { id: upgrade, proof }),
-        now,
-    );
-    outputs(&mut engine);
+    let (mut engine, _apply) = upgrade_being_applied(cfg, now);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         engine.handle_timeout(now);

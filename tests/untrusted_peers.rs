@@ -336,6 +336,7 @@ fn a_peer_whose_blocks_never_verify_runs_out_of_work() {
         .collect();
     assert!(!outstanding.is_empty(), "the reader asks the peer for runs");
     let (mut invalid, mut dropped, mut asked_after) = (0u64, false, 0);
+    let mut penalized_for = Duration::ZERO;
     let mut used = std::collections::HashSet::new();
     let mut t = now;
     for _ in 0..40 {
@@ -376,7 +377,10 @@ fn a_peer_whose_blocks_never_verify_runs_out_of_work() {
         for o in seen {
             match o {
                 Output::Event(Event::Invalid { .. }) => invalid += 1,
-                Output::Event(Event::PeerDropped(p)) if p == PEER => dropped = true,
+                Output::Event(Event::Penalized { peer, penalty }) if peer == PEER => {
+                    dropped = true;
+                    penalized_for = penalty;
+                }
                 Output::Send(_, _, Message::RequestRun { id, start, end, .. }) => {
                     if dropped {
                         asked_after += 1;
@@ -391,8 +395,8 @@ fn a_peer_whose_blocks_never_verify_runs_out_of_work() {
         }
     }
     println!(
-        "{invalid} junk blocks rejected and blamed; peer dropped: {dropped}; \
-         max_failures {max_failures}"
+        "{invalid} junk blocks rejected and blamed; peer penalized: {dropped} for \
+         {penalized_for:?}; max_failures {max_failures}"
     );
     assert!(
         invalid <= u64::from(max_failures) + 1,
@@ -483,14 +487,15 @@ fn silent_peers_claiming_a_longer_log_do_not_stall_the_reader() {
     );
 }
 
-/// **A dropped peer's pushes are still taken, and every one resets its record.** A reader
-/// drops a peer from the fetch queue after its last back-off (`PeerDropped`), but `on_push`
-/// checks only `fetch.is_backed_off`, not `Peer::dropped`; and the dropped peer's fetch state
-/// was removed, so the next blame starts it again at one failure. A peer pushing an invalid
-/// upgrade every 10 s (past `backoff_max`) has each one taken as the reader's upgrade (a
+/// **A penalized peer's pushes are still taken, and every one resets its record.** A reader
+/// takes a peer out of the fetch queue after its last back-off, but `on_push` checked only the
+/// back-off, and the peer's record started afresh at the next blame. A peer pushing an invalid
+/// upgrade every 10 s (past `backoff_max`) had each one taken as the reader's upgrade (a
 /// storage task, the upgrade slot held, the writer's own pushes dropped meanwhile), forever.
+/// Now no push of it is taken during a penalty; after one it gets one probe, whose failure
+/// penalizes it again at once, for twice as long.
 #[test]
-fn a_dropped_peer_cannot_keep_pushing_invalid_upgrades() {
+fn a_penalized_peer_cannot_keep_pushing_invalid_upgrades() {
     let t0 = Instant::now();
     let cfg = EngineConfig::default();
     let max_failures = cfg.fetch.max_failures;
@@ -505,8 +510,9 @@ fn a_dropped_peer_cannot_keep_pushing_invalid_upgrades() {
     let push = || Message::Push {
         proof: forged_upgrade(10, 1, Some((10, b"forged"))),
     };
-    let (mut taken, mut dropped_at) = (0, None);
-    for k in 0..20u64 {
+    let mut taken_at = Vec::new();
+    let mut penalties = Vec::new();
+    for k in 0..120u64 {
         let now = t0 + Duration::from_secs(10 * k);
         engine.handle_timeout(now);
         outputs(&mut engine);
@@ -516,26 +522,44 @@ fn a_dropped_peer_cannot_keep_pushing_invalid_upgrades() {
             _ => None,
         });
         let Some(task) = task else { continue };
-        taken += 1;
+        taken_at.push(now);
         let outcome = ApplyOutcome::Invalid("invalid signature".into());
         let local = local_at(10, 10, false);
         engine.handle(task.done(Applied { outcome, local }), now);
         for o in outputs(&mut engine) {
-            if let Output::Event(Event::PeerDropped(p)) = o
-                && p == PEER
+            if let Output::Event(Event::Penalized { peer, penalty }) = o
+                && peer == PEER
             {
-                dropped_at.get_or_insert(taken);
+                penalties.push((taken_at.len(), now, penalty));
             }
         }
     }
     println!(
-        "invalid pushes taken: {taken} of 20; peer dropped after {dropped_at:?} \
-         (max_failures {max_failures})"
+        "invalid pushes taken: {} of 120; penalties (after the nth taken, for): {:?} \
+         (max_failures {max_failures})",
+        taken_at.len(),
+        penalties
+            .iter()
+            .map(|(n, _, p)| (*n, *p))
+            .collect::<Vec<_>>()
     );
-    assert!(dropped_at.is_some(), "the peer is dropped at some point");
-    assert!(
-        taken <= max_failures as usize + 1,
-        "{taken} invalid pushes taken from a peer dropped after {dropped_at:?}"
+    assert!(penalties.len() >= 2, "penalized, and again after the first");
+    assert_eq!(penalties[0].0, max_failures as usize + 1);
+    for (n, at, penalty) in &penalties {
+        assert!(
+            taken_at.iter().all(|t| *t <= *at || *t >= *at + *penalty),
+            "a push was taken during the penalty that began with push {n}"
+        );
+    }
+    assert_eq!(
+        penalties[1].0,
+        penalties[0].0 + 1,
+        "one probe, then penalized again"
+    );
+    assert_eq!(
+        penalties[1].2,
+        penalties[0].2 * 2,
+        "each penalty twice the last"
     );
 }
 
@@ -673,10 +697,10 @@ fn slow_storage(seed: u64, per_op: Duration) -> SimConfig {
 
 /// A writer whose storage is slow to serve the readers that all ask it at once: their
 /// requests queue behind each other there and time out, and after its last back-off each
-/// reader drops the writer until the connection ends. Nothing ends it, and the writer is the
-/// only source: the network stalls for good with no timer left (the event queue runs dry).
+/// reader penalizes the writer. It was dropped until the connection ended, and, being the
+/// only source, the network stalled for good with no timer left; now each reader asks it
+/// again after its penalty, and every reader gets the log.
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "an honest writer slower than the request timeout is dropped for good"]
 async fn a_slow_honest_writer_is_not_dropped_for_good() {
     let mut sim = Sim::new(slow_storage(2, Duration::from_millis(900)))
         .await

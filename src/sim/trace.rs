@@ -25,7 +25,7 @@ pub struct Trace {
     pub invalid: u64,
     /// Messages sent by kind (`Sync`, `Data`, `RequestRun`...), hostile nodes' included.
     pub message_kinds: std::collections::BTreeMap<String, u64>,
-    /// Engine events by kind (`Download`, `Backoff`, `PeerDropped`...), over all nodes.
+    /// Engine events by kind (`Download`, `Backoff`, `Penalized`...), over all nodes.
     pub events: std::collections::BTreeMap<String, u64>,
 }
 

@@ -89,16 +89,17 @@ impl Cx<'_> {
         self.peers.has_room(peer)
     }
 
-    /// Whether `peer` may be asked for data now: not backed off, not dropped.
+    /// Whether `peer` may be asked for data now: neither backed off nor serving a penalty.
     pub(super) fn may_ask(&self, peer: &PeerId) -> bool {
-        !self.fetch.is_backed_off(peer, self.now) && !self.fetch.is_dropped(peer)
+        !self.fetch.is_backed_off(peer, self.now)
     }
 
-    /// Records bad data from `peer` and backs it off. A peer that left is not penalized: the
-    /// fetch queue keeps state only for connected ones.
+    /// Records bad data from `peer` and backs it off (a penalty for it lasts longer than for
+    /// slowness). A peer that left is not penalized: the fetch queue keeps state only for
+    /// connected ones.
     pub(super) fn blame(&mut self, core: CoreKey, peer: PeerId, reason: String) {
         if self.peers.count(&peer, |s| s.invalid += 1) {
-            self.fetch.penalize(peer, self.now);
+            self.fetch.penalize_invalid(peer, self.now);
         }
         self.emit(Event::Invalid { core, peer, reason });
     }

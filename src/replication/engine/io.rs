@@ -215,8 +215,16 @@ pub enum Event {
     },
     /// `peer` failed (timeout or invalid data) and is backed off.
     Backoff(PeerId),
-    /// `peer` failed after its last back-off and no longer serves the fetch queue.
-    PeerDropped(PeerId),
+    /// `peer` failed after its last back-off and is penalized: asked for nothing during
+    /// `penalty`, which doubles with each offence on the connection and is longer for data
+    /// that did not verify than for slowness; then probed again. Nobody is dropped for good
+    /// while its connection lasts.
+    Penalized {
+        /// Peer.
+        peer: PeerId,
+        /// How long it is asked nothing.
+        penalty: std::time::Duration,
+    },
     /// An [`Input::Update`] of `core` is answered: every peer asked sent its state (or went),
     /// and the upgrade to the longest, if any, ended; `length` is the core's signed length.
     Updated {

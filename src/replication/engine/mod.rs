@@ -822,7 +822,7 @@ impl Engine {
     /// Ends every turn: closes idle channels where cores wait for room, opens the channels
     /// that waited for a handshake to end, asks again for the upgrades whose peer went away,
     /// sends every request the fetch queue has room for, reports the updates answered, and
-    /// the peers the fetch queue backed off or dropped.
+    /// the peers the fetch queue backed off or penalized.
     fn schedule(&mut self, now: Instant) {
         let (cores, server) = (&self.cores, &self.server);
         self.channels.make_room(
@@ -861,7 +861,10 @@ impl Engine {
         for notice in self.fetch.take_notices() {
             let ev = match notice {
                 super::fetch::PeerNotice::BackedOff(p, _) => Event::Backoff(p),
-                super::fetch::PeerNotice::Dropped(p) => Event::PeerDropped(p),
+                super::fetch::PeerNotice::Penalized(peer, until) => Event::Penalized {
+                    peer,
+                    penalty: until.saturating_duration_since(now),
+                },
             };
             self.outputs.push_back(Output::Event(ev));
         }

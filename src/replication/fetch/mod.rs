@@ -5,9 +5,12 @@
 //! runs of consecutive blocks from one peer, within a per-peer window of bytes in flight, and
 //! while the blocks received and not yet stored stay under a cap. A request that times out, or
 //! a peer that sends invalid data, puts the peer on exponential back-off (capped); after its
-//! last back-off the peer is dropped from the queue until it disconnects. A block leaves the queue only when it was
-//! verified and committed; until then it is retried from whichever peer can serve it. Pure
-//! state: time comes in as an argument.
+//! last back-off the peer is penalized: asked nothing for a penalty period that doubles with
+//! each offence (and is longer for data that did not verify than for slowness), then probed
+//! again, one request at a time. Nobody is dropped for good while it is connected: a slow
+//! honest peer comes back. A block leaves the queue only when it was verified and committed;
+//! until then it is retried from whichever peer can serve it. Pure state: time comes in as an
+//! argument.
 //!
 //! Its timers (each request's deadline, each peer's back-off) are kept in a `Deadlines` set
 //! in step with the requests and peers, so [`FetchQueue::next_deadline`] and
@@ -43,8 +46,14 @@ pub struct FetchConfig {
     pub backoff: Duration,
     /// Longest back-off.
     pub backoff_max: Duration,
-    /// Failures in a row after which a peer is dropped from the queue.
+    /// Failures in a row after which a peer is penalized: asked nothing for a while.
     pub max_failures: u32,
+    /// A peer's first penalty; it doubles with each further one on the same connection, up to
+    /// `penalty_max`, and is [`INVALID_PENALTY_FACTOR`] times as long when the peer sent data
+    /// that did not verify.
+    pub penalty: Duration,
+    /// Longest penalty.
+    pub penalty_max: Duration,
     /// Requests in flight per peer (a server queues only so many).
     pub max_requests: usize,
     /// Bytes received and not yet stored, over all peers and cores, beyond which nothing more
@@ -61,11 +70,17 @@ impl Default for FetchConfig {
             backoff: Duration::from_millis(250),
             backoff_max: Duration::from_secs(8),
             max_failures: 6,
+            penalty: Duration::from_secs(30),
+            penalty_max: Duration::from_secs(600),
             max_requests: 32,
             max_held_bytes: 64 * 1024 * 1024,
         }
     }
 }
+
+/// How much longer the penalty of a peer that sent data that did not verify is than that of a
+/// slow one.
+pub const INVALID_PENALTY_FACTOR: u32 = 4;
 
 /// A request the queue wants sent: blocks `start..end` of `core` from `peer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +112,12 @@ struct PeerState {
     requests: usize,
     failures: u32,
     backoff_until: Option<Instant>,
+    /// Whether the back-off is a penalty (after the last failure allowed).
+    penalized: bool,
+    /// Penalties so far on this connection: each doubles the next.
+    offences: u32,
+    /// Whether a failure since the last penalty was data that did not verify.
+    sent_invalid: bool,
     /// The blocks of each core the peer is a source of, as ranges: runs are looked for only
     /// there, so a peer that has little costs little to serve the queue.
     ranges: BTreeMap<CoreKey, Vec<(u64, u64)>>,
@@ -127,8 +148,9 @@ pub enum Arrival {
 pub enum PeerNotice {
     /// The peer failed and is backed off until the given time.
     BackedOff(PeerId, Instant),
-    /// The peer failed after its last back-off and was dropped from the queue.
-    Dropped(PeerId),
+    /// The peer failed after its last back-off and is penalized: asked nothing until the given
+    /// time, then probed again.
+    Penalized(PeerId, Instant),
 }
 
 /// The queue of missing blocks; see the module docs.
@@ -146,9 +168,6 @@ pub struct FetchQueue {
     held_bytes: u64,
     /// Every request's deadline and every back-off, by time.
     deadlines: Deadlines<Timer>,
-    /// Peers dropped after their last back-off: no source, no back-off, no state, until they
-    /// disconnect ([`remove_peer`](Self::remove_peer)).
-    dropped: BTreeSet<PeerId>,
 }
 
 impl FetchQueue {
@@ -164,7 +183,6 @@ impl FetchQueue {
             next_id: 1,
             held_bytes: 0,
             deadlines: Deadlines::default(),
-            dropped: BTreeSet::new(),
         }
     }
 
@@ -237,7 +255,7 @@ impl FetchQueue {
     /// before is walked, so a peer repeating itself costs nothing.
     /// A peer that was dropped is no source.
     pub fn add_source(&mut self, core: CoreKey, start: u64, end: u64, peer: PeerId) {
-        if start >= end || self.dropped.contains(&peer) {
+        if start >= end {
             return;
         }
         let state = self.peers.entry(peer).or_default();
@@ -328,7 +346,6 @@ impl FetchQueue {
 
     /// The peer went away: its requests fail without penalty and it is no longer a source.
     pub fn remove_peer(&mut self, peer: &PeerId) {
-        self.dropped.remove(peer);
         self.forget_peer(peer);
     }
 
@@ -352,9 +369,11 @@ impl FetchQueue {
         }
     }
 
-    /// Whether `peer` was dropped after its last back-off (until it disconnects).
-    pub fn is_dropped(&self, peer: &PeerId) -> bool {
-        self.dropped.contains(peer)
+    /// Whether `peer` is serving a penalty at `now` (see [`PeerNotice::Penalized`]).
+    pub fn is_penalized(&self, peer: &PeerId, now: Instant) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.penalized && p.backoff_until.is_some_and(|t| t > now))
     }
 
     /// Whether `peer` is on back-off at `now`.
@@ -572,6 +591,7 @@ impl FetchQueue {
         };
         p.failures = 0;
         let ended = p.backoff_until.take();
+        p.penalized = false;
         self.deadlines.replace(Timer::Backoff(*peer), ended, None);
         ended.is_some()
     }
@@ -620,19 +640,46 @@ impl FetchQueue {
         }
     }
 
-    /// Puts `peer` on back-off (or drops it after its last one); see [`PeerNotice`].
-    /// A peer already dropped is left alone.
+    /// `peer` was slow (a request timed out, or it could not prove what it claimed): it is
+    /// backed off, or penalized after its last back-off; see [`PeerNotice`].
     pub fn penalize(&mut self, peer: PeerId, now: Instant) {
-        if self.dropped.contains(&peer) {
-            return;
-        }
+        self.fail(peer, now, false);
+    }
+
+    /// `peer` sent data that did not verify: as [`penalize`](Self::penalize), and its next
+    /// penalty is [`INVALID_PENALTY_FACTOR`] times as long.
+    pub fn penalize_invalid(&mut self, peer: PeerId, now: Instant) {
+        self.fail(peer, now, true);
+    }
+
+    /// Counts a failure of `peer`. A peer serving a penalty is asked nothing, so what it fails
+    /// meanwhile (a late answer, a push) adds nothing.
+    fn fail(&mut self, peer: PeerId, now: Instant, invalid: bool) {
         let cfg = &self.cfg;
         let state = self.peers.entry(peer).or_default();
+        if state.penalized && state.backoff_until.is_some_and(|t| t > now) {
+            return;
+        }
         state.failures += 1;
+        state.sent_invalid |= invalid;
         if state.failures > cfg.max_failures {
-            self.notices.push(PeerNotice::Dropped(peer));
-            self.dropped.insert(peer);
-            self.forget_peer(&peer);
+            // Penalized: out for a while, then one more failure away from the next penalty,
+            // probed one request at a time, forgiven by a block of its that verifies.
+            state.offences = state.offences.saturating_add(1);
+            let factor = 1u32 << (state.offences - 1).min(16);
+            let mut penalty = cfg.penalty.saturating_mul(factor);
+            if std::mem::take(&mut state.sent_invalid) {
+                penalty = penalty.saturating_mul(INVALID_PENALTY_FACTOR);
+            }
+            let until = now + penalty.min(cfg.penalty_max);
+            state.failures = cfg.max_failures;
+            state.penalized = true;
+            let ended = state.backoff_until.replace(until);
+            self.deadlines
+                .replace(Timer::Backoff(peer), ended, Some(until));
+            self.notices.push(PeerNotice::Penalized(peer, until));
+            // What it was asked goes to others (its sources stay: it is asked again after).
+            self.fail_requests(|r| r.peer == peer);
             return;
         }
         let factor = 1u32 << (state.failures - 1).min(16);
@@ -655,6 +702,7 @@ impl FetchQueue {
                 Timer::Backoff(peer) => {
                     if let Some(p) = self.peers.get_mut(&peer) {
                         p.backoff_until = None;
+                        p.penalized = false;
                     }
                 }
                 Timer::Request(id) => {

@@ -15,6 +15,8 @@ fn cfg() -> FetchConfig {
         backoff: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
         max_failures: 3,
+        penalty: Duration::from_secs(30),
+        penalty_max: Duration::from_secs(600),
         max_requests: 8,
         max_held_bytes: 1 << 30,
     }
@@ -120,7 +122,7 @@ fn runs_never_span_two_cores() {
 }
 
 #[test]
-fn unresponsive_peer_times_out_and_backs_off_then_is_dropped() {
+fn unresponsive_peer_times_out_and_backs_off_then_is_penalized() {
     let clock = Clock(Instant::now());
     let mut q = queue(4, &[A]);
     let a = q.next_request(clock.at(0)).unwrap();
@@ -146,18 +148,42 @@ fn unresponsive_peer_times_out_and_backs_off_then_is_dropped() {
                 delays.push((until - clock.at(t)).as_millis());
                 t = (until - clock.0).as_millis() as u64;
             }
-            [PeerNotice::Dropped(p)] => {
+            [PeerNotice::Penalized(p, until)] => {
                 assert_eq!(p, A);
+                assert_eq!(until, clock.at(t) + cfg().penalty);
                 delays.push(0);
             }
             ref other => panic!("{other:?}"),
         }
         let _ = a;
     }
-    // 100 ms, 200 ms, 400 ms (capped), then dropped after the fourth failure.
+    // 100 ms, 200 ms, 400 ms (capped), then penalized after the fourth failure.
     assert_eq!(delays, vec![200, 400, 0]);
-    assert_eq!(q.next_request(clock.at(t + 10_000)), None);
-    assert_eq!(q.len(), 4, "blocks stay queued without a source");
+    assert!(q.is_penalized(&A, clock.at(t)));
+    let end = t + cfg().penalty.as_millis() as u64;
+    assert_eq!(
+        q.next_request(clock.at(end - 1)),
+        None,
+        "nothing during the penalty"
+    );
+    assert_eq!(q.len(), 4, "blocks stay queued");
+    // Its penalty over, it is probed again, one block at a time.
+    q.poll_timeouts(clock.at(end));
+    let probe = q
+        .next_request(clock.at(end))
+        .expect("probed after the penalty");
+    assert_eq!((probe.peer, probe.end - probe.start), (A, 1));
+    assert_eq!(q.next_request(clock.at(end)), None, "one probe at a time");
+    // It fails again: penalized at once, for twice as long.
+    q.take_notices();
+    q.poll_timeouts(clock.at(end + 1000));
+    assert_eq!(
+        q.take_notices(),
+        vec![PeerNotice::Penalized(
+            A,
+            clock.at(end + 1000) + cfg().penalty * 2
+        )]
+    );
 }
 
 #[test]
@@ -340,11 +366,12 @@ fn no_data_moves_the_block_to_another_source() {
     assert!(!q.is_backed_off(&A, clock.at(3)));
 }
 
-/// A peer dropped after its last back-off stays dropped until it disconnects: failures
-/// reported after the drop (another request timing out in the same pass, a late invalid
-/// block) neither back it off again nor give it state in the queue.
+/// A peer serving a penalty is asked nothing, and what it fails meanwhile (another request
+/// timing out in the same pass, a late invalid block) neither extends nor repeats the
+/// penalty. A peer that sent invalid data is out four times as long as a slow one. Once it
+/// disconnects, a new connection starts afresh.
 #[test]
-fn a_dropped_peer_is_not_backed_off_again() {
+fn a_penalized_peer_is_not_penalized_again_during_its_penalty() {
     let clock = Clock(Instant::now());
     let mut q = queue(64, &[A]);
     for _ in 0..cfg().max_failures {
@@ -358,20 +385,22 @@ fn a_dropped_peer_is_not_backed_off_again() {
     let second = q.next_request(clock.at(0)).unwrap();
     assert_ne!(first.id, second.id);
     for _ in 0..cfg().max_failures {
-        q.penalize(A, clock.at(0));
+        q.penalize_invalid(A, clock.at(0));
     }
     q.take_notices();
-    // Both requests time out in one pass: the first failure drops A, the second finds it gone.
+    // Both requests time out in one pass: the first failure penalizes A (it sent invalid data
+    // since its last penalty), the second finds it serving its penalty.
     q.poll_timeouts(clock.at(1000));
-    assert_eq!(q.take_notices(), vec![PeerNotice::Dropped(A)]);
-    assert!(!q.peers.contains_key(&A));
-    q.penalize(A, clock.at(1001));
+    let until = clock.at(1000) + cfg().penalty * INVALID_PENALTY_FACTOR;
+    assert_eq!(q.take_notices(), vec![PeerNotice::Penalized(A, until)]);
+    q.penalize_invalid(A, clock.at(1001));
     assert!(q.take_notices().is_empty());
-    assert!(!q.is_backed_off(&A, clock.at(1002)));
-    assert!(!q.peers.contains_key(&A));
-    assert_eq!(q.next_deadline(), None);
+    assert!(q.is_penalized(&A, clock.at(1002)));
+    assert_eq!(q.next_request(clock.at(1002)), None);
+    assert_eq!(q.next_deadline(), Some(until));
     // Once it disconnects, a new connection starts afresh.
     q.remove_peer(&A);
+    assert!(!q.is_penalized(&A, clock.at(1003)));
     q.penalize(A, clock.at(2000));
     assert_eq!(
         q.take_notices(),

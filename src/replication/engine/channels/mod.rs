@@ -448,9 +448,12 @@ impl Channels {
         let existing = self.peers.get(&peer).and_then(|p| p.by_core.get(&core));
         if let Some(existing) = existing.copied() {
             // Both opened a channel: keep the one opened by the lower endpoint id (what waited
-            // for ours goes on theirs).
+            // for ours goes on theirs). A peer that opens a channel while one of its own is open
+            // for the core has given that one up (its `Close` is on the old stream, which may
+            // arrive after the new one's `Open`): the new one replaces it, or neither side would
+            // have a channel once that `Close` arrives.
             let ours = self.table.get(&existing).is_some_and(|c| c.opened_by_me);
-            if peer < self.me && (ours || core == *STORE_CHANNEL_KEY) {
+            if !ours || peer < self.me {
                 cx.out.push_back(Output::CloseChannel(peer, existing));
                 self.drop(existing, cx);
             } else if core == *STORE_CHANNEL_KEY {

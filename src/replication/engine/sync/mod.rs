@@ -586,11 +586,11 @@ impl CoreSync {
             .filter(|(_, r)| cx.may_ask(&r.peer))
             .filter_map(|(ch, r)| r.sync.map(|s| (*ch, r.peer, s)));
         let Some((channel, peer, remote)) = upgrade::furthest_ahead(&local, candidates) else {
-            // A peer ahead that is backed off is asked once its back-off ends.
-            let waiting = self.remotes.values().any(|r| {
-                r.sync.is_some_and(|s| upgrade::is_ahead(&s, &local))
-                    && !cx.fetch.is_dropped(&r.peer)
-            });
+            // A peer ahead that is backed off (or serving a penalty) is asked once it ends.
+            let waiting = self
+                .remotes
+                .values()
+                .any(|r| r.sync.is_some_and(|s| upgrade::is_ahead(&s, &local)));
             if waiting {
                 cx.note(Note::UpgradeAfterBackoff(self.key));
             }

@@ -182,3 +182,45 @@ fn an_idle_close_that_crosses_news_reopens_at_once() {
     );
     engine.check_timers().unwrap();
 }
+
+/// A peer leaves a core and replicates it again: its new channel's `Open` may arrive before
+/// the `Close` of its old one (they travel on different streams). The new channel replaces
+/// the old one: refusing it as a duplicate left neither side with a channel once the old
+/// `Close` arrived.
+#[test]
+fn a_peers_new_channel_replaces_its_old_one_whose_close_is_late() {
+    let now = Instant::now();
+    let me = [1; 32];
+    // The peer has the lower id: its channels are kept when both open.
+    let peer = [0; 32];
+    let mut engine = Engine::new(me, EngineConfig::default());
+    engine.add_core(CORE, local(5, true), Mode::Full, now);
+    engine.handle(Input::PeerConnected(peer), now);
+    outputs(&mut engine);
+    let open = Message::Open {
+        discovery_key: crate::crypto::discovery_key(&CORE),
+        capability: capability(&CORE, Role::Opener, &peer, &me),
+    };
+    engine.handle(Input::Message(peer, 1, open.clone()), now);
+    engine.handle(Input::Message(peer, 1, sync(5, true)), now);
+    outputs(&mut engine);
+    engine.handle(Input::Message(peer, 3, open), now);
+    let out = outputs(&mut engine);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Send(_, 3, Message::Accept { .. }))),
+        "the new channel is accepted: {out:?}"
+    );
+    assert!(
+        out.iter().any(|o| matches!(o, Output::CloseChannel(_, 1))),
+        "the old one goes: {out:?}"
+    );
+    // The old channel's Close arrives late: the new one stays.
+    let close = Message::Close {
+        reason: crate::replication::engine::LEAVE_REASON.into(),
+    };
+    engine.handle(Input::Message(peer, 1, close), now);
+    engine.handle(Input::Message(peer, 3, sync(5, true)), now);
+    assert_eq!(engine.core_peers(&CORE), [peer]);
+    engine.check_timers().unwrap();
+}

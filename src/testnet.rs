@@ -93,11 +93,16 @@ impl TestNet {
         key: Option<iroh::SecretKey>,
     ) -> Result<Endpoint> {
         let ep = self.bind(transport, key).await?;
+        self.list(&ep);
+        Ok(ep)
+    }
+
+    /// Puts `ep`'s address in the network's address book, and has it look others up there.
+    fn list(&self, ep: &Endpoint) {
         self.lookup.add_endpoint_info(ep.addr());
         if let Ok(services) = ep.address_lookup() {
             services.add(self.lookup.clone());
         }
-        Ok(ep)
     }
 
     /// An endpoint that is not in the network's address book and does not use it: it reaches
@@ -107,6 +112,15 @@ impl TestNet {
     }
 
     async fn bind(&self, transport: Transport, key: Option<iroh::SecretKey>) -> Result<Endpoint> {
+        self.bind_at(transport, key, "127.0.0.1:0").await
+    }
+
+    async fn bind_at(
+        &self,
+        transport: Transport,
+        key: Option<iroh::SecretKey>,
+        at: &str,
+    ) -> Result<Endpoint> {
         let mut builder = Endpoint::builder(presets::Minimal);
         if let Some(key) = key {
             builder = builder.secret_key(key);
@@ -121,7 +135,7 @@ impl TestNet {
             Transport::RelayOnly => builder.clear_ip_transports(),
             Transport::Direct => builder
                 .clear_ip_transports()
-                .bind_addr("127.0.0.1:0")
+                .bind_addr(at)
                 .map_err(setup)?
                 .net_report_config(iroh::NetReportConfig::minimal()),
         };
@@ -161,6 +175,26 @@ impl TestNet {
         let endpoint = self
             .endpoint_with_key(transport, Some(store.endpoint_secret_key()))
             .await?;
+        Ok(Node::spawn(endpoint, store, config))
+    }
+
+    /// A direct node like [`node_with`](Self::node_with) whose endpoint binds `at` (for example
+    /// the address of a node that ran before on the same directory: it restarts on the same
+    /// port).
+    pub async fn node_at(
+        &self,
+        at: std::net::SocketAddr,
+        store: Corestore,
+        config: EngineConfig,
+    ) -> Result<Node> {
+        let endpoint = self
+            .bind_at(
+                Transport::Direct,
+                Some(store.endpoint_secret_key()),
+                &at.to_string(),
+            )
+            .await?;
+        self.list(&endpoint);
         Ok(Node::spawn(endpoint, store, config))
     }
 

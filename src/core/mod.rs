@@ -6,6 +6,7 @@ mod hypercore;
 mod info;
 mod lazy_broadcast;
 mod news;
+mod peers;
 mod proofs;
 mod reads;
 mod recent;

@@ -99,6 +99,16 @@ pub enum ReplicaEvent {
         /// The peer asked last.
         peer: EndpointId,
     },
+    /// The last peer of the core went: it has none now, and dials the peers it knows again.
+    NoPeers,
+    /// The core has no peer and dials the ones it knows again: `attempt` dials so far in this
+    /// search (0 when it starts), the next in `next_in`.
+    Reconnecting {
+        /// Dials so far.
+        attempt: u32,
+        /// When the next ones go.
+        next_in: std::time::Duration,
+    },
     /// This subscriber fell behind and missed this many events (of all cores).
     Lagged(u64),
 }
@@ -152,6 +162,12 @@ impl ReplicaEvent {
                 size,
                 peer: id(peer)?,
             },
+            Event::NoPeers { core: c } if c == *core => Self::NoPeers,
+            Event::Reconnecting {
+                core: c,
+                attempt,
+                next_in,
+            } if c == *core => Self::Reconnecting { attempt, next_in },
             Event::Lagged(n) => Self::Lagged(n),
             _ => return None,
         })

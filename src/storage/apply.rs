@@ -9,6 +9,7 @@ use super::{
     catalog,
     change::Change,
     ops::{ApplyProof, Op, Outcome},
+    schema,
     slot::{CoreSlot, Staged},
 };
 use crate::{
@@ -34,6 +35,7 @@ pub(super) fn apply(batch: &mut Batch<'_>, op: Op) -> Result<Outcome, StorageErr
         } => append(batch, &slot, (base, &base_roots), values, nodes, tree),
         Op::Truncate { slot, base, tree } => truncate(batch, &slot, base, tree),
         Op::Clear { slot, start, end } => clear(batch, &slot, start, end),
+        Op::SetPeers { slot, peers } => set_peers(batch, &slot, &peers),
         Op::ApplyProof(p) => {
             let ApplyProof {
                 slot,
@@ -161,6 +163,27 @@ fn clear(
     let h = &mut staged.header;
     h.contiguous_length = h.contiguous_length.min(start);
     staged.events.push(Change::Clear { start, end });
+    Ok(Outcome::Done)
+}
+
+/// Replaces the record of the peers core `slot` remembers.
+fn set_peers(
+    batch: &mut Batch<'_>,
+    slot: &CoreSlot,
+    peers: &[u8],
+) -> Result<Outcome, StorageError> {
+    drop(live(slot)?);
+    if peers.len() > schema::MAX_PEERS_BYTES {
+        return Err(StorageError::Rejected(format!(
+            "a record of peers of {} bytes (at most {})",
+            peers.len(),
+            schema::MAX_PEERS_BYTES
+        )));
+    }
+    batch
+        .txn()
+        .open_table(schema::PEERS)?
+        .insert(slot.id, peers)?;
     Ok(Outcome::Done)
 }
 

@@ -98,6 +98,7 @@ pub(super) fn delete_core(
     txn.open_table(schema::DISCOVERY)?
         .remove(discovery_key(&key))?;
     txn.open_table(schema::HEADERS)?.remove(id)?;
+    txn.open_table(schema::PEERS)?.remove(id)?;
     batch.nodes()?.remove_core(id)?;
     batch.blocks()?.remove_core(id)?;
     if let Some(slot) = slot {

@@ -86,6 +86,15 @@ pub(crate) enum Op {
         /// Every node the verified proofs delivered.
         nodes: Vec<Node>,
     },
+    /// Replaces the record of the peers the core remembers (opaque bytes, at most
+    /// [`MAX_PEERS_BYTES`](super::schema::MAX_PEERS_BYTES); rejected once the core is
+    /// deleted).
+    SetPeers {
+        /// The core.
+        slot: Arc<CoreSlot>,
+        /// The record.
+        peers: Vec<u8>,
+    },
     /// Writes nothing: resolves once every write queued before it committed.
     Barrier,
     /// Runs a test's code inside the batch.

@@ -66,6 +66,20 @@ impl<'t> Reader<'t> {
         Ok(index.get(dk)?.map(|v| v.value()))
     }
 
+    /// The record of the peers core `id` remembers (empty if none).
+    pub fn peers(&self, id: u64) -> Result<Vec<u8>, StorageError> {
+        let table = match self.txn.open_table(schema::PEERS) {
+            Ok(table) => table,
+            // A file written before any core remembered a peer.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table
+            .get(id)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default())
+    }
+
     /// The store's primary key, once set.
     pub fn primary_key(&self) -> Result<Option<[u8; 32]>, StorageError> {
         self.meta_key(schema::META_PRIMARY_KEY, "primary key")

@@ -35,6 +35,13 @@ pub const NODES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("node
 pub const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("blocks");
 /// (core id, block index, piece number) → a piece of a large block (see [`super::blocks`]).
 pub const PIECES: TableDefinition<(u64, u64, u32), &[u8]> = TableDefinition::new("pieces");
+/// Core id → the peers the core remembers, as the layer above encodes them (at most
+/// [`MAX_PEERS_BYTES`]). Made on its first write, so files of this version without it read as
+/// if every core remembered none, and older code reading a newer file ignores it.
+pub const PEERS: TableDefinition<u64, &[u8]> = TableDefinition::new("peers");
+
+/// The largest record of a core's peers.
+pub const MAX_PEERS_BYTES: usize = 16 * 1024;
 
 /// Meta key of the schema version.
 pub const META_SCHEMA_VERSION: &str = "schema_version";

@@ -200,6 +200,22 @@ impl Connections {
         self.conns.get(peer)
     }
 
+    /// The addresses `peer` is reachable at, as far as we know: those of its connection's
+    /// paths, and those we were given.
+    pub(super) fn addr_of(&self, peer: &PeerId) -> Option<EndpointAddr> {
+        let id = EndpointId::from_bytes(peer).ok()?;
+        let mut addr = self
+            .addrs
+            .get(peer)
+            .cloned()
+            .unwrap_or_else(|| EndpointAddr::new(id));
+        if let Some(c) = self.conns.get(peer) {
+            let paths = c.conn.paths();
+            addr = addr.with_addrs(paths.iter().map(|p| p.remote_addr().clone()));
+        }
+        Some(addr)
+    }
+
     /// The budgets unfinished frames from `peer` count against.
     pub(super) fn budgets(&self, peer: &PeerId) -> Budgets {
         Budgets {

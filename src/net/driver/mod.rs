@@ -19,6 +19,7 @@ mod blobs;
 mod connections;
 mod cores;
 mod gossip;
+mod peer_book;
 mod replicated;
 mod store;
 mod streams;
@@ -51,6 +52,7 @@ use connections::{Added, ConnEvent, Connections};
 pub use connections::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES};
 use cores::Cores;
 use gossip::{GossipTopics, Heard};
+use peer_book::{BookEvent, PeerBook};
 use replicated::Why;
 use store::{SERVED_MODE, StoreEvent, StoreServing};
 use streams::{ReadLimit, StreamEvent, Streams};
@@ -119,6 +121,7 @@ pub(crate) struct Driver {
     cores: Cores,
     store: StoreServing,
     blobs: BlobFetches,
+    book: PeerBook,
     /// Where the engine's events go.
     events: broadcast::Sender<Event>,
     /// Where extension messages go (apart from `events`).
@@ -144,6 +147,7 @@ impl Driver {
             cores: Cores::new(serving.serve_store),
             store: StoreServing::new(store, serving.serve_store),
             blobs: BlobFetches::new(serving.blob_policy),
+            book: PeerBook::default(),
             events,
             extension_events,
         }
@@ -175,6 +179,7 @@ impl Driver {
                 heard = self.gossip.next() => self.on_gossip(heard),
                 ev = self.store.next() => self.on_store_event(ev),
                 fetched = self.blobs.next() => self.on_blob_fetched(fetched),
+                ev = self.book.next() => self.on_book_event(ev),
                 _ = sleep => self.engine.handle_timeout(Instant::now()),
             }
         }
@@ -295,6 +300,7 @@ impl Driver {
                 Output::Event(ev) => {
                     match &ev {
                         Event::Updated { core, .. } => self.cores.updated(core),
+                        Event::ChannelOpen { core, peer } => self.channel_opened(*core, *peer),
                         Event::Download {
                             core, index, bytes, ..
                         } => {
@@ -330,15 +336,49 @@ impl Driver {
     /// peers.
     fn join(&mut self, key: CoreKey, nodes: Vec<EndpointAddr>) {
         let me = self.conns.me();
-        let nodes: Vec<EndpointAddr> = nodes.into_iter().take(MAX_JOIN_NODES).collect();
+        let nodes: Vec<EndpointAddr> = nodes
+            .into_iter()
+            .filter(|a| a.id != me)
+            .take(MAX_JOIN_NODES)
+            .collect();
         let ids: Vec<EndpointId> = nodes.iter().map(|a| a.id).collect();
         self.cores.joined(key, &ids, me);
-        for addr in nodes.into_iter().filter(|a| a.id != me) {
+        if let Some(core) = self.cores.core(&key) {
+            self.book.add(&core, &nodes);
+        }
+        for addr in nodes {
             let peer = *addr.id.as_bytes();
             self.conns.remember(addr);
             self.conns.dial(peer);
         }
+        let peers = ids.iter().map(|id| *id.as_bytes()).collect();
+        self.engine.handle(Input::Peers(key, peers), Instant::now());
         self.gossip.add_nodes(key, ids);
+    }
+
+    /// A channel of `core` with `peer` opened: the peer goes first in the core's book.
+    fn channel_opened(&mut self, core: CoreKey, peer: PeerId) {
+        if let (Some(c), Some(addr)) = (self.cores.core(&core), self.conns.addr_of(&peer)) {
+            self.book.useful(&c, addr);
+        }
+    }
+
+    /// A core's record of peers was read, or written.
+    fn on_book_event(&mut self, ev: BookEvent) {
+        match ev {
+            BookEvent::Loaded(key, addrs) => {
+                let addrs = self.book.loaded(key, addrs);
+                let peers = addrs.iter().map(|a| *a.id.as_bytes()).collect();
+                for addr in addrs {
+                    self.conns.remember(addr);
+                }
+                self.engine.handle(Input::Peers(key, peers), Instant::now());
+            }
+            BookEvent::Saved(key) => {
+                let core = self.cores.core(&key);
+                self.book.saved(key, core);
+            }
+        }
     }
 
     /// Registers a connection, keeping one per peer (the one dialed by the lower id).
@@ -557,6 +597,10 @@ impl Driver {
         let local = storage::local_info(&core);
         self.engine
             .add_core(key, local, mode.unwrap_or_default(), now);
+        if why == Why::Named {
+            // The peers it remembers from before are dialed while it has none.
+            self.book.load(core);
+        }
     }
 
     /// Serves `core` (found in the store for a peer) to the peers whose parked channels prove
@@ -590,6 +634,7 @@ impl Driver {
     fn stop(&mut self, key: CoreKey, now: Instant) -> bool {
         let replicated = self.engine.remove_core(key, now);
         self.gossip.leave(&key);
+        self.book.forget(&key);
         self.cores.remove(&key);
         replicated
     }

@@ -29,6 +29,9 @@ pub struct EngineConfig {
     pub announce_interval: Duration,
     /// Gossip message size limit (iroh-gossip's `max_message_size`).
     pub gossip_max_message: usize,
+    /// How long an `update` asked while a core has no peer (but looks for the ones it knows,
+    /// after `open_ticket` or `join`) waits for the first one.
+    pub first_peer_timeout: Duration,
     /// Time a peer has to prove it knows a core's key on a channel we opened (its `Accept`),
     /// and time a channel it opened for a core we do not replicate waits to be adopted.
     pub handshake_timeout: Duration,
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
         Self {
             fetch: FetchConfig::default(),
             upgrade_timeout: Duration::from_secs(5),
+            first_peer_timeout: Duration::from_secs(30),
             serve_concurrency: 4,
             serve_queue: 256,
             max_backlog_bytes: 8 * 1024 * 1024,

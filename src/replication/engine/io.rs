@@ -78,6 +78,10 @@ pub enum Input {
     /// Bytes queued towards `peer` that QUIC has not taken yet (reported by the driver at
     /// least when it crosses `max_backlog_bytes`, either way). Requests wait while it is over.
     Backlog(PeerId, u64),
+    /// Peers that have or want `core` (the nodes of its ticket or `join`, or the peers it
+    /// remembered from before a restart): dialed again while the core has no channel. At
+    /// most the first [`MAX_KNOWN_PER_CORE`](super::MAX_KNOWN_PER_CORE) are kept.
+    Peers(CoreKey, Vec<PeerId>),
 }
 
 /// How a task that applies data from a peer ended.
@@ -224,6 +228,22 @@ pub enum Event {
         peer: PeerId,
         /// How long it is asked nothing.
         penalty: std::time::Duration,
+    },
+    /// The last channel of `core` closed: it has no peer now, and looks for the peers it
+    /// knows ([`Event::Reconnecting`]).
+    NoPeers {
+        /// Core.
+        core: CoreKey,
+    },
+    /// `core` has no channel and dials the peers it knows again: `attempt` dials so far in
+    /// this search (0 when it starts), the next in `next_in`.
+    Reconnecting {
+        /// Core.
+        core: CoreKey,
+        /// Dials so far.
+        attempt: u32,
+        /// When the next ones go.
+        next_in: std::time::Duration,
     },
     /// An [`Input::Update`] of `core` is answered: every peer asked sent its state (or went),
     /// and the upgrade to the longest, if any, ended; `length` is the core's signed length.

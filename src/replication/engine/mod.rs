@@ -71,6 +71,7 @@ mod cx;
 mod extensions;
 mod io;
 mod peers;
+mod redial;
 mod serve;
 mod sync;
 mod task;
@@ -98,6 +99,8 @@ pub use extensions::{
 };
 pub use io::{ApplyOutcome, ChannelId, Event, Input, LocalInfo, Mode, Output, PeerStats};
 use peers::Peers;
+pub use redial::MAX_KNOWN_PER_CORE;
+use redial::Redial;
 use serve::Server;
 use sync::CoreSync;
 use task::Done;
@@ -202,6 +205,8 @@ pub struct Engine {
     announcer: Announcer,
     /// Extension names, allowances and the store channel's queues.
     extensions: Extensions,
+    /// The peers each core knows, and the search for them while it has no channel.
+    redial: Redial,
     /// Storage task ids.
     tasks: Tasks,
     /// Every timer but the fetch queue's.
@@ -235,6 +240,7 @@ impl Engine {
                 cfg.gossip_dials_per_second,
             ),
             extensions: Extensions::default(),
+            redial: Redial::new(me),
             tasks: Tasks::default(),
             timers: TimerTable::default(),
             outputs: VecDeque::new(),
@@ -351,6 +357,7 @@ impl Engine {
         core.clear_timers(&mut cx);
         cx.fetch.remove_core(&key);
         self.announcer.forget(&key, cx.timers);
+        self.redial.forget(&key, cx.timers);
         self.retry_upgrade.remove(&key);
         self.after_backoff.remove(&key);
         self.updating.remove(&key);
@@ -394,6 +401,12 @@ impl Engine {
     /// Counters of every connected peer, in id order.
     pub fn peer_stats(&self) -> Vec<PeerStats> {
         self.peers.stats(|p| self.channels.count_of(p))
+    }
+
+    /// The peers `core` knows (ticket and `join` nodes, peers it had a channel with, gossip
+    /// origins), most recently useful first: the ones it dials again while it has no channel.
+    pub fn known_peers(&self, core: &CoreKey) -> Vec<PeerId> {
+        self.redial.known(core)
     }
 
     /// Dials that gossip announcements asked for and the rate limit skipped.
@@ -518,7 +531,11 @@ impl Engine {
             Input::Unwant(core, start, end) => {
                 self.with_core(core, now, |c, cx| c.unwant(start, end, cx))
             }
-            Input::Update(core) => self.with_core(core, now, |c, cx| c.update(cx)),
+            Input::Update(core) => {
+                let searching = self.redial.is_searching(&core);
+                self.with_core(core, now, |c, cx| c.update(searching, cx))
+            }
+            Input::Peers(core, peers) => self.on_peers(core, peers, now),
         }
         self.route_notes(now);
         self.schedule(now);
@@ -589,6 +606,11 @@ impl Engine {
                         self.announcer.announce(core, c.local(), &mut cx);
                     }
                 }
+                Timer::Redial(core) => {
+                    let channels = &self.channels;
+                    self.redial
+                        .redial(core, |p| channels.is_connected(p), &mut cx);
+                }
             }
             self.route_notes(now);
         }
@@ -601,6 +623,23 @@ impl Engine {
     }
 
     // Routing.
+
+    /// Peers that have or want `core`: remembered, and dialed again while it has no channel.
+    fn on_peers(&mut self, core: CoreKey, peers: Vec<PeerId>, now: Instant) {
+        if !self.cores.contains_key(&core) {
+            return;
+        }
+        for peer in peers
+            .into_iter()
+            .filter(|p| *p != self.me)
+            .take(MAX_KNOWN_PER_CORE)
+        {
+            self.redial.learn(core, peer, false);
+        }
+        if self.cores.get(&core).is_some_and(|c| !c.has_channels()) {
+            self.redial.lost(core, &mut cx!(self, now));
+        }
+    }
 
     fn on_connected(&mut self, peer: PeerId, now: Instant) {
         let mut cx = cx!(self, now);
@@ -745,6 +784,7 @@ impl Engine {
         let Some(heard) = self.announcer.heard(bytes, &local) else {
             return;
         };
+        self.redial.learn(core, heard.origin, false);
         let mut cx = cx!(self, now);
         if !self.channels.is_connected(&heard.origin) {
             // Anyone on the topic can name any origin: dials are rate limited here, and the
@@ -786,6 +826,8 @@ impl Engine {
                         self.extensions.store_channel_open(peer, channel, &mut cx);
                     } else if let Some(c) = self.cores.get_mut(&core) {
                         c.channel_up(peer, channel, &mut cx);
+                        self.redial.learn(core, peer, true);
+                        self.redial.found(core, cx.timers);
                     }
                 }
                 Note::ChannelDown {
@@ -794,8 +836,13 @@ impl Engine {
                     channel,
                     peer_gone,
                 } => {
-                    if let Some(c) = self.cores.get_mut(&core) {
-                        c.channel_down(channel, peer_gone, &mut cx);
+                    if let Some(c) = self.cores.get_mut(&core)
+                        && c.channel_down(channel, peer_gone, &mut cx)
+                        && !c.has_channels()
+                    {
+                        // Its last peer went: it looks for the ones it knows.
+                        cx.emit(Event::NoPeers { core });
+                        self.redial.lost(core, &mut cx);
                     }
                     self.server.forget_channel(&peer, channel);
                 }
@@ -880,13 +927,17 @@ impl Engine {
             c.check_timers(&self.timers)?;
         }
         for (timer, _) in self.timers.entries() {
-            if let Timer::Upgrade(core) | Timer::Update(core) | Timer::Announce(core) = timer
+            if let Timer::Upgrade(core)
+            | Timer::Update(core)
+            | Timer::Announce(core)
+            | Timer::Redial(core) = timer
                 && !self.cores.contains_key(&core)
             {
                 return Err(format!("{timer:?} of a core not replicated"));
             }
         }
         self.announcer.check_timers(&self.timers)?;
+        self.redial.check_timers(&self.timers)?;
         self.fetch.check_timers()
     }
 }

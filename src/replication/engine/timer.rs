@@ -29,6 +29,8 @@ pub(super) enum Timer {
     Upgrade(CoreKey),
     /// A core's announcement waited for its interval.
     Announce(CoreKey),
+    /// A core with no channel dials the peers it knows again.
+    Redial(CoreKey),
 }
 
 /// Every timer set, by timer and by deadline.

@@ -144,12 +144,23 @@ impl CoreSync {
         cx.send(peer, channel, Message::Sync(self.sync_info(false)));
     }
 
+    /// Whether the core has an authenticated channel.
+    pub(super) fn has_channels(&self) -> bool {
+        !self.remotes.is_empty()
+    }
+
     /// Channel `channel` is gone: its requests fail without blame, its peer is no longer a
     /// source of the core (the fetch queue forgets a peer whose connection went by itself),
-    /// and an upgrade asked on it is asked of another peer at the end of the turn.
-    pub(super) fn channel_down(&mut self, channel: ChannelId, peer_gone: bool, cx: &mut Cx) {
+    /// and an upgrade asked on it is asked of another peer at the end of the turn. Returns
+    /// whether it was a channel of this core.
+    pub(super) fn channel_down(
+        &mut self,
+        channel: ChannelId,
+        peer_gone: bool,
+        cx: &mut Cx,
+    ) -> bool {
         let Some(r) = self.remotes.remove(&channel) else {
-            return;
+            return false;
         };
         if self.by_peer.get(&r.peer) == Some(&channel) {
             self.by_peer.remove(&r.peer);
@@ -167,6 +178,7 @@ impl CoreSync {
         if self.upgrade.take_on(self.key, channel, cx.timers).is_some() {
             cx.note(Note::RetryUpgrade(self.key));
         }
+        true
     }
 
     /// A message of channel `channel` for this core's sync (`Sync`, `Range`, `Want`,
@@ -211,6 +223,10 @@ impl CoreSync {
         }
         self.update_answered(channel);
         if first {
+            if let Some(pending) = &mut self.update {
+                // The first peer's state answers an update that waited for one.
+                pending.first_peer = false;
+            }
             cx.emit(Event::ChannelOpen {
                 core: self.key,
                 peer,
@@ -994,17 +1010,25 @@ impl CoreSync {
     // Updates.
 
     /// The application asks for the newest state of the peers: every open channel is asked
-    /// with a `Sync`. An update asked while one is under way joins it and keeps its timer:
-    /// asking again and again does not make a silent peer hold them all up.
-    pub(super) fn update(&mut self, cx: &mut Cx) {
+    /// with a `Sync`. With no channel while the core looks for the peers it knows (`searching`,
+    /// after `open_ticket` or `join`, or when its peers went), it waits for the first one's
+    /// state, up to `first_peer_timeout`. An update asked while one is under way joins it and
+    /// keeps its timer: asking again and again does not make a silent peer hold them all up.
+    pub(super) fn update(&mut self, searching: bool, cx: &mut Cx) {
         let info = self.sync_info(true);
         let channels = self.open_channels();
         let pending = self.update.get_or_insert_default();
+        let first_peer = channels.is_empty() && searching;
         if !pending.timed {
             pending.timed = true;
-            cx.timers
-                .set(Timer::Update(self.key), cx.now + cx.cfg.upgrade_timeout);
+            let wait = if first_peer {
+                cx.cfg.first_peer_timeout
+            } else {
+                cx.cfg.upgrade_timeout
+            };
+            cx.timers.set(Timer::Update(self.key), cx.now + wait);
         }
+        pending.first_peer |= first_peer;
         for (_, ch) in &channels {
             pending.waiting.insert(*ch);
         }
@@ -1021,18 +1045,21 @@ impl CoreSync {
         }
     }
 
-    /// The `Update` timer fired: the update waits for silent peers no more.
+    /// The `Update` timer fired: the update waits for silent (or absent) peers no more.
     pub(super) fn update_timed_out(&mut self) {
         if let Some(pending) = &mut self.update {
             pending.waiting.clear();
             pending.timed = false;
+            pending.first_peer = false;
         }
     }
 
     /// If the update under way is answered (every peer asked sent its state or went, and the
     /// upgrade to the longest, if any, ended), ends it and returns the signed length now.
     pub(super) fn finish_update(&mut self, cx: &mut Cx) -> Option<u64> {
-        let done = self.update.as_ref()?.waiting.is_empty()
+        let pending = self.update.as_ref()?;
+        let done = pending.waiting.is_empty()
+            && !pending.first_peer
             && self.upgrade.get().is_none()
             && self.apply.upgrade_proof.is_none()
             && self.apply.applying.is_none();

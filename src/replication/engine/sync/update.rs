@@ -13,4 +13,7 @@ pub(super) struct PendingUpdate {
     /// Whether its timer is set: it stops waiting for silent peers once it fires, and an
     /// update asked meanwhile joins this one without setting it again.
     pub(super) timed: bool,
+    /// Asked while the core had no channel but looked for its peers: it waits for the first
+    /// one's state (as hypercore's `findingPeers`).
+    pub(super) first_peer: bool,
 }

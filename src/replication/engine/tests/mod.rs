@@ -7,6 +7,7 @@ mod fetching;
 mod gossip;
 mod leave;
 mod push;
+mod redial;
 mod serve;
 mod update;
 mod upgrade;

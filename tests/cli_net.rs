@@ -146,6 +146,49 @@ fn a_restarted_follow_resumes_from_its_store() {
     assert_eq!(sharer.interrupt().0, Some(0));
 }
 
+/// The sharer is stopped and started again, twice, on its data directory and `--bind`
+/// address: the follower, never restarted, says it has no peers and retries, finds the
+/// sharer again and prints what is typed into the new one, every line once.
+#[test]
+fn a_follow_survives_a_restarted_share() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    log_with(a.path(), "chat", &["one"]);
+    let mut sharer = spawn(a.path(), &["share", "chat", "--stdin"]);
+    let ticket = sharer.line();
+    let parsed: iroh_hypercore::CoreTicket = ticket.parse().expect("a ticket");
+    let bound = parsed.nodes()[0]
+        .ip_addrs()
+        .next()
+        .expect("an address")
+        .to_string();
+    let follower = spawn(b.path(), &["follow", &ticket]);
+    assert_eq!(follower.line(), "one");
+
+    for (restarts, line) in [(1, "two"), (2, "three")] {
+        let (code, err) = sharer.interrupt();
+        assert_eq!(code, Some(0), "{err}");
+        follower.wait_stderr("no peers, retrying in ", restarts);
+        sharer = Running::spawn(
+            a.path(),
+            &[
+                "--relay", "disabled", "--bind", &bound, "share", "chat", "--stdin",
+            ],
+        );
+        assert_eq!(
+            ticket_id(&sharer.line()),
+            ticket_id(&ticket),
+            "the same endpoint id"
+        );
+        follower.wait_stderr(" again", restarts);
+        sharer.type_line(line);
+        assert_eq!(follower.line(), line, "typed into the restarted share");
+    }
+    let (code, err) = follower.interrupt();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("3 blocks printed, 3 downloaded"), "{err}");
+    assert_eq!(sharer.interrupt().0, Some(0));
+}
+
 #[test]
 fn a_shared_blob_is_fetched_with_equal_bytes() {
     let (a, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

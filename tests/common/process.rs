@@ -8,7 +8,7 @@ use std::{
     path::Path,
     process::{Child, ChildStdin, Command, Output, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
         mpsc::{Receiver, channel},
     },
     thread::JoinHandle,
@@ -93,6 +93,8 @@ pub struct Running {
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
+    /// Signalled on each piece of stderr read.
+    stderr_grew: Arc<Condvar>,
     stderr_reader: Option<JoinHandle<()>>,
     stdout_reader: Option<JoinHandle<()>>,
 }
@@ -118,7 +120,8 @@ impl Running {
         });
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("stderr");
-        let collected = stderr.clone();
+        let (collected, stderr_grew) = (stderr.clone(), Arc::new(Condvar::new()));
+        let grew = stderr_grew.clone();
         let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = err.read(&mut buf) {
@@ -126,6 +129,7 @@ impl Running {
                     .lock()
                     .unwrap()
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
+                grew.notify_all();
             }
         });
         Self {
@@ -133,6 +137,7 @@ impl Running {
             child: Some(child),
             lines,
             stderr,
+            stderr_grew,
             stderr_reader: Some(stderr_reader),
             stdout_reader: Some(stdout_reader),
         }
@@ -147,6 +152,19 @@ impl Running {
                 self.stderr.lock().unwrap()
             ),
         }
+    }
+
+    /// Waits (within [`WAIT`]) until stderr holds `text` `times` times in all.
+    pub fn wait_stderr(&self, text: &str, times: usize) {
+        let err = self.stderr.lock().unwrap();
+        let (err, waited) = self
+            .stderr_grew
+            .wait_timeout_while(err, WAIT, |err| err.matches(text).count() < times)
+            .unwrap();
+        assert!(
+            !waited.timed_out(),
+            "stderr never said {text:?} {times} times: {err}"
+        );
     }
 
     /// Types `text` and a newline on the process's stdin.

@@ -154,6 +154,9 @@ async fn follow(
 ) -> Result<(), Stop> {
     let core = node.open_ticket(ticket, args.sparse).await?;
     seen.core = Some(core.clone());
+    let _reconnects = n0_future::task::AbortOnDropHandle::new(n0_future::task::spawn(
+        node::say_reconnects(node.proto.clone(), core.clone()),
+    ));
     let mut events = node.proto.events(&core);
     let mut forks = ForkWatch::new(&core);
     let mut out = Output::new(args.raw);

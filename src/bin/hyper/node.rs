@@ -291,3 +291,32 @@ pub async fn no_peer_for(proto: &HypercoreProtocol, core: &Hypercore, timeout: D
         }
     }
 }
+
+/// Says on stderr when `core` has lost every peer and dials the ones it knows again ("no
+/// peers, retrying in N s"), and which peer it found again. Before the first peer it says
+/// nothing (waiting for one has its own timeout and error). Runs until dropped.
+pub async fn say_reconnects(proto: HypercoreProtocol, core: Hypercore) {
+    let mut events = proto.events(&core);
+    // Looked at after subscribing: a peer added since is an event.
+    let mut had_peer = proto.peers(&core).await.is_ok_and(|p| !p.is_empty());
+    let mut searching = false;
+    while let Some(event) = events.next().await {
+        match event {
+            ReplicaEvent::Reconnecting { next_in, .. } if had_peer => {
+                searching = true;
+                eprintln!(
+                    "no peers, retrying in {} s",
+                    next_in.as_millis().div_ceil(1000)
+                );
+            }
+            ReplicaEvent::PeerAdd(peer) => {
+                had_peer = true;
+                if searching {
+                    searching = false;
+                    eprintln!("connected to {peer} again");
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -122,6 +122,46 @@ async fn swarm_with_a_tenth_hostile_gets_the_verified_log() {
     }));
 }
 
+/// A fifth of the readers restart every minute for three minutes, each back 5 to 20 s later
+/// from its store, while the writer appends a block every 2 s. A node that comes back finds
+/// the swarm only through the peers it remembers (its engine dials them at once, then with
+/// back-off while none answers) and those that remember it: nobody hands it random
+/// connections. Every node ends with the whole log.
+#[tokio::test(flavor = "current_thread")]
+async fn a_fifth_restarting_every_minute_find_their_peers_again() {
+    let name = "restarts";
+    let wall = std::time::Instant::now();
+    let cfg = SimConfig {
+        churn_per_minute: 0.2,
+        rejoin_by_redial: true,
+        ..swarm(seed(13), 0.0)
+    };
+    let mut sim = Sim::new(cfg).await.unwrap();
+    sim.run_until_online_synced(SYNC_LIMIT).await.unwrap();
+    for _ in 0..90 {
+        sim.append(1).await.unwrap();
+        sim.run_for(Duration::from_secs(2)).await.unwrap();
+    }
+    sim.stop_churn();
+    let synced = sim.run_until_synced(SYNC_LIMIT).await;
+    report(name, &sim, wall.elapsed());
+    println!(
+        "{name}: {} restarts, {} connections made by redials, synced {:?} after the last \
+         append",
+        sim.rejoins(),
+        sim.dials_connected(),
+        synced.unwrap()
+    );
+    sim.check_honest_logs().await.unwrap();
+    assert_eq!(sim.writer().info().length, sim.config().blocks + 90);
+    let readers = sim.nodes().len() as u64 - 1;
+    assert!(sim.rejoins() >= readers / 2, "{} restarts", sim.rejoins());
+    assert!(
+        sim.dials_connected() >= sim.rejoins(),
+        "each restarted node dials the peers it knows"
+    );
+}
+
 fn small(seed: u64) -> SimConfig {
     SimConfig {
         seed,
@@ -257,7 +297,8 @@ async fn stores_serve_what_they_hold_and_a_node_that_leaves_gets_nothing() {
     assert_eq!(left.core.info().length, blocks, "what it stored stays");
 }
 
-/// A seed replays a run exactly; another seed makes another run.
+/// A seed replays a run exactly (redials' back-off and jitter included); another seed makes
+/// another run.
 #[tokio::test(flavor = "current_thread")]
 async fn one_seed_replays_the_same_trace() {
     let run = |seed| async move {
@@ -266,6 +307,7 @@ async fn one_seed_replays_the_same_trace() {
             nodes: 40,
             blocks: 60,
             churn_per_minute: 0.5,
+            rejoin_by_redial: true,
             hostile: 4,
             ..Default::default()
         })

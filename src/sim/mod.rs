@@ -72,6 +72,12 @@ pub struct SimConfig {
     /// Share of the readers that leave per simulated minute, each coming back from its store
     /// 5 to 20 s later.
     pub churn_per_minute: f64,
+    /// How a node that comes back finds the swarm. `false`: it connects to random nodes, as a
+    /// discovery service would give it. `true`: only through the peers it remembers (its
+    /// engine dials them, with back-off while none answers), and the peers that remember it.
+    /// Either way a node is dialed by id, so a restart on a new address, which a real node's
+    /// address lookup resolves, is the same as one on the old address.
+    pub rejoin_by_redial: bool,
     /// Nodes `1..=hostile` are hostile, of the kinds in `hostile_kinds` in turn.
     pub hostile: usize,
     /// The kinds of hostile nodes, taken in turn (all three kinds by default).
@@ -92,6 +98,7 @@ impl Default for SimConfig {
             links: LinkConfig::default(),
             storage: StorageModel::default(),
             churn_per_minute: 0.0,
+            rejoin_by_redial: false,
             hostile: 0,
             hostile_kinds: vec![Hostility::Liar, Hostility::Silent, Hostility::Flooder],
             engine: EngineConfig {
@@ -128,6 +135,10 @@ pub struct Sim {
     trace: Trace,
     /// Times an honest node rejected data from a hostile one.
     blamed: u64,
+    /// Connections made because an engine asked to dial a peer.
+    dials_connected: u64,
+    /// Nodes that came back after leaving.
+    rejoins: u64,
     /// A broken invariant found while running: a node whose signed state went back (found
     /// while running a storage operation), or whose engine's timers are out of step.
     went_back: Option<SimError>,

@@ -76,6 +76,9 @@ pub struct Node {
     pub furthest: (u64, u64),
     /// What it does with the core.
     pub serving: Serving,
+    /// The peers its engine knew for the core when it went offline, as the driver's peer
+    /// book keeps them in the store: handed to its next engine.
+    pub remembered: Vec<PeerId>,
 }
 
 impl Node {

@@ -169,6 +169,7 @@ impl Sim {
                 hostile,
                 furthest: (0, 0),
                 serving: Serving::Replicate,
+                remembered: Vec::new(),
             });
         }
         let churn = cfg.churn_per_minute > 0.0;
@@ -186,6 +187,8 @@ impl Sim {
             churn,
             trace: Trace::default(),
             blamed: 0,
+            dials_connected: 0,
+            rejoins: 0,
             went_back: None,
             old_state,
         };
@@ -240,6 +243,16 @@ impl Sim {
     /// Times an honest node rejected data from a hostile one.
     pub fn blamed(&self) -> u64 {
         self.blamed
+    }
+
+    /// Connections made because an engine asked to dial a peer (its redials).
+    pub fn dials_connected(&self) -> u64 {
+        self.dials_connected
+    }
+
+    /// Nodes that came back after leaving (churn).
+    pub fn rejoins(&self) -> u64 {
+        self.rejoins
     }
 
     /// Messages hostile nodes rewrote, dropped or made up.
@@ -311,9 +324,22 @@ impl Sim {
         self.action(n, format!("online {online}"));
         if online {
             self.start_engine(n);
-            self.connect_to_random(n).await;
+            // What the driver's peer book hands a restarted engine: it dials them at once.
+            let node = &self.nodes[n];
+            if node.serving == Serving::Replicate && !node.remembered.is_empty() {
+                let input = Input::Peers(node.core.key(), node.remembered.clone());
+                self.handle(n, input).await;
+            }
+            if !self.cfg.rejoin_by_redial || self.nodes[n].remembered.is_empty() {
+                self.connect_to_random(n).await;
+            }
         } else {
             let node = &mut self.nodes[n];
+            if let Some(engine) = &node.engine
+                && node.serving == Serving::Replicate
+            {
+                node.remembered = engine.known_peers(&node.core.key());
+            }
             node.engine = None;
             node.incarnation += 1;
             node.timer = None;
@@ -535,6 +561,7 @@ impl Sim {
             Ev::Churn => self.churn_one().await,
             Ev::Rejoin(n) => {
                 self.churned.remove(&n);
+                self.rejoins += 1;
                 self.set_online(n, true).await;
             }
         }
@@ -600,6 +627,8 @@ impl Sim {
         let key = self.nodes[n].core.key();
         self.nodes[n].core = Corestore::memory().await?.get_remote(key).await?;
         self.nodes[n].furthest = (0, 0);
+        // The peers it remembered were in the store.
+        self.nodes[n].remembered.clear();
         Ok(())
     }
 
@@ -653,7 +682,11 @@ impl Sim {
                 if let Some(q) = self.index.get(&peer).copied()
                     && self.links.degree(n) < self.cfg.max_degree
                 {
+                    let before = self.links.degree(n);
                     self.connect(n, q).await;
+                    if self.links.degree(n) > before {
+                        self.dials_connected += 1;
+                    }
                 }
             }
             Output::OpenChannel(peer, ch, first) => {

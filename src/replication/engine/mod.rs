@@ -637,7 +637,7 @@ impl Engine {
             self.redial.learn(core, peer, false);
         }
         if self.cores.get(&core).is_some_and(|c| !c.has_channels()) {
-            self.redial.lost(core, &mut cx!(self, now));
+            self.redial.lost(core, true, &mut cx!(self, now));
         }
     }
 
@@ -842,7 +842,7 @@ impl Engine {
                     {
                         // Its last peer went: it looks for the ones it knows.
                         cx.emit(Event::NoPeers { core });
-                        self.redial.lost(core, &mut cx);
+                        self.redial.lost(core, false, &mut cx);
                     }
                     self.server.forget_channel(&peer, channel);
                 }

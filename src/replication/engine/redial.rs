@@ -91,8 +91,9 @@ impl Redial {
     }
 
     /// `core` has no channel: it starts looking for the peers it knows (if it knows some and
-    /// is not looking already), the first redial after [`FIRST_WAIT`].
-    pub(super) fn lost(&mut self, core: CoreKey, cx: &mut Cx) {
+    /// is not looking already), the first redial after [`FIRST_WAIT`] (a peer that went may
+    /// be restarting), or `at_once` (peers just learnt, as a restarted node's).
+    pub(super) fn lost(&mut self, core: CoreKey, at_once: bool, cx: &mut Cx) {
         let Some(k) = self.cores.get_mut(&core) else {
             return;
         };
@@ -100,7 +101,11 @@ impl Redial {
             return;
         }
         k.attempt = Some(0);
-        let wait = self.wait(0);
+        let wait = if at_once {
+            Duration::ZERO
+        } else {
+            self.wait(0)
+        };
         cx.timers.set(Timer::Redial(core), cx.now + wait);
         cx.emit(Event::Reconnecting {
             core,

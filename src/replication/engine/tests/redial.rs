@@ -86,8 +86,9 @@ fn a_core_whose_last_peer_went_dials_it_again_with_back_off_until_it_is_back() {
     engine.check_timers().unwrap();
 }
 
-/// The nodes of a ticket are known before any channel opens: a core with none dials them
-/// again, four at a time, rounding the list; a core knows at most 16 peers, the most
+/// The nodes of a ticket (or a restarted node's remembered peers) are known before any
+/// channel opens: a core with none dials them at once, then again, four at a time, rounding
+/// the list; a core knows at most 16 peers, the most
 /// recently useful first.
 #[test]
 fn ticket_nodes_are_dialed_again_and_the_peers_known_are_bounded() {
@@ -101,10 +102,11 @@ fn ticket_nodes_are_dialed_again_and_the_peers_known_are_bounded() {
     assert_eq!(known.len(), MAX_KNOWN_PER_CORE);
     assert_eq!(known[..], nodes[..MAX_KNOWN_PER_CORE]);
     assert_eq!(
-        reconnecting(&outputs(&mut engine)).len(),
-        1,
-        "the search starts"
+        reconnecting(&outputs(&mut engine)),
+        [(0, Duration::ZERO)],
+        "the search starts, its first dials at once (as a restarted node's)"
     );
+    assert_eq!(engine.poll_timeout(), Some(t0));
     let mut all = Vec::new();
     for _ in 0..4 {
         let now = engine.poll_timeout().unwrap();

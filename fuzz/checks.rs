@@ -43,9 +43,7 @@ pub type Check = fn(&[u8]);
 
 /// Checks that replay `fuzz/regressions/<target>/` where they differ from the target's: the
 /// inputs there fail until a bug is fixed, and the target skips them meanwhile.
-pub const REGRESSIONS: &[(&str, Check)] = &[("proof_verify", |d| {
-    proof_verify_strict(d);
-})];
+pub const REGRESSIONS: &[(&str, Check)] = &[];
 
 /// Every fuzz target, by name, with the check it runs. The name is the target's binary in
 /// `fuzz/Cargo.toml` and its corpus directory `fuzz/corpus/<name>/`.
@@ -890,14 +888,10 @@ fn reader_and_proof(data: &[u8]) -> Option<(usize, Proof)> {
 }
 
 /// Checks a proof that verified against reader state `r`: everything it proves is the
-/// writer's.
-///
-/// Unless `strict`, a node may have another size than the writer's if its sibling is proven
-/// too and the two sizes add up to the writer's: a parent's hash commits to its size, the sum
-/// of its children's, not to how it splits, so when a proof gives both children (the proven
-/// node of a hash or seek proof and its first uncle) a peer can move bytes from one to the
-/// other (`fuzz/regressions/proof_verify/`).
-fn check_verified(r: &ReaderState, proof: &Proof, v: &VerifiedProof, strict: bool) {
+/// writer's, sizes included (a parent's hash commits only to the sum of its children's sizes,
+/// so a node whose size the proof fixes only in sum with its sibling's must not be among the
+/// nodes to store).
+fn check_verified(r: &ReaderState, proof: &Proof, v: &VerifiedProof) {
     let fx = fixture();
     for n in &v.nodes {
         let real = fx.nodes.get(&n.index).unwrap_or_else(|| {
@@ -911,30 +905,10 @@ fn check_verified(r: &ReaderState, proof: &Proof, v: &VerifiedProof, strict: boo
             "a verified proof proves node {} with another hash",
             n.index
         );
-        if n.size == real.size {
-            continue;
-        }
-        assert!(
-            !strict,
+        assert_eq!(
+            n.size, real.size,
             "a verified proof proves node {} of {} bytes, the writer's has {}",
             n.index, n.size, real.size
-        );
-        let sibling = tree::flat::sibling(n.index);
-        let s = v
-            .nodes
-            .iter()
-            .find(|m| m.index == sibling)
-            .unwrap_or_else(|| {
-                panic!(
-                    "node {} has another size, its sibling is not proven",
-                    n.index
-                )
-            });
-        assert_eq!(
-            n.size.checked_add(s.size),
-            Some(real.size + fx.nodes[&sibling].size),
-            "nodes {} and {sibling} add up to another size than the writer's",
-            n.index
         );
     }
     if let Some(i) = v.block {
@@ -990,16 +964,6 @@ fn check_verified(r: &ReaderState, proof: &Proof, v: &VerifiedProof, strict: boo
 /// fixture log (the first byte picks the state), with every node the reader stores and with
 /// only its roots. Returns whether the proof verified.
 pub fn proof_verify(data: &[u8]) -> bool {
-    proof_verify_with(data, false)
-}
-
-/// [`proof_verify`] that takes no size but the writer's, not even split between two proven
-/// siblings: replays `fuzz/regressions/proof_verify/`.
-pub fn proof_verify_strict(data: &[u8]) -> bool {
-    proof_verify_with(data, true)
-}
-
-fn proof_verify_with(data: &[u8], strict: bool) -> bool {
     let Some((sel, proof)) = reader_and_proof(data) else {
         return false;
     };
@@ -1016,7 +980,7 @@ fn proof_verify_with(data: &[u8], strict: bool) -> bool {
     }
     match result {
         Ok(v) => {
-            check_verified(r, &proof, &v, strict);
+            check_verified(r, &proof, &v);
             true
         }
         Err(_) => false,
@@ -1080,7 +1044,7 @@ pub fn proof_apply(data: &[u8]) -> bool {
         return false;
     };
     let v = pure.expect("applied proofs verify");
-    check_verified(r, &proof, &v, false);
+    check_verified(r, &proof, &v);
     assert_eq!(a.upgraded, v.upgrade.as_ref().map(|u| u.length));
     assert_eq!(a.block, v.block);
     assert!(a.truncated.is_none_or(|t| t < r.tree.length));

@@ -7,10 +7,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{created, forged_upgrade, remote_reader, verified_reader};
+use common::{block_proof, created, forged_upgrade, remote_reader, verified_reader};
 use iroh_hypercore::{
     CoreKind, Error, Hypercore, KeyPair,
-    tree::{BlockProof, Node, Proof, ProofRequest, UpgradeRequest},
+    tree::{BlockProof, IndexRequest, Node, Proof, ProofRequest, UpgradeRequest},
 };
 
 /// A new core of `kind` signed by `key_pair`, holding `blocks`.
@@ -185,4 +185,86 @@ async fn sizes_that_overflow_are_an_error() {
     let mut roots = forged_upgrade(2, 2, None);
     roots.upgrade.as_mut().unwrap().nodes.push(huge(5));
     rejected(&reader, roots, "an upgrade that overflows").await;
+}
+
+/// A parent's hash commits to the sum of its children's sizes, not to each: a peer answering
+/// an upgrade to length 3 with leaf 4 and the extra node 6 (to prove the signed length 4) can
+/// move bytes from one to the other, and the signature still checks. Such sizes are not
+/// stored: `seek` says the node is not available rather than answer from a lie, a stored
+/// node is never replaced from a proof, and the block that fixes the sizes brings them.
+#[tokio::test]
+async fn sizes_that_only_their_sum_proves_are_not_stored() {
+    let kp = KeyPair::generate();
+    let writer = created(&kp, CoreKind::Default).await;
+    for size in [100, 100, 100, 300] {
+        writer.append(vec![b'x'; size]).await.unwrap();
+    }
+    let mut proof = writer
+        .create_proof(ProofRequest {
+            upgrade: Some(UpgradeRequest {
+                start: 0,
+                length: 3,
+            }),
+            manifest: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let up = proof.upgrade.as_mut().unwrap();
+    assert_eq!((up.nodes[1].index, up.additional_nodes[0].index), (4, 6));
+    up.nodes[1].size += 50;
+    up.additional_nodes[0].size -= 50;
+    let reader = remote_reader(writer.key()).await;
+    reader.verify_and_apply_proof(proof).await.unwrap();
+    assert_eq!(reader.info().length, 4, "the signed state is the writer's");
+    assert_eq!(reader.info().byte_length, 600);
+    for index in [4, 6] {
+        assert_eq!(
+            reader.tree_node(index).await.unwrap(),
+            None,
+            "node {index}: its size is proven only in sum"
+        );
+    }
+    assert!(
+        matches!(reader.seek(300).await, Err(Error::NodeNotAvailable(4))),
+        "no answer from an unproven size"
+    );
+    for index in [1, 3, 5] {
+        assert_eq!(
+            reader.tree_node(index).await.unwrap(),
+            writer.tree_node(index).await.unwrap(),
+            "node {index}: hashed here, or a sibling of one"
+        );
+    }
+
+    // Block 2's proof hashes leaf 4 from its value: node 6 is proven by it.
+    let lacking = reader.missing_nodes(2).await.unwrap();
+    assert_eq!(lacking, 1, "leaf 4; node 5 is stored");
+    let block = block_proof(&writer, 2, lacking).await;
+    reader.verify_and_apply_proof(block).await.unwrap();
+    for index in [4, 6] {
+        assert_eq!(
+            reader.tree_node(index).await.unwrap(),
+            writer.tree_node(index).await.unwrap(),
+            "node {index} as the writer has it"
+        );
+    }
+    assert_eq!(reader.seek(300).await.unwrap(), (3, 0));
+
+    // A proof cannot replace a stored node: the hash of block 2's node with a lie beside it.
+    let mut hash = writer
+        .create_proof(ProofRequest {
+            hash: Some(IndexRequest { index: 4, nodes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let h = hash.hash.as_mut().unwrap();
+    h.nodes[0].size -= 50;
+    let _ = reader.verify_and_apply_proof(hash).await;
+    assert_eq!(
+        reader.tree_node(6).await.unwrap(),
+        writer.tree_node(6).await.unwrap()
+    );
+    assert_eq!(reader.seek(300).await.unwrap(), (3, 0));
 }

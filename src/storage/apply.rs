@@ -221,7 +221,7 @@ fn apply_proof(
     if let Some(keep) = cut {
         delete_from(batch, id, keep)?;
     }
-    batch.nodes()?.put(id, &verified.nodes)?;
+    batch.nodes()?.put_new(id, &verified.nodes)?;
     let mut table = batch.blocks()?;
     let block = proof.block.as_ref().filter(|_| verified.block.is_some());
     // A block stored meanwhile (from another peer) is kept: rows must not overlap.
@@ -282,7 +282,7 @@ fn apply_run(
     }
     batch.touch(slot);
     let id = slot.id;
-    batch.nodes()?.put(id, nodes)?;
+    batch.nodes()?.put_new(id, nodes)?;
     let mut table = batch.blocks()?;
     // Blocks stored meanwhile (from another peer) are kept: rows must not overlap.
     let mut new: Vec<(u64, &[u8])> = proofs

@@ -149,6 +149,16 @@ impl<'a, 't> NodesWrite<'a, 't> {
     /// Stores nodes of core `id` (in any order), replacing nodes at the same indices; of two
     /// given for one index, the later one is kept.
     pub fn put(&mut self, id: u64, nodes: &[Node]) -> Result<(), StorageError> {
+        self.put_where(id, nodes, true)
+    }
+
+    /// Stores the nodes of core `id` at indices that hold none yet: a node from a proof never
+    /// replaces a stored one (what is stored was proven, or written by the writer).
+    pub fn put_new(&mut self, id: u64, nodes: &[Node]) -> Result<(), StorageError> {
+        self.put_where(id, nodes, false)
+    }
+
+    fn put_where(&mut self, id: u64, nodes: &[Node], replace: bool) -> Result<(), StorageError> {
         let mut sorted: Vec<&Node> = nodes.iter().collect();
         // Stable: of two nodes at one index, the later one is kept.
         sorted.sort_by_key(|n| n.index);
@@ -160,8 +170,12 @@ impl<'a, 't> NodesWrite<'a, 't> {
                 .position(|x| x.index / GROUP != group)
                 .unwrap_or(rest.len());
             let mut row = self.load(id, group)?.unwrap_or_else(Group::empty);
+            let stored = row.present;
             for node in &rest[..n] {
-                row.set(split(node.index).1, node);
+                let slot = split(node.index).1;
+                if replace || stored & (1 << slot) == 0 {
+                    row.set(slot, node);
+                }
             }
             self.store(id, group, &row)?;
             rest = &rest[n..];

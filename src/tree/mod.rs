@@ -6,6 +6,7 @@ mod node;
 mod proof;
 mod proof_create;
 mod proof_verify;
+mod proven_sizes;
 mod range;
 mod state;
 

@@ -7,6 +7,7 @@ use super::{
     flat::{self, Cursor},
     node::{Node, NodeSource},
     proof::*,
+    proven_sizes::proven_sizes,
     state::TreeState,
 };
 use crate::crypto::Verifier;
@@ -17,7 +18,8 @@ const MAX_PROOF_NODES: usize = 256;
 /// A proof that checked out: what the reader may now store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedProof {
-    /// Every node proven (to be stored).
+    /// Every node proven, its size included (to be stored), each once: nodes whose sizes the
+    /// proof fixes only in sum are left out (see `proven_sizes`).
     pub nodes: Vec<Node>,
     /// Index of the proven block, if any (its value is the proof's, not copied).
     pub block: Option<u64>,
@@ -88,7 +90,17 @@ where
         upgrade = Some(batch);
     }
 
+    // Roots the signature covers, and those the reader trusts: their sizes are proven.
+    let mut anchors: Vec<u64> = upgrade
+        .iter()
+        .flat_map(|u| &u.roots)
+        .map(|r| r.index)
+        .collect();
+    if !reorg {
+        anchors.extend(state.roots.iter().map(|r| r.index));
+    }
     if let Some(root) = unverified {
+        anchors.push(root.index);
         let trusted = match (&upgrade, reorg) {
             (Some(new), true) => new.roots.iter().find(|r| r.index == root.index).copied(),
             _ => match state.roots.iter().find(|r| r.index == root.index) {
@@ -116,7 +128,7 @@ where
     }
 
     Ok(VerifiedProof {
-        nodes,
+        nodes: proven_sizes(proof, nodes, &anchors)?,
         block: proof.block.as_ref().map(|b| b.index),
         upgrade,
         reorg,

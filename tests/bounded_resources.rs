@@ -500,6 +500,67 @@ async fn parked_channels_are_capped_per_peer_and_an_honest_one_is_adopted() {
     shutdown(&[&h, &t]).await;
 }
 
+/// **Keyless peers fill the parked slots.** Four attackers that know no key each open 40
+/// channels for made-up cores to a node T whose table of parked channels holds 64 (16 a
+/// peer): every slot is taken. Then an honest reader joins T for a log T's store holds but
+/// does not replicate (served on demand). Expected: the reader's channel takes the oldest slot
+/// of the peer holding the most (which is refused "no room"), T looks the log up and serves
+/// it, and the reader downloads it well within the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_peers_filling_the_parked_slots_do_not_shut_out_a_reader() {
+    let net = test_net().await;
+    let config = EngineConfig {
+        max_parked: 64,
+        max_parked_per_peer: 16,
+        ..Default::default()
+    };
+    let t = node_with_config(&net, config).await;
+    let x = t.store.get_named("x").await.unwrap();
+    append_numbered(&x, 0, 20, 256).await;
+    let mut attackers = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let (ep, conn) = attacker::connect_below(&net, &t).await;
+        for _ in 0..40 {
+            let (mut tx, rx) = conn.open_bi().await.unwrap();
+            let open = Message::Open {
+                discovery_key: rand::random(),
+                capability: rand::random(),
+            };
+            attacker::send(&mut tx, &open).await;
+            streams.push((tx, rx));
+        }
+        attackers.push((ep, conn));
+    }
+    let full = poll_until(&t.proto, [0; 32], "every parked slot taken", |s| {
+        s.node.parked_channels == 64
+    })
+    .await;
+
+    let started = Instant::now();
+    let r = net.node(Transport::Direct).await.unwrap();
+    let x_at_r = r.store.get_remote(x.key()).await.unwrap();
+    r.proto.join(&x_at_r, &[t.addr()]).await.unwrap();
+    wait_full(&x_at_r, 20).await;
+    let took = started.elapsed();
+    let after = snapshot(&t.proto, [0; 32]).await;
+    println!(
+        "parked slots: {} of 64 taken by 4 keyless peers; the reader's log served on demand \
+         in {took:.2?}; parked now {}",
+        full.node.parked_channels, after.node.parked_channels
+    );
+    assert!(
+        took < EngineConfig::default().handshake_timeout,
+        "took {took:?}"
+    );
+    assert!(after.node.parked_channels <= 64);
+    drop(streams);
+    for (ep, conn) in &attackers {
+        attacker::hang_up(ep, conn).await;
+    }
+    shutdown(&[&r, &t]).await;
+}
+
 /// **A peer that never reads still makes the node queue without limit.** The attacker knows
 /// the key (a ticket), opens a channel, never reads, and sends 10-byte `Sync { ask: true }`
 /// frames. Each is answered with a `Sync`, which the driver queues whatever the peer's

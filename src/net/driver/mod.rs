@@ -292,7 +292,10 @@ impl Driver {
                     }
                 }
                 Output::LeaveGossip(key) => self.gossip.leave(&key),
-                Output::FindCore(dk) => self.store.find(dk),
+                Output::FindCore(dk) => {
+                    let engine = &self.engine;
+                    self.store.find(dk, |dk| engine.is_parked(dk));
+                }
                 Output::Broadcast(key, bytes) => self.gossip.broadcast(&key, bytes),
                 Output::Event(ev @ Event::Extension { .. }) => {
                     let _ = self.extension_events.send(ev);
@@ -714,7 +717,8 @@ impl Driver {
     /// A lookup ended: a core found (and not left by the application) is served to the peers
     /// that proved its key; otherwise their channels wait out their handshake timeout.
     fn on_found(&mut self, dk: DiscoveryKey, core: Option<Hypercore>, now: Instant) {
-        self.store.found(&dk);
+        let engine = &self.engine;
+        self.store.found(&dk, |dk| engine.is_parked(dk));
         match core {
             Some(core) if !self.store.is_left(&core.key()) && !core.is_closed() => {
                 match self.store.mode() {

@@ -23,6 +23,10 @@ pub(super) const SERVED_MODE: Mode = Mode::Sparse;
 /// key per channel it opens, and the engine bounds those channels).
 pub(crate) const MAX_LOOKUPS: usize = 32;
 
+/// Lookups waiting their turn past which those no channel waits for any more are dropped
+/// (twice the engine's default cap of parked channels, each of which asks for at most one).
+const MAX_WAITING_LOOKUPS: usize = 8192;
+
 /// What the store part found.
 pub(super) enum StoreEvent {
     /// A lookup by discovery key ended, with the core if the store holds it.
@@ -90,22 +94,39 @@ impl StoreServing {
         self.left.contains(key)
     }
 
-    /// A peer asked for a core we do not replicate: look for it in the store.
-    pub(super) fn find(&mut self, dk: DiscoveryKey) {
+    /// A peer asked for a core we do not replicate: look for it in the store. `wanted` says
+    /// whether a channel still waits for a discovery key: a lookup whose channels are all gone
+    /// (refused, or timed out, while it waited its turn) is skipped, so a peer's made-up keys
+    /// do not hold up another's.
+    pub(super) fn find(&mut self, dk: DiscoveryKey, wanted: impl Fn(&DiscoveryKey) -> bool) {
         if !self.serve_store {
             return;
         }
         if self.finding.insert(dk) {
             self.to_find.push_back(dk);
-            self.start_lookups();
+            if self.to_find.len() > MAX_WAITING_LOOKUPS {
+                let finding = &mut self.finding;
+                self.to_find.retain(|dk| {
+                    let keep = wanted(dk);
+                    if !keep {
+                        finding.remove(dk);
+                    }
+                    keep
+                });
+            }
+            self.start_lookups(wanted);
         }
     }
 
-    /// Starts waiting lookups while fewer than [`MAX_LOOKUPS`] run.
-    fn start_lookups(&mut self) {
+    /// Starts waiting lookups that are still `wanted` while fewer than [`MAX_LOOKUPS`] run.
+    fn start_lookups(&mut self, wanted: impl Fn(&DiscoveryKey) -> bool) {
         while self.lookups < MAX_LOOKUPS
             && let Some(dk) = self.to_find.pop_front()
         {
+            if !wanted(&dk) {
+                self.finding.remove(&dk);
+                continue;
+            }
             self.lookups += 1;
             let store = self.store.clone();
             self.io.push(Box::pin(async move {
@@ -120,11 +141,11 @@ impl StoreServing {
         }
     }
 
-    /// The lookup of `dk` ended: the next one starts.
-    pub(super) fn found(&mut self, dk: &DiscoveryKey) {
+    /// The lookup of `dk` ended: the next one still `wanted` starts.
+    pub(super) fn found(&mut self, dk: &DiscoveryKey, wanted: impl Fn(&DiscoveryKey) -> bool) {
         self.finding.remove(dk);
         self.lookups = self.lookups.saturating_sub(1);
-        self.start_lookups();
+        self.start_lookups(wanted);
     }
 
     /// Follows every core of the store in `mode`, and each core created later.

@@ -109,10 +109,14 @@ use tasks::Tasks;
 use timer::{Timer, TimerTable};
 
 use super::{PeerId, fetch::FetchQueue, wire::Message};
-use crate::crypto::{CoreKey, discovery_key};
+use crate::crypto::{CoreKey, DiscoveryKey, discovery_key};
 
 /// The reason in the `Close` of a channel closed because it was idle.
 pub const IDLE_REASON: &str = "idle";
+
+/// The reason in the `Close` of a channel refused for lack of room among the parked ones:
+/// its opener opens it again later, with back-off.
+pub const NO_ROOM_REASON: &str = "no room to park the channel";
 
 /// The reason sent in the `Close` of each channel of a core the node leaves.
 pub const LEAVE_REASON: &str = "left the core";
@@ -409,6 +413,12 @@ impl Engine {
         self.redial.known(core)
     }
 
+    /// Whether a channel a peer opened for the core of discovery key `dk` is parked (waits
+    /// for us to add the core).
+    pub fn is_parked(&self, dk: &DiscoveryKey) -> bool {
+        self.channels.is_parked(dk)
+    }
+
     /// Dials that gossip announcements asked for and the rate limit skipped.
     pub fn gossip_dials_skipped(&self) -> u64 {
         self.announcer.dials_skipped()
@@ -606,6 +616,7 @@ impl Engine {
                         self.announcer.announce(core, c.local(), &mut cx);
                     }
                 }
+                Timer::Reopen(peer, core) => self.channels.reopen(peer, core, &mut cx),
                 Timer::Redial(core) => {
                     let channels = &self.channels;
                     self.redial

@@ -31,6 +31,8 @@ pub(super) enum Timer {
     Announce(CoreKey),
     /// A core with no channel dials the peers it knows again.
     Redial(CoreKey),
+    /// A channel of ours the peer refused for lack of room is opened again.
+    Reopen(PeerId, CoreKey),
 }
 
 /// Every timer set, by timer and by deadline.

@@ -21,12 +21,12 @@ mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use parked::{Parked, ParkedChannels};
+use parked::{Parked, ParkedChannels, Room};
 use peer::PeerChannels;
 use table::{Channel, ChannelTable};
 
 use super::{
-    ChannelId, Event, IDLE_REASON, LEAVE_REASON, Output, PeerId, STORE_CHANNEL_KEY,
+    ChannelId, Event, IDLE_REASON, LEAVE_REASON, NO_ROOM_REASON, Output, PeerId, STORE_CHANNEL_KEY,
     cx::{Cx, Note},
     extensions::{MAX_STORE_CHANNEL_FRAME, store_channel_discovery_key},
     timer::Timer,
@@ -46,6 +46,14 @@ const IDLE_SCAN: usize = 64;
 /// While cores wait for room, the time after which idle channels are looked for again when no
 /// message came meanwhile.
 pub(super) const ROOM_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The wait before a channel refused for lack of room is opened again; it doubles with each
+/// refusal in a row.
+const REOPEN_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Refusals for lack of room in a row after which a channel waits for its core to have
+/// something new (about a minute of tries).
+const MAX_REOPENS: u32 = 7;
 
 /// A core that may have channels.
 #[derive(Debug, Clone, Copy)]
@@ -149,9 +157,12 @@ impl Channels {
         for (id, c) in self.table.of_core(key) {
             self.close(c.peer, id, LEAVE_REASON, cx);
         }
-        for p in self.peers.values_mut() {
+        for (peer, p) in self.peers.iter_mut() {
             p.to_open.remove(key);
             p.idle_closed.remove(key);
+            if p.reopen.remove(key).is_some() {
+                cx.timers.clear(Timer::Reopen(*peer, *key));
+            }
         }
     }
 
@@ -221,6 +232,9 @@ impl Channels {
         self.open_next.remove(peer);
         self.room_wanted.remove(peer);
         cx.timers.clear(Timer::OpenRest(*peer));
+        for core in p.reopen.keys() {
+            cx.timers.clear(Timer::Reopen(*peer, *core));
+        }
         for ch in p.by_core.values() {
             let Some(c) = self.table.remove(ch) else {
                 continue;
@@ -270,6 +284,36 @@ impl Channels {
         }
         let dk = r.discovery_key;
         self.start_open(peer, core, dk, cx);
+    }
+
+    /// `peer` refused our channel of `core` for lack of room: it is opened again after
+    /// [`REOPEN_FIRST_WAIT`], doubling with each refusal in a row; after
+    /// [`MAX_REOPENS`] of them, only once the core has something new (as an idle one).
+    fn reopen_later(&mut self, peer: PeerId, core: CoreKey, cx: &mut Cx) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let refusals = p.reopen.entry(core).or_insert(0);
+        *refusals += 1;
+        if *refusals > MAX_REOPENS {
+            p.reopen.remove(&core);
+            p.idle_closed.insert(core);
+            return;
+        }
+        let wait = REOPEN_FIRST_WAIT.saturating_mul(1 << (*refusals - 1));
+        cx.timers.set(Timer::Reopen(peer, core), cx.now + wait);
+    }
+
+    /// The `Reopen` timer of `core`'s channel with `peer` fired: it is opened again (its
+    /// refusals are kept until the peer accepts it).
+    pub(super) fn reopen(&mut self, peer: PeerId, core: CoreKey, cx: &mut Cx) {
+        if self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.reopen.contains_key(&core))
+        {
+            self.open(peer, core, cx);
+        }
     }
 
     /// Opens a channel of ours for `core` (known by `dk`) to a connected `peer`.
@@ -400,9 +444,12 @@ impl Channels {
             // A channel we opened: the peer must prove the key before anything else.
             match msg {
                 Message::Accept { capability } => self.on_accept(peer, id, capability, cx),
-                Message::Close { .. } => {
+                Message::Close { reason } => {
                     cx.out.push_back(Output::CloseChannel(peer, id));
                     self.drop(id, cx);
+                    if c.opened_by_me && reason == NO_ROOM_REASON {
+                        self.reopen_later(peer, c.core, cx);
+                    }
                 }
                 _ => {
                     cx.peers.count_dropped(&peer);
@@ -495,6 +542,9 @@ impl Channels {
         c.authenticated = true;
         cx.timers.clear(Timer::Handshake(id));
         self.handshake_ended(peer);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.reopen.remove(&core);
+        }
         cx.note(Note::ChannelUp {
             peer,
             core,
@@ -502,15 +552,26 @@ impl Channels {
         });
     }
 
-    /// Keeps a channel for a core we do not know waiting, within the per-peer and total caps.
+    /// Keeps a channel for a core we do not know waiting, within the per-peer cap and a fair
+    /// share of the total: refused for lack of room with [`NO_ROOM_REASON`] (the opener
+    /// tries again later), as is the channel of another peer it takes the room of.
     fn park(&mut self, peer: PeerId, id: ChannelId, dk: DiscoveryKey, cap: [u8; 32], cx: &mut Cx) {
         let room = self
             .parked
-            .has_room(&peer, &dk, cx.cfg.max_parked_per_peer, cx.cfg.max_parked);
-        if !room {
-            cx.peers.count_refused(&peer);
-            self.refuse(peer, id, "unknown core", cx);
-            return;
+            .room(&peer, &dk, cx.cfg.max_parked_per_peer, cx.cfg.max_parked);
+        match room {
+            Room::Yes => {}
+            Room::Evict(victim) => {
+                if let Some(p) = self.unpark(victim, cx) {
+                    cx.peers.count_refused(&p.peer);
+                    self.refuse(p.peer, victim, NO_ROOM_REASON, cx);
+                }
+            }
+            Room::No => {
+                cx.peers.count_refused(&peer);
+                self.refuse(peer, id, NO_ROOM_REASON, cx);
+                return;
+            }
         }
         let first_for_core = self.parked.of_core(&dk).is_empty();
         self.parked.insert(
@@ -715,6 +776,11 @@ impl Channels {
         }
     }
 
+    /// Whether a channel is parked for the core of `dk`.
+    pub(super) fn is_parked(&self, dk: &DiscoveryKey) -> bool {
+        self.parked.has_core(dk)
+    }
+
     /// Channels peers opened for cores we do not replicate, waiting to be adopted.
     pub(super) fn parked_len(&self) -> usize {
         self.parked.len()
@@ -756,6 +822,16 @@ impl Channels {
                 }
                 Timer::OpenRest(peer) if !self.peers.contains_key(&peer) => {
                     return Err(format!("open timer of a peer gone {peer:?}"));
+                }
+                Timer::Reopen(peer, core)
+                    if !self
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|p| p.reopen.contains_key(&core)) =>
+                {
+                    return Err(format!(
+                        "reopen timer of {core:?} with {peer:?} out of step"
+                    ));
                 }
                 _ => {}
             }

@@ -1,6 +1,6 @@
 //! The channels of one connected peer: its channel of each core, the handshakes of ours it has
-//! not answered yet, the cores waiting for room to open one, and the channels that closed
-//! idle.
+//! not answered yet, the cores waiting for room to open one, the channels that closed idle,
+//! and those it refused for lack of room.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,4 +21,7 @@ pub(super) struct PeerChannels {
     pub(super) idle_closed: BTreeSet<CoreKey>,
     /// Where the next scan for an idle channel starts.
     pub(super) idle_cursor: CoreKey,
+    /// Cores whose channel it refused for lack of room, with the refusals in a row: each is
+    /// opened again when its `Reopen` timer fires.
+    pub(super) reopen: BTreeMap<CoreKey, u32>,
 }

@@ -6,6 +6,7 @@ mod extensions;
 mod fetching;
 mod gossip;
 mod leave;
+mod parked;
 mod push;
 mod redial;
 mod serve;

@@ -202,6 +202,71 @@ async fn liars_are_backed_off_and_honest_replication_completes() {
 /// Attack 4: a peer claims a much longer log and answers every upgrade request with a valid
 /// but empty proof. Each answer is a failed request for it (blamed, backed off) and the upgrade
 /// goes to the writer, so the reader follows the writer's new blocks.
+/// Says it holds one block more than the writer, and never answers anything.
+async fn claim_one_more(mut tx: SendStream, mut rx: RecvStream) {
+    let claim = Message::Sync(SyncInfo {
+        fork: 0,
+        length: 11,
+        contiguous: 11,
+        ask: false,
+        downloading: false,
+    });
+    send(&mut tx, &claim).await;
+    while let Some(msg) = read_msg(&mut rx).await {
+        if let Message::Sync(SyncInfo { ask: true, .. }) = msg {
+            send(&mut tx, &claim).await;
+        }
+    }
+}
+
+/// Four peers claim one block more than the writer (11 against 10) and never answer an
+/// upgrade. `update().wait(30 s)` resolves with the writer's length at the update's own
+/// deadline (`upgrade_timeout`), not after the liars were asked one after another (the
+/// caller's whole 30 s); so does the next one. Each liar asked is penalized when its upgrade
+/// times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_does_not_wait_out_peers_that_claim_what_they_never_prove() {
+    let net = test_net().await;
+    let (writer, log) = writer_with_log(&net, "honest", 10, 64).await;
+    let timeout = Duration::from_secs(1);
+    let config = EngineConfig {
+        upgrade_timeout: timeout,
+        ..Default::default()
+    };
+    let reader = node_with_config(&net, config).await;
+    let core = joined(&reader, log.key(), &[writer.addr()]).await;
+    wait_full(&core, 10).await;
+    let mut events = reader.proto.events(&core);
+    let mut liars = Vec::new();
+    for _ in 0..4 {
+        let ep = net.endpoint(Transport::Direct).await.unwrap();
+        let conn = play_on_core(&ep, &reader, &log, claim_one_more).await;
+        let id = ep.id();
+        wait_event(&mut events, "a liar's channel opens", |e| {
+            *e == iroh_hypercore::net::ReplicaEvent::PeerAdd(id)
+        })
+        .await;
+        liars.push((ep, conn));
+    }
+
+    let started = Instant::now();
+    let length = core.update().wait(Duration::from_secs(30)).await.unwrap();
+    let first = started.elapsed();
+    let started = Instant::now();
+    let again = core.update().wait(Duration::from_secs(30)).await.unwrap();
+    let second = started.elapsed();
+    println!(
+        "update with four liars: {first:.2?} (upgrade timeout {timeout:?}), then {second:.2?}"
+    );
+    assert_eq!((length, again), (10, 10), "the writer's length");
+    assert!(first < timeout * 2, "took {first:?}");
+    assert!(second < timeout * 2, "took {second:?}");
+    for (ep, conn) in &liars {
+        hang_up(ep, conn).await;
+    }
+    shutdown(&[&writer, &reader]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_that_prove_nothing_are_failures_and_the_writer_is_asked() {
     let net = test_net().await;

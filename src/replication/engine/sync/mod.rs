@@ -1045,24 +1045,26 @@ impl CoreSync {
         }
     }
 
-    /// The `Update` timer fired: the update waits for silent (or absent) peers no more.
+    /// The `Update` timer fired: the update waits for silent (or absent) peers no more, nor
+    /// for an upgrade a peer has not answered yet.
     pub(super) fn update_timed_out(&mut self) {
         if let Some(pending) = &mut self.update {
             pending.waiting.clear();
             pending.timed = false;
             pending.first_peer = false;
+            pending.expired = true;
         }
     }
 
     /// If the update under way is answered (every peer asked sent its state or went, and the
-    /// upgrade to the longest, if any, ended), ends it and returns the signed length now.
+    /// upgrade to the longest, if any, ended; or its time is up and no verified upgrade is
+    /// being applied), ends it and returns the signed length now.
     pub(super) fn finish_update(&mut self, cx: &mut Cx) -> Option<u64> {
         let pending = self.update.as_ref()?;
-        let done = pending.waiting.is_empty()
-            && !pending.first_peer
-            && self.upgrade.get().is_none()
-            && self.apply.upgrade_proof.is_none()
-            && self.apply.applying.is_none();
+        let applying = self.apply.upgrade_proof.is_some() || self.apply.applying.is_some();
+        let answered =
+            pending.waiting.is_empty() && !pending.first_peer && self.upgrade.get().is_none();
+        let done = (answered || pending.expired) && !applying;
         if !done {
             return None;
         }

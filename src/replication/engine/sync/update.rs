@@ -16,4 +16,8 @@ pub(super) struct PendingUpdate {
     /// Asked while the core had no channel but looked for its peers: it waits for the first
     /// one's state (as hypercore's `findingPeers`).
     pub(super) first_peer: bool,
+    /// Its timer fired: it resolves with the best verified length once nothing verified is
+    /// being applied, whatever upgrade is still asked (a peer that claims a length and does
+    /// not prove it in time is not waited for).
+    pub(super) expired: bool,
 }

@@ -57,6 +57,10 @@ pub struct EngineConfig {
     /// Extension messages one peer may send us per second (and at most as many at once);
     /// more are dropped and counted.
     pub extension_messages_per_second: u64,
+    /// `Cancel` and `Unwant` messages taken from one peer a second (a second's worth at
+    /// once): past it they are dropped (counted in its `dropped`), and each second's worth
+    /// dropped closes the channel it came on. Honest peers send a few, on timeouts and clears.
+    pub control_messages_per_second: u64,
     /// Dials that gossip announcements may cause per second (an announcement names its
     /// origin, and anyone on a topic can announce).
     pub gossip_dials_per_second: usize,
@@ -83,6 +87,7 @@ impl Default for EngineConfig {
             max_parked: 4096,
             gossip_dials_per_second: 8,
             extension_messages_per_second: 256,
+            control_messages_per_second: 1024,
         }
     }
 }

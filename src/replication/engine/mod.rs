@@ -23,8 +23,10 @@
 //!   back-offs;
 //! - `announce`: gossip announcements and the rate limit on the dials they cause;
 //! - `extensions`: registered names, the peers' allowances, the store channel's queue;
-//! - `peers`: each connected peer's counters and backlog;
-//! - `timer`: one table of every timer but the fetch queue's; `tasks`: storage task ids.
+//! - `peers`: each connected peer's counters, backlog and allowance of control messages;
+//! - `redial`: the peers each core knows, dialed again while it has none;
+//! - `timer`: one table of every timer but the fetch queue's; `tasks`: storage task ids;
+//!   `allowance`: the token bucket of the allowances.
 //!
 //! A part changes only its own state. What it needs of the others it gets through [`Cx`]
 //! (outputs, timers, task ids, counters, the fetch queue), and what it asks of another part it
@@ -64,6 +66,7 @@
 //! protocols are signalled too, and the driver, finding the engine already holds that state
 //! from the task's reply, does not report it again: each commit is heard once.
 
+mod allowance;
 mod announce;
 mod channels;
 mod config;
@@ -98,7 +101,7 @@ pub use extensions::{
     STORE_CHANNEL_KEY, store_channel_discovery_key,
 };
 pub use io::{ApplyOutcome, ChannelId, Event, Input, LocalInfo, Mode, Output, PeerStats};
-use peers::Peers;
+use peers::{Control, Peers};
 pub use redial::MAX_KNOWN_PER_CORE;
 use redial::Redial;
 use serve::Server;
@@ -691,6 +694,10 @@ impl Engine {
             self.on_store_message(peer, channel, msg, now);
             return;
         }
+        let control = matches!(msg, Message::Cancel { .. } | Message::Unwant { .. });
+        if control && !self.take_control(peer, channel, now) {
+            return;
+        }
         let mut cx = cx!(self, now);
         match msg {
             Message::Open { .. } | Message::Accept { .. } => {
@@ -734,6 +741,23 @@ impl Engine {
                 if let Some(c) = self.cores.get_mut(&core) {
                     c.on_message(channel, msg, &mut cx);
                 }
+            }
+        }
+    }
+
+    /// Whether a control message of `peer` on `channel` is within its allowance; past it,
+    /// it is dropped, and a second's worth dropped closes the channel.
+    fn take_control(&mut self, peer: PeerId, channel: ChannelId, now: Instant) -> bool {
+        let per_second = self.cfg.control_messages_per_second;
+        match self.peers.control(&peer, per_second, now) {
+            Control::Take => true,
+            Control::Drop => false,
+            Control::Close => {
+                let mut cx = cx!(self, now);
+                self.channels
+                    .close(peer, channel, "too many control messages", &mut cx);
+                self.route_notes(now);
+                false
             }
         }
     }

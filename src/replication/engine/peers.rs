@@ -1,8 +1,8 @@
 //! The connected peers: each one's counters and the bytes queued towards it.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Instant};
 
-use super::{PeerId, PeerStats};
+use super::{PeerId, PeerStats, allowance::Allowance};
 
 /// What the engine keeps of one connected peer.
 #[derive(Debug, Default)]
@@ -12,6 +12,21 @@ struct Peer {
     stats: PeerStats,
     /// Bytes queued towards it that QUIC has not taken yet, as the driver last reported.
     backlog_bytes: u64,
+    /// Its allowance of control messages (`Cancel`, `Unwant`).
+    control: Allowance,
+    /// Control messages dropped past the allowance since the last channel closed for them.
+    control_dropped: u64,
+}
+
+/// What becomes of a control message (`Cancel`, `Unwant`) from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Control {
+    /// Within its allowance: handled.
+    Take,
+    /// Past it: dropped.
+    Drop,
+    /// Past it, a second's worth dropped: dropped, and its channel closed.
+    Close,
 }
 
 /// The connected peers.
@@ -45,6 +60,8 @@ impl Peers {
             Peer {
                 stats,
                 backlog_bytes: 0,
+                control: Allowance::default(),
+                control_dropped: 0,
             },
         );
         true
@@ -90,6 +107,24 @@ impl Peers {
             refused = s.refused;
         });
         refused
+    }
+
+    /// A control message from `peer` at `now`, `per_second` of which it may send.
+    pub(super) fn control(&mut self, peer: &PeerId, per_second: u64, now: Instant) -> Control {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return Control::Drop;
+        };
+        if p.control.take(per_second, now) {
+            return Control::Take;
+        }
+        p.stats.dropped += 1;
+        p.control_dropped += 1;
+        if p.control_dropped >= per_second.max(1) {
+            p.control_dropped = 0;
+            Control::Close
+        } else {
+            Control::Drop
+        }
     }
 
     /// The driver's count of bytes queued towards `peer`.

@@ -8,11 +8,9 @@
 //! it closes a channel. Messages for a store channel that waits for the peer's `Accept` are
 //! queued here, within a bound.
 
-mod allowance;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use allowance::ExtensionAllowance;
+use super::allowance::Allowance;
 use bytes::Bytes;
 
 use super::{ChannelId, Event, PeerId, cx::Cx};
@@ -66,7 +64,7 @@ pub(super) struct Extensions {
     /// Names the application registered.
     names: BTreeSet<String>,
     /// What extension messages each peer may still send us.
-    allowances: BTreeMap<PeerId, ExtensionAllowance>,
+    allowances: BTreeMap<PeerId, Allowance>,
     /// Messages waiting for the store channel to each peer to open.
     store_queues: BTreeMap<PeerId, Vec<Message>>,
 }

@@ -2,6 +2,7 @@
 //! per part of it.
 
 mod channels;
+mod control;
 mod extensions;
 mod fetching;
 mod gossip;

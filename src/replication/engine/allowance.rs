@@ -1,18 +1,19 @@
-//! A peer's allowance of extension messages: a token bucket.
+//! A peer's allowance of some kind of message (extension messages, control messages): a
+//! token bucket.
 
 use std::time::Instant;
 
-/// A peer's allowance of extension messages: a token bucket refilled at the configured
+/// A peer's allowance of messages of one kind: a token bucket refilled at the configured
 /// rate, holding at most a second's worth.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ExtensionAllowance {
+pub(super) struct Allowance {
     /// Messages that may arrive now, in thousandths.
     milli_tokens: u64,
     /// When it was last refilled.
     refilled: Option<Instant>,
 }
 
-impl Default for ExtensionAllowance {
+impl Default for Allowance {
     fn default() -> Self {
         Self {
             milli_tokens: u64::MAX,
@@ -21,7 +22,7 @@ impl Default for ExtensionAllowance {
     }
 }
 
-impl ExtensionAllowance {
+impl Allowance {
     /// Takes one message at `now` if the allowance has it (`per_second` a second, at most
     /// that many at once).
     pub(super) fn take(&mut self, per_second: u64, now: Instant) -> bool {
@@ -55,7 +56,7 @@ mod tests {
     #[test]
     fn the_allowance_refills_at_its_rate_and_holds_a_second_of_it() {
         let t0 = Instant::now();
-        let mut a = ExtensionAllowance::default();
+        let mut a = Allowance::default();
         let taken = (0..20).filter(|_| a.take(10, t0)).count();
         assert_eq!(taken, 10, "a burst of one second's worth");
         assert!(!a.take(10, t0 + Duration::from_millis(50)));
@@ -73,7 +74,7 @@ mod tests {
     #[test]
     fn the_allowance_counts_fractions_of_a_millisecond() {
         let t0 = Instant::now();
-        let mut a = ExtensionAllowance::default();
+        let mut a = Allowance::default();
         assert_eq!((0..256).filter(|_| a.take(256, t0)).count(), 256);
         let step = Duration::from_nanos(1_000_000_000 / 256 + 1);
         let taken = (1..=1000u32)

@@ -77,6 +77,82 @@ async fn poll_until(
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// **Many peers that never read.** Sixteen attackers that know the key of a writer's log of
+/// 64 blocks of 256 KiB each open a channel, ask 8 times for the whole log and never read.
+/// With a per-peer backlog limit of 2 MiB, a node-wide budget of 8 MiB and 8 storage tasks
+/// at once over all peers, the writer's backlog towards all of them stays within twice the
+/// budget plus the answers being read (past twice the budget the largest holder loses its
+/// connection; before the node-wide budget it reached sixteen times the per-peer limit), and
+/// an honest follower of a second log completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_peers_that_never_read_share_a_node_wide_backlog_budget() {
+    let cfg = EngineConfig {
+        max_backlog_bytes: 2 * MIB,
+        max_backlog_total: 8 * MIB,
+        serve_run_bytes: 256 * 1024,
+        serve_concurrency_total: 8,
+        ..Default::default()
+    };
+    let net = test_net().await;
+    let writer = node_with_config(&net, cfg.clone()).await;
+    let big = log_on(&writer, "big", 64, 256 * 1024).await;
+    let small = log_on(&writer, "small", 200, 1024).await;
+    let mut intruders = Vec::new();
+    for _ in 0..16 {
+        let (intruder, mut tx, rx) = attacker::intrude(&net, &writer, big.key()).await;
+        let sync = SyncInfo {
+            fork: 0,
+            length: 0,
+            contiguous: 0,
+            ask: false,
+            downloading: true,
+        };
+        attacker::send(&mut tx, &Message::Sync(sync)).await;
+        for id in 0..8 {
+            let run = Message::RequestRun {
+                id,
+                fork: 0,
+                start: 0,
+                end: 64,
+                length: 64,
+            };
+            attacker::send(&mut tx, &run).await;
+        }
+        intruders.push((intruder, tx, rx));
+    }
+    let budget = cfg.max_backlog_total;
+    let in_flight = cfg.serve_concurrency_total as u64 * (cfg.serve_run_bytes + 256 * 1024);
+    let bound = 2 * budget + in_flight + MIB;
+    let mut peak = 0;
+    poll_until(&writer.proto, [0; 32], "the budget reached", |s| {
+        peak = peak.max(s.node.backlog_bytes);
+        assert!(peak <= bound, "backlog {} over {}", mib(peak), mib(bound));
+        s.node.backlog_bytes >= budget
+    })
+    .await;
+    let sampler = watch(&writer.proto, [0; 32]);
+    let follower = net.node(Transport::Direct).await.unwrap();
+    let small_at_f = follow(&follower, &writer, &small).await;
+    wait_full(&small_at_f, 200).await;
+    let after = snapshot(&writer.proto, [0; 32]).await;
+    let _ = sampler.stop().await;
+    peak = peak.max(after.node.backlog_bytes);
+    println!(
+        "16 never-reading peers: node backlog {} at most (budget {}, bound {}; the per-peer \
+         bounds add up to {}); honest follower of 200 blocks completed",
+        mib(peak),
+        mib(budget),
+        mib(bound),
+        mib(16 * (cfg.max_backlog_bytes + cfg.serve_concurrency as u64 * cfg.serve_run_bytes)),
+    );
+    assert!(peak <= bound, "backlog {} over {}", mib(peak), mib(bound));
+    for (intruder, tx, rx) in intruders {
+        drop((tx, rx));
+        intruder.hang_up().await;
+    }
+    shutdown(&[&follower, &writer]).await;
+}
+
 /// The highest values seen by a [`Watch`].
 #[derive(Debug, Default, Clone, Copy)]
 struct Peak {
@@ -737,7 +813,14 @@ fn a_peer_over_its_backlog_limit_gets_no_more_queued_answers() {
         now,
     );
     // The driver: the peer has not read what is queued, over the limit.
-    engine.handle(Input::Backlog(PEER, 4 * limit), now);
+    engine.handle(
+        Input::Backlog {
+            peer: PEER,
+            bytes: 4 * limit,
+            over: true,
+        },
+        now,
+    );
     outputs(&mut engine);
     let mut queued = 0;
     for _ in 0..10_000 {
@@ -764,7 +847,14 @@ fn a_peer_over_its_backlog_limit_gets_no_more_queued_answers() {
 fn time_per_input(engine: &mut Engine, peer: [u8; 32], rounds: u32, now: Instant) -> Duration {
     let start = Instant::now();
     for _ in 0..rounds {
-        engine.handle(Input::Backlog(peer, 0), now);
+        engine.handle(
+            Input::Backlog {
+                peer,
+                bytes: 0,
+                over: false,
+            },
+            now,
+        );
         outputs(engine);
     }
     start.elapsed() / rounds

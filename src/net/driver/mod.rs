@@ -320,16 +320,31 @@ impl Driver {
         }
     }
 
-    /// Tells the engine of the peers whose backlog crossed its limit, either way; returns
-    /// whether there was one.
+    /// Tells the engine of the peers that went over their backlog limit or back under it;
+    /// returns whether there was one.
     fn report_backlogs(&mut self) -> bool {
-        let max = self.engine.config().max_backlog_bytes;
-        let crossed = self.streams.backlog_crossings(max);
-        for (peer, bytes) in &crossed {
-            self.engine
-                .handle(Input::Backlog(*peer, *bytes), Instant::now());
+        let cfg = self.engine.config();
+        let (max, max_total) = (cfg.max_backlog_bytes, cfg.max_backlog_total);
+        let crossed = self.streams.backlog_crossings(max, max_total);
+        for &(peer, bytes, over) in &crossed {
+            let input = Input::Backlog { peer, bytes, over };
+            self.engine.handle(input, Instant::now());
         }
-        !crossed.is_empty()
+        // Past twice the budget (peers held to their share still added to it): the peer
+        // holding the most, which does not read, loses its connection and what was queued.
+        let mut evicted = false;
+        while self.streams.backlog(None) > max_total.saturating_mul(2)
+            && let Some(peer) = self.streams.largest_backlog()
+        {
+            tracing::warn!("backlog budget spent: closing the connection of the largest holder");
+            if let Some(conn) = self.remove_conn(&peer) {
+                conn.close(1u32.into(), b"does not read");
+            } else {
+                self.streams.remove_peer(&peer);
+            }
+            evicted = true;
+        }
+        !crossed.is_empty() || evicted
     }
 
     // Connections.

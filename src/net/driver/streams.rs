@@ -101,6 +101,10 @@ pub(super) struct Streams {
     backlogs: HashMap<PeerId, Backlog>,
     /// Peers whose backlog grew this turn (checked against the limit after it).
     backlog_grew: Vec<PeerId>,
+    /// The backlog of all peers together.
+    total_backlog: u64,
+    /// Whether it was over its budget when last looked at.
+    over_budget: bool,
     io: FuturesUnordered<BoxFuture<StreamEvent>>,
 }
 
@@ -112,6 +116,8 @@ impl Default for Streams {
             next_incoming: 1,
             backlogs: HashMap::new(),
             backlog_grew: Vec::new(),
+            total_backlog: 0,
+            over_budget: false,
             io: FuturesUnordered::new(),
         }
     }
@@ -230,6 +236,7 @@ impl Streams {
         }
         let backlog = self.backlogs.entry(peer).or_default();
         backlog.bytes = backlog.bytes.saturating_add(added);
+        self.total_backlog = self.total_backlog.saturating_add(added);
         // Checked against the limit once this turn's outputs are queued (also while a write
         // is blocked: a peer that does not read is exactly the one to stop serving).
         if self.backlog_grew.last() != Some(&peer) {
@@ -293,7 +300,9 @@ impl Streams {
         c.pending = c.pending.saturating_sub(bytes);
         let peer = c.peer;
         if let Some(b) = self.backlogs.get_mut(&peer) {
-            b.bytes = b.bytes.saturating_sub(bytes);
+            let taken = b.bytes.min(bytes);
+            b.bytes -= taken;
+            self.total_backlog = self.total_backlog.saturating_sub(taken);
         }
         if !self.backlog_grew.contains(&peer) {
             self.backlog_grew.push(peer);
@@ -324,7 +333,9 @@ impl Streams {
     pub(super) fn remove(&mut self, ch: ChannelId) {
         if let Some(c) = self.channels.remove(&ch) {
             if let Some(b) = self.backlogs.get_mut(&c.peer) {
-                b.bytes = b.bytes.saturating_sub(c.pending);
+                let taken = b.bytes.min(c.pending);
+                b.bytes -= taken;
+                self.total_backlog = self.total_backlog.saturating_sub(taken);
             }
             if !self.backlog_grew.contains(&c.peer) {
                 self.backlog_grew.push(c.peer);
@@ -335,30 +346,68 @@ impl Streams {
     /// Forgets every stream of `peer`'s connection, and its backlog.
     pub(super) fn remove_peer(&mut self, peer: &PeerId) {
         self.channels.retain(|_, ch| ch.peer != *peer);
-        self.backlogs.remove(peer);
+        if let Some(b) = self.backlogs.remove(peer) {
+            self.total_backlog = self.total_backlog.saturating_sub(b.bytes);
+        }
     }
 
-    /// The peers whose backlog crossed `max` (either way) since they were last reported, with
-    /// their backlog now.
-    pub(super) fn backlog_crossings(&mut self, max: u64) -> Vec<(PeerId, u64)> {
+    /// The peers that went over their backlog limit or back under it since they were last
+    /// reported, with their backlog now and whether they are over. A peer is over at `max`, or,
+    /// while the backlog of all peers together is at `max_total`, at its fair share of it (the
+    /// total over the peers with a backlog). Only the peers whose backlog changed are looked at,
+    /// but while the total is over its budget (and once more when it is back under), when every
+    /// peer's share may have changed.
+    pub(super) fn backlog_crossings(
+        &mut self,
+        max: u64,
+        max_total: u64,
+    ) -> Vec<(PeerId, u64, bool)> {
+        let changed = std::mem::take(&mut self.backlog_grew);
+        let over_budget = self.total_backlog >= max_total;
+        let share = if over_budget {
+            let holders = self.backlogs.values().filter(|b| b.bytes > 0).count() as u64;
+            max_total / holders.max(1)
+        } else {
+            u64::MAX
+        };
+        let everyone = over_budget || self.over_budget;
+        self.over_budget = over_budget;
         let mut crossed = Vec::new();
-        for peer in std::mem::take(&mut self.backlog_grew) {
-            if let Some(b) = self.backlogs.get_mut(&peer) {
-                let over = b.bytes >= max;
-                if over != b.over {
-                    b.over = over;
-                    crossed.push((peer, b.bytes));
+        let mut check = |peer: PeerId, b: &mut Backlog| {
+            let over = b.bytes >= max || b.bytes >= share;
+            if over != b.over {
+                b.over = over;
+                crossed.push((peer, b.bytes, over));
+            }
+        };
+        if everyone {
+            for (peer, b) in self.backlogs.iter_mut() {
+                check(*peer, b);
+            }
+        } else {
+            for peer in changed {
+                if let Some(b) = self.backlogs.get_mut(&peer) {
+                    check(peer, b);
                 }
             }
         }
         crossed
     }
 
+    /// The peer with the largest backlog, if any has one.
+    pub(super) fn largest_backlog(&self) -> Option<PeerId> {
+        self.backlogs
+            .iter()
+            .filter(|(_, b)| b.bytes > 0)
+            .max_by_key(|(peer, b)| (b.bytes, std::cmp::Reverse(**peer)))
+            .map(|(peer, _)| *peer)
+    }
+
     /// Bytes queued towards `peer` (or all peers) that QUIC has not taken yet.
     pub(super) fn backlog(&self, peer: Option<&PeerId>) -> u64 {
         match peer {
             Some(p) => self.backlogs.get(p).map_or(0, |b| b.bytes),
-            None => self.backlogs.values().map(|b| b.bytes).sum(),
+            None => self.total_backlog,
         }
     }
 

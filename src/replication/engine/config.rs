@@ -20,6 +20,14 @@ pub struct EngineConfig {
     /// a peer that does not read cannot make us hold more than this (plus the parts of runs
     /// being read for it).
     pub max_backlog_bytes: u64,
+    /// Bytes queued towards all peers together past which each peer is held to its fair
+    /// share of it (this over the peers with a backlog), and past twice which the peer holding
+    /// the most loses its connection: peers that do not read cannot make the node queue
+    /// `max_backlog_bytes` for each of them.
+    pub max_backlog_total: u64,
+    /// Storage tasks reading answers for all peers together at once (`serve_concurrency` is
+    /// one peer's share); peers waiting for one are served in turn.
+    pub serve_concurrency_total: usize,
     /// Block bytes read for one part of a run answer: a run of large blocks is read and sent
     /// in parts of this size, each when the peer's backlog has room.
     pub serve_run_bytes: u64,
@@ -75,6 +83,8 @@ impl Default for EngineConfig {
             serve_concurrency: 4,
             serve_queue: 256,
             max_backlog_bytes: 8 * 1024 * 1024,
+            max_backlog_total: 64 * 1024 * 1024,
+            serve_concurrency_total: 32,
             serve_run_bytes: 1024 * 1024,
             max_refused: 4096,
             announce_interval: Duration::from_millis(50),

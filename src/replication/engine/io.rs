@@ -75,9 +75,19 @@ pub enum Input {
     /// The application asks for the newest state of a core's peers (`update`): answered with
     /// [`Event::Updated`].
     Update(CoreKey),
-    /// Bytes queued towards `peer` that QUIC has not taken yet (reported by the driver at
-    /// least when it crosses `max_backlog_bytes`, either way). Requests wait while it is over.
-    Backlog(PeerId, u64),
+    /// Bytes queued towards a peer that QUIC has not taken yet, reported by the driver at least
+    /// each time the peer goes over its limit or back under it. A peer is over at
+    /// `max_backlog_bytes`, or, while the backlog of every peer together is at
+    /// `max_backlog_total`, at its fair share of that (the total over the peers with a
+    /// backlog). Requests wait while it is over.
+    Backlog {
+        /// The peer.
+        peer: PeerId,
+        /// Its backlog.
+        bytes: u64,
+        /// Whether it is over its limit.
+        over: bool,
+    },
     /// Peers that have or want `core` (the nodes of its ticket or `join`, or the peers it
     /// remembered from before a restart): dialed again while the core has no channel. At
     /// most the first [`MAX_KNOWN_PER_CORE`](super::MAX_KNOWN_PER_CORE) are kept.

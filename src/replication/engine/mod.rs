@@ -173,8 +173,9 @@ macro_rules! cx {
 ///   the task. The engine runs at most one apply task per core at a time; the others may
 ///   finish in any order. Tasks for a peer or channel that went away meanwhile are reported
 ///   all the same.
-/// - [`Input::Backlog`] when the bytes queued towards a peer cross
-///   [`EngineConfig::max_backlog_bytes`] either way: serving that peer waits while it is over.
+/// - [`Input::Backlog`] when a peer goes over its backlog limit or back under it
+///   ([`EngineConfig::max_backlog_bytes`], and its fair share of
+///   [`EngineConfig::max_backlog_total`]): serving that peer waits while it is over.
 /// - [`Input::LocalChanged`] after every change of a core made outside the engine (a local
 ///   append or truncate); [`Input::Want`] for blocks the application reads in sparse mode.
 /// - [`Input::Gossip`] and [`Input::GossipLagged`] for the topics the engine joined with
@@ -237,7 +238,7 @@ impl Engine {
             me,
             channels: Channels::new(me),
             cores: BTreeMap::new(),
-            peers: Peers::new(cfg.max_backlog_bytes),
+            peers: Peers::new(),
             server: Server::default(),
             fetch: FetchQueue::new(cfg.fetch.clone()),
             announcer: Announcer::new(
@@ -527,8 +528,8 @@ impl Engine {
             Input::ChannelClosed(_, channel) => self.channels.drop(channel, &mut cx!(self, now)),
             Input::TaskDone(done) => self.on_task_done(done, now),
             Input::Gossip(core, bytes) => self.on_gossip(core, &bytes, now),
-            Input::Backlog(peer, bytes) => {
-                self.peers.set_backlog(&peer, bytes);
+            Input::Backlog { peer, bytes, over } => {
+                self.peers.set_backlog(&peer, bytes, over);
                 self.serve_next(peer, now);
             }
             Input::Invalid(core, peer, reason) => cx!(self, now).blame(core, peer, reason),

@@ -12,6 +12,8 @@ struct Peer {
     stats: PeerStats,
     /// Bytes queued towards it that QUIC has not taken yet, as the driver last reported.
     backlog_bytes: u64,
+    /// Whether the driver last reported it over its backlog limit.
+    backlog_over: bool,
     /// Its allowance of control messages (`Cancel`, `Unwant`).
     control: Allowance,
     /// Control messages dropped past the allowance since the last channel closed for them.
@@ -30,20 +32,15 @@ pub(super) enum Control {
 }
 
 /// The connected peers.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Peers {
-    /// Bytes queued towards one peer beyond which nothing more is queued for it.
-    max_backlog: u64,
     peers: BTreeMap<PeerId, Peer>,
 }
 
 impl Peers {
-    /// No peer yet; answers wait while more than `max_backlog` bytes are queued to a peer.
-    pub(super) fn new(max_backlog: u64) -> Self {
-        Self {
-            max_backlog,
-            peers: BTreeMap::new(),
-        }
+    /// No peer yet.
+    pub(super) fn new() -> Self {
+        Self::default()
     }
 
     /// `peer` connected; false if it was already.
@@ -60,6 +57,7 @@ impl Peers {
             Peer {
                 stats,
                 backlog_bytes: 0,
+                backlog_over: false,
                 control: Allowance::default(),
                 control_dropped: 0,
             },
@@ -127,19 +125,18 @@ impl Peers {
         }
     }
 
-    /// The driver's count of bytes queued towards `peer`.
-    pub(super) fn set_backlog(&mut self, peer: &PeerId, bytes: u64) {
+    /// The driver's count of bytes queued towards `peer`, and whether it is over its limit.
+    pub(super) fn set_backlog(&mut self, peer: &PeerId, bytes: u64, over: bool) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.backlog_bytes = bytes;
+            p.backlog_over = over;
         }
     }
 
     /// Whether answers may be queued towards `peer`: it is connected and its backlog is under
-    /// the limit.
+    /// its limit.
     pub(super) fn has_room(&self, peer: &PeerId) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.backlog_bytes < self.max_backlog)
+        self.peers.get(peer).is_some_and(|p| !p.backlog_over)
     }
 
     /// The counters of every connected peer, in id order, with its backlog and the channels

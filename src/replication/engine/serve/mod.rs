@@ -9,7 +9,7 @@
 
 mod plan;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use plan::{Plan, RunRequest, plan, refusal, run_answer};
 
@@ -49,6 +49,12 @@ pub(super) struct Server {
     /// Storage tasks running for each peer's requests (also those of a connection or channel
     /// closed since: they hold the storage thread all the same).
     running: BTreeMap<PeerId, usize>,
+    /// Their sum.
+    total_running: usize,
+    /// Peers that may have a request to start, served in turn from after `turn`.
+    waiting: BTreeSet<PeerId>,
+    /// The peer whose request was started last.
+    turn: Option<PeerId>,
     /// Proofs being read, by task.
     proofs: BTreeMap<TaskId, Reading<u64>>,
     /// Parts of runs being read, by task.
@@ -65,6 +71,7 @@ impl Server {
     /// not sent (its running tasks still count until they finish).
     pub(super) fn remove_peer(&mut self, peer: &PeerId) {
         self.queues.remove(peer);
+        self.waiting.remove(peer);
         self.stop_sending(|r| r.0 == *peer);
     }
 
@@ -147,23 +154,49 @@ impl Server {
             || self.runs.values().any(|r| r.channel == channel && r.send)
     }
 
-    /// Starts serving queued requests of `peer` while it is under its concurrency limit and
-    /// its backlog has room. `length_of` gives each core's signed length.
+    /// `peer` may have requests to start: they start while it is under its own concurrency
+    /// limit and its backlog has room, and all peers together under theirs, one request of
+    /// each waiting peer in turn. `length_of` gives each core's signed length.
     pub(super) fn serve_next(
         &mut self,
         peer: PeerId,
         length_of: &dyn Fn(&CoreKey) -> u64,
         cx: &mut Cx,
     ) {
+        self.waiting.insert(peer);
+        while self.total_running < cx.cfg.serve_concurrency_total {
+            let after = self.turn.and_then(|after| {
+                let rest = (std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded);
+                self.waiting.range(rest).next()
+            });
+            let next = after.or_else(|| self.waiting.iter().next()).copied();
+            let Some(next) = next else {
+                return;
+            };
+            self.turn = Some(next);
+            if !self.start_one(next, length_of, cx) {
+                self.waiting.remove(&next);
+            }
+        }
+    }
+
+    /// Starts one queued request of `peer` if it is under its concurrency limit and its backlog
+    /// has room (answering those refused on the way); false if none started.
+    fn start_one(
+        &mut self,
+        peer: PeerId,
+        length_of: &dyn Fn(&CoreKey) -> u64,
+        cx: &mut Cx,
+    ) -> bool {
         loop {
             let running = self.running.get(&peer).copied().unwrap_or(0);
             if running >= cx.cfg.serve_concurrency || !cx.has_room(&peer) {
-                return;
+                return false;
             }
             let Some(Queued { channel, core, msg }) =
                 self.queues.get_mut(&peer).and_then(VecDeque::pop_front)
             else {
-                return;
+                return false;
             };
             let Some(step) = plan(msg, length_of(&core)) else {
                 continue;
@@ -209,7 +242,9 @@ impl Server {
                 }
             };
             *self.running.entry(peer).or_default() += 1;
+            self.total_running += 1;
             cx.out.push_back(Output::Task(core, task));
+            return true;
         }
     }
 
@@ -220,6 +255,7 @@ impl Server {
 
     /// A storage task for a request of `peer` finished.
     fn finished(&mut self, peer: &PeerId) {
+        self.total_running = self.total_running.saturating_sub(1);
         if let Some(n) = self.running.get_mut(peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -317,6 +353,12 @@ impl Server {
             }
         }
         self.serve_next(peer, length_of, cx);
+    }
+
+    /// The peers with storage tasks running, in id order.
+    #[cfg(test)]
+    pub(super) fn running_peers(&self) -> Vec<PeerId> {
+        self.running.keys().copied().collect()
     }
 
     /// Storage tasks reading answers, and those running for `peer`.

@@ -236,7 +236,14 @@ fn extensions_respect_the_backlog_and_the_store_channel_is_its_own() {
     let now = Instant::now();
     let (mut engine, _) = engine_with_peer(local(3, true), Mode::Full, sync(3, false), now);
     let max = engine.config().max_backlog_bytes;
-    engine.handle(Input::Backlog(PEER, max), now);
+    engine.handle(
+        Input::Backlog {
+            peer: PEER,
+            bytes: max,
+            over: true,
+        },
+        now,
+    );
     let payload = Bytes::from_static(b"hi");
     assert_eq!(
         engine.send_extension(ExtensionTarget::Core(CORE, PEER), "x", payload.clone(), now),
@@ -246,7 +253,14 @@ fn extensions_respect_the_backlog_and_the_store_channel_is_its_own() {
         engine.send_extension(ExtensionTarget::Peer(PEER), "x", payload.clone(), now),
         0
     );
-    engine.handle(Input::Backlog(PEER, 0), now);
+    engine.handle(
+        Input::Backlog {
+            peer: PEER,
+            bytes: 0,
+            over: false,
+        },
+        now,
+    );
     assert_eq!(
         engine.send_extension(ExtensionTarget::Core(CORE, PEER), "x", payload.clone(), now),
         1

@@ -173,12 +173,33 @@ fn a_peer_over_its_backlog_waits() {
     let now = Instant::now();
     let (mut engine, channel) = engine_with_peer(local(10, true), Mode::Full, sync(0, true), now);
     let max = engine.config().max_backlog_bytes;
-    engine.handle(Input::Backlog(PEER, max), now);
+    engine.handle(
+        Input::Backlog {
+            peer: PEER,
+            bytes: max,
+            over: true,
+        },
+        now,
+    );
     engine.handle(Input::Message(PEER, channel, block_request(0)), now);
     assert!(tasks(outputs(&mut engine)).is_empty());
-    engine.handle(Input::Backlog(PEER, 0), now);
+    engine.handle(
+        Input::Backlog {
+            peer: PEER,
+            bytes: 0,
+            over: false,
+        },
+        now,
+    );
     assert_eq!(tasks(outputs(&mut engine)).len(), 1);
-    engine.handle(Input::Backlog([7; 32], max), now);
+    engine.handle(
+        Input::Backlog {
+            peer: [7; 32],
+            bytes: max,
+            over: true,
+        },
+        now,
+    );
     assert!(
         outputs(&mut engine).is_empty(),
         "an unknown peer changes nothing"
@@ -287,4 +308,41 @@ fn a_run_is_read_in_parts_of_the_configured_size() {
         unreachable!()
     };
     assert_eq!((start, end, length, max_bytes), (10, 20, 100, run_bytes));
+}
+
+/// Forty peers each ask for four blocks: at most `serve_concurrency_total` storage tasks run
+/// at once over all of them, and as each ends the next task goes to a peer that had none
+/// running, in turn, rather than back to the peer whose task ended.
+#[test]
+fn storage_tasks_for_all_peers_are_bounded_and_shared_in_turn() {
+    let now = Instant::now();
+    let mut engine = Engine::new(super::super::testing::ME, Default::default());
+    engine.add_core(
+        super::super::testing::CORE,
+        local(10, true),
+        Mode::Full,
+        now,
+    );
+    let total = engine.config().serve_concurrency_total;
+    let peers: Vec<[u8; 32]> = (0..40u8).map(|i| [100 + i; 32]).collect();
+    let mut running = Vec::new();
+    for peer in &peers {
+        let channel = connect(&mut engine, *peer, now);
+        engine.handle(Input::Message(*peer, channel, sync(0, true)), now);
+        for id in 0..4 {
+            engine.handle(Input::Message(*peer, channel, block_request(id)), now);
+        }
+        running.extend(tasks(outputs(&mut engine)));
+    }
+    assert_eq!(running.len(), total, "at most {total} at once");
+    // Peers 0..8 got four each (the per-peer share); the rest wait.
+    let first = running.remove(0);
+    engine.handle(proof_read(first, Err("gone".into())), now);
+    let next = tasks(outputs(&mut engine));
+    assert_eq!(next.len(), 1, "one task ended, one starts");
+    let served: Vec<[u8; 32]> = engine.server.running_peers();
+    assert!(
+        served.contains(&peers[total / 4]),
+        "the next peer in turn, which had none: {served:?}"
+    );
 }

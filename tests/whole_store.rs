@@ -411,3 +411,43 @@ async fn more_cores_than_the_channel_cap_take_turns() {
     assert!(stats[0].channels <= 8, "{} channels", stats[0].channels);
     shutdown(&[&writer, &reader]).await;
 }
+
+/// An event never describes a change older than a state the caller has seen: a sparse
+/// reader's `download(0..20).done()` returns, and a stream of the core's events made then
+/// tells of no `Download` of those blocks (the protocol hears of a stored block after the
+/// core's state shows it). Twenty rounds, each on a new log; each ends at the `Download` of
+/// block 20, asked for after the stream was made, which it does tell of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_is_older_than_a_state_the_caller_saw() {
+    let net = test_net().await;
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    for round in 0..20 {
+        let log = log_on(&writer, &format!("log {round}"), 21, 64).await;
+        writer.proto.replicate(&log).await.unwrap();
+        let core = reader.store.get_remote(log.key()).await.unwrap();
+        reader
+            .proto
+            .replicate_with(&core, Mode::Sparse)
+            .await
+            .unwrap();
+        reader.proto.join(&core, &[writer.addr()]).await.unwrap();
+        core.download(0..20).done(WAIT).await.unwrap();
+        let mut events = reader.proto.events(&core);
+        core.download(20..21).done(WAIT).await.unwrap();
+        tokio::time::timeout(WAIT, async {
+            while let Some(ev) = events.next().await {
+                match ev {
+                    ReplicaEvent::Download { index: 20, .. } => return,
+                    ReplicaEvent::Download { index, .. } => {
+                        panic!("round {round}: a Download of block {index}, stored before")
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the Download of block 20");
+    }
+    shutdown(&[&writer, &reader]).await;
+}

@@ -96,6 +96,11 @@ impl Hypercore {
         Subscription::new(self.inner.news.subscribe())
     }
 
+    /// The raw receiver of this core's commit news from now on.
+    pub(crate) fn news_receiver(&self) -> tokio::sync::broadcast::Receiver<super::CoreEvent> {
+        self.inner.news.subscribe()
+    }
+
     /// Resolves once everything written so far is durable, also with relaxed durability.
     pub fn flush(&self) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
         let f = self.inner.storage.flush();

@@ -12,7 +12,11 @@ use iroh::EndpointId;
 use n0_future::{Stream, boxed::BoxStream};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::{crypto::CoreKey, replication::Event};
+use crate::{
+    core::{CoreEvent, Hypercore},
+    crypto::CoreKey,
+    replication::Event,
+};
 
 /// Every event of the engine, as a `Stream`: peers coming and going, channels, appends,
 /// truncates, downloads, uploads, refusals, back-offs, and [`Event::Lagged`] when this
@@ -174,15 +178,77 @@ impl ReplicaEvent {
     }
 }
 
-/// The events of one core, as a `Stream` of [`ReplicaEvent`].
-pub struct ReplicaEvents(BoxStream<ReplicaEvent>);
+/// Blocks the core stored since a [`ReplicaEvents`] subscribed whose `Download` event has not
+/// come yet, at most this many (the oldest go first: a core written by other means than this
+/// protocol stores blocks it tells of no `Download` for).
+const MAX_FRESH: usize = 4096;
+
+/// The events of one core, as a `Stream` of [`ReplicaEvent`]. None describes a change older
+/// than the core's state when the stream was made: the protocol hears of a stored block after
+/// the core's state shows it, so a `Download` is let through only if the core's own commit
+/// news, subscribed to first, told of that block since, and an `Append` or `Truncate` only if
+/// it moves past the state read once both were subscribed to.
+pub struct ReplicaEvents {
+    core: CoreKey,
+    events: Events,
+    /// The core's commit news.
+    stored: broadcast::Receiver<CoreEvent>,
+    /// Blocks stored since the stream was made, not told of yet.
+    fresh: std::collections::BTreeSet<u64>,
+    /// The (fork, length) the stream last told of, or found when it was made.
+    seen: (u64, u64),
+}
 
 impl ReplicaEvents {
-    pub(super) fn new(core: CoreKey, rx: broadcast::Receiver<Event>) -> Self {
-        use n0_future::StreamExt;
-        Self(Box::pin(
-            Events::new(rx).filter_map(move |ev| ReplicaEvent::of(&core, ev)),
-        ))
+    pub(super) fn new(core: &Hypercore, rx: broadcast::Receiver<Event>) -> Self {
+        let stored = core.news_receiver();
+        let events = Events::new(rx);
+        let info = core.info();
+        Self {
+            core: core.key(),
+            events,
+            stored,
+            fresh: Default::default(),
+            seen: (info.fork, info.length),
+        }
+    }
+
+    /// `ev`, unless it describes a change older than what the stream has seen.
+    fn admit(&mut self, ev: ReplicaEvent) -> Option<ReplicaEvent> {
+        match ev {
+            ReplicaEvent::Download { index, .. } => {
+                // The core's news of the block was sent before the protocol could hear of it.
+                loop {
+                    match self.stored.try_recv() {
+                        Ok(CoreEvent::Download { index, .. }) => {
+                            self.fresh.insert(index);
+                            if self.fresh.len() > MAX_FRESH {
+                                self.fresh.pop_first();
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            return Some(ReplicaEvent::Lagged(n));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.fresh.remove(&index).then_some(ev)
+            }
+            ReplicaEvent::Append { length, fork } => {
+                let newer = (fork, length) > self.seen;
+                self.seen = self.seen.max((fork, length));
+                newer.then_some(ev)
+            }
+            ReplicaEvent::Truncate { length, fork } => {
+                let newer = fork > self.seen.0;
+                if newer {
+                    self.seen = (fork, length);
+                }
+                newer.then_some(ev)
+            }
+            ev => Some(ev),
+        }
     }
 }
 
@@ -195,6 +261,16 @@ impl std::fmt::Debug for ReplicaEvents {
 impl Stream for ReplicaEvents {
     type Item = ReplicaEvent;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReplicaEvent>> {
-        self.0.as_mut().poll_next(cx)
+        loop {
+            let ev = match Pin::new(&mut self.events).poll_next(cx) {
+                Poll::Ready(Some(ev)) => ev,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            let core = self.core;
+            if let Some(ev) = ReplicaEvent::of(&core, ev).and_then(|ev| self.admit(ev)) {
+                return Poll::Ready(Some(ev));
+            }
+        }
     }
 }

@@ -313,7 +313,7 @@ impl HypercoreProtocol {
     /// The events of one core, as a `Stream`: peers added and removed (a channel for the core
     /// opened or closed), appends, truncates, downloads and uploads.
     pub fn events(&self, core: &Hypercore) -> ReplicaEvents {
-        ReplicaEvents::new(core.key(), self.inner.events.subscribe())
+        ReplicaEvents::new(core, self.inner.events.subscribe())
     }
 
     /// Counters of every connected peer.

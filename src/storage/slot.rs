@@ -108,16 +108,16 @@ impl CoreSlot {
         Some((staged.header.clone(), std::mem::take(&mut staged.events)))
     }
 
-    /// Makes a committed header the core's state and tells the listener what changed.
+    /// Makes a committed header the core's state and tells the listener what changed, while
+    /// the state is locked: whoever sees the new state subscribed to the listener's events
+    /// after they were sent, so no event reaches a subscriber after the state it describes.
     pub(super) fn publish(&self, header: CoreHeader, changes: Vec<Change>) {
-        {
-            let mut st = self.state();
-            let appended = st.head.length > header.tree.length && st.head.fork == header.tree.fork;
-            if !appended {
-                st.head = header.tree.clone();
-            }
-            st.committed = header;
+        let mut st = self.state();
+        let appended = st.head.length > header.tree.length && st.head.fork == header.tree.fork;
+        if !appended {
+            st.head = header.tree.clone();
         }
+        st.committed = header;
         if !changes.is_empty() {
             self.listener.committed(changes);
         }

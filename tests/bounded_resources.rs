@@ -257,7 +257,7 @@ async fn a_gossip_dial_flood_is_rate_limited_and_bounded() {
     let router = iroh::protocol::Router::builder(ep.clone())
         .accept(iroh_gossip::ALPN, gossip.clone())
         .spawn();
-    let topic_id = iroh_gossip::TopicId::from_bytes(topic(&log.discovery_key()));
+    let topic_id = iroh_gossip::TopicId::from_bytes(topic(&log.key()));
     let joined = gossip.subscribe_and_join(topic_id, vec![target.endpoint.id()]);
     let (sender, _receiver) = tokio::time::timeout(WAIT, joined)
         .await
@@ -483,11 +483,12 @@ async fn parked_channels_are_capped_per_peer_and_an_honest_one_is_adopted() {
     let c_at_h = h.store.get_remote(c.key()).await.unwrap();
     h.proto.join(&c_at_h, &[t.addr()]).await.unwrap();
     wait_full(&c_at_h, 10).await;
-    // H and T are connected: a core H adds now is opened towards T, which does not know it.
+    // H and T are connected: a core H joins with T now is opened towards T, which does not
+    // know it.
     let x = h.store.get_named("x").await.unwrap();
     append_numbered(&x, 0, 50, 256).await;
     let parked_at = Instant::now();
-    h.proto.replicate(&x).await.unwrap();
+    h.proto.join(&x, &[t.addr()]).await.unwrap();
     poll_until(&t.proto, h_id, "H's channel parked", |s| {
         s.node.parked_channels == 1
     })

@@ -23,20 +23,24 @@ use iroh_hypercore::{
 use n0_future::StreamExt;
 use net::*;
 
-/// Attack 1a: a peer that knows nothing connects with an id above the writer's, so the writer
-/// opens a channel for each of its logs towards it. Each channel carries the writer's `Open`
-/// and then only its `Close`: no state, no manifest, no block, whether the peer sends requests
-/// without proving the key, a made-up `Accept`, or the writer's own capability reflected back.
+/// Attack 1a: a peer that knows nothing connects to a writer that was told it has its logs
+/// (a ticket naming the wrong node), so the writer opens a channel for each of its logs towards
+/// it. Each channel carries the writer's `Open` and then only its `Close`: no state, no
+/// manifest, no block, whether the peer sends requests without proving the key, a made-up
+/// `Accept`, or the writer's own capability reflected back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_the_key_gets_nothing_on_channels_we_open() {
     let net = test_net().await;
     let writer = net.node(Transport::Direct).await.unwrap();
-    logs_on(&writer, 3, 10, 64).await;
+    let logs = logs_on(&writer, 3, 10, 64).await;
     let ep = endpoint_ordered(&net, *writer.endpoint.id().as_bytes(), true).await;
     let conn = ep
         .connect(writer.addr(), iroh_hypercore::ALPN)
         .await
         .unwrap();
+    for log in &logs {
+        writer.proto.join(log, &[ep.addr()]).await.unwrap();
+    }
     for attempt in 0..3 {
         let (mut tx, mut rx) = tokio::time::timeout(WAIT, conn.accept_bi())
             .await
@@ -86,11 +90,53 @@ async fn a_peer_without_the_key_gets_nothing_on_channels_we_open() {
     writer.shutdown().await;
 }
 
-/// Attack 1b: a peer that knows only the discovery key announces a longer log on the core's
-/// gossip topic. The reader dials it and opens a channel, but sends nothing past its `Open`,
+/// A stranger learns nothing of what a node replicates: it connects (with an id above the
+/// node's, which once made the node open a channel, and so show a discovery key, for every
+/// core it replicates) and the node opens no channel towards it. The first channels it gets
+/// are those of the cores the node then joins with it as a node, in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_that_connects_learns_no_core_we_replicate() {
+    let net = test_net().await;
+    let node = net.node(Transport::Direct).await.unwrap();
+    logs_on(&node, 3, 2, 64).await;
+    let mut events = node.proto.subscribe();
+    let ep = endpoint_ordered(&net, *node.endpoint.id().as_bytes(), true).await;
+    let me = *ep.id().as_bytes();
+    let conn = ep.connect(node.addr(), iroh_hypercore::ALPN).await.unwrap();
+    wait_event(
+        &mut events,
+        "the stranger connected",
+        |e| matches!(e, Event::PeerAdd(p) if *p == me),
+    )
+    .await;
+
+    let mut joined = Vec::new();
+    for name in ["told 0", "told 1"] {
+        let log = node.store.get_named(name).await.unwrap();
+        node.proto.join(&log, &[ep.addr()]).await.unwrap();
+        joined.push(log.discovery_key());
+    }
+    let mut shown = Vec::new();
+    while shown.len() < joined.len() {
+        let (_tx, mut rx) = tokio::time::timeout(WAIT, conn.accept_bi())
+            .await
+            .expect("a channel opens")
+            .unwrap();
+        match read_msg(&mut rx).await {
+            Some(Message::Open { discovery_key, .. }) => shown.push(discovery_key),
+            other => panic!("a channel starts with Open: {other:?}"),
+        }
+    }
+    assert_eq!(shown, joined, "only the cores it was named for, in order");
+    hang_up(&ep, &conn).await;
+    node.shutdown().await;
+}
+
+/// Attack 1b: a peer that learnt the core's gossip topic (a neighbour on it shows it) but not
+/// the key announces a longer log on it. The reader dials it and opens a channel, but sends nothing past its `Open`,
 /// and closes the channel once the handshake timeout passes without the peer's `Accept`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gossip_announcer_that_knows_only_the_discovery_key_reads_nothing() {
+async fn a_gossip_announcer_that_cannot_prove_the_key_reads_nothing() {
     let net = test_net().await;
     let (writer, log) = writer_with_log(&net, "secret", 10, 64).await;
     let cfg = EngineConfig {
@@ -105,7 +151,7 @@ async fn a_gossip_announcer_that_knows_only_the_discovery_key_reads_nothing() {
     let (gossip, router, mut incoming) = catch_connections(&ep);
     let topic = gossip
         .subscribe_and_join(
-            iroh_gossip::TopicId::from_bytes(topic(&log.discovery_key())),
+            iroh_gossip::TopicId::from_bytes(topic(&log.key())),
             vec![reader.endpoint.id()],
         )
         .await

@@ -64,7 +64,11 @@ async fn on_peer_add_a_tells_b_of_a_core_and_b_replicates_it() {
     );
     let key: [u8; 32] = msg.bytes[..].try_into().unwrap();
     let core = b.store.get_remote(key).await.unwrap();
-    b.proto.replicate(&core).await.unwrap();
+    // A is known to have it (it told us): we join it with A, over the connection we have.
+    b.proto
+        .join(&core, &[iroh::EndpointAddr::new(msg.peer)])
+        .await
+        .unwrap();
     wait_full(&core, 10).await;
     assert_eq!(a.proto.node_stats().await.unwrap().connections, 1);
     net::shutdown(&[&a, &b]).await;

@@ -108,10 +108,9 @@ async fn liars_are_backed_off_and_honest_replication_completes() {
     let _conn = play_on_core(&liar_ep, &reader, &log, lie_on).await;
 
     // It also lies in gossip.
-    let dk = log.discovery_key();
     let gossip_topic = liar_gossip
         .subscribe(
-            iroh_gossip::TopicId::from_bytes(topic(&dk)),
+            iroh_gossip::TopicId::from_bytes(topic(&log.key())),
             vec![reader.endpoint.id()],
         )
         .await

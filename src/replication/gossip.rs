@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::PeerId;
-use crate::crypto::{DiscoveryKey, hash::hash_parts};
+use crate::crypto::{CoreKey, hash::hash_parts};
 
 /// iroh-gossip's default message limit.
 pub const GOSSIP_MAX_MESSAGE: usize = 4096;
@@ -15,9 +15,11 @@ pub const GOSSIP_MAX_MESSAGE: usize = 4096;
 /// Room left for iroh-gossip's own framing of a message.
 const GOSSIP_OVERHEAD: usize = 64;
 
-/// The gossip topic of a core: a hash of its discovery key, so the key itself never appears.
-pub fn topic(discovery_key: &DiscoveryKey) -> [u8; 32] {
-    hash_parts(&[b"iroh-hypercore/gossip/1", discovery_key])
+/// The gossip topic of a core: a hash of its key, so that the key never appears and only
+/// holders of the key can join the topic and learn who reads the core (the discovery key,
+/// which every channel's `Open` shows, is not enough).
+pub fn topic(key: &CoreKey) -> [u8; 32] {
+    hash_parts(&[b"iroh-hypercore/gossip/2", key])
 }
 
 /// A gossip message about one core.
@@ -86,6 +88,10 @@ mod tests {
         assert_eq!(GossipOp::decode(&bytes).unwrap(), op);
         assert!(matches!(op.encode(80), Err(GossipError::TooLarge(..))));
         assert!(GossipOp::decode(&[9, 9, 9]).is_err());
-        assert_ne!(topic(&[1; 32]), [1; 32]);
+        let key = [1; 32];
+        assert_ne!(topic(&key), key);
+        // Only the key gives the topic: not the discovery key every `Open` shows.
+        assert_ne!(topic(&key), topic(&crate::crypto::discovery_key(&key)));
+        assert_ne!(topic(&key), crate::crypto::discovery_key(&key));
     }
 }

@@ -855,6 +855,10 @@ impl Sim {
         };
         self.action(a, format!("connect {b}"));
         let latency = self.links.latency(a, b).unwrap_or_default();
+        // The dialer found `b` as a peer of the core (a ticket's node, a gossip neighbour):
+        // it opens the channel; `b` learns of `a` when it does.
+        let known = Input::Peers(self.nodes[a].core.key(), vec![self.nodes[b].id]);
+        self.deliver_at(self.now + latency, b, a, epoch, known);
         for (to, from) in [(a, b), (b, a)] {
             let input = Input::PeerConnected(self.nodes[from].id);
             self.deliver_at(self.now + latency, from, to, epoch, input);

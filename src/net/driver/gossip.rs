@@ -27,6 +27,8 @@ enum Forward {
     Message(CoreKey, Bytes),
     /// The subscription lagged (messages were lost).
     Lagged(CoreKey),
+    /// A node joined our neighbours on the topic (it holds the key).
+    Neighbor(CoreKey, EndpointId),
 }
 
 /// What arrived on a core's topic, for the engine.
@@ -35,6 +37,8 @@ pub(super) enum Heard {
     Message(CoreKey, Bytes),
     /// Messages were lost.
     Lagged(CoreKey),
+    /// A neighbour on the topic: only holders of the key can join it.
+    Neighbor(CoreKey, EndpointId),
 }
 
 /// The gossip part; see the module docs.
@@ -99,6 +103,7 @@ impl GossipTopics {
                     let fwd = match receiver.next().await {
                         Some(Ok(GossipEvent::Received(m))) => Forward::Message(key, m.content),
                         Some(Ok(GossipEvent::Lagged)) => Forward::Lagged(key),
+                        Some(Ok(GossipEvent::NeighborUp(id))) => Forward::Neighbor(key, id),
                         Some(Ok(_)) => continue,
                         Some(Err(_)) | None => return,
                     };
@@ -176,6 +181,7 @@ impl GossipTopics {
                     Forward::Ready(key, sender) => self.ready(key, sender),
                     Forward::Message(key, bytes) => return Heard::Message(key, bytes),
                     Forward::Lagged(key) => return Heard::Lagged(key),
+                    Forward::Neighbor(key, id) => return Heard::Neighbor(key, id),
                 },
                 Some(()) = self.io.next(), if !self.io.is_empty() => {}
                 else => std::future::pending::<()>().await,

@@ -369,7 +369,12 @@ impl Driver {
             self.conns.remember(addr);
             self.conns.dial(peer);
         }
-        let peers = ids.iter().map(|id| *id.as_bytes()).collect();
+        let peers: Vec<PeerId> = ids.iter().map(|id| *id.as_bytes()).collect();
+        if self.store.mode().is_some() {
+            // Joined while the whole store is replicated: they get every core.
+            self.engine
+                .handle(Input::StorePeers(peers.clone()), Instant::now());
+        }
         self.engine.handle(Input::Peers(key, peers), Instant::now());
         self.gossip.add_nodes(key, ids);
     }
@@ -715,6 +720,12 @@ impl Driver {
         match heard {
             Heard::Message(key, bytes) => self.engine.handle(Input::Gossip(key, bytes), now),
             Heard::Lagged(key) => self.engine.handle(Input::GossipLagged(key), now),
+            Heard::Neighbor(key, id) => {
+                if id != self.conns.me() {
+                    self.engine
+                        .handle(Input::Peers(key, vec![*id.as_bytes()]), now);
+                }
+            }
         }
     }
 

@@ -88,10 +88,17 @@ pub enum Input {
         /// Whether it is over its limit.
         over: bool,
     },
-    /// Peers that have or want `core` (the nodes of its ticket or `join`, or the peers it
-    /// remembered from before a restart): dialed again while the core has no channel. At
-    /// most the first [`MAX_KNOWN_PER_CORE`](super::MAX_KNOWN_PER_CORE) are kept.
+    /// Peers that have or want `core` (the nodes of its ticket or `join`, its gossip
+    /// neighbours, or the peers it remembered from before a restart): dialed again while the
+    /// core has no channel, and the only peers (with those that had a channel for it, or
+    /// announced it on its gossip topic) we open a channel for it to. At most the first
+    /// [`MAX_KNOWN_PER_CORE`](super::MAX_KNOWN_PER_CORE) are kept.
     Peers(CoreKey, Vec<PeerId>),
+    /// Peers the application joined while it replicates its whole store (as Corestore
+    /// replicates every core with the peers it is given): each gets a channel for every core
+    /// we replicate, now and added later. At most
+    /// [`MAX_STORE_PEERS`](super::MAX_STORE_PEERS) are kept, the most recent.
+    StorePeers(Vec<PeerId>),
 }
 
 /// How a task that applies data from a peer ended.

@@ -112,7 +112,7 @@ use tasks::Tasks;
 use timer::{Timer, TimerTable};
 
 use super::{PeerId, fetch::FetchQueue, wire::Message};
-use crate::crypto::{CoreKey, DiscoveryKey, discovery_key};
+use crate::crypto::{CoreKey, DiscoveryKey};
 
 /// The reason in the `Close` of a channel closed because it was idle.
 pub const IDLE_REASON: &str = "idle";
@@ -123,6 +123,9 @@ pub const NO_ROOM_REASON: &str = "no room to park the channel";
 
 /// The reason sent in the `Close` of each channel of a core the node leaves.
 pub const LEAVE_REASON: &str = "left the core";
+
+/// Store peers kept ([`Input::StorePeers`]): the most recent.
+pub const MAX_STORE_PEERS: usize = 64;
 
 /// The services a part may use, borrowed from the engine's fields (so that a part can be
 /// borrowed beside them).
@@ -229,6 +232,9 @@ pub struct Engine {
     after_backoff: BTreeSet<CoreKey>,
     /// Cores with an `update` under way.
     updating: BTreeSet<CoreKey>,
+    /// Peers that get a channel for every core we replicate ([`Input::StorePeers`]), most
+    /// recent last.
+    store_peers: VecDeque<PeerId>,
 }
 
 impl Engine {
@@ -256,6 +262,7 @@ impl Engine {
             retry_upgrade: BTreeSet::new(),
             after_backoff: BTreeSet::new(),
             updating: BTreeSet::new(),
+            store_peers: VecDeque::new(),
             cfg,
         }
     }
@@ -273,7 +280,8 @@ impl Engine {
     // Cores.
 
     /// Starts replicating a core: joins its gossip topic, adopts the channels peers parked for
-    /// it and opens a channel on every other connection. Adding a core twice only updates its
+    /// it and opens a channel to every connected peer known to have or want it (see
+    /// [`Input::Peers`]); no other peer learns that we replicate it. Adding a core twice only updates its
     /// mode (and a core that was only [served](Self::serve_core) becomes replicated). A turn
     /// of its own (see the calling contract).
     pub fn add_core(&mut self, key: CoreKey, local: LocalInfo, mode: Mode, now: Instant) {
@@ -286,12 +294,12 @@ impl Engine {
                     c.set_mode(mode);
                 }
                 if was_served_only {
-                    self.open_to_every_peer(key, now);
+                    self.open_to_known_peers(key, now);
                 }
             }
             None => {
                 self.insert_core(key, local, mode, now);
-                self.open_to_every_peer(key, now);
+                self.open_to_known_peers(key, now);
             }
         }
         self.route_notes(now);
@@ -325,7 +333,7 @@ impl Engine {
     /// parked for it.
     fn insert_core(&mut self, key: CoreKey, local: LocalInfo, mode: Mode, now: Instant) {
         self.cores.insert(key, CoreSync::new(key, local, mode));
-        let topic = super::gossip::topic(&discovery_key(&key));
+        let topic = super::gossip::topic(&key);
         self.outputs.push_back(Output::JoinGossip(key, topic));
         let mut cx = cx!(self, now);
         self.channels.adopt_parked(&key, &mut cx);
@@ -335,14 +343,42 @@ impl Engine {
         }
     }
 
-    /// Opens a channel for `key` on every connection, and announces it.
-    fn open_to_every_peer(&mut self, key: CoreKey, now: Instant) {
-        let peers: Vec<PeerId> = self.peers.ids().collect();
+    /// Opens a channel for `key` to every connected peer known to have or want it (and to
+    /// the store peers), and announces it (on its gossip topic, which only holders of the key
+    /// can join).
+    fn open_to_known_peers(&mut self, key: CoreKey, now: Instant) {
+        let mut peers: Vec<PeerId> = self.redial.known(&key);
+        peers.extend(self.store_peers.iter().copied());
+        peers.sort();
+        peers.dedup();
+        peers.retain(|p| self.channels.is_connected(p));
         let mut cx = cx!(self, now);
         for peer in peers {
             self.channels.open(peer, key, &mut cx);
         }
         cx.note(Note::Announce(key));
+    }
+
+    /// Opens a channel to `peer` for every replicated core known to have it as a peer (for
+    /// every one, to a store peer).
+    fn open_known_cores(&mut self, peer: PeerId, now: Instant) {
+        let cores = cores_for(&peer, &self.store_peers, &self.cores, &self.redial);
+        self.channels.open_known(peer, cores, &mut cx!(self, now));
+    }
+
+    /// Peers that get a channel for every core we replicate: those connected get them now.
+    fn on_store_peers(&mut self, peers: Vec<PeerId>, now: Instant) {
+        let me = self.me;
+        for peer in peers.into_iter().filter(|p| *p != me) {
+            self.store_peers.retain(|p| *p != peer);
+            self.store_peers.push_back(peer);
+            if self.store_peers.len() > MAX_STORE_PEERS {
+                self.store_peers.pop_front();
+            }
+            if self.channels.is_connected(&peer) {
+                self.open_known_cores(peer, now);
+            }
+        }
     }
 
     /// Stops replicating `key` (a turn of its own): each of its channels is closed with a
@@ -550,6 +586,7 @@ impl Engine {
                 self.with_core(core, now, |c, cx| c.update(searching, cx))
             }
             Input::Peers(core, peers) => self.on_peers(core, peers, now),
+            Input::StorePeers(peers) => self.on_store_peers(peers, now),
         }
         self.route_notes(now);
         self.schedule(now);
@@ -603,7 +640,10 @@ impl Engine {
             let mut cx = cx!(self, now);
             match timer {
                 Timer::Handshake(ch) => self.channels.handshake_timed_out(ch, &mut cx),
-                Timer::OpenRest(peer) => self.channels.open_all(peer, &mut cx),
+                Timer::OpenRest(peer) => {
+                    let cores = cores_for(&peer, &self.store_peers, &self.cores, &self.redial);
+                    self.channels.open_known(peer, cores, &mut cx);
+                }
                 Timer::Room => {}
                 Timer::Update(core) => {
                     if let Some(c) = self.cores.get_mut(&core) {
@@ -650,6 +690,10 @@ impl Engine {
             .take(MAX_KNOWN_PER_CORE)
         {
             self.redial.learn(core, peer, false);
+            // Known now: a connected peer gets the channel at once.
+            if self.channels.is_connected(&peer) {
+                self.channels.open(peer, core, &mut cx!(self, now));
+            }
         }
         if self.cores.get(&core).is_some_and(|c| !c.has_channels()) {
             self.redial.lost(core, true, &mut cx!(self, now));
@@ -665,7 +709,7 @@ impl Engine {
         self.server.add_peer(peer);
         cx.emit(Event::PeerAdd(peer));
         if open_now {
-            self.channels.open_all(peer, &mut cx);
+            self.open_known_cores(peer, now);
         }
     }
 
@@ -989,4 +1033,19 @@ fn is_idle(
     ch: ChannelId,
 ) -> bool {
     cores.get(&core).is_some_and(|c| c.is_idle(ch)) && !server.is_busy_on(&peer, ch)
+}
+
+/// The cores we may open a channel for to `peer`: those that know it, or every one we
+/// replicate for a store peer.
+fn cores_for(
+    peer: &PeerId,
+    store_peers: &VecDeque<PeerId>,
+    cores: &BTreeMap<CoreKey, CoreSync>,
+    redial: &Redial,
+) -> Vec<CoreKey> {
+    if store_peers.contains(peer) {
+        cores.keys().copied().collect()
+    } else {
+        redial.cores_knowing(peer)
+    }
 }

@@ -61,7 +61,8 @@ impl Redial {
     }
 
     /// `core` knows `peer`: first if it was `useful` (a channel with it opened), else last
-    /// unless known already. At most [`MAX_KNOWN_PER_CORE`] are kept: the least recent go.
+    /// unless known already. At most [`MAX_KNOWN_PER_CORE`] are kept: the least recent go
+    /// (a new peer that is not useful yet takes the last place).
     pub(super) fn learn(&mut self, core: CoreKey, peer: PeerId, useful: bool) {
         let known = &mut self.cores.entry(core).or_default().peers;
         match known.iter().position(|p| *p == peer) {
@@ -72,7 +73,10 @@ impl Redial {
             }
             Some(_) => {}
             None if useful => known.push_front(peer),
-            None => known.push_back(peer),
+            None => {
+                known.truncate(MAX_KNOWN_PER_CORE - 1);
+                known.push_back(peer);
+            }
         }
         known.truncate(MAX_KNOWN_PER_CORE);
     }
@@ -83,6 +87,15 @@ impl Redial {
             .get(core)
             .map(|k| k.peers.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// The cores that know `peer`, in key order.
+    pub(super) fn cores_knowing(&self, peer: &PeerId) -> Vec<CoreKey> {
+        self.cores
+            .iter()
+            .filter(|(_, k)| k.peers.contains(peer))
+            .map(|(core, _)| *core)
+            .collect()
     }
 
     /// Whether `core` is looking for its peers.

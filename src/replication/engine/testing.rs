@@ -99,7 +99,8 @@ pub fn engine_with_peer_outputs(
     (engine, channel, out)
 }
 
-/// Connects `peer` to `engine`, which replicates `CORE`, and answers the channel the engine
+/// Connects `peer` to `engine`, which replicates `CORE` and is told that the peer has it (as
+/// a ticket's node: we open channels only to such peers), and answers the channel the engine
 /// opens for it with the peer's `Accept`. Returns the channel; the outputs are drained.
 pub fn connect(engine: &mut Engine, peer: [u8; 32], now: Instant) -> u64 {
     let channel = connect_keeping(engine, peer, now, &mut Vec::new());
@@ -115,6 +116,7 @@ pub fn connect_keeping(
     now: Instant,
     rest: &mut Vec<Output>,
 ) -> u64 {
+    known(engine, CORE, peer, now);
     engine.handle(Input::PeerConnected(peer), now);
     let mut channel = None;
     for o in outputs(engine) {
@@ -130,6 +132,15 @@ pub fn connect_keeping(
     engine.handle(Input::Message(peer, channel, accept), now);
     assert!(engine.is_authenticated(channel));
     channel
+}
+
+/// Tells `engine` that `peer` has `core` (as a ticket's node): the engine opens channels for
+/// a core only to such peers. The dial it asks for at once while the core has no channel is
+/// taken as done (this is the dial); its outputs are drained.
+pub fn known(engine: &mut Engine, core: [u8; 32], peer: [u8; 32], now: Instant) {
+    engine.handle(Input::Peers(core, vec![peer]), now);
+    engine.handle_timeout(now);
+    outputs(engine);
 }
 
 /// The run requests among `out`: (id, start, end).

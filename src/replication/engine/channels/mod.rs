@@ -12,8 +12,9 @@
 //! The handshake: the opener sends `Open` with its capability, the acceptor checks it and
 //! answers `Accept` with its own; a channel carries nothing else until then. Channels for cores
 //! we do not replicate are parked until we add the core or their handshake timer fires;
-//! simultaneous opens keep the channel of the lower endpoint id. Only the lower id of a
-//! connection opens channels at once if an open delay is set (the other side adopts them).
+//! simultaneous opens keep the channel of the lower endpoint id. We open a channel only for a
+//! core the peer is known to have or want (the engine says which), and only the lower id of a
+//! connection opens them at once if an open delay is set (the other side adopts them).
 
 mod parked;
 mod peer;
@@ -208,17 +209,15 @@ impl Channels {
         Some(false)
     }
 
-    /// Opens a channel to `peer` for every registered core that has none with it (not for
-    /// cores only served to the peers that asked).
-    pub(super) fn open_all(&mut self, peer: PeerId, cx: &mut Cx) {
-        let cores: Vec<CoreKey> = self
-            .cores
-            .iter()
-            .filter(|(_, r)| !r.served_only)
-            .map(|(k, _)| *k)
-            .collect();
+    /// Opens a channel to `peer` for each of `cores` that is registered and has none with it
+    /// (not for cores only served to the peers that asked). The engine passes the cores known
+    /// to be had or wanted by the peer: a channel's `Open` tells the peer the core's
+    /// discovery key, so no other peer learns what we replicate.
+    pub(super) fn open_known(&mut self, peer: PeerId, cores: Vec<CoreKey>, cx: &mut Cx) {
         for core in cores {
-            self.open(peer, core, cx);
+            if self.cores.get(&core).is_some_and(|r| !r.served_only) {
+                self.open(peer, core, cx);
+            }
         }
     }
 

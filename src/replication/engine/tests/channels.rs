@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::super::{
     ChannelId, Engine, EngineConfig, IDLE_REASON, Input, LocalInfo, Mode, Output,
-    testing::{CORE, PEER, local, outputs, sync},
+    testing::{CORE, PEER, known, local, outputs, sync},
 };
 use crate::{
     crypto::{
@@ -27,11 +27,14 @@ fn the_higher_id_opens_the_rest_after_the_open_delay() {
     let (me, lower) = ([9; 32], [1; 32]);
     let mut engine = Engine::new(me, cfg);
     engine.add_core(CORE, local(1, true), Mode::Full, now);
-    outputs(&mut engine);
+    known(&mut engine, CORE, lower, now);
     engine.handle(Input::PeerConnected(lower), now);
     let opened = |out: &[Output]| out.iter().any(|o| matches!(o, Output::OpenChannel(..)));
     assert!(!opened(&outputs(&mut engine)));
-    assert_eq!(engine.poll_timeout(), Some(now + delay));
+    assert_eq!(
+        engine.poll_timeout().filter(|t| *t <= now + delay),
+        Some(now + delay)
+    );
     engine.check_timers().unwrap();
     engine.handle_timeout(now + delay);
     assert!(opened(&outputs(&mut engine)));
@@ -40,6 +43,7 @@ fn the_higher_id_opens_the_rest_after_the_open_delay() {
 
     let mut engine = Engine::new(me, EngineConfig::default());
     engine.add_core(CORE, local(1, true), Mode::Full, now);
+    known(&mut engine, CORE, lower, now);
     engine.handle(Input::PeerConnected(lower), now);
     assert!(opened(&outputs(&mut engine)), "no delay by default");
 }
@@ -88,8 +92,8 @@ fn idle_channels_make_room_and_reopen_on_change() {
     let cores = [[3; 32], [4; 32], [5; 32]];
     for core in cores {
         engine.add_core(core, local(5, true), Mode::Full, now);
+        known(&mut engine, core, PEER, now);
     }
-    outputs(&mut engine);
     engine.handle(Input::PeerConnected(PEER), now);
     let first = opened(&outputs(&mut engine));
     assert_eq!(first.len(), 2, "two channels at the cap");
@@ -149,7 +153,8 @@ fn an_idle_close_that_crosses_news_reopens_at_once() {
     let (a, b) = ([3; 32], [4; 32]);
     engine.add_core(a, local(5, true), Mode::Full, now);
     engine.add_core(b, local(5, true), Mode::Full, now);
-    outputs(&mut engine);
+    known(&mut engine, a, PEER, now);
+    known(&mut engine, b, PEER, now);
     engine.handle(Input::PeerConnected(PEER), now);
     let first = opened(&outputs(&mut engine));
     assert_eq!(first.len(), 1);
@@ -222,5 +227,65 @@ fn a_peers_new_channel_replaces_its_old_one_whose_close_is_late() {
     engine.handle(Input::Message(peer, 1, close), now);
     engine.handle(Input::Message(peer, 3, sync(5, true)), now);
     assert_eq!(engine.core_peers(&CORE), [peer]);
+    engine.check_timers().unwrap();
+}
+
+/// A peer learns the discovery key of a core from us only if it is known to have or want
+/// it: a stranger that connects gets no channel at all; a ticket's node gets the channels of
+/// the cores it was named for, and of a core it is named for later, at once.
+#[test]
+fn channels_open_only_to_peers_known_to_have_the_core() {
+    let now = Instant::now();
+    let me = [1; 32];
+    let (stranger, node) = ([7; 32], [8; 32]);
+    let mut engine = Engine::new(me, EngineConfig::default());
+    let [a, b, c] = [[3; 32], [4; 32], [5; 32]];
+    for core in [a, b, c] {
+        engine.add_core(core, local(5, true), Mode::Full, now);
+    }
+    outputs(&mut engine);
+
+    engine.handle(Input::PeerConnected(stranger), now);
+    assert_eq!(
+        opened(&outputs(&mut engine)),
+        vec![],
+        "a stranger learns nothing"
+    );
+    engine.handle_timeout(now + Duration::from_secs(60));
+    assert_eq!(opened(&outputs(&mut engine)), vec![], "not later either");
+
+    known(&mut engine, a, node, now);
+    engine.handle(Input::PeerConnected(node), now);
+    let first = opened(&outputs(&mut engine));
+    assert_eq!(first.iter().map(|(_, k)| *k).collect::<Vec<_>>(), vec![a]);
+    engine.handle(Input::Peers(b, vec![node]), now);
+    let then = opened(&outputs(&mut engine));
+    assert_eq!(then.iter().map(|(_, k)| *k).collect::<Vec<_>>(), vec![b]);
+
+    // A peer joined while the whole store is replicated gets every core, and a core added
+    // later.
+    let store_peer = [9; 32];
+    engine.handle(Input::StorePeers(vec![store_peer]), now);
+    engine.handle(Input::PeerConnected(store_peer), now);
+    let all = opened(&outputs(&mut engine));
+    assert_eq!(
+        all.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
+        vec![a, b, c]
+    );
+    let d = [6; 32];
+    engine.add_core(d, local(5, true), Mode::Full, now);
+    let out = outputs(&mut engine);
+    let to: Vec<[u8; 32]> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::OpenChannel(p, ..) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        to,
+        vec![store_peer],
+        "a new core goes to the store peer alone"
+    );
     engine.check_timers().unwrap();
 }

@@ -68,6 +68,8 @@ fn an_apply_from_before_a_leave_does_not_touch_the_core_added_again() {
     engine.check_timers().unwrap();
 
     engine.add_core(CORE, local(5, false), Mode::Full, now);
+    // Its peers are told again (the driver reads them from the store's record).
+    engine.handle(Input::Peers(CORE, vec![PEER]), now);
     let again = outputs(&mut engine)
         .into_iter()
         .find_map(|o| match o {
@@ -157,8 +159,9 @@ fn a_found_core_is_served_only_to_a_peer_that_proves_its_key() {
             .any(|o| matches!(o, Output::OpenChannel(..))),
         "a served core is opened to another peer"
     );
-    // Replicated by name, it is.
+    // Replicated by name, it is, to a peer known to have it.
     engine.add_core(CORE, local(3, true), Mode::Full, now);
+    engine.handle(Input::Peers(CORE, vec![other]), now);
     assert!(
         outputs(&mut engine)
             .iter()

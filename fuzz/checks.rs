@@ -73,6 +73,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("storage_header", |d| {
         storage_header(d);
     }),
+    ("hostile_node", hostile_node),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1843,6 +1844,32 @@ fn assert_same_core(before: &Snapshot, after: &Snapshot, id: u64) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A hostile node
+// ---------------------------------------------------------------------------------------------
+
+/// `hostile_node`: the first 8 bytes seed the simulation (links, timing), the rest is the
+/// script of a hostile node beside a writer and two honest readers (`sim::scripted_run`): it
+/// panics if an honest node ever holds what the writer did not sign, goes back, holds more
+/// for a peer than its bounds, or does not converge once the hostile node is gone.
+pub fn hostile_node(data: &[u8]) {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+    }
+    let (seed, script) = match data.split_first_chunk::<8>() {
+        Some((seed, script)) => (u64::from_le_bytes(*seed), script),
+        None => (0, data),
+    };
+    RUNTIME.with(|rt| {
+        if let Err(e) = rt.block_on(iroh_hypercore::sim::scripted_run(seed, script)) {
+            panic!("seed {seed}: {e}");
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Seeds
 // ---------------------------------------------------------------------------------------------
 
@@ -2127,5 +2154,69 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         }
         .encode(),
     ));
+    // Scripts of a hostile node: honest, mutating every message, replaying what it heard on
+    // other channels many times, and made-up messages with numbers at their limits.
+    let script = |seed: u64, body: Vec<u8>| [seed.to_le_bytes().to_vec(), body].concat();
+    out.push(("hostile_node", script(0, Vec::new())));
+    out.push((
+        "hostile_node",
+        script(
+            1,
+            (0..1024u32)
+                .map(|i| [4, 7, 3, 1, 0][i as usize % 5])
+                .collect(),
+        ),
+    ));
+    out.push((
+        "hostile_node",
+        script(
+            2,
+            (0..1024u32)
+                .map(|i| [0x1d, 9, 5, 0][i as usize % 4])
+                .collect(),
+        ),
+    ));
+    let made_up = [
+        Message::Sync(SyncInfo {
+            fork: 0,
+            length: u64::MAX,
+            contiguous: u64::MAX,
+            ask: true,
+            downloading: true,
+        }),
+        Message::Want {
+            start: 0,
+            end: u64::MAX,
+        },
+        Message::RequestRun {
+            id: u64::MAX,
+            fork: 0,
+            start: u64::MAX - 1,
+            end: u64::MAX,
+            length: u64::MAX,
+        },
+        Message::Data {
+            id: 1 << 63,
+            proof: Proof {
+                fork: 0,
+                block: None,
+                hash: None,
+                seek: None,
+                upgrade: None,
+                manifest: Some(vec![0xff; 64]),
+            },
+        },
+    ];
+    let mut body = Vec::new();
+    for _ in 0..16 {
+        for msg in &made_up {
+            let encoded = postcard::to_allocvec(msg).expect("encodes");
+            body.push(6);
+            body.push(u8::try_from(encoded.len().div_ceil(2)).unwrap_or(u8::MAX));
+            body.extend_from_slice(&encoded);
+            body.extend(std::iter::repeat_n(0, encoded.len() % 2));
+        }
+    }
+    out.push(("hostile_node", script(3, body)));
     out
 }

@@ -97,6 +97,11 @@ fn storage_header() {
     replay("storage_header");
 }
 
+#[test]
+fn hostile_node() {
+    replay("hostile_node");
+}
+
 /// Every target in `fuzz/Cargo.toml` has a check, a test above and a corpus, and the other
 /// way round.
 #[test]

@@ -3,6 +3,7 @@
 
 use rand::{Rng, RngExt};
 
+use super::script::Script;
 use crate::{
     replication::Message,
     tree::{Proof, ProofRequest},
@@ -23,6 +24,9 @@ pub enum Hostility {
     /// Floods every channel with requests for runs it does not need, and claims more than it
     /// has.
     Flooder,
+    /// Sends what its [`Script`] says: any well-formed message, on any channel, any number
+    /// of times (a fuzz input drives it).
+    Scripted,
 }
 
 /// A hostile node's state.
@@ -34,6 +38,8 @@ pub struct Hostile {
     pub old_state: Proof,
     /// Messages it rewrote, dropped or made up.
     pub lies: u64,
+    /// The script of a [`Hostility::Scripted`] node.
+    pub script: Option<Script>,
 }
 
 impl Hostile {
@@ -43,6 +49,7 @@ impl Hostile {
             kind,
             old_state,
             lies: 0,
+            script: None,
         }
     }
 
@@ -53,6 +60,11 @@ impl Hostile {
         }
         self.lies += 1;
         match self.kind {
+            // The simulator asks its script, which may pick another channel.
+            Hostility::Scripted => {
+                self.lies -= 1;
+                vec![msg]
+            }
             Hostility::Silent => match msg {
                 Message::Sync(_) | Message::Close { .. } => {
                     self.lies -= 1;

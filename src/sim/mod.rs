@@ -34,6 +34,8 @@ pub mod links;
 mod node;
 mod queue;
 mod run;
+mod script;
+mod scripted;
 #[cfg(test)]
 mod tests;
 mod trace;
@@ -45,6 +47,8 @@ pub use links::{LinkConfig, Links};
 pub use node::{Node, Serving, StorageModel};
 pub use queue::EventQueue;
 pub use run::SimError;
+pub use script::Script;
+pub use scripted::{ScriptedRun, scripted_run};
 pub use trace::{Kind, Trace};
 
 use crate::replication::{EngineConfig, FetchConfig};

@@ -9,7 +9,7 @@ use std::{
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use super::{
-    Hostile, Hostility, Links, Node, Sim, SimConfig,
+    Hostile, Hostility, Links, Node, Script, Sim, SimConfig,
     node::Serving,
     trace::{Kind, Trace},
 };
@@ -56,6 +56,14 @@ pub enum SimError {
         /// Node.
         node: usize,
         /// What is out of step.
+        reason: String,
+    },
+    /// An honest node's engine holds more for its peers than its bounds allow.
+    #[error("node {node} over a bound: {reason}")]
+    Bounds {
+        /// Node.
+        node: usize,
+        /// Which bound.
         reason: String,
     },
     /// A node's engine asked to be woken at an instant already handled: its driver would be
@@ -268,6 +276,24 @@ impl Sim {
     pub fn set_hostile(&mut self, n: usize, kind: Option<Hostility>) {
         assert!(n != 0, "the writer stays honest");
         self.nodes[n].hostile = kind.map(|k| Hostile::new(k, self.old_state.clone()));
+    }
+
+    /// Makes reader `n` hostile from now on, sending what `script` says (see [`Script`]); once
+    /// the script is used up it sends what its engine does.
+    pub fn set_script(&mut self, n: usize, script: Vec<u8>) {
+        assert!(n != 0, "the writer stays honest");
+        let mut hostile = Hostile::new(Hostility::Scripted, self.old_state.clone());
+        hostile.script = Some(Script::new(script));
+        self.nodes[n].hostile = Some(hostile);
+    }
+
+    /// Whether node `n`'s script is used up (or it has none).
+    pub fn script_done(&self, n: usize) -> bool {
+        self.nodes[n]
+            .hostile
+            .as_ref()
+            .and_then(|h| h.script.as_ref())
+            .is_none_or(Script::is_done)
     }
 
     /// Whether node `n` is honest (the writer is).
@@ -525,6 +551,15 @@ impl Sim {
                     Input::Message(_, ch, _) if !self.pipes.contains_key(&(to, *ch)) => {
                         return Ok(());
                     }
+                    Input::Message(_, _, msg) => {
+                        // A scripted node replays what it heard.
+                        if let Some(Hostile {
+                            script: Some(s), ..
+                        }) = &mut self.nodes[to].hostile
+                        {
+                            s.remember(msg);
+                        }
+                    }
                     Input::ChannelClosed(_, ch) if self.pipes.remove(&(to, *ch)).is_none() => {
                         return Ok(());
                     }
@@ -653,6 +688,12 @@ impl Sim {
         if let Some(Err(reason)) = self.nodes[n].engine.as_ref().map(|e| e.check_timers()) {
             self.went_back
                 .get_or_insert(SimError::Timers { node: n, reason });
+        }
+        if self.nodes[n].hostile.is_none()
+            && let Some(Err(reason)) = self.nodes[n].engine.as_ref().map(|e| e.check_bounds())
+        {
+            self.went_back
+                .get_or_insert(SimError::Bounds { node: n, reason });
         }
         self.arm_timer(n);
     }
@@ -798,17 +839,41 @@ impl Sim {
 
     /// Sends `msg` on node `n`'s channel `ch` (as a hostile node rewrites it).
     fn send(&mut self, n: usize, ch: u64, msg: Message) {
-        let Some((q, theirs, epoch)) = self.pipes.get(&(n, ch)).copied() else {
+        if !self.pipes.contains_key(&(n, ch)) {
             return;
-        };
-        let msgs = match &mut self.nodes[n].hostile {
-            Some(h) => h.rewrite(msg, &mut self.rng),
+        }
+        let msgs: Vec<(u64, Message)> = match &mut self.nodes[n].hostile {
+            Some(Hostile {
+                script: Some(script),
+                lies,
+                ..
+            }) => {
+                let channels: Vec<u64> = self
+                    .pipes
+                    .range((n, 0)..=(n, u64::MAX))
+                    .map(|((_, c), _)| *c)
+                    .collect();
+                let done = script.is_done();
+                let out = script.rewrite(ch, msg, &channels);
+                if !done {
+                    *lies += 1;
+                }
+                out
+            }
+            Some(h) => h
+                .rewrite(msg, &mut self.rng)
+                .into_iter()
+                .map(|m| (ch, m))
+                .collect(),
             None => {
                 self.trace.honest_messages += 1;
-                vec![msg]
+                vec![(ch, msg)]
             }
         };
-        for msg in msgs {
+        for (ch, msg) in msgs {
+            let Some((q, theirs, epoch)) = self.pipes.get(&(n, ch)).copied() else {
+                continue;
+            };
             let Ok(frame) = encode_frame(&msg) else {
                 continue;
             };

@@ -389,13 +389,26 @@ impl Driver {
     /// A core's record of peers was read, or written.
     fn on_book_event(&mut self, ev: BookEvent) {
         match ev {
-            BookEvent::Loaded(key, addrs) => {
-                let addrs = self.book.loaded(key, addrs);
-                let peers = addrs.iter().map(|a| *a.id.as_bytes()).collect();
-                for addr in addrs {
+            BookEvent::Loaded(key, record) => {
+                let book = self.book.loaded(key, record);
+                let ids = |addrs: &[iroh::EndpointAddr]| -> Vec<PeerId> {
+                    addrs.iter().map(|a| *a.id.as_bytes()).collect()
+                };
+                let (named, useful) = (ids(&book.named), ids(&book.useful));
+                // They bootstrap the core's gossip topic too.
+                let gossip_ids = book
+                    .named
+                    .iter()
+                    .chain(&book.useful)
+                    .map(|a| a.id)
+                    .collect();
+                self.gossip.add_nodes(key, gossip_ids);
+                for addr in book.named.into_iter().chain(book.useful) {
                     self.conns.remember(addr);
                 }
-                self.engine.handle(Input::Peers(key, peers), Instant::now());
+                let now = Instant::now();
+                self.engine.handle(Input::Peers(key, named), now);
+                self.engine.handle(Input::PeersSeen(key, useful), now);
             }
             BookEvent::Saved(key) => {
                 let core = self.cores.core(&key);
@@ -723,7 +736,7 @@ impl Driver {
             Heard::Neighbor(key, id) => {
                 if id != self.conns.me() {
                     self.engine
-                        .handle(Input::Peers(key, vec![*id.as_bytes()]), now);
+                        .handle(Input::PeersSeen(key, vec![*id.as_bytes()]), now);
                 }
             }
         }

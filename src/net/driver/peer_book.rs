@@ -1,23 +1,58 @@
 //! The peer book part: the addresses of the peers each core the application replicates
-//! remembers, kept in the core's database record so that they outlive a restart. Most recently
-//! useful first (a peer a channel opened with moves to the front), at most
-//! [`MAX_KNOWN_PER_CORE`] peers of [`MAX_ADDRS`] addresses each. A record that does not decode
-//! counts as empty. It owns the futures of its reads and writes.
+//! remembers, kept in the core's database record so that they outlive a restart: the peers it
+//! was named (ticket and `join` nodes, most recently named first, at most [`MAX_NAMED`]) and,
+//! apart, those a channel opened with (most recently useful first, at most [`MAX_LEARNT`]),
+//! so that peers that learn the key and open channels from many ids never push the named ones
+//! out. Each peer keeps at most [`MAX_ADDRS`] addresses. A record that does not decode counts
+//! as empty; one of the earlier format (one list) is read as peers a channel opened with. It
+//! owns the futures of its reads and writes.
 
 use std::collections::{HashMap, HashSet};
 
 use iroh::{EndpointAddr, TransportAddr};
 use n0_future::{FuturesUnordered, StreamExt, boxed::BoxFuture};
+use serde::{Deserialize, Serialize};
 
-use crate::{core::Hypercore, crypto::CoreKey, replication::engine::MAX_KNOWN_PER_CORE};
+use crate::{
+    core::Hypercore,
+    crypto::CoreKey,
+    replication::engine::{MAX_LEARNT, MAX_NAMED},
+};
 
 /// Addresses kept per peer.
 const MAX_ADDRS: usize = 8;
 
+/// The peers one core remembers (its record's format).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Book {
+    /// Named by the application, most recently named first.
+    pub(super) named: Vec<EndpointAddr>,
+    /// A channel opened with them, most recently first; none of them named.
+    pub(super) useful: Vec<EndpointAddr>,
+}
+
+impl Book {
+    /// A record's bytes: this format, or the earlier one list (read as `useful`).
+    fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes).or_else(|e| {
+            postcard::from_bytes::<Vec<EndpointAddr>>(bytes)
+                .map(|useful| Self {
+                    named: Vec::new(),
+                    useful,
+                })
+                .map_err(|_| e)
+        })
+    }
+
+    fn contains(&self, id: &iroh::EndpointId) -> bool {
+        self.named.iter().chain(&self.useful).any(|a| a.id == *id)
+    }
+}
+
 /// What a read or write of a record ended with.
 pub(super) enum BookEvent {
     /// The record of a core was read: the peers it remembers.
-    Loaded(CoreKey, Vec<EndpointAddr>),
+    Loaded(CoreKey, Book),
     /// The record of a core was written (or failed to be).
     Saved(CoreKey),
 }
@@ -25,8 +60,8 @@ pub(super) enum BookEvent {
 /// The peer book part; see the module docs.
 #[derive(Default)]
 pub(super) struct PeerBook {
-    /// Each core's peers, most recently useful first.
-    books: HashMap<CoreKey, Vec<EndpointAddr>>,
+    /// Each core's peers.
+    books: HashMap<CoreKey, Book>,
     /// Cores whose record is being written, and those changed meanwhile.
     saving: HashSet<CoreKey>,
     dirty: HashSet<CoreKey>,
@@ -38,65 +73,72 @@ impl PeerBook {
     pub(super) fn load(&mut self, core: Hypercore) {
         self.books.entry(core.key()).or_default();
         self.io.push(Box::pin(async move {
-            let addrs = match core.remembered_peers().await {
-                Ok(bytes) if bytes.is_empty() => Vec::new(),
-                Ok(bytes) => postcard::from_bytes(&bytes).unwrap_or_else(|e| {
+            let book = match core.remembered_peers().await {
+                Ok(bytes) if bytes.is_empty() => Book::default(),
+                Ok(bytes) => Book::decode(&bytes).unwrap_or_else(|e| {
                     tracing::warn!("the record of a core's peers does not decode: {e}");
-                    Vec::new()
+                    Book::default()
                 }),
                 Err(e) => {
                     tracing::warn!("reading the peers a core remembers: {e}");
-                    Vec::new()
+                    Book::default()
                 }
             };
-            BookEvent::Loaded(core.key(), addrs)
+            BookEvent::Loaded(core.key(), book)
         }));
     }
 
-    /// The record of `key` was read: its peers join those learnt meanwhile (which stay in
-    /// front). Returns them all.
-    pub(super) fn loaded(&mut self, key: CoreKey, addrs: Vec<EndpointAddr>) -> Vec<EndpointAddr> {
+    /// The record of `key` was read: its peers join those named or met meanwhile (which stay
+    /// in front). Returns them all.
+    pub(super) fn loaded(&mut self, key: CoreKey, record: Book) -> Book {
         let Some(book) = self.books.get_mut(&key) else {
-            return Vec::new();
+            return Book::default();
         };
-        for addr in addrs {
-            if !book.iter().any(|a| a.id == addr.id) {
-                book.push(bounded(addr));
+        for addr in record.named {
+            if !book.contains(&addr.id) {
+                book.named.push(bounded(addr));
             }
         }
-        book.truncate(MAX_KNOWN_PER_CORE);
+        for addr in record.useful {
+            if !book.contains(&addr.id) {
+                book.useful.push(bounded(addr));
+            }
+        }
+        book.named.truncate(MAX_NAMED);
+        book.useful.truncate(MAX_LEARNT);
         book.clone()
     }
 
-    /// A channel of `core` with the peer at `addr` opened: it goes first, and the record is
-    /// written if that changed it.
+    /// A channel of `core` with the peer at `addr` opened: it goes first among the useful
+    /// (a named one keeps its place), and the record is written if that changed it.
     pub(super) fn useful(&mut self, core: &Hypercore, addr: EndpointAddr) {
         let Some(book) = self.books.get_mut(&core.key()) else {
             return;
         };
         let addr = bounded(addr);
-        if book.first() == Some(&addr) {
+        if book.named.iter().any(|a| a.id == addr.id) || book.useful.first() == Some(&addr) {
             return;
         }
-        book.retain(|a| a.id != addr.id);
-        book.insert(0, addr);
-        book.truncate(MAX_KNOWN_PER_CORE);
+        book.useful.retain(|a| a.id != addr.id);
+        book.useful.insert(0, addr);
+        book.useful.truncate(MAX_LEARNT);
         self.save(core);
     }
 
-    /// `core` was joined with `nodes` (a ticket's): those it did not know go last, and the
+    /// `core` was joined with `nodes` (a ticket's): they go first among the named, and the
     /// record is written if that changed it.
     pub(super) fn add(&mut self, core: &Hypercore, nodes: &[EndpointAddr]) {
         let Some(book) = self.books.get_mut(&core.key()) else {
             return;
         };
-        let before = book.len();
-        for addr in nodes {
-            if book.len() < MAX_KNOWN_PER_CORE && !book.iter().any(|a| a.id == addr.id) {
-                book.push(bounded(addr.clone()));
-            }
+        let before = book.clone();
+        for addr in nodes.iter().take(MAX_NAMED).rev() {
+            book.useful.retain(|a| a.id != addr.id);
+            book.named.retain(|a| a.id != addr.id);
+            book.named.insert(0, bounded(addr.clone()));
         }
-        if book.len() != before {
+        book.named.truncate(MAX_NAMED);
+        if *book != before {
             self.save(core);
         }
     }
@@ -154,4 +196,29 @@ fn bounded(addr: EndpointAddr) -> EndpointAddr {
     addrs.sort_by_key(|a| !a.is_relay());
     addrs.truncate(MAX_ADDRS);
     EndpointAddr::from_parts(addr.id, addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use iroh::{EndpointAddr, SecretKey};
+
+    use super::Book;
+
+    /// A record reads back as written; a record of the earlier format (one list) reads as
+    /// peers a channel opened with, so that none of them takes a named place.
+    #[test]
+    fn records_of_both_formats_decode() {
+        let addr = |_| EndpointAddr::new(SecretKey::generate().public());
+        let book = Book {
+            named: (0..2).map(addr).collect(),
+            useful: (0..3).map(addr).collect(),
+        };
+        let bytes = postcard::to_stdvec(&book).unwrap();
+        assert_eq!(Book::decode(&bytes).unwrap(), book);
+        let old: Vec<EndpointAddr> = (0..4).map(addr).collect();
+        let read = Book::decode(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!(read.named, vec![]);
+        assert_eq!(read.useful, old);
+        assert!(Book::decode(&[0xff, 0xff]).is_err());
+    }
 }

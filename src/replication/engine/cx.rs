@@ -25,12 +25,14 @@ pub(super) enum Note {
         channel: ChannelId,
     },
     /// An authenticated channel is gone; `peer_gone` when its whole connection went (the
-    /// fetch queue forgets the peer at once then).
+    /// fetch queue forgets the peer at once then), `given_up` when the peer's doing (its
+    /// stream ended, it closed or replaced the channel, its connection went) rather than ours.
     ChannelDown {
         peer: PeerId,
         core: CoreKey,
         channel: ChannelId,
         peer_gone: bool,
+        given_up: bool,
     },
     /// The core's state changed: announce it on gossip.
     Announce(CoreKey),

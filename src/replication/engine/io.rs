@@ -88,12 +88,17 @@ pub enum Input {
         /// Whether it is over its limit.
         over: bool,
     },
-    /// Peers that have or want `core` (the nodes of its ticket or `join`, its gossip
-    /// neighbours, or the peers it remembered from before a restart): dialed again while the
-    /// core has no channel, and the only peers (with those that had a channel for it, or
-    /// announced it on its gossip topic) we open a channel for it to. At most the first
-    /// [`MAX_KNOWN_PER_CORE`](super::MAX_KNOWN_PER_CORE) are kept.
+    /// Peers the application named for `core` (the nodes of its ticket or `join`, or those its
+    /// record named before a restart): dialed again while the core has no channel, and, with
+    /// the peers it learnt ([`Input::PeersSeen`], a channel, a gossip announcement), the only
+    /// peers we open a channel for it to. At most [`MAX_NAMED`](super::MAX_NAMED) are kept
+    /// (the first given, and then the most recently named); learnt peers never take their
+    /// place.
     Peers(CoreKey, Vec<PeerId>),
+    /// Peers seen with `core` (its gossip neighbours, or the peers its record says it had a
+    /// channel with): learnt, as a channel's peer would be, in the
+    /// [`MAX_LEARNT`](super::MAX_LEARNT) places the named ones leave.
+    PeersSeen(CoreKey, Vec<PeerId>),
     /// Peers the application joined while it replicates its whole store (as Corestore
     /// replicates every core with the peers it is given): each gets a channel for every core
     /// we replicate, now and added later. At most

@@ -102,8 +102,8 @@ pub use extensions::{
 };
 pub use io::{ApplyOutcome, ChannelId, Event, Input, LocalInfo, Mode, Output, PeerStats};
 use peers::{Control, Peers};
-pub use redial::MAX_KNOWN_PER_CORE;
 use redial::Redial;
+pub use redial::{MAX_KNOWN_PER_CORE, MAX_LEARNT, MAX_NAMED};
 use serve::Server;
 use sync::CoreSync;
 use task::Done;
@@ -235,6 +235,8 @@ pub struct Engine {
     /// Peers that get a channel for every core we replicate ([`Input::StorePeers`]), most
     /// recent last.
     store_peers: VecDeque<PeerId>,
+    /// Cores whose last channel went in this turn.
+    maybe_lost: BTreeSet<CoreKey>,
 }
 
 impl Engine {
@@ -263,6 +265,7 @@ impl Engine {
             after_backoff: BTreeSet::new(),
             updating: BTreeSet::new(),
             store_peers: VecDeque::new(),
+            maybe_lost: BTreeSet::new(),
             cfg,
         }
     }
@@ -585,7 +588,8 @@ impl Engine {
                 let searching = self.redial.is_searching(&core);
                 self.with_core(core, now, |c, cx| c.update(searching, cx))
             }
-            Input::Peers(core, peers) => self.on_peers(core, peers, now),
+            Input::Peers(core, peers) => self.on_peers(core, peers, true, now),
+            Input::PeersSeen(core, peers) => self.on_peers(core, peers, false, now),
             Input::StorePeers(peers) => self.on_store_peers(peers, now),
         }
         self.route_notes(now);
@@ -665,6 +669,11 @@ impl Engine {
                     let channels = &self.channels;
                     self.redial
                         .redial(core, |p| channels.is_connected(p), &mut cx);
+                    // Known peers still connected get the channel again (one that refused it
+                    // for lack of room, or closed it).
+                    for peer in self.redial.known(&core) {
+                        self.channels.open_again(peer, core, &mut cx);
+                    }
                 }
             }
             self.route_notes(now);
@@ -679,17 +688,29 @@ impl Engine {
 
     // Routing.
 
-    /// Peers that have or want `core`: remembered, and dialed again while it has no channel.
-    fn on_peers(&mut self, core: CoreKey, peers: Vec<PeerId>, now: Instant) {
-        if !self.cores.contains_key(&core) {
+    /// Peers that have or want `core`, `named` by the application or seen: remembered, and
+    /// dialed again while it has no channel.
+    fn on_peers(&mut self, core: CoreKey, peers: Vec<PeerId>, named: bool, now: Instant) {
+        if !self.cores.contains_key(&core) || self.channels.is_served_only(&core) {
             return;
         }
-        for peer in peers
+        let me = self.me;
+        let peers: Vec<PeerId> = peers
             .into_iter()
-            .filter(|p| *p != self.me)
-            .take(MAX_KNOWN_PER_CORE)
-        {
-            self.redial.learn(core, peer, false);
+            .filter(|p| *p != me)
+            .take(if named { MAX_NAMED } else { MAX_LEARNT })
+            .collect();
+        if named {
+            // In reverse: the first given goes first.
+            for peer in peers.iter().rev() {
+                self.redial.name(core, *peer);
+            }
+        } else {
+            for peer in &peers {
+                self.redial.learn(core, *peer, false);
+            }
+        }
+        for peer in peers {
             // Known now: a connected peer gets the channel at once.
             if self.channels.is_connected(&peer) {
                 self.channels.open(peer, core, &mut cx!(self, now));
@@ -723,7 +744,7 @@ impl Engine {
         self.peers.remove(&peer);
         self.server.remove_peer(&peer);
         self.extensions.remove_peer(&peer);
-        self.fetch.remove_peer(&peer);
+        self.fetch.remove_peer(&peer, now);
         self.outputs
             .push_back(Output::Event(Event::PeerRemove(peer)));
     }
@@ -892,8 +913,21 @@ impl Engine {
             .serve_next(peer, &length_of, &mut cx!(self, now));
     }
 
-    /// Routes the notes the parts left, in order, until none is left.
+    /// Routes the notes the parts left, in order, until none is left; then a core whose last
+    /// channel went and that has none now looks for the peers it knows.
     fn route_notes(&mut self, now: Instant) {
+        self.route_each_note(now);
+        for core in std::mem::take(&mut self.maybe_lost) {
+            let served_only = self.channels.is_served_only(&core);
+            let mut cx = cx!(self, now);
+            if self.cores.get(&core).is_some_and(|c| !c.has_channels()) && !served_only {
+                cx.emit(Event::NoPeers { core });
+                self.redial.lost(core, false, &mut cx);
+            }
+        }
+    }
+
+    fn route_each_note(&mut self, now: Instant) {
         while let Some(note) = self.notes.pop_front() {
             let mut cx = cx!(self, now);
             match note {
@@ -906,8 +940,12 @@ impl Engine {
                         self.extensions.store_channel_open(peer, channel, &mut cx);
                     } else if let Some(c) = self.cores.get_mut(&core) {
                         c.channel_up(peer, channel, &mut cx);
-                        self.redial.learn(core, peer, true);
-                        self.redial.found(core, cx.timers);
+                        // A core only served to the peers that asked remembers and redials
+                        // nobody.
+                        if !self.channels.is_served_only(&core) {
+                            self.redial.learn(core, peer, true);
+                            self.redial.found(core, cx.timers);
+                        }
                     }
                 }
                 Note::ChannelDown {
@@ -915,14 +953,15 @@ impl Engine {
                     core,
                     channel,
                     peer_gone,
+                    given_up,
                 } => {
                     if let Some(c) = self.cores.get_mut(&core)
-                        && c.channel_down(channel, peer_gone, &mut cx)
+                        && c.channel_down(channel, peer_gone, given_up, &mut cx)
                         && !c.has_channels()
                     {
-                        // Its last peer went: it looks for the ones it knows.
-                        cx.emit(Event::NoPeers { core });
-                        self.redial.lost(core, false, &mut cx);
+                        // Its last peer may have gone: told once the notes are routed (a
+                        // channel that replaces this one comes up in the same turn).
+                        self.maybe_lost.insert(core);
                     }
                     self.server.forget_channel(&peer, channel);
                 }
@@ -1019,6 +1058,20 @@ impl Engine {
         self.announcer.check_timers(&self.timers)?;
         self.redial.check_timers(&self.timers)?;
         self.fetch.check_timers()
+    }
+
+    /// Checks that what peers can make the engine hold is within its bounds: parked and open
+    /// channels, queued requests and running storage tasks, peers remembered. The simulator
+    /// checks it after every turn of every honest node, beside hostile ones.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn check_bounds(&self) -> Result<(), String> {
+        self.channels.check_bounds(&self.cfg)?;
+        self.server.check_bounds(&self.cfg)?;
+        self.redial.check_bounds()?;
+        if self.store_peers.len() > MAX_STORE_PEERS {
+            return Err(format!("{} store peers", self.store_peers.len()));
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
-//! The redial part: peers come back. Each replicated core remembers the peers it learnt (the
-//! nodes of its ticket or `join`, the peers it had a channel with, the origins of gossip
-//! announcements), most recently useful first and at most [`MAX_KNOWN_PER_CORE`]. While a core
+//! The redial part: peers come back. Each replicated core remembers the peers it was named (the
+//! nodes of its ticket or `join`, its record's) and, apart, those it learnt (the peers it had a
+//! channel with, gossip neighbours and announcers), at most [`MAX_NAMED`] and
+//! [`MAX_LEARNT`]: a peer that learns the key and opens channels from many ids can fill the
+//! learnt places, never take a named one. While a core
 //! has no channel it dials them again, a few per attempt, with exponential back-off and
 //! jitter ([`Event::Reconnecting`]), for as long as it is replicated; a channel that opens
 //! ends the search. The back-off runs on the engine's clock and the jitter comes from a
@@ -20,8 +22,15 @@ use super::{
 };
 use crate::crypto::CoreKey;
 
-/// Peers remembered per core.
-pub const MAX_KNOWN_PER_CORE: usize = 16;
+/// Peers remembered per core: [`MAX_NAMED`] named and [`MAX_LEARNT`] learnt.
+pub const MAX_KNOWN_PER_CORE: usize = MAX_NAMED + MAX_LEARNT;
+
+/// Peers named by the application (ticket, `join`, the record of before a restart) kept per
+/// core, the most recently named first.
+pub const MAX_NAMED: usize = 8;
+
+/// Peers learnt (a channel, gossip) kept per core, the most recently useful first.
+pub const MAX_LEARNT: usize = 8;
 
 /// Peers dialed per attempt of one core.
 const DIALS_PER_ATTEMPT: usize = 4;
@@ -35,10 +44,19 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The peers one core knows, and its search for them.
 #[derive(Debug, Default)]
 struct Known {
-    /// Most recently useful first.
-    peers: VecDeque<PeerId>,
+    /// Named by the application, most recently named first.
+    named: VecDeque<PeerId>,
+    /// Learnt and not named, most recently useful first.
+    learnt: VecDeque<PeerId>,
     /// Redials so far in the current search; `None` while the core has a channel.
     attempt: Option<u32>,
+}
+
+impl Known {
+    /// The named, then the learnt.
+    fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.named.iter().chain(self.learnt.iter()).copied()
+    }
 }
 
 /// The redial part; see the module docs.
@@ -60,11 +78,26 @@ impl Redial {
         }
     }
 
-    /// `core` knows `peer`: first if it was `useful` (a channel with it opened), else last
-    /// unless known already. At most [`MAX_KNOWN_PER_CORE`] are kept: the least recent go
-    /// (a new peer that is not useful yet takes the last place).
+    /// The application named `peer` for `core` (a ticket's or `join`'s node, or one of its
+    /// record): it goes first among the named, the least recently named going past
+    /// [`MAX_NAMED`].
+    pub(super) fn name(&mut self, core: CoreKey, peer: PeerId) {
+        let known = self.cores.entry(core).or_default();
+        known.learnt.retain(|p| *p != peer);
+        known.named.retain(|p| *p != peer);
+        known.named.push_front(peer);
+        known.named.truncate(MAX_NAMED);
+    }
+
+    /// `core` learnt `peer` (a named one stays as it is): first among the learnt if it was
+    /// `useful` (a channel with it opened), else last unless known already, taking the place
+    /// of the least recently useful one past [`MAX_LEARNT`].
     pub(super) fn learn(&mut self, core: CoreKey, peer: PeerId, useful: bool) {
-        let known = &mut self.cores.entry(core).or_default().peers;
+        let k = self.cores.entry(core).or_default();
+        if k.named.contains(&peer) {
+            return;
+        }
+        let known = &mut k.learnt;
         match known.iter().position(|p| *p == peer) {
             Some(0) => {}
             Some(i) if useful => {
@@ -72,20 +105,23 @@ impl Redial {
                 known.push_front(peer);
             }
             Some(_) => {}
-            None if useful => known.push_front(peer),
+            None if useful => {
+                known.push_front(peer);
+                known.truncate(MAX_LEARNT);
+            }
             None => {
-                known.truncate(MAX_KNOWN_PER_CORE - 1);
+                known.truncate(MAX_LEARNT - 1);
                 known.push_back(peer);
             }
         }
-        known.truncate(MAX_KNOWN_PER_CORE);
     }
 
-    /// The peers `core` knows, most recently useful first.
+    /// The peers `core` knows: the named, most recently named first, then the learnt, most
+    /// recently useful first.
     pub(super) fn known(&self, core: &CoreKey) -> Vec<PeerId> {
         self.cores
             .get(core)
-            .map(|k| k.peers.iter().copied().collect())
+            .map(|k| k.peers().collect())
             .unwrap_or_default()
     }
 
@@ -93,7 +129,7 @@ impl Redial {
     pub(super) fn cores_knowing(&self, peer: &PeerId) -> Vec<CoreKey> {
         self.cores
             .iter()
-            .filter(|(_, k)| k.peers.contains(peer))
+            .filter(|(_, k)| k.named.contains(peer) || k.learnt.contains(peer))
             .map(|(core, _)| *core)
             .collect()
     }
@@ -110,7 +146,7 @@ impl Redial {
         let Some(k) = self.cores.get_mut(&core) else {
             return;
         };
-        if k.peers.is_empty() || k.attempt.is_some() {
+        if (k.named.is_empty() && k.learnt.is_empty()) || k.attempt.is_some() {
             return;
         }
         k.attempt = Some(0);
@@ -153,10 +189,11 @@ impl Redial {
         let attempt = attempt.saturating_add(1);
         k.attempt = Some(attempt);
         // Round the known peers from where the last attempt stopped.
-        let n = k.peers.len();
+        let peers: Vec<PeerId> = k.peers().collect();
+        let n = peers.len();
         let start = (attempt as usize - 1).saturating_mul(DIALS_PER_ATTEMPT) % n.max(1);
         let targets: Vec<PeerId> = (0..n)
-            .map(|i| k.peers[(start + i) % n])
+            .map(|i| peers[(start + i) % n])
             .filter(|p| !connected(p))
             .take(DIALS_PER_ATTEMPT)
             .collect();
@@ -185,6 +222,23 @@ impl Redial {
             .saturating_mul(1 << attempt.min(16))
             .min(MAX_WAIT);
         base.mul_f64(self.rng.random_range(0.75..1.25))
+    }
+
+    /// Checks that no core knows more than [`MAX_KNOWN_PER_CORE`] peers.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn check_bounds(&self) -> Result<(), String> {
+        match self
+            .cores
+            .iter()
+            .find(|(_, k)| k.named.len() > MAX_NAMED || k.learnt.len() > MAX_LEARNT)
+        {
+            Some((core, k)) => Err(format!(
+                "{} named and {} learnt peers known for {core:?}",
+                k.named.len(),
+                k.learnt.len()
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Checks that exactly the cores looking for their peers have a `Redial` timer.

@@ -20,7 +20,7 @@
 //! entries of each core.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -82,6 +82,10 @@ impl Default for FetchConfig {
 /// slow one.
 pub const INVALID_PENALTY_FACTOR: u32 = 4;
 
+/// Peers that went away whose failures, penalty and offences are kept, should they come back
+/// (the most recent).
+pub const MAX_GONE_PEERS: usize = 1024;
+
 /// A request the queue wants sent: blocks `start..end` of `core` from `peer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Assignment {
@@ -114,13 +118,25 @@ struct PeerState {
     backoff_until: Option<Instant>,
     /// Whether the back-off is a penalty (after the last failure allowed).
     penalized: bool,
-    /// Penalties so far on this connection: each doubles the next.
+    /// Penalties so far (kept when it reconnects, see [`MAX_GONE_PEERS`]): each doubles the
+    /// next.
     offences: u32,
     /// Whether a failure since the last penalty was data that did not verify.
     sent_invalid: bool,
     /// The blocks of each core the peer is a source of, as ranges: runs are looked for only
     /// there, so a peer that has little costs little to serve the queue.
     ranges: BTreeMap<CoreKey, Vec<(u64, u64)>>,
+}
+
+/// What is kept of a peer that went away: what it takes to come back clean is time, not a
+/// new connection.
+#[derive(Debug, Clone, Copy)]
+struct GoneRecord {
+    failures: u32,
+    backoff_until: Option<Instant>,
+    penalized: bool,
+    offences: u32,
+    sent_invalid: bool,
 }
 
 /// What a timer of the queue is for.
@@ -168,6 +184,9 @@ pub struct FetchQueue {
     held_bytes: u64,
     /// Every request's deadline and every back-off, by time.
     deadlines: Deadlines<Timer>,
+    /// The record of peers that went away with failures, oldest first in `gone_order`.
+    gone: BTreeMap<PeerId, GoneRecord>,
+    gone_order: VecDeque<PeerId>,
 }
 
 impl FetchQueue {
@@ -183,7 +202,42 @@ impl FetchQueue {
             next_id: 1,
             held_bytes: 0,
             deadlines: Deadlines::default(),
+            gone: BTreeMap::new(),
+            gone_order: VecDeque::new(),
         }
+    }
+
+    /// The state of `peer`, made now if it has none: from its record if it went away with
+    /// failures (its back-off or penalty goes on).
+    fn state(&mut self, peer: PeerId) -> &mut PeerState {
+        if !self.peers.contains_key(&peer)
+            && let Some(r) = self.gone.remove(&peer)
+        {
+            self.gone_order.retain(|p| *p != peer);
+            if r.backoff_until.is_some() {
+                self.deadlines
+                    .replace(Timer::Backoff(peer), None, r.backoff_until);
+            }
+            self.peers.insert(
+                peer,
+                PeerState {
+                    failures: r.failures,
+                    backoff_until: r.backoff_until,
+                    penalized: r.penalized,
+                    offences: r.offences,
+                    sent_invalid: r.sent_invalid,
+                    ..PeerState::default()
+                },
+            );
+        }
+        self.peers.entry(peer).or_default()
+    }
+
+    /// Whether `peer` has requests in flight (for `core`, if given).
+    pub fn has_requests(&self, peer: &PeerId, core: Option<&CoreKey>) -> bool {
+        self.requests
+            .values()
+            .any(|r| r.peer == *peer && core.is_none_or(|c| r.core == *c))
     }
 
     /// Number of blocks in the queue (waiting, in flight or being committed).
@@ -258,7 +312,10 @@ impl FetchQueue {
         if start >= end {
             return;
         }
-        let state = self.peers.entry(peer).or_default();
+        self.state(peer);
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
         let Some(q) = self.cores.get_mut(&core) else {
             return;
         };
@@ -318,7 +375,9 @@ impl FetchQueue {
         emptied
     }
 
-    /// `peer` no longer serves `core` (its channel closed).
+    /// `peer` no longer serves `core` (its channel closed): its requests for it go to others
+    /// (the engine counts a failure first if the peer gave the channel up with requests in
+    /// flight).
     pub fn remove_source(&mut self, core: &CoreKey, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer && r.core == *core);
         let known = self
@@ -344,17 +403,42 @@ impl FetchQueue {
         }
     }
 
-    /// The peer went away: its requests fail without penalty and it is no longer a source.
-    pub fn remove_peer(&mut self, peer: &PeerId) {
+    /// The peer went away: it is no longer a source, and its requests go to others. Going
+    /// with requests in flight counts as a failure; its failures, back-off and offences are
+    /// kept (for the last [`MAX_GONE_PEERS`] peers) for when it comes back.
+    pub fn remove_peer(&mut self, peer: &PeerId, now: Instant) {
+        if self.has_requests(peer, None) {
+            self.fail(*peer, now, false);
+        }
         self.forget_peer(peer);
     }
 
-    /// Fails the requests of `peer` without penalty and forgets its state.
+    /// Fails the requests of `peer` without penalty and forgets its state, but for the record
+    /// of its failures.
     fn forget_peer(&mut self, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer);
         let Some(state) = self.peers.remove(peer) else {
             return;
         };
+        if state.failures > 0 || state.offences > 0 {
+            self.gone.insert(
+                *peer,
+                GoneRecord {
+                    failures: state.failures,
+                    backoff_until: state.backoff_until,
+                    penalized: state.penalized,
+                    offences: state.offences,
+                    sent_invalid: state.sent_invalid,
+                },
+            );
+            self.gone_order.retain(|p| p != peer);
+            self.gone_order.push_back(*peer);
+            while self.gone_order.len() > MAX_GONE_PEERS {
+                if let Some(old) = self.gone_order.pop_front() {
+                    self.gone.remove(&old);
+                }
+            }
+        }
         self.deadlines
             .replace(Timer::Backoff(*peer), state.backoff_until, None);
         for (core, known) in state.ranges {
@@ -655,8 +739,8 @@ impl FetchQueue {
     /// Counts a failure of `peer`. A peer serving a penalty is asked nothing, so what it fails
     /// meanwhile (a late answer, a push) adds nothing.
     fn fail(&mut self, peer: PeerId, now: Instant, invalid: bool) {
-        let cfg = &self.cfg;
-        let state = self.peers.entry(peer).or_default();
+        let cfg = self.cfg.clone();
+        let state = self.state(peer);
         if state.penalized && state.backoff_until.is_some_and(|t| t > now) {
             return;
         }

@@ -368,8 +368,8 @@ fn no_data_moves_the_block_to_another_source() {
 
 /// A peer serving a penalty is asked nothing, and what it fails meanwhile (another request
 /// timing out in the same pass, a late invalid block) neither extends nor repeats the
-/// penalty. A peer that sent invalid data is out four times as long as a slow one. Once it
-/// disconnects, a new connection starts afresh.
+/// penalty. A peer that sent invalid data is out four times as long as a slow one. It keeps
+/// its penalty and offences when it reconnects.
 #[test]
 fn a_penalized_peer_is_not_penalized_again_during_its_penalty() {
     let clock = Clock(Instant::now());
@@ -398,12 +398,53 @@ fn a_penalized_peer_is_not_penalized_again_during_its_penalty() {
     assert!(q.is_penalized(&A, clock.at(1002)));
     assert_eq!(q.next_request(clock.at(1002)), None);
     assert_eq!(q.next_deadline(), Some(until));
-    // Once it disconnects, a new connection starts afresh.
-    q.remove_peer(&A);
-    assert!(!q.is_penalized(&A, clock.at(1003)));
-    q.penalize(A, clock.at(2000));
+    // A new connection does not start afresh: back as a source, it serves the rest of its
+    // penalty, and its next offence costs double.
+    q.remove_peer(&A, clock.at(1003));
+    q.add_source(CORE, 0, 64, A);
+    assert!(q.is_penalized(&A, clock.at(1004)));
+    assert_eq!(q.next_request(clock.at(1004)), None);
+    assert!(
+        q.next_request(until).is_some(),
+        "probed once its penalty ended"
+    );
+    q.penalize(A, until);
     assert_eq!(
         q.take_notices(),
-        vec![PeerNotice::BackedOff(A, clock.at(2100))]
+        vec![PeerNotice::Penalized(A, until + cfg().penalty * 2)]
     );
+}
+
+/// Going away with requests in flight counts as a failure (as their timing out would): a peer
+/// cannot escape its deadlines by reconnecting, and what it failed stays with it when it
+/// comes back. (A channel given up with requests in flight is the engine's to count.)
+#[test]
+fn leaving_with_requests_in_flight_is_a_failure_that_outlives_the_connection() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    assert!(q.next_request(clock.at(0)).is_some());
+    q.remove_peer(&A, clock.at(1));
+    assert!(matches!(q.take_notices()[..], [PeerNotice::BackedOff(p, _)] if p == A));
+    q.add_source(CORE, 0, 64, A);
+    let mut t = 1;
+    for _ in 0..cfg().max_failures * 2 {
+        t += 10_000;
+        if q.next_request(clock.at(t)).is_none() {
+            continue; // backed off or penalized
+        }
+        q.remove_peer(&A, clock.at(t));
+        q.add_source(CORE, 0, 64, A);
+    }
+    assert!(
+        q.take_notices()
+            .iter()
+            .any(|n| matches!(n, PeerNotice::Penalized(p, _) if *p == A)),
+        "penalized after its last back-off, across connections"
+    );
+    // Without requests in flight, leaving costs nothing.
+    let mut q = queue(64, &[B]);
+    q.remove_peer(&B, clock.at(0));
+    q.add_source(CORE, 0, 64, B);
+    assert!(q.take_notices().is_empty());
+    assert!(q.next_request(clock.at(0)).is_some());
 }

@@ -56,6 +56,14 @@ const REOPEN_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(
 /// something new (about a minute of tries).
 const MAX_REOPENS: u32 = 7;
 
+/// Channels a peer may open per second that replace one of its own still open (its `Close`
+/// of the old one may come after the new one's `Open`). Each one moves the core's fetch
+/// sources, so past this a new channel is refused while the old one stays.
+const REPLACEMENTS_PER_SECOND: u64 = 8;
+
+/// Why a channel that would replace one of the peer's own is refused.
+const TOO_MANY_REPLACEMENTS: &str = "too many channels replaced";
+
 /// A core that may have channels.
 #[derive(Debug, Clone, Copy)]
 struct Registered {
@@ -245,6 +253,7 @@ impl Channels {
                     core: c.core,
                     channel: *ch,
                     peer_gone: true,
+                    given_up: true,
                 });
             }
         }
@@ -500,6 +509,14 @@ impl Channels {
             // have a channel once that `Close` arrives.
             let ours = self.table.get(&existing).is_some_and(|c| c.opened_by_me);
             if !ours || peer < self.me {
+                let allowed = self
+                    .peers
+                    .get_mut(&peer)
+                    .is_some_and(|p| p.replacements.take(REPLACEMENTS_PER_SECOND, cx.now));
+                if !allowed {
+                    self.refuse(peer, id, TOO_MANY_REPLACEMENTS, cx);
+                    return;
+                }
                 cx.out.push_back(Output::CloseChannel(peer, existing));
                 self.drop(existing, cx);
             } else if core == *STORE_CHANNEL_KEY {
@@ -620,12 +637,17 @@ impl Channels {
     /// Ends a channel with a reason: tells the peer, closes the stream, forgets it.
     pub(super) fn close(&mut self, peer: PeerId, id: ChannelId, reason: &str, cx: &mut Cx) {
         send_close(peer, id, reason, cx);
-        self.drop(id, cx);
+        self.forget(id, false, cx);
     }
 
-    /// Forgets channel `id` (its stream ended, or it is closed): an authenticated one with
-    /// [`Note::ChannelDown`]; a parked one is unparked.
+    /// Forgets channel `id`, which the peer gave up (its stream ended, it closed or replaced
+    /// it): an authenticated one with [`Note::ChannelDown`]; a parked one is unparked.
     pub(super) fn drop(&mut self, id: ChannelId, cx: &mut Cx) {
+        self.forget(id, true, cx);
+    }
+
+    /// Forgets channel `id`: given up by the peer, or closed by us.
+    fn forget(&mut self, id: ChannelId, given_up: bool, cx: &mut Cx) {
         self.unpark(id, cx);
         let Some(c) = self.table.remove(&id) else {
             return;
@@ -647,6 +669,7 @@ impl Channels {
                 core: c.core,
                 channel: id,
                 peer_gone: false,
+                given_up,
             });
         }
     }
@@ -740,6 +763,34 @@ impl Channels {
 
     // Queries.
 
+    /// Checks the channel part's bounds: parked channels within `max_parked` and each peer's
+    /// within `max_parked_per_peer`; each peer's channels within `max_channels_per_peer` plus
+    /// the ones it parked, and ours waiting for an `Accept` within `max_opening_per_peer`.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn check_bounds(&self, cfg: &super::EngineConfig) -> Result<(), String> {
+        if self.parked.len() > cfg.max_parked {
+            return Err(format!("{} channels parked", self.parked.len()));
+        }
+        for (peer, p) in &self.peers {
+            let parked = self.parked.of_peer(peer).len();
+            if parked > cfg.max_parked_per_peer {
+                return Err(format!("{parked} channels parked for {peer:?}"));
+            }
+            if p.by_core.len() > cfg.max_channels_per_peer {
+                return Err(format!("{} channels with {peer:?}", p.by_core.len()));
+            }
+            if p.opening > cfg.max_opening_per_peer {
+                return Err(format!("{} of ours opening to {peer:?}", p.opening));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `core` is only served to the peers that asked for it.
+    pub(super) fn is_served_only(&self, core: &CoreKey) -> bool {
+        self.cores.get(core).is_some_and(|r| r.served_only)
+    }
+
     /// Whether `peer` is connected.
     pub(super) fn is_connected(&self, peer: &PeerId) -> bool {
         self.peers.contains_key(peer)
@@ -791,6 +842,18 @@ impl Channels {
         self.peers
             .get(peer)
             .is_some_and(|p| p.idle_closed.contains(core))
+    }
+
+    /// Opens a channel for `core` to a connected `peer` that has none, unless one it refused
+    /// for lack of room waits for its `Reopen` timer.
+    pub(super) fn open_again(&mut self, peer: PeerId, core: CoreKey, cx: &mut Cx) {
+        if self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| !p.reopen.contains_key(&core))
+        {
+            self.open(peer, core, cx);
+        }
     }
 
     /// Whether `core` waits for room to open a channel to `peer`.

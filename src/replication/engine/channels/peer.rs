@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::super::ChannelId;
+use super::super::{ChannelId, allowance::Allowance};
 use crate::crypto::CoreKey;
 
 /// What the channel part keeps of one connected peer.
@@ -24,4 +24,6 @@ pub(super) struct PeerChannels {
     /// Cores whose channel it refused for lack of room, with the refusals in a row: each is
     /// opened again when its `Reopen` timer fires.
     pub(super) reopen: BTreeMap<CoreKey, u32>,
+    /// Its allowance of channels that replace one of its own still open.
+    pub(super) replacements: Allowance,
 }

@@ -361,6 +361,27 @@ impl Server {
         self.running.keys().copied().collect()
     }
 
+    /// Checks the serving part's bounds: each peer's queue within `serve_queue`, its running
+    /// tasks within `serve_concurrency`, and all within `serve_concurrency_total`.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn check_bounds(&self, cfg: &super::EngineConfig) -> Result<(), String> {
+        for (peer, q) in &self.queues {
+            if q.len() > cfg.serve_queue {
+                return Err(format!("{} requests queued for {peer:?}", q.len()));
+            }
+        }
+        // A task of a connection closed since may run on beside a new one's (see `running`).
+        for (peer, n) in &self.running {
+            if *n > cfg.serve_concurrency.saturating_mul(2) {
+                return Err(format!("{n} storage tasks running for {peer:?}"));
+            }
+        }
+        if self.total_running > cfg.serve_concurrency_total {
+            return Err(format!("{} storage tasks running", self.total_running));
+        }
+        Ok(())
+    }
+
     /// Storage tasks reading answers, and those running for `peer`.
     #[cfg(test)]
     pub(super) fn reading(&self, peer: &PeerId) -> (usize, usize) {

@@ -157,6 +157,7 @@ impl CoreSync {
         &mut self,
         channel: ChannelId,
         peer_gone: bool,
+        given_up: bool,
         cx: &mut Cx,
     ) -> bool {
         let Some(r) = self.remotes.remove(&channel) else {
@@ -172,10 +173,19 @@ impl CoreSync {
                 peer: r.peer,
             });
         }
+        let upgrading = self.upgrade.take_on(self.key, channel, cx.timers).is_some();
+        // Giving the channel up (or the connection: the fetch queue sees to its requests then)
+        // with requests or the upgrade unanswered is a failure, as their timing out would be:
+        // else a peer that claims more than it has would open its channel again before each
+        // deadline and be asked first for ever.
+        let in_flight = !peer_gone && cx.fetch.has_requests(&r.peer, Some(&self.key));
+        if given_up && (upgrading || in_flight) {
+            cx.fetch.penalize(r.peer, cx.now);
+        }
         if !peer_gone {
             cx.fetch.remove_source(&self.key, &r.peer);
         }
-        if self.upgrade.take_on(self.key, channel, cx.timers).is_some() {
+        if upgrading {
             cx.note(Note::RetryUpgrade(self.key));
         }
         true
@@ -1061,7 +1071,10 @@ impl CoreSync {
     /// being applied), ends it and returns the signed length now.
     pub(super) fn finish_update(&mut self, cx: &mut Cx) -> Option<u64> {
         let pending = self.update.as_ref()?;
-        let applying = self.apply.upgrade_proof.is_some() || self.apply.applying.is_some();
+        // Only an upgrade being applied can change the signed length: blocks being stored
+        // (a run) do not hold the answer back.
+        let applying = self.apply.upgrade_proof.is_some()
+            || matches!(self.apply.applying, Some(apply::Applying::Upgrade { .. }));
         let answered =
             pending.waiting.is_empty() && !pending.first_peer && self.upgrade.get().is_none();
         let done = (answered || pending.expired) && !applying;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::super::{
-    ChannelId, Engine, EngineConfig, IDLE_REASON, Input, LocalInfo, Mode, Output,
+    ChannelId, Engine, EngineConfig, Event, IDLE_REASON, Input, LocalInfo, Mode, Output,
     testing::{CORE, PEER, known, local, outputs, sync},
 };
 use crate::{
@@ -288,4 +288,48 @@ fn channels_open_only_to_peers_known_to_have_the_core() {
         "a new core goes to the store peer alone"
     );
     engine.check_timers().unwrap();
+}
+
+/// A peer's channel that replaces its own still-open one (its `Close` of the old one comes
+/// late) is no loss of the core's last peer: no `NoPeers`, no redial. Past 8 replacements a
+/// second, a new one is refused and the old one kept (each moves the core's fetch sources).
+#[test]
+fn a_replaced_channel_is_no_lost_peer_and_replacements_are_rate_limited() {
+    let now = Instant::now();
+    let me = [1; 32];
+    let low = [0; 32];
+    let mut engine = Engine::new(me, EngineConfig::default());
+    engine.add_core(CORE, local(5, true), Mode::Full, now);
+    engine.handle(Input::PeerConnected(low), now);
+    let open = Message::Open {
+        discovery_key: crate::crypto::discovery_key(&CORE),
+        capability: capability(&CORE, Role::Opener, &low, &me),
+    };
+    let mut refused = 0;
+    for k in 0..40u64 {
+        let channel = 2 * k + 1;
+        engine.handle(Input::Message(low, channel, open.clone()), now);
+        for o in outputs(&mut engine) {
+            match o {
+                Output::Event(Event::NoPeers { .. } | Event::Reconnecting { .. }) => {
+                    panic!("replacement {k} reported as a lost peer")
+                }
+                Output::Send(_, ch, Message::Close { reason }) if ch == channel => {
+                    assert_eq!(reason, "too many channels replaced");
+                    refused += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(refused, 40 - 9, "the first and 8 replacements are taken");
+    assert_eq!(engine.peer_stats()[0].channels, 1, "the old channel stays");
+    engine.check_timers().unwrap();
+    // A second later, one more is.
+    engine.handle(Input::Message(low, 101, open), now + Duration::from_secs(1));
+    assert!(
+        !outputs(&mut engine)
+            .iter()
+            .any(|o| matches!(o, Output::Send(_, 101, Message::Close { .. })))
+    );
 }

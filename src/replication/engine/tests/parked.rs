@@ -106,8 +106,8 @@ fn keyless_peers_filling_the_parked_slots_do_not_shut_out_a_reader() {
 }
 
 /// A peer refuses our channel for lack of room: it is opened again after 0.5 s, then 1 s,
-/// 2 s … while refusals go on, until the peer accepts it. A refusal for another reason is not
-/// retried.
+/// 2 s … while refusals go on, until the peer accepts it. A refusal for another reason is
+/// retried only as the core looks for its peers again, with its growing back-off.
 #[test]
 fn a_channel_refused_for_lack_of_room_is_opened_again_with_back_off() {
     let t0 = Instant::now();
@@ -161,12 +161,29 @@ fn a_channel_refused_for_lack_of_room_is_opened_again_with_back_off() {
     let channel = opened(&outputs(&mut engine))[0];
     engine.handle(Input::Message(PEER, channel, close), now);
     outputs(&mut engine);
+    // Only as the core looks for its peers again (it has none): after its redial back-off,
+    // which grows.
+    let mut opens = Vec::new();
     for _ in 0..8 {
         let Some(at) = engine.poll_timeout() else {
             break;
         };
         engine.handle_timeout(at);
-        assert!(opened(&outputs(&mut engine)).is_empty(), "not opened again");
+        let again = opened(&outputs(&mut engine));
+        if let Some(ch) = again.first() {
+            opens.push(at);
+            let close = Message::Close {
+                reason: "unknown core".into(),
+            };
+            engine.handle(Input::Message(PEER, *ch, close), at);
+            outputs(&mut engine);
+        }
     }
+    assert!(opens.len() >= 2, "{opens:?}");
+    assert!(opens[0] >= now + Duration::from_millis(750), "not at once");
+    assert!(
+        opens[1] - opens[0] > Duration::from_millis(1400),
+        "backed off: {opens:?}"
+    );
     engine.check_timers().unwrap();
 }

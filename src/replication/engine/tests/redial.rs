@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::super::{
-    Engine, EngineConfig, Event, Input, MAX_KNOWN_PER_CORE, Mode, Output,
+    Engine, EngineConfig, Event, Input, MAX_KNOWN_PER_CORE, MAX_LEARNT, MAX_NAMED, Mode, Output,
     testing::{CORE, ME, PEER, connect, engine_with_peer, local, outputs, sync},
 };
 
@@ -88,8 +88,8 @@ fn a_core_whose_last_peer_went_dials_it_again_with_back_off_until_it_is_back() {
 
 /// The nodes of a ticket (or a restarted node's remembered peers) are known before any
 /// channel opens: a core with none dials them at once, then again, four at a time, rounding
-/// the list; a core knows at most 16 peers, the most
-/// recently useful first.
+/// the list. A core keeps at most 8 named peers (the first given) and 8 learnt ones (gossip,
+/// channels), the most recently useful first.
 #[test]
 fn ticket_nodes_are_dialed_again_and_the_peers_known_are_bounded() {
     let t0 = Instant::now();
@@ -98,9 +98,16 @@ fn ticket_nodes_are_dialed_again_and_the_peers_known_are_bounded() {
     outputs(&mut engine);
     let nodes: Vec<[u8; 32]> = (10..40u8).map(|i| [i; 32]).collect();
     engine.handle(Input::Peers(CORE, nodes.clone()), t0);
+    assert_eq!(engine.known_peers(&CORE)[..], nodes[..MAX_NAMED]);
+    let seen: Vec<[u8; 32]> = (50..80u8).map(|i| [i; 32]).collect();
+    engine.handle(Input::PeersSeen(CORE, seen.clone()), t0);
     let known = engine.known_peers(&CORE);
     assert_eq!(known.len(), MAX_KNOWN_PER_CORE);
-    assert_eq!(known[..], nodes[..MAX_KNOWN_PER_CORE]);
+    assert_eq!(
+        known[..MAX_NAMED],
+        nodes[..MAX_NAMED],
+        "the named come first"
+    );
     assert_eq!(
         reconnecting(&outputs(&mut engine)),
         [(0, Duration::ZERO)],
@@ -122,12 +129,64 @@ fn ticket_nodes_are_dialed_again_and_the_peers_known_are_bounded() {
         MAX_KNOWN_PER_CORE,
         "every known peer was dialed once"
     );
-    // A peer that becomes useful goes first; nobody else is pushed out by it.
-    let useful = nodes[MAX_KNOWN_PER_CORE - 1];
-    let channel = connect(&mut engine, useful, t0);
+    // A learnt peer that becomes useful goes first among the learnt; nobody is pushed out.
+    let useful = known[MAX_KNOWN_PER_CORE - 1];
+    assert_eq!(useful, seen[MAX_LEARNT - 1]);
+    engine.handle(Input::PeerConnected(useful), t0);
+    let channel = outputs(&mut engine)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::OpenChannel(p, ch, _) if p == useful => Some(ch),
+            _ => None,
+        })
+        .expect("a learnt peer gets a channel");
+    let accept = crate::replication::wire::Message::Accept {
+        capability: crate::crypto::capability::capability(
+            &CORE,
+            crate::crypto::capability::Role::Acceptor,
+            &ME,
+            &useful,
+        ),
+    };
+    engine.handle(Input::Message(useful, channel, accept), t0);
     engine.handle(Input::Message(useful, channel, sync(0, true)), t0);
-    assert_eq!(engine.known_peers(&CORE)[0], useful);
+    assert_eq!(engine.known_peers(&CORE)[MAX_NAMED], useful);
     assert_eq!(engine.known_peers(&CORE).len(), MAX_KNOWN_PER_CORE);
+    engine.check_timers().unwrap();
+}
+
+/// Peers that learn the key and open channels from many ids (each channel makes its peer
+/// useful) fill the learnt places, never the named ones: the ticket's node stays known and
+/// dialed; a `join` naming three more keeps all three.
+#[test]
+fn channels_from_many_ids_never_push_out_the_named_peers() {
+    use crate::crypto::{
+        capability::{Role, capability},
+        discovery_key,
+    };
+    let t0 = Instant::now();
+    let mut engine = Engine::new(ME, EngineConfig::default());
+    engine.add_core(CORE, local(5, true), Mode::Full, t0);
+    let writer = [200; 32];
+    engine.handle(Input::Peers(CORE, vec![writer]), t0);
+    for i in 0..40u8 {
+        let peer = [100 + i; 32];
+        engine.handle(Input::PeerConnected(peer), t0);
+        let open = crate::replication::wire::Message::Open {
+            discovery_key: discovery_key(&CORE),
+            capability: capability(&CORE, Role::Opener, &peer, &ME),
+        };
+        engine.handle(Input::Message(peer, 1, open), t0);
+        engine.handle(Input::Message(peer, 1, sync(5, false)), t0);
+    }
+    outputs(&mut engine);
+    let known = engine.known_peers(&CORE);
+    assert_eq!(known[0], writer, "{known:?}");
+    assert_eq!(known.len(), 1 + MAX_LEARNT);
+    let more = vec![[201; 32], [202; 32], [203; 32]];
+    engine.handle(Input::Peers(CORE, more.clone()), t0);
+    let known = engine.known_peers(&CORE);
+    assert_eq!(known[..4], [more[0], more[1], more[2], writer]);
     engine.check_timers().unwrap();
 }
 
@@ -182,5 +241,40 @@ fn update_waits_for_the_first_peer_of_a_core_looking_for_its_peers() {
     assert!(!updated(&outputs(&mut engine)));
     engine.handle_timeout(t0 + timeout);
     assert!(updated(&outputs(&mut engine)));
+    engine.check_timers().unwrap();
+}
+
+/// A core only served to the peers that asked (found in the store) remembers and redials
+/// none of them: when its reader goes, nothing is dialed and no timer is left.
+#[test]
+fn a_served_core_redials_nobody() {
+    use crate::crypto::{
+        capability::{Role, capability},
+        discovery_key,
+    };
+    let now = Instant::now();
+    let mut engine = Engine::new(ME, EngineConfig::default());
+    engine.handle(Input::PeerConnected(PEER), now);
+    let open = crate::replication::wire::Message::Open {
+        discovery_key: discovery_key(&CORE),
+        capability: capability(&CORE, Role::Opener, &PEER, &ME),
+    };
+    engine.handle(Input::Message(PEER, 1, open), now);
+    outputs(&mut engine);
+    assert!(engine.serve_core(CORE, local(3, true), Mode::Sparse, now));
+    engine.handle(Input::Message(PEER, 1, sync(0, false)), now);
+    outputs(&mut engine);
+    assert!(engine.known_peers(&CORE).is_empty());
+    engine.handle(Input::PeerDisconnected(PEER), now);
+    let out = outputs(&mut engine);
+    assert!(
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Event(Event::NoPeers { .. } | Event::Reconnecting { .. })
+        )),
+        "{out:?}"
+    );
+    engine.handle_timeout(now + Duration::from_secs(600));
+    assert!(dialed(&outputs(&mut engine)).is_empty());
     engine.check_timers().unwrap();
 }

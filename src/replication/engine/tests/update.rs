@@ -55,3 +55,46 @@ fn an_update_resolves_when_its_peer_answers_or_after_the_timeout() {
     assert!(engine.updating.is_empty());
     assert_eq!(engine.timers.get(Timer::Update(CORE)), None);
 }
+
+/// Blocks being stored (a run's apply task still running) do not hold an update past its
+/// deadline: only an upgrade being applied can change the signed length.
+#[test]
+fn an_update_is_not_held_past_its_deadline_by_blocks_being_stored() {
+    use super::super::{
+        Task,
+        testing::{junk_block, local_at, run_requests, sync_at, take_task},
+    };
+    let now = Instant::now();
+    let (mut engine, channel, out) = super::super::testing::engine_with_peer_outputs(
+        Default::default(),
+        local_at(5, 0, false),
+        Mode::Full,
+        sync_at(5, 5, false),
+        now,
+    );
+    let (id, start, _) = *run_requests(&out)
+        .first()
+        .expect("the missing blocks are asked");
+    engine.handle(
+        Input::Message(
+            PEER,
+            channel,
+            Message::Data {
+                id,
+                proof: junk_block(start, 16),
+            },
+        ),
+        now,
+    );
+    let mut out = outputs(&mut engine);
+    take_task(&mut out, |t| matches!(t, Task::ApplyRun { .. })).expect("a run is applied");
+    // The apply task is left running.
+    engine.handle(Input::Update(CORE), now);
+    outputs(&mut engine);
+    let timeout = engine.config().upgrade_timeout;
+    engine.handle_timeout(now + timeout);
+    assert!(
+        updated(&outputs(&mut engine), 5),
+        "resolved at its deadline while blocks are stored"
+    );
+}

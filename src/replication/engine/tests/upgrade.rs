@@ -222,3 +222,46 @@ fn a_timer_set_again_for_now_does_not_hang_handle_timeout() {
         "handle_timeout did not return within 5 s"
     );
 }
+
+/// A peer that claims one block more than we hold and, just before each upgrade deadline,
+/// opens its channel again (with a lower id than ours, its new channel replaces the old one)
+/// is not asked first for ever: each channel it gives up with the upgrade unanswered counts
+/// as a failure, until it is penalized.
+#[test]
+fn reopening_the_channel_before_each_upgrade_deadline_does_not_escape_the_penalty() {
+    use crate::crypto::capability::{Role, capability};
+    let low = [0; 32];
+    let mut now = Instant::now();
+    let mut engine = Engine::new(super::super::testing::ME, EngineConfig::default());
+    engine.add_core(CORE, local(5, false), Mode::Full, now);
+    let wait = engine.config().upgrade_timeout - Duration::from_millis(100);
+    let mut penalized = false;
+    let mut upgrades = 0;
+    for k in 0..40u64 {
+        let channel = 2 * k + 1;
+        let open = Message::Open {
+            discovery_key: crate::crypto::discovery_key(&CORE),
+            capability: capability(&CORE, Role::Opener, &low, &engine.me()),
+        };
+        if k == 0 {
+            engine.handle(Input::PeerConnected(low), now);
+        }
+        engine.handle(Input::Message(low, channel, open), now);
+        engine.handle(Input::Message(low, channel, sync(6, false)), now);
+        let out = outputs(&mut engine);
+        upgrades += out
+            .iter()
+            .filter(|o| matches!(o, Output::Send(p, _, Message::Request { .. }) if *p == low))
+            .count();
+        penalized |= out
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::Penalized { peer, .. }) if *peer == low));
+        if penalized {
+            break;
+        }
+        now += wait;
+        engine.handle_timeout(now);
+    }
+    assert!(upgrades > 1, "the peer was asked for the upgrade");
+    assert!(penalized, "the peer escaped every deadline");
+}

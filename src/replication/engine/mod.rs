@@ -1068,6 +1068,7 @@ impl Engine {
         self.channels.check_bounds(&self.cfg)?;
         self.server.check_bounds(&self.cfg)?;
         self.redial.check_bounds()?;
+        self.peers.check_bounds()?;
         if self.store_peers.len() > MAX_STORE_PEERS {
             return Err(format!("{} store peers", self.store_peers.len()));
         }

@@ -18,7 +18,13 @@ struct Peer {
     control: Allowance,
     /// Control messages dropped past the allowance since the last channel closed for them.
     control_dropped: u64,
+    /// Ranges its channels say it holds, over all of them.
+    ranges: usize,
 }
+
+/// Ranges of blocks one peer's channels may say it holds, over all its channels (each
+/// channel keeps at most 1,024): past it, more are ignored. About 128 KiB a peer.
+pub const MAX_RANGES_PER_PEER: usize = 8192;
 
 /// What becomes of a control message (`Cancel`, `Unwant`) from a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,9 +66,38 @@ impl Peers {
                 backlog_over: false,
                 control: Allowance::default(),
                 control_dropped: 0,
+                ranges: 0,
             },
         );
         true
+    }
+
+    /// Whether `peer`'s channels may record more ranges it holds.
+    pub(super) fn has_range_room(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.ranges < MAX_RANGES_PER_PEER)
+    }
+
+    /// One of `peer`'s channels went from `before` ranges recorded to `after`.
+    pub(super) fn ranges_changed(&mut self, peer: &PeerId, before: usize, after: usize) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.ranges = p.ranges.saturating_sub(before).saturating_add(after);
+        }
+    }
+
+    /// Checks that no peer's channels recorded more ranges than [`MAX_RANGES_PER_PEER`] (and
+    /// one more range each, the last one taken).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(super) fn check_bounds(&self) -> Result<(), String> {
+        match self
+            .peers
+            .iter()
+            .find(|(_, p)| p.ranges > MAX_RANGES_PER_PEER + 1)
+        {
+            Some((peer, p)) => Err(format!("{} ranges recorded for {peer:?}", p.ranges)),
+            None => Ok(()),
+        }
     }
 
     /// `peer` disconnected; false if it was not connected.

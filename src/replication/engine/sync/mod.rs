@@ -163,6 +163,7 @@ impl CoreSync {
         let Some(r) = self.remotes.remove(&channel) else {
             return false;
         };
+        cx.peers.ranges_changed(&r.peer, r.ranges.len(), 0);
         if self.by_peer.get(&r.peer) == Some(&channel) {
             self.by_peer.remove(&r.peer);
         }
@@ -218,6 +219,7 @@ impl CoreSync {
         let first = r.sync.is_none();
         let old = r.sync.replace(info);
         if old.is_some_and(|o| o.fork != info.fork) {
+            cx.peers.ranges_changed(&peer, r.ranges.len(), 0);
             r.ranges.clear();
             r.sourced = 0;
         }
@@ -260,10 +262,13 @@ impl CoreSync {
         // Only what no earlier `Sync` or `Range` of this channel covered: each block is
         // recorded once per channel however often a peer repeats itself.
         let start = start.max(r.sourced);
-        if start >= end || r.ranges.len() >= MAX_REMOTE_RANGES {
+        if start >= end || r.ranges.len() >= MAX_REMOTE_RANGES || !cx.peers.has_range_room(&r.peer)
+        {
             return;
         }
+        let before = r.ranges.len();
         let new = ranges::insert(&mut r.ranges, start, end);
+        cx.peers.ranges_changed(&r.peer, before, r.ranges.len());
         if r.sync.map(|s| s.fork) == Some(self.local.fork) {
             for (s, e) in new {
                 cx.fetch

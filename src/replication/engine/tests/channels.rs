@@ -333,3 +333,45 @@ fn a_replaced_channel_is_no_lost_peer_and_replacements_are_rate_limited() {
             .any(|o| matches!(o, Output::Send(_, 101, Message::Close { .. })))
     );
 }
+
+/// The ranges a peer says it holds are bounded over all its channels, not only per channel:
+/// ten channels of 1,024 ranges each record at most `MAX_RANGES_PER_PEER` in all.
+#[test]
+fn the_ranges_a_peer_says_it_holds_are_bounded_over_its_channels() {
+    let now = Instant::now();
+    let me = [1; 32];
+    let mut engine = Engine::new(me, EngineConfig::default());
+    let cores: Vec<CoreKey> = (0..10u8).map(|i| [100 + i; 32]).collect();
+    for core in &cores {
+        engine.add_core(*core, local(1 << 20, true), Mode::Full, now);
+        known(&mut engine, *core, PEER, now);
+    }
+    engine.handle(Input::PeerConnected(PEER), now);
+    let mut channels = Vec::new();
+    for o in outputs(&mut engine) {
+        if let Output::OpenChannel(_, ch, Message::Open { discovery_key, .. }) = o {
+            let core = *cores
+                .iter()
+                .find(|k| crate::crypto::discovery_key(k) == discovery_key)
+                .unwrap();
+            channels.push((ch, core));
+        }
+    }
+    assert_eq!(channels.len(), cores.len());
+    for (ch, core) in &channels {
+        let accept = Message::Accept {
+            capability: capability(core, Role::Acceptor, &me, &PEER),
+        };
+        engine.handle(Input::Message(PEER, *ch, accept), now);
+        engine.handle(Input::Message(PEER, *ch, sync(0, false)), now);
+        for i in 0..1100u64 {
+            let range = Message::Range {
+                start: 2 * i,
+                end: 2 * i + 1,
+            };
+            engine.handle(Input::Message(PEER, *ch, range), now);
+        }
+        outputs(&mut engine);
+        engine.check_bounds().unwrap();
+    }
+}

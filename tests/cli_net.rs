@@ -416,7 +416,12 @@ fn a_reader_that_goes_away_ends_follow_with_exit_code_zero() {
         .arg(b.path())
         .arg(&ticket);
     let piped = process::output_within(bash, "");
-    assert_eq!(String::from_utf8_lossy(&piped.stdout), format!("{line}\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout),
+        format!("{line}\n"),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
     assert!(
         piped.status.success(),
         "a closed pipe is a normal end: {}",

@@ -451,3 +451,30 @@ async fn no_event_is_older_than_a_state_the_caller_saw() {
     }
     shutdown(&[&writer, &reader]).await;
 }
+
+/// A peer joined before `replicate_store` is a store peer too: a reader that joins the writer
+/// for one core and then follows its whole store gets every core over that connection (a
+/// channel opens only to peers known to have a core, and these are).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_joined_before_replicate_store_gets_every_core() {
+    let net = test_net().await;
+    let (writer, reader) = two_nodes(&net).await;
+    let mut cores = Vec::new();
+    for i in 0..10 {
+        let log = writer.store.get_named(&format!("log {i}")).await.unwrap();
+        log.append(numbered(i, 20)).await.unwrap();
+        cores.push(reader.store.get_remote(log.key()).await.unwrap());
+    }
+    reader
+        .proto
+        .join(&cores[0], &[writer.addr()])
+        .await
+        .unwrap();
+    wait_full(&cores[0], 1).await;
+    reader.proto.replicate_store(Mode::Full).await.unwrap();
+    for (i, core) in cores.iter().enumerate() {
+        wait_full(core, 1).await;
+        assert_eq!(core.get(0).await.unwrap().unwrap(), numbered(i as u64, 20));
+    }
+    shutdown(&[&writer, &reader]).await;
+}

@@ -145,6 +145,14 @@ impl Cores {
         known.drain(..excess);
     }
 
+    /// The nodes every core was joined with (each core's last ones, as kept above).
+    pub(super) fn all_join_nodes(&self) -> Vec<EndpointId> {
+        let mut ids: Vec<EndpointId> = self.join_nodes.values().flatten().copied().collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// The nodes `key` was joined with.
     pub(super) fn join_nodes(&self, key: &CoreKey) -> &[EndpointId] {
         self.join_nodes.get(key).map_or(&[], Vec::as_slice)

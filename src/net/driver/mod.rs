@@ -204,6 +204,16 @@ impl Driver {
             }
             Command::ReplicateStore(mode, reply) => {
                 self.store.follow(mode);
+                // The peers joined before are store peers too: they get every core.
+                let peers: Vec<PeerId> = self
+                    .cores
+                    .all_join_nodes()
+                    .iter()
+                    .map(|id| *id.as_bytes())
+                    .collect();
+                if !peers.is_empty() {
+                    self.engine.handle(Input::StorePeers(peers), now);
+                }
                 let _ = reply.send(());
             }
             Command::RegisterExtension(name, reply) => {

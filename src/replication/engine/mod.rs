@@ -297,6 +297,10 @@ impl Engine {
                     c.set_mode(mode);
                 }
                 if was_served_only {
+                    // The peers it was served to are its peers now: remembered.
+                    for peer in self.core_peers(&key) {
+                        self.redial.learn(key, peer, true);
+                    }
                     self.open_to_known_peers(key, now);
                 }
             }

@@ -233,11 +233,16 @@ impl FetchQueue {
         self.peers.entry(peer).or_default()
     }
 
-    /// Whether `peer` has requests in flight (for `core`, if given).
-    pub fn has_requests(&self, peer: &PeerId, core: Option<&CoreKey>) -> bool {
-        self.requests
-            .values()
-            .any(|r| r.peer == *peer && core.is_none_or(|c| r.core == *c))
+    /// Whether `peer` has requests (for `core`, if given) in flight for more than half their
+    /// timeout at `now`: a peer that goes away with such requests held them, where one that
+    /// goes right after they were sent (a restart, a connection replaced) did not.
+    pub fn has_late_requests(&self, peer: &PeerId, core: Option<&CoreKey>, now: Instant) -> bool {
+        let half = self.cfg.timeout / 2;
+        self.requests.values().any(|r| {
+            r.peer == *peer
+                && core.is_none_or(|c| r.core == *c)
+                && r.deadline.saturating_duration_since(now) < half
+        })
     }
 
     /// Number of blocks in the queue (waiting, in flight or being committed).
@@ -404,10 +409,11 @@ impl FetchQueue {
     }
 
     /// The peer went away: it is no longer a source, and its requests go to others. Going
-    /// with requests in flight counts as a failure; its failures, back-off and offences are
-    /// kept (for the last [`MAX_GONE_PEERS`] peers) for when it comes back.
+    /// with requests in flight for more than half their timeout counts as a failure; its
+    /// failures, back-off and offences are kept (for the last [`MAX_GONE_PEERS`] peers) for
+    /// when it comes back.
     pub fn remove_peer(&mut self, peer: &PeerId, now: Instant) {
-        if self.has_requests(peer, None) {
+        if self.has_late_requests(peer, None, now) {
             self.fail(*peer, now, false);
         }
         self.forget_peer(peer);

@@ -509,10 +509,13 @@ impl Channels {
             // have a channel once that `Close` arrives.
             let ours = self.table.get(&existing).is_some_and(|c| c.opened_by_me);
             if !ours || peer < self.me {
-                let allowed = self
-                    .peers
-                    .get_mut(&peer)
-                    .is_some_and(|p| p.replacements.take(REPLACEMENTS_PER_SECOND, cx.now));
+                // Only a channel that replaces one the peer opened itself counts against its
+                // allowance; both opening one at once is no replacement.
+                let allowed = ours
+                    || self
+                        .peers
+                        .get_mut(&peer)
+                        .is_some_and(|p| p.replacements.take(REPLACEMENTS_PER_SECOND, cx.now));
                 if !allowed {
                     self.refuse(peer, id, TOO_MANY_REPLACEMENTS, cx);
                     return;

@@ -141,7 +141,14 @@ impl CoreSync {
     pub(super) fn channel_up(&mut self, peer: PeerId, channel: ChannelId, cx: &mut Cx) {
         self.remotes.insert(channel, Remote::new(peer));
         self.by_peer.insert(peer, channel);
-        cx.send(peer, channel, Message::Sync(self.sync_info(false)));
+        // An update under way waits for this peer's state too (it may replace a channel the
+        // update was waiting for): it is asked, as the others were.
+        let mut updating = false;
+        if let Some(u) = self.update.as_mut().filter(|u| !u.expired) {
+            u.waiting.insert(channel);
+            updating = true;
+        }
+        cx.send(peer, channel, Message::Sync(self.sync_info(updating)));
     }
 
     /// Whether the core has an authenticated channel.
@@ -174,13 +181,19 @@ impl CoreSync {
                 peer: r.peer,
             });
         }
+        let deadline = cx.timers.get(Timer::Upgrade(self.key));
         let upgrading = self.upgrade.take_on(self.key, channel, cx.timers).is_some();
         // Giving the channel up (or the connection: the fetch queue sees to its requests then)
-        // with requests or the upgrade unanswered is a failure, as their timing out would be:
-        // else a peer that claims more than it has would open its channel again before each
-        // deadline and be asked first for ever.
-        let in_flight = !peer_gone && cx.fetch.has_requests(&r.peer, Some(&self.key));
-        if given_up && (upgrading || in_flight) {
+        // with requests or the upgrade unanswered for more than half their timeout is a
+        // failure, as their timing out would be: else a peer that claims more than it has
+        // would open its channel again before each deadline and be asked first for ever. One
+        // that goes right after being asked (a restart, a connection replaced) is not blamed.
+        let half = cx.cfg.upgrade_timeout / 2;
+        let late_upgrade =
+            upgrading && deadline.is_some_and(|d| d.saturating_duration_since(cx.now) < half);
+        let late_requests =
+            !peer_gone && cx.fetch.has_late_requests(&r.peer, Some(&self.key), cx.now);
+        if given_up && (late_upgrade || late_requests) {
             cx.fetch.penalize(r.peer, cx.now);
         }
         if !peer_gone {

@@ -375,3 +375,36 @@ fn the_ranges_a_peer_says_it_holds_are_bounded_over_its_channels() {
         engine.check_bounds().unwrap();
     }
 }
+
+/// Both sides opening the channels of many cores at once is no replacement: a lower id's
+/// channels for 40 cores, each crossing one of ours, are all taken.
+#[test]
+fn crossing_opens_of_many_cores_are_not_refused_as_replacements() {
+    let now = Instant::now();
+    let me = [1; 32];
+    let low = [0; 32];
+    let mut engine = Engine::new(me, EngineConfig::default());
+    let cores: Vec<CoreKey> = (0..40u8).map(|i| [100 + i; 32]).collect();
+    for core in &cores {
+        engine.add_core(*core, local(5, true), Mode::Full, now);
+        known(&mut engine, *core, low, now);
+    }
+    engine.handle(Input::PeerConnected(low), now);
+    outputs(&mut engine);
+    for (i, core) in cores.iter().enumerate() {
+        let open = Message::Open {
+            discovery_key: crate::crypto::discovery_key(core),
+            capability: capability(core, Role::Opener, &low, &me),
+        };
+        let channel = 2 * i as u64 + 1;
+        engine.handle(Input::Message(low, channel, open), now);
+        let out = outputs(&mut engine);
+        assert!(
+            out.iter().any(
+                |o| matches!(o, Output::Send(_, ch, Message::Accept { .. }) if *ch == channel)
+            ),
+            "core {i}: {out:?}"
+        );
+    }
+    assert_eq!(engine.peer_stats()[0].channels, cores.len());
+}

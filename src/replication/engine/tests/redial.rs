@@ -278,3 +278,33 @@ fn a_served_core_redials_nobody() {
     assert!(dialed(&outputs(&mut engine)).is_empty());
     engine.check_timers().unwrap();
 }
+
+/// A core served on demand that the application then replicates remembers the peers it is
+/// served to: when they go, it looks for them.
+#[test]
+fn a_served_core_replicated_later_remembers_its_peers() {
+    use crate::crypto::{
+        capability::{Role, capability},
+        discovery_key,
+    };
+    let now = Instant::now();
+    let mut engine = Engine::new(ME, EngineConfig::default());
+    engine.handle(Input::PeerConnected(PEER), now);
+    let open = crate::replication::wire::Message::Open {
+        discovery_key: discovery_key(&CORE),
+        capability: capability(&CORE, Role::Opener, &PEER, &ME),
+    };
+    engine.handle(Input::Message(PEER, 1, open), now);
+    assert!(engine.serve_core(CORE, local(3, true), Mode::Sparse, now));
+    engine.handle(Input::Message(PEER, 1, sync(0, false)), now);
+    assert!(engine.known_peers(&CORE).is_empty());
+    engine.add_core(CORE, local(3, true), Mode::Full, now);
+    assert_eq!(engine.known_peers(&CORE), vec![PEER]);
+    engine.handle(Input::PeerDisconnected(PEER), now);
+    assert!(
+        outputs(&mut engine)
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::NoPeers { .. })))
+    );
+    engine.check_timers().unwrap();
+}

@@ -98,3 +98,40 @@ fn an_update_is_not_held_past_its_deadline_by_blocks_being_stored() {
         "resolved at its deadline while blocks are stored"
     );
 }
+
+/// A channel that comes up while an update is under way is asked too, and waited for: a
+/// peer's channel replaced in the middle of an update (its new one crossing ours) does not
+/// end the update with the local length before the peer said its state.
+#[test]
+fn an_update_waits_for_a_channel_that_replaced_the_one_it_asked() {
+    use crate::crypto::capability::{Role, capability};
+    let now = Instant::now();
+    let low = [0; 32];
+    let me = super::super::testing::ME;
+    let mut engine = super::super::Engine::new(me, Default::default());
+    engine.add_core(CORE, local(5, false), Mode::Full, now);
+    engine.handle(Input::PeerConnected(low), now);
+    let open = Message::Open {
+        discovery_key: crate::crypto::discovery_key(&CORE),
+        capability: capability(&CORE, Role::Opener, &low, &me),
+    };
+    engine.handle(Input::Message(low, 1, open.clone()), now);
+    engine.handle(Input::Message(low, 1, sync(5, false)), now);
+    outputs(&mut engine);
+    engine.handle(Input::Update(CORE), now);
+    outputs(&mut engine);
+    // Its new channel replaces the one asked, before that one answered.
+    engine.handle(Input::Message(low, 3, open), now);
+    let out = outputs(&mut engine);
+    assert!(
+        !updated(&out, 5),
+        "ended before the peer said its state: {out:?}"
+    );
+    assert!(
+        out.iter().any(|o| matches!(o,
+            Output::Send(_, 3, Message::Sync(info)) if info.ask)),
+        "the new channel is asked: {out:?}"
+    );
+    engine.handle(Input::Message(low, 3, sync(5, false)), now);
+    assert!(updated(&outputs(&mut engine), 5));
+}

@@ -102,6 +102,9 @@ impl Cx<'_> {
     pub(super) fn blame(&mut self, core: CoreKey, peer: PeerId, reason: String) {
         if self.peers.count(&peer, |s| s.invalid += 1) {
             self.fetch.penalize_invalid(peer, self.now);
+        } else {
+            // It left before its data was found bad: its record keeps the failure.
+            self.fetch.penalize_gone(peer, self.now);
         }
         self.emit(Event::Invalid { core, peer, reason });
     }

@@ -736,6 +736,16 @@ impl FetchQueue {
         self.fail(peer, now, false);
     }
 
+    /// `peer`, gone by now, sent data that did not verify (found once it had left): the
+    /// failure goes on its record, for when it comes back.
+    pub fn penalize_gone(&mut self, peer: PeerId, now: Instant) {
+        let connected = self.peers.contains_key(&peer);
+        self.fail(peer, now, true);
+        if !connected {
+            self.forget_peer(&peer);
+        }
+    }
+
     /// `peer` sent data that did not verify: as [`penalize`](Self::penalize), and its next
     /// penalty is [`INVALID_PENALTY_FACTOR`] times as long.
     pub fn penalize_invalid(&mut self, peer: PeerId, now: Instant) {

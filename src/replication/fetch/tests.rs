@@ -452,3 +452,24 @@ fn leaving_with_requests_in_flight_is_a_failure_that_outlives_the_connection() {
     assert!(q.take_notices().is_empty());
     assert!(q.next_request(clock.at(200)).is_some());
 }
+
+/// Data found bad after its peer left goes on the peer's record: back, it serves the penalty
+/// it earned while away.
+#[test]
+fn bad_data_found_after_its_peer_left_is_on_its_record() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    q.remove_peer(&A, clock.at(0));
+    for i in 0..=cfg().max_failures {
+        q.penalize_gone(A, clock.at(u64::from(i)));
+    }
+    assert!(
+        q.take_notices()
+            .iter()
+            .any(|n| matches!(n, PeerNotice::Penalized(p, _) if *p == A))
+    );
+    q.add_source(CORE, 0, 64, A);
+    assert!(q.is_penalized(&A, clock.at(100)));
+    assert_eq!(q.next_request(clock.at(100)), None);
+    q.check_timers().unwrap();
+}

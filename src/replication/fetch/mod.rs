@@ -119,8 +119,10 @@ struct PeerState {
     /// Whether the back-off is a penalty (after the last failure allowed).
     penalized: bool,
     /// Penalties so far (kept when it reconnects, see [`MAX_GONE_PEERS`]): each doubles the
-    /// next.
+    /// next. Forgotten once a penalty comes more than `penalty_max` after the last one ended.
     offences: u32,
+    /// When its last penalty ended.
+    penalty_ended: Option<Instant>,
     /// Whether a failure since the last penalty was data that did not verify.
     sent_invalid: bool,
     /// The blocks of each core the peer is a source of, as ranges: runs are looked for only
@@ -136,6 +138,7 @@ struct GoneRecord {
     backoff_until: Option<Instant>,
     penalized: bool,
     offences: u32,
+    penalty_ended: Option<Instant>,
     sent_invalid: bool,
 }
 
@@ -225,6 +228,7 @@ impl FetchQueue {
                     backoff_until: r.backoff_until,
                     penalized: r.penalized,
                     offences: r.offences,
+                    penalty_ended: r.penalty_ended,
                     sent_invalid: r.sent_invalid,
                     ..PeerState::default()
                 },
@@ -434,6 +438,7 @@ impl FetchQueue {
                     backoff_until: state.backoff_until,
                     penalized: state.penalized,
                     offences: state.offences,
+                    penalty_ended: state.penalty_ended,
                     sent_invalid: state.sent_invalid,
                 },
             );
@@ -765,6 +770,14 @@ impl FetchQueue {
         if state.failures > cfg.max_failures {
             // Penalized: out for a while, then one more failure away from the next penalty,
             // probed one request at a time, forgiven by a block of its that verifies.
+            // A long-lived peer's rare offences do not add up: the count starts again once
+            // `penalty_max` passed since its last penalty ended.
+            if state
+                .penalty_ended
+                .is_some_and(|t| now.saturating_duration_since(t) > cfg.penalty_max)
+            {
+                state.offences = 0;
+            }
             state.offences = state.offences.saturating_add(1);
             let factor = 1u32 << (state.offences - 1).min(16);
             let mut penalty = cfg.penalty.saturating_mul(factor);
@@ -772,6 +785,7 @@ impl FetchQueue {
                 penalty = penalty.saturating_mul(INVALID_PENALTY_FACTOR);
             }
             let until = now + penalty.min(cfg.penalty_max);
+            state.penalty_ended = Some(until);
             state.failures = cfg.max_failures;
             state.penalized = true;
             let ended = state.backoff_until.replace(until);

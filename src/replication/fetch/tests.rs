@@ -473,3 +473,35 @@ fn bad_data_found_after_its_peer_left_is_on_its_record() {
     assert_eq!(q.next_request(clock.at(100)), None);
     q.check_timers().unwrap();
 }
+
+/// Offences are forgotten with time: a penalty that comes more than `penalty_max` after the
+/// last one ended is a first one again (30 s), where one soon after doubles.
+#[test]
+fn offences_are_forgotten_once_penalty_max_has_passed() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    let penalize = |q: &mut FetchQueue, at: u64| {
+        for i in 0..=cfg().max_failures {
+            q.penalize(A, clock.at(at + u64::from(i)));
+        }
+        q.take_notices()
+            .into_iter()
+            .find_map(|n| match n {
+                PeerNotice::Penalized(_, until) => Some(until),
+                _ => None,
+            })
+            .expect("penalized")
+    };
+    let first = penalize(&mut q, 0);
+    assert_eq!(first, clock.at(cfg().max_failures as u64) + cfg().penalty);
+    // Soon after the first ended: doubled.
+    let t = first.duration_since(clock.0).as_millis() as u64 + 1_000;
+    let second = penalize(&mut q, t);
+    assert_eq!(second - clock.at(t), cfg().penalty * 2);
+    // Long after the second ended: a first one again.
+    let t = second.duration_since(clock.0).as_millis() as u64
+        + cfg().penalty_max.as_millis() as u64
+        + 1_000;
+    let third = penalize(&mut q, t);
+    assert_eq!(third - clock.at(t), cfg().penalty);
+}

@@ -77,6 +77,29 @@ async fn poll_until(
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Says on an intruder's channel that it downloads, and asks `times` for the whole log of
+/// `length` blocks in one run.
+async fn ask_for_the_whole_log(tx: &mut iroh::endpoint::SendStream, length: u64, times: u64) {
+    let sync = SyncInfo {
+        fork: 0,
+        length: 0,
+        contiguous: 0,
+        ask: false,
+        downloading: true,
+    };
+    attacker::send(tx, &Message::Sync(sync)).await;
+    for id in 0..times {
+        let run = Message::RequestRun {
+            id,
+            fork: 0,
+            start: 0,
+            end: length,
+            length,
+        };
+        attacker::send(tx, &run).await;
+    }
+}
+
 /// **Many peers that never read.** Sixteen attackers that know the key of a writer's log of
 /// 64 blocks of 256 KiB each open a channel, ask 8 times for the whole log and never read.
 /// With a per-peer backlog limit of 2 MiB, a node-wide budget of 8 MiB and 8 storage tasks
@@ -100,24 +123,7 @@ async fn many_peers_that_never_read_share_a_node_wide_backlog_budget() {
     let mut intruders = Vec::new();
     for _ in 0..16 {
         let (intruder, mut tx, rx) = attacker::intrude(&net, &writer, big.key()).await;
-        let sync = SyncInfo {
-            fork: 0,
-            length: 0,
-            contiguous: 0,
-            ask: false,
-            downloading: true,
-        };
-        attacker::send(&mut tx, &Message::Sync(sync)).await;
-        for id in 0..8 {
-            let run = Message::RequestRun {
-                id,
-                fork: 0,
-                start: 0,
-                end: 64,
-                length: 64,
-            };
-            attacker::send(&mut tx, &run).await;
-        }
+        ask_for_the_whole_log(&mut tx, 64, 8).await;
         intruders.push((intruder, tx, rx));
     }
     let budget = cfg.max_backlog_total;
@@ -323,24 +329,7 @@ async fn a_peer_that_never_reads_holds_at_most_its_backlog_limit() {
 
     let (intruder, mut tx, rx) = attacker::intrude(&net, &writer, big.key()).await;
     let me = intruder.me;
-    let sync = SyncInfo {
-        fork: 0,
-        length: 0,
-        contiguous: 0,
-        ask: false,
-        downloading: true,
-    };
-    attacker::send(&mut tx, &Message::Sync(sync)).await;
-    for id in 0..80 {
-        let run = Message::RequestRun {
-            id,
-            fork: 0,
-            start: 0,
-            end: 128,
-            length: 128,
-        };
-        attacker::send(&mut tx, &run).await;
-    }
+    ask_for_the_whole_log(&mut tx, 128, 80).await;
 
     let limit = cfg.max_backlog_bytes;
     let bound = limit + 4 * cfg.serve_run_bytes + 81 * MIB / 10;

@@ -107,6 +107,22 @@ pub struct Proof {
     pub manifest: Option<Vec<u8>>,
 }
 
+impl Proof {
+    /// The lists of nodes the proof carries (its block's, hash's, seek's and upgrade's, and
+    /// the upgrade's additional nodes), each one present.
+    pub(crate) fn node_lists(&self) -> impl Iterator<Item = &Vec<Node>> {
+        [
+            self.block.as_ref().map(|b| &b.nodes),
+            self.hash.as_ref().map(|h| &h.nodes),
+            self.seek.as_ref().map(|s| &s.nodes),
+            self.upgrade.as_ref().map(|u| &u.nodes),
+            self.upgrade.as_ref().map(|u| &u.additional_nodes),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// Why a proof could not be created or did not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum ProofError {

@@ -137,14 +137,7 @@ where
 
 /// Rejects numbers and sizes that no honest proof has, so that tree math cannot overflow.
 fn check_bounds(proof: &Proof) -> Result<(), ProofError> {
-    let lists = [
-        proof.block.as_ref().map(|b| &b.nodes),
-        proof.hash.as_ref().map(|h| &h.nodes),
-        proof.seek.as_ref().map(|s| &s.nodes),
-        proof.upgrade.as_ref().map(|u| &u.nodes),
-        proof.upgrade.as_ref().map(|u| &u.additional_nodes),
-    ];
-    for list in lists.into_iter().flatten() {
+    for list in proof.node_lists() {
         if list.len() > MAX_PROOF_NODES {
             return Err(ProofError::invalid("too many nodes"));
         }

@@ -54,16 +54,8 @@ pub(super) fn proven_sizes(
 
 /// The indices of the nodes a proof carries (as opposed to those hashed from them), sorted.
 fn given_indices(proof: &Proof) -> Vec<u64> {
-    let lists = [
-        proof.block.as_ref().map(|b| &b.nodes),
-        proof.hash.as_ref().map(|h| &h.nodes),
-        proof.seek.as_ref().map(|s| &s.nodes),
-        proof.upgrade.as_ref().map(|u| &u.nodes),
-        proof.upgrade.as_ref().map(|u| &u.additional_nodes),
-    ];
-    let mut given: Vec<u64> = lists
-        .into_iter()
-        .flatten()
+    let mut given: Vec<u64> = proof
+        .node_lists()
         .flatten()
         .map(|n| n.index)
         .chain(proof.hash.as_ref().map(|h| h.index))

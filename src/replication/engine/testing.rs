@@ -126,9 +126,7 @@ pub fn connect_keeping(
         }
     }
     let channel = channel.expect("a channel is opened to the new peer");
-    let accept = Message::Accept {
-        capability: capability(&CORE, Role::Acceptor, &engine.me(), &peer),
-    };
+    let accept = accept_of(&CORE, engine.me(), peer);
     engine.handle(Input::Message(peer, channel, accept), now);
     assert!(engine.is_authenticated(channel));
     channel
@@ -141,6 +139,21 @@ pub fn known(engine: &mut Engine, core: [u8; 32], peer: [u8; 32], now: Instant) 
     engine.handle(Input::Peers(core, vec![peer]), now);
     engine.handle_timeout(now);
     outputs(engine);
+}
+
+/// `opener`'s `Open` of a channel for `core` to `acceptor`, proving the key.
+pub fn open_of(core: &[u8; 32], opener: [u8; 32], acceptor: [u8; 32]) -> Message {
+    Message::Open {
+        discovery_key: crate::crypto::discovery_key(core),
+        capability: capability(core, Role::Opener, &opener, &acceptor),
+    }
+}
+
+/// `acceptor`'s `Accept` of `opener`'s channel for `core`, proving the key.
+pub fn accept_of(core: &[u8; 32], opener: [u8; 32], acceptor: [u8; 32]) -> Message {
+    Message::Accept {
+        capability: capability(core, Role::Acceptor, &opener, &acceptor),
+    }
 }
 
 /// The run requests among `out`: (id, start, end).

@@ -130,18 +130,6 @@ struct PeerState {
     ranges: BTreeMap<CoreKey, Vec<(u64, u64)>>,
 }
 
-/// What is kept of a peer that went away: what it takes to come back clean is time, not a
-/// new connection.
-#[derive(Debug, Clone, Copy)]
-struct GoneRecord {
-    failures: u32,
-    backoff_until: Option<Instant>,
-    penalized: bool,
-    offences: u32,
-    penalty_ended: Option<Instant>,
-    sent_invalid: bool,
-}
-
 /// What a timer of the queue is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -188,7 +176,7 @@ pub struct FetchQueue {
     /// Every request's deadline and every back-off, by time.
     deadlines: Deadlines<Timer>,
     /// The record of peers that went away with failures, oldest first in `gone_order`.
-    gone: BTreeMap<PeerId, GoneRecord>,
+    gone: BTreeMap<PeerId, PeerState>,
     gone_order: VecDeque<PeerId>,
 }
 
@@ -221,18 +209,7 @@ impl FetchQueue {
                 self.deadlines
                     .replace(Timer::Backoff(peer), None, r.backoff_until);
             }
-            self.peers.insert(
-                peer,
-                PeerState {
-                    failures: r.failures,
-                    backoff_until: r.backoff_until,
-                    penalized: r.penalized,
-                    offences: r.offences,
-                    penalty_ended: r.penalty_ended,
-                    sent_invalid: r.sent_invalid,
-                    ..PeerState::default()
-                },
-            );
+            self.peers.insert(peer, r);
         }
         self.peers.entry(peer).or_default()
     }
@@ -431,17 +408,14 @@ impl FetchQueue {
             return;
         };
         if state.failures > 0 || state.offences > 0 {
-            self.gone.insert(
-                *peer,
-                GoneRecord {
-                    failures: state.failures,
-                    backoff_until: state.backoff_until,
-                    penalized: state.penalized,
-                    offences: state.offences,
-                    penalty_ended: state.penalty_ended,
-                    sent_invalid: state.sent_invalid,
-                },
-            );
+            // What it failed is kept, not what it was asked or holds.
+            let record = PeerState {
+                in_flight_bytes: 0,
+                requests: 0,
+                ranges: BTreeMap::new(),
+                ..state
+            };
+            self.gone.insert(*peer, record);
             self.gone_order.retain(|p| p != peer);
             self.gone_order.push_back(*peer);
             while self.gone_order.len() > MAX_GONE_PEERS {

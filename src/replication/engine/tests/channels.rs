@@ -4,15 +4,9 @@ use std::time::{Duration, Instant};
 
 use super::super::{
     ChannelId, Engine, EngineConfig, Event, IDLE_REASON, Input, LocalInfo, Mode, Output,
-    testing::{CORE, PEER, known, local, outputs, sync},
+    testing::{CORE, PEER, accept_of, known, local, open_of, outputs, sync},
 };
-use crate::{
-    crypto::{
-        CoreKey,
-        capability::{Role, capability},
-    },
-    replication::wire::Message,
-};
+use crate::{crypto::CoreKey, replication::wire::Message};
 
 /// With an open delay, the higher id opens the channels the lower did not once it passes
 /// (a timer of its own); with none, both open at once.
@@ -99,9 +93,7 @@ fn idle_channels_make_room_and_reopen_on_change() {
     assert_eq!(first.len(), 2, "two channels at the cap");
     // Both open and idle: the peer holds the same whole log.
     for (ch, core) in &first {
-        let accept = Message::Accept {
-            capability: capability(core, Role::Acceptor, &me, &PEER),
-        };
+        let accept = accept_of(core, me, PEER);
         engine.handle(Input::Message(PEER, *ch, accept), now);
     }
     for (ch, _) in &first {
@@ -163,9 +155,7 @@ fn an_idle_close_that_crosses_news_reopens_at_once() {
         engine.poll_timeout().is_some(),
         "a core waits for room: a timer"
     );
-    let accept = Message::Accept {
-        capability: capability(&core, Role::Acceptor, &me, &PEER),
-    };
+    let accept = accept_of(&core, me, PEER);
     engine.handle(Input::Message(PEER, ch, accept), now);
     // Our log grows before the peer's Sync says it holds the old one.
     engine.handle(Input::LocalChanged(core, grown()), now);
@@ -202,10 +192,7 @@ fn a_peers_new_channel_replaces_its_old_one_whose_close_is_late() {
     engine.add_core(CORE, local(5, true), Mode::Full, now);
     engine.handle(Input::PeerConnected(peer), now);
     outputs(&mut engine);
-    let open = Message::Open {
-        discovery_key: crate::crypto::discovery_key(&CORE),
-        capability: capability(&CORE, Role::Opener, &peer, &me),
-    };
+    let open = open_of(&CORE, peer, me);
     engine.handle(Input::Message(peer, 1, open.clone()), now);
     engine.handle(Input::Message(peer, 1, sync(5, true)), now);
     outputs(&mut engine);
@@ -301,10 +288,7 @@ fn a_replaced_channel_is_no_lost_peer_and_replacements_are_rate_limited() {
     let mut engine = Engine::new(me, EngineConfig::default());
     engine.add_core(CORE, local(5, true), Mode::Full, now);
     engine.handle(Input::PeerConnected(low), now);
-    let open = Message::Open {
-        discovery_key: crate::crypto::discovery_key(&CORE),
-        capability: capability(&CORE, Role::Opener, &low, &me),
-    };
+    let open = open_of(&CORE, low, me);
     let mut refused = 0;
     for k in 0..40u64 {
         let channel = 2 * k + 1;
@@ -359,9 +343,7 @@ fn the_ranges_a_peer_says_it_holds_are_bounded_over_its_channels() {
     }
     assert_eq!(channels.len(), cores.len());
     for (ch, core) in &channels {
-        let accept = Message::Accept {
-            capability: capability(core, Role::Acceptor, &me, &PEER),
-        };
+        let accept = accept_of(core, me, PEER);
         engine.handle(Input::Message(PEER, *ch, accept), now);
         engine.handle(Input::Message(PEER, *ch, sync(0, false)), now);
         for i in 0..1100u64 {
@@ -392,10 +374,7 @@ fn crossing_opens_of_many_cores_are_not_refused_as_replacements() {
     engine.handle(Input::PeerConnected(low), now);
     outputs(&mut engine);
     for (i, core) in cores.iter().enumerate() {
-        let open = Message::Open {
-            discovery_key: crate::crypto::discovery_key(core),
-            capability: capability(core, Role::Opener, &low, &me),
-        };
+        let open = open_of(core, low, me);
         let channel = 2 * i as u64 + 1;
         engine.handle(Input::Message(low, channel, open), now);
         let out = outputs(&mut engine);

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use super::super::{
     Engine, EngineConfig, Event, Input, MAX_KNOWN_PER_CORE, MAX_LEARNT, MAX_NAMED, Mode, Output,
-    testing::{CORE, ME, PEER, connect, engine_with_peer, local, outputs, sync},
+    testing::{
+        CORE, ME, PEER, accept_of, connect, engine_with_peer, local, open_of, outputs, sync,
+    },
 };
 
 /// The peers dialed among `out`.
@@ -140,14 +142,7 @@ fn ticket_nodes_are_dialed_again_and_the_peers_known_are_bounded() {
             _ => None,
         })
         .expect("a learnt peer gets a channel");
-    let accept = crate::replication::wire::Message::Accept {
-        capability: crate::crypto::capability::capability(
-            &CORE,
-            crate::crypto::capability::Role::Acceptor,
-            &ME,
-            &useful,
-        ),
-    };
+    let accept = accept_of(&CORE, ME, useful);
     engine.handle(Input::Message(useful, channel, accept), t0);
     engine.handle(Input::Message(useful, channel, sync(0, true)), t0);
     assert_eq!(engine.known_peers(&CORE)[MAX_NAMED], useful);
@@ -160,10 +155,6 @@ fn ticket_nodes_are_dialed_again_and_the_peers_known_are_bounded() {
 /// dialed; a `join` naming three more keeps all three.
 #[test]
 fn channels_from_many_ids_never_push_out_the_named_peers() {
-    use crate::crypto::{
-        capability::{Role, capability},
-        discovery_key,
-    };
     let t0 = Instant::now();
     let mut engine = Engine::new(ME, EngineConfig::default());
     engine.add_core(CORE, local(5, true), Mode::Full, t0);
@@ -172,10 +163,7 @@ fn channels_from_many_ids_never_push_out_the_named_peers() {
     for i in 0..40u8 {
         let peer = [100 + i; 32];
         engine.handle(Input::PeerConnected(peer), t0);
-        let open = crate::replication::wire::Message::Open {
-            discovery_key: discovery_key(&CORE),
-            capability: capability(&CORE, Role::Opener, &peer, &ME),
-        };
+        let open = open_of(&CORE, peer, ME);
         engine.handle(Input::Message(peer, 1, open), t0);
         engine.handle(Input::Message(peer, 1, sync(5, false)), t0);
     }
@@ -244,27 +232,25 @@ fn update_waits_for_the_first_peer_of_a_core_looking_for_its_peers() {
     engine.check_timers().unwrap();
 }
 
-/// A core only served to the peers that asked (found in the store) remembers and redials
-/// none of them: when its reader goes, nothing is dialed and no timer is left.
-#[test]
-fn a_served_core_redials_nobody() {
-    use crate::crypto::{
-        capability::{Role, capability},
-        discovery_key,
-    };
-    let now = Instant::now();
+/// An engine serving `CORE` (found in the store) to `PEER`, which opened its channel and
+/// said its state: the core remembers nobody. Its outputs are drained.
+fn served_to_peer(now: Instant) -> Engine {
     let mut engine = Engine::new(ME, EngineConfig::default());
     engine.handle(Input::PeerConnected(PEER), now);
-    let open = crate::replication::wire::Message::Open {
-        discovery_key: discovery_key(&CORE),
-        capability: capability(&CORE, Role::Opener, &PEER, &ME),
-    };
-    engine.handle(Input::Message(PEER, 1, open), now);
-    outputs(&mut engine);
+    engine.handle(Input::Message(PEER, 1, open_of(&CORE, PEER, ME)), now);
     assert!(engine.serve_core(CORE, local(3, true), Mode::Sparse, now));
     engine.handle(Input::Message(PEER, 1, sync(0, false)), now);
     outputs(&mut engine);
     assert!(engine.known_peers(&CORE).is_empty());
+    engine
+}
+
+/// A core only served to the peers that asked (found in the store) remembers and redials
+/// none of them: when its reader goes, nothing is dialed and no timer is left.
+#[test]
+fn a_served_core_redials_nobody() {
+    let now = Instant::now();
+    let mut engine = served_to_peer(now);
     engine.handle(Input::PeerDisconnected(PEER), now);
     let out = outputs(&mut engine);
     assert!(
@@ -283,21 +269,8 @@ fn a_served_core_redials_nobody() {
 /// served to: when they go, it looks for them.
 #[test]
 fn a_served_core_replicated_later_remembers_its_peers() {
-    use crate::crypto::{
-        capability::{Role, capability},
-        discovery_key,
-    };
     let now = Instant::now();
-    let mut engine = Engine::new(ME, EngineConfig::default());
-    engine.handle(Input::PeerConnected(PEER), now);
-    let open = crate::replication::wire::Message::Open {
-        discovery_key: discovery_key(&CORE),
-        capability: capability(&CORE, Role::Opener, &PEER, &ME),
-    };
-    engine.handle(Input::Message(PEER, 1, open), now);
-    assert!(engine.serve_core(CORE, local(3, true), Mode::Sparse, now));
-    engine.handle(Input::Message(PEER, 1, sync(0, false)), now);
-    assert!(engine.known_peers(&CORE).is_empty());
+    let mut engine = served_to_peer(now);
     engine.add_core(CORE, local(3, true), Mode::Full, now);
     assert_eq!(engine.known_peers(&CORE), vec![PEER]);
     engine.handle(Input::PeerDisconnected(PEER), now);

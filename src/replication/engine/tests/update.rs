@@ -104,17 +104,14 @@ fn an_update_is_not_held_past_its_deadline_by_blocks_being_stored() {
 /// end the update with the local length before the peer said its state.
 #[test]
 fn an_update_waits_for_a_channel_that_replaced_the_one_it_asked() {
-    use crate::crypto::capability::{Role, capability};
+    use super::super::testing::open_of;
     let now = Instant::now();
     let low = [0; 32];
     let me = super::super::testing::ME;
     let mut engine = super::super::Engine::new(me, Default::default());
     engine.add_core(CORE, local(5, false), Mode::Full, now);
     engine.handle(Input::PeerConnected(low), now);
-    let open = Message::Open {
-        discovery_key: crate::crypto::discovery_key(&CORE),
-        capability: capability(&CORE, Role::Opener, &low, &me),
-    };
+    let open = open_of(&CORE, low, me);
     engine.handle(Input::Message(low, 1, open.clone()), now);
     engine.handle(Input::Message(low, 1, sync(5, false)), now);
     outputs(&mut engine);

@@ -229,7 +229,7 @@ fn a_timer_set_again_for_now_does_not_hang_handle_timeout() {
 /// as a failure, until it is penalized.
 #[test]
 fn reopening_the_channel_before_each_upgrade_deadline_does_not_escape_the_penalty() {
-    use crate::crypto::capability::{Role, capability};
+    use super::super::testing::open_of;
     let low = [0; 32];
     let mut now = Instant::now();
     let mut engine = Engine::new(super::super::testing::ME, EngineConfig::default());
@@ -239,10 +239,7 @@ fn reopening_the_channel_before_each_upgrade_deadline_does_not_escape_the_penalt
     let mut upgrades = 0;
     for k in 0..40u64 {
         let channel = 2 * k + 1;
-        let open = Message::Open {
-            discovery_key: crate::crypto::discovery_key(&CORE),
-            capability: capability(&CORE, Role::Opener, &low, &engine.me()),
-        };
+        let open = open_of(&CORE, low, engine.me());
         if k == 0 {
             engine.handle(Input::PeerConnected(low), now);
         }

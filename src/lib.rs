@@ -4,7 +4,7 @@
 pub mod blobs;
 pub mod core;
 pub mod crypto;
-mod error;
+pub mod error;
 pub mod net;
 pub mod replication;
 #[cfg(feature = "test-utils")]

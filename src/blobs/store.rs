@@ -49,8 +49,8 @@ pub(crate) struct BlobStore {
     pub max_blob_size: u64,
 }
 
-fn blob_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Blob(format!("{what}: {e}"))
+fn blob_error(what: &str, e: impl std::error::Error + 'static) -> Error {
+    Error::blob(what, &e)
 }
 
 impl BlobStore {

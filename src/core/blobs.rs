@@ -27,8 +27,8 @@ fn blob_state(core: &Hypercore) -> (Arc<BlobState>, Result<BlobStore>) {
     (state, store)
 }
 
-fn blob_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
-    Error::Blob(format!("{what}: {e}"))
+fn blob_error(what: impl std::fmt::Display, e: impl std::error::Error + 'static) -> Error {
+    Error::blob(what, &e)
 }
 
 impl Hypercore {

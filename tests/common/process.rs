@@ -35,13 +35,13 @@ fn command(dir: &Path, args: &[&str]) -> Command {
 }
 
 /// Runs `hyper --data dir args…` to its end with `stdin` fed in.
-pub fn hyper(dir: &Path, args: &[&str], stdin: &str) -> Output {
+pub fn hyper(dir: &Path, args: &[&str], stdin: impl AsRef<[u8]>) -> Output {
     output_within(command(dir, args), stdin)
 }
 
 /// Runs `cmd` to its end with `stdin` fed in; a run over [`WAIT`] is killed and fails the
 /// test, so a hang fails rather than holds the test run.
-pub fn output_within(mut cmd: Command, stdin: &str) -> Output {
+pub fn output_within(mut cmd: Command, stdin: impl AsRef<[u8]>) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -50,9 +50,9 @@ pub fn output_within(mut cmd: Command, stdin: &str) -> Output {
         .expect("the command runs");
     let pid = child.id();
     let mut input = child.stdin.take().expect("stdin");
-    let stdin = stdin.to_string();
+    let stdin = stdin.as_ref().to_vec();
     std::thread::spawn(move || {
-        let _ = input.write_all(stdin.as_bytes());
+        let _ = input.write_all(&stdin);
     });
     let (tx, rx) = channel();
     std::thread::spawn(move || {
@@ -171,6 +171,13 @@ impl Running {
     pub fn type_line(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         writeln!(stdin, "{text}").expect("stdin written");
+        stdin.flush().expect("stdin flushed");
+    }
+
+    /// Writes `bytes` as they are on the process's stdin.
+    pub fn type_bytes(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).expect("stdin written");
         stdin.flush().expect("stdin flushed");
     }
 

@@ -11,8 +11,8 @@ const BATCH: usize = 1000;
 
 /// What to append.
 pub enum Source {
-    /// Each text one block.
-    Texts(Vec<String>),
+    /// Each text one block (its bytes as they are, UTF-8 or not).
+    Texts(Vec<Vec<u8>>),
     /// The file's bytes as one block.
     File(PathBuf),
     /// The file as a blob.
@@ -91,7 +91,7 @@ async fn writable(store: &Corestore, dir: &Path, name: &str) -> Result<Hypercore
 /// earlier. Returns how many were appended.
 pub async fn append_lines(
     core: &Hypercore,
-    lines: Vec<String>,
+    lines: Vec<Vec<u8>>,
     before: usize,
 ) -> Result<usize, String> {
     let n = lines.len();
@@ -103,7 +103,7 @@ pub async fn append_lines(
 
 /// The texts as blocks, each within a block's size (or none is appended); `before` lines
 /// were appended earlier.
-fn checked(texts: Vec<String>, before: usize) -> Result<Vec<Vec<u8>>, String> {
+fn checked(texts: Vec<Vec<u8>>, before: usize) -> Result<Vec<Vec<u8>>, String> {
     texts
         .into_iter()
         .enumerate()
@@ -116,7 +116,7 @@ fn checked(texts: Vec<String>, before: usize) -> Result<Vec<Vec<u8>>, String> {
                     text.len(),
                 ))
             } else {
-                Ok(text.into_bytes())
+                Ok(text)
             }
         })
         .collect()

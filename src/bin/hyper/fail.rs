@@ -1,26 +1,29 @@
 //! Error lines a person can act on.
 
-/// `what: error`, saying so plainly when the cause is a full disk (or a file size limit).
-pub fn describe(what: &str, e: impl std::fmt::Display) -> String {
-    let text = e.to_string();
-    if is_disk_full(&text) {
-        format!("{what}: the disk is full ({text}); nothing more was written")
+/// `what: error`, saying so plainly when the cause is a full disk (or a file size limit):
+/// the I/O error's kind is looked for among the error's sources.
+pub fn describe(what: &str, e: impl std::error::Error + 'static) -> String {
+    if disk_full(&e) {
+        format!("{what}: the disk is full ({e}); nothing more was written")
     } else {
-        format!("{what}: {text}")
+        format!("{what}: {e}")
     }
 }
 
-/// Whether an error's text is that of a full disk (`ENOSPC`, `EDQUOT`) or of the file size
-/// limit (`EFBIG`). The library's errors carry the I/O error's text, not its kind.
-fn is_disk_full(text: &str) -> bool {
-    [
-        "No space left on device",
-        "os error 28",
-        "Disk quota exceeded",
-        "os error 122",
-        "File too large",
-        "os error 27",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
+/// Whether `e` or one of its sources is an I/O error of a full disk, a quota or the file size
+/// limit.
+fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return iroh_hypercore::error::is_disk_full(io);
+        }
+        if let Some(e) = e.downcast_ref::<iroh_hypercore::Error>()
+            && e.is_disk_full()
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }

@@ -76,6 +76,8 @@ pub async fn run(
     let result = tokio::select! {
         r = follow(&node, net, &tracker, ticket, &args, &mut seen) => r,
         () = interrupts.first() => Ok(()),
+        // Noticed while no block is written (a write would fail with a broken pipe).
+        () = crate::reader_gone::stdout_closed() => Err(Stop::ReaderGone),
     };
     interrupts.exit_on_next();
     if let Some(core) = &seen.core

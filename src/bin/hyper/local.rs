@@ -40,8 +40,8 @@ pub enum LocalCommand {
     Append {
         /// The log's name.
         name: String,
-        /// Blocks to append.
-        texts: Vec<String>,
+        /// Blocks to append (their bytes as they are, UTF-8 or not).
+        texts: Vec<std::ffi::OsString>,
         /// Append the file's bytes as one block (at most 8 MiB).
         #[arg(long, conflicts_with_all = ["texts", "blob"])]
         file: Option<PathBuf>,
@@ -159,7 +159,7 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
                 (Some(path), _) => append::Source::File(path),
                 (None, Some(path)) => append::Source::Blob(path),
                 (None, None) if texts.is_empty() => append::Source::Stdin,
-                (None, None) => append::Source::Texts(texts),
+                (None, None) => append::Source::Texts(texts.into_iter().map(bytes_of).collect()),
             };
             append::run(store, dir, &name, source).await?;
         }
@@ -288,6 +288,19 @@ fn describe(dir: &Path, core: &Hypercore, name: Option<String>) -> serde_json::V
         "writable": info.writable,
         "peers": peers,
     })
+}
+
+/// The bytes of an argument as they are (on Unix; elsewhere, as UTF-8 with invalid parts
+/// replaced).
+fn bytes_of(arg: std::ffi::OsString) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        std::os::unix::ffi::OsStringExt::into_vec(arg)
+    }
+    #[cfg(not(unix))]
+    {
+        arg.to_string_lossy().into_owned().into_bytes()
+    }
 }
 
 /// How long ago the unix time `at` was, in words.

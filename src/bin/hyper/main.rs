@@ -16,6 +16,7 @@ mod local;
 mod names;
 mod node;
 mod peers;
+mod reader_gone;
 mod share;
 mod signals;
 mod stdin_lines;

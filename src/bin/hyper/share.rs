@@ -86,7 +86,7 @@ async fn share(
     node: &Node,
     net: &NetOptions,
     cores: &[Hypercore],
-    lines: Option<&mut mpsc::Receiver<std::io::Result<String>>>,
+    lines: Option<&mut mpsc::Receiver<std::io::Result<Vec<u8>>>>,
     appended: &mut usize,
 ) -> Result<(), String> {
     for core in cores {

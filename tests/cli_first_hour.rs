@@ -1,0 +1,127 @@
+#![cfg(all(feature = "cli", unix))]
+//! What a new user meets in the first hour with `hyper`, as separate processes: lines that
+//! are bytes and not text, a follow piped into `head`, a full disk under a blob, appending to
+//! a log that `share` serves, blobs shown as blobs, read-only commands that create nothing.
+
+#[path = "common/process.rs"]
+mod process;
+
+use std::path::Path;
+
+use process::{LOOPBACK, Running, failure, hyper, stdout};
+
+/// `hyper --data dir --relay disabled --bind 127.0.0.1:0 args…`, still running.
+fn spawn(dir: &Path, args: &[&str]) -> Running {
+    let all: Vec<&str> = LOOPBACK.iter().chain(args).copied().collect();
+    Running::spawn(dir, &all)
+}
+
+/// The raw bytes of a log's blocks, one after the other.
+fn raw(dir: &Path, log: &str) -> Vec<u8> {
+    let out = hyper(dir, &["cat", log, "--raw"], "");
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+#[test]
+fn lines_that_are_not_utf8_are_appended_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    stdout(&hyper(d, &["create", "log"], ""));
+    // From stdin: three lines, the second not UTF-8 (and one with a CR LF end).
+    let out = hyper(
+        d,
+        &["append", "log"],
+        b"one\n\xff\xfe latin-1 \xe9\r\nthree\n",
+    );
+    assert_eq!(stdout(&out), "3\n");
+    // From the arguments: bytes that are no UTF-8 either.
+    let mut cmd = std::process::Command::new(process::HYPER);
+    cmd.arg("--data")
+        .arg(d)
+        .args(["append", "log"])
+        .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"arg \xc3\x28"));
+    assert_eq!(stdout(&process::output_within(cmd, "")), "4\n");
+    assert_eq!(
+        raw(d, "log"),
+        b"one\xff\xfe latin-1 \xe9threearg \xc3\x28".to_vec()
+    );
+    // `cat` shows them as lines, invalid bytes replaced.
+    let lines = stdout(&hyper(d, &["cat", "log"], ""));
+    assert_eq!(lines.lines().count(), 4, "{lines}");
+}
+
+#[test]
+fn share_stdin_appends_a_line_that_is_not_utf8_and_keeps_serving() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    stdout(&hyper(a.path(), &["create", "chat"], ""));
+    let mut sharer = spawn(a.path(), &["share", "chat", "--stdin"]);
+    let ticket = sharer.line();
+    let follower = spawn(b.path(), &["follow", &ticket]);
+    sharer.type_bytes(b"caf\xe9\n");
+    sharer.type_line("after");
+    assert_eq!(
+        follower.line(),
+        "caf\u{fffd}",
+        "printed with the byte replaced"
+    );
+    assert_eq!(follower.line(), "after", "the node kept running");
+    assert_eq!(follower.interrupt().0, Some(0));
+    let (code, err) = sharer.interrupt();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(raw(a.path(), "chat"), b"caf\xe9after".to_vec());
+}
+
+#[test]
+fn a_follow_piped_into_head_ends_when_head_does_with_no_new_block() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    stdout(&hyper(a.path(), &["create", "log"], ""));
+    stdout(&hyper(a.path(), &["append", "log", "only", "two"], ""));
+    let sharer = spawn(a.path(), &["share", "log"]);
+    let ticket = sharer.line();
+    // The follower holds the log already: both blocks are printed at once, before `head`
+    // exits, and no new block comes. Only noticing the closed pipe ends the follow.
+    let synced = spawn(b.path(), &["follow", &ticket, "--exit-when-synced"]);
+    assert_eq!(synced.wait().0, Some(0));
+    let mut bash = std::process::Command::new("bash");
+    bash.arg("-c")
+        .arg(
+            "set -o pipefail; \"$0\" --data \"$1\" --relay disabled --bind 127.0.0.1:0 \
+             follow \"$2\" | head -n 1",
+        )
+        .arg(process::HYPER)
+        .arg(b.path())
+        .arg(&ticket);
+    let piped = process::output_within(bash, "");
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), "only\n", "{err}");
+    assert!(
+        piped.status.success(),
+        "a closed pipe is a normal end: {err}"
+    );
+    assert_eq!(sharer.interrupt().0, Some(0));
+}
+
+/// A blob the disk has no room for (here: over the process's file size limit, which fails
+/// the write as a full disk would) is said plainly, and nothing is appended.
+#[test]
+fn a_blob_onto_a_full_disk_says_the_disk_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    stdout(&hyper(d, &["create", "log"], ""));
+    stdout(&hyper(d, &["append", "log", "one"], ""));
+    let big = d.join("big.bin");
+    std::fs::write(&big, vec![7u8; 4 << 20]).unwrap();
+    let mut limited = std::process::Command::new("sh");
+    limited
+        .arg("-c")
+        .arg("ulimit -f 2048; trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(process::HYPER)
+        .arg("--data")
+        .arg(d)
+        .args(["append", "log", "--blob", big.to_str().unwrap()])
+        .env_remove("RUST_LOG");
+    let err = failure(&process::output_within(limited, ""));
+    assert!(err.contains("the disk is full"), "{err}");
+    assert_eq!(stdout(&hyper(d, &["cat", "log"], "")), "one\n");
+}

@@ -125,3 +125,75 @@ fn a_blob_onto_a_full_disk_says_the_disk_is_full() {
     assert!(err.contains("the disk is full"), "{err}");
     assert_eq!(stdout(&hyper(d, &["cat", "log"], "")), "one\n");
 }
+
+#[test]
+fn cat_shows_a_blob_block_as_a_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    stdout(&hyper(d, &["create", "log"], ""));
+    let content = vec![3u8; 100_000];
+    let file = d.join("photo.bin");
+    std::fs::write(&file, &content).unwrap();
+    stdout(&hyper(d, &["append", "log", "before"], ""));
+    let index = stdout(&hyper(
+        d,
+        &["append", "log", "--blob", file.to_str().unwrap()],
+        "",
+    ));
+    assert_eq!(index, "1\n");
+    let hash = iroh_blobs::Hash::new(&content).to_string();
+    assert_eq!(
+        stdout(&hyper(d, &["cat", "log"], "")),
+        format!("before\nblob 97.66 KiB {hash}\n")
+    );
+    let json: Vec<serde_json::Value> = stdout(&hyper(d, &["cat", "log", "--json"], ""))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(json[0], serde_json::json!({"index": 0, "text": "before"}));
+    assert_eq!(
+        json[1],
+        serde_json::json!({"index": 1, "blob": {"hash": hash, "size": 100_000}})
+    );
+}
+
+#[test]
+fn share_serves_only_the_logs_it_names_unless_all() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    stdout(&hyper(a.path(), &["create", "public"], ""));
+    stdout(&hyper(a.path(), &["append", "public", "hello"], ""));
+    let private = stdout(&hyper(a.path(), &["create", "private"], ""));
+    stdout(&hyper(a.path(), &["append", "private", "secret"], ""));
+    let private: [u8; 32] = hex::decode(private.trim()).unwrap().try_into().unwrap();
+
+    let sharer = spawn(a.path(), &["share", "public"]);
+    let public: iroh_hypercore::CoreTicket = sharer.line().parse().unwrap();
+    // A ticket for the other log of the store, at the same node (an old ticket, say).
+    let other = iroh_hypercore::CoreTicket::new(private, public.nodes().to_vec()).to_string();
+    let refused = spawn(
+        b.path(),
+        &["follow", &other, "--exit-when-synced", "--timeout", "3"],
+    );
+    let (code, err) = refused.wait();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no peer answered"), "{err}");
+    assert_eq!(sharer.interrupt().0, Some(0));
+
+    // `--all` serves it, and with no log named prints a ticket for each.
+    let sharer = spawn(a.path(), &["share", "--all"]);
+    let tickets: Vec<iroh_hypercore::CoreTicket> = [sharer.line(), sharer.line()]
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let mut keys: Vec<_> = tickets.iter().map(|t| t.key()).collect();
+    keys.sort();
+    let mut both = [public.key(), private];
+    both.sort();
+    assert_eq!(keys, both);
+    // At the node's new address (a new port), with the key of the log not named.
+    let other = iroh_hypercore::CoreTicket::new(private, tickets[0].nodes().to_vec()).to_string();
+    let served = spawn(b.path(), &["follow", &other, "--exit-when-synced"]);
+    assert_eq!(served.line(), "secret");
+    assert_eq!(served.wait().0, Some(0));
+    assert_eq!(sharer.interrupt().0, Some(0));
+}

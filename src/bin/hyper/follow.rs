@@ -70,7 +70,7 @@ pub async fn run(
         Ok(Some(core)) => core.info().contiguous_length,
         _ => 0,
     };
-    let node = Node::start(store, net).await?;
+    let node = Node::start(store, net, false).await?;
     let tracker = PeerTracker::start(dir, &node.proto, &[ticket.key()]);
     let mut seen = Seen::default();
     let result = tokio::select! {
@@ -329,7 +329,7 @@ impl Output {
             if raw {
                 out.write_all(block)?;
             } else {
-                out.write_all(text::line(block).as_bytes())?;
+                out.write_all(text::block(block).as_bytes())?;
                 out.write_all(b"\n")?;
             }
             if bar.is_some() {

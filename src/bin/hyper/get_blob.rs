@@ -46,7 +46,7 @@ pub async fn run(
     let mut interrupts = Interrupts::install()?;
     // A target that cannot be written is said before anything is fetched.
     blob_file::check_target(&args.output)?;
-    let node = Node::start(store, net).await?;
+    let node = Node::start(store, net, false).await?;
     let tracker = PeerTracker::start(dir, &node.proto, &[ticket.key()]);
     let partial = blob_file::Leftover::default();
     let result = tokio::select! {

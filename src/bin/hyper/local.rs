@@ -57,7 +57,8 @@ pub enum LocalCommand {
         /// The new length.
         length: u64,
     },
-    /// Print blocks of a log, one per line (control characters escaped).
+    /// Print blocks of a log, one per line (control characters escaped; a blob block as
+    /// `blob <size> <hash>`).
     Cat {
         /// The log's key (64 hex characters) or name.
         log: String,
@@ -68,8 +69,12 @@ pub enum LocalCommand {
         #[arg(long)]
         end: Option<u64>,
         /// Write the blocks' bytes as they are, with no newline between them.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "json")]
         raw: bool,
+        /// One JSON object per line: `{"index", "text"}`, or `{"index", "blob": {"hash",
+        /// "size"}}` for a blob block.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a log and everything stored for it.
     Delete {
@@ -187,6 +192,7 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
             start,
             end,
             raw,
+            json,
         } => {
             let (core, _) = resolve(store, dir, &log).await?;
             let length = core.info().length;
@@ -204,8 +210,12 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
                 for block in run {
                     let written = if raw {
                         out.write_all(&block)
+                    } else if json {
+                        serde_json::to_writer(&mut out, &text::json(index, &block))
+                            .map_err(std::io::Error::from)
+                            .and_then(|()| out.write_all(b"\n"))
                     } else {
-                        out.write_all(text::line(&block).as_bytes())
+                        out.write_all(text::block(&block).as_bytes())
                             .and_then(|()| out.write_all(b"\n"))
                     };
                     match written {

@@ -90,8 +90,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds the endpoint with the store's secret key and starts the protocols.
-    pub async fn start(store: &Corestore, options: &NetOptions) -> Result<Self, String> {
+    /// Binds the endpoint with the store's secret key and starts the protocols. With
+    /// `serve_store`, every log of the store is served to a peer that knows its key; else only
+    /// the logs the command replicates.
+    pub async fn start(
+        store: &Corestore,
+        options: &NetOptions,
+        serve_store: bool,
+    ) -> Result<Self, String> {
         let builder = match &options.relay {
             Relay::Default => Endpoint::builder(presets::N0),
             Relay::Disabled => Endpoint::builder(presets::Minimal)
@@ -114,8 +120,9 @@ impl Node {
             .await
             .map_err(|e| format!("cannot start the network endpoint: {e}"))?;
         let gossip = Gossip::builder().spawn(endpoint.clone());
-        let proto =
-            HypercoreProtocol::builder(store.clone()).spawn(endpoint.clone(), gossip.clone());
+        let proto = HypercoreProtocol::builder(store.clone())
+            .serve_store(serve_store)
+            .spawn(endpoint.clone(), gossip.clone());
         let router = Router::builder(endpoint.clone())
             .accept(ALPN, proto.clone())
             .accept(iroh_gossip::ALPN, gossip)

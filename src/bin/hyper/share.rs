@@ -17,9 +17,15 @@ use crate::{
 /// `hyper share` arguments.
 #[derive(Debug, Args)]
 pub struct ShareArgs {
-    /// The logs to share: names made here or keys (64 hex characters).
-    #[arg(required = true)]
+    /// The logs to share: names made here or keys (64 hex characters). Only these are
+    /// served: a peer asking for another log of the store gets nothing, even with an old
+    /// ticket for it.
+    #[arg(required_unless_present = "all")]
     logs: Vec<String>,
+    /// Serve every log of the store to a peer that knows its key (Corestore's
+    /// `store.replicate`); with no LOGS, print a ticket for each.
+    #[arg(long)]
+    all: bool,
     /// Append each line read from stdin to the first log as one block, while sharing.
     #[arg(long)]
     stdin: bool,
@@ -40,6 +46,23 @@ pub async fn run(
     for log in &args.logs {
         cores.push(local::resolve(store, dir, log).await?.0);
     }
+    if cores.is_empty() {
+        for key in store.list().await.map_err(|e| fail::describe("list", e))? {
+            if let Some(core) = store
+                .get(key)
+                .await
+                .map_err(|e| fail::describe("list", e))?
+            {
+                cores.push(core);
+            }
+        }
+        if cores.is_empty() {
+            return Err(format!("the store in {} holds no log", dir.display()));
+        }
+    }
+    if args.stdin && args.logs.is_empty() {
+        return Err("--stdin appends to the first log named: name it".into());
+    }
     if args.stdin && !cores[0].writable() {
         return Err(format!(
             "--stdin appends to {}, which is not writable here (it was made elsewhere)",
@@ -47,7 +70,7 @@ pub async fn run(
         ));
     }
     let mut lines = args.stdin.then(stdin_lines::read);
-    let node = Node::start(store, net).await?;
+    let node = Node::start(store, net, args.all).await?;
     let keys: Vec<_> = cores.iter().map(Hypercore::key).collect();
     let tracker = PeerTracker::start(dir, &node.proto, &keys);
     let mut appended = 0;

@@ -2,6 +2,36 @@
 
 use std::borrow::Cow;
 
+use iroh_hypercore::blobs::BlobRef;
+
+/// A block as one line, as `cat` and `follow` print it: a blob block as
+/// `blob <size> <hash>` (not its marker bytes), any other block as [`line`] shows it.
+pub fn block(block: &[u8]) -> Cow<'_, str> {
+    match BlobRef::from_block(block) {
+        Some(blob) => Cow::Owned(format!(
+            "blob {} {}",
+            indicatif::HumanBytes(blob.size),
+            blob.hash
+        )),
+        None => line(block),
+    }
+}
+
+/// A block as a JSON object for `cat --json`: `{"index", "blob": {"hash", "size"}}` for a
+/// blob block, else `{"index", "text"}` (invalid UTF-8 replaced; `--raw` has the bytes).
+pub fn json(index: u64, block: &[u8]) -> serde_json::Value {
+    match BlobRef::from_block(block) {
+        Some(blob) => serde_json::json!({
+            "index": index,
+            "blob": { "hash": blob.hash.to_string(), "size": blob.size },
+        }),
+        None => serde_json::json!({
+            "index": index,
+            "text": String::from_utf8_lossy(block),
+        }),
+    }
+}
+
 /// A block as one line: invalid UTF-8 replaced, and control characters escaped (`\n`, `\r`,
 /// `\u{1b}`, …; a tab stays), so that one block is always one line and a log's writer
 /// cannot drive the reader's terminal with escape sequences. `--raw` writes the bytes as

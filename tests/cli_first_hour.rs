@@ -197,3 +197,65 @@ fn share_serves_only_the_logs_it_names_unless_all() {
     assert_eq!(served.wait().0, Some(0));
     assert_eq!(sharer.interrupt().0, Some(0));
 }
+
+#[test]
+fn append_and_truncate_from_a_second_terminal_reach_a_running_share() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    stdout(&hyper(a.path(), &["create", "log"], ""));
+    stdout(&hyper(a.path(), &["append", "log", "first"], ""));
+    let sharer = spawn(a.path(), &["share", "log"]);
+    let ticket = sharer.line();
+    let follower = spawn(b.path(), &["follow", &ticket]);
+    assert_eq!(follower.line(), "first");
+
+    // The store is held by share: these go through its control socket.
+    assert_eq!(
+        stdout(&hyper(
+            a.path(),
+            &["append", "log", "from", "terminal two"],
+            ""
+        )),
+        "3\n"
+    );
+    assert_eq!(follower.line(), "from");
+    assert_eq!(follower.line(), "terminal two", "seen live by the follower");
+    assert_eq!(
+        stdout(&hyper(a.path(), &["append", "log"], b"piped\nlines\n")),
+        "5\n"
+    );
+    assert_eq!(follower.line(), "piped");
+    assert_eq!(follower.line(), "lines");
+    let file = a.path().join("blob.bin");
+    std::fs::write(&file, vec![1u8; 50_000]).unwrap();
+    assert_eq!(
+        stdout(&hyper(
+            a.path(),
+            &["append", "log", "--blob", file.to_str().unwrap()],
+            ""
+        )),
+        "5\n"
+    );
+    assert!(follower.line().starts_with("blob 48.83 KiB "));
+    assert_eq!(
+        stdout(&hyper(a.path(), &["truncate", "log", "1"], "")),
+        "1 (fork 1)\n"
+    );
+    // Errors come back as one line, as they would from the store itself.
+    let err = failure(&hyper(a.path(), &["append", "nope", "x"], ""));
+    assert!(err.contains("no log named \"nope\""), "{err}");
+    let err = failure(&hyper(a.path(), &["truncate", "log", "9"], ""));
+    assert!(err.contains("cannot grow"), "{err}");
+    // Other commands still say who holds the store.
+    let err = failure(&hyper(a.path(), &["cat", "log"], ""));
+    assert!(err.contains("in use by another hyper process"), "{err}");
+
+    assert_eq!(follower.interrupt().0, Some(0));
+    assert_eq!(sharer.interrupt().0, Some(0));
+    assert!(
+        !a.path().join("hyper.sock").exists(),
+        "the socket goes with the process"
+    );
+    assert_eq!(stdout(&hyper(a.path(), &["cat", "log"], "")), "first\n");
+    let info = stdout(&hyper(a.path(), &["info", "log", "--json"], ""));
+    assert!(info.contains("\"fork\":1"), "{info}");
+}

@@ -33,18 +33,30 @@ fn default_data_dir() -> Option<PathBuf> {
 
 /// Opens the store in `dir`, saying plainly when another process holds it (at once: the
 /// lock is not waited for).
-pub async fn open(dir: &Path) -> Result<Corestore, String> {
+pub async fn open(dir: &Path) -> Result<Corestore, OpenError> {
     Corestore::persistent(dir).await.map_err(|e| {
         let text = e.to_string();
         if text.contains("already open") || text.contains("acquire lock") {
-            format!(
-                "the data directory {} is in use by another hyper process",
+            OpenError::InUse(format!(
+                "the data directory {} is in use by another hyper process (a running share \
+                 takes append and truncate; other commands wait for it to end)",
                 dir.display()
-            )
+            ))
         } else {
-            fail::describe(&format!("cannot open the store in {}", dir.display()), e)
+            OpenError::Failed(fail::describe(
+                &format!("cannot open the store in {}", dir.display()),
+                e,
+            ))
         }
     })
+}
+
+/// Why the store could not be opened.
+pub enum OpenError {
+    /// Another process holds it: the error line.
+    InUse(String),
+    /// Anything else: the error line.
+    Failed(String),
 }
 
 /// Writes `text` to a new file beside `path` and renames it over `path`, so that a crash or

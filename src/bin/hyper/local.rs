@@ -160,30 +160,11 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
             file,
             blob,
         } => {
-            let source = match (file, blob) {
-                (Some(path), _) => append::Source::File(path),
-                (None, Some(path)) => append::Source::Blob(path),
-                (None, None) if texts.is_empty() => append::Source::Stdin,
-                (None, None) => append::Source::Texts(texts.into_iter().map(bytes_of).collect()),
-            };
-            append::run(store, dir, &name, source).await?;
+            append::run(store, dir, &name, source(texts, file, blob)).await?;
         }
         LocalCommand::Truncate { name, length } => {
             let (core, _) = resolve(store, dir, &name).await?;
-            if !core.writable() {
-                return Err(format!(
-                    "{name} is not writable here (it was made elsewhere)"
-                ));
-            }
-            let had = core.info().length;
-            if length > had {
-                return Err(format!(
-                    "{name} has {had} blocks: it cannot grow to {length} by a truncate"
-                ));
-            }
-            core.truncate(length)
-                .await
-                .map_err(|e| failed(&format!("truncating {name}"), e))?;
+            truncate(&core, &name, length).await?;
             let info = core.info();
             println!("{} (fork {})", info.length, info.fork);
         }
@@ -244,6 +225,74 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
         }
     }
     Ok(())
+}
+
+/// Truncates the writable log `core` (called `name`) to `length` blocks, on a new fork.
+pub async fn truncate(core: &Hypercore, name: &str, length: u64) -> Result<(), String> {
+    if !core.writable() {
+        return Err(format!(
+            "{name} is not writable here (it was made elsewhere)"
+        ));
+    }
+    let had = core.info().length;
+    if length > had {
+        return Err(format!(
+            "{name} has {had} blocks: it cannot grow to {length} by a truncate"
+        ));
+    }
+    core.truncate(length)
+        .await
+        .map_err(|e| fail::describe(&format!("truncating {name}"), e))
+}
+
+/// Runs `append` or `truncate` through the running node that holds the store of `dir`;
+/// any other command is refused with `in_use`.
+#[cfg(unix)]
+pub async fn run_through(dir: &Path, command: LocalCommand, in_use: String) -> Result<(), String> {
+    let writes = matches!(
+        command,
+        LocalCommand::Append { .. } | LocalCommand::Truncate { .. }
+    );
+    let client = match writes {
+        true => crate::control::Client::connect(dir).await,
+        false => None,
+    };
+    let Some(mut client) = client else {
+        return Err(in_use);
+    };
+    match command {
+        LocalCommand::Append {
+            name,
+            texts,
+            file,
+            blob,
+        } => append::run_through(client, &name, source(texts, file, blob)).await,
+        LocalCommand::Truncate { name, length } => {
+            let request = crate::control::Request::Truncate { log: name, length };
+            match client.ask(&request).await? {
+                crate::control::Reply::Truncated(length, fork) => {
+                    println!("{length} (fork {fork})");
+                    Ok(())
+                }
+                other => Err(format!("unexpected answer {other:?}")),
+            }
+        }
+        _ => Err(in_use),
+    }
+}
+
+/// What `append` appends, from its arguments.
+fn source(
+    texts: Vec<std::ffi::OsString>,
+    file: Option<PathBuf>,
+    blob: Option<PathBuf>,
+) -> append::Source {
+    match (file, blob) {
+        (Some(path), _) => append::Source::File(path),
+        (None, Some(path)) => append::Source::Blob(path),
+        (None, None) if texts.is_empty() => append::Source::Stdin,
+        (None, None) => append::Source::Texts(texts.into_iter().map(bytes_of).collect()),
+    }
 }
 
 /// The log `log` names: a key (64 hex characters) or a name made in this directory.

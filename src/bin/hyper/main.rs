@@ -7,6 +7,8 @@
 
 mod append;
 mod blob_file;
+#[cfg(unix)]
+mod control;
 mod data_dir;
 mod fail;
 mod follow;
@@ -111,7 +113,20 @@ async fn run(cli: Cli) -> Result<(), String> {
     // A ticket is checked before the store is opened: a typo creates nothing.
     let job = Job::of(cli.command)?;
     let dir = data_dir::resolve(cli.data)?;
-    let store = data_dir::open(&dir).await?;
+    let store = match data_dir::open(&dir).await {
+        Ok(store) => store,
+        // A running share takes append and truncate through its control socket.
+        #[cfg(unix)]
+        Err(data_dir::OpenError::InUse(e)) => {
+            return match job {
+                Job::Local(command) => local::run_through(&dir, command, e).await,
+                _ => Err(e),
+            };
+        }
+        #[cfg(not(unix))]
+        Err(data_dir::OpenError::InUse(e)) => return Err(e),
+        Err(data_dir::OpenError::Failed(e)) => return Err(e),
+    };
     let result = match job {
         Job::Local(command) => local::run(&store, &dir, command).await,
         Job::Share(args) => share::run(&store, &dir, &net, args).await,

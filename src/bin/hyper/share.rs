@@ -71,6 +71,9 @@ pub async fn run(
     }
     let mut lines = args.stdin.then(stdin_lines::read);
     let node = Node::start(store, net, args.all).await?;
+    // `append` and `truncate` from another terminal, while this holds the store.
+    #[cfg(unix)]
+    let _control = crate::control::Server::start(store, dir);
     let keys: Vec<_> = cores.iter().map(Hypercore::key).collect();
     let tracker = PeerTracker::start(dir, &node.proto, &keys);
     let mut appended = 0;

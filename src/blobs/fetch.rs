@@ -224,6 +224,8 @@ impl BlobFetcher {
                     }
                     Ok(None) => break Err((format!("{provider} ended the transfer early"), false)),
                     Ok(Some(GetProgressItem::Progress(bytes))) => {
+                        let more = bytes.saturating_sub(got);
+                        progress.send_modify(|p| p.served_by(provider, more));
                         got = bytes;
                         report(carried + bytes);
                     }

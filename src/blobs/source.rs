@@ -61,7 +61,7 @@ impl From<&Path> for BlobSource {
 }
 
 /// How far a [`GetBlob`](crate::core::GetBlob) got.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlobProgress {
     /// Bytes of the blob stored.
     pub done: u64,
@@ -69,4 +69,20 @@ pub struct BlobProgress {
     pub total: u64,
     /// The peer asked last, if any.
     pub provider: Option<EndpointId>,
+    /// Each provider that sent verified bytes of this fetch, with how many, in the order they
+    /// first sent some (at most 8: a fetch asks that many providers at most).
+    pub served: Vec<(EndpointId, u64)>,
+}
+
+impl BlobProgress {
+    /// Counts `bytes` more from `provider`.
+    pub(crate) fn served_by(&mut self, provider: EndpointId, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        match self.served.iter_mut().find(|(p, _)| *p == provider) {
+            Some((_, n)) => *n = n.saturating_add(bytes),
+            None => self.served.push((provider, bytes)),
+        }
+    }
 }

@@ -110,6 +110,42 @@ impl Hypercore {
         result
     }
 
+    /// The blob block `index` names, read from the block stored here: `None` for an
+    /// ordinary block, [`Error::BlockNotAvailable`] if the block is not stored here (nothing
+    /// is fetched).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
+    /// let store = iroh_hypercore::Corestore::memory().await?;
+    /// let core = store.get_named("files").await?;
+    /// core.append(b"text".to_vec()).await?;
+    /// let index = core.append_blob(vec![1u8; 1000]).await?;
+    /// assert_eq!(core.blob_ref(0).await?, None);
+    /// assert_eq!(core.blob_ref(index).await?.map(|b| b.size), Some(1000));
+    /// assert!(core.has_blob(index).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn blob_ref(&self, index: u64) -> Result<Option<BlobRef>> {
+        match self.get(index).await? {
+            Some(block) => Ok(BlobRef::from_block(&block)),
+            None => Err(Error::BlockNotAvailable(index)),
+        }
+    }
+
+    /// Whether block `index` is stored here, names a blob, and the whole blob is stored in
+    /// the store's blob store.
+    pub async fn has_blob(&self, index: u64) -> Result<bool> {
+        let Ok(Some(blob)) = self.blob_ref(index).await else {
+            return Ok(false);
+        };
+        let (_, store) = blob_state(self);
+        match store?.store().status(blob.hash).await {
+            Ok(BlobStatus::Complete { .. }) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(blob_error("reading a blob's status", e)),
+        }
+    }
+
     /// The blob block `index` names, fetched from the peers that replicate this core if it is
     /// not stored: see [`GetBlob`].
     pub fn get_blob(&self, index: u64) -> GetBlob {
@@ -157,7 +193,8 @@ pub struct GetBlob {
 }
 
 impl GetBlob {
-    /// The progress of the fetch: bytes done, the total and the peer asked last.
+    /// The progress of the fetch: bytes done, the total, the peer asked last and the bytes
+    /// each provider sent.
     pub fn progress(&self) -> impl Stream<Item = BlobProgress> + Send + Unpin + 'static {
         let rx = self.progress.subscribe();
         Box::pin(n0_future::stream::unfold(
@@ -166,7 +203,7 @@ impl GetBlob {
                 if !first && rx.changed().await.is_err() {
                     return None;
                 }
-                let now = *rx.borrow_and_update();
+                let now = rx.borrow_and_update().clone();
                 Some((now, (rx, false)))
             },
         ))

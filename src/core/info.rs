@@ -22,3 +22,13 @@ pub struct Info {
     /// Kind of core, once known.
     pub kind: Option<CoreKind>,
 }
+
+/// What [`Hypercore::stored`](super::Hypercore::stored) reports: what this node holds of a
+/// log, which in sparse replication may be less than its length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Blocks stored here.
+    pub blocks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}

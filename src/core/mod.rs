@@ -19,7 +19,7 @@ mod writes;
 pub use blobs::GetBlob;
 pub use events::{CoreEvent, Subscription};
 pub use hypercore::{AppendOutcome, Hypercore};
-pub use info::Info;
+pub use info::{Info, Stored};
 pub(crate) use lazy_broadcast::LazyBroadcast;
 pub use proofs::Applied;
 pub use reads::MAX_STORED_RUN;

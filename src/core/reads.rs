@@ -111,6 +111,30 @@ impl Hypercore {
         }
     }
 
+    /// How many blocks of the log are stored here, and their bytes (one pass over the
+    /// core's stored rows).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
+    /// let core = iroh_hypercore::Corestore::memory().await?.get_named("log").await?;
+    /// core.append_batch(vec![b"ab".to_vec(), b"cde".to_vec()]).await?;
+    /// let stored = core.stored().await?;
+    /// assert_eq!((stored.blocks, stored.bytes), (2, 5));
+    /// assert!(core.has(0, 2).await?);
+    /// # Ok(()) }
+    /// ```
+    pub fn stored(&self) -> impl Future<Output = Result<super::Stored>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        async move {
+            let id = inner.id;
+            let (blocks, bytes) = inner
+                .storage
+                .read(move |r| r.blocks()?.view().totals(id))
+                .await?;
+            Ok(super::Stored { blocks, bytes })
+        }
+    }
+
     /// Whether every block of `start..end` is stored locally (false if the range leaves the log).
     pub fn has(
         &self,

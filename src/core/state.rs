@@ -239,6 +239,7 @@ pub(crate) async fn create_core(
     key: CoreKey,
     kind: Option<CoreKind>,
     key_pair: Option<KeyPair>,
+    name: Option<crate::storage::CoreName>,
 ) -> Result<Arc<CoreInner>> {
     let manifest = match (kind, &key_pair) {
         (Some(CoreKind::Default), Some(kp)) => Some(Manifest::single(kp.public_key()).encode()),
@@ -257,6 +258,7 @@ pub(crate) async fn create_core(
         .write(Op::CreateCore {
             key,
             header: Box::new(header.clone()),
+            name: name.map(Box::new),
         })
         .await?;
     match outcome {

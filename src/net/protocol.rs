@@ -147,6 +147,15 @@ impl Builder {
             extension_events.clone(),
         );
         tokio::spawn(driver.run(rx));
+        // The peers the store was joined with before: connected again.
+        let (store, to_driver) = (self.store.clone(), commands.downgrade());
+        tokio::spawn(async move {
+            let peers = store.store_peers().await.unwrap_or_default();
+            if let (false, Some(commands)) = (peers.is_empty(), to_driver.upgrade()) {
+                let (tx, _rx) = oneshot::channel();
+                let _ = commands.send(Command::JoinStore(peers, tx)).await;
+            }
+        });
         let weak = commands.downgrade();
         let providers: crate::blobs::Providers = Arc::new(move |key| {
             let weak = weak.clone();
@@ -244,6 +253,39 @@ impl HypercoreProtocol {
     /// [`join`](Self::join)).
     pub async fn replicate_store(&self, mode: Mode) -> Result<()> {
         self.command(|tx| Command::ReplicateStore(mode, tx)).await
+    }
+
+    /// Connects to `nodes` for the whole store, as Corestore's `store.replicate(stream)`
+    /// does: each gets a channel for every core this node replicates (with
+    /// [`replicate_store`](Self::replicate_store), every core of the store, the ones created
+    /// later too). No core is forced to full mode and no gossip topic is joined. The nodes are
+    /// remembered in the store's database (the 64 most recent): a protocol started on the
+    /// store later connects to them again.
+    ///
+    /// ```no_run
+    /// # async fn run(proto: iroh_hypercore::HypercoreProtocol, peer: iroh::EndpointAddr) -> iroh_hypercore::Result<()> {
+    /// proto.replicate_store(iroh_hypercore::Mode::Full).await?;
+    /// proto.join_store(&[peer]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn join_store(&self, nodes: &[EndpointAddr]) -> Result<()> {
+        let me = self.inner.endpoint.id();
+        let nodes: Vec<EndpointAddr> = nodes.iter().filter(|n| n.id != me).cloned().collect();
+        self.inner.store.remember_store_peers(&nodes).await?;
+        self.command(|tx| Command::JoinStore(nodes, tx)).await
+    }
+
+    /// Opens the core a ticket names, like [`open_ticket`](Self::open_ticket), and returns
+    /// the stream of its events subscribed before its first peer is dialled: no `PeerAdd`
+    /// or `Download` is missed.
+    pub async fn open_ticket_with_events(
+        &self,
+        ticket: &CoreTicket,
+    ) -> Result<(Hypercore, ReplicaEvents)> {
+        let core = self.inner.store.get_remote(ticket.key()).await?;
+        let events = self.events(&core);
+        self.join(&core, ticket.nodes()).await?;
+        Ok((core, events))
     }
 
     /// The extension `name` (at most 64 bytes): registers it, so that peers' messages of this

@@ -515,6 +515,7 @@ mod tests {
         Op::CreateCore {
             key,
             header: Box::new(header(key)),
+            name: None,
         }
     }
 

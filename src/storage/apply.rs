@@ -23,7 +23,11 @@ pub(super) fn apply(batch: &mut Batch<'_>, op: Op) -> Result<Outcome, StorageErr
     match op {
         Op::SetPrimaryKey(key) => catalog::set_primary_key(batch, &key),
         Op::SetEndpointKey(key) => catalog::set_endpoint_key(batch, &key),
-        Op::CreateCore { key, header } => catalog::create_core(batch, key, &header),
+        Op::CreateCore { key, header, name } => {
+            catalog::create_core(batch, key, &header, name.as_deref())
+        }
+        Op::SetName { key, name } => catalog::set_name(batch, key, &name),
+        Op::SetStorePeers(peers) => catalog::set_store_peers(batch, &peers),
         Op::DeleteCore { key, slot } => catalog::delete_core(batch, key, slot.as_deref()),
         Op::Append {
             slot,

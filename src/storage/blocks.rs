@@ -357,6 +357,21 @@ where
             .sum())
     }
 
+    /// The number of stored blocks of core `id` and their bytes (one pass over its rows).
+    pub fn totals(&self, id: u64) -> Result<(u64, u64), StorageError> {
+        let (mut blocks, mut bytes) = (0u64, 0u64);
+        for row in self.chunks.range((id, 0)..=(id, u64::MAX))? {
+            let (key, value) = row?;
+            let (n, len) = match Row::parse(key.value().1, value.value())? {
+                Row::Chunk(c) => (c.len(), c.data.len() as u64),
+                Row::Large { len, .. } => (1, len),
+            };
+            blocks = blocks.saturating_add(n);
+            bytes = bytes.saturating_add(len);
+        }
+        Ok((blocks, bytes))
+    }
+
     /// The first block of core `id` at or after `from` (and before `limit`) not stored.
     pub fn first_missing(&self, id: u64, from: u64, limit: u64) -> Result<u64, StorageError> {
         let mut c = from;

@@ -9,7 +9,7 @@ use super::{
     StorageError,
     batch::Batch,
     ops::Outcome,
-    schema::{self, CoreHeader},
+    schema::{self, CoreHeader, CoreName},
     slot::CoreSlot,
 };
 
@@ -55,11 +55,19 @@ pub(super) fn create_core(
     batch: &mut Batch<'_>,
     key: [u8; 32],
     header: &CoreHeader,
+    name: Option<&CoreName>,
 ) -> Result<Outcome, StorageError> {
+    if let Some(name) = name {
+        check_name(name)?;
+    }
     let txn = batch.txn();
     let mut cores = txn.open_table(schema::CORES)?;
     if let Some(id) = cores.get(key)?.map(|v| v.value()) {
         return Ok(Outcome::Core { id, created: false });
+    }
+    if let Some(name) = name {
+        txn.open_table(schema::NAMES)?
+            .insert(key, name.encode().as_slice())?;
     }
     let mut meta = txn.open_table(schema::META)?;
     let id = {
@@ -99,10 +107,58 @@ pub(super) fn delete_core(
         .remove(discovery_key(&key))?;
     txn.open_table(schema::HEADERS)?.remove(id)?;
     txn.open_table(schema::PEERS)?.remove(id)?;
+    txn.open_table(schema::NAMES)?.remove(key)?;
     batch.nodes()?.remove_core(id)?;
     batch.blocks()?.remove_core(id)?;
     if let Some(slot) = slot {
         slot.staged().deleted = true;
     }
     Ok(Outcome::Deleted(true))
+}
+
+/// A name too long to store is refused before anything is written.
+fn check_name(name: &CoreName) -> Result<(), StorageError> {
+    if name.name.len() > schema::MAX_NAME_BYTES {
+        return Err(StorageError::Rejected(format!(
+            "a core name of {} bytes (at most {})",
+            name.name.len(),
+            schema::MAX_NAME_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// Records the name of the stored core `key`.
+pub(super) fn set_name(
+    batch: &mut Batch<'_>,
+    key: [u8; 32],
+    name: &CoreName,
+) -> Result<Outcome, StorageError> {
+    check_name(name)?;
+    let txn = batch.txn();
+    if txn.open_table(schema::CORES)?.get(key)?.is_none() {
+        return Err(StorageError::Rejected("no core to name".into()));
+    }
+    txn.open_table(schema::NAMES)?
+        .insert(key, name.encode().as_slice())?;
+    Ok(Outcome::Done)
+}
+
+/// Replaces the record of the store's peers.
+pub(super) fn set_store_peers(
+    batch: &mut Batch<'_>,
+    peers: &[u8],
+) -> Result<Outcome, StorageError> {
+    if peers.len() > schema::MAX_PEERS_BYTES {
+        return Err(StorageError::Rejected(format!(
+            "a record of store peers of {} bytes (at most {})",
+            peers.len(),
+            schema::MAX_PEERS_BYTES
+        )));
+    }
+    batch
+        .txn()
+        .open_table(schema::META)?
+        .insert(schema::META_STORE_PEERS, peers)?;
+    Ok(Outcome::Done)
 }

@@ -26,7 +26,20 @@ pub(crate) enum Op {
         key: CoreKey,
         /// Its first header (boxed: a rare op should not make every op larger).
         header: Box<CoreHeader>,
+        /// The name it is made with, recorded in the same transaction (a named core).
+        name: Option<Box<super::schema::CoreName>>,
     },
+    /// Records the name of the stored core `key` (a named core made before names were
+    /// stored); rejected if no core is stored under `key` or the name is too long.
+    SetName {
+        /// The core key.
+        key: CoreKey,
+        /// Its name.
+        name: Box<super::schema::CoreName>,
+    },
+    /// Replaces the record of the peers the whole store is replicated with (opaque bytes, at
+    /// most [`MAX_PEERS_BYTES`](super::schema::MAX_PEERS_BYTES)).
+    SetStorePeers(Vec<u8>),
     /// Deletes the core stored under `key` and every byte of it; `slot` is the open core, if
     /// any, which is written no more.
     DeleteCore {

@@ -80,6 +80,43 @@ impl<'t> Reader<'t> {
             .unwrap_or_default())
     }
 
+    /// The name of every named core: (key, name) (none in a file without names).
+    pub fn names(&self) -> Result<Vec<(CoreKey, schema::CoreName)>, StorageError> {
+        let table = match self.txn.open_table(schema::NAMES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (key, name) = row?;
+            out.push((key.value(), schema::CoreName::decode(name.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The name core `key` was made with, if it has one.
+    pub fn name_of(&self, key: &CoreKey) -> Result<Option<schema::CoreName>, StorageError> {
+        let table = match self.txn.open_table(schema::NAMES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        table
+            .get(key)?
+            .map(|v| schema::CoreName::decode(v.value()))
+            .transpose()
+    }
+
+    /// The record of the peers the whole store is replicated with (empty if none).
+    pub fn store_peers(&self) -> Result<Vec<u8>, StorageError> {
+        let meta = self.txn.open_table(schema::META)?;
+        Ok(meta
+            .get(schema::META_STORE_PEERS)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default())
+    }
+
     /// The store's primary key, once set.
     pub fn primary_key(&self) -> Result<Option<[u8; 32]>, StorageError> {
         self.meta_key(schema::META_PRIMARY_KEY, "primary key")

@@ -40,8 +40,46 @@ pub const PIECES: TableDefinition<(u64, u64, u32), &[u8]> = TableDefinition::new
 /// if every core remembered none, and older code reading a newer file ignores it.
 pub const PEERS: TableDefinition<u64, &[u8]> = TableDefinition::new("peers");
 
-/// The largest record of a core's peers.
+/// The largest record of a core's peers (and of the store's peers).
 pub const MAX_PEERS_BYTES: usize = 16 * 1024;
+/// Core key → the name it was made with ([`CoreName`]: the namespace's 32 bytes, then the
+/// name's UTF-8). Written in the transaction that creates a named core; made on its first
+/// write, so files of this version without it read as if no core had a name.
+pub const NAMES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("names");
+/// The longest name stored.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Meta key of the peers the whole store is replicated with, as the layer above encodes
+/// them (at most [`MAX_PEERS_BYTES`]).
+pub const META_STORE_PEERS: &str = "store_peers";
+
+/// The name a core was made with, in the namespace it was made in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreName {
+    /// The namespace (Corestore's 32-byte namespace hash).
+    pub namespace: [u8; 32],
+    /// The name.
+    pub name: String,
+}
+
+impl CoreName {
+    /// Its stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.namespace.to_vec();
+        out.extend_from_slice(self.name.as_bytes());
+        out
+    }
+
+    /// Reads stored bytes; malformed ones are a [`StorageError::Corrupt`](super::StorageError).
+    pub fn decode(bytes: &[u8]) -> Result<Self, super::StorageError> {
+        let corrupt = || super::StorageError::Corrupt("malformed core name".into());
+        let (ns, name) = bytes.split_first_chunk::<32>().ok_or_else(corrupt)?;
+        let name = std::str::from_utf8(name).map_err(|_| corrupt())?;
+        Ok(Self {
+            namespace: *ns,
+            name: name.to_string(),
+        })
+    }
+}
 
 /// Meta key of the schema version.
 pub const META_SCHEMA_VERSION: &str = "schema_version";

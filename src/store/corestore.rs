@@ -17,7 +17,7 @@ use crate::{
         derive::{DEFAULT_NAMESPACE, child_namespace, derive_key_pair},
     },
     error::{Error, Result},
-    storage::{Op, Outcome, Storage, StorageError, StorageOptions, StorageStats},
+    storage::{CoreName, Op, Outcome, Storage, StorageError, StorageOptions, StorageStats},
 };
 
 /// File name of a persistent store's database inside its directory.
@@ -195,14 +195,53 @@ impl Corestore {
 
     /// The writable core `name` in this namespace, created on first use. Its key pair is
     /// derived from the primary key, so it is the same core every time.
+    ///
+    /// The name is stored with the core, in the transaction that creates it:
+    /// [`names`](Self::names) lists it.
     pub async fn get_named(&self, name: &str) -> Result<Hypercore> {
         let kp = derive_key_pair(&self.inner.primary_key, &self.namespace, name);
+        let name = CoreName {
+            namespace: self.namespace,
+            name: name.to_string(),
+        };
         self.open_or_create(
             kp.core_key(CoreKind::Default),
             Some(CoreKind::Default),
             Some(kp),
+            Some(name),
         )
         .await
+    }
+
+    /// The names of the named cores of this namespace ([`get_named`](Self::get_named)) and
+    /// their keys, sorted by name.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
+    /// let store = iroh_hypercore::Corestore::memory().await?;
+    /// let chat = store.get_named("chat").await?;
+    /// store.namespace("other").get_named("notes").await?;
+    /// assert_eq!(store.names().await?, vec![("chat".to_string(), chat.key())]);
+    /// assert_eq!(store.name_of(chat.key()).await?.as_deref(), Some("chat"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn names(&self) -> Result<Vec<(String, CoreKey)>> {
+        let all = self.inner.storage.read(|r| r.names()).await?;
+        let mut names: Vec<(String, CoreKey)> = all
+            .into_iter()
+            .filter(|(_, n)| n.namespace == self.namespace)
+            .map(|(key, n)| (n.name, key))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The name core `key` was made with in this namespace, if it is a named core.
+    pub async fn name_of(&self, key: CoreKey) -> Result<Option<String>> {
+        let name = self.inner.storage.read(move |r| r.name_of(&key)).await?;
+        Ok(name
+            .filter(|n| n.namespace == self.namespace)
+            .map(|n| n.name))
     }
 
     /// The secret key of the endpoint that serves this store: made on the store's first open
@@ -223,14 +262,14 @@ impl Corestore {
     /// A new writable core with a given or generated key pair.
     pub async fn create(&self, opts: CoreOptions) -> Result<Hypercore> {
         let kp = opts.key_pair.unwrap_or_else(KeyPair::generate);
-        self.open_or_create(kp.core_key(opts.kind), Some(opts.kind), Some(kp))
+        self.open_or_create(kp.core_key(opts.kind), Some(opts.kind), Some(kp), None)
             .await
     }
 
     /// The core with key `key`: the stored one, or a new empty read-only core that fills
     /// through replication (its kind is learned from the first verified proof).
     pub async fn get_remote(&self, key: CoreKey) -> Result<Hypercore> {
-        self.open_or_create(key, None, None).await
+        self.open_or_create(key, None, None, None).await
     }
 
     /// The stored core with key `key`, if any.
@@ -266,15 +305,21 @@ impl Corestore {
         key: CoreKey,
         kind: Option<CoreKind>,
         key_pair: Option<KeyPair>,
+        name: Option<CoreName>,
     ) -> Result<Hypercore> {
         let mut open = self.inner.shared.open.lock().await;
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Hypercore::from_inner(inner));
         }
         let inner = match load_core(&self.home(), key).await? {
-            Some(inner) => inner,
+            Some(inner) => {
+                if let Some(name) = name {
+                    self.keep_name(key, name).await?;
+                }
+                inner
+            }
             None => {
-                let inner = create_core(&self.home(), key, kind, key_pair).await?;
+                let inner = create_core(&self.home(), key, kind, key_pair, name).await?;
                 let _ = self.inner.shared.created.send(key);
                 inner
             }
@@ -282,6 +327,65 @@ impl Corestore {
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(key, Arc::downgrade(&inner));
         Ok(Hypercore::from_inner(inner))
+    }
+
+    /// Records the name of a named core stored before names were (once; later opens read it).
+    async fn keep_name(&self, key: CoreKey, name: CoreName) -> Result<()> {
+        let stored = self.inner.storage.read(move |r| r.name_of(&key)).await?;
+        if stored.as_ref() != Some(&name) {
+            self.inner
+                .storage
+                .write(Op::SetName {
+                    key,
+                    name: Box::new(name),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The peers the whole store is replicated with
+    /// ([`HypercoreProtocol::join_store`](crate::HypercoreProtocol::join_store)), most
+    /// recently joined first. A record that does not decode reads as none.
+    pub async fn store_peers(&self) -> Result<Vec<iroh::EndpointAddr>> {
+        let bytes = self.inner.storage.read(|r| r.store_peers()).await?;
+        if bytes.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(postcard::from_bytes(&bytes).unwrap_or_else(|e| {
+            tracing::warn!("the record of the store's peers does not decode: {e}");
+            Vec::new()
+        }))
+    }
+
+    /// Puts `nodes` first in the record of the store's peers (at most
+    /// [`MAX_STORE_PEERS`](crate::replication::engine::MAX_STORE_PEERS), each with at most 8
+    /// addresses), durably.
+    pub(crate) async fn remember_store_peers(&self, nodes: &[iroh::EndpointAddr]) -> Result<()> {
+        let mut peers: Vec<iroh::EndpointAddr> = nodes
+            .iter()
+            .map(|n| {
+                let mut n = n.clone();
+                n.addrs = n.addrs.into_iter().take(8).collect();
+                n
+            })
+            .collect();
+        for old in self.store_peers().await? {
+            if !peers.iter().any(|p| p.id == old.id) {
+                peers.push(old);
+            }
+        }
+        let mut dedup = std::collections::HashSet::new();
+        peers.retain(|p| dedup.insert(p.id));
+        peers.truncate(crate::replication::engine::MAX_STORE_PEERS);
+        // The encoding only fails on a writer error, which a Vec does not have.
+        let mut bytes = postcard::to_stdvec(&peers).unwrap_or_default();
+        while bytes.len() > crate::storage::MAX_PEERS_BYTES && !peers.is_empty() {
+            peers.pop();
+            bytes = postcard::to_stdvec(&peers).unwrap_or_default();
+        }
+        self.inner.storage.write(Op::SetStorePeers(bytes)).await?;
+        Ok(())
     }
 
     /// The key of each core created from now on, through any store on this database (a

@@ -89,6 +89,8 @@ pub(crate) enum Command {
     Leave(CoreKey, oneshot::Sender<bool>),
     /// Follow every core of the store in a mode.
     ReplicateStore(Mode, oneshot::Sender<()>),
+    /// Connect to peers for the whole store: each gets every core replicated.
+    JoinStore(Vec<EndpointAddr>, oneshot::Sender<()>),
     /// Deliver extension messages of a name.
     RegisterExtension(String, oneshot::Sender<()>),
     /// Send an extension message; answers on how many channels it was queued.
@@ -214,6 +216,10 @@ impl Driver {
                 if !peers.is_empty() {
                     self.engine.handle(Input::StorePeers(peers), now);
                 }
+                let _ = reply.send(());
+            }
+            Command::JoinStore(nodes, reply) => {
+                self.join_store(nodes, now);
                 let _ = reply.send(());
             }
             Command::RegisterExtension(name, reply) => {
@@ -362,6 +368,24 @@ impl Driver {
     /// Dials the nodes a ticket (or `join`) names, at most [`MAX_JOIN_NODES`], and adds them
     /// to the core's gossip topic; they stay the core's blob providers beside its channel
     /// peers.
+    /// Dials `nodes` and makes them store peers: each gets a channel for every core
+    /// replicated (all of the store's under `replicate_store`).
+    fn join_store(&mut self, nodes: Vec<EndpointAddr>, now: Instant) {
+        let me = self.conns.me();
+        let mut peers = Vec::new();
+        for addr in nodes
+            .into_iter()
+            .filter(|a| a.id != me)
+            .take(crate::replication::engine::MAX_STORE_PEERS)
+        {
+            let peer = *addr.id.as_bytes();
+            peers.push(peer);
+            self.conns.remember(addr);
+            self.conns.dial(peer);
+        }
+        self.engine.handle(Input::StorePeers(peers), now);
+    }
+
     fn join(&mut self, key: CoreKey, nodes: Vec<EndpointAddr>) {
         let me = self.conns.me();
         let nodes: Vec<EndpointAddr> = nodes

@@ -1,0 +1,158 @@
+//! What a library user reaches for in the first hour, over real endpoints on the test relay:
+//! a peer connected for the whole store (and connected again after a restart), events
+//! subscribed before the first peer arrives, what is stored of a log and of its blobs, which
+//! providers served a blob, and the names of named cores kept in the store's database.
+
+#[path = "common/net.rs"]
+mod net;
+
+use std::time::Duration;
+
+use iroh_hypercore::{Corestore, Error, Mode, net::ReplicaEvent, testnet::Transport};
+use net::{WAIT, append_numbered, log_on, node_in_dir, shutdown, test_net, wait_event, wait_full};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_joined_for_the_store_gets_every_core_and_is_connected_again_after_a_restart() {
+    let net = test_net().await;
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let a = log_on(&writer, "a", 3, 8).await;
+    let b = log_on(&writer, "b", 4, 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reader = node_in_dir(&net, dir.path()).await;
+    for log in [&a, &b] {
+        reader.store.get_remote(log.key()).await.unwrap();
+    }
+    // One call for the store: no core is joined by itself.
+    reader.proto.replicate_store(Mode::Full).await.unwrap();
+    reader.proto.join_store(&[writer.addr()]).await.unwrap();
+    for log in [&a, &b] {
+        let core = reader.store.get(log.key()).await.unwrap().unwrap();
+        wait_full(&core, log.info().length).await;
+    }
+    let remembered: Vec<_> = reader
+        .store
+        .store_peers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(remembered, vec![writer.endpoint.id()]);
+    reader.shutdown().await;
+    drop(reader);
+
+    // A core the reader never met a peer for: only the remembered store peer can bring it.
+    let c = log_on(&writer, "c", 5, 8).await;
+    append_numbered(&b, 4, 2, 8).await;
+    let reader = node_in_dir(&net, dir.path()).await;
+    let new = reader.store.get_remote(c.key()).await.unwrap();
+    reader.proto.replicate_store(Mode::Full).await.unwrap();
+    wait_full(&new, 5).await;
+    let old = reader.store.get(b.key()).await.unwrap().unwrap();
+    wait_full(&old, 6).await;
+    shutdown(&[&writer, &reader]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_subscribed_with_open_ticket_see_the_first_peer() {
+    let net = test_net().await;
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = log_on(&writer, "log", 2, 8).await;
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let (core, mut events) = reader
+        .proto
+        .open_ticket_with_events(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    let writer_id = writer.endpoint.id();
+    wait_event(
+        &mut events,
+        "the first peer",
+        |e| matches!(e, ReplicaEvent::PeerAdd(p) if *p == writer_id),
+    )
+    .await;
+    wait_event(&mut events, "a download", |e| {
+        matches!(e, ReplicaEvent::Download { .. })
+    })
+    .await;
+    wait_full(&core, 2).await;
+    shutdown(&[&writer, &reader]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_stored_of_a_log_and_its_blobs_can_be_asked() {
+    let net = test_net().await;
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = log_on(&writer, "log", 10, 100).await;
+    let blob = vec![9u8; 300_000];
+    let blob_index = log.append_blob(blob.clone()).await.unwrap();
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader.store.get_remote(log.key()).await.unwrap();
+    reader
+        .proto
+        .replicate_with(&core, Mode::Sparse)
+        .await
+        .unwrap();
+    reader.proto.join(&core, &[writer.addr()]).await.unwrap();
+    core.download(2..4).done(WAIT).await.unwrap();
+
+    let stored = core.stored().await.unwrap();
+    assert_eq!((stored.blocks, stored.bytes), (2, 200));
+    assert!(core.has(2, 4).await.unwrap());
+    assert!(!core.has(0, 4).await.unwrap());
+    assert!(matches!(
+        core.blob_ref(blob_index).await,
+        Err(Error::BlockNotAvailable(i)) if i == blob_index
+    ));
+    assert!(!core.has_blob(blob_index).await.unwrap());
+    assert_eq!(core.blob_ref(2).await.unwrap(), None, "an ordinary block");
+
+    let get = core.get_blob(blob_index);
+    let progress = get.progress();
+    let fetched = get.fetch(WAIT).await.unwrap();
+    assert_eq!(fetched.size, 300_000);
+    assert_eq!(core.blob_ref(blob_index).await.unwrap(), Some(fetched));
+    assert!(core.has_blob(blob_index).await.unwrap());
+    // The provider that sent the bytes, and how many.
+    let last = tokio::time::timeout(Duration::from_secs(5), async {
+        use n0_future::StreamExt;
+        let seen: Vec<_> = progress.collect().await;
+        seen.last().cloned()
+    })
+    .await
+    .ok()
+    .flatten();
+    let served = last.map(|p| p.served).unwrap_or_default();
+    assert_eq!(served, vec![(writer.endpoint.id(), 300_000)]);
+    shutdown(&[&writer, &reader]).await;
+}
+
+#[tokio::test]
+async fn names_of_named_cores_are_kept_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Corestore::persistent(dir.path()).await.unwrap();
+    let chat = store.get_named("chat").await.unwrap().key();
+    let notes = store.get_named("notes").await.unwrap().key();
+    store.namespace("other").get_named("chat").await.unwrap();
+    store.create(Default::default()).await.unwrap();
+    store.close().await.unwrap();
+
+    let store = Corestore::persistent(dir.path()).await.unwrap();
+    assert_eq!(
+        store.names().await.unwrap(),
+        vec![("chat".to_string(), chat), ("notes".to_string(), notes)]
+    );
+    assert_eq!(
+        store.namespace("other").names().await.unwrap().len(),
+        1,
+        "each namespace its own names"
+    );
+    assert_eq!(
+        store.name_of(notes).await.unwrap().as_deref(),
+        Some("notes")
+    );
+    store.delete(notes).await.unwrap();
+    assert_eq!(store.name_of(notes).await.unwrap(), None);
+    assert_eq!(store.names().await.unwrap().len(), 1);
+    store.close().await.unwrap();
+}

@@ -259,3 +259,68 @@ fn append_and_truncate_from_a_second_terminal_reach_a_running_share() {
     let info = stdout(&hyper(a.path(), &["info", "log", "--json"], ""));
     assert!(info.contains("\"fork\":1"), "{info}");
 }
+
+/// Every file under `dir` with its bytes, sorted by path.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn set_read_only(dir: &Path, read_only: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path.clone());
+            }
+            let mode = if path.is_dir() { 0o555 } else { 0o444 };
+            let mode = if read_only { mode } else { mode | 0o200 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+    let mode = if read_only { 0o555 } else { 0o755 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn read_only_commands_create_nothing_and_work_on_a_read_only_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("store");
+    stdout(&hyper(&d, &["create", "log"], ""));
+    stdout(&hyper(&d, &["append", "log", "a", "b"], ""));
+    let key = stdout(&hyper(&d, &["list"], ""));
+
+    // A mistyped directory: an error, and nothing made.
+    let typo = dir.path().join("stroe");
+    for args in [&["list"][..], &["info", "log"], &["cat", "log"]] {
+        let err = failure(&hyper(&typo, args, ""));
+        assert!(err.contains("no store in"), "{err}");
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+
+    // A read-only store: read, and not one byte of it written.
+    let before = snapshot(&d);
+    set_read_only(&d, true);
+    assert_eq!(stdout(&hyper(&d, &["list"], "")), key);
+    assert_eq!(stdout(&hyper(&d, &["cat", "log"], "")), "a\nb\n");
+    let info: serde_json::Value =
+        serde_json::from_str(&stdout(&hyper(&d, &["info", "log", "--json"], ""))).unwrap();
+    assert_eq!(info["stored_blocks"], 2);
+    assert_eq!(info["stored_bytes"], 2);
+    set_read_only(&d, false);
+    assert_eq!(snapshot(&d), before, "the read-only commands wrote nothing");
+}

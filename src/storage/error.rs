@@ -31,6 +31,9 @@ pub enum StorageError {
     /// The store is closed.
     #[error("storage is closed")]
     Closed,
+    /// The database was opened read-only: nothing can be written.
+    #[error("the store is open read-only")]
+    ReadOnly,
 }
 
 impl StorageError {

@@ -92,8 +92,34 @@ pub struct Storage {
 #[derive(Debug)]
 struct Shared {
     /// `None` once closed, so that the file is released even while handles remain.
-    db: std::sync::RwLock<Option<Arc<redb::Database>>>,
-    actor: actor::ActorHandle,
+    db: std::sync::RwLock<Option<Db>>,
+    /// The writer; `None` for a database opened read-only.
+    actor: Option<actor::ActorHandle>,
+}
+
+/// The database, opened for writing or read-only.
+#[derive(Clone)]
+enum Db {
+    Writable(Arc<redb::Database>),
+    ReadOnly(Arc<redb::ReadOnlyDatabase>),
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Writable(_) => "Db::Writable",
+            Self::ReadOnly(_) => "Db::ReadOnly",
+        })
+    }
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Self::Writable(db) => db.begin_read(),
+            Self::ReadOnly(db) => db.begin_read(),
+        }
+    }
 }
 
 /// A handle that names a database without keeping it open: the layers above find their own
@@ -122,6 +148,39 @@ impl Storage {
         Self::from_db(db, opts)
     }
 
+    /// Opens the database file at `path` for reading only: nothing is written (the file and
+    /// its directory may be read-only), and every write fails with
+    /// [`StorageError::ReadOnly`]. A file of another schema version (one this build would
+    /// migrate when opened for writing) is a [`StorageError::SchemaMismatch`].
+    pub fn open_read_only(path: &Path, opts: StorageOptions) -> Result<Self, StorageError> {
+        let mut builder = redb::Database::builder();
+        if let Some(bytes) = opts.cache_bytes {
+            builder.set_cache_size(bytes);
+        }
+        let db = builder.open_read_only(path)?;
+        match schema::stored_version(&db)? {
+            Some(schema::SCHEMA_VERSION) => {}
+            Some(found) => {
+                return Err(StorageError::SchemaMismatch {
+                    found,
+                    expected: schema::SCHEMA_VERSION,
+                });
+            }
+            None => return Err(StorageError::Corrupt("no schema version".into())),
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db: std::sync::RwLock::new(Some(Db::ReadOnly(Arc::new(db)))),
+                actor: None,
+            }),
+        })
+    }
+
+    /// Whether the database was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.shared.actor.is_none()
+    }
+
     /// A database in memory (redb's in-memory backend): the same code path as a file.
     pub fn memory(opts: StorageOptions) -> Result<Self, StorageError> {
         Self::with_backend(InMemoryBackend::new(), opts)
@@ -142,13 +201,13 @@ impl Storage {
         let actor = actor::ActorHandle::spawn(db.clone(), opts.durability)?;
         Ok(Self {
             shared: Arc::new(Shared {
-                db: std::sync::RwLock::new(Some(db)),
-                actor,
+                db: std::sync::RwLock::new(Some(Db::Writable(db))),
+                actor: Some(actor),
             }),
         })
     }
 
-    fn db(&self) -> Result<Arc<redb::Database>, StorageError> {
+    fn db(&self) -> Result<Db, StorageError> {
         self.shared
             .db
             .read()
@@ -164,7 +223,7 @@ impl Storage {
         &self,
         op: Op,
     ) -> impl Future<Output = Result<Outcome, StorageError>> + Send + 'static + use<> {
-        self.shared.actor.write(op, false)
+        self.write_sized(false, op)
     }
 
     /// Like [`Storage::write`]; a `small` write is one that takes a few microseconds (one
@@ -176,7 +235,13 @@ impl Storage {
         small: bool,
         op: Op,
     ) -> impl Future<Output = Result<Outcome, StorageError>> + Send + 'static + use<> {
-        self.shared.actor.write(op, small)
+        let pending = self.shared.actor.as_ref().map(|a| a.write(op, small));
+        async move {
+            match pending {
+                Some(pending) => pending.await,
+                None => Err(StorageError::ReadOnly),
+            }
+        }
     }
 
     /// Resolves once every write queued before it committed (without forcing durability).
@@ -212,8 +277,13 @@ impl Storage {
 
     /// Resolves after everything written so far is durable.
     pub fn flush(&self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
-        let f = self.shared.actor.flush();
-        async move { f.await.map(|_| ()) }
+        let f = self.shared.actor.as_ref().map(actor::ActorHandle::flush);
+        async move {
+            match f {
+                Some(f) => f.await.map(|_| ()),
+                None => Ok(()),
+            }
+        }
     }
 
     /// Makes everything durable, stops the actor and releases the database (the file can be
@@ -224,12 +294,21 @@ impl Storage {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let f = self.shared.actor.close();
-        async move { f.await.map(|_| ()) }
+        let f = self.shared.actor.as_ref().map(actor::ActorHandle::close);
+        async move {
+            match f {
+                Some(f) => f.await.map(|_| ()),
+                None => Ok(()),
+            }
+        }
     }
 
     /// Commit counters of the storage actor.
     pub fn stats(&self) -> StorageStats {
-        self.shared.actor.stats()
+        self.shared
+            .actor
+            .as_ref()
+            .map(actor::ActorHandle::stats)
+            .unwrap_or_default()
     }
 }

@@ -134,7 +134,7 @@ pub fn init(db: &redb::Database) -> Result<(), StorageError> {
 }
 
 /// The schema version of the file, or `None` for a new database.
-fn stored_version(db: &redb::Database) -> Result<Option<u32>, StorageError> {
+pub(super) fn stored_version(db: &impl ReadableDatabase) -> Result<Option<u32>, StorageError> {
     let read = db.begin_read()?;
     let meta = match read.open_table(META) {
         Ok(meta) => meta,

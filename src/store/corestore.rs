@@ -114,6 +114,42 @@ impl Corestore {
         Self::with_storage(storage, opts.primary_key).await
     }
 
+    /// Opens the store in directory `dir` for reading only: nothing is created or written,
+    /// so the directory and its files may be read-only. Every write fails with
+    /// [`StorageError::ReadOnly`]. The store must exist (a missing one is an
+    /// [`Error::Io`] of kind `NotFound`), and another process must not hold it open for
+    /// writing. Its blob store is not opened: blocks read as usual, blob contents do not.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = iroh_hypercore::Corestore::persistent(dir.path()).await?;
+    /// store.get_named("log").await?.append(b"kept".to_vec()).await?;
+    /// store.close().await?;
+    ///
+    /// let store = iroh_hypercore::Corestore::open_read_only(dir.path()).await?;
+    /// let (_, key) = store.names().await?.remove(0);
+    /// let log = store.get(key).await?.expect("stored");
+    /// assert_eq!(log.get(0).await?.as_deref(), Some(&b"kept"[..]));
+    /// assert!(log.append(b"more".to_vec()).await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn open_read_only(dir: impl AsRef<Path>) -> Result<Self> {
+        let path = dir.as_ref().join(DB_FILE);
+        let storage = tokio::task::spawn_blocking(move || {
+            if !path.is_file() {
+                return Err(Error::Io {
+                    what: format!("no store at {}", path.display()),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            }
+            Storage::open_read_only(&path, StorageOptions::default()).map_err(Error::from)
+        })
+        .await
+        .map_err(|e| StorageError::Database(e.to_string()))??;
+        Self::with_storage(storage, None).await
+    }
+
     /// A store in memory, with default options.
     pub async fn memory() -> Result<Self> {
         Self::memory_with(StoreOptions::default()).await

@@ -5,8 +5,8 @@ mod corestore;
 mod options;
 mod shared;
 
-pub use corestore::Corestore;
 pub(crate) use corestore::shared_blobs_of;
+pub use corestore::{BLOBS_DIR, Corestore, DB_FILE};
 pub use options::{CoreOptions, StoreOptions};
 
 pub use crate::blobs::{BlobOptions, DEFAULT_MAX_BLOB_SIZE};

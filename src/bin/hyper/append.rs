@@ -156,23 +156,16 @@ async fn run_on(mut target: Target, name: &str, source: Source) -> Result<(), St
 
 /// The writable log `name` of this directory.
 pub async fn writable(store: &Corestore, dir: &Path, name: &str) -> Result<Hypercore, String> {
-    let Some(key) = names::load(dir).get(name).copied() else {
+    if !names::load(store, dir).await?.contains_key(name) {
         return Err(format!(
             "no log named {name:?} in {} (hyper create {name} makes one)",
             dir.display()
         ));
-    };
-    let core = store
+    }
+    store
         .get_named(name)
         .await
-        .map_err(|e| fail::describe(&format!("opening {name}"), e))?;
-    if core.key() != key {
-        return Err(format!(
-            "{name} in names.txt is the log {}, not this store's log of that name",
-            names::hex(&key)
-        ));
-    }
-    Ok(core)
+        .map_err(|e| fail::describe(&format!("opening {name}"), e))
 }
 
 /// Appends lines (read from stdin) as blocks, all or none; `before` lines were appended

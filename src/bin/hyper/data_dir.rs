@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use iroh_hypercore::Corestore;
+use iroh_hypercore::{Corestore, storage::StorageError};
 
 use crate::fail;
 
@@ -34,21 +34,44 @@ fn default_data_dir() -> Option<PathBuf> {
 /// Opens the store in `dir`, saying plainly when another process holds it (at once: the
 /// lock is not waited for).
 pub async fn open(dir: &Path) -> Result<Corestore, OpenError> {
-    Corestore::persistent(dir).await.map_err(|e| {
-        let text = e.to_string();
-        if text.contains("already open") || text.contains("acquire lock") {
-            OpenError::InUse(format!(
-                "the data directory {} is in use by another hyper process (a running share \
-                 takes append and truncate; other commands wait for it to end)",
-                dir.display()
-            ))
-        } else {
-            OpenError::Failed(fail::describe(
-                &format!("cannot open the store in {}", dir.display()),
-                e,
-            ))
-        }
-    })
+    Corestore::persistent(dir)
+        .await
+        .map_err(|e| classify(dir, e))
+}
+
+/// Opens the store in `dir` for a command that only reads (`list`, `info`, `cat`): nothing is
+/// created (a mistyped `--data` is an error, not a new empty store) or written, so it works
+/// in a read-only directory. A store of an earlier schema is opened for writing once, to be
+/// migrated.
+pub async fn open_read_only(dir: &Path) -> Result<Corestore, OpenError> {
+    if !dir.join(iroh_hypercore::store::DB_FILE).is_file() {
+        return Err(OpenError::Failed(format!(
+            "no store in {} (hyper create NAME makes one there; --data names another)",
+            dir.display()
+        )));
+    }
+    match Corestore::open_read_only(dir).await {
+        Ok(store) => Ok(store),
+        Err(iroh_hypercore::Error::Storage(StorageError::SchemaMismatch { .. })) => open(dir).await,
+        Err(e) => Err(classify(dir, e)),
+    }
+}
+
+/// The error of opening the store in `dir`: held by another process, or anything else.
+fn classify(dir: &Path, e: iroh_hypercore::Error) -> OpenError {
+    let text = e.to_string();
+    if text.contains("already open") || text.contains("acquire lock") {
+        OpenError::InUse(format!(
+            "the data directory {} is in use by another hyper process (a running share \
+             takes append and truncate; other commands wait for it to end)",
+            dir.display()
+        ))
+    } else {
+        OpenError::Failed(fail::describe(
+            &format!("cannot open the store in {}", dir.display()),
+            e,
+        ))
+    }
 }
 
 /// Why the store could not be opened.
@@ -59,15 +82,33 @@ pub enum OpenError {
     Failed(String),
 }
 
-/// Writes `text` to a new file beside `path` and renames it over `path`, so that a crash or
-/// a full disk leaves the old file or the new one whole, never half of one.
+/// Writes `text` to a new file beside `path`, syncs it, and renames it over `path` (the
+/// directory synced too), so that a crash, a power loss or a full disk leaves the old file or
+/// the new one whole, never half of one or an empty one.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
-    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        return written;
     }
-    written
+    // The rename itself is durable once the directory is synced (where directories open).
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }

@@ -83,13 +83,23 @@ pub enum LocalCommand {
     },
 }
 
+impl LocalCommand {
+    /// Whether the command only reads the store (it is opened read-only for it).
+    pub fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            Self::List { .. } | Self::Info { .. } | Self::Cat { .. }
+        )
+    }
+}
+
 /// Runs a local command on the store of `dir`.
 pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result<(), String> {
     let failed = |what: &str, e: iroh_hypercore::Error| fail::describe(what, e);
     match command {
         LocalCommand::Create { name } => {
             names::check(&name)?;
-            if names::load(dir).contains_key(&name) {
+            if names::load(store, dir).await?.contains_key(&name) {
                 return Err(format!(
                     "a log named {name:?} exists in {} already",
                     dir.display()
@@ -99,12 +109,11 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
                 .get_named(&name)
                 .await
                 .map_err(|e| failed("create", e))?;
-            names::remember(dir, &name, &core.key())?;
             println!("{}", names::hex(&core.key()));
         }
         LocalCommand::List { json } => {
             let keys = store.list().await.map_err(|e| failed("list", e))?;
-            let known = names::load(dir);
+            let known = names::load(store, dir).await?;
             let name_of = |key: &[u8; 32]| {
                 known
                     .iter()
@@ -116,7 +125,7 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
                 let Some(core) = store.get(key).await.map_err(|e| failed("list", e))? else {
                     continue;
                 };
-                rows.push(describe(dir, &core, name_of(&key)));
+                rows.push(describe(dir, &core, name_of(&key)).await);
             }
             if json {
                 println!("{}", serde_json::Value::Array(rows));
@@ -133,7 +142,7 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
         }
         LocalCommand::Info { log, json } => {
             let (core, name) = resolve(store, dir, &log).await?;
-            let row = describe(dir, &core, name);
+            let row = describe(dir, &core, name).await;
             if json {
                 println!("{row}");
             } else if let serde_json::Value::Object(fields) = row {
@@ -220,7 +229,6 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
             let key = core.key();
             drop(core);
             store.delete(key).await.map_err(|e| failed("delete", e))?;
-            names::forget(dir, &key)?;
             peers::forget(dir, &key).map_err(|e| e.to_string())?;
         }
     }
@@ -301,7 +309,7 @@ pub async fn resolve(
     dir: &Path,
     log: &str,
 ) -> Result<(Hypercore, Option<String>), String> {
-    let known = names::load(dir);
+    let known = names::load(store, dir).await?;
     let (key, name) = match names::parse_key(log) {
         Some(key) => {
             let name = known
@@ -332,8 +340,10 @@ pub async fn resolve(
 }
 
 /// What `list` and `info` show of a log.
-fn describe(dir: &Path, core: &Hypercore, name: Option<String>) -> serde_json::Value {
+async fn describe(dir: &Path, core: &Hypercore, name: Option<String>) -> serde_json::Value {
     let info = core.info();
+    // What is stored here (a sparse follower holds less than the length).
+    let stored = core.stored().await.unwrap_or_default();
     let peers: Vec<serde_json::Value> = peers::last_seen(dir, &core.key())
         .into_iter()
         .map(|(id, at)| serde_json::json!({ "id": id, "last_seen": at }))
@@ -343,6 +353,8 @@ fn describe(dir: &Path, core: &Hypercore, name: Option<String>) -> serde_json::V
         "name": name,
         "length": info.length,
         "byte_length": info.byte_length,
+        "stored_blocks": stored.blocks,
+        "stored_bytes": stored.bytes,
         "fork": info.fork,
         "writable": info.writable,
         "peers": peers,

@@ -113,7 +113,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     // A ticket is checked before the store is opened: a typo creates nothing.
     let job = Job::of(cli.command)?;
     let dir = data_dir::resolve(cli.data)?;
-    let store = match data_dir::open(&dir).await {
+    let opened = match &job {
+        Job::Local(command) if command.only_reads() => data_dir::open_read_only(&dir).await,
+        _ => data_dir::open(&dir).await,
+    };
+    let store = match opened {
         Ok(store) => store,
         // A running share takes append and truncate through its control socket.
         #[cfg(unix)]
@@ -127,6 +131,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         Err(data_dir::OpenError::InUse(e)) => return Err(e),
         Err(data_dir::OpenError::Failed(e)) => return Err(e),
     };
+    // Names kept beside the database by an earlier version go into it.
+    if !store.storage().is_read_only()
+        && let Err(e) = names::import_legacy(&store, &dir).await
+    {
+        let _ = store.close().await;
+        return Err(e);
+    }
     let result = match job {
         Job::Local(command) => local::run(&store, &dir, command).await,
         Job::Share(args) => share::run(&store, &dir, &net, args).await,

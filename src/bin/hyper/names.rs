@@ -1,24 +1,60 @@
-//! The names of the logs made in a data directory (a core's key is derived from its name, but
-//! a name cannot be read back from a key): one `name<TAB>key` line each, in `names.txt`.
+//! The names of the logs made in a data directory. A log's key is derived from its name, but
+//! a name cannot be read back from a key: the store keeps each name in its database, written
+//! in the transaction that creates the log (`Corestore::names`). A `names.txt` that an
+//! earlier version kept beside the database is imported once and removed.
 
 use std::{collections::BTreeMap, path::Path};
 
-use iroh_hypercore::CoreKey;
+use iroh_hypercore::{CoreKey, Corestore};
 
-/// The file, inside the data directory.
-const FILE: &str = "names.txt";
+use crate::fail;
 
-/// The names known in `dir`, by name.
-pub fn load(dir: &Path) -> BTreeMap<String, CoreKey> {
-    let Ok(text) = std::fs::read_to_string(dir.join(FILE)) else {
-        return BTreeMap::new();
+/// The file an earlier version kept the names in, inside the data directory.
+const LEGACY_FILE: &str = "names.txt";
+
+/// The names of the store's logs, by name (with those of a `names.txt` not imported yet: a
+/// store opened read-only imports nothing).
+pub async fn load(store: &Corestore, dir: &Path) -> Result<BTreeMap<String, CoreKey>, String> {
+    let mut names: BTreeMap<String, CoreKey> = legacy(store, dir).into_iter().collect();
+    names.extend(
+        store
+            .names()
+            .await
+            .map_err(|e| fail::describe("reading the logs' names", e))?,
+    );
+    Ok(names)
+}
+
+/// The names of `names.txt` whose keys are the ones their names derive here.
+fn legacy(store: &Corestore, dir: &Path) -> Vec<(String, CoreKey)> {
+    let Ok(text) = std::fs::read_to_string(dir.join(LEGACY_FILE)) else {
+        return Vec::new();
     };
     text.lines()
         .filter_map(|line| {
             let (name, key) = line.rsplit_once('\t')?;
-            Some((name.to_string(), parse_key(key)?))
+            let key = parse_key(key).filter(|k| *k == store.named_key(name))?;
+            check(name).ok()?;
+            Some((name.to_string(), key))
         })
         .collect()
+}
+
+/// Imports the names of `names.txt` (an earlier version's) into the store, then removes the
+/// file. A line whose key is not the one its name derives here is skipped.
+pub async fn import_legacy(store: &Corestore, dir: &Path) -> Result<(), String> {
+    let path = dir.join(LEGACY_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    for (name, _) in legacy(store, dir) {
+        store
+            .get_named(&name)
+            .await
+            .map_err(|e| fail::describe(&format!("importing the name {name:?}"), e))?;
+    }
+    std::fs::remove_file(&path)
+        .map_err(|e| fail::describe(&format!("removing {}", path.display()), e))
 }
 
 /// Checks a name for a new log: not empty, no control characters (they would break the
@@ -38,42 +74,6 @@ pub fn check(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Records `name` for `key`; a name already given to another key is refused.
-pub fn remember(dir: &Path, name: &str, key: &CoreKey) -> Result<(), String> {
-    check(name)?;
-    let mut known = load(dir);
-    match known.get(name) {
-        Some(k) if k == key => return Ok(()),
-        Some(k) => {
-            return Err(format!(
-                "the name {name:?} is taken by the log {} in {}",
-                hex(k),
-                dir.display()
-            ));
-        }
-        None => {}
-    }
-    known.insert(name.to_string(), *key);
-    save(dir, &known)
-}
-
-/// Forgets the name of `key`.
-pub fn forget(dir: &Path, key: &CoreKey) -> Result<(), String> {
-    let mut known = load(dir);
-    known.retain(|_, k| k != key);
-    save(dir, &known)
-}
-
-fn save(dir: &Path, known: &BTreeMap<String, CoreKey>) -> Result<(), String> {
-    let text: String = known
-        .iter()
-        .map(|(n, k)| format!("{n}\t{}\n", hex(k)))
-        .collect();
-    let path = dir.join(FILE);
-    crate::data_dir::write_atomic(&path, &text)
-        .map_err(|e| crate::fail::describe(&format!("writing {}", path.display()), e))
 }
 
 /// Lowercase hex of a key.

@@ -83,6 +83,12 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     let d = dir.path();
     let err = failure(&hyper(d, &["cat", "nobody"], ""));
     assert!(
+        err.contains("no store in"),
+        "read-only commands make no store: {err}"
+    );
+    stdout(&hyper(d, &["create", "other"], ""));
+    let err = failure(&hyper(d, &["cat", "nobody"], ""));
+    assert!(
         err.contains("no log named \"nobody\"") && err.contains("hyper list"),
         "{err}"
     );

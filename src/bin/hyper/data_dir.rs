@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use iroh_hypercore::{Corestore, storage::StorageError};
+use iroh_hypercore::Corestore;
 
 use crate::fail;
 
@@ -41,8 +41,8 @@ pub async fn open(dir: &Path) -> Result<Corestore, OpenError> {
 
 /// Opens the store in `dir` for a command that only reads (`list`, `info`, `cat`): nothing is
 /// created (a mistyped `--data` is an error, not a new empty store) or written, so it works
-/// in a read-only directory. A store of an earlier schema is opened for writing once, to be
-/// migrated.
+/// in a read-only directory. A store that needs a repair (its writer died) or a migration
+/// (an earlier schema) is opened for writing once, which does it.
 pub async fn open_read_only(dir: &Path) -> Result<Corestore, OpenError> {
     if !dir.join(iroh_hypercore::store::DB_FILE).is_file() {
         return Err(OpenError::Failed(format!(
@@ -52,8 +52,12 @@ pub async fn open_read_only(dir: &Path) -> Result<Corestore, OpenError> {
     }
     match Corestore::open_read_only(dir).await {
         Ok(store) => Ok(store),
-        Err(iroh_hypercore::Error::Storage(StorageError::SchemaMismatch { .. })) => open(dir).await,
-        Err(e) => Err(classify(dir, e)),
+        Err(e) => match classify(dir, e) {
+            in_use @ OpenError::InUse(_) => Err(in_use),
+            // A file to repair (a process that died writing it) or to migrate: opened for
+            // writing once, which does it.
+            OpenError::Failed(_) => open(dir).await,
+        },
     }
 }
 

@@ -324,3 +324,39 @@ fn read_only_commands_create_nothing_and_work_on_a_read_only_store() {
     set_read_only(&d, false);
     assert_eq!(snapshot(&d), before, "the read-only commands wrote nothing");
 }
+
+#[test]
+fn a_node_serves_its_metrics_for_prometheus() {
+    use std::io::{Read, Write};
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    stdout(&hyper(a.path(), &["create", "log"], ""));
+    stdout(&hyper(
+        a.path(),
+        &["append", "log", "one", "two", "three"],
+        "",
+    ));
+    let sharer = spawn(a.path(), &["--metrics", "127.0.0.1:0", "share", "log"]);
+    let ticket = sharer.line();
+    sharer.wait_stderr("metrics at http://", 1);
+    let err = sharer.stderr();
+    let addr = err
+        .split("metrics at http://")
+        .nth(1)
+        .and_then(|rest| rest.split("/metrics").next())
+        .expect("the address")
+        .to_string();
+    let synced = spawn(b.path(), &["follow", &ticket, "--exit-when-synced"]);
+    assert_eq!(synced.wait().0, Some(0));
+    // Each scrape is set from the node's figures of that moment.
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    assert!(text.contains("hypercore_peers_blocks_up_total 3"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("hypercore_storage_commits_total"), "{text}");
+    assert!(text.contains("socket_"), "iroh's own: {text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert_eq!(sharer.interrupt().0, Some(0));
+}

@@ -156,3 +156,57 @@ async fn names_of_named_cores_are_kept_in_the_store() {
     assert_eq!(store.names().await.unwrap().len(), 1);
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_appear_in_irohs_registry_beside_irohs_own() {
+    use iroh_metrics::{MetricsSource, Registry};
+    let net = test_net().await;
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = log_on(&writer, "log", 5, 100).await;
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    wait_full(&core, 5).await;
+
+    let mut registry = Registry::default();
+    registry.register_all(reader.endpoint.metrics());
+    registry.register_all(reader.proto.metrics());
+    reader.proto.update_metrics().await.unwrap();
+    let text = registry.encode_openmetrics_to_string().unwrap();
+    let values = iroh_metrics::parse_prometheus_metrics(&text);
+    assert_eq!(
+        values.get("hypercore_peers_blocks_down_total"),
+        Some(&5.0),
+        "{text}"
+    );
+    assert_eq!(values.get("hypercore_peers_bytes_down_total"), Some(&500.0));
+    assert_eq!(values.get("hypercore_node_connections"), Some(&1.0));
+    assert!(
+        values
+            .get("hypercore_storage_commits_total")
+            .is_some_and(|c| *c >= 1.0)
+    );
+    assert!(
+        values.keys().any(|k| k.starts_with("socket_")),
+        "iroh's own metrics in the same registry: {text}"
+    );
+
+    // The writer's upload counters survive the reader going away.
+    writer.proto.update_metrics().await.unwrap();
+    assert_eq!(writer.proto.metrics().peers.blocks_up.get(), 5);
+    reader.shutdown().await;
+    let mut events = writer.proto.subscribe();
+    let _ = tokio::time::timeout(WAIT, async {
+        while !writer.proto.peer_stats().await.unwrap().is_empty() {
+            let _ = n0_future::StreamExt::next(&mut events).await;
+        }
+    })
+    .await;
+    writer.proto.update_metrics().await.unwrap();
+    assert_eq!(writer.proto.metrics().peers.blocks_up.get(), 5);
+    assert_eq!(writer.proto.metrics().node.connections.get(), 0);
+    writer.shutdown().await;
+}

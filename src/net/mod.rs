@@ -5,6 +5,7 @@ mod driver;
 mod events;
 mod extension;
 mod frames;
+pub mod metrics;
 mod protocol;
 
 pub use driver::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES, NodeStats};

@@ -75,7 +75,11 @@ struct Inner {
     /// Extension messages, apart from `events`: a peer sending them cannot make subscribers
     /// of replication events miss any, nor make them hold its payloads.
     extension_events: broadcast::Sender<Event>,
+    metrics: super::metrics::Metrics,
 }
+
+/// How often the metrics groups are set from the node's figures.
+pub const METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Builds a [`HypercoreProtocol`].
 #[derive(Debug)]
@@ -184,6 +188,27 @@ impl Builder {
         let fetcher =
             crate::blobs::BlobFetcher::new(self.store.blobs(), endpoint.clone(), providers, blame);
         crate::store::shared_blobs_of(&self.store).set_fetcher(Arc::new(fetcher));
+        let metrics = super::metrics::Metrics::default();
+        let (to_driver, store, shown) = (commands.downgrade(), self.store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(METRICS_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(commands) = to_driver.upgrade() else {
+                    return;
+                };
+                let (tx, rx) = oneshot::channel();
+                if commands.send(Command::NodeStats(tx)).await.is_err() {
+                    return;
+                }
+                drop(commands);
+                match rx.await {
+                    Ok(node) => shown.record(&node, &store.stats()),
+                    Err(_) => return,
+                }
+            }
+        });
         HypercoreProtocol {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -191,6 +216,7 @@ impl Builder {
                 commands,
                 events,
                 extension_events,
+                metrics,
             }),
         }
     }
@@ -367,6 +393,33 @@ impl HypercoreProtocol {
     /// buffered and queued bytes.
     pub async fn node_stats(&self) -> Result<NodeStats> {
         self.command(Command::NodeStats).await
+    }
+
+    /// The protocol's [`iroh_metrics`] groups (node, peers summed, storage), set from the
+    /// node's figures every [`METRICS_INTERVAL`] and on
+    /// [`update_metrics`](Self::update_metrics). Register them beside iroh's own:
+    ///
+    /// ```no_run
+    /// # async fn run(proto: iroh_hypercore::HypercoreProtocol) -> iroh_hypercore::Result<()> {
+    /// use iroh_metrics::{MetricsSource, Registry};
+    ///
+    /// let mut registry = Registry::default();
+    /// registry.register_all(proto.endpoint().metrics());
+    /// registry.register_all(proto.metrics());
+    /// proto.update_metrics().await?;
+    /// let text = registry.encode_openmetrics_to_string().expect("encodes");
+    /// assert!(text.contains("hypercore_peers_blocks_down_total"));
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics(&self) -> &super::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// Sets the metrics groups from the node's figures now.
+    pub async fn update_metrics(&self) -> Result<()> {
+        let node = self.node_stats().await?;
+        self.inner.metrics.record(&node, &self.inner.store.stats());
+        Ok(())
     }
 
     /// Peers with an open channel for `core`.

@@ -167,6 +167,11 @@ impl Running {
         );
     }
 
+    /// What stderr held so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     /// Types `text` and a newline on the process's stdin.
     pub fn type_line(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");

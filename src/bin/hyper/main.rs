@@ -15,6 +15,7 @@ mod follow;
 mod fork_watch;
 mod get_blob;
 mod local;
+mod metrics_http;
 mod names;
 mod node;
 mod peers;
@@ -47,6 +48,10 @@ struct Cli {
     /// (default: every interface, a free port).
     #[arg(long, global = true)]
     bind: Option<SocketAddr>,
+    /// Serve the node's metrics (iroh's and the replication's) for Prometheus at
+    /// http://ADDR/metrics while a network command runs, e.g. 127.0.0.1:9090.
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Log output on stderr (RUST_LOG is honoured too).
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -107,6 +112,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let net = node::NetOptions {
         relay: cli.relay,
         bind: cli.bind,
+        metrics: cli.metrics,
         // Log lines would tear the progress bars apart.
         bars: !cli.verbose,
     };

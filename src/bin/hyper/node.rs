@@ -59,6 +59,8 @@ pub struct NetOptions {
     pub bind: Option<SocketAddr>,
     /// Whether progress bars are drawn (on a terminal; not with `-v`).
     pub bars: bool,
+    /// `--metrics`: where to serve the node's metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NetOptions {
@@ -87,6 +89,7 @@ pub struct Node {
     /// The replication protocol.
     pub proto: HypercoreProtocol,
     router: Router,
+    _metrics: Option<crate::metrics_http::MetricsServer>,
 }
 
 impl Node {
@@ -128,11 +131,16 @@ impl Node {
             .accept(iroh_gossip::ALPN, gossip)
             .accept(iroh_blobs::ALPN, proto.blobs_protocol())
             .spawn();
-        Ok(Self {
+        let mut node = Self {
             endpoint,
             proto,
             router,
-        })
+            _metrics: None,
+        };
+        if let Some(addr) = options.metrics {
+            node._metrics = Some(crate::metrics_http::MetricsServer::start(addr, &node).await?);
+        }
+        Ok(node)
     }
 
     /// Waits until the endpoint's address can go in a ticket: its home relay is connected

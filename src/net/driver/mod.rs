@@ -77,6 +77,9 @@ pub struct NodeStats {
     pub cores: usize,
     /// Blobs being fetched or waiting for a fetch under the blob policy.
     pub blob_fetches: usize,
+    /// The counters of [`PeerStats`] summed over every peer since the start, those that left
+    /// included (`peer` is zeros, `channels` the channels open now).
+    pub peer_totals: PeerStats,
 }
 
 /// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
@@ -254,6 +257,7 @@ impl Driver {
                     backlog_bytes: self.streams.backlog(None),
                     cores: self.cores.len(),
                     blob_fetches: self.blobs.pending(),
+                    peer_totals: self.engine.peer_totals(),
                 });
             }
             Command::CorePeers(key, reply) => {

@@ -454,6 +454,15 @@ impl Engine {
         self.peers.stats(|p| self.channels.count_of(p))
     }
 
+    /// The counters of [`PeerStats`] summed over every peer since the engine started, those
+    /// that left included (`peer` is zeros; `channels` counts the open channels now).
+    pub fn peer_totals(&self) -> PeerStats {
+        PeerStats {
+            channels: self.channels.open_count(),
+            ..self.peers.totals()
+        }
+    }
+
     /// The peers `core` knows (ticket and `join` nodes, peers it had a channel with, gossip
     /// origins), most recently useful first: the ones it dials again while it has no channel.
     pub fn known_peers(&self, core: &CoreKey) -> Vec<PeerId> {

@@ -41,6 +41,9 @@ pub(super) enum Control {
 #[derive(Debug, Default)]
 pub(super) struct Peers {
     peers: BTreeMap<PeerId, Peer>,
+    /// The counters of the peers that left, summed: with the connected ones' they make
+    /// node-wide totals that never go down.
+    departed: PeerStats,
 }
 
 impl Peers {
@@ -102,7 +105,13 @@ impl Peers {
 
     /// `peer` disconnected; false if it was not connected.
     pub(super) fn remove(&mut self, peer: &PeerId) -> bool {
-        self.peers.remove(peer).is_some()
+        match self.peers.remove(peer) {
+            Some(p) => {
+                add_counters(&mut self.departed, &p.stats);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether `peer` is connected.
@@ -174,6 +183,16 @@ impl Peers {
         self.peers.get(peer).is_some_and(|p| !p.backlog_over)
     }
 
+    /// The counters of every peer since the start, those that left included (`peer` is
+    /// zeros; `channels`, `backlog_bytes` and `buffered_bytes` are not counted).
+    pub(super) fn totals(&self) -> PeerStats {
+        let mut totals = self.departed.clone();
+        for p in self.peers.values() {
+            add_counters(&mut totals, &p.stats);
+        }
+        totals
+    }
+
     /// The counters of every connected peer, in id order, with its backlog and the channels
     /// `channels` says it has.
     pub(super) fn stats(&self, channels: impl Fn(&PeerId) -> usize) -> Vec<PeerStats> {
@@ -186,5 +205,25 @@ impl Peers {
                 ..p.stats.clone()
             })
             .collect()
+    }
+}
+
+/// Adds the counters of `from` to `to`.
+fn add_counters(to: &mut PeerStats, from: &PeerStats) {
+    let pairs = [
+        (&mut to.blocks_down, from.blocks_down),
+        (&mut to.bytes_down, from.bytes_down),
+        (&mut to.blocks_up, from.blocks_up),
+        (&mut to.bytes_up, from.bytes_up),
+        (&mut to.pushes_sent, from.pushes_sent),
+        (&mut to.pushes_taken, from.pushes_taken),
+        (&mut to.invalid, from.invalid),
+        (&mut to.refused, from.refused),
+        (&mut to.dropped, from.dropped),
+        (&mut to.extensions_received, from.extensions_received),
+        (&mut to.extensions_dropped, from.extensions_dropped),
+    ];
+    for (total, n) in pairs {
+        *total = total.saturating_add(n);
     }
 }

@@ -804,6 +804,11 @@ impl Channels {
         self.peers.get(peer)?.by_core.get(core).copied()
     }
 
+    /// The channels of every peer.
+    pub(super) fn open_count(&self) -> usize {
+        self.peers.values().map(|p| p.by_core.len()).sum()
+    }
+
     /// The channels of `peer`.
     pub(super) fn count_of(&self, peer: &PeerId) -> usize {
         self.peers.get(peer).map_or(0, |p| p.by_core.len())

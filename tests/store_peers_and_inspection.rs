@@ -210,3 +210,65 @@ async fn metrics_appear_in_irohs_registry_beside_irohs_own() {
     assert_eq!(writer.proto.metrics().node.connections.get(), 0);
     writer.shutdown().await;
 }
+
+/// A log line writer into memory, for a test's own subscriber.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// On the test's one thread (every task of a current-thread runtime runs there), the log
+/// says which peer connected and which core each channel is for, by discovery key, and
+/// never the core's key.
+#[tokio::test]
+async fn logs_say_which_peer_and_which_core() {
+    let captured = Captured::default();
+    let writer_fn = {
+        let captured = captured.clone();
+        move || captured.clone()
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("iroh_hypercore=debug")
+        .with_writer(writer_fn)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let net = test_net().await;
+    let writer = net.node(Transport::Direct).await.unwrap();
+    let log = log_on(&writer, "log", 3, 8).await;
+    let reader = net.node(Transport::Direct).await.unwrap();
+    let core = reader
+        .proto
+        .open_ticket(&writer.proto.ticket(&log))
+        .await
+        .unwrap();
+    wait_full(&core, 3).await;
+    shutdown(&[&writer, &reader]).await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let short = |b: &[u8]| hex::encode(&b[..5]);
+    let writer_id = short(writer.endpoint.id().as_bytes());
+    let dk = short(&log.discovery_key());
+    assert!(
+        text.lines()
+            .any(|l| l.contains("peer connected") && l.contains(&writer_id)),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("channel open") && l.contains(&dk) && l.contains(&writer_id)),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&hex::encode(log.key())),
+        "the key is never logged"
+    );
+    assert!(!text.contains(&short(&log.key())), "not even its start");
+}

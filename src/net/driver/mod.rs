@@ -23,6 +23,7 @@ mod peer_book;
 mod replicated;
 mod store;
 mod streams;
+mod trace;
 
 use std::time::Instant;
 
@@ -318,9 +319,11 @@ impl Driver {
                 }
                 Output::Broadcast(key, bytes) => self.gossip.broadcast(&key, bytes),
                 Output::Event(ev @ Event::Extension { .. }) => {
+                    trace::log_event(&ev);
                     let _ = self.extension_events.send(ev);
                 }
                 Output::Event(ev) => {
+                    trace::log_event(&ev);
                     match &ev {
                         Event::Updated { core, .. } => self.cores.updated(core),
                         Event::ChannelOpen { core, peer } => self.channel_opened(*core, *peer),
@@ -356,7 +359,10 @@ impl Driver {
         while self.streams.backlog(None) > max_total.saturating_mul(2)
             && let Some(peer) = self.streams.largest_backlog()
         {
-            tracing::warn!("backlog budget spent: closing the connection of the largest holder");
+            tracing::warn!(
+                peer = %trace::Short(peer),
+                "backlog budget spent: closing the connection of the largest holder"
+            );
             if let Some(conn) = self.remove_conn(&peer) {
                 conn.close(1u32.into(), b"does not read");
             } else {
@@ -489,7 +495,7 @@ impl Driver {
                 self.conns.dialed(&peer);
                 match result {
                     Ok(conn) => self.add_conn(conn, true),
-                    Err(e) => tracing::debug!("dial failed: {e}"),
+                    Err(e) => tracing::info!(peer = %trace::Short(peer), "dial failed: {e}"),
                 }
             }
             ConnEvent::Accepted(peer, conn_id, Ok((send, recv))) => {
@@ -552,6 +558,23 @@ impl Driver {
     }
 
     fn on_stream_event(&mut self, ev: StreamEvent) {
+        // Whatever is logged while a channel's frames are handled says whose and which core.
+        let (peer, ch) = match &ev {
+            StreamEvent::Opened(peer, _, ch, _)
+            | StreamEvent::Frames(peer, _, ch, ..)
+            | StreamEvent::HandshakeTimedOut(peer, _, ch) => (Some(*peer), *ch),
+            StreamEvent::Written(ch, ..) => (None, *ch),
+        };
+        let span = tracing::debug_span!(
+            "channel",
+            ch,
+            peer = peer.map(|p| trace::Short(p).to_string()),
+            dk = self
+                .engine
+                .channel_core(ch)
+                .map(|core| trace::dk(&core).to_string()),
+        );
+        let _entered = span.entered();
         match ev {
             StreamEvent::Opened(peer, conn_id, ch, result) => {
                 let budgets = self.conns.budgets(&peer);
@@ -616,7 +639,10 @@ impl Driver {
                 // (whoever asked), and this read is tried again.
                 match self.conns.largest_holder().filter(|l| *l != peer) {
                     Some(evicted) => {
-                        tracing::warn!("frame budget spent: closing the largest holder");
+                        tracing::warn!(
+                            peer = %trace::Short(evicted),
+                            "frame budget spent: closing the largest holder"
+                        );
                         if let Some(conn) = self.remove_conn(&evicted) {
                             conn.close(1u32.into(), b"too much buffered");
                         }
@@ -630,7 +656,10 @@ impl Driver {
                 }
             }
             Err(e @ (ReadError::Wire(_) | ReadError::OverBudget(Exceeded::Connection))) => {
-                tracing::warn!("closing connection to a peer that broke framing: {e}");
+                tracing::warn!(
+                    peer = %trace::Short(peer),
+                    "closing connection to a peer that broke framing: {e}"
+                );
                 if let Some(conn) = self.remove_conn(&peer) {
                     conn.close(1u32.into(), b"protocol violation");
                 }

@@ -360,3 +360,24 @@ fn a_node_serves_its_metrics_for_prometheus() {
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     assert_eq!(sharer.interrupt().0, Some(0));
 }
+
+#[test]
+fn completions_and_an_example_in_every_commands_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("untouched");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = stdout(&hyper(&d, &["completions", shell], ""));
+        assert!(
+            script.contains("follow") && script.contains("get-blob"),
+            "{shell}"
+        );
+    }
+    assert!(!d.exists(), "completions open no store");
+    for command in [
+        "create", "list", "info", "append", "truncate", "cat", "delete", "share", "follow",
+        "get-blob",
+    ] {
+        let help = stdout(&hyper(&d, &[command, "--help"], ""));
+        assert!(help.contains("Example"), "{command}: {help}");
+    }
+}

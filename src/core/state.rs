@@ -272,5 +272,5 @@ pub(crate) async fn create_core(
 
 /// Lowercase hex of a key, for messages.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(bytes)
 }

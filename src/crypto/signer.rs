@@ -27,7 +27,10 @@ pub struct KeyPair {
 impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyPair")
-            .field("public_key", &hex32(&self.public_key()))
+            .field(
+                "public_key",
+                &data_encoding::HEXLOWER.encode(&self.public_key()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -217,8 +220,4 @@ impl Verifier {
             }
         }
     }
-}
-
-fn hex32(b: &[u8; 32]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

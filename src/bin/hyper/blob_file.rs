@@ -1,7 +1,7 @@
 //! Writing a fetched blob to the file `get-blob -o` names, never leaving half a file.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -27,21 +27,20 @@ pub fn check_target(path: &Path) -> Result<(), String> {
     }
 }
 
-/// The temporary file a write under way uses, to be removed if the write is cut short
-/// (by Ctrl-C: the blob store's export may still be writing it until the store stops).
+/// The temporary file a write under way uses, removed if the write is cut short (by Ctrl-C:
+/// the blob store's export may still be writing it until the store stops) or fails.
 #[derive(Debug, Default, Clone)]
-pub struct Leftover(Arc<Mutex<Option<PathBuf>>>);
+pub struct Leftover(Arc<Mutex<Option<tempfile::TempPath>>>);
 
 impl Leftover {
-    fn set(&self, path: Option<PathBuf>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<tempfile::TempPath>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Removes the temporary file, if a write left one.
     pub fn remove(&self) {
-        if let Some(path) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = std::fs::remove_file(path);
-        }
+        // Dropping the path removes the file.
+        drop(self.lock().take());
     }
 }
 
@@ -79,8 +78,20 @@ pub async fn write(
         Ok(m) if m.is_symlink() => std::fs::canonicalize(path).map_err(failed)?,
         _ => std::path::absolute(path).map_err(failed)?,
     };
-    let partial = temporary_beside(&target).map_err(failed)?;
-    leftover.set(Some(partial.clone()));
+    // A new file beside the target (a rename stays on one file system), never one that
+    // exists nor a link planted there.
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .map_or_else(|| "blob".into(), |n| n.to_string_lossy().into_owned());
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(failed)?
+        .into_temp_path();
+    let partial = temp.to_path_buf();
+    *leftover.lock() = Some(temp);
     let written = async {
         // The blob store's own export copies the file whole (the fast way). Its errors do
         // not say why, so a failed export is done again by hand, which names the cause (a
@@ -98,33 +109,14 @@ pub async fn write(
         } else {
             std::fs::File::open(&partial)?.sync_all()?;
         }
-        std::fs::rename(&partial, &target)
+        match leftover.lock().take() {
+            Some(temp) => temp.persist(&target).map_err(|e| e.error),
+            None => Err(std::io::Error::other("the write was cut short")),
+        }
     }
     .await;
-    if written.is_ok() {
-        leftover.set(None);
-    } else {
+    if written.is_err() {
         leftover.remove();
     }
     written.map_err(failed)
-}
-
-/// A new, empty file `.NAME.<random>.partial` beside `path` (a rename stays on one file
-/// system), made with `create_new`: never one that exists, nor a link planted there.
-fn temporary_beside(path: &Path) -> std::io::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "blob".into(), |n| n.to_string_lossy().into_owned());
-    loop {
-        let partial = path.with_file_name(format!(".{name}.{:08x}.partial", rand::random::<u32>()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial)
-        {
-            Ok(_) => return Ok(partial),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
 }

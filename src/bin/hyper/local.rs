@@ -15,11 +15,13 @@ use crate::{append, fail, names, peers, text};
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
     /// Create the writable log NAME (derived from the store's primary key) and print its key.
+    #[command(after_help = "Example:\n  hyper create chat")]
     Create {
         /// The log's name.
         name: String,
     },
     /// List the logs of the store: key, name (if made here), length.
+    #[command(after_help = "Examples:\n  hyper list\n  hyper list --json")]
     List {
         /// One JSON array instead of lines.
         #[arg(long)]
@@ -27,6 +29,7 @@ pub enum LocalCommand {
     },
     /// Show a log: key, length, byte length, fork, writable, and when each peer was last
     /// seen by share or follow.
+    #[command(after_help = "Examples:\n  hyper info chat\n  hyper info 3f2a…(64 hex) --json")]
     Info {
         /// The log's key (64 hex characters) or name.
         log: String,
@@ -36,7 +39,13 @@ pub enum LocalCommand {
     },
     /// Append blocks to the writable log NAME (made by create): each TEXT one block; with no
     /// TEXT, one block per line of stdin, appended as the lines come. Prints the log's new
-    /// length (with --blob, the block's index).
+    /// length (with --blob, the block's index). While `hyper share` holds the store, it
+    /// goes through the running share, and followers see it live.
+    #[command(
+        after_help = "Examples:\n  hyper append chat hello world   # two blocks\n  \
+                            tail -f app.log | hyper append chat\n  hyper append chat --blob \
+                            video.mp4"
+    )]
     Append {
         /// The log's name.
         name: String,
@@ -51,6 +60,7 @@ pub enum LocalCommand {
     },
     /// Truncate the writable log NAME to LENGTH blocks, on a new fork (followers see the
     /// fork and print the blocks after LENGTH again).
+    #[command(after_help = "Example:\n  hyper truncate chat 10")]
     Truncate {
         /// The log's name (or key).
         name: String,
@@ -59,6 +69,10 @@ pub enum LocalCommand {
     },
     /// Print blocks of a log, one per line (control characters escaped; a blob block as
     /// `blob <size> <hash>`).
+    #[command(
+        after_help = "Examples:\n  hyper cat chat\n  hyper cat chat --start 10 --end \
+                            20\n  hyper cat chat --raw > all.bin"
+    )]
     Cat {
         /// The log's key (64 hex characters) or name.
         log: String,
@@ -77,6 +91,7 @@ pub enum LocalCommand {
         json: bool,
     },
     /// Delete a log and everything stored for it.
+    #[command(after_help = "Example:\n  hyper delete chat")]
     Delete {
         /// The log's key (64 hex characters) or name.
         log: String,

@@ -69,18 +69,38 @@ enum Command {
     #[command(flatten)]
     Local(local::LocalCommand),
     /// Serve logs to peers: prints one ticket per log (a line each, before anything else on
-    /// stdout), then serves until Ctrl-C.
+    /// stdout), then serves until Ctrl-C. While it runs, `append` and `truncate` from another
+    /// terminal go through it.
+    #[command(
+        after_help = "Examples:\n  hyper share chat\n  hyper share chat --stdin     \
+                            # each line typed is appended and sent\n  hyper share --all"
+    )]
     Share(share::ShareArgs),
     /// Follow the log a ticket names: prints its blocks in order, one per line, as they
     /// arrive (with a progress bar on stderr while catching up), then new ones live.
+    #[command(after_help = "Examples:\n  hyper follow core…\n  hyper follow core… \
+                            --exit-when-synced > log.txt\n  hyper follow core… --sparse   \
+                            # only new blocks, like tail -f")]
     Follow(follow::FollowArgs),
     /// Fetch the blob that block INDEX of a ticket's log names, into a file (with a progress
     /// bar on stderr).
+    #[command(after_help = "Example:\n  hyper get-blob core… 1 -o photo.jpg")]
     GetBlob(get_blob::GetBlobArgs),
+    /// Print a completion script for SHELL, e.g. `hyper completions bash >
+    /// ~/.local/share/bash-completion/completions/hyper`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "hyper", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     if cli.verbose || std::env::var_os("RUST_LOG").is_some() {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -170,6 +190,7 @@ impl Job {
             Command::Share(args) => Self::Share(args),
             Command::Follow(args) => Self::Follow(node::parse_ticket(&args.ticket)?, args),
             Command::GetBlob(args) => Self::GetBlob(node::parse_ticket(&args.ticket)?, args),
+            Command::Completions { .. } => return Err("completions need no store".into()),
         })
     }
 }

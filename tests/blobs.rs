@@ -274,6 +274,18 @@ async fn a_reference_that_understates_its_blob_downloads_no_more_than_it_states(
         size: 1000,
     };
     log.append(lie.to_block()).await.unwrap();
+    // The tag `append_blob` would keep for block 0 (`hypercore/`, the key, the index): a node
+    // serves only blobs a block of a served core names.
+    let mut name = b"hypercore/".to_vec();
+    name.extend_from_slice(&log.key());
+    name.extend_from_slice(&0u64.to_be_bytes());
+    writer
+        .store
+        .blobs()
+        .tags()
+        .set(name, iroh_blobs::HashAndFormat::raw(tag.hash))
+        .await
+        .unwrap();
     writer.proto.replicate(&log).await.unwrap();
 
     let (reader, core) = net::follower(&net, &writer, &log).await;

@@ -272,3 +272,69 @@ async fn logs_say_which_peer_and_which_core() {
     );
     assert!(!text.contains(&short(&log.key())), "not even its start");
 }
+
+/// Fetches `hash` from `from` over iroh-blobs directly (no log, no ticket): what a peer that
+/// learnt a hash could try.
+async fn raw_fetch(
+    reader: &iroh_hypercore::testnet::Node,
+    from: &iroh_hypercore::testnet::Node,
+    hash: iroh_blobs::Hash,
+) -> bool {
+    let conn = reader
+        .endpoint
+        .connect(from.addr(), iroh_blobs::ALPN)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, reader.store.blobs().remote().fetch(conn, hash))
+        .await
+        .expect("answered")
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_blobs_named_by_a_served_core_are_served() {
+    let net = test_net().await;
+    let store = Corestore::memory().await.unwrap();
+    let writer = net
+        .node_built(Transport::Direct, store, |b| b.serve_store(false))
+        .await
+        .unwrap();
+    let public = writer.store.get_named("public").await.unwrap();
+    let private = writer.store.get_named("private").await.unwrap();
+    let shown = public.append_blob(vec![1u8; 20_000]).await.unwrap();
+    let hidden = private.append_blob(vec![2u8; 20_000]).await.unwrap();
+    writer.proto.replicate(&public).await.unwrap();
+    let unnamed = writer
+        .store
+        .blobs()
+        .add_bytes(vec![3u8; 20_000])
+        .await
+        .unwrap()
+        .hash;
+    let hash_of = |core: &iroh_hypercore::Hypercore, i| {
+        let core = core.clone();
+        async move { core.blob_ref(i).await.unwrap().unwrap().hash }
+    };
+    let (shown, hidden) = (
+        hash_of(&public, shown).await,
+        hash_of(&private, hidden).await,
+    );
+
+    let reader = net.node(Transport::Direct).await.unwrap();
+    assert!(
+        raw_fetch(&reader, &writer, shown).await,
+        "a served core's blob"
+    );
+    assert!(
+        !raw_fetch(&reader, &writer, hidden).await,
+        "the blob of a core not served"
+    );
+    assert!(
+        !raw_fetch(&reader, &writer, unnamed).await,
+        "a blob no block names"
+    );
+    // Replicated now: served.
+    writer.proto.replicate(&private).await.unwrap();
+    assert!(raw_fetch(&reader, &writer, hidden).await);
+    shutdown(&[&writer, &reader]).await;
+}

@@ -105,6 +105,36 @@ impl BlobStore {
             .map_err(|e| blob_error("releasing blobs", e))
     }
 
+    /// Whether a block of one of the cores `scope` admits names `hash` (its tag is kept).
+    /// Reads the tags of those cores: one pass over each core's blob blocks.
+    pub async fn is_named(&self, hash: Hash, scope: &BlobScope) -> bool {
+        let prefixes: Vec<Vec<u8>> = match scope {
+            BlobScope::Every { .. } => vec![TAG_PREFIX.to_vec()],
+            BlobScope::Only(cores) => cores.iter().map(core_prefix).collect(),
+        };
+        for prefix in prefixes {
+            let Ok(tags) = self.store.tags().list_prefix(&prefix).await else {
+                return false;
+            };
+            let mut tags = std::pin::pin!(tags);
+            while let Some(Ok(tag)) = n0_future::StreamExt::next(&mut tags).await {
+                if tag.hash != hash {
+                    continue;
+                }
+                let left = match scope {
+                    BlobScope::Every { except } => except
+                        .iter()
+                        .any(|core| tag.name.0.starts_with(&core_prefix(core))),
+                    BlobScope::Only(_) => false,
+                };
+                if !left {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Releases every blob of `core`.
     pub async fn release_core(&self, core: &CoreKey) -> Result<()> {
         self.store
@@ -114,6 +144,19 @@ impl BlobStore {
             .map(|_| ())
             .map_err(|e| blob_error("releasing blobs", e))
     }
+}
+
+/// Whose blobs a node serves.
+#[derive(Debug, Clone)]
+pub(crate) enum BlobScope {
+    /// Those of every core of the store, but the cores in `except` (the application left
+    /// them).
+    Every {
+        /// Cores not served.
+        except: Vec<CoreKey>,
+    },
+    /// Those of these cores only.
+    Only(Vec<CoreKey>),
 }
 
 fn gc_config(interval: Duration) -> GcConfig {

@@ -1,6 +1,7 @@
 //! The iroh driver: [`HypercoreProtocol`], an iroh `ProtocolHandler` that runs the replication
 //! engine over QUIC streams and announces new lengths over iroh-gossip.
 
+mod blob_access;
 mod driver;
 mod events;
 mod extension;

@@ -76,6 +76,8 @@ struct Inner {
     /// of replication events miss any, nor make them hold its payloads.
     extension_events: broadcast::Sender<Event>,
     metrics: super::metrics::Metrics,
+    /// Decides which blob requests are served.
+    blob_events: iroh_blobs::provider::events::EventSender,
 }
 
 /// How often the metrics groups are set from the node's figures.
@@ -188,6 +190,7 @@ impl Builder {
         let fetcher =
             crate::blobs::BlobFetcher::new(self.store.blobs(), endpoint.clone(), providers, blame);
         crate::store::shared_blobs_of(&self.store).set_fetcher(Arc::new(fetcher));
+        let blob_events = super::blob_access::event_sender(commands.downgrade());
         let metrics = super::metrics::Metrics::default();
         let (to_driver, store, shown) = (commands.downgrade(), self.store.clone(), metrics.clone());
         tokio::spawn(async move {
@@ -217,6 +220,7 @@ impl Builder {
                 events,
                 extension_events,
                 metrics,
+                blob_events,
             }),
         }
     }
@@ -245,9 +249,16 @@ impl HypercoreProtocol {
 
     /// The iroh-blobs protocol serving the store's blobs: register it on the router under
     /// [`iroh_blobs::ALPN`] next to this protocol, so that peers fetch the blobs the store's
-    /// logs name from this node. Shutting the router down shuts the blob store down.
+    /// logs name from this node. It serves only blobs that a block of a core this node serves
+    /// names (with [`serve_store`](Builder::serve_store), of any core of the store but those
+    /// left; else of the cores replicated): any other hash is refused, whether the request
+    /// fetches it or asks how much of it is held, and pushes are refused. Shutting the router
+    /// down shuts the blob store down.
     pub fn blobs_protocol(&self) -> iroh_blobs::BlobsProtocol {
-        iroh_blobs::BlobsProtocol::new(&self.inner.store.blobs(), None)
+        iroh_blobs::BlobsProtocol::new(
+            &self.inner.store.blobs(),
+            Some(self.inner.blob_events.clone()),
+        )
     }
 
     async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {

@@ -215,4 +215,9 @@ impl Cores {
     pub(super) fn contains(&self, key: &CoreKey) -> bool {
         self.cores.contains_key(key)
     }
+
+    /// The keys of the cores replicated.
+    pub(super) fn keys(&self) -> Vec<CoreKey> {
+        self.cores.keys().copied().collect()
+    }
 }

@@ -107,6 +107,9 @@ pub(crate) enum Command {
     /// A blob provider sent bytes that failed verification.
     BlobInvalid(CoreKey, EndpointId, String),
     NodeStats(oneshot::Sender<NodeStats>),
+    /// Whose blobs are served now, and the blob store they are in (none if the store has
+    /// none).
+    BlobScope(oneshot::Sender<Option<(crate::blobs::BlobStore, crate::blobs::BlobScope)>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -260,6 +263,19 @@ impl Driver {
                     blob_fetches: self.blobs.pending(),
                     peer_totals: self.engine.peer_totals(),
                 });
+            }
+            Command::BlobScope(reply) => {
+                let scope = if self.store.serves_store() {
+                    crate::blobs::BlobScope::Every {
+                        except: self.store.left_cores(),
+                    }
+                } else {
+                    crate::blobs::BlobScope::Only(self.cores.keys())
+                };
+                let store = crate::store::shared_blobs_of(self.store.corestore())
+                    .store()
+                    .cloned();
+                let _ = reply.send(store.map(|s| (s, scope)));
             }
             Command::CorePeers(key, reply) => {
                 let _ = reply.send(self.engine.core_peers(&key));
@@ -565,15 +581,20 @@ impl Driver {
             | StreamEvent::HandshakeTimedOut(peer, _, ch) => (Some(*peer), *ch),
             StreamEvent::Written(ch, ..) => (None, *ch),
         };
-        let span = tracing::debug_span!(
-            "channel",
-            ch,
-            peer = peer.map(|p| trace::Short(p).to_string()),
-            dk = self
-                .engine
-                .channel_core(ch)
-                .map(|core| trace::dk(&core).to_string()),
-        );
+        // Checked first: the fields (a hash) are not computed for a span nobody records.
+        let span = if trace::enabled(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "channel",
+                ch,
+                peer = peer.map(|p| trace::Short(p).to_string()),
+                dk = self
+                    .engine
+                    .channel_core(ch)
+                    .map(|core| trace::dk(&core).to_string()),
+            )
+        } else {
+            tracing::Span::none()
+        };
         let _entered = span.entered();
         match ev {
             StreamEvent::Opened(peer, conn_id, ch, result) => {

@@ -74,6 +74,21 @@ impl StoreServing {
         }
     }
 
+    /// Whether a core of the store a peer asks for is served without being replicated.
+    pub(super) fn serves_store(&self) -> bool {
+        self.serve_store
+    }
+
+    /// The cores the application left.
+    pub(super) fn left_cores(&self) -> Vec<CoreKey> {
+        self.left.iter().copied().collect()
+    }
+
+    /// The store served.
+    pub(super) fn corestore(&self) -> &Corestore {
+        &self.store
+    }
+
     /// The mode the whole store is followed in, once it is.
     pub(super) fn mode(&self) -> Option<Mode> {
         self.mode

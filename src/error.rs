@@ -111,17 +111,64 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge)
 }
 
-/// The first I/O error in the chain of `e`'s sources (`e` included).
+/// The I/O error in the chain of `e`'s sources (`e` included) that says most: the first
+/// of a kind other than `Other` (which wraps errors, `io::Error::other`), else the first.
 fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut first = None;
     let mut next = Some(e);
     while let Some(e) = next {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io);
+            if io.kind() != std::io::ErrorKind::Other {
+                return Some(io);
+            }
+            first = first.or(Some(io));
+            // `source()` of a wrapping I/O error skips the error it wraps: look at it here.
+            if let Some(inner) = io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<std::io::Error>())
+                && inner.kind() != std::io::ErrorKind::Other
+            {
+                return Some(inner);
+            }
         }
         next = e.source();
     }
-    None
+    first
 }
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error as IoError, ErrorKind};
+
+    use super::*;
+
+    /// An error whose source is `inner`, as a library's error type would wrap it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] IoError);
+
+    #[test]
+    fn a_full_disk_is_found_however_it_is_wrapped() {
+        let full = || IoError::from(ErrorKind::StorageFull);
+        for cause in [
+            Box::new(full()) as Box<dyn std::error::Error>,
+            Box::new(Outer(full())),
+            Box::new(IoError::other(full())),
+            Box::new(Outer(IoError::other(full()))),
+            Box::new(IoError::other(Outer(IoError::from(
+                ErrorKind::QuotaExceeded,
+            )))),
+        ] {
+            let e = Error::blob("adding a blob", &*cause);
+            assert!(e.is_disk_full(), "{e}: {cause:?}");
+            assert!(e.to_string().starts_with("blob: adding a blob: "), "{e}");
+        }
+        let other = Error::blob("adding a blob", &IoError::other("no"));
+        assert!(!other.is_disk_full());
+        let text = Error::blob("adding a blob", &std::fmt::Error);
+        assert!(matches!(text, Error::Blob(_)) && text.io_error().is_none());
+    }
+}

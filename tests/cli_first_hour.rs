@@ -52,6 +52,19 @@ fn lines_that_are_not_utf8_are_appended_as_they_are() {
 }
 
 #[test]
+fn a_line_over_a_block_is_refused_before_it_is_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    stdout(&hyper(d, &["create", "log"], ""));
+    let mut input = b"fine\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', (8 << 20) + 10));
+    input.extend_from_slice(b"\nnever\n");
+    let err = failure(&hyper(d, &["append", "log"], input));
+    assert!(err.contains("line 2 is over"), "{err}");
+    assert_eq!(stdout(&hyper(d, &["cat", "log"], "")), "fine\n");
+}
+
+#[test]
 fn share_stdin_appends_a_line_that_is_not_utf8_and_keeps_serving() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     stdout(&hyper(a.path(), &["create", "chat"], ""));
@@ -240,6 +253,13 @@ fn append_and_truncate_from_a_second_terminal_reach_a_running_share() {
         stdout(&hyper(a.path(), &["truncate", "log", "1"], "")),
         "1 (fork 1)\n"
     );
+    // A new log too (not shared by this share: it serves what it was started with).
+    let key = stdout(&hyper(a.path(), &["create", "second"], ""));
+    assert_eq!(key.trim().len(), 64, "{key}");
+    assert_eq!(
+        stdout(&hyper(a.path(), &["append", "second", "x"], "")),
+        "1\n"
+    );
     // Errors come back as one line, as they would from the store itself.
     let err = failure(&hyper(a.path(), &["append", "nope", "x"], ""));
     assert!(err.contains("no log named \"nope\""), "{err}");
@@ -248,6 +268,8 @@ fn append_and_truncate_from_a_second_terminal_reach_a_running_share() {
     // Other commands still say who holds the store.
     let err = failure(&hyper(a.path(), &["cat", "log"], ""));
     assert!(err.contains("in use by another hyper process"), "{err}");
+    let err = failure(&hyper(a.path(), &["create", "second"], ""));
+    assert!(err.contains("exists"), "{err}");
 
     assert_eq!(follower.interrupt().0, Some(0));
     assert_eq!(sharer.interrupt().0, Some(0));

@@ -50,6 +50,8 @@ async fn a_peer_joined_for_the_store_gets_every_core_and_is_connected_again_afte
     wait_full(&new, 5).await;
     let old = reader.store.get(b.key()).await.unwrap().unwrap();
     wait_full(&old, 6).await;
+    reader.store.forget_store_peers().await.unwrap();
+    assert!(reader.store.store_peers().await.unwrap().is_empty());
     shutdown(&[&writer, &reader]).await;
 }
 

@@ -111,8 +111,8 @@ impl Hypercore {
         }
     }
 
-    /// How many blocks of the log are stored here, and their bytes (one pass over the
-    /// core's stored rows).
+    /// How many blocks of the log are stored here, and their bytes: at once when every block
+    /// is (a writer, a full follower), else by one pass over the core's stored rows.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
@@ -126,6 +126,22 @@ impl Hypercore {
     pub fn stored(&self) -> impl Future<Output = Result<super::Stored>> + Send + 'static + use<> {
         let inner = self.inner.clone();
         async move {
+            let (length, byte_length, contiguous) = {
+                let st = inner.state();
+                let tree = &st.committed.tree;
+                (
+                    tree.length,
+                    tree.byte_length,
+                    st.committed.contiguous_length,
+                )
+            };
+            // Every block held (a writer, a full follower): no need to read a row.
+            if contiguous >= length {
+                return Ok(super::Stored {
+                    blocks: length,
+                    bytes: byte_length,
+                });
+            }
             let id = inner.id;
             let (blocks, bytes) = inner
                 .storage

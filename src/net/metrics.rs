@@ -9,7 +9,6 @@ use std::sync::Arc;
 use iroh_metrics::{Counter, Gauge, MetricsGroup, MetricsGroupSet};
 
 use super::NodeStats;
-use crate::storage::StorageStats;
 
 /// What this node holds now.
 #[derive(Debug, Default, MetricsGroup)]
@@ -95,18 +94,25 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Sets every metric from the node's and the storage's figures now.
-    pub(crate) fn record(&self, node: &NodeStats, storage: &StorageStats) {
+    /// Sets every metric from the node's figures. Counters only grow: of two snapshots
+    /// recorded out of order, the older one cannot lower them.
+    pub(crate) fn record(&self, node: &NodeStats) {
+        let storage = &node.storage;
         let gauge = |g: &Gauge, v: usize| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
         let gauge64 = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
+        let grow = |c: &Counter, v: u64| {
+            if v > c.get() {
+                c.set(v);
+            }
+        };
         let n = &self.node;
         gauge(&n.connections, node.connections);
         gauge(&n.dials_in_flight, node.dials_in_flight);
-        n.gossip_dials_skipped.set(node.gossip_dials_skipped);
+        grow(&n.gossip_dials_skipped, node.gossip_dials_skipped);
         gauge(&n.parked_channels, node.parked_channels);
         gauge64(&n.buffered_bytes, node.buffered_bytes);
         gauge64(&n.backlog_bytes, node.backlog_bytes);
@@ -114,21 +120,21 @@ impl Metrics {
         gauge(&n.blob_fetches, node.blob_fetches);
         let (p, t) = (&self.peers, &node.peer_totals);
         gauge(&p.channels, t.channels);
-        p.blocks_down.set(t.blocks_down);
-        p.bytes_down.set(t.bytes_down);
-        p.blocks_up.set(t.blocks_up);
-        p.bytes_up.set(t.bytes_up);
-        p.pushes_sent.set(t.pushes_sent);
-        p.pushes_taken.set(t.pushes_taken);
-        p.invalid.set(t.invalid);
-        p.refused.set(t.refused);
-        p.dropped.set(t.dropped);
-        p.extensions_received.set(t.extensions_received);
-        p.extensions_dropped.set(t.extensions_dropped);
+        grow(&p.blocks_down, t.blocks_down);
+        grow(&p.bytes_down, t.bytes_down);
+        grow(&p.blocks_up, t.blocks_up);
+        grow(&p.bytes_up, t.bytes_up);
+        grow(&p.pushes_sent, t.pushes_sent);
+        grow(&p.pushes_taken, t.pushes_taken);
+        grow(&p.invalid, t.invalid);
+        grow(&p.refused, t.refused);
+        grow(&p.dropped, t.dropped);
+        grow(&p.extensions_received, t.extensions_received);
+        grow(&p.extensions_dropped, t.extensions_dropped);
         let s = &self.storage;
-        s.commits.set(storage.commits);
-        s.durable_commits.set(storage.durable_commits);
-        s.writes.set(storage.writes);
-        s.inline_commits.set(storage.inline_commits);
+        grow(&s.commits, storage.commits);
+        grow(&s.durable_commits, storage.durable_commits);
+        grow(&s.writes, storage.writes);
+        grow(&s.inline_commits, storage.inline_commits);
     }
 }

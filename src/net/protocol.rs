@@ -192,7 +192,8 @@ impl Builder {
         crate::store::shared_blobs_of(&self.store).set_fetcher(Arc::new(fetcher));
         let blob_events = super::blob_access::event_sender(commands.downgrade());
         let metrics = super::metrics::Metrics::default();
-        let (to_driver, store, shown) = (commands.downgrade(), self.store.clone(), metrics.clone());
+        // Holds no store: a protocol dropped releases its database at once.
+        let (to_driver, shown) = (commands.downgrade(), metrics.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(METRICS_INTERVAL);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,7 +208,7 @@ impl Builder {
                 }
                 drop(commands);
                 match rx.await {
-                    Ok(node) => shown.record(&node, &store.stats()),
+                    Ok(node) => shown.record(&node),
                     Err(_) => return,
                 }
             }
@@ -429,7 +430,7 @@ impl HypercoreProtocol {
     /// Sets the metrics groups from the node's figures now.
     pub async fn update_metrics(&self) -> Result<()> {
         let node = self.node_stats().await?;
-        self.inner.metrics.record(&node, &self.inner.store.stats());
+        self.inner.metrics.record(&node);
         Ok(())
     }
 

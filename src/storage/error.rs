@@ -88,6 +88,11 @@ impl From<redb::Error> for StorageError {
     fn from(e: redb::Error) -> Self {
         match e {
             redb::Error::Io(e) => Self::Io(IoCause(Arc::new(e))),
+            redb::Error::PreviousIo => Self::Database(
+                "an earlier write failed (a full disk?): the store takes no more writes until \
+                 it is opened again"
+                    .into(),
+            ),
             redb::Error::Corrupted(msg) => Self::Corrupt(msg),
             redb::Error::UpgradeRequired(v) => Self::Corrupt(format!("redb file format {v}")),
             other => Self::Database(other.to_string()),

@@ -45,7 +45,7 @@ pub use error::StorageError;
 pub(crate) use ops::Probe;
 pub(crate) use ops::{ApplyProof, Op, Outcome};
 pub(crate) use read::{CoreNodes, Reader};
-pub(crate) use schema::{CoreHeader, CoreName, MAX_PEERS_BYTES};
+pub(crate) use schema::{CoreHeader, CoreName, MAX_NAME_BYTES, MAX_PEERS_BYTES};
 pub(crate) use slot::{CoreSlot, CoreState};
 
 /// When an acknowledged write is on disk.

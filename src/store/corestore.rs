@@ -233,18 +233,19 @@ impl Corestore {
     /// derived from the primary key, so it is the same core every time.
     ///
     /// The name is stored with the core, in the transaction that creates it:
-    /// [`names`](Self::names) lists it.
+    /// [`names`](Self::names) lists it (a name over 1 KiB is not kept).
     pub async fn get_named(&self, name: &str) -> Result<Hypercore> {
         let kp = derive_key_pair(&self.inner.primary_key, &self.namespace, name);
-        let name = CoreName {
+        // A name too long to keep still names the core: it is only not listed.
+        let name = (name.len() <= crate::storage::MAX_NAME_BYTES).then(|| CoreName {
             namespace: self.namespace,
             name: name.to_string(),
-        };
+        });
         self.open_or_create(
             kp.core_key(CoreKind::Default),
             Some(CoreKind::Default),
             Some(kp),
-            Some(name),
+            name,
         )
         .await
     }
@@ -367,6 +368,9 @@ impl Corestore {
 
     /// Records the name of a named core stored before names were (once; later opens read it).
     async fn keep_name(&self, key: CoreKey, name: CoreName) -> Result<()> {
+        if self.inner.storage.is_read_only() {
+            return Ok(());
+        }
         let stored = self.inner.storage.read(move |r| r.name_of(&key)).await?;
         if stored.as_ref() != Some(&name) {
             self.inner
@@ -392,6 +396,16 @@ impl Corestore {
             tracing::warn!("the record of the store's peers does not decode: {e}");
             Vec::new()
         }))
+    }
+
+    /// Forgets the peers the store was joined with: a protocol started on the store later
+    /// dials none of them (connections open now stay).
+    pub async fn forget_store_peers(&self) -> Result<()> {
+        self.inner
+            .storage
+            .write(Op::SetStorePeers(Vec::new()))
+            .await?;
+        Ok(())
     }
 
     /// Puts `nodes` first in the record of the store's peers (at most

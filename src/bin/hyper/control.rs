@@ -29,6 +29,11 @@ const MAX_FRAME: usize = MAX_REQUEST_BYTES + iroh_hypercore::core::MAX_BLOCK_SIZ
 pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 /// Connections served at once (each is one person's command).
 const MAX_CONNECTIONS: usize = 16;
+/// How long the rest of a frame may take once its length arrived.
+const FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a client waits for the answer to a request that is not a blob (a stopped node,
+/// say, suspended with Ctrl-Z, accepts and never answers).
+const REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a client asks the running node.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +51,11 @@ pub enum Request {
         log: String,
         /// The file.
         path: PathBuf,
+    },
+    /// Create the writable log `log` (derived from the store's primary key).
+    Create {
+        /// The log's name.
+        log: String,
     },
     /// Truncate the writable log `log` to `length` blocks.
     Truncate {
@@ -65,6 +75,8 @@ pub enum Reply {
     AppendedBlob(u64),
     /// Truncated: the length and fork now.
     Truncated(u64, u64),
+    /// Created: the log's key.
+    Created([u8; 32]),
     /// The request failed: the error line.
     Failed(String),
 }
@@ -131,18 +143,26 @@ async fn serve(listener: UnixListener, store: Corestore, dir: PathBuf) {
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: not a busy loop.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let same_user = stream
             .peer_cred()
             .is_ok_and(|cred| Some(cred.uid()) == owner);
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
         if !same_user {
             continue;
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let busy = Reply::Failed(format!(
+                "the running hyper process serves {MAX_CONNECTIONS} commands already; try again"
+            ));
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(FRAME_WAIT, write_frame(&mut stream, &busy)).await;
+            });
+            continue;
+        };
         let (store, dir) = (store.clone(), dir.clone());
         tokio::spawn(async move {
             let _slot = slot;
@@ -177,12 +197,18 @@ async fn handle(store: &Corestore, dir: &Path, request: Request) -> Result<Reply
             Ok(Reply::Appended(core.info().length))
         }
         Request::AppendBlob { log, path } => {
+            // A file the client named by its absolute path; not a pipe or a device that
+            // would hold the node.
+            if !path.is_absolute() || !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                return Err(format!("{} is not a file", path.display()));
+            }
             let core = append::writable(store, dir, &log).await?;
             let index = core.append_blob(path.as_path()).await.map_err(|e| {
                 fail::describe(&format!("appending {} as a blob", path.display()), e)
             })?;
             Ok(Reply::AppendedBlob(index))
         }
+        Request::Create { log } => local::create(store, dir, &log).await.map(Reply::Created),
         Request::Truncate { log, length } => {
             let (core, _) = local::resolve(store, dir, &log).await?;
             local::truncate(&core, &log, length).await?;
@@ -205,7 +231,20 @@ impl Client {
     pub async fn ask(&mut self, request: &Request) -> Result<Reply, String> {
         let lost = |e: std::io::Error| format!("the running hyper process did not answer: {e}");
         write_frame(&mut self.0, request).await.map_err(lost)?;
-        match read_frame::<Reply>(&mut self.0).await.map_err(lost)? {
+        // A blob may take long to add; anything else is answered at once by a running node.
+        let reply = match request {
+            Request::AppendBlob { .. } => read_frame::<Reply>(&mut self.0).await,
+            _ => tokio::time::timeout(REPLY_WAIT, read_frame::<Reply>(&mut self.0))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "the hyper process holding the store did not answer in {} s (is it \
+                         stopped?)",
+                        REPLY_WAIT.as_secs()
+                    )
+                })?,
+        };
+        match reply.map_err(lost)? {
             Some(Reply::Failed(e)) => Err(e),
             Some(reply) => Ok(reply),
             None => Err("the running hyper process closed the connection".into()),
@@ -230,8 +269,17 @@ async fn read_frame<T: serde::de::DeserializeOwned>(
             format!("a frame of {len} bytes, over the {MAX_FRAME} allowed"),
         ));
     }
-    let mut frame = vec![0u8; len];
-    stream.read_exact(&mut frame).await?;
+    // Read as it arrives (no buffer of a size only announced), within a time.
+    let mut frame = Vec::new();
+    let read = tokio::time::timeout(
+        FRAME_WAIT,
+        (&mut *stream).take(len as u64).read_to_end(&mut frame),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "a frame cut short"))??;
+    if read != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     postcard::from_bytes(&frame)
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))

@@ -67,7 +67,7 @@ fn classify(dir: &Path, e: iroh_hypercore::Error) -> OpenError {
     if text.contains("already open") || text.contains("acquire lock") {
         OpenError::InUse(format!(
             "the data directory {} is in use by another hyper process (a running share \
-             takes append and truncate; other commands wait for it to end)",
+             takes create, append and truncate; stop it for other commands)",
             dir.display()
         ))
     } else {

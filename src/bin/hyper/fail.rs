@@ -16,8 +16,17 @@ fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(e) = next {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return iroh_hypercore::error::is_disk_full(io);
+            let wrapped = io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<std::io::Error>());
+            if iroh_hypercore::error::is_disk_full(io)
+                || wrapped.is_some_and(iroh_hypercore::error::is_disk_full)
+            {
+                return true;
+            }
         }
+        // An I/O error of another kind may wrap the one that says (`io::Error::other`): its
+        // inner error is its source, looked at next.
         if let Some(e) = e.downcast_ref::<iroh_hypercore::Error>()
             && e.is_disk_full()
         {

@@ -113,18 +113,7 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
     let failed = |what: &str, e: iroh_hypercore::Error| fail::describe(what, e);
     match command {
         LocalCommand::Create { name } => {
-            names::check(&name)?;
-            if names::load(store, dir).await?.contains_key(&name) {
-                return Err(format!(
-                    "a log named {name:?} exists in {} already",
-                    dir.display()
-                ));
-            }
-            let core = store
-                .get_named(&name)
-                .await
-                .map_err(|e| failed("create", e))?;
-            println!("{}", names::hex(&core.key()));
+            println!("{}", names::hex(&create(store, dir, &name).await?));
         }
         LocalCommand::List { json } => {
             let keys = store.list().await.map_err(|e| failed("list", e))?;
@@ -140,7 +129,7 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
                 let Some(core) = store.get(key).await.map_err(|e| failed("list", e))? else {
                     continue;
                 };
-                rows.push(describe(dir, &core, name_of(&key)).await);
+                rows.push(describe(dir, &core, name_of(&key), false).await);
             }
             if json {
                 println!("{}", serde_json::Value::Array(rows));
@@ -157,7 +146,7 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
         }
         LocalCommand::Info { log, json } => {
             let (core, name) = resolve(store, dir, &log).await?;
-            let row = describe(dir, &core, name).await;
+            let row = describe(dir, &core, name, true).await;
             if json {
                 println!("{row}");
             } else if let serde_json::Value::Object(fields) = row {
@@ -250,6 +239,22 @@ pub async fn run(store: &Corestore, dir: &Path, command: LocalCommand) -> Result
     Ok(())
 }
 
+/// Creates the writable log `name`; returns its key.
+pub async fn create(store: &Corestore, dir: &Path, name: &str) -> Result<[u8; 32], String> {
+    names::check(name)?;
+    if names::load(store, dir).await?.contains_key(name) {
+        return Err(format!(
+            "a log named {name:?} exists in {} already",
+            dir.display()
+        ));
+    }
+    let core = store
+        .get_named(name)
+        .await
+        .map_err(|e| fail::describe("create", e))?;
+    Ok(core.key())
+}
+
 /// Truncates the writable log `core` (called `name`) to `length` blocks, on a new fork.
 pub async fn truncate(core: &Hypercore, name: &str, length: u64) -> Result<(), String> {
     if !core.writable() {
@@ -274,7 +279,7 @@ pub async fn truncate(core: &Hypercore, name: &str, length: u64) -> Result<(), S
 pub async fn run_through(dir: &Path, command: LocalCommand, in_use: String) -> Result<(), String> {
     let writes = matches!(
         command,
-        LocalCommand::Append { .. } | LocalCommand::Truncate { .. }
+        LocalCommand::Append { .. } | LocalCommand::Truncate { .. } | LocalCommand::Create { .. }
     );
     let client = match writes {
         true => crate::control::Client::connect(dir).await,
@@ -290,6 +295,18 @@ pub async fn run_through(dir: &Path, command: LocalCommand, in_use: String) -> R
             file,
             blob,
         } => append::run_through(client, &name, source(texts, file, blob)).await,
+        LocalCommand::Create { name } => {
+            match client
+                .ask(&crate::control::Request::Create { log: name })
+                .await?
+            {
+                crate::control::Reply::Created(key) => {
+                    println!("{}", names::hex(&key));
+                    Ok(())
+                }
+                other => Err(format!("unexpected answer {other:?}")),
+            }
+        }
         LocalCommand::Truncate { name, length } => {
             let request = crate::control::Request::Truncate { log: name, length };
             match client.ask(&request).await? {
@@ -354,26 +371,37 @@ pub async fn resolve(
     }
 }
 
-/// What `list` and `info` show of a log.
-async fn describe(dir: &Path, core: &Hypercore, name: Option<String>) -> serde_json::Value {
+/// What `list` and `info` show of a log; `info` also what is stored of it (for a sparse
+/// follower, a pass over what it holds), and the stored figures are `null` if unreadable.
+async fn describe(
+    dir: &Path,
+    core: &Hypercore,
+    name: Option<String>,
+    with_stored: bool,
+) -> serde_json::Value {
     let info = core.info();
-    // What is stored here (a sparse follower holds less than the length).
-    let stored = core.stored().await.unwrap_or_default();
+    let stored = match with_stored {
+        true => core.stored().await.ok(),
+        false => None,
+    };
     let peers: Vec<serde_json::Value> = peers::last_seen(dir, &core.key())
         .into_iter()
         .map(|(id, at)| serde_json::json!({ "id": id, "last_seen": at }))
         .collect();
-    serde_json::json!({
+    let mut row = serde_json::json!({
         "key": names::hex(&core.key()),
         "name": name,
         "length": info.length,
         "byte_length": info.byte_length,
-        "stored_blocks": stored.blocks,
-        "stored_bytes": stored.bytes,
         "fork": info.fork,
         "writable": info.writable,
         "peers": peers,
-    })
+    });
+    if with_stored && let serde_json::Value::Object(fields) = &mut row {
+        fields.insert("stored_blocks".into(), stored.map(|s| s.blocks).into());
+        fields.insert("stored_bytes".into(), stored.map(|s| s.bytes).into());
+    }
+    row
 }
 
 /// The bytes of an argument as they are (on Unix; elsewhere, as UTF-8 with invalid parts

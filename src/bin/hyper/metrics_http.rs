@@ -19,6 +19,8 @@ const MAX_SCRAPES: usize = 8;
 const MAX_REQUEST: usize = 8 * 1024;
 /// How long a scraper may take to send its request.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// How long one scrape may take in all (a scraper that does not read is cut off).
+const SCRAPE_WAIT: Duration = Duration::from_secs(10);
 
 /// Serves the metrics until dropped.
 #[derive(Debug)]
@@ -45,6 +47,8 @@ impl MetricsServer {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of file descriptors, say: not a busy loop.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
                 let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -53,7 +57,8 @@ impl MetricsServer {
                 let (registry, proto) = (registry.clone(), proto.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let _ = answer(stream, &registry, &proto).await;
+                    let _ =
+                        tokio::time::timeout(SCRAPE_WAIT, answer(stream, &registry, &proto)).await;
                 });
             }
         });

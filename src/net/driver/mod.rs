@@ -81,6 +81,8 @@ pub struct NodeStats {
     /// The counters of [`PeerStats`] summed over every peer since the start, those that left
     /// included (`peer` is zeros, `channels` the channels open now).
     pub peer_totals: PeerStats,
+    /// The store's database writes.
+    pub storage: crate::storage::StorageStats,
 }
 
 /// Requests from [`HypercoreProtocol`](super::HypercoreProtocol) handles.
@@ -262,6 +264,7 @@ impl Driver {
                     cores: self.cores.len(),
                     blob_fetches: self.blobs.pending(),
                     peer_totals: self.engine.peer_totals(),
+                    storage: self.store.corestore().stats(),
                 });
             }
             Command::BlobScope(reply) => {

@@ -663,8 +663,8 @@ async fn a_full_disk_fails_appends_cleanly() {
         .store(backend.file.len().unwrap(), Ordering::Relaxed);
     let err = core.append(vec![1u8; 4 << 20]).await.unwrap_err();
     assert!(
-        matches!(err, Error::Storage(StorageError::Database(_))),
-        "{err}"
+        matches!(err, Error::Storage(StorageError::Io(_))) && err.is_disk_full(),
+        "the I/O error's kind is kept: {err}"
     );
     assert_eq!(core.info(), info, "nothing of the failed append is visible");
     assert_eq!(core.tree_hash(), hash);

@@ -87,6 +87,11 @@ impl From<std::io::Error> for IoCause {
 impl From<redb::Error> for StorageError {
     fn from(e: redb::Error) -> Self {
         match e {
+            // What redb reads and cannot make sense of ("not a redb database"): a corrupt
+            // file, not a failing disk.
+            redb::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Self::Corrupt(e.to_string())
+            }
             redb::Error::Io(e) => Self::Io(IoCause(Arc::new(e))),
             redb::Error::PreviousIo => Self::Database(
                 "an earlier write failed (a full disk?): the store takes no more writes until \

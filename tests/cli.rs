@@ -5,7 +5,7 @@
 #[path = "common/process.rs"]
 mod process;
 
-use process::{HYPER, failure, hyper, stdout};
+use process::{failure, hyper, stdout};
 
 #[test]
 fn create_append_cat_info_list_and_delete_round_trip() {
@@ -147,16 +147,10 @@ fn a_full_disk_is_said_plainly_and_loses_nothing() {
     stdout(&hyper(d, &["append", "log", "one", "two"], ""));
     let big = d.join("big.bin");
     std::fs::write(&big, vec![7u8; 4 << 20]).unwrap();
-    let mut limited = std::process::Command::new("sh");
-    limited
-        .arg("-c")
-        .arg("ulimit -f 2048; trap '' XFSZ; exec \"$0\" \"$@\"")
-        .arg(HYPER)
-        .arg("--data")
-        .arg(d)
-        .args(["append", "log", "--file", big.to_str().unwrap()])
-        .env_remove("RUST_LOG");
-    let err = failure(&process::output_within(limited, ""));
+    let err = failure(&process::hyper_with_file_limit(
+        d,
+        &["append", "log", "--file", big.to_str().unwrap()],
+    ));
     assert!(err.contains("the disk is full"), "{err}");
     assert_eq!(stdout(&hyper(d, &["cat", "log"], "")), "one\ntwo\n");
     assert_eq!(stdout(&hyper(d, &["append", "log", "three"], "")), "3\n");

@@ -96,16 +96,7 @@ fn a_follow_piped_into_head_ends_when_head_does_with_no_new_block() {
     // exits, and no new block comes. Only noticing the closed pipe ends the follow.
     let synced = spawn(b.path(), &["follow", &ticket, "--exit-when-synced"]);
     assert_eq!(synced.wait().0, Some(0));
-    let mut bash = std::process::Command::new("bash");
-    bash.arg("-c")
-        .arg(
-            "set -o pipefail; \"$0\" --data \"$1\" --relay disabled --bind 127.0.0.1:0 \
-             follow \"$2\" | head -n 1",
-        )
-        .arg(process::HYPER)
-        .arg(b.path())
-        .arg(&ticket);
-    let piped = process::output_within(bash, "");
+    let piped = process::follow_into_head(b.path(), &ticket, "");
     let err = String::from_utf8_lossy(&piped.stderr);
     assert_eq!(String::from_utf8_lossy(&piped.stdout), "only\n", "{err}");
     assert!(
@@ -125,16 +116,10 @@ fn a_blob_onto_a_full_disk_says_the_disk_is_full() {
     stdout(&hyper(d, &["append", "log", "one"], ""));
     let big = d.join("big.bin");
     std::fs::write(&big, vec![7u8; 4 << 20]).unwrap();
-    let mut limited = std::process::Command::new("sh");
-    limited
-        .arg("-c")
-        .arg("ulimit -f 2048; trap '' XFSZ; exec \"$0\" \"$@\"")
-        .arg(process::HYPER)
-        .arg("--data")
-        .arg(d)
-        .args(["append", "log", "--blob", big.to_str().unwrap()])
-        .env_remove("RUST_LOG");
-    let err = failure(&process::output_within(limited, ""));
+    let err = failure(&process::hyper_with_file_limit(
+        d,
+        &["append", "log", "--blob", big.to_str().unwrap()],
+    ));
     assert!(err.contains("the disk is full"), "{err}");
     assert_eq!(stdout(&hyper(d, &["cat", "log"], "")), "one\n");
 }

@@ -406,16 +406,7 @@ fn a_reader_that_goes_away_ends_follow_with_exit_code_zero() {
     log_with(a.path(), "log", &lines);
     let sharer = spawn(a.path(), &["share", "log"]);
     let ticket = sharer.line();
-    let mut bash = std::process::Command::new("bash");
-    bash.arg("-c")
-        .arg(
-            "set -o pipefail; \"$0\" --data \"$1\" --relay disabled --bind 127.0.0.1:0 \
-             follow \"$2\" --exit-when-synced | head -n 1",
-        )
-        .arg(process::HYPER)
-        .arg(b.path())
-        .arg(&ticket);
-    let piped = process::output_within(bash, "");
+    let piped = process::follow_into_head(b.path(), &ticket, "--exit-when-synced");
     assert_eq!(
         String::from_utf8_lossy(&piped.stdout),
         format!("{line}\n"),

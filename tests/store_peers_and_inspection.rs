@@ -9,7 +9,10 @@ mod net;
 use std::time::Duration;
 
 use iroh_hypercore::{Corestore, Error, Mode, net::ReplicaEvent, testnet::Transport};
-use net::{WAIT, append_numbered, log_on, node_in_dir, shutdown, test_net, wait_event, wait_full};
+use net::{
+    WAIT, append_numbered, log_on, node_in_dir, shutdown, synced_pair, test_net, wait_event,
+    wait_full,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_joined_for_the_store_gets_every_core_and_is_connected_again_after_a_restart() {
@@ -166,12 +169,19 @@ async fn metrics_appear_in_irohs_registry_beside_irohs_own() {
     let writer = net.node(Transport::Direct).await.unwrap();
     let log = log_on(&writer, "log", 5, 100).await;
     let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader
+    let (_core, mut events) = reader
         .proto
-        .open_ticket(&writer.proto.ticket(&log))
+        .open_ticket_with_events(&writer.proto.ticket(&log))
         .await
         .unwrap();
-    wait_full(&core, 5).await;
+    // The counters are the engine's: it counts a block when it hears the block is stored,
+    // which may come after the core says so. Its events come from the same place.
+    let mut downloads = 0;
+    wait_event(&mut events, "five downloads", |e| {
+        downloads += u32::from(matches!(e, ReplicaEvent::Download { .. }));
+        downloads == 5
+    })
+    .await;
 
     let mut registry = Registry::default();
     registry.register_all(reader.endpoint.metrics());
@@ -244,15 +254,7 @@ async fn logs_say_which_peer_and_which_core() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     let net = test_net().await;
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = log_on(&writer, "log", 3, 8).await;
-    let reader = net.node(Transport::Direct).await.unwrap();
-    let core = reader
-        .proto
-        .open_ticket(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
-    wait_full(&core, 3).await;
+    let (writer, log, reader, _core) = synced_pair(&net, "log", 3, 8).await;
     shutdown(&[&writer, &reader]).await;
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let short = |b: &[u8]| hex::encode(&b[..5]);

@@ -67,6 +67,37 @@ pub fn output_within(mut cmd: Command, stdin: impl AsRef<[u8]>) -> Output {
     }
 }
 
+/// Runs `hyper --data dir args…` under a file size limit of 2 MiB (a write past it fails as
+/// a full disk would: `EFBIG`, the signal ignored).
+pub fn hyper_with_file_limit(dir: &Path, args: &[&str]) -> Output {
+    let mut limited = Command::new("sh");
+    limited
+        .arg("-c")
+        .arg("ulimit -f 2048; trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(HYPER)
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .env_remove("RUST_LOG");
+    output_within(limited, "")
+}
+
+/// Runs `hyper --data dir --relay disabled --bind 127.0.0.1:0 follow TICKET extra… | head -n
+/// 1` in bash with `pipefail`: the pipeline's output and its status (the follow's, if it
+/// failed).
+pub fn follow_into_head(dir: &Path, ticket: &str, extra: &str) -> Output {
+    let mut bash = Command::new("bash");
+    bash.arg("-c")
+        .arg(format!(
+            "set -o pipefail; \"$0\" --data \"$1\" --relay disabled --bind 127.0.0.1:0 \
+             follow \"$2\" {extra} | head -n 1"
+        ))
+        .arg(HYPER)
+        .arg(dir)
+        .arg(ticket);
+    output_within(bash, "")
+}
+
 /// The stdout of a run that succeeded.
 pub fn stdout(out: &Output) -> String {
     assert!(

@@ -122,13 +122,17 @@ fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io
                 return Some(io);
             }
             first = first.or(Some(io));
-            // `source()` of a wrapping I/O error skips the error it wraps: look at it here.
-            if let Some(inner) = io
+            // `source()` of a wrapping I/O error skips the error it wraps: look through the
+            // wrappers here.
+            let mut wrapped = io;
+            while let Some(inner) = wrapped
                 .get_ref()
                 .and_then(|i| i.downcast_ref::<std::io::Error>())
-                && inner.kind() != std::io::ErrorKind::Other
             {
-                return Some(inner);
+                if inner.kind() != std::io::ErrorKind::Other {
+                    return Some(inner);
+                }
+                wrapped = inner;
             }
         }
         next = e.source();
@@ -157,6 +161,7 @@ mod tests {
             Box::new(full()) as Box<dyn std::error::Error>,
             Box::new(Outer(full())),
             Box::new(IoError::other(full())),
+            Box::new(IoError::other(IoError::other(full()))),
             Box::new(Outer(IoError::other(full()))),
             Box::new(IoError::other(Outer(IoError::from(
                 ErrorKind::QuotaExceeded,

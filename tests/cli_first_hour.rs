@@ -61,7 +61,14 @@ fn a_line_over_a_block_is_refused_before_it_is_read_whole() {
     input.extend_from_slice(b"\nnever\n");
     let err = failure(&hyper(d, &["append", "log"], input));
     assert!(err.contains("line 2 is over"), "{err}");
-    assert_eq!(stdout(&hyper(d, &["cat", "log"], "")), "fine\n");
+    assert_eq!(
+        stdout(&hyper(d, &["cat", "log"], "")),
+        "fine\n",
+        "the lines before it are appended"
+    );
+    // A name the store would not keep is refused, not made unlisted.
+    let err = failure(&hyper(d, &["create", &"n".repeat(1100)], ""));
+    assert!(err.contains("at most 1024 bytes"), "{err}");
 }
 
 #[test]

@@ -337,6 +337,36 @@ async fn only_blobs_named_by_a_served_core_are_served() {
         !raw_fetch(&reader, &writer, unnamed).await,
         "a blob no block names"
     );
+    // A named blob whose bytes are the hash of a hidden one, asked for as a list of hashes
+    // (root and children): refused, and nothing of the hidden blob comes.
+    let pointer = public
+        .append_blob(hidden.as_bytes().to_vec())
+        .await
+        .unwrap();
+    let pointer = hash_of(&public, pointer).await;
+    let conn = reader
+        .endpoint
+        .connect(writer.addr(), iroh_blobs::ALPN)
+        .await
+        .unwrap();
+    let listed = tokio::time::timeout(
+        WAIT,
+        reader
+            .store
+            .blobs()
+            .remote()
+            .execute_get(conn, iroh_blobs::protocol::GetRequest::all(pointer)),
+    )
+    .await
+    .expect("answered");
+    assert!(listed.is_err(), "a request past the blob itself is refused");
+    assert!(
+        !matches!(
+            reader.store.blobs().status(hidden).await.unwrap(),
+            iroh_blobs::api::proto::BlobStatus::Complete { .. }
+        ),
+        "no byte of the hidden blob"
+    );
     // Replicated now: served.
     writer.proto.replicate(&private).await.unwrap();
     assert!(raw_fetch(&reader, &writer, hidden).await);

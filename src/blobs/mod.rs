@@ -26,7 +26,7 @@ pub(crate) use fetch::{BlameProvider, BlobFetcher, Providers};
 pub use options::{BlobOptions, DEFAULT_MAX_BLOB_SIZE};
 pub use policy::BlobPolicy;
 pub use source::{BlobProgress, BlobSource};
-pub(crate) use store::{BlobScope, BlobStore};
+pub(crate) use store::{BlobScope, BlobStore, PENDING_TAG_PREFIX};
 
 /// The blob side of the stores on one database: the blob store, and the protocol that fetches
 /// blobs for their cores (the last one spawned on the store).

@@ -21,8 +21,13 @@ use crate::{
     error::{Error, Result},
 };
 
-/// The prefix of every tag this crate sets.
+/// The prefix of every tag this crate sets for a block's blob.
 const TAG_PREFIX: &[u8] = b"hypercore/";
+/// The prefix of the tag that keeps a blob while its block is being appended (then the core
+/// key; see `core::blobs`).
+pub(crate) const PENDING_TAG_PREFIX: &[u8] = b"hypercore-pending/";
+/// What both prefixes start with.
+const COMMON_PREFIX: &[u8] = b"hypercore";
 
 /// The name of the tag that keeps the blob of block `index` of `core`.
 fn tag(core: &CoreKey, index: u64) -> Vec<u8> {
@@ -105,29 +110,34 @@ impl BlobStore {
             .map_err(|e| blob_error("releasing blobs", e))
     }
 
-    /// Whether a block of one of the cores `scope` admits names `hash` (its tag is kept).
-    /// Reads the tags of those cores: one pass over each core's blob blocks.
-    pub async fn is_named(&self, hash: Hash, scope: &BlobScope) -> bool {
-        let prefixes: Vec<Vec<u8>> = match scope {
-            BlobScope::Every { .. } => vec![TAG_PREFIX.to_vec()],
-            BlobScope::Only(cores) => cores.iter().map(core_prefix).collect(),
+    /// Whether every one of `hashes` is named by a block of a core `scope` admits (its tag is
+    /// kept), or is being appended to one (its pending tag). One pass over the store's tags.
+    pub async fn all_named(&self, hashes: &[Hash], scope: &BlobScope) -> bool {
+        let mut wanted: std::collections::HashSet<Hash> = hashes.iter().copied().collect();
+        if wanted.is_empty() {
+            return true;
+        }
+        // `hypercore/` and `hypercore-pending/` both start so.
+        let Ok(tags) = self.store.tags().list_prefix(COMMON_PREFIX).await else {
+            return false;
         };
-        for prefix in prefixes {
-            let Ok(tags) = self.store.tags().list_prefix(&prefix).await else {
+        let mut tags = std::pin::pin!(tags);
+        while let Some(tag) = n0_future::StreamExt::next(&mut tags).await {
+            let Ok(tag) = tag else {
                 return false;
             };
-            let mut tags = std::pin::pin!(tags);
-            while let Some(Ok(tag)) = n0_future::StreamExt::next(&mut tags).await {
-                if tag.hash != hash {
-                    continue;
-                }
-                let left = match scope {
-                    BlobScope::Every { except } => except
-                        .iter()
-                        .any(|core| tag.name.0.starts_with(&core_prefix(core))),
-                    BlobScope::Only(_) => false,
-                };
-                if !left {
+            if !wanted.contains(&tag.hash) {
+                continue;
+            }
+            let name = &tag.name.0[..];
+            let core = name
+                .strip_prefix(TAG_PREFIX)
+                .or_else(|| name.strip_prefix(PENDING_TAG_PREFIX))
+                .and_then(|rest| rest.get(..32))
+                .and_then(|k| <CoreKey>::try_from(k).ok());
+            if core.is_some_and(|core| scope.admits(&core)) {
+                wanted.remove(&tag.hash);
+                if wanted.is_empty() {
                     return true;
                 }
             }
@@ -153,10 +163,20 @@ pub(crate) enum BlobScope {
     /// them).
     Every {
         /// Cores not served.
-        except: Vec<CoreKey>,
+        except: std::collections::HashSet<CoreKey>,
     },
     /// Those of these cores only.
-    Only(Vec<CoreKey>),
+    Only(std::collections::HashSet<CoreKey>),
+}
+
+impl BlobScope {
+    /// Whether the blobs of `core` are served.
+    fn admits(&self, core: &CoreKey) -> bool {
+        match self {
+            Self::Every { except } => !except.contains(core),
+            Self::Only(cores) => cores.contains(core),
+        }
+    }
 }
 
 fn gc_config(interval: Duration) -> GcConfig {

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// The prefix of the tag that keeps a blob while its block is being appended.
-const PENDING_PREFIX: &[u8] = b"hypercore-pending/";
+const PENDING_PREFIX: &[u8] = crate::blobs::PENDING_TAG_PREFIX;
 
 fn blob_state(core: &Hypercore) -> (Arc<BlobState>, Result<BlobStore>) {
     let state = core.inner.blobs.clone();

@@ -1,9 +1,11 @@
 //! Which blobs a node serves to its peers over iroh-blobs: those a block of a core it serves
-//! names (every core of the store under `serve_store`, but the ones the application left;
-//! else only the cores it replicates). A request for any other hash (a blob of a log `hyper
-//! share` does not name, or one this node merely holds) is refused as iroh-blobs refuses
-//! for permission, and so is the question of how much of it is held (`observe`). Pushes are
-//! refused always.
+//! names, or that are being appended to one (every core of the store under `serve_store`,
+//! but the ones the application left; else only the cores it replicates). A request for any
+//! other hash (a blob of a log `hyper share` does not name, or one this node merely holds)
+//! is refused as iroh-blobs refuses for permission, and so is the question of how much of it
+//! is held (`observe`). A get must be for one blob (a request past its first item would read
+//! the blob as a list of hashes and send those); a get-many names at most 64. Pushes are
+//! refused always. Each decision is one pass over the store's tags.
 
 use iroh_blobs::{
     Hash,
@@ -17,6 +19,8 @@ use super::driver::Command;
 
 /// Requests waiting for a decision at most; iroh-blobs waits for room past it.
 const QUEUE: usize = 64;
+/// The most hashes one get-many request may name (our own fetches name one).
+const MAX_HASHES: usize = 64;
 
 /// The event sender to give `BlobsProtocol::new`: each request is decided by the scope the
 /// driver reports at that moment.
@@ -33,11 +37,20 @@ pub(super) fn event_sender(commands: mpsc::WeakSender<Command>) -> EventSender {
         while let Some(request) = requests.recv().await {
             match request {
                 ProviderMessage::GetRequestReceived(msg) => {
-                    let verdict = decide(&commands, &[msg.inner.request.hash]).await;
+                    // One blob only: a request past offset 0 would read the blob as a list
+                    // of hashes and send those blobs unasked for.
+                    let verdict = match msg.inner.request.ranges.is_blob() {
+                        true => decide(&commands, &[msg.inner.request.hash]).await,
+                        false => Err(AbortReason::Permission),
+                    };
                     let _ = msg.tx.send(verdict).await;
                 }
                 ProviderMessage::GetManyRequestReceived(msg) => {
-                    let verdict = decide(&commands, &msg.inner.request.hashes).await;
+                    let hashes = &msg.inner.request.hashes;
+                    let verdict = match hashes.len() <= MAX_HASHES {
+                        true => decide(&commands, hashes).await,
+                        false => Err(AbortReason::RateLimited),
+                    };
                     let _ = msg.tx.send(verdict).await;
                 }
                 ProviderMessage::ObserveRequestReceived(msg) => {
@@ -65,11 +78,10 @@ async fn decide(commands: &mpsc::WeakSender<Command>, hashes: &[Hash]) -> Result
     let Ok(Some((store, scope))) = rx.await else {
         return Err(AbortReason::Permission);
     };
-    for hash in hashes {
-        if !store.is_named(*hash, &scope).await {
-            tracing::debug!(%hash, "blob request refused: no block of a served core names it");
-            return Err(AbortReason::Permission);
-        }
+    if store.all_named(hashes, &scope).await {
+        Ok(())
+    } else {
+        tracing::debug!("blob request refused: no block of a served core names its hash");
+        Err(AbortReason::Permission)
     }
-    Ok(())
 }

@@ -95,8 +95,10 @@ pub struct Metrics {
 
 impl Metrics {
     /// Sets every metric from the node's figures. Counters only grow: of two snapshots
-    /// recorded out of order, the older one cannot lower them.
+    /// recorded out of order, the older one cannot lower them (records take turns).
     pub(crate) fn record(&self, node: &NodeStats) {
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
         let storage = &node.storage;
         let gauge = |g: &Gauge, v: usize| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));

@@ -135,7 +135,7 @@ async fn run_on(mut target: Target, name: &str, source: Source) -> Result<(), St
             let mut lines = stdin_lines::read();
             let mut appended = 0;
             loop {
-                let batch = stdin_lines::next_batch(&mut lines, BATCH).await?;
+                let batch = lines.next_batch(BATCH).await?;
                 if batch.is_empty() {
                     break;
                 }

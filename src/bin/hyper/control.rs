@@ -230,7 +230,13 @@ impl Client {
     /// Sends `request` and waits for the reply; a failure is the node's error line.
     pub async fn ask(&mut self, request: &Request) -> Result<Reply, String> {
         let lost = |e: std::io::Error| format!("the running hyper process did not answer: {e}");
-        write_frame(&mut self.0, request).await.map_err(lost)?;
+        if let Err(e) = write_frame(&mut self.0, request).await {
+            // A node that turned the request down (busy) answered before it closed.
+            return match tokio::time::timeout(FRAME_WAIT, read_frame::<Reply>(&mut self.0)).await {
+                Ok(Ok(Some(Reply::Failed(why)))) => Err(why),
+                _ => Err(lost(e)),
+            };
+        }
         // A blob may take long to add; anything else is answered at once by a running node.
         let reply = match request {
             Request::AppendBlob { .. } => read_frame::<Reply>(&mut self.0).await,
@@ -239,7 +245,8 @@ impl Client {
                 .map_err(|_| {
                     format!(
                         "the hyper process holding the store did not answer in {} s (is it \
-                         stopped?)",
+                         stopped?); the request may still be carried out: look with hyper \
+                         info once it runs",
                         REPLY_WAIT.as_secs()
                     )
                 })?,

@@ -16,17 +16,18 @@ fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(e) = next {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            let wrapped = io
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<std::io::Error>());
-            if iroh_hypercore::error::is_disk_full(io)
-                || wrapped.is_some_and(iroh_hypercore::error::is_disk_full)
-            {
-                return true;
+            // `source()` of a wrapping I/O error (`io::Error::other`) skips the error it
+            // wraps: look through the wrappers here.
+            let mut io = Some(io);
+            while let Some(wrapper) = io {
+                if iroh_hypercore::error::is_disk_full(wrapper) {
+                    return true;
+                }
+                io = wrapper
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<std::io::Error>());
             }
         }
-        // An I/O error of another kind may wrap the one that says (`io::Error::other`): its
-        // inner error is its source, looked at next.
         if let Some(e) = e.downcast_ref::<iroh_hypercore::Error>()
             && e.is_disk_full()
         {

@@ -9,6 +9,9 @@ use iroh_hypercore::{CoreKey, Corestore};
 
 use crate::fail;
 
+/// The longest name the store keeps (a longer one would open its log, unlisted).
+const MAX_NAME_BYTES: usize = 1024;
+
 /// The file an earlier version kept the names in, inside the data directory.
 const LEGACY_FILE: &str = "names.txt";
 
@@ -62,6 +65,12 @@ pub async fn import_legacy(store: &Corestore, dir: &Path) -> Result<(), String> 
 pub fn check(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a log's name cannot be empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "a log's name is at most {MAX_NAME_BYTES} bytes ({} given)",
+            name.len()
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err(format!(

@@ -4,7 +4,6 @@ use std::{io::Write, path::Path};
 
 use clap::Args;
 use iroh_hypercore::{Corestore, Hypercore};
-use tokio::sync::mpsc;
 
 use crate::{
     append, fail, local,
@@ -86,15 +85,7 @@ pub async fn run(
     if let Some(lines) = lines.as_mut()
         && result.is_ok()
     {
-        // Taken before and after closing: a reader waiting for room sends once some is made.
-        let mut rest = Vec::new();
-        while let Ok(line) = lines.try_recv() {
-            rest.extend(line.ok());
-        }
-        lines.close();
-        while let Ok(line) = lines.try_recv() {
-            rest.extend(line.ok());
-        }
+        let rest = lines.rest();
         if !rest.is_empty() {
             result = append::append_lines(&cores[0], rest, appended)
                 .await
@@ -112,7 +103,7 @@ async fn share(
     node: &Node,
     net: &NetOptions,
     cores: &[Hypercore],
-    lines: Option<&mut mpsc::Receiver<std::io::Result<Vec<u8>>>>,
+    lines: Option<&mut stdin_lines::StdinLines>,
     appended: &mut usize,
 ) -> Result<(), String> {
     for core in cores {
@@ -140,7 +131,7 @@ async fn share(
     );
     if let Some(lines) = lines {
         loop {
-            let batch = stdin_lines::next_batch(lines, BATCH).await?;
+            let batch = lines.next_batch(BATCH).await?;
             if batch.is_empty() {
                 break;
             }

@@ -270,10 +270,10 @@ impl Driver {
             Command::BlobScope(reply) => {
                 let scope = if self.store.serves_store() {
                     crate::blobs::BlobScope::Every {
-                        except: self.store.left_cores(),
+                        except: self.store.left_cores().into_iter().collect(),
                     }
                 } else {
-                    crate::blobs::BlobScope::Only(self.cores.keys())
+                    crate::blobs::BlobScope::Only(self.cores.keys().into_iter().collect())
                 };
                 let store = crate::store::shared_blobs_of(self.store.corestore())
                     .store()

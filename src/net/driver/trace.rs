@@ -32,14 +32,17 @@ pub(super) fn dk(core: &CoreKey) -> Short {
 /// Whether a line at `level` would go anywhere: checked before any field is computed, since
 /// with tracing's `log` feature a disabled event may still evaluate its fields (a discovery
 /// key is a hash: measured at 2 more BLAKE2b runs per replicated block when unchecked).
+/// An application that logs through the `log` crate (no tracing subscriber set) gets them
+/// when its logger asks for the level.
 pub(super) fn enabled(level: tracing::Level) -> bool {
-    match level {
-        tracing::Level::TRACE => tracing::enabled!(tracing::Level::TRACE),
-        tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
-        tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
-        tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
-        _ => tracing::enabled!(tracing::Level::ERROR),
-    }
+    let (tracing_wants, log_level) = match level {
+        tracing::Level::TRACE => (tracing::enabled!(tracing::Level::TRACE), log::Level::Trace),
+        tracing::Level::DEBUG => (tracing::enabled!(tracing::Level::DEBUG), log::Level::Debug),
+        tracing::Level::INFO => (tracing::enabled!(tracing::Level::INFO), log::Level::Info),
+        tracing::Level::WARN => (tracing::enabled!(tracing::Level::WARN), log::Level::Warn),
+        _ => (tracing::enabled!(tracing::Level::ERROR), log::Level::Error),
+    };
+    tracing_wants || (!tracing::dispatcher::has_been_set() && log_level <= log::max_level())
 }
 
 /// The level `ev` is logged at.

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Every figure is the median of `runs` runs (default 3); commits and fsyncs (durable commits)
-//! are counted by the storage actor.
+//! are counted by the storage actor. The floor rows time the hashing and signing of the same
+//! appends with no store at all: what no append path can go below.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ type Scenario = (
 enum Backend {
     File,
     Memory,
+    /// No store: the hashing and signing alone (the floor rows).
+    None,
 }
 
 struct Sample {
@@ -48,7 +51,7 @@ async fn store(
     };
     match backend {
         Backend::File => Corestore::persistent_with(dir, opts).await.unwrap(),
-        Backend::Memory => Corestore::memory_with(opts).await.unwrap(),
+        Backend::Memory | Backend::None => Corestore::memory_with(opts).await.unwrap(),
     }
 }
 
@@ -136,6 +139,43 @@ fn row(name: &str, backend: Backend, s: &Sample) {
     );
 }
 
+/// The floor of appending, with no store and no task: what every append computes, for
+/// `appends` appends of `per_append` blocks each: a leaf hash per block and the parents it
+/// completes (BLAKE2b), the tree hash of the roots, and the Ed25519 signature of the
+/// signable, as `Hypercore::append_batch` does.
+fn crypto_floor(appends: u64, per_append: u64) -> Sample {
+    use iroh_hypercore::{
+        CoreKind, KeyPair,
+        tree::{Node, TreeState},
+    };
+    let kp = KeyPair::generate();
+    let key = kp.core_key(CoreKind::Default);
+    let mut tree = TreeState::default();
+    let mut nodes: Vec<Node> = Vec::new();
+    let block = vec![7u8; BLOCK];
+    let start = Instant::now();
+    for _ in 0..appends {
+        nodes.clear();
+        for _ in 0..per_append {
+            tree.append(&block, &mut nodes).unwrap();
+        }
+        let signature = kp.sign_tree(
+            CoreKind::Default,
+            &key,
+            &tree.hash(),
+            tree.length,
+            tree.fork,
+        );
+        std::hint::black_box((&nodes, signature));
+    }
+    Sample {
+        blocks: appends * per_append,
+        elapsed: start.elapsed(),
+        commits: 0,
+        fsyncs: 0,
+    }
+}
+
 /// Raw redb: one 1 KiB insert per transaction, durable or not (the baseline).
 fn redb_commits(n: u64, durable: bool) -> Sample {
     const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
@@ -192,6 +232,23 @@ async fn main() {
             name,
             Backend::File,
             &median((0..runs).map(|_| redb_commits(20_000, false)).collect()),
+        );
+    }
+
+    let name = "floor: hash + sign, 1 block/append";
+    if selected(name) {
+        row(
+            name,
+            Backend::None,
+            &median((0..runs).map(|_| crypto_floor(30_000, 1)).collect()),
+        );
+    }
+    let name = "floor: hash + sign, 1000/append";
+    if selected(name) {
+        row(
+            name,
+            Backend::None,
+            &median((0..runs).map(|_| crypto_floor(200, 1000)).collect()),
         );
     }
 

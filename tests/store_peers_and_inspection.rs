@@ -208,7 +208,9 @@ async fn metrics_appear_in_irohs_registry_beside_irohs_own() {
 
     // The writer's upload counters survive the reader going away.
     writer.proto.update_metrics().await.unwrap();
-    assert_eq!(writer.proto.metrics().peers.blocks_up.get(), 5);
+    // Each block once, or more if one was asked for again.
+    let sent = writer.proto.metrics().peers.blocks_up.get();
+    assert!(sent >= 5, "{sent}");
     reader.shutdown().await;
     let mut events = writer.proto.subscribe();
     let _ = tokio::time::timeout(WAIT, async {
@@ -218,7 +220,7 @@ async fn metrics_appear_in_irohs_registry_beside_irohs_own() {
     })
     .await;
     writer.proto.update_metrics().await.unwrap();
-    assert_eq!(writer.proto.metrics().peers.blocks_up.get(), 5);
+    assert_eq!(writer.proto.metrics().peers.blocks_up.get(), sent);
     assert_eq!(writer.proto.metrics().node.connections.get(), 0);
     writer.shutdown().await;
 }

@@ -57,7 +57,7 @@ impl Hypercore {
 
     /// Whether this node holds the secret key.
     pub fn writable(&self) -> bool {
-        self.inner.signer().is_some()
+        self.inner.writable()
     }
 
     /// A snapshot of the committed state.
@@ -71,7 +71,7 @@ impl Hypercore {
             contiguous_length: h.contiguous_length,
             byte_length: h.tree.byte_length,
             fork: h.tree.fork,
-            writable: self.inner.signer().is_some(),
+            writable: self.inner.writable(),
             kind: h.kind,
         }
     }

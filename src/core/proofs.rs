@@ -88,7 +88,7 @@ impl Hypercore {
 }
 
 async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
-    if inner.signer().is_some() && proof.upgrade.is_some() {
+    if inner.writable() && proof.upgrade.is_some() {
         // Only this core signs its states: one from the wire is at best a replay of its own.
         return Err(
             ProofError::invalid("a writable core takes no signed state from a peer").into(),

@@ -66,9 +66,9 @@ impl CoreInner {
         self.slot.state()
     }
 
-    /// The key pair of a writable core.
-    pub fn signer(&self) -> Option<&KeyPair> {
-        self.slot.signer.as_ref()
+    /// Whether the core is writable here, without deriving its key pair.
+    pub fn writable(&self) -> bool {
+        self.slot.writable()
     }
 
     /// The signature checker, once known.

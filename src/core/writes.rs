@@ -115,7 +115,7 @@ fn queue_append(
     impl Future<Output = Result<Outcome, StorageError>> + Send + 'static + use<>,
     AppendOutcome,
 )> {
-    if inner.signer().is_none() {
+    if !inner.writable() {
         return Err(Error::NotWritable);
     }
     if blocks.iter().any(|b| b.len() > MAX_BLOCK_SIZE) {
@@ -158,7 +158,7 @@ fn queue_append(
 }
 
 async fn truncate(inner: Arc<CoreInner>, new_length: u64) -> Result<()> {
-    if inner.signer().is_none() {
+    if !inner.writable() {
         return Err(Error::NotWritable);
     }
     loop {

@@ -41,8 +41,12 @@ pub(super) struct Staged {
 pub(crate) struct CoreSlot {
     /// The core's id in the database.
     pub id: u64,
-    /// The key pair of a writable core; the actor signs each batch's final tree with it.
-    pub signer: Option<KeyPair>,
+    /// The secret seed of a writable core.
+    seed: Option<[u8; 32]>,
+    /// Its key pair, derived from the seed on first use (the actor signs each batch's final
+    /// tree with it): deriving costs a base-point multiplication, which a core opened only
+    /// to be served or read never needs.
+    signer: std::sync::OnceLock<KeyPair>,
     state: Mutex<CoreState>,
     staged: Mutex<Staged>,
     /// Hears of each commit's changes.
@@ -56,10 +60,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CoreSlot {
     /// The slot of core `id`, stored with `header`, whose commits `listener` hears of.
     pub fn new(id: u64, header: CoreHeader, listener: Arc<dyn CommitListener>) -> Self {
-        let signer = header.secret.map(KeyPair::from_seed);
         Self {
             id,
-            signer,
+            seed: header.secret,
+            signer: std::sync::OnceLock::new(),
             listener,
             state: Mutex::new(CoreState {
                 head: header.tree.clone(),
@@ -72,6 +76,17 @@ impl CoreSlot {
                 deleted: false,
             }),
         }
+    }
+
+    /// Whether the core is writable here (its secret seed is stored).
+    pub fn writable(&self) -> bool {
+        self.seed.is_some()
+    }
+
+    /// The key pair of a writable core, derived on first use.
+    pub fn signer(&self) -> Option<&KeyPair> {
+        let seed = self.seed?;
+        Some(self.signer.get_or_init(|| KeyPair::from_seed(seed)))
     }
 
     /// The state handles see.
@@ -99,7 +114,7 @@ impl CoreSlot {
         let h = &mut staged.header;
         if h.tree.signature.is_none()
             && h.tree.length > 0
-            && let Some(signer) = &self.signer
+            && let Some(signer) = self.signer()
         {
             let kind = h.kind.unwrap_or(CoreKind::Default);
             let sig = signer.sign_tree(kind, &h.key, &h.tree.hash(), h.tree.length, h.tree.fork);

@@ -58,17 +58,33 @@ async fn a_peer_joined_for_the_store_gets_every_core_and_is_connected_again_afte
     shutdown(&[&writer, &reader]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_subscribed_with_open_ticket_see_the_first_peer() {
-    let net = test_net().await;
+/// A writer with a log of `n` blocks of `size` bytes, and a reader that opened its ticket
+/// with the events subscribed first: `(writer, reader, the reader's core, its events)`.
+async fn ticket_follower(
+    net: &iroh_hypercore::testnet::TestNet,
+    n: u64,
+    size: usize,
+) -> (
+    iroh_hypercore::testnet::Node,
+    iroh_hypercore::testnet::Node,
+    iroh_hypercore::Hypercore,
+    iroh_hypercore::net::ReplicaEvents,
+) {
     let writer = net.node(Transport::Direct).await.unwrap();
-    let log = log_on(&writer, "log", 2, 8).await;
+    let log = log_on(&writer, "log", n, size).await;
     let reader = net.node(Transport::Direct).await.unwrap();
-    let (core, mut events) = reader
+    let (core, events) = reader
         .proto
         .open_ticket_with_events(&writer.proto.ticket(&log))
         .await
         .unwrap();
+    (writer, reader, core, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_subscribed_with_open_ticket_see_the_first_peer() {
+    let net = test_net().await;
+    let (writer, reader, core, mut events) = ticket_follower(&net, 2, 8).await;
     let writer_id = writer.endpoint.id();
     wait_event(
         &mut events,
@@ -166,14 +182,7 @@ async fn names_of_named_cores_are_kept_in_the_store() {
 async fn metrics_appear_in_irohs_registry_beside_irohs_own() {
     use iroh_metrics::{MetricsSource, Registry};
     let net = test_net().await;
-    let writer = net.node(Transport::Direct).await.unwrap();
-    let log = log_on(&writer, "log", 5, 100).await;
-    let reader = net.node(Transport::Direct).await.unwrap();
-    let (_core, mut events) = reader
-        .proto
-        .open_ticket_with_events(&writer.proto.ticket(&log))
-        .await
-        .unwrap();
+    let (writer, reader, _core, mut events) = ticket_follower(&net, 5, 100).await;
     // The counters are the engine's: it counts a block when it hears the block is stored,
     // which may come after the core says so. Its events come from the same place.
     let mut downloads = 0;

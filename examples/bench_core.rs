@@ -235,21 +235,16 @@ async fn main() {
         );
     }
 
-    let name = "floor: hash + sign, 1 block/append";
-    if selected(name) {
-        row(
-            name,
-            Backend::None,
-            &median((0..runs).map(|_| crypto_floor(30_000, 1)).collect()),
-        );
-    }
-    let name = "floor: hash + sign, 1000/append";
-    if selected(name) {
-        row(
-            name,
-            Backend::None,
-            &median((0..runs).map(|_| crypto_floor(200, 1000)).collect()),
-        );
+    for (name, appends, per_append) in [
+        ("floor: hash + sign, 1 block/append", 30_000, 1),
+        ("floor: hash + sign, 1000/append", 200, 1000),
+    ] {
+        if selected(name) {
+            let samples = (0..runs)
+                .map(|_| crypto_floor(appends, per_append))
+                .collect();
+            row(name, Backend::None, &median(samples));
+        }
     }
 
     for backend in [Backend::File, Backend::Memory] {

@@ -111,33 +111,39 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge)
 }
 
-/// The I/O error in the chain of `e`'s sources (`e` included) that says most: the first
-/// of a kind other than `Other` (which wraps errors, `io::Error::other`), else the first.
+/// Whether `e` or any error behind it is an I/O error of a full disk, a quota or the file
+/// size limit ([`is_disk_full`]): for errors of other crates that wrap this crate's or
+/// `std`'s.
+pub fn is_disk_full_within(e: &(dyn std::error::Error + 'static)) -> bool {
+    io_errors(e).into_iter().any(is_disk_full)
+}
+
+/// The I/O error behind `e` that says most: the first of a kind other than `Other` (which
+/// wraps errors, `io::Error::other`), else the first.
 fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
-    let mut first = None;
+    let all = io_errors(e);
+    all.iter()
+        .find(|io| io.kind() != std::io::ErrorKind::Other)
+        .or(all.first())
+        .copied()
+}
+
+/// Every I/O error in the chain of `e`'s sources (`e` included), in order, with those that
+/// wrapping I/O errors hold: `source()` of an `io::Error::other(inner)` skips `inner` itself.
+fn io_errors<'a>(e: &'a (dyn std::error::Error + 'static)) -> Vec<&'a std::io::Error> {
+    let mut out = Vec::new();
     let mut next = Some(e);
     while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() != std::io::ErrorKind::Other {
-                return Some(io);
-            }
-            first = first.or(Some(io));
-            // `source()` of a wrapping I/O error skips the error it wraps: look through the
-            // wrappers here.
-            let mut wrapped = io;
-            while let Some(inner) = wrapped
+        let mut io = e.downcast_ref::<std::io::Error>();
+        while let Some(wrapper) = io {
+            out.push(wrapper);
+            io = wrapper
                 .get_ref()
-                .and_then(|i| i.downcast_ref::<std::io::Error>())
-            {
-                if inner.kind() != std::io::ErrorKind::Other {
-                    return Some(inner);
-                }
-                wrapped = inner;
-            }
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
         }
         next = e.source();
     }
-    first
+    out
 }
 
 /// Result with [`Error`].
@@ -167,11 +173,20 @@ mod tests {
                 ErrorKind::QuotaExceeded,
             )))),
         ] {
+            assert!(is_disk_full_within(&*cause), "{cause:?}");
             let e = Error::blob("adding a blob", &*cause);
             assert!(e.is_disk_full(), "{e}: {cause:?}");
+            assert!(is_disk_full_within(&e), "{e}");
             assert!(e.to_string().starts_with("blob: adding a blob: "), "{e}");
         }
+        // From the database: through `Error::Storage` and `StorageError::Io`.
+        let stored = Error::Storage(StorageError::Io(full().into()));
+        assert!(
+            stored.is_disk_full() && is_disk_full_within(&stored),
+            "{stored}"
+        );
         let other = Error::blob("adding a blob", &IoError::other("no"));
+        assert!(!is_disk_full_within(&other));
         assert!(!other.is_disk_full());
         let text = Error::blob("adding a blob", &std::fmt::Error);
         assert!(matches!(text, Error::Blob(_)) && text.io_error().is_none());

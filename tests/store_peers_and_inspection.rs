@@ -378,6 +378,43 @@ async fn only_blobs_named_by_a_served_core_are_served() {
         ),
         "no byte of the hidden blob"
     );
+    // A get-many: all named (even one hash many times) is served, up to 64 hashes; past
+    // that, or with one hash not named, nothing is. (Of a blob not held here yet: a client
+    // does not ask for what it holds.)
+    let get_many = |hashes: Vec<iroh_blobs::Hash>| {
+        let (reader, writer) = (&reader, &writer);
+        async move {
+            // As a peer may send it: the same hash repeated is kept (the builder would merge).
+            let request = iroh_blobs::protocol::GetManyRequest::new(
+                hashes,
+                iroh_blobs::protocol::ChunkRangesSeq::from_ranges_infinite([
+                    iroh_blobs::protocol::ChunkRanges::all(),
+                ]),
+            );
+            let conn = reader
+                .endpoint
+                .connect(writer.addr(), iroh_blobs::ALPN)
+                .await
+                .unwrap();
+            tokio::time::timeout(
+                WAIT,
+                reader
+                    .store
+                    .blobs()
+                    .remote()
+                    .execute_get_many(conn, request),
+            )
+            .await
+            .expect("answered")
+            .is_ok()
+        }
+    };
+    assert!(!get_many(vec![pointer; 65]).await, "65 hashes");
+    assert!(
+        !get_many(vec![pointer, hidden]).await,
+        "one hidden among them"
+    );
+    assert!(get_many(vec![pointer; 64]).await, "64 named hashes");
     // Replicated now: served.
     writer.proto.replicate(&private).await.unwrap();
     assert!(raw_fetch(&reader, &writer, hidden).await);

@@ -177,13 +177,7 @@ fn set_peers(
     peers: &[u8],
 ) -> Result<Outcome, StorageError> {
     drop(live(slot)?);
-    if peers.len() > schema::MAX_PEERS_BYTES {
-        return Err(StorageError::Rejected(format!(
-            "a record of peers of {} bytes (at most {})",
-            peers.len(),
-            schema::MAX_PEERS_BYTES
-        )));
-    }
+    schema::check_peers_record("peers", peers)?;
     batch
         .txn()
         .open_table(schema::PEERS)?

@@ -149,16 +149,58 @@ pub(super) fn set_store_peers(
     batch: &mut Batch<'_>,
     peers: &[u8],
 ) -> Result<Outcome, StorageError> {
-    if peers.len() > schema::MAX_PEERS_BYTES {
-        return Err(StorageError::Rejected(format!(
-            "a record of store peers of {} bytes (at most {})",
-            peers.len(),
-            schema::MAX_PEERS_BYTES
-        )));
-    }
+    schema::check_peers_record("store peers", peers)?;
     batch
         .txn()
         .open_table(schema::META)?
         .insert(schema::META_STORE_PEERS, peers)?;
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Op, Storage, StorageOptions};
+
+    #[tokio::test]
+    async fn a_record_of_store_peers_over_the_limit_stores_nothing() {
+        let storage = Storage::memory(StorageOptions::default()).unwrap();
+        let fits = vec![1u8; schema::MAX_PEERS_BYTES];
+        storage
+            .write(Op::SetStorePeers(fits.clone()))
+            .await
+            .unwrap();
+        let over = vec![2u8; schema::MAX_PEERS_BYTES + 1];
+        let err = storage.write(Op::SetStorePeers(over)).await.unwrap_err();
+        assert!(matches!(err, StorageError::Rejected(_)), "{err}");
+        assert_eq!(storage.read(|r| r.store_peers()).await.unwrap(), fits);
+    }
+
+    #[tokio::test]
+    async fn a_name_over_the_limit_or_of_no_core_stores_nothing() {
+        let storage = Storage::memory(StorageOptions::default()).unwrap();
+        let name = |len: usize| {
+            Box::new(CoreName {
+                namespace: [0; 32],
+                name: "n".repeat(len),
+            })
+        };
+        let err = storage
+            .write(Op::SetName {
+                key: [9; 32],
+                name: name(3),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Rejected(_)), "no core: {err}");
+        let err = storage
+            .write(Op::SetName {
+                key: [9; 32],
+                name: name(schema::MAX_NAME_BYTES + 1),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Rejected(_)), "too long: {err}");
+        assert!(storage.read(|r| r.names()).await.unwrap().is_empty());
+    }
 }

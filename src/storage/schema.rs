@@ -46,6 +46,18 @@ pub const MAX_PEERS_BYTES: usize = 16 * 1024;
 /// name's UTF-8). Written in the transaction that creates a named core; made on its first
 /// write, so files of this version without it read as if no core had a name.
 pub const NAMES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("names");
+/// Refuses a record of peers (a core's or the store's) over [`MAX_PEERS_BYTES`]: nothing is
+/// written.
+pub fn check_peers_record(what: &str, peers: &[u8]) -> Result<(), super::StorageError> {
+    if peers.len() > MAX_PEERS_BYTES {
+        return Err(super::StorageError::Rejected(format!(
+            "a record of {what} of {} bytes (at most {MAX_PEERS_BYTES})",
+            peers.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The longest name stored.
 pub const MAX_NAME_BYTES: usize = 1024;
 /// Meta key of the peers the whole store is replicated with, as the layer above encodes

@@ -174,7 +174,20 @@ impl CoreSync {
         if self.by_peer.get(&r.peer) == Some(&channel) {
             self.by_peer.remove(&r.peer);
         }
+        let unanswered = self
+            .update
+            .as_ref()
+            .is_some_and(|p| p.waiting.contains(&channel));
         self.update_answered(channel);
+        if unanswered
+            && self.remotes.is_empty()
+            && let Some(pending) = &mut self.update
+        {
+            // The only peer asked went without answering (a channel replaced as both sides
+            // opened one, a restart): the update waits for the next peer's state, within its
+            // time, rather than answer with the local length as if the peers had nothing.
+            pending.first_peer = true;
+        }
         if r.sync.is_some() {
             cx.emit(Event::ChannelClosed {
                 core: self.key,

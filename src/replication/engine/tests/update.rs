@@ -132,3 +132,41 @@ fn an_update_waits_for_a_channel_that_replaced_the_one_it_asked() {
     engine.handle(Input::Message(low, 3, sync(5, false)), now);
     assert!(updated(&outputs(&mut engine), 5));
 }
+
+/// The only channel asked goes before it answered (its peer restarted, or closed it to open
+/// another): the update waits for the next channel's state instead of answering the local
+/// length as if the peers had nothing, and with none coming, ends at its deadline.
+#[test]
+fn an_update_whose_only_peer_went_unanswered_waits_for_the_next_one() {
+    use super::super::testing::open_of;
+    let now = Instant::now();
+    let low = [0; 32];
+    let me = super::super::testing::ME;
+    let mut engine = super::super::Engine::new(me, Default::default());
+    engine.add_core(CORE, local(5, false), Mode::Full, now);
+    engine.handle(Input::PeerConnected(low), now);
+    let open = open_of(&CORE, low, me);
+    engine.handle(Input::Message(low, 1, open.clone()), now);
+    engine.handle(Input::Message(low, 1, sync(5, false)), now);
+    outputs(&mut engine);
+    engine.handle(Input::Update(CORE), now);
+    outputs(&mut engine);
+    engine.handle(Input::ChannelClosed(low, 1), now);
+    let out = outputs(&mut engine);
+    assert!(!updated(&out, 5), "ended as its peer went: {out:?}");
+    // The peer opens its channel again and says its state: that answers the update.
+    engine.handle(Input::Message(low, 3, open), now);
+    outputs(&mut engine);
+    engine.handle(Input::Message(low, 3, sync(5, false)), now);
+    assert!(updated(&outputs(&mut engine), 5));
+
+    // Again, and no peer comes back: the deadline ends it with the length held.
+    engine.handle(Input::Update(CORE), now);
+    outputs(&mut engine);
+    engine.handle(Input::ChannelClosed(low, 3), now);
+    assert!(!updated(&outputs(&mut engine), 5));
+    let timeout = engine.config().upgrade_timeout;
+    engine.handle_timeout(now + timeout);
+    assert!(updated(&outputs(&mut engine), 5), "ended at its deadline");
+    engine.check_timers().unwrap();
+}

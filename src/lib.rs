@@ -5,6 +5,7 @@ pub mod blobs;
 pub mod core;
 pub mod crypto;
 pub mod error;
+pub mod hyperwire;
 pub mod net;
 pub mod replication;
 #[cfg(feature = "test-utils")]

@@ -3,6 +3,8 @@
 //! hypercore's messages in compact-encoding.
 
 pub mod compact;
+pub mod messages;
+pub mod mux;
 pub mod noise;
 pub mod secretstream;
 pub mod transport;

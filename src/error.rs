@@ -58,6 +58,10 @@ pub enum Error {
     /// A blob could not be stored, fetched or read, or a block names none or one too big.
     #[error("blob: {0}")]
     Blob(String),
+    /// A connection on Hypercore's own wire failed before it was up (the handshake failed,
+    /// timed out, or the stream ended).
+    #[error("hypercore wire: {0}")]
+    Wire(String),
     /// A file could not be read or written (a full disk, a file size limit, a permission):
     /// `source` is the I/O error, with its kind.
     #[error("{what}: {source}")]

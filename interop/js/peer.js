@@ -3,7 +3,9 @@
 //   node peer.js write DIR COUNT SIZE   appends COUNT blocks of SIZE bytes (block i starts
 //                                       with "block i "), listens on 127.0.0.1, prints
 //                                       {"key", "port", "length"} as one JSON line, and
-//                                       serves every connection until stdin closes.
+//                                       serves every connection until stdin closes. Each
+//                                       stdin line "append N" appends N more blocks and
+//                                       prints {"length"}.
 //   node peer.js read DIR KEY PORT COUNT
 //                                       follows KEY from 127.0.0.1:PORT until it holds COUNT
 //                                       blocks, checks each one's prefix, and prints
@@ -44,7 +46,20 @@ async function write (dir, count, size) {
     port: server.address().port,
     length: core.length
   }))
-  process.stdin.resume()
+  let lines = ''
+  process.stdin.on('data', async (chunk) => {
+    lines += chunk
+    let nl
+    while ((nl = lines.indexOf('\n')) !== -1) {
+      const [cmd, n] = lines.slice(0, nl).trim().split(' ')
+      lines = lines.slice(nl + 1)
+      if (cmd !== 'append') continue
+      const more = []
+      for (let i = 0; i < Number(n); i++) more.push(block(core.length + i, size))
+      await core.append(more)
+      console.log(JSON.stringify({ length: core.length }))
+    }
+  })
   process.stdin.on('end', async () => {
     server.close()
     await core.close()

@@ -3,6 +3,7 @@
 //! hypercore's messages in compact-encoding.
 
 pub mod compact;
+pub mod connection;
 pub mod messages;
 pub mod mux;
 pub mod noise;

@@ -162,9 +162,9 @@ impl Transport {
         self.session.as_ref()
     }
 
-    /// Whether messages can be sent.
+    /// Whether the handshake ended and the stream did not fail.
     pub fn is_open(&self) -> bool {
-        self.tx.is_some() && !matches!(self.phase, Phase::Failed)
+        self.session.is_some() && !matches!(self.phase, Phase::Failed)
     }
 
     /// Bytes to write to the stream (taken: the caller writes them in order).
@@ -184,15 +184,17 @@ impl Transport {
 
     /// Encrypts and queues a message.
     pub fn send(&mut self, msg: &[u8]) -> Result<(), TransportError> {
-        if msg.len() > MAX_MESSAGE {
-            return Err(TransportError::TooLarge(msg.len()));
-        }
         let tx = self.tx.as_mut().ok_or(TransportError::NotOpen)?;
-        let len = msg.len() + ABYTES;
-        self.out
-            .extend_from_slice(&(len as u32).to_le_bytes()[..LEN_BYTES]);
-        tx.push(msg, TAG_MESSAGE, &mut self.out);
-        Ok(())
+        seal(tx, msg, &mut self.out)
+    }
+
+    /// Moves the sending side out, once the handshake ended and what it queued was taken
+    /// (so that another task can encrypt and write while this one reads); `send` fails after.
+    pub fn take_sender(&mut self) -> Option<Sender> {
+        if !self.out.is_empty() {
+            return None;
+        }
+        self.tx.take().map(|tx| Sender { tx })
     }
 
     /// Takes bytes read from the stream. After an error the stream is over: later calls
@@ -307,6 +309,34 @@ impl Transport {
         self.phase = Phase::Setup { rx_key: session.rx };
         self.session = Some(session);
     }
+}
+
+/// The sending side of an open stream.
+pub struct Sender {
+    tx: SecretStream,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sender")
+    }
+}
+
+impl Sender {
+    /// Encrypts a message into a frame appended to `out`.
+    pub fn send(&mut self, msg: &[u8], out: &mut Vec<u8>) -> Result<(), TransportError> {
+        seal(&mut self.tx, msg, out)
+    }
+}
+
+fn seal(tx: &mut SecretStream, msg: &[u8], out: &mut Vec<u8>) -> Result<(), TransportError> {
+    if msg.len() > MAX_MESSAGE {
+        return Err(TransportError::TooLarge(msg.len()));
+    }
+    let len = msg.len() + ABYTES;
+    out.extend_from_slice(&(len as u32).to_le_bytes()[..LEN_BYTES]);
+    tx.push(msg, TAG_MESSAGE, out);
+    Ok(())
 }
 
 fn frame_len(b: &[u8]) -> usize {

@@ -9,7 +9,10 @@ mod frames;
 pub mod metrics;
 mod protocol;
 
-pub use driver::{DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES, NodeStats};
+pub use driver::{
+    DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES, MAX_WIRE_CONNECTIONS, NodeStats,
+    WIRE_HANDSHAKE_TIMEOUT,
+};
 pub use events::{Events, ReplicaEvent, ReplicaEvents};
 pub use extension::{Extension, ExtensionMessage, ExtensionMessages};
 pub use frames::{MAX_BUFFERED_PER_CONNECTION, MAX_BUFFERED_TOTAL, ReadError};

@@ -20,7 +20,7 @@ use crate::{
     core::Hypercore,
     error::{Error, Result},
     replication::{
-        Engine, EngineConfig, Event, Mode,
+        Engine, EngineConfig, Event, Mode, PeerId,
         engine::{ExtensionTarget, PeerStats},
     },
     store::Corestore,
@@ -270,6 +270,44 @@ impl HypercoreProtocol {
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Replicates over `stream` with a peer speaking JS Hypercore's own wire: what
+    /// `core.replicate(stream)` and `store.replicate(stream)` speak in JS Hypercore 11 and
+    /// Corestore 7 (the Noise handshake of `@hyperswarm/secret-stream`, protomux channels,
+    /// hypercore's messages). `initiator` is this side's Noise role: the side that dialed
+    /// (JS `replicate(true)`) is the initiator.
+    ///
+    /// The engine is the same as for iroh peers: every core replicated here gets a channel
+    /// with the peer (as Corestore's `replicate(stream)`), the peer's channels for cores of
+    /// the store are served under [`serve_store`](Builder::serve_store), everything it sends
+    /// is verified before it is stored, and the same bounds hold. This side's key on the wire
+    /// is the endpoint's; the peer's key ([`PeerId`]) is returned once the handshake ends
+    /// (within [`WIRE_HANDSHAKE_TIMEOUT`](super::WIRE_HANDSHAKE_TIMEOUT)). The stream closes
+    /// when the peer ends it, sends what does not decode, or the protocol shuts down. At most
+    /// [`MAX_WIRE_CONNECTIONS`](super::MAX_WIRE_CONNECTIONS) such peers are connected at once,
+    /// and a peer already connected (over iroh or this wire) is refused.
+    pub async fn replicate_stream<S>(&self, stream: S, initiator: bool) -> Result<PeerId>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let link = NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seed = self.inner.endpoint.secret_key().to_bytes();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(super::driver::run_link(
+            stream,
+            initiator,
+            seed,
+            link,
+            self.inner.commands.downgrade(),
+            tx,
+        ));
+        match rx.await {
+            Ok(Ok(peer)) => Ok(peer),
+            Ok(Err(e)) => Err(Error::Wire(e)),
+            Err(_) => Err(Error::Closed),
+        }
     }
 
     /// Replicates `core` fully and live: every block is fetched and new blocks follow.

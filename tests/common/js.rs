@@ -84,6 +84,14 @@ impl Peer {
         }
     }
 
+    /// Writes a line to its stdin (a writer's `append N`).
+    pub fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("the JS peer reads its stdin");
+        stdin.flush().expect("flush");
+    }
+
     /// Closes its stdin (a writer then stops) and waits for its exit, within [`WAIT`].
     pub fn stop(mut self) -> Option<i32> {
         self.stdin.take();

@@ -24,6 +24,7 @@ mod replicated;
 mod store;
 mod streams;
 mod trace;
+mod wire;
 
 use std::time::Instant;
 
@@ -39,6 +40,7 @@ use super::frames::{Exceeded, FrameReader, ReadError};
 use crate::{
     core::{Hypercore, Signal},
     crypto::{CoreKey, DiscoveryKey},
+    hyperwire::connection::WireInput,
     replication::{
         Engine, Event, Input, Mode, Output, PeerId,
         engine::{ChannelId, ExtensionTarget, PeerStats},
@@ -57,6 +59,9 @@ use peer_book::{BookEvent, PeerBook};
 use replicated::Why;
 use store::{SERVED_MODE, StoreEvent, StoreServing};
 use streams::{ReadLimit, StreamEvent, Streams};
+use wire::{Heard as WireHeard, WireLinks};
+pub use wire::{MAX_WIRE_CONNECTIONS, WIRE_HANDSHAKE_TIMEOUT};
+pub(crate) use wire::{WireEvent, run_link};
 
 /// What a node holds and refused over all its peers: the resources peers can make it spend.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,6 +117,8 @@ pub(crate) enum Command {
     /// Whose blobs are served now, and the blob store they are in (none if the store has
     /// none).
     BlobScope(oneshot::Sender<Option<(crate::blobs::BlobStore, crate::blobs::BlobScope)>>),
+    /// A connection on Hypercore's own wire (its tasks report here).
+    Wire(WireEvent),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -128,6 +135,7 @@ pub(crate) struct Driver {
     engine: Engine,
     conns: Connections,
     streams: Streams,
+    wire: WireLinks,
     gossip: GossipTopics,
     cores: Cores,
     store: StoreServing,
@@ -154,6 +162,7 @@ impl Driver {
             engine,
             conns: Connections::new(endpoint),
             streams: Streams::default(),
+            wire: WireLinks::default(),
             gossip: GossipTopics::new(gossip, me),
             cores: Cores::new(serving.serve_store),
             store: StoreServing::new(store, serving.serve_store),
@@ -195,6 +204,7 @@ impl Driver {
             }
         }
         self.conns.close_all();
+        self.wire = WireLinks::default();
         self.gossip.shutdown();
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
@@ -245,7 +255,9 @@ impl Driver {
             Command::PeerStats(reply) => {
                 let mut stats = self.engine.peer_stats();
                 for s in &mut stats {
-                    if self.conns.get(&s.peer).is_some() {
+                    if self.wire.has(&s.peer) {
+                        s.backlog_bytes = self.wire.backlog(Some(&s.peer));
+                    } else if self.conns.get(&s.peer).is_some() {
                         s.backlog_bytes = self.streams.backlog(Some(&s.peer));
                         s.buffered_bytes = self.conns.buffered(Some(&s.peer));
                     }
@@ -260,7 +272,7 @@ impl Driver {
                     gossip_dials_skipped: self.engine.gossip_dials_skipped(),
                     parked_channels: self.engine.parked_channels(),
                     buffered_bytes: self.conns.buffered(None),
-                    backlog_bytes: self.streams.backlog(None),
+                    backlog_bytes: self.streams.backlog(None) + self.wire.backlog(None),
                     cores: self.cores.len(),
                     blob_fetches: self.blobs.pending(),
                     peer_totals: self.engine.peer_totals(),
@@ -301,8 +313,82 @@ impl Driver {
                 }
                 let _ = reply.send(ids);
             }
+            Command::Wire(ev) => self.on_wire_event(ev, now),
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// What a connection on Hypercore's own wire did.
+    fn on_wire_event(&mut self, ev: WireEvent, now: Instant) {
+        match ev {
+            WireEvent::Up {
+                link,
+                peer,
+                binding,
+                frames,
+                shared,
+                reader,
+            } => {
+                // One connection per peer, whichever the transport.
+                if self.conns.get(&peer).is_some() || peer == *self.conns.me().as_bytes() {
+                    reader.abort();
+                    return;
+                }
+                let limit = self.engine.config().max_backlog_bytes;
+                if self.wire.add(link, peer, frames, shared, reader, limit) {
+                    tracing::info!(peer = %trace::Short(peer), "hypercore wire peer connected");
+                    self.engine
+                        .handle(Input::WirePeerConnected(peer, binding), now);
+                }
+            }
+            WireEvent::Frames(link, frames) => {
+                let Some(peer) = self.wire.peer_of(link) else {
+                    return;
+                };
+                if let Err(e) = self.wire.on_frames(&peer, &frames) {
+                    tracing::info!(peer = %trace::Short(peer), "hypercore wire peer dropped: {e}");
+                    self.wire_gone(&peer, now);
+                }
+            }
+            WireEvent::Drained(link) => {
+                if let Some(WireHeard::Backlog(peer, bytes, over)) = self.wire.drained(link) {
+                    self.engine
+                        .handle(Input::Backlog { peer, bytes, over }, now);
+                }
+            }
+            WireEvent::Down(link, reason) => {
+                if let Some(peer) = self.wire.peer_of(link) {
+                    tracing::info!(peer = %trace::Short(peer), "hypercore wire peer gone: {reason}");
+                    self.wire_gone(&peer, now);
+                }
+            }
+        }
+    }
+
+    /// A wire peer's connection ended: the engine forgets the peer.
+    fn wire_gone(&mut self, peer: &PeerId, now: Instant) {
+        if self.wire.remove(peer) {
+            self.engine.handle(Input::PeerDisconnected(*peer), now);
+        }
+    }
+
+    /// Hands the wire connections' queued frames to their writers and tells the engine what
+    /// their peers said; returns whether there was something to tell.
+    fn flush_wire(&mut self) -> bool {
+        let heard = self.wire.flush();
+        let now = Instant::now();
+        let any = !heard.is_empty();
+        for h in heard {
+            let input = match h {
+                WireHeard::Input(peer, WireInput::Message(ch, msg)) => {
+                    Input::Message(peer, ch, msg)
+                }
+                WireHeard::Input(peer, WireInput::Closed(ch)) => Input::ChannelClosed(peer, ch),
+                WireHeard::Backlog(peer, bytes, over) => Input::Backlog { peer, bytes, over },
+            };
+            self.engine.handle(input, now);
+        }
+        any
     }
 
     /// Carries out everything the engine asked for, then writes what it queued and tells it
@@ -311,7 +397,8 @@ impl Driver {
         loop {
             self.carry_out_outputs();
             self.streams.flush_all();
-            if !self.report_backlogs() {
+            let heard = self.flush_wire();
+            if !self.report_backlogs() && !heard {
                 break;
             }
         }
@@ -321,9 +408,20 @@ impl Driver {
     fn carry_out_outputs(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             match out {
+                // A wire peer is connected by whoever gave its stream.
+                Output::Connect(peer) if self.wire.has(&peer) => {}
                 Output::Connect(peer) => self.conns.dial(peer),
+                Output::OpenChannel(peer, ch, first) if self.wire.has(&peer) => {
+                    self.wire.open(&peer, ch, &first)
+                }
                 Output::OpenChannel(peer, ch, first) => self.open_channel(peer, ch, &first),
+                Output::Send(peer, ch, msg) if self.wire.has(&peer) => {
+                    self.wire.send(&peer, ch, msg)
+                }
                 Output::Send(_, ch, msg) => self.streams.send(ch, &msg),
+                Output::CloseChannel(peer, ch) if self.wire.has(&peer) => {
+                    self.wire.close(&peer, ch)
+                }
                 Output::CloseChannel(_, ch) => self.streams.close(ch),
                 Output::Task(key, task) => self.run_task(key, task),
                 Output::JoinGossip(key, topic) => {
@@ -482,6 +580,10 @@ impl Driver {
 
     /// Registers a connection, keeping one per peer (the one dialed by the lower id).
     fn add_conn(&mut self, conn: Connection, dialed_by_me: bool) {
+        if self.wire.has(conn.remote_id().as_bytes()) {
+            conn.close(0u32.into(), b"connected on the hypercore wire");
+            return;
+        }
         let Added::Kept(peer, replaced) = self.conns.add(conn, dialed_by_me) else {
             return;
         };

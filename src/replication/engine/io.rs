@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::task::{Task, TaskDone};
 use crate::{
-    crypto::{CoreKey, DiscoveryKey},
+    crypto::{CoreKey, DiscoveryKey, capability::NoiseBinding},
     replication::{PeerId, wire::Message},
 };
 
@@ -50,6 +50,10 @@ pub enum Input {
     Invalid(CoreKey, PeerId, String),
     /// A connection to `peer` is up: reported before any message of that peer.
     PeerConnected(PeerId),
+    /// A connection to `peer` on Hypercore's own wire is up (a JS Hypercore peer): as
+    /// [`Input::PeerConnected`], and its channels' capabilities are bound to this Noise session
+    /// instead of both endpoint ids.
+    WirePeerConnected(PeerId, NoiseBinding),
     /// The connection to `peer` is gone: its channels, requests and queues are forgotten.
     PeerDisconnected(PeerId),
     /// A message arrived on a channel; the first message of a channel the peer opened is

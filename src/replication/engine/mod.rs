@@ -235,6 +235,8 @@ pub struct Engine {
     /// Peers that get a channel for every core we replicate ([`Input::StorePeers`]), most
     /// recent last.
     store_peers: VecDeque<PeerId>,
+    /// Peers connected on Hypercore's own wire: store peers while connected.
+    wire_peers: BTreeSet<PeerId>,
     /// Cores whose last channel went in this turn.
     maybe_lost: BTreeSet<CoreKey>,
 }
@@ -265,6 +267,7 @@ impl Engine {
             after_backoff: BTreeSet::new(),
             updating: BTreeSet::new(),
             store_peers: VecDeque::new(),
+            wire_peers: BTreeSet::new(),
             maybe_lost: BTreeSet::new(),
             cfg,
         }
@@ -575,6 +578,16 @@ impl Engine {
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
             Input::PeerConnected(peer) => self.on_connected(peer, now),
+            Input::WirePeerConnected(peer, binding) => {
+                if self.channels.is_connected(&peer) {
+                    return;
+                }
+                self.channels.set_session(peer, binding);
+                self.on_connected(peer, now);
+                // As Corestore's `replicate(stream)`: every core we replicate, while it lasts.
+                self.wire_peers.insert(peer);
+                self.on_store_peers(vec![peer], now);
+            }
             Input::PeerDisconnected(peer) => self.on_disconnected(peer, now),
             Input::Message(peer, channel, msg) => self.on_message(peer, channel, msg, now),
             Input::ChannelClosed(_, channel) => self.channels.drop(channel, &mut cx!(self, now)),
@@ -750,6 +763,9 @@ impl Engine {
     /// A connection is gone: every channel, parked channel, serve queue, fetch-queue state and
     /// upgrade of the peer is forgotten.
     fn on_disconnected(&mut self, peer: PeerId, now: Instant) {
+        if self.wire_peers.remove(&peer) {
+            self.store_peers.retain(|p| *p != peer);
+        }
         if !self.channels.disconnect(&peer, &mut cx!(self, now)) {
             return;
         }

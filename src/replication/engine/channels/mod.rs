@@ -35,7 +35,9 @@ use super::{
 use crate::{
     crypto::{
         CoreKey, DiscoveryKey,
-        capability::{Role, capability, check_capability},
+        capability::{
+            NoiseBinding, Role, capability, check_capability, noise_capability, same_capability,
+        },
         discovery_key,
     },
     replication::wire::{MAX_FRAME, MAX_HANDSHAKE_FRAME, Message},
@@ -115,6 +117,9 @@ pub(super) struct Channels {
     open_next: BTreeSet<PeerId>,
     /// Peers at their channel cap with cores waiting for room.
     room_wanted: BTreeSet<PeerId>,
+    /// Peers on Hypercore's own wire: their capabilities are bound to the Noise session, not
+    /// to both endpoint ids.
+    sessions: BTreeMap<PeerId, NoiseBinding>,
 }
 
 impl Channels {
@@ -130,6 +135,42 @@ impl Channels {
             next_id: 0,
             open_next: BTreeSet::new(),
             room_wanted: BTreeSet::new(),
+            sessions: BTreeMap::new(),
+        }
+    }
+
+    /// `peer` speaks Hypercore's own wire: its channels' capabilities are bound to `binding`
+    /// (until it disconnects).
+    /// Ignored while `peer` is connected (a session is set before its connection is
+    /// reported).
+    pub(super) fn set_session(&mut self, peer: PeerId, binding: NoiseBinding) {
+        if !self.peers.contains_key(&peer) {
+            self.sessions.insert(peer, binding);
+        }
+    }
+
+    /// The capability we show `peer` for `core`, as the side `role` of the channel.
+    fn our_capability(&self, core: &CoreKey, role: Role, peer: &PeerId) -> [u8; 32] {
+        match (self.sessions.get(peer), role) {
+            (Some(b), _) => noise_capability(core, b.we_initiated, &b.hash),
+            (None, Role::Opener) => capability(core, role, &self.me, peer),
+            (None, Role::Acceptor) => capability(core, role, peer, &self.me),
+        }
+    }
+
+    /// Whether `cap` proves that `peer`, the side `role` of a channel for `core`, knows its
+    /// key.
+    fn their_capability_holds(
+        &self,
+        core: &CoreKey,
+        role: Role,
+        peer: &PeerId,
+        cap: &[u8; 32],
+    ) -> bool {
+        match (self.sessions.get(peer), role) {
+            (Some(b), _) => same_capability(&noise_capability(core, !b.we_initiated, &b.hash), cap),
+            (None, Role::Opener) => check_capability(core, role, peer, &self.me, cap),
+            (None, Role::Acceptor) => check_capability(core, role, &self.me, peer, cap),
         }
     }
 
@@ -182,7 +223,7 @@ impl Channels {
             .into_iter()
             .any(|ch| {
                 self.parked.get(ch).is_some_and(|p| {
-                    check_capability(key, Role::Opener, &p.peer, &self.me, &p.capability)
+                    self.their_capability_holds(key, Role::Opener, &p.peer, &p.capability)
                 })
             })
     }
@@ -233,6 +274,7 @@ impl Channels {
     /// forgotten (authenticated channels with [`Note::ChannelDown`]). False if it was not
     /// connected.
     pub(super) fn disconnect(&mut self, peer: &PeerId, cx: &mut Cx) -> bool {
+        self.sessions.remove(peer);
         let Some(p) = self.peers.remove(peer) else {
             return false;
         };
@@ -330,7 +372,7 @@ impl Channels {
         self.next_id += 2;
         let open = Message::Open {
             discovery_key: dk,
-            capability: capability(&core, Role::Opener, &self.me, &peer),
+            capability: self.our_capability(&core, Role::Opener, &peer),
         };
         self.add(id, peer, core, true, false);
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -495,7 +537,7 @@ impl Channels {
             self.park(peer, id, dk, cap, cx);
             return;
         };
-        if !check_capability(&core, Role::Opener, &peer, &self.me, &cap) {
+        if !self.their_capability_holds(&core, Role::Opener, &peer, &cap) {
             cx.peers.count_dropped(&peer);
             self.refuse(peer, id, "invalid capability", cx);
             return;
@@ -532,7 +574,7 @@ impl Channels {
         }
         self.add(id, peer, core, false, true);
         let accept = Message::Accept {
-            capability: capability(&core, Role::Acceptor, &peer, &self.me),
+            capability: self.our_capability(&core, Role::Acceptor, &peer),
         };
         cx.send(peer, id, accept);
         cx.note(Note::ChannelUp {
@@ -545,11 +587,10 @@ impl Channels {
     /// The peer accepted a channel we opened: if its capability checks out, the channel is
     /// authenticated ([`Note::ChannelUp`]).
     fn on_accept(&mut self, peer: PeerId, id: ChannelId, cap: [u8; 32], cx: &mut Cx) {
-        let Some(c) = self.table.get_mut(&id) else {
+        let Some(core) = self.table.get(&id).map(|c| c.core) else {
             return;
         };
-        let core = c.core;
-        if !check_capability(&core, Role::Acceptor, &self.me, &peer, &cap) {
+        if !self.their_capability_holds(&core, Role::Acceptor, &peer, &cap) {
             cx.peers.count_dropped(&peer);
             cx.emit(Event::ChannelRefused {
                 peer,
@@ -558,7 +599,9 @@ impl Channels {
             self.close(peer, id, "invalid capability", cx);
             return;
         }
-        c.authenticated = true;
+        if let Some(c) = self.table.get_mut(&id) {
+            c.authenticated = true;
+        }
         cx.timers.clear(Timer::Handshake(id));
         self.handshake_ended(peer);
         if let Some(p) = self.peers.get_mut(&peer) {

@@ -1,0 +1,895 @@
+//! One connection on Hypercore's own wire as the replication engine sees it: protomux
+//! channels mapped to engine channels, and hypercore's messages translated to and from the
+//! crate's [`Message`]s, so the engine that serves iroh peers serves JS peers too.
+//!
+//! Sans-IO: decrypted frames go in with [`WireConnection::on_frame`], the engine's outputs for
+//! this peer with [`WireConnection::open`], [`send`](WireConnection::send) and
+//! [`close`](WireConnection::close); what the engine is to hear comes out of
+//! [`WireConnection::next_input`], and the frames to encrypt and write out of
+//! [`WireConnection::frames`].
+//!
+//! # Channels
+//!
+//! protomux has no opener and acceptor: each side sends its own `open` of a core's channel,
+//! with its capability, and the two pair up. We map that onto the engine's handshake: a
+//! peer's `open` we did not ask for is the engine's `Open` on a new odd channel, and the
+//! engine's `Accept` sends our `open`; the engine's `Open` sends our `open`, and the peer's
+//! `open` for the same core is its `Accept`. A channel the engine refuses is rejected.
+//!
+//! # Messages
+//!
+//! - `sync` carries no contiguous length and no "answer me": the peer's contiguous prefix
+//!   comes from its `range` messages, and our `Sync` goes with a `range` when ours grew. A
+//!   peer's `sync` whose echo of our length is stale asks for ours. The engine never pushes to
+//!   these peers (they pull on a `sync` that acknowledges their length, as JS writers do).
+//! - hypercore has no run of blocks: the engine's `RequestRun` goes out as one `request` per
+//!   block, each asking for the uncle levels a run's proof carries, and the answers go back
+//!   to the engine in block order (a run's proofs verify in order). A block the peer lacks
+//!   ends the run there.
+//! - `want` asks for 2^21-block batches, as JS asks; `bitfield` answers become `Range`s.
+//!
+//! # Bounds
+//!
+//! A peer's channel ids grow one at a time up to [`MAX_CHANNELS`]; messages on a channel we
+//! have not accepted yet are held up to [`MAX_PENDING_BYTES`] in all; a bitfield gives at most
+//! [`MAX_BITFIELD_RANGES`] ranges. Past a bound, or on a malformed frame, the connection ends
+//! (as JS ends it).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::{
+    compact::DecodeError,
+    messages::{ChannelHandshake, HyperMessage, PROTOCOL, PROTOCOL_ALIAS, Sync},
+    mux::{FrameBuilder, MuxMessage, decode_frame},
+};
+use crate::{
+    crypto::DiscoveryKey,
+    replication::{
+        engine::{ChannelId, store_channel_discovery_key},
+        wire::{Message, SyncInfo},
+    },
+    tree::{IndexRequest, Proof, ProofRequest, run_proof_levels},
+};
+
+/// Most channels a peer may have opened on one connection (open or closed).
+pub const MAX_CHANNELS: usize = 8192;
+/// Bytes of messages held for channels the engine has not accepted yet.
+pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+/// Most ranges one `bitfield` message becomes.
+pub const MAX_BITFIELD_RANGES: usize = 256;
+/// The batch of blocks hypercore's `want` names.
+const WANT_BATCH: u64 = 1 << 21;
+/// Distinct batches wanted per channel (JS keeps 512 per peer).
+const MAX_WANTS: usize = 512;
+/// Frames are gathered up to this size.
+const FRAME_BYTES: usize = 64 * 1024;
+
+/// Why a connection ends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionError {
+    /// A frame or message did not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The peer broke protomux's rules.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+}
+
+/// What the engine is to hear from this connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // Handed on at once, as the engine's `Input` is.
+pub enum WireInput {
+    /// A message on a channel (the first of a channel the peer opened is `Open`).
+    Message(ChannelId, Message),
+    /// A channel ended.
+    Closed(ChannelId),
+}
+
+/// A slot of the peer's channel ids.
+#[derive(Debug)]
+enum Remote {
+    Free,
+    /// Opened by the peer, waiting for the engine's answer.
+    Pending(Pending),
+    /// Paired with our channel (our id).
+    Bound(u64),
+}
+
+#[derive(Debug)]
+struct Pending {
+    discovery_key: DiscoveryKey,
+    /// Messages that came before the engine accepted: (type, body).
+    held: Vec<(u64, Vec<u8>)>,
+    /// The peer closed it meanwhile.
+    closed: bool,
+}
+
+/// One of our channel ids.
+#[derive(Debug)]
+struct Local {
+    engine: ChannelId,
+    /// The peer's id once its `open` paired with ours.
+    remote: Option<u64>,
+    /// Closed before the peer's `open` came: the id stays taken until it does.
+    closed: bool,
+    state: ChannelState,
+}
+
+/// Where an engine channel is.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Local(u64),
+    Pending(u64),
+}
+
+/// A request of ours on a channel.
+#[derive(Debug, Clone, Copy)]
+enum Asked {
+    /// A proof request of the engine, by its id.
+    Proof(u64),
+    /// Block `index` of the engine's run `run`.
+    Block { run: u64, index: u64 },
+}
+
+/// A run of the engine, asked for block by block.
+#[derive(Debug)]
+struct Run {
+    end: u64,
+    /// The next block to hand the engine.
+    next: u64,
+    /// Answers that came before their turn.
+    held: BTreeMap<u64, Proof>,
+    /// The first block the peer said it lacks.
+    missing_from: Option<u64>,
+    /// Our request id of each block still unanswered.
+    asked: BTreeMap<u64, u64>,
+}
+
+/// What one channel's translation remembers.
+#[derive(Debug, Default)]
+struct ChannelState {
+    /// Our last `sync`.
+    sent: Option<(u64, u64)>,
+    sent_contiguous: u64,
+    /// The peer's last `sync`: fork, length.
+    theirs: Option<Sync>,
+    their_contiguous: u64,
+    next_request: u64,
+    asked: HashMap<u64, Asked>,
+    /// Our request id of each engine proof request.
+    proof_ids: HashMap<u64, u64>,
+    runs: HashMap<u64, Run>,
+    wants: std::collections::BTreeSet<u64>,
+    last_extension: Option<String>,
+}
+
+/// One connection; see the module docs.
+#[derive(Debug)]
+pub struct WireConnection {
+    locals: Vec<Option<Local>>,
+    free: Vec<u64>,
+    remotes: Vec<Remote>,
+    routes: HashMap<ChannelId, Route>,
+    /// Our ids opened and not yet paired, per core.
+    outgoing: HashMap<DiscoveryKey, VecDeque<u64>>,
+    next_engine: ChannelId,
+    held_bytes: usize,
+    frames: FrameBuilder,
+    inputs: VecDeque<WireInput>,
+}
+
+impl WireConnection {
+    /// A connection whose peer-opened channels get engine ids from `first_channel` (odd), by
+    /// steps of 2.
+    pub fn new(first_channel: ChannelId) -> Self {
+        Self {
+            locals: Vec::new(),
+            free: Vec::new(),
+            remotes: Vec::new(),
+            routes: HashMap::new(),
+            outgoing: HashMap::new(),
+            next_engine: first_channel | 1,
+            held_bytes: 0,
+            frames: FrameBuilder::default(),
+            inputs: VecDeque::new(),
+        }
+    }
+
+    /// The next thing the engine is to hear.
+    pub fn next_input(&mut self) -> Option<WireInput> {
+        self.inputs.pop_front()
+    }
+
+    /// The frames queued, to encrypt and write in order.
+    pub fn frames(&mut self) -> Vec<Vec<u8>> {
+        if self.frames.is_empty() {
+            return Vec::new();
+        }
+        self.frames.frames(FRAME_BYTES)
+    }
+
+    /// Whether `channel` is one of this connection's.
+    pub fn has(&self, channel: ChannelId) -> bool {
+        self.routes.contains_key(&channel)
+    }
+
+    /// The engine channels of this connection.
+    pub fn channels(&self) -> Vec<ChannelId> {
+        self.routes.keys().copied().collect()
+    }
+
+    // From the engine.
+
+    /// The engine opens `channel` with `first` (its `Open`).
+    pub fn open(&mut self, channel: ChannelId, first: &Message) {
+        let Message::Open {
+            discovery_key,
+            capability,
+        } = first
+        else {
+            return;
+        };
+        let refuse = |reason: &str| Message::Close {
+            reason: reason.into(),
+        };
+        if *discovery_key == store_channel_discovery_key() {
+            let close = refuse("no store channel on this wire");
+            self.inputs.push_back(WireInput::Message(channel, close));
+            return;
+        }
+        // The peer opened this core's channel first and the engine is deciding: that `open`
+        // is the channel.
+        let pending = self.remotes.iter().any(
+            |r| matches!(r, Remote::Pending(p) if p.discovery_key == *discovery_key && !p.closed),
+        );
+        if pending {
+            let close = refuse("duplicate channel");
+            self.inputs.push_back(WireInput::Message(channel, close));
+            return;
+        }
+        let id = self.allocate(Local {
+            engine: channel,
+            remote: None,
+            closed: false,
+            state: ChannelState::default(),
+        });
+        self.outgoing
+            .entry(*discovery_key)
+            .or_default()
+            .push_back(id);
+        self.routes.insert(channel, Route::Local(id));
+        self.send_open(id, discovery_key, capability);
+    }
+
+    /// The engine sends `msg` on `channel`.
+    pub fn send(&mut self, channel: ChannelId, msg: Message) {
+        match self.routes.get(&channel).copied() {
+            Some(Route::Pending(rid)) => match msg {
+                Message::Accept { capability } => self.accept(channel, rid, &capability),
+                Message::Close { .. } => self.close(channel),
+                _ => {}
+            },
+            Some(Route::Local(id)) => match msg {
+                Message::Close { .. } => self.close(channel),
+                Message::Open { .. } | Message::Accept { .. } | Message::Push { .. } => {}
+                msg => self.translate_out(id, msg),
+            },
+            None => {}
+        }
+    }
+
+    /// The engine closes `channel`.
+    pub fn close(&mut self, channel: ChannelId) {
+        match self.routes.remove(&channel) {
+            Some(Route::Pending(rid)) => {
+                self.set_remote(rid, Remote::Free);
+                self.frames.reject(rid);
+            }
+            Some(Route::Local(id)) => {
+                let Some(local) = self.local_mut(id) else {
+                    return;
+                };
+                if local.closed {
+                    return;
+                }
+                local.closed = true;
+                let remote = local.remote;
+                self.frames.close(id);
+                if let Some(rid) = remote {
+                    self.set_remote(rid, Remote::Free);
+                    self.release(id);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn send_open(&mut self, id: u64, discovery_key: &DiscoveryKey, capability: &[u8; 32]) {
+        let mut handshake = Vec::with_capacity(33);
+        ChannelHandshake {
+            seeks: true,
+            capability: *capability,
+        }
+        .encode(&mut handshake);
+        self.frames.open(id, PROTOCOL, discovery_key, &handshake);
+    }
+
+    /// The engine accepted the peer's channel `rid`: our `open` pairs with it, and what it
+    /// sent meanwhile is heard.
+    fn accept(&mut self, channel: ChannelId, rid: u64, capability: &[u8; 32]) {
+        let Some(Remote::Pending(p)) = self.take_remote(rid) else {
+            return;
+        };
+        let id = self.allocate(Local {
+            engine: channel,
+            remote: Some(rid),
+            closed: false,
+            state: ChannelState::default(),
+        });
+        self.send_open(id, &p.discovery_key, capability);
+        self.held_bytes -= p.held.iter().map(|(_, b)| b.len()).sum::<usize>();
+        if p.closed {
+            // The peer gave the channel up before we answered: our `open` frees its id there.
+            self.routes.remove(&channel);
+            self.release(id);
+            self.inputs.push_back(WireInput::Closed(channel));
+            return;
+        }
+        self.set_remote(rid, Remote::Bound(id));
+        self.routes.insert(channel, Route::Local(id));
+        for (kind, body) in p.held {
+            // The bytes were not decoded yet; a malformed one ends nothing here but is
+            // dropped (the connection would have ended had it come after the pairing).
+            if let Ok(Some(msg)) = HyperMessage::decode(kind, &body) {
+                self.translate_in(id, msg);
+            }
+        }
+    }
+
+    // From the peer.
+
+    /// Takes one decrypted frame. After an error the connection is to end.
+    pub fn on_frame(&mut self, frame: &[u8]) -> Result<(), ConnectionError> {
+        decode_frame(frame, &mut |m| self.on_mux(m))
+    }
+
+    fn on_mux(&mut self, m: MuxMessage<'_>) -> Result<(), ConnectionError> {
+        match m {
+            MuxMessage::Open {
+                channel,
+                protocol,
+                id,
+                handshake,
+            } => self.on_open(channel, protocol, id, handshake),
+            MuxMessage::Reject { channel } => self.on_reject(channel),
+            MuxMessage::Close { channel } => {
+                self.on_close(channel);
+                Ok(())
+            }
+            MuxMessage::Message {
+                channel,
+                kind,
+                body,
+            } => self.on_message(channel, kind, body),
+        }
+    }
+
+    fn on_open(
+        &mut self,
+        rid: u64,
+        protocol: &str,
+        id: &[u8],
+        handshake: &[u8],
+    ) -> Result<(), ConnectionError> {
+        let slot = rid
+            .checked_sub(1)
+            .and_then(|s| usize::try_from(s).ok())
+            .unwrap_or(usize::MAX);
+        if slot > self.remotes.len() || slot >= MAX_CHANNELS {
+            return Err(ConnectionError::Protocol(
+                "open of a channel id out of order",
+            ));
+        }
+        if slot == self.remotes.len() {
+            self.remotes.push(Remote::Free);
+        } else if !matches!(self.remotes[slot], Remote::Free) {
+            return Err(ConnectionError::Protocol("open of a channel id in use"));
+        }
+        let Ok(discovery_key) = <[u8; 32]>::try_from(id) else {
+            self.frames.reject(rid);
+            return Ok(());
+        };
+        if protocol != PROTOCOL && protocol != PROTOCOL_ALIAS {
+            self.frames.reject(rid);
+            return Ok(());
+        }
+        let handshake = ChannelHandshake::decode(handshake)?;
+        if let Some(ours) = self
+            .outgoing
+            .get_mut(&discovery_key)
+            .and_then(VecDeque::pop_front)
+        {
+            let Some(local) = self.local_mut(ours) else {
+                return Ok(());
+            };
+            if local.closed {
+                // We closed it before this came: both ids are done with.
+                self.release(ours);
+                return Ok(());
+            }
+            local.remote = Some(rid);
+            let engine = local.engine;
+            self.remotes[slot] = Remote::Bound(ours);
+            self.inputs.push_back(WireInput::Message(
+                engine,
+                Message::Accept {
+                    capability: handshake.capability,
+                },
+            ));
+            return Ok(());
+        }
+        let engine = self.next_engine;
+        self.next_engine += 2;
+        self.remotes[slot] = Remote::Pending(Pending {
+            discovery_key,
+            held: Vec::new(),
+            closed: false,
+        });
+        self.routes.insert(engine, Route::Pending(rid));
+        self.inputs.push_back(WireInput::Message(
+            engine,
+            Message::Open {
+                discovery_key,
+                capability: handshake.capability,
+            },
+        ));
+        Ok(())
+    }
+
+    fn on_reject(&mut self, id: u64) -> Result<(), ConnectionError> {
+        let found = self.outgoing.values_mut().any(|q| {
+            let before = q.len();
+            q.retain(|x| *x != id);
+            q.len() != before
+        });
+        if !found {
+            return Err(ConnectionError::Protocol("reject of a channel not opened"));
+        }
+        if let Some(local) = self.local_mut(id) {
+            let (engine, closed) = (local.engine, local.closed);
+            if !closed {
+                self.routes.remove(&engine);
+                let close = Message::Close {
+                    reason: "rejected".into(),
+                };
+                self.inputs.push_back(WireInput::Message(engine, close));
+            }
+        }
+        self.release(id);
+        Ok(())
+    }
+
+    fn on_close(&mut self, rid: u64) {
+        let Some(slot) = rid.checked_sub(1).and_then(|s| usize::try_from(s).ok()) else {
+            return;
+        };
+        match self.remotes.get_mut(slot) {
+            Some(Remote::Pending(p)) => p.closed = true,
+            Some(Remote::Bound(id)) => {
+                let id = *id;
+                self.remotes[slot] = Remote::Free;
+                if let Some(local) = self.local_mut(id) {
+                    let (engine, closed) = (local.engine, local.closed);
+                    if !closed {
+                        self.routes.remove(&engine);
+                        self.inputs.push_back(WireInput::Closed(engine));
+                    }
+                }
+                self.release(id);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_message(&mut self, rid: u64, kind: u64, body: &[u8]) -> Result<(), ConnectionError> {
+        let Some(slot) = rid.checked_sub(1).and_then(|s| usize::try_from(s).ok()) else {
+            return Ok(());
+        };
+        match self.remotes.get_mut(slot) {
+            Some(Remote::Pending(p)) => {
+                if self.held_bytes + body.len() > MAX_PENDING_BYTES {
+                    return Err(ConnectionError::Protocol(
+                        "too many messages on channels not open yet",
+                    ));
+                }
+                self.held_bytes += body.len() + 16;
+                p.held.push((kind, body.to_vec()));
+                Ok(())
+            }
+            Some(Remote::Bound(id)) => {
+                let id = *id;
+                if let Some(msg) = HyperMessage::decode(kind, body)? {
+                    self.translate_in(id, msg);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    // Channel ids.
+
+    fn allocate(&mut self, local: Local) -> u64 {
+        if let Some(id) = self.free.pop() {
+            self.locals[(id - 1) as usize] = Some(local);
+            return id;
+        }
+        self.locals.push(Some(local));
+        self.locals.len() as u64
+    }
+
+    fn release(&mut self, id: u64) {
+        if let Some(slot) = self.locals.get_mut((id - 1) as usize)
+            && slot.take().is_some()
+        {
+            self.free.push(id);
+        }
+    }
+
+    fn local_mut(&mut self, id: u64) -> Option<&mut Local> {
+        self.locals.get_mut(id.checked_sub(1)? as usize)?.as_mut()
+    }
+
+    fn take_remote(&mut self, rid: u64) -> Option<Remote> {
+        let slot = self.remotes.get_mut(rid.checked_sub(1)? as usize)?;
+        Some(std::mem::replace(slot, Remote::Free))
+    }
+
+    fn set_remote(&mut self, rid: u64, r: Remote) {
+        if let Some(slot) = rid
+            .checked_sub(1)
+            .and_then(|s| self.remotes.get_mut(s as usize))
+        {
+            *slot = r;
+        }
+    }
+
+    // Translation.
+
+    /// One of the engine's messages on our channel `id`, in hypercore's terms.
+    fn translate_out(&mut self, id: u64, msg: Message) {
+        let Some(local) = self.local_mut(id) else {
+            return;
+        };
+        if local.closed || local.remote.is_none() {
+            return;
+        }
+        let engine = local.engine;
+        let st = &mut local.state;
+        let mut out: Vec<HyperMessage> = Vec::new();
+        let mut echo = None;
+        match msg {
+            Message::Sync(info) => {
+                let theirs = st.theirs.filter(|t| t.fork == info.fork);
+                let their_length = theirs.map_or(0, |t| t.length);
+                out.push(HyperMessage::Sync(Sync {
+                    fork: info.fork,
+                    length: info.length,
+                    remote_length: their_length,
+                    can_upgrade: theirs.is_some() && info.length > their_length,
+                    uploading: true,
+                    downloading: true,
+                    has_manifest: info.length > 0,
+                    allow_push: false,
+                }));
+                let fork_changed = st.sent.is_some_and(|(f, _)| f != info.fork);
+                if info.contiguous > 0 && (info.contiguous > st.sent_contiguous || fork_changed) {
+                    out.push(HyperMessage::Range {
+                        drop: false,
+                        start: 0,
+                        length: info.contiguous,
+                    });
+                }
+                st.sent = Some((info.fork, info.length));
+                st.sent_contiguous = info.contiguous;
+                // hypercore answers a `sync` only when it is ahead; it says every change of
+                // its own unasked, so its last state is the answer.
+                if info.ask
+                    && let Some(t) = st.theirs
+                {
+                    echo = Some(their_sync(t, st.their_contiguous, false));
+                }
+            }
+            Message::Request { id: rq, request } => {
+                let ours = next_id(st);
+                st.asked.insert(ours, Asked::Proof(rq));
+                st.proof_ids.insert(rq, ours);
+                out.push(HyperMessage::Request {
+                    id: ours,
+                    request,
+                    seek_padding: 0,
+                    priority: 0,
+                });
+            }
+            Message::RequestRun {
+                id: run,
+                fork,
+                start,
+                end,
+                length,
+            } => {
+                if start >= end || end > length {
+                    return;
+                }
+                let mut asked = BTreeMap::new();
+                for index in start..end {
+                    let ours = next_id(st);
+                    st.asked.insert(ours, Asked::Block { run, index });
+                    asked.insert(index, ours);
+                    out.push(HyperMessage::Request {
+                        id: ours,
+                        request: ProofRequest {
+                            fork,
+                            block: Some(IndexRequest {
+                                index,
+                                nodes: run_proof_levels(start, index, length),
+                            }),
+                            ..Default::default()
+                        },
+                        seek_padding: 0,
+                        priority: 0,
+                    });
+                }
+                st.runs.insert(
+                    run,
+                    Run {
+                        end,
+                        next: start,
+                        held: BTreeMap::new(),
+                        missing_from: None,
+                        asked,
+                    },
+                );
+            }
+            Message::Cancel { id: rq } => {
+                if let Some(run) = st.runs.remove(&rq) {
+                    for ours in run.asked.into_values() {
+                        st.asked.remove(&ours);
+                        out.push(HyperMessage::Cancel { request: ours });
+                    }
+                } else if let Some(ours) = st.proof_ids.remove(&rq) {
+                    st.asked.remove(&ours);
+                    out.push(HyperMessage::Cancel { request: ours });
+                }
+            }
+            Message::Data { id: rq, proof } => out.push(HyperMessage::Data { request: rq, proof }),
+            Message::NoData { id: rq, .. } => out.push(HyperMessage::NoData {
+                request: rq,
+                reason: Some(1),
+            }),
+            Message::Want { start, end } => {
+                let first = start / WANT_BATCH;
+                let last = end.saturating_sub(1) / WANT_BATCH;
+                for batch in (first..=last).take(4) {
+                    if st.wants.len() < MAX_WANTS && st.wants.insert(batch) {
+                        out.push(HyperMessage::Want {
+                            start: batch * WANT_BATCH,
+                            length: WANT_BATCH,
+                            any: false,
+                        });
+                    }
+                }
+            }
+            Message::Range { start, end } if end > start => out.push(HyperMessage::Range {
+                drop: false,
+                start,
+                length: end - start,
+            }),
+            Message::Extension { name, payload } => out.push(HyperMessage::Extension {
+                name,
+                message: payload,
+            }),
+            _ => {}
+        }
+        for m in out {
+            self.frames.message(id, m.kind(), |w| m.encode(w));
+        }
+        if let Some(sync) = echo {
+            self.inputs
+                .push_back(WireInput::Message(engine, Message::Sync(sync)));
+        }
+    }
+
+    /// One of the peer's messages on our channel `id`, in the engine's terms.
+    fn translate_in(&mut self, id: u64, msg: HyperMessage) {
+        let Some(local) = self.local_mut(id) else {
+            return;
+        };
+        if local.closed {
+            return;
+        }
+        let engine = local.engine;
+        let st = &mut local.state;
+        let mut out: Vec<Message> = Vec::new();
+        let mut cancels = Vec::new();
+        match msg {
+            HyperMessage::Sync(s) => {
+                if st.theirs.is_some_and(|t| t.fork != s.fork) {
+                    st.their_contiguous = 0;
+                }
+                st.theirs = Some(s);
+                let stale = st
+                    .sent
+                    .is_some_and(|(fork, length)| s.fork != fork || s.remote_length != length);
+                out.push(Message::Sync(their_sync(s, st.their_contiguous, stale)));
+            }
+            HyperMessage::Range {
+                drop,
+                start,
+                length,
+            } => {
+                let Some(end) = start.checked_add(length) else {
+                    return;
+                };
+                if drop {
+                    if start < st.their_contiguous {
+                        st.their_contiguous = start;
+                    }
+                } else if end > start {
+                    if start == 0 {
+                        st.their_contiguous = st.their_contiguous.max(end);
+                    }
+                    out.push(Message::Range { start, end });
+                }
+            }
+            HyperMessage::Bitfield { start, words } => {
+                if start % 32 == 0 {
+                    for (s, e) in bitfield_ranges(start, &words) {
+                        out.push(Message::Range { start: s, end: e });
+                    }
+                }
+            }
+            HyperMessage::Request {
+                id: rq, request, ..
+            } => out.push(Message::Request { id: rq, request }),
+            HyperMessage::Cancel { request } => out.push(Message::Cancel { id: request }),
+            HyperMessage::Data { request, proof } => match st.asked.remove(&request) {
+                Some(Asked::Proof(rq)) => {
+                    st.proof_ids.remove(&rq);
+                    out.push(Message::Data { id: rq, proof });
+                }
+                Some(Asked::Block { run, index }) => {
+                    if let Some(r) = st.runs.get_mut(&run) {
+                        r.asked.remove(&index);
+                        r.held.insert(index, proof);
+                    }
+                    drain_run(st, run, &mut out, &mut cancels);
+                }
+                None => {}
+            },
+            HyperMessage::NoData { request, .. } => match st.asked.remove(&request) {
+                Some(Asked::Proof(rq)) => {
+                    st.proof_ids.remove(&rq);
+                    out.push(Message::NoData {
+                        id: rq,
+                        start: 0,
+                        end: 0,
+                    });
+                }
+                Some(Asked::Block { run, index }) => {
+                    if let Some(r) = st.runs.get_mut(&run) {
+                        r.asked.remove(&index);
+                        r.missing_from = Some(r.missing_from.map_or(index, |m| m.min(index)));
+                    }
+                    drain_run(st, run, &mut out, &mut cancels);
+                }
+                None => {}
+            },
+            HyperMessage::Want { start, length, .. } => {
+                let end = start.saturating_add(length.min(WANT_BATCH));
+                out.push(Message::Want { start, end });
+            }
+            HyperMessage::Unwant { start, length, .. } => {
+                let end = start.saturating_add(length.min(WANT_BATCH));
+                out.push(Message::Unwant { start, end });
+            }
+            HyperMessage::Extension { name, message } => {
+                let name = if name.is_empty() {
+                    match &st.last_extension {
+                        Some(n) => n.clone(),
+                        None => return,
+                    }
+                } else {
+                    st.last_extension = Some(name.clone());
+                    name
+                };
+                out.push(Message::Extension {
+                    name,
+                    payload: message,
+                });
+            }
+        }
+        self.inputs
+            .extend(out.into_iter().map(|m| WireInput::Message(engine, m)));
+        for request in cancels {
+            let m = HyperMessage::Cancel { request };
+            self.frames.message(id, m.kind(), |w| m.encode(w));
+        }
+    }
+}
+
+/// The engine's view of a peer's `sync`: contiguous from its ranges, never pushed to.
+fn their_sync(s: Sync, contiguous: u64, ask: bool) -> SyncInfo {
+    SyncInfo {
+        fork: s.fork,
+        length: s.length,
+        contiguous: contiguous.min(s.length),
+        ask,
+        downloading: false,
+    }
+}
+
+fn next_id(st: &mut ChannelState) -> u64 {
+    st.next_request += 1;
+    st.next_request
+}
+
+/// Hands the engine what of run `run` is in order: each proof in turn, and, once the peer
+/// said it lacks a block and everything before it was handed on, `NoData` for the rest (and
+/// our requests for the rest go in `cancels`).
+fn drain_run(st: &mut ChannelState, run: u64, out: &mut Vec<Message>, cancels: &mut Vec<u64>) {
+    let Some(r) = st.runs.get_mut(&run) else {
+        return;
+    };
+    let stop = r.missing_from.unwrap_or(r.end);
+    while r.next < stop
+        && let Some(proof) = r.held.remove(&r.next)
+    {
+        out.push(Message::Data { id: run, proof });
+        r.next += 1;
+    }
+    if r.next == stop {
+        if stop < r.end {
+            out.push(Message::NoData {
+                id: run,
+                start: stop,
+                end: r.end,
+            });
+            for ours in r.asked.values() {
+                st.asked.remove(ours);
+                cancels.push(*ours);
+            }
+        }
+        st.runs.remove(&run);
+    }
+}
+
+/// The stretches of set bits of a bitfield from block `start`, at most
+/// [`MAX_BITFIELD_RANGES`].
+fn bitfield_ranges(start: u64, words: &[u32]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut open: Option<u64> = None;
+    for (w, word) in words.iter().enumerate() {
+        for b in 0..32u64 {
+            let Some(index) = start.checked_add(w as u64 * 32 + b) else {
+                return out;
+            };
+            let set = word & (1 << b) != 0;
+            match (set, open) {
+                (true, None) => open = Some(index),
+                (false, Some(s)) => {
+                    out.push((s, index));
+                    open = None;
+                    if out.len() == MAX_BITFIELD_RANGES {
+                        return out;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(s) = open {
+        out.push((s, start.saturating_add(words.len() as u64 * 32)));
+    }
+    out
+}

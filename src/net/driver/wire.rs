@@ -1,0 +1,395 @@
+//! The wire part: connections on Hypercore's own wire (JS Hypercore peers over TCP or any
+//! byte stream), beside the iroh connections.
+//!
+//! Each connection has a reader task (decrypts frames and hands them to the driver) and a
+//! writer task (encrypts what the driver queued and writes it), so the crypto runs off the
+//! driver. The driver keeps each connection's [`WireConnection`]: the engine's outputs for
+//! the peer go through it, and what the peer says comes out of it as engine inputs. The
+//! bytes queued towards a peer are its backlog, reported to the engine as for iroh peers.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::{mpsc, oneshot},
+    task::AbortHandle,
+};
+
+use super::Command;
+use crate::{
+    crypto::capability::NoiseBinding,
+    hyperwire::{
+        connection::{ConnectionError, WireConnection, WireInput},
+        transport::{Sender, Transport},
+    },
+    replication::{PeerId, engine::ChannelId, wire::MAX_FRAME},
+};
+
+/// Connections on Hypercore's wire at once.
+pub const MAX_WIRE_CONNECTIONS: usize = 32;
+/// Time the Noise handshake of a connection may take.
+pub const WIRE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame taken from a peer: the largest message of ours, with room for a batch of
+/// JS's around it (JS starts a new batch past 8 MiB).
+const MAX_WIRE_FRAME: usize = 2 * MAX_FRAME;
+/// Engine channel ids of channels wire peers open start here (odd; iroh streams count up
+/// from 1).
+const FIRST_CHANNEL: ChannelId = (1 << 62) | 1;
+/// Engine channel ids given to each connection.
+const CHANNELS_PER_LINK: ChannelId = 1 << 40;
+
+/// What the reader and writer tasks tell the driver.
+pub(crate) enum WireEvent {
+    /// The handshake ended: the peer's key and the session capabilities are bound to.
+    Up {
+        link: u64,
+        peer: PeerId,
+        binding: NoiseBinding,
+        frames: mpsc::UnboundedSender<Vec<Vec<u8>>>,
+        shared: Arc<Shared>,
+        reader: AbortHandle,
+    },
+    /// Decrypted frames, in order.
+    Frames(u64, Vec<Vec<u8>>),
+    /// The backlog went back under half its limit.
+    Drained(u64),
+    /// The connection ended.
+    Down(u64, String),
+}
+
+/// What a connection's writer and the driver share.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Bytes queued and not yet written.
+    backlog: AtomicU64,
+    /// Whether the engine was told the peer is over its limit.
+    over: AtomicBool,
+    /// The limit.
+    limit: AtomicU64,
+}
+
+struct Link {
+    id: u64,
+    conn: WireConnection,
+    frames: mpsc::UnboundedSender<Vec<Vec<u8>>>,
+    shared: Arc<Shared>,
+    reader: AbortHandle,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The writer ends when `frames` goes; the reader may wait on a peer that sends
+        // nothing.
+        self.reader.abort();
+    }
+}
+
+/// What the engine is to hear from the wire, and backlog crossings.
+#[allow(clippy::large_enum_variant)] // Handed on at once.
+pub(super) enum Heard {
+    Input(PeerId, WireInput),
+    Backlog(PeerId, u64, bool),
+}
+
+/// The wire part; see the module docs.
+#[derive(Default)]
+pub(super) struct WireLinks {
+    links: HashMap<PeerId, Link>,
+    next_base: u64,
+}
+
+impl WireLinks {
+    /// Whether `peer` is connected on this wire.
+    pub(super) fn has(&self, peer: &PeerId) -> bool {
+        self.links.contains_key(peer)
+    }
+
+    /// A connection's handshake ended: kept unless the peer is connected already (or there
+    /// are too many); returns whether it was.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add(
+        &mut self,
+        link: u64,
+        peer: PeerId,
+        frames: mpsc::UnboundedSender<Vec<Vec<u8>>>,
+        shared: Arc<Shared>,
+        reader: AbortHandle,
+        backlog_limit: u64,
+    ) -> bool {
+        if self.links.contains_key(&peer) || self.links.len() >= MAX_WIRE_CONNECTIONS {
+            reader.abort();
+            return false;
+        }
+        shared.limit.store(backlog_limit, Ordering::Relaxed);
+        let base = FIRST_CHANNEL + self.next_base * CHANNELS_PER_LINK;
+        self.next_base += 1;
+        self.links.insert(
+            peer,
+            Link {
+                id: link,
+                conn: WireConnection::new(base),
+                frames,
+                shared,
+                reader,
+            },
+        );
+        true
+    }
+
+    /// The peer of connection `link`, if it is current.
+    pub(super) fn peer_of(&self, link: u64) -> Option<PeerId> {
+        self.links
+            .iter()
+            .find(|(_, l)| l.id == link)
+            .map(|(p, _)| *p)
+    }
+
+    /// Forgets `peer`'s connection (its tasks end).
+    pub(super) fn remove(&mut self, peer: &PeerId) -> bool {
+        self.links.remove(peer).is_some()
+    }
+
+    /// Frames from `peer`; an error ends its connection (the caller forgets the peer).
+    pub(super) fn on_frames(
+        &mut self,
+        peer: &PeerId,
+        frames: &[Vec<u8>],
+    ) -> Result<(), ConnectionError> {
+        let Some(link) = self.links.get_mut(peer) else {
+            return Ok(());
+        };
+        for f in frames {
+            link.conn.on_frame(f)?;
+        }
+        Ok(())
+    }
+
+    /// The engine opens a channel to `peer`.
+    pub(super) fn open(
+        &mut self,
+        peer: &PeerId,
+        ch: ChannelId,
+        first: &crate::replication::Message,
+    ) {
+        if let Some(l) = self.links.get_mut(peer) {
+            l.conn.open(ch, first);
+        }
+    }
+
+    /// The engine sends on a channel of `peer`.
+    pub(super) fn send(&mut self, peer: &PeerId, ch: ChannelId, msg: crate::replication::Message) {
+        if let Some(l) = self.links.get_mut(peer) {
+            l.conn.send(ch, msg);
+        }
+    }
+
+    /// The engine closes a channel of `peer`.
+    pub(super) fn close(&mut self, peer: &PeerId, ch: ChannelId) {
+        if let Some(l) = self.links.get_mut(peer) {
+            l.conn.close(ch);
+        }
+    }
+
+    /// Hands the writers what was queued, and collects what the engine is to hear.
+    pub(super) fn flush(&mut self) -> Vec<Heard> {
+        let mut heard = Vec::new();
+        for (peer, l) in &mut self.links {
+            while let Some(input) = l.conn.next_input() {
+                heard.push(Heard::Input(*peer, input));
+            }
+            let frames = l.conn.frames();
+            if frames.is_empty() {
+                continue;
+            }
+            let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+            let backlog = l.shared.backlog.fetch_add(bytes, Ordering::Relaxed) + bytes;
+            let _ = l.frames.send(frames);
+            let limit = l.shared.limit.load(Ordering::Relaxed);
+            if backlog > limit && !l.shared.over.swap(true, Ordering::Relaxed) {
+                heard.push(Heard::Backlog(*peer, backlog, true));
+            }
+        }
+        heard
+    }
+
+    /// The backlog of connection `link` went back under its limit.
+    pub(super) fn drained(&self, link: u64) -> Option<Heard> {
+        let (peer, l) = self.links.iter().find(|(_, l)| l.id == link)?;
+        Some(Heard::Backlog(
+            *peer,
+            l.shared.backlog.load(Ordering::Relaxed),
+            false,
+        ))
+    }
+
+    /// Bytes queued towards `peer` (or every wire peer).
+    pub(super) fn backlog(&self, peer: Option<&PeerId>) -> u64 {
+        self.links
+            .iter()
+            .filter(|(p, _)| peer.is_none_or(|x| x == *p))
+            .map(|(_, l)| l.shared.backlog.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Runs a connection on Hypercore's wire over `stream`: the handshake (answered on `ready`
+/// with the peer's key), then a reader (this task) and a writer task, reporting to the
+/// driver through `to_driver`.
+pub(crate) async fn run_link<S>(
+    stream: S,
+    initiator: bool,
+    seed: [u8; 32],
+    link: u64,
+    to_driver: mpsc::WeakSender<Command>,
+    ready: oneshot::Sender<Result<PeerId, String>>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut transport = Transport::new(initiator, &seed, MAX_WIRE_FRAME);
+    let mut buf = vec![0u8; 64 * 1024];
+    let handshake = async {
+        loop {
+            let out = std::mem::take(transport.outgoing());
+            if !out.is_empty() {
+                wr.write_all(&out).await.map_err(|e| e.to_string())?;
+            }
+            if transport.session().is_some() {
+                return Ok::<_, String>(());
+            }
+            let n = rd.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the stream ended during the handshake".into());
+            }
+            transport.recv(&buf[..n]).map_err(|e| e.to_string())?;
+        }
+    };
+    let result = match tokio::time::timeout(WIRE_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(r) => r,
+        Err(_) => Err("the handshake timed out".into()),
+    };
+    let (session, sender) = match result {
+        Ok(()) => match (transport.session().cloned(), transport.take_sender()) {
+            (Some(s), Some(tx)) => (s, tx),
+            _ => {
+                let _ = ready.send(Err("the handshake did not end".into()));
+                return;
+            }
+        },
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let peer = session.remote_static;
+    let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared::default());
+    let reader = tokio::spawn(read_loop(rd, transport, buf, link, to_driver.clone()));
+    tokio::spawn(write_loop(
+        wr,
+        sender,
+        frames_rx,
+        shared.clone(),
+        link,
+        to_driver.clone(),
+    ));
+    let up = WireEvent::Up {
+        link,
+        peer,
+        binding: NoiseBinding {
+            hash: session.hash,
+            we_initiated: initiator,
+        },
+        frames: frames_tx,
+        shared,
+        reader: reader.abort_handle(),
+    };
+    let sent = match to_driver.upgrade() {
+        Some(tx) => tx.send(Command::Wire(up)).await.is_ok(),
+        None => false,
+    };
+    if !sent {
+        reader.abort();
+        let _ = ready.send(Err("the protocol is shut down".into()));
+        return;
+    }
+    let _ = ready.send(Ok(peer));
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
+    mut transport: Transport,
+    mut buf: Vec<u8>,
+    link: u64,
+    to_driver: mpsc::WeakSender<Command>,
+) {
+    let reason = loop {
+        // Messages that came with the handshake's last bytes go first.
+        let mut frames = Vec::new();
+        while let Some(m) = transport.next_message() {
+            frames.push(m);
+        }
+        if !frames.is_empty() {
+            let Some(tx) = to_driver.upgrade() else {
+                return;
+            };
+            if tx
+                .send(Command::Wire(WireEvent::Frames(link, frames)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let n = match rd.read(&mut buf).await {
+            Ok(0) => break "the peer closed the stream".to_string(),
+            Ok(n) => n,
+            Err(e) => break e.to_string(),
+        };
+        if let Err(e) = transport.recv(&buf[..n]) {
+            break e.to_string();
+        }
+    };
+    if let Some(tx) = to_driver.upgrade() {
+        let _ = tx.send(Command::Wire(WireEvent::Down(link, reason))).await;
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut sender: Sender,
+    mut frames: mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
+    shared: Arc<Shared>,
+    link: u64,
+    to_driver: mpsc::WeakSender<Command>,
+) {
+    let mut out = Vec::new();
+    while let Some(batch) = frames.recv().await {
+        let bytes: u64 = batch.iter().map(|f| f.len() as u64).sum();
+        out.clear();
+        for f in &batch {
+            if sender.send(f, &mut out).is_err() {
+                return;
+            }
+        }
+        if wr.write_all(&out).await.is_err() {
+            return;
+        }
+        let left = shared.backlog.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        let limit = shared.limit.load(Ordering::Relaxed);
+        if left <= limit / 2 && shared.over.swap(false, Ordering::Relaxed) {
+            let Some(tx) = to_driver.upgrade() else {
+                return;
+            };
+            let _ = tx.send(Command::Wire(WireEvent::Drained(link))).await;
+        }
+    }
+    let _ = wr.shutdown().await;
+}

@@ -1,21 +1,29 @@
-// A real JS Hypercore 11 peer for the interoperability tests and benchmarks, over TCP.
+// A real JS Hypercore 11 / Corestore 7 peer for the interoperability tests and benchmarks,
+// over TCP on 127.0.0.1. Every mode takes a directory and one JSON argument, prints one JSON
+// line when it is ready or done, and sends errors to stderr with exit code 1.
 //
-//   node peer.js write DIR COUNT SIZE   appends COUNT blocks of SIZE bytes (block i starts
-//                                       with "block i "), listens on 127.0.0.1, prints
-//                                       {"key", "port", "length"} as one JSON line, and
-//                                       serves every connection until stdin closes. Each
-//                                       stdin line "append N" appends N more blocks and
-//                                       prints {"length"}.
-//   node peer.js read DIR KEY PORT COUNT
-//                                       follows KEY from 127.0.0.1:PORT until it holds COUNT
-//                                       blocks, checks each one's prefix, and prints
-//                                       {"length", "bytes", "ms"} as one JSON line.
+//   node peer.js write DIR '{"count":N,"size":S,"cores":C,"encryptionKey":HEX}'
+//       A Corestore in DIR with C cores (default 1) named "core 0".., each with N blocks of S
+//       bytes (block i starts with "block i "), encrypted when a key is given. Listens, or
+//       with "connect":PORT dials, and replicates the whole store on every connection.
+//       Prints {"keys":[hex..],"key":first,"port","length"}. Then each stdin line is a
+//       command, answered with one JSON line:
+//         append N [CORE]     appends N more blocks          -> {"length","fork"}
+//         truncate L [CORE]   truncates to L (a new fork)    -> {"length","fork"}
+//       It stops when stdin closes.
 //
-// Errors go to stderr with exit code 1.
+//   node peer.js read DIR '{"keys":[hex..],"port":P,"count":N,"sparse":[i..],
+//                          "encryptionKey":HEX,"listen":true}'
+//       Follows the keys (one Corestore, one stream) from 127.0.0.1:P, or with "listen"
+//       prints {"port"} first and takes one connection. Without "sparse" it waits until every
+//       core holds N blocks and checks each one's prefix; with "sparse" it gets only those
+//       blocks of the first core. Prints {"length","bytes","ms","fork"} (the first core's
+//       length and fork, bytes over every core), then waits for stdin to close if it is
+//       "follow": true, printing {"length"} for each new length of the first core.
 'use strict'
 
 const net = require('net')
-const Hypercore = require('hypercore')
+const Corestore = require('corestore')
 
 function block (i, size) {
   const head = Buffer.from(`block ${i} `)
@@ -24,76 +32,138 @@ function block (i, size) {
   return out
 }
 
-async function write (dir, count, size) {
-  const core = new Hypercore(dir)
-  await core.ready()
-  const batch = []
-  for (let i = core.length; i < count; i++) {
-    batch.push(block(i, size))
-    if (batch.length === 1000) await core.append(batch.splice(0))
-  }
-  if (batch.length) await core.append(batch)
-  const server = net.createServer((socket) => {
-    const stream = core.replicate(false)
-    socket.pipe(stream).pipe(socket)
-    const drop = () => { socket.destroy(); stream.destroy() }
-    socket.on('error', drop)
-    stream.on('error', drop)
-  })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  console.log(JSON.stringify({
-    key: core.key.toString('hex'),
-    port: server.address().port,
-    length: core.length
-  }))
+function say (obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n')
+}
+
+function encryption (opts) {
+  return opts.encryptionKey ? { key: Buffer.from(opts.encryptionKey, 'hex') } : null
+}
+
+function onLines (fn) {
   let lines = ''
-  process.stdin.on('data', async (chunk) => {
+  let chain = Promise.resolve()
+  process.stdin.on('data', (chunk) => {
     lines += chunk
     let nl
     while ((nl = lines.indexOf('\n')) !== -1) {
-      const [cmd, n] = lines.slice(0, nl).trim().split(' ')
+      const line = lines.slice(0, nl).trim()
       lines = lines.slice(nl + 1)
-      if (cmd !== 'append') continue
+      chain = chain.then(() => fn(line.split(' '))).catch((err) => {
+        console.error(err && err.stack ? err.stack : String(err))
+        process.exit(1)
+      })
+    }
+  })
+}
+
+function replicateOn (store, socket, initiator) {
+  const stream = store.replicate(initiator)
+  socket.pipe(stream).pipe(socket)
+  const drop = () => { socket.destroy(); stream.destroy() }
+  socket.on('error', drop)
+  stream.on('error', drop)
+  socket.on('close', drop)
+}
+
+async function write (dir, opts) {
+  const store = new Corestore(dir)
+  const size = opts.size || 1024
+  const cores = []
+  for (let c = 0; c < (opts.cores || 1); c++) {
+    const core = store.get({ name: `core ${c}`, encryption: encryption(opts) })
+    await core.ready()
+    const batch = []
+    for (let i = core.length; i < opts.count; i++) {
+      batch.push(block(i, size))
+      if (batch.length === 1000) await core.append(batch.splice(0))
+    }
+    if (batch.length) await core.append(batch)
+    cores.push(core)
+  }
+  let port = opts.connect
+  let server = null
+  if (opts.connect) {
+    replicateOn(store, net.connect(opts.connect, '127.0.0.1'), true)
+  } else {
+    server = net.createServer((socket) => replicateOn(store, socket, false))
+    await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+    port = server.address().port
+  }
+  const keys = cores.map((c) => c.key.toString('hex'))
+  say({ keys, key: keys[0], port, length: cores[0].length })
+  onLines(async ([cmd, n, c]) => {
+    const core = cores[Number(c || 0)]
+    if (cmd === 'append') {
       const more = []
       for (let i = 0; i < Number(n); i++) more.push(block(core.length + i, size))
       await core.append(more)
-      console.log(JSON.stringify({ length: core.length }))
+    } else if (cmd === 'truncate') {
+      await core.truncate(Number(n))
+    } else {
+      return
     }
+    say({ length: core.length, fork: core.fork })
   })
   process.stdin.on('end', async () => {
-    server.close()
-    await core.close()
+    if (server) server.close()
+    await store.close()
     process.exit(0)
   })
 }
 
-async function read (dir, key, port, count) {
-  const core = new Hypercore(dir, Buffer.from(key, 'hex'))
-  await core.ready()
+async function read (dir, opts) {
+  const store = new Corestore(dir)
+  const cores = []
+  for (const key of opts.keys) {
+    const core = store.get({ key: Buffer.from(key, 'hex'), encryption: encryption(opts) })
+    await core.ready()
+    cores.push(core)
+  }
   const start = process.hrtime.bigint()
-  const socket = net.connect(port, '127.0.0.1')
-  const stream = core.replicate(true)
-  socket.pipe(stream).pipe(socket)
-  await core.download({ start: 0, end: count }).done()
+  if (opts.listen) {
+    const server = net.createServer((socket) => { replicateOn(store, socket, false); server.close() })
+    await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+    say({ port: server.address().port })
+  } else {
+    replicateOn(store, net.connect(opts.port, '127.0.0.1'), true)
+  }
   let bytes = 0
-  for (let i = 0; i < count; i++) {
+  const check = async (core, i) => {
     const value = await core.get(i)
-    if (!value.subarray(0, `block ${i} `.length).equals(Buffer.from(`block ${i} `))) {
+    const head = Buffer.from(`block ${i} `)
+    if (!value.subarray(0, head.length).equals(head)) {
       throw new Error(`block ${i} is not the one written`)
     }
     bytes += value.length
   }
+  if (opts.sparse) {
+    for (const i of opts.sparse) await check(cores[0], i)
+  } else {
+    await Promise.all(cores.map((core) => core.download({ start: 0, end: opts.count }).done()))
+    for (const core of cores) {
+      for (let i = 0; i < opts.count; i++) await check(core, i)
+    }
+  }
   const ms = Number(process.hrtime.bigint() - start) / 1e6
-  console.log(JSON.stringify({ length: core.length, bytes, ms }))
-  socket.destroy()
-  await core.close()
+  say({ length: cores[0].length, bytes, ms, fork: cores[0].fork })
+  if (opts.follow) {
+    cores[0].on('append', () => say({ length: cores[0].length }))
+    cores[0].on('truncate', () => say({ length: cores[0].length, fork: cores[0].fork }))
+    const ended = new Promise((resolve) => process.stdin.on('end', resolve))
+    process.stdin.resume()
+    await ended
+  }
+  await store.close()
+  process.exit(0)
 }
 
-const [mode, ...args] = process.argv.slice(2)
+const [mode, dir, json] = process.argv.slice(2)
+const opts = JSON.parse(json || '{}')
 const run = mode === 'write'
-  ? write(args[0], Number(args[1]), Number(args[2]))
+  ? write(dir, opts)
   : mode === 'read'
-    ? read(args[0], args[1], Number(args[2]), Number(args[3]))
+    ? read(dir, opts)
     : Promise.reject(new Error(`unknown mode ${mode}: write or read`))
 run.catch((err) => {
   console.error(err && err.stack ? err.stack : String(err))

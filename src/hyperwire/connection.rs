@@ -55,6 +55,10 @@ use crate::{
 pub const MAX_CHANNELS: usize = 8192;
 /// Bytes of messages held for channels the engine has not accepted yet.
 pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+/// Channels the peer opened that the engine is deciding on at once; the others wait here in
+/// order (a JS Corestore opens all its cores' channels at once, and never again after a
+/// refusal).
+pub const MAX_OFFERED: usize = 16;
 /// Most ranges one `bitfield` message becomes.
 pub const MAX_BITFIELD_RANGES: usize = 256;
 /// The batch of blocks hypercore's `want` names.
@@ -97,7 +101,10 @@ enum Remote {
 
 #[derive(Debug)]
 struct Pending {
+    /// Its engine channel, once offered to the engine.
+    engine: Option<ChannelId>,
     discovery_key: DiscoveryKey,
+    capability: [u8; 32],
     /// Messages that came before the engine accepted: (type, body).
     held: Vec<(u64, Vec<u8>)>,
     /// The peer closed it meanwhile.
@@ -120,6 +127,9 @@ struct Local {
 enum Route {
     Local(u64),
     Pending(u64),
+    /// The engine's own open of a core whose channel the peer opened too, while the engine
+    /// decides on the peer's (by its id): whichever the engine keeps is the channel.
+    Deferred(u64),
 }
 
 /// A request of ours on a channel.
@@ -151,8 +161,10 @@ struct ChannelState {
     /// Our last `sync`.
     sent: Option<(u64, u64)>,
     sent_contiguous: u64,
-    /// The peer's last `sync`: fork, length.
+    /// The peer's last `sync`.
     theirs: Option<Sync>,
+    /// The peer's fork and length as our last `sync` acknowledged them.
+    acked: Option<(u64, u64)>,
     their_contiguous: u64,
     next_request: u64,
     asked: HashMap<u64, Asked>,
@@ -173,6 +185,13 @@ pub struct WireConnection {
     /// Our ids opened and not yet paired, per core.
     outgoing: HashMap<DiscoveryKey, VecDeque<u64>>,
     next_engine: ChannelId,
+    /// Peer-opened channels offered to the engine and not answered yet.
+    offered: usize,
+    /// The engine's opens deferred while it decides on the peer's channel of the same core
+    /// (by the peer's id): our channel and capability.
+    deferred: HashMap<u64, (ChannelId, [u8; 32])>,
+    /// Peer-opened channels waiting to be offered, in order (their ids).
+    waiting: VecDeque<u64>,
     held_bytes: usize,
     frames: FrameBuilder,
     inputs: VecDeque<WireInput>,
@@ -189,6 +208,9 @@ impl WireConnection {
             routes: HashMap::new(),
             outgoing: HashMap::new(),
             next_engine: first_channel | 1,
+            offered: 0,
+            deferred: HashMap::new(),
+            waiting: VecDeque::new(),
             held_bytes: 0,
             frames: FrameBuilder::default(),
             inputs: VecDeque::new(),
@@ -237,16 +259,53 @@ impl WireConnection {
             self.inputs.push_back(WireInput::Message(channel, close));
             return;
         }
-        // The peer opened this core's channel first and the engine is deciding: that `open`
-        // is the channel.
-        let pending = self.remotes.iter().any(
-            |r| matches!(r, Remote::Pending(p) if p.discovery_key == *discovery_key && !p.closed),
-        );
-        if pending {
-            let close = refuse("duplicate channel");
-            self.inputs.push_back(WireInput::Message(channel, close));
+        // The peer opened this core's channel first. If the engine has not heard of it yet,
+        // the engine's open is our answer to it (protomux pairs the two opens into one
+        // channel); if it has, that is the channel, and this one is refused.
+        let pending = self
+            .remotes
+            .iter()
+            .enumerate()
+            .find_map(|(slot, r)| match r {
+                Remote::Pending(p) if p.discovery_key == *discovery_key && !p.closed => {
+                    Some((slot as u64 + 1, p.engine))
+                }
+                _ => None,
+            });
+        if let Some((rid, offered)) = pending {
+            let unheard = match offered {
+                None => true,
+                Some(odd) => {
+                    let before = self.inputs.len();
+                    self.inputs.retain(
+                        |i| !matches!(i, WireInput::Message(c, Message::Open { .. }) if *c == odd),
+                    );
+                    self.inputs.len() != before
+                }
+            };
+            tracing::trace!(channel, rid, unheard, "wire: our open meets the peer's");
+            if !unheard {
+                // The engine holds both and keeps one (its own, if it refuses the peer's).
+                self.deferred.insert(rid, (channel, *capability));
+                self.routes.insert(channel, Route::Deferred(rid));
+                return;
+            }
+            if let Some(odd) = offered {
+                self.routes.remove(&odd);
+            } else {
+                self.waiting.retain(|w| *w != rid);
+            }
+            let before = self.inputs.len();
+            if let Some(theirs) = self.pair(channel, rid, capability) {
+                let accept = Message::Accept { capability: theirs };
+                // The engine hears its `Accept` before anything the channel carried.
+                self.inputs
+                    .insert(before, WireInput::Message(channel, accept));
+            }
+            self.offer_waiting();
             return;
         }
+        tracing::trace!(channel, "wire: our open");
         let id = self.allocate(Local {
             engine: channel,
             remote: None,
@@ -265,10 +324,21 @@ impl WireConnection {
     pub fn send(&mut self, channel: ChannelId, msg: Message) {
         match self.routes.get(&channel).copied() {
             Some(Route::Pending(rid)) => match msg {
-                Message::Accept { capability } => self.accept(channel, rid, &capability),
+                Message::Accept { capability } => {
+                    self.accept(channel, rid, &capability);
+                    // The engine kept the peer's channel: its own open of the core is over.
+                    if let Some((ours, _)) = self.deferred.remove(&rid) {
+                        self.routes.remove(&ours);
+                        let close = Message::Close {
+                            reason: "duplicate channel".into(),
+                        };
+                        self.inputs.push_back(WireInput::Message(ours, close));
+                    }
+                }
                 Message::Close { .. } => self.close(channel),
                 _ => {}
             },
+            Some(Route::Deferred(_)) => {}
             Some(Route::Local(id)) => match msg {
                 Message::Close { .. } => self.close(channel),
                 Message::Open { .. } | Message::Accept { .. } | Message::Push { .. } => {}
@@ -280,10 +350,32 @@ impl WireConnection {
 
     /// The engine closes `channel`.
     pub fn close(&mut self, channel: ChannelId) {
+        tracing::trace!(channel, "wire: the engine closes");
         match self.routes.remove(&channel) {
             Some(Route::Pending(rid)) => {
-                self.set_remote(rid, Remote::Free);
-                self.frames.reject(rid);
+                if let Some((ours, capability)) = self.deferred.remove(&rid) {
+                    // The engine refused the peer's channel and keeps its own: the peer's
+                    // open answers ours.
+                    if let Some(Remote::Pending(p)) = rid
+                        .checked_sub(1)
+                        .and_then(|s| self.remotes.get_mut(s as usize))
+                    {
+                        p.engine = None;
+                        self.offered -= 1;
+                    }
+                    let before = self.inputs.len();
+                    if let Some(theirs) = self.pair(ours, rid, &capability) {
+                        let accept = Message::Accept { capability: theirs };
+                        self.inputs.insert(before, WireInput::Message(ours, accept));
+                    }
+                } else {
+                    self.drop_pending(rid);
+                    self.frames.reject(rid);
+                }
+                self.offer_waiting();
+            }
+            Some(Route::Deferred(rid)) => {
+                self.deferred.remove(&rid);
             }
             Some(Route::Local(id)) => {
                 let Some(local) = self.local_mut(id) else {
@@ -317,9 +409,21 @@ impl WireConnection {
     /// The engine accepted the peer's channel `rid`: our `open` pairs with it, and what it
     /// sent meanwhile is heard.
     fn accept(&mut self, channel: ChannelId, rid: u64, capability: &[u8; 32]) {
+        self.pair(channel, rid, capability);
+        self.offer_waiting();
+    }
+
+    /// Pairs the peer's pending channel `rid` with the engine's `channel`: our `open` (with
+    /// `capability`) goes out, and what the peer sent on it meanwhile is heard. Returns the
+    /// peer's capability, unless the peer closed the channel meanwhile.
+    fn pair(&mut self, channel: ChannelId, rid: u64, capability: &[u8; 32]) -> Option<[u8; 32]> {
         let Some(Remote::Pending(p)) = self.take_remote(rid) else {
-            return;
+            return None;
         };
+        self.held_bytes -= p.held.iter().map(|(_, b)| b.len() + 16).sum::<usize>();
+        if p.engine.is_some() {
+            self.offered -= 1;
+        }
         let id = self.allocate(Local {
             engine: channel,
             remote: Some(rid),
@@ -327,13 +431,12 @@ impl WireConnection {
             state: ChannelState::default(),
         });
         self.send_open(id, &p.discovery_key, capability);
-        self.held_bytes -= p.held.iter().map(|(_, b)| b.len()).sum::<usize>();
         if p.closed {
             // The peer gave the channel up before we answered: our `open` frees its id there.
             self.routes.remove(&channel);
             self.release(id);
             self.inputs.push_back(WireInput::Closed(channel));
-            return;
+            return None;
         }
         self.set_remote(rid, Remote::Bound(id));
         self.routes.insert(channel, Route::Local(id));
@@ -344,6 +447,7 @@ impl WireConnection {
                 self.translate_in(id, msg);
             }
         }
+        Some(p.capability)
     }
 
     // From the peer.
@@ -419,6 +523,7 @@ impl WireConnection {
             }
             local.remote = Some(rid);
             let engine = local.engine;
+            tracing::trace!(engine, rid, "wire: the peer's open answers ours");
             self.remotes[slot] = Remote::Bound(ours);
             self.inputs.push_back(WireInput::Message(
                 engine,
@@ -428,25 +533,62 @@ impl WireConnection {
             ));
             return Ok(());
         }
-        let engine = self.next_engine;
-        self.next_engine += 2;
         self.remotes[slot] = Remote::Pending(Pending {
+            engine: None,
             discovery_key,
+            capability: handshake.capability,
             held: Vec::new(),
             closed: false,
         });
-        self.routes.insert(engine, Route::Pending(rid));
-        self.inputs.push_back(WireInput::Message(
-            engine,
-            Message::Open {
-                discovery_key,
-                capability: handshake.capability,
-            },
-        ));
+        self.waiting.push_back(rid);
+        self.offer_waiting();
         Ok(())
     }
 
+    /// Offers the engine the peer's waiting channels while it decides on fewer than
+    /// [`MAX_OFFERED`].
+    fn offer_waiting(&mut self) {
+        while self.offered < MAX_OFFERED
+            && let Some(rid) = self.waiting.pop_front()
+        {
+            let engine = self.next_engine;
+            let Some(Remote::Pending(p)) = rid
+                .checked_sub(1)
+                .and_then(|s| self.remotes.get_mut(s as usize))
+            else {
+                continue;
+            };
+            if p.closed {
+                // Given up before its turn: the reject frees its id at the peer.
+                self.drop_pending(rid);
+                self.frames.reject(rid);
+                continue;
+            }
+            p.engine = Some(engine);
+            tracing::trace!(engine, rid, "wire: the peer's open offered");
+            let open = Message::Open {
+                discovery_key: p.discovery_key,
+                capability: p.capability,
+            };
+            self.next_engine += 2;
+            self.offered += 1;
+            self.routes.insert(engine, Route::Pending(rid));
+            self.inputs.push_back(WireInput::Message(engine, open));
+        }
+    }
+
+    /// Forgets the peer's pending channel `rid` (and what it held).
+    fn drop_pending(&mut self, rid: u64) {
+        if let Some(Remote::Pending(p)) = self.take_remote(rid) {
+            self.held_bytes -= p.held.iter().map(|(_, b)| b.len() + 16).sum::<usize>();
+            if p.engine.is_some() {
+                self.offered -= 1;
+            }
+        }
+    }
+
     fn on_reject(&mut self, id: u64) -> Result<(), ConnectionError> {
+        tracing::trace!(id, "wire: rejected");
         let found = self.outgoing.values_mut().any(|q| {
             let before = q.len();
             q.retain(|x| *x != id);
@@ -470,6 +612,7 @@ impl WireConnection {
     }
 
     fn on_close(&mut self, rid: u64) {
+        tracing::trace!(rid, "wire: the peer closed");
         let Some(slot) = rid.checked_sub(1).and_then(|s| usize::try_from(s).ok()) else {
             return;
         };
@@ -497,7 +640,7 @@ impl WireConnection {
         };
         match self.remotes.get_mut(slot) {
             Some(Remote::Pending(p)) => {
-                if self.held_bytes + body.len() > MAX_PENDING_BYTES {
+                if self.held_bytes + body.len() + 16 > MAX_PENDING_BYTES {
                     return Err(ConnectionError::Protocol(
                         "too many messages on channels not open yet",
                     ));
@@ -572,11 +715,17 @@ impl WireConnection {
             Message::Sync(info) => {
                 let theirs = st.theirs.filter(|t| t.fork == info.fork);
                 let their_length = theirs.map_or(0, |t| t.length);
+                // Before the peer's state is known, hypercore assumes it can be upgraded.
+                let can_upgrade = match st.theirs {
+                    None => info.length > 0,
+                    Some(_) => theirs.is_some() && info.length > their_length,
+                };
+                st.acked = st.theirs.map(|t| (t.fork, t.length));
                 out.push(HyperMessage::Sync(Sync {
                     fork: info.fork,
                     length: info.length,
                     remote_length: their_length,
-                    can_upgrade: theirs.is_some() && info.length > their_length,
+                    can_upgrade,
                     uploading: true,
                     downloading: true,
                     has_manifest: info.length > 0,
@@ -600,7 +749,17 @@ impl WireConnection {
                     echo = Some(their_sync(t, st.their_contiguous, false));
                 }
             }
-            Message::Request { id: rq, request } => {
+            Message::Request {
+                id: rq,
+                mut request,
+            } => {
+                // hypercore's request names the fork the responder is on (an upgrade to a new
+                // fork is asked on it).
+                if request.upgrade.is_some()
+                    && let Some(t) = st.theirs
+                {
+                    request.fork = t.fork;
+                }
                 let ours = next_id(st);
                 st.asked.insert(ours, Asked::Proof(rq));
                 st.proof_ids.insert(rq, ours);
@@ -718,9 +877,12 @@ impl WireConnection {
                     st.their_contiguous = 0;
                 }
                 st.theirs = Some(s);
+                // Answered when the peer's view of us is stale, or ours of it was: hypercore
+                // asks for an upgrade only once a `sync` acknowledges its length.
                 let stale = st
                     .sent
-                    .is_some_and(|(fork, length)| s.fork != fork || s.remote_length != length);
+                    .is_some_and(|(fork, length)| s.fork != fork || s.remote_length != length)
+                    || st.acked != Some((s.fork, s.length));
                 out.push(Message::Sync(their_sync(s, st.their_contiguous, stale)));
             }
             HyperMessage::Range {

@@ -50,7 +50,8 @@ pub fn node() -> Option<()> {
 pub struct Peer {
     child: Option<Child>,
     stdin: Option<ChildStdin>,
-    /// The line it printed.
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The first line it printed.
     pub line: serde_json::Value,
 }
 
@@ -66,22 +67,37 @@ impl Peer {
             .spawn()
             .expect("node runs");
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        let line = rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("node peer.js {args:?} printed nothing in {WAIT:?}"));
-        let line = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("node peer.js {args:?} printed {line:?}: {e}"));
-        Self {
+        let mut peer = Self {
             stdin: child.stdin.take(),
             child: Some(child),
-            line,
-        }
+            lines,
+            line: serde_json::Value::Null,
+        };
+        peer.line = peer.next_line();
+        peer
+    }
+
+    /// The next line it prints, parsed, within [`WAIT`].
+    pub fn next_line(&mut self) -> serde_json::Value {
+        let line = self
+            .lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("the JS peer printed nothing more in {WAIT:?}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("the JS peer printed {line:?}: {e}"))
+    }
+
+    /// Starts `node peer.js MODE DIR OPTS` with options as JSON.
+    pub fn run(mode: &str, dir: &Path, opts: serde_json::Value) -> Self {
+        Self::start(&[mode, dir.to_str().expect("utf-8 path"), &opts.to_string()])
     }
 
     /// Writes a line to its stdin (a writer's `append N`).

@@ -327,15 +327,14 @@ impl Driver {
                 binding,
                 frames,
                 shared,
-                reader,
+                stop,
             } => {
                 // One connection per peer, whichever the transport.
                 if self.conns.get(&peer).is_some() || peer == *self.conns.me().as_bytes() {
-                    reader.abort();
                     return;
                 }
                 let limit = self.engine.config().max_backlog_bytes;
-                if self.wire.add(link, peer, frames, shared, reader, limit) {
+                if self.wire.add(link, peer, frames, shared, stop, limit) {
                     tracing::info!(peer = %trace::Short(peer), "hypercore wire peer connected");
                     self.engine
                         .handle(Input::WirePeerConnected(peer, binding), now);

@@ -19,7 +19,6 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::{mpsc, oneshot},
-    task::AbortHandle,
 };
 
 use super::Command;
@@ -54,7 +53,8 @@ pub(crate) enum WireEvent {
         binding: NoiseBinding,
         frames: mpsc::UnboundedSender<Vec<Vec<u8>>>,
         shared: Arc<Shared>,
-        reader: AbortHandle,
+        /// Dropped when the driver forgets the connection: its reader then stops.
+        stop: oneshot::Sender<()>,
     },
     /// Decrypted frames, in order.
     Frames(u64, Vec<Vec<u8>>),
@@ -75,20 +75,14 @@ pub(crate) struct Shared {
     limit: AtomicU64,
 }
 
+/// One connection: the writer ends when `frames` goes, the reader when `_stop` does (it may
+/// wait on a peer that sends nothing).
 struct Link {
     id: u64,
     conn: WireConnection,
     frames: mpsc::UnboundedSender<Vec<Vec<u8>>>,
     shared: Arc<Shared>,
-    reader: AbortHandle,
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // The writer ends when `frames` goes; the reader may wait on a peer that sends
-        // nothing.
-        self.reader.abort();
-    }
+    _stop: oneshot::Sender<()>,
 }
 
 /// What the engine is to hear from the wire, and backlog crossings.
@@ -120,11 +114,10 @@ impl WireLinks {
         peer: PeerId,
         frames: mpsc::UnboundedSender<Vec<Vec<u8>>>,
         shared: Arc<Shared>,
-        reader: AbortHandle,
+        stop: oneshot::Sender<()>,
         backlog_limit: u64,
     ) -> bool {
         if self.links.contains_key(&peer) || self.links.len() >= MAX_WIRE_CONNECTIONS {
-            reader.abort();
             return false;
         }
         shared.limit.store(backlog_limit, Ordering::Relaxed);
@@ -137,7 +130,7 @@ impl WireLinks {
                 conn: WireConnection::new(base),
                 frames,
                 shared,
-                reader,
+                _stop: stop,
             },
         );
         true
@@ -291,7 +284,7 @@ pub(crate) async fn run_link<S>(
     let peer = session.remote_static;
     let (frames_tx, frames_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared::default());
-    let reader = tokio::spawn(read_loop(rd, transport, buf, link, to_driver.clone()));
+    let (stop_tx, stop_rx) = oneshot::channel();
     tokio::spawn(write_loop(
         wr,
         sender,
@@ -309,21 +302,36 @@ pub(crate) async fn run_link<S>(
         },
         frames: frames_tx,
         shared,
-        reader: reader.abort_handle(),
+        stop: stop_tx,
     };
+    // The driver knows the connection before the reader reports a frame of it.
     let sent = match to_driver.upgrade() {
         Some(tx) => tx.send(Command::Wire(up)).await.is_ok(),
         None => false,
     };
     if !sent {
-        reader.abort();
         let _ = ready.send(Err("the protocol is shut down".into()));
         return;
     }
     let _ = ready.send(Ok(peer));
+    read_loop(rd, transport, buf, link, to_driver, stop_rx).await;
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
+    rd: R,
+    transport: Transport,
+    buf: Vec<u8>,
+    link: u64,
+    to_driver: mpsc::WeakSender<Command>,
+    stop: oneshot::Receiver<()>,
+) {
+    tokio::select! {
+        _ = stop => {}
+        _ = read_frames(rd, transport, buf, link, to_driver) => {}
+    }
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
     mut rd: R,
     mut transport: Transport,
     mut buf: Vec<u8>,

@@ -369,3 +369,67 @@ async fn a_js_writer_that_goes_mid_transfer_leaves_only_verified_blocks_and_anot
     net::shutdown(&[&node]).await;
     assert_eq!(stop(second).await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_cores_read_both_ways_and_the_key_never_travels() {
+    if js::node().is_none() {
+        return;
+    }
+    let secret = [7u8; 32];
+    let secret_hex = data_encoding::HEXLOWER.encode(&secret);
+    // JS encrypts, Rust reads with the key.
+    let w = tempfile::tempdir().unwrap();
+    let writer = js_peer(
+        "write",
+        w.path(),
+        json!({"count": 300, "size": 1024, "encryptionKey": secret_hex}),
+    )
+    .await;
+    let net = net::test_net().await;
+    let node = net.node(Transport::Direct).await.unwrap();
+    let core = net::replica(&node, hex_key(&writer.line["key"])).await;
+    core.set_encryption_key(secret).unwrap();
+    dial(&node.proto, writer.line["port"].as_u64().unwrap()).await;
+    net::wait_full(&core, 300).await;
+    assert_eq!(core.info().byte_length, 300 * (1024 + 8));
+    for i in [0, 150, 299] {
+        assert_eq!(core.get(i).await.unwrap().unwrap(), js_block(i, 1024));
+    }
+
+    // Rust encrypts, JS reads with the key; a relay node without the key serves it.
+    let log = node.store.get_named("encrypted for js").await.unwrap();
+    log.set_encryption_key(secret).unwrap();
+    let blocks: Vec<Vec<u8>> = (0..300).map(|i| js_block(i, 1024)).collect();
+    log.append_batch(blocks).await.unwrap();
+    node.proto.replicate(&log).await.unwrap();
+    let relay = net.node(Transport::Direct).await.unwrap();
+    let copy = net::follow(&relay, &node, &log).await;
+    net::wait_full(&copy, 300).await;
+    assert!(!copy.is_encrypted());
+    let stored = copy.get(0).await.unwrap().unwrap();
+    assert_ne!(
+        &stored[8..],
+        &js_block(0, 1024)[..],
+        "the relay holds ciphertext"
+    );
+    let port = listen(&relay.proto).await;
+    let r = tempfile::tempdir().unwrap();
+    let reader = js_peer(
+        "read",
+        r.path(),
+        json!({
+            "keys": [data_encoding::HEXLOWER.encode(&log.key())],
+            "port": port,
+            "count": 300,
+            "encryptionKey": secret_hex,
+        }),
+    )
+    .await;
+    assert_eq!(reader.line["bytes"], 300 * 1024);
+    // The key is in no ticket.
+    let ticket = node.proto.ticket(&log).to_string();
+    assert!(!ticket.contains(&secret_hex));
+    assert_eq!(stop(reader).await, Some(0));
+    net::shutdown(&[&node, &relay]).await;
+    assert_eq!(stop(writer).await, Some(0));
+}

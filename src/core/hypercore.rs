@@ -60,6 +60,42 @@ impl Hypercore {
         self.inner.writable()
     }
 
+    /// Encrypts this core's blocks with `key`, as JS Hypercore 11's `encryption: { key }`
+    /// does: from now on appends (through any handle of the core) store ciphertext, and
+    /// reads return text. The log's hashes, signatures and replication are over the
+    /// ciphertext, so peers replicate it without the key, and a JS peer with the key reads
+    /// what this one wrote (and the other way round). The key is kept in memory only: give it
+    /// each time the core is opened. A second, different key is refused. Blob blocks
+    /// ([`append_blob`](Self::append_blob)) are not encrypted by this.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> iroh_hypercore::Result<()> {
+    /// let core = iroh_hypercore::Corestore::memory().await?.get_named("secret").await?;
+    /// core.set_encryption_key([5; 32])?;
+    /// core.append("hello").await?;
+    /// assert_eq!(core.get(0).await?.unwrap(), "hello");
+    /// assert_eq!(core.info().byte_length, 8 + 5); // 8 bytes of padding per block
+    /// # Ok(()) }
+    /// ```
+    pub fn set_encryption_key(&self, key: [u8; 32]) -> Result<()> {
+        let kind = self.info().kind.unwrap_or(crate::crypto::CoreKind::Default);
+        let e = super::BlockEncryption::new(&self.inner.key, kind, &key);
+        let expected = super::BlockEncryption::new(&self.inner.key, kind, &key);
+        let set = self.inner.encryption.get_or_init(|| e);
+        if set.same_keys(&expected) {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidArgument(
+                "the core is encrypted with another key",
+            ))
+        }
+    }
+
+    /// Whether blocks are encrypted ([`set_encryption_key`](Self::set_encryption_key)).
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.encryption.get().is_some()
+    }
+
     /// A snapshot of the committed state.
     pub fn info(&self) -> Info {
         let st = self.inner.state();

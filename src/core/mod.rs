@@ -1,6 +1,7 @@
 //! [`Hypercore`]: one signed append-only log stored in a [`Storage`](crate::storage::Storage).
 
 mod blobs;
+mod encryption;
 mod events;
 mod hypercore;
 mod info;
@@ -17,6 +18,7 @@ mod wait;
 mod writes;
 
 pub use blobs::GetBlob;
+pub use encryption::{BlockEncryption, PADDING as ENCRYPTION_PADDING};
 pub use events::{CoreEvent, Subscription};
 pub use hypercore::{AppendOutcome, Hypercore};
 pub use info::{Info, Stored};

@@ -43,7 +43,7 @@ impl Hypercore {
             if start >= end {
                 return Ok(Vec::new());
             }
-            Ok(inner
+            let run = inner
                 .storage
                 .read(move |r| {
                     let blocks = r.blocks()?;
@@ -60,7 +60,11 @@ impl Hypercore {
                     })?;
                     Ok(run)
                 })
-                .await?)
+                .await?;
+            run.into_iter()
+                .enumerate()
+                .map(|(i, b)| inner.block_text(start + i as u64, b))
+                .collect()
         }
     }
 

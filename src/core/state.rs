@@ -58,6 +58,8 @@ pub(crate) struct CoreInner {
     pub update_requests: std::sync::atomic::AtomicU64,
     /// The last of `update_requests` a protocol answered.
     pub updated: watch::Sender<u64>,
+    /// Block encryption, once a key is given: appends store ciphertext, reads return text.
+    pub encryption: std::sync::OnceLock<super::BlockEncryption>,
 }
 
 impl CoreInner {
@@ -169,6 +171,19 @@ impl CoreInner {
         }
     }
 
+    /// The text of stored block `index`: decrypted when the core is encrypted.
+    pub fn block_text(&self, index: u64, stored: Bytes) -> Result<Bytes> {
+        match self.encryption.get() {
+            None => Ok(stored),
+            Some(e) => e
+                .decrypt(index, &stored)
+                .map(Bytes::from)
+                .ok_or(Error::InvalidArgument(
+                    "encrypted block shorter than its padding",
+                )),
+        }
+    }
+
     /// Drops queued-but-failed appends from the head.
     pub fn resync_head(&self) {
         self.slot.resync_head();
@@ -201,6 +216,7 @@ impl CoreInner {
             stopped: watch::channel(0).0,
             update_requests: Default::default(),
             updated: watch::channel(0).0,
+            encryption: std::sync::OnceLock::new(),
         }))
     }
 }

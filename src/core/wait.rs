@@ -82,7 +82,7 @@ impl Get {
                             if let Some(w) = want {
                                 w.arrived();
                             }
-                            return Ok(value);
+                            return self.inner.block_text(index, value);
                         }
                         Err(Ok(_)) => continue,
                         // Missed some: look in storage again.
@@ -163,10 +163,11 @@ impl Drop for RangeWant {
 
 async fn local_block(inner: &Arc<CoreInner>, index: u64) -> Result<Option<Bytes>> {
     let id = inner.id;
-    Ok(inner
+    let stored = inner
         .storage
         .read(move |r| Ok(r.blocks()?.view().get(id, index)?.map(Bytes::from)))
-        .await?)
+        .await?;
+    stored.map(|b| inner.block_text(index, b)).transpose()
 }
 
 /// An update of a core from its peers, from [`Hypercore::update`].

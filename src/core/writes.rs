@@ -118,7 +118,14 @@ fn queue_append(
     if !inner.writable() {
         return Err(Error::NotWritable);
     }
-    if blocks.iter().any(|b| b.len() > MAX_BLOCK_SIZE) {
+    let encryption = inner.encryption.get();
+    let max = MAX_BLOCK_SIZE
+        - if encryption.is_some() {
+            super::ENCRYPTION_PADDING
+        } else {
+            0
+        };
+    if blocks.iter().any(|b| b.len() > max) {
         return Err(Error::InvalidArgument("block larger than MAX_BLOCK_SIZE"));
     }
     let mut st = inner.state();
@@ -126,6 +133,15 @@ fn queue_append(
         return Err(Error::Closed);
     }
     let base = (st.head.length, st.head.fork);
+    // Encrypted under the lock: the index and fork are the ones this append gets.
+    let blocks = match encryption {
+        None => blocks,
+        Some(e) => blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Bytes::from(e.encrypt(base.0 + i as u64, base.1, b)))
+            .collect(),
+    };
     if base.0 + blocks.len() as u64 > MAX_LENGTH {
         return Err(Error::InvalidArgument("log too long"));
     }

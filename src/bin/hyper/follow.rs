@@ -24,8 +24,17 @@ use crate::{
 /// `hyper follow` arguments.
 #[derive(Debug, Args)]
 pub struct FollowArgs {
-    /// The `core…` ticket `hyper share` printed.
+    /// The `core…` ticket `hyper share` printed (or, with --tcp, the log's key in hex).
     pub ticket: String,
+    /// Also follow the log from a JS Hypercore peer (`core.replicate(socket)`) at
+    /// HOST:PORT, over TCP on Hypercore's own wire; dialed again when it goes. With it,
+    /// TICKET may be the log's key (64 hex characters).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tcp: Option<String>,
+    /// Serve the log to JS Hypercore peers connecting to ADDR over TCP while following it
+    /// (a bridge: what the iroh peers write, JS readers get).
+    #[arg(long, value_name = "ADDR")]
+    tcp_listen: Option<std::net::SocketAddr>,
     /// Download only the blocks printed: from --start, or else from the log's length once
     /// synced (only new blocks, like `tail -f`).
     #[arg(long)]
@@ -71,6 +80,14 @@ pub async fn run(
         _ => 0,
     };
     let node = Node::start(store, net, false).await?;
+    let _tcp_dial = args
+        .tcp
+        .clone()
+        .map(|addr| crate::tcp::dial(&node.proto, addr));
+    let _tcp_listen = match args.tcp_listen {
+        Some(addr) => Some(crate::tcp::listen(&node.proto, addr).await?),
+        None => None,
+    };
     let tracker = PeerTracker::start(dir, &node.proto, &[ticket.key()]);
     let mut seen = Seen::default();
     let result = tokio::select! {

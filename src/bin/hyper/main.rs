@@ -23,6 +23,7 @@ mod reader_gone;
 mod share;
 mod signals;
 mod stdin_lines;
+mod tcp;
 mod text;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
@@ -188,7 +189,14 @@ impl Job {
         Ok(match command {
             Command::Local(command) => Self::Local(command),
             Command::Share(args) => Self::Share(args),
-            Command::Follow(args) => Self::Follow(node::parse_ticket(&args.ticket)?, args),
+            Command::Follow(args) => {
+                // A JS peer dialed over TCP is named by the log's key: no iroh ticket.
+                let ticket = match (&args.tcp, names::parse_key(&args.ticket)) {
+                    (Some(_), Some(key)) => CoreTicket::new(key, Vec::new()),
+                    _ => node::parse_ticket(&args.ticket)?,
+                };
+                Self::Follow(ticket, args)
+            }
             Command::GetBlob(args) => Self::GetBlob(node::parse_ticket(&args.ticket)?, args),
             Command::Completions { .. } => return Err("completions need no store".into()),
         })

@@ -28,6 +28,16 @@ pub struct ShareArgs {
     /// Append each line read from stdin to the first log as one block, while sharing.
     #[arg(long)]
     stdin: bool,
+    /// Also serve the logs to JS Hypercore peers (`core.replicate(socket)`,
+    /// `store.replicate(socket)`) connecting to ADDR over TCP, on Hypercore's own wire, e.g.
+    /// 0.0.0.0:4977.
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<std::net::SocketAddr>,
+    /// Also replicate the logs with the JS Hypercore peer at HOST:PORT over TCP (dialed
+    /// again when it goes): with a log's key that is not in the store yet, this fetches the
+    /// log from it and serves it to iroh peers (a bridge).
+    #[arg(long, value_name = "HOST:PORT")]
+    tcp_connect: Vec<String>,
 }
 
 /// Lines of stdin appended (and signed) together at most.
@@ -43,7 +53,15 @@ pub async fn run(
     let mut interrupts = Interrupts::install()?;
     let mut cores = Vec::new();
     for log in &args.logs {
-        cores.push(local::resolve(store, dir, log).await?.0);
+        let core = match crate::names::parse_key(log) {
+            // A log to fetch from the peers (a JS peer with --tcp-connect) and serve.
+            Some(key) if !args.tcp_connect.is_empty() => store
+                .get_remote(key)
+                .await
+                .map_err(|e| fail::describe("opening the log", e))?,
+            _ => local::resolve(store, dir, log).await?.0,
+        };
+        cores.push(core);
     }
     if cores.is_empty() {
         for key in store.list().await.map_err(|e| fail::describe("list", e))? {
@@ -70,6 +88,15 @@ pub async fn run(
     }
     let mut lines = args.stdin.then(stdin_lines::read);
     let node = Node::start(store, net, args.all).await?;
+    let _tcp_listen = match args.tcp {
+        Some(addr) => Some(crate::tcp::listen(&node.proto, addr).await?),
+        None => None,
+    };
+    let _tcp_dials: Vec<_> = args
+        .tcp_connect
+        .iter()
+        .map(|addr| crate::tcp::dial(&node.proto, addr.clone()))
+        .collect();
     // `append` and `truncate` from another terminal, while this holds the store.
     #[cfg(unix)]
     let _control = crate::control::Server::start(store, dir);

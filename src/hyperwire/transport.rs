@@ -24,6 +24,9 @@ pub const MAX_FRAME: usize = 0xff_ffff;
 /// The largest message: a frame less the encryption's bytes.
 pub const MAX_MESSAGE: usize = MAX_FRAME - ABYTES;
 const LEN_BYTES: usize = 3;
+/// The largest frame before the stream is open: the handshake's messages are 32, 96 and 64
+/// bytes and the setup message 56.
+pub const MAX_HANDSHAKE_FRAME: usize = 256;
 const SETUP_BYTES: usize = 32 + HEADER_BYTES;
 
 /// The secret-stream namespace: BLAKE2b-256 of "hyperswarm/secret-stream", then of it and a
@@ -240,9 +243,13 @@ impl Transport {
     }
 
     fn check_len(&mut self, len: usize) -> Result<(), TransportError> {
+        let max = match self.phase {
+            Phase::Open { .. } => self.max_frame,
+            _ => MAX_HANDSHAKE_FRAME,
+        };
         let result = if len == 0 {
             Err(TransportError::EmptyFrame)
-        } else if len > self.max_frame {
+        } else if len > max {
             Err(TransportError::TooLarge(len))
         } else {
             Ok(())
@@ -353,8 +360,12 @@ mod tests {
     use super::*;
 
     fn pair() -> (Transport, Transport) {
-        let mut a = Transport::new(true, &[1; 32], MAX_FRAME);
-        let mut b = Transport::new(false, &[2; 32], MAX_FRAME);
+        pair_with(MAX_FRAME)
+    }
+
+    fn pair_with(max: usize) -> (Transport, Transport) {
+        let mut a = Transport::new(true, &[1; 32], max);
+        let mut b = Transport::new(false, &[2; 32], max);
         for _ in 0..4 {
             let x = std::mem::take(a.outgoing());
             b.recv(&x).unwrap();
@@ -417,9 +428,13 @@ mod tests {
         *bytes.last_mut().unwrap() ^= 1;
         let (_, mut c) = pair();
         assert_eq!(c.recv(&bytes), Err(TransportError::Forged));
-        // Over the limit, said by the length alone.
-        let mut small = Transport::new(false, &[2; 32], 100);
-        assert_eq!(small.recv(&[101, 0, 0]), Err(TransportError::TooLarge(101)));
+        // Over the limit, said by the length alone: before the stream is open, and after.
+        let mut fresh = Transport::new(false, &[2; 32], MAX_FRAME);
+        assert_eq!(fresh.recv(&[1, 1, 0]), Err(TransportError::TooLarge(257)));
+        let (mut a, mut b) = pair_with(100);
+        a.send(&[0; 200]).unwrap();
+        let bytes = std::mem::take(a.outgoing());
+        assert_eq!(b.recv(&bytes), Err(TransportError::TooLarge(217)));
     }
 
     #[test]

@@ -441,6 +441,15 @@ impl Driver {
                 Output::Event(ev) => {
                     trace::log_event(&ev);
                     match &ev {
+                        // As JS Hypercore does: a peer on its wire that shows a wrong
+                        // capability loses its connection, not only the channel.
+                        Event::ChannelRefused { peer, reason }
+                            if reason.starts_with("invalid capability") && self.wire.has(peer) =>
+                        {
+                            tracing::info!(peer = %trace::Short(*peer), "hypercore wire peer dropped: {reason}");
+                            let peer = *peer;
+                            self.wire_gone(&peer, Instant::now());
+                        }
                         Event::Updated { core, .. } => self.cores.updated(core),
                         Event::ChannelOpen { core, peer } => self.channel_opened(*core, *peer),
                         Event::Download {

@@ -433,3 +433,42 @@ async fn encrypted_cores_read_both_ways_and_the_key_never_travels() {
     net::shutdown(&[&node, &relay]).await;
     assert_eq!(stop(writer).await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_messages_cross_a_cores_channel_both_ways() {
+    if js::node().is_none() {
+        return;
+    }
+    let w = tempfile::tempdir().unwrap();
+    let writer = js_peer(
+        "write",
+        w.path(),
+        json!({"count": 10, "size": 64, "extension": "chat"}),
+    )
+    .await;
+    let net = net::test_net().await;
+    let node = net.node(Transport::Direct).await.unwrap();
+    let chat = node.proto.extension("chat").await.unwrap();
+    let mut heard = chat.subscribe();
+    let core = net::replica(&node, hex_key(&writer.line["key"])).await;
+    let peer = dial(&node.proto, writer.line["port"].as_u64().unwrap()).await;
+    net::wait_full(&core, 10).await;
+
+    // Rust → JS: the payload in hypercore's default encoding (a length, then the bytes).
+    let sent = chat.broadcast(&core, &b"\x05hello"[..]).await.unwrap();
+    assert_eq!(sent, 1);
+    let (mut writer, line) = next_line(writer).await;
+    assert_eq!(line, json!({"extension": "chat", "message": "hello"}));
+
+    // JS → Rust, on the core's channel, from that peer.
+    writer.say("ext hi");
+    let msg = tokio::time::timeout(net::WAIT, n0_future::StreamExt::next(&mut heard))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&msg.bytes[..], b"\x02hi");
+    assert_eq!(msg.core, Some(core.key()));
+    assert_eq!(*msg.peer.as_bytes(), peer);
+    net::shutdown(&[&node]).await;
+    assert_eq!(stop(writer).await, Some(0));
+}

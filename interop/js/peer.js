@@ -10,6 +10,10 @@
 //       command, answered with one JSON line:
 //         append N [CORE]     appends N more blocks          -> {"length","fork"}
 //         truncate L [CORE]   truncates to L (a new fork)    -> {"length","fork"}
+//         ext TEXT            with "extension":NAME, sends TEXT on the first core's
+//                             channels (hypercore's default buffer encoding)
+//       With "extension":NAME, each message of that extension prints
+//       {"extension","message"}.
 //       It stops when stdin closes.
 //
 //   node peer.js read DIR '{"keys":[hex..],"port":P,"count":N,"sparse":[i..],
@@ -81,6 +85,11 @@ async function write (dir, opts) {
     if (batch.length) await core.append(batch)
     cores.push(core)
   }
+  const ext = opts.extension
+    ? cores[0].registerExtension(opts.extension, {
+      onmessage: (m) => say({ extension: opts.extension, message: m.toString() })
+    })
+    : null
   let port = opts.connect
   let server = null
   if (opts.connect) {
@@ -100,6 +109,9 @@ async function write (dir, opts) {
       await core.append(more)
     } else if (cmd === 'truncate') {
       await core.truncate(Number(n))
+    } else if (cmd === 'ext' && ext) {
+      ext.broadcast(Buffer.from(n))
+      return
     } else {
       return
     }

@@ -264,3 +264,22 @@ async fn a_writer_whose_blocks_do_not_verify_gets_nothing_stored_and_is_blamed()
     serving.abort();
     net::shutdown(&[&reader, &source]).await;
 }
+
+#[tokio::test]
+async fn a_peer_connected_over_iroh_is_refused_on_the_wire_with_an_error() {
+    let net = net::test_net().await;
+    let (writer, log) = net::writer_with_log(&net, "both", 10, 100).await;
+    let (reader, copy) = net::follower(&net, &writer, &log).await;
+    net::wait_full(&copy, 10).await;
+    let (port, mut results) = listen(&writer.proto).await;
+    // The same key over TCP: refused on both sides, with an error.
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let ours = reader.proto.replicate_stream(tcp, true).await;
+    assert!(ours.is_err(), "{ours:?}");
+    let theirs = results.recv().await.unwrap();
+    assert!(theirs.is_err(), "{theirs:?}");
+    // The iroh connection goes on.
+    log.append("more").await.unwrap();
+    net::wait_full(&copy, 11).await;
+    net::shutdown(&[&reader, &writer]).await;
+}

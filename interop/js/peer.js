@@ -21,8 +21,9 @@
 //       Follows the keys (one Corestore, one stream) from 127.0.0.1:P, or with "listen"
 //       prints {"port"} first and takes one connection. Without "sparse" it waits until every
 //       core holds N blocks and checks each one's prefix; with "sparse" it gets only those
-//       blocks of the first core. Prints {"length","bytes","ms","fork"} (the first core's
-//       length and fork, bytes over every core), then waits for stdin to close if it is
+//       blocks of the first core. Prints {"length","bytes","ms","downloadMs","fork"} (the
+//       first core's length and fork, bytes over every core, the time from the connection to
+//       the end of the checks and to the end of the download), then waits for stdin to close if it is
 //       "follow": true, printing {"length"} for each new length of the first core.
 'use strict'
 
@@ -149,16 +150,18 @@ async function read (dir, opts) {
     }
     bytes += value.length
   }
+  let downloadMs = 0
   if (opts.sparse) {
     for (const i of opts.sparse) await check(cores[0], i)
   } else {
     await Promise.all(cores.map((core) => core.download({ start: 0, end: opts.count }).done()))
+    downloadMs = Number(process.hrtime.bigint() - start) / 1e6
     for (const core of cores) {
       for (let i = 0; i < opts.count; i++) await check(core, i)
     }
   }
   const ms = Number(process.hrtime.bigint() - start) / 1e6
-  say({ length: cores[0].length, bytes, ms, fork: cores[0].fork })
+  say({ length: cores[0].length, bytes, ms, downloadMs, fork: cores[0].fork })
   if (opts.follow) {
     cores[0].on('append', () => say({ length: cores[0].length }))
     cores[0].on('truncate', () => say({ length: cores[0].length, fork: cores[0].fork }))

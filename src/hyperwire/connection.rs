@@ -58,7 +58,16 @@ pub const MAX_PENDING_BYTES: usize = 256 * 1024;
 /// Channels the peer opened that the engine is deciding on at once; the others wait here in
 /// order (a JS Corestore opens all its cores' channels at once, and never again after a
 /// refusal).
-pub const MAX_OFFERED: usize = 16;
+pub const MAX_OFFERED: usize = 32;
+/// Inputs for the engine one read of frames may make; past it the connection ends (an
+/// honest peer's frame of 1 KiB blocks makes one per block).
+pub const MAX_INPUTS: usize = 65536;
+/// Bytes of a channel's run answers held until the ones before them come; past it the run
+/// ends where it is, and is asked again.
+pub const MAX_RUN_HELD: usize = 16 * 1024 * 1024;
+/// Requests of ours a channel remembers unanswered (the engine gives up on some without a
+/// `Cancel`); the oldest proof requests go first past it.
+const MAX_ASKED: usize = 8192;
 /// Most ranges one `bitfield` message becomes.
 pub const MAX_BITFIELD_RANGES: usize = 256;
 /// The batch of blocks hypercore's `want` names.
@@ -171,6 +180,8 @@ struct ChannelState {
     /// Our request id of each engine proof request.
     proof_ids: HashMap<u64, u64>,
     runs: HashMap<u64, Run>,
+    /// Block bytes held in `runs` out of their turn.
+    run_held: usize,
     wants: std::collections::BTreeSet<u64>,
     last_extension: Option<String>,
 }
@@ -219,7 +230,11 @@ impl WireConnection {
 
     /// The next thing the engine is to hear.
     pub fn next_input(&mut self) -> Option<WireInput> {
-        self.inputs.pop_front()
+        let next = self.inputs.pop_front();
+        if next.is_none() && self.inputs.capacity() > 1024 {
+            self.inputs = VecDeque::new();
+        }
+        next
     }
 
     /// The frames queued, to encrypt and write in order.
@@ -258,6 +273,33 @@ impl WireConnection {
             let close = refuse("no store channel on this wire");
             self.inputs.push_back(WireInput::Message(channel, close));
             return;
+        }
+        // A channel of the peer's for this core that it closed before we answered: our open
+        // is what frees its id there (JS takes it as the answer, and pairs nothing), so it is
+        // done with here too.
+        let closed = self
+            .remotes
+            .iter()
+            .enumerate()
+            .find_map(|(slot, r)| match r {
+                Remote::Pending(p) if p.discovery_key == *discovery_key && p.closed => {
+                    Some((slot as u64 + 1, p.engine))
+                }
+                _ => None,
+            });
+        if let Some((rid, offered)) = closed {
+            self.waiting.retain(|w| *w != rid);
+            if let Some(odd) = offered {
+                self.routes.remove(&odd);
+                let before = self.inputs.len();
+                self.inputs.retain(
+                    |i| !matches!(i, WireInput::Message(c, Message::Open { .. }) if *c == odd),
+                );
+                if self.inputs.len() == before {
+                    self.inputs.push_back(WireInput::Closed(odd));
+                }
+            }
+            self.drop_pending(rid);
         }
         // The peer opened this core's channel first. If the engine has not heard of it yet,
         // the engine's open is our answer to it (protomux pairs the two opens into one
@@ -454,7 +496,12 @@ impl WireConnection {
 
     /// Takes one decrypted frame. After an error the connection is to end.
     pub fn on_frame(&mut self, frame: &[u8]) -> Result<(), ConnectionError> {
-        decode_frame(frame, &mut |m| self.on_mux(m))
+        decode_frame(frame, &mut |m| {
+            if self.inputs.len() >= MAX_INPUTS {
+                return Err(ConnectionError::Protocol("too many messages at once"));
+            }
+            self.on_mux(m)
+        })
     }
 
     fn on_mux(&mut self, m: MuxMessage<'_>) -> Result<(), ConnectionError> {
@@ -503,7 +550,10 @@ impl WireConnection {
             self.frames.reject(rid);
             return Ok(());
         };
-        if protocol != PROTOCOL && protocol != PROTOCOL_ALIAS {
+        // The crate's own store channel has a public key: not on this wire.
+        if (protocol != PROTOCOL && protocol != PROTOCOL_ALIAS)
+            || discovery_key == store_channel_discovery_key()
+        {
             self.frames.reject(rid);
             return Ok(());
         }
@@ -760,6 +810,17 @@ impl WireConnection {
                 {
                     request.fork = t.fork;
                 }
+                if st.asked.len() >= MAX_ASKED
+                    && let Some(oldest) = st
+                        .asked
+                        .iter()
+                        .filter(|(_, a)| matches!(a, Asked::Proof(_)))
+                        .map(|(id, _)| *id)
+                        .min()
+                    && let Some(Asked::Proof(old)) = st.asked.remove(&oldest)
+                {
+                    st.proof_ids.remove(&old);
+                }
                 let ours = next_id(st);
                 st.asked.insert(ours, Asked::Proof(rq));
                 st.proof_ids.insert(rq, ours);
@@ -812,6 +873,10 @@ impl WireConnection {
             }
             Message::Cancel { id: rq } => {
                 if let Some(run) = st.runs.remove(&rq) {
+                    for proof in run.held.values() {
+                        let size = proof.block.as_ref().map_or(0, |b| b.value.len());
+                        st.run_held = st.run_held.saturating_sub(size);
+                    }
                     for ours in run.asked.into_values() {
                         st.asked.remove(&ours);
                         out.push(HyperMessage::Cancel { request: ours });
@@ -822,9 +887,11 @@ impl WireConnection {
                 }
             }
             Message::Data { id: rq, proof } => out.push(HyperMessage::Data { request: rq, proof }),
+            // No reason: JS counts "not available" answers against the peer, and ours include
+            // requests refused for a full queue, which says nothing about the peer.
             Message::NoData { id: rq, .. } => out.push(HyperMessage::NoData {
                 request: rq,
-                reason: Some(1),
+                reason: None,
             }),
             Message::Want { start, end } => {
                 let first = start / WANT_BATCH;
@@ -921,9 +988,17 @@ impl WireConnection {
                     out.push(Message::Data { id: rq, proof });
                 }
                 Some(Asked::Block { run, index }) => {
+                    let size = proof.block.as_ref().map_or(0, |b| b.value.len());
                     if let Some(r) = st.runs.get_mut(&run) {
                         r.asked.remove(&index);
-                        r.held.insert(index, proof);
+                        if index != r.next && st.run_held + size > MAX_RUN_HELD {
+                            // Too much waits for a block that does not come: the run ends
+                            // there, and the engine asks again.
+                            r.missing_from = Some(r.next);
+                        } else {
+                            st.run_held += size;
+                            r.held.insert(index, proof);
+                        }
                     }
                     drain_run(st, run, &mut out, &mut cancels);
                 }
@@ -1007,10 +1082,16 @@ fn drain_run(st: &mut ChannelState, run: u64, out: &mut Vec<Message>, cancels: &
     while r.next < stop
         && let Some(proof) = r.held.remove(&r.next)
     {
+        let size = proof.block.as_ref().map_or(0, |b| b.value.len());
         out.push(Message::Data { id: run, proof });
         r.next += 1;
+        st.run_held = st.run_held.saturating_sub(size);
     }
     if r.next == stop {
+        for proof in std::mem::take(&mut r.held).into_values() {
+            let size = proof.block.as_ref().map_or(0, |b| b.value.len());
+            st.run_held = st.run_held.saturating_sub(size);
+        }
         if stop < r.end {
             out.push(Message::NoData {
                 id: run,
@@ -1054,4 +1135,263 @@ fn bitfield_ranges(start: u64, words: &[u32]) -> Vec<(u64, u64)> {
         out.push((s, start.saturating_add(words.len() as u64 * 32)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hyperwire::compact::Writer,
+        tree::{BlockProof, Proof},
+    };
+
+    const DK: [u8; 32] = [3; 32];
+
+    fn open_frame(rid: u64, dk: &[u8; 32]) -> Vec<u8> {
+        let mut hs = Vec::new();
+        ChannelHandshake {
+            seeks: true,
+            capability: [9; 32],
+        }
+        .encode(&mut hs);
+        let mut b = FrameBuilder::default();
+        b.open(rid, PROTOCOL, dk, &hs);
+        b.frames(1 << 20).remove(0)
+    }
+
+    fn message_frame(rid: u64, msgs: &[HyperMessage]) -> Vec<u8> {
+        let mut b = FrameBuilder::default();
+        for m in msgs {
+            b.message(rid, m.kind(), |w: &mut Writer<'_>| m.encode(w));
+        }
+        let mut frames = b.frames(1 << 30);
+        assert_eq!(frames.len(), 1);
+        frames.remove(0)
+    }
+
+    fn inputs(c: &mut WireConnection) -> Vec<WireInput> {
+        std::iter::from_fn(|| c.next_input()).collect()
+    }
+
+    /// A connection with one channel for `DK`, opened by the peer and accepted: its engine
+    /// channel.
+    fn accepted(c: &mut WireConnection) -> ChannelId {
+        c.on_frame(&open_frame(1, &DK)).unwrap();
+        let [WireInput::Message(ch, Message::Open { .. })] = inputs(c)[..] else {
+            panic!("an Open for the engine")
+        };
+        c.send(
+            ch,
+            Message::Accept {
+                capability: [1; 32],
+            },
+        );
+        assert_eq!(c.frames().len(), 1, "our open");
+        ch
+    }
+
+    fn block(index: u64) -> Proof {
+        Proof {
+            block: Some(BlockProof {
+                index,
+                value: vec![index as u8; 10],
+                nodes: Vec::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn peer_channel_ids_must_grow_one_at_a_time_and_rejects_must_name_ours() {
+        let mut c = WireConnection::new(1);
+        assert!(c.on_frame(&open_frame(2, &DK)).is_err(), "a jump");
+        let mut c = WireConnection::new(1);
+        c.on_frame(&open_frame(1, &DK)).unwrap();
+        assert!(c.on_frame(&open_frame(1, &DK)).is_err(), "an id in use");
+        let mut c = WireConnection::new(1);
+        let mut b = FrameBuilder::default();
+        b.reject(5);
+        assert!(
+            c.on_frame(&b.frames(64)[0]).is_err(),
+            "a reject of nothing ours"
+        );
+        // The crate's store channel is refused on this wire.
+        let mut c = WireConnection::new(1);
+        c.on_frame(&open_frame(1, &store_channel_discovery_key()))
+            .unwrap();
+        assert!(inputs(&mut c).is_empty());
+        assert_eq!(c.frames().len(), 1, "a reject");
+    }
+
+    #[test]
+    fn one_frame_makes_at_most_max_inputs() {
+        let mut c = WireConnection::new(1);
+        accepted(&mut c);
+        let cancels: Vec<HyperMessage> = (0..MAX_INPUTS as u64 + 1)
+            .map(|request| HyperMessage::Cancel { request })
+            .collect();
+        assert_eq!(
+            c.on_frame(&message_frame(1, &cancels)),
+            Err(ConnectionError::Protocol("too many messages at once"))
+        );
+    }
+
+    #[test]
+    fn a_runs_answers_reach_the_engine_in_block_order_and_a_gap_ends_it() {
+        let mut c = WireConnection::new(1);
+        let ch = accepted(&mut c);
+        c.send(
+            ch,
+            Message::RequestRun {
+                id: 7,
+                fork: 0,
+                start: 0,
+                end: 3,
+                length: 3,
+            },
+        );
+        assert_eq!(c.frames().len(), 1);
+        // Our requests are ids 1, 2, 3 for blocks 0, 1, 2; answered 2, 1, 0.
+        for (request, index) in [(3, 2), (2, 1), (1, 0)] {
+            let data = HyperMessage::Data {
+                request,
+                proof: block(index),
+            };
+            c.on_frame(&message_frame(1, &[data])).unwrap();
+        }
+        let order: Vec<u64> = inputs(&mut c)
+            .into_iter()
+            .map(|i| match i {
+                WireInput::Message(_, Message::Data { id: 7, proof }) => proof.block.unwrap().index,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(order, vec![0, 1, 2]);
+
+        // A second run: block 1 is missing, block 2 came first.
+        c.send(
+            ch,
+            Message::RequestRun {
+                id: 8,
+                fork: 0,
+                start: 0,
+                end: 3,
+                length: 3,
+            },
+        );
+        c.frames();
+        let frame = message_frame(
+            1,
+            &[
+                HyperMessage::Data {
+                    request: 6,
+                    proof: block(2),
+                },
+                HyperMessage::NoData {
+                    request: 5,
+                    reason: None,
+                },
+                HyperMessage::Data {
+                    request: 4,
+                    proof: block(0),
+                },
+            ],
+        );
+        c.on_frame(&frame).unwrap();
+        let got = inputs(&mut c);
+        assert!(matches!(
+            &got[0],
+            WireInput::Message(_, Message::Data { id: 8, .. })
+        ));
+        assert_eq!(
+            got[1],
+            WireInput::Message(
+                ch,
+                Message::NoData {
+                    id: 8,
+                    start: 1,
+                    end: 3
+                }
+            )
+        );
+        assert_eq!(got.len(), 2, "block 2 rode on the missing one: dropped");
+    }
+
+    #[test]
+    fn the_engine_decides_on_a_bounded_window_of_the_peers_opens() {
+        let mut c = WireConnection::new(1);
+        let mut b = FrameBuilder::default();
+        for rid in 1..=(MAX_OFFERED as u64 + 5) {
+            let mut hs = Vec::new();
+            ChannelHandshake {
+                seeks: true,
+                capability: [9; 32],
+            }
+            .encode(&mut hs);
+            b.open(rid, PROTOCOL, &[rid as u8; 32], &hs);
+        }
+        for f in b.frames(1 << 20) {
+            c.on_frame(&f).unwrap();
+        }
+        let offered = inputs(&mut c);
+        assert_eq!(offered.len(), MAX_OFFERED);
+        let WireInput::Message(first, _) = offered[0] else {
+            panic!()
+        };
+        // One answered: the next one waiting is offered.
+        c.send(
+            first,
+            Message::Close {
+                reason: "no".into(),
+            },
+        );
+        assert_eq!(inputs(&mut c).len(), 1);
+    }
+
+    #[test]
+    fn our_open_of_a_core_the_peer_opened_pairs_with_it_or_waits_for_the_engine() {
+        // The engine has not heard of the peer's open: ours answers it.
+        let mut c = WireConnection::new(1);
+        c.on_frame(&open_frame(1, &DK)).unwrap();
+        let open = Message::Open {
+            discovery_key: DK,
+            capability: [1; 32],
+        };
+        c.open(0, &open);
+        assert_eq!(
+            inputs(&mut c),
+            vec![WireInput::Message(
+                0,
+                Message::Accept {
+                    capability: [9; 32]
+                }
+            )]
+        );
+        assert!(c.has(0));
+
+        // It has: ours waits; the engine refuses the peer's, and ours is the channel.
+        let mut c = WireConnection::new(1);
+        c.on_frame(&open_frame(1, &DK)).unwrap();
+        let [WireInput::Message(odd, _)] = inputs(&mut c)[..] else {
+            panic!()
+        };
+        c.open(0, &open);
+        assert!(inputs(&mut c).is_empty());
+        c.send(
+            odd,
+            Message::Close {
+                reason: "duplicate channel".into(),
+            },
+        );
+        assert_eq!(
+            inputs(&mut c),
+            vec![WireInput::Message(
+                0,
+                Message::Accept {
+                    capability: [9; 32]
+                }
+            )]
+        );
+        assert!(c.has(0) && !c.has(odd));
+    }
 }

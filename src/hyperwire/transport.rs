@@ -235,7 +235,8 @@ impl Transport {
                 && self.partial.len() == LEN_BYTES + frame_len(&self.partial[..LEN_BYTES])
             {
                 let body = self.partial.split_off(LEN_BYTES);
-                self.partial.clear();
+                // A large frame's buffer is not kept for the small ones after it.
+                self.partial = Vec::new();
                 self.on_frame(body)?;
             }
         }

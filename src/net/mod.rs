@@ -10,8 +10,8 @@ pub mod metrics;
 mod protocol;
 
 pub use driver::{
-    DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES, MAX_WIRE_CONNECTIONS, NodeStats,
-    WIRE_HANDSHAKE_TIMEOUT,
+    DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES, MAX_WIRE_CONNECTIONS,
+    MAX_WIRE_HANDSHAKES, NodeStats, WIRE_HANDSHAKE_TIMEOUT, WIRE_IDLE_TIMEOUT,
 };
 pub use events::{Events, ReplicaEvent, ReplicaEvents};
 pub use extension::{Extension, ExtensionMessage, ExtensionMessages};

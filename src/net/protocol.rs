@@ -78,6 +78,8 @@ struct Inner {
     metrics: super::metrics::Metrics,
     /// Decides which blob requests are served.
     blob_events: iroh_blobs::provider::events::EventSender,
+    /// Handshakes on Hypercore's wire under way.
+    wire_handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// How often the metrics groups are set from the node's figures.
@@ -222,6 +224,7 @@ impl Builder {
                 extension_events,
                 metrics,
                 blob_events,
+                wire_handshakes: Arc::new(tokio::sync::Semaphore::new(super::MAX_WIRE_HANDSHAKES)),
             }),
         }
     }
@@ -292,6 +295,9 @@ impl HypercoreProtocol {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let Ok(permit) = self.inner.wire_handshakes.clone().try_acquire_owned() else {
+            return Err(Error::Wire("too many handshakes at once".into()));
+        };
         let link = NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let seed = self.inner.endpoint.secret_key().to_bytes();
         let (tx, rx) = oneshot::channel();
@@ -302,6 +308,7 @@ impl HypercoreProtocol {
             link,
             self.inner.commands.downgrade(),
             tx,
+            permit,
         ));
         match rx.await {
             Ok(Ok(peer)) => Ok(peer),

@@ -60,7 +60,9 @@ use replicated::Why;
 use store::{SERVED_MODE, StoreEvent, StoreServing};
 use streams::{ReadLimit, StreamEvent, Streams};
 use wire::{Heard as WireHeard, WireLinks};
-pub use wire::{MAX_WIRE_CONNECTIONS, WIRE_HANDSHAKE_TIMEOUT};
+pub use wire::{
+    MAX_WIRE_CONNECTIONS, MAX_WIRE_HANDSHAKES, WIRE_HANDSHAKE_TIMEOUT, WIRE_IDLE_TIMEOUT,
+};
 pub(crate) use wire::{WireEvent, run_link};
 
 /// What a node holds and refused over all its peers: the resources peers can make it spend.
@@ -328,23 +330,32 @@ impl Driver {
                 frames,
                 shared,
                 stop,
+                taken,
             } => {
-                // One connection per peer, whichever the transport.
+                // One connection per peer, whichever the transport: a peer connected over
+                // iroh is refused; a new wire connection of the same peer replaces the old
+                // (the peer redialed after losing it).
                 if self.conns.get(&peer).is_some() || peer == *self.conns.me().as_bytes() {
+                    let _ = taken.send(false);
                     return;
                 }
+                self.wire_gone(&peer, now);
                 let limit = self.engine.config().max_backlog_bytes;
-                if self.wire.add(link, peer, frames, shared, stop, limit) {
+                let added = self.wire.add(link, peer, frames, shared, stop, limit);
+                let _ = taken.send(added);
+                if added {
                     tracing::info!(peer = %trace::Short(peer), "hypercore wire peer connected");
                     self.engine
                         .handle(Input::WirePeerConnected(peer, binding), now);
                 }
             }
-            WireEvent::Frames(link, frames) => {
+            WireEvent::Frames(link, frames, bytes) => {
                 let Some(peer) = self.wire.peer_of(link) else {
                     return;
                 };
-                if let Err(e) = self.wire.on_frames(&peer, &frames) {
+                let result = self.wire.on_frames(&peer, &frames);
+                self.wire.taken_in(&peer, bytes);
+                if let Err(e) = result {
                     tracing::info!(peer = %trace::Short(peer), "hypercore wire peer dropped: {e}");
                     self.wire_gone(&peer, now);
                 }
@@ -384,6 +395,11 @@ impl Driver {
                 }
                 WireHeard::Input(peer, WireInput::Closed(ch)) => Input::ChannelClosed(peer, ch),
                 WireHeard::Backlog(peer, bytes, over) => Input::Backlog { peer, bytes, over },
+                WireHeard::Close(peer) => {
+                    tracing::warn!(peer = %trace::Short(peer), "hypercore wire peer does not read: closing its connection");
+                    self.wire_gone(&peer, now);
+                    continue;
+                }
             };
             self.engine.handle(input, now);
         }

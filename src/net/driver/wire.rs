@@ -33,6 +33,8 @@ use crate::{
 
 /// Connections on Hypercore's wire at once.
 pub const MAX_WIRE_CONNECTIONS: usize = 32;
+/// Handshakes on Hypercore's wire at once; more are refused until one ends.
+pub const MAX_WIRE_HANDSHAKES: usize = 64;
 /// Time the Noise handshake of a connection may take.
 pub const WIRE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame taken from a peer: the largest message of ours, with room for a batch of
@@ -43,6 +45,18 @@ const MAX_WIRE_FRAME: usize = 2 * MAX_FRAME;
 const FIRST_CHANNEL: ChannelId = (1 << 62) | 1;
 /// Engine channel ids given to each connection.
 const CHANNELS_PER_LINK: ChannelId = 1 << 40;
+/// A connection whose backlog passes this many times the engine's limit is closed: the
+/// engine holds back what it sends a peer over its limit, but answers to protocol
+/// violations (rejects) are queued regardless.
+const HARD_BACKLOG_FACTOR: u64 = 4;
+/// Bytes of decrypted frames of one connection handed to the driver and not yet taken in:
+/// the reader waits past it.
+const MAX_INFLIGHT: usize = 32 * 1024 * 1024;
+/// A connection silent this long is closed (hypercore sends a keep-alive after 5 s of
+/// silence).
+pub const WIRE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An empty message goes out after this long without one, as hypercore's keep-alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// What the reader and writer tasks tell the driver.
 pub(crate) enum WireEvent {
@@ -55,9 +69,11 @@ pub(crate) enum WireEvent {
         shared: Arc<Shared>,
         /// Dropped when the driver forgets the connection: its reader then stops.
         stop: oneshot::Sender<()>,
+        /// Whether the driver took it (a peer already connected over iroh is refused).
+        taken: oneshot::Sender<bool>,
     },
-    /// Decrypted frames, in order.
-    Frames(u64, Vec<Vec<u8>>),
+    /// Decrypted frames, in order, and the bytes to give back to the reader's budget.
+    Frames(u64, Vec<Vec<u8>>, usize),
     /// The backlog went back under half its limit.
     Drained(u64),
     /// The connection ended.
@@ -65,7 +81,7 @@ pub(crate) enum WireEvent {
 }
 
 /// What a connection's writer and the driver share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Shared {
     /// Bytes queued and not yet written.
     backlog: AtomicU64,
@@ -73,30 +89,46 @@ pub(crate) struct Shared {
     over: AtomicBool,
     /// The limit.
     limit: AtomicU64,
+    /// Bytes the reader may still hand the driver ([`MAX_INFLIGHT`] at most).
+    inflight: tokio::sync::Semaphore,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            backlog: AtomicU64::new(0),
+            over: AtomicBool::new(false),
+            limit: AtomicU64::new(u64::MAX),
+            inflight: tokio::sync::Semaphore::new(MAX_INFLIGHT),
+        }
+    }
 }
 
 /// One connection: the writer ends when `frames` goes, the reader when `_stop` does (it may
 /// wait on a peer that sends nothing).
 struct Link {
     id: u64,
+    /// Which block of engine channel ids it uses.
+    slot: u64,
     conn: WireConnection,
     frames: mpsc::UnboundedSender<Vec<Vec<u8>>>,
     shared: Arc<Shared>,
     _stop: oneshot::Sender<()>,
 }
 
-/// What the engine is to hear from the wire, and backlog crossings.
+/// What the engine is to hear from the wire, backlog crossings, and connections to close.
 #[allow(clippy::large_enum_variant)] // Handed on at once.
 pub(super) enum Heard {
     Input(PeerId, WireInput),
     Backlog(PeerId, u64, bool),
+    /// Its backlog passed the hard limit.
+    Close(PeerId),
 }
 
 /// The wire part; see the module docs.
 #[derive(Default)]
 pub(super) struct WireLinks {
     links: HashMap<PeerId, Link>,
-    next_base: u64,
 }
 
 impl WireLinks {
@@ -121,12 +153,19 @@ impl WireLinks {
             return false;
         }
         shared.limit.store(backlog_limit, Ordering::Relaxed);
-        let base = FIRST_CHANNEL + self.next_base * CHANNELS_PER_LINK;
-        self.next_base += 1;
+        // A block of channel ids no live connection uses (ids of a connection that went may
+        // still be closing in the engine, so the lowest free block is not reused at once
+        // unless it must be: there are MAX_WIRE_CONNECTIONS + 1 blocks).
+        let used: std::collections::BTreeSet<u64> = self.links.values().map(|l| l.slot).collect();
+        let slot = (0..=MAX_WIRE_CONNECTIONS as u64)
+            .find(|s| !used.contains(s))
+            .unwrap_or(0);
+        let base = FIRST_CHANNEL + slot * CHANNELS_PER_LINK;
         self.links.insert(
             peer,
             Link {
                 id: link,
+                slot,
                 conn: WireConnection::new(base),
                 frames,
                 shared,
@@ -147,6 +186,13 @@ impl WireLinks {
     /// Forgets `peer`'s connection (its tasks end).
     pub(super) fn remove(&mut self, peer: &PeerId) -> bool {
         self.links.remove(peer).is_some()
+    }
+
+    /// The reader of `peer`'s connection may hand on `bytes` more.
+    pub(super) fn taken_in(&self, peer: &PeerId, bytes: usize) {
+        if let Some(l) = self.links.get(peer) {
+            l.shared.inflight.add_permits(bytes);
+        }
     }
 
     /// Frames from `peer`; an error ends its connection (the caller forgets the peer).
@@ -205,7 +251,9 @@ impl WireLinks {
             let backlog = l.shared.backlog.fetch_add(bytes, Ordering::Relaxed) + bytes;
             let _ = l.frames.send(frames);
             let limit = l.shared.limit.load(Ordering::Relaxed);
-            if backlog > limit && !l.shared.over.swap(true, Ordering::Relaxed) {
+            if backlog > limit.saturating_mul(HARD_BACKLOG_FACTOR) {
+                heard.push(Heard::Close(*peer));
+            } else if backlog > limit && !l.shared.over.swap(true, Ordering::Relaxed) {
                 heard.push(Heard::Backlog(*peer, backlog, true));
             }
         }
@@ -242,6 +290,7 @@ pub(crate) async fn run_link<S>(
     link: u64,
     to_driver: mpsc::WeakSender<Command>,
     ready: oneshot::Sender<Result<PeerId, String>>,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -281,10 +330,12 @@ pub(crate) async fn run_link<S>(
             return;
         }
     };
+    drop(handshake_permit);
     let peer = session.remote_static;
     let (frames_tx, frames_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (taken_tx, taken_rx) = oneshot::channel();
     tokio::spawn(write_loop(
         wr,
         sender,
@@ -301,20 +352,28 @@ pub(crate) async fn run_link<S>(
             we_initiated: initiator,
         },
         frames: frames_tx,
-        shared,
+        shared: shared.clone(),
         stop: stop_tx,
+        taken: taken_tx,
     };
     // The driver knows the connection before the reader reports a frame of it.
     let sent = match to_driver.upgrade() {
         Some(tx) => tx.send(Command::Wire(up)).await.is_ok(),
         None => false,
     };
-    if !sent {
-        let _ = ready.send(Err("the protocol is shut down".into()));
-        return;
+    match (sent, taken_rx.await) {
+        (true, Ok(true)) => {}
+        (true, _) => {
+            let _ = ready.send(Err("there are too many hypercore wire peers".into()));
+            return;
+        }
+        (false, _) => {
+            let _ = ready.send(Err("the protocol is shut down".into()));
+            return;
+        }
     }
     let _ = ready.send(Ok(peer));
-    read_loop(rd, transport, buf, link, to_driver, stop_rx).await;
+    read_loop(rd, transport, buf, link, shared, to_driver, stop_rx).await;
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
@@ -322,12 +381,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
     transport: Transport,
     buf: Vec<u8>,
     link: u64,
+    shared: Arc<Shared>,
     to_driver: mpsc::WeakSender<Command>,
     stop: oneshot::Receiver<()>,
 ) {
     tokio::select! {
         _ = stop => {}
-        _ = read_frames(rd, transport, buf, link, to_driver) => {}
+        _ = read_frames(rd, transport, buf, link, shared, to_driver) => {}
     }
 }
 
@@ -336,30 +396,41 @@ async fn read_frames<R: AsyncRead + Unpin>(
     mut transport: Transport,
     mut buf: Vec<u8>,
     link: u64,
+    shared: Arc<Shared>,
     to_driver: mpsc::WeakSender<Command>,
 ) {
     let reason = loop {
         // Messages that came with the handshake's last bytes go first.
         let mut frames = Vec::new();
+        let mut bytes = 0;
         while let Some(m) = transport.next_message() {
+            bytes += m.len();
             frames.push(m);
         }
         if !frames.is_empty() {
+            // Within the bytes the driver has not taken in yet.
+            let bytes = bytes.min(MAX_INFLIGHT);
+            let Ok(permit) = shared
+                .inflight
+                .acquire_many(u32::try_from(bytes).unwrap_or(u32::MAX))
+                .await
+            else {
+                return;
+            };
+            permit.forget();
             let Some(tx) = to_driver.upgrade() else {
                 return;
             };
-            if tx
-                .send(Command::Wire(WireEvent::Frames(link, frames)))
-                .await
-                .is_err()
-            {
+            let event = WireEvent::Frames(link, frames, bytes);
+            if tx.send(Command::Wire(event)).await.is_err() {
                 return;
             }
         }
-        let n = match rd.read(&mut buf).await {
-            Ok(0) => break "the peer closed the stream".to_string(),
-            Ok(n) => n,
-            Err(e) => break e.to_string(),
+        let n = match tokio::time::timeout(WIRE_IDLE_TIMEOUT, rd.read(&mut buf)).await {
+            Err(_) => break format!("silent for {WIRE_IDLE_TIMEOUT:?}"),
+            Ok(Ok(0)) => break "the peer closed the stream".to_string(),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => break e.to_string(),
         };
         if let Err(e) = transport.recv(&buf[..n]) {
             break e.to_string();
@@ -379,16 +450,24 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     to_driver: mpsc::WeakSender<Command>,
 ) {
     let mut out = Vec::new();
-    while let Some(batch) = frames.recv().await {
-        let bytes: u64 = batch.iter().map(|f| f.len() as u64).sum();
-        out.clear();
-        for f in &batch {
-            if sender.send(f, &mut out).is_err() {
+    let reason = loop {
+        let batch = match tokio::time::timeout(KEEP_ALIVE, frames.recv()).await {
+            Ok(Some(batch)) => batch,
+            // The driver forgot the connection.
+            Ok(None) => {
+                let _ = wr.shutdown().await;
                 return;
             }
+            // Nothing to say for a while: an empty message, as hypercore's keep-alive.
+            Err(_) => vec![Vec::new()],
+        };
+        let bytes: u64 = batch.iter().map(|f| f.len() as u64).sum();
+        out.clear();
+        if let Some(e) = batch.iter().find_map(|f| sender.send(f, &mut out).err()) {
+            break e.to_string();
         }
-        if wr.write_all(&out).await.is_err() {
-            return;
+        if let Err(e) = wr.write_all(&out).await {
+            break e.to_string();
         }
         let left = shared.backlog.fetch_sub(bytes, Ordering::Relaxed) - bytes;
         let limit = shared.limit.load(Ordering::Relaxed);
@@ -398,6 +477,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             };
             let _ = tx.send(Command::Wire(WireEvent::Drained(link))).await;
         }
+    };
+    if let Some(tx) = to_driver.upgrade() {
+        let _ = tx.send(Command::Wire(WireEvent::Down(link, reason))).await;
     }
-    let _ = wr.shutdown().await;
 }

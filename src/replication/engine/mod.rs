@@ -359,6 +359,7 @@ impl Engine {
     fn open_to_known_peers(&mut self, key: CoreKey, now: Instant) {
         let mut peers: Vec<PeerId> = self.redial.known(&key);
         peers.extend(self.store_peers.iter().copied());
+        peers.extend(self.wire_peers.iter().copied());
         peers.sort();
         peers.dedup();
         peers.retain(|p| self.channels.is_connected(p));
@@ -372,8 +373,19 @@ impl Engine {
     /// Opens a channel to `peer` for every replicated core known to have it as a peer (for
     /// every one, to a store peer).
     fn open_known_cores(&mut self, peer: PeerId, now: Instant) {
-        let cores = cores_for(&peer, &self.store_peers, &self.cores, &self.redial);
+        let cores = cores_for(
+            &peer,
+            self.gets_every_core(&peer),
+            &self.cores,
+            &self.redial,
+        );
         self.channels.open_known(peer, cores, &mut cx!(self, now));
+    }
+
+    /// Whether `peer` gets a channel for every core we replicate: a store peer, or a peer on
+    /// Hypercore's own wire while it is connected.
+    fn gets_every_core(&self, peer: &PeerId) -> bool {
+        self.store_peers.contains(peer) || self.wire_peers.contains(peer)
     }
 
     /// Peers that get a channel for every core we replicate: those connected get them now.
@@ -584,9 +596,10 @@ impl Engine {
                 }
                 self.channels.set_session(peer, binding);
                 self.on_connected(peer, now);
-                // As Corestore's `replicate(stream)`: every core we replicate, while it lasts.
+                // As Corestore's `replicate(stream)`: every core we replicate, while it lasts
+                // (apart from the store peers the application named).
                 self.wire_peers.insert(peer);
-                self.on_store_peers(vec![peer], now);
+                self.open_known_cores(peer, now);
             }
             Input::PeerDisconnected(peer) => self.on_disconnected(peer, now),
             Input::Message(peer, channel, msg) => self.on_message(peer, channel, msg, now),
@@ -671,7 +684,8 @@ impl Engine {
             match timer {
                 Timer::Handshake(ch) => self.channels.handshake_timed_out(ch, &mut cx),
                 Timer::OpenRest(peer) => {
-                    let cores = cores_for(&peer, &self.store_peers, &self.cores, &self.redial);
+                    let every = self.store_peers.contains(&peer) || self.wire_peers.contains(&peer);
+                    let cores = cores_for(&peer, every, &self.cores, &self.redial);
                     self.channels.open_known(peer, cores, &mut cx);
                 }
                 Timer::Room => {}
@@ -763,9 +777,7 @@ impl Engine {
     /// A connection is gone: every channel, parked channel, serve queue, fetch-queue state and
     /// upgrade of the peer is forgotten.
     fn on_disconnected(&mut self, peer: PeerId, now: Instant) {
-        if self.wire_peers.remove(&peer) {
-            self.store_peers.retain(|p| *p != peer);
-        }
+        self.wire_peers.remove(&peer);
         if !self.channels.disconnect(&peer, &mut cx!(self, now)) {
             return;
         }
@@ -1122,11 +1134,11 @@ fn is_idle(
 /// replicate for a store peer.
 fn cores_for(
     peer: &PeerId,
-    store_peers: &VecDeque<PeerId>,
+    every: bool,
     cores: &BTreeMap<CoreKey, CoreSync>,
     redial: &Redial,
 ) -> Vec<CoreKey> {
-    if store_peers.contains(peer) {
+    if every {
         cores.keys().copied().collect()
     } else {
         redial.cores_knowing(peer)

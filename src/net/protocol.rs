@@ -288,8 +288,13 @@ impl HypercoreProtocol {
     /// is the endpoint's; the peer's key ([`PeerId`]) is returned once the handshake ends
     /// (within [`WIRE_HANDSHAKE_TIMEOUT`](super::WIRE_HANDSHAKE_TIMEOUT)). The stream closes
     /// when the peer ends it, sends what does not decode, or the protocol shuts down. At most
-    /// [`MAX_WIRE_CONNECTIONS`](super::MAX_WIRE_CONNECTIONS) such peers are connected at once,
-    /// and a peer already connected (over iroh or this wire) is refused.
+    /// [`MAX_WIRE_CONNECTIONS`](super::MAX_WIRE_CONNECTIONS) such peers are connected at once
+    /// (and [`MAX_WIRE_HANDSHAKES`](super::MAX_WIRE_HANDSHAKES) handshakes); a peer connected
+    /// over iroh is refused, and a second connection of a wire peer replaces its first. One
+    /// silent for [`WIRE_IDLE_TIMEOUT`](super::WIRE_IDLE_TIMEOUT) is closed.
+    ///
+    /// As with Corestore, the peer sees the discovery key of every core replicated here (the
+    /// channels' opens name them); it gets no block of one without proving it knows the key.
     pub async fn replicate_stream<S>(&self, stream: S, initiator: bool) -> Result<PeerId>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,

@@ -385,6 +385,9 @@ impl Driver {
     /// Hands the wire connections' queued frames to their writers and tells the engine what
     /// their peers said; returns whether there was something to tell.
     fn flush_wire(&mut self) -> bool {
+        if self.wire.is_empty() {
+            return false;
+        }
         let heard = self.wire.flush();
         let now = Instant::now();
         let any = !heard.is_empty();

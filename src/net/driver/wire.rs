@@ -132,6 +132,11 @@ pub(super) struct WireLinks {
 }
 
 impl WireLinks {
+    /// Whether no peer is connected on this wire.
+    pub(super) fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
     /// Whether `peer` is connected on this wire.
     pub(super) fn has(&self, peer: &PeerId) -> bool {
         self.links.contains_key(peer)

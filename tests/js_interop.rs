@@ -77,6 +77,30 @@ async fn dial(proto: &iroh_hypercore::HypercoreProtocol, port: u64) -> [u8; 32] 
     proto.replicate_stream(tcp, true).await.unwrap()
 }
 
+/// A JS writer of `opts` (its store in the returned directory), and a node on a fresh test
+/// network with the writer's first core replicated (not connected yet).
+async fn js_writer_and_node(
+    opts: serde_json::Value,
+) -> (
+    Peer,
+    tempfile::TempDir,
+    iroh_hypercore::testnet::TestNet,
+    iroh_hypercore::testnet::Node,
+    Hypercore,
+) {
+    let w = tempfile::tempdir().unwrap();
+    let writer = js_peer("write", w.path(), opts).await;
+    let net = net::test_net().await;
+    let node = net.node(Transport::Direct).await.unwrap();
+    let core = net::replica(&node, hex_key(&writer.line["key"])).await;
+    (writer, w, net, node, core)
+}
+
+/// Dials the JS writer's port from `node`.
+async fn dial_writer(node: &iroh_hypercore::testnet::Node, writer: &Peer) -> [u8; 32] {
+    dial(&node.proto, writer.line["port"].as_u64().unwrap()).await
+}
+
 async fn rust_log(node: &iroh_hypercore::testnet::Node, name: &str, n: u64) -> Hypercore {
     let log = node.store.get_named(name).await.unwrap();
     let blocks: Vec<Vec<u8>> = (0..n).map(|i| js_block(i, 1024)).collect();
@@ -113,15 +137,10 @@ async fn a_rust_reader_follows_a_js_writer_live_and_across_a_truncation() {
     if js::node().is_none() {
         return;
     }
-    let w = tempfile::tempdir().unwrap();
-    let writer = js_peer("write", w.path(), json!({"count": 1000, "size": 1024})).await;
-    let key = hex_key(&writer.line["key"]);
-
-    let net = net::test_net().await;
-    let node = net.node(Transport::Direct).await.unwrap();
+    let (writer, _w, _net, node, core) =
+        js_writer_and_node(json!({"count": 1000, "size": 1024})).await;
     let mut events = node.proto.subscribe();
-    let core = net::replica(&node, key).await;
-    let peer = dial(&node.proto, writer.line["port"].as_u64().unwrap()).await;
+    let peer = dial_writer(&node, &writer).await;
     net::wait_full(&core, 1000).await;
     for i in [0, 1, 499, 998, 999] {
         assert_eq!(
@@ -327,14 +346,11 @@ async fn a_js_writer_that_goes_mid_transfer_leaves_only_verified_blocks_and_anot
     if js::node().is_none() {
         return;
     }
-    let w = tempfile::tempdir().unwrap();
-    let writer = js_peer("write", w.path(), json!({"count": 20000, "size": 1024})).await;
-    let key = hex_key(&writer.line["key"]);
-    let net = net::test_net().await;
-    let node = net.node(Transport::Direct).await.unwrap();
+    let (writer, w, _net, node, core) =
+        js_writer_and_node(json!({"count": 20000, "size": 1024})).await;
+    let key = core.key();
     let mut events = node.proto.subscribe();
-    let core = net::replica(&node, key).await;
-    let first = dial(&node.proto, writer.line["port"].as_u64().unwrap()).await;
+    let first = dial_writer(&node, &writer).await;
     // Some blocks arrive, then the writer's process is killed.
     net::wait_event(
         &mut events,
@@ -378,18 +394,10 @@ async fn encrypted_cores_read_both_ways_and_the_key_never_travels() {
     let secret = [7u8; 32];
     let secret_hex = data_encoding::HEXLOWER.encode(&secret);
     // JS encrypts, Rust reads with the key.
-    let w = tempfile::tempdir().unwrap();
-    let writer = js_peer(
-        "write",
-        w.path(),
-        json!({"count": 300, "size": 1024, "encryptionKey": secret_hex}),
-    )
-    .await;
-    let net = net::test_net().await;
-    let node = net.node(Transport::Direct).await.unwrap();
-    let core = net::replica(&node, hex_key(&writer.line["key"])).await;
+    let (writer, _w, net, node, core) =
+        js_writer_and_node(json!({"count": 300, "size": 1024, "encryptionKey": secret_hex})).await;
     core.set_encryption_key(secret).unwrap();
-    dial(&node.proto, writer.line["port"].as_u64().unwrap()).await;
+    dial_writer(&node, &writer).await;
     net::wait_full(&core, 300).await;
     assert_eq!(core.info().byte_length, 300 * (1024 + 8));
     for i in [0, 150, 299] {
@@ -439,19 +447,11 @@ async fn extension_messages_cross_a_cores_channel_both_ways() {
     if js::node().is_none() {
         return;
     }
-    let w = tempfile::tempdir().unwrap();
-    let writer = js_peer(
-        "write",
-        w.path(),
-        json!({"count": 10, "size": 64, "extension": "chat"}),
-    )
-    .await;
-    let net = net::test_net().await;
-    let node = net.node(Transport::Direct).await.unwrap();
+    let (writer, _w, _net, node, core) =
+        js_writer_and_node(json!({"count": 10, "size": 64, "extension": "chat"})).await;
     let chat = node.proto.extension("chat").await.unwrap();
     let mut heard = chat.subscribe();
-    let core = net::replica(&node, hex_key(&writer.line["key"])).await;
-    let peer = dial(&node.proto, writer.line["port"].as_u64().unwrap()).await;
+    let peer = dial_writer(&node, &writer).await;
     net::wait_full(&core, 10).await;
 
     // Rust → JS: the payload in hypercore's default encoding (a length, then the bytes).

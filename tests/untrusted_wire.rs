@@ -283,3 +283,41 @@ async fn a_peer_connected_over_iroh_is_refused_on_the_wire_with_an_error() {
     net::wait_full(&copy, 11).await;
     net::shutdown(&[&reader, &writer]).await;
 }
+
+/// Two nodes of this crate over Hypercore's wire on an in-memory stream (no TCP): the same
+/// mapping on both sides, live appends and a truncation to a new fork.
+#[tokio::test]
+async fn two_nodes_replicate_over_the_wire_on_any_byte_stream() {
+    let net = net::test_net().await;
+    let writer = net.node(NetTransport::Direct).await.unwrap();
+    let reader = net.node(NetTransport::Direct).await.unwrap();
+    let log = net::log_on(&writer, "wire", 500, 100).await;
+    let copy = net::replica(&reader, log.key()).await;
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (w, r) = tokio::join!(
+        writer.proto.replicate_stream(a, false),
+        reader.proto.replicate_stream(b, true)
+    );
+    assert_eq!(w.unwrap(), *reader.endpoint.id().as_bytes());
+    assert_eq!(r.unwrap(), *writer.endpoint.id().as_bytes());
+    net::wait_full_numbered(&copy, 500, 100).await;
+    net::append_numbered(&log, 500, 10, 100).await;
+    net::wait_full_numbered(&copy, 510, 100).await;
+    log.truncate(200).await.unwrap();
+    net::append_numbered(&log, 200, 5, 100).await;
+    tokio::time::timeout(net::WAIT, async {
+        let mut events = copy.subscribe();
+        while copy.info().fork != 1 || copy.info().length != 205 {
+            let _ = n0_future::StreamExt::next(&mut events).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the reader is at {:?}", copy.info()));
+    net::wait_full_numbered(&copy, 205, 100).await;
+    assert_eq!(
+        reader.proto.node_stats().await.unwrap().connections,
+        0,
+        "no iroh connection"
+    );
+    net::shutdown(&[&reader, &writer]).await;
+}

@@ -65,6 +65,10 @@ pub const MAX_INPUTS: usize = 65536;
 /// Bytes of a channel's run answers held until the ones before them come; past it the run
 /// ends where it is, and is asked again.
 pub const MAX_RUN_HELD: usize = 16 * 1024 * 1024;
+/// Requests of ours on the wire unanswered, over all channels: the engine's runs go out as
+/// one request per block, and a peer that serves a bounded queue (this crate does) refuses
+/// what comes past it.
+pub const MAX_IN_FLIGHT: usize = 64;
 /// Requests of ours a channel remembers unanswered (the engine gives up on some without a
 /// `Cancel`); the oldest proof requests go first past it.
 const MAX_ASKED: usize = 8192;
@@ -177,6 +181,8 @@ struct ChannelState {
     their_contiguous: u64,
     next_request: u64,
     asked: HashMap<u64, Asked>,
+    /// Those of `asked` sent (the others wait in the connection's outbox).
+    on_wire: std::collections::HashSet<u64>,
     /// Our request id of each engine proof request.
     proof_ids: HashMap<u64, u64>,
     runs: HashMap<u64, Run>,
@@ -204,6 +210,11 @@ pub struct WireConnection {
     /// Peer-opened channels waiting to be offered, in order (their ids).
     waiting: VecDeque<u64>,
     held_bytes: usize,
+    /// Block requests waiting for room among [`MAX_IN_FLIGHT`]: (our channel, request id,
+    /// request).
+    outbox: VecDeque<(u64, u64, HyperMessage)>,
+    /// Requests sent and not answered, over all channels.
+    in_flight: usize,
     frames: FrameBuilder,
     inputs: VecDeque<WireInput>,
 }
@@ -223,6 +234,8 @@ impl WireConnection {
             deferred: HashMap::new(),
             waiting: VecDeque::new(),
             held_bytes: 0,
+            outbox: VecDeque::new(),
+            in_flight: 0,
             frames: FrameBuilder::default(),
             inputs: VecDeque::new(),
         }
@@ -723,9 +736,29 @@ impl WireConnection {
 
     fn release(&mut self, id: u64) {
         if let Some(slot) = self.locals.get_mut((id - 1) as usize)
-            && slot.take().is_some()
+            && let Some(local) = slot.take()
         {
+            self.in_flight = self.in_flight.saturating_sub(local.state.on_wire.len());
             self.free.push(id);
+            self.pump();
+        }
+    }
+
+    /// Sends waiting block requests while fewer than [`MAX_IN_FLIGHT`] are unanswered.
+    fn pump(&mut self) {
+        while self.in_flight < MAX_IN_FLIGHT
+            && let Some((local, ours, msg)) = self.outbox.pop_front()
+        {
+            let Some(l) = self.local_mut(local) else {
+                continue;
+            };
+            // A request cancelled (or a channel gone) while it waited.
+            if l.closed || !l.state.asked.contains_key(&ours) {
+                continue;
+            }
+            l.state.on_wire.insert(ours);
+            self.in_flight += 1;
+            self.frames.message(local, msg.kind(), |w| msg.encode(w));
         }
     }
 
@@ -761,6 +794,10 @@ impl WireConnection {
         let st = &mut local.state;
         let mut out: Vec<HyperMessage> = Vec::new();
         let mut echo = None;
+        // Requests sent now and answered-by-cancel now, for `in_flight`; block requests
+        // queued for the outbox.
+        let (mut sent_now, mut freed) = (0usize, 0usize);
+        let mut queued = Vec::new();
         match msg {
             Message::Sync(info) => {
                 let theirs = st.theirs.filter(|t| t.fork == info.fork);
@@ -824,6 +861,8 @@ impl WireConnection {
                 let ours = next_id(st);
                 st.asked.insert(ours, Asked::Proof(rq));
                 st.proof_ids.insert(rq, ours);
+                st.on_wire.insert(ours);
+                sent_now += 1;
                 out.push(HyperMessage::Request {
                     id: ours,
                     request,
@@ -846,19 +885,22 @@ impl WireConnection {
                     let ours = next_id(st);
                     st.asked.insert(ours, Asked::Block { run, index });
                     asked.insert(index, ours);
-                    out.push(HyperMessage::Request {
-                        id: ours,
-                        request: ProofRequest {
-                            fork,
-                            block: Some(IndexRequest {
-                                index,
-                                nodes: run_proof_levels(start, index, length),
-                            }),
-                            ..Default::default()
+                    queued.push((
+                        ours,
+                        HyperMessage::Request {
+                            id: ours,
+                            request: ProofRequest {
+                                fork,
+                                block: Some(IndexRequest {
+                                    index,
+                                    nodes: run_proof_levels(start, index, length),
+                                }),
+                                ..Default::default()
+                            },
+                            seek_padding: 0,
+                            priority: 0,
                         },
-                        seek_padding: 0,
-                        priority: 0,
-                    });
+                    ));
                 }
                 st.runs.insert(
                     run,
@@ -879,11 +921,18 @@ impl WireConnection {
                     }
                     for ours in run.asked.into_values() {
                         st.asked.remove(&ours);
-                        out.push(HyperMessage::Cancel { request: ours });
+                        // One still waiting in the outbox is dropped there.
+                        if st.on_wire.remove(&ours) {
+                            freed += 1;
+                            out.push(HyperMessage::Cancel { request: ours });
+                        }
                     }
                 } else if let Some(ours) = st.proof_ids.remove(&rq) {
                     st.asked.remove(&ours);
-                    out.push(HyperMessage::Cancel { request: ours });
+                    if st.on_wire.remove(&ours) {
+                        freed += 1;
+                        out.push(HyperMessage::Cancel { request: ours });
+                    }
                 }
             }
             Message::Data { id: rq, proof } => out.push(HyperMessage::Data { request: rq, proof }),
@@ -920,6 +969,10 @@ impl WireConnection {
         for m in out {
             self.frames.message(id, m.kind(), |w| m.encode(w));
         }
+        self.in_flight = (self.in_flight + sent_now).saturating_sub(freed);
+        self.outbox
+            .extend(queued.into_iter().map(|(ours, m)| (id, ours, m)));
+        self.pump();
         if let Some(sync) = echo {
             self.inputs
                 .push_back(WireInput::Message(engine, Message::Sync(sync)));
@@ -938,6 +991,12 @@ impl WireConnection {
         let st = &mut local.state;
         let mut out: Vec<Message> = Vec::new();
         let mut cancels = Vec::new();
+        // An answer frees its place among the requests in flight.
+        let freed = usize::from(matches!(
+            &msg,
+            HyperMessage::Data { request, .. } | HyperMessage::NoData { request, .. }
+                if st.on_wire.contains(request)
+        ));
         match msg {
             HyperMessage::Sync(s) => {
                 if st.theirs.is_some_and(|t| t.fork != s.fork) {
@@ -982,6 +1041,9 @@ impl WireConnection {
                 id: rq, request, ..
             } => out.push(Message::Request { id: rq, request }),
             HyperMessage::Cancel { request } => out.push(Message::Cancel { id: request }),
+            // An answer to a request not sent (or already answered) is nobody's.
+            HyperMessage::Data { request, .. } | HyperMessage::NoData { request, .. }
+                if !st.on_wire.remove(&request) => {}
             HyperMessage::Data { request, proof } => match st.asked.remove(&request) {
                 Some(Asked::Proof(rq)) => {
                     st.proof_ids.remove(&rq);
@@ -1048,10 +1110,14 @@ impl WireConnection {
         }
         self.inputs
             .extend(out.into_iter().map(|m| WireInput::Message(engine, m)));
+        // The rest of a run that ended: cancelled, and off the wire.
+        let freed = freed + cancels.len();
         for request in cancels {
             let m = HyperMessage::Cancel { request };
             self.frames.message(id, m.kind(), |w| m.encode(w));
         }
+        self.in_flight = self.in_flight.saturating_sub(freed);
+        self.pump();
     }
 }
 
@@ -1100,7 +1166,9 @@ fn drain_run(st: &mut ChannelState, run: u64, out: &mut Vec<Message>, cancels: &
             });
             for ours in r.asked.values() {
                 st.asked.remove(ours);
-                cancels.push(*ours);
+                if st.on_wire.remove(ours) {
+                    cancels.push(*ours);
+                }
             }
         }
         st.runs.remove(&run);
@@ -1315,6 +1383,70 @@ mod tests {
             )
         );
         assert_eq!(got.len(), 2, "block 2 rode on the missing one: dropped");
+    }
+
+    /// The requests in `frames`, by id.
+    fn requests(frames: Vec<Vec<u8>>) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for f in frames {
+            decode_frame(&f, &mut |m| {
+                if let MuxMessage::Message { kind, body, .. } = m
+                    && let Ok(Some(HyperMessage::Request { id, .. })) =
+                        HyperMessage::decode(kind, body)
+                {
+                    ids.push(id);
+                }
+                Ok::<_, DecodeError>(())
+            })
+            .unwrap();
+        }
+        ids
+    }
+
+    #[test]
+    fn at_most_max_in_flight_requests_are_on_the_wire() {
+        let mut c = WireConnection::new(1);
+        let ch = accepted(&mut c);
+        c.send(
+            ch,
+            Message::RequestRun {
+                id: 7,
+                fork: 0,
+                start: 0,
+                end: 200,
+                length: 200,
+            },
+        );
+        let sent = requests(c.frames());
+        assert_eq!(sent.len(), MAX_IN_FLIGHT);
+        // Two answers, two more requests; an answer to a request not sent yet is nobody's
+        // and frees nothing.
+        let frame = message_frame(
+            1,
+            &[
+                HyperMessage::Data {
+                    request: sent[0],
+                    proof: block(0),
+                },
+                HyperMessage::NoData {
+                    request: 150,
+                    reason: None,
+                },
+                HyperMessage::Data {
+                    request: sent[1],
+                    proof: block(1),
+                },
+            ],
+        );
+        c.on_frame(&frame).unwrap();
+        let more = requests(c.frames());
+        assert_eq!(
+            more,
+            vec![MAX_IN_FLIGHT as u64 + 1, MAX_IN_FLIGHT as u64 + 2]
+        );
+        // The engine cancels the run: only what is on the wire is cancelled there.
+        c.send(ch, Message::Cancel { id: 7 });
+        assert!(requests(c.frames()).is_empty());
     }
 
     #[test]

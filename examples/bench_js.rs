@@ -121,6 +121,7 @@ async fn rust_reader(
     node.proto.replicate(&core).await?;
     let start = Instant::now();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
     node.proto.replicate_stream(tcp, true).await?;
     core.download(0..count)
         .done(Duration::from_secs(600))
@@ -150,6 +151,7 @@ async fn rust_writer(
     let proto = node.proto.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
             let proto = proto.clone();
             tokio::spawn(async move { proto.replicate_stream(tcp, false).await });
         }
@@ -176,6 +178,7 @@ async fn bridge(
         .open_ticket(&bridge.proto.ticket(&core))
         .await?;
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
     bridge.proto.replicate_stream(tcp, true).await?;
     let wait = Duration::from_secs(600);
     let (bridged, followed) = tokio::join!(

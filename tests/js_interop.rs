@@ -63,6 +63,7 @@ async fn listen(proto: &iroh_hypercore::HypercoreProtocol) -> u16 {
     let proto = proto.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            tcp.set_nodelay(true).unwrap();
             let _ = proto.replicate_stream(tcp, false).await;
         }
     });
@@ -74,7 +75,8 @@ async fn dial(proto: &iroh_hypercore::HypercoreProtocol, port: u64) -> [u8; 32] 
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
         .await
         .unwrap();
-    proto.replicate_stream(tcp, true).await.unwrap()
+    tcp.set_nodelay(true).unwrap();
+    proto.replicate_stream(tcp, true).await.unwrap().peer()
 }
 
 /// A JS writer of `opts` (its store in the returned directory), and a node on a fresh test

@@ -38,7 +38,7 @@ async fn listen(
     let proto = proto.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let _ = tx.send(proto.replicate_stream(tcp, false).await);
+            let _ = tx.send(proto.replicate_stream(tcp, false).await.map(|l| l.peer()));
         }
     });
     (port, rx)
@@ -298,8 +298,9 @@ async fn two_nodes_replicate_over_the_wire_on_any_byte_stream() {
         writer.proto.replicate_stream(a, false),
         reader.proto.replicate_stream(b, true)
     );
-    assert_eq!(w.unwrap(), *reader.endpoint.id().as_bytes());
-    assert_eq!(r.unwrap(), *writer.endpoint.id().as_bytes());
+    assert_eq!(w.unwrap().peer(), *reader.endpoint.id().as_bytes());
+    let mut link = r.unwrap();
+    assert_eq!(link.peer(), *writer.endpoint.id().as_bytes());
     net::wait_full_numbered(&copy, 500, 100).await;
     net::append_numbered(&log, 500, 10, 100).await;
     net::wait_full_numbered(&copy, 510, 100).await;
@@ -319,5 +320,10 @@ async fn two_nodes_replicate_over_the_wire_on_any_byte_stream() {
         0,
         "no iroh connection"
     );
-    net::shutdown(&[&reader, &writer]).await;
+    // The link ends with the other node.
+    writer.shutdown().await;
+    tokio::time::timeout(net::WAIT, link.closed())
+        .await
+        .expect("the link ended");
+    reader.shutdown().await;
 }

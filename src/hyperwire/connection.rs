@@ -62,8 +62,10 @@ pub const MAX_OFFERED: usize = 32;
 /// Inputs for the engine one read of frames may make; past it the connection ends (an
 /// honest peer's frame of 1 KiB blocks makes one per block).
 pub const MAX_INPUTS: usize = 65536;
-/// Bytes of a channel's run answers held until the ones before them come; past it the run
-/// ends where it is, and is asked again.
+/// Bytes of frames to the peer that one read of its frames may queue (rejects, cancels).
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
+/// Bytes of run answers held until the ones before them come, over a connection's channels;
+/// past it a run ends where it is, and is asked again.
 pub const MAX_RUN_HELD: usize = 16 * 1024 * 1024;
 /// Requests of ours on the wire unanswered, over all channels: the engine's runs go out as
 /// one request per block, and a peer that serves a bounded queue (this crate does) refuses
@@ -168,6 +170,17 @@ struct Run {
     asked: BTreeMap<u64, u64>,
 }
 
+/// The requests of one run of the engine waiting to go out.
+#[derive(Debug)]
+struct Queued {
+    /// Our channel.
+    local: u64,
+    /// The engine's run.
+    run: u64,
+    /// Our request ids and requests, in block order.
+    requests: VecDeque<(u64, HyperMessage)>,
+}
+
 /// What one channel's translation remembers.
 #[derive(Debug, Default)]
 struct ChannelState {
@@ -210,11 +223,13 @@ pub struct WireConnection {
     /// Peer-opened channels waiting to be offered, in order (their ids).
     waiting: VecDeque<u64>,
     held_bytes: usize,
-    /// Block requests waiting for room among [`MAX_IN_FLIGHT`]: (our channel, request id,
-    /// request).
-    outbox: VecDeque<(u64, u64, HyperMessage)>,
+    /// Block requests waiting for room among [`MAX_IN_FLIGHT`], one queue per run, taken
+    /// from in turn: every run makes progress (the engine gives each a deadline).
+    outbox: VecDeque<Queued>,
     /// Requests sent and not answered, over all channels.
     in_flight: usize,
+    /// Bytes of run answers held out of their turn, over all channels.
+    run_held: usize,
     frames: FrameBuilder,
     inputs: VecDeque<WireInput>,
 }
@@ -236,6 +251,7 @@ impl WireConnection {
             held_bytes: 0,
             outbox: VecDeque::new(),
             in_flight: 0,
+            run_held: 0,
             frames: FrameBuilder::default(),
             inputs: VecDeque::new(),
         }
@@ -510,7 +526,9 @@ impl WireConnection {
     /// Takes one decrypted frame. After an error the connection is to end.
     pub fn on_frame(&mut self, frame: &[u8]) -> Result<(), ConnectionError> {
         decode_frame(frame, &mut |m| {
-            if self.inputs.len() >= MAX_INPUTS {
+            // What a frame makes (inputs for the engine, rejects and cancels for the peer) is
+            // bounded: a frame of broken opens must not queue millions of rejects.
+            if self.inputs.len() >= MAX_INPUTS || self.frames.queued() >= MAX_REPLY_BYTES {
                 return Err(ConnectionError::Protocol("too many messages at once"));
             }
             self.on_mux(m)
@@ -739,6 +757,10 @@ impl WireConnection {
             && let Some(local) = slot.take()
         {
             self.in_flight = self.in_flight.saturating_sub(local.state.on_wire.len());
+            self.run_held = self.run_held.saturating_sub(local.state.run_held);
+            // Its waiting requests go with it (a channel that takes the id later numbers its
+            // requests afresh).
+            self.outbox.retain(|q| q.local != id);
             self.free.push(id);
             self.pump();
         }
@@ -747,16 +769,22 @@ impl WireConnection {
     /// Sends waiting block requests while fewer than [`MAX_IN_FLIGHT`] are unanswered.
     fn pump(&mut self) {
         while self.in_flight < MAX_IN_FLIGHT
-            && let Some((local, ours, msg)) = self.outbox.pop_front()
+            && let Some(mut queued) = self.outbox.pop_front()
         {
+            let local = queued.local;
+            let Some((ours, msg)) = queued.requests.pop_front() else {
+                continue;
+            };
+            if !queued.requests.is_empty() {
+                self.outbox.push_back(queued);
+            }
             let Some(l) = self.local_mut(local) else {
                 continue;
             };
-            // A request cancelled (or a channel gone) while it waited.
-            if l.closed || !l.state.asked.contains_key(&ours) {
+            // A request cancelled while it waited.
+            if l.closed || !l.state.asked.contains_key(&ours) || !l.state.on_wire.insert(ours) {
                 continue;
             }
-            l.state.on_wire.insert(ours);
             self.in_flight += 1;
             self.frames.message(local, msg.kind(), |w| msg.encode(w));
         }
@@ -792,12 +820,14 @@ impl WireConnection {
         }
         let engine = local.engine;
         let st = &mut local.state;
+        let held_before = st.run_held;
         let mut out: Vec<HyperMessage> = Vec::new();
         let mut echo = None;
         // Requests sent now and answered-by-cancel now, for `in_flight`; block requests
         // queued for the outbox.
         let (mut sent_now, mut freed) = (0usize, 0usize);
         let mut queued = Vec::new();
+        let (mut new_run, mut cancelled_run) = (None, None);
         match msg {
             Message::Sync(info) => {
                 let theirs = st.theirs.filter(|t| t.fork == info.fork);
@@ -857,6 +887,11 @@ impl WireConnection {
                     && let Some(Asked::Proof(old)) = st.asked.remove(&oldest)
                 {
                     st.proof_ids.remove(&old);
+                    // Given up on: off the wire, and the peer told.
+                    if st.on_wire.remove(&oldest) {
+                        freed += 1;
+                        out.push(HyperMessage::Cancel { request: oldest });
+                    }
                 }
                 let ours = next_id(st);
                 st.asked.insert(ours, Asked::Proof(rq));
@@ -902,6 +937,7 @@ impl WireConnection {
                         },
                     ));
                 }
+                new_run = Some(run);
                 st.runs.insert(
                     run,
                     Run {
@@ -915,6 +951,7 @@ impl WireConnection {
             }
             Message::Cancel { id: rq } => {
                 if let Some(run) = st.runs.remove(&rq) {
+                    cancelled_run = Some(rq);
                     for proof in run.held.values() {
                         let size = proof.block.as_ref().map_or(0, |b| b.value.len());
                         st.run_held = st.run_held.saturating_sub(size);
@@ -966,12 +1003,22 @@ impl WireConnection {
             }),
             _ => {}
         }
+        let held_after = st.run_held;
         for m in out {
             self.frames.message(id, m.kind(), |w| m.encode(w));
         }
+        self.run_held = self.run_held.saturating_sub(held_before) + held_after;
         self.in_flight = (self.in_flight + sent_now).saturating_sub(freed);
-        self.outbox
-            .extend(queued.into_iter().map(|(ours, m)| (id, ours, m)));
+        if let Some(run) = cancelled_run {
+            self.outbox.retain(|q| !(q.local == id && q.run == run));
+        }
+        if let Some(run) = new_run {
+            self.outbox.push_back(Queued {
+                local: id,
+                run,
+                requests: queued.into(),
+            });
+        }
         self.pump();
         if let Some(sync) = echo {
             self.inputs
@@ -981,6 +1028,7 @@ impl WireConnection {
 
     /// One of the peer's messages on our channel `id`, in the engine's terms.
     fn translate_in(&mut self, id: u64, msg: HyperMessage) {
+        let conn_held = self.run_held;
         let Some(local) = self.local_mut(id) else {
             return;
         };
@@ -989,6 +1037,8 @@ impl WireConnection {
         }
         let engine = local.engine;
         let st = &mut local.state;
+        // What the connection's other channels hold out of turn.
+        let others = conn_held.saturating_sub(st.run_held);
         let mut out: Vec<Message> = Vec::new();
         let mut cancels = Vec::new();
         // An answer frees its place among the requests in flight.
@@ -1053,7 +1103,7 @@ impl WireConnection {
                     let size = proof.block.as_ref().map_or(0, |b| b.value.len());
                     if let Some(r) = st.runs.get_mut(&run) {
                         r.asked.remove(&index);
-                        if index != r.next && st.run_held + size > MAX_RUN_HELD {
+                        if index != r.next && others + st.run_held + size > MAX_RUN_HELD {
                             // Too much waits for a block that does not come: the run ends
                             // there, and the engine asks again.
                             r.missing_from = Some(r.next);
@@ -1108,6 +1158,7 @@ impl WireConnection {
                 });
             }
         }
+        self.run_held = others + st.run_held;
         self.inputs
             .extend(out.into_iter().map(|m| WireInput::Message(engine, m)));
         // The rest of a run that ended: cancelled, and off the wire.
@@ -1447,6 +1498,31 @@ mod tests {
         // The engine cancels the run: only what is on the wire is cancelled there.
         c.send(ch, Message::Cancel { id: 7 });
         assert!(requests(c.frames()).is_empty());
+    }
+
+    #[test]
+    fn a_closed_channels_waiting_requests_go_with_it() {
+        let mut c = WireConnection::new(1);
+        let ch = accepted(&mut c);
+        let run = |end| Message::RequestRun {
+            id: 7,
+            fork: 0,
+            start: 0,
+            end,
+            length: end,
+        };
+        c.send(ch, run(200));
+        assert_eq!(requests(c.frames()).len(), MAX_IN_FLIGHT);
+        // The peer closes the channel, and opens another on the same ids: its requests are
+        // its own, and all of the window is there for them.
+        let mut b = FrameBuilder::default();
+        b.close(1);
+        c.on_frame(&b.frames(64)[0]).unwrap();
+        assert_eq!(inputs(&mut c), vec![WireInput::Closed(ch)]);
+        let ch = accepted(&mut c);
+        c.send(ch, run(10));
+        assert_eq!(requests(c.frames()), (1..=10).collect::<Vec<u64>>());
+        assert_eq!(c.in_flight, 10);
     }
 
     #[test]

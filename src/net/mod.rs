@@ -11,7 +11,7 @@ mod protocol;
 
 pub use driver::{
     DIAL_TIMEOUT, MAX_CONNECTIONS, MAX_DIALS, MAX_JOIN_NODES, MAX_WIRE_CONNECTIONS,
-    MAX_WIRE_HANDSHAKES, NodeStats, WIRE_HANDSHAKE_TIMEOUT, WIRE_IDLE_TIMEOUT,
+    MAX_WIRE_HANDSHAKES, NodeStats, WIRE_HANDSHAKE_TIMEOUT, WIRE_IDLE_TIMEOUT, WireLink,
 };
 pub use events::{Events, ReplicaEvent, ReplicaEvents};
 pub use extension::{Extension, ExtensionMessage, ExtensionMessages};

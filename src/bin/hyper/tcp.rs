@@ -5,8 +5,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use iroh_hypercore::{HypercoreProtocol, replication::Event};
-use n0_future::{StreamExt, task::AbortOnDropHandle};
+use iroh_hypercore::{HypercoreProtocol, net::WireLink};
+use n0_future::task::AbortOnDropHandle;
 
 /// The longest wait between two dials of a peer that went.
 const MAX_REDIAL: Duration = Duration::from_secs(30);
@@ -24,17 +24,28 @@ pub async fn listen(
     eprintln!("listening for hypercore (JS) peers on tcp {bound}");
     let proto = proto.clone();
     Ok(AbortOnDropHandle::new(n0_future::task::spawn(async move {
+        let mut pause = Duration::from_millis(100);
         loop {
-            let Ok((tcp, from)) = listener.accept().await else {
-                continue;
+            let (tcp, from) = match listener.accept().await {
+                Ok(accepted) => {
+                    pause = Duration::from_millis(100);
+                    accepted
+                }
+                // Out of file descriptors, say: not a loop at full speed.
+                Err(e) => {
+                    eprintln!("accepting a hypercore peer: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let proto = proto.clone();
             n0_future::task::spawn(async move {
                 match proto.replicate_stream(tcp, false).await {
-                    Ok(peer) => eprintln!(
+                    Ok(link) => eprintln!(
                         "hypercore peer {} connected from {from}",
-                        crate::names::hex(&peer)
+                        crate::names::hex(&link.peer())
                     ),
                     Err(e) => eprintln!("hypercore peer at {from}: {e}"),
                 }
@@ -44,28 +55,27 @@ pub async fn listen(
 }
 
 /// Dials `addr` (HOST:PORT) and replicates over the connection (as the Noise initiator);
-/// dials again, waiting longer each time up to [`MAX_REDIAL`], when it fails or goes. Stops
-/// when the handle is dropped.
+/// dials again when it fails or ends, waiting longer each time (up to [`MAX_REDIAL`]) unless
+/// the connection lasted. Stops when the handle is dropped.
 pub fn dial(proto: &HypercoreProtocol, addr: String) -> AbortOnDropHandle<()> {
     let proto = proto.clone();
     AbortOnDropHandle::new(n0_future::task::spawn(async move {
         let mut wait = Duration::from_secs(1);
         loop {
-            // Subscribed before the connection, so that its end is not missed.
-            let mut events = proto.subscribe();
             match connect(&proto, &addr).await {
-                Ok(peer) => {
-                    wait = Duration::from_secs(1);
+                Ok(mut link) => {
                     eprintln!(
                         "connected to hypercore peer {} at {addr}",
-                        crate::names::hex(&peer)
+                        crate::names::hex(&link.peer())
                     );
-                    while let Some(ev) = events.next().await {
-                        if matches!(ev, Event::PeerRemove(p) if p == peer) {
-                            break;
-                        }
+                    let up = std::time::Instant::now();
+                    link.closed().await;
+                    // A connection that lasted starts the waits afresh; one that did not
+                    // (the peer refuses us, or replaces us) waits longer each time.
+                    if up.elapsed() > MAX_REDIAL {
+                        wait = Duration::from_secs(1);
                     }
-                    eprintln!("hypercore peer at {addr} went; dialing it again");
+                    eprintln!("hypercore peer at {addr} went; dialing it again in {wait:?}");
                 }
                 Err(e) => eprintln!("hypercore peer at {addr}: {e}; again in {wait:?}"),
             }
@@ -75,7 +85,7 @@ pub fn dial(proto: &HypercoreProtocol, addr: String) -> AbortOnDropHandle<()> {
     }))
 }
 
-async fn connect(proto: &HypercoreProtocol, addr: &str) -> Result<[u8; 32], String> {
+async fn connect(proto: &HypercoreProtocol, addr: &str) -> Result<WireLink, String> {
     let tcp = tokio::time::timeout(
         Duration::from_secs(10),
         tokio::net::TcpStream::connect(addr),

@@ -59,6 +59,7 @@ use peer_book::{BookEvent, PeerBook};
 use replicated::Why;
 use store::{SERVED_MODE, StoreEvent, StoreServing};
 use streams::{ReadLimit, StreamEvent, Streams};
+pub use wire::WireLink;
 use wire::{Heard as WireHeard, WireLinks};
 pub use wire::{
     MAX_WIRE_CONNECTIONS, MAX_WIRE_HANDSHAKES, WIRE_HANDSHAKE_TIMEOUT, WIRE_IDLE_TIMEOUT,

@@ -49,6 +49,9 @@ const CHANNELS_PER_LINK: ChannelId = 1 << 40;
 /// engine holds back what it sends a peer over its limit, but answers to protocol
 /// violations (rejects) are queued regardless.
 const HARD_BACKLOG_FACTOR: u64 = 4;
+/// Bytes serve tasks started before the engine saw a peer over its limit may still add: a
+/// few of the largest frames.
+const SERVE_ROOM: u64 = 8 * MAX_FRAME as u64;
 /// Bytes of decrypted frames of one connection handed to the driver and not yet taken in:
 /// the reader waits past it.
 const MAX_INFLIGHT: usize = 32 * 1024 * 1024;
@@ -256,7 +259,11 @@ impl WireLinks {
             let backlog = l.shared.backlog.fetch_add(bytes, Ordering::Relaxed) + bytes;
             let _ = l.frames.send(frames);
             let limit = l.shared.limit.load(Ordering::Relaxed);
-            if backlog > limit.saturating_mul(HARD_BACKLOG_FACTOR) {
+            // Room for the serve tasks under way, each up to a frame, past the factor.
+            let hard = limit
+                .saturating_mul(HARD_BACKLOG_FACTOR)
+                .saturating_add(SERVE_ROOM);
+            if backlog > hard {
                 heard.push(Heard::Close(*peer));
             } else if backlog > limit && !l.shared.over.swap(true, Ordering::Relaxed) {
                 heard.push(Heard::Backlog(*peer, backlog, true));
@@ -285,6 +292,32 @@ impl WireLinks {
     }
 }
 
+/// A connection on Hypercore's own wire, from
+/// [`HypercoreProtocol::replicate_stream`](crate::HypercoreProtocol::replicate_stream).
+#[derive(Debug)]
+pub struct WireLink {
+    peer: PeerId,
+    ended: oneshot::Receiver<()>,
+}
+
+impl WireLink {
+    /// The peer's key on the wire (its Noise static key, an Ed25519 public key): its id in
+    /// events and peer stats.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// Resolves once the connection ended: the peer closed it or went silent, it broke the
+    /// protocol, a newer connection of the same peer replaced it, or the protocol shut down.
+    pub async fn closed(&mut self) {
+        let _ = (&mut self.ended).await;
+    }
+
+    pub(crate) fn new(peer: PeerId, ended: oneshot::Receiver<()>) -> Self {
+        Self { peer, ended }
+    }
+}
+
 /// Runs a connection on Hypercore's wire over `stream`: the handshake (answered on `ready`
 /// with the peer's key), then a reader (this task) and a writer task, reporting to the
 /// driver through `to_driver`.
@@ -294,7 +327,7 @@ pub(crate) async fn run_link<S>(
     seed: [u8; 32],
     link: u64,
     to_driver: mpsc::WeakSender<Command>,
-    ready: oneshot::Sender<Result<PeerId, String>>,
+    ready: oneshot::Sender<Result<(PeerId, oneshot::Receiver<()>), String>>,
     handshake_permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -377,7 +410,9 @@ pub(crate) async fn run_link<S>(
             return;
         }
     }
-    let _ = ready.send(Ok(peer));
+    // Dropped when this returns: the connection's end, for whoever holds its `WireLink`.
+    let (_ended, ended_rx) = oneshot::channel::<()>();
+    let _ = ready.send(Ok((peer, ended_rx)));
     read_loop(rd, transport, buf, link, shared, to_driver, stop_rx).await;
 }
 

@@ -743,8 +743,11 @@ impl CoreSync {
             self.upgrade.set(self.key, again, cx.timers);
             return;
         }
-        if let Some(r) = self.remotes.get_mut(&u.channel) {
-            r.requests.remove(&u.id);
+        if let Some(r) = self.remotes.get_mut(&u.channel)
+            && r.requests.remove(&u.id).is_some()
+        {
+            // The peer may still be working on it: it need not.
+            cx.send(u.peer, u.channel, Message::Cancel { id: u.id });
         }
         // Not believed until it syncs again, like a peer that says it cannot prove.
         self.upgrade_failed(u.channel, cx);

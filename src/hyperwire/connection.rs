@@ -1309,6 +1309,17 @@ mod tests {
         ch
     }
 
+    /// The engine's run `id` of blocks `0..end` of a log of `end` blocks.
+    fn run_of(id: u64, end: u64) -> Message {
+        Message::RequestRun {
+            id,
+            fork: 0,
+            start: 0,
+            end,
+            length: end,
+        }
+    }
+
     fn block(index: u64) -> Proof {
         Proof {
             block: Some(BlockProof {
@@ -1359,16 +1370,7 @@ mod tests {
     fn a_runs_answers_reach_the_engine_in_block_order_and_a_gap_ends_it() {
         let mut c = WireConnection::new(1);
         let ch = accepted(&mut c);
-        c.send(
-            ch,
-            Message::RequestRun {
-                id: 7,
-                fork: 0,
-                start: 0,
-                end: 3,
-                length: 3,
-            },
-        );
+        c.send(ch, run_of(7, 3));
         assert_eq!(c.frames().len(), 1);
         // Our requests are ids 1, 2, 3 for blocks 0, 1, 2; answered 2, 1, 0.
         for (request, index) in [(3, 2), (2, 1), (1, 0)] {
@@ -1388,16 +1390,7 @@ mod tests {
         assert_eq!(order, vec![0, 1, 2]);
 
         // A second run: block 1 is missing, block 2 came first.
-        c.send(
-            ch,
-            Message::RequestRun {
-                id: 8,
-                fork: 0,
-                start: 0,
-                end: 3,
-                length: 3,
-            },
-        );
+        c.send(ch, run_of(8, 3));
         c.frames();
         let frame = message_frame(
             1,
@@ -1458,16 +1451,7 @@ mod tests {
     fn at_most_max_in_flight_requests_are_on_the_wire() {
         let mut c = WireConnection::new(1);
         let ch = accepted(&mut c);
-        c.send(
-            ch,
-            Message::RequestRun {
-                id: 7,
-                fork: 0,
-                start: 0,
-                end: 200,
-                length: 200,
-            },
-        );
+        c.send(ch, run_of(7, 200));
         let sent = requests(c.frames());
         assert_eq!(sent.len(), MAX_IN_FLIGHT);
         // Two answers, two more requests; an answer to a request not sent yet is nobody's
@@ -1504,14 +1488,7 @@ mod tests {
     fn a_closed_channels_waiting_requests_go_with_it() {
         let mut c = WireConnection::new(1);
         let ch = accepted(&mut c);
-        let run = |end| Message::RequestRun {
-            id: 7,
-            fork: 0,
-            start: 0,
-            end,
-            length: end,
-        };
-        c.send(ch, run(200));
+        c.send(ch, run_of(7, 200));
         assert_eq!(requests(c.frames()).len(), MAX_IN_FLIGHT);
         // The peer closes the channel, and opens another on the same ids: its requests are
         // its own, and all of the window is there for them.
@@ -1520,7 +1497,7 @@ mod tests {
         c.on_frame(&b.frames(64)[0]).unwrap();
         assert_eq!(inputs(&mut c), vec![WireInput::Closed(ch)]);
         let ch = accepted(&mut c);
-        c.send(ch, run(10));
+        c.send(ch, run_of(7, 10));
         assert_eq!(requests(c.frames()), (1..=10).collect::<Vec<u64>>());
         assert_eq!(c.in_flight, 10);
     }

@@ -327,3 +327,37 @@ async fn two_nodes_replicate_over_the_wire_on_any_byte_stream() {
         .expect("the link ended");
     reader.shutdown().await;
 }
+
+/// An encrypted compat core (JS Hypercore 10 keys): a reader that gives the key before it
+/// knows the core's kind reads the text once the kind is known.
+#[tokio::test]
+async fn a_reader_that_sets_the_key_before_it_knows_the_kind_reads_a_compat_core() {
+    let net = net::test_net().await;
+    let writer = net.node(NetTransport::Direct).await.unwrap();
+    let reader = net.node(NetTransport::Direct).await.unwrap();
+    let log = writer
+        .store
+        .create(iroh_hypercore::CoreOptions {
+            key_pair: Some(iroh_hypercore::KeyPair::from_seed([1; 32])),
+            kind: iroh_hypercore::CoreKind::Compat,
+        })
+        .await
+        .unwrap();
+    log.set_encryption_key([5; 32]).unwrap();
+    log.append_batch(["a", "b"]).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let copy = net::replica(&reader, log.key()).await;
+    assert_eq!(copy.info().kind, None, "the kind is not known yet");
+    copy.set_encryption_key([5; 32]).unwrap();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (w, r) = tokio::join!(
+        writer.proto.replicate_stream(a, false),
+        reader.proto.replicate_stream(b, true)
+    );
+    (w.unwrap(), r.unwrap());
+    net::wait_full(&copy, 2).await;
+    assert_eq!(copy.info().kind, Some(iroh_hypercore::CoreKind::Compat));
+    assert_eq!(copy.get(0).await.unwrap().unwrap(), "a");
+    assert_eq!(copy.get(1).await.unwrap().unwrap(), "b");
+    net::shutdown(&[&reader, &writer]).await;
+}

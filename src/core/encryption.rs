@@ -52,11 +52,6 @@ impl BlockEncryption {
         }
     }
 
-    /// Whether both hold the same keys.
-    pub fn same_keys(&self, other: &Self) -> bool {
-        crate::crypto::capability::same_capability(&self.block_key, &other.block_key)
-    }
-
     /// The stored form of block `index` appended on `fork`.
     pub fn encrypt(&self, index: u64, fork: u64, text: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(PADDING + text.len());
@@ -89,7 +84,8 @@ impl BlockEncryption {
 mod tests {
     use super::*;
 
-    /// JS Hypercore 11.37.1: writer seed 01×32, encryption key 05×32, blocks "a" and "b".
+    /// JS Hypercore 11.37.1: writer seed 01×32, encryption key 05×32, blocks "a" and "b",
+    /// a default core and a compat core (`compat: true`, stored bytes from `get(i, { raw })`).
     #[test]
     fn hypercore_vectors() {
         let hex = |s: &str| data_encoding::HEXLOWER.decode(s.as_bytes()).unwrap();
@@ -109,6 +105,14 @@ mod tests {
         assert_eq!(e.encrypt(1, 0, b"b"), hex("c3e52eeaf649df5f35"));
         assert_eq!(e.decrypt(1, &hex("c3e52eeaf649df5f35")).unwrap(), b"b");
         assert_eq!(e.decrypt(0, &[1, 2, 3]), None);
+        // A compat core (Hypercore 10 keys: the key is the public key).
+        let compat: [u8; 32] =
+            hex("8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c")
+                .try_into()
+                .unwrap();
+        let c = BlockEncryption::new(&compat, CoreKind::Compat, &[5; 32]);
+        assert_eq!(c.encrypt(0, 0, b"a"), hex("9c96d43c89a0ba5be3"));
+        assert_eq!(c.encrypt(1, 0, b"b"), hex("64b4f72f1838fc876e"));
         // Another fork pads differently and still decrypts.
         let other = e.encrypt(0, 7, b"a");
         assert_ne!(other, hex("f3f6d6ed1ad15f8d76"));

@@ -65,7 +65,9 @@ impl Hypercore {
     /// reads return text. The log's hashes, signatures and replication are over the
     /// ciphertext, so peers replicate it without the key, and a JS peer with the key reads
     /// what this one wrote (and the other way round). The key is kept in memory only: give it
-    /// each time the core is opened. A second, different key is refused. Blob blocks
+    /// each time the core is opened. A second, different key is refused. The block keys are
+    /// derived for the core's kind when used, so a reader may give the key before it learns
+    /// a remote core's kind (default or compat) from its first upgrade. Blob blocks
     /// ([`append_blob`](Self::append_blob)) are not encrypted by this.
     ///
     /// ```
@@ -78,11 +80,8 @@ impl Hypercore {
     /// # Ok(()) }
     /// ```
     pub fn set_encryption_key(&self, key: [u8; 32]) -> Result<()> {
-        let kind = self.info().kind.unwrap_or(crate::crypto::CoreKind::Default);
-        let e = super::BlockEncryption::new(&self.inner.key, kind, &key);
-        let expected = super::BlockEncryption::new(&self.inner.key, kind, &key);
-        let set = self.inner.encryption.get_or_init(|| e);
-        if set.same_keys(&expected) {
+        let set = self.inner.encryption_key.get_or_init(|| key);
+        if crate::crypto::capability::same_capability(set, &key) {
             Ok(())
         } else {
             Err(crate::Error::InvalidArgument(
@@ -93,7 +92,7 @@ impl Hypercore {
 
     /// Whether blocks are encrypted ([`set_encryption_key`](Self::set_encryption_key)).
     pub fn is_encrypted(&self) -> bool {
-        self.inner.encryption.get().is_some()
+        self.inner.encryption_key.get().is_some()
     }
 
     /// A snapshot of the committed state.

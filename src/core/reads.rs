@@ -61,9 +61,10 @@ impl Hypercore {
                     Ok(run)
                 })
                 .await?;
+            let encryption = inner.encryption();
             run.into_iter()
                 .enumerate()
-                .map(|(i, b)| inner.block_text(start + i as u64, b))
+                .map(|(i, b)| super::state::text_of(encryption.as_ref(), start + i as u64, b))
                 .collect()
         }
     }

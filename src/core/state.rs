@@ -58,8 +58,10 @@ pub(crate) struct CoreInner {
     pub update_requests: std::sync::atomic::AtomicU64,
     /// The last of `update_requests` a protocol answered.
     pub updated: watch::Sender<u64>,
-    /// Block encryption, once a key is given: appends store ciphertext, reads return text.
-    pub encryption: std::sync::OnceLock<super::BlockEncryption>,
+    /// The block encryption key, once given: appends store ciphertext, reads return text.
+    /// The keys are derived from it when used, for the kind the core has then (a reader
+    /// learns a remote core's kind from its first upgrade).
+    pub encryption_key: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl CoreInner {
@@ -173,15 +175,15 @@ impl CoreInner {
 
     /// The text of stored block `index`: decrypted when the core is encrypted.
     pub fn block_text(&self, index: u64, stored: Bytes) -> Result<Bytes> {
-        match self.encryption.get() {
-            None => Ok(stored),
-            Some(e) => e
-                .decrypt(index, &stored)
-                .map(Bytes::from)
-                .ok_or(Error::InvalidArgument(
-                    "encrypted block shorter than its padding",
-                )),
-        }
+        text_of(self.encryption().as_ref(), index, stored)
+    }
+
+    /// The block encryption of this core, if a key was given: the keys of its kind now (a
+    /// default core's until the kind is known).
+    pub fn encryption(&self) -> Option<super::BlockEncryption> {
+        let key = self.encryption_key.get()?;
+        let kind = self.state().committed.kind.unwrap_or(CoreKind::Default);
+        Some(super::BlockEncryption::new(&self.key, kind, key))
     }
 
     /// Drops queued-but-failed appends from the head.
@@ -216,8 +218,25 @@ impl CoreInner {
             stopped: watch::channel(0).0,
             update_requests: Default::default(),
             updated: watch::channel(0).0,
-            encryption: std::sync::OnceLock::new(),
+            encryption_key: std::sync::OnceLock::new(),
         }))
+    }
+}
+
+/// The text of stored block `index` under `encryption` (the stored bytes without one).
+pub(crate) fn text_of(
+    encryption: Option<&super::BlockEncryption>,
+    index: u64,
+    stored: Bytes,
+) -> Result<Bytes> {
+    match encryption {
+        None => Ok(stored),
+        Some(e) => e
+            .decrypt(index, &stored)
+            .map(Bytes::from)
+            .ok_or(Error::InvalidArgument(
+                "encrypted block shorter than its padding",
+            )),
     }
 }
 

@@ -118,7 +118,7 @@ fn queue_append(
     if !inner.writable() {
         return Err(Error::NotWritable);
     }
-    let encryption = inner.encryption.get();
+    let encryption = inner.encryption();
     let max = MAX_BLOCK_SIZE
         - if encryption.is_some() {
             super::ENCRYPTION_PADDING
@@ -134,7 +134,7 @@ fn queue_append(
     }
     let base = (st.head.length, st.head.fork);
     // Encrypted under the lock: the index and fork are the ones this append gets.
-    let blocks = match encryption {
+    let blocks = match &encryption {
         None => blocks,
         Some(e) => blocks
             .iter()

@@ -354,7 +354,8 @@ async fn a_reader_that_sets_the_key_before_it_knows_the_kind_reads_a_compat_core
         writer.proto.replicate_stream(a, false),
         reader.proto.replicate_stream(b, true)
     );
-    (w.unwrap(), r.unwrap());
+    w.unwrap();
+    r.unwrap();
     net::wait_full(&copy, 2).await;
     assert_eq!(copy.info().kind, Some(iroh_hypercore::CoreKind::Compat));
     assert_eq!(copy.get(0).await.unwrap().unwrap(), "a");

@@ -108,13 +108,10 @@ fn an_iroh_writer_reaches_a_js_reader_through_the_bridge_live() {
         bridge_dir.path(),
         &["follow", &ticket, "--tcp-listen", "127.0.0.1:0"],
     );
-    bridge.wait_stderr("listening for hypercore (JS) peers on tcp ", 1);
-    let port = bridge
-        .stderr()
-        .split("listening for hypercore (JS) peers on tcp 127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|p| p.parse::<u16>().ok())
+    let port: u16 = bridge
+        .stderr_line("listening for hypercore (JS) peers on tcp 127.0.0.1:")
+        .trim()
+        .parse()
         .expect("the bridge's port");
     for i in 0..50 {
         assert_eq!(bridge.line(), js_block(i, 16));

@@ -185,6 +185,26 @@ impl Running {
         }
     }
 
+    /// Waits (within [`WAIT`]) until stderr holds a whole line that starts with `prefix`, and
+    /// returns the rest of that line.
+    pub fn stderr_line(&self, prefix: &str) -> String {
+        let rest_of_line = |err: &str| {
+            let at = err.find(prefix)? + prefix.len();
+            let rest = &err[at..];
+            rest.find('\n').map(|end| rest[..end].to_string())
+        };
+        let err = self.stderr.lock().unwrap();
+        let (err, waited) = self
+            .stderr_grew
+            .wait_timeout_while(err, WAIT, |err| rest_of_line(err).is_none())
+            .unwrap();
+        assert!(
+            !waited.timed_out(),
+            "stderr never had a line {prefix:?}: {err}"
+        );
+        rest_of_line(&err).expect("the line")
+    }
+
     /// Waits (within [`WAIT`]) until stderr holds `text` `times` times in all.
     pub fn wait_stderr(&self, text: &str, times: usize) {
         let err = self.stderr.lock().unwrap();

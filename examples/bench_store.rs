@@ -33,9 +33,12 @@ async fn main() -> anyhow::Result<()> {
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let net = TestNet::new().await?;
     let mut hyper = Vec::new();
+    let mut cpu = Vec::new();
     let mut raw = Vec::new();
     for _ in 0..runs {
-        hyper.push(replicate_store(&net, cores).await?);
+        let (wall, busy) = replicate_store(&net, cores).await?;
+        hyper.push(wall);
+        cpu.push(busy);
         raw.push(raw_streams(&net, cores).await?);
     }
     let samples: Vec<String> = hyper.iter().map(|d| format!("{d:.2?}")).collect();
@@ -44,13 +47,18 @@ async fn main() -> anyhow::Result<()> {
     println!("replicate_store (reader follows the writer's whole store): {h:.2?}");
     println!("raw iroh, one stream per core, same bytes:                 {r:.2?}");
     println!("ratio: {:.1}x", h.as_secs_f64() / r.as_secs_f64());
+    println!(
+        "CPU time of the process while replicate_store ran (both nodes), median: {:.2?}",
+        median(cpu)
+    );
     println!("replicate_store runs (in order): {}", samples.join(", "));
     println!("peak RSS of the process: {} MiB", peak_rss_kib() / 1024);
     Ok(())
 }
 
-/// Time from the reader's join until it holds every block of every core.
-async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<Duration> {
+/// Time from the reader's join until it holds every block of every core, and the CPU time
+/// the process spent meanwhile.
+async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<(Duration, Duration)> {
     let writer = net.node(Transport::Direct).await?;
     let reader = net.node(Transport::Direct).await?;
     let mut keys = Vec::with_capacity(cores);
@@ -66,6 +74,7 @@ async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<Duration
     }
     reader.proto.replicate_store(Mode::Full).await?;
     let start = Instant::now();
+    let cpu_start = cpu_time();
     reader.proto.join(&remotes[0], &[writer.addr()]).await?;
     let done: Vec<_> = remotes
         .iter()
@@ -74,6 +83,7 @@ async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<Duration
         .collect()
         .await;
     let elapsed = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_start);
     for r in done {
         r?;
     }
@@ -81,7 +91,28 @@ async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<Duration
     reader.shutdown().await;
     drop_store(writer.store).await;
     drop_store(reader.store).await;
-    Ok(elapsed)
+    Ok((elapsed, cpu))
+}
+
+/// User and system CPU time of the process so far (in clock ticks of 10 ms; zero where
+/// /proc is not there).
+fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The fields after the command's closing parenthesis; utime and stime are the
+            // 12th and 13th of them.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(f.iter().sum::<u64>())
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 async fn drop_store(store: Corestore) {

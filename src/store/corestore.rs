@@ -1,9 +1,6 @@
 //! The [`Corestore`] handle.
 
-use std::{
-    path::Path,
-    sync::{Arc, Weak},
-};
+use std::{path::Path, sync::Arc};
 
 use super::{
     options::{CoreOptions, StoreOptions},
@@ -312,12 +309,12 @@ impl Corestore {
     /// The stored core with key `key`, if any.
     pub async fn get(&self, key: CoreKey) -> Result<Option<Hypercore>> {
         let mut open = self.inner.shared.open.lock().await;
-        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+        if let Some(inner) = open.get(&key) {
             return Ok(Some(Hypercore::from_inner(inner)));
         }
         let loaded = load_core(&self.home(), key).await?;
         Ok(loaded.map(|inner| {
-            open.insert(key, Arc::downgrade(&inner));
+            open.insert(key, &inner);
             Hypercore::from_inner(inner)
         }))
     }
@@ -345,7 +342,7 @@ impl Corestore {
         name: Option<CoreName>,
     ) -> Result<Hypercore> {
         let mut open = self.inner.shared.open.lock().await;
-        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+        if let Some(inner) = open.get(&key) {
             return Ok(Hypercore::from_inner(inner));
         }
         let inner = match load_core(&self.home(), key).await? {
@@ -361,8 +358,7 @@ impl Corestore {
                 inner
             }
         };
-        open.retain(|_, w| w.strong_count() > 0);
-        open.insert(key, Arc::downgrade(&inner));
+        open.insert(key, &inner);
         Ok(Hypercore::from_inner(inner))
     }
 
@@ -454,7 +450,7 @@ impl Corestore {
         // Held until the delete committed: a core opened meanwhile would be loaded from the
         // rows still stored, with a state the delete does not mark, and take writes that vanish.
         let mut open = self.inner.shared.open.lock().await;
-        let handle = open.remove(&key).and_then(|w| w.upgrade());
+        let handle = open.remove(&key);
         if let Some(h) = &handle {
             Hypercore::from_inner(h.clone()).mark_closed();
         }
@@ -506,15 +502,7 @@ impl Corestore {
     /// Makes everything durable and stops the storage actor and the blob store; the database
     /// closes when the last handle is dropped.
     pub async fn close(&self) -> Result<()> {
-        for inner in self
-            .inner
-            .shared
-            .open
-            .lock()
-            .await
-            .values()
-            .filter_map(Weak::upgrade)
-        {
+        for inner in self.inner.shared.open.lock().await.all() {
             Hypercore::from_inner(inner).mark_closed();
         }
         if let Some(blobs) = self.inner.shared.blobs.store() {

@@ -27,7 +27,7 @@ static BY_DATABASE: Mutex<Vec<(WeakStorage, Weak<SharedCores>)>> = Mutex::new(Ve
 #[derive(Debug)]
 pub(super) struct SharedCores {
     /// The open cores, by key, so that every handle of one core shares one state.
-    pub open: tokio::sync::Mutex<HashMap<CoreKey, Weak<CoreInnerHandle>>>,
+    pub open: tokio::sync::Mutex<OpenCores>,
     /// The key of each core created (a protocol replicating the whole store follows it).
     pub created: tokio::sync::broadcast::Sender<CoreKey>,
     /// The blob store beside the database, and the protocol that fetches blobs.
@@ -62,5 +62,44 @@ impl SharedCores {
             blobs: self.blobs.clone(),
             held: self.clone(),
         }
+    }
+}
+
+/// The open cores of a database by key, held weakly. The entries of cores closed since are
+/// swept out when the map has doubled since the last sweep, so that opening a core costs the
+/// same in a store of ten thousand open cores as in one of ten.
+#[derive(Debug, Default)]
+pub(super) struct OpenCores {
+    by_key: HashMap<CoreKey, Weak<CoreInnerHandle>>,
+    /// Size of the map at which the next insert sweeps it.
+    sweep_at: usize,
+}
+
+/// Entries below which the map of open cores is never swept.
+const MIN_SWEEP: usize = 64;
+
+impl OpenCores {
+    /// The state of core `key`, if it is open.
+    pub fn get(&self, key: &CoreKey) -> Option<Arc<CoreInnerHandle>> {
+        self.by_key.get(key).and_then(Weak::upgrade)
+    }
+
+    /// Records `inner` as the state of core `key`.
+    pub fn insert(&mut self, key: CoreKey, inner: &Arc<CoreInnerHandle>) {
+        if self.by_key.len() >= self.sweep_at {
+            self.by_key.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = (self.by_key.len() * 2).max(MIN_SWEEP);
+        }
+        self.by_key.insert(key, Arc::downgrade(inner));
+    }
+
+    /// The state of every open core.
+    pub fn all(&self) -> Vec<Arc<CoreInnerHandle>> {
+        self.by_key.values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Forgets core `key`, returning its state if it was open.
+    pub fn remove(&mut self, key: &CoreKey) -> Option<Arc<CoreInnerHandle>> {
+        self.by_key.remove(key).and_then(|w| w.upgrade())
     }
 }

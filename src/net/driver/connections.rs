@@ -203,13 +203,17 @@ impl Connections {
     /// The addresses `peer` is reachable at, as far as we know: those of its connection's
     /// paths, and those we were given.
     pub(super) fn addr_of(&self, peer: &PeerId) -> Option<EndpointAddr> {
-        let id = EndpointId::from_bytes(peer).ok()?;
-        let mut addr = self
-            .addrs
-            .get(peer)
-            .cloned()
-            .unwrap_or_else(|| EndpointAddr::new(id));
-        if let Some(c) = self.conns.get(peer) {
+        let conn = self.conns.get(peer);
+        let mut addr = match self.addrs.get(peer) {
+            Some(addr) => addr.clone(),
+            // The connection knows the id as a point already: decoding the bytes again
+            // costs a square root.
+            None => EndpointAddr::new(match conn {
+                Some(c) => c.conn.remote_id(),
+                None => EndpointId::from_bytes(peer).ok()?,
+            }),
+        };
+        if let Some(c) = conn {
             let paths = c.conn.paths();
             addr = addr.with_addrs(paths.iter().map(|p| p.remote_addr().clone()));
         }

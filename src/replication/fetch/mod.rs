@@ -166,6 +166,10 @@ pub struct FetchQueue {
     cfg: FetchConfig,
     /// Queued blocks per core, in key order (runs are handed out in that order).
     cores: BTreeMap<CoreKey, CoreQueue>,
+    /// Every core with a block waiting for a peer, and maybe some whose wait ended (removed
+    /// when [`assign`](Self::assign) finds them empty): with many cores whose blocks all
+    /// arrived, a peer's runs are looked for among these rather than among all it has.
+    ready_cores: BTreeSet<CoreKey>,
     requests: BTreeMap<u64, Request>,
     peers: BTreeMap<PeerId, PeerState>,
     block_size: BTreeMap<CoreKey, u64>,
@@ -186,6 +190,7 @@ impl FetchQueue {
         Self {
             cfg,
             cores: BTreeMap::new(),
+            ready_cores: BTreeSet::new(),
             requests: BTreeMap::new(),
             peers: BTreeMap::new(),
             block_size: BTreeMap::new(),
@@ -275,6 +280,9 @@ impl FetchQueue {
                 });
             }
         }
+        if !q.ready.is_empty() {
+            self.ready_cores.insert(core);
+        }
         // The peers known to hold these blocks are their sources.
         for (peer, state) in &self.peers {
             for &(s, e) in state.ranges.get(&core).into_iter().flatten() {
@@ -320,6 +328,7 @@ impl FetchQueue {
         if let Some(q) = self.cores.remove(core) {
             self.release_held(q.entries.into_values());
         }
+        self.ready_cores.remove(core);
         for p in self.peers.values_mut() {
             p.ranges.remove(core);
         }
@@ -485,53 +494,47 @@ impl FetchQueue {
         None
     }
 
-    /// Builds the longest run of ready blocks `peer` has, starting at the first one. Only the
-    /// ranges the peer is a source of are looked at.
+    /// Builds the longest run of ready blocks `peer` has, starting at the first one, in key
+    /// order of the cores. Only the cores with waiting blocks and the ranges the peer is a
+    /// source of are looked at, through the smaller of the two sets.
     fn assign(&mut self, peer: PeerId, now: Instant) -> Option<Assignment> {
         let state = self.peers.get(&peer)?;
         let room = self.cfg.window_bytes.saturating_sub(state.in_flight_bytes);
         let failed = state.failures > 0;
-        let mut run: Option<(CoreKey, u64, u64)> = None;
-        'cores: for (core, known) in &state.ranges {
-            let Some(q) = self.cores.get(core) else {
-                continue;
-            };
-            let mut budget = 0;
-            for &index in known.iter().flat_map(|&(s, e)| q.ready.range(s..e)) {
-                let has = q
-                    .entries
-                    .get(&index)
-                    .is_some_and(|e| e.sources.contains(&peer));
-                match &mut run {
-                    None if has => {
-                        let size = self.block_size.get(core).copied().unwrap_or(1024);
-                        budget = if failed {
-                            1
-                        } else {
-                            (self.cfg.run_bytes.min(room) / size).clamp(1, MAX_RUN)
-                        };
-                        run = Some((*core, index, index + 1));
-                    }
-                    None => {}
-                    Some((_, _, end)) if *end == index && has => *end += 1,
-                    Some(_) => break 'cores,
+        let run = if self.ready_cores.len() < state.ranges.len() {
+            let mut stale = Vec::new();
+            let mut found = None;
+            for core in &self.ready_cores {
+                if self.cores.get(core).is_none_or(|q| q.ready.is_empty()) {
+                    stale.push(*core);
+                    continue;
                 }
-                if let Some((_, start, end)) = run
-                    && end - start >= budget
+                if let Some(known) = state.ranges.get(core)
+                    && let Some((start, end)) = self.run_in(peer, core, known, room, failed)
                 {
-                    break 'cores;
+                    found = Some((*core, start, end));
+                    break;
                 }
             }
-            if run.is_some() {
-                break;
+            for core in stale {
+                self.ready_cores.remove(&core);
             }
-        }
+            found
+        } else {
+            state.ranges.iter().find_map(|(core, known)| {
+                let (start, end) = self.run_in(peer, core, known, room, failed)?;
+                Some((*core, start, end))
+            })
+        };
         let (core, start, end) = run?;
         let id = self.next_id;
         self.next_id += 1;
         if let Some(q) = self.cores.get_mut(&core) {
             for index in start..end {
                 q.set_in_flight(index, id);
+            }
+            if q.ready.is_empty() {
+                self.ready_cores.remove(&core);
             }
         }
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
@@ -557,6 +560,48 @@ impl FetchQueue {
             start,
             end,
         })
+    }
+
+    /// The first run of blocks of `core` ready in the peer's `known` ranges and held by it: as
+    /// long as its window, the run size and [`MAX_RUN`] allow (one block for a peer that
+    /// failed).
+    fn run_in(
+        &self,
+        peer: PeerId,
+        core: &CoreKey,
+        known: &[(u64, u64)],
+        room: u64,
+        failed: bool,
+    ) -> Option<(u64, u64)> {
+        let q = self.cores.get(core)?;
+        let mut run: Option<(u64, u64)> = None;
+        let mut budget = 0;
+        for &index in known.iter().flat_map(|&(s, e)| q.ready.range(s..e)) {
+            let has = q
+                .entries
+                .get(&index)
+                .is_some_and(|e| e.sources.contains(&peer));
+            match &mut run {
+                None if has => {
+                    let size = self.block_size.get(core).copied().unwrap_or(1024);
+                    budget = if failed {
+                        1
+                    } else {
+                        (self.cfg.run_bytes.min(room) / size).clamp(1, MAX_RUN)
+                    };
+                    run = Some((index, index + 1));
+                }
+                None => {}
+                Some((_, end)) if *end == index && has => *end += 1,
+                Some(_) => break,
+            }
+            if let Some((start, end)) = run
+                && end - start >= budget
+            {
+                break;
+            }
+        }
+        run
     }
 
     /// Block `index` of request `id` arrived (not yet verified), `bytes` long: it counts as held
@@ -591,6 +636,7 @@ impl FetchQueue {
         {
             if over {
                 q.make_ready(index, EntryState::InFlight(id));
+                self.ready_cores.insert(core);
                 arrival = Arrival::OverCap;
             } else {
                 e.state = EntryState::Received(bytes);
@@ -646,6 +692,7 @@ impl FetchQueue {
                 }
                 q.make_ready(index, EntryState::InFlight(id));
             }
+            self.ready_cores.insert(core);
         }
         if done {
             self.close_request(id);
@@ -705,6 +752,7 @@ impl FetchQueue {
         {
             e.state = EntryState::Ready;
             q.ready.insert(index);
+            self.ready_cores.insert(*core);
             self.held_bytes = self.held_bytes.saturating_sub(bytes);
         }
     }
@@ -819,7 +867,8 @@ impl FetchQueue {
     }
 
     /// Checks that the deadline set holds exactly the deadline of every request and the
-    /// back-off of every peer.
+    /// back-off of every peer, and that every core with a waiting block is among the ready
+    /// cores.
     #[cfg(any(test, feature = "test-utils"))]
     pub fn check_timers(&self) -> Result<(), String> {
         let mut expected: Vec<(Instant, Timer)> = self
@@ -836,6 +885,15 @@ impl FetchQueue {
         let set = self.deadlines.entries();
         if set != expected {
             return Err(format!("fetch timers {set:?}, state {expected:?}"));
+        }
+        if let Some((core, _)) = self
+            .cores
+            .iter()
+            .find(|(c, q)| !q.ready.is_empty() && !self.ready_cores.contains(*c))
+        {
+            return Err(format!(
+                "core {core:?} has waiting blocks but is not among the ready cores"
+            ));
         }
         Ok(())
     }
@@ -888,6 +946,7 @@ impl FetchQueue {
             for index in req.outstanding {
                 q.make_ready(index, EntryState::InFlight(id));
             }
+            self.ready_cores.insert(req.core);
         }
     }
 

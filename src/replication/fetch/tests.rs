@@ -505,3 +505,48 @@ fn offences_are_forgotten_once_penalty_max_has_passed() {
     let third = penalize(&mut q, t);
     assert_eq!(third - clock.at(t), cfg().penalty);
 }
+
+/// With many cores whose blocks all arrived, the runs of the few still waiting are found (the
+/// queue looks among the cores with waiting blocks), and a core whose blocks come back to the
+/// queue (a request that timed out, a block that failed to store) is asked for again.
+#[test]
+fn runs_are_found_among_many_finished_cores_and_again_when_blocks_come_back() {
+    let clock = Clock(Instant::now());
+    let mut q = FetchQueue::new(cfg());
+    let cores: Vec<CoreKey> = (0..200u8).map(|i| [i; 32]).collect();
+    for core in &cores {
+        q.add(*core, 0, 2);
+        q.add_source(*core, 0, 2, A);
+    }
+    // Every core but the last two is fetched and stored.
+    for core in &cores[..198] {
+        q.on_committed(core, 0);
+        q.on_committed(core, 1);
+    }
+    q.check_timers().unwrap();
+    let sent = drain(&mut q, clock.at(0));
+    let asked: Vec<(CoreKey, u64, u64)> = sent.iter().map(|a| (a.core, a.start, a.end)).collect();
+    assert_eq!(asked, vec![(cores[198], 0, 2), (cores[199], 0, 2)]);
+    // Nothing waits now; a timeout puts the blocks of both requests back.
+    assert!(q.next_request(clock.at(0)).is_none());
+    let expired = q.poll_timeouts(clock.at(1_001));
+    assert_eq!(expired.len(), 2);
+    q.check_timers().unwrap();
+    // Another source, not on back-off, gets them.
+    q.add_source(cores[199], 0, 2, B);
+    let again = q
+        .next_request(clock.at(1_001))
+        .expect("a block came back to the queue");
+    assert_eq!(
+        (again.peer, again.core, again.start, again.end),
+        (B, cores[199], 0, 2)
+    );
+    // A received block that failed to store waits again, and is asked for.
+    q.on_received(again.id, 0, 1024, clock.at(1_002));
+    q.on_store_failed(&cores[199], 0);
+    q.check_timers().unwrap();
+    let retry = q
+        .next_request(clock.at(1_002))
+        .expect("the block that failed to store");
+    assert_eq!((retry.core, retry.start, retry.end), (cores[199], 0, 1));
+}

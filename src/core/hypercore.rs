@@ -126,7 +126,8 @@ impl Hypercore {
         self.inner.state().committed.manifest.clone()
     }
 
-    /// A stream of this core's events from now on.
+    /// A stream of this core's events from now on. A subscriber more than 128 events behind
+    /// gets [`CoreEvent::Lagged`](super::CoreEvent::Lagged) and re-reads what it needs.
     pub fn subscribe(&self) -> Subscription {
         Subscription::new(self.inner.news.subscribe())
     }

@@ -420,3 +420,23 @@ async fn only_blobs_named_by_a_served_core_are_served() {
     assert!(raw_fetch(&reader, &writer, hidden).await);
     shutdown(&[&writer, &reader]).await;
 }
+
+/// Runs of up to 1,024 blocks are stored at once: each block is still an event, and a
+/// subscriber that keeps up is never told it lagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_block_of_a_long_run_is_an_event_and_a_subscriber_keeping_up_never_lags() {
+    let net = test_net().await;
+    let (_writer, _reader, _core, mut events) = ticket_follower(&net, 1000, 100).await;
+    let mut seen = std::collections::BTreeSet::new();
+    wait_event(&mut events, "an event for each of 1,000 blocks", |e| {
+        match e {
+            ReplicaEvent::Download { index, .. } => {
+                seen.insert(*index);
+            }
+            ReplicaEvent::Lagged(n) => panic!("told it lagged by {n} while keeping up"),
+            _ => {}
+        }
+        seen.len() == 1000
+    })
+    .await;
+}

@@ -1,6 +1,7 @@
 //! [`CoreNews`]: how a core tells of its commits. Storage hands each committed batch's
 //! [`Change`]s to it ([`CommitListener`]); it sends them to the core's event subscribers as
-//! [`CoreEvent`]s, and tells the replicating protocols watching the core that its log moved.
+//! [`CoreEvent`]s, to the reads waiting inside the crate as [`Stored`] news (a run of blocks
+//! in one message), and tells the replicating protocols watching the core that its log moved.
 //! The application's signals to those protocols (wants, updates, a close) go through it too.
 
 use tokio::sync::broadcast;
@@ -14,17 +15,42 @@ use crate::{
     storage::{Change, CommitListener},
 };
 
-/// Capacity of each core's event channel, allocated by its first subscriber. Each slot
-/// costs about 70 bytes: at 1,024 slots a store following 10,000 cores spent 700 MiB and
-/// much of its time on these buffers (`bench_store`); a subscriber that falls this far
-/// behind is told it lagged and re-reads.
-const EVENT_CAPACITY: usize = 128;
+/// Capacity of each core's event channel (the application's, one event per block: a run of
+/// up to `MAX_RUN` blocks stored at once fits), allocated by its first subscriber.
+const EVENT_CAPACITY: usize = 1024;
+
+/// Capacity of each core's channel of [`Stored`] news, allocated by its first subscriber
+/// (a waiting read). A slot costs about 70 bytes: with the application's 1,024-slot channel
+/// behind every `download`, a reader following 10,000 cores spent 700 MiB and much of its
+/// time filling these buffers (`bench_store`). A read this far behind is told it lagged
+/// and looks in storage again.
+const STORED_CAPACITY: usize = 64;
+
+/// What a commit did to a core, as the reads waiting inside the crate follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Blocks `start..end` were stored (one message for a run).
+    Blocks {
+        /// First block stored.
+        start: u64,
+        /// End of the stored run (exclusive).
+        end: u64,
+    },
+    /// The log grew to `length`.
+    Grew {
+        /// New length.
+        length: u64,
+    },
+    /// The log was truncated.
+    Truncated,
+}
 
 /// The news of one core: its event channel and the protocols watching it.
 #[derive(Debug)]
 pub(crate) struct CoreNews {
     key: CoreKey,
     events: LazyBroadcast<CoreEvent>,
+    stored: LazyBroadcast<Stored>,
     /// The replicating protocols following this core.
     pub watchers: Watchers,
 }
@@ -35,6 +61,7 @@ impl CoreNews {
         Self {
             key,
             events: LazyBroadcast::new(EVENT_CAPACITY),
+            stored: LazyBroadcast::new(STORED_CAPACITY),
             watchers: Watchers::default(),
         }
     }
@@ -42,6 +69,11 @@ impl CoreNews {
     /// A receiver of this core's events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<CoreEvent> {
         self.events.subscribe()
+    }
+
+    /// A receiver of what commits store from now on, a run of blocks in one message.
+    pub fn subscribe_stored(&self) -> broadcast::Receiver<Stored> {
+        self.stored.subscribe()
     }
 
     /// Tells the watching protocols of `signal`.
@@ -53,11 +85,41 @@ impl CoreNews {
 impl CommitListener for CoreNews {
     fn committed(&self, changes: Vec<Change>) {
         let moved = changes.iter().any(Change::moves_the_log);
+        let mut run: Option<(u64, u64)> = None;
         for change in changes {
+            match change {
+                Change::Download { index, .. } => match &mut run {
+                    Some((_, end)) if *end == index => *end += 1,
+                    _ => {
+                        if let Some((start, end)) = run.replace((index, index.saturating_add(1))) {
+                            self.stored.send(Stored::Blocks { start, end });
+                        }
+                    }
+                },
+                Change::Append { length, .. } => {
+                    self.flush_run(&mut run);
+                    self.stored.send(Stored::Grew { length });
+                }
+                Change::Truncate { .. } => {
+                    self.flush_run(&mut run);
+                    self.stored.send(Stored::Truncated);
+                }
+                Change::Clear { .. } => {}
+            }
             self.events.send(change.into());
         }
+        self.flush_run(&mut run);
         if moved {
             self.signal(Signal::Changed);
+        }
+    }
+}
+
+impl CoreNews {
+    /// Sends the run of stored blocks gathered so far, if any.
+    fn flush_run(&self, run: &mut Option<(u64, u64)>) {
+        if let Some((start, end)) = run.take() {
+            self.stored.send(Stored::Blocks { start, end });
         }
     }
 }

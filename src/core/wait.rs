@@ -9,7 +9,7 @@ use std::{collections::HashSet, future::IntoFuture, pin::Pin, sync::Arc, time::D
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::{events::CoreEvent, hypercore::Hypercore, signals::Signal, state::CoreInner};
+use super::{hypercore::Hypercore, news::Stored, signals::Signal, state::CoreInner};
 use crate::error::{Error, Result};
 
 /// A read of one block, from [`Hypercore::get`]: `.await` it for the local copy, or
@@ -38,7 +38,7 @@ impl Get {
         self,
         timeout: Duration,
     ) -> impl Future<Output = Result<Bytes>> + Send + 'static + use<> {
-        let mut events = self.inner.news.subscribe();
+        let mut events = self.inner.news.subscribe_stored();
         let mut verified = self.inner.verified.subscribe();
         let mut stopped = self.inner.stopped.subscribe();
         async move {
@@ -92,9 +92,9 @@ impl Get {
                         }
                     };
                     match ev {
-                        Ok(CoreEvent::Download { index: i, .. }) if i == index => break,
-                        Ok(CoreEvent::Append { length, .. }) if length > index => break,
-                        Ok(CoreEvent::Truncate { .. } | CoreEvent::Lagged(_)) => break,
+                        Ok(Stored::Blocks { start, end }) if (start..end).contains(&index) => break,
+                        Ok(Stored::Grew { length }) if length > index => break,
+                        Ok(Stored::Truncated) => break,
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),
                         Ok(_) => {}
@@ -252,7 +252,7 @@ pub struct Download {
     inner: Arc<CoreInner>,
     start: u64,
     end: u64,
-    events: broadcast::Receiver<CoreEvent>,
+    events: broadcast::Receiver<Stored>,
     stopped: tokio::sync::watch::Receiver<u64>,
     /// Its want until every block arrived. Dropped before, it tells the replicating protocol
     /// that the blocks are no longer wanted (unless another read wants them): their queued
@@ -264,7 +264,7 @@ impl Hypercore {
     /// Asks replicating peers for blocks `start..end` (which may lie past the current length)
     /// and returns a handle to follow the download.
     pub fn download(&self, range: std::ops::Range<u64>) -> Download {
-        let events = self.inner.news.subscribe();
+        let events = self.inner.news.subscribe_stored();
         let stopped = self.inner.stopped.subscribe();
         let (start, end) = (range.start, range.end.max(range.start));
         Download {
@@ -329,13 +329,12 @@ impl Download {
                     .map_err(|_| Error::Timeout(what()))?
                     .ok_or_else(|| self.inner.stopped_error(what()))?;
                     match ev {
-                        Ok(CoreEvent::Download { index, .. })
-                            if (self.start..self.end).contains(&index) =>
-                        {
-                            seen.insert(index);
+                        Ok(Stored::Blocks { start, end }) => {
+                            seen.extend(start.max(self.start)..end.min(self.end));
                         }
-                        Ok(CoreEvent::Truncate { .. } | CoreEvent::Lagged(_))
-                        | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(Stored::Truncated) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            break;
+                        }
                         Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),
                         Ok(_) => {}
                     }

@@ -215,26 +215,26 @@ impl ReplicaEvents {
 
     /// `ev`, unless it describes a change older than what the stream has seen.
     fn admit(&mut self, ev: ReplicaEvent) -> Option<ReplicaEvent> {
-        match ev {
-            ReplicaEvent::Download { index, .. } => {
-                // The core's news of the block was sent before the protocol could hear of it.
-                loop {
-                    match self.stored.try_recv() {
-                        Ok(CoreEvent::Download { index, .. }) => {
-                            self.fresh.insert(index);
-                            if self.fresh.len() > MAX_FRESH {
-                                self.fresh.pop_first();
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                            return Some(ReplicaEvent::Lagged(n));
-                        }
-                        Err(_) => break,
+        // The core's news of a block is sent before the protocol can hear of it. It is taken
+        // in with every event, so that its other news (appends of a sparse follower) never
+        // fills the channel while no block arrives.
+        loop {
+            match self.stored.try_recv() {
+                Ok(CoreEvent::Download { index, .. }) => {
+                    self.fresh.insert(index);
+                    if self.fresh.len() > MAX_FRESH {
+                        self.fresh.pop_first();
                     }
                 }
-                self.fresh.remove(&index).then_some(ev)
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    return Some(ReplicaEvent::Lagged(n));
+                }
+                Err(_) => break,
             }
+        }
+        match ev {
+            ReplicaEvent::Download { index, .. } => self.fresh.remove(&index).then_some(ev),
             ReplicaEvent::Append { length, fork } => {
                 let newer = (fork, length) > self.seen;
                 self.seen = self.seen.max((fork, length));

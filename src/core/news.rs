@@ -142,3 +142,49 @@ impl From<Change> for CoreEvent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit's downloads reach the waiting reads as runs, in order with its appends and
+    /// truncations; the application's channel still gets one event per block.
+    #[test]
+    fn stored_news_gathers_runs_of_downloads_between_length_changes() {
+        let news = CoreNews::new([3; 32]);
+        let mut stored = news.subscribe_stored();
+        let mut events = news.subscribe();
+        let download = |index| Change::Download { index, bytes: 10 };
+        news.committed(vec![
+            download(0),
+            download(1),
+            download(2),
+            download(5),
+            Change::Append {
+                length: 7,
+                byte_length: 70,
+                fork: 0,
+            },
+            download(6),
+            Change::Clear { start: 0, end: 1 },
+            Change::Truncate { length: 3, fork: 1 },
+            download(2),
+        ]);
+        let got: Vec<Stored> = std::iter::from_fn(|| stored.try_recv().ok()).collect();
+        assert_eq!(
+            got,
+            vec![
+                Stored::Blocks { start: 0, end: 3 },
+                Stored::Blocks { start: 5, end: 6 },
+                Stored::Grew { length: 7 },
+                Stored::Blocks { start: 6, end: 7 },
+                Stored::Truncated,
+                Stored::Blocks { start: 2, end: 3 },
+            ]
+        );
+        let downloads = std::iter::from_fn(|| events.try_recv().ok())
+            .filter(|e| matches!(e, CoreEvent::Download { .. }))
+            .count();
+        assert_eq!(downloads, 6);
+    }
+}

@@ -77,6 +77,41 @@ pub async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
+/// The same blob fetched with iroh-blobs into a file store (an `FsStore` in `dir`), then
+/// exported to a file there and synced, as `hyper get-blob` stores and writes it: the time of
+/// the fetch, and of the fetch and the export.
+pub async fn blobs_fetch_to_file(
+    net: &TestNet,
+    len: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Duration, Duration)> {
+    let provider_store = MemStore::new();
+    let tag = provider_store.add_bytes(vec![7u8; len as usize]).await?;
+    let server = net.endpoint(Transport::Direct).await?;
+    let blobs = BlobsProtocol::new(&provider_store, None);
+    let router = Router::builder(server.clone())
+        .accept(iroh_blobs::ALPN, blobs)
+        .spawn();
+    let client = net.endpoint(Transport::Direct).await?;
+    let store = iroh_blobs::store::fs::FsStore::load(dir.join("blobs")).await?;
+    let target = dir.join("exported.bin");
+    let start = Instant::now();
+    let conn = client.connect(server.addr(), iroh_blobs::ALPN).await?;
+    store.remote().fetch(conn.clone(), tag.hash).await?;
+    let fetched = start.elapsed();
+    store.export(tag.hash, &target).finish().await?;
+    std::fs::File::open(&target)?.sync_all()?;
+    let exported = start.elapsed();
+    anyhow::ensure!(std::fs::metadata(&target)?.len() == len);
+    conn.close(0u32.into(), b"done");
+    client.close().await;
+    router.shutdown().await?;
+    store.shutdown().await?;
+    std::fs::remove_dir_all(dir.join("blobs"))?;
+    std::fs::remove_file(&target)?;
+    Ok((fetched, exported))
+}
+
 /// The median.
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

@@ -121,7 +121,15 @@ async fn the_discovery_index_follows_creates_and_deletes() {
     );
 
     drop((core, found));
+    // Closed, then found again from storage: one state with what `get` opens after it.
+    let again = store.get_by_discovery_key(&dk).await.unwrap().unwrap();
+    let same = store.get(store.named_key("x")).await.unwrap().unwrap();
+    again.append(b"one state".to_vec()).await.unwrap();
+    assert_eq!(same.info().length, 1);
+    // Deleted while a handle is open: a peer's lookup no longer finds it.
     store.delete(store.named_key("x")).await.unwrap();
+    assert!(store.get_by_discovery_key(&dk).await.unwrap().is_none());
+    drop((again, same));
     assert!(store.get_by_discovery_key(&dk).await.unwrap().is_none());
     // A core's key is not its discovery key: asking with the key finds nothing.
     assert!(

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     blobs::{BlobState, BlobStore},
-    core::{Hypercore, create_core, load_core},
+    core::{CoreInnerHandle, Hypercore, create_core, load_core},
     crypto::{
         CoreKey, CoreKind, DiscoveryKey, Hash, KeyPair,
         derive::{DEFAULT_NAMESPACE, child_namespace, derive_key_pair},
@@ -323,15 +323,26 @@ impl Corestore {
     /// for (the key itself never travels).
     pub async fn get_by_discovery_key(&self, dk: &DiscoveryKey) -> Result<Option<Hypercore>> {
         let dk = *dk;
-        let key = self
+        // Under the lock, as every load: a delete holds it until it committed.
+        let mut open = self.inner.shared.open.lock().await;
+        if let Some(inner) = open.get_by_discovery(&dk) {
+            return Ok(Some(Hypercore::from_inner(inner)));
+        }
+        // Not open: its key and its state in one read.
+        let found = self
             .inner
             .storage
-            .read(move |r| r.core_by_discovery_key(&dk))
+            .read(move |r| match r.core_by_discovery_key(&dk)? {
+                Some(key) => Ok(r.core(key)?.map(|stored| (key, stored))),
+                None => Ok(None),
+            })
             .await?;
-        match key {
-            Some(key) => self.get(key).await,
-            None => Ok(None),
-        }
+        let Some((key, (id, header))) = found else {
+            return Ok(None);
+        };
+        let inner = CoreInnerHandle::new(id, header, self.home())?;
+        open.insert(key, &inner);
+        Ok(Some(Hypercore::from_inner(inner)))
     }
 
     async fn open_or_create(

@@ -12,7 +12,7 @@ use std::{
 use crate::{
     blobs::BlobState,
     core::{CoreHome, CoreInnerHandle},
-    crypto::CoreKey,
+    crypto::{CoreKey, DiscoveryKey, discovery_key},
     storage::{Storage, WeakStorage},
 };
 
@@ -65,12 +65,14 @@ impl SharedCores {
     }
 }
 
-/// The open cores of a database by key, held weakly. The entries of cores closed since are
-/// swept out when the map has doubled since the last sweep, so that opening a core costs the
-/// same in a store of ten thousand open cores as in one of ten.
+/// The open cores of a database by key and by discovery key, held weakly. The entries of
+/// cores closed since are swept out when the map has doubled since the last sweep, so that
+/// opening a core costs the same in a store of ten thousand open cores as in one of ten.
 #[derive(Debug, Default)]
 pub(super) struct OpenCores {
     by_key: HashMap<CoreKey, Weak<CoreInnerHandle>>,
+    /// The same cores by discovery key (how a peer names the core it asks for).
+    by_discovery: HashMap<DiscoveryKey, Weak<CoreInnerHandle>>,
     /// Size of the map at which the next insert sweeps it.
     sweep_at: usize,
 }
@@ -84,13 +86,21 @@ impl OpenCores {
         self.by_key.get(key).and_then(Weak::upgrade)
     }
 
+    /// The state of the core whose discovery key is `dk`, if it is open.
+    pub fn get_by_discovery(&self, dk: &DiscoveryKey) -> Option<Arc<CoreInnerHandle>> {
+        self.by_discovery.get(dk).and_then(Weak::upgrade)
+    }
+
     /// Records `inner` as the state of core `key`.
     pub fn insert(&mut self, key: CoreKey, inner: &Arc<CoreInnerHandle>) {
         if self.by_key.len() >= self.sweep_at {
             self.by_key.retain(|_, w| w.strong_count() > 0);
+            self.by_discovery.retain(|_, w| w.strong_count() > 0);
             self.sweep_at = (self.by_key.len() * 2).max(MIN_SWEEP);
         }
         self.by_key.insert(key, Arc::downgrade(inner));
+        self.by_discovery
+            .insert(inner.discovery_key, Arc::downgrade(inner));
     }
 
     /// The state of every open core.
@@ -100,6 +110,7 @@ impl OpenCores {
 
     /// Forgets core `key`, returning its state if it was open.
     pub fn remove(&mut self, key: &CoreKey) -> Option<Arc<CoreInnerHandle>> {
+        self.by_discovery.remove(&discovery_key(key));
         self.by_key.remove(key).and_then(|w| w.upgrade())
     }
 }

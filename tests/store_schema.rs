@@ -188,3 +188,20 @@ async fn a_wait_on_a_closed_core_fails_at_once() {
         assert!(matches!(err, iroh_hypercore::Error::Closed), "{err}");
     }
 }
+
+/// A download of blocks a writer appends later resolves with the append: its own appends
+/// store blocks without a download.
+#[tokio::test]
+async fn a_download_resolves_when_the_writer_itself_appends_the_blocks() {
+    let store = Corestore::memory().await.unwrap();
+    let core = store.get_named("log").await.unwrap();
+    let done = tokio::spawn(core.download(0..2).done(std::time::Duration::from_secs(30)));
+    core.append_batch(vec![b"a".to_vec(), b"b".to_vec()])
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), done)
+        .await
+        .expect("resolved with the append, not at its timeout")
+        .unwrap()
+        .unwrap();
+}

@@ -332,6 +332,8 @@ impl Download {
                         Ok(Stored::Blocks { start, end }) => {
                             seen.extend(start.max(self.start)..end.min(self.end));
                         }
+                        // A writer's own appends store blocks without a download: count again.
+                        Ok(Stored::Grew { length }) if length > self.start => break,
                         Ok(Stored::Truncated) | Err(broadcast::error::RecvError::Lagged(_)) => {
                             break;
                         }

@@ -197,6 +197,8 @@ pub struct ReplicaEvents {
     fresh: std::collections::BTreeSet<u64>,
     /// The (fork, length) the stream last told of, or found when it was made.
     seen: (u64, u64),
+    /// An event to tell right after the `Lagged` that came in its place.
+    pending: Option<ReplicaEvent>,
 }
 
 impl ReplicaEvents {
@@ -210,6 +212,7 @@ impl ReplicaEvents {
             stored,
             fresh: Default::default(),
             seen: (info.fork, info.length),
+            pending: None,
         }
     }
 
@@ -228,6 +231,11 @@ impl ReplicaEvents {
                 }
                 Ok(_) => {}
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    // The lag is told first and the event after it, but a block's: its news
+                    // may be among what was missed.
+                    if !matches!(ev, ReplicaEvent::Download { .. }) {
+                        self.pending = self.admit_change(ev);
+                    }
                     return Some(ReplicaEvent::Lagged(n));
                 }
                 Err(_) => break,
@@ -235,6 +243,14 @@ impl ReplicaEvents {
         }
         match ev {
             ReplicaEvent::Download { index, .. } => self.fresh.remove(&index).then_some(ev),
+            ev => self.admit_change(ev),
+        }
+    }
+
+    /// `ev`, not a `Download`, unless it describes a change older than what the stream has
+    /// seen.
+    fn admit_change(&mut self, ev: ReplicaEvent) -> Option<ReplicaEvent> {
+        match ev {
             ReplicaEvent::Append { length, fork } => {
                 let newer = (fork, length) > self.seen;
                 self.seen = self.seen.max((fork, length));
@@ -261,6 +277,9 @@ impl std::fmt::Debug for ReplicaEvents {
 impl Stream for ReplicaEvents {
     type Item = ReplicaEvent;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReplicaEvent>> {
+        if let Some(ev) = self.pending.take() {
+            return Poll::Ready(Some(ev));
+        }
         loop {
             let ev = match Pin::new(&mut self.events).poll_next(cx) {
                 Poll::Ready(Some(ev)) => ev,
@@ -272,5 +291,41 @@ impl Stream for ReplicaEvents {
                 return Poll::Ready(Some(ev));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use n0_future::StreamExt;
+
+    use super::*;
+    use crate::store::Corestore;
+
+    /// When the core's own news lagged, the event that found it out still comes, after the
+    /// `Lagged`: only a block's `Download` (whose news may be what was missed) is dropped.
+    #[tokio::test]
+    async fn the_event_that_finds_a_lag_still_comes_after_it() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("log").await.unwrap();
+        let (tx, rx) = broadcast::channel(16);
+        let mut events = ReplicaEvents::new(&core, rx);
+        // More news of the core than its channel holds, and no event of the protocol meanwhile.
+        for i in 0..1_100u32 {
+            core.append(i.to_le_bytes().to_vec()).await.unwrap();
+        }
+        let peer = *iroh::SecretKey::from_bytes(&[5; 32]).public().as_bytes();
+        tx.send(Event::ChannelOpen {
+            core: core.key(),
+            peer,
+        })
+        .unwrap();
+        let first = events.next().await.unwrap();
+        assert!(matches!(first, ReplicaEvent::Lagged(_)), "{first:?}");
+        let second = events.next().await.unwrap();
+        assert!(
+            matches!(second, ReplicaEvent::PeerAdd(p) if *p.as_bytes() == peer),
+            "{second:?}"
+        );
+        store.close().await.unwrap();
     }
 }

@@ -333,7 +333,12 @@ impl Download {
                             seen.extend(start.max(self.start)..end.min(self.end));
                         }
                         // A writer's own appends store blocks without a download: count again.
-                        Ok(Stored::Grew { length }) if length > self.start => break,
+                        // (A reader's upgrade stores none: its blocks come as downloads.)
+                        Ok(Stored::Grew { length })
+                            if length > self.start && self.inner.writable() =>
+                        {
+                            break;
+                        }
                         Ok(Stored::Truncated) | Err(broadcast::error::RecvError::Lagged(_)) => {
                             break;
                         }

@@ -55,25 +55,59 @@ pub async fn raw_stream(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
+/// A blob of `len` bytes served with iroh-blobs from a memory store, and an endpoint to fetch
+/// it from.
+struct BlobServer {
+    hash: iroh_blobs::Hash,
+    server: iroh::Endpoint,
+    client: iroh::Endpoint,
+    router: Router,
+    _store: MemStore,
+}
+
+impl BlobServer {
+    async fn start(net: &TestNet, len: u64) -> anyhow::Result<Self> {
+        let store = MemStore::new();
+        let tag = store.add_bytes(vec![7u8; len as usize]).await?;
+        let server = net.endpoint(Transport::Direct).await?;
+        let router = Router::builder(server.clone())
+            .accept(iroh_blobs::ALPN, BlobsProtocol::new(&store, None))
+            .spawn();
+        let client = net.endpoint(Transport::Direct).await?;
+        Ok(Self {
+            hash: tag.hash,
+            server,
+            client,
+            router,
+            _store: store,
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<Connection> {
+        Ok(self
+            .client
+            .connect(self.server.addr(), iroh_blobs::ALPN)
+            .await?)
+    }
+
+    async fn stop(self, conn: Connection) -> anyhow::Result<()> {
+        conn.close(0u32.into(), b"done");
+        self.client.close().await;
+        self.router.shutdown().await?;
+        Ok(())
+    }
+}
+
 /// `len` bytes as one blob, fetched with iroh-blobs from a memory store into another.
 pub async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
-    let provider_store = MemStore::new();
-    let tag = provider_store.add_bytes(vec![7u8; len as usize]).await?;
-    let server = net.endpoint(Transport::Direct).await?;
-    let blobs = BlobsProtocol::new(&provider_store, None);
-    let router = Router::builder(server.clone())
-        .accept(iroh_blobs::ALPN, blobs)
-        .spawn();
-    let client = net.endpoint(Transport::Direct).await?;
+    let served = BlobServer::start(net, len).await?;
     let store = MemStore::new();
     let start = Instant::now();
-    let conn = client.connect(server.addr(), iroh_blobs::ALPN).await?;
-    store.remote().fetch(conn.clone(), tag.hash).await?;
+    let conn = served.connect().await?;
+    store.remote().fetch(conn.clone(), served.hash).await?;
     let elapsed = start.elapsed();
-    anyhow::ensure!(store.remote().local(tag.hash).await?.is_complete());
-    conn.close(0u32.into(), b"done");
-    client.close().await;
-    router.shutdown().await?;
+    anyhow::ensure!(store.remote().local(served.hash).await?.is_complete());
+    served.stop(conn).await?;
     Ok(elapsed)
 }
 
@@ -85,27 +119,18 @@ pub async fn blobs_fetch_to_file(
     len: u64,
     dir: &std::path::Path,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let provider_store = MemStore::new();
-    let tag = provider_store.add_bytes(vec![7u8; len as usize]).await?;
-    let server = net.endpoint(Transport::Direct).await?;
-    let blobs = BlobsProtocol::new(&provider_store, None);
-    let router = Router::builder(server.clone())
-        .accept(iroh_blobs::ALPN, blobs)
-        .spawn();
-    let client = net.endpoint(Transport::Direct).await?;
+    let served = BlobServer::start(net, len).await?;
     let store = iroh_blobs::store::fs::FsStore::load(dir.join("blobs")).await?;
     let target = dir.join("exported.bin");
     let start = Instant::now();
-    let conn = client.connect(server.addr(), iroh_blobs::ALPN).await?;
-    store.remote().fetch(conn.clone(), tag.hash).await?;
+    let conn = served.connect().await?;
+    store.remote().fetch(conn.clone(), served.hash).await?;
     let fetched = start.elapsed();
-    store.export(tag.hash, &target).finish().await?;
+    store.export(served.hash, &target).finish().await?;
     std::fs::File::open(&target)?.sync_all()?;
     let exported = start.elapsed();
     anyhow::ensure!(std::fs::metadata(&target)?.len() == len);
-    conn.close(0u32.into(), b"done");
-    client.close().await;
-    router.shutdown().await?;
+    served.stop(conn).await?;
     store.shutdown().await?;
     std::fs::remove_dir_all(dir.join("blobs"))?;
     std::fs::remove_file(&target)?;

@@ -323,12 +323,15 @@ impl Corestore {
     /// for (the key itself never travels).
     pub async fn get_by_discovery_key(&self, dk: &DiscoveryKey) -> Result<Option<Hypercore>> {
         let dk = *dk;
-        // Under the lock, as every load: a delete holds it until it committed.
-        let mut open = self.inner.shared.open.lock().await;
-        if let Some(inner) = open.get_by_discovery(&dk) {
-            return Ok(Some(Hypercore::from_inner(inner)));
-        }
-        // Not open: its key and its state in one read.
+        let removals = {
+            let open = self.inner.shared.open.lock().await;
+            if let Some(inner) = open.get_by_discovery(&dk) {
+                return Ok(Some(Hypercore::from_inner(inner)));
+            }
+            open.removals()
+        };
+        // Not open: its key and its state in one read, without the lock, so that a peer asking
+        // for cores the store does not hold never holds up the application's opens.
         let found = self
             .inner
             .storage
@@ -337,7 +340,21 @@ impl Corestore {
                 None => Ok(None),
             })
             .await?;
-        let Some((key, (id, header))) = found else {
+        let Some((key, stored)) = found else {
+            return Ok(None);
+        };
+        let mut open = self.inner.shared.open.lock().await;
+        if let Some(inner) = open.get(&key) {
+            return Ok(Some(Hypercore::from_inner(inner)));
+        }
+        // A delete since the read (it holds the lock until it committed) may have removed
+        // it: read again, under the lock.
+        let stored = if open.removals() == removals {
+            Some(stored)
+        } else {
+            self.inner.storage.read(move |r| r.core(key)).await?
+        };
+        let Some((id, header)) = stored else {
             return Ok(None);
         };
         let inner = CoreInnerHandle::new(id, header, self.home())?;

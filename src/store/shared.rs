@@ -75,6 +75,9 @@ pub(super) struct OpenCores {
     by_discovery: HashMap<DiscoveryKey, Weak<CoreInnerHandle>>,
     /// Size of the map at which the next insert sweeps it.
     sweep_at: usize,
+    /// Cores removed so far (each before its delete commits, under the store's lock): a read
+    /// made without the lock is stale if this moved since.
+    removals: u64,
 }
 
 /// Entries below which the map of open cores is never swept.
@@ -84,6 +87,11 @@ impl OpenCores {
     /// The state of core `key`, if it is open.
     pub fn get(&self, key: &CoreKey) -> Option<Arc<CoreInnerHandle>> {
         self.by_key.get(key).and_then(Weak::upgrade)
+    }
+
+    /// How many cores were removed so far.
+    pub fn removals(&self) -> u64 {
+        self.removals
     }
 
     /// The state of the core whose discovery key is `dk`, if it is open.
@@ -110,6 +118,7 @@ impl OpenCores {
 
     /// Forgets core `key`, returning its state if it was open.
     pub fn remove(&mut self, key: &CoreKey) -> Option<Arc<CoreInnerHandle>> {
+        self.removals += 1;
         self.by_discovery.remove(&discovery_key(key));
         self.by_key.remove(key).and_then(|w| w.upgrade())
     }

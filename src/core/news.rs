@@ -1,6 +1,6 @@
 //! [`CoreNews`]: how a core tells of its commits. Storage hands each committed batch's
 //! [`Change`]s to it ([`CommitListener`]); it sends them to the core's event subscribers as
-//! [`CoreEvent`]s, to the reads waiting inside the crate as [`Stored`] news (a run of blocks
+//! [`CoreEvent`]s, to the reads waiting inside the crate as [`StoredNews`] news (a run of blocks
 //! in one message), and tells the replicating protocols watching the core that its log moved.
 //! The application's signals to those protocols (wants, updates, a close) go through it too.
 
@@ -19,7 +19,7 @@ use crate::{
 /// up to `MAX_RUN` blocks stored at once fits), allocated by its first subscriber.
 const EVENT_CAPACITY: usize = 1024;
 
-/// Capacity of each core's channel of [`Stored`] news, allocated by its first subscriber
+/// Capacity of each core's channel of [`StoredNews`] news, allocated by its first subscriber
 /// (a waiting read). A slot costs about 70 bytes: with the application's 1,024-slot channel
 /// behind every `download`, a reader following 10,000 cores spent 700 MiB and much of its
 /// time filling these buffers (`bench_store`). A read this far behind is told it lagged
@@ -28,7 +28,7 @@ const STORED_CAPACITY: usize = 64;
 
 /// What a commit did to a core, as the reads waiting inside the crate follow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stored {
+pub(crate) enum StoredNews {
     /// Blocks `start..end` were stored (one message for a run).
     Blocks {
         /// First block stored.
@@ -50,7 +50,7 @@ pub(crate) enum Stored {
 pub(crate) struct CoreNews {
     key: CoreKey,
     events: LazyBroadcast<CoreEvent>,
-    stored: LazyBroadcast<Stored>,
+    stored: LazyBroadcast<StoredNews>,
     /// The replicating protocols following this core.
     pub watchers: Watchers,
 }
@@ -72,8 +72,15 @@ impl CoreNews {
     }
 
     /// A receiver of what commits store from now on, a run of blocks in one message.
-    pub fn subscribe_stored(&self) -> broadcast::Receiver<Stored> {
+    pub fn subscribe_stored(&self) -> broadcast::Receiver<StoredNews> {
         self.stored.subscribe()
+    }
+
+    /// Sends the run of stored blocks gathered so far, if any.
+    fn flush_run(&self, run: &mut Option<(u64, u64)>) {
+        if let Some((start, end)) = run.take() {
+            self.stored.send(StoredNews::Blocks { start, end });
+        }
     }
 
     /// Tells the watching protocols of `signal`.
@@ -92,17 +99,17 @@ impl CommitListener for CoreNews {
                     Some((_, end)) if *end == index => *end += 1,
                     _ => {
                         if let Some((start, end)) = run.replace((index, index.saturating_add(1))) {
-                            self.stored.send(Stored::Blocks { start, end });
+                            self.stored.send(StoredNews::Blocks { start, end });
                         }
                     }
                 },
                 Change::Append { length, .. } => {
                     self.flush_run(&mut run);
-                    self.stored.send(Stored::Grew { length });
+                    self.stored.send(StoredNews::Grew { length });
                 }
                 Change::Truncate { .. } => {
                     self.flush_run(&mut run);
-                    self.stored.send(Stored::Truncated);
+                    self.stored.send(StoredNews::Truncated);
                 }
                 Change::Clear { .. } => {}
             }
@@ -111,15 +118,6 @@ impl CommitListener for CoreNews {
         self.flush_run(&mut run);
         if moved {
             self.signal(Signal::Changed);
-        }
-    }
-}
-
-impl CoreNews {
-    /// Sends the run of stored blocks gathered so far, if any.
-    fn flush_run(&self, run: &mut Option<(u64, u64)>) {
-        if let Some((start, end)) = run.take() {
-            self.stored.send(Stored::Blocks { start, end });
         }
     }
 }
@@ -170,16 +168,16 @@ mod tests {
             Change::Truncate { length: 3, fork: 1 },
             download(2),
         ]);
-        let got: Vec<Stored> = std::iter::from_fn(|| stored.try_recv().ok()).collect();
+        let got: Vec<StoredNews> = std::iter::from_fn(|| stored.try_recv().ok()).collect();
         assert_eq!(
             got,
             vec![
-                Stored::Blocks { start: 0, end: 3 },
-                Stored::Blocks { start: 5, end: 6 },
-                Stored::Grew { length: 7 },
-                Stored::Blocks { start: 6, end: 7 },
-                Stored::Truncated,
-                Stored::Blocks { start: 2, end: 3 },
+                StoredNews::Blocks { start: 0, end: 3 },
+                StoredNews::Blocks { start: 5, end: 6 },
+                StoredNews::Grew { length: 7 },
+                StoredNews::Blocks { start: 6, end: 7 },
+                StoredNews::Truncated,
+                StoredNews::Blocks { start: 2, end: 3 },
             ]
         );
         let downloads = std::iter::from_fn(|| events.try_recv().ok())

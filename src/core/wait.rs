@@ -9,7 +9,7 @@ use std::{collections::HashSet, future::IntoFuture, pin::Pin, sync::Arc, time::D
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::{hypercore::Hypercore, news::Stored, signals::Signal, state::CoreInner};
+use super::{hypercore::Hypercore, news::StoredNews, signals::Signal, state::CoreInner};
 use crate::error::{Error, Result};
 
 /// A read of one block, from [`Hypercore::get`]: `.await` it for the local copy, or
@@ -92,9 +92,11 @@ impl Get {
                         }
                     };
                     match ev {
-                        Ok(Stored::Blocks { start, end }) if (start..end).contains(&index) => break,
-                        Ok(Stored::Grew { length }) if length > index => break,
-                        Ok(Stored::Truncated) => break,
+                        Ok(StoredNews::Blocks { start, end }) if (start..end).contains(&index) => {
+                            break;
+                        }
+                        Ok(StoredNews::Grew { length }) if length > index => break,
+                        Ok(StoredNews::Truncated) => break,
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),
                         Ok(_) => {}
@@ -252,7 +254,7 @@ pub struct Download {
     inner: Arc<CoreInner>,
     start: u64,
     end: u64,
-    events: broadcast::Receiver<Stored>,
+    events: broadcast::Receiver<StoredNews>,
     stopped: tokio::sync::watch::Receiver<u64>,
     /// Its want until every block arrived. Dropped before, it tells the replicating protocol
     /// that the blocks are no longer wanted (unless another read wants them): their queued
@@ -329,17 +331,17 @@ impl Download {
                     .map_err(|_| Error::Timeout(what()))?
                     .ok_or_else(|| self.inner.stopped_error(what()))?;
                     match ev {
-                        Ok(Stored::Blocks { start, end }) => {
+                        Ok(StoredNews::Blocks { start, end }) => {
                             seen.extend(start.max(self.start)..end.min(self.end));
                         }
                         // A writer's own appends store blocks without a download: count again.
                         // (A reader's upgrade stores none: its blocks come as downloads.)
-                        Ok(Stored::Grew { length })
+                        Ok(StoredNews::Grew { length })
                             if length > self.start && self.inner.writable() =>
                         {
                             break;
                         }
-                        Ok(Stored::Truncated) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        Ok(StoredNews::Truncated) | Err(broadcast::error::RecvError::Lagged(_)) => {
                             break;
                         }
                         Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),

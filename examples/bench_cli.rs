@@ -100,8 +100,8 @@ async fn main() -> anyhow::Result<()> {
         let small = dir.path().join(format!("small{run}"));
         output(&hyper, &small, &["create", "empty"])?;
         start_up.push(timed(&hyper, &small, &["list"])?);
-        raw.push(raw_stream(&net, bytes).await?);
-        blobs.push(blobs_fetch(&net, BLOB).await?);
+        raw.push(raw_stream(&net, bytes).await?.0);
+        blobs.push(blobs_fetch(&net, BLOB).await?.0);
         let (fetched, exported) = blobs_fetch_to_file(&net, BLOB, dir.path()).await?;
         blobs_to_store.push(fetched);
         blobs_to_file.push(exported);

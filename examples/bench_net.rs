@@ -22,7 +22,7 @@ use n0_future::StreamExt;
 
 #[path = "common/baseline.rs"]
 mod baseline;
-use baseline::{blobs_fetch, human, median, raw_stream, row};
+use baseline::{Phase, blobs_fetch, human, median, raw_stream, row};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -42,13 +42,20 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         let total = count * size as u64;
-        let mut hyper = Vec::new();
-        let mut raw = Vec::new();
-        let mut blobs = Vec::new();
+        let (mut hyper, mut raw, mut blobs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..runs {
-            hyper.push(replicate(&net, count, size, 1).await?);
-            raw.push(raw_stream(&net, total).await?);
-            blobs.push(blobs_fetch(&net, total).await?);
+            for (i, (wall, busy)) in [
+                replicate(&net, count, size, 1).await?,
+                raw_stream(&net, total).await?,
+                blobs_fetch(&net, total).await?,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                [&mut hyper, &mut raw, &mut blobs][i].push(wall);
+                cpu[i].push(busy);
+            }
         }
         let (h, r, b) = (median(hyper), median(raw), median(blobs));
         let label = format!("{count} x {}", human(size));
@@ -56,9 +63,16 @@ async fn main() -> anyhow::Result<()> {
         row("raw iroh stream, same bytes", count, total, r);
         row("iroh-blobs fetch, same bytes", count, total, b);
         println!(
-            "  -> hypercore at {:.0}% of raw stream, {:.0}% of iroh-blobs\n",
+            "  -> hypercore at {:.0}% of raw stream, {:.0}% of iroh-blobs",
             100.0 * r.as_secs_f64() / h.as_secs_f64(),
             100.0 * b.as_secs_f64() / h.as_secs_f64()
+        );
+        let [hc, rc, bc] = cpu.map(median);
+        println!(
+            "  -> CPU time of the process: hypercore {:.2} s, raw stream {:.2} s, iroh-blobs {:.2} s\n",
+            hc.as_secs_f64(),
+            rc.as_secs_f64(),
+            bc.as_secs_f64()
         );
     }
 
@@ -106,8 +120,8 @@ async fn seeders(net: &TestNet, runs: usize) -> anyhow::Result<()> {
     let mut one = Vec::new();
     let mut three = Vec::new();
     for _ in 0..runs {
-        one.push(replicate(net, count, size, 1).await?);
-        three.push(replicate(net, count, size, 3).await?);
+        one.push(replicate(net, count, size, 1).await?.0);
+        three.push(replicate(net, count, size, 3).await?.0);
     }
     let (o, t) = (median(one), median(three));
     row("one seeder, 50,000 x 1 KiB", count, count * 1024, o);
@@ -119,13 +133,14 @@ async fn seeders(net: &TestNet, runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seeds `count` blocks on `seeders` nodes, then times a fresh reader downloading them all.
+/// Seeds `count` blocks on `seeders` nodes, then times a fresh reader downloading them all:
+/// wall-clock and CPU time.
 async fn replicate(
     net: &TestNet,
     count: u64,
     size: usize,
     seeders: usize,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, Duration)> {
     let dir = tempfile::tempdir()?;
     let writer = file_node(net, &dir, "w", Durability::Durable).await?;
     let log = writer.store.get_named("bench").await?;
@@ -149,7 +164,7 @@ async fn replicate(
     }
     let addrs = nodes.iter().map(Node::addr).collect();
     let reader = file_node(net, &dir, "r", Durability::Durable).await?;
-    let start = Instant::now();
+    let phase = Phase::start();
     let core = reader
         .proto
         .open_ticket(&CoreTicket::new(log.key(), addrs))
@@ -157,7 +172,7 @@ async fn replicate(
     core.download(0..count)
         .done(Duration::from_secs(600))
         .await?;
-    let elapsed = start.elapsed();
+    let elapsed = phase.end_with_cpu();
     anyhow::ensure!(core.tree_hash() == log.tree_hash());
     reader.shutdown().await;
     for n in nodes {

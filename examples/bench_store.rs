@@ -20,6 +20,10 @@ use iroh_hypercore::{
 };
 use n0_future::{FuturesUnordered, StreamExt};
 
+#[path = "common/baseline.rs"]
+mod baseline;
+use baseline::{Phase, median};
+
 const BLOCKS: u64 = 10;
 const BLOCK_BYTES: usize = 100;
 const RAW_ALPN: &[u8] = b"/bench-raw-streams/1";
@@ -73,8 +77,7 @@ async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<(Duratio
         remotes.push(reader.store.get_remote(*key).await?);
     }
     reader.proto.replicate_store(Mode::Full).await?;
-    let start = Instant::now();
-    let cpu_start = cpu_time();
+    let phase = Phase::start();
     reader.proto.join(&remotes[0], &[writer.addr()]).await?;
     // A task per core, as an application following many cores would wait for them.
     let mut downloads = tokio::task::JoinSet::new();
@@ -82,8 +85,7 @@ async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<(Duratio
         downloads.spawn(core.download(0..BLOCKS).done(LIMIT));
     }
     let done = downloads.join_all().await;
-    let elapsed = start.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu_start);
+    let (elapsed, cpu) = phase.end_with_cpu();
     for r in done {
         r?;
     }
@@ -92,27 +94,6 @@ async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<(Duratio
     drop_store(writer.store).await;
     drop_store(reader.store).await;
     Ok((elapsed, cpu))
-}
-
-/// User and system CPU time of the process so far (in clock ticks of 10 ms; zero where
-/// /proc is not there).
-fn cpu_time() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // The fields after the command's closing parenthesis; utime and stime are the
-            // 12th and 13th of them.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<u64> = rest
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            Some(f.iter().sum::<u64>())
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 async fn drop_store(store: Corestore) {
@@ -180,9 +161,4 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }

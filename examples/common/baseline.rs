@@ -16,6 +16,70 @@ use iroh_hypercore::testnet::{TestNet, Transport};
 
 const RAW_ALPN: &[u8] = b"/bench-raw/1";
 
+/// A timed part of a benchmark: its wall-clock time and the CPU time the process spent
+/// meanwhile. Its start and end are calls that callgrind can hook, so that
+/// `valgrind --tool=callgrind --zero-before='*phase_start' --dump-before='*phase_end'` counts
+/// the instructions of each timed part alone (one dump per part, setup left out).
+pub struct Phase {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Phase {
+    /// Starts timing.
+    pub fn start() -> Self {
+        phase_start();
+        Self {
+            wall: Instant::now(),
+            cpu: cpu_time(),
+        }
+    }
+
+    /// Stops timing: the time since the start.
+    pub fn end(self) -> Duration {
+        self.end_with_cpu().0
+    }
+
+    /// Stops timing: the time since the start, and the CPU time spent meanwhile.
+    pub fn end_with_cpu(self) -> (Duration, Duration) {
+        let elapsed = self.wall.elapsed();
+        let cpu = cpu_time().saturating_sub(self.cpu);
+        phase_end();
+        (elapsed, cpu)
+    }
+}
+
+/// User and system CPU time of the process so far (in clock ticks of 10 ms; zero where
+/// /proc is not there).
+pub fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The fields after the command's closing parenthesis; utime and stime are the
+            // 12th and 13th of them.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(f.iter().sum::<u64>())
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+#[inline(never)]
+fn phase_start() {
+    std::hint::black_box("phase start");
+}
+
+#[inline(never)]
+fn phase_end() {
+    std::hint::black_box("phase end");
+}
+
 /// Serves `len` bytes on one stream per connection.
 #[derive(Debug, Clone)]
 struct RawServe(Bytes);
@@ -32,14 +96,15 @@ impl ProtocolHandler for RawServe {
     }
 }
 
-/// `len` bytes over one raw iroh stream: connect, ask, read to the end.
-pub async fn raw_stream(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
+/// `len` bytes over one raw iroh stream: connect, ask, read to the end. Wall-clock and CPU
+/// time.
+pub async fn raw_stream(net: &TestNet, len: u64) -> anyhow::Result<(Duration, Duration)> {
     let server = net.endpoint(Transport::Direct).await?;
     let router = Router::builder(server.clone())
         .accept(RAW_ALPN, RawServe(Bytes::from(vec![7u8; len as usize])))
         .spawn();
     let client = net.endpoint(Transport::Direct).await?;
-    let start = Instant::now();
+    let phase = Phase::start();
     let conn = client.connect(server.addr(), RAW_ALPN).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(b"go").await?;
@@ -47,7 +112,7 @@ pub async fn raw_stream(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
     while let Some(chunk) = recv.read_chunk(1 << 20).await? {
         got += chunk.len() as u64;
     }
-    let elapsed = start.elapsed();
+    let elapsed = phase.end_with_cpu();
     anyhow::ensure!(got == len);
     conn.close(0u32.into(), b"done");
     client.close().await;
@@ -99,13 +164,14 @@ impl BlobServer {
 }
 
 /// `len` bytes as one blob, fetched with iroh-blobs from a memory store into another.
-pub async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<Duration> {
+/// Wall-clock and CPU time.
+pub async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<(Duration, Duration)> {
     let served = BlobServer::start(net, len).await?;
     let store = MemStore::new();
-    let start = Instant::now();
+    let phase = Phase::start();
     let conn = served.connect().await?;
     store.remote().fetch(conn.clone(), served.hash).await?;
-    let elapsed = start.elapsed();
+    let elapsed = phase.end_with_cpu();
     anyhow::ensure!(store.remote().local(served.hash).await?.is_complete());
     served.stop(conn).await?;
     Ok(elapsed)

@@ -829,8 +829,14 @@ impl FetchQueue {
     /// Times out requests whose deadline passed: their blocks go back to the queue and their
     /// peers are backed off. Returns the requests that timed out: id, peer and core.
     /// Only the timers due are looked at; the requests are handled in id order.
+    ///
+    /// A request whose peer still has an older request open (one that has not timed out) is
+    /// given another `timeout` instead: a peer answers its requests in turn, so on a link
+    /// slower than the window (8 MiB take 8 s at 1 MB/s) the last ones have not started yet.
+    /// Such a request times out once every older one of its peer is answered or has timed
+    /// out, and `timeout` more passed with none of its blocks.
     pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId, CoreKey)> {
-        let mut expired = Vec::new();
+        let mut due = Vec::new();
         for timer in self.deadlines.drain_due(now) {
             match timer {
                 // Back-offs that ended are no deadline any more (else the next one is in the
@@ -841,10 +847,37 @@ impl FetchQueue {
                         p.penalized = false;
                     }
                 }
-                Timer::Request(id) => {
+                Timer::Request(id) => due.push(id),
+            }
+        }
+        // Each peer's open requests in id order, for the peers with one due: the due ones
+        // before its oldest request still running expire, the others are behind it.
+        let due: BTreeSet<u64> = due.into_iter().collect();
+        let due_peers: BTreeSet<PeerId> = due
+            .iter()
+            .filter_map(|id| self.requests.get(id))
+            .map(|r| r.peer)
+            .collect();
+        let mut open: BTreeMap<PeerId, Vec<u64>> = BTreeMap::new();
+        for (id, r) in &self.requests {
+            if due_peers.contains(&r.peer) {
+                open.entry(r.peer).or_default().push(*id);
+            }
+        }
+        let mut expired = Vec::new();
+        for (peer, ids) in open {
+            let head = ids.iter().take_while(|id| due.contains(id)).count();
+            for (n, id) in ids.into_iter().enumerate() {
+                if n < head {
                     if let Some(r) = self.requests.get(&id) {
-                        expired.push((id, r.peer, r.core));
+                        expired.push((id, peer, r.core));
                     }
+                } else if due.contains(&id) {
+                    let deadline = now + self.cfg.timeout;
+                    if let Some(r) = self.requests.get_mut(&id) {
+                        r.deadline = deadline;
+                    }
+                    self.deadlines.insert(deadline, Timer::Request(id));
                 }
             }
         }

@@ -330,24 +330,103 @@ fn timers_follow_requests_and_back_offs() {
     q.on_received(first.id, first.start, 1024, clock.at(500));
     assert_eq!(q.deadlines.len(), runs.len());
     assert_eq!(q.next_deadline(), Some(clock.at(1000)));
-    // Every other request times out at 1000; the one that got a block does not.
+    // B's requests time out at 1000. A's other requests are behind the one that got a block
+    // (A answers in turn): they get another second.
     let expired = q.poll_timeouts(clock.at(1000));
-    assert_eq!(expired.len(), runs.len() - 1);
+    let of_b = runs.iter().filter(|r| r.peer == B).count();
+    let behind: Vec<_> = runs
+        .iter()
+        .filter(|r| r.peer == A && r.id != first.id)
+        .collect();
+    assert!(of_b > 0 && !behind.is_empty(), "{runs:?}");
+    assert_eq!(expired.len(), of_b);
+    assert!(expired.iter().all(|(_, p, _)| *p == B));
     assert!(expired.windows(2).all(|w| w[0].0 < w[1].0), "in id order");
     assert!(q.is_open(first.id));
-    // One deadline left for the open request, one back-off for each peer.
-    assert_eq!(q.deadlines.len(), 3);
-    // A failed once (100 ms), B twice (200 ms).
-    assert_eq!(q.next_deadline(), Some(clock.at(1100)));
-    q.poll_timeouts(clock.at(1100));
-    assert_eq!(q.deadlines.len(), 2);
-    assert_eq!(q.next_deadline(), Some(clock.at(1200)));
-    q.poll_timeouts(clock.at(1200));
-    assert_eq!(q.deadlines.len(), 1);
-    assert_eq!(q.next_deadline(), Some(clock.at(1500)));
-    q.on_no_data(first.id, first.start, first.end);
-    assert!(!q.is_open(first.id));
+    assert!(behind.iter().all(|r| q.is_open(r.id)));
+    // The open request's deadline, one for each request behind it, B's back-off.
+    assert_eq!(q.deadlines.len(), 2 + behind.len());
+    assert_eq!(
+        q.next_deadline(),
+        Some(clock.at(1000) + cfg().backoff * of_b as u32)
+    );
+    q.poll_timeouts(clock.at(1000) + cfg().backoff * of_b as u32);
+    assert_eq!(q.deadlines.len(), 1 + behind.len());
+    // The first request times out at 1500 and A is backed off; those behind it follow at 2000,
+    // with nothing older open.
+    assert_eq!(q.poll_timeouts(clock.at(1500)), vec![(first.id, A, CORE)]);
+    let late = q.poll_timeouts(clock.at(2000));
+    assert_eq!(
+        late.iter().map(|e| e.0).collect::<Vec<_>>(),
+        behind.iter().map(|r| r.id).collect::<Vec<_>>()
+    );
+    assert!(
+        q.deadlines
+            .entries()
+            .iter()
+            .all(|(_, t)| matches!(t, Timer::Backoff(_))),
+        "only back-offs left"
+    );
+    q.poll_timeouts(clock.at(10_000));
     assert_eq!(q.next_deadline(), None);
+    // A request answered "no data" is closed with its deadline.
+    let retry = q.next_request(clock.at(10_000)).expect("asked again");
+    assert_eq!(q.deadlines.len(), 1);
+    q.on_no_data(retry.id, retry.start, retry.end);
+    assert!(!q.is_open(retry.id));
+    assert_eq!(q.next_deadline(), None);
+}
+
+/// On a link slower than the window, a peer's last requests start long after they were sent:
+/// they do not time out while the peer is answering the ones before them, and still do once
+/// it stops.
+#[test]
+fn requests_queued_behind_a_slow_link_do_not_time_out() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    // One block every 100 ms: the whole window takes 6.4 s, the timeout is 1 s.
+    let mut t = 0;
+    for run in &runs[..3] {
+        for index in run.start..run.end {
+            t += 100;
+            assert!(q.poll_timeouts(clock.at(t)).is_empty(), "at {t} ms");
+            assert_eq!(
+                q.on_received(run.id, index, 1024, clock.at(t)),
+                Arrival::Taken
+            );
+        }
+        assert!(!q.is_open(run.id));
+    }
+    assert!(q.take_notices().is_empty(), "no failure");
+    // The peer stops answering: the last request times out a timeout after its last re-arm.
+    let last = runs[3];
+    assert!(q.is_open(last.id));
+    let due = q.next_deadline().expect("the last request's deadline");
+    assert!(due <= clock.at(t) + cfg().timeout);
+    assert!(q.poll_timeouts(due - Duration::from_millis(1)).is_empty());
+    assert_eq!(q.poll_timeouts(due), vec![(last.id, A, CORE)]);
+}
+
+/// A peer that answers its first request and ignores the rest gets the rest timed out at
+/// their own deadline: being behind holds only while an older request is open.
+#[test]
+fn requests_ignored_after_an_answered_one_time_out() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    for index in runs[0].start..runs[0].end {
+        q.on_received(runs[0].id, index, 1024, clock.at(200));
+    }
+    assert!(!q.is_open(runs[0].id));
+    let expired = q.poll_timeouts(clock.at(1000));
+    assert_eq!(
+        expired.iter().map(|e| e.0).collect::<Vec<_>>(),
+        runs[1..].iter().map(|r| r.id).collect::<Vec<_>>()
+    );
 }
 
 #[test]

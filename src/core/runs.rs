@@ -4,7 +4,7 @@
 //! commit per block. Each proof of a run carries only the nodes the requester cannot have yet
 //! (see [`tree::run_proof_levels`]), so the proofs must be applied in the order they were made.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{hypercore::Hypercore, state::CoreInner, writes::MAX_BLOCK_SIZE};
 use crate::{
@@ -143,7 +143,7 @@ impl Hypercore {
 
 /// Nodes verified earlier in the same run, in front of the stored ones.
 struct Overlay<'a> {
-    added: &'a HashMap<u64, Node>,
+    added: &'a BTreeMap<u64, Node>,
     stored: &'a CoreNodes,
 }
 
@@ -161,7 +161,7 @@ impl NodeSource for Overlay<'_> {
 struct VerifiedRun {
     /// How many leading proofs verified.
     verified: usize,
-    nodes: HashMap<u64, Node>,
+    nodes: BTreeMap<u64, Node>,
     rejected: Option<(u64, Error)>,
 }
 
@@ -183,7 +183,7 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
                 let stored = r.nodes(id)?;
                 let mut run = VerifiedRun {
                     verified: 0,
-                    nodes: HashMap::new(),
+                    nodes: BTreeMap::new(),
                     rejected: None,
                 };
                 for proof in p.iter() {

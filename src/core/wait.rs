@@ -4,13 +4,16 @@
 //! they give up, that they no longer want them) to the replicating protocols watching the
 //! core, and then wait for the core's own events to say the blocks arrived.
 
-use std::{collections::HashSet, future::IntoFuture, pin::Pin, sync::Arc, time::Duration};
+use std::{future::IntoFuture, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use super::{hypercore::Hypercore, news::StoredNews, signals::Signal, state::CoreInner};
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    replication::ranges,
+};
 
 /// A read of one block, from [`Hypercore::get`]: `.await` it for the local copy, or
 /// [`wait`](Self::wait) for peers to deliver it.
@@ -317,9 +320,10 @@ impl Download {
                     }
                     return Ok(());
                 }
-                // Count arrivals rather than re-reading the table for each one.
-                let mut seen = HashSet::new();
-                while have + (seen.len() as u64) < total {
+                // Count arrivals rather than re-reading the table for each one: the ranges
+                // stored since, merged (runs arrive in order, so this stays a range or two).
+                let (mut seen, mut arrived) = (Vec::new(), 0u64);
+                while have + arrived < total {
                     let what = || format!("blocks {}..{}", self.start, self.end);
                     let ev = tokio::time::timeout_at(deadline, async {
                         tokio::select! {
@@ -332,7 +336,9 @@ impl Download {
                     .ok_or_else(|| self.inner.stopped_error(what()))?;
                     match ev {
                         Ok(StoredNews::Blocks { start, end }) => {
-                            seen.extend(start.max(self.start)..end.min(self.end));
+                            let added =
+                                ranges::insert(&mut seen, start.max(self.start), end.min(self.end));
+                            arrived += added.iter().map(|(s, e)| e - s).sum::<u64>();
                         }
                         // A writer's own appends store blocks without a download: count again.
                         // (A reader's upgrade stores none: its blocks come as downloads.)

@@ -173,6 +173,20 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// At least the bytes of its encoding that are not fixed-size fields: the block value or
+    /// payload it carries. Lets a writer make room for a frame before encoding it.
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Message::Data { proof, .. } | Message::Push { proof } => {
+                proof.block.as_ref().map_or(0, |b| b.value.len())
+            }
+            Message::Extension { name, payload } => name.len() + payload.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {

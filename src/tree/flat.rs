@@ -67,16 +67,23 @@ pub fn count_leaves(i: u64) -> u64 {
 /// The roots of the full binary trees covering leaves `[0, head)` (`head` even): the roots of a
 /// tree of `head / 2` blocks, left to right.
 pub fn full_roots(head: u64) -> Vec<u64> {
-    let mut out = Vec::new();
+    full_roots_iter(head).collect()
+}
+
+/// The roots of [`full_roots`], left to right, without collecting them.
+pub fn full_roots_iter(head: u64) -> impl Iterator<Item = u64> {
     let mut remaining = head >> 1;
     let mut start = 0u64;
-    while remaining > 0 {
+    std::iter::from_fn(move || {
+        if remaining == 0 {
+            return None;
+        }
         let factor = 1u64 << (63 - remaining.leading_zeros());
-        out.push(start + factor - 1);
+        let root = start + factor - 1;
         start += 2 * factor;
         remaining -= factor;
-    }
-    out
+        Some(root)
+    })
 }
 
 /// A movable position in the flat tree, tracking the width of the current subtree

@@ -65,7 +65,15 @@ where
         _ => false,
     };
 
-    let mut nodes = Vec::new();
+    // Each path node and the parent it makes, the leaf, and the upgrade's nodes.
+    let given = proof.block.as_ref().map_or(0, |b| b.nodes.len())
+        + proof.hash.as_ref().map_or(0, |h| h.nodes.len())
+        + proof.seek.as_ref().map_or(0, |s| s.nodes.len());
+    let upgrade_nodes = proof
+        .upgrade
+        .as_ref()
+        .map_or(0, |u| u.nodes.len() + u.additional_nodes.len());
+    let mut nodes = Vec::with_capacity(2 * given + 2 + upgrade_nodes);
     let mut unverified = verify_paths(proof, &mut nodes)?;
     let mut upgrade = None;
     if let Some(u) = &proof.upgrade {
@@ -91,11 +99,9 @@ where
     }
 
     // Roots the signature covers, and those the reader trusts: their sizes are proven.
-    let mut anchors: Vec<u64> = upgrade
-        .iter()
-        .flat_map(|u| &u.roots)
-        .map(|r| r.index)
-        .collect();
+    let mut anchors: Vec<u64> =
+        Vec::with_capacity(upgrade.as_ref().map_or(0, |u| u.roots.len()) + state.roots.len() + 1);
+    anchors.extend(upgrade.iter().flat_map(|u| &u.roots).map(|r| r.index));
     if !reorg {
         anchors.extend(state.roots.iter().map(|r| r.index));
     }

@@ -11,11 +11,12 @@ use super::flat;
 /// `start`. The first block of a run needs the path up to its root.
 pub fn run_proof_levels(start: u64, index: u64, length: u64) -> u64 {
     debug_assert!(start <= index && index < length);
-    let roots = flat::full_roots(2 * length);
+    // The root above the block: the first whose span reaches it.
+    let root = flat::full_roots_iter(2 * length).find(|r| flat::right_span(*r) >= 2 * index);
     let mut node = 2 * index;
     let mut levels = 0;
     loop {
-        if roots.contains(&node) {
+        if root.is_none_or(|r| r == node) || levels == 64 {
             return levels;
         }
         let right_child = flat::offset(node) % 2 == 1;
@@ -50,5 +51,38 @@ mod tests {
         assert_eq!(run_proof_levels(0, 4, 8), 2);
         // Starting at 1: block 2's parent (blocks 2..4) is a right child after the start.
         assert_eq!(run_proof_levels(1, 2, 8), 1);
+    }
+
+    /// The root found without collecting the roots is the one in the roots list that holds
+    /// the block: the same levels as a walk up to any node of that list, for every run of
+    /// every tree up to 130 blocks.
+    #[test]
+    fn stops_at_the_root_of_the_list_for_every_small_tree() {
+        let reference = |start: u64, index: u64, length: u64| {
+            let roots = flat::full_roots(2 * length);
+            let (mut node, mut levels) = (2 * index, 0);
+            loop {
+                if roots.contains(&node) {
+                    return levels;
+                }
+                let right_child = flat::offset(node) % 2 == 1;
+                if index > start && right_child && flat::left_span(node) / 2 > start {
+                    return levels;
+                }
+                node = flat::parent(node);
+                levels += 1;
+            }
+        };
+        for length in 1..=130 {
+            for index in 0..length {
+                for start in (0..=index).step_by(3).chain([index]) {
+                    assert_eq!(
+                        run_proof_levels(start, index, length),
+                        reference(start, index, length),
+                        "start {start}, index {index}, length {length}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! in are read within the connection's and the node's budgets, handshake-sized until both
 //! sides proved the key. It owns its futures: streams being opened, reads and writes.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use bytes::Bytes;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
@@ -19,6 +19,14 @@ use crate::replication::{
 /// Frames queued for one stream are handed to QUIC in chunks of about this size: one chunk
 /// per frame cost an allocation each and many small pieces in QUIC's send buffer.
 const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Room made for a frame beyond the value it carries (its proof's nodes, its fields), so that
+/// the frame which fills a chunk does not regrow it.
+const FRAME_SLACK: usize = 4 * 1024;
+
+/// Bytes gathered in one turn beyond which a channel is in a burst and its chunk is made
+/// whole at once.
+const BURST_BYTES: usize = 4 * 1024;
 
 /// One channel's stream.
 struct ChannelIo {
@@ -93,12 +101,12 @@ pub(super) enum StreamEvent {
 
 /// The streams part; see the module docs.
 pub(super) struct Streams {
-    channels: HashMap<ChannelId, ChannelIo>,
+    channels: BTreeMap<ChannelId, ChannelIo>,
     /// Channels with frames queued since the last flush.
     unflushed: Vec<ChannelId>,
     /// The id of the next stream a peer opens (odd).
     next_incoming: ChannelId,
-    backlogs: HashMap<PeerId, Backlog>,
+    backlogs: BTreeMap<PeerId, Backlog>,
     /// Peers whose backlog grew this turn (checked against the limit after it).
     backlog_grew: Vec<PeerId>,
     /// The backlog of all peers together.
@@ -111,10 +119,10 @@ pub(super) struct Streams {
 impl Default for Streams {
     fn default() -> Self {
         Self {
-            channels: HashMap::new(),
+            channels: BTreeMap::new(),
             unflushed: Vec::new(),
             next_incoming: 1,
-            backlogs: HashMap::new(),
+            backlogs: BTreeMap::new(),
             backlog_grew: Vec::new(),
             total_backlog: 0,
             over_budget: false,
@@ -215,9 +223,16 @@ impl Streams {
             return;
         };
         let idle = c.queue.is_empty() && c.open.is_empty();
-        if c.open.is_empty() && c.writing {
-            // A burst: room for many frames without regrowing.
-            c.open.reserve(CHUNK_BYTES);
+        // Room for this frame, and in a burst (a write in progress, or some frames gathered
+        // already) for a whole chunk, so that the chunk is not regrown and copied as frames
+        // are added. A channel sending one small message reserves little.
+        let len = c.open.len();
+        let mut room = len + msg.size_hint() + FRAME_SLACK;
+        if (len == 0 && c.writing) || len >= BURST_BYTES {
+            room = room.max(CHUNK_BYTES + FRAME_SLACK);
+        }
+        if room > c.open.capacity() {
+            c.open.reserve(room - len);
         }
         let before = c.open.len();
         if let Err(e) = encode_frame_into(msg, &mut c.open) {

@@ -40,7 +40,10 @@ pub struct FetchConfig {
     pub window_bytes: u64,
     /// Largest run one request asks for, in bytes.
     pub run_bytes: u64,
-    /// Time a request may go without an answer before it is retried elsewhere.
+    /// Time a request may go without an answer before it is retried elsewhere. It runs from
+    /// the last block of the request, or from when the peer's request before it ended; and a
+    /// request ends at the latest after one `timeout` per `run_bytes` the peer had in flight
+    /// before it, and one more (a peer slower than that fails).
     pub timeout: Duration,
     /// First back-off after a failure; doubles with each further failure.
     pub backoff: Duration,
@@ -82,6 +85,10 @@ impl Default for FetchConfig {
 /// slow one.
 pub const INVALID_PENALTY_FACTOR: u32 = 4;
 
+/// Most runs' worth of bytes ahead of a request that extend the latest it may end (a window
+/// far larger than `run_bytes` still lets each request end within this many timeouts).
+const MAX_RUNS_AHEAD: u64 = 64;
+
 /// Peers that went away whose failures, penalty and offences are kept, should they come back
 /// (the most recent).
 pub const MAX_GONE_PEERS: usize = 1024;
@@ -107,7 +114,12 @@ struct Request {
     core: CoreKey,
     /// Blocks not yet answered.
     outstanding: BTreeSet<u64>,
+    /// When it times out: `timeout` after its last block, or after the request before it
+    /// closed; never after `latest`.
     deadline: Instant,
+    /// The latest it may end: `timeout` for every run's worth of bytes the peer had in flight
+    /// before it, and one more. Below that rate (`run_bytes` per `timeout`), a peer fails.
+    latest: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -538,11 +550,23 @@ impl FetchQueue {
             }
         }
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
+        // A peer answers its requests in turn: one sent behind others starts when they end,
+        // which on a link slower than the window is after `timeout` (8 MiB take 8 s at 1 MB/s).
+        let (ahead, queued) = self
+            .peers
+            .get(&peer)
+            .map_or((0, false), |p| (p.in_flight_bytes, p.requests > 0));
+        let runs_ahead = (ahead / self.cfg.run_bytes.max(1)).min(MAX_RUNS_AHEAD);
+        let latest = now + self.cfg.timeout * (1 + runs_ahead as u32);
+        let deadline = if queued {
+            latest
+        } else {
+            now + self.cfg.timeout
+        };
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_flight_bytes += size * (end - start);
             p.requests += 1;
         }
-        let deadline = now + self.cfg.timeout;
         self.requests.insert(
             id,
             Request {
@@ -550,6 +574,7 @@ impl FetchQueue {
                 core,
                 outstanding: (start..end).collect(),
                 deadline,
+                latest,
             },
         );
         self.deadlines.insert(deadline, Timer::Request(id));
@@ -618,7 +643,7 @@ impl FetchQueue {
         if !req.outstanding.remove(&index) {
             return Arrival::Unexpected;
         }
-        let deadline = now + self.cfg.timeout;
+        let deadline = (now + self.cfg.timeout).min(req.latest);
         self.deadlines
             .replace(Timer::Request(id), Some(req.deadline), Some(deadline));
         req.deadline = deadline;
@@ -644,13 +669,13 @@ impl FetchQueue {
             }
         }
         if done {
-            self.close_request(id);
+            self.close_request(id, now);
         }
         arrival
     }
 
     /// The peer of request `id` does not have blocks `start..end`: it stops being their source.
-    pub fn on_no_data(&mut self, id: u64, start: u64, end: u64) {
+    pub fn on_no_data(&mut self, id: u64, start: u64, end: u64, now: Instant) {
         if start >= end {
             return;
         }
@@ -695,7 +720,7 @@ impl FetchQueue {
             self.ready_cores.insert(core);
         }
         if done {
-            self.close_request(id);
+            self.close_request(id, now);
         }
     }
 
@@ -827,16 +852,12 @@ impl FetchQueue {
     }
 
     /// Times out requests whose deadline passed: their blocks go back to the queue and their
-    /// peers are backed off. Returns the requests that timed out: id, peer and core.
-    /// Only the timers due are looked at; the requests are handled in id order.
-    ///
-    /// A request whose peer still has an older request open (one that has not timed out) is
-    /// given another `timeout` instead: a peer answers its requests in turn, so on a link
-    /// slower than the window (8 MiB take 8 s at 1 MB/s) the last ones have not started yet.
-    /// Such a request times out once every older one of its peer is answered or has timed
-    /// out, and `timeout` more passed with none of its blocks.
+    /// peers are backed off. A peer's other requests fail with the one that timed out: they
+    /// wait behind it, and the peer is not answering (or slower than `run_bytes` per
+    /// `timeout`). Returns the requests that failed, in id order: id, peer and core.
+    /// Only the timers due are looked at, and the requests only when one is due.
     pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId, CoreKey)> {
-        let mut due = Vec::new();
+        let mut failed_peers = BTreeSet::new();
         for timer in self.deadlines.drain_due(now) {
             match timer {
                 // Back-offs that ended are no deadline any more (else the next one is in the
@@ -847,41 +868,22 @@ impl FetchQueue {
                         p.penalized = false;
                     }
                 }
-                Timer::Request(id) => due.push(id),
-            }
-        }
-        // Each peer's open requests in id order, for the peers with one due: the due ones
-        // before its oldest request still running expire, the others are behind it.
-        let due: BTreeSet<u64> = due.into_iter().collect();
-        let due_peers: BTreeSet<PeerId> = due
-            .iter()
-            .filter_map(|id| self.requests.get(id))
-            .map(|r| r.peer)
-            .collect();
-        let mut open: BTreeMap<PeerId, Vec<u64>> = BTreeMap::new();
-        for (id, r) in &self.requests {
-            if due_peers.contains(&r.peer) {
-                open.entry(r.peer).or_default().push(*id);
-            }
-        }
-        let mut expired = Vec::new();
-        for (peer, ids) in open {
-            let head = ids.iter().take_while(|id| due.contains(id)).count();
-            for (n, id) in ids.into_iter().enumerate() {
-                if n < head {
+                Timer::Request(id) => {
                     if let Some(r) = self.requests.get(&id) {
-                        expired.push((id, peer, r.core));
+                        failed_peers.insert(r.peer);
                     }
-                } else if due.contains(&id) {
-                    let deadline = now + self.cfg.timeout;
-                    if let Some(r) = self.requests.get_mut(&id) {
-                        r.deadline = deadline;
-                    }
-                    self.deadlines.insert(deadline, Timer::Request(id));
                 }
             }
         }
-        expired.sort_unstable();
+        if failed_peers.is_empty() {
+            return Vec::new();
+        }
+        let expired: Vec<(u64, PeerId, CoreKey)> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| failed_peers.contains(&r.peer))
+            .map(|(id, r)| (*id, r.peer, r.core))
+            .collect();
         for (id, peer, _) in &expired {
             self.fail_request(*id);
             self.penalize(*peer, now);
@@ -936,14 +938,27 @@ impl FetchQueue {
         self.requests.contains_key(&id)
     }
 
-    /// Removes an answered request.
-    fn close_request(&mut self, id: u64) {
+    /// Removes an answered request. The peer's next request is the one it answers now: its
+    /// timeout runs from here.
+    fn close_request(&mut self, id: u64, now: Instant) {
         let Some(req) = self.requests.remove(&id) else {
             return;
         };
         self.deadlines.remove(req.deadline, Timer::Request(id));
-        if let Some(p) = self.peers.get_mut(&req.peer) {
-            p.requests = p.requests.saturating_sub(1);
+        let Some(p) = self.peers.get_mut(&req.peer) else {
+            return;
+        };
+        p.requests = p.requests.saturating_sub(1);
+        if p.requests == 0 {
+            return;
+        }
+        if let Some((next, r)) = self.requests.iter_mut().find(|(_, r)| r.peer == req.peer) {
+            let deadline = (now + self.cfg.timeout).min(r.latest);
+            if deadline < r.deadline {
+                self.deadlines
+                    .replace(Timer::Request(*next), Some(r.deadline), Some(deadline));
+                r.deadline = deadline;
+            }
         }
     }
 

@@ -324,42 +324,47 @@ fn timers_follow_requests_and_back_offs() {
     let mut q = queue(64, &[A, B]);
     q.set_block_size(CORE, 1024);
     let runs = drain(&mut q, clock.at(0));
-    assert_eq!(q.deadlines.len(), runs.len());
-    // An arrival moves its request's deadline.
-    let first = runs[0];
-    q.on_received(first.id, first.start, 1024, clock.at(500));
-    assert_eq!(q.deadlines.len(), runs.len());
-    assert_eq!(q.next_deadline(), Some(clock.at(1000)));
-    // B's requests time out at 1000. A's other requests are behind the one that got a block
-    // (A answers in turn): they get another second.
+    let ids =
+        |p: PeerId| -> Vec<u64> { runs.iter().filter(|r| r.peer == p).map(|r| r.id).collect() };
+    let (a, b) = (ids(A), ids(B));
+    assert_eq!((a.len(), b.len()), (2, 2), "{runs:?}");
+    // The first request of each peer times out at 1000; each second one, queued behind a
+    // run, may take until 2000.
+    let at = |q: &FetchQueue, id: u64| {
+        q.deadlines
+            .entries()
+            .iter()
+            .find(|(_, t)| *t == Timer::Request(id))
+            .map(|(at, _)| *at)
+    };
+    assert_eq!(
+        [a[0], b[0], a[1], b[1]].map(|id| at(&q, id)),
+        [1000, 1000, 2000, 2000].map(|ms| Some(clock.at(ms)))
+    );
+    // An arrival moves its request's deadline (A answers its second request early).
+    let second = runs.iter().find(|r| r.id == a[1]).copied().unwrap();
+    q.on_received(second.id, second.start, 1024, clock.at(500));
+    assert_eq!(at(&q, a[1]), Some(clock.at(1500)));
+    // A's first run arrives by 600: the second is A's oldest now, and keeps its deadline.
+    let first = runs.iter().find(|r| r.id == a[0]).copied().unwrap();
+    for index in first.start..first.end {
+        q.on_received(first.id, index, 1024, clock.at(600));
+    }
+    assert!(!q.is_open(first.id));
+    assert_eq!(at(&q, a[1]), Some(clock.at(1500)));
+    q.check_timers().unwrap();
+    // B's first times out at 1000 and fails B's second with it.
     let expired = q.poll_timeouts(clock.at(1000));
-    let of_b = runs.iter().filter(|r| r.peer == B).count();
-    let behind: Vec<_> = runs
-        .iter()
-        .filter(|r| r.peer == A && r.id != first.id)
-        .collect();
-    assert!(of_b > 0 && !behind.is_empty(), "{runs:?}");
-    assert_eq!(expired.len(), of_b);
+    assert_eq!(expired.iter().map(|e| e.0).collect::<Vec<_>>(), b);
     assert!(expired.iter().all(|(_, p, _)| *p == B));
-    assert!(expired.windows(2).all(|w| w[0].0 < w[1].0), "in id order");
-    assert!(q.is_open(first.id));
-    assert!(behind.iter().all(|r| q.is_open(r.id)));
-    // The open request's deadline, one for each request behind it, B's back-off.
-    assert_eq!(q.deadlines.len(), 2 + behind.len());
-    assert_eq!(
-        q.next_deadline(),
-        Some(clock.at(1000) + cfg().backoff * of_b as u32)
-    );
-    q.poll_timeouts(clock.at(1000) + cfg().backoff * of_b as u32);
-    assert_eq!(q.deadlines.len(), 1 + behind.len());
-    // The first request times out at 1500 and A is backed off; those behind it follow at 2000,
-    // with nothing older open.
-    assert_eq!(q.poll_timeouts(clock.at(1500)), vec![(first.id, A, CORE)]);
-    let late = q.poll_timeouts(clock.at(2000));
-    assert_eq!(
-        late.iter().map(|e| e.0).collect::<Vec<_>>(),
-        behind.iter().map(|r| r.id).collect::<Vec<_>>()
-    );
+    q.check_timers().unwrap();
+    // A's second request and B's back-off (two failures: 200 ms).
+    assert_eq!(q.deadlines.len(), 2);
+    assert_eq!(q.next_deadline(), Some(clock.at(1200)));
+    q.poll_timeouts(clock.at(1200));
+    assert_eq!(q.deadlines.len(), 1);
+    assert_eq!(q.poll_timeouts(clock.at(1500)), vec![(a[1], A, CORE)]);
+    q.check_timers().unwrap();
     assert!(
         q.deadlines
             .entries()
@@ -372,14 +377,14 @@ fn timers_follow_requests_and_back_offs() {
     // A request answered "no data" is closed with its deadline.
     let retry = q.next_request(clock.at(10_000)).expect("asked again");
     assert_eq!(q.deadlines.len(), 1);
-    q.on_no_data(retry.id, retry.start, retry.end);
+    q.on_no_data(retry.id, retry.start, retry.end, clock.at(10_000));
     assert!(!q.is_open(retry.id));
     assert_eq!(q.next_deadline(), None);
 }
 
 /// On a link slower than the window, a peer's last requests start long after they were sent:
-/// they do not time out while the peer is answering the ones before them, and still do once
-/// it stops.
+/// they do not time out while the peer answers the ones before them at the minimum rate or
+/// faster (`run_bytes` per `timeout`), and still do once it stops.
 #[test]
 fn requests_queued_behind_a_slow_link_do_not_time_out() {
     let clock = Clock(Instant::now());
@@ -387,31 +392,80 @@ fn requests_queued_behind_a_slow_link_do_not_time_out() {
     q.set_block_size(CORE, 1024);
     let runs = drain(&mut q, clock.at(0));
     assert_eq!(runs.len(), 4, "{runs:?}");
-    // One block every 100 ms: the whole window takes 6.4 s, the timeout is 1 s.
+    // One block every 50 ms: the window takes 3.2 s, the timeout is 1 s.
     let mut t = 0;
     for run in &runs[..3] {
         for index in run.start..run.end {
-            t += 100;
+            t += 50;
             assert!(q.poll_timeouts(clock.at(t)).is_empty(), "at {t} ms");
             assert_eq!(
                 q.on_received(run.id, index, 1024, clock.at(t)),
                 Arrival::Taken
             );
+            q.check_timers().unwrap();
         }
         assert!(!q.is_open(run.id));
     }
     assert!(q.take_notices().is_empty(), "no failure");
-    // The peer stops answering: the last request times out a timeout after its last re-arm.
+    // The peer stops answering: the last request times out a timeout after the one before
+    // it ended.
     let last = runs[3];
     assert!(q.is_open(last.id));
-    let due = q.next_deadline().expect("the last request's deadline");
-    assert!(due <= clock.at(t) + cfg().timeout);
-    assert!(q.poll_timeouts(due - Duration::from_millis(1)).is_empty());
-    assert_eq!(q.poll_timeouts(due), vec![(last.id, A, CORE)]);
+    assert_eq!(q.next_deadline(), Some(clock.at(t + 1000)));
+    assert!(q.poll_timeouts(clock.at(t + 999)).is_empty());
+    assert_eq!(
+        q.poll_timeouts(clock.at(t + 1000)),
+        vec![(last.id, A, CORE)]
+    );
 }
 
-/// A peer that answers its first request and ignores the rest gets the rest timed out at
-/// their own deadline: being behind holds only while an older request is open.
+/// The request after one that ends just before the timeout gets a whole timeout of its own.
+#[test]
+fn the_next_request_gets_a_whole_timeout_when_the_one_before_ends() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    for (n, index) in (runs[0].start..runs[0].end).enumerate() {
+        let t = 990 * (n as u64 + 1) / (runs[0].end - runs[0].start);
+        q.on_received(runs[0].id, index, 1024, clock.at(t));
+    }
+    assert!(!q.is_open(runs[0].id));
+    assert!(q.poll_timeouts(clock.at(1000)).is_empty());
+    assert!(q.poll_timeouts(clock.at(1989)).is_empty());
+    assert_eq!(q.poll_timeouts(clock.at(1990)).len(), 3);
+    q.check_timers().unwrap();
+}
+
+/// A peer that trickles blocks of its oldest request cannot hold its window: every request
+/// ends by the latest its place allows (here 1 s for the first), and the rest fail with it.
+#[test]
+fn a_peer_trickling_its_first_request_loses_its_window() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    q.on_received(runs[0].id, runs[0].start, 1024, clock.at(900));
+    assert_eq!(
+        q.next_deadline(),
+        Some(clock.at(1000)),
+        "capped at the latest"
+    );
+    let expired = q.poll_timeouts(clock.at(1000));
+    assert_eq!(
+        expired.iter().map(|e| e.0).collect::<Vec<_>>(),
+        runs.iter().map(|r| r.id).collect::<Vec<_>>()
+    );
+    assert_eq!(q.len(), 64, "every block back in the queue");
+    assert!(matches!(
+        q.take_notices()[..],
+        [.., PeerNotice::Penalized(A, _)]
+    ));
+    q.check_timers().unwrap();
+}
+
+/// A peer that answers its first request and ignores the rest gets the rest timed out a
+/// timeout later.
 #[test]
 fn requests_ignored_after_an_answered_one_time_out() {
     let clock = Clock(Instant::now());
@@ -422,11 +476,14 @@ fn requests_ignored_after_an_answered_one_time_out() {
         q.on_received(runs[0].id, index, 1024, clock.at(200));
     }
     assert!(!q.is_open(runs[0].id));
-    let expired = q.poll_timeouts(clock.at(1000));
+    // The next one's timeout runs from 200: it and those behind it fail at 1200.
+    assert!(q.poll_timeouts(clock.at(1199)).is_empty());
+    let expired = q.poll_timeouts(clock.at(1200));
     assert_eq!(
         expired.iter().map(|e| e.0).collect::<Vec<_>>(),
         runs[1..].iter().map(|r| r.id).collect::<Vec<_>>()
     );
+    q.check_timers().unwrap();
 }
 
 #[test]
@@ -434,7 +491,7 @@ fn no_data_moves_the_block_to_another_source() {
     let clock = Clock(Instant::now());
     let mut q = queue(4, &[A]);
     let a = q.next_request(clock.at(0)).unwrap();
-    q.on_no_data(a.id, 2, 4);
+    q.on_no_data(a.id, 2, 4, clock.at(0));
     assert_eq!(q.on_received(a.id, 0, 1024, clock.at(1)), Arrival::Taken);
     assert_eq!(q.on_received(a.id, 1, 1024, clock.at(1)), Arrival::Taken);
     assert!(!q.is_open(a.id));

@@ -38,7 +38,7 @@ use super::{
     timer::Timer,
 };
 use crate::{
-    core::RunApplied,
+    core::{MAX_RUN, RunApplied},
     crypto::CoreKey,
     replication::{
         ApplyOutcome,
@@ -576,7 +576,7 @@ impl CoreSync {
             Some(Sent::Run) => {
                 // What the peer lacks now it may hold later: its next `Sync` records it again.
                 r.sourced = r.sourced.min(start);
-                cx.fetch.on_no_data(id, start, end);
+                cx.fetch.on_no_data(id, start, end, cx.now);
                 if !cx.fetch.is_open(id) {
                     r.requests.remove(&id);
                 }
@@ -951,12 +951,19 @@ impl CoreSync {
             return;
         }
         let index = |proof: &Proof| proof.block.as_ref().map_or(u64::MAX, |b| b.index);
-        let broken_runs = &self.apply.broken_runs;
-        let (pending, broken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.apply.pending)
-            .into_iter()
-            .partition(|(_, id, _)| !broken_runs.contains(id));
-        for (_, _, proof) in &broken {
-            cx.fetch.on_store_failed(&self.key, index(proof));
+        // The next apply's proofs arrive into a vector already as large as this one's (up to
+        // one run: an idle core keeps no more).
+        let capacity = self.apply.pending.len().min(MAX_RUN as usize);
+        let mut pending = std::mem::replace(&mut self.apply.pending, Vec::with_capacity(capacity));
+        if !self.apply.broken_runs.is_empty() {
+            let (key, broken_runs) = (self.key, &self.apply.broken_runs);
+            pending.retain(|(_, id, proof)| {
+                let broken = broken_runs.contains(id);
+                if broken {
+                    cx.fetch.on_store_failed(&key, index(proof));
+                }
+                !broken
+            });
         }
         if pending.is_empty() {
             return;

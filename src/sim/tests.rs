@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{Hostility, LinkConfig, Sim, SimConfig};
+use crate::replication::fetch::FetchConfig;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -83,6 +84,26 @@ async fn requests_to_a_silent_peer_time_out_and_others_serve_them() {
         took >= timeout,
         "synced in {took:?}, before any request could time out"
     );
+}
+
+/// A reader behind a link slower than its window (the real fetch defaults: 8 MiB in flight and
+/// a 5 s timeout, over 1 MiB/s) gets the log at the link's speed without one request timing
+/// out: the writer answers its requests in turn, so the last of a window start 8 s after they
+/// were sent.
+#[tokio::test(flavor = "current_thread")]
+async fn a_link_slower_than_the_window_is_served_at_its_speed() {
+    let mut cfg = mesh(2, 1024, 4);
+    cfg.block_size = 16 * 1024;
+    cfg.links.bandwidth = 1024 * 1024;
+    cfg.engine.fetch = FetchConfig::default();
+    let mut sim = Sim::new(cfg).await.unwrap();
+    let took = sim.run_until_synced(LIMIT).await.unwrap();
+    sim.check_honest_logs().await.unwrap();
+    let events = &sim.trace().events;
+    assert_eq!(events.get("Backoff"), None, "{events:?}");
+    assert_eq!(events.get("Penalized"), None, "{events:?}");
+    // 16 MiB at 1 MiB/s, with the proofs and the first round trips.
+    assert!(took < Duration::from_secs(20), "synced in {took:?}");
 }
 
 /// A liar replaying the writer's old signed state and flipping block values: the reader

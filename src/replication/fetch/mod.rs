@@ -12,7 +12,14 @@
 //! until then it is retried from whichever peer can serve it. Pure state: time comes in as an
 //! argument.
 //!
-//! Its timers (each request's deadline, each peer's back-off) are kept in a `Deadlines` set
+//! A peer with requests open has one deadline for them all: it answers its requests in turn,
+//! over streams that share its link, so what counts is that it keeps delivering, not which
+//! request the bytes were for. Each block it delivers moves the deadline on in proportion to
+//! its size, up to `timeout` from now: a peer keeping up `run_bytes` per `timeout` never times
+//! out, however long its window takes (8 MiB take 8 s at 1 MB/s), and one slower than that,
+//! or silent, or trickling blocks, does, with all its requests at once (one failure).
+//!
+//! Its timers (each peer's answer deadline and back-off) are kept in a `Deadlines` set
 //! in step with the requests and peers, so [`FetchQueue::next_deadline`] and
 //! [`FetchQueue::poll_timeouts`] touch only what is due, however many requests are in flight.
 //!
@@ -40,10 +47,9 @@ pub struct FetchConfig {
     pub window_bytes: u64,
     /// Largest run one request asks for, in bytes.
     pub run_bytes: u64,
-    /// Time a request may go without an answer before it is retried elsewhere. It runs from
-    /// the last block of the request, or from when the peer's request before it ended; and a
-    /// request ends at the latest after one `timeout` per `run_bytes` the peer had in flight
-    /// before it, and one more (a peer slower than that fails).
+    /// Time a peer with requests open may go without delivering before they are retried
+    /// elsewhere; each block it delivers buys it `timeout` per `run_bytes` of the block, up
+    /// to `timeout` from now (so the slowest peer kept is `run_bytes` per `timeout`).
     pub timeout: Duration,
     /// First back-off after a failure; doubles with each further failure.
     pub backoff: Duration,
@@ -85,10 +91,6 @@ impl Default for FetchConfig {
 /// slow one.
 pub const INVALID_PENALTY_FACTOR: u32 = 4;
 
-/// Most runs' worth of bytes ahead of a request that extend the latest it may end (a window
-/// far larger than `run_bytes` still lets each request end within this many timeouts).
-const MAX_RUNS_AHEAD: u64 = 64;
-
 /// Peers that went away whose failures, penalty and offences are kept, should they come back
 /// (the most recent).
 pub const MAX_GONE_PEERS: usize = 1024;
@@ -114,18 +116,14 @@ struct Request {
     core: CoreKey,
     /// Blocks not yet answered.
     outstanding: BTreeSet<u64>,
-    /// When it times out: `timeout` after its last block, or after the request before it
-    /// closed; never after `latest`.
-    deadline: Instant,
-    /// The latest it may end: `timeout` for every run's worth of bytes the peer had in flight
-    /// before it, and one more. Below that rate (`run_bytes` per `timeout`), a peer fails.
-    latest: Instant,
 }
 
 #[derive(Debug, Default)]
 struct PeerState {
     in_flight_bytes: u64,
     requests: usize,
+    /// While it has requests open: when they time out unless it delivers more.
+    answer_by: Option<Instant>,
     failures: u32,
     backoff_until: Option<Instant>,
     /// Whether the back-off is a penalty (after the last failure allowed).
@@ -145,8 +143,8 @@ struct PeerState {
 /// What a timer of the queue is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    /// The deadline of request `id`.
-    Request(u64),
+    /// The answer deadline of a peer with requests open.
+    Answer(PeerId),
     /// The end of a peer's back-off.
     Backoff(PeerId),
 }
@@ -189,7 +187,7 @@ pub struct FetchQueue {
     next_id: u64,
     /// Bytes of entries in the `Received` state.
     held_bytes: u64,
-    /// Every request's deadline and every back-off, by time.
+    /// Every peer's answer deadline and back-off, by time.
     deadlines: Deadlines<Timer>,
     /// The record of peers that went away with failures, oldest first in `gone_order`.
     gone: BTreeMap<PeerId, PeerState>,
@@ -231,16 +229,21 @@ impl FetchQueue {
         self.peers.entry(peer).or_default()
     }
 
-    /// Whether `peer` has requests (for `core`, if given) in flight for more than half their
-    /// timeout at `now`: a peer that goes away with such requests held them, where one that
-    /// goes right after they were sent (a restart, a connection replaced) did not.
+    /// Whether `peer` has requests (for `core`, if given) open and has been slow for more than
+    /// half the timeout at `now` (its answer deadline is less than half a timeout away): a
+    /// peer that goes away then held them, where one that goes right after it was asked or
+    /// while delivering (a restart, a connection replaced) did not.
     pub fn has_late_requests(&self, peer: &PeerId, core: Option<&CoreKey>, now: Instant) -> bool {
         let half = self.cfg.timeout / 2;
-        self.requests.values().any(|r| {
-            r.peer == *peer
-                && core.is_none_or(|c| r.core == *c)
-                && r.deadline.saturating_duration_since(now) < half
-        })
+        let slow = self
+            .peers
+            .get(peer)
+            .and_then(|p| p.answer_by)
+            .is_some_and(|by| by.saturating_duration_since(now) < half);
+        slow && self
+            .requests
+            .values()
+            .any(|r| r.peer == *peer && core.is_none_or(|c| r.core == *c))
     }
 
     /// Number of blocks in the queue (waiting, in flight or being committed).
@@ -550,22 +553,14 @@ impl FetchQueue {
             }
         }
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
-        // A peer answers its requests in turn: one sent behind others starts when they end,
-        // which on a link slower than the window is after `timeout` (8 MiB take 8 s at 1 MB/s).
-        let (ahead, queued) = self
-            .peers
-            .get(&peer)
-            .map_or((0, false), |p| (p.in_flight_bytes, p.requests > 0));
-        let runs_ahead = (ahead / self.cfg.run_bytes.max(1)).min(MAX_RUNS_AHEAD);
-        let latest = now + self.cfg.timeout * (1 + runs_ahead as u32);
-        let deadline = if queued {
-            latest
-        } else {
-            now + self.cfg.timeout
-        };
+        let mut first = false;
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_flight_bytes += size * (end - start);
+            first = p.requests == 0;
             p.requests += 1;
+        }
+        if first {
+            self.set_answer_by(&peer, Some(now + self.cfg.timeout));
         }
         self.requests.insert(
             id,
@@ -573,11 +568,8 @@ impl FetchQueue {
                 peer,
                 core,
                 outstanding: (start..end).collect(),
-                deadline,
-                latest,
             },
         );
-        self.deadlines.insert(deadline, Timer::Request(id));
         Some(Assignment {
             id,
             peer,
@@ -643,11 +635,17 @@ impl FetchQueue {
         if !req.outstanding.remove(&index) {
             return Arrival::Unexpected;
         }
-        let deadline = (now + self.cfg.timeout).min(req.latest);
-        self.deadlines
-            .replace(Timer::Request(id), Some(req.deadline), Some(deadline));
-        req.deadline = deadline;
         let (peer, core, done) = (req.peer, req.core, req.outstanding.is_empty());
+        // The peer delivered: its deadline moves on by `timeout` per `run_bytes` of the block,
+        // up to `timeout` from now.
+        if let Some(by) = self.peers.get(&peer).and_then(|p| p.answer_by) {
+            let run = u128::from(self.cfg.run_bytes.max(1));
+            let credit = self.cfg.timeout.as_nanos() * u128::from(bytes) / run;
+            let credit = Duration::from_nanos(u64::try_from(credit).unwrap_or(u64::MAX));
+            let cap = now + self.cfg.timeout;
+            let moved = by.checked_add(credit).map_or(cap, |t| t.min(cap));
+            self.set_answer_by(&peer, Some(moved));
+        }
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size);
@@ -669,13 +667,13 @@ impl FetchQueue {
             }
         }
         if done {
-            self.close_request(id, now);
+            self.close_request(id);
         }
         arrival
     }
 
     /// The peer of request `id` does not have blocks `start..end`: it stops being their source.
-    pub fn on_no_data(&mut self, id: u64, start: u64, end: u64, now: Instant) {
+    pub fn on_no_data(&mut self, id: u64, start: u64, end: u64) {
         if start >= end {
             return;
         }
@@ -720,7 +718,7 @@ impl FetchQueue {
             self.ready_cores.insert(core);
         }
         if done {
-            self.close_request(id, now);
+            self.close_request(id);
         }
     }
 
@@ -851,13 +849,12 @@ impl FetchQueue {
         self.notices.push(PeerNotice::BackedOff(peer, now + delay));
     }
 
-    /// Times out requests whose deadline passed: their blocks go back to the queue and their
-    /// peers are backed off. A peer's other requests fail with the one that timed out: they
-    /// wait behind it, and the peer is not answering (or slower than `run_bytes` per
-    /// `timeout`). Returns the requests that failed, in id order: id, peer and core.
-    /// Only the timers due are looked at, and the requests only when one is due.
+    /// Times out the requests of every peer whose answer deadline passed: their blocks go back
+    /// to the queue and the peer is backed off (one failure, however many requests it had).
+    /// Returns the requests that timed out, in id order: id, peer and core.
+    /// Only the timers due are looked at, and the requests only when a peer's is due.
     pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId, CoreKey)> {
-        let mut failed_peers = BTreeSet::new();
+        let mut late = BTreeSet::new();
         for timer in self.deadlines.drain_due(now) {
             match timer {
                 // Back-offs that ended are no deadline any more (else the next one is in the
@@ -868,25 +865,26 @@ impl FetchQueue {
                         p.penalized = false;
                     }
                 }
-                Timer::Request(id) => {
-                    if let Some(r) = self.requests.get(&id) {
-                        failed_peers.insert(r.peer);
+                Timer::Answer(peer) => {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.answer_by = None;
                     }
+                    late.insert(peer);
                 }
             }
         }
-        if failed_peers.is_empty() {
+        if late.is_empty() {
             return Vec::new();
         }
         let expired: Vec<(u64, PeerId, CoreKey)> = self
             .requests
             .iter()
-            .filter(|(_, r)| failed_peers.contains(&r.peer))
+            .filter(|(_, r)| late.contains(&r.peer))
             .map(|(id, r)| (*id, r.peer, r.core))
             .collect();
-        for (id, peer, _) in &expired {
-            self.fail_request(*id);
-            self.penalize(*peer, now);
+        for peer in late {
+            self.fail_requests(|r| r.peer == peer);
+            self.penalize(peer, now);
         }
         expired
     }
@@ -907,9 +905,9 @@ impl FetchQueue {
     #[cfg(any(test, feature = "test-utils"))]
     pub fn check_timers(&self) -> Result<(), String> {
         let mut expected: Vec<(Instant, Timer)> = self
-            .requests
+            .peers
             .iter()
-            .map(|(id, r)| (r.deadline, Timer::Request(*id)))
+            .filter_map(|(p, s)| s.answer_by.map(|t| (t, Timer::Answer(*p))))
             .chain(
                 self.peers
                     .iter()
@@ -920,6 +918,15 @@ impl FetchQueue {
         let set = self.deadlines.entries();
         if set != expected {
             return Err(format!("fetch timers {set:?}, state {expected:?}"));
+        }
+        if let Some((peer, _)) = self
+            .peers
+            .iter()
+            .find(|(_, s)| s.answer_by.is_some() != (s.requests > 0))
+        {
+            return Err(format!(
+                "peer {peer:?} has an answer deadline without requests open, or requests without one"
+            ));
         }
         if let Some((core, _)) = self
             .cores
@@ -938,28 +945,31 @@ impl FetchQueue {
         self.requests.contains_key(&id)
     }
 
-    /// Removes an answered request. The peer's next request is the one it answers now: its
-    /// timeout runs from here.
-    fn close_request(&mut self, id: u64, now: Instant) {
-        let Some(req) = self.requests.remove(&id) else {
-            return;
-        };
-        self.deadlines.remove(req.deadline, Timer::Request(id));
-        let Some(p) = self.peers.get_mut(&req.peer) else {
+    /// Removes an answered request.
+    fn close_request(&mut self, id: u64) {
+        if let Some(req) = self.requests.remove(&id) {
+            self.request_ended(&req.peer);
+        }
+    }
+
+    /// A request of `peer` ended: its answer deadline goes with its last one.
+    fn request_ended(&mut self, peer: &PeerId) {
+        let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
         p.requests = p.requests.saturating_sub(1);
         if p.requests == 0 {
+            self.set_answer_by(peer, None);
+        }
+    }
+
+    /// Sets (or clears) `peer`'s answer deadline, its timer in step.
+    fn set_answer_by(&mut self, peer: &PeerId, at: Option<Instant>) {
+        let Some(p) = self.peers.get_mut(peer) else {
             return;
-        }
-        if let Some((next, r)) = self.requests.iter_mut().find(|(_, r)| r.peer == req.peer) {
-            let deadline = (now + self.cfg.timeout).min(r.latest);
-            if deadline < r.deadline {
-                self.deadlines
-                    .replace(Timer::Request(*next), Some(r.deadline), Some(deadline));
-                r.deadline = deadline;
-            }
-        }
+        };
+        let old = std::mem::replace(&mut p.answer_by, at);
+        self.deadlines.replace(Timer::Answer(*peer), old, at);
     }
 
     /// The request's outstanding blocks go back to the queue.
@@ -980,10 +990,7 @@ impl FetchQueue {
         let Some(req) = self.requests.remove(&id) else {
             return;
         };
-        self.deadlines.remove(req.deadline, Timer::Request(id));
-        if let Some(p) = self.peers.get_mut(&req.peer) {
-            p.requests = p.requests.saturating_sub(1);
-        }
+        self.request_ended(&req.peer);
         let size = self.block_size.get(&req.core).copied().unwrap_or(1024);
         if let Some(p) = self.peers.get_mut(&req.peer) {
             p.in_flight_bytes = p

@@ -316,8 +316,8 @@ fn three_seeders_share_a_range_in_disjoint_runs() {
     assert_eq!(n, 108);
 }
 
-/// The timer set holds one deadline per open request and per back-off, moved as blocks
-/// arrive, and gone with the request or back-off it was for.
+/// The timer set holds one answer deadline per peer with requests open and one per back-off,
+/// moved as blocks arrive, and gone with the last request or the back-off it was for.
 #[test]
 fn timers_follow_requests_and_back_offs() {
     let clock = Clock(Instant::now());
@@ -328,42 +328,44 @@ fn timers_follow_requests_and_back_offs() {
         |p: PeerId| -> Vec<u64> { runs.iter().filter(|r| r.peer == p).map(|r| r.id).collect() };
     let (a, b) = (ids(A), ids(B));
     assert_eq!((a.len(), b.len()), (2, 2), "{runs:?}");
-    // The first request of each peer times out at 1000; each second one, queued behind a
-    // run, may take until 2000.
-    let at = |q: &FetchQueue, id: u64| {
+    let at = |q: &FetchQueue, p: PeerId| {
         q.deadlines
             .entries()
             .iter()
-            .find(|(_, t)| *t == Timer::Request(id))
+            .find(|(_, t)| *t == Timer::Answer(p))
             .map(|(at, _)| *at)
     };
-    assert_eq!(
-        [a[0], b[0], a[1], b[1]].map(|id| at(&q, id)),
-        [1000, 1000, 2000, 2000].map(|ms| Some(clock.at(ms)))
-    );
-    // An arrival moves its request's deadline (A answers its second request early).
+    // One deadline per peer, whatever its number of requests.
+    assert_eq!(q.deadlines.len(), 2);
+    assert_eq!(at(&q, A), Some(clock.at(1000)));
+    // A block moves its peer's deadline by a timeout per run's worth of bytes: 1 KiB of
+    // 16 KiB buys 62.5 ms, whichever request it answers.
     let second = runs.iter().find(|r| r.id == a[1]).copied().unwrap();
     q.on_received(second.id, second.start, 1024, clock.at(500));
-    assert_eq!(at(&q, a[1]), Some(clock.at(1500)));
-    // A's first run arrives by 600: the second is A's oldest now, and keeps its deadline.
+    assert_eq!(
+        at(&q, A),
+        Some(clock.at(1000) + Duration::from_micros(62_500))
+    );
+    // Up to a timeout from now: A's first run arrives by 600, its deadline is 1600.
     let first = runs.iter().find(|r| r.id == a[0]).copied().unwrap();
     for index in first.start..first.end {
         q.on_received(first.id, index, 1024, clock.at(600));
     }
     assert!(!q.is_open(first.id));
-    assert_eq!(at(&q, a[1]), Some(clock.at(1500)));
+    assert_eq!(at(&q, A), Some(clock.at(1600)));
     q.check_timers().unwrap();
-    // B's first times out at 1000 and fails B's second with it.
+    // B's deadline passes at 1000: both its requests time out, one failure (100 ms).
     let expired = q.poll_timeouts(clock.at(1000));
     assert_eq!(expired.iter().map(|e| e.0).collect::<Vec<_>>(), b);
-    assert!(expired.iter().all(|(_, p, _)| *p == B));
+    assert_eq!(
+        q.take_notices(),
+        vec![PeerNotice::BackedOff(B, clock.at(1100))]
+    );
     q.check_timers().unwrap();
-    // A's second request and B's back-off (two failures: 200 ms).
-    assert_eq!(q.deadlines.len(), 2);
-    assert_eq!(q.next_deadline(), Some(clock.at(1200)));
-    q.poll_timeouts(clock.at(1200));
+    assert_eq!(q.deadlines.len(), 2, "A's deadline, B's back-off");
+    q.poll_timeouts(clock.at(1100));
     assert_eq!(q.deadlines.len(), 1);
-    assert_eq!(q.poll_timeouts(clock.at(1500)), vec![(a[1], A, CORE)]);
+    assert_eq!(q.poll_timeouts(clock.at(1600)), vec![(a[1], A, CORE)]);
     q.check_timers().unwrap();
     assert!(
         q.deadlines
@@ -374,12 +376,13 @@ fn timers_follow_requests_and_back_offs() {
     );
     q.poll_timeouts(clock.at(10_000));
     assert_eq!(q.next_deadline(), None);
-    // A request answered "no data" is closed with its deadline.
+    // A request answered "no data" is closed with its peer's deadline.
     let retry = q.next_request(clock.at(10_000)).expect("asked again");
     assert_eq!(q.deadlines.len(), 1);
-    q.on_no_data(retry.id, retry.start, retry.end, clock.at(10_000));
+    q.on_no_data(retry.id, retry.start, retry.end);
     assert!(!q.is_open(retry.id));
     assert_eq!(q.next_deadline(), None);
+    q.check_timers().unwrap();
 }
 
 /// On a link slower than the window, a peer's last requests start long after they were sent:
@@ -407,8 +410,7 @@ fn requests_queued_behind_a_slow_link_do_not_time_out() {
         assert!(!q.is_open(run.id));
     }
     assert!(q.take_notices().is_empty(), "no failure");
-    // The peer stops answering: the last request times out a timeout after the one before
-    // it ended.
+    // The peer stops answering: the last request times out a timeout after its last block.
     let last = runs[3];
     assert!(q.is_open(last.id));
     assert_eq!(q.next_deadline(), Some(clock.at(t + 1000)));
@@ -419,9 +421,10 @@ fn requests_queued_behind_a_slow_link_do_not_time_out() {
     );
 }
 
-/// The request after one that ends just before the timeout gets a whole timeout of its own.
+/// A peer whose first request ends just before its deadline has a whole timeout from its last
+/// block for the requests after it.
 #[test]
-fn the_next_request_gets_a_whole_timeout_when_the_one_before_ends() {
+fn the_next_requests_get_a_whole_timeout_when_the_one_before_ends() {
     let clock = Clock(Instant::now());
     let mut q = queue(64, &[A]);
     q.set_block_size(CORE, 1024);
@@ -437,35 +440,88 @@ fn the_next_request_gets_a_whole_timeout_when_the_one_before_ends() {
     q.check_timers().unwrap();
 }
 
-/// A peer that trickles blocks of its oldest request cannot hold its window: every request
-/// ends by the latest its place allows (here 1 s for the first), and the rest fail with it.
+/// A peer that trickles blocks cannot hold its window: each block buys it only its share of
+/// a timeout (62.5 ms for 1 KiB), and when its deadline passes, every request it held goes
+/// back to the queue, as one failure.
 #[test]
-fn a_peer_trickling_its_first_request_loses_its_window() {
+fn a_peer_trickling_blocks_loses_its_window() {
     let clock = Clock(Instant::now());
     let mut q = queue(64, &[A]);
     q.set_block_size(CORE, 1024);
     let runs = drain(&mut q, clock.at(0));
-    q.on_received(runs[0].id, runs[0].start, 1024, clock.at(900));
-    assert_eq!(
-        q.next_deadline(),
-        Some(clock.at(1000)),
-        "capped at the latest"
-    );
-    let expired = q.poll_timeouts(clock.at(1000));
+    let mut t = 0;
+    let mut expired = Vec::new();
+    for index in runs[0].start..runs[0].end {
+        t += 900;
+        expired = q.poll_timeouts(clock.at(t));
+        if !expired.is_empty() {
+            break;
+        }
+        q.on_received(runs[0].id, index, 1024, clock.at(t));
+    }
+    assert!(t <= 2700, "held until {t} ms");
     assert_eq!(
         expired.iter().map(|e| e.0).collect::<Vec<_>>(),
         runs.iter().map(|r| r.id).collect::<Vec<_>>()
     );
-    assert_eq!(q.len(), 64, "every block back in the queue");
+    assert_eq!(q.len(), 64, "every block still queued");
     assert!(matches!(
         q.take_notices()[..],
-        [.., PeerNotice::Penalized(A, _)]
+        [PeerNotice::BackedOff(A, _)]
     ));
     q.check_timers().unwrap();
 }
 
+/// Requests of many cores share a peer's link (one stream each): a peer delivering above the
+/// minimum rate, in any order across its requests, keeps them all.
+#[test]
+fn requests_of_many_cores_answered_in_turn_do_not_time_out() {
+    let clock = Clock(Instant::now());
+    let mut q = FetchQueue::new(cfg());
+    let cores: Vec<CoreKey> = (1..=4u8).map(|c| [c; 32]).collect();
+    for core in &cores {
+        q.add(*core, 0, 16);
+        q.add_source(*core, 0, 16, A);
+        q.set_block_size(*core, 1024);
+    }
+    let runs = drain(&mut q, clock.at(0));
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    // One block every 20 ms, round robin over the four requests: 3.1 times the minimum rate,
+    // and each request takes 1.28 s, past the timeout.
+    let mut t = 0;
+    for n in 0..16 {
+        for run in &runs {
+            t += 20;
+            assert!(q.poll_timeouts(clock.at(t)).is_empty(), "at {t} ms");
+            q.on_received(run.id, run.start + n, 1024, clock.at(t));
+        }
+    }
+    assert!(runs.iter().all(|r| !q.is_open(r.id)));
+    assert!(q.take_notices().is_empty(), "no failure");
+    q.check_timers().unwrap();
+}
+
+/// Blocks larger than the size the window was planned with count at their real size.
+#[test]
+fn blocks_larger_than_expected_buy_time_at_their_size() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    // 16 KiB blocks every 100 ms: ten times the minimum rate, one block a tenth of a second.
+    let mut t = 0;
+    for run in &runs {
+        for index in run.start..run.end {
+            t += 100;
+            assert!(q.poll_timeouts(clock.at(t)).is_empty(), "at {t} ms");
+            q.on_received(run.id, index, 16 * 1024, clock.at(t));
+        }
+    }
+    assert!(q.take_notices().is_empty(), "no failure");
+}
+
 /// A peer that answers its first request and ignores the rest gets the rest timed out a
-/// timeout later.
+/// timeout after its last block.
 #[test]
 fn requests_ignored_after_an_answered_one_time_out() {
     let clock = Clock(Instant::now());
@@ -491,7 +547,7 @@ fn no_data_moves_the_block_to_another_source() {
     let clock = Clock(Instant::now());
     let mut q = queue(4, &[A]);
     let a = q.next_request(clock.at(0)).unwrap();
-    q.on_no_data(a.id, 2, 4, clock.at(0));
+    q.on_no_data(a.id, 2, 4);
     assert_eq!(q.on_received(a.id, 0, 1024, clock.at(1)), Arrival::Taken);
     assert_eq!(q.on_received(a.id, 1, 1024, clock.at(1)), Arrival::Taken);
     assert!(!q.is_open(a.id));

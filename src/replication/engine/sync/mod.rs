@@ -576,7 +576,7 @@ impl CoreSync {
             Some(Sent::Run) => {
                 // What the peer lacks now it may hold later: its next `Sync` records it again.
                 r.sourced = r.sourced.min(start);
-                cx.fetch.on_no_data(id, start, end, cx.now);
+                cx.fetch.on_no_data(id, start, end);
                 if !cx.fetch.is_open(id) {
                     r.requests.remove(&id);
                 }

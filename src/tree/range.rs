@@ -13,10 +13,16 @@ pub fn run_proof_levels(start: u64, index: u64, length: u64) -> u64 {
     debug_assert!(start <= index && index < length);
     // The root above the block: the first whose span reaches it.
     let root = flat::full_roots_iter(2 * length).find(|r| flat::right_span(*r) >= 2 * index);
+    levels_below(start, index, |node| root.is_none_or(|r| r == node))
+}
+
+/// Levels a proof of block `index` in a run from `start` climbs: up to the first node that
+/// `is_root`, or to the first the run delivered already.
+fn levels_below(start: u64, index: u64, is_root: impl Fn(u64) -> bool) -> u64 {
     let mut node = 2 * index;
     let mut levels = 0;
     loop {
-        if root.is_none_or(|r| r == node) || levels == 64 {
+        if is_root(node) || levels == 64 {
             return levels;
         }
         let right_child = flat::offset(node) % 2 == 1;
@@ -54,24 +60,13 @@ mod tests {
     }
 
     /// The root found without collecting the roots is the one in the roots list that holds
-    /// the block: the same levels as a walk up to any node of that list, for every run of
-    /// every tree up to 130 blocks.
+    /// the block: the same levels as a walk up to any node of that list (as before the roots
+    /// went uncollected), for every run of every tree up to 130 blocks.
     #[test]
     fn stops_at_the_root_of_the_list_for_every_small_tree() {
         let reference = |start: u64, index: u64, length: u64| {
             let roots = flat::full_roots(2 * length);
-            let (mut node, mut levels) = (2 * index, 0);
-            loop {
-                if roots.contains(&node) {
-                    return levels;
-                }
-                let right_child = flat::offset(node) % 2 == 1;
-                if index > start && right_child && flat::left_span(node) / 2 > start {
-                    return levels;
-                }
-                node = flat::parent(node);
-                levels += 1;
-            }
+            levels_below(start, index, |node| roots.contains(&node))
         };
         for length in 1..=130 {
             for index in 0..length {

@@ -12,12 +12,16 @@
 //! until then it is retried from whichever peer can serve it. Pure state: time comes in as an
 //! argument.
 //!
-//! A peer with requests open has one deadline for them all: it answers its requests in turn,
-//! over streams that share its link, so what counts is that it keeps delivering, not which
-//! request the bytes were for. Each block it delivers moves the deadline on in proportion to
-//! its size, up to `timeout` from now: a peer keeping up `run_bytes` per `timeout` never times
-//! out, however long its window takes (8 MiB take 8 s at 1 MB/s), and one slower than that,
-//! or silent, or trickling blocks, does, with all its requests at once (one failure).
+//! A peer with requests open has two deadlines, and all its requests time out at the first
+//! (one failure): it answers its requests in turn, over streams that share its link, so a
+//! request at the back of a window may start long after it was sent.
+//! - Its rate: each block it delivers (one that will be verified) moves the deadline on by
+//!   `timeout` per `run_bytes` of the block, up to `timeout` from now. A peer keeping up
+//!   `run_bytes` per `timeout` never times out, however long its window takes (8 MiB take
+//!   8 s at 1 MB/s); one slower, silent or trickling blocks does.
+//! - Its oldest open request must get one of its blocks within `timeout` of becoming the
+//!   oldest or of its last one: a peer cannot keep a block from everyone by withholding it
+//!   while it delivers the rest.
 //!
 //! Its timers (each peer's answer deadline and back-off) are kept in a `Deadlines` set
 //! in step with the requests and peers, so [`FetchQueue::next_deadline`] and
@@ -114,6 +118,8 @@ pub struct Assignment {
 struct Request {
     peer: PeerId,
     core: CoreKey,
+    /// When it was sent or last got one of its blocks.
+    since: Instant,
     /// Blocks not yet answered.
     outstanding: BTreeSet<u64>,
 }
@@ -122,8 +128,13 @@ struct Request {
 struct PeerState {
     in_flight_bytes: u64,
     requests: usize,
-    /// While it has requests open: when they time out unless it delivers more.
+    /// While it has requests open: when they time out, the earlier of `rate_by` and the
+    /// oldest request's deadline (the time its timer is set for).
     answer_by: Option<Instant>,
+    /// While it has requests open: when they time out unless it delivers more bytes.
+    rate_by: Option<Instant>,
+    /// Its oldest open request, and when it times out without one of its blocks.
+    oldest: Option<(u64, Instant)>,
     failures: u32,
     backoff_until: Option<Instant>,
     /// Whether the back-off is a penalty (after the last failure allowed).
@@ -192,6 +203,9 @@ pub struct FetchQueue {
     /// The record of peers that went away with failures, oldest first in `gone_order`.
     gone: BTreeMap<PeerId, PeerState>,
     gone_order: VecDeque<PeerId>,
+    /// The latest time a call brought: when a request ends on a call that brings none (a
+    /// cancel, a core or source removed), the next oldest request's wait starts from it.
+    clock: Instant,
 }
 
 impl FetchQueue {
@@ -210,6 +224,7 @@ impl FetchQueue {
             deadlines: Deadlines::default(),
             gone: BTreeMap::new(),
             gone_order: VecDeque::new(),
+            clock: Instant::now(),
         }
     }
 
@@ -229,21 +244,17 @@ impl FetchQueue {
         self.peers.entry(peer).or_default()
     }
 
-    /// Whether `peer` has requests (for `core`, if given) open and has been slow for more than
-    /// half the timeout at `now` (its answer deadline is less than half a timeout away): a
-    /// peer that goes away then held them, where one that goes right after it was asked or
-    /// while delivering (a restart, a connection replaced) did not.
+    /// Whether `peer` has requests (for `core`, if given) that got none of their blocks for
+    /// more than half the timeout at `now`: a peer that goes away with such requests held
+    /// them, where one that goes right after they were sent (a restart, a connection
+    /// replaced) did not.
     pub fn has_late_requests(&self, peer: &PeerId, core: Option<&CoreKey>, now: Instant) -> bool {
         let half = self.cfg.timeout / 2;
-        let slow = self
-            .peers
-            .get(peer)
-            .and_then(|p| p.answer_by)
-            .is_some_and(|by| by.saturating_duration_since(now) < half);
-        slow && self
-            .requests
-            .values()
-            .any(|r| r.peer == *peer && core.is_none_or(|c| r.core == *c))
+        self.requests.values().any(|r| {
+            r.peer == *peer
+                && core.is_none_or(|c| r.core == *c)
+                && now.saturating_duration_since(r.since) > half
+        })
     }
 
     /// Number of blocks in the queue (waiting, in flight or being committed).
@@ -418,6 +429,7 @@ impl FetchQueue {
     /// failures, back-off and offences are kept (for the last [`MAX_GONE_PEERS`] peers) for
     /// when it comes back.
     pub fn remove_peer(&mut self, peer: &PeerId, now: Instant) {
+        self.clock = self.clock.max(now);
         if self.has_late_requests(peer, None, now) {
             self.fail(*peer, now, false);
         }
@@ -479,6 +491,7 @@ impl FetchQueue {
 
     /// The next request to send at `now`, if a peer has room in its window and a block to give.
     pub fn next_request(&mut self, now: Instant) -> Option<Assignment> {
+        self.clock = self.clock.max(now);
         if self.held_bytes >= self.cfg.max_held_bytes {
             // Storage is behind: wait for commits before asking for more.
             return None;
@@ -553,20 +566,22 @@ impl FetchQueue {
             }
         }
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
-        let mut first = false;
+        let due = now + self.cfg.timeout;
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_flight_bytes += size * (end - start);
-            first = p.requests == 0;
+            if p.requests == 0 {
+                p.rate_by = Some(due);
+                p.oldest = Some((id, due));
+            }
             p.requests += 1;
         }
-        if first {
-            self.set_answer_by(&peer, Some(now + self.cfg.timeout));
-        }
+        self.update_answer_by(&peer);
         self.requests.insert(
             id,
             Request {
                 peer,
                 core,
+                since: now,
                 outstanding: (start..end).collect(),
             },
         );
@@ -629,23 +644,48 @@ impl FetchQueue {
     /// peer's failures are forgiven only when a block of its verifies
     /// ([`on_verified`](Self::on_verified)), not when one arrives.
     pub fn on_received(&mut self, id: u64, index: u64, bytes: u64, now: Instant) -> Arrival {
+        self.received(id, index, bytes, now, true)
+    }
+
+    /// As [`on_received`](Self::on_received), for a block that will not be verified (an
+    /// earlier block of its run was not stored): it buys its peer no time.
+    pub fn on_received_unverified(
+        &mut self,
+        id: u64,
+        index: u64,
+        bytes: u64,
+        now: Instant,
+    ) -> Arrival {
+        self.received(id, index, bytes, now, false)
+    }
+
+    fn received(&mut self, id: u64, index: u64, bytes: u64, now: Instant, credit: bool) -> Arrival {
         let Some(req) = self.requests.get_mut(&id) else {
             return Arrival::Unexpected;
         };
         if !req.outstanding.remove(&index) {
             return Arrival::Unexpected;
         }
+        req.since = now;
+        self.clock = self.clock.max(now);
         let (peer, core, done) = (req.peer, req.core, req.outstanding.is_empty());
-        // The peer delivered: its deadline moves on by `timeout` per `run_bytes` of the block,
-        // up to `timeout` from now.
-        if let Some(by) = self.peers.get(&peer).and_then(|p| p.answer_by) {
-            let run = u128::from(self.cfg.run_bytes.max(1));
-            let credit = self.cfg.timeout.as_nanos() * u128::from(bytes) / run;
-            let credit = Duration::from_nanos(u64::try_from(credit).unwrap_or(u64::MAX));
-            let cap = now + self.cfg.timeout;
-            let moved = by.checked_add(credit).map_or(cap, |t| t.min(cap));
-            self.set_answer_by(&peer, Some(moved));
+        let cap = now + self.cfg.timeout;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            // The peer delivered: its rate deadline moves on by `timeout` per `run_bytes` of
+            // the block, up to `timeout` from now.
+            if credit && let Some(by) = p.rate_by {
+                let run = u128::from(self.cfg.run_bytes.max(1));
+                let bought = self.cfg.timeout.as_nanos() * u128::from(bytes) / run;
+                let bought = Duration::from_nanos(u64::try_from(bought).unwrap_or(u64::MAX));
+                p.rate_by = Some(by.checked_add(bought).map_or(cap, |t| t.min(cap)));
+            }
+            if let Some((oldest, by)) = &mut p.oldest
+                && *oldest == id
+            {
+                *by = cap;
+            }
         }
+        self.update_answer_by(&peer);
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size);
@@ -667,13 +707,13 @@ impl FetchQueue {
             }
         }
         if done {
-            self.close_request(id);
+            self.close_request(id, now);
         }
         arrival
     }
 
     /// The peer of request `id` does not have blocks `start..end`: it stops being their source.
-    pub fn on_no_data(&mut self, id: u64, start: u64, end: u64) {
+    pub fn on_no_data(&mut self, id: u64, start: u64, end: u64, now: Instant) {
         if start >= end {
             return;
         }
@@ -718,7 +758,7 @@ impl FetchQueue {
             self.ready_cores.insert(core);
         }
         if done {
-            self.close_request(id);
+            self.close_request(id, now);
         }
     }
 
@@ -805,6 +845,7 @@ impl FetchQueue {
     /// Counts a failure of `peer`. A peer serving a penalty is asked nothing, so what it fails
     /// meanwhile (a late answer, a push) adds nothing.
     fn fail(&mut self, peer: PeerId, now: Instant, invalid: bool) {
+        self.clock = self.clock.max(now);
         let cfg = self.cfg.clone();
         let state = self.state(peer);
         if state.penalized && state.backoff_until.is_some_and(|t| t > now) {
@@ -854,6 +895,7 @@ impl FetchQueue {
     /// Returns the requests that timed out, in id order: id, peer and core.
     /// Only the timers due are looked at, and the requests only when a peer's is due.
     pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId, CoreKey)> {
+        self.clock = self.clock.max(now);
         let mut late = BTreeSet::new();
         for timer in self.deadlines.drain_due(now) {
             match timer {
@@ -919,14 +961,23 @@ impl FetchQueue {
         if set != expected {
             return Err(format!("fetch timers {set:?}, state {expected:?}"));
         }
-        if let Some((peer, _)) = self
-            .peers
-            .iter()
-            .find(|(_, s)| s.answer_by.is_some() != (s.requests > 0))
-        {
-            return Err(format!(
-                "peer {peer:?} has an answer deadline without requests open, or requests without one"
-            ));
+        for (peer, p) in &self.peers {
+            let oldest = self
+                .requests
+                .iter()
+                .find(|(_, r)| r.peer == *peer)
+                .map(|(id, _)| *id);
+            let due = match (p.rate_by, p.oldest) {
+                (Some(rate), Some((_, by))) => Some(rate.min(by)),
+                _ => None,
+            };
+            if p.oldest.map(|(id, _)| id) != oldest || p.answer_by != due {
+                return Err(format!(
+                    "peer {peer:?}: oldest request {:?} (open: {oldest:?}), deadline {:?} \
+                     (rate {:?})",
+                    p.oldest, p.answer_by, p.rate_by
+                ));
+            }
         }
         if let Some((core, _)) = self
             .cores
@@ -946,27 +997,40 @@ impl FetchQueue {
     }
 
     /// Removes an answered request.
-    fn close_request(&mut self, id: u64) {
+    fn close_request(&mut self, id: u64, now: Instant) {
         if let Some(req) = self.requests.remove(&id) {
-            self.request_ended(&req.peer);
+            self.request_ended(id, &req.peer, now);
         }
     }
 
-    /// A request of `peer` ended: its answer deadline goes with its last one.
-    fn request_ended(&mut self, peer: &PeerId) {
+    /// Request `id` of `peer` ended: its deadlines go with its last one, and if it was the
+    /// oldest, the next oldest has `timeout` from `now` to get one of its blocks.
+    fn request_ended(&mut self, id: u64, peer: &PeerId, now: Instant) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
         p.requests = p.requests.saturating_sub(1);
         if p.requests == 0 {
-            self.set_answer_by(peer, None);
+            p.rate_by = None;
+            p.oldest = None;
+        } else if p.oldest.is_some_and(|(oldest, _)| oldest == id) {
+            p.oldest = self
+                .requests
+                .range(id..)
+                .find(|(_, r)| r.peer == *peer)
+                .map(|(next, _)| (*next, now + self.cfg.timeout));
         }
+        self.update_answer_by(peer);
     }
 
-    /// Sets (or clears) `peer`'s answer deadline, its timer in step.
-    fn set_answer_by(&mut self, peer: &PeerId, at: Option<Instant>) {
+    /// Sets `peer`'s timer to the earlier of its deadlines (none without requests open).
+    fn update_answer_by(&mut self, peer: &PeerId) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
+        };
+        let at = match (p.rate_by, p.oldest) {
+            (Some(rate), Some((_, oldest))) => Some(rate.min(oldest)),
+            (rate, oldest) => rate.or(oldest.map(|(_, by)| by)),
         };
         let old = std::mem::replace(&mut p.answer_by, at);
         self.deadlines.replace(Timer::Answer(*peer), old, at);
@@ -990,7 +1054,7 @@ impl FetchQueue {
         let Some(req) = self.requests.remove(&id) else {
             return;
         };
-        self.request_ended(&req.peer);
+        self.request_ended(id, &req.peer, self.clock);
         let size = self.block_size.get(&req.core).copied().unwrap_or(1024);
         if let Some(p) = self.peers.get_mut(&req.peer) {
             p.in_flight_bytes = p

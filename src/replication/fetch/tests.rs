@@ -338,15 +338,13 @@ fn timers_follow_requests_and_back_offs() {
     // One deadline per peer, whatever its number of requests.
     assert_eq!(q.deadlines.len(), 2);
     assert_eq!(at(&q, A), Some(clock.at(1000)));
-    // A block moves its peer's deadline by a timeout per run's worth of bytes: 1 KiB of
-    // 16 KiB buys 62.5 ms, whichever request it answers.
+    // A block of A's second request buys A 62.5 ms (a timeout per run's worth of bytes, 1 KiB
+    // of 16 KiB), but its oldest request still needs one of its blocks by 1000.
     let second = runs.iter().find(|r| r.id == a[1]).copied().unwrap();
     q.on_received(second.id, second.start, 1024, clock.at(500));
-    assert_eq!(
-        at(&q, A),
-        Some(clock.at(1000) + Duration::from_micros(62_500))
-    );
-    // Up to a timeout from now: A's first run arrives by 600, its deadline is 1600.
+    assert_eq!(at(&q, A), Some(clock.at(1000)));
+    // A's first run arrives by 600: the second is the oldest and has until 1600, and so does
+    // A's rate (capped a timeout from now).
     let first = runs.iter().find(|r| r.id == a[0]).copied().unwrap();
     for index in first.start..first.end {
         q.on_received(first.id, index, 1024, clock.at(600));
@@ -379,7 +377,7 @@ fn timers_follow_requests_and_back_offs() {
     // A request answered "no data" is closed with its peer's deadline.
     let retry = q.next_request(clock.at(10_000)).expect("asked again");
     assert_eq!(q.deadlines.len(), 1);
-    q.on_no_data(retry.id, retry.start, retry.end);
+    q.on_no_data(retry.id, retry.start, retry.end, clock.at(10_000));
     assert!(!q.is_open(retry.id));
     assert_eq!(q.next_deadline(), None);
     q.check_timers().unwrap();
@@ -438,6 +436,70 @@ fn the_next_requests_get_a_whole_timeout_when_the_one_before_ends() {
     assert!(q.poll_timeouts(clock.at(1989)).is_empty());
     assert_eq!(q.poll_timeouts(clock.at(1990)).len(), 3);
     q.check_timers().unwrap();
+}
+
+/// A peer that withholds one block while it delivers the rest at a good rate loses it a
+/// timeout after the request it is in got its last block while the oldest.
+#[test]
+fn a_block_withheld_while_the_rest_arrive_times_out() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    let mut t = 0;
+    for (n, run) in runs.iter().enumerate() {
+        // Every block but the first of the first run.
+        for index in run.start + u64::from(n == 0)..run.end {
+            t += 20;
+            assert!(q.poll_timeouts(clock.at(t)).is_empty(), "at {t} ms");
+            q.on_received(run.id, index, 1024, clock.at(t));
+        }
+    }
+    assert_eq!(t, 1260);
+    // The first run's last block came at 300.
+    assert_eq!(q.next_deadline(), Some(clock.at(1300)));
+    assert_eq!(q.poll_timeouts(clock.at(1300)), vec![(runs[0].id, A, CORE)]);
+    q.check_timers().unwrap();
+}
+
+/// Blocks that will not be verified (their run broke on an earlier one) buy no time: a peer
+/// sending junk for such a run, even large, times out at its rate deadline.
+#[test]
+fn blocks_of_a_broken_run_buy_no_time() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    let mut t = 0;
+    for index in runs[0].start..runs[0].start + 9 {
+        t += 100;
+        assert!(q.poll_timeouts(clock.at(t)).is_empty(), "at {t} ms");
+        q.on_received_unverified(runs[0].id, index, 256 * 1024, clock.at(t));
+    }
+    assert_eq!(q.next_deadline(), Some(clock.at(1000)));
+    assert_eq!(q.poll_timeouts(clock.at(1000)).len(), runs.len());
+    q.check_timers().unwrap();
+}
+
+/// A peer delivering one core's requests while it withholds another's has late requests for
+/// that core: leaving its channel then counts as a failure.
+#[test]
+fn requests_of_one_core_are_late_while_another_core_is_served() {
+    let clock = Clock(Instant::now());
+    let mut q = FetchQueue::new(cfg());
+    let (x, y) = ([1; 32], [2; 32]);
+    for core in [x, y] {
+        q.add(core, 0, 16);
+        q.add_source(core, 0, 16, A);
+        q.set_block_size(core, 1024);
+    }
+    let runs = drain(&mut q, clock.at(0));
+    let on_y = runs.iter().find(|r| r.core == y).copied().unwrap();
+    for (n, index) in (on_y.start..on_y.end).enumerate() {
+        q.on_received(on_y.id, index, 1024, clock.at(50 * n as u64 + 50));
+    }
+    assert!(q.has_late_requests(&A, Some(&x), clock.at(900)));
+    assert!(!q.has_late_requests(&A, Some(&y), clock.at(900)));
 }
 
 /// A peer that trickles blocks cannot hold its window: each block buys it only its share of
@@ -547,7 +609,7 @@ fn no_data_moves_the_block_to_another_source() {
     let clock = Clock(Instant::now());
     let mut q = queue(4, &[A]);
     let a = q.next_request(clock.at(0)).unwrap();
-    q.on_no_data(a.id, 2, 4);
+    q.on_no_data(a.id, 2, 4, clock.at(0));
     assert_eq!(q.on_received(a.id, 0, 1024, clock.at(1)), Arrival::Taken);
     assert_eq!(q.on_received(a.id, 1, 1024, clock.at(1)), Arrival::Taken);
     assert!(!q.is_open(a.id));

@@ -576,7 +576,7 @@ impl CoreSync {
             Some(Sent::Run) => {
                 // What the peer lacks now it may hold later: its next `Sync` records it again.
                 r.sourced = r.sourced.min(start);
-                cx.fetch.on_no_data(id, start, end);
+                cx.fetch.on_no_data(id, start, end, cx.now);
                 if !cx.fetch.is_open(id) {
                     r.requests.remove(&id);
                 }
@@ -592,7 +592,13 @@ impl CoreSync {
             return;
         };
         let peer = r.peer;
+        // A block of a run broken by an earlier one is not verified: it buys its peer no time.
+        let broken = self.apply.broken_runs.contains(&id);
         let arrival = match proof.block.as_ref() {
+            Some(b) if broken => {
+                cx.fetch
+                    .on_received_unverified(id, b.index, b.value.len() as u64, cx.now)
+            }
             Some(b) => cx
                 .fetch
                 .on_received(id, b.index, b.value.len() as u64, cx.now),
@@ -601,7 +607,6 @@ impl CoreSync {
         if !cx.fetch.is_open(id) {
             r.requests.remove(&id);
         }
-        let broken = self.apply.broken_runs.contains(&id);
         match arrival {
             Arrival::Taken if broken => {
                 // An earlier block of this run was not stored: this one cannot verify.

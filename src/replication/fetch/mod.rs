@@ -118,8 +118,8 @@ pub struct Assignment {
 struct Request {
     peer: PeerId,
     core: CoreKey,
-    /// When it was sent or last got one of its blocks.
-    since: Instant,
+    /// When it was sent.
+    sent: Instant,
     /// Blocks not yet answered.
     outstanding: BTreeSet<u64>,
 }
@@ -203,9 +203,10 @@ pub struct FetchQueue {
     /// The record of peers that went away with failures, oldest first in `gone_order`.
     gone: BTreeMap<PeerId, PeerState>,
     gone_order: VecDeque<PeerId>,
-    /// The latest time a call brought: when a request ends on a call that brings none (a
-    /// cancel, a core or source removed), the next oldest request's wait starts from it.
-    clock: Instant,
+    /// The latest time a call brought (none before the first): when a request ends on a call
+    /// that brings none (a cancel, a core or source removed), the next oldest request's wait
+    /// starts from it. Never read from the system clock, so a simulated run replays exactly.
+    clock: Option<Instant>,
 }
 
 impl FetchQueue {
@@ -224,7 +225,7 @@ impl FetchQueue {
             deadlines: Deadlines::default(),
             gone: BTreeMap::new(),
             gone_order: VecDeque::new(),
-            clock: Instant::now(),
+            clock: None,
         }
     }
 
@@ -244,16 +245,22 @@ impl FetchQueue {
         self.peers.entry(peer).or_default()
     }
 
-    /// Whether `peer` has requests (for `core`, if given) that got none of their blocks for
-    /// more than half the timeout at `now`: a peer that goes away with such requests held
-    /// them, where one that goes right after they were sent (a restart, a connection
-    /// replaced) did not.
+    /// Whether `peer` has requests (for `core`, if given) open and is more than half a timeout
+    /// late at `now` with them: behind its rate, or, for its oldest request, without one of
+    /// its blocks. A peer that goes away then held them, where one that goes right after it
+    /// was asked or while it delivers (a restart, a connection replaced) did not; requests at
+    /// the back of a deep window that have not started yet are not late.
     pub fn has_late_requests(&self, peer: &PeerId, core: Option<&CoreKey>, now: Instant) -> bool {
+        let Some(p) = self.peers.get(peer) else {
+            return false;
+        };
         let half = self.cfg.timeout / 2;
-        self.requests.values().any(|r| {
+        let late = |by: Instant| by.saturating_duration_since(now) < half;
+        let slow = p.rate_by.is_some_and(late);
+        self.requests.iter().any(|(id, r)| {
             r.peer == *peer
                 && core.is_none_or(|c| r.core == *c)
-                && now.saturating_duration_since(r.since) > half
+                && (slow || p.oldest.is_some_and(|(o, by)| o == *id && late(by)))
         })
     }
 
@@ -429,7 +436,7 @@ impl FetchQueue {
     /// failures, back-off and offences are kept (for the last [`MAX_GONE_PEERS`] peers) for
     /// when it comes back.
     pub fn remove_peer(&mut self, peer: &PeerId, now: Instant) {
-        self.clock = self.clock.max(now);
+        self.tick(now);
         if self.has_late_requests(peer, None, now) {
             self.fail(*peer, now, false);
         }
@@ -491,7 +498,7 @@ impl FetchQueue {
 
     /// The next request to send at `now`, if a peer has room in its window and a block to give.
     pub fn next_request(&mut self, now: Instant) -> Option<Assignment> {
-        self.clock = self.clock.max(now);
+        self.tick(now);
         if self.held_bytes >= self.cfg.max_held_bytes {
             // Storage is behind: wait for commits before asking for more.
             return None;
@@ -581,7 +588,7 @@ impl FetchQueue {
             Request {
                 peer,
                 core,
-                since: now,
+                sent: now,
                 outstanding: (start..end).collect(),
             },
         );
@@ -666,9 +673,8 @@ impl FetchQueue {
         if !req.outstanding.remove(&index) {
             return Arrival::Unexpected;
         }
-        req.since = now;
-        self.clock = self.clock.max(now);
         let (peer, core, done) = (req.peer, req.core, req.outstanding.is_empty());
+        self.tick(now);
         let cap = now + self.cfg.timeout;
         if let Some(p) = self.peers.get_mut(&peer) {
             // The peer delivered: its rate deadline moves on by `timeout` per `run_bytes` of
@@ -845,7 +851,7 @@ impl FetchQueue {
     /// Counts a failure of `peer`. A peer serving a penalty is asked nothing, so what it fails
     /// meanwhile (a late answer, a push) adds nothing.
     fn fail(&mut self, peer: PeerId, now: Instant, invalid: bool) {
-        self.clock = self.clock.max(now);
+        self.tick(now);
         let cfg = self.cfg.clone();
         let state = self.state(peer);
         if state.penalized && state.backoff_until.is_some_and(|t| t > now) {
@@ -895,7 +901,7 @@ impl FetchQueue {
     /// Returns the requests that timed out, in id order: id, peer and core.
     /// Only the timers due are looked at, and the requests only when a peer's is due.
     pub fn poll_timeouts(&mut self, now: Instant) -> Vec<(u64, PeerId, CoreKey)> {
-        self.clock = self.clock.max(now);
+        self.tick(now);
         let mut late = BTreeSet::new();
         for timer in self.deadlines.drain_due(now) {
             match timer {
@@ -1023,6 +1029,11 @@ impl FetchQueue {
         self.update_answer_by(peer);
     }
 
+    /// Brings the queue's clock to `now` (it never goes back).
+    fn tick(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
+    }
+
     /// Sets `peer`'s timer to the earlier of its deadlines (none without requests open).
     fn update_answer_by(&mut self, peer: &PeerId) {
         let Some(p) = self.peers.get_mut(peer) else {
@@ -1054,7 +1065,9 @@ impl FetchQueue {
         let Some(req) = self.requests.remove(&id) else {
             return;
         };
-        self.request_ended(id, &req.peer, self.clock);
+        // `next_request` brought a time before any request was made.
+        let now = self.clock.unwrap_or(req.sent);
+        self.request_ended(id, &req.peer, now);
         let size = self.block_size.get(&req.core).copied().unwrap_or(1024);
         if let Some(p) = self.peers.get_mut(&req.peer) {
             p.in_flight_bytes = p

@@ -502,6 +502,34 @@ fn requests_of_one_core_are_late_while_another_core_is_served() {
     assert!(!q.has_late_requests(&A, Some(&y), clock.at(900)));
 }
 
+/// A peer delivering its oldest request at a good rate that goes away (a restart) is not
+/// blamed for the requests at the back of its window, which had not started; one whose
+/// oldest request got nothing for more than half a timeout is.
+#[test]
+fn leaving_while_delivering_is_not_a_failure() {
+    let clock = Clock(Instant::now());
+    let mut q = queue(64, &[A]);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    for (n, index) in (runs[0].start..runs[0].end).enumerate() {
+        q.on_received(runs[0].id, index, 1024, clock.at(40 * n as u64 + 40));
+    }
+    assert!(!q.has_late_requests(&A, None, clock.at(700)));
+    q.remove_peer(&A, clock.at(700));
+    assert!(q.take_notices().is_empty(), "blamed for a deep window");
+    q.check_timers().unwrap();
+
+    let mut q = queue(64, &[B]);
+    q.set_block_size(CORE, 1024);
+    drain(&mut q, clock.at(0));
+    assert!(q.has_late_requests(&B, None, clock.at(600)));
+    q.remove_peer(&B, clock.at(600));
+    assert!(matches!(
+        q.take_notices()[..],
+        [PeerNotice::BackedOff(B, _)]
+    ));
+}
+
 /// A peer that trickles blocks cannot hold its window: each block buys it only its share of
 /// a timeout (62.5 ms for 1 KiB), and when its deadline passes, every request it held goes
 /// back to the queue, as one failure.

@@ -85,7 +85,7 @@ async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<(Duratio
         downloads.spawn(core.download(0..BLOCKS).done(LIMIT));
     }
     let done = downloads.join_all().await;
-    let (elapsed, cpu) = phase.end_with_cpu();
+    let (elapsed, cpu) = phase.end();
     for r in done {
         r?;
     }

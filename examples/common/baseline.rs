@@ -35,13 +35,8 @@ impl Phase {
         }
     }
 
-    /// Stops timing: the time since the start.
-    pub fn end(self) -> Duration {
-        self.end_with_cpu().0
-    }
-
     /// Stops timing: the time since the start, and the CPU time spent meanwhile.
-    pub fn end_with_cpu(self) -> (Duration, Duration) {
+    pub fn end(self) -> (Duration, Duration) {
         let elapsed = self.wall.elapsed();
         let cpu = cpu_time().saturating_sub(self.cpu);
         phase_end();
@@ -112,7 +107,7 @@ pub async fn raw_stream(net: &TestNet, len: u64) -> anyhow::Result<(Duration, Du
     while let Some(chunk) = recv.read_chunk(1 << 20).await? {
         got += chunk.len() as u64;
     }
-    let elapsed = phase.end_with_cpu();
+    let elapsed = phase.end();
     anyhow::ensure!(got == len);
     conn.close(0u32.into(), b"done");
     client.close().await;
@@ -171,7 +166,7 @@ pub async fn blobs_fetch(net: &TestNet, len: u64) -> anyhow::Result<(Duration, D
     let phase = Phase::start();
     let conn = served.connect().await?;
     store.remote().fetch(conn.clone(), served.hash).await?;
-    let elapsed = phase.end_with_cpu();
+    let elapsed = phase.end();
     anyhow::ensure!(store.remote().local(served.hash).await?.is_complete());
     served.stop(conn).await?;
     Ok(elapsed)

@@ -151,6 +151,22 @@ struct PeerState {
     ranges: BTreeMap<CoreKey, Vec<(u64, u64)>>,
 }
 
+impl PeerState {
+    /// When its requests time out: the earlier of its two deadlines (set together while it
+    /// has requests open).
+    fn due(&self) -> Option<Instant> {
+        self.rate_by
+            .zip(self.oldest)
+            .map(|(rate, (_, oldest))| rate.min(oldest))
+    }
+
+    /// Brings `answer_by` to [`due`](Self::due): the timer's old and new time.
+    fn refresh_answer_by(&mut self) -> (Option<Instant>, Option<Instant>) {
+        let at = self.due();
+        (std::mem::replace(&mut self.answer_by, at), at)
+    }
+}
+
 /// What a timer of the queue is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -676,7 +692,9 @@ impl FetchQueue {
         let (peer, core, done) = (req.peer, req.core, req.outstanding.is_empty());
         self.tick(now);
         let cap = now + self.cfg.timeout;
+        let size = self.block_size.get(&core).copied().unwrap_or(1024);
         if let Some(p) = self.peers.get_mut(&peer) {
+            p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size);
             // The peer delivered: its rate deadline moves on by `timeout` per `run_bytes` of
             // the block, up to `timeout` from now.
             if credit && let Some(by) = p.rate_by {
@@ -690,11 +708,8 @@ impl FetchQueue {
             {
                 *by = cap;
             }
-        }
-        self.update_answer_by(&peer);
-        let size = self.block_size.get(&core).copied().unwrap_or(1024);
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size);
+            let (old, at) = p.refresh_answer_by();
+            self.deadlines.replace(Timer::Answer(peer), old, at);
         }
         let over =
             self.held_bytes > 0 && self.held_bytes.saturating_add(bytes) > self.cfg.max_held_bytes;
@@ -930,8 +945,12 @@ impl FetchQueue {
             .filter(|(_, r)| late.contains(&r.peer))
             .map(|(id, r)| (*id, r.peer, r.core))
             .collect();
+        // Newest first: a request that fails is then never the oldest of a peer with others
+        // left, so no next oldest is looked for.
+        for (id, _, _) in expired.iter().rev() {
+            self.fail_request(*id);
+        }
         for peer in late {
-            self.fail_requests(|r| r.peer == peer);
             self.penalize(peer, now);
         }
         expired
@@ -973,11 +992,8 @@ impl FetchQueue {
                 .iter()
                 .find(|(_, r)| r.peer == *peer)
                 .map(|(id, _)| *id);
-            let due = match (p.rate_by, p.oldest) {
-                (Some(rate), Some((_, by))) => Some(rate.min(by)),
-                _ => None,
-            };
-            if p.oldest.map(|(id, _)| id) != oldest || p.answer_by != due {
+            let both = p.rate_by.is_some() == p.oldest.is_some();
+            if !both || p.oldest.map(|(id, _)| id) != oldest || p.answer_by != p.due() {
                 return Err(format!(
                     "peer {peer:?}: oldest request {:?} (open: {oldest:?}), deadline {:?} \
                      (rate {:?})",
@@ -1036,15 +1052,10 @@ impl FetchQueue {
 
     /// Sets `peer`'s timer to the earlier of its deadlines (none without requests open).
     fn update_answer_by(&mut self, peer: &PeerId) {
-        let Some(p) = self.peers.get_mut(peer) else {
-            return;
-        };
-        let at = match (p.rate_by, p.oldest) {
-            (Some(rate), Some((_, oldest))) => Some(rate.min(oldest)),
-            (rate, oldest) => rate.or(oldest.map(|(_, by)| by)),
-        };
-        let old = std::mem::replace(&mut p.answer_by, at);
-        self.deadlines.replace(Timer::Answer(*peer), old, at);
+        if let Some(p) = self.peers.get_mut(peer) {
+            let (old, at) = p.refresh_answer_by();
+            self.deadlines.replace(Timer::Answer(*peer), old, at);
+        }
     }
 
     /// The request's outstanding blocks go back to the queue.
@@ -1056,7 +1067,9 @@ impl FetchQueue {
             .filter(|(_, r)| which(r))
             .map(|(id, _)| *id)
             .collect();
-        for id in ids {
+        // Newest first: a peer's oldest request fails last, when nothing is left to take
+        // its place (else each would look for the next oldest).
+        for id in ids.into_iter().rev() {
             self.fail_request(id);
         }
     }

@@ -2,7 +2,7 @@
 //! iroh-blobs fetch of the same bytes as baselines, measured in the same run. Release mode:
 //!
 //! ```text
-//! cargo run --release --example bench_net -- [runs] [filter]
+//! cargo run --release --example bench_net -- [runs] [filter] [workers]
 //! ```
 //!
 //! Prints medians of `runs` runs (default 3) of: 100,000 × 1 KiB and 256 × 1 MiB blocks
@@ -10,7 +10,15 @@
 //! from `append` on the writer to a waiting `get` resolving and to the block being stored on a
 //! connected reader (p50/p99 over 1,000 appends, with a durable and with a relaxed writer); and
 //! one seeder against three seeders for the same download. With `filter`,
-//! only the parts whose name contains it run: `1kib`, `1mib`, `live` or `seeders`.
+//! only the parts whose name contains it run: `1kib`, `1mib`, `live` or `seeders` (`all` for
+//! every part).
+//!
+//! With `workers`, a comma-separated list such as `1,2`, the selected parts run once for each
+//! number of the tokio runtime's worker threads, each in a runtime of its own, and a table of
+//! the replication parts' throughput for each number ends the output: how each of hypercore,
+//! the raw stream and iroh-blobs grows with cores. (Threads outside the workers are not
+//! limited: each store's storage thread, and the blocking pool that verifies proofs and reads
+//! blocks.) Without it, one runtime with a worker per core.
 
 use std::time::{Duration, Instant};
 
@@ -24,20 +32,55 @@ use n0_future::StreamExt;
 mod baseline;
 use baseline::{Phase, blobs_fetch, human, median, raw_stream, row};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The replication parts: block count and size.
+const PARTS: [(u64, usize); 2] = [(100_000, 1024), (256, 1 << 20)];
+
+fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(3);
+    let workers: Vec<Option<usize>> = match std::env::args().nth(3) {
+        Some(list) => list
+            .split(',')
+            .map(|w| w.trim().parse().map(Some))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("workers: a comma-separated list of numbers: {e}"))?,
+        None => vec![None],
+    };
+    let mut sweep = Vec::new();
+    for threads in workers {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = threads {
+            rt.worker_threads(n);
+            println!("== tokio worker threads: {n}");
+        }
+        let parts = rt.enable_all().build()?.block_on(run_parts(runs))?;
+        sweep.push((threads, parts));
+    }
+    if sweep.len() > 1 {
+        print_sweep(&sweep);
+    }
+    Ok(())
+}
+
+/// Medians of one replication part: hypercore, raw stream and iroh-blobs, wall-clock.
+struct PartTimes {
+    count: u64,
+    size: usize,
+    times: [Duration; 3],
+}
+
+/// Runs the selected parts in the current runtime; the replication parts' medians.
+async fn run_parts(runs: usize) -> anyhow::Result<Vec<PartTimes>> {
     let net = TestNet::new().await?;
     println!("median of {runs} runs, loopback, direct QUIC\n");
     println!(
         "{:<44} {:>12} {:>12} {:>10}",
         "scenario", "blocks/s", "MB/s", "time"
     );
-
-    for (count, size) in [(100_000u64, 1024usize), (256, 1 << 20)] {
+    let mut parts = Vec::new();
+    for (count, size) in PARTS {
         if !selected(&human(size).replace(' ', "").to_lowercase()) {
             continue;
         }
@@ -72,6 +115,11 @@ async fn main() -> anyhow::Result<()> {
             rc.as_secs_f64(),
             bc.as_secs_f64()
         );
+        parts.push(PartTimes {
+            count,
+            size,
+            times: [h, r, b],
+        });
     }
 
     if selected("live") {
@@ -80,12 +128,46 @@ async fn main() -> anyhow::Result<()> {
     if selected("seeders") {
         seeders(&net, runs).await?;
     }
-    Ok(())
+    Ok(parts)
+}
+
+/// The replication parts' throughput (MB/s) for each number of worker threads, and each as a
+/// multiple of the first number's.
+fn print_sweep(sweep: &[(Option<usize>, Vec<PartTimes>)]) {
+    println!("throughput by tokio worker threads, MB/s (x the first row's)");
+    println!(
+        "{:<10} {:<10} {:>18} {:>18} {:>18} {:>10}",
+        "part", "workers", "hypercore", "raw stream", "iroh-blobs", "% blobs"
+    );
+    let Some((_, first)) = sweep.first() else {
+        return;
+    };
+    for (i, base) in first.iter().enumerate() {
+        for (threads, parts) in sweep {
+            let Some(p) = parts.get(i) else { continue };
+            let mb_s = |d: Duration| (p.count * p.size as u64) as f64 / d.as_secs_f64() / 1e6;
+            let cell = |k: usize| {
+                let x = base.times[k].as_secs_f64() / p.times[k].as_secs_f64();
+                format!("{:.1} ({x:.2}x)", mb_s(p.times[k]))
+            };
+            println!(
+                "{:<10} {:<10} {:>18} {:>18} {:>18} {:>9.0}%",
+                format!("{} x {}", p.count, human(p.size).replace(' ', "")),
+                threads.map_or("default".into(), |n| n.to_string()),
+                cell(0),
+                cell(1),
+                cell(2),
+                100.0 * p.times[2].as_secs_f64() / p.times[0].as_secs_f64()
+            );
+        }
+    }
 }
 
 /// Whether a part is selected by the optional second argument.
 fn selected(name: &str) -> bool {
-    std::env::args().nth(2).is_none_or(|f| name.contains(&f))
+    std::env::args()
+        .nth(2)
+        .is_none_or(|f| f == "all" || name.contains(&f))
 }
 
 /// Live latency with a durable writer (each append fsynced before it is announced), then with a

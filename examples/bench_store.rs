@@ -2,6 +2,8 @@
 //! 100 bytes; a reader that knows their keys follows its whole store (`replicate_store`) and
 //! the time until it holds every block is measured, with the process's peak RSS. Baseline in
 //! the same run: one raw iroh connection carrying the same bytes on one stream per core.
+//! Measured too: the same download when the reader opens the cores only after its connection
+//! to the writer is up (it joins with one core, then opens the others).
 //! Release mode, one size per process (peak RSS is the process's):
 //!
 //! ```text
@@ -27,6 +29,11 @@ use baseline::{Phase, median};
 const BLOCKS: u64 = 10;
 const BLOCK_BYTES: usize = 100;
 const RAW_ALPN: &[u8] = b"/bench-raw-streams/1";
+std::thread_local! {
+    /// How long the reader took to open its cores before joining, in each run.
+    static OPENING: std::cell::RefCell<Vec<Duration>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Longest a run may take before it counts as failed.
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -39,11 +46,13 @@ async fn main() -> anyhow::Result<()> {
     let mut hyper = Vec::new();
     let mut cpu = Vec::new();
     let mut raw = Vec::new();
+    let mut late = Vec::new();
     for _ in 0..runs {
-        let (wall, busy) = replicate_store(&net, cores).await?;
+        let (wall, busy) = replicate_store(&net, cores, false).await?;
         hyper.push(wall);
         cpu.push(busy);
         raw.push(raw_streams(&net, cores).await?);
+        late.push(replicate_store(&net, cores, true).await?.0);
     }
     let samples: Vec<String> = hyper.iter().map(|d| format!("{d:.2?}")).collect();
     let (h, r) = (median(hyper), median(raw));
@@ -51,6 +60,13 @@ async fn main() -> anyhow::Result<()> {
     println!("replicate_store (reader follows the writer's whole store): {h:.2?}");
     println!("raw iroh, one stream per core, same bytes:                 {r:.2?}");
     println!("ratio: {:.1}x", h.as_secs_f64() / r.as_secs_f64());
+    let l = median(late);
+    let o = median(OPENING.with(|o| o.borrow().clone()));
+    println!(
+        "the cores opened after the connection is up:            {l:.2?} ({:.2}x the opening \
+         of the cores, {o:.2?}, and their replication)",
+        l.as_secs_f64() / (h + o).as_secs_f64()
+    );
     println!(
         "CPU time of the process while replicate_store ran (both nodes), median: {:.2?}",
         median(cpu)
@@ -61,8 +77,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Time from the reader's join until it holds every block of every core, and the CPU time
-/// the process spent meanwhile.
-async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<(Duration, Duration)> {
+/// the process spent meanwhile. `late`: the reader joins with the first core and opens the
+/// others once it holds that one (the time counts from their opening).
+async fn replicate_store(
+    net: &TestNet,
+    cores: usize,
+    late: bool,
+) -> anyhow::Result<(Duration, Duration)> {
     let writer = net.node(Transport::Direct).await?;
     let reader = net.node(Transport::Direct).await?;
     let mut keys = Vec::with_capacity(cores);
@@ -73,12 +94,22 @@ async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<(Duratio
         keys.push(log.key());
     }
     let mut remotes = Vec::with_capacity(cores);
-    for key in &keys {
+    let opened_first = if late { 1 } else { cores };
+    let opening = Instant::now();
+    for key in &keys[..opened_first] {
         remotes.push(reader.store.get_remote(*key).await?);
     }
+    let opening = opening.elapsed();
     reader.proto.replicate_store(Mode::Full).await?;
-    let phase = Phase::start();
+    let mut phase = Phase::start();
     reader.proto.join(&remotes[0], &[writer.addr()]).await?;
+    if late {
+        remotes[0].download(0..BLOCKS).done(LIMIT).await?;
+        phase = Phase::start();
+        for key in &keys[1..] {
+            remotes.push(reader.store.get_remote(*key).await?);
+        }
+    }
     // A task per core, as an application following many cores would wait for them.
     let mut downloads = tokio::task::JoinSet::new();
     for core in &remotes {
@@ -88,6 +119,9 @@ async fn replicate_store(net: &TestNet, cores: usize) -> anyhow::Result<(Duratio
     let (elapsed, cpu) = phase.end();
     for r in done {
         r?;
+    }
+    if !late {
+        OPENING.with(|o| o.borrow_mut().push(opening));
     }
     writer.shutdown().await;
     reader.shutdown().await;

@@ -29,6 +29,7 @@ impl<'t> Reader<'t> {
         Ok(CoreNodes {
             table: self.txn.open_table(schema::NODES)?,
             id,
+            last: nodes::LastRow::default(),
         })
     }
 
@@ -151,15 +152,16 @@ impl Blocks {
     }
 }
 
-/// The stored tree nodes of one core.
+/// The stored tree nodes of one core, as of the read transaction they were opened in.
 pub(crate) struct CoreNodes {
     table: redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
     id: u64,
+    last: nodes::LastRow,
 }
 
 impl NodeSource for CoreNodes {
     type Error = StorageError;
     fn node(&self, index: u64) -> Result<Option<Node>, StorageError> {
-        nodes::get(&self.table, self.id, index)
+        self.last.get(&self.table, self.id, index)
     }
 }

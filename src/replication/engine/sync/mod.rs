@@ -24,7 +24,7 @@ mod remote;
 mod update;
 mod upgrade;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use apply::{ApplyQueue, Applying};
 use remote::{Remote, Sent};
@@ -1026,23 +1026,32 @@ impl CoreSync {
         else {
             return;
         };
-        let mut stored = BTreeSet::new();
+        // Sorted vectors, not maps: a batch holds up to thousands of proofs, and a map's node
+        // per proof was a tenth of this function's cost.
+        // Of two proofs of one block, the later one counts.
+        let mut by_index = proofs.clone();
+        by_index.sort_by_key(|(index, _, _)| *index);
+        let find = |index: u64| {
+            let after = by_index.partition_point(|(i, _, _)| *i <= index);
+            let (i, peer, id) = *by_index.get(after.checked_sub(1)?)?;
+            (i == index).then_some((peer, id))
+        };
+        let mut stored = Vec::new();
         match done.outcome {
             ApplyOutcome::Done(applied) => {
-                let by_index: BTreeMap<u64, (PeerId, u64)> =
-                    proofs.iter().map(|(i, p, id)| (*i, (*p, *id))).collect();
+                stored.reserve(applied.stored.len() + 1);
                 for (index, bytes) in &applied.stored {
-                    stored.insert(*index);
+                    stored.push(*index);
                     cx.fetch.on_committed(&self.key, *index);
                     self.wanted.remove(index);
-                    if let Some((peer, _)) = by_index.get(index).copied() {
+                    if let Some((peer, _)) = find(*index) {
                         cx.downloaded(self.key, peer, *index, *bytes);
                     }
                 }
                 if let Some((index, err)) = applied.rejected
-                    && let Some((peer, id)) = by_index.get(&index).copied()
+                    && let Some((peer, id)) = find(index)
                 {
-                    stored.insert(index);
+                    stored.push(index);
                     // Back to the queue; the peer is penalized once, by the blame.
                     cx.fetch.on_store_failed(&self.key, index);
                     self.apply.break_run(id);
@@ -1053,8 +1062,9 @@ impl CoreSync {
                 tracing::warn!("applying a run failed: {e}");
             }
         }
+        stored.sort_unstable();
         for (index, _, id) in &proofs {
-            if !stored.contains(index) {
+            if stored.binary_search(index).is_err() {
                 cx.fetch.on_store_failed(&self.key, *index);
                 self.apply.break_run(*id);
             }

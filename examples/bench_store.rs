@@ -3,7 +3,9 @@
 //! the time until it holds every block is measured, with the process's peak RSS. Baseline in
 //! the same run: one raw iroh connection carrying the same bytes on one stream per core.
 //! Measured too: the same download when the reader opens the cores only after its connection
-//! to the writer is up (it joins with one core, then opens the others).
+//! to the writer is up (it joins with one core, then opens the others), and when it does not
+//! follow the whole store but joins each core by itself, one after another, as an
+//! application naming its cores would.
 //! Release mode, one size per process (peak RSS is the process's):
 //!
 //! ```text
@@ -47,12 +49,18 @@ async fn main() -> anyhow::Result<()> {
     let mut cpu = Vec::new();
     let mut raw = Vec::new();
     let mut late = Vec::new();
+    let mut joined = Vec::new();
     for _ in 0..runs {
-        let (wall, busy) = replicate_store(&net, cores, false).await?;
+        let (wall, busy) = replicate_store(&net, cores, Opening::First).await?;
         hyper.push(wall);
         cpu.push(busy);
         raw.push(raw_streams(&net, cores).await?);
-        late.push(replicate_store(&net, cores, true).await?.0);
+        late.push(
+            replicate_store(&net, cores, Opening::AfterConnecting)
+                .await?
+                .0,
+        );
+        joined.push(replicate_store(&net, cores, Opening::EachJoined).await?.0);
     }
     let samples: Vec<String> = hyper.iter().map(|d| format!("{d:.2?}")).collect();
     let (h, r) = (median(hyper), median(raw));
@@ -67,6 +75,11 @@ async fn main() -> anyhow::Result<()> {
          of the cores, {o:.2?}, and their replication)",
         l.as_secs_f64() / (h + o).as_secs_f64()
     );
+    let j = median(joined);
+    println!(
+        "each core joined by itself after the connection is up:  {j:.2?} ({:.2}x)",
+        j.as_secs_f64() / (h + o).as_secs_f64()
+    );
     println!(
         "CPU time of the process while replicate_store ran (both nodes), median: {:.2?}",
         median(cpu)
@@ -76,14 +89,28 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When the reader opens its cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// All of them, then it joins with the first, following the whole store.
+    First,
+    /// It joins with the first, following the whole store, and opens the others once it
+    /// holds that one.
+    AfterConnecting,
+    /// Like `AfterConnecting`, but not following the whole store: each other core is opened
+    /// and joined with the writer by itself, one after another.
+    EachJoined,
+}
+
 /// Time from the reader's join until it holds every block of every core, and the CPU time
-/// the process spent meanwhile. `late`: the reader joins with the first core and opens the
-/// others once it holds that one (the time counts from their opening).
+/// the process spent meanwhile. For cores opened after connecting (see [`Opening`]) the time
+/// counts from their opening.
 async fn replicate_store(
     net: &TestNet,
     cores: usize,
-    late: bool,
+    opening: Opening,
 ) -> anyhow::Result<(Duration, Duration)> {
+    let late = opening != Opening::First;
     let writer = net.node(Transport::Direct).await?;
     let reader = net.node(Transport::Direct).await?;
     let mut keys = Vec::with_capacity(cores);
@@ -95,19 +122,25 @@ async fn replicate_store(
     }
     let mut remotes = Vec::with_capacity(cores);
     let opened_first = if late { 1 } else { cores };
-    let opening = Instant::now();
+    let started = Instant::now();
     for key in &keys[..opened_first] {
         remotes.push(reader.store.get_remote(*key).await?);
     }
-    let opening = opening.elapsed();
-    reader.proto.replicate_store(Mode::Full).await?;
+    let opened = started.elapsed();
+    if opening != Opening::EachJoined {
+        reader.proto.replicate_store(Mode::Full).await?;
+    }
     let mut phase = Phase::start();
     reader.proto.join(&remotes[0], &[writer.addr()]).await?;
     if late {
         remotes[0].download(0..BLOCKS).done(LIMIT).await?;
         phase = Phase::start();
         for key in &keys[1..] {
-            remotes.push(reader.store.get_remote(*key).await?);
+            let core = reader.store.get_remote(*key).await?;
+            if opening == Opening::EachJoined {
+                reader.proto.join(&core, &[writer.addr()]).await?;
+            }
+            remotes.push(core);
         }
     }
     // A task per core, as an application following many cores would wait for them.
@@ -121,7 +154,7 @@ async fn replicate_store(
         r?;
     }
     if !late {
-        OPENING.with(|o| o.borrow_mut().push(opening));
+        OPENING.with(|o| o.borrow_mut().push(opened));
     }
     writer.shutdown().await;
     reader.shutdown().await;

@@ -34,9 +34,10 @@ const FRAME_FIELDS: usize = 256;
 const BURST_BYTES: usize = 4 * 1024;
 
 /// The bytes to reserve in the chunk being filled (`len` bytes long, room for `capacity`)
-/// before a frame whose value is `value` bytes is added, if it lacks room for it. In a burst (a write in progress, or some
-/// frames gathered already) room is made for a whole chunk, so that the chunk is not regrown
-/// and copied as frames are added; a channel sending one small message reserves little.
+/// before a frame whose value is `value` bytes is added, if it lacks room for it. In a burst
+/// (a write in progress, or some frames gathered already) room is made for a whole chunk, so
+/// that the chunk is not regrown and copied as frames are added; a channel sending one small
+/// message reserves little.
 ///
 /// Room is made only when the frame may not fit: asking for the full slack every time
 /// regrew (and copied) every chunk at the frame that filled it.

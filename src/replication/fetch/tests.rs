@@ -43,6 +43,16 @@ fn drain(q: &mut FetchQueue, now: Instant) -> Vec<Assignment> {
     std::iter::from_fn(|| q.next_request(now)).collect()
 }
 
+/// A queue of `blocks` blocks of 1 KiB held by `sources`, with the clock it runs on and every
+/// request it makes at time 0.
+fn asked(blocks: u64, sources: &[PeerId]) -> (Clock, FetchQueue, Vec<Assignment>) {
+    let clock = Clock(Instant::now());
+    let mut q = queue(blocks, sources);
+    q.set_block_size(CORE, 1024);
+    let runs = drain(&mut q, clock.at(0));
+    (clock, q, runs)
+}
+
 #[test]
 fn overlapping_and_bulk_adds_queue_each_block_once_in_order() {
     let now = Instant::now();
@@ -288,10 +298,7 @@ fn storage_failure_keeps_the_entry_without_blame() {
 
 #[test]
 fn three_seeders_share_a_range_in_disjoint_runs() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(300, &[A, B, C]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(300, &[A, B, C]);
     let mut seen = BTreeSet::new();
     let mut per_peer: BTreeMap<PeerId, u64> = BTreeMap::new();
     for r in &runs {
@@ -320,10 +327,7 @@ fn three_seeders_share_a_range_in_disjoint_runs() {
 /// moved as blocks arrive, and gone with the last request or the back-off it was for.
 #[test]
 fn timers_follow_requests_and_back_offs() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(64, &[A, B]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(64, &[A, B]);
     let ids =
         |p: PeerId| -> Vec<u64> { runs.iter().filter(|r| r.peer == p).map(|r| r.id).collect() };
     let (a, b) = (ids(A), ids(B));
@@ -388,10 +392,7 @@ fn timers_follow_requests_and_back_offs() {
 /// faster (`run_bytes` per `timeout`), and still do once it stops.
 #[test]
 fn requests_queued_behind_a_slow_link_do_not_time_out() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(64, &[A]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(64, &[A]);
     assert_eq!(runs.len(), 4, "{runs:?}");
     // One block every 50 ms: the window takes 3.2 s, the timeout is 1 s.
     let mut t = 0;
@@ -423,10 +424,7 @@ fn requests_queued_behind_a_slow_link_do_not_time_out() {
 /// block for the requests after it.
 #[test]
 fn the_next_requests_get_a_whole_timeout_when_the_one_before_ends() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(64, &[A]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(64, &[A]);
     for (n, index) in (runs[0].start..runs[0].end).enumerate() {
         let t = 990 * (n as u64 + 1) / (runs[0].end - runs[0].start);
         q.on_received(runs[0].id, index, 1024, clock.at(t));
@@ -442,10 +440,7 @@ fn the_next_requests_get_a_whole_timeout_when_the_one_before_ends() {
 /// timeout after the request it is in got its last block while the oldest.
 #[test]
 fn a_block_withheld_while_the_rest_arrive_times_out() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(64, &[A]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(64, &[A]);
     let mut t = 0;
     for (n, run) in runs.iter().enumerate() {
         // Every block but the first of the first run.
@@ -466,10 +461,7 @@ fn a_block_withheld_while_the_rest_arrive_times_out() {
 /// sending junk for such a run, even large, times out at its rate deadline.
 #[test]
 fn blocks_of_a_broken_run_buy_no_time() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(64, &[A]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(64, &[A]);
     let mut t = 0;
     for index in runs[0].start..runs[0].start + 9 {
         t += 100;
@@ -507,10 +499,7 @@ fn requests_of_one_core_are_late_while_another_core_is_served() {
 /// oldest request got nothing for more than half a timeout is.
 #[test]
 fn leaving_while_delivering_is_not_a_failure() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(64, &[A]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(64, &[A]);
     for (n, index) in (runs[0].start..runs[0].end).enumerate() {
         q.on_received(runs[0].id, index, 1024, clock.at(40 * n as u64 + 40));
     }
@@ -535,10 +524,7 @@ fn leaving_while_delivering_is_not_a_failure() {
 /// back to the queue, as one failure.
 #[test]
 fn a_peer_trickling_blocks_loses_its_window() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(64, &[A]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(64, &[A]);
     let mut t = 0;
     let mut expired = Vec::new();
     for index in runs[0].start..runs[0].end {
@@ -594,10 +580,7 @@ fn requests_of_many_cores_answered_in_turn_do_not_time_out() {
 /// Blocks larger than the size the window was planned with count at their real size.
 #[test]
 fn blocks_larger_than_expected_buy_time_at_their_size() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(64, &[A]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(64, &[A]);
     // 16 KiB blocks every 100 ms: ten times the minimum rate, one block a tenth of a second.
     let mut t = 0;
     for run in &runs {
@@ -614,10 +597,7 @@ fn blocks_larger_than_expected_buy_time_at_their_size() {
 /// timeout after its last block.
 #[test]
 fn requests_ignored_after_an_answered_one_time_out() {
-    let clock = Clock(Instant::now());
-    let mut q = queue(64, &[A]);
-    q.set_block_size(CORE, 1024);
-    let runs = drain(&mut q, clock.at(0));
+    let (clock, mut q, runs) = asked(64, &[A]);
     for index in runs[0].start..runs[0].end {
         q.on_received(runs[0].id, index, 1024, clock.at(200));
     }

@@ -1027,8 +1027,8 @@ impl CoreSync {
             return;
         };
         // Sorted vectors, not maps: a batch holds up to thousands of proofs, and a map's node
-        // per proof was a tenth of this function's cost.
-        // Of two proofs of one block, the later one counts.
+        // per proof was a tenth of this function's cost. Of two proofs of one block, the later
+        // one counts (the stable sort keeps them in arrival order).
         let mut by_index = proofs.clone();
         by_index.sort_by_key(|(index, _, _)| *index);
         let find = |index: u64| {

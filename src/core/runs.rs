@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use super::{hypercore::Hypercore, state::CoreInner, writes::MAX_BLOCK_SIZE};
 use crate::{
+    crypto::hash::leaf_hashes,
     error::{Error, Result},
     storage::{CoreNodes, Op, StorageError},
     tree::{self, IndexRequest, Node, NodeSource, Proof, ProofError, ProofRequest},
@@ -186,6 +187,14 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
                     nodes: BTreeMap::new(),
                     rejected: None,
                 };
+                // The run's leaves hashed together, several at a time; a proof without a
+                // block is rejected before its leaf is looked for.
+                let mut leaves = leaf_hashes(
+                    p.iter()
+                        .filter_map(|proof| proof.block.as_ref())
+                        .map(|b| b.value.as_slice()),
+                )
+                .into_iter();
                 for proof in p.iter() {
                     let index = proof.block.as_ref().map_or(u64::MAX, |b| b.index);
                     let checked = check_block_proof(proof, t.length).and_then(|()| {
@@ -193,7 +202,8 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
                             added: &run.nodes,
                             stored: &stored,
                         };
-                        Ok(tree::verify_proof(&src, &t, &verifier, proof)?)
+                        let leaf = leaves.next();
+                        Ok(tree::verify_proof_hashed(&src, &t, &verifier, proof, leaf)?)
                     });
                     match checked {
                         Ok(v) => {

@@ -10,6 +10,7 @@ use super::{
     state::CoreInner,
 };
 use crate::{
+    crypto::hash::leaf_hashes,
     error::{Error, Result},
     storage::{Op, Outcome, StorageError},
     tree::{MAX_LENGTH, Node, NodeSource, TreeState},
@@ -147,8 +148,9 @@ fn queue_append(
     }
     let before = st.head.clone();
     let mut nodes = Vec::with_capacity(blocks.len() * 2 + 8);
-    for b in &blocks {
-        if let Err(e) = st.head.append(b, &mut nodes) {
+    let leaves = leaf_hashes(blocks.iter().map(|b| b.as_ref()));
+    for (b, leaf) in blocks.iter().zip(leaves) {
+        if let Err(e) = st.head.append_hashed(b.len(), leaf, &mut nodes) {
             st.head = before;
             return Err(e.into());
         }

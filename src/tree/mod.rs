@@ -16,6 +16,7 @@ pub use proof::{
     UpgradeProof, UpgradeRequest,
 };
 pub use proof_create::create_proof;
+pub(crate) use proof_verify::verify_proof_hashed;
 pub use proof_verify::{VerifiedProof, verify_proof};
 pub use range::run_proof_levels;
 pub use state::TreeState;

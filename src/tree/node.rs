@@ -16,10 +16,16 @@ pub struct Node {
 impl Node {
     /// The leaf of block `block` holding `data`.
     pub fn leaf(block: u64, data: &[u8]) -> Self {
+        Self::hashed_leaf(block, data.len(), leaf_hash(data))
+    }
+
+    /// The leaf of block `block` holding `size` bytes whose leaf hash (`leaf_hash`, or one of
+    /// `leaf_hashes`) is `hash`.
+    pub fn hashed_leaf(block: u64, size: usize, hash: Hash) -> Self {
         Self {
             index: 2 * block,
-            size: data.len() as u64,
-            hash: leaf_hash(data),
+            size: size as u64,
+            hash,
         }
     }
 

@@ -10,7 +10,10 @@ use super::{
     proven_sizes::proven_sizes,
     state::TreeState,
 };
-use crate::crypto::Verifier;
+use crate::crypto::{
+    Verifier,
+    hash::{Hash, leaf_hash},
+};
 
 /// Most nodes one part of a proof may carry; real proofs carry at most about 2 × 64.
 const MAX_PROOF_NODES: usize = 256;
@@ -39,6 +42,23 @@ pub fn verify_proof<S>(
     state: &TreeState,
     verifier: &Verifier,
     proof: &Proof,
+) -> Result<VerifiedProof, ProofError>
+where
+    S: NodeSource,
+    S::Error: std::fmt::Display,
+{
+    verify_proof_hashed(src, state, verifier, proof, None)
+}
+
+/// As `verify_proof`, given the leaf hash of the proof's block when it is already known
+/// (hashed with others of its run by `leaf_hashes`). `leaf` must be the hash of that block's
+/// value: it stands in for hashing the value again.
+pub(crate) fn verify_proof_hashed<S>(
+    src: &S,
+    state: &TreeState,
+    verifier: &Verifier,
+    proof: &Proof,
+    leaf: Option<Hash>,
 ) -> Result<VerifiedProof, ProofError>
 where
     S: NodeSource,
@@ -74,7 +94,7 @@ where
         .as_ref()
         .map_or(0, |u| u.nodes.len() + u.additional_nodes.len());
     let mut nodes = Vec::with_capacity(2 * given + 2 + upgrade_nodes);
-    let mut unverified = verify_paths(proof, &mut nodes)?;
+    let mut unverified = verify_paths(proof, leaf, &mut nodes)?;
     let mut upgrade = None;
     if let Some(u) = &proof.upgrade {
         let mut batch = if reorg {
@@ -224,7 +244,11 @@ impl<'a> NodeQueue<'a> {
 }
 
 /// Hashes the seek, block and hash paths up to their top node, which still needs verifying.
-fn verify_paths(proof: &Proof, out: &mut Vec<Node>) -> Result<Option<Node>, ProofError> {
+fn verify_paths(
+    proof: &Proof,
+    leaf: Option<Hash>,
+    out: &mut Vec<Node>,
+) -> Result<Option<Node>, ProofError> {
     let mut root = None;
     if let Some(seek) = &proof.seek
         && let Some(first) = seek.nodes.first()
@@ -244,10 +268,16 @@ fn verify_paths(proof: &Proof, out: &mut Vec<Node>) -> Result<Option<Node>, Proo
         root = Some(top);
     }
     let (start, mut q) = match (&proof.block, &proof.hash) {
-        (Some(b), _) => (
-            Node::leaf(b.index, &b.value),
-            NodeQueue::new(&b.nodes, root),
-        ),
+        (Some(b), _) => {
+            let leaf = match leaf {
+                Some(hash) => {
+                    debug_assert_eq!(hash, leaf_hash(&b.value), "a leaf hash of another value");
+                    Node::hashed_leaf(b.index, b.value.len(), hash)
+                }
+                None => Node::leaf(b.index, &b.value),
+            };
+            (leaf, NodeQueue::new(&b.nodes, root))
+        }
         (None, Some(h)) => {
             let mut q = NodeQueue::new(&h.nodes, root);
             (q.shift(h.index)?, q)

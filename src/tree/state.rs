@@ -5,7 +5,7 @@ use super::{
     node::Node,
     proof::ProofError,
 };
-use crate::crypto::hash::{Hash, tree_hash};
+use crate::crypto::hash::{Hash, leaf_hash, tree_hash};
 
 /// A tree at one signed (or about to be signed) length.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,7 +31,17 @@ impl TreeState {
     /// Appends one block, pushing the new leaf and every new parent to `new_nodes`. Fails,
     /// leaving the state partly grown, only if the byte length would pass `u64::MAX`.
     pub fn append(&mut self, data: &[u8], new_nodes: &mut Vec<Node>) -> Result<(), ProofError> {
-        let leaf = Node::leaf(self.length, data);
+        self.append_hashed(data.len(), leaf_hash(data), new_nodes)
+    }
+
+    /// As `append`, for a block of `size` bytes whose leaf hash is already known.
+    pub fn append_hashed(
+        &mut self,
+        size: usize,
+        hash: Hash,
+        new_nodes: &mut Vec<Node>,
+    ) -> Result<(), ProofError> {
+        let leaf = Node::hashed_leaf(self.length, size, hash);
         let mut cursor = Cursor::new(leaf.index);
         self.append_root(leaf, &mut cursor, new_nodes)
     }

@@ -7,12 +7,18 @@
 //!
 //! Every figure is the median of `runs` runs (default 3); commits and fsyncs (durable commits)
 //! are counted by the storage actor. The floor rows time the hashing and signing of the same
-//! appends with no store at all: what no append path can go below.
+//! appends with no store at all, and the disk's own write and fsync of a batch's bytes: what no
+//! append path can go below. With Node.js installed, JS Hypercore 11 appends the same blocks in
+//! the same run (`interop/js/peer.js append`, a Corestore on disk: RocksDB, no fsync; its
+//! pinned packages installed on the first run), and the run ends with our appends against it.
 
 use std::time::{Duration, Instant};
 
 use iroh_hypercore::{Corestore, Durability, Hypercore, StoreOptions};
 use redb::{ReadableDatabase, TableDefinition};
+
+#[path = "common/js.rs"]
+mod js;
 
 const BLOCK: usize = 1024;
 
@@ -23,12 +29,14 @@ type Scenario = (
     fn(Hypercore) -> n0_future::boxed::BoxFuture<u64>,
 );
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Backend {
     File,
     Memory,
     /// No store: the hashing and signing alone (the floor rows).
     None,
+    /// JS Hypercore 11 with its own store on disk.
+    Js,
 }
 
 struct Sample {
@@ -51,7 +59,9 @@ async fn store(
     };
     match backend {
         Backend::File => Corestore::persistent_with(dir, opts).await.unwrap(),
-        Backend::Memory | Backend::None => Corestore::memory_with(opts).await.unwrap(),
+        Backend::Memory | Backend::None | Backend::Js => {
+            Corestore::memory_with(opts).await.unwrap()
+        }
     }
 }
 
@@ -126,7 +136,8 @@ fn selected(name: &str) -> bool {
     std::env::args().nth(2).is_none_or(|f| name.contains(&f))
 }
 
-fn row(name: &str, backend: Backend, s: &Sample) {
+/// Prints a row; returns its blocks per second.
+fn row(name: &str, backend: Backend, s: &Sample) -> f64 {
     let rate = s.blocks as f64 / s.elapsed.as_secs_f64();
     println!(
         "| {name:<34} | {:<6} | {:>8} | {:>8.3} | {:>12.0} | {:>8} | {:>8} |",
@@ -137,6 +148,50 @@ fn row(name: &str, backend: Backend, s: &Sample) {
         s.commits,
         s.fsyncs
     );
+    rate
+}
+
+/// The disk alone: `batches` writes of `bytes` each, appended to a file, each followed by an
+/// fsync (what a durable commit of a batch must at least do).
+fn disk_floor(batches: u64, bytes: usize) -> Sample {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = std::fs::File::create(dir.path().join("floor")).unwrap();
+    let chunk = vec![7u8; bytes];
+    let start = Instant::now();
+    for _ in 0..batches {
+        file.write_all(&chunk).unwrap();
+        file.sync_data().unwrap();
+    }
+    Sample {
+        blocks: batches * (bytes / BLOCK) as u64,
+        elapsed: start.elapsed(),
+        commits: batches,
+        fsyncs: batches,
+    }
+}
+
+/// JS Hypercore 11 appending `count` blocks of 1 KiB, `batch` at a time, into a fresh
+/// Corestore on disk; `None` when Node.js is not installed.
+fn js_appends(count: u64, batch: u64) -> Option<Sample> {
+    if !js::js_ready().unwrap() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_js, line) = js::Js::start(
+        "append",
+        dir.path(),
+        serde_json::json!({"count": count, "batch": batch, "size": BLOCK}),
+    )
+    .unwrap();
+    assert_eq!(line["length"].as_u64(), Some(count), "JS appended {line}");
+    let ms = line["ms"].as_f64().unwrap();
+    Some(Sample {
+        blocks: count,
+        elapsed: Duration::from_secs_f64(ms / 1000.0),
+        commits: 0,
+        fsyncs: 0,
+    })
 }
 
 /// The floor of appending, with no store and no task: what every append computes, for
@@ -146,6 +201,7 @@ fn row(name: &str, backend: Backend, s: &Sample) {
 fn crypto_floor(appends: u64, per_append: u64) -> Sample {
     use iroh_hypercore::{
         CoreKind, KeyPair,
+        crypto::hash::leaf_hashes,
         tree::{Node, TreeState},
     };
     let kp = KeyPair::generate();
@@ -156,8 +212,9 @@ fn crypto_floor(appends: u64, per_append: u64) -> Sample {
     let start = Instant::now();
     for _ in 0..appends {
         nodes.clear();
-        for _ in 0..per_append {
-            tree.append(&block, &mut nodes).unwrap();
+        let leaves = leaf_hashes((0..per_append).map(|_| block.as_slice()));
+        for leaf in leaves {
+            tree.append_hashed(block.len(), leaf, &mut nodes).unwrap();
         }
         let signature = kp.sign_tree(
             CoreKind::Default,
@@ -235,6 +292,12 @@ async fn main() {
         );
     }
 
+    let name = "floor: disk, 1 MiB written + fsync";
+    if selected(name) {
+        let samples = (0..runs).map(|_| disk_floor(200, 1000 * BLOCK)).collect();
+        row(name, Backend::File, &median(samples));
+    }
+
     for (name, appends, per_append) in [
         ("floor: hash + sign, 1 block/append", 30_000, 1),
         ("floor: hash + sign, 1000/append", 200, 1000),
@@ -244,6 +307,33 @@ async fn main() {
                 .map(|_| crypto_floor(appends, per_append))
                 .collect();
             row(name, Backend::None, &median(samples));
+        }
+    }
+
+    // Our appends against JS Hypercore's: (ours, JS's), each as (row, store, blocks/s).
+    let mut ours = std::collections::HashMap::new();
+    let mut js_rates = Vec::new();
+    for (name, mine, count, batch) in [
+        (
+            "JS Hypercore: append one at a time",
+            "append one at a time, relaxed",
+            3000,
+            1,
+        ),
+        (
+            "JS Hypercore: batches of 1000",
+            "batches of 1000, durable",
+            50_000,
+            1000,
+        ),
+    ] {
+        if !selected(name) {
+            continue;
+        }
+        let samples: Option<Vec<Sample>> = (0..runs).map(|_| js_appends(count, batch)).collect();
+        match samples {
+            Some(samples) => js_rates.push((mine, row(name, Backend::Js, &median(samples)))),
+            None => println!("| {name:<34} | node is not installed: not measured |"),
         }
     }
 
@@ -270,7 +360,7 @@ async fn main() {
             for _ in 0..runs {
                 s.push(measure(backend, durability, run).await);
             }
-            row(name, backend, &median(s));
+            ours.insert((name, backend), row(name, backend, &median(s)));
         }
         let name = "random get, one at a time";
         if selected(name) {
@@ -289,6 +379,18 @@ async fn main() {
             s.push(random_gets(Backend::File, Some(64 << 20)).await);
         }
         row(name, Backend::File, &median(s));
+    }
+
+    for (mine, js) in js_rates {
+        for backend in [Backend::File, Backend::Memory] {
+            if let Some(rate) = ours.get(&(mine, backend)) {
+                println!(
+                    "  -> {mine} ({}): {:.1}x JS Hypercore",
+                    format!("{backend:?}").to_lowercase(),
+                    rate / js
+                );
+            }
+        }
     }
 
     if selected("open store") {

@@ -18,9 +18,7 @@
 //!   bridge's own.
 
 use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -32,55 +30,11 @@ use iroh_hypercore::{
 #[path = "common/baseline.rs"]
 mod baseline;
 use baseline::{median, row};
+#[path = "common/js.rs"]
+mod js;
+use js::{Js, js_ready};
 
 const SIZE: usize = 1024;
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/js")
-}
-
-/// A JS peer (`peer.js`), killed when dropped.
-struct Js {
-    child: Child,
-    /// Its stdout, kept open (a peer whose stdout closes may fail writing to it).
-    _lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl Js {
-    fn start(
-        mode: &str,
-        dir: &Path,
-        opts: serde_json::Value,
-    ) -> anyhow::Result<(Self, serde_json::Value)> {
-        let mut child = Command::new("node")
-            .arg(js_dir().join("peer.js"))
-            .arg(mode)
-            .arg(dir)
-            .arg(opts.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("the JS peer printed nothing"))??;
-        Ok((
-            Self {
-                child,
-                _lines: lines,
-            },
-            serde_json::from_str(&first)?,
-        ))
-    }
-}
-
-impl Drop for Js {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs a JS reader of `key` from `port` to its end, off the runtime's threads: its download
 /// time.
@@ -209,16 +163,9 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let count: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    if Command::new("node").arg("--version").output().is_err() {
+    if !js_ready()? {
         println!("node is not installed: nothing to measure");
         return Ok(());
-    }
-    if !js_dir().join("node_modules").exists() {
-        let npm = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(js_dir())
-            .status()?;
-        anyhow::ensure!(npm.success(), "npm ci failed");
     }
     let net = TestNet::new().await?;
     let total = count * SIZE as u64;

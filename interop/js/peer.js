@@ -25,6 +25,10 @@
 //       first core's length and fork, bytes over every core, the time from the connection to
 //       the end of the checks and to the end of the download), then waits for stdin to close if it is
 //       "follow": true, printing {"length"} for each new length of the first core.
+//   node peer.js append DIR '{"count":N,"batch":B,"size":S}'
+//       Appends N blocks of S bytes (default 1024) to a new core of a Corestore in DIR, B at a
+//       time (default 1: each append awaited before the next). Prints {"length","ms"}: the
+//       time of the appends alone.
 'use strict'
 
 const net = require('net')
@@ -173,13 +177,30 @@ async function read (dir, opts) {
   process.exit(0)
 }
 
+async function append (dir, opts) {
+  const store = new Corestore(dir)
+  const core = store.get({ name: 'bench' })
+  await core.ready()
+  const size = opts.size || 1024
+  const batch = opts.batch || 1
+  const blocks = []
+  for (let i = 0; i < opts.count; i++) blocks.push(block(i, size))
+  const start = process.hrtime.bigint()
+  for (let i = 0; i < opts.count; i += batch) {
+    await core.append(batch === 1 ? blocks[i] : blocks.slice(i, i + batch))
+  }
+  const ms = Number(process.hrtime.bigint() - start) / 1e6
+  say({ length: core.length, ms })
+  await store.close()
+  process.exit(0)
+}
+
 const [mode, dir, json] = process.argv.slice(2)
 const opts = JSON.parse(json || '{}')
-const run = mode === 'write'
-  ? write(dir, opts)
-  : mode === 'read'
-    ? read(dir, opts)
-    : Promise.reject(new Error(`unknown mode ${mode}: write or read`))
+const modes = { write, read, append }
+const run = modes[mode]
+  ? modes[mode](dir, opts)
+  : Promise.reject(new Error(`unknown mode ${mode}: write, read or append`))
 run.catch((err) => {
   console.error(err && err.stack ? err.stack : String(err))
   process.exit(1)

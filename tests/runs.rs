@@ -86,6 +86,55 @@ async fn a_forged_proof_stores_only_the_verified_prefix() {
     assert_eq!(r.info().contiguous_length, 5);
 }
 
+/// Each proof of a run is checked against its own block's leaf (the run's leaves are hashed
+/// together): a block swapped with its neighbour, a proof without a block or one past the
+/// signed length stops the run there, and nothing after it is stored, valid or not.
+#[tokio::test]
+async fn a_run_checks_each_proof_against_its_own_leaf() {
+    let w = writer(64).await;
+    let fresh = || async { common::verified_reader(&w).await };
+    let run = || async { proofs(w.create_run_proofs(0, 0, 16, 64).await.unwrap()) };
+
+    // Blocks 3 and 4 swapped: each value is some block's, neither is its proof's.
+    let r = fresh().await;
+    let mut ps = run().await;
+    let (a, b) = (ps[3].block.take().unwrap(), ps[4].block.take().unwrap());
+    let (mut a2, mut b2) = (a.clone(), b.clone());
+    std::mem::swap(&mut a2.value, &mut b2.value);
+    ps[3].block = Some(a2);
+    ps[4].block = Some(b2);
+    let applied = r.apply_block_proofs(ps).await.unwrap();
+    assert_eq!(applied.stored.len(), 3);
+    assert_eq!(applied.rejected.unwrap().0, 3);
+    assert!(r.get(3).await.unwrap().is_none());
+    assert!(r.get(4).await.unwrap().is_none());
+
+    // A proof without a block: the valid proofs after it are not taken either.
+    let r = fresh().await;
+    let mut ps = run().await;
+    ps[3].block = None;
+    let applied = r.apply_block_proofs(ps).await.unwrap();
+    assert_eq!(applied.stored.len(), 3);
+    assert_eq!(applied.rejected.unwrap().0, u64::MAX);
+    assert!(r.get(4).await.unwrap().is_none());
+
+    // A block past the signed length carrying block 4's true value, then block 4's proof with
+    // a forged value: the forgery is never checked against the true value's leaf.
+    let r = fresh().await;
+    let mut ps = run().await;
+    let true_value = ps[4].block.as_ref().unwrap().value.clone();
+    let first = ps[3].block.as_mut().unwrap();
+    first.index = 64;
+    first.value = true_value;
+    ps[4].block.as_mut().unwrap().value[0] ^= 1;
+    let applied = r.apply_block_proofs(ps).await.unwrap();
+    assert_eq!(applied.stored.len(), 3);
+    assert_eq!(applied.rejected.unwrap().0, 64);
+    assert!(r.get(3).await.unwrap().is_none());
+    assert!(r.get(4).await.unwrap().is_none());
+    assert_eq!(r.info().contiguous_length, 3);
+}
+
 #[tokio::test]
 async fn a_reader_serves_runs_and_reports_gaps() {
     let w = writer(40).await;

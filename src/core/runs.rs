@@ -187,22 +187,26 @@ async fn apply_run(inner: Arc<CoreInner>, proofs: Arc<Vec<Proof>>) -> Result<Run
                     nodes: BTreeMap::new(),
                     rejected: None,
                 };
-                // The run's leaves hashed together, several at a time; a proof without a
-                // block is rejected before its leaf is looked for.
-                let mut leaves = leaf_hashes(
-                    p.iter()
-                        .filter_map(|proof| proof.block.as_ref())
-                        .map(|b| b.value.as_slice()),
-                )
-                .into_iter();
-                for proof in p.iter() {
+                // The leaves of the proofs that may be verified at all (the run stops at the
+                // first that may not), hashed together, several at a time: leaf `i` is the
+                // hash of proof `i`'s block.
+                let checkable = p
+                    .iter()
+                    .take_while(|proof| check_block_proof(proof, t.length).is_ok())
+                    .count();
+                let leaves = leaf_hashes(
+                    p[..checkable]
+                        .iter()
+                        .map(|proof| proof.block.as_ref().map_or(&[][..], |b| b.value.as_slice())),
+                );
+                for (i, proof) in p.iter().enumerate() {
                     let index = proof.block.as_ref().map_or(u64::MAX, |b| b.index);
                     let checked = check_block_proof(proof, t.length).and_then(|()| {
                         let src = Overlay {
                             added: &run.nodes,
                             stored: &stored,
                         };
-                        let leaf = leaves.next();
+                        let leaf = leaves.get(i).copied();
                         Ok(tree::verify_proof_hashed(&src, &t, &verifier, proof, leaf)?)
                     });
                     match checked {

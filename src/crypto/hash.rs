@@ -158,6 +158,40 @@ mod tests {
 
     use super::*;
 
+    /// Lengths where the 9-byte prefix and the value fill BLAKE2b blocks of 128 bytes exactly
+    /// (119, 247), one either side, and both sides of the size copied behind the prefix.
+    const EDGES: [usize; 16] = [
+        0, 1, 118, 119, 120, 127, 128, 247, 248, 16_383, 16_384, 16_385, 16_503, 16_504, 16_505,
+        20_000,
+    ];
+
+    fn value(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + seed) as u8).collect()
+    }
+
+    fn check(values: &[Vec<u8>]) {
+        let many = leaf_hashes(values.iter().map(|v| v.as_slice()));
+        let one: Vec<Hash> = values.iter().map(|v| leaf_hash(v)).collect();
+        assert_eq!(many, one);
+    }
+
+    #[test]
+    fn leaf_hashes_at_block_edges() {
+        check(&[]);
+        for len in EDGES {
+            // Alone, and in groups that fill the leaves hashed at once, pass it by one, and
+            // span three of them.
+            for n in [1, 31, 32, 33, 65] {
+                check(&(0..n).map(|i| value(len, i)).collect::<Vec<_>>());
+            }
+        }
+        // Small and large leaves of every edge interleaved in one group and across groups.
+        let mixed: Vec<Vec<u8>> = (0..70)
+            .map(|i| value(EDGES[(i * 7) % EDGES.len()], i))
+            .collect();
+        check(&mixed);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Hashing many leaves at once gives each leaf's own hash, in order, whatever the mix

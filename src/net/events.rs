@@ -117,10 +117,37 @@ pub enum ReplicaEvent {
     Lagged(u64),
 }
 
+/// Endpoint ids of the peers an event stream told of last, decoded once: decoding an id's
+/// bytes checks that they are a point of the curve, a square root that costs more than the
+/// rest of a block's event (about 12 µs here, once per block and stream before).
+#[derive(Debug, Default)]
+struct PeerIds {
+    /// Most recent first, at most [`PeerIds::MAX`].
+    recent: Vec<([u8; 32], EndpointId)>,
+}
+
+impl PeerIds {
+    /// Ids kept: a core's blocks come from a few peers at a time.
+    const MAX: usize = 8;
+
+    /// The id of `peer`, `None` if its bytes are no id.
+    fn get(&mut self, peer: [u8; 32]) -> Option<EndpointId> {
+        if let Some(i) = self.recent.iter().position(|(bytes, _)| *bytes == peer) {
+            let found = self.recent.remove(i);
+            self.recent.insert(0, found);
+            return Some(found.1);
+        }
+        let id = EndpointId::from_bytes(&peer).ok()?;
+        self.recent.truncate(Self::MAX - 1);
+        self.recent.insert(0, (peer, id));
+        Some(id)
+    }
+}
+
 impl ReplicaEvent {
-    /// The event of `core` that `ev` is, if it is one.
-    fn of(core: &CoreKey, ev: Event) -> Option<Self> {
-        let id = |peer: [u8; 32]| EndpointId::from_bytes(&peer).ok();
+    /// The event of `core` that `ev` is, if it is one; peers' ids come through `ids`.
+    fn of(core: &CoreKey, ev: Event, ids: &mut PeerIds) -> Option<Self> {
+        let mut id = |peer: [u8; 32]| ids.get(peer);
         Some(match ev {
             Event::ChannelOpen { core: c, peer } if c == *core => Self::PeerAdd(id(peer)?),
             Event::ChannelClosed { core: c, peer } if c == *core => Self::PeerRemove(id(peer)?),
@@ -199,6 +226,8 @@ pub struct ReplicaEvents {
     seen: (u64, u64),
     /// An event to tell right after the `Lagged` that came in its place.
     pending: Option<ReplicaEvent>,
+    /// The ids of the peers told of last.
+    ids: PeerIds,
 }
 
 impl ReplicaEvents {
@@ -213,6 +242,7 @@ impl ReplicaEvents {
             fresh: Default::default(),
             seen: (info.fork, info.length),
             pending: None,
+            ids: PeerIds::default(),
         }
     }
 
@@ -287,7 +317,8 @@ impl Stream for ReplicaEvents {
                 Poll::Pending => return Poll::Pending,
             };
             let core = self.core;
-            if let Some(ev) = ReplicaEvent::of(&core, ev).and_then(|ev| self.admit(ev)) {
+            let of = ReplicaEvent::of(&core, ev, &mut self.ids);
+            if let Some(ev) = of.and_then(|ev| self.admit(ev)) {
                 return Poll::Ready(Some(ev));
             }
         }
@@ -300,6 +331,37 @@ mod tests {
 
     use super::*;
     use crate::store::Corestore;
+
+    /// Peers' ids come out right whatever the order, for more peers than are kept decoded,
+    /// and bytes that are no id give none (nor are kept as one).
+    #[test]
+    fn peer_ids_are_decoded_once_and_right() {
+        let peers: Vec<[u8; 32]> = (0..PeerIds::MAX as u8 + 3)
+            .map(|i| {
+                *iroh::SecretKey::from_bytes(&[i + 1; 32])
+                    .public()
+                    .as_bytes()
+            })
+            .collect();
+        let mut ids = PeerIds::default();
+        // Round and round, then back and forth: every lookup, cached or not, is the peer's id.
+        let order = (0..3)
+            .flat_map(|_| 0..peers.len())
+            .chain((0..peers.len()).rev())
+            .chain([0, 0, 1, 0]);
+        for i in order {
+            let id = ids.get(peers[i]).unwrap();
+            assert_eq!(*id.as_bytes(), peers[i]);
+            assert!(ids.recent.len() <= PeerIds::MAX);
+            assert_eq!(ids.recent[0].0, peers[i]);
+        }
+        // A y-coordinate with no point on the curve (2 is not a valid compressed point).
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        assert!(EndpointId::from_bytes(&not_a_point).is_err());
+        assert!(ids.get(not_a_point).is_none());
+        assert!(ids.recent.iter().all(|(bytes, _)| *bytes != not_a_point));
+    }
 
     /// When the core's own news lagged, the event that found it out still comes, after the
     /// `Lagged`: only a block's `Download` (whose news may be what was missed) is dropped.

@@ -37,6 +37,17 @@ pub fn json(index: u64, block: &[u8]) -> serde_json::Value {
 /// cannot drive the reader's terminal with escape sequences. `--raw` writes the bytes as
 /// they are.
 pub fn line(block: &[u8]) -> Cow<'_, str> {
+    // Printable ASCII and tabs, the common case, are shown as they are: one pass over the
+    // bytes instead of decoding each character twice.
+    if block
+        .iter()
+        .all(|&b| (b' '..=b'~').contains(&b) || b == b'\t')
+    {
+        // All ASCII: valid UTF-8.
+        if let Ok(text) = std::str::from_utf8(block) {
+            return Cow::Borrowed(text);
+        }
+    }
     let text = String::from_utf8_lossy(block);
     if !text.chars().any(is_escaped) {
         return text;
@@ -54,4 +65,41 @@ pub fn line(block: &[u8]) -> Cow<'_, str> {
 
 fn is_escaped(c: char) -> bool {
     c.is_control() && c != '\t'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte alone and in a line of text: shown as the character-by-character rule
+    /// shows it (invalid UTF-8 replaced, control characters but the tab escaped), whether
+    /// the line takes the ASCII fast path or not.
+    #[test]
+    fn lines_show_every_byte_as_the_slow_rule_does() {
+        let slow = |block: &[u8]| -> String {
+            String::from_utf8_lossy(block)
+                .chars()
+                .flat_map(|c| {
+                    let escaped: Vec<char> = if is_escaped(c) {
+                        c.escape_default().collect()
+                    } else {
+                        vec![c]
+                    };
+                    escaped
+                })
+                .collect()
+        };
+        for b in 0..=255u8 {
+            for block in [vec![b], [b"line ".as_slice(), &[b], b" end\t~"].concat()] {
+                assert_eq!(line(&block), slow(&block), "byte {b:#04x}");
+            }
+        }
+        for block in [
+            "plain ascii, tab\there ~".as_bytes(),
+            "é ü \u{85} \u{1b}[2J".as_bytes(),
+        ] {
+            assert_eq!(line(block), slow(block));
+        }
+        assert!(matches!(line(b"plain\ttext"), Cow::Borrowed("plain\ttext")));
+    }
 }

@@ -354,7 +354,19 @@ mod tests {
             assert_eq!(*id.as_bytes(), peers[i]);
             assert!(ids.recent.len() <= PeerIds::MAX);
             assert_eq!(ids.recent[0].0, peers[i]);
+            // Every kept id is its bytes', each bytes kept once.
+            assert!(ids.recent.iter().all(|(bytes, id)| id.as_bytes() == bytes));
+            let mut kept: Vec<[u8; 32]> = ids.recent.iter().map(|(bytes, _)| *bytes).collect();
+            kept.sort();
+            kept.dedup();
+            assert_eq!(kept.len(), ids.recent.len());
         }
+        assert_eq!(ids.recent.len(), PeerIds::MAX);
+        // A peer kept is found, not decoded and added again.
+        let before = ids.recent.clone();
+        assert!(ids.get(peers[1]).is_some());
+        assert_eq!(ids.recent.len(), PeerIds::MAX);
+        assert!(before.iter().any(|(bytes, _)| *bytes == peers[1]));
         // A y-coordinate with no point on the curve (2 is not a valid compressed point).
         let mut not_a_point = [0u8; 32];
         not_a_point[0] = 2;

@@ -102,4 +102,16 @@ mod tests {
         }
         assert!(matches!(line(b"plain\ttext"), Cow::Borrowed("plain\ttext")));
     }
+
+    /// What a reader's terminal gets, written out: escapes, DEL, newlines and the
+    /// one-character CSI are shown as text, a tab stays, invalid UTF-8 is replaced.
+    #[test]
+    fn lines_show_control_characters_as_text() {
+        assert_eq!(line(b"\x1b[2J"), "\\u{1b}[2J");
+        assert_eq!(line(b"\x7f"), "\\u{7f}");
+        assert_eq!(line(b"a\nb\rc"), "a\\nb\\rc");
+        assert_eq!(line(b"a\tb"), "a\tb");
+        assert_eq!(line(&[0xff]), "\u{fffd}");
+        assert_eq!(line("\u{9b}31m".as_bytes()), "\\u{9b}31m");
+    }
 }

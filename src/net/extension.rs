@@ -15,7 +15,7 @@ use iroh::EndpointId;
 use n0_future::{Stream, boxed::BoxStream};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::HypercoreProtocol;
+use super::{HypercoreProtocol, peer_ids::PeerIds};
 use crate::{
     core::Hypercore,
     crypto::CoreKey,
@@ -120,36 +120,37 @@ impl Extension {
         let missed = Arc::new(AtomicU64::new(0));
         let counter = missed.clone();
         let rx = self.proto.subscribe_extensions();
-        let stream = n0_future::stream::unfold(rx, move |mut rx| {
-            let (name, counter) = (name.clone(), counter.clone());
-            async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(Event::Extension {
-                            core,
-                            peer,
-                            name: n,
-                            payload,
-                        }) if n == name => {
-                            let Ok(peer) = EndpointId::from_bytes(&peer) else {
-                                continue;
-                            };
-                            let msg = ExtensionMessage {
+        let stream =
+            n0_future::stream::unfold((rx, PeerIds::default()), move |(mut rx, mut ids)| {
+                let (name, counter) = (name.clone(), counter.clone());
+                async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(Event::Extension {
                                 core,
                                 peer,
-                                bytes: payload,
-                            };
-                            return Some((msg, rx));
+                                name: n,
+                                payload,
+                            }) if n == name => {
+                                let Some(peer) = ids.get(peer) else {
+                                    continue;
+                                };
+                                let msg = ExtensionMessage {
+                                    core,
+                                    peer,
+                                    bytes: payload,
+                                };
+                                return Some((msg, (rx, ids)));
+                            }
+                            Ok(_) => {}
+                            Err(RecvError::Lagged(n)) => {
+                                counter.fetch_add(n, Ordering::Relaxed);
+                            }
+                            Err(RecvError::Closed) => return None,
                         }
-                        Ok(_) => {}
-                        Err(RecvError::Lagged(n)) => {
-                            counter.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(RecvError::Closed) => return None,
                     }
                 }
-            }
-        });
+            });
         ExtensionMessages {
             stream: Box::pin(stream),
             missed,

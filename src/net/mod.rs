@@ -7,6 +7,7 @@ mod events;
 mod extension;
 mod frames;
 pub mod metrics;
+mod peer_ids;
 mod protocol;
 
 pub use driver::{

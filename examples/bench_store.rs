@@ -31,11 +31,6 @@ use baseline::{Phase, median};
 const BLOCKS: u64 = 10;
 const BLOCK_BYTES: usize = 100;
 const RAW_ALPN: &[u8] = b"/bench-raw-streams/1";
-std::thread_local! {
-    /// How long the reader took to open its cores before joining, in each run.
-    static OPENING: std::cell::RefCell<Vec<Duration>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Longest a run may take before it counts as failed.
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -48,19 +43,25 @@ async fn main() -> anyhow::Result<()> {
     let mut hyper = Vec::new();
     let mut cpu = Vec::new();
     let mut raw = Vec::new();
+    let mut opening = Vec::new();
     let mut late = Vec::new();
     let mut joined = Vec::new();
     for _ in 0..runs {
-        let (wall, busy) = replicate_store(&net, cores, Opening::First).await?;
-        hyper.push(wall);
-        cpu.push(busy);
+        let first = replicate_store(&net, cores, Opening::First).await?;
+        hyper.push(first.wall);
+        cpu.push(first.cpu);
+        opening.push(first.opened);
         raw.push(raw_streams(&net, cores).await?);
         late.push(
             replicate_store(&net, cores, Opening::AfterConnecting)
                 .await?
-                .0,
+                .wall,
         );
-        joined.push(replicate_store(&net, cores, Opening::EachJoined).await?.0);
+        joined.push(
+            replicate_store(&net, cores, Opening::EachJoined)
+                .await?
+                .wall,
+        );
     }
     let samples: Vec<String> = hyper.iter().map(|d| format!("{d:.2?}")).collect();
     let (h, r) = (median(hyper), median(raw));
@@ -69,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     println!("raw iroh, one stream per core, same bytes:                 {r:.2?}");
     println!("ratio: {:.1}x", h.as_secs_f64() / r.as_secs_f64());
     let l = median(late);
-    let o = median(OPENING.with(|o| o.borrow().clone()));
+    let o = median(opening);
     println!(
         "the cores opened after the connection is up:            {l:.2?} ({:.2}x the opening \
          of the cores, {o:.2?}, and their replication)",
@@ -102,14 +103,23 @@ enum Opening {
     EachJoined,
 }
 
-/// Time from the reader's join until it holds every block of every core, and the CPU time
-/// the process spent meanwhile. For cores opened after connecting (see [`Opening`]) the time
-/// counts from their opening.
+/// One replication of the whole store.
+struct Replicated {
+    /// From the reader's join until it holds every block of every core; for cores opened
+    /// after connecting (see [`Opening`]), from their opening.
+    wall: Duration,
+    /// The CPU time the process spent meanwhile.
+    cpu: Duration,
+    /// How long the reader took to open the cores it opened before joining.
+    opened: Duration,
+}
+
+/// Replicates the writer's `cores` cores to a reader that opens them as `opening` says.
 async fn replicate_store(
     net: &TestNet,
     cores: usize,
     opening: Opening,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<Replicated> {
     let late = opening != Opening::First;
     let writer = net.node(Transport::Direct).await?;
     let reader = net.node(Transport::Direct).await?;
@@ -153,14 +163,15 @@ async fn replicate_store(
     for r in done {
         r?;
     }
-    if !late {
-        OPENING.with(|o| o.borrow_mut().push(opened));
-    }
     writer.shutdown().await;
     reader.shutdown().await;
     drop_store(writer.store).await;
     drop_store(reader.store).await;
-    Ok((elapsed, cpu))
+    Ok(Replicated {
+        wall: elapsed,
+        cpu,
+        opened,
+    })
 }
 
 async fn drop_store(store: Corestore) {

@@ -6,13 +6,17 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use iroh::endpoint::RecvStream;
 
 use crate::replication::wire::{HEADER_LEN, MAX_FRAME, Message, WireError};
 
-/// Largest chunk read from a stream at once.
+/// Capacity past which the buffer of a finished large frame is not kept.
 const CHUNK: usize = 256 * 1024;
+
+/// Most chunks (each a received STREAM frame's data, at most a datagram) taken from a stream
+/// in one read.
+const CHUNKS_AT_ONCE: usize = 32;
 
 /// Bytes of unfinished frames that the streams of one connection may hold together.
 pub const MAX_BUFFERED_PER_CONNECTION: u64 = 32 * 1024 * 1024;
@@ -140,6 +144,9 @@ pub struct FrameReader {
     budgets: Budgets,
     /// Bytes of `buf` taken from the budgets.
     held: u64,
+    /// Where a read puts the chunks it takes ([`CHUNKS_AT_ONCE`] slots, on the heap so
+    /// that a reader stays small to move); empty between reads.
+    chunks: Box<[Bytes]>,
 }
 
 impl FrameReader {
@@ -150,6 +157,7 @@ impl FrameReader {
             buf: BytesMut::new(),
             budgets,
             held: 0,
+            chunks: vec![Bytes::new(); CHUNKS_AT_ONCE].into_boxed_slice(),
         }
     }
 
@@ -174,22 +182,63 @@ impl FrameReader {
             if !frames.is_empty() {
                 return Ok(Some(frames));
             }
-            match self
-                .recv
-                .read_chunk(if one { max_frame + HEADER_LEN } else { CHUNK })
-                .await
-                .map_err(|e| ReadError::Stream(e.to_string()))?
-            {
-                // Whole frames are decoded straight from the chunk; only a partial one is kept.
-                Some(chunk) if self.buf.is_empty() => {
-                    let used = decode_frames(&chunk, max_frame, one, &mut frames)?;
-                    self.buf.extend_from_slice(&chunk[used..]);
+            let stream = |e: iroh::endpoint::ReadError| ReadError::Stream(e.to_string());
+            if one {
+                match self
+                    .recv
+                    .read_chunk(max_frame + HEADER_LEN)
+                    .await
+                    .map_err(stream)?
+                {
+                    Some(chunk) => self.take(chunk, max_frame, one, &mut frames)?,
+                    None => return self.ended(),
                 }
-                Some(chunk) => self.buf.extend_from_slice(&chunk),
-                None if self.buf.is_empty() => return Ok(None),
-                None => return Err(ReadError::Truncated),
+            } else {
+                // Every chunk received so far, up to [`CHUNKS_AT_ONCE`], in one read: a batch
+                // carries what arrived since the last one, not one datagram's frames.
+                match self
+                    .recv
+                    .read_many_chunks(&mut self.chunks)
+                    .await
+                    .map_err(stream)?
+                {
+                    Some(n) => {
+                        for i in 0..n.min(self.chunks.len()) {
+                            let chunk = std::mem::take(&mut self.chunks[i]);
+                            self.take(chunk, max_frame, one, &mut frames)?;
+                        }
+                    }
+                    None => return self.ended(),
+                }
             }
         }
+    }
+
+    /// The stream ended: cleanly between frames, or inside one.
+    fn ended(&self) -> Result<Option<Vec<Message>>, ReadError> {
+        if self.buf.is_empty() {
+            Ok(None)
+        } else {
+            Err(ReadError::Truncated)
+        }
+    }
+
+    /// Decodes the whole frames of `chunk` after what the buffer holds; keeps the rest.
+    fn take(
+        &mut self,
+        chunk: Bytes,
+        max_frame: usize,
+        one: bool,
+        frames: &mut Vec<Message>,
+    ) -> Result<(), ReadError> {
+        if self.buf.is_empty() {
+            // Whole frames are decoded straight from the chunk; only a partial one is kept.
+            let used = decode_frames(&chunk, max_frame, one, frames)?;
+            self.buf.extend_from_slice(&chunk[used..]);
+        } else {
+            self.buf.extend_from_slice(&chunk);
+        }
+        Ok(())
     }
 
     /// Brings the bytes taken from the budgets in line with what the buffer holds.
@@ -330,5 +379,107 @@ mod tests {
             matches!(err, ReadError::Wire(WireError::Malformed(_))),
             "{err}"
         );
+    }
+
+    /// Hands the receiving side of the first stream of each connection to the test.
+    #[derive(Debug, Clone)]
+    struct HandOver(tokio::sync::mpsc::UnboundedSender<(iroh::endpoint::Connection, RecvStream)>);
+
+    impl iroh::protocol::ProtocolHandler for HandOver {
+        async fn accept(
+            &self,
+            conn: iroh::endpoint::Connection,
+        ) -> Result<(), iroh::protocol::AcceptError> {
+            let (_send, recv) = conn.accept_bi().await?;
+            let _ = self.0.send((conn.clone(), recv));
+            conn.closed().await;
+            Ok(())
+        }
+    }
+
+    const ALPN: &[u8] = b"/frames-test/1";
+
+    /// `bytes` written in pieces of `piece` bytes on a real iroh stream, then finished: what a
+    /// [`FrameReader`] makes of it, batch by batch, until it ends or fails.
+    async fn read_back(bytes: Vec<u8>, piece: usize) -> (Vec<Vec<Message>>, Option<ReadError>) {
+        use crate::testnet::{TestNet, Transport};
+        let net = TestNet::new().await.expect("test network");
+        let server = net.endpoint(Transport::Direct).await.expect("endpoint");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let router = iroh::protocol::Router::builder(server.clone())
+            .accept(ALPN, HandOver(tx))
+            .spawn();
+        let client = net.endpoint(Transport::Direct).await.expect("endpoint");
+        let conn = client.connect(server.addr(), ALPN).await.expect("connects");
+        let (mut send, _recv) = conn.open_bi().await.expect("stream");
+        for p in bytes.chunks(piece) {
+            send.write_all(p).await.expect("written");
+        }
+        send.finish().expect("finished");
+        let (_conn, recv) = rx.recv().await.expect("stream accepted");
+        let mut reader = FrameReader::new(
+            recv,
+            Budgets {
+                connection: Budget::new(MAX_BUFFERED_PER_CONNECTION),
+                total: Budget::new(MAX_BUFFERED_TOTAL),
+            },
+        );
+        let mut batches = Vec::new();
+        let failed = loop {
+            let (r, batch) = reader.next_batch(MAX_FRAME).await;
+            reader = r;
+            match batch {
+                Ok(Some(b)) => batches.push(b),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        drop(reader);
+        conn.close(0u32.into(), b"done");
+        client.close().await;
+        router.shutdown().await.expect("router stops");
+        (batches, failed)
+    }
+
+    /// Frames of many sizes, cut into datagrams anywhere (some frames span several), come out
+    /// whole, in order, once each, and the finished stream ends cleanly: every chunk a read
+    /// takes at once is decoded, the ones after the first included.
+    #[tokio::test]
+    async fn frames_spread_over_many_chunks_arrive_whole_and_in_order() {
+        let msgs: Vec<Message> = (0..400u32)
+            .map(|i| Message::Extension {
+                name: "x".into(),
+                payload: vec![i as u8; (i as usize * 997) % 6000],
+            })
+            .collect();
+        let bytes: Vec<u8> = msgs
+            .iter()
+            .flat_map(|m| encode_frame(m).expect("encodes").to_vec())
+            .collect();
+        let (batches, failed) =
+            tokio::time::timeout(std::time::Duration::from_secs(60), read_back(bytes, 777))
+                .await
+                .expect("in time");
+        assert!(failed.is_none(), "{failed:?}");
+        assert!(batches.iter().all(|b| !b.is_empty()));
+        assert_eq!(batches.concat(), msgs);
+    }
+
+    /// A stream that ends inside a frame is an error, after the whole frames before it.
+    #[tokio::test]
+    async fn a_stream_that_ends_inside_a_frame_is_truncated() {
+        let (msgs, mut bytes) = frames(50);
+        let last = encode_frame(&Message::Extension {
+            name: "x".into(),
+            payload: vec![1; 3000],
+        })
+        .expect("encodes");
+        bytes.extend_from_slice(&last[..last.len() - 1]);
+        let (batches, failed) =
+            tokio::time::timeout(std::time::Duration::from_secs(60), read_back(bytes, 500))
+                .await
+                .expect("in time");
+        assert!(matches!(failed, Some(ReadError::Truncated)), "{failed:?}");
+        assert_eq!(batches.concat(), msgs);
     }
 }

@@ -635,6 +635,23 @@ impl Engine {
         self.schedule(now);
     }
 
+    /// Messages that arrived together on `channel`, in order: each handled as
+    /// [`Input::Message`] is, with one scheduling pass after the last instead of one after
+    /// each (a read of a stream yields every frame received since the last).
+    pub fn handle_messages(
+        &mut self,
+        peer: PeerId,
+        channel: ChannelId,
+        msgs: impl IntoIterator<Item = Message>,
+        now: Instant,
+    ) {
+        for msg in msgs {
+            self.on_message(peer, channel, msg, now);
+            self.route_notes(now);
+        }
+        self.schedule(now);
+    }
+
     /// Calls `f` on the sync part of `core`, if it is replicated.
     fn with_core(&mut self, core: CoreKey, now: Instant, f: impl FnOnce(&mut CoreSync, &mut Cx)) {
         if let Some(c) = self.cores.get_mut(&core) {

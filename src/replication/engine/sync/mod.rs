@@ -800,12 +800,17 @@ impl CoreSync {
     // Pushes.
 
     /// After a writable core grew from `old` to `new` on the same fork: starts a push to every
-    /// channel whose remote downloads everything and held the whole log at `old`. Their `Sync`
-    /// is held back until the push is sent (see [`pushed`](Self::pushed)).
+    /// channel whose remote downloads everything and held the whole log at `old`, as its last
+    /// `Sync` said, or one block short of it when our last push was that block (its `Sync`
+    /// saying so may still be on its way: appends one at a time outrun it). Their `Sync` is
+    /// held back until the push is sent (see [`pushed`](Self::pushed)).
     ///
     /// Without it, a new block reaches a caught-up reader in two round trips: our `Sync`, its
     /// `Request`, our `Data`. Only the writer pushes: readers that pushed what they just
-    /// received would send each block back to where it came from.
+    /// received would send each block back to where it came from. A push the remote cannot
+    /// take (it had not applied the one before) is dropped there and the `Sync` after it
+    /// starts the usual request; pushing on a promise stops until its `Sync` catches up, so
+    /// at most one such push is sent in vain.
     fn push_new_blocks(&mut self, old: LocalInfo, new: LocalInfo, cx: &mut Cx) {
         let grew =
             new.writable && new.fork == old.fork && new.length > old.length && old.length > 0;
@@ -819,9 +824,11 @@ impl CoreSync {
             .filter(|(_, r)| !r.pushing && cx.has_room(&r.peer))
             .filter(|(_, r)| {
                 r.sync.is_some_and(|s| {
+                    let promised = r.pushed_to == Some((old.fork, old.length))
+                        && s.length.checked_add(1) == Some(old.length);
                     s.downloading
                         && s.fork == old.fork
-                        && s.length == old.length
+                        && (s.length == old.length || promised)
                         && s.contiguous == s.length
                 })
             })
@@ -859,9 +866,16 @@ impl CoreSync {
             return;
         };
         r.pushing = false;
+        r.pushed_to = None;
         let peer = r.peer;
         match result {
             Ok(proof) => {
+                r.pushed_to = match (&proof.block, &proof.upgrade) {
+                    (Some(b), Some(u)) if u.length == 1 && b.index == u.start => {
+                        u.start.checked_add(1).map(|to| (proof.fork, to))
+                    }
+                    _ => None,
+                };
                 if let Some(b) = &proof.block {
                     cx.uploaded(self.key, peer, b.index, b.value.len() as u64);
                 }

@@ -36,6 +36,10 @@ pub(super) struct Remote {
     pub(super) requests: BTreeMap<u64, Sent>,
     /// A push to it is being read; our `Sync` waits for it.
     pub(super) pushing: bool,
+    /// The (fork, length) our last push brings it to if it takes it, when that push carried
+    /// the whole growth (one block): until its `Sync` says so, the next block may be pushed
+    /// on that promise, one push ahead of what it confirmed.
+    pub(super) pushed_to: Option<(u64, u64)>,
 }
 
 impl Remote {
@@ -48,6 +52,7 @@ impl Remote {
             sourced: 0,
             requests: BTreeMap::new(),
             pushing: false,
+            pushed_to: None,
         }
     }
 }

@@ -131,3 +131,74 @@ fn a_push_that_does_not_fit_is_dropped_and_the_sync_path_remains() {
         );
     }
 }
+
+/// The index of the block a push task proves, if `out` holds one.
+fn push_task(out: &mut Vec<Output>) -> Option<(Task, u64)> {
+    let task = take_task(out, |t| matches!(t, Task::CreateProof { .. }))?;
+    let Task::CreateProof { request, .. } = &task else {
+        unreachable!()
+    };
+    let index = request.block?.index;
+    Some((task, index))
+}
+
+/// Appends one at a time outrun the reader's `Sync`: the next block is pushed on the promise
+/// of the last push (one block, the whole growth), but only one push ahead of what the reader
+/// confirmed, and not after a push of several blocks.
+#[test]
+fn appends_one_at_a_time_are_pushed_one_ahead_of_the_readers_sync() {
+    let now = Instant::now();
+    let (mut engine, channel) = engine_with_peer(local(5, true), Mode::Full, sync(5, true), now);
+    let pushes = |engine: &mut super::super::Engine| -> Vec<u64> {
+        outputs(engine)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send(_, ch, Message::Push { proof }) if ch == channel => {
+                    proof.block.map(|b| b.index)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    engine.handle(Input::LocalChanged(CORE, local(6, true)), now);
+    let (task, index) = push_task(&mut outputs(&mut engine)).expect("confirmed: pushed");
+    assert_eq!(index, 5);
+    engine.handle(proof_read(task, Ok(pushed_proof(5))), now);
+    assert_eq!(pushes(&mut engine), [5]);
+
+    // The reader's Sync still says 5: block 6 goes on the promise of the push of 5.
+    engine.handle(Input::LocalChanged(CORE, local(7, true)), now);
+    let (task, index) = push_task(&mut outputs(&mut engine)).expect("pushed on the promise");
+    assert_eq!(index, 6);
+    engine.handle(proof_read(task, Ok(pushed_proof(6))), now);
+    assert_eq!(pushes(&mut engine), [6]);
+
+    // Two ahead of what the reader confirmed: our Sync, no push.
+    engine.handle(Input::LocalChanged(CORE, local(8, true)), now);
+    let out = outputs(&mut engine);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Task(..))),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Send(_, _, Message::Sync(s)) if s.length == 8))
+    );
+
+    // The reader caught up with everything: pushes resume from what it confirmed.
+    engine.handle(Input::Message(PEER, channel, sync(8, true)), now);
+    outputs(&mut engine);
+    engine.handle(Input::LocalChanged(CORE, local(10, true)), now);
+    let (task, index) = push_task(&mut outputs(&mut engine)).expect("confirmed: pushed");
+    assert_eq!(index, 8);
+    // A push of two blocks (8 and the upgrade to 10) promises no whole log: the next append
+    // waits for the reader's Sync.
+    let mut two = pushed_proof(8);
+    if let Some(u) = two.upgrade.as_mut() {
+        u.length = 2;
+    }
+    engine.handle(proof_read(task, Ok(two)), now);
+    assert_eq!(pushes(&mut engine), [8]);
+    engine.handle(Input::LocalChanged(CORE, local(11, true)), now);
+    assert!(push_task(&mut outputs(&mut engine)).is_none());
+}

@@ -8,8 +8,10 @@
 //! Prints medians of `runs` runs (default 3) of: 100,000 × 1 KiB and 256 × 1 MiB blocks
 //! replicated between two nodes (file-backed stores, default durability); the live latency
 //! from `append` on the writer to a waiting `get` resolving and to the block being stored on a
-//! connected reader (p50/p99 over 1,000 appends, with a durable and with a relaxed writer); and
-//! one seeder against three seeders for the same download. With `filter`,
+//! connected reader (p50/p99 over 1,000 appends, with a durable and with a relaxed writer),
+//! beside the floor of that path measured in the same run (hash, signature and verification,
+//! the writer's redb commit, a raw iroh stream's one-way latency); and one seeder against
+//! three seeders for the same download. With `filter`,
 //! only the parts whose name contains it run: `1kib`, `1mib`, `live` or `seeders` (`all` for
 //! every part).
 //!
@@ -30,7 +32,7 @@ use n0_future::StreamExt;
 
 #[path = "common/baseline.rs"]
 mod baseline;
-use baseline::{Phase, blobs_fetch, human, median, raw_stream, row};
+use baseline::{Phase, blobs_fetch, human, median, raw_one_way, raw_stream, row};
 
 /// The replication parts: block count and size.
 const PARTS: [(u64, usize); 2] = [(100_000, 1024), (256, 1 << 20)];
@@ -171,8 +173,10 @@ fn selected(name: &str) -> bool {
 }
 
 /// Live latency with a durable writer (each append fsynced before it is announced), then with a
-/// relaxed writer (non-durable commits, as JS Hypercore, which never fsyncs an append).
+/// relaxed writer (non-durable commits, as JS Hypercore, which never fsyncs an append); then
+/// the floor of that path, measured in the same run.
 async fn live(net: &TestNet, runs: usize) -> anyhow::Result<()> {
+    let mut get_p50 = Vec::new();
     for writer in [Durability::Durable, Durability::Relaxed] {
         let (mut got, mut stored) = (Vec::new(), Vec::new());
         for _ in 0..runs {
@@ -180,6 +184,7 @@ async fn live(net: &TestNet, runs: usize) -> anyhow::Result<()> {
             got.push(g);
             stored.push(s);
         }
+        get_p50.push(median(got.iter().map(|p| p.0).collect()));
         for (what, runs) in [("get resolved", got), ("stored", stored)] {
             let p50 = median(runs.iter().map(|p| p.0).collect());
             let p99 = median(runs.iter().map(|p| p.1).collect());
@@ -191,8 +196,125 @@ async fn live(net: &TestNet, runs: usize) -> anyhow::Result<()> {
             );
         }
     }
+    let floor = LiveFloor::measure(net, 1000).await?;
+    floor.print(get_p50[0], get_p50[1]);
     println!();
     Ok(())
+}
+
+/// What a live block's path cannot avoid, each part timed alone in the same run (p50 of each):
+/// the writer's leaf hash, tree hash and signature and the reader's verification of it, the
+/// writer's commit (fsynced when durable), and the message from one endpoint to the other.
+struct LiveFloor {
+    crypto: Duration,
+    fsynced_commit: Duration,
+    unsynced_commit: Duration,
+    one_way: Duration,
+}
+
+impl LiveFloor {
+    async fn measure(net: &TestNet, rounds: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let fsynced_commit = p50(redb_commits(
+            &dir.path().join("fsynced.redb"),
+            rounds,
+            true,
+        )?);
+        let unsynced_commit = p50(redb_commits(
+            &dir.path().join("unsynced.redb"),
+            rounds,
+            false,
+        )?);
+        Ok(Self {
+            crypto: p50(sign_and_verify(rounds)?),
+            fsynced_commit,
+            unsynced_commit,
+            one_way: p50(raw_one_way(net, rounds).await?),
+        })
+    }
+
+    /// Prints each part and the floors of a durable and a relaxed writer against the `get`
+    /// p50s measured.
+    fn print(&self, durable_get: Duration, relaxed_get: Duration) {
+        println!(
+            "live floor, p50 of 1,000 each: hash + sign + verify {:.3} ms, redb commit of one \
+             1 KiB row fsynced {:.3} ms / unsynced {:.3} ms, raw iroh stream 1.25 KiB one way {:.3} ms",
+            ms(self.crypto),
+            ms(self.fsynced_commit),
+            ms(self.unsynced_commit),
+            ms(self.one_way)
+        );
+        for (writer, commit, got) in [
+            ("durable", self.fsynced_commit, durable_get),
+            ("relaxed", self.unsynced_commit, relaxed_get),
+        ] {
+            let floor = self.crypto + commit + self.one_way;
+            println!(
+                "  -> {writer} writer: floor {:.3} ms, get p50 {:.3} ms ({:.2}x the floor, {:.3} ms above it)",
+                ms(floor),
+                ms(got),
+                got.as_secs_f64() / floor.as_secs_f64(),
+                ms(got.saturating_sub(floor))
+            );
+        }
+    }
+}
+
+/// `rounds` times: one block's leaf hash, the tree's new root and hash, the signature of the
+/// signable (as an append), and its verification (as a reader): the time of each round.
+fn sign_and_verify(rounds: usize) -> anyhow::Result<Vec<Duration>> {
+    use iroh_hypercore::{
+        CoreKind, KeyPair,
+        crypto::{Manifest, Verifier, hash::leaf_hashes},
+        tree::{Node, TreeState},
+    };
+    let kp = KeyPair::generate();
+    let key = kp.core_key(CoreKind::Default);
+    let verifier = Verifier::from_manifest(key, Manifest::single(kp.public_key()))?;
+    let mut tree = TreeState::default();
+    let mut nodes: Vec<Node> = Vec::new();
+    let block = vec![7u8; 1024];
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        nodes.clear();
+        for leaf in leaf_hashes([block.as_slice()]) {
+            tree.append_hashed(block.len(), leaf, &mut nodes)?;
+        }
+        let hash = tree.hash();
+        let signature = kp.sign_tree(CoreKind::Default, &key, &hash, tree.length, tree.fork);
+        verifier.verify(&signature, &hash, tree.length, tree.fork)?;
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
+}
+
+/// `rounds` commits of one 1 KiB row each with redb alone, fsynced or not, in a new file at
+/// `path`: the time of each.
+fn redb_commits(
+    path: &std::path::Path,
+    rounds: usize,
+    durable: bool,
+) -> anyhow::Result<Vec<Duration>> {
+    const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+    let db = redb::Database::create(path)?;
+    let block = vec![7u8; 1024];
+    let mut samples = Vec::with_capacity(rounds);
+    for i in 0..rounds as u64 {
+        let start = Instant::now();
+        let mut txn = db.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
+        txn.open_table(T)?.insert(i, block.as_slice())?;
+        txn.commit()?;
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
+}
+
+fn p50(samples: Vec<Duration>) -> Duration {
+    percentiles(samples).0
 }
 
 async fn seeders(net: &TestNet, runs: usize) -> anyhow::Result<()> {

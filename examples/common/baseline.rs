@@ -115,6 +115,62 @@ pub async fn raw_stream(net: &TestNet, len: u64) -> anyhow::Result<(Duration, Du
     Ok(elapsed)
 }
 
+const ONE_WAY_ALPN: &[u8] = b"/bench-one-way/1";
+
+/// Reads messages of [`ONE_WAY_LEN`] bytes off one stream and reports when each arrived.
+#[derive(Debug, Clone)]
+struct OneWay(tokio::sync::mpsc::UnboundedSender<Instant>);
+
+/// Size of a message of [`raw_one_way`]: a live block of the benchmarks with its proof.
+const ONE_WAY_LEN: usize = 1024 + 256;
+
+impl ProtocolHandler for OneWay {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let (_send, mut recv) = conn.accept_bi().await?;
+        let mut buf = vec![0u8; ONE_WAY_LEN];
+        while recv.read_exact(&mut buf).await.is_ok() {
+            if self.0.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+        conn.closed().await;
+        Ok(())
+    }
+}
+
+/// The latency of a message from one endpoint to another over an open raw iroh stream:
+/// `rounds` messages of a live block's size, each written once the one before arrived, timed
+/// from the start of its write until the receiving task has read all of it (both endpoints in
+/// this process, so one clock). The floor of the network's share of a live block's path.
+pub async fn raw_one_way(net: &TestNet, rounds: usize) -> anyhow::Result<Vec<Duration>> {
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let server = net.endpoint(Transport::Direct).await?;
+    let router = Router::builder(server.clone())
+        .accept(ONE_WAY_ALPN, OneWay(arrived))
+        .spawn();
+    let client = net.endpoint(Transport::Direct).await?;
+    let conn = client.connect(server.addr(), ONE_WAY_ALPN).await?;
+    let (mut send, _recv) = conn.open_bi().await?;
+    let message = vec![7u8; ONE_WAY_LEN];
+    let mut samples = Vec::with_capacity(rounds);
+    // The first message opens the stream on the other side: not timed.
+    for round in 0..=rounds {
+        let start = Instant::now();
+        send.write_all(&message).await?;
+        let at = arrivals
+            .recv()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the receiving side stopped"))?;
+        if round > 0 {
+            samples.push(at.saturating_duration_since(start));
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    client.close().await;
+    router.shutdown().await?;
+    Ok(samples)
+}
+
 /// A blob of `len` bytes served with iroh-blobs from a memory store, and an endpoint to fetch
 /// it from.
 struct BlobServer {

@@ -9,13 +9,14 @@ use std::sync::{
 use bytes::{Buf, Bytes, BytesMut};
 use iroh::endpoint::RecvStream;
 
-use crate::replication::wire::{HEADER_LEN, MAX_FRAME, Message, WireError};
+use crate::replication::wire::{HEADER_LEN, MAX_FRAME, Message, WireError, frame_len_within};
 
 /// Capacity past which the buffer of a finished large frame is not kept.
 const CHUNK: usize = 256 * 1024;
 
-/// Most chunks (each a received STREAM frame's data, at most a datagram) taken from a stream
-/// in one read.
+/// Most chunks taken from a stream in one read. A chunk is data the stream received in
+/// order, a datagram's or more (QUIC may merge what it buffered), within the stream's
+/// receive window.
 const CHUNKS_AT_ONCE: usize = 32;
 
 /// Bytes of unfinished frames that the streams of one connection may hold together.
@@ -178,7 +179,15 @@ impl FrameReader {
         loop {
             let used = decode_frames(&self.buf, max_frame, one, &mut frames)?;
             self.buf.advance(used);
-            self.account()?;
+            if let Err(e) = self.account() {
+                // The whole frames go first: they are no longer in the buffer, and the next
+                // read finds the budget still short (or room again).
+                return if frames.is_empty() {
+                    Err(e)
+                } else {
+                    Ok(Some(frames))
+                };
+            }
             if !frames.is_empty() {
                 return Ok(Some(frames));
             }
@@ -223,14 +232,34 @@ impl FrameReader {
         }
     }
 
-    /// Decodes the whole frames of `chunk` after what the buffer holds; keeps the rest.
+    /// Decodes the whole frames of `chunk` after what the buffer holds; keeps the rest. The
+    /// buffer's unfinished frame takes only the bytes it lacks, so the frames after it are
+    /// decoded straight from the chunk and the buffer holds at most one unfinished frame.
     fn take(
         &mut self,
-        chunk: Bytes,
+        mut chunk: Bytes,
         max_frame: usize,
         one: bool,
         frames: &mut Vec<Message>,
     ) -> Result<(), ReadError> {
+        while !one && !self.buf.is_empty() && !chunk.is_empty() {
+            // The header first, then the body it announces.
+            let header = self.buf.first_chunk::<HEADER_LEN>().copied();
+            let want = match header {
+                None => HEADER_LEN,
+                Some(header) => HEADER_LEN + frame_len_within(header, max_frame)?,
+            };
+            let n = want.saturating_sub(self.buf.len()).min(chunk.len());
+            self.buf.extend_from_slice(&chunk.split_to(n));
+            if header.is_some() && self.buf.len() == want {
+                let used = decode_frames(&self.buf, max_frame, one, frames)?;
+                self.buf.advance(used);
+                if self.buf.is_empty() && self.buf.capacity() > CHUNK {
+                    // Do not keep the capacity of a large frame that is done.
+                    self.buf = BytesMut::new();
+                }
+            }
+        }
         if self.buf.is_empty() {
             // Whole frames are decoded straight from the chunk; only a partial one is kept.
             let used = decode_frames(&chunk, max_frame, one, frames)?;
@@ -402,6 +431,19 @@ mod tests {
     /// `bytes` written in pieces of `piece` bytes on a real iroh stream, then finished: what a
     /// [`FrameReader`] makes of it, batch by batch, until it ends or fails.
     async fn read_back(bytes: Vec<u8>, piece: usize) -> (Vec<Vec<Message>>, Option<ReadError>) {
+        let budgets = Budgets {
+            connection: Budget::new(MAX_BUFFERED_PER_CONNECTION),
+            total: Budget::new(MAX_BUFFERED_TOTAL),
+        };
+        read_back_within(bytes, piece, budgets).await
+    }
+
+    /// [`read_back`] with unfinished frames held within `budgets`.
+    async fn read_back_within(
+        bytes: Vec<u8>,
+        piece: usize,
+        budgets: Budgets,
+    ) -> (Vec<Vec<Message>>, Option<ReadError>) {
         use crate::testnet::{TestNet, Transport};
         let net = TestNet::new().await.expect("test network");
         let server = net.endpoint(Transport::Direct).await.expect("endpoint");
@@ -417,13 +459,7 @@ mod tests {
         }
         send.finish().expect("finished");
         let (_conn, recv) = rx.recv().await.expect("stream accepted");
-        let mut reader = FrameReader::new(
-            recv,
-            Budgets {
-                connection: Budget::new(MAX_BUFFERED_PER_CONNECTION),
-                total: Budget::new(MAX_BUFFERED_TOTAL),
-            },
-        );
+        let mut reader = FrameReader::new(recv, budgets);
         let mut batches = Vec::new();
         let failed = loop {
             let (r, batch) = reader.next_batch(MAX_FRAME).await;
@@ -480,6 +516,35 @@ mod tests {
                 .await
                 .expect("in time");
         assert!(matches!(failed, Some(ReadError::Truncated)), "{failed:?}");
+        assert_eq!(batches.concat(), msgs);
+    }
+
+    /// A read whose unfinished frame is over the node's budget still hands over the whole
+    /// frames before it (they are no longer buffered), then fails; nothing is lost.
+    #[tokio::test]
+    async fn whole_frames_come_before_a_budget_error() {
+        let (msgs, mut bytes) = frames(10);
+        let big = encode_frame(&Message::Extension {
+            name: "x".into(),
+            payload: vec![1; 3000],
+        })
+        .expect("encodes");
+        bytes.extend_from_slice(&big[..50]);
+        // Room for an unfinished small frame, not for 50 bytes of the big one.
+        let budgets = Budgets {
+            connection: Budget::new(MAX_BUFFERED_PER_CONNECTION),
+            total: Budget::new(20),
+        };
+        let (batches, failed) = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            read_back_within(bytes, 500, budgets),
+        )
+        .await
+        .expect("in time");
+        assert!(
+            matches!(failed, Some(ReadError::OverBudget(Exceeded::Total))),
+            "{failed:?}"
+        );
         assert_eq!(batches.concat(), msgs);
     }
 }

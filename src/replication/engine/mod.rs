@@ -846,6 +846,12 @@ impl Engine {
                 }
             }
             Message::Request { .. } | Message::RequestRun { .. } => {
+                if let Message::Request { request, .. } = &msg
+                    && request.upgrade.is_some()
+                    && let Some(c) = self.cores.get_mut(&core)
+                {
+                    c.upgrade_asked(channel);
+                }
                 let cores = &self.cores;
                 let length_of = |k: &CoreKey| cores.get(k).map_or(0, |c| c.local().length);
                 let flood = self

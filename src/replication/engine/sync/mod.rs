@@ -809,8 +809,11 @@ impl CoreSync {
     /// `Request`, our `Data`. Only the writer pushes: readers that pushed what they just
     /// received would send each block back to where it came from. A push the remote cannot
     /// take (it had not applied the one before) is dropped there and the `Sync` after it
-    /// starts the usual request; pushing on a promise stops until its `Sync` catches up, so
-    /// at most one such push is sent in vain.
+    /// starts the usual request, whose upgrade ends the promise ([`upgrade_asked`]): a
+    /// confirmed push and at most one on its promise go in vain before the remote's `Sync`
+    /// confirms again, never one per append.
+    ///
+    /// [`upgrade_asked`]: Self::upgrade_asked
     fn push_new_blocks(&mut self, old: LocalInfo, new: LocalInfo, cx: &mut Cx) {
         let grew =
             new.writable && new.fork == old.fork && new.length > old.length && old.length > 0;
@@ -854,6 +857,15 @@ impl CoreSync {
             self.pushes.insert(reply.id(), channel);
             let task = Task::CreateProof { request, reply };
             cx.out.push_back(Output::Task(self.key, task));
+        }
+    }
+
+    /// The remote on `channel` asked us for a signed length: it did not take our last push
+    /// (or wants more than it carried), so no block goes on that push's promise. A reader that
+    /// keeps dropping pushes is then pushed only once its `Sync` says it holds the whole log.
+    pub(super) fn upgrade_asked(&mut self, channel: ChannelId) {
+        if let Some(r) = self.remotes.get_mut(&channel) {
+            r.pushed_to = None;
         }
     }
 

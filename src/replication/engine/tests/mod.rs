@@ -1,6 +1,7 @@
 //! The engine's behaviour, driven through its inputs and outputs with a fake clock, one file
 //! per part of it.
 
+mod batches;
 mod channels;
 mod control;
 mod extensions;

@@ -202,3 +202,48 @@ fn appends_one_at_a_time_are_pushed_one_ahead_of_the_readers_sync() {
     engine.handle(Input::LocalChanged(CORE, local(11, true)), now);
     assert!(push_task(&mut outputs(&mut engine)).is_none());
 }
+
+/// A reader that drops our pushes (it is still applying the one before) catches up by
+/// request, one block behind at each append: its upgrade request ends the promise, so the
+/// writer does not push every append to it in vain.
+#[test]
+fn a_reader_that_asks_for_an_upgrade_is_pushed_nothing_on_a_promise() {
+    use crate::tree::{IndexRequest, ProofRequest, UpgradeRequest};
+    let now = Instant::now();
+    let (mut engine, channel) = engine_with_peer(local(5, true), Mode::Full, sync(5, true), now);
+    engine.handle(Input::LocalChanged(CORE, local(6, true)), now);
+    let (task, _) = push_task(&mut outputs(&mut engine)).expect("confirmed: pushed");
+    engine.handle(proof_read(task, Ok(pushed_proof(5))), now);
+    outputs(&mut engine);
+    // The reader dropped block 5 and asks for it with the signed length.
+    let ask = Message::Request {
+        id: 1,
+        request: ProofRequest {
+            fork: 0,
+            block: Some(IndexRequest { index: 5, nodes: 0 }),
+            upgrade: Some(UpgradeRequest {
+                start: 5,
+                length: 1,
+            }),
+            ..Default::default()
+        },
+    };
+    engine.handle(Input::Message(PEER, channel, ask), now);
+    outputs(&mut engine);
+    // It got block 5 by request; block 6 is appended before its Sync says 6.
+    engine.handle(Input::LocalChanged(CORE, local(7, true)), now);
+    let out = outputs(&mut engine);
+    assert!(
+        !out.iter().any(
+            |o| matches!(o, Output::Task(_, Task::CreateProof { request, .. })
+            if request.block.map(|b| b.index) == Some(6))
+        ),
+        "no push on the promise of a push the reader did not take: {out:?}"
+    );
+    // Once its Sync confirms the whole log, pushes resume.
+    engine.handle(Input::Message(PEER, channel, sync(7, true)), now);
+    outputs(&mut engine);
+    engine.handle(Input::LocalChanged(CORE, local(8, true)), now);
+    let (_, index) = push_task(&mut outputs(&mut engine)).expect("confirmed: pushed");
+    assert_eq!(index, 7);
+}

@@ -126,7 +126,8 @@ pub enum ReadError {
     #[error("stream ended inside a frame")]
     Truncated,
     /// Unfinished frames on this connection, or on all of them, would hold more than their
-    /// budget. The reader is unchanged: the read may be tried again once there is room.
+    /// budget. The reader keeps its bytes (the whole frames before them were handed over by
+    /// the read before): the read may be tried again once there is room.
     #[error("unfinished frames over the memory budget ({0:?})")]
     OverBudget(Exceeded),
     /// The QUIC stream failed.
@@ -141,7 +142,7 @@ pub enum ReadError {
 #[derive(Debug)]
 pub struct FrameReader {
     recv: RecvStream,
-    buf: BytesMut,
+    buf: Unfinished,
     budgets: Budgets,
     /// Bytes of `buf` taken from the budgets.
     held: u64,
@@ -155,7 +156,7 @@ impl FrameReader {
     pub fn new(recv: RecvStream, budgets: Budgets) -> Self {
         Self {
             recv,
-            buf: BytesMut::new(),
+            buf: Unfinished::default(),
             budgets,
             held: 0,
             chunks: vec![Bytes::new(); CHUNKS_AT_ONCE].into_boxed_slice(),
@@ -177,8 +178,7 @@ impl FrameReader {
         let one = max_frame < MAX_FRAME;
         let mut frames = Vec::new();
         loop {
-            let used = decode_frames(&self.buf, max_frame, one, &mut frames)?;
-            self.buf.advance(used);
+            self.buf.decode(max_frame, one, &mut frames)?;
             if let Err(e) = self.account() {
                 // The whole frames go first: they are no longer in the buffer, and the next
                 // read finds the budget still short (or room again).
@@ -199,7 +199,7 @@ impl FrameReader {
                     .await
                     .map_err(stream)?
                 {
-                    Some(chunk) => self.take(chunk, max_frame, one, &mut frames)?,
+                    Some(chunk) => self.buf.take(chunk, max_frame, one, &mut frames)?,
                     None => return self.ended(),
                 }
             } else {
@@ -214,7 +214,7 @@ impl FrameReader {
                     Some(n) => {
                         for i in 0..n.min(self.chunks.len()) {
                             let chunk = std::mem::take(&mut self.chunks[i]);
-                            self.take(chunk, max_frame, one, &mut frames)?;
+                            self.buf.take(chunk, max_frame, one, &mut frames)?;
                         }
                     }
                     None => return self.ended(),
@@ -232,44 +232,6 @@ impl FrameReader {
         }
     }
 
-    /// Decodes the whole frames of `chunk` after what the buffer holds; keeps the rest. The
-    /// buffer's unfinished frame takes only the bytes it lacks, so the frames after it are
-    /// decoded straight from the chunk and the buffer holds at most one unfinished frame.
-    fn take(
-        &mut self,
-        mut chunk: Bytes,
-        max_frame: usize,
-        one: bool,
-        frames: &mut Vec<Message>,
-    ) -> Result<(), ReadError> {
-        while !one && !self.buf.is_empty() && !chunk.is_empty() {
-            // The header first, then the body it announces.
-            let header = self.buf.first_chunk::<HEADER_LEN>().copied();
-            let want = match header {
-                None => HEADER_LEN,
-                Some(header) => HEADER_LEN + frame_len_within(header, max_frame)?,
-            };
-            let n = want.saturating_sub(self.buf.len()).min(chunk.len());
-            self.buf.extend_from_slice(&chunk.split_to(n));
-            if header.is_some() && self.buf.len() == want {
-                let used = decode_frames(&self.buf, max_frame, one, frames)?;
-                self.buf.advance(used);
-                if self.buf.is_empty() && self.buf.capacity() > CHUNK {
-                    // Do not keep the capacity of a large frame that is done.
-                    self.buf = BytesMut::new();
-                }
-            }
-        }
-        if self.buf.is_empty() {
-            // Whole frames are decoded straight from the chunk; only a partial one is kept.
-            let used = decode_frames(&chunk, max_frame, one, frames)?;
-            self.buf.extend_from_slice(&chunk[used..]);
-        } else {
-            self.buf.extend_from_slice(&chunk);
-        }
-        Ok(())
-    }
-
     /// Brings the bytes taken from the budgets in line with what the buffer holds.
     fn account(&mut self) -> Result<(), ReadError> {
         let now = self.buf.len() as u64;
@@ -279,13 +241,81 @@ impl FrameReader {
                 .map_err(ReadError::OverBudget)?;
         } else {
             self.budgets.give_back(self.held - now);
-            if now == 0 && self.buf.capacity() > CHUNK {
-                // Do not keep the capacity of a large frame that is done.
-                self.buf = BytesMut::new();
-            }
+            self.buf.release_if_empty();
         }
         self.held = now;
         Ok(())
+    }
+}
+
+/// The bytes of a stream read but not decoded yet: between chunks, at most one unfinished
+/// frame.
+#[derive(Debug, Default)]
+struct Unfinished {
+    buf: BytesMut,
+}
+
+impl Unfinished {
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Decodes the whole frames the buffer holds into `frames` (only the first if `one`).
+    fn decode(
+        &mut self,
+        max_frame: usize,
+        one: bool,
+        frames: &mut Vec<Message>,
+    ) -> Result<(), ReadError> {
+        let used = decode_frames(&self.buf, max_frame, one, frames)?;
+        self.buf.advance(used);
+        Ok(())
+    }
+
+    /// Decodes the whole frames of `chunk` after what the buffer holds; keeps the rest. The
+    /// buffer's unfinished frame takes only the bytes it lacks (its header first, then the
+    /// body the header announces, refused if over `max_frame` before the body comes), so the
+    /// frames after it are decoded straight from the chunk. Before the handshake (`one`) the
+    /// chunk is kept whole: a batch holds one frame then.
+    fn take(
+        &mut self,
+        mut chunk: Bytes,
+        max_frame: usize,
+        one: bool,
+        frames: &mut Vec<Message>,
+    ) -> Result<(), ReadError> {
+        while !one && !self.buf.is_empty() && !chunk.is_empty() {
+            let header = self.buf.first_chunk::<HEADER_LEN>().copied();
+            let want = match header {
+                None => HEADER_LEN,
+                Some(header) => HEADER_LEN + frame_len_within(header, max_frame)?,
+            };
+            let n = want.saturating_sub(self.buf.len()).min(chunk.len());
+            self.buf.extend_from_slice(&chunk.split_to(n));
+            if header.is_some() && self.buf.len() >= want {
+                // At least one whole frame: whatever the buffer held, this makes progress.
+                self.decode(max_frame, one, frames)?;
+                self.release_if_empty();
+            }
+        }
+        if self.buf.is_empty() {
+            let used = decode_frames(&chunk, max_frame, one, frames)?;
+            self.buf.extend_from_slice(&chunk[used..]);
+        } else {
+            self.buf.extend_from_slice(&chunk);
+        }
+        Ok(())
+    }
+
+    /// Drops the capacity of a large frame that is done.
+    fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > CHUNK {
+            self.buf = BytesMut::new();
+        }
     }
 }
 
@@ -410,6 +440,88 @@ mod tests {
         );
     }
 
+    /// `chunks` one after another into a buffer, as a read takes them: the frames decoded
+    /// after each, and the bytes left over.
+    fn take_all(chunks: &[&[u8]]) -> (Vec<Vec<Message>>, usize) {
+        let mut buf = Unfinished::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let mut frames = Vec::new();
+            buf.take(Bytes::copy_from_slice(chunk), MAX_FRAME, false, &mut frames)
+                .expect("valid frames");
+            out.push(frames);
+        }
+        (out, buf.len())
+    }
+
+    /// A frame cut inside its header (after 1, 2 or 3 bytes) or its body is finished by the
+    /// next chunk, and the whole frames after it in that chunk come out too; the buffer then
+    /// holds only the next unfinished frame.
+    #[test]
+    fn an_unfinished_frame_takes_what_it_lacks_and_the_rest_is_decoded() {
+        let (msgs, bytes) = frames(101);
+        let first = encode_frame(&msgs[0]).expect("encodes").len();
+        for cut in [1, 2, 3, HEADER_LEN, first - 1] {
+            // The first frame cut at `cut`, the rest of it with 100 frames and 2 bytes more.
+            let (out, left) = take_all(&[&bytes[..cut], &bytes[cut..], &[0, 0]]);
+            assert!(out[0].is_empty(), "cut at {cut}");
+            assert_eq!(out[1], msgs, "cut at {cut}");
+            assert_eq!(left, 2, "only the next unfinished frame is kept");
+        }
+        // A frame spread over many chunks of one byte.
+        let one_byte: Vec<&[u8]> = bytes[..first].chunks(1).collect();
+        let (out, left) = take_all(&one_byte);
+        assert_eq!(out.concat(), msgs[..1]);
+        assert_eq!(left, 0);
+    }
+
+    /// A header over the limit is refused when it is complete, however it was cut, before its
+    /// body is buffered; a zero-length body is malformed.
+    #[test]
+    fn an_oversized_header_split_over_chunks_is_refused_before_its_body() {
+        let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        let mut buf = Unfinished::default();
+        let mut frames = Vec::new();
+        buf.take(
+            Bytes::copy_from_slice(&header[..2]),
+            MAX_FRAME,
+            false,
+            &mut frames,
+        )
+        .expect("half a header");
+        let mut rest = header[2..].to_vec();
+        rest.extend_from_slice(&[7; 4096]);
+        let err = buf
+            .take(Bytes::from(rest), MAX_FRAME, false, &mut frames)
+            .unwrap_err();
+        assert!(
+            matches!(err, ReadError::Wire(WireError::TooLarge(_))),
+            "{err}"
+        );
+        assert!(buf.len() <= HEADER_LEN, "the body was not buffered");
+
+        let mut buf = Unfinished::default();
+        buf.take(
+            Bytes::copy_from_slice(&[0, 0]),
+            MAX_FRAME,
+            false,
+            &mut frames,
+        )
+        .expect("half a header");
+        let err = buf
+            .take(
+                Bytes::copy_from_slice(&[0, 0, 1]),
+                MAX_FRAME,
+                false,
+                &mut frames,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, ReadError::Wire(WireError::Malformed(_))),
+            "{err}"
+        );
+    }
+
     /// Hands the receiving side of the first stream of each connection to the test.
     #[derive(Debug, Clone)]
     struct HandOver(tokio::sync::mpsc::UnboundedSender<(iroh::endpoint::Connection, RecvStream)>);
@@ -477,6 +589,23 @@ mod tests {
         (batches, failed)
     }
 
+    /// A frame of 3,000 bytes and more, to cut short.
+    fn big_frame() -> Vec<u8> {
+        encode_frame(&Message::Extension {
+            name: "x".into(),
+            payload: vec![1; 3000],
+        })
+        .expect("encodes")
+        .to_vec()
+    }
+
+    /// `read` within a minute.
+    async fn in_time<T>(read: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(60), read)
+            .await
+            .expect("in time")
+    }
+
     /// Frames of many sizes, cut into datagrams anywhere (some frames span several), come out
     /// whole, in order, once each, and the finished stream ends cleanly: every chunk a read
     /// takes at once is decoded, the ones after the first included.
@@ -492,10 +621,7 @@ mod tests {
             .iter()
             .flat_map(|m| encode_frame(m).expect("encodes").to_vec())
             .collect();
-        let (batches, failed) =
-            tokio::time::timeout(std::time::Duration::from_secs(60), read_back(bytes, 777))
-                .await
-                .expect("in time");
+        let (batches, failed) = in_time(read_back(bytes, 777)).await;
         assert!(failed.is_none(), "{failed:?}");
         assert!(batches.iter().all(|b| !b.is_empty()));
         assert_eq!(batches.concat(), msgs);
@@ -505,16 +631,9 @@ mod tests {
     #[tokio::test]
     async fn a_stream_that_ends_inside_a_frame_is_truncated() {
         let (msgs, mut bytes) = frames(50);
-        let last = encode_frame(&Message::Extension {
-            name: "x".into(),
-            payload: vec![1; 3000],
-        })
-        .expect("encodes");
+        let last = big_frame();
         bytes.extend_from_slice(&last[..last.len() - 1]);
-        let (batches, failed) =
-            tokio::time::timeout(std::time::Duration::from_secs(60), read_back(bytes, 500))
-                .await
-                .expect("in time");
+        let (batches, failed) = in_time(read_back(bytes, 500)).await;
         assert!(matches!(failed, Some(ReadError::Truncated)), "{failed:?}");
         assert_eq!(batches.concat(), msgs);
     }
@@ -524,23 +643,13 @@ mod tests {
     #[tokio::test]
     async fn whole_frames_come_before_a_budget_error() {
         let (msgs, mut bytes) = frames(10);
-        let big = encode_frame(&Message::Extension {
-            name: "x".into(),
-            payload: vec![1; 3000],
-        })
-        .expect("encodes");
-        bytes.extend_from_slice(&big[..50]);
+        bytes.extend_from_slice(&big_frame()[..50]);
         // Room for an unfinished small frame, not for 50 bytes of the big one.
         let budgets = Budgets {
             connection: Budget::new(MAX_BUFFERED_PER_CONNECTION),
             total: Budget::new(20),
         };
-        let (batches, failed) = tokio::time::timeout(
-            std::time::Duration::from_secs(60),
-            read_back_within(bytes, 500, budgets),
-        )
-        .await
-        .expect("in time");
+        let (batches, failed) = in_time(read_back_within(bytes, 500, budgets)).await;
         assert!(
             matches!(failed, Some(ReadError::OverBudget(Exceeded::Total))),
             "{failed:?}"

@@ -776,22 +776,17 @@ impl Driver {
         }
         match result {
             Ok(Some(msgs)) => {
-                let asks = |m: &Message| matches!(m, Message::Sync(SyncInfo { ask: true, .. }));
-                if msgs.iter().any(asks) {
-                    for msg in msgs {
-                        if asks(&msg)
-                            && let Some(core) = self.engine.channel_core(ch)
-                        {
-                            // The engine learns of local appends a hop after they commit: an
-                            // `update()` that starts after an acknowledged append must hear
-                            // of it.
-                            self.local_changed(core, now);
-                        }
-                        self.engine.handle(Input::Message(peer, ch, msg), now);
-                    }
-                } else {
-                    self.engine.handle_messages(peer, ch, msgs, now);
+                // The engine learns of local appends a hop after they commit: an `update()`
+                // that starts after an acknowledged append must hear of it. Every frame of the
+                // batch was read after such an append committed, so its state now will do.
+                if msgs
+                    .iter()
+                    .any(|m| matches!(m, Message::Sync(SyncInfo { ask: true, .. })))
+                    && let Some(core) = self.engine.channel_core(ch)
+                {
+                    self.local_changed(core, now);
                 }
+                self.engine.handle_messages(peer, ch, msgs, now);
                 self.read_next(peer, conn_id, ch, reader);
             }
             Err(ReadError::OverBudget(Exceeded::Total)) => {

@@ -21,8 +21,8 @@ fn reader(now: Instant) -> (Engine, u64) {
 }
 
 /// A batch of a peer's messages (what it holds and wants, an answer we did not ask for, a
-/// cancel of nothing) gives the same outputs and timers handled in one
-/// turn as one at a time: only the scheduling after each is saved.
+/// cancel of nothing) gives the same outputs and timers handled in one turn as one at a
+/// time: only the scheduling after each is saved.
 #[test]
 fn a_batch_gives_what_its_messages_give_one_at_a_time() {
     let now = Instant::now();

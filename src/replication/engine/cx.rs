@@ -38,6 +38,9 @@ pub(super) enum Note {
     Announce(CoreKey),
     /// The core has something new: its channels that closed idle open again.
     Reopen(CoreKey),
+    /// A peer with which the core's channel had closed idle is gone: the core may have no
+    /// peer left.
+    IdlePeerGone(CoreKey),
     /// The core's upgrade peer went away: ask another at the end of the turn.
     RetryUpgrade(CoreKey),
     /// The core has a peer ahead that is backed off: ask it when a back-off ends.

@@ -978,13 +978,18 @@ impl Engine {
     }
 
     /// Routes the notes the parts left, in order, until none is left; then a core whose last
-    /// channel went and that has none now looks for the peers it knows.
+    /// channel went and that has none now (nor one that closed idle with a connected peer)
+    /// looks for the peers it knows.
     fn route_notes(&mut self, now: Instant) {
         self.route_each_note(now);
         for core in std::mem::take(&mut self.maybe_lost) {
             let served_only = self.channels.is_served_only(&core);
             let mut cx = cx!(self, now);
-            if self.cores.get(&core).is_some_and(|c| !c.has_channels()) && !served_only {
+            // A core whose channel closed idle still has that peer: it is not lost.
+            if self.cores.get(&core).is_some_and(|c| !c.has_channels())
+                && !served_only
+                && !self.channels.idle_closed_with_any(&core)
+            {
                 cx.emit(Event::NoPeers { core });
                 self.redial.lost(core, false, &mut cx);
             }
@@ -1035,6 +1040,11 @@ impl Engine {
                     }
                 }
                 Note::Reopen(core) => self.channels.reopen_idle(core, &mut cx),
+                Note::IdlePeerGone(core) => {
+                    if self.cores.get(&core).is_some_and(|c| !c.has_channels()) {
+                        self.maybe_lost.insert(core);
+                    }
+                }
                 Note::RetryUpgrade(core) => {
                     self.retry_upgrade.insert(core);
                 }

@@ -284,6 +284,9 @@ impl Channels {
         for core in p.reopen.keys() {
             cx.timers.clear(Timer::Reopen(*peer, *core));
         }
+        for core in &p.idle_closed {
+            cx.note(Note::IdlePeerGone(*core));
+        }
         for ch in p.by_core.values() {
             let Some(c) = self.table.remove(ch) else {
                 continue;
@@ -887,6 +890,12 @@ impl Channels {
         self.parked.len()
     }
 
+    /// Whether `core`'s channel with some connected peer closed idle: that peer held the same
+    /// log, and the channel opens again when the core has something new.
+    pub(super) fn idle_closed_with_any(&self, core: &CoreKey) -> bool {
+        self.peers.values().any(|p| p.idle_closed.contains(core))
+    }
+
     /// Whether `core`'s channel with `peer` closed idle.
     #[cfg(test)]
     pub(super) fn idle_closed(&self, peer: &PeerId, core: &CoreKey) -> bool {
@@ -896,12 +905,13 @@ impl Channels {
     }
 
     /// Opens a channel for `core` to a connected `peer` that has none, unless one it refused
-    /// for lack of room waits for its `Reopen` timer.
+    /// for lack of room waits for its `Reopen` timer, or its channel closed idle (it opens
+    /// again when the core has something new).
     pub(super) fn open_again(&mut self, peer: PeerId, core: CoreKey, cx: &mut Cx) {
         if self
             .peers
             .get(&peer)
-            .is_some_and(|p| !p.reopen.contains_key(&core))
+            .is_some_and(|p| !p.reopen.contains_key(&core) && !p.idle_closed.contains(&core))
         {
             self.open(peer, core, cx);
         }

@@ -131,6 +131,85 @@ fn idle_channels_make_room_and_reopen_on_change() {
     engine.check_timers().unwrap();
 }
 
+/// A core whose channel closed idle still has its peer: it is not reported without peers,
+/// looks for nobody, and its channel stays closed however long nothing changes (at 10,000
+/// cores every idle-closed core was redialed and reopened, and closed again, over and over).
+/// Once that peer's connection goes, the core has no peer and looks for it.
+#[test]
+fn a_core_closed_idle_is_not_lost_until_its_peer_goes() {
+    let now = Instant::now();
+    let me = [1; 32];
+    let cfg = EngineConfig {
+        max_channels_per_peer: 2,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(me, cfg);
+    let cores = [[3; 32], [4; 32], [5; 32]];
+    for core in cores {
+        engine.add_core(core, local(5, true), Mode::Full, now);
+        known(&mut engine, core, PEER, now);
+    }
+    engine.handle(Input::PeerConnected(PEER), now);
+    let first = opened(&outputs(&mut engine));
+    for (ch, core) in &first {
+        engine.handle(Input::Message(PEER, *ch, accept_of(core, me, PEER)), now);
+    }
+    for (ch, _) in &first {
+        engine.handle(Input::Message(PEER, *ch, sync(5, true)), now);
+    }
+    let out = outputs(&mut engine);
+    let closed = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send(_, ch, Message::Close { reason }) if reason == IDLE_REASON => Some(*ch),
+            _ => None,
+        })
+        .expect("an idle channel closed for the waiting core");
+    let idle_core = first.iter().find(|(ch, _)| *ch == closed).unwrap().1;
+    let about = |out: &[Output]| {
+        out.iter()
+            .filter(|o| match o {
+                Output::Event(Event::NoPeers { core } | Event::Reconnecting { core, .. }) => {
+                    *core == idle_core
+                }
+                _ => false,
+            })
+            .count()
+    };
+    assert_eq!(about(&out), 0, "reported lost: {out:?}");
+    // The third core's channel opens and turns idle; minutes pass with nothing new.
+    let third = opened(&out);
+    for (ch, core) in &third {
+        engine.handle(Input::Message(PEER, *ch, accept_of(core, me, PEER)), now);
+        engine.handle(Input::Message(PEER, *ch, sync(5, true)), now);
+    }
+    outputs(&mut engine);
+    let mut t = now;
+    for _ in 0..100 {
+        t += Duration::from_secs(6);
+        engine.handle_timeout(t);
+        let out = outputs(&mut engine);
+        assert_eq!(about(&out), 0, "reported lost: {out:?}");
+        assert!(
+            !opened(&out).iter().any(|(_, k)| *k == idle_core),
+            "reopened with nothing new: {out:?}"
+        );
+        engine.check_timers().unwrap();
+    }
+    assert!(engine.channels.idle_closed(&PEER, &idle_core));
+
+    // The peer goes: the core has no peer now, and says so.
+    engine.handle(Input::PeerDisconnected(PEER), t);
+    let out = outputs(&mut engine);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Event(Event::NoPeers { core }) if *core == idle_core)),
+        "{out:?}"
+    );
+    assert!(about(&out) >= 2, "no search for its peer: {out:?}");
+    engine.check_timers().unwrap();
+}
+
 /// The peer closes a channel as idle while we have news for it (they crossed): it opens
 /// again at once, not at the core's next change. Cores waiting for room get a timer.
 #[test]

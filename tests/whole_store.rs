@@ -394,7 +394,9 @@ async fn update_wait_returns_the_newest_length_of_the_peers() {
 }
 
 /// More cores than a peer's channel cap: idle channels close to make room, and every core
-/// gets its log over the one connection.
+/// gets its log over the one connection. A core whose channel closed idle keeps its peer:
+/// neither side reports it without peers (they did, and looked for them, and reopened and
+/// closed its channel again and again, at 10,000 cores).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_cores_than_the_channel_cap_take_turns() {
     let net = test_net().await;
@@ -406,9 +408,26 @@ async fn more_cores_than_the_channel_cap_take_turns() {
     };
     let writer = node_with_config(&net, capped()).await;
     let reader = node_with_config(&net, capped()).await;
+    let mut events = [reader.proto.subscribe(), writer.proto.subscribe()];
     follow_named_cores(&writer, &reader, 30).await;
     let stats = reader.proto.peer_stats().await.unwrap();
     assert!(stats[0].channels <= 8, "{} channels", stats[0].channels);
+    // Every channel closed to make room closed before the core it made room for opened its
+    // own, so its events are in the subscriptions by now.
+    let mut idle_closes = 0;
+    for events in &mut events {
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
+            match ev {
+                Event::NoPeers { .. } => {
+                    panic!("a core closed idle was reported without peers: {ev:?}")
+                }
+                Event::Lagged(_) => panic!("lagged"),
+                Event::ChannelClosed { .. } => idle_closes += 1,
+                _ => {}
+            }
+        }
+    }
+    assert!(idle_closes >= 22, "{idle_closes} channels closed");
     shutdown(&[&writer, &reader]).await;
 }
 

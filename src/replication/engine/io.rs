@@ -255,8 +255,9 @@ pub enum Event {
         /// How long it is asked nothing.
         penalty: std::time::Duration,
     },
-    /// The last channel of `core` closed: it has no peer now, and looks for the peers it
-    /// knows ([`Event::Reconnecting`]).
+    /// `core` has no peer now: its last channel closed, or the peer its channel closed idle
+    /// with (both held the same log) went away. It looks for the peers it knows
+    /// ([`Event::Reconnecting`]).
     NoPeers {
         /// Core.
         core: CoreKey,

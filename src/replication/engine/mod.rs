@@ -296,8 +296,12 @@ impl Engine {
         }
         match self.channels.register(key, false) {
             Some(was_served_only) => {
-                if let Some(c) = self.cores.get_mut(&key) {
-                    c.set_mode(mode);
+                if let Some(c) = self.cores.get_mut(&key)
+                    && c.set_mode(mode)
+                {
+                    // A sparse core may have closed idle with nothing wanted: in full mode
+                    // it wants every block.
+                    self.channels.reopen_idle(key, &mut cx!(self, now));
                 }
                 if was_served_only {
                     // The peers it was served to are its peers now: remembered.
@@ -624,7 +628,11 @@ impl Engine {
                 self.with_core(core, now, |c, cx| c.unwant(start, end, cx))
             }
             Input::Update(core) => {
-                let searching = self.redial.is_searching(&core);
+                // Channels that closed idle open again to be asked: the update waits for them
+                // as for a first peer.
+                let reopened = self.cores.contains_key(&core)
+                    && self.channels.reopen_idle(core, &mut cx!(self, now));
+                let searching = self.redial.is_searching(&core) || reopened;
                 self.with_core(core, now, |c, cx| c.update(searching, cx))
             }
             Input::Peers(core, peers) => self.on_peers(core, peers, true, now),
@@ -833,16 +841,17 @@ impl Engine {
                 tracing::debug!("channel closed by peer: {reason}");
                 // Closed as idle while we had news for it (they crossed): open it again now,
                 // or nobody would until the core's next change.
+                let idle_close = reason == IDLE_REASON;
                 let idle_here = is_idle(&self.cores, &self.server, peer, core, channel);
+                if idle_close && idle_here {
+                    // Marked before the channel goes: the core keeps the peer (not lost).
+                    self.channels.mark_idle_closed(peer, core);
+                }
                 cx.out.push_back(Output::CloseChannel(peer, channel));
                 self.channels.drop(channel, &mut cx);
                 self.route_notes(now);
-                if reason == IDLE_REASON {
-                    if idle_here {
-                        self.channels.mark_idle_closed(peer, core);
-                    } else {
-                        self.channels.open(peer, core, &mut cx!(self, now));
-                    }
+                if idle_close && !idle_here {
+                    self.channels.open(peer, core, &mut cx!(self, now));
                 }
             }
             Message::Request { .. } | Message::RequestRun { .. } => {
@@ -1039,7 +1048,9 @@ impl Engine {
                         self.announcer.announce(core, c.local(), &mut cx);
                     }
                 }
-                Note::Reopen(core) => self.channels.reopen_idle(core, &mut cx),
+                Note::Reopen(core) => {
+                    self.channels.reopen_idle(core, &mut cx);
+                }
                 Note::IdlePeerGone(core) => {
                     if self.cores.get(&core).is_some_and(|c| !c.has_channels()) {
                         self.maybe_lost.insert(core);

@@ -210,6 +210,7 @@ impl Channels {
         for (peer, p) in self.peers.iter_mut() {
             p.to_open.remove(key);
             p.idle_closed.remove(key);
+            p.given_up.remove(key);
             if p.reopen.remove(key).is_some() {
                 cx.timers.clear(Timer::Reopen(*peer, *key));
             }
@@ -341,7 +342,8 @@ impl Channels {
 
     /// `peer` refused our channel of `core` for lack of room: it is opened again after
     /// [`REOPEN_FIRST_WAIT`], doubling with each refusal in a row; after
-    /// [`MAX_REOPENS`] of them, only once the core has something new (as an idle one).
+    /// [`MAX_REOPENS`] of them, only once the core has something new or a redial asks (the
+    /// peer does not count as the core's then, as one whose channel closed idle does).
     fn reopen_later(&mut self, peer: PeerId, core: CoreKey, cx: &mut Cx) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
@@ -350,7 +352,7 @@ impl Channels {
         *refusals += 1;
         if *refusals > MAX_REOPENS {
             p.reopen.remove(&core);
-            p.idle_closed.insert(core);
+            p.given_up.insert(core);
             return;
         }
         let wait = REOPEN_FIRST_WAIT.saturating_mul(1 << (*refusals - 1));
@@ -421,6 +423,9 @@ impl Channels {
         );
         if let Some(p) = self.peers.get_mut(&peer) {
             p.by_core.insert(core, id);
+            // The core has a channel with it again: what closed before is past.
+            p.idle_closed.remove(&core);
+            p.given_up.remove(&core);
         }
     }
 
@@ -793,21 +798,24 @@ impl Channels {
         }
     }
 
-    /// `core` has something new (a local change, a wanted block): its channels that closed
-    /// idle open again.
-    pub(super) fn reopen_idle(&mut self, core: CoreKey, cx: &mut Cx) {
+    /// `core` has something new (a local change, a wanted block, an update asked): its
+    /// channels that closed idle, or that a peer refused too often, open again.
+    /// Returns whether one did.
+    pub(super) fn reopen_idle(&mut self, core: CoreKey, cx: &mut Cx) -> bool {
         let peers: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.idle_closed.contains(&core))
+            .filter(|(_, p)| p.idle_closed.contains(&core) || p.given_up.contains(&core))
             .map(|(id, _)| *id)
             .collect();
-        for peer in peers {
-            if let Some(p) = self.peers.get_mut(&peer) {
+        for peer in &peers {
+            if let Some(p) = self.peers.get_mut(peer) {
                 p.idle_closed.remove(&core);
+                p.given_up.remove(&core);
             }
-            self.open(peer, core, cx);
+            self.open(*peer, core, cx);
         }
+        !peers.is_empty()
     }
 
     // Queries.

@@ -110,9 +110,9 @@ impl CoreSync {
         self.mode
     }
 
-    /// Fetches `mode` from now on.
-    pub(super) fn set_mode(&mut self, mode: Mode) {
-        self.mode = mode;
+    /// Fetches `mode` from now on; returns whether it changed.
+    pub(super) fn set_mode(&mut self, mode: Mode) -> bool {
+        std::mem::replace(&mut self.mode, mode) != mode
     }
 
     /// Our state, as a `Sync` says it (`ask`: the peer should answer with its own).

@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use super::super::{
-    ChannelId, Engine, EngineConfig, Event, IDLE_REASON, Input, LocalInfo, Mode, Output,
-    testing::{CORE, PEER, accept_of, known, local, open_of, outputs, sync},
+    ChannelId, Engine, EngineConfig, Event, IDLE_REASON, Input, LocalInfo, Mode, NO_ROOM_REASON,
+    Output,
+    testing::{CORE, ME, PEER, accept_of, connect, known, local, local_at, open_of, outputs, sync},
 };
 use crate::{crypto::CoreKey, replication::wire::Message};
 
@@ -207,6 +208,188 @@ fn a_core_closed_idle_is_not_lost_until_its_peer_goes() {
         "{out:?}"
     );
     assert!(about(&out) >= 2, "no search for its peer: {out:?}");
+    engine.check_timers().unwrap();
+}
+
+/// Channels opened for `core` in `out`.
+fn opens_of(out: &[Output], core: &CoreKey) -> Vec<ChannelId> {
+    let dk = crate::crypto::discovery_key(core);
+    out.iter()
+        .filter_map(|o| match o {
+            Output::OpenChannel(_, ch, Message::Open { discovery_key, .. })
+                if *discovery_key == dk =>
+            {
+                Some(*ch)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Events in `out` that say `core` has no peer or looks for one.
+fn lost_events(out: &[Output], core: &CoreKey) -> usize {
+    out.iter()
+        .filter(|o| {
+            matches!(o, Output::Event(Event::NoPeers { core: c } | Event::Reconnecting { core: c, .. }) if c == core)
+        })
+        .count()
+}
+
+/// `engine` replicating `CORE` (5 blocks, `mode`) with `PEER`, both holding the whole log;
+/// the channel is returned.
+fn in_sync_with_peer(mode: Mode, now: Instant) -> (Engine, ChannelId) {
+    let mut engine = Engine::new(ME, EngineConfig::default());
+    engine.add_core(CORE, local(5, false), mode, now);
+    let ch = connect(&mut engine, PEER, now);
+    engine.handle(Input::Message(PEER, ch, sync(5, true)), now);
+    outputs(&mut engine);
+    (engine, ch)
+}
+
+/// The peer closes the core's only channel as idle, both holding the same log: the core keeps
+/// it as its peer (no `NoPeers`, no search) and the channel stays closed while nothing
+/// changes. The side that receives the `Close` was the one left searching at 10,000 cores.
+#[test]
+fn a_peers_idle_close_leaves_the_core_its_peer() {
+    let now = Instant::now();
+    let (mut engine, ch) = in_sync_with_peer(Mode::Full, now);
+    let close = Message::Close {
+        reason: IDLE_REASON.into(),
+    };
+    engine.handle(Input::Message(PEER, ch, close), now);
+    let out = outputs(&mut engine);
+    assert_eq!(lost_events(&out, &CORE), 0, "{out:?}");
+    assert!(engine.channels.idle_closed(&PEER, &CORE));
+    let mut t = now;
+    for _ in 0..100 {
+        t += Duration::from_secs(6);
+        engine.handle_timeout(t);
+        let out = outputs(&mut engine);
+        assert_eq!(lost_events(&out, &CORE), 0, "{out:?}");
+        assert!(opens_of(&out, &CORE).is_empty(), "{out:?}");
+    }
+    engine.check_timers().unwrap();
+}
+
+/// A peer that refused a core's channel for lack of room too often is not the core's peer:
+/// once the core's other peer goes, it has none and looks for its peers.
+#[test]
+fn a_peer_that_refused_too_often_does_not_count_as_the_cores() {
+    let now = Instant::now();
+    let refuser = [7; 32];
+    let (mut engine, _) = in_sync_with_peer(Mode::Full, now);
+    known(&mut engine, CORE, refuser, now);
+    engine.handle(Input::PeerConnected(refuser), now);
+    let mut out = outputs(&mut engine);
+    let mut t = now;
+    let mut refusals = 0;
+    while let Some(ch) = opens_of(&out, &CORE).pop() {
+        let close = Message::Close {
+            reason: NO_ROOM_REASON.into(),
+        };
+        engine.handle(Input::Message(refuser, ch, close), t);
+        refusals += 1;
+        out = outputs(&mut engine);
+        while opens_of(&out, &CORE).is_empty() {
+            let Some(next) = engine.poll_timeout() else {
+                break;
+            };
+            if next > now + Duration::from_secs(600) {
+                break;
+            }
+            t = next;
+            engine.handle_timeout(t);
+            out = outputs(&mut engine);
+        }
+        assert!(refusals < 20, "opened again without end");
+    }
+    assert!(refusals >= 8, "gave up after {refusals} refusals");
+    engine.handle(Input::PeerDisconnected(PEER), t);
+    let out = outputs(&mut engine);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Event(Event::NoPeers { core }) if *core == CORE)),
+        "{out:?}"
+    );
+    engine.check_timers().unwrap();
+}
+
+/// A core closed idle with a peer that then opens a channel for it again: that channel
+/// ending for another reason leaves the core without a peer, and it looks for one (the mark
+/// of the old idle close does not outlive the new channel).
+#[test]
+fn a_channel_reopened_after_an_idle_close_is_missed_when_it_ends() {
+    let now = Instant::now();
+    let (mut engine, ch) = in_sync_with_peer(Mode::Full, now);
+    let close = Message::Close {
+        reason: IDLE_REASON.into(),
+    };
+    engine.handle(Input::Message(PEER, ch, close), now);
+    outputs(&mut engine);
+    // The peer (a lower id) opens it again, and its stream then fails.
+    let theirs = 101;
+    engine.handle(Input::Message(PEER, theirs, open_of(&CORE, PEER, ME)), now);
+    assert!(engine.is_authenticated(theirs));
+    assert!(!engine.channels.idle_closed(&PEER, &CORE));
+    outputs(&mut engine);
+    engine.handle(Input::ChannelClosed(PEER, theirs), now);
+    let out = outputs(&mut engine);
+    assert!(lost_events(&out, &CORE) > 0, "{out:?}");
+    engine.check_timers().unwrap();
+}
+
+/// A sparse core with nothing wanted closes idle; made a full one, it wants every block and
+/// its channel opens again.
+#[test]
+fn a_sparse_core_closed_idle_reopens_in_full_mode() {
+    let now = Instant::now();
+    let mut engine = Engine::new(ME, EngineConfig::default());
+    engine.add_core(CORE, local_at(2, 2, false), Mode::Sparse, now);
+    let ch = connect(&mut engine, PEER, now);
+    engine.handle(Input::Message(PEER, ch, sync(2, true)), now);
+    let close = Message::Close {
+        reason: IDLE_REASON.into(),
+    };
+    engine.handle(Input::Message(PEER, ch, close), now);
+    outputs(&mut engine);
+    assert!(engine.channels.idle_closed(&PEER, &CORE));
+    engine.add_core(CORE, local_at(2, 2, false), Mode::Full, now);
+    let out = outputs(&mut engine);
+    assert_eq!(opens_of(&out, &CORE).len(), 1, "{out:?}");
+}
+
+/// An update of a core closed idle asks the peer again: its channel opens, and the update
+/// waits for it instead of answering at once with the length it had.
+#[test]
+fn an_update_reopens_an_idle_closed_channel_and_waits_for_it() {
+    let now = Instant::now();
+    let (mut engine, ch) = in_sync_with_peer(Mode::Full, now);
+    let close = Message::Close {
+        reason: IDLE_REASON.into(),
+    };
+    engine.handle(Input::Message(PEER, ch, close), now);
+    outputs(&mut engine);
+    engine.handle(Input::Update(CORE), now);
+    let out = outputs(&mut engine);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Event(Event::Updated { .. }))),
+        "answered without asking: {out:?}"
+    );
+    let reopened = opens_of(&out, &CORE);
+    assert_eq!(reopened.len(), 1, "{out:?}");
+    engine.handle(
+        Input::Message(PEER, reopened[0], accept_of(&CORE, ME, PEER)),
+        now,
+    );
+    engine.handle(Input::Message(PEER, reopened[0], sync(5, true)), now);
+    let out = outputs(&mut engine);
+    assert!(
+        out.iter().any(
+            |o| matches!(o, Output::Event(Event::Updated { core, length: 5 }) if *core == CORE)
+        ),
+        "{out:?}"
+    );
     engine.check_timers().unwrap();
 }
 

@@ -9,8 +9,10 @@
 //! Release mode, one size per process (peak RSS is the process's):
 //!
 //! ```text
-//! cargo run --release --example bench_store -- <cores> [runs]
+//! cargo run --release --example bench_store -- <cores> [runs] [store]
 //! ```
+//!
+//! With `store`, only `replicate_store` and its baseline run, so the peak RSS is theirs.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let cores: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let store_only = args.next().as_deref() == Some("store");
     let net = TestNet::new().await?;
     let mut hyper = Vec::new();
     let mut cpu = Vec::new();
@@ -52,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
         cpu.push(first.cpu);
         opening.push(first.opened);
         raw.push(raw_streams(&net, cores).await?);
+        if store_only {
+            continue;
+        }
         late.push(
             replicate_store(&net, cores, Opening::AfterConnecting)
                 .await?
@@ -69,18 +75,20 @@ async fn main() -> anyhow::Result<()> {
     println!("replicate_store (reader follows the writer's whole store): {h:.2?}");
     println!("raw iroh, one stream per core, same bytes:                 {r:.2?}");
     println!("ratio: {:.1}x", h.as_secs_f64() / r.as_secs_f64());
-    let l = median(late);
-    let o = median(opening);
-    println!(
-        "the cores opened after the connection is up:            {l:.2?} ({:.2}x the opening \
-         of the cores, {o:.2?}, and their replication)",
-        l.as_secs_f64() / (h + o).as_secs_f64()
-    );
-    let j = median(joined);
-    println!(
-        "each core joined by itself after the connection is up:  {j:.2?} ({:.2}x)",
-        j.as_secs_f64() / (h + o).as_secs_f64()
-    );
+    if !store_only {
+        let l = median(late);
+        let o = median(opening);
+        println!(
+            "the cores opened after the connection is up:            {l:.2?} ({:.2}x the \
+             opening of the cores, {o:.2?}, and their replication)",
+            l.as_secs_f64() / (h + o).as_secs_f64()
+        );
+        let j = median(joined);
+        println!(
+            "each core joined by itself after the connection is up:  {j:.2?} ({:.2}x)",
+            j.as_secs_f64() / (h + o).as_secs_f64()
+        );
+    }
     println!(
         "CPU time of the process while replicate_store ran (both nodes), median: {:.2?}",
         median(cpu)

@@ -26,6 +26,7 @@ pub(crate) mod blocks;
 mod catalog;
 mod change;
 mod error;
+mod memory;
 pub(crate) mod nodes;
 mod ops;
 mod read;
@@ -36,7 +37,7 @@ pub mod test_view;
 
 use std::{path::Path, sync::Arc};
 
-use redb::{ReadableDatabase, StorageBackend, backends::InMemoryBackend};
+use redb::{ReadableDatabase, StorageBackend};
 
 pub use actor::StorageStats;
 pub(crate) use change::{Change, CommitListener};
@@ -181,9 +182,10 @@ impl Storage {
         self.shared.actor.is_none()
     }
 
-    /// A database in memory (redb's in-memory backend): the same code path as a file.
+    /// A database in memory, in chunks that grow without copying (see `memory`): the same
+    /// code path as a file.
     pub fn memory(opts: StorageOptions) -> Result<Self, StorageError> {
-        Self::with_backend(InMemoryBackend::new(), opts)
+        Self::with_backend(memory::ChunkedMemory::new(), opts)
     }
 
     /// A database on a custom redb backend (for example one that simulates a full disk).

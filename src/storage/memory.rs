@@ -1,0 +1,237 @@
+//! The storage of a database in memory: redb's file as fixed-size chunks. It grows without
+//! copying what it holds, and holds at most one chunk more than its length. (redb's own
+//! in-memory backend is one `Vec` grown by doubling: up to twice the database's size, and a
+//! copy of all of it at each doubling.)
+
+use std::{
+    io,
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
+
+use redb::StorageBackend;
+
+/// Bytes in one chunk.
+const CHUNK: usize = 1 << 20;
+
+/// A redb storage backend that keeps the database in memory, in chunks of [`CHUNK`] bytes.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkedMemory {
+    file: RwLock<Chunks>,
+}
+
+#[derive(Debug, Default)]
+struct Chunks {
+    chunks: Vec<Box<[u8]>>,
+    len: u64,
+}
+
+impl Chunks {
+    /// The pieces of `offset..offset + len` as (chunk, start within it, bytes), or an error if
+    /// they reach past the end.
+    fn pieces(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<impl Iterator<Item = (usize, usize, usize)>> {
+        let end = u64::try_from(len)
+            .ok()
+            .and_then(|l| offset.checked_add(l))
+            .filter(|end| *end <= self.len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{len} bytes at {offset} reach past the end of the database ({})",
+                        self.len
+                    ),
+                )
+            })?;
+        let mut pos = offset;
+        Ok(std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            // Both below `len`, which fits the chunks in memory.
+            let chunk = (pos / CHUNK as u64) as usize;
+            let within = (pos % CHUNK as u64) as usize;
+            let n = (CHUNK - within).min((end - pos) as usize);
+            pos += n as u64;
+            Some((chunk, within, n))
+        }))
+    }
+}
+
+impl ChunkedMemory {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    fn read_file(&self) -> RwLockReadGuard<'_, Chunks> {
+        self.file.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_file(&self) -> RwLockWriteGuard<'_, Chunks> {
+        self.file.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl StorageBackend for ChunkedMemory {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.read_file().len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let file = self.read_file();
+        let mut done = 0;
+        for (chunk, within, n) in file.pieces(offset, out.len())? {
+            out[done..done + n].copy_from_slice(&file.chunks[chunk][within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut file = self.write_file();
+        let chunks = usize::try_from(len.div_ceil(CHUNK as u64))
+            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "database too large"))?;
+        if len < file.len {
+            file.chunks.truncate(chunks);
+            // What lies past the new end reads as zeros if the file grows again.
+            let tail = (len % CHUNK as u64) as usize;
+            if tail > 0
+                && let Some(last) = file.chunks.last_mut()
+            {
+                last[tail..].fill(0);
+            }
+        } else {
+            // Zeroed on allocation: the pages are the system's until written.
+            let more = chunks.saturating_sub(file.chunks.len());
+            file.chunks.reserve(more);
+            for _ in 0..more {
+                file.chunks.push(vec![0; CHUNK].into_boxed_slice());
+            }
+        }
+        file.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut file = self.write_file();
+        let pieces: Vec<_> = file.pieces(offset, data.len())?.collect();
+        let mut done = 0;
+        for (chunk, within, n) in pieces {
+            file.chunks[chunk][within..within + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What the backend does to a file, for the model to do too.
+    #[derive(Debug, Clone)]
+    enum Step {
+        SetLen(u64),
+        Write(u64, Vec<u8>),
+        Read(u64, usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let at = 0..(3 * CHUNK as u64 + 100);
+        prop_oneof![
+            at.clone().prop_map(Step::SetLen),
+            (at.clone(), proptest::collection::vec(any::<u8>(), 0..3000))
+                .prop_map(|(o, d)| Step::Write(o, d)),
+            (at, 0..3000usize).prop_map(|(o, n)| Step::Read(o, n)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The chunks behave as one growable zero-filled `Vec`: the same bytes read back, the
+        /// same refusals past the end, zeros where a shrunk file grew again.
+        #[test]
+        fn chunks_behave_as_one_vec(steps in proptest::collection::vec(step(), 1..40)) {
+            let backend = ChunkedMemory::new();
+            let mut model: Vec<u8> = Vec::new();
+            for s in steps {
+                match s {
+                    Step::SetLen(len) => {
+                        backend.set_len(len).unwrap();
+                        model.resize(len as usize, 0);
+                    }
+                    Step::Write(offset, data) => {
+                        let fits = offset as usize + data.len() <= model.len();
+                        prop_assert_eq!(backend.write(offset, &data).is_ok(), fits);
+                        if fits {
+                            model[offset as usize..offset as usize + data.len()]
+                                .copy_from_slice(&data);
+                        }
+                    }
+                    Step::Read(offset, n) => {
+                        let mut out = vec![0xAA; n];
+                        let fits = offset as usize + n <= model.len();
+                        prop_assert_eq!(backend.read(offset, &mut out).is_ok(), fits);
+                        if fits {
+                            prop_assert_eq!(&out[..], &model[offset as usize..offset as usize + n]);
+                        }
+                    }
+                }
+                prop_assert_eq!(backend.len().unwrap(), model.len() as u64);
+            }
+        }
+    }
+
+    /// A write across a chunk boundary, a shrink into the first chunk and a regrowth: the
+    /// bytes cut off read as zeros; an offset near `u64::MAX` is refused, not wrapped.
+    #[test]
+    fn across_a_boundary_and_back() {
+        let b = ChunkedMemory::new();
+        b.set_len(2 * CHUNK as u64).unwrap();
+        let data = vec![7u8; 100];
+        let at = CHUNK as u64 - 50;
+        b.write(at, &data).unwrap();
+        let mut out = vec![0; 100];
+        b.read(at, &mut out).unwrap();
+        assert_eq!(out, data);
+        b.set_len(at + 10).unwrap();
+        b.set_len(2 * CHUNK as u64).unwrap();
+        b.read(at, &mut out).unwrap();
+        assert_eq!(&out[..10], &[7; 10]);
+        assert!(out[10..].iter().all(|b| *b == 0), "{out:?}");
+        assert!(b.read(u64::MAX - 10, &mut out).is_err());
+        assert!(b.write(u64::MAX - 10, &data).is_err());
+    }
+
+    /// A whole database on it: what is committed reads back.
+    #[test]
+    fn a_database_on_chunks() {
+        use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+        const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
+        let db = redb::Database::builder()
+            .create_with_backend(ChunkedMemory::new())
+            .unwrap();
+        let value = vec![3u8; 5000];
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(T).unwrap();
+            for i in 0..1000u64 {
+                t.insert(i, value.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(T).unwrap();
+        assert_eq!(t.len().unwrap(), 1000);
+        assert_eq!(t.get(999).unwrap().unwrap().value(), value.as_slice());
+    }
+}

@@ -180,3 +180,32 @@ async fn bad_runs_are_refused() {
     assert!(r.apply_block_proofs(ps).await.is_err());
     assert!(r.get(0).await.is_err());
 }
+
+/// A `download().done()` made before a hundred commits that it did not read (more than its
+/// channel holds): it is told it lagged, counts the stored blocks again, and resolves once
+/// the rest arrive.
+#[tokio::test]
+async fn a_done_that_lagged_behind_many_commits_still_resolves() {
+    const LEN: u64 = 120;
+    let w = writer(LEN).await;
+    let r = common::verified_reader(&w).await;
+    let download = r.download(0..LEN);
+    let apply = |start: u64| {
+        let (w, r) = (w.clone(), r.clone());
+        async move {
+            let items = w.create_run_proofs(0, start, start + 1, LEN).await.unwrap();
+            let applied = r.apply_block_proofs(proofs(items)).await.unwrap();
+            assert_eq!(applied.stored.len(), 1);
+        }
+    };
+    // One commit per block, nobody reading the news.
+    for i in 0..100 {
+        apply(i).await;
+    }
+    let done = tokio::spawn(download.done(std::time::Duration::from_secs(30)));
+    for i in 100..LEN {
+        apply(i).await;
+    }
+    done.await.unwrap().unwrap();
+    assert_eq!(r.info().contiguous_length, LEN);
+}

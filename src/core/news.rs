@@ -22,9 +22,10 @@ const EVENT_CAPACITY: usize = 1024;
 /// Capacity of each core's channel of [`StoredNews`] news, allocated by its first subscriber
 /// (a waiting read). A slot costs about 70 bytes: with the application's 1,024-slot channel
 /// behind every `download`, a reader following 10,000 cores spent 700 MiB and much of its
-/// time filling these buffers (`bench_store`). A read this far behind is told it lagged
-/// and looks in storage again.
-const STORED_CAPACITY: usize = 64;
+/// time filling these buffers (`bench_store`); 64 slots still cost 30 MiB there. A read this
+/// far behind is told it lagged and looks in storage again (a run of stored blocks is one
+/// message, so a read that keeps up is never this far behind).
+const STORED_CAPACITY: usize = 16;
 
 /// What a commit did to a core, as the reads waiting inside the crate follow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,12 +14,21 @@ use redb::StorageBackend;
 const CHUNK: usize = 1 << 20;
 
 /// A redb storage backend that keeps the database in memory, in chunks of [`CHUNK`] bytes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct ChunkedMemory {
     file: RwLock<Chunks>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for ChunkedMemory {
+    /// Its length only: never the database's bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkedMemory")
+            .field("len", &self.read_file().len)
+            .finish()
+    }
+}
+
+#[derive(Default)]
 struct Chunks {
     chunks: Vec<Box<[u8]>>,
     len: u64,
@@ -32,17 +41,25 @@ impl Chunks {
         &self,
         offset: u64,
         len: usize,
-    ) -> io::Result<impl Iterator<Item = (usize, usize, usize)>> {
+    ) -> io::Result<impl Iterator<Item = (usize, usize, usize)> + use<>> {
+        Self::pieces_of(self.len, offset, len)
+    }
+
+    /// [`pieces`](Self::pieces) of a file `file_len` bytes long.
+    fn pieces_of(
+        file_len: u64,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<impl Iterator<Item = (usize, usize, usize)> + use<>> {
         let end = u64::try_from(len)
             .ok()
             .and_then(|l| offset.checked_add(l))
-            .filter(|end| *end <= self.len)
+            .filter(|end| *end <= file_len)
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
-                        "{len} bytes at {offset} reach past the end of the database ({})",
-                        self.len
+                        "{len} bytes at {offset} reach past the end of the database ({file_len})"
                     ),
                 )
             })?;
@@ -96,12 +113,18 @@ impl StorageBackend for ChunkedMemory {
             .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "database too large"))?;
         if len < file.len {
             file.chunks.truncate(chunks);
-            // What lies past the new end reads as zeros if the file grows again.
+            // What lies past the new end reads as zeros if the file grows again. Only what
+            // was within the old length is zeroed: the rest of the chunk was never written,
+            // and writing zeros there would make the system back those pages.
             let tail = (len % CHUNK as u64) as usize;
+            let old_len = file.len;
             if tail > 0
                 && let Some(last) = file.chunks.last_mut()
             {
-                last[tail..].fill(0);
+                // The last chunk starts at `len - tail`; the old file ended past `len`.
+                let old_end =
+                    usize::try_from(old_len - (len - tail as u64)).map_or(CHUNK, |e| e.min(CHUNK));
+                last[tail..old_end].fill(0);
             }
         } else {
             // Zeroed on allocation: the pages are the system's until written.
@@ -121,10 +144,11 @@ impl StorageBackend for ChunkedMemory {
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut file = self.write_file();
-        let pieces: Vec<_> = file.pieces(offset, data.len())?.collect();
+        let Chunks { chunks, len } = &mut *file;
+        let within = Chunks::pieces_of(*len, offset, data.len())?;
         let mut done = 0;
-        for (chunk, within, n) in pieces {
-            file.chunks[chunk][within..within + n].copy_from_slice(&data[done..done + n]);
+        for (chunk, at, n) in within {
+            chunks[chunk][at..at + n].copy_from_slice(&data[done..done + n]);
             done += n;
         }
         Ok(())
@@ -210,6 +234,30 @@ mod tests {
         assert!(out[10..].iter().all(|b| *b == 0), "{out:?}");
         assert!(b.read(u64::MAX - 10, &mut out).is_err());
         assert!(b.write(u64::MAX - 10, &data).is_err());
+    }
+
+    /// A shrink to a whole number of chunks and a regrowth; a read across three chunks;
+    /// empty reads at the end and past it.
+    #[test]
+    fn whole_chunks_and_the_end() {
+        let b = ChunkedMemory::new();
+        b.set_len(3 * CHUNK as u64 + 10).unwrap();
+        let data: Vec<u8> = (0..CHUNK + 200).map(|i| (i % 251) as u8).collect();
+        let at = CHUNK as u64 - 100;
+        b.write(at, &data).unwrap();
+        let mut out = vec![0; data.len()];
+        b.read(at, &mut out).unwrap();
+        assert_eq!(out, data, "a read across three chunks");
+        b.set_len(CHUNK as u64).unwrap();
+        b.set_len(3 * CHUNK as u64).unwrap();
+        let mut out = vec![0xAA; 300];
+        b.read(at, &mut out).unwrap();
+        assert_eq!(&out[..100], &data[..100], "kept below the cut");
+        assert!(out[100..].iter().all(|b| *b == 0), "zeros past the cut");
+        let len = b.len().unwrap();
+        b.read(len, &mut []).unwrap();
+        assert!(b.read(len + 1, &mut []).is_err());
+        assert_eq!(format!("{b:?}"), format!("ChunkedMemory {{ len: {len} }}"));
     }
 
     /// A whole database on it: what is committed reads back.

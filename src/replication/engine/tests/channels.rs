@@ -72,12 +72,19 @@ fn grown() -> LocalInfo {
     }
 }
 
-/// At the channel cap, a core waits; once an open channel is idle it closes (telling the
-/// peer why) and the waiting core gets its channel; the core closed idle opens again when it
-/// has something new.
-#[test]
-fn idle_channels_make_room_and_reopen_on_change() {
-    let now = Instant::now();
+/// Three cores at a cap of two channels, the first two open and idle.
+struct AtCap {
+    engine: Engine,
+    cores: [CoreKey; 3],
+    /// The two channels opened first, with their cores.
+    first: Vec<(ChannelId, CoreKey)>,
+    /// The outputs after their `Sync`s.
+    out: Vec<Output>,
+}
+
+/// Three cores of 5 blocks known to `PEER`, at a cap of two channels: the two opened first
+/// are accepted and synced (idle: the peer holds the same whole log).
+fn three_cores_at_a_cap_of_two(now: Instant) -> AtCap {
     let me = [1; 32];
     let cfg = EngineConfig {
         max_channels_per_peer: 2,
@@ -92,15 +99,33 @@ fn idle_channels_make_room_and_reopen_on_change() {
     engine.handle(Input::PeerConnected(PEER), now);
     let first = opened(&outputs(&mut engine));
     assert_eq!(first.len(), 2, "two channels at the cap");
-    // Both open and idle: the peer holds the same whole log.
     for (ch, core) in &first {
-        let accept = accept_of(core, me, PEER);
-        engine.handle(Input::Message(PEER, *ch, accept), now);
+        engine.handle(Input::Message(PEER, *ch, accept_of(core, me, PEER)), now);
     }
     for (ch, _) in &first {
         engine.handle(Input::Message(PEER, *ch, sync(5, true)), now);
     }
     let out = outputs(&mut engine);
+    AtCap {
+        engine,
+        cores,
+        first,
+        out,
+    }
+}
+
+/// At the channel cap, a core waits; once an open channel is idle it closes (telling the
+/// peer why) and the waiting core gets its channel; the core closed idle opens again when it
+/// has something new.
+#[test]
+fn idle_channels_make_room_and_reopen_on_change() {
+    let now = Instant::now();
+    let AtCap {
+        mut engine,
+        cores,
+        first,
+        out,
+    } = three_cores_at_a_cap_of_two(now);
     let closed: Vec<ChannelId> = out
         .iter()
         .filter_map(|o| match o {
@@ -140,25 +165,12 @@ fn idle_channels_make_room_and_reopen_on_change() {
 fn a_core_closed_idle_is_not_lost_until_its_peer_goes() {
     let now = Instant::now();
     let me = [1; 32];
-    let cfg = EngineConfig {
-        max_channels_per_peer: 2,
-        ..Default::default()
-    };
-    let mut engine = Engine::new(me, cfg);
-    let cores = [[3; 32], [4; 32], [5; 32]];
-    for core in cores {
-        engine.add_core(core, local(5, true), Mode::Full, now);
-        known(&mut engine, core, PEER, now);
-    }
-    engine.handle(Input::PeerConnected(PEER), now);
-    let first = opened(&outputs(&mut engine));
-    for (ch, core) in &first {
-        engine.handle(Input::Message(PEER, *ch, accept_of(core, me, PEER)), now);
-    }
-    for (ch, _) in &first {
-        engine.handle(Input::Message(PEER, *ch, sync(5, true)), now);
-    }
-    let out = outputs(&mut engine);
+    let AtCap {
+        mut engine,
+        first,
+        out,
+        ..
+    } = three_cores_at_a_cap_of_two(now);
     let closed = out
         .iter()
         .find_map(|o| match o {
@@ -246,6 +258,15 @@ fn in_sync_with_peer(mode: Mode, now: Instant) -> (Engine, ChannelId) {
     (engine, ch)
 }
 
+/// `PEER` closes channel `ch` as idle; the outputs are drained.
+fn idle_close(engine: &mut Engine, ch: ChannelId, now: Instant) {
+    let close = Message::Close {
+        reason: IDLE_REASON.into(),
+    };
+    engine.handle(Input::Message(PEER, ch, close), now);
+    outputs(engine);
+}
+
 /// The peer closes the core's only channel as idle, both holding the same log: the core keeps
 /// it as its peer (no `NoPeers`, no search) and the channel stays closed while nothing
 /// changes. The side that receives the `Close` was the one left searching at 10,000 cores.
@@ -321,11 +342,7 @@ fn a_peer_that_refused_too_often_does_not_count_as_the_cores() {
 fn a_channel_reopened_after_an_idle_close_is_missed_when_it_ends() {
     let now = Instant::now();
     let (mut engine, ch) = in_sync_with_peer(Mode::Full, now);
-    let close = Message::Close {
-        reason: IDLE_REASON.into(),
-    };
-    engine.handle(Input::Message(PEER, ch, close), now);
-    outputs(&mut engine);
+    idle_close(&mut engine, ch, now);
     // The peer (a lower id) opens it again, and its stream then fails.
     let theirs = 101;
     engine.handle(Input::Message(PEER, theirs, open_of(&CORE, PEER, ME)), now);
@@ -347,11 +364,7 @@ fn a_sparse_core_closed_idle_reopens_in_full_mode() {
     engine.add_core(CORE, local_at(2, 2, false), Mode::Sparse, now);
     let ch = connect(&mut engine, PEER, now);
     engine.handle(Input::Message(PEER, ch, sync(2, true)), now);
-    let close = Message::Close {
-        reason: IDLE_REASON.into(),
-    };
-    engine.handle(Input::Message(PEER, ch, close), now);
-    outputs(&mut engine);
+    idle_close(&mut engine, ch, now);
     assert!(engine.channels.idle_closed(&PEER, &CORE));
     engine.add_core(CORE, local_at(2, 2, false), Mode::Full, now);
     let out = outputs(&mut engine);
@@ -364,11 +377,7 @@ fn a_sparse_core_closed_idle_reopens_in_full_mode() {
 fn an_update_reopens_an_idle_closed_channel_and_waits_for_it() {
     let now = Instant::now();
     let (mut engine, ch) = in_sync_with_peer(Mode::Full, now);
-    let close = Message::Close {
-        reason: IDLE_REASON.into(),
-    };
-    engine.handle(Input::Message(PEER, ch, close), now);
-    outputs(&mut engine);
+    idle_close(&mut engine, ch, now);
     engine.handle(Input::Update(CORE), now);
     let out = outputs(&mut engine);
     assert!(

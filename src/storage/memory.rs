@@ -34,48 +34,35 @@ struct Chunks {
     len: u64,
 }
 
-impl Chunks {
-    /// The pieces of `offset..offset + len` as (chunk, start within it, bytes), or an error if
-    /// they reach past the end.
-    fn pieces(
-        &self,
-        offset: u64,
-        len: usize,
-    ) -> io::Result<impl Iterator<Item = (usize, usize, usize)> + use<>> {
-        Self::pieces_of(self.len, offset, len)
-    }
-
-    /// [`pieces`](Self::pieces) of a file `file_len` bytes long.
-    fn pieces_of(
-        file_len: u64,
-        offset: u64,
-        len: usize,
-    ) -> io::Result<impl Iterator<Item = (usize, usize, usize)> + use<>> {
-        let end = u64::try_from(len)
-            .ok()
-            .and_then(|l| offset.checked_add(l))
-            .filter(|end| *end <= file_len)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "{len} bytes at {offset} reach past the end of the database ({file_len})"
-                    ),
-                )
-            })?;
-        let mut pos = offset;
-        Ok(std::iter::from_fn(move || {
-            if pos >= end {
-                return None;
-            }
-            // Both below `len`, which fits the chunks in memory.
-            let chunk = (pos / CHUNK as u64) as usize;
-            let within = (pos % CHUNK as u64) as usize;
-            let n = (CHUNK - within).min((end - pos) as usize);
-            pos += n as u64;
-            Some((chunk, within, n))
-        }))
-    }
+/// The pieces of `offset..offset + len` in a file of `file_len` bytes, as (chunk, start
+/// within it, bytes), or an error if they reach past its end.
+fn pieces(
+    file_len: u64,
+    offset: u64,
+    len: usize,
+) -> io::Result<impl Iterator<Item = (usize, usize, usize)>> {
+    let end = u64::try_from(len)
+        .ok()
+        .and_then(|l| offset.checked_add(l))
+        .filter(|end| *end <= file_len)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{len} bytes at {offset} reach past the end of the database ({file_len})"),
+            )
+        })?;
+    let mut pos = offset;
+    Ok(std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        // Both below the file's length, which the chunks in memory hold.
+        let chunk = (pos / CHUNK as u64) as usize;
+        let within = (pos % CHUNK as u64) as usize;
+        let n = (CHUNK - within).min((end - pos) as usize);
+        pos += n as u64;
+        Some((chunk, within, n))
+    }))
 }
 
 impl ChunkedMemory {
@@ -100,7 +87,7 @@ impl StorageBackend for ChunkedMemory {
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let file = self.read_file();
         let mut done = 0;
-        for (chunk, within, n) in file.pieces(offset, out.len())? {
+        for (chunk, within, n) in pieces(file.len, offset, out.len())? {
             out[done..done + n].copy_from_slice(&file.chunks[chunk][within..within + n]);
             done += n;
         }
@@ -127,7 +114,8 @@ impl StorageBackend for ChunkedMemory {
                 last[tail..old_end].fill(0);
             }
         } else {
-            // Zeroed on allocation: the pages are the system's until written.
+            // Zeroed on allocation: for chunks this large the allocator maps fresh pages,
+            // which the system backs only once written (unless it reuses freed memory).
             let more = chunks.saturating_sub(file.chunks.len());
             file.chunks.reserve(more);
             for _ in 0..more {
@@ -144,11 +132,9 @@ impl StorageBackend for ChunkedMemory {
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut file = self.write_file();
-        let Chunks { chunks, len } = &mut *file;
-        let within = Chunks::pieces_of(*len, offset, data.len())?;
         let mut done = 0;
-        for (chunk, at, n) in within {
-            chunks[chunk][at..at + n].copy_from_slice(&data[done..done + n]);
+        for (chunk, within, n) in pieces(file.len, offset, data.len())? {
+            file.chunks[chunk][within..within + n].copy_from_slice(&data[done..done + n]);
             done += n;
         }
         Ok(())

@@ -16,12 +16,14 @@
 //! core the peer is known to have or want (the engine says which), and only the lower id of a
 //! connection opens them at once if an open delay is set (the other side adopts them).
 
+mod closed;
 mod parked;
 mod peer;
 mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use closed::{Closed, ClosedChannels};
 use parked::{Parked, ParkedChannels, Room};
 use peer::PeerChannels;
 use table::{Channel, ChannelTable};
@@ -117,6 +119,8 @@ pub(super) struct Channels {
     open_next: BTreeSet<PeerId>,
     /// Peers at their channel cap with cores waiting for room.
     room_wanted: BTreeSet<PeerId>,
+    /// Channels of connected peers that stay closed until their core has something new.
+    closed: ClosedChannels,
     /// Peers on Hypercore's own wire: their capabilities are bound to the Noise session, not
     /// to both endpoint ids.
     sessions: BTreeMap<PeerId, NoiseBinding>,
@@ -135,6 +139,7 @@ impl Channels {
             next_id: 0,
             open_next: BTreeSet::new(),
             room_wanted: BTreeSet::new(),
+            closed: ClosedChannels::default(),
             sessions: BTreeMap::new(),
         }
     }
@@ -209,12 +214,11 @@ impl Channels {
         }
         for (peer, p) in self.peers.iter_mut() {
             p.to_open.remove(key);
-            p.idle_closed.remove(key);
-            p.given_up.remove(key);
             if p.reopen.remove(key).is_some() {
                 cx.timers.clear(Timer::Reopen(*peer, *key));
             }
         }
+        self.closed.take_core(key);
     }
 
     /// Whether a channel parked for `key` proves its opener knows the key.
@@ -285,8 +289,10 @@ impl Channels {
         for core in p.reopen.keys() {
             cx.timers.clear(Timer::Reopen(*peer, *core));
         }
-        for core in &p.idle_closed {
-            cx.note(Note::IdlePeerGone(*core));
+        for (core, why) in self.closed.take_peer(peer) {
+            if why == Closed::Idle {
+                cx.note(Note::IdlePeerGone(core));
+            }
         }
         for ch in p.by_core.values() {
             let Some(c) = self.table.remove(ch) else {
@@ -352,7 +358,7 @@ impl Channels {
         *refusals += 1;
         if *refusals > MAX_REOPENS {
             p.reopen.remove(&core);
-            p.given_up.insert(core);
+            self.closed.insert(peer, core, Closed::GivenUp);
             return;
         }
         let wait = REOPEN_FIRST_WAIT.saturating_mul(1 << (*refusals - 1));
@@ -423,10 +429,9 @@ impl Channels {
         );
         if let Some(p) = self.peers.get_mut(&peer) {
             p.by_core.insert(core, id);
-            // The core has a channel with it again: what closed before is past.
-            p.idle_closed.remove(&core);
-            p.given_up.remove(&core);
         }
+        // The core has a channel with it again: what closed before is past.
+        self.closed.remove(&peer, &core);
     }
 
     /// A handshake of a channel we opened to `peer` ended (accepted, refused, timed out): the
@@ -793,8 +798,8 @@ impl Channels {
     /// `core`'s channel with `peer` closed idle: it opens again when the core has something
     /// new.
     pub(super) fn mark_idle_closed(&mut self, peer: PeerId, core: CoreKey) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.idle_closed.insert(core);
+        if self.peers.contains_key(&peer) {
+            self.closed.insert(peer, core, Closed::Idle);
         }
     }
 
@@ -802,17 +807,8 @@ impl Channels {
     /// channels that closed idle, or that a peer refused too often, open again.
     /// Returns whether one did.
     pub(super) fn reopen_idle(&mut self, core: CoreKey, cx: &mut Cx) -> bool {
-        let peers: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.idle_closed.contains(&core) || p.given_up.contains(&core))
-            .map(|(id, _)| *id)
-            .collect();
+        let peers = self.closed.take_core(&core);
         for peer in &peers {
-            if let Some(p) = self.peers.get_mut(peer) {
-                p.idle_closed.remove(&core);
-                p.given_up.remove(&core);
-            }
             self.open(*peer, core, cx);
         }
         !peers.is_empty()
@@ -822,7 +818,8 @@ impl Channels {
 
     /// Checks the channel part's bounds: parked channels within `max_parked` and each peer's
     /// within `max_parked_per_peer`; each peer's channels within `max_channels_per_peer` plus
-    /// the ones it parked, and ours waiting for an `Accept` within `max_opening_per_peer`.
+    /// the ones it parked, and ours waiting for an `Accept` within `max_opening_per_peer`;
+    /// channels kept closed only of connected peers and replicated cores.
     #[cfg(any(test, feature = "test-utils"))]
     pub(super) fn check_bounds(&self, cfg: &super::EngineConfig) -> Result<(), String> {
         if self.parked.len() > cfg.max_parked {
@@ -840,7 +837,10 @@ impl Channels {
                 return Err(format!("{} of ours opening to {peer:?}", p.opening));
             }
         }
-        Ok(())
+        self.closed.check(
+            |p| self.peers.contains_key(p),
+            |c| self.cores.contains_key(c),
+        )
     }
 
     /// Whether `core` is only served to the peers that asked for it.
@@ -901,15 +901,13 @@ impl Channels {
     /// Whether `core`'s channel with some connected peer closed idle: that peer held the same
     /// log, and the channel opens again when the core has something new.
     pub(super) fn idle_closed_with_any(&self, core: &CoreKey) -> bool {
-        self.peers.values().any(|p| p.idle_closed.contains(core))
+        self.closed.idle_with_any(core)
     }
 
     /// Whether `core`'s channel with `peer` closed idle.
     #[cfg(test)]
     pub(super) fn idle_closed(&self, peer: &PeerId, core: &CoreKey) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.idle_closed.contains(core))
+        self.closed.get(peer, core) == Some(Closed::Idle)
     }
 
     /// Opens a channel for `core` to a connected `peer` that has none, unless one it refused
@@ -919,7 +917,8 @@ impl Channels {
         if self
             .peers
             .get(&peer)
-            .is_some_and(|p| !p.reopen.contains_key(&core) && !p.idle_closed.contains(&core))
+            .is_some_and(|p| !p.reopen.contains_key(&core))
+            && self.closed.get(&peer, &core) != Some(Closed::Idle)
         {
             self.open(peer, core, cx);
         }

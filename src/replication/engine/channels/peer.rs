@@ -1,6 +1,6 @@
 //! The channels of one connected peer: its channel of each core, the handshakes of ours it has
-//! not answered yet, the cores waiting for room to open one, the channels that closed idle,
-//! and those it refused for lack of room (and those it refused too often).
+//! not answered yet, the cores waiting for room to open one, and those it refused for lack of
+//! room (the channels that stay closed until their core has news are `ClosedChannels`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,12 +17,6 @@ pub(super) struct PeerChannels {
     /// Cores waiting for room among `opening` (or under the channel cap) to open a channel
     /// to it.
     pub(super) to_open: BTreeSet<CoreKey>,
-    /// Cores whose channel with it closed idle (both held the same log): opened again when
-    /// they have something new. The peer counts as the core's while it is connected.
-    pub(super) idle_closed: BTreeSet<CoreKey>,
-    /// Cores whose channel it refused for lack of room too many times in a row: opened again
-    /// when they have something new (or a redial asks).
-    pub(super) given_up: BTreeSet<CoreKey>,
     /// Where the next scan for an idle channel starts.
     pub(super) idle_cursor: CoreKey,
     /// Cores whose channel it refused for lack of room, with the refusals in a row: each is

@@ -210,9 +210,11 @@ fn a_core_closed_idle_is_not_lost_until_its_peer_goes() {
         engine.check_timers().unwrap();
     }
     assert!(engine.channels.idle_closed(&PEER, &idle_core));
+    engine.check_bounds().unwrap();
 
     // The peer goes: the core has no peer now, and says so.
     engine.handle(Input::PeerDisconnected(PEER), t);
+    engine.check_bounds().unwrap();
     let out = outputs(&mut engine);
     assert!(
         out.iter()
@@ -325,6 +327,7 @@ fn a_peer_that_refused_too_often_does_not_count_as_the_cores() {
         assert!(refusals < 20, "opened again without end");
     }
     assert!(refusals >= 8, "gave up after {refusals} refusals");
+    engine.check_bounds().unwrap();
     engine.handle(Input::PeerDisconnected(PEER), t);
     let out = outputs(&mut engine);
     assert!(

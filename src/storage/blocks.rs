@@ -167,20 +167,19 @@ fn large_marker(len: u64) -> [u8; 12] {
     marker
 }
 
-/// Bytes of a chunk holding `values`.
-fn encoded_len(values: &[&[u8]]) -> usize {
-    4 + 4 * values.len() + values.iter().map(|v| v.len()).sum::<usize>()
-}
-
-/// Encodes consecutive block values as one chunk into `out` (of [`encoded_len`] bytes).
-fn encode_into(values: &[&[u8]], out: &mut [u8]) {
-    let header = 4 + 4 * values.len();
-    out[..4].copy_from_slice(&(values.len() as u32).to_le_bytes());
+/// Encodes consecutive block values as one chunk into `out` (cleared first): their count,
+/// the end offset of each, then the values.
+fn encode(values: &[&[u8]], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(4 + 4 * values.len() + values.iter().map(|v| v.len()).sum::<usize>());
+    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
     let mut end = 0usize;
-    for (i, v) in values.iter().enumerate() {
-        out[header + end..header + end + v.len()].copy_from_slice(v);
+    for v in values {
         end += v.len();
-        out[4 + 4 * i..8 + 4 * i].copy_from_slice(&(end as u32).to_le_bytes());
+        out.extend_from_slice(&(end as u32).to_le_bytes());
+    }
+    for v in values {
+        out.extend_from_slice(v);
     }
 }
 
@@ -420,12 +419,19 @@ impl BlocksRead {
 pub struct BlocksWrite<'a, 't> {
     chunks: &'a mut BlocksTable<'t>,
     pieces: &'a mut PiecesTable<'t>,
+    /// The chunk being encoded, kept for the next (a row is built whole, then inserted:
+    /// redb's `insert_reserve` would zero a buffer of the row's size and copy it first).
+    row: Vec<u8>,
 }
 
 impl<'a, 't> BlocksWrite<'a, 't> {
     /// Writes through the two tables.
     pub fn new(chunks: &'a mut BlocksTable<'t>, pieces: &'a mut PiecesTable<'t>) -> Self {
-        Self { chunks, pieces }
+        Self {
+            chunks,
+            pieces,
+            row: Vec::new(),
+        }
     }
 
     /// Read access to what this transaction sees.
@@ -452,12 +458,9 @@ impl<'a, 't> BlocksWrite<'a, 't> {
                 size += 4 + values[end].len();
                 end += 1;
             }
-            // Encoded straight into the page.
-            let chunk = &values[start..end];
-            let mut slot = self
-                .chunks
-                .insert_reserve((id, first + start as u64), encoded_len(chunk))?;
-            encode_into(chunk, slot.as_mut());
+            encode(&values[start..end], &mut self.row);
+            self.chunks
+                .insert((id, first + start as u64), self.row.as_slice())?;
             start = end;
         }
         Ok(())
@@ -678,8 +681,8 @@ mod tests {
                 pieces.insert((1, 0, n as u32), p).unwrap();
             }
             let values: Vec<&[u8]> = small.iter().map(Vec::as_slice).collect();
-            let mut row = vec![0u8; encoded_len(&values)];
-            encode_into(&values, &mut row);
+            let mut row = Vec::new();
+            encode(&values, &mut row);
             chunks.insert((1, 1), row.as_slice()).unwrap();
         }
         txn.commit().unwrap();

@@ -27,25 +27,36 @@ pub fn check_target(path: &Path) -> Result<(), String> {
     }
 }
 
-/// The temporary file a write under way uses, removed if the write is cut short (by Ctrl-C:
-/// the blob store's export may still be writing it until the store stops) or fails.
+/// The temporary directory a write under way uses (beside the target, only this process may
+/// write in it), removed with what it holds if the write is cut short (by Ctrl-C: the blob
+/// store's export may still be writing in it until the store stops) or fails.
 #[derive(Debug, Default, Clone)]
-pub struct Leftover(Arc<Mutex<Option<tempfile::TempPath>>>);
+pub struct Leftover(Arc<Mutex<Option<tempfile::TempDir>>>);
 
 impl Leftover {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<tempfile::TempPath>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<tempfile::TempDir>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Removes the temporary file, if a write left one.
+    /// Removes the temporary directory, if a write left one.
     pub fn remove(&self) {
-        // Dropping the path removes the file.
+        // Dropping the directory removes it and the file in it.
         drop(self.lock().take());
+    }
+
+    /// Renames `partial` (in the temporary directory) to `target` and removes the directory:
+    /// an error if a Ctrl-C removed it first.
+    fn rename_into_place(&self, partial: &Path, target: &Path) -> std::io::Result<()> {
+        let Some(dir) = self.lock().take() else {
+            return Err(std::io::Error::other("the write was cut short"));
+        };
+        std::fs::rename(partial, target)?;
+        dir.close()
     }
 }
 
-/// Copies the blob from the store into `path` (`-` for stdout). A file is written under a
-/// new temporary name beside it (through a symlink: beside its target) and renamed into
+/// Copies the blob from the store into `path` (`-` for stdout). A file is written in a new
+/// temporary directory beside it (through a symlink: beside its target) and renamed into
 /// place once whole and synced, so that a full disk or Ctrl-C leaves neither half a file
 /// nor a clobbered old one. Other targets (a device, a pipe) are written directly.
 pub async fn write(
@@ -84,18 +95,21 @@ pub async fn write(
     let name = target
         .file_name()
         .map_or_else(|| "blob".into(), |n| n.to_string_lossy().into_owned());
+    // The file is made in a new directory of our own beside the target: a name nobody
+    // else can plant a link at, and that does not exist yet, so that the blob store's
+    // export may reflink its copy there (sharing its blocks, copy-on-write, where the file
+    // system can: Btrfs, XFS, APFS) rather than write it again.
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(failed)?
-        .into_temp_path();
-    let partial = temp.to_path_buf();
+        .tempdir_in(dir)
+        .map_err(failed)?;
+    let partial = temp.path().join(&name);
     *leftover.lock() = Some(temp);
     let written = async {
-        // The blob store's own export copies the file whole (the fast way). Its errors do
-        // not say why, so a failed export is done again by hand, which names the cause (a
-        // full disk) or succeeds.
+        // The blob store's own export: a reflink, else a copy of the file whole. Its errors
+        // do not say why, so a failed export is done again by hand, which names the cause
+        // (a full disk) or succeeds.
         if store
             .blobs()
             .export(blob.hash, &partial)
@@ -109,10 +123,7 @@ pub async fn write(
         } else {
             std::fs::File::open(&partial)?.sync_all()?;
         }
-        match leftover.lock().take() {
-            Some(temp) => temp.persist(&target).map_err(|e| e.error),
-            None => Err(std::io::Error::other("the write was cut short")),
-        }
+        leftover.rename_into_place(&partial, &target)
     }
     .await;
     if written.is_err() {

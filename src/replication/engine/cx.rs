@@ -50,6 +50,9 @@ pub(super) enum Note {
     BackoffEnded,
     /// The core's `update` waits for its peers: see at the end of each turn whether it is done.
     Updating(CoreKey),
+    /// Blocks of the core arrived: applied at the end of the turn, with every block that
+    /// arrives in the same turn (the frames of one read), rather than the first alone.
+    BlocksArrived(CoreKey),
 }
 
 /// The services a part may use during one call.

@@ -232,6 +232,8 @@ pub struct Engine {
     after_backoff: BTreeSet<CoreKey>,
     /// Cores with an `update` under way.
     updating: BTreeSet<CoreKey>,
+    /// Cores whose blocks arrived in this turn, applied at its end.
+    arrived: BTreeSet<CoreKey>,
     /// Peers that get a channel for every core we replicate ([`Input::StorePeers`]), most
     /// recent last.
     store_peers: VecDeque<PeerId>,
@@ -264,6 +266,7 @@ impl Engine {
             outputs: VecDeque::new(),
             notes: VecDeque::new(),
             retry_upgrade: BTreeSet::new(),
+            arrived: BTreeSet::new(),
             after_backoff: BTreeSet::new(),
             updating: BTreeSet::new(),
             store_peers: VecDeque::new(),
@@ -431,6 +434,7 @@ impl Engine {
         self.retry_upgrade.remove(&key);
         self.after_backoff.remove(&key);
         self.updating.remove(&key);
+        self.arrived.remove(&key);
         self.outputs.push_back(Output::LeaveGossip(key));
         self.route_notes(now);
         self.schedule(now);
@@ -645,7 +649,9 @@ impl Engine {
 
     /// Messages that arrived together on `channel`, in order: each handled as
     /// [`Input::Message`] is, with one scheduling pass after the last instead of one after
-    /// each (a read of a stream yields every frame received since the last).
+    /// each (a read of a stream yields every frame received since the last). The blocks
+    /// among them go to storage together: one apply per core, where one at a time the first
+    /// block would start an apply alone.
     pub fn handle_messages(
         &mut self,
         peer: PeerId,
@@ -1066,13 +1072,16 @@ impl Engine {
                 Note::Updating(core) => {
                     self.updating.insert(core);
                 }
+                Note::BlocksArrived(core) => {
+                    self.arrived.insert(core);
+                }
             }
         }
     }
 
     /// Ends every turn: closes idle channels where cores wait for room, opens the channels
     /// that waited for a handshake to end, asks again for the upgrades whose peer went away,
-    /// sends every request the fetch queue has room for, reports the updates answered, and
+    /// applies the blocks that arrived in the turn, sends every request the fetch queue has room for, reports the updates answered, and
     /// the peers the fetch queue backed off or penalized.
     fn schedule(&mut self, now: Instant) {
         let (cores, server) = (&self.cores, &self.server);
@@ -1084,6 +1093,10 @@ impl Engine {
         self.route_notes(now);
         while let Some(core) = self.retry_upgrade.pop_first() {
             self.with_core(core, now, |c, cx| c.maybe_upgrade(cx));
+            self.route_notes(now);
+        }
+        while let Some(core) = self.arrived.pop_first() {
+            self.with_core(core, now, |c, cx| c.apply_arrived(cx));
             self.route_notes(now);
         }
         while let Some(a) = self.fetch.next_request(now) {

@@ -1,12 +1,16 @@
 //! The frames of one read handled in one turn (`Engine::handle_messages`) as they are one at a
-//! time.
+//! time, but for their blocks, which go to storage together.
 
 use std::time::Instant;
 
 use super::super::{
-    Engine, Input, Mode,
-    testing::{PEER, engine_with_peer, local_at, outputs, sync_at},
+    ApplyOutcome, Engine, EngineConfig, Input, Mode, Output, Task,
+    testing::{
+        PEER, engine_with_peer, engine_with_peer_outputs, junk_block, local_at, outputs,
+        run_applied, run_requests, sync_at,
+    },
 };
+use crate::core::RunApplied;
 use crate::replication::wire::Message;
 
 /// A reader missing blocks 40..200 of a peer's log, which says it holds none of them yet,
@@ -70,4 +74,106 @@ fn a_batch_gives_what_its_messages_give_one_at_a_time() {
     assert_eq!(got, expected);
     one_by_one.check_timers().expect("timers one at a time");
     together.check_timers().expect("timers in one turn");
+}
+
+/// A reader missing blocks 40..200 that a peer holds whole, with `cfg`; the channel and the
+/// first run request (id, start, end).
+fn asking(cfg: EngineConfig, now: Instant) -> (Engine, u64, (u64, u64, u64)) {
+    let (engine, channel, out) = engine_with_peer_outputs(
+        cfg,
+        local_at(200, 40, false),
+        Mode::Full,
+        sync_at(200, 200, false),
+        now,
+    );
+    let run = *run_requests(&out).first().expect("a run is asked");
+    (engine, channel, run)
+}
+
+/// `Data` answers to run `id` for `indices`, 100 bytes each.
+fn answers(id: u64, indices: std::ops::Range<u64>) -> Vec<Message> {
+    indices
+        .map(|i| Message::Data {
+            id,
+            proof: junk_block(i, 100),
+        })
+        .collect()
+}
+
+/// The apply tasks among the engine's outputs, each as the block indices it applies.
+fn applies(engine: &mut Engine) -> (Vec<Vec<u64>>, Vec<Task>) {
+    let mut tasks = Vec::new();
+    let mut indices = Vec::new();
+    for o in outputs(engine) {
+        if let Output::Task(_, t @ Task::ApplyRun { .. }) = o {
+            if let Task::ApplyRun { proofs, .. } = &t {
+                indices.push(
+                    proofs
+                        .iter()
+                        .filter_map(|p| p.block.as_ref().map(|b| b.index))
+                        .collect(),
+                );
+            }
+            tasks.push(t);
+        }
+    }
+    (indices, tasks)
+}
+
+/// The blocks of one read go to storage in one apply: the first block no longer starts an
+/// apply of its own while the others wait for the next (a whole store's cores of 10 small
+/// blocks took 2.3 applies each). Blocks that arrive while it runs wait for its end and
+/// then go together.
+#[test]
+fn the_blocks_of_a_read_are_applied_together() {
+    let now = Instant::now();
+    let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
+    assert!(end - start >= 20, "{start}..{end}");
+    engine.handle_messages(PEER, channel, answers(id, start..start + 10), now);
+    let (applied, mut tasks) = applies(&mut engine);
+    assert_eq!(
+        applied,
+        vec![(start..start + 10).collect::<Vec<_>>()],
+        "one apply"
+    );
+    // Two more reads while it runs: nothing starts until it ends, then both go as one.
+    engine.handle_messages(PEER, channel, answers(id, start + 10..start + 15), now);
+    engine.handle_messages(PEER, channel, answers(id, start + 15..start + 20), now);
+    assert!(applies(&mut engine).0.is_empty(), "one apply at a time");
+    let stored = RunApplied {
+        stored: (start..start + 10).map(|i| (i, 100)).collect(),
+        rejected: None,
+    };
+    let local = local_at(200, start + 10, false);
+    let done = run_applied(tasks.remove(0), ApplyOutcome::Done(stored), local);
+    engine.handle(done, now);
+    let (applied, _) = applies(&mut engine);
+    assert_eq!(applied, vec![(start + 10..start + 20).collect::<Vec<_>>()]);
+    engine.check_timers().expect("timers");
+}
+
+/// One block handled alone is applied in the same turn, as before.
+#[test]
+fn a_block_alone_is_applied_in_its_turn() {
+    let now = Instant::now();
+    let (mut engine, channel, (id, start, _)) = asking(EngineConfig::default(), now);
+    for msg in answers(id, start..start + 1) {
+        engine.handle(Input::Message(PEER, channel, msg), now);
+    }
+    assert_eq!(applies(&mut engine).0, vec![vec![start]]);
+}
+
+/// A read that passes the cap on held bytes still stores the blocks before the one over it:
+/// the over-cap block breaks its run (its later blocks are asked again), and a broken run's
+/// pending blocks are dropped, so they are applied first.
+#[test]
+fn the_blocks_before_one_over_the_held_cap_are_applied() {
+    let now = Instant::now();
+    let mut cfg = EngineConfig::default();
+    cfg.fetch.max_held_bytes = 250;
+    let (mut engine, channel, (id, start, end)) = asking(cfg, now);
+    assert!(end - start >= 5, "{start}..{end}");
+    // 100 bytes each: the third passes 250.
+    engine.handle_messages(PEER, channel, answers(id, start..start + 5), now);
+    assert_eq!(applies(&mut engine).0, vec![vec![start, start + 1]]);
 }

@@ -1170,6 +1170,15 @@ impl Engine {
         if self.store_peers.len() > MAX_STORE_PEERS {
             return Err(format!("{} store peers", self.store_peers.len()));
         }
+        if !self.arrived.is_empty() {
+            return Err(format!(
+                "{} cores' blocks arrived, not applied",
+                self.arrived.len()
+            ));
+        }
+        if let Some((core, _)) = self.cores.iter().find(|(_, c)| c.has_stalled_blocks()) {
+            return Err(format!("blocks of {core:02x?} wait with no apply running"));
+        }
         Ok(())
     }
 }

@@ -1207,6 +1207,13 @@ impl CoreSync {
         cx.timers.clear(Timer::Update(self.key));
     }
 
+    /// Whether blocks wait with nothing applying them, where something could: at the end of
+    /// a turn every block that arrived is being applied or waits for the apply that runs (or
+    /// for the core's first signed length).
+    pub(super) fn has_stalled_blocks(&self) -> bool {
+        !self.apply.pending.is_empty() && self.apply.applying.is_none() && self.local.length > 0
+    }
+
     // Idle channels.
 
     /// Whether channel `id` carries nothing this core's sync would send or wait for: both

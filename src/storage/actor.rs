@@ -674,13 +674,17 @@ mod tests {
 
     /// Small relaxed writes commit on the caller's thread. The storage thread, woken by the
     /// end of its window, can take a write queued just before its first poll: with a window
-    /// longer than the test (however slow the machine), none is taken.
+    /// longer than the test (however slow the machine), none is. It is also woken once, by
+    /// the first inline commit (to start its window): on a loaded machine it may run late
+    /// and find the next write queued, and take that one (as after a spurious wake). So
+    /// nearly all, not all, are inline.
     #[tokio::test]
     async fn relaxed_small_writes_commit_inline() {
         let (actor, db) = actor_with_window(Durability::Relaxed, Duration::from_secs(600));
         write_in_turn(&actor, 50).await;
         let stats = actor.stats();
-        assert_eq!(stats.inline_commits, 50, "{stats:?}");
+        assert!(stats.inline_commits >= 45, "{stats:?}");
+        assert_eq!(stats.commits, 50, "one commit each: {stats:?}");
         assert_eq!(stats.durable_commits, 0, "{stats:?}");
         assert_eq!(stored(&db), (0..50).collect::<Vec<_>>());
     }

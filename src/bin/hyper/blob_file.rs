@@ -51,7 +51,12 @@ impl Leftover {
             return Err(std::io::Error::other("the write was cut short"));
         };
         std::fs::rename(partial, target)?;
-        dir.close()
+        // The file is in place: a directory that could not be removed is no failure of the
+        // write (it is left behind, empty).
+        if let Err(e) = dir.close() {
+            tracing::debug!("removing the temporary directory: {e}");
+        }
+        Ok(())
     }
 }
 

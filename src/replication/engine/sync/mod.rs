@@ -1210,6 +1210,7 @@ impl CoreSync {
     /// Whether blocks wait with nothing applying them, where something could: at the end of
     /// a turn every block that arrived is being applied or waits for the apply that runs (or
     /// for the core's first signed length).
+    #[cfg(any(test, feature = "test-utils"))]
     pub(super) fn has_stalled_blocks(&self) -> bool {
         !self.apply.pending.is_empty() && self.apply.applying.is_none() && self.local.length > 0
     }

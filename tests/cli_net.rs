@@ -269,6 +269,21 @@ fn a_shared_blob_is_fetched_with_equal_bytes() {
         ],
     ));
     assert!(std::fs::read(&out2).unwrap() == bytes);
+    // A name as long as a file system allows (the temporary directory's is shorter).
+    let long = c.path().join(format!("{}.bin", "n".repeat(240)));
+    stdout(&run(
+        c.path(),
+        &[
+            "get-blob",
+            &ticket,
+            "1",
+            "-o",
+            long.to_str().unwrap(),
+            "--timeout",
+            "1",
+        ],
+    ));
+    assert!(std::fs::read(&long).unwrap() == bytes);
 }
 
 #[test]

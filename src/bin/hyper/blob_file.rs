@@ -27,8 +27,8 @@ pub fn check_target(path: &Path) -> Result<(), String> {
     }
 }
 
-/// The temporary directory a write under way uses (beside the target, only this process may
-/// write in it), removed with what it holds if the write is cut short (by Ctrl-C: the blob
+/// The temporary directory a write under way uses (beside the target; on Unix only its owner
+/// may write in it), removed with what it holds if the write is cut short (by Ctrl-C: the blob
 /// store's export may still be writing in it until the store stops) or fails.
 #[derive(Debug, Default, Clone)]
 pub struct Leftover(Arc<Mutex<Option<tempfile::TempDir>>>);
@@ -54,7 +54,7 @@ impl Leftover {
         // The file is in place: a directory that could not be removed is no failure of the
         // write (it is left behind, empty).
         if let Err(e) = dir.close() {
-            tracing::debug!("removing the temporary directory: {e}");
+            tracing::warn!("removing the temporary directory: {e}");
         }
         Ok(())
     }
@@ -104,12 +104,15 @@ pub async fn write(
     // else can plant a link at, and that does not exist yet, so that the blob store's
     // export may reflink its copy there (sharing its blocks, copy-on-write, where the file
     // system can: Btrfs, XFS, APFS) rather than write it again.
+    // Named after the target for whoever sees it, within the longest name a directory may
+    // have whatever the target's length.
+    let label: String = name.chars().take(32).collect();
     let temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&format!(".{label}."))
         .suffix(".partial")
         .tempdir_in(dir)
         .map_err(failed)?;
-    let partial = temp.path().join(&name);
+    let partial = temp.path().join("blob");
     *leftover.lock() = Some(temp);
     let written = async {
         // The blob store's own export: a reflink, else a copy of the file whole. Its errors
@@ -126,7 +129,9 @@ pub async fn write(
             tokio::io::copy(&mut reader, &mut file).await?;
             file.sync_all().await?;
         } else {
-            std::fs::File::open(&partial)?.sync_all()?;
+            // Opened for writing: Windows flushes only a handle that may write.
+            let file = std::fs::OpenOptions::new().write(true).open(&partial)?;
+            file.sync_all()?;
         }
         leftover.rename_into_place(&partial, &target)
     }

@@ -419,8 +419,9 @@ impl BlocksRead {
 pub struct BlocksWrite<'a, 't> {
     chunks: &'a mut BlocksTable<'t>,
     pieces: &'a mut PiecesTable<'t>,
-    /// The chunk being encoded, kept for the next (a row is built whole, then inserted:
-    /// redb's `insert_reserve` would zero a buffer of the row's size and copy it first).
+    /// The chunk being encoded, reused for the next chunk of the same write (a row is built
+    /// whole, then inserted: redb's `insert_reserve` would zero a buffer of the row's size
+    /// and copy it first).
     row: Vec<u8>,
 }
 

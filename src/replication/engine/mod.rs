@@ -1081,8 +1081,9 @@ impl Engine {
 
     /// Ends every turn: closes idle channels where cores wait for room, opens the channels
     /// that waited for a handshake to end, asks again for the upgrades whose peer went away,
-    /// applies the blocks that arrived in the turn, sends every request the fetch queue has room for, reports the updates answered, and
-    /// the peers the fetch queue backed off or penalized.
+    /// applies the blocks that arrived in the turn, sends every request the fetch queue has
+    /// room for, reports the updates answered, and the peers the fetch queue backed off or
+    /// penalized.
     fn schedule(&mut self, now: Instant) {
         let (cores, server) = (&self.cores, &self.server);
         self.channels.make_room(
@@ -1096,7 +1097,7 @@ impl Engine {
             self.route_notes(now);
         }
         while let Some(core) = self.arrived.pop_first() {
-            self.with_core(core, now, |c, cx| c.apply_arrived(cx));
+            self.with_core(core, now, |c, cx| c.maybe_apply(cx));
             self.route_notes(now);
         }
         while let Some(a) = self.fetch.next_request(now) {

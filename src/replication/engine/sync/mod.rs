@@ -969,13 +969,9 @@ impl CoreSync {
 
     // Applying.
 
-    /// The blocks that arrived in this turn: applied now, unless an apply runs.
-    pub(super) fn apply_arrived(&mut self, cx: &mut Cx) {
-        self.maybe_apply(cx);
-    }
-
-    /// Starts applying what arrived, one storage task at a time, upgrades first.
-    fn maybe_apply(&mut self, cx: &mut Cx) {
+    /// Starts applying what arrived, one storage task at a time, upgrades first (the engine
+    /// calls it at the end of a turn in which blocks arrived).
+    pub(super) fn maybe_apply(&mut self, cx: &mut Cx) {
         if self.apply.applying.is_some() {
             return;
         }

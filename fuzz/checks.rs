@@ -446,7 +446,6 @@ fn check_manifest(bytes: &[u8]) -> bool {
     );
     let v = match Verifier::from_manifest(key, m.clone()) {
         Ok(v) => v,
-        Err(SignatureError::InvalidPublicKey) => return false,
         Err(e) => panic!("from_manifest gave {e:?}"),
     };
     assert_eq!(v.kind(), CoreKind::Default);
@@ -470,6 +469,15 @@ fn check_manifest(bytes: &[u8]) -> bool {
         .encode()
     };
     let env = envelope(&signers);
+    // A signer's key that is no point: every verification fails, however many sign.
+    if let Err(e) = v.check_keys() {
+        assert_eq!(e, SignatureError::InvalidPublicKey);
+        assert_eq!(
+            v.verify(&env, &tree_hash, length, fork),
+            Err(SignatureError::InvalidPublicKey)
+        );
+        return false;
+    }
     assert_eq!(
         v.verify(&env, &tree_hash, length, fork).is_ok(),
         signers.len() >= m.quorum as usize,

@@ -205,3 +205,63 @@ async fn a_download_resolves_when_the_writer_itself_appends_the_blocks() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn many_discovery_keys_are_found_in_one_lookup_each_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (open_key, closed_key, corrupt_key) = {
+        let store = Corestore::persistent(dir.path()).await.unwrap();
+        let mut keys = Vec::new();
+        for name in ["open", "closed", "corrupt"] {
+            let core = store.get_named(name).await.unwrap();
+            core.append(name.as_bytes().to_vec()).await.unwrap();
+            keys.push(core.key());
+        }
+        store.close().await.unwrap();
+        (keys[0], keys[1], keys[2])
+    };
+    // The third core's header no longer decodes (ids are given in order of creation).
+    {
+        let db = redb::Database::create(dir.path().join("cores.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(schema::HEADERS)
+            .unwrap()
+            .insert(2u64, [0xffu8; 5].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Corestore::persistent(dir.path()).await.unwrap();
+    let open = store.get(open_key).await.unwrap().unwrap();
+    let dks = vec![
+        discovery_key(&closed_key),
+        [5; 32],
+        discovery_key(&corrupt_key),
+        discovery_key(&open_key),
+        discovery_key(&closed_key),
+    ];
+    let found = store.get_by_discovery_keys(dks).await.unwrap();
+    assert_eq!(found.len(), 5);
+    let key_at = |i: usize| found[i].as_ref().unwrap().as_ref().map(|c| c.key());
+    assert_eq!(key_at(0), Some(closed_key));
+    assert_eq!(key_at(1), None, "a key the store does not hold");
+    assert!(
+        found[2].is_err(),
+        "the corrupt header fails its own lookup alone"
+    );
+    assert_eq!(key_at(3), Some(open_key));
+    assert_eq!(key_at(4), Some(closed_key));
+    // Each is the one open state of its core: what one handle appends, the others see.
+    open.append(b"more".to_vec()).await.unwrap();
+    assert_eq!(
+        found[3].as_ref().unwrap().as_ref().unwrap().info().length,
+        2
+    );
+    let closed = found[0].as_ref().unwrap().as_ref().unwrap();
+    closed.append(b"more".to_vec()).await.unwrap();
+    assert_eq!(
+        found[4].as_ref().unwrap().as_ref().unwrap().info().length,
+        2
+    );
+    let again = store.get(closed_key).await.unwrap().unwrap();
+    assert_eq!(again.info().length, 2);
+}

@@ -1,5 +1,7 @@
 //! Key pairs, signables and signature verification for both kinds of core.
 
+use std::sync::{Arc, OnceLock};
+
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
 use super::{
@@ -130,46 +132,66 @@ pub enum SignatureError {
 
 /// Checks signatures of one core's tree states against its key.
 ///
-/// Caches the decompressed public keys, so verifying many lengths of one core is cheap.
+/// The signers' public keys are decompressed at the first verification and kept, so verifying
+/// many lengths of one core is cheap, and a writer's own cores, which sign and never verify,
+/// never pay for it (a decompression is about a sixth of a verification).
 #[derive(Debug, Clone)]
 pub struct Verifier {
     kind: CoreKind,
     key: Hash,
     manifest: Option<Manifest>,
-    keys: Vec<VerifyingKey>,
+    /// The signers' keys once decompressed (`None` inside if one is not a point), shared by
+    /// the clones: a core's verifier is cloned for each verification.
+    keys: Arc<OnceLock<Option<Vec<VerifyingKey>>>>,
 }
 
 impl Verifier {
-    /// A verifier for a compat core, whose key is the public key.
+    /// A verifier for a compat core, whose key is the public key. A key that is not an
+    /// Ed25519 point fails every verification with [`SignatureError::InvalidPublicKey`].
     pub fn compat(key: Hash) -> Result<Self, SignatureError> {
-        let vk = VerifyingKey::from_bytes(&key).map_err(|_| SignatureError::InvalidPublicKey)?;
         Ok(Self {
             kind: CoreKind::Compat,
             key,
             manifest: None,
-            keys: vec![vk],
+            keys: Arc::default(),
         })
     }
 
-    /// A verifier for a default core; fails unless `manifest` hashes to `key`.
+    /// A verifier for a default core; fails unless `manifest` hashes to `key`. A signer's key
+    /// that is not an Ed25519 point fails every verification with
+    /// [`SignatureError::InvalidPublicKey`].
     pub fn from_manifest(key: Hash, manifest: Manifest) -> Result<Self, SignatureError> {
         if manifest.hash() != key {
             return Err(SignatureError::ManifestMismatch);
         }
-        let keys = manifest
-            .signers
-            .iter()
-            .map(|s| {
-                VerifyingKey::from_bytes(&s.public_key)
-                    .map_err(|_| SignatureError::InvalidPublicKey)
-            })
-            .collect::<Result<_, _>>()?;
         Ok(Self {
             kind: CoreKind::Default,
             key,
             manifest: Some(manifest),
-            keys,
+            keys: Arc::default(),
         })
+    }
+
+    /// Checks now that every signer's key is an Ed25519 point (else every verification
+    /// fails with [`SignatureError::InvalidPublicKey`]); the keys are kept for verifying.
+    pub fn check_keys(&self) -> Result<(), SignatureError> {
+        self.keys().map(|_| ())
+    }
+
+    /// The signers' keys, decompressed at the first call.
+    fn keys(&self) -> Result<&[VerifyingKey], SignatureError> {
+        let keys = self.keys.get_or_init(|| {
+            let decompress = |k: &[u8; 32]| VerifyingKey::from_bytes(k).ok();
+            match &self.manifest {
+                Some(m) if self.kind == CoreKind::Default => m
+                    .signers
+                    .iter()
+                    .map(|s| decompress(&s.public_key))
+                    .collect(),
+                _ => decompress(&self.key).map(|k| vec![k]),
+            }
+        });
+        keys.as_deref().ok_or(SignatureError::InvalidPublicKey)
     }
 
     /// The kind of core.
@@ -195,16 +217,19 @@ impl Verifier {
             (None, _) | (_, CoreKind::Compat) => {
                 let sig =
                     Signature::from_slice(signature).map_err(|_| SignatureError::BadSignature)?;
-                self.keys[0]
+                self.keys()?
+                    .first()
+                    .ok_or(SignatureError::InvalidPublicKey)?
                     .verify_strict(&msg, &sig)
                     .map_err(|_| SignatureError::BadSignature)
             }
             (Some(manifest), CoreKind::Default) => {
+                let keys = self.keys()?;
                 let env = MultiSignature::decode(signature)?;
                 let mut seen = Vec::with_capacity(env.proofs.len());
                 for p in &env.proofs {
                     let idx = p.signer as usize;
-                    let vk = self.keys.get(idx).ok_or(SignatureError::BadSignature)?;
+                    let vk = keys.get(idx).ok_or(SignatureError::BadSignature)?;
                     if seen.contains(&idx) {
                         return Err(SignatureError::BadSignature);
                     }
@@ -219,5 +244,80 @@ impl Verifier {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 32 bytes that are no Ed25519 point.
+    fn not_a_point() -> [u8; 32] {
+        (0..=u8::MAX)
+            .map(|b| [b; 32])
+            .find(|k| VerifyingKey::from_bytes(k).is_err())
+            .expect("some repeated byte is no point")
+    }
+
+    #[test]
+    fn verifies_what_the_key_signed_and_nothing_else() {
+        let kp = KeyPair::from_seed([1; 32]);
+        for kind in [CoreKind::Default, CoreKind::Compat] {
+            let key = kp.core_key(kind);
+            let verifier = match kind {
+                CoreKind::Default => {
+                    Verifier::from_manifest(key, Manifest::single(kp.public_key())).unwrap()
+                }
+                CoreKind::Compat => Verifier::compat(key).unwrap(),
+            };
+            let sig = kp.sign_tree(kind, &key, &[3; 32], 5, 0);
+            // A clone made before the first verification shares the keys it decompresses.
+            let clone = verifier.clone();
+            assert_eq!(clone.verify(&sig, &[3; 32], 5, 0), Ok(()));
+            assert!(verifier.keys.get().is_some());
+            assert_eq!(verifier.verify(&sig, &[3; 32], 5, 0), Ok(()));
+            assert_eq!(
+                verifier.verify(&sig, &[3; 32], 6, 0),
+                Err(SignatureError::BadSignature)
+            );
+            let other = KeyPair::from_seed([2; 32]).sign_tree(kind, &key, &[3; 32], 5, 0);
+            assert_eq!(
+                verifier.verify(&other, &[3; 32], 5, 0),
+                Err(SignatureError::BadSignature)
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_that_is_no_point_fails_every_verification() {
+        let bad = not_a_point();
+        let kp = KeyPair::from_seed([1; 32]);
+        let manifest = Manifest::single(bad);
+        let key = manifest.hash();
+        let default = Verifier::from_manifest(key, manifest).unwrap();
+        let sig = kp.sign_tree(CoreKind::Default, &key, &[3; 32], 1, 0);
+        assert_eq!(default.check_keys(), Err(SignatureError::InvalidPublicKey));
+        let compat = Verifier::compat(bad).unwrap();
+        assert_eq!(compat.check_keys(), Err(SignatureError::InvalidPublicKey));
+        let raw = kp.sign_tree(CoreKind::Compat, &bad, &[3; 32], 1, 0);
+        for _ in 0..2 {
+            assert_eq!(
+                default.verify(&sig, &[3; 32], 1, 0),
+                Err(SignatureError::InvalidPublicKey)
+            );
+            assert_eq!(
+                compat.verify(&raw, &[3; 32], 1, 0),
+                Err(SignatureError::InvalidPublicKey)
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_of_another_key_is_refused() {
+        let manifest = Manifest::single(KeyPair::from_seed([1; 32]).public_key());
+        assert_eq!(
+            Verifier::from_manifest([0; 32], manifest).err(),
+            Some(SignatureError::ManifestMismatch)
+        );
     }
 }

@@ -13,6 +13,10 @@ use crate::{
     tree::{Node, NodeSource},
 };
 
+/// What [`Reader::cores_by_discovery_keys`] found for one discovery key: the core's key, id
+/// and header, if the store holds it.
+pub(crate) type FoundCore = Result<Option<(CoreKey, u64, CoreHeader)>, StorageError>;
+
 /// A snapshot of the database, handed to [`Storage::read`](super::Storage::read).
 pub(crate) struct Reader<'t> {
     txn: &'t ReadTransaction,
@@ -61,10 +65,29 @@ impl<'t> Reader<'t> {
         Ok(out)
     }
 
-    /// The key of the stored core whose discovery key is `dk`, if any.
-    pub fn core_by_discovery_key(&self, dk: &[u8; 32]) -> Result<Option<CoreKey>, StorageError> {
+    /// The key, id and header of the stored core of each discovery key in `dks`, in order
+    /// (`None` where the store holds none; an error where its header does not decode): each
+    /// table opened once for all of them.
+    pub fn cores_by_discovery_keys(
+        &self,
+        dks: &[[u8; 32]],
+    ) -> Result<Vec<FoundCore>, StorageError> {
         let index = self.txn.open_table(schema::DISCOVERY)?;
-        Ok(index.get(dk)?.map(|v| v.value()))
+        let cores = self.txn.open_table(schema::CORES)?;
+        let headers = self.txn.open_table(schema::HEADERS)?;
+        let find = |dk: &[u8; 32]| -> FoundCore {
+            let Some(key) = index.get(dk)?.map(|v| v.value()) else {
+                return Ok(None);
+            };
+            let Some(id) = cores.get(key)?.map(|v| v.value()) else {
+                return Ok(None);
+            };
+            let raw = headers
+                .get(id)?
+                .ok_or_else(|| StorageError::Corrupt(format!("core {id} has no header")))?;
+            Ok(Some((key, id, CoreHeader::decode(raw.value())?)))
+        };
+        Ok(dks.iter().map(find).collect())
     }
 
     /// The record of the peers core `id` remembers (empty if none).

@@ -322,44 +322,90 @@ impl Corestore {
     /// The stored core whose discovery key is `dk`, if any: how a peer names a core it asks
     /// for (the key itself never travels).
     pub async fn get_by_discovery_key(&self, dk: &DiscoveryKey) -> Result<Option<Hypercore>> {
-        let dk = *dk;
+        let mut found = self.get_by_discovery_keys(vec![*dk]).await?;
+        found.pop().unwrap_or(Ok(None))
+    }
+
+    /// The stored cores whose discovery keys are `dks`, in order, each as
+    /// [`get_by_discovery_key`](Self::get_by_discovery_key) finds it, with the cores not open
+    /// read in one read transaction (how a node serving its whole store looks up the cores
+    /// many channels ask for). The outer error is one that failed them all (the read); an
+    /// inner one failed that core alone (its stored header or manifest is corrupt).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> iroh_hypercore::Result<()> {
+    /// use iroh_hypercore::{Corestore, crypto::discovery_key};
+    ///
+    /// let store = Corestore::memory().await?;
+    /// let core = store.get_named("log").await?;
+    /// let found = store
+    ///     .get_by_discovery_keys(vec![discovery_key(&core.key()), [0; 32]])
+    ///     .await?;
+    /// assert_eq!(found[0].as_ref().unwrap().as_ref().map(|c| c.key()), Some(core.key()));
+    /// assert!(found[1].as_ref().unwrap().is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_by_discovery_keys(
+        &self,
+        dks: Vec<DiscoveryKey>,
+    ) -> Result<Vec<Result<Option<Hypercore>>>> {
+        let mut out: Vec<Result<Option<Hypercore>>> = dks.iter().map(|_| Ok(None)).collect();
+        // Positions of the cores not open.
+        let mut to_read = Vec::new();
         let removals = {
             let open = self.inner.shared.open.lock().await;
-            if let Some(inner) = open.get_by_discovery(&dk) {
-                return Ok(Some(Hypercore::from_inner(inner)));
+            for (i, dk) in dks.iter().enumerate() {
+                match open.get_by_discovery(dk) {
+                    Some(inner) => out[i] = Ok(Some(Hypercore::from_inner(inner))),
+                    None => to_read.push(i),
+                }
             }
             open.removals()
         };
-        // Not open: its key and its state in one read, without the lock, so that a peer asking
-        // for cores the store does not hold never holds up the application's opens.
+        if to_read.is_empty() {
+            return Ok(out);
+        }
+        // Not open: their keys and states in one read, without the lock, so that a peer
+        // asking for cores the store does not hold never holds up the application's opens.
+        let wanted: Vec<DiscoveryKey> = to_read.iter().map(|&i| dks[i]).collect();
         let found = self
             .inner
             .storage
-            .read(move |r| match r.core_by_discovery_key(&dk)? {
-                Some(key) => Ok(r.core(key)?.map(|stored| (key, stored))),
-                None => Ok(None),
-            })
+            .read(move |r| r.cores_by_discovery_keys(&wanted))
             .await?;
-        let Some((key, stored)) = found else {
-            return Ok(None);
-        };
         let mut open = self.inner.shared.open.lock().await;
-        if let Some(inner) = open.get(&key) {
-            return Ok(Some(Hypercore::from_inner(inner)));
-        }
         // A delete since the read (it holds the lock until it committed) may have removed
-        // it: read again, under the lock.
-        let stored = if open.removals() == removals {
-            Some(stored)
-        } else {
-            self.inner.storage.read(move |r| r.core(key)).await?
-        };
-        let Some((id, header)) = stored else {
-            return Ok(None);
-        };
-        let inner = CoreInnerHandle::new(id, header, self.home())?;
-        open.insert(key, &inner);
-        Ok(Some(Hypercore::from_inner(inner)))
+        // some: each is read again, under the lock.
+        let read_again = open.removals() != removals;
+        for (i, stored) in to_read.into_iter().zip(found) {
+            out[i] = match stored {
+                Ok(Some((key, id, header))) => match open.get(&key) {
+                    Some(inner) => Ok(Some(Hypercore::from_inner(inner))),
+                    None => {
+                        let stored = if read_again {
+                            self.inner.storage.read(move |r| r.core(key)).await?
+                        } else {
+                            Some((id, header))
+                        };
+                        match stored
+                            .map(|(id, header)| CoreInnerHandle::new(id, header, self.home()))
+                        {
+                            Some(Ok(inner)) => {
+                                open.insert(key, &inner);
+                                Ok(Some(Hypercore::from_inner(inner)))
+                            }
+                            Some(Err(e)) => Err(e),
+                            None => Ok(None),
+                        }
+                    }
+                },
+                Ok(None) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+        Ok(out)
     }
 
     async fn open_or_create(

@@ -969,25 +969,29 @@ impl Driver {
     fn on_store_event(&mut self, ev: StoreEvent) {
         let now = Instant::now();
         match ev {
-            StoreEvent::Found(dk, core) => self.on_found(dk, core, now),
+            StoreEvent::Found(found) => self.on_found(found, now),
             StoreEvent::Cores(cores) => self.on_store_cores(cores, now),
             StoreEvent::Created(key) => self.on_core_created(key),
         }
     }
 
-    /// A lookup ended: a core found (and not left by the application) is served to the peers
-    /// that proved its key; otherwise their channels wait out their handshake timeout.
-    fn on_found(&mut self, dk: DiscoveryKey, core: Option<Hypercore>, now: Instant) {
+    /// A read of lookups ended: each core found (and not left by the application) is served
+    /// to the peers that proved its key; otherwise their channels wait out their handshake
+    /// timeout.
+    fn on_found(&mut self, found: Vec<(DiscoveryKey, Option<Hypercore>)>, now: Instant) {
         let engine = &self.engine;
-        self.store.found(&dk, |dk| engine.is_parked(dk));
-        match core {
-            Some(core) if !self.store.is_left(&core.key()) && !core.is_closed() => {
-                match self.store.mode() {
-                    Some(mode) => self.replicate(core, Some(mode), Why::Store, now),
-                    None => self.serve(core, SERVED_MODE, now),
+        self.store
+            .found(found.iter().map(|(dk, _)| dk), |dk| engine.is_parked(dk));
+        for (_, core) in found {
+            match core {
+                Some(core) if !self.store.is_left(&core.key()) && !core.is_closed() => {
+                    match self.store.mode() {
+                        Some(mode) => self.replicate(core, Some(mode), Why::Store, now),
+                        None => self.serve(core, SERVED_MODE, now),
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
     }
 

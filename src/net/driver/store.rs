@@ -19,9 +19,12 @@ use crate::{
 /// but what the application asks for, and its length is followed.
 pub(super) const SERVED_MODE: Mode = Mode::Sparse;
 
-/// Store lookups run at once; more wait their turn (a peer can make us look up one discovery
-/// key per channel it opens, and the engine bounds those channels).
-pub(crate) const MAX_LOOKUPS: usize = 32;
+/// Discovery keys looked up in one read of the store.
+const MAX_LOOKUP_BATCH: usize = 32;
+/// Reads of lookups at once; more keys wait their turn (a peer can make us look up one
+/// discovery key per channel it opens, and the engine bounds those channels). Keys that come
+/// while both run go together in the next.
+const MAX_LOOKUP_READS: usize = 2;
 
 /// Lookups waiting their turn past which those no channel waits for any more are dropped
 /// (twice the engine's default cap of parked channels, each of which asks for at most one).
@@ -29,8 +32,8 @@ const MAX_WAITING_LOOKUPS: usize = 8192;
 
 /// What the store part found.
 pub(super) enum StoreEvent {
-    /// A lookup by discovery key ended, with the core if the store holds it.
-    Found(DiscoveryKey, Option<Hypercore>),
+    /// Lookups by discovery key ended, each with the core if the store holds it.
+    Found(Vec<(DiscoveryKey, Option<Hypercore>)>),
     /// Cores of the store to follow in the store's mode.
     Cores(Vec<Hypercore>),
     /// A core was created in the store.
@@ -49,9 +52,9 @@ pub(super) struct StoreServing {
     created: Option<broadcast::Receiver<CoreKey>>,
     /// Discovery keys being looked up, or waiting for a lookup.
     finding: HashSet<DiscoveryKey>,
-    /// Discovery keys waiting for a lookup (at most [`MAX_LOOKUPS`] run at once).
+    /// Discovery keys waiting for a lookup.
     to_find: VecDeque<DiscoveryKey>,
-    /// Lookups running.
+    /// Reads of lookups running (at most [`MAX_LOOKUP_READS`]).
     lookups: usize,
     /// Cores the application left: not served on demand until replicated again.
     left: HashSet<CoreKey>,
@@ -133,32 +136,60 @@ impl StoreServing {
         }
     }
 
-    /// Starts waiting lookups that are still `wanted` while fewer than [`MAX_LOOKUPS`] run.
+    /// Starts reads of the waiting lookups that are still `wanted`, up to
+    /// [`MAX_LOOKUP_BATCH`] keys each, while fewer than [`MAX_LOOKUP_READS`] run.
     fn start_lookups(&mut self, wanted: impl Fn(&DiscoveryKey) -> bool) {
-        while self.lookups < MAX_LOOKUPS
-            && let Some(dk) = self.to_find.pop_front()
-        {
-            if !wanted(&dk) {
-                self.finding.remove(&dk);
-                continue;
+        while self.lookups < MAX_LOOKUP_READS && !self.to_find.is_empty() {
+            let mut batch = Vec::new();
+            while batch.len() < MAX_LOOKUP_BATCH
+                && let Some(dk) = self.to_find.pop_front()
+            {
+                if wanted(&dk) {
+                    batch.push(dk);
+                } else {
+                    self.finding.remove(&dk);
+                }
+            }
+            if batch.is_empty() {
+                return;
             }
             self.lookups += 1;
             let store = self.store.clone();
             self.io.push(Box::pin(async move {
-                match store.get_by_discovery_key(&dk).await {
-                    Ok(core) => StoreEvent::Found(dk, core),
+                let found = match store.get_by_discovery_keys(batch.clone()).await {
+                    Ok(found) => found,
                     Err(e) => {
-                        tracing::warn!("looking up a core for a peer failed: {e}");
-                        StoreEvent::Found(dk, None)
+                        tracing::warn!("looking up cores for peers failed: {e}");
+                        Vec::new()
                     }
-                }
+                };
+                let mut found = found.into_iter();
+                let found = batch
+                    .into_iter()
+                    .map(|dk| match found.next() {
+                        Some(Ok(core)) => (dk, core),
+                        Some(Err(e)) => {
+                            tracing::warn!("looking up a core for a peer failed: {e}");
+                            (dk, None)
+                        }
+                        None => (dk, None),
+                    })
+                    .collect();
+                StoreEvent::Found(found)
             }));
         }
     }
 
-    /// The lookup of `dk` ended: the next one still `wanted` starts.
-    pub(super) fn found(&mut self, dk: &DiscoveryKey, wanted: impl Fn(&DiscoveryKey) -> bool) {
-        self.finding.remove(dk);
+    /// A read of lookups ended: `dks` are no longer being found, and the next read of those
+    /// still `wanted` starts.
+    pub(super) fn found<'a>(
+        &mut self,
+        dks: impl IntoIterator<Item = &'a DiscoveryKey>,
+        wanted: impl Fn(&DiscoveryKey) -> bool,
+    ) {
+        for dk in dks {
+            self.finding.remove(dk);
+        }
         self.lookups = self.lookups.saturating_sub(1);
         self.start_lookups(wanted);
     }
@@ -228,5 +259,69 @@ impl StoreServing {
                 Err(broadcast::error::RecvError::Closed) => self.created = None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::discovery_key;
+
+    /// The lookups of a read that ended.
+    async fn next_found(serving: &mut StoreServing) -> Vec<(DiscoveryKey, Option<Hypercore>)> {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(10), serving.next())
+            .await
+            .expect("a read of lookups ended");
+        match ev {
+            StoreEvent::Found(found) => found,
+            _ => panic!("not a lookup"),
+        }
+    }
+
+    #[tokio::test]
+    async fn lookups_are_read_in_batches_and_every_key_is_answered_once() {
+        let store = Corestore::memory().await.unwrap();
+        let mut keys = Vec::new();
+        for i in 0..40 {
+            // Closed again: found by reading the store.
+            keys.push(store.get_named(&format!("core {i}")).await.unwrap().key());
+        }
+        let mut serving = StoreServing::new(store, true);
+        // 70 keys: the 40 cores, 20 the store does not hold, and 10 no channel waits for
+        // any more by the time their turn comes.
+        let held: Vec<DiscoveryKey> = keys.iter().map(discovery_key).collect();
+        let unknown: Vec<DiscoveryKey> = (0..20u8).map(|i| [i; 32]).collect();
+        let dropped: Vec<DiscoveryKey> = (100..110u8).map(|i| [i; 32]).collect();
+        let wanted = |dk: &DiscoveryKey| !dropped.contains(dk);
+        for dk in held.iter().chain(&unknown).chain(&dropped) {
+            serving.find(*dk, wanted);
+        }
+        // Two reads started with the first keys, the rest wait for them.
+        assert_eq!(serving.lookups, MAX_LOOKUP_READS);
+        let (mut answered, mut reads) = (Vec::new(), 0);
+        while answered.len() < held.len() + unknown.len() {
+            reads += 1;
+            let found = next_found(&mut serving).await;
+            assert!(found.len() <= MAX_LOOKUP_BATCH);
+            assert!(!found.is_empty());
+            serving.found(found.iter().map(|(dk, _)| dk), wanted);
+            assert!(serving.lookups <= MAX_LOOKUP_READS);
+            answered.extend(found);
+        }
+        // The first two keys went alone, as they came; the 58 others waited and went in two
+        // reads.
+        assert_eq!(reads, 4);
+        // Every wanted key once, in the order asked, each held one with its core.
+        let asked: Vec<DiscoveryKey> = held.iter().chain(&unknown).copied().collect();
+        let got: Vec<DiscoveryKey> = answered.iter().map(|(dk, _)| *dk).collect();
+        assert_eq!(got, asked);
+        for ((dk, core), key) in answered.iter().zip(&keys) {
+            assert_eq!(*dk, discovery_key(key));
+            assert_eq!(core.as_ref().map(|c| c.key()), Some(*key));
+        }
+        assert!(answered[held.len()..].iter().all(|(_, c)| c.is_none()));
+        // Nothing left: no read runs, and every key can be asked for again.
+        assert_eq!(serving.lookups, 0);
+        assert!(serving.to_find.is_empty() && serving.finding.is_empty());
     }
 }

@@ -293,7 +293,7 @@ impl Download {
         let (inner, start, end) = (self.inner.clone(), self.start, self.end);
         async move {
             Ok(Progress {
-                have: count_stored(&inner, start, end).await?,
+                have: count_stored(&inner, start, end).await?.0,
                 total: end - start,
             })
         }
@@ -309,12 +309,14 @@ impl Download {
             let deadline = tokio::time::Instant::now() + timeout;
             let total = self.end - self.start;
             loop {
-                let have = count_stored(&self.inner, self.start, self.end).await?;
+                let (have, published) = count_stored(&self.inner, self.start, self.end).await?;
                 if have == total {
                     // A read can see a commit whose new state the storage thread has not
                     // published yet: wait for it, so that `info()` already says what was
                     // downloaded when this resolves.
-                    self.inner.storage.barrier().await?;
+                    if !published {
+                        self.inner.storage.barrier().await?;
+                    }
                     if let Some(w) = self.want.take() {
                         w.arrived();
                     }
@@ -359,13 +361,35 @@ impl Download {
     }
 }
 
-/// Blocks of `start..end` stored locally.
-async fn count_stored(inner: &Arc<CoreInner>, start: u64, end: u64) -> Result<u64> {
+/// Blocks of `start..end` stored locally, if the core's published state tells without a
+/// read: every block below its contiguous length is stored, and none at or past its length
+/// (a block is stored only with a proof against a signed length, and a truncation removes
+/// those past the new one in its commit). A waiter subscribed to the core's news before
+/// asking misses nothing: a commit's state is published before its news is sent.
+fn stored_by_state(inner: &CoreInner, start: u64, end: u64) -> Option<u64> {
+    let st = inner.state();
+    let (length, contiguous) = (st.committed.tree.length, st.committed.contiguous_length);
+    if end <= contiguous {
+        Some(end - start)
+    } else if start >= length {
+        Some(0)
+    } else {
+        None
+    }
+}
+
+/// Blocks of `start..end` stored locally, and whether the core's published state told (else
+/// a read counted them, which may see a commit whose state is not published yet).
+async fn count_stored(inner: &Arc<CoreInner>, start: u64, end: u64) -> Result<(u64, bool)> {
+    if let Some(have) = stored_by_state(inner, start, end) {
+        return Ok((have, true));
+    }
     let id = inner.id;
-    Ok(inner
+    let have = inner
         .storage
         .read(move |r| r.blocks()?.view().count(id, start, end))
-        .await?)
+        .await?;
+    Ok((have, false))
 }
 
 #[cfg(test)]
@@ -500,5 +524,30 @@ mod tests {
         reader.verify_and_apply_proof(proof).await.unwrap();
         let (index, value) = verified.try_recv().unwrap();
         assert_eq!((index, &value[..]), (1, &b"one"[..]));
+    }
+
+    /// What a download counts without a read: the blocks under the contiguous length, and
+    /// none at or past the length; anything else is read.
+    #[tokio::test]
+    async fn the_published_state_counts_what_it_can_and_no_more() {
+        let store = Corestore::memory().await.unwrap();
+        let writer = store.get_named("w").await.unwrap();
+        writer
+            .append_batch((0..5u8).map(|i| vec![i]))
+            .await
+            .unwrap();
+        let by_state = |start, end| super::stored_by_state(&writer.inner, start, end);
+        assert_eq!(by_state(0, 5), Some(5));
+        assert_eq!(by_state(2, 4), Some(2));
+        assert_eq!(by_state(5, 9), Some(0));
+        assert_eq!(by_state(3, 8), None, "partly past the length: read");
+        let reader = store.get_remote([9; 32]).await.unwrap();
+        assert_eq!(super::stored_by_state(&reader.inner, 0, 10), Some(0));
+        // A cleared block leaves a gap: the range across it is read, and counted right.
+        writer.clear(1, 2).await.unwrap();
+        assert_eq!(by_state(0, 5), None);
+        assert_eq!(by_state(0, 1), Some(1));
+        let progress = writer.download(0..5).progress().await.unwrap();
+        assert_eq!((progress.have, progress.total), (4, 5));
     }
 }

@@ -385,4 +385,28 @@ mod tests {
             .unwrap();
         assert_eq!(core.info().length, 1);
     }
+
+    /// A writer signs and never verifies: its own core's verifier never decompresses the
+    /// signer's key (a sixth of a verification, for every core a store opens).
+    #[tokio::test]
+    async fn a_writer_never_decompresses_its_verifying_key() {
+        let store = Corestore::memory().await.unwrap();
+        let key = {
+            let core = store.get_named("w").await.unwrap();
+            core.append_batch([b"a".to_vec(), b"b".to_vec()])
+                .await
+                .unwrap();
+            core.key()
+        };
+        // Opened again from its stored header, appended to and read.
+        let core = store.get(key).await.unwrap().unwrap();
+        core.append(b"c".to_vec()).await.unwrap();
+        assert_eq!(&core.get(2).await.unwrap().unwrap()[..], b"c");
+        let verifier = core
+            .inner
+            .verifier()
+            .clone()
+            .expect("a default core's verifier");
+        assert!(!verifier.keys_decompressed());
+    }
 }

@@ -178,6 +178,12 @@ impl Verifier {
         self.keys().map(|_| ())
     }
 
+    /// Whether the signers' keys were decompressed (by a verification or a check).
+    #[cfg(test)]
+    pub(crate) fn keys_decompressed(&self) -> bool {
+        self.keys.get().is_some()
+    }
+
     /// The signers' keys, decompressed at the first call.
     fn keys(&self) -> Result<&[VerifyingKey], SignatureError> {
         let keys = self.keys.get_or_init(|| {
@@ -215,12 +221,13 @@ impl Verifier {
         let msg = signable(self.kind, &self.key, tree_hash, length, fork);
         match (&self.manifest, self.kind) {
             (None, _) | (_, CoreKind::Compat) => {
+                let key = self
+                    .keys()?
+                    .first()
+                    .ok_or(SignatureError::InvalidPublicKey)?;
                 let sig =
                     Signature::from_slice(signature).map_err(|_| SignatureError::BadSignature)?;
-                self.keys()?
-                    .first()
-                    .ok_or(SignatureError::InvalidPublicKey)?
-                    .verify_strict(&msg, &sig)
+                key.verify_strict(&msg, &sig)
                     .map_err(|_| SignatureError::BadSignature)
             }
             (Some(manifest), CoreKind::Default) => {
@@ -271,10 +278,12 @@ mod tests {
                 CoreKind::Compat => Verifier::compat(key).unwrap(),
             };
             let sig = kp.sign_tree(kind, &key, &[3; 32], 5, 0);
-            // A clone made before the first verification shares the keys it decompresses.
+            // Nothing decompressed until a verification; a clone made before it shares the
+            // keys it decompresses.
+            assert!(!verifier.keys_decompressed());
             let clone = verifier.clone();
             assert_eq!(clone.verify(&sig, &[3; 32], 5, 0), Ok(()));
-            assert!(verifier.keys.get().is_some());
+            assert!(verifier.keys_decompressed());
             assert_eq!(verifier.verify(&sig, &[3; 32], 5, 0), Ok(()));
             assert_eq!(
                 verifier.verify(&sig, &[3; 32], 6, 0),
@@ -304,6 +313,11 @@ mod tests {
             assert_eq!(
                 default.verify(&sig, &[3; 32], 1, 0),
                 Err(SignatureError::InvalidPublicKey)
+            );
+            assert_eq!(
+                compat.verify(&[0; 3], &[3; 32], 1, 0),
+                Err(SignatureError::InvalidPublicKey),
+                "the key is checked before the signature's length"
             );
             assert_eq!(
                 compat.verify(&raw, &[3; 32], 1, 0),

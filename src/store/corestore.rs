@@ -377,29 +377,46 @@ impl Corestore {
             .await?;
         let mut open = self.inner.shared.open.lock().await;
         // A delete since the read (it holds the lock until it committed) may have removed
-        // some: each is read again, under the lock.
-        let read_again = open.removals() != removals;
+        // some: those not open are read again, in one read, under the lock.
+        let found = if open.removals() == removals {
+            found
+        } else {
+            let keys: Vec<Option<CoreKey>> = found
+                .iter()
+                .map(|f| match f {
+                    Ok(Some((key, ..))) if open.get(key).is_none() => Some(*key),
+                    _ => None,
+                })
+                .collect();
+            let again = self
+                .inner
+                .storage
+                .read(move |r| {
+                    Ok(keys
+                        .iter()
+                        .map(|k| k.map(|k| r.core(k)))
+                        .collect::<Vec<_>>())
+                })
+                .await?;
+            found
+                .into_iter()
+                .zip(again)
+                .map(|(f, again)| match (f, again) {
+                    (Ok(Some((key, ..))), Some(again)) => {
+                        again.map(|s| s.map(|(id, header)| (key, id, header)))
+                    }
+                    (f, _) => f,
+                })
+                .collect()
+        };
         for (i, stored) in to_read.into_iter().zip(found) {
             out[i] = match stored {
                 Ok(Some((key, id, header))) => match open.get(&key) {
                     Some(inner) => Ok(Some(Hypercore::from_inner(inner))),
-                    None => {
-                        let stored = if read_again {
-                            self.inner.storage.read(move |r| r.core(key)).await?
-                        } else {
-                            Some((id, header))
-                        };
-                        match stored
-                            .map(|(id, header)| CoreInnerHandle::new(id, header, self.home()))
-                        {
-                            Some(Ok(inner)) => {
-                                open.insert(key, &inner);
-                                Ok(Some(Hypercore::from_inner(inner)))
-                            }
-                            Some(Err(e)) => Err(e),
-                            None => Ok(None),
-                        }
-                    }
+                    None => CoreInnerHandle::new(id, header, self.home()).map(|inner| {
+                        open.insert(key, &inner);
+                        Some(Hypercore::from_inner(inner))
+                    }),
                 },
                 Ok(None) => Ok(None),
                 Err(e) => Err(e.into()),

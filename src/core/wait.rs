@@ -549,5 +549,34 @@ mod tests {
         assert_eq!(by_state(0, 1), Some(1));
         let progress = writer.download(0..5).progress().await.unwrap();
         assert_eq!((progress.have, progress.total), (4, 5));
+        // Past the gap, under the length: read, and a stored range resolves.
+        assert_eq!(by_state(2, 5), None);
+        writer.download(2..5).done(WAIT).await.unwrap();
+        let progress = writer.download(2..5).progress().await.unwrap();
+        assert_eq!((progress.have, progress.total), (3, 3));
+    }
+
+    /// A read-only store's downloads resolve for what is stored, whether the state tells
+    /// (from 0) or a read counts (past a gap); nothing is written to wait for.
+    #[tokio::test]
+    async fn a_read_only_stores_stored_ranges_are_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = {
+            let store = Corestore::persistent(dir.path()).await.unwrap();
+            let core = store.get_named("w").await.unwrap();
+            core.append_batch((0..5u8).map(|i| vec![i])).await.unwrap();
+            core.clear(1, 2).await.unwrap();
+            store.close().await.unwrap();
+            core.key()
+        };
+        let store = Corestore::open_read_only(dir.path()).await.unwrap();
+        let core = store.get(key).await.unwrap().unwrap();
+        core.download(0..1).done(WAIT).await.unwrap();
+        core.download(2..5).done(WAIT).await.unwrap();
+        let short = Duration::from_millis(50);
+        assert!(matches!(
+            core.download(0..5).done(short).await,
+            Err(crate::Error::Timeout(_))
+        ));
     }
 }

@@ -246,12 +246,22 @@ impl Storage {
         }
     }
 
-    /// Resolves once every write queued before it committed (without forcing durability).
+    /// Resolves once every write queued before it committed (without forcing durability);
+    /// at once on a read-only database, where nothing is written.
     pub(crate) fn barrier(
         &self,
     ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static + use<> {
-        let f = self.write(Op::Barrier);
-        async move { f.await.map(|_| ()) }
+        let f = self
+            .shared
+            .actor
+            .as_ref()
+            .map(|a| a.write(Op::Barrier, false));
+        async move {
+            match f {
+                Some(f) => f.await.map(|_| ()),
+                None => Ok(()),
+            }
+        }
     }
 
     /// A handle naming this database that does not keep it open.

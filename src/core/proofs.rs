@@ -41,30 +41,12 @@ impl Hypercore {
             if let Some(proof) = inner.recent().prove(&tree, &req) {
                 return Ok(proof);
             }
-            let id = inner.id;
-            inner
-                .storage
-                .read(move |r| {
-                    let src = r.nodes(id)?;
-                    let mut proof = match tree::create_proof(&src, &tree, &req) {
-                        Ok(p) => p,
-                        Err(ProofError::MissingNode(i)) => {
-                            return Ok(Err(Error::NodeNotAvailable(i)));
-                        }
-                        Err(e) => return Ok(Err(e.into())),
-                    };
-                    if let Some(b) = &mut proof.block {
-                        match r.blocks()?.view().get(id, b.index)? {
-                            Some(v) => b.value = v,
-                            None => return Ok(Err(Error::BlockNotAvailable(b.index))),
-                        }
-                    }
-                    if req.manifest {
-                        proof.manifest = manifest;
-                    }
-                    Ok(Ok(proof))
-                })
-                .await?
+            // A signed state alone whose proof needs no node but the roots (the first
+            // upgrade of a new reader, from 0): proven from the committed tree in memory.
+            if let Some(proof) = prove_from_roots(&tree, manifest.as_ref(), &req) {
+                return Ok(proof);
+            }
+            create_stored_proof(&inner, tree, manifest, req).await
         }
     }
 
@@ -85,6 +67,58 @@ impl Hypercore {
             Ok(applied)
         }
     }
+}
+
+/// The proof answering `req` from the committed roots of `tree` alone, if `req` asks for a
+/// signed state and nothing else (no block, hash or seek) and its proof needs no other node:
+/// the same proof as one made from storage.
+fn prove_from_roots(
+    tree: &TreeState,
+    manifest: Option<&Vec<u8>>,
+    req: &ProofRequest,
+) -> Option<Proof> {
+    if req.upgrade.is_none() || req.block.is_some() || req.hash.is_some() || req.seek.is_some() {
+        return None;
+    }
+    let mut proof = tree::create_proof(&Roots(&tree.roots), tree, req).ok()?;
+    if req.manifest {
+        proof.manifest = manifest.cloned();
+    }
+    Some(proof)
+}
+
+/// The proof answering `req`, made from the stored nodes and blocks of the core (a read on the
+/// blocking pool).
+async fn create_stored_proof(
+    inner: &CoreInner,
+    tree: TreeState,
+    manifest: Option<Vec<u8>>,
+    req: ProofRequest,
+) -> Result<Proof> {
+    let id = inner.id;
+    inner
+        .storage
+        .read(move |r| {
+            let src = r.nodes(id)?;
+            let mut proof = match tree::create_proof(&src, &tree, &req) {
+                Ok(p) => p,
+                Err(ProofError::MissingNode(i)) => {
+                    return Ok(Err(Error::NodeNotAvailable(i)));
+                }
+                Err(e) => return Ok(Err(e.into())),
+            };
+            if let Some(b) = &mut proof.block {
+                match r.blocks()?.view().get(id, b.index)? {
+                    Some(v) => b.value = v,
+                    None => return Ok(Err(Error::BlockNotAvailable(b.index))),
+                }
+            }
+            if req.manifest {
+                proof.manifest = manifest;
+            }
+            Ok(Ok(proof))
+        })
+        .await?
 }
 
 async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
@@ -226,5 +260,72 @@ impl NodeSource for Roots<'_> {
     type Error = std::convert::Infallible;
     fn node(&self, index: u64) -> Result<Option<Node>, Self::Error> {
         Ok(self.0.iter().find(|n| n.index == index).copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        store::Corestore,
+        tree::{IndexRequest, UpgradeRequest},
+    };
+
+    /// Every signed state asked for is proven from the roots exactly as from storage, where
+    /// the roots suffice; the upgrade of a new reader (from 0) always does, a block never.
+    #[tokio::test]
+    async fn a_signed_state_proven_from_the_roots_is_the_stored_proof() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("w").await.unwrap();
+        let (mut from_roots, mut from_storage) = (0, 0);
+        for length in 1..=40u64 {
+            core.append(vec![length as u8; length as usize])
+                .await
+                .unwrap();
+            let (tree, manifest) = {
+                let st = core.inner.state();
+                (st.committed.tree.clone(), st.committed.manifest.clone())
+            };
+            for start in 0..length {
+                for with_manifest in [false, true] {
+                    let req = ProofRequest {
+                        fork: tree.fork,
+                        upgrade: Some(UpgradeRequest {
+                            start,
+                            length: length - start,
+                        }),
+                        manifest: with_manifest,
+                        ..Default::default()
+                    };
+                    let stored = create_stored_proof(
+                        &core.inner,
+                        tree.clone(),
+                        manifest.clone(),
+                        req.clone(),
+                    )
+                    .await
+                    .unwrap();
+                    match prove_from_roots(&tree, manifest.as_ref(), &req) {
+                        Some(proof) => {
+                            assert_eq!(proof, stored, "length {length}, from {start}");
+                            from_roots += 1;
+                        }
+                        None => {
+                            assert!(start > 0, "from 0 the roots suffice");
+                            from_storage += 1;
+                        }
+                    }
+                    assert_eq!(core.create_proof(req).await.unwrap(), stored);
+                }
+            }
+            let with_block = ProofRequest {
+                fork: tree.fork,
+                block: Some(IndexRequest { index: 0, nodes: 0 }),
+                upgrade: Some(UpgradeRequest { start: 0, length }),
+                ..Default::default()
+            };
+            assert!(prove_from_roots(&tree, manifest.as_ref(), &with_block).is_none());
+        }
+        assert!(from_roots > 0 && from_storage > 0);
     }
 }

@@ -267,32 +267,29 @@ impl NodeSource for Roots<'_> {
 mod tests {
     use super::*;
     use crate::{
+        CoreKind, CoreOptions,
         store::Corestore,
         tree::{IndexRequest, UpgradeRequest},
     };
 
-    /// Every signed state asked for is proven from the roots exactly as from storage, where
-    /// the roots suffice; the upgrade of a new reader (from 0) always does, a block never.
-    #[tokio::test]
-    async fn a_signed_state_proven_from_the_roots_is_the_stored_proof() {
-        let store = Corestore::memory().await.unwrap();
-        let core = store.get_named("w").await.unwrap();
+    /// Every signed state `core` may be asked for (each start and end, with and without the
+    /// manifest, and one past the length) is proven from the roots exactly as from storage
+    /// where the roots suffice, and refused alike where the request is wrong. Returns how
+    /// many came from the roots and how many from storage.
+    async fn check_every_upgrade(core: &Hypercore) -> (usize, usize) {
+        let (tree, manifest) = {
+            let st = core.inner.state();
+            (st.committed.tree.clone(), st.committed.manifest.clone())
+        };
         let (mut from_roots, mut from_storage) = (0, 0);
-        for length in 1..=40u64 {
-            core.append(vec![length as u8; length as usize])
-                .await
-                .unwrap();
-            let (tree, manifest) = {
-                let st = core.inner.state();
-                (st.committed.tree.clone(), st.committed.manifest.clone())
-            };
-            for start in 0..length {
+        for start in 0..=tree.length {
+            for end in start..=tree.length + 1 {
                 for with_manifest in [false, true] {
                     let req = ProofRequest {
                         fork: tree.fork,
                         upgrade: Some(UpgradeRequest {
                             start,
-                            length: length - start,
+                            length: end - start,
                         }),
                         manifest: with_manifest,
                         ..Default::default()
@@ -303,29 +300,68 @@ mod tests {
                         manifest.clone(),
                         req.clone(),
                     )
-                    .await
-                    .unwrap();
-                    match prove_from_roots(&tree, manifest.as_ref(), &req) {
-                        Some(proof) => {
-                            assert_eq!(proof, stored, "length {length}, from {start}");
+                    .await;
+                    let memory = prove_from_roots(&tree, manifest.as_ref(), &req);
+                    match (&stored, memory) {
+                        (Ok(stored), Some(proof)) => {
+                            assert_eq!(&proof, stored, "{start}..{end} of {}", tree.length);
                             from_roots += 1;
                         }
-                        None => {
-                            assert!(start > 0, "from 0 the roots suffice");
+                        (Ok(_), None) => {
+                            assert!(
+                                start > 0 || end < tree.length,
+                                "from 0 to the length the roots suffice"
+                            );
                             from_storage += 1;
                         }
+                        (Err(_), memory) => assert!(memory.is_none(), "{start}..{end}"),
                     }
-                    assert_eq!(core.create_proof(req).await.unwrap(), stored);
+                    let answered = core.create_proof(req).await;
+                    assert_eq!(answered.ok(), stored.ok());
                 }
             }
-            let with_block = ProofRequest {
-                fork: tree.fork,
-                block: Some(IndexRequest { index: 0, nodes: 0 }),
-                upgrade: Some(UpgradeRequest { start: 0, length }),
+        }
+        let with_block = ProofRequest {
+            fork: tree.fork,
+            block: Some(IndexRequest { index: 0, nodes: 0 }),
+            upgrade: Some(UpgradeRequest {
+                start: 0,
+                length: tree.length,
+            }),
+            ..Default::default()
+        };
+        assert!(prove_from_roots(&tree, manifest.as_ref(), &with_block).is_none());
+        (from_roots, from_storage)
+    }
+
+    /// Proofs of signed states from the roots are the stored proofs: for every length of a
+    /// default and a compat core up to 24, and after a truncation moved one to fork 1.
+    #[tokio::test]
+    async fn a_signed_state_proven_from_the_roots_is_the_stored_proof() {
+        let store = Corestore::memory().await.unwrap();
+        let default = store.get_named("w").await.unwrap();
+        let compat = store
+            .create(CoreOptions {
+                kind: CoreKind::Compat,
                 ..Default::default()
-            };
-            assert!(prove_from_roots(&tree, manifest.as_ref(), &with_block).is_none());
+            })
+            .await
+            .unwrap();
+        let (mut from_roots, mut from_storage) = (0, 0);
+        for length in 1..=24u64 {
+            for core in [&default, &compat] {
+                core.append(vec![length as u8; length as usize])
+                    .await
+                    .unwrap();
+                let (r, s) = check_every_upgrade(core).await;
+                from_roots += r;
+                from_storage += s;
+            }
         }
         assert!(from_roots > 0 && from_storage > 0);
+        default.truncate(13).await.unwrap();
+        default.append(b"after the fork".to_vec()).await.unwrap();
+        assert_eq!(default.inner.state().committed.tree.fork, 1);
+        check_every_upgrade(&default).await;
     }
 }

@@ -420,10 +420,8 @@ impl HypercoreProtocol {
     /// Replicates `core` (fully, unless it already is replicated) and connects to `nodes`,
     /// which also bootstrap its gossip topic.
     pub async fn join(&self, core: &Hypercore, nodes: &[EndpointAddr]) -> Result<()> {
-        let c = core.clone();
-        self.command(|tx| Command::Replicate(c, None, tx)).await?;
-        let (key, nodes) = (core.key(), nodes.to_vec());
-        self.command(|tx| Command::Join(key, nodes, tx)).await
+        let (core, nodes) = (core.clone(), nodes.to_vec());
+        self.command(|tx| Command::Join(core, nodes, tx)).await
     }
 
     /// Opens the core a ticket names (read-only unless this store has its key pair) and joins

@@ -98,7 +98,9 @@ pub(crate) enum Command {
     Accept(Connection),
     /// Replicate a core; `None` keeps the mode of a core already replicated (else full).
     Replicate(Hypercore, Option<Mode>, oneshot::Sender<()>),
-    Join(CoreKey, Vec<EndpointAddr>, oneshot::Sender<()>),
+    /// Replicate a core (keeping the mode of one already replicated, else full) and join
+    /// nodes for it, in one turn of the driver.
+    Join(Hypercore, Vec<EndpointAddr>, oneshot::Sender<()>),
     /// Stop replicating a core; answers whether it was replicated.
     Leave(CoreKey, oneshot::Sender<bool>),
     /// Follow every core of the store in a mode.
@@ -251,7 +253,9 @@ impl Driver {
             Command::SendExtension(target, name, payload, reply) => {
                 let _ = reply.send(self.engine.send_extension(target, &name, payload, now));
             }
-            Command::Join(key, nodes, reply) => {
+            Command::Join(core, nodes, reply) => {
+                let key = core.key();
+                self.replicate(core, None, Why::Named, now);
                 self.join(key, nodes);
                 let _ = reply.send(());
             }

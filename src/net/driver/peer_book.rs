@@ -62,7 +62,11 @@ pub(super) enum BookEvent {
 pub(super) struct PeerBook {
     /// Each core's peers.
     books: HashMap<CoreKey, Book>,
-    /// Cores whose record is being written, and those changed meanwhile.
+    /// Cores whose record is being read: a change meanwhile is written once it is read and
+    /// merged, so that it does not overwrite the peers remembered there.
+    loading: HashSet<CoreKey>,
+    /// Cores whose record is being written, and those changed meanwhile (or while it was
+    /// read).
     saving: HashSet<CoreKey>,
     dirty: HashSet<CoreKey>,
     io: FuturesUnordered<BoxFuture<BookEvent>>,
@@ -72,6 +76,7 @@ impl PeerBook {
     /// Reads the record of `core`: its peers come out of [`next`](Self::next).
     pub(super) fn load(&mut self, core: Hypercore) {
         self.books.entry(core.key()).or_default();
+        self.loading.insert(core.key());
         self.io.push(Box::pin(async move {
             let book = match core.remembered_peers().await {
                 Ok(bytes) if bytes.is_empty() => Book::default(),
@@ -89,8 +94,10 @@ impl PeerBook {
     }
 
     /// The record of `key` was read: its peers join those named or met meanwhile (which stay
-    /// in front). Returns them all.
-    pub(super) fn loaded(&mut self, key: CoreKey, record: Book) -> Book {
+    /// in front), and the record is written if those changed it (`core` is its handle, if it
+    /// is still replicated). Returns them all.
+    pub(super) fn loaded(&mut self, key: CoreKey, record: Book, core: Option<Hypercore>) -> Book {
+        self.loading.remove(&key);
         let Some(book) = self.books.get_mut(&key) else {
             return Book::default();
         };
@@ -106,7 +113,13 @@ impl PeerBook {
         }
         book.named.truncate(MAX_NAMED);
         book.useful.truncate(MAX_LEARNT);
-        book.clone()
+        let merged = book.clone();
+        if self.dirty.remove(&key)
+            && let Some(core) = core
+        {
+            self.save(&core);
+        }
+        merged
     }
 
     /// A channel of `core` with the peer at `addr` opened: it goes first among the useful
@@ -143,17 +156,17 @@ impl PeerBook {
         }
     }
 
-    /// Writes the record of `core`, or marks it to be written again after the write under
-    /// way (one write per core at a time).
+    /// Writes the record of `core`, or marks it to be written after the read or the write
+    /// under way (one write per core at a time, none before the record was read).
     fn save(&mut self, core: &Hypercore) {
         let key = core.key();
-        if !self.saving.insert(key) {
-            self.dirty.insert(key);
-            return;
-        }
         let Some(book) = self.books.get(&key) else {
             return;
         };
+        if self.loading.contains(&key) || !self.saving.insert(key) {
+            self.dirty.insert(key);
+            return;
+        }
         let bytes = postcard::to_stdvec(book).unwrap_or_default();
         let write = core.remember_peers(bytes);
         self.io.push(Box::pin(async move {
@@ -178,6 +191,7 @@ impl PeerBook {
     /// `key` is no longer replicated (a write under way still ends).
     pub(super) fn forget(&mut self, key: &CoreKey) {
         self.books.remove(key);
+        self.loading.remove(key);
         self.dirty.remove(key);
     }
 
@@ -200,9 +214,57 @@ fn bounded(addr: EndpointAddr) -> EndpointAddr {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use iroh::{EndpointAddr, SecretKey};
 
-    use super::Book;
+    use super::{Book, BookEvent, PeerBook};
+    use crate::store::Corestore;
+
+    /// Handles the book's next event as the driver does; returns the peers a read gave.
+    async fn step(book: &mut PeerBook, core: &crate::core::Hypercore) -> Option<Book> {
+        let ev = tokio::time::timeout(Duration::from_secs(10), book.next())
+            .await
+            .expect("a read or write of the record ended");
+        match ev {
+            BookEvent::Loaded(key, record) => Some(book.loaded(key, record, Some(core.clone()))),
+            BookEvent::Saved(key) => {
+                book.saved(key, Some(core.clone()));
+                None
+            }
+        }
+    }
+
+    /// A core joined before its record was read (a restart, then `join` at once) keeps the
+    /// peers it remembered, in memory and in the record: the new ones are written only after
+    /// the read, merged.
+    #[tokio::test]
+    async fn peers_named_before_the_record_is_read_do_not_replace_it() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("c").await.unwrap();
+        let addr = || EndpointAddr::new(SecretKey::generate().public());
+        let (old, new) = (addr(), addr());
+        // A first run remembers `old`.
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
+        book.add(&core, std::slice::from_ref(&old));
+        assert_eq!(step(&mut book, &core).await, None);
+        // The next run is joined with `new` before its read of the record ran.
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        book.add(&core, std::slice::from_ref(&new));
+        let merged = step(&mut book, &core).await.expect("the read comes first");
+        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
+        assert_eq!(ids(&merged), vec![new.id, old.id]);
+        assert_eq!(
+            step(&mut book, &core).await,
+            None,
+            "the merged book is written"
+        );
+        let stored = Book::decode(&core.remembered_peers().await.unwrap()).unwrap();
+        assert_eq!(ids(&stored), vec![new.id, old.id]);
+    }
 
     /// A record reads back as written; a record of the earlier format (one list) reads as
     /// peers a channel opened with, so that none of them takes a named place.

@@ -102,7 +102,12 @@ impl PeerBook {
             return Book::default();
         };
         for addr in record.named {
-            if !book.contains(&addr.id) {
+            if book.named.len() >= MAX_NAMED {
+                break;
+            }
+            if !book.named.iter().any(|a| a.id == addr.id) {
+                // Named before: it stays named, though a channel with it opened meanwhile.
+                book.useful.retain(|a| a.id != addr.id);
                 book.named.push(bounded(addr));
             }
         }
@@ -250,13 +255,16 @@ mod tests {
         assert_eq!(step(&mut book, &core).await, Some(Book::default()));
         book.add(&core, std::slice::from_ref(&old));
         assert_eq!(step(&mut book, &core).await, None);
-        // The next run is joined with `new` before its read of the record ran.
+        // The next run is joined with `new` before its read of the record ran, and a channel
+        // with `old` opens meanwhile: `old` stays named.
         let mut book = PeerBook::default();
         book.load(core.clone());
         book.add(&core, std::slice::from_ref(&new));
+        book.useful(&core, old.clone());
         let merged = step(&mut book, &core).await.expect("the read comes first");
         let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
         assert_eq!(ids(&merged), vec![new.id, old.id]);
+        assert!(merged.useful.is_empty());
         assert_eq!(
             step(&mut book, &core).await,
             None,

@@ -17,6 +17,21 @@ use crate::{
 /// and header, if the store holds it.
 pub(crate) type FoundCore = Result<Option<(CoreKey, u64, CoreHeader)>, StorageError>;
 
+/// The id and header of the core stored under `key` in the key and header tables, if any.
+fn stored_core(
+    cores: &redb::ReadOnlyTable<[u8; 32], u64>,
+    headers: &redb::ReadOnlyTable<u64, &'static [u8]>,
+    key: CoreKey,
+) -> Result<Option<(u64, CoreHeader)>, StorageError> {
+    let Some(id) = cores.get(key)?.map(|v| v.value()) else {
+        return Ok(None);
+    };
+    let raw = headers
+        .get(id)?
+        .ok_or_else(|| StorageError::Corrupt(format!("core {id} has no header")))?;
+    Ok(Some((id, CoreHeader::decode(raw.value())?)))
+}
+
 /// A snapshot of the database, handed to [`Storage::read`](super::Storage::read).
 pub(crate) struct Reader<'t> {
     txn: &'t ReadTransaction,
@@ -45,14 +60,8 @@ impl<'t> Reader<'t> {
     /// The id and header of the core stored under `key`, if any.
     pub fn core(&self, key: CoreKey) -> Result<Option<(u64, CoreHeader)>, StorageError> {
         let cores = self.txn.open_table(schema::CORES)?;
-        let Some(id) = cores.get(key)?.map(|v| v.value()) else {
-            return Ok(None);
-        };
         let headers = self.txn.open_table(schema::HEADERS)?;
-        let raw = headers
-            .get(id)?
-            .ok_or_else(|| StorageError::Corrupt(format!("core {id} has no header")))?;
-        Ok(Some((id, CoreHeader::decode(raw.value())?)))
+        stored_core(&cores, &headers, key)
     }
 
     /// Keys of every stored core, in one pass over the key table.
@@ -79,13 +88,7 @@ impl<'t> Reader<'t> {
             let Some(key) = index.get(dk)?.map(|v| v.value()) else {
                 return Ok(None);
             };
-            let Some(id) = cores.get(key)?.map(|v| v.value()) else {
-                return Ok(None);
-            };
-            let raw = headers
-                .get(id)?
-                .ok_or_else(|| StorageError::Corrupt(format!("core {id} has no header")))?;
-            Ok(Some((key, id, CoreHeader::decode(raw.value())?)))
+            Ok(stored_core(&cores, &headers, key)?.map(|(id, header)| (key, id, header)))
         };
         Ok(dks.iter().map(find).collect())
     }

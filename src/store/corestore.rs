@@ -370,44 +370,19 @@ impl Corestore {
         // Not open: their keys and states in one read, without the lock, so that a peer
         // asking for cores the store does not hold never holds up the application's opens.
         let wanted: Vec<DiscoveryKey> = to_read.iter().map(|&i| dks[i]).collect();
-        let found = self
-            .inner
-            .storage
-            .read(move |r| r.cores_by_discovery_keys(&wanted))
-            .await?;
+        let read = |wanted: Vec<DiscoveryKey>| {
+            self.inner
+                .storage
+                .read(move |r| r.cores_by_discovery_keys(&wanted))
+        };
+        let found = read(wanted.clone()).await?;
         let mut open = self.inner.shared.open.lock().await;
         // A delete since the read (it holds the lock until it committed) may have removed
-        // some: those not open are read again, in one read, under the lock.
+        // some: they are read again, under the lock.
         let found = if open.removals() == removals {
             found
         } else {
-            let keys: Vec<Option<CoreKey>> = found
-                .iter()
-                .map(|f| match f {
-                    Ok(Some((key, ..))) if open.get(key).is_none() => Some(*key),
-                    _ => None,
-                })
-                .collect();
-            let again = self
-                .inner
-                .storage
-                .read(move |r| {
-                    Ok(keys
-                        .iter()
-                        .map(|k| k.map(|k| r.core(k)))
-                        .collect::<Vec<_>>())
-                })
-                .await?;
-            found
-                .into_iter()
-                .zip(again)
-                .map(|(f, again)| match (f, again) {
-                    (Ok(Some((key, ..))), Some(again)) => {
-                        again.map(|s| s.map(|(id, header)| (key, id, header)))
-                    }
-                    (f, _) => f,
-                })
-                .collect()
+            read(wanted).await?
         };
         for (i, stored) in to_read.into_iter().zip(found) {
             out[i] = match stored {

@@ -375,13 +375,17 @@ async fn main() {
             }
             ours.insert((name, backend), row(name, backend, &median(s)));
         }
-        let name = "random get, one at a time";
-        if selected(name) {
-            let mut s = Vec::new();
-            for _ in 0..runs {
-                s.push(random_gets(backend, None).await);
+        for (name, random) in [
+            ("random get, one at a time", true),
+            ("get in order, one at a time", false),
+        ] {
+            if selected(name) {
+                let mut s = Vec::new();
+                for _ in 0..runs {
+                    s.push(gets(backend, None, random).await);
+                }
+                row(name, backend, &median(s));
             }
-            row(name, backend, &median(s));
         }
     }
     // The same on the file with a page cache smaller than the 100 MiB read.
@@ -389,7 +393,7 @@ async fn main() {
     if selected(name) {
         let mut s = Vec::new();
         for _ in 0..runs {
-            s.push(random_gets(Backend::File, Some(64 << 20)).await);
+            s.push(gets(Backend::File, Some(64 << 20), true).await);
         }
         row(name, Backend::File, &median(s));
     }
@@ -421,8 +425,9 @@ async fn main() {
     }
 }
 
-/// Times 100,000 random gets of 100,000 blocks (100 MiB), with a page cache of `cache_bytes`.
-async fn random_gets(backend: Backend, cache_bytes: Option<usize>) -> Sample {
+/// Times 100,000 gets of 100,000 blocks (100 MiB), at random or in order, with a page cache
+/// of `cache_bytes`.
+async fn gets(backend: Backend, cache_bytes: Option<usize>, random: bool) -> Sample {
     let dir = tempfile::tempdir().unwrap();
     let store = store(backend, Durability::Relaxed, cache_bytes, dir.path()).await;
     let core = store.get_named("bench").await.unwrap();
@@ -432,11 +437,12 @@ async fn random_gets(backend: Backend, cache_bytes: Option<usize>) -> Sample {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let n = 100_000;
     let start = Instant::now();
-    for _ in 0..n {
+    for i in 0..n {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let v = core.get(x % 100_000).await.unwrap().unwrap();
+        let index = if random { x % 100_000 } else { i };
+        let v = core.get(index).await.unwrap().unwrap();
         assert_eq!(v.len(), BLOCK);
     }
     let elapsed = start.elapsed();

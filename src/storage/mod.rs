@@ -67,8 +67,10 @@ pub enum Durability {
 pub struct StorageOptions {
     /// Durability of acknowledged writes.
     pub durability: Durability,
-    /// Bytes of redb's page cache; `None` keeps redb's default (1 GiB). redb keeps the pages
-    /// it writes in this cache, so a store's memory grows with what it writes up to this size.
+    /// Bytes of redb's page cache; `None` keeps redb's default (1 GiB) for a file or a custom
+    /// backend, and 8 MiB for [`Storage::memory`], whose pages are in memory already.
+    /// redb keeps the pages it writes in this cache, so a store's memory grows with what it
+    /// writes up to this size.
     pub cache_bytes: Option<usize>,
 }
 
@@ -183,9 +185,15 @@ impl Storage {
     }
 
     /// A database in memory, in chunks that grow without copying (see `memory`): the same
-    /// code path as a file.
+    /// code path as a file. Unless `opts` name a size, redb's page cache is small (8 MiB): its
+    /// default (1 GiB) would keep a second copy of every page written, up to that size.
     pub fn memory(opts: StorageOptions) -> Result<Self, StorageError> {
-        Self::with_backend(memory::ChunkedMemory::new(), opts)
+        Self::memory_on(memory::ChunkedMemory::new(), opts)
+    }
+
+    /// A database in memory on `backend`, with the options of one ([`Storage::memory`]).
+    fn memory_on(backend: impl StorageBackend, opts: StorageOptions) -> Result<Self, StorageError> {
+        Self::with_backend(backend, memory::options(opts))
     }
 
     /// A database on a custom redb backend (for example one that simulates a full disk).

@@ -152,7 +152,8 @@ impl Corestore {
         Self::memory_with(StoreOptions::default()).await
     }
 
-    /// A store in memory (redb's in-memory backend).
+    /// A store in memory: redb on chunks of memory that grow without copying, with a small
+    /// page cache unless `opts` name its size ([`StoreOptions::cache_bytes`]).
     pub async fn memory_with(opts: StoreOptions) -> Result<Self> {
         let storage = Storage::memory(storage_options(&opts))?;
         let shared = SharedCores::of(&storage);

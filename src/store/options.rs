@@ -11,9 +11,11 @@ use crate::{
 pub struct StoreOptions {
     /// Durability of acknowledged writes.
     pub durability: Durability,
-    /// Bytes of the database's page cache; `None` keeps redb's default (1 GiB). Pages written
-    /// stay in this cache, so a store's memory grows with what it writes up to this size; a
-    /// smaller cache bounds memory, and reads beyond it go to the file.
+    /// Bytes of the database's page cache; `None` keeps redb's default (1 GiB) for a store on
+    /// a file, and 8 MiB for a store in memory, whose pages are in memory already (a larger
+    /// cache holds a second copy of them). Pages written stay in this cache, so a store's
+    /// memory grows with what it writes up to this size; a smaller cache bounds memory, and
+    /// reads beyond it go to the file (or the memory store's own copy).
     pub cache_bytes: Option<usize>,
     /// The primary key named cores derive from. A new store generates one when this is `None`;
     /// an existing store refuses a primary key that differs from its own.

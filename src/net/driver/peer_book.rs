@@ -62,9 +62,11 @@ pub(super) enum BookEvent {
 pub(super) struct PeerBook {
     /// Each core's peers.
     books: HashMap<CoreKey, Book>,
-    /// Cores whose record is being read: a change meanwhile is written once it is read and
-    /// merged, so that it does not overwrite the peers remembered there.
-    loading: HashSet<CoreKey>,
+    /// Cores whose record is being read, with the reads under way (several for a core
+    /// replicated again by name, or left and replicated again, while it was read): a change
+    /// meanwhile is written once every read ended and merged, so that it does not overwrite
+    /// the peers remembered there.
+    loading: HashMap<CoreKey, u32>,
     /// Cores whose record is being written, and those changed meanwhile (or while it was
     /// read).
     saving: HashSet<CoreKey>,
@@ -73,12 +75,14 @@ pub(super) struct PeerBook {
 }
 
 impl PeerBook {
-    /// Reads the record of `core`: its peers come out of [`next`](Self::next).
+    /// Reads the record of `core`: its peers come out of [`next`](Self::next). While a write
+    /// of the record is under way (a core left and replicated again), the read waits for it.
     pub(super) fn load(&mut self, core: Hypercore) {
         self.books.entry(core.key()).or_default();
-        self.loading.insert(core.key());
+        *self.loading.entry(core.key()).or_default() += 1;
+        let read = core.remembered_peers(self.saving.contains(&core.key()));
         self.io.push(Box::pin(async move {
-            let book = match core.remembered_peers().await {
+            let book = match read.await {
                 Ok(bytes) if bytes.is_empty() => Book::default(),
                 Ok(bytes) => Book::decode(&bytes).unwrap_or_else(|e| {
                     tracing::warn!("the record of a core's peers does not decode: {e}");
@@ -94,10 +98,15 @@ impl PeerBook {
     }
 
     /// The record of `key` was read: its peers join those named or met meanwhile (which stay
-    /// in front), and the record is written if those changed it (`core` is its handle, if it
-    /// is still replicated). Returns them all.
+    /// in front), and the record is written if those changed it, once no other read of it is
+    /// under way (`core` is its handle, if it is still replicated). Returns them all.
     pub(super) fn loaded(&mut self, key: CoreKey, record: Book, core: Option<Hypercore>) -> Book {
-        self.loading.remove(&key);
+        if let Some(reads) = self.loading.get_mut(&key) {
+            *reads -= 1;
+            if *reads == 0 {
+                self.loading.remove(&key);
+            }
+        }
         let Some(book) = self.books.get_mut(&key) else {
             return Book::default();
         };
@@ -119,7 +128,8 @@ impl PeerBook {
         book.named.truncate(MAX_NAMED);
         book.useful.truncate(MAX_LEARNT);
         let merged = book.clone();
-        if self.dirty.remove(&key)
+        if !self.loading.contains_key(&key)
+            && self.dirty.remove(&key)
             && let Some(core) = core
         {
             self.save(&core);
@@ -161,14 +171,14 @@ impl PeerBook {
         }
     }
 
-    /// Writes the record of `core`, or marks it to be written after the read or the write
+    /// Writes the record of `core`, or marks it to be written after the reads or the write
     /// under way (one write per core at a time, none before the record was read).
     fn save(&mut self, core: &Hypercore) {
         let key = core.key();
         let Some(book) = self.books.get(&key) else {
             return;
         };
-        if self.loading.contains(&key) || !self.saving.insert(key) {
+        if self.loading.contains_key(&key) || !self.saving.insert(key) {
             self.dirty.insert(key);
             return;
         }
@@ -193,10 +203,11 @@ impl PeerBook {
         }
     }
 
-    /// `key` is no longer replicated (a write under way still ends).
+    /// `key` is no longer replicated (a read or write under way still ends, and a read is
+    /// still counted: if the core is replicated again meanwhile, nothing is written before it
+    /// ends).
     pub(super) fn forget(&mut self, key: &CoreKey) {
         self.books.remove(key);
-        self.loading.remove(key);
         self.dirty.remove(key);
     }
 
@@ -270,8 +281,99 @@ mod tests {
             None,
             "the merged book is written"
         );
-        let stored = Book::decode(&core.remembered_peers().await.unwrap()).unwrap();
+        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
         assert_eq!(ids(&stored), vec![new.id, old.id]);
+    }
+
+    /// A core left and replicated again while its record was read has two reads under way: a
+    /// change is written once both ended, merged, never between them (where a first read
+    /// that failed would let a record of only the new peers replace the remembered ones).
+    #[tokio::test]
+    async fn nothing_is_written_while_another_read_of_the_record_runs() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("c").await.unwrap();
+        let addr = || EndpointAddr::new(SecretKey::generate().public());
+        let (old, new) = (addr(), addr());
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
+        book.add(&core, std::slice::from_ref(&old));
+        assert_eq!(step(&mut book, &core).await, None);
+        // Replicated, left and replicated again: two reads; joined with `new` meanwhile.
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        book.forget(&core.key());
+        book.load(core.clone());
+        book.add(&core, std::slice::from_ref(&new));
+        step(&mut book, &core).await.expect("a read ends first");
+        assert!(
+            book.saving.is_empty(),
+            "the record is written while a read of it runs"
+        );
+        let merged = step(&mut book, &core)
+            .await
+            .expect("the other read ends next");
+        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
+        assert_eq!(ids(&merged), vec![new.id, old.id]);
+        assert_eq!(step(&mut book, &core).await, None, "then it is written");
+        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
+        assert_eq!(ids(&stored), vec![new.id, old.id]);
+    }
+
+    /// A read of a core forgotten before it ended is counted out: the core replicated again
+    /// later is read and written as usual. Two reads of a core replicated again by name
+    /// (without leaving) hold its write back until both ended.
+    #[tokio::test]
+    async fn reads_are_counted_out_when_they_end() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("c").await.unwrap();
+        let new = EndpointAddr::new(SecretKey::generate().public());
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        book.forget(&core.key());
+        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
+        assert!(book.loading.is_empty());
+        book.load(core.clone());
+        book.load(core.clone());
+        book.add(&core, std::slice::from_ref(&new));
+        step(&mut book, &core).await.expect("a read");
+        assert!(book.saving.is_empty(), "written while a read runs");
+        step(&mut book, &core).await.expect("the other read");
+        assert_eq!(step(&mut book, &core).await, None, "then it is written");
+        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
+        assert_eq!(stored.named, vec![new]);
+    }
+
+    /// A core left and replicated again while a write of its record is under way reads the
+    /// record after that write, so a peer the write adds is not lost by the next write.
+    #[tokio::test]
+    async fn a_read_after_a_write_under_way_sees_it() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("c").await.unwrap();
+        let addr = || EndpointAddr::new(SecretKey::generate().public());
+        let (x, y) = (addr(), addr());
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
+        book.add(&core, std::slice::from_ref(&x));
+        assert!(
+            book.saving.contains(&core.key()),
+            "the write of `x` is under way"
+        );
+        book.forget(&core.key());
+        book.load(core.clone());
+        book.add(&core, std::slice::from_ref(&y));
+        let mut merged = None;
+        while merged.is_none() {
+            merged = step(&mut book, &core).await;
+        }
+        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
+        assert_eq!(ids(&merged.unwrap()), vec![y.id, x.id]);
+        while !book.saving.is_empty() || !book.dirty.is_empty() {
+            step(&mut book, &core).await;
+        }
+        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
+        assert_eq!(ids(&stored), vec![y.id, x.id]);
     }
 
     /// A record reads back as written; a record of the earlier format (one list) reads as

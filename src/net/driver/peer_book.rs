@@ -4,8 +4,8 @@
 //! apart, those a channel opened with (most recently useful first, at most [`MAX_LEARNT`]),
 //! so that peers that learn the key and open channels from many ids never push the named ones
 //! out. Each peer keeps at most [`MAX_ADDRS`] addresses. A record that does not decode counts
-//! as empty; one of the earlier format (one list) is read as peers a channel opened with. It
-//! owns the futures of its reads and writes.
+//! as empty; one of the earlier format (one list) is read as peers a channel opened with; one
+//! that could not be read is not written over. It owns the futures of its reads and writes.
 
 use std::collections::{HashMap, HashSet};
 
@@ -51,8 +51,8 @@ impl Book {
 
 /// What a read or write of a record ended with.
 pub(super) enum BookEvent {
-    /// The record of a core was read: the peers it remembers.
-    Loaded(CoreKey, Book),
+    /// The record of a core was read: the peers it remembers (`None` if it could not be read).
+    Loaded(CoreKey, Option<Book>),
     /// The record of a core was written (or failed to be).
     Saved(CoreKey),
 }
@@ -68,9 +68,13 @@ pub(super) struct PeerBook {
     /// the peers remembered there.
     loading: HashMap<CoreKey, u32>,
     /// Cores whose record is being written, and those changed meanwhile (or while it was
-    /// read).
+    /// read, or after it could not be read).
     saving: HashSet<CoreKey>,
     dirty: HashSet<CoreKey>,
+    /// Cores a read of whose record ended well since they were replicated (it may have
+    /// started before). A record that could not be read is not written over: it may still
+    /// hold the peers remembered.
+    read: HashSet<CoreKey>,
     io: FuturesUnordered<BoxFuture<BookEvent>>,
 }
 
@@ -83,24 +87,31 @@ impl PeerBook {
         let read = core.remembered_peers(self.saving.contains(&core.key()));
         self.io.push(Box::pin(async move {
             let book = match read.await {
-                Ok(bytes) if bytes.is_empty() => Book::default(),
-                Ok(bytes) => Book::decode(&bytes).unwrap_or_else(|e| {
+                Ok(bytes) if bytes.is_empty() => Some(Book::default()),
+                // A record that does not decode holds nothing to keep: written over.
+                Ok(bytes) => Some(Book::decode(&bytes).unwrap_or_else(|e| {
                     tracing::warn!("the record of a core's peers does not decode: {e}");
                     Book::default()
-                }),
+                })),
                 Err(e) => {
                     tracing::warn!("reading the peers a core remembers: {e}");
-                    Book::default()
+                    None
                 }
             };
             BookEvent::Loaded(core.key(), book)
         }));
     }
 
-    /// The record of `key` was read: its peers join those named or met meanwhile (which stay
-    /// in front), and the record is written if those changed it, once no other read of it is
-    /// under way (`core` is its handle, if it is still replicated). Returns them all.
-    pub(super) fn loaded(&mut self, key: CoreKey, record: Book, core: Option<Hypercore>) -> Book {
+    /// The record of `key` was read (`None`: it could not be): its peers join those named or
+    /// met meanwhile (which stay in front), and the record is written if those changed it,
+    /// once no other read of it is under way and if one of them read it (`core` is its
+    /// handle, if it is still replicated). Returns them all.
+    pub(super) fn loaded(
+        &mut self,
+        key: CoreKey,
+        record: Option<Book>,
+        core: Option<Hypercore>,
+    ) -> Book {
         if let Some(reads) = self.loading.get_mut(&key) {
             *reads -= 1;
             if *reads == 0 {
@@ -110,23 +121,26 @@ impl PeerBook {
         let Some(book) = self.books.get_mut(&key) else {
             return Book::default();
         };
-        for addr in record.named {
-            if book.named.len() >= MAX_NAMED {
-                break;
+        if let Some(record) = record {
+            self.read.insert(key);
+            for addr in record.named {
+                if book.named.len() >= MAX_NAMED {
+                    break;
+                }
+                if !book.named.iter().any(|a| a.id == addr.id) {
+                    // Named before: it stays named, though a channel with it opened meanwhile.
+                    book.useful.retain(|a| a.id != addr.id);
+                    book.named.push(bounded(addr));
+                }
             }
-            if !book.named.iter().any(|a| a.id == addr.id) {
-                // Named before: it stays named, though a channel with it opened meanwhile.
-                book.useful.retain(|a| a.id != addr.id);
-                book.named.push(bounded(addr));
+            for addr in record.useful {
+                if !book.contains(&addr.id) {
+                    book.useful.push(bounded(addr));
+                }
             }
+            book.named.truncate(MAX_NAMED);
+            book.useful.truncate(MAX_LEARNT);
         }
-        for addr in record.useful {
-            if !book.contains(&addr.id) {
-                book.useful.push(bounded(addr));
-            }
-        }
-        book.named.truncate(MAX_NAMED);
-        book.useful.truncate(MAX_LEARNT);
         let merged = book.clone();
         if !self.loading.contains_key(&key)
             && self.dirty.remove(&key)
@@ -172,13 +186,15 @@ impl PeerBook {
     }
 
     /// Writes the record of `core`, or marks it to be written after the reads or the write
-    /// under way (one write per core at a time, none before the record was read).
+    /// under way (one write per core at a time, none before the record was read, none if it
+    /// could not be read).
     fn save(&mut self, core: &Hypercore) {
         let key = core.key();
         let Some(book) = self.books.get(&key) else {
             return;
         };
-        if self.loading.contains_key(&key) || !self.saving.insert(key) {
+        if self.loading.contains_key(&key) || !self.read.contains(&key) || !self.saving.insert(key)
+        {
             self.dirty.insert(key);
             return;
         }
@@ -209,6 +225,7 @@ impl PeerBook {
     pub(super) fn forget(&mut self, key: &CoreKey) {
         self.books.remove(key);
         self.dirty.remove(key);
+        self.read.remove(key);
     }
 
     /// The next read or write that ended; pending forever while none runs.
@@ -374,6 +391,74 @@ mod tests {
         }
         let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
         assert_eq!(ids(&stored), vec![y.id, x.id]);
+    }
+
+    /// A record that could not be read (here: the store is closed) is not written over: it
+    /// may still hold the peers remembered. The peers named meanwhile are still dialed.
+    #[tokio::test]
+    async fn a_record_that_could_not_be_read_is_not_written_over() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("c").await.unwrap();
+        let new = EndpointAddr::new(SecretKey::generate().public());
+        store.close().await.unwrap();
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        book.add(&core, std::slice::from_ref(&new));
+        let ev = tokio::time::timeout(Duration::from_secs(10), book.next())
+            .await
+            .expect("the read ended");
+        let BookEvent::Loaded(key, None) = ev else {
+            panic!("the read of a closed store did not fail");
+        };
+        let peers = book.loaded(key, None, Some(core.clone()));
+        assert_eq!(peers.named, vec![new.clone()]);
+        assert!(book.saving.is_empty(), "written over a record not read");
+        book.useful(&core, EndpointAddr::new(SecretKey::generate().public()));
+        assert!(book.saving.is_empty(), "written over a record not read");
+    }
+
+    /// On an open store: after a failed read the record keeps its peers through later
+    /// changes; of two reads, one that failed after one that read the record does not hold
+    /// the write of a change back.
+    #[tokio::test]
+    async fn a_failed_read_keeps_the_record_and_a_good_one_lets_it_be_written() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("c").await.unwrap();
+        let key = core.key();
+        let addr = || EndpointAddr::new(SecretKey::generate().public());
+        let (old, new) = (addr(), addr());
+        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
+        book.add(&core, std::slice::from_ref(&old));
+        assert_eq!(step(&mut book, &core).await, None);
+        // A read that failed (as one under way would end), then a change: nothing written.
+        let mut book = PeerBook::default();
+        book.books.entry(key).or_default();
+        book.loading.insert(key, 1);
+        book.loaded(key, None, Some(core.clone()));
+        book.add(&core, std::slice::from_ref(&new));
+        assert!(book.saving.is_empty());
+        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
+        assert_eq!(ids(&stored), vec![old.id]);
+        // Two reads: the first reads the record, the second fails. The change is written
+        // once both ended, merged.
+        let mut book = PeerBook::default();
+        book.books.entry(key).or_default();
+        book.loading.insert(key, 2);
+        book.add(&core, std::slice::from_ref(&new));
+        let record = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
+        book.loaded(key, Some(record), Some(core.clone()));
+        assert!(book.saving.is_empty(), "written while a read runs");
+        book.loaded(key, None, Some(core.clone()));
+        assert!(
+            book.saving.contains(&key),
+            "not written after both reads ended"
+        );
+        assert_eq!(step(&mut book, &core).await, None);
+        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
+        assert_eq!(ids(&stored), vec![new.id, old.id]);
     }
 
     /// A record reads back as written; a record of the earlier format (one list) reads as

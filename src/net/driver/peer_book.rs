@@ -5,7 +5,7 @@
 //! so that peers that learn the key and open channels from many ids never push the named ones
 //! out. Each peer keeps at most [`MAX_ADDRS`] addresses. A record that does not decode counts
 //! as empty; one of the earlier format (one list) is read as peers a channel opened with; one
-//! that could not be read is not written over. It owns the futures of its reads and writes.
+//! that could not be read is not written over (the next change reads it again). It owns the futures of its reads and writes.
 
 use std::collections::{HashMap, HashSet};
 
@@ -142,7 +142,10 @@ impl PeerBook {
             book.useful.truncate(MAX_LEARNT);
         }
         let merged = book.clone();
+        // After reads that all failed, the next change reads the record again (not this one:
+        // a store that keeps failing is not read over and over).
         if !self.loading.contains_key(&key)
+            && self.read.contains(&key)
             && self.dirty.remove(&key)
             && let Some(core) = core
         {
@@ -186,15 +189,19 @@ impl PeerBook {
     }
 
     /// Writes the record of `core`, or marks it to be written after the reads or the write
-    /// under way (one write per core at a time, none before the record was read, none if it
-    /// could not be read).
+    /// under way (one write per core at a time, none before the record was read). If no read
+    /// of it ended well and none is under way, it is read again first.
     fn save(&mut self, core: &Hypercore) {
         let key = core.key();
         let Some(book) = self.books.get(&key) else {
             return;
         };
-        if self.loading.contains_key(&key) || !self.read.contains(&key) || !self.saving.insert(key)
-        {
+        if !self.read.contains(&key) && !self.loading.contains_key(&key) {
+            self.dirty.insert(key);
+            self.load(core.clone());
+            return;
+        }
+        if self.loading.contains_key(&key) || !self.saving.insert(key) {
             self.dirty.insert(key);
             return;
         }
@@ -457,6 +464,41 @@ mod tests {
             "not written after both reads ended"
         );
         assert_eq!(step(&mut book, &core).await, None);
+        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
+        assert_eq!(ids(&stored), vec![new.id, old.id]);
+    }
+
+    /// After a read that failed, the next change reads the record again; when that read ends
+    /// well, the change is written merged with the peers remembered.
+    #[tokio::test]
+    async fn a_change_after_a_failed_read_reads_the_record_again() {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("c").await.unwrap();
+        let key = core.key();
+        let addr = || EndpointAddr::new(SecretKey::generate().public());
+        let (old, new) = (addr(), addr());
+        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
+        book.add(&core, std::slice::from_ref(&old));
+        assert_eq!(step(&mut book, &core).await, None);
+        let mut book = PeerBook::default();
+        book.books.entry(key).or_default();
+        book.loading.insert(key, 1);
+        book.loaded(key, None, Some(core.clone()));
+        assert!(
+            book.loading.is_empty(),
+            "a failed read is not retried by itself"
+        );
+        book.add(&core, std::slice::from_ref(&new));
+        assert!(
+            book.loading.contains_key(&key),
+            "the change reads the record again"
+        );
+        let merged = step(&mut book, &core).await.expect("the read ends");
+        assert_eq!(ids(&merged), vec![new.id, old.id]);
+        assert_eq!(step(&mut book, &core).await, None, "then it is written");
         let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
         assert_eq!(ids(&stored), vec![new.id, old.id]);
     }

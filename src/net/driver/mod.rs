@@ -583,7 +583,9 @@ impl Driver {
     fn on_book_event(&mut self, ev: BookEvent) {
         match ev {
             BookEvent::Loaded(key, record) => {
-                let book = self.book.loaded(key, record, self.cores.core(&key));
+                let Some(book) = self.book.loaded(key, record, self.cores.core(&key)) else {
+                    return;
+                };
                 let ids = |addrs: &[iroh::EndpointAddr]| -> Vec<PeerId> {
                     addrs.iter().map(|a| *a.id.as_bytes()).collect()
                 };

@@ -73,7 +73,7 @@ pub(super) struct PeerBook {
     dirty: HashSet<CoreKey>,
     /// Cores a read of whose record ended well since they were replicated (it may have
     /// started before). A record that could not be read is not written over: it may still
-    /// hold the peers remembered.
+    /// hold the peers remembered (the next change reads it again).
     read: HashSet<CoreKey>,
     io: FuturesUnordered<BoxFuture<BookEvent>>,
 }
@@ -105,22 +105,23 @@ impl PeerBook {
     /// The record of `key` was read (`None`: it could not be): its peers join those named or
     /// met meanwhile (which stay in front), and the record is written if those changed it,
     /// once no other read of it is under way and if one of them read it (`core` is its
-    /// handle, if it is still replicated). Returns them all.
+    /// handle, if it is still replicated). Returns them all, for the driver to dial; nothing
+    /// if the read failed (the peers named or met meanwhile are known already) or the core is
+    /// no longer replicated.
     pub(super) fn loaded(
         &mut self,
         key: CoreKey,
         record: Option<Book>,
         core: Option<Hypercore>,
-    ) -> Book {
+    ) -> Option<Book> {
         if let Some(reads) = self.loading.get_mut(&key) {
             *reads -= 1;
             if *reads == 0 {
                 self.loading.remove(&key);
             }
         }
-        let Some(book) = self.books.get_mut(&key) else {
-            return Book::default();
-        };
+        let book = self.books.get_mut(&key)?;
+        let read_well = record.is_some();
         if let Some(record) = record {
             self.read.insert(key);
             for addr in record.named {
@@ -141,9 +142,10 @@ impl PeerBook {
             book.named.truncate(MAX_NAMED);
             book.useful.truncate(MAX_LEARNT);
         }
-        let merged = book.clone();
-        // After reads that all failed, the next change reads the record again (not this one:
-        // a store that keeps failing is not read over and over).
+        let merged = read_well.then(|| book.clone());
+        // After reads that all failed, the change is written once a later change has read
+        // the record again, not at once: a store whose reads keep failing is not read over
+        // and over.
         if !self.loading.contains_key(&key)
             && self.read.contains(&key)
             && self.dirty.remove(&key)
@@ -267,7 +269,10 @@ mod tests {
             .await
             .expect("a read or write of the record ended");
         match ev {
-            BookEvent::Loaded(key, record) => Some(book.loaded(key, record, Some(core.clone()))),
+            BookEvent::Loaded(key, record) => Some(
+                book.loaded(key, record, Some(core.clone()))
+                    .unwrap_or_default(),
+            ),
             BookEvent::Saved(key) => {
                 book.saved(key, Some(core.clone()));
                 None
@@ -417,11 +422,30 @@ mod tests {
         let BookEvent::Loaded(key, None) = ev else {
             panic!("the read of a closed store did not fail");
         };
-        let peers = book.loaded(key, None, Some(core.clone()));
-        assert_eq!(peers.named, vec![new.clone()]);
+        assert_eq!(
+            book.loaded(key, None, Some(core.clone())),
+            None,
+            "nothing new to dial: `new` was dialed when it was named"
+        );
         assert!(book.saving.is_empty(), "written over a record not read");
-        book.useful(&core, EndpointAddr::new(SecretKey::generate().public()));
-        assert!(book.saving.is_empty(), "written over a record not read");
+        assert!(
+            book.loading.is_empty() && book.io.is_empty(),
+            "a failed read is not followed by another by itself"
+        );
+        // Changes read the record again, one read at a time, and write nothing.
+        for _ in 0..3 {
+            book.useful(&core, EndpointAddr::new(SecretKey::generate().public()));
+            assert_eq!(book.loading.get(&key), Some(&1));
+            assert!(book.saving.is_empty(), "written over a record not read");
+        }
+        let ev = tokio::time::timeout(Duration::from_secs(10), book.next())
+            .await
+            .expect("the read ended");
+        let BookEvent::Loaded(key, None) = ev else {
+            panic!("the read of a closed store did not fail");
+        };
+        assert_eq!(book.loaded(key, None, Some(core.clone())), None);
+        assert!(book.io.is_empty(), "nothing more is read or written");
     }
 
     /// On an open store: after a failed read the record keeps its peers through later
@@ -486,12 +510,14 @@ mod tests {
         let mut book = PeerBook::default();
         book.books.entry(key).or_default();
         book.loading.insert(key, 1);
+        book.add(&core, std::slice::from_ref(&new));
         book.loaded(key, None, Some(core.clone()));
         assert!(
-            book.loading.is_empty(),
+            book.loading.is_empty() && book.io.is_empty(),
             "a failed read is not retried by itself"
         );
-        book.add(&core, std::slice::from_ref(&new));
+        let x = addr();
+        book.useful(&core, x.clone());
         assert!(
             book.loading.contains_key(&key),
             "the change reads the record again"

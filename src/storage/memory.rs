@@ -22,8 +22,8 @@ const CHUNK: usize = 1 << 20;
 /// branches) and up to half of it the pages a write changes before its commit (redb writes
 /// the rest into the chunks early). A page that is not cached is copied out of the chunks
 /// when it is read: a block row's page is 64 or 128 KiB, so single `get`s of 1 KiB blocks
-/// from 100 MiB run at 0.7 of the speed of a cache that holds everything in order and 0.4 at
-/// random. Reads of a range (serving runs, `get_stored`) copy each page once.
+/// from 100 MiB run at 0.7–0.95 of the speed of a cache that holds everything in order and
+/// 0.4–0.6 at random. Reads of a range (serving runs, `get_stored`) copy each page once.
 const CACHE_BYTES: usize = 8 << 20;
 
 /// `opts` for a database in memory: redb's page cache is [`CACHE_BYTES`] unless they name a

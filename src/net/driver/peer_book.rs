@@ -258,17 +258,21 @@ fn bounded(addr: EndpointAddr) -> EndpointAddr {
 mod tests {
     use std::time::Duration;
 
-    use iroh::{EndpointAddr, SecretKey};
+    use iroh::{EndpointAddr, EndpointId, SecretKey};
 
-    use super::{Book, BookEvent, PeerBook};
-    use crate::store::Corestore;
+    use super::{Book, BookEvent, CoreKey, PeerBook};
+    use crate::{core::Hypercore, store::Corestore};
+
+    /// The book's next event.
+    async fn next_event(book: &mut PeerBook) -> BookEvent {
+        tokio::time::timeout(Duration::from_secs(10), book.next())
+            .await
+            .expect("a read or write of the record ended")
+    }
 
     /// Handles the book's next event as the driver does; returns the peers a read gave.
-    async fn step(book: &mut PeerBook, core: &crate::core::Hypercore) -> Option<Book> {
-        let ev = tokio::time::timeout(Duration::from_secs(10), book.next())
-            .await
-            .expect("a read or write of the record ended");
-        match ev {
+    async fn step(book: &mut PeerBook, core: &Hypercore) -> Option<Book> {
+        match next_event(book).await {
             BookEvent::Loaded(key, record) => Some(
                 book.loaded(key, record, Some(core.clone()))
                     .unwrap_or_default(),
@@ -280,21 +284,54 @@ mod tests {
         }
     }
 
+    fn addr() -> EndpointAddr {
+        EndpointAddr::new(SecretKey::generate().public())
+    }
+
+    /// The ids of the peers a book names.
+    fn ids(book: &Book) -> Vec<EndpointId> {
+        book.named.iter().map(|a| a.id).collect()
+    }
+
+    /// The record stored for `core`.
+    async fn stored(core: &Hypercore) -> Book {
+        Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap()
+    }
+
+    /// A store with one core.
+    async fn one_core() -> (Corestore, Hypercore) {
+        let store = Corestore::memory().await.unwrap();
+        let core = store.get_named("c").await.unwrap();
+        (store, core)
+    }
+
+    /// A store with one core whose record names `old`, written by a first run's book.
+    async fn remembering(old: &EndpointAddr) -> (Corestore, Hypercore) {
+        let (store, core) = one_core().await;
+        let mut book = PeerBook::default();
+        book.load(core.clone());
+        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
+        book.add(&core, std::slice::from_ref(old));
+        assert_eq!(step(&mut book, &core).await, None);
+        (store, core)
+    }
+
+    /// A book replicating `key` with `reads` reads of its record under way (they end by
+    /// calling `loaded` by hand).
+    fn reading(key: CoreKey, reads: u32) -> PeerBook {
+        let mut book = PeerBook::default();
+        book.books.entry(key).or_default();
+        book.loading.insert(key, reads);
+        book
+    }
+
     /// A core joined before its record was read (a restart, then `join` at once) keeps the
     /// peers it remembered, in memory and in the record: the new ones are written only after
     /// the read, merged.
     #[tokio::test]
     async fn peers_named_before_the_record_is_read_do_not_replace_it() {
-        let store = Corestore::memory().await.unwrap();
-        let core = store.get_named("c").await.unwrap();
-        let addr = || EndpointAddr::new(SecretKey::generate().public());
         let (old, new) = (addr(), addr());
-        // A first run remembers `old`.
-        let mut book = PeerBook::default();
-        book.load(core.clone());
-        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
-        book.add(&core, std::slice::from_ref(&old));
-        assert_eq!(step(&mut book, &core).await, None);
+        let (_store, core) = remembering(&old).await;
         // The next run is joined with `new` before its read of the record ran, and a channel
         // with `old` opens meanwhile: `old` stays named.
         let mut book = PeerBook::default();
@@ -302,7 +339,6 @@ mod tests {
         book.add(&core, std::slice::from_ref(&new));
         book.useful(&core, old.clone());
         let merged = step(&mut book, &core).await.expect("the read comes first");
-        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
         assert_eq!(ids(&merged), vec![new.id, old.id]);
         assert!(merged.useful.is_empty());
         assert_eq!(
@@ -310,8 +346,7 @@ mod tests {
             None,
             "the merged book is written"
         );
-        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
-        assert_eq!(ids(&stored), vec![new.id, old.id]);
+        assert_eq!(ids(&stored(&core).await), vec![new.id, old.id]);
     }
 
     /// A core left and replicated again while its record was read has two reads under way: a
@@ -319,15 +354,8 @@ mod tests {
     /// that failed would let a record of only the new peers replace the remembered ones).
     #[tokio::test]
     async fn nothing_is_written_while_another_read_of_the_record_runs() {
-        let store = Corestore::memory().await.unwrap();
-        let core = store.get_named("c").await.unwrap();
-        let addr = || EndpointAddr::new(SecretKey::generate().public());
         let (old, new) = (addr(), addr());
-        let mut book = PeerBook::default();
-        book.load(core.clone());
-        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
-        book.add(&core, std::slice::from_ref(&old));
-        assert_eq!(step(&mut book, &core).await, None);
+        let (_store, core) = remembering(&old).await;
         // Replicated, left and replicated again: two reads; joined with `new` meanwhile.
         let mut book = PeerBook::default();
         book.load(core.clone());
@@ -342,11 +370,9 @@ mod tests {
         let merged = step(&mut book, &core)
             .await
             .expect("the other read ends next");
-        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
         assert_eq!(ids(&merged), vec![new.id, old.id]);
         assert_eq!(step(&mut book, &core).await, None, "then it is written");
-        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
-        assert_eq!(ids(&stored), vec![new.id, old.id]);
+        assert_eq!(ids(&stored(&core).await), vec![new.id, old.id]);
     }
 
     /// A read of a core forgotten before it ended is counted out: the core replicated again
@@ -354,9 +380,8 @@ mod tests {
     /// (without leaving) hold its write back until both ended.
     #[tokio::test]
     async fn reads_are_counted_out_when_they_end() {
-        let store = Corestore::memory().await.unwrap();
-        let core = store.get_named("c").await.unwrap();
-        let new = EndpointAddr::new(SecretKey::generate().public());
+        let (_store, core) = one_core().await;
+        let new = addr();
         let mut book = PeerBook::default();
         book.load(core.clone());
         book.forget(&core.key());
@@ -369,17 +394,14 @@ mod tests {
         assert!(book.saving.is_empty(), "written while a read runs");
         step(&mut book, &core).await.expect("the other read");
         assert_eq!(step(&mut book, &core).await, None, "then it is written");
-        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
-        assert_eq!(stored.named, vec![new]);
+        assert_eq!(stored(&core).await.named, vec![new]);
     }
 
     /// A core left and replicated again while a write of its record is under way reads the
     /// record after that write, so a peer the write adds is not lost by the next write.
     #[tokio::test]
     async fn a_read_after_a_write_under_way_sees_it() {
-        let store = Corestore::memory().await.unwrap();
-        let core = store.get_named("c").await.unwrap();
-        let addr = || EndpointAddr::new(SecretKey::generate().public());
+        let (_store, core) = one_core().await;
         let (x, y) = (addr(), addr());
         let mut book = PeerBook::default();
         book.load(core.clone());
@@ -396,30 +418,24 @@ mod tests {
         while merged.is_none() {
             merged = step(&mut book, &core).await;
         }
-        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
         assert_eq!(ids(&merged.unwrap()), vec![y.id, x.id]);
         while !book.saving.is_empty() || !book.dirty.is_empty() {
             step(&mut book, &core).await;
         }
-        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
-        assert_eq!(ids(&stored), vec![y.id, x.id]);
+        assert_eq!(ids(&stored(&core).await), vec![y.id, x.id]);
     }
 
     /// A record that could not be read (here: the store is closed) is not written over: it
     /// may still hold the peers remembered. The peers named meanwhile are still dialed.
     #[tokio::test]
     async fn a_record_that_could_not_be_read_is_not_written_over() {
-        let store = Corestore::memory().await.unwrap();
-        let core = store.get_named("c").await.unwrap();
-        let new = EndpointAddr::new(SecretKey::generate().public());
+        let (store, core) = one_core().await;
+        let new = addr();
         store.close().await.unwrap();
         let mut book = PeerBook::default();
         book.load(core.clone());
         book.add(&core, std::slice::from_ref(&new));
-        let ev = tokio::time::timeout(Duration::from_secs(10), book.next())
-            .await
-            .expect("the read ended");
-        let BookEvent::Loaded(key, None) = ev else {
+        let BookEvent::Loaded(key, None) = next_event(&mut book).await else {
             panic!("the read of a closed store did not fail");
         };
         assert_eq!(
@@ -434,14 +450,11 @@ mod tests {
         );
         // Changes read the record again, one read at a time, and write nothing.
         for _ in 0..3 {
-            book.useful(&core, EndpointAddr::new(SecretKey::generate().public()));
+            book.useful(&core, addr());
             assert_eq!(book.loading.get(&key), Some(&1));
             assert!(book.saving.is_empty(), "written over a record not read");
         }
-        let ev = tokio::time::timeout(Duration::from_secs(10), book.next())
-            .await
-            .expect("the read ended");
-        let BookEvent::Loaded(key, None) = ev else {
+        let BookEvent::Loaded(key, None) = next_event(&mut book).await else {
             panic!("the read of a closed store did not fail");
         };
         assert_eq!(book.loaded(key, None, Some(core.clone())), None);
@@ -453,34 +466,20 @@ mod tests {
     /// the write of a change back.
     #[tokio::test]
     async fn a_failed_read_keeps_the_record_and_a_good_one_lets_it_be_written() {
-        let store = Corestore::memory().await.unwrap();
-        let core = store.get_named("c").await.unwrap();
-        let key = core.key();
-        let addr = || EndpointAddr::new(SecretKey::generate().public());
         let (old, new) = (addr(), addr());
-        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
-        let mut book = PeerBook::default();
-        book.load(core.clone());
-        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
-        book.add(&core, std::slice::from_ref(&old));
-        assert_eq!(step(&mut book, &core).await, None);
+        let (_store, core) = remembering(&old).await;
+        let key = core.key();
         // A read that failed (as one under way would end), then a change: nothing written.
-        let mut book = PeerBook::default();
-        book.books.entry(key).or_default();
-        book.loading.insert(key, 1);
+        let mut book = reading(key, 1);
         book.loaded(key, None, Some(core.clone()));
         book.add(&core, std::slice::from_ref(&new));
         assert!(book.saving.is_empty());
-        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
-        assert_eq!(ids(&stored), vec![old.id]);
+        assert_eq!(ids(&stored(&core).await), vec![old.id]);
         // Two reads: the first reads the record, the second fails. The change is written
         // once both ended, merged.
-        let mut book = PeerBook::default();
-        book.books.entry(key).or_default();
-        book.loading.insert(key, 2);
+        let mut book = reading(key, 2);
         book.add(&core, std::slice::from_ref(&new));
-        let record = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
-        book.loaded(key, Some(record), Some(core.clone()));
+        book.loaded(key, Some(stored(&core).await), Some(core.clone()));
         assert!(book.saving.is_empty(), "written while a read runs");
         book.loaded(key, None, Some(core.clone()));
         assert!(
@@ -488,36 +487,24 @@ mod tests {
             "not written after both reads ended"
         );
         assert_eq!(step(&mut book, &core).await, None);
-        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
-        assert_eq!(ids(&stored), vec![new.id, old.id]);
+        assert_eq!(ids(&stored(&core).await), vec![new.id, old.id]);
     }
 
     /// After a read that failed, the next change reads the record again; when that read ends
     /// well, the change is written merged with the peers remembered.
     #[tokio::test]
     async fn a_change_after_a_failed_read_reads_the_record_again() {
-        let store = Corestore::memory().await.unwrap();
-        let core = store.get_named("c").await.unwrap();
-        let key = core.key();
-        let addr = || EndpointAddr::new(SecretKey::generate().public());
         let (old, new) = (addr(), addr());
-        let ids = |b: &Book| b.named.iter().map(|a| a.id).collect::<Vec<_>>();
-        let mut book = PeerBook::default();
-        book.load(core.clone());
-        assert_eq!(step(&mut book, &core).await, Some(Book::default()));
-        book.add(&core, std::slice::from_ref(&old));
-        assert_eq!(step(&mut book, &core).await, None);
-        let mut book = PeerBook::default();
-        book.books.entry(key).or_default();
-        book.loading.insert(key, 1);
+        let (_store, core) = remembering(&old).await;
+        let key = core.key();
+        let mut book = reading(key, 1);
         book.add(&core, std::slice::from_ref(&new));
         book.loaded(key, None, Some(core.clone()));
         assert!(
             book.loading.is_empty() && book.io.is_empty(),
             "a failed read is not retried by itself"
         );
-        let x = addr();
-        book.useful(&core, x.clone());
+        book.useful(&core, addr());
         assert!(
             book.loading.contains_key(&key),
             "the change reads the record again"
@@ -525,22 +512,20 @@ mod tests {
         let merged = step(&mut book, &core).await.expect("the read ends");
         assert_eq!(ids(&merged), vec![new.id, old.id]);
         assert_eq!(step(&mut book, &core).await, None, "then it is written");
-        let stored = Book::decode(&core.remembered_peers(false).await.unwrap()).unwrap();
-        assert_eq!(ids(&stored), vec![new.id, old.id]);
+        assert_eq!(ids(&stored(&core).await), vec![new.id, old.id]);
     }
 
     /// A record reads back as written; a record of the earlier format (one list) reads as
     /// peers a channel opened with, so that none of them takes a named place.
     #[test]
     fn records_of_both_formats_decode() {
-        let addr = |_| EndpointAddr::new(SecretKey::generate().public());
         let book = Book {
-            named: (0..2).map(addr).collect(),
-            useful: (0..3).map(addr).collect(),
+            named: (0..2).map(|_| addr()).collect(),
+            useful: (0..3).map(|_| addr()).collect(),
         };
         let bytes = postcard::to_stdvec(&book).unwrap();
         assert_eq!(Book::decode(&bytes).unwrap(), book);
-        let old: Vec<EndpointAddr> = (0..4).map(addr).collect();
+        let old: Vec<EndpointAddr> = (0..4).map(|_| addr()).collect();
         let read = Book::decode(&postcard::to_stdvec(&old).unwrap()).unwrap();
         assert_eq!(read.named, vec![]);
         assert_eq!(read.useful, old);

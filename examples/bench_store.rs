@@ -6,6 +6,8 @@
 //! to the writer is up (it joins with one core, then opens the others), and when it does not
 //! follow the whole store but joins each core by itself, one after another, as an
 //! application naming its cores would.
+//! Measured too, as the floor of the stores' side: each core's signed upgrade and block proofs
+//! made by the writer and verified and stored by the reader, with no network and no engine.
 //! Release mode, one size per process (peak RSS is the process's):
 //!
 //! ```text
@@ -16,19 +18,21 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use iroh::{
     endpoint::Connection,
     protocol::{AcceptError, ProtocolHandler, Router},
 };
 use iroh_hypercore::{
-    Corestore, Mode,
-    testnet::{TestNet, Transport},
+    CoreKey, Corestore, Mode,
+    core::RunItem,
+    testnet::{Node, TestNet, Transport},
 };
 use n0_future::{FuturesUnordered, StreamExt};
 
 #[path = "common/baseline.rs"]
 mod baseline;
-use baseline::{Phase, median};
+use baseline::{Phase, first_upgrade, median};
 
 const BLOCKS: u64 = 10;
 const BLOCK_BYTES: usize = 100;
@@ -69,12 +73,27 @@ async fn main() -> anyhow::Result<()> {
                 .wall,
         );
     }
+    // The peak RSS of the replications, before the floor's runs (which hold every core's
+    // proofs at once) raise it.
+    let peak_rss = peak_rss_kib();
+    let mut alone = Vec::new();
+    for _ in 0..runs {
+        alone.push(stores_alone(&net, cores).await?);
+    }
     let samples: Vec<String> = hyper.iter().map(|d| format!("{d:.2?}")).collect();
     let (h, r) = (median(hyper), median(raw));
     println!("{cores} cores x {BLOCKS} blocks x {BLOCK_BYTES} B, median of {runs} runs, loopback");
     println!("replicate_store (reader follows the writer's whole store): {h:.2?}");
     println!("raw iroh, one stream per core, same bytes:                 {r:.2?}");
     println!("ratio: {:.1}x", h.as_secs_f64() / r.as_secs_f64());
+    let (a, a_cpu): (Vec<_>, Vec<_>) = alone.into_iter().unzip();
+    let a = median(a);
+    println!(
+        "no network: each core's proofs made by the writer, verified and stored by the reader: \
+         {a:.2?} (CPU {:.2?}; replicate_store at {:.2}x it)",
+        median(a_cpu),
+        h.as_secs_f64() / a.as_secs_f64()
+    );
     if !store_only {
         let l = median(late);
         let o = median(opening);
@@ -94,7 +113,10 @@ async fn main() -> anyhow::Result<()> {
         median(cpu)
     );
     println!("replicate_store runs (in order): {}", samples.join(", "));
-    println!("peak RSS of the process: {} MiB", peak_rss_kib() / 1024);
+    println!(
+        "peak RSS of the process while it replicated: {} MiB",
+        peak_rss / 1024
+    );
     Ok(())
 }
 
@@ -131,13 +153,7 @@ async fn replicate_store(
     let late = opening != Opening::First;
     let writer = net.node(Transport::Direct).await?;
     let reader = net.node(Transport::Direct).await?;
-    let mut keys = Vec::with_capacity(cores);
-    for i in 0..cores {
-        let log = writer.store.get_named(&format!("log {i}")).await?;
-        let blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|_| vec![7u8; BLOCK_BYTES]).collect();
-        log.append_batch(blocks).await?;
-        keys.push(log.key());
-    }
+    let keys = seeded(&writer.store, cores).await?;
     let mut remotes = Vec::with_capacity(cores);
     let opened_first = if late { 1 } else { cores };
     let started = Instant::now();
@@ -152,6 +168,9 @@ async fn replicate_store(
     reader.proto.join(&remotes[0], &[writer.addr()]).await?;
     if late {
         remotes[0].download(0..BLOCKS).done(LIMIT).await?;
+        // The time from the join is not counted: a part ends before the next starts, so that
+        // callgrind's dumps alternate between setup and parts.
+        phase.end();
         phase = Phase::start();
         for key in &keys[1..] {
             let core = reader.store.get_remote(*key).await?;
@@ -171,10 +190,7 @@ async fn replicate_store(
     for r in done {
         r?;
     }
-    writer.shutdown().await;
-    reader.shutdown().await;
-    drop_store(writer.store).await;
-    drop_store(reader.store).await;
+    close(writer, reader).await;
     Ok(Replicated {
         wall: elapsed,
         cpu,
@@ -182,8 +198,65 @@ async fn replicate_store(
     })
 }
 
-async fn drop_store(store: Corestore) {
-    let _ = store.close().await;
+/// The keys of `cores` logs named `log 0`, `log 1`… in `store`, each of [`BLOCKS`] blocks of
+/// [`BLOCK_BYTES`]. Each is let go once written, as a writer's cores are until a peer asks.
+async fn seeded(store: &Corestore, cores: usize) -> anyhow::Result<Vec<CoreKey>> {
+    let mut keys = Vec::with_capacity(cores);
+    for i in 0..cores {
+        let log = store.get_named(&format!("log {i}")).await?;
+        let blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|_| vec![7u8; BLOCK_BYTES]).collect();
+        log.append_batch(blocks).await?;
+        keys.push(log.key());
+    }
+    Ok(keys)
+}
+
+/// The same work without the network or the engine: for each of `cores` cores of a writer's
+/// store (a task per core, all at once), the writer makes the signed upgrade and the proofs of
+/// its blocks, and the reader (its cores opened beforehand, as `replicate_store`'s are)
+/// verifies and stores them. Wall-clock and CPU time: what the stores alone cost, one signature
+/// verified per core included.
+async fn stores_alone(net: &TestNet, cores: usize) -> anyhow::Result<(Duration, Duration)> {
+    let writer = net.node(Transport::Direct).await?;
+    let reader = net.node(Transport::Direct).await?;
+    let mut pairs = Vec::with_capacity(cores);
+    for key in seeded(&writer.store, cores).await? {
+        let log = writer.store.get(key).await?.context("a seeded log")?;
+        pairs.push((log, reader.store.get_remote(key).await?));
+    }
+    let phase = Phase::start();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, r) in pairs {
+        tasks.spawn(async move {
+            let upgrade = w.create_proof(first_upgrade(BLOCKS)).await?;
+            r.verify_and_apply_proof(upgrade).await?;
+            let mut proofs = Vec::new();
+            for item in w.create_run_proofs(0, 0, BLOCKS, BLOCKS).await? {
+                let RunItem::Proof(proof) = item else {
+                    anyhow::bail!("the writer lacks a block");
+                };
+                proofs.push(proof);
+            }
+            let applied = r.apply_block_proofs(proofs).await?;
+            anyhow::ensure!(applied.rejected.is_none() && r.info().contiguous_length == BLOCKS);
+            anyhow::Ok(())
+        });
+    }
+    let done = tasks.join_all().await;
+    let timed = phase.end();
+    for d in done {
+        d?;
+    }
+    close(writer, reader).await;
+    Ok(timed)
+}
+
+/// Shuts both nodes down and closes their stores.
+async fn close(writer: Node, reader: Node) {
+    writer.shutdown().await;
+    reader.shutdown().await;
+    let _ = writer.store.close().await;
+    let _ = reader.store.close().await;
 }
 
 /// Serves `BLOCKS * BLOCK_BYTES` bytes on every stream the client opens.

@@ -215,7 +215,9 @@ async fn seeded(store: &Corestore, cores: usize) -> anyhow::Result<Vec<CoreKey>>
 /// store (a task per core, all at once), the writer makes the signed upgrade and the proofs of
 /// its blocks, and the reader (its cores opened beforehand, as `replicate_store`'s are)
 /// verifies and stores them. Wall-clock and CPU time: what the stores alone cost, one signature
-/// verified per core included.
+/// verified per core included. The writer's cores are open beforehand too, where
+/// `replicate_store`'s writer looks each up when a peer asks (part of what the floor leaves
+/// out).
 async fn stores_alone(net: &TestNet, cores: usize) -> anyhow::Result<(Duration, Duration)> {
     let writer = net.node(Transport::Direct).await?;
     let reader = net.node(Transport::Direct).await?;

@@ -28,6 +28,14 @@ const RAW_ALPN: &[u8] = b"/bench-raw/1";
 /// Not `--zero-before='*phase_start'`: that left most of the setup's instructions in the
 /// part's dump (at 1,000 cores `bench_store` counted 3,319 M for a download of 1,518 M),
 /// apparently because it zeroes only the counts of the thread that calls the hook.
+///
+/// For a wall-clock profile of the timed parts alone, `perf record` can be started paused
+/// and told by each part when to sample: with `BENCH_PERF_CTL` naming its control FIFO,
+/// a part writes `enable` at its start and `disable` at its end.
+///
+/// ```text
+/// mkfifo /tmp/ctl; BENCH_PERF_CTL=/tmp/ctl perf record --delay=-1 --control=fifo:/tmp/ctl -- BIN ...
+/// ```
 pub struct Phase {
     wall: Instant,
     cpu: Duration,
@@ -37,6 +45,7 @@ impl Phase {
     /// Starts timing.
     pub fn start() -> Self {
         phase_start();
+        perf_control("enable");
         Self {
             wall: Instant::now(),
             cpu: cpu_time(),
@@ -47,6 +56,7 @@ impl Phase {
     pub fn end(self) -> (Duration, Duration) {
         let elapsed = self.wall.elapsed();
         let cpu = cpu_time().saturating_sub(self.cpu);
+        perf_control("disable");
         phase_end();
         (elapsed, cpu)
     }
@@ -80,6 +90,17 @@ pub fn first_upgrade(length: u64) -> ProofRequest {
         upgrade: Some(UpgradeRequest { start: 0, length }),
         manifest: true,
         ..Default::default()
+    }
+}
+
+/// Tells `perf record` to sample or not, through the control FIFO `BENCH_PERF_CTL` names (if
+/// it is set). Blocks until perf reads it, so a part starts with perf sampling.
+fn perf_control(command: &str) {
+    if let Some(fifo) = std::env::var_os("BENCH_PERF_CTL") {
+        use std::io::Write;
+        if let Ok(mut ctl) = std::fs::OpenOptions::new().write(true).open(fifo) {
+            let _ = writeln!(ctl, "{command}");
+        }
     }
 }
 

@@ -1,46 +1,39 @@
-//! The queued blocks of each core: one entry per missing block, with the peers that have it
-//! and where it is on its way (waiting, asked for, received and being stored).
+//! The queued blocks of each core: one entry per missing block, saying where it is on its way
+//! (waiting, asked for, received and being stored), and the blocks waiting for a peer as
+//! ranges. Which peers have a block is not kept per block: it is what each peer said it holds
+//! (its ranges in the queue's peer state), so a source costs nothing per block.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use crate::replication::PeerId;
+use super::block_ranges::BlockRanges;
 
 /// The queued blocks of one core, keyed by block index.
 #[derive(Debug, Default)]
 pub(super) struct CoreQueue {
     /// Every queued block.
-    pub(super) entries: BTreeMap<u64, Entry>,
+    pub(super) entries: BTreeMap<u64, EntryState>,
     /// Entries waiting for a peer.
-    pub(super) ready: BTreeSet<u64>,
+    pub(super) ready: BlockRanges,
 }
 
 impl CoreQueue {
-    /// Entry `index` was asked for in request `id`.
-    pub(super) fn set_in_flight(&mut self, index: u64, id: u64) {
-        self.ready.remove(&index);
-        if let Some(e) = self.entries.get_mut(&index) {
-            e.state = EntryState::InFlight(id);
+    /// Entries `start..end` were asked for in request `id`.
+    pub(super) fn set_in_flight(&mut self, start: u64, end: u64, id: u64) {
+        self.ready.remove(start, end);
+        for (_, state) in self.entries.range_mut(start..end) {
+            *state = EntryState::InFlight(id);
         }
     }
 
     /// An entry back to ready, if it is in the given state.
     pub(super) fn make_ready(&mut self, index: u64, from: EntryState) {
-        if let Some(e) = self.entries.get_mut(&index)
-            && e.state == from
+        if let Some(state) = self.entries.get_mut(&index)
+            && *state == from
         {
-            e.state = EntryState::Ready;
-            self.ready.insert(index);
+            *state = EntryState::Ready;
+            self.ready.insert(index, index + 1);
         }
     }
-}
-
-/// A queued block.
-#[derive(Debug)]
-pub(super) struct Entry {
-    /// Peers that have the block.
-    pub(super) sources: Vec<PeerId>,
-    /// Where it is on its way.
-    pub(super) state: EntryState,
 }
 
 /// Where a queued block is on its way.

@@ -1,9 +1,10 @@
 //! The fetch queue (after kitsune2's CoreFetch): which missing blocks to request from which
 //! peer, and when.
 //!
-//! Entries are keyed by (core, block) and list the peers that have the block. Requests go out as
-//! runs of consecutive blocks from one peer, within a per-peer window of bytes in flight, and
-//! while the blocks received and not yet stored stay under a cap. A request that times out, or
+//! Entries are keyed by (core, block); the peers that have a block are those whose ranges (what
+//! each said it holds) cover it. Requests go out as runs of consecutive blocks from one peer,
+//! within a per-peer window of bytes in flight, and while the blocks received and not yet
+//! stored stay under a cap. A request that times out, or
 //! a peer that sends invalid data, puts the peer on exponential back-off (capped); after its
 //! last back-off the peer is penalized: asked nothing for a penalty period that doubles with
 //! each offence (and is longer for data that did not verify than for slowness), then probed
@@ -28,17 +29,21 @@
 //! [`FetchQueue::poll_timeouts`] touch only what is due, however many requests are in flight.
 //!
 //! This file holds the queue, its requests and its per-peer state; `blocks` holds the queued
-//! entries of each core.
+//! entries of each core, and `block_ranges` the sets of blocks kept as ranges (a core's blocks
+//! waiting for a peer, a request's blocks not yet answered). Which peers have a block is what
+//! each said it holds (its ranges), never a list per block.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     time::{Duration, Instant},
 };
 
+mod block_ranges;
 mod blocks;
 mod deadlines;
 
-use blocks::{CoreQueue, Entry, EntryState};
+use block_ranges::BlockRanges;
+use blocks::{CoreQueue, EntryState};
 use deadlines::Deadlines;
 
 use super::{PeerId, ranges};
@@ -121,7 +126,7 @@ struct Request {
     /// When it was sent.
     sent: Instant,
     /// Blocks not yet answered.
-    outstanding: BTreeSet<u64>,
+    outstanding: BlockRanges,
 }
 
 #[derive(Debug, Default)]
@@ -308,10 +313,6 @@ impl FetchQueue {
             return;
         }
         let q = self.cores.entry(core).or_default();
-        let new = || Entry {
-            sources: Vec::new(),
-            state: EntryState::Ready,
-        };
         let beyond = q
             .entries
             .last_key_value()
@@ -319,57 +320,29 @@ impl FetchQueue {
         if beyond && end - start >= q.entries.len() as u64 {
             // A long stretch past everything queued (a log to catch up on): built in bulk.
             q.entries
-                .append(&mut (start..end).map(|i| (i, new())).collect());
-            q.ready.append(&mut (start..end).collect());
+                .append(&mut (start..end).map(|i| (i, EntryState::Ready)).collect());
+            q.ready.insert(start, end);
         } else {
             for index in start..end {
                 q.entries.entry(index).or_insert_with(|| {
-                    q.ready.insert(index);
-                    new()
+                    q.ready.insert(index, index + 1);
+                    EntryState::Ready
                 });
             }
         }
         if !q.ready.is_empty() {
             self.ready_cores.insert(core);
         }
-        // The peers known to hold these blocks are their sources.
-        for (peer, state) in &self.peers {
-            for &(s, e) in state.ranges.get(&core).into_iter().flatten() {
-                let (s, e) = (s.max(start), e.min(end));
-                if s >= e {
-                    continue;
-                }
-                for entry in q.entries.range_mut(s..e).map(|(_, e)| e) {
-                    if !entry.sources.contains(peer) {
-                        entry.sources.push(*peer);
-                    }
-                }
-            }
-        }
     }
 
-    /// Records that `peer` has blocks `start..end` of `core`. Only the part not recorded
-    /// before is walked, so a peer repeating itself costs nothing.
-    /// A peer that was dropped is no source.
+    /// Records that `peer` has blocks `start..end` of `core` (of a core with a queue): they
+    /// join its ranges, which are what it is asked for. No block is walked.
     pub fn add_source(&mut self, core: CoreKey, start: u64, end: u64, peer: PeerId) {
-        if start >= end {
+        if start >= end || !self.cores.contains_key(&core) {
             return;
         }
-        self.state(peer);
-        let Some(state) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        let Some(q) = self.cores.get_mut(&core) else {
-            return;
-        };
-        let known = state.ranges.entry(core).or_default();
-        for (s, e) in ranges::insert(known, start, end) {
-            for e in q.entries.range_mut(s..e).map(|(_, e)| e) {
-                if !e.sources.contains(&peer) {
-                    e.sources.push(peer);
-                }
-            }
-        }
+        let state = self.state(peer);
+        ranges::insert(state.ranges.entry(core).or_default(), start, end);
     }
 
     /// Forgets every entry and request of `core` (after it changed fork, or stopped replicating).
@@ -393,23 +366,25 @@ impl FetchQueue {
         };
         let mut touched = BTreeSet::new();
         for index in indices {
-            match q.entries.get(index).map(|e| e.state) {
+            match q.entries.get(index).copied() {
                 Some(EntryState::Received(_)) | None => {}
                 Some(state) => {
                     if let EntryState::InFlight(id) = state {
                         touched.insert(id);
                     }
                     q.entries.remove(index);
-                    q.ready.remove(index);
+                    q.ready.remove_one(*index);
                 }
             }
         }
         let emptied: Vec<u64> = touched
             .into_iter()
             .filter(|id| {
-                self.requests
-                    .get(id)
-                    .is_some_and(|r| r.outstanding.iter().all(|i| !q.entries.contains_key(i)))
+                self.requests.get(id).is_some_and(|r| {
+                    r.outstanding
+                        .iter()
+                        .all(|(s, e)| q.entries.range(s..e).next().is_none())
+                })
             })
             .collect();
         for id in &emptied {
@@ -424,17 +399,8 @@ impl FetchQueue {
     /// flight).
     pub fn remove_source(&mut self, core: &CoreKey, peer: &PeerId) {
         self.fail_requests(|r| r.peer == *peer && r.core == *core);
-        let known = self
-            .peers
-            .get_mut(peer)
-            .and_then(|p| p.ranges.remove(core))
-            .unwrap_or_default();
-        if let Some(q) = self.cores.get_mut(core) {
-            for (s, e) in known {
-                for e in q.entries.range_mut(s..e).map(|(_, e)| e) {
-                    e.sources.retain(|p| p != peer);
-                }
-            }
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.ranges.remove(core);
         }
     }
 
@@ -442,7 +408,7 @@ impl FetchQueue {
     pub fn truncate(&mut self, core: &CoreKey, length: u64) {
         if let Some(q) = self.cores.get_mut(core) {
             let dropped = q.entries.split_off(&length);
-            q.ready.split_off(&length);
+            q.ready.split_off(length);
             self.release_held(dropped.into_values());
         }
     }
@@ -485,16 +451,6 @@ impl FetchQueue {
         }
         self.deadlines
             .replace(Timer::Backoff(*peer), state.backoff_until, None);
-        for (core, known) in state.ranges {
-            let Some(q) = self.cores.get_mut(&core) else {
-                continue;
-            };
-            for (s, e) in known {
-                for e in q.entries.range_mut(s..e).map(|(_, e)| e) {
-                    e.sources.retain(|p| p != peer);
-                }
-            }
-        }
     }
 
     /// Whether `peer` is serving a penalty at `now` (see [`PeerNotice::Penalized`]).
@@ -561,7 +517,7 @@ impl FetchQueue {
                     continue;
                 }
                 if let Some(known) = state.ranges.get(core)
-                    && let Some((start, end)) = self.run_in(peer, core, known, room, failed)
+                    && let Some((start, end)) = self.run_in(core, known, room, failed)
                 {
                     found = Some((*core, start, end));
                     break;
@@ -573,7 +529,7 @@ impl FetchQueue {
             found
         } else {
             state.ranges.iter().find_map(|(core, known)| {
-                let (start, end) = self.run_in(peer, core, known, room, failed)?;
+                let (start, end) = self.run_in(core, known, room, failed)?;
                 Some((*core, start, end))
             })
         };
@@ -581,9 +537,7 @@ impl FetchQueue {
         let id = self.next_id;
         self.next_id += 1;
         if let Some(q) = self.cores.get_mut(&core) {
-            for index in start..end {
-                q.set_in_flight(index, id);
-            }
+            q.set_in_flight(start, end, id);
             if q.ready.is_empty() {
                 self.ready_cores.remove(&core);
             }
@@ -605,7 +559,7 @@ impl FetchQueue {
                 peer,
                 core,
                 sent: now,
-                outstanding: (start..end).collect(),
+                outstanding: BlockRanges::from_range(start, end),
             },
         );
         Some(Assignment {
@@ -617,46 +571,27 @@ impl FetchQueue {
         })
     }
 
-    /// The first run of blocks of `core` ready in the peer's `known` ranges and held by it: as
-    /// long as its window, the run size and [`MAX_RUN`] allow (one block for a peer that
+    /// The first run of blocks of `core` ready in the peer's `known` ranges (what it holds):
+    /// as long as its window, the run size and [`MAX_RUN`] allow (one block for a peer that
     /// failed).
     fn run_in(
         &self,
-        peer: PeerId,
         core: &CoreKey,
         known: &[(u64, u64)],
         room: u64,
         failed: bool,
     ) -> Option<(u64, u64)> {
         let q = self.cores.get(core)?;
-        let mut run: Option<(u64, u64)> = None;
-        let mut budget = 0;
-        for &index in known.iter().flat_map(|&(s, e)| q.ready.range(s..e)) {
-            let has = q
-                .entries
-                .get(&index)
-                .is_some_and(|e| e.sources.contains(&peer));
-            match &mut run {
-                None if has => {
-                    let size = self.block_size.get(core).copied().unwrap_or(1024);
-                    budget = if failed {
-                        1
-                    } else {
-                        (self.cfg.run_bytes.min(room) / size).clamp(1, MAX_RUN)
-                    };
-                    run = Some((index, index + 1));
-                }
-                None => {}
-                Some((_, end)) if *end == index && has => *end += 1,
-                Some(_) => break,
-            }
-            if let Some((start, end)) = run
-                && end - start >= budget
-            {
-                break;
-            }
-        }
-        run
+        let (start, end) = known
+            .iter()
+            .find_map(|&(s, e)| q.ready.first_within(s, e))?;
+        let size = self.block_size.get(core).copied().unwrap_or(1024);
+        let budget = if failed {
+            1
+        } else {
+            (self.cfg.run_bytes.min(room) / size).clamp(1, MAX_RUN)
+        };
+        Some((start, end.min(start.saturating_add(budget))))
     }
 
     /// Block `index` of request `id` arrived (not yet verified), `bytes` long: it counts as held
@@ -686,7 +621,7 @@ impl FetchQueue {
         let Some(req) = self.requests.get_mut(&id) else {
             return Arrival::Unexpected;
         };
-        if !req.outstanding.remove(&index) {
+        if !req.outstanding.remove_one(index) {
             return Arrival::Unexpected;
         }
         let (peer, core, done) = (req.peer, req.core, req.outstanding.is_empty());
@@ -715,15 +650,15 @@ impl FetchQueue {
             self.held_bytes > 0 && self.held_bytes.saturating_add(bytes) > self.cfg.max_held_bytes;
         let mut arrival = Arrival::Taken;
         if let Some(q) = self.cores.get_mut(&core)
-            && let Some(e) = q.entries.get_mut(&index)
-            && e.state == EntryState::InFlight(id)
+            && let Some(state) = q.entries.get_mut(&index)
+            && *state == EntryState::InFlight(id)
         {
             if over {
                 q.make_ready(index, EntryState::InFlight(id));
                 self.ready_cores.insert(core);
                 arrival = Arrival::OverCap;
             } else {
-                e.state = EntryState::Received(bytes);
+                *state = EntryState::Received(bytes);
                 self.held_bytes = self.held_bytes.saturating_add(bytes);
             }
         }
@@ -742,10 +677,7 @@ impl FetchQueue {
             return;
         };
         let (peer, core) = (req.peer, req.core);
-        let gone: Vec<u64> = req.outstanding.range(start..end).copied().collect();
-        for index in &gone {
-            req.outstanding.remove(index);
-        }
+        let gone = req.outstanding.take(start, end);
         // Only the blocks this request still waited for stop being the peer's: a `NoData`
         // cannot cut holes in what it was not asked.
         if let Some(known) = self
@@ -753,27 +685,18 @@ impl FetchQueue {
             .get_mut(&peer)
             .and_then(|p| p.ranges.get_mut(&core))
         {
-            let mut stretches: Vec<(u64, u64)> = Vec::new();
-            for &i in &gone {
-                match stretches.last_mut() {
-                    Some((_, e)) if *e == i => *e += 1,
-                    _ => stretches.push((i, i + 1)),
-                }
-            }
-            for (s, e) in stretches {
+            for &(s, e) in &gone {
                 ranges::remove(known, s, e);
             }
         }
         let done = req.outstanding.is_empty();
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
+        let count: u64 = gone.iter().map(|(s, e)| e - s).sum();
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size * gone.len() as u64);
+            p.in_flight_bytes = p.in_flight_bytes.saturating_sub(size.saturating_mul(count));
         }
         if let Some(q) = self.cores.get_mut(&core) {
-            for index in gone {
-                if let Some(e) = q.entries.get_mut(&index) {
-                    e.sources.retain(|p| *p != peer);
-                }
+            for index in gone.into_iter().flat_map(|(s, e)| s..e) {
                 q.make_ready(index, EntryState::InFlight(id));
             }
             self.ready_cores.insert(core);
@@ -798,18 +721,20 @@ impl FetchQueue {
 
     /// Block `index` of `core` was verified and committed: it leaves the queue for every peer.
     pub fn on_committed(&mut self, core: &CoreKey, index: u64) {
-        if let Some(q) = self.cores.get_mut(core) {
-            q.ready.remove(&index);
-            if let Some(e) = q.entries.remove(&index) {
-                self.release_held([e]);
+        if let Some(q) = self.cores.get_mut(core)
+            && let Some(state) = q.entries.remove(&index)
+        {
+            if state == EntryState::Ready {
+                q.ready.remove_one(index);
             }
+            self.release_held([state]);
         }
     }
 
     /// Entries that leave the `Received` state no longer count as held.
-    fn release_held(&mut self, left: impl IntoIterator<Item = Entry>) {
-        for e in left {
-            if let EntryState::Received(bytes) = e.state {
+    fn release_held(&mut self, left: impl IntoIterator<Item = EntryState>) {
+        for state in left {
+            if let EntryState::Received(bytes) = state {
                 self.held_bytes = self.held_bytes.saturating_sub(bytes);
             }
         }
@@ -831,11 +756,11 @@ impl FetchQueue {
         let Some(q) = self.cores.get_mut(core) else {
             return;
         };
-        if let Some(e) = q.entries.get_mut(&index)
-            && let EntryState::Received(bytes) = e.state
+        if let Some(state) = q.entries.get_mut(&index)
+            && let EntryState::Received(bytes) = *state
         {
-            e.state = EntryState::Ready;
-            q.ready.insert(index);
+            *state = EntryState::Ready;
+            q.ready.insert(index, index + 1);
             self.ready_cores.insert(*core);
             self.held_bytes = self.held_bytes.saturating_sub(bytes);
         }
@@ -1085,10 +1010,10 @@ impl FetchQueue {
         if let Some(p) = self.peers.get_mut(&req.peer) {
             p.in_flight_bytes = p
                 .in_flight_bytes
-                .saturating_sub(size * req.outstanding.len() as u64);
+                .saturating_sub(size.saturating_mul(req.outstanding.len()));
         }
         if let Some(q) = self.cores.get_mut(&req.core) {
-            for index in req.outstanding {
+            for index in req.outstanding.indices() {
                 q.make_ready(index, EntryState::InFlight(id));
             }
             self.ready_cores.insert(req.core);

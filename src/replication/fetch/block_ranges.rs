@@ -71,14 +71,21 @@ impl BlockRanges {
 
     /// Takes `start..end` out of the set.
     pub(super) fn remove(&mut self, start: u64, end: u64) {
-        self.take(start, end);
+        self.cut(start, end, |_, _| {});
     }
 
     /// Takes `start..end` out of the set; returns the ranges that were in it, in order.
     pub(super) fn take(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
         let mut taken = Vec::new();
+        self.cut(start, end, |s, e| taken.push((s, e)));
+        taken
+    }
+
+    /// Takes `start..end` out of the set, handing each range that was in it to `taken`, in
+    /// order.
+    fn cut(&mut self, start: u64, end: u64, mut taken: impl FnMut(u64, u64)) {
         if start >= end {
-            return taken;
+            return;
         }
         let mut from = start;
         while let Some((s, e)) = self.ending_after(from)
@@ -96,14 +103,13 @@ impl BlockRanges {
             if s < start {
                 self.ranges.insert(start, s);
             }
-            taken.push((cut_start, cut_end));
+            taken(cut_start, cut_end);
             self.len -= cut_end - cut_start;
             from = cut_end;
             if cut_end == end {
                 break;
             }
         }
-        taken
     }
 
     /// Takes `index` out of the set; returns whether it was in it.

@@ -100,6 +100,11 @@ impl Default for FetchConfig {
 /// slow one.
 pub const INVALID_PENALTY_FACTOR: u32 = 4;
 
+/// Pieces a peer's `NoData` answers may cut what it said it holds of one core into; past them
+/// it is no longer a source of that core's blocks (until it says it holds more). What it says
+/// holds at most about half as many (a channel keeps 1,024 of a peer's ranges).
+pub const MAX_SOURCE_PIECES: usize = 2048;
+
 /// Peers that went away whose failures, penalty and offences are kept, should they come back
 /// (the most recent).
 pub const MAX_GONE_PEERS: usize = 1024;
@@ -337,12 +342,19 @@ impl FetchQueue {
 
     /// Records that `peer` has blocks `start..end` of `core` (of a core with a queue): they
     /// join its ranges, which are what it is asked for. No block is walked.
+    /// A peer that went away with failures is back on its record here (its back-off or
+    /// penalty goes on), whether or not the core has a queue.
     pub fn add_source(&mut self, core: CoreKey, start: u64, end: u64, peer: PeerId) {
-        if start >= end || !self.cores.contains_key(&core) {
+        if start >= end {
             return;
         }
-        let state = self.state(peer);
-        ranges::insert(state.ranges.entry(core).or_default(), start, end);
+        self.state(peer);
+        if !self.cores.contains_key(&core) {
+            return;
+        }
+        if let Some(state) = self.peers.get_mut(&peer) {
+            ranges::insert(state.ranges.entry(core).or_default(), start, end);
+        }
     }
 
     /// Forgets every entry and request of `core` (after it changed fork, or stopped replicating).
@@ -545,7 +557,9 @@ impl FetchQueue {
         let size = self.block_size.get(&core).copied().unwrap_or(1024);
         let due = now + self.cfg.timeout;
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.in_flight_bytes += size * (end - start);
+            p.in_flight_bytes = p
+                .in_flight_bytes
+                .saturating_add(size.saturating_mul(end - start));
             if p.requests == 0 {
                 p.rate_by = Some(due);
                 p.oldest = Some((id, due));
@@ -680,13 +694,15 @@ impl FetchQueue {
         let gone = req.outstanding.take(start, end);
         // Only the blocks this request still waited for stop being the peer's: a `NoData`
         // cannot cut holes in what it was not asked.
-        if let Some(known) = self
-            .peers
-            .get_mut(&peer)
-            .and_then(|p| p.ranges.get_mut(&core))
+        if let Some(p) = self.peers.get_mut(&peer)
+            && let Some(known) = p.ranges.get_mut(&core)
         {
             for &(s, e) in &gone {
                 ranges::remove(known, s, e);
+            }
+            if known.len() > MAX_SOURCE_PIECES {
+                // Holes cut one by one would make each of its runs a longer search.
+                p.ranges.remove(&core);
             }
         }
         let done = req.outstanding.is_empty();

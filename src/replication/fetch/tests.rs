@@ -812,3 +812,88 @@ fn runs_are_found_among_many_finished_cores_and_again_when_blocks_come_back() {
         .expect("the block that failed to store");
     assert_eq!((retry.core, retry.start, retry.end), (cores[199], 0, 1));
 }
+
+/// A penalized peer that comes back says what it holds of a core this node has nothing queued
+/// of (a reader opened in full): its penalty goes on from its record all the same, so nothing
+/// is asked of it before the penalty ends.
+#[test]
+fn a_peer_back_on_a_core_with_nothing_queued_keeps_its_penalty() {
+    let clock = Clock(Instant::now());
+    let t = clock.at(0);
+    let mut q = FetchQueue::new(cfg());
+    q.penalize_invalid(A, t);
+    q.remove_peer(&A, t);
+    assert!(!q.is_backed_off(&A, t), "gone: only on its record");
+    q.add_source(CORE, 0, 10, A);
+    assert!(q.is_backed_off(&A, t));
+    q.add(CORE, 0, 10);
+    q.add_source(CORE, 0, 10, A);
+    assert_eq!(q.next_request(t), None, "asked nothing while backed off");
+    q.check_timers().unwrap();
+}
+
+/// A peer that answers `NoData` for every other block it was asked cuts what it said it holds
+/// into ever more pieces: past `MAX_SOURCE_PIECES` it is no source of the core any more, so
+/// its runs are never looked for among more pieces than that, and its blocks go to another.
+#[test]
+fn no_data_cuts_what_a_peer_holds_into_a_bounded_number_of_pieces() {
+    let clock = Clock(Instant::now());
+    let blocks = 3 * MAX_SOURCE_PIECES as u64;
+    let mut q = FetchQueue::new(FetchConfig {
+        window_bytes: u64::MAX / 2,
+        run_bytes: u64::MAX / 2,
+        max_requests: usize::MAX,
+        ..cfg()
+    });
+    q.set_block_size(CORE, 1024);
+    q.add(CORE, 0, blocks);
+    q.add_source(CORE, 0, blocks, A);
+    let mut cut = 0;
+    while let Some(a) = q.next_request(clock.at(0)) {
+        assert_eq!(a.peer, A);
+        for i in a.start..a.end {
+            if i % 2 == 0 {
+                q.on_no_data(a.id, i, i + 1, clock.at(0));
+                cut += 1;
+            } else {
+                assert_eq!(q.on_received(a.id, i, 1024, clock.at(0)), Arrival::Taken);
+                q.on_committed(&CORE, i);
+            }
+        }
+        let pieces = q.peers[&A].ranges.get(&CORE).map_or(0, Vec::len);
+        assert!(pieces <= MAX_SOURCE_PIECES, "{pieces} pieces");
+    }
+    assert!(cut > MAX_SOURCE_PIECES, "only {cut} blocks refused");
+    assert!(
+        !q.peers[&A].ranges.contains_key(&CORE),
+        "no source of the core"
+    );
+    q.add_source(CORE, 0, blocks, B);
+    let a = q
+        .next_request(clock.at(0))
+        .expect("another source is asked");
+    assert_eq!((a.peer, a.start), (B, 0));
+    q.check_timers().unwrap();
+}
+
+/// A core whose signed byte length makes its average block enormous fills a peer's window at
+/// once, and a second core's request to the same peer does not overflow its bytes in flight.
+#[test]
+fn enormous_average_blocks_saturate_the_window_instead_of_overflowing() {
+    let clock = Clock(Instant::now());
+    let other: CoreKey = [2; 32];
+    let mut q = FetchQueue::new(FetchConfig {
+        window_bytes: u64::MAX,
+        max_requests: usize::MAX,
+        ..cfg()
+    });
+    for core in [CORE, other] {
+        q.set_block_size(core, u64::MAX / 2);
+        q.add(core, 0, 4);
+        q.add_source(core, 0, 4, A);
+    }
+    let runs = drain(&mut q, clock.at(0));
+    assert!(!runs.is_empty());
+    assert!(q.peers[&A].in_flight_bytes >= u64::MAX / 2);
+    q.check_timers().unwrap();
+}

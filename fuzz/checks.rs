@@ -927,8 +927,8 @@ fn check_verified(r: &ReaderState, proof: &Proof, v: &VerifiedProof) {
             .expect("a verified block comes from the proof");
         assert_eq!(b.index, i);
         assert_eq!(
-            fx.values.get(i as usize),
-            Some(&b.value),
+            fx.values.get(i as usize).map(Vec::as_slice),
+            Some(&b.value[..]),
             "a verified block is the writer's"
         );
         assert!(v.nodes.contains(&Node::leaf(i, &b.value)));
@@ -1889,7 +1889,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         fork: 1,
         block: Some(BlockProof {
             index: 3,
-            value: b"hello".to_vec(),
+            value: b"hello".to_vec().into(),
             nodes: vec![fx.nodes[&4]],
         }),
         hash: Some(HashProof {

@@ -64,11 +64,13 @@ fn mutations(p: &Proof) -> Vec<(&'static str, Proof)> {
     let mut out = Vec::new();
     let mut m = p.clone();
     if let Some(b) = &mut m.block {
-        if b.value.is_empty() {
-            b.value.push(1);
+        let mut value = b.value.to_vec();
+        if value.is_empty() {
+            value.push(1);
         } else {
-            b.value[0] ^= 1;
+            value[0] ^= 1;
         }
+        b.value = value.into();
         out.push(("value bit", m));
     }
     for part in 0..2 {

@@ -145,3 +145,46 @@ async fn simultaneous_dials_end_with_one_connection_that_replicates() {
         net::shutdown(&[&a, &b]).await;
     }
 }
+
+/// Blocks around and far past the size whose value is shared with its frame rather than
+/// copied (written as its own bytes, read as a slice of the frame) replicate byte for byte, in
+/// a run and live, and the tree the reader verified is the writer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_blocks_shared_with_their_frames_arrive_whole() {
+    use iroh_hypercore::replication::wire::SHARED_VALUE_BYTES;
+    let net = net::test_net().await;
+    let (writer, reader) = net::two_nodes(&net).await;
+    let log = writer.store.get_named("large").await.unwrap();
+    let sizes = [
+        SHARED_VALUE_BYTES - 1,
+        SHARED_VALUE_BYTES,
+        SHARED_VALUE_BYTES + 1,
+        1 << 20,
+        3 << 20,
+    ];
+    let value = |i: usize, len: usize| -> Vec<u8> {
+        (0..len).map(|j| (j * 31 + i * 7 + j / 251) as u8).collect()
+    };
+    let blocks: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| value(i, n))
+        .collect();
+    log.append_batch(blocks.clone()).await.unwrap();
+    writer.proto.replicate(&log).await.unwrap();
+    let remote = net::follow(&reader, &writer, &log).await;
+    let n = sizes.len() as u64;
+    wait_full(&remote, n).await;
+    for (i, block) in blocks.iter().enumerate() {
+        let got = remote.get(i as u64).await.unwrap().unwrap();
+        assert!(got == *block, "block {i} of {} bytes", block.len());
+    }
+    let live = value(9, 2 << 20);
+    log.append(live.clone()).await.unwrap();
+    let got = remote.get(n).wait(WAIT).await.unwrap();
+    assert!(got == live, "the live block");
+    wait_full(&remote, n + 1).await;
+    assert_eq!(remote.info().length, n + 1);
+    assert_eq!(remote.tree_hash(), log.tree_hash());
+    net::shutdown(&[&writer, &reader]).await;
+}

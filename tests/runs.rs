@@ -75,7 +75,10 @@ async fn a_forged_proof_stores_only_the_verified_prefix() {
     let w = writer(64).await;
     let r = common::verified_reader(&w).await;
     let mut ps = proofs(w.create_run_proofs(0, 0, 16, 64).await.unwrap());
-    ps[5].block.as_mut().unwrap().value[0] ^= 1;
+    let b = ps[5].block.as_mut().unwrap();
+    let mut v = b.value.to_vec();
+    v[0] ^= 1;
+    b.value = v.into();
     let applied = r.apply_block_proofs(ps).await.unwrap();
     assert_eq!(applied.stored.len(), 5);
     let (index, err) = applied.rejected.unwrap();
@@ -126,7 +129,10 @@ async fn a_run_checks_each_proof_against_its_own_leaf() {
     let first = ps[3].block.as_mut().unwrap();
     first.index = 64;
     first.value = true_value;
-    ps[4].block.as_mut().unwrap().value[0] ^= 1;
+    let b = ps[4].block.as_mut().unwrap();
+    let mut v = b.value.to_vec();
+    v[0] ^= 1;
+    b.value = v.into();
     let applied = r.apply_block_proofs(ps).await.unwrap();
     assert_eq!(applied.stored.len(), 3);
     assert_eq!(applied.rejected.unwrap().0, 64);

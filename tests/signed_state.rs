@@ -144,7 +144,7 @@ async fn a_fresh_reader_learns_the_kind_only_from_a_proof_by_the_key() {
     let block_only = Proof {
         block: Some(BlockProof {
             index: 0,
-            value: b"a".to_vec(),
+            value: b"a".to_vec().into(),
             nodes: vec![],
         }),
         ..Default::default()

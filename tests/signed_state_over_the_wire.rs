@@ -394,7 +394,11 @@ fn a_forged_push_does_not_withdraw_an_honest_upgrade_request() {
                 }
                 Output::Send(p, _, Message::Cancel { .. }) if p == h => cancels += 1,
                 Output::Task(_, Task::ApplyProof { proof, reply }) => {
-                    if proof.block.as_ref().is_some_and(|b| b.value == b"honest") {
+                    if proof
+                        .block
+                        .as_ref()
+                        .is_some_and(|b| b.value == b"honest"[..])
+                    {
                         applied_from_h = Some(now - t0);
                     } else {
                         task = Some(reply);

@@ -60,7 +60,7 @@ async fn lie_on(mut tx: SendStream, mut rx: RecvStream) {
                     let proof = Proof {
                         block: Some(BlockProof {
                             index,
-                            value: b"forged".to_vec(),
+                            value: b"forged".to_vec().into(),
                             nodes: vec![],
                         }),
                         ..Default::default()

@@ -196,7 +196,9 @@ async fn serve_altered_blocks(attacker: &mut Attacker, log: &Hypercore) {
         for (id, request) in requests {
             let mut proof = log.create_proof(request).await.unwrap();
             if let Some(b) = &mut proof.block {
-                b.value[0] ^= 1;
+                let mut value = b.value.to_vec();
+                value[0] ^= 1;
+                b.value = value.into();
             }
             message(&mut out, HyperMessage::Data { request: id, proof });
         }

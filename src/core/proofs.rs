@@ -109,7 +109,7 @@ async fn create_stored_proof(
             };
             if let Some(b) = &mut proof.block {
                 match r.blocks()?.view().get(id, b.index)? {
-                    Some(v) => b.value = v,
+                    Some(v) => b.value = v.into(),
                     None => return Ok(Err(Error::BlockNotAvailable(b.index))),
                 }
             }
@@ -179,7 +179,7 @@ async fn apply(inner: Arc<CoreInner>, proof: Arc<Proof>) -> Result<Applied> {
             }
         };
         if let (Some(index), Some(b)) = (verified.block, &proof.block) {
-            inner.hand_over_verified([(index, b.value.as_slice())]);
+            inner.hand_over_verified([(index, &b.value[..])]);
         }
         let applied = Applied {
             upgraded: verified.upgrade.as_ref().map(|u| u.length),

@@ -101,7 +101,7 @@ impl RecentAppends {
             return None;
         }
         let mut proof = tree::create_proof(&ChainNodes(c), tree, req).ok()?;
-        proof.block.as_mut()?.value = value.to_vec();
+        proof.block.as_mut()?.value = value.clone();
         Some(proof)
     }
 }
@@ -151,7 +151,7 @@ mod tests {
         fn prove(&self, req: &ProofRequest) -> Proof {
             let mut p = tree::create_proof(self, &self.tree, req).expect("provable");
             let b = p.block.as_mut().expect("a block proof");
-            b.value = self.values[b.index as usize].to_vec();
+            b.value = self.values[b.index as usize].to_vec().into();
             p
         }
     }
@@ -240,7 +240,10 @@ mod tests {
         let p = recent
             .prove(&rebuilt, &push(0, 11, 12))
             .expect("the new chain");
-        assert_eq!(p.block.map(|b| b.value), Some(other_value.to_vec()));
+        assert_eq!(
+            p.block.map(|b| b.value.to_vec()),
+            Some(other_value.to_vec())
+        );
         // A block from before the chain: storage proves it.
         let req = ProofRequest {
             block: Some(IndexRequest { index: 2, nodes: 0 }),

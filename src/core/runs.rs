@@ -116,7 +116,7 @@ impl Hypercore {
                         match tree::create_proof(&src, &tree, &req) {
                             Ok(mut proof) => {
                                 if let Some(b) = &mut proof.block {
-                                    b.value = value;
+                                    b.value = value.into();
                                 }
                                 out.push(RunItem::Proof(proof));
                             }
@@ -261,7 +261,7 @@ async fn apply_run(
             proofs[..n]
                 .iter()
                 .filter_map(|p| p.block.as_ref())
-                .map(|b| (b.index, b.value.as_slice())),
+                .map(|b| (b.index, &b.value[..])),
         );
         let stored: Vec<(u64, u64)> = proofs[..n]
             .iter()
@@ -309,7 +309,7 @@ fn checkable(proofs: &[Proof], fork: u64, length: u64) -> usize {
 
 /// The bytes of a proof's block (none for a proof without one).
 fn block_value(proof: &Proof) -> &[u8] {
-    proof.block.as_ref().map_or(&[][..], |b| b.value.as_slice())
+    proof.block.as_ref().map_or(&[][..], |b| &b.value[..])
 }
 
 /// Bytes of blocks worth a blocking task of their own (about a millisecond of hashing): a
@@ -421,7 +421,7 @@ mod tests {
         Proof {
             block: Some(BlockProof {
                 index: 0,
-                value,
+                value: value.into(),
                 nodes: Vec::new(),
             }),
             ..Default::default()
@@ -568,7 +568,10 @@ mod tests {
         }
 
         let mut forged = batch().await;
-        forged[1_400].block.as_mut().unwrap().value[0] ^= 1;
+        let b = forged[1_400].block.as_mut().unwrap();
+        let mut v = b.value.to_vec();
+        v[0] ^= 1;
+        b.value = v.into();
         let (applied, contiguous) = apply(reader().await, forged).await;
         assert_eq!(applied.rejected.unwrap().0, 1_400);
         assert_eq!((applied.stored.len(), contiguous), (1_400, 1_400));

@@ -351,7 +351,7 @@ mod tests {
         };
         let proof = core.create_proof(req).await.unwrap();
         assert_eq!(
-            proof.block.map(|b| b.value),
+            proof.block.map(|b| b.value.to_vec()),
             Some(b"d".to_vec()),
             "a proof of a rejected append's block"
         );

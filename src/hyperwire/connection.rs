@@ -1324,7 +1324,7 @@ mod tests {
         Proof {
             block: Some(BlockProof {
                 index,
-                value: vec![index as u8; 10],
+                value: vec![index as u8; 10].into(),
                 nodes: Vec::new(),
             }),
             ..Default::default()

@@ -420,7 +420,7 @@ impl HyperMessage {
                 let block = if bit(flags, 1) {
                     Some(BlockProof {
                         index: r.uint("block index")?,
-                        value: r.buffer(MAX_BLOCK_SIZE, "block")?.to_vec(),
+                        value: bytes::Bytes::copy_from_slice(r.buffer(MAX_BLOCK_SIZE, "block")?),
                         nodes: read_nodes(&mut r)?,
                     })
                 } else {
@@ -597,7 +597,7 @@ mod tests {
         ) else {
             panic!()
         };
-        assert_eq!(proof.block.unwrap().value, b"a");
+        assert_eq!(proof.block.unwrap().value, &b"a"[..]);
         assert_eq!(
             round_trip(kind::RANGE, "000003"),
             HyperMessage::Range {

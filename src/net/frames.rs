@@ -9,7 +9,10 @@ use std::sync::{
 use bytes::{Buf, Bytes, BytesMut};
 use iroh::endpoint::RecvStream;
 
-use crate::replication::wire::{HEADER_LEN, MAX_FRAME, Message, WireError, frame_len_within};
+use crate::replication::wire::{
+    HEADER_LEN, MAX_FRAME, Message, SHARED_VALUE_BYTES, WireError, decode_frame_shared,
+    frame_len_within,
+};
 
 /// Capacity past which the buffer of a finished large frame is not kept.
 const CHUNK: usize = 256 * 1024;
@@ -297,8 +300,14 @@ impl Unfinished {
             let n = want.saturating_sub(self.buf.len()).min(chunk.len());
             self.buf.extend_from_slice(&chunk.split_to(n));
             if header.is_some() && self.buf.len() >= want {
-                // At least one whole frame: whatever the buffer held, this makes progress.
-                self.decode(max_frame, one, frames)?;
+                if want - HEADER_LEN >= SHARED_VALUE_BYTES {
+                    // A large frame, held whole: its block value is not copied out of it.
+                    let frame = self.buf.split_to(want).freeze();
+                    frames.push(decode_frame_shared(&frame.slice(HEADER_LEN..))?);
+                } else {
+                    // At least one whole frame: whatever the buffer held, this makes progress.
+                    self.decode(max_frame, one, frames)?;
+                }
                 self.release_if_empty();
             }
         }

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     core::MAX_BLOCK_SIZE,
     crypto::DiscoveryKey,
-    tree::{Proof, ProofRequest},
+    tree::{BlockProof, Proof, ProofRequest},
 };
 
 /// Largest frame accepted or sent: the largest block plus room for its proof.
@@ -227,6 +227,175 @@ pub fn encode_frame_into(msg: &Message, buf: &mut Vec<u8>) -> Result<(), WireErr
     written
 }
 
+/// Block values at least this long are not copied into or out of their frame: a frame that
+/// carries one is written as the bytes before it, the value itself and the bytes after it
+/// ([`encode_frame_parts`]), and a frame read whole shares it ([`decode_frame_shared`]).
+pub const SHARED_VALUE_BYTES: usize = 16 * 1024;
+
+/// Postcard's indices of the two messages that carry a block (their places in the enum).
+const DATA_VARIANT: u64 = 6;
+const PUSH_VARIANT: u64 = 13;
+
+/// A frame carrying a block value, in three parts: the header and every byte before the
+/// value, the value, and the bytes after it. Together they are the bytes
+/// [`encode_frame_into`] writes.
+#[derive(Debug)]
+pub struct FrameParts {
+    /// The frame header and the message up to the value.
+    pub head: Vec<u8>,
+    /// The block value.
+    pub value: Bytes,
+    /// The message after the value.
+    pub tail: Vec<u8>,
+}
+
+impl FrameParts {
+    /// Bytes of the whole frame.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.value.len() + self.tail.len()
+    }
+
+    /// Whether the frame is empty (never: it has a header).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `msg` as [`FrameParts`], if it is a `Data` or `Push` with a block; `None` for any other
+/// message. Fails as [`encode_frame_into`] does on an oversized message.
+pub fn encode_frame_parts(msg: &Message) -> Option<Result<FrameParts, WireError>> {
+    let (variant, id, proof) = match msg {
+        Message::Data { id, proof } => (DATA_VARIANT, Some(*id), proof),
+        Message::Push { proof } => (PUSH_VARIANT, None, proof),
+        _ => return None,
+    };
+    let block = proof.block.as_ref()?;
+    let mut head = vec![0; HEADER_LEN];
+    push_varint(&mut head, variant);
+    if let Some(id) = id {
+        push_varint(&mut head, id);
+    }
+    push_varint(&mut head, proof.fork);
+    head.push(1);
+    push_varint(&mut head, block.index);
+    push_varint(&mut head, block.value.len() as u64);
+    // A struct's fields, like a tuple's, are written one after the other.
+    let rest = (
+        &block.nodes,
+        &proof.hash,
+        &proof.seek,
+        &proof.upgrade,
+        &proof.manifest,
+    );
+    let tail = match postcard::to_stdvec(&rest) {
+        Ok(tail) => tail,
+        Err(e) => return Some(Err(WireError::Malformed(e.to_string()))),
+    };
+    let len = head.len() - HEADER_LEN + block.value.len() + tail.len();
+    if len > MAX_FRAME {
+        return Some(Err(WireError::TooLarge(len)));
+    }
+    head[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Some(Ok(FrameParts {
+        head,
+        value: block.value.clone(),
+        tail,
+    }))
+}
+
+/// Postcard's varint.
+fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Decodes a frame body held whole in `body`. A `Data` or `Push` whose block value is at
+/// least [`SHARED_VALUE_BYTES`] and half the body keeps the value as a slice of `body`
+/// rather than a copy; anything else decodes as [`decode_body`] does, with the same result.
+pub fn decode_frame_shared(body: &Bytes) -> Result<Message, WireError> {
+    if body.len() >= SHARED_VALUE_BYTES
+        && let Some(msg) = decode_shared_value(body)
+    {
+        return Ok(msg);
+    }
+    decode_body(body)
+}
+
+/// The message of `body` with its block value shared, if `body` is a `Data` or `Push` whose
+/// head reads plainly (varints of at most 9 bytes, which postcard reads the same way; the
+/// block's option tag 1) and whose value is long enough; `None` leaves the body to
+/// [`decode_body`]. What follows the value is decoded by postcard.
+fn decode_shared_value(body: &Bytes) -> Option<Message> {
+    let mut head = Head { body, at: 0 };
+    let id = match head.varint()? {
+        DATA_VARIANT => Some(head.varint()?),
+        PUSH_VARIANT => None,
+        _ => return None,
+    };
+    let fork = head.varint()?;
+    if head.byte()? != 1 {
+        return None;
+    }
+    let index = head.varint()?;
+    let len = usize::try_from(head.varint()?).ok()?;
+    let start = head.at;
+    let end = start.checked_add(len)?;
+    if len < SHARED_VALUE_BYTES || len < body.len() / 2 || end > body.len() {
+        return None;
+    }
+    let (nodes, hash, seek, upgrade, manifest) = match postcard::take_from_bytes(&body[end..]) {
+        Ok((rest, [])) => rest,
+        _ => return None,
+    };
+    let proof = Proof {
+        fork,
+        block: Some(BlockProof {
+            index,
+            value: body.slice(start..end),
+            nodes,
+        }),
+        hash,
+        seek,
+        upgrade,
+        manifest,
+    };
+    Some(match id {
+        Some(id) => Message::Data { id, proof },
+        None => Message::Push { proof },
+    })
+}
+
+/// A read position in a frame body, for the fields before a block value.
+struct Head<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl Head<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.body.get(self.at)?;
+        self.at += 1;
+        Some(b)
+    }
+
+    /// A varint of at most 9 bytes (63 bits); a longer one is left to postcard, which checks
+    /// its last byte.
+    fn varint(&mut self) -> Option<u64> {
+        let mut out = 0u64;
+        for i in 0..9 {
+            let b = self.byte()?;
+            out |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some(out);
+            }
+        }
+        None
+    }
+}
+
 /// A postcard output that appends to a byte vector: values are copied whole, not byte by byte.
 struct AppendTo<'a>(&'a mut Vec<u8>);
 
@@ -304,7 +473,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::tree::{BlockProof, IndexRequest, Node};
+    use crate::tree::{HashProof, IndexRequest, Node, SeekProof, UpgradeProof};
 
     fn decode_frame(frame: &[u8]) -> Result<Message, WireError> {
         let header: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
@@ -338,7 +507,7 @@ mod tests {
                 proof: Proof {
                     block: Some(BlockProof {
                         index: 3,
-                        value: b"hello".to_vec(),
+                        value: b"hello".to_vec().into(),
                         nodes: vec![Node {
                             index: 4,
                             size: 5,
@@ -409,6 +578,168 @@ mod tests {
         #[test]
         fn decoding_garbage_never_panics(body in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_body(&body);
+        }
+    }
+
+    fn node() -> impl Strategy<Value = Node> {
+        (any::<u64>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(index, size, hash)| Node {
+            index,
+            size,
+            hash,
+        })
+    }
+
+    fn nodes() -> impl Strategy<Value = Vec<Node>> {
+        prop::collection::vec(node(), 0..3)
+    }
+
+    /// A `Data` or `Push` with a block of `len` bytes and any other parts, with numbers over
+    /// the whole range (the longest varints included).
+    fn block_message(len: std::ops::Range<usize>) -> impl Strategy<Value = Message> {
+        let parts = (
+            any::<u64>(),
+            any::<u64>(),
+            (any::<u64>(), len, any::<u8>(), nodes()),
+            prop::option::of((any::<u64>(), nodes())),
+            prop::option::of((any::<u64>(), nodes())),
+            prop::option::of((any::<u64>(), any::<u64>(), nodes(), nodes())),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..8)),
+            any::<bool>(),
+        );
+        parts.prop_map(
+            |(id, fork, (index, len, fill, block_nodes), hash, seek, upgrade, manifest, push)| {
+                let proof = Proof {
+                    fork,
+                    block: Some(BlockProof {
+                        index,
+                        value: vec![fill; len].into(),
+                        nodes: block_nodes,
+                    }),
+                    hash: hash.map(|(index, nodes)| HashProof { index, nodes }),
+                    seek: seek.map(|(bytes, nodes)| SeekProof { bytes, nodes }),
+                    upgrade: upgrade.map(|(start, length, nodes, additional_nodes)| UpgradeProof {
+                        start,
+                        length,
+                        nodes,
+                        additional_nodes,
+                        signature: vec![7; 64],
+                    }),
+                    manifest,
+                };
+                if push {
+                    Message::Push { proof }
+                } else {
+                    Message::Data { id, proof }
+                }
+            },
+        )
+    }
+
+    proptest! {
+        // A frame of 16 KiB decoded about two thousand times a case.
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// A frame written in parts is, byte for byte, the frame written whole.
+        #[test]
+        fn a_frame_in_parts_is_the_frame_written_whole(msg in block_message(0..40)) {
+            let parts = encode_frame_parts(&msg).unwrap().unwrap();
+            let mut joined = parts.head.clone();
+            joined.extend_from_slice(&parts.value);
+            joined.extend_from_slice(&parts.tail);
+            prop_assert_eq!(parts.len(), joined.len());
+            prop_assert_eq!(&joined[..], &encode_frame(&msg).unwrap()[..]);
+        }
+
+        /// A frame read whole decodes as `decode_body` decodes it, and shares its large value;
+        /// damaged (each byte of its head, of the start of its tail and of its end set in turn
+        /// to values that matter to a decoder, or the frame cut there), it still decodes, or
+        /// fails, exactly as `decode_body`.
+        #[test]
+        fn a_frame_read_whole_decodes_as_decode_body_does(
+            msg in block_message(SHARED_VALUE_BYTES..SHARED_VALUE_BYTES + 64),
+            extra in any::<u8>(),
+        ) {
+            let frame = encode_frame(&msg).unwrap();
+            let body = frame.slice(HEADER_LEN..);
+            let decoded = decode_frame_shared(&body).unwrap();
+            prop_assert_eq!(&decoded, &msg);
+            let (Message::Data { proof, .. } | Message::Push { proof }) = &decoded else {
+                unreachable!()
+            };
+            let block = proof.block.as_ref().unwrap();
+            let value = &block.value;
+            // A number past 63 bits (a 10-byte varint) is left to postcard, which copies.
+            let plain = [proof.fork, block.index]
+                .into_iter()
+                .chain(match &decoded {
+                    Message::Data { id, .. } => Some(*id),
+                    _ => None,
+                })
+                .all(|n| n < 1 << 63);
+            prop_assert_eq!(body.as_ptr_range().contains(&value.as_ptr()), plain, "shared");
+            // Where the value starts and the tail after it.
+            let start = encode_frame_parts(&msg).unwrap().unwrap().head.len() - HEADER_LEN;
+            let tail = start + value.len();
+            let len = body.len();
+            let positions = (0..len)
+                .filter(|i| *i < start + 8 || (tail..tail + 64).contains(i) || *i + 16 >= len);
+            for i in positions {
+                for b in [0, 1, 2, 0x7f, 0x80, 0x81, 0xff, extra] {
+                    let mut damaged = body.to_vec();
+                    damaged[i] = b;
+                    let damaged = Bytes::from(damaged);
+                    prop_assert_eq!(
+                        decode_frame_shared(&damaged),
+                        decode_body(&damaged),
+                        "byte {} set to {:#x}", i, b
+                    );
+                }
+                let cut = body.slice(..i);
+                prop_assert_eq!(decode_frame_shared(&cut), decode_body(&cut), "cut at {}", i);
+            }
+        }
+    }
+
+    /// Messages without a block are never written in parts; a value shorter than the bound,
+    /// or not half its frame, is copied out.
+    #[test]
+    fn only_large_values_are_shared() {
+        assert!(encode_frame_parts(&Message::Cancel { id: 1 }).is_none());
+        let no_block = Message::Data {
+            id: 1,
+            proof: Proof::default(),
+        };
+        assert!(encode_frame_parts(&no_block).is_none());
+        let with = |len: usize, manifest: usize| Message::Data {
+            id: 1,
+            proof: Proof {
+                block: Some(BlockProof {
+                    index: 0,
+                    value: vec![1; len].into(),
+                    nodes: vec![],
+                }),
+                manifest: Some(vec![2; manifest]),
+                ..Default::default()
+            },
+        };
+        for (len, manifest, shared) in [
+            (SHARED_VALUE_BYTES, 0, true),
+            (SHARED_VALUE_BYTES - 1, 0, false),
+            (SHARED_VALUE_BYTES, SHARED_VALUE_BYTES * 2, false),
+        ] {
+            let msg = with(len, manifest);
+            let body = encode_frame(&msg).unwrap().slice(HEADER_LEN..);
+            let decoded = decode_frame_shared(&body).unwrap();
+            assert_eq!(decoded, msg);
+            let Message::Data { proof, .. } = decoded else {
+                unreachable!()
+            };
+            let ptr = proof.block.unwrap().value.as_ptr();
+            assert_eq!(
+                body.as_ptr_range().contains(&ptr),
+                shared,
+                "{len} {manifest}"
+            );
         }
     }
 }

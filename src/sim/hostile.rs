@@ -116,7 +116,9 @@ impl Hostile {
                         Proof::default()
                     };
                 } else if let Some(b) = &mut proof.block {
-                    b.value.push(b'!');
+                    let mut value = b.value.to_vec();
+                    value.push(b'!');
+                    b.value = value.into();
                 }
                 Message::Data { id, proof }
             }

@@ -228,7 +228,7 @@ fn apply_proof(
         other => other,
     };
     if let Some(b) = block {
-        table.put(id, b.index, &[b.value.as_slice()])?;
+        table.put(id, b.index, &[&b.value[..]])?;
     }
     let mut staged = slot.staged();
     let staged = &mut *staged;
@@ -286,7 +286,7 @@ fn apply_run(
     let mut new: Vec<(u64, &[u8])> = proofs
         .iter()
         .filter_map(|p| p.block.as_ref())
-        .map(|b| (b.index, b.value.as_slice()))
+        .map(|b| (b.index, &b.value[..]))
         .collect();
     new.sort_unstable_by_key(|(i, _)| *i);
     new.dedup_by_key(|(i, _)| *i);

@@ -1,5 +1,7 @@
 //! Proof requests and proofs, after hypercore's `request` and `data` messages.
 
+use bytes::Bytes;
+
 use super::node::Node;
 
 /// Asks for a block or a tree node, with how many nodes of its path to the root the
@@ -50,9 +52,10 @@ pub struct ProofRequest {
 pub struct BlockProof {
     /// Block index.
     pub index: u64,
-    /// Block value (serialized as one byte string, not element by element).
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    /// Block value (serialized as one byte string, not element by element). Shared, not
+    /// copied: a large block read from a frame, or sent in one, is the frame's own bytes.
+    #[serde(with = "value_bytes")]
+    pub value: Bytes,
     /// Uncle nodes, bottom up.
     pub nodes: Vec<Node>,
 }
@@ -154,5 +157,20 @@ pub enum ProofError {
 impl ProofError {
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         Self::Invalid(msg.into())
+    }
+}
+
+/// A block value's serde form: one byte string, as `serde_bytes` writes a `Vec<u8>` (the same
+/// bytes on the wire).
+mod value_bytes {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(value)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        serde_bytes::ByteBuf::deserialize(d).map(|b| Bytes::from(b.into_vec()))
     }
 }

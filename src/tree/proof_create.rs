@@ -139,7 +139,7 @@ where
         (Some(b), _) => {
             proof.block = Some(BlockProof {
                 index: b.index,
-                value: Vec::new(),
+                value: Default::default(),
                 nodes: fetch(&plan.indexed)?,
             })
         }

@@ -50,7 +50,7 @@ pub fn forged_upgrade(start: u64, length: u64, block: Option<(u64, &[u8])>) -> P
     Proof {
         block: block.map(|(index, value)| BlockProof {
             index,
-            value: value.to_vec(),
+            value: value.to_vec().into(),
             nodes: vec![],
         }),
         upgrade: Some(UpgradeProof {

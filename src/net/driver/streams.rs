@@ -13,7 +13,7 @@ use super::super::frames::{Budgets, FrameReader, ReadError};
 use crate::replication::{
     PeerId,
     engine::ChannelId,
-    wire::{Message, encode_frame_into},
+    wire::{Message, SHARED_VALUE_BYTES, encode_frame_into, encode_frame_parts},
 };
 
 /// Frames queued for one stream are handed to QUIC in chunks of about this size: one chunk
@@ -247,16 +247,35 @@ impl Streams {
             return;
         };
         let idle = c.queue.is_empty() && c.open.is_empty();
-        let (len, capacity) = (c.open.len(), c.open.capacity());
-        if let Some(more) = room_to_make(len, capacity, msg.size_hint(), c.writing) {
-            c.open.reserve(more);
-        }
-        let before = c.open.len();
-        if let Err(e) = encode_frame_into(msg, &mut c.open) {
-            tracing::error!("message not sent: {e}");
-            return;
-        }
-        let added = (c.open.len() - before) as u64;
+        let added = if msg.size_hint() >= SHARED_VALUE_BYTES
+            && let Some(parts) = encode_frame_parts(msg)
+        {
+            // A large block goes out as its own bytes, not copied into the frame.
+            let parts = match parts {
+                Ok(parts) => parts,
+                Err(e) => {
+                    tracing::error!("message not sent: {e}");
+                    return;
+                }
+            };
+            let len = parts.len() as u64;
+            c.open.extend_from_slice(&parts.head);
+            c.queue.push(Bytes::from(std::mem::take(&mut c.open)));
+            c.queue.push(parts.value);
+            c.open = parts.tail;
+            len
+        } else {
+            let (len, capacity) = (c.open.len(), c.open.capacity());
+            if let Some(more) = room_to_make(len, capacity, msg.size_hint(), c.writing) {
+                c.open.reserve(more);
+            }
+            let before = c.open.len();
+            if let Err(e) = encode_frame_into(msg, &mut c.open) {
+                tracing::error!("message not sent: {e}");
+                return;
+            }
+            (c.open.len() - before) as u64
+        };
         c.pending += added;
         let peer = c.peer;
         if c.open.len() >= CHUNK_BYTES {

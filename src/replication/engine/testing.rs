@@ -182,7 +182,7 @@ pub fn junk_block(index: u64, size: usize) -> Proof {
     Proof {
         block: Some(BlockProof {
             index,
-            value: vec![0xee; size],
+            value: vec![0xee; size].into(),
             nodes: vec![],
         }),
         ..Default::default()
@@ -195,7 +195,7 @@ pub fn upgrade_answer(start: u64, length: u64) -> Proof {
     Proof {
         block: Some(BlockProof {
             index: start,
-            value: b"x".to_vec(),
+            value: bytes::Bytes::from_static(b"x"),
             nodes: Vec::new(),
         }),
         upgrade: Some(UpgradeProof {

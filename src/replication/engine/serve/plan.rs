@@ -142,7 +142,7 @@ mod tests {
         RunItem::Proof(Proof {
             block: Some(BlockProof {
                 index,
-                value: Vec::new(),
+                value: Default::default(),
                 nodes: Vec::new(),
             }),
             ..Default::default()

@@ -15,7 +15,7 @@ fn pushed_proof(start: u64) -> Proof {
     Proof {
         block: Some(BlockProof {
             index: start,
-            value: b"new".to_vec(),
+            value: b"new".to_vec().into(),
             nodes: Vec::new(),
         }),
         upgrade: Some(UpgradeProof {

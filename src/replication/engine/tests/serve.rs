@@ -85,7 +85,7 @@ fn proof(index: u64) -> Proof {
     Proof {
         block: Some(BlockProof {
             index,
-            value: b"x".to_vec(),
+            value: b"x".to_vec().into(),
             nodes: Vec::new(),
         }),
         ..Default::default()

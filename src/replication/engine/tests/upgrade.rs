@@ -107,7 +107,7 @@ fn an_upgrade_waiting_for_a_back_off_is_asked_when_a_verified_block_ends_it() {
     let block = Proof {
         block: Some(BlockProof {
             index: 9,
-            value: b"x".to_vec(),
+            value: b"x".to_vec().into(),
             nodes: Vec::new(),
         }),
         ..Default::default()

@@ -300,9 +300,16 @@ impl Unfinished {
             let n = want.saturating_sub(self.buf.len()).min(chunk.len());
             self.buf.extend_from_slice(&chunk.split_to(n));
             if header.is_some() && self.buf.len() >= want {
-                if want - HEADER_LEN >= SHARED_VALUE_BYTES {
-                    // A large frame, held whole: its block value is not copied out of it.
-                    let frame = self.buf.split_to(want).freeze();
+                // A large frame held whole in a buffer of about its size (every unfinished
+                // frame starts in a new one, below) shares its block value rather than
+                // copying it out: the value keeps no more memory alive than its frame.
+                if want - HEADER_LEN >= SHARED_VALUE_BYTES && self.buf.capacity() <= 2 * want {
+                    let mut buf = std::mem::take(&mut self.buf);
+                    let frame = buf.split_to(want).freeze();
+                    if !buf.is_empty() {
+                        // Never so: the buffer takes only what its frame lacks.
+                        self.buf = buf;
+                    }
                     frames.push(decode_frame_shared(&frame.slice(HEADER_LEN..))?);
                 } else {
                     // At least one whole frame: whatever the buffer held, this makes progress.
@@ -313,7 +320,11 @@ impl Unfinished {
         }
         if self.buf.is_empty() {
             let used = decode_frames(&chunk, max_frame, one, frames)?;
-            self.buf.extend_from_slice(&chunk[used..]);
+            if used < chunk.len() {
+                // An unfinished frame starts a buffer of its own, grown as it comes.
+                self.buf = BytesMut::new();
+                self.buf.extend_from_slice(&chunk[used..]);
+            }
         } else {
             self.buf.extend_from_slice(&chunk);
         }
@@ -461,6 +472,83 @@ mod tests {
             out.push(frames);
         }
         (out, buf.len())
+    }
+
+    /// A `Data` frame whose value is shared rather than copied.
+    fn large_data() -> (Message, Bytes) {
+        use crate::{
+            replication::wire::SHARED_VALUE_BYTES,
+            tree::{BlockProof, Proof},
+        };
+        let data = Message::Data {
+            id: 1,
+            proof: Proof {
+                block: Some(BlockProof {
+                    index: 0,
+                    value: vec![2; SHARED_VALUE_BYTES].into(),
+                    nodes: vec![],
+                }),
+                ..Default::default()
+            },
+        };
+        let frame = encode_frame(&data).unwrap();
+        (data, frame)
+    }
+
+    /// Where the value of a decoded `Data` lies.
+    fn value_at(msg: &Message) -> usize {
+        let Message::Data { proof, .. } = msg else {
+            panic!("not a Data: {msg:?}")
+        };
+        proof.block.as_ref().unwrap().value.as_ptr() as usize
+    }
+
+    /// An unfinished frame starts a buffer of its own: not the one a larger frame before it
+    /// was assembled in, which a shared value would keep alive whole while the fetch queue
+    /// counts only the value.
+    #[test]
+    fn an_unfinished_frame_starts_a_buffer_of_its_own() {
+        let mut buf = Unfinished::default();
+        let mut frames = Vec::new();
+        let big = encode_frame(&Message::Extension {
+            name: "x".into(),
+            payload: vec![1; 4 << 20],
+        })
+        .unwrap();
+        buf.take(big.slice(..1000), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        buf.take(big.slice(1000..), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        assert_eq!(frames.len(), 1);
+        let (data, frame) = large_data();
+        buf.take(frame.slice(..1000), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        assert!(buf.buf.capacity() < 64 * 1024, "{}", buf.buf.capacity());
+        buf.take(frame.slice(1000..), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        assert_eq!(frames[1], data);
+        assert!(buf.is_empty());
+    }
+
+    /// A frame held whole in a buffer of about its size shares its value with it; in a buffer
+    /// more than twice its size the value is copied out.
+    #[test]
+    fn a_value_is_shared_only_with_a_buffer_about_its_frames_size() {
+        let (data, frame) = large_data();
+        for (capacity, shared) in [(frame.len(), true), (4 * frame.len(), false)] {
+            let mut buf = Unfinished {
+                buf: BytesMut::with_capacity(capacity),
+            };
+            buf.buf.extend_from_slice(&frame[..1000]);
+            let base = buf.buf.as_ptr() as usize;
+            let mut frames = Vec::new();
+            buf.take(frame.slice(1000..), MAX_FRAME, false, &mut frames)
+                .unwrap();
+            assert_eq!(frames.len(), 1);
+            assert_eq!(frames[0], data);
+            let at = value_at(&frames[0]);
+            assert_eq!((base..base + capacity).contains(&at), shared, "{capacity}");
+        }
     }
 
     /// A frame cut inside its header (after 1, 2 or 3 bytes) or its body is finished by the

@@ -230,7 +230,7 @@ pub fn encode_frame_into(msg: &Message, buf: &mut Vec<u8>) -> Result<(), WireErr
 /// Block values at least this long are not copied into or out of their frame: a frame that
 /// carries one is written as the bytes before it, the value itself and the bytes after it
 /// ([`encode_frame_parts`]), and a frame read whole shares it ([`decode_frame_shared`]).
-pub const SHARED_VALUE_BYTES: usize = 16 * 1024;
+pub const SHARED_VALUE_BYTES: usize = 64 * 1024;
 
 /// Postcard's indices of the two messages that carry a block (their places in the enum).
 const DATA_VARIANT: u64 = 6;
@@ -329,8 +329,10 @@ pub fn decode_frame_shared(body: &Bytes) -> Result<Message, WireError> {
 /// block's option tag 1) and whose value is long enough; `None` leaves the body to
 /// [`decode_body`]. What follows the value is decoded by postcard.
 fn decode_shared_value(body: &Bytes) -> Option<Message> {
-    let mut head = Head { body, at: 0 };
-    let id = match head.varint()? {
+    // Postcard reads a variant index as a u32 varint of at most 5 bytes, where a padded one
+    // could pass for 6 or 13 in 9: only the one-byte form is read here.
+    let mut head = Head { body, at: 1 };
+    let id = match u64::from(*body.first()?) {
         DATA_VARIANT => Some(head.varint()?),
         PUSH_VARIANT => None,
         _ => return None,
@@ -697,6 +699,39 @@ mod tests {
                 let cut = body.slice(..i);
                 prop_assert_eq!(decode_frame_shared(&cut), decode_body(&cut), "cut at {}", i);
             }
+        }
+    }
+
+    /// A variant index padded to more bytes than postcard reads (a u32 varint, at most 5) is
+    /// refused, as postcard refuses it, however long the value.
+    #[test]
+    fn a_padded_variant_index_is_refused_like_postcard_does() {
+        let msg = Message::Data {
+            id: 1,
+            proof: Proof {
+                block: Some(BlockProof {
+                    index: 0,
+                    value: vec![7; SHARED_VALUE_BYTES].into(),
+                    nodes: vec![],
+                }),
+                ..Default::default()
+            },
+        };
+        let body = encode_frame(&msg).unwrap().slice(HEADER_LEN..);
+        assert_eq!(decode_frame_shared(&body).unwrap(), msg);
+        for extra in 1..=8 {
+            // 6 written in 1 + `extra` bytes.
+            let mut padded = vec![0x86];
+            padded.extend(std::iter::repeat_n(0x80, extra - 1));
+            padded.push(0);
+            padded.extend_from_slice(&body[1..]);
+            let padded = Bytes::from(padded);
+            assert_eq!(decode_body(&padded).is_ok(), extra < 5, "{extra}");
+            assert_eq!(
+                decode_frame_shared(&padded),
+                decode_body(&padded),
+                "{extra}"
+            );
         }
     }
 

@@ -300,10 +300,12 @@ impl Unfinished {
             let n = want.saturating_sub(self.buf.len()).min(chunk.len());
             self.buf.extend_from_slice(&chunk.split_to(n));
             if header.is_some() && self.buf.len() >= want {
-                // A large frame held whole in a buffer of about its size (every unfinished
-                // frame starts in a new one, below) shares its block value rather than
-                // copying it out: the value keeps no more memory alive than its frame.
-                if want - HEADER_LEN >= SHARED_VALUE_BYTES && self.buf.capacity() <= 2 * want {
+                // A large frame held whole in a buffer of about its size shares its block
+                // value rather than copying it out: the value keeps no more memory alive than
+                // its frame. (A large frame's buffer is not kept for the frames after it,
+                // below, so the buffer a large frame grows in held only small ones before.)
+                let large = want - HEADER_LEN >= SHARED_VALUE_BYTES;
+                if large && self.buf.capacity() <= 2 * want {
                     let mut buf = std::mem::take(&mut self.buf);
                     let frame = buf.split_to(want).freeze();
                     if !buf.is_empty() {
@@ -315,16 +317,15 @@ impl Unfinished {
                     // At least one whole frame: whatever the buffer held, this makes progress.
                     self.decode(max_frame, one, frames)?;
                 }
+                if large && self.buf.is_empty() {
+                    self.buf = BytesMut::new();
+                }
                 self.release_if_empty();
             }
         }
         if self.buf.is_empty() {
             let used = decode_frames(&chunk, max_frame, one, frames)?;
-            if used < chunk.len() {
-                // An unfinished frame starts a buffer of its own, grown as it comes.
-                self.buf = BytesMut::new();
-                self.buf.extend_from_slice(&chunk[used..]);
-            }
+            self.buf.extend_from_slice(&chunk[used..]);
         } else {
             self.buf.extend_from_slice(&chunk);
         }
@@ -476,21 +477,8 @@ mod tests {
 
     /// A `Data` frame whose value is shared rather than copied.
     fn large_data() -> (Message, Bytes) {
-        use crate::{
-            replication::wire::SHARED_VALUE_BYTES,
-            tree::{BlockProof, Proof},
-        };
-        let data = Message::Data {
-            id: 1,
-            proof: Proof {
-                block: Some(BlockProof {
-                    index: 0,
-                    value: vec![2; SHARED_VALUE_BYTES].into(),
-                    nodes: vec![],
-                }),
-                ..Default::default()
-            },
-        };
+        use crate::replication::wire::{SHARED_VALUE_BYTES, data_with_block};
+        let data = data_with_block(SHARED_VALUE_BYTES, 2);
         let frame = encode_frame(&data).unwrap();
         (data, frame)
     }
@@ -503,11 +491,11 @@ mod tests {
         proof.block.as_ref().unwrap().value.as_ptr() as usize
     }
 
-    /// An unfinished frame starts a buffer of its own: not the one a larger frame before it
-    /// was assembled in, which a shared value would keep alive whole while the fetch queue
-    /// counts only the value.
+    /// A large frame's buffer is not kept for the frames after it: the next large frame is
+    /// not assembled in it, where a shared value would keep the whole buffer alive while the
+    /// fetch queue counts only the value.
     #[test]
-    fn an_unfinished_frame_starts_a_buffer_of_its_own() {
+    fn a_large_frames_buffer_is_not_kept_for_the_next() {
         let mut buf = Unfinished::default();
         let mut frames = Vec::new();
         let big = encode_frame(&Message::Extension {
@@ -528,6 +516,32 @@ mod tests {
             .unwrap();
         assert_eq!(frames[1], data);
         assert!(buf.is_empty());
+    }
+
+    /// The same for a large frame decoded from a buffer much larger than itself (its value
+    /// copied out): the buffer goes with it, whatever is left of its capacity.
+    #[test]
+    fn a_large_copied_frames_buffer_is_not_kept_either() {
+        let big = encode_frame(&Message::Extension {
+            name: "x".into(),
+            payload: vec![1; 100 * 1024],
+        })
+        .unwrap();
+        let mut buf = Unfinished {
+            buf: BytesMut::with_capacity(3 * big.len()),
+        };
+        buf.buf.extend_from_slice(&big[..1000]);
+        let mut frames = Vec::new();
+        buf.take(big.slice(1000..), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        assert_eq!(frames.len(), 1);
+        let (data, frame) = large_data();
+        buf.take(frame.slice(..1000), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        assert!(buf.buf.capacity() < 64 * 1024, "{}", buf.buf.capacity());
+        buf.take(frame.slice(1000..), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        assert_eq!(frames[1], data);
     }
 
     /// A frame held whole in a buffer of about its size shares its value with it; in a buffer

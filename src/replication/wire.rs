@@ -398,6 +398,22 @@ impl Head<'_> {
     }
 }
 
+/// A `Data` answering request 1 with block 0: `len` bytes of `fill` (for tests).
+#[cfg(test)]
+pub(crate) fn data_with_block(len: usize, fill: u8) -> Message {
+    Message::Data {
+        id: 1,
+        proof: Proof {
+            block: Some(BlockProof {
+                index: 0,
+                value: vec![fill; len].into(),
+                nodes: vec![],
+            }),
+            ..Default::default()
+        },
+    }
+}
+
 /// A postcard output that appends to a byte vector: values are copied whole, not byte by byte.
 struct AppendTo<'a>(&'a mut Vec<u8>);
 
@@ -706,17 +722,7 @@ mod tests {
     /// refused, as postcard refuses it, however long the value.
     #[test]
     fn a_padded_variant_index_is_refused_like_postcard_does() {
-        let msg = Message::Data {
-            id: 1,
-            proof: Proof {
-                block: Some(BlockProof {
-                    index: 0,
-                    value: vec![7; SHARED_VALUE_BYTES].into(),
-                    nodes: vec![],
-                }),
-                ..Default::default()
-            },
-        };
+        let msg = data_with_block(SHARED_VALUE_BYTES, 7);
         let body = encode_frame(&msg).unwrap().slice(HEADER_LEN..);
         assert_eq!(decode_frame_shared(&body).unwrap(), msg);
         for extra in 1..=8 {

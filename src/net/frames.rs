@@ -301,9 +301,11 @@ impl Unfinished {
             self.buf.extend_from_slice(&chunk.split_to(n));
             if header.is_some() && self.buf.len() >= want {
                 // A large frame held whole in a buffer of about its size shares its block
-                // value rather than copying it out: the value keeps no more memory alive than
-                // its frame. (A large frame's buffer is not kept for the frames after it,
-                // below, so the buffer a large frame grows in held only small ones before.)
+                // value rather than copying it out. The check sees the capacity from the
+                // buffer's start: small frames decoded before it in the same buffer (a large
+                // frame's buffer is not kept for the frames after it, below) may have left up
+                // to a frame's length before that start, so a value keeps alive less than three
+                // times its frame.
                 let large = want - HEADER_LEN >= SHARED_VALUE_BYTES;
                 if large && self.buf.capacity() <= 2 * want {
                     let mut buf = std::mem::take(&mut self.buf);

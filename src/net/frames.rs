@@ -256,6 +256,9 @@ impl FrameReader {
 #[derive(Debug, Default)]
 struct Unfinished {
     buf: BytesMut,
+    /// Whether frames were decoded out of the buffer since it was made: its allocation may
+    /// then hold their bytes before its start, which its capacity does not show.
+    consumed: bool,
 }
 
 impl Unfinished {
@@ -276,6 +279,7 @@ impl Unfinished {
     ) -> Result<(), ReadError> {
         let used = decode_frames(&self.buf, max_frame, one, frames)?;
         self.buf.advance(used);
+        self.consumed |= used > 0;
         Ok(())
     }
 
@@ -300,19 +304,19 @@ impl Unfinished {
             let n = want.saturating_sub(self.buf.len()).min(chunk.len());
             self.buf.extend_from_slice(&chunk.split_to(n));
             if header.is_some() && self.buf.len() >= want {
-                // A large frame held whole in a buffer of about its size shares its block
-                // value rather than copying it out. The check sees the capacity from the
-                // buffer's start: small frames decoded before it in the same buffer (a large
-                // frame's buffer is not kept for the frames after it, below) may have left up
-                // to a frame's length before that start, so a value keeps alive less than three
-                // times its frame.
+                // A large frame held whole in a buffer of its own, at most twice its size,
+                // shares its block value rather than copying it out: the value keeps alive no
+                // more than twice its frame. A buffer frames were decoded out of may hold
+                // their bytes before its start (its capacity does not show them): a large
+                // frame begins a new buffer (below), and is copied out of an old one.
                 let large = want - HEADER_LEN >= SHARED_VALUE_BYTES;
-                if large && self.buf.capacity() <= 2 * want {
+                if large && !self.consumed && self.buf.capacity() <= 2 * want {
                     let mut buf = std::mem::take(&mut self.buf);
                     let frame = buf.split_to(want).freeze();
                     if !buf.is_empty() {
                         // Never so: the buffer takes only what its frame lacks.
                         self.buf = buf;
+                        self.consumed = true;
                     }
                     frames.push(decode_frame_shared(&frame.slice(HEADER_LEN..))?);
                 } else {
@@ -321,13 +325,24 @@ impl Unfinished {
                 }
                 if large && self.buf.is_empty() {
                     self.buf = BytesMut::new();
+                    self.consumed = false;
                 }
                 self.release_if_empty();
             }
         }
         if self.buf.is_empty() {
             let used = decode_frames(&chunk, max_frame, one, frames)?;
-            self.buf.extend_from_slice(&chunk[used..]);
+            let rest = &chunk[used..];
+            let large = rest
+                .first_chunk::<HEADER_LEN>()
+                .and_then(|h| frame_len_within(*h, max_frame).ok())
+                .is_some_and(|len| len >= SHARED_VALUE_BYTES);
+            if large && self.consumed {
+                // A large frame begins a buffer of its own (see above).
+                self.buf = BytesMut::new();
+                self.consumed = false;
+            }
+            self.buf.extend_from_slice(rest);
         } else {
             self.buf.extend_from_slice(&chunk);
         }
@@ -338,6 +353,7 @@ impl Unfinished {
     fn release_if_empty(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > CHUNK {
             self.buf = BytesMut::new();
+            self.consumed = false;
         }
     }
 }
@@ -531,6 +547,7 @@ mod tests {
         .unwrap();
         let mut buf = Unfinished {
             buf: BytesMut::with_capacity(3 * big.len()),
+            consumed: false,
         };
         buf.buf.extend_from_slice(&big[..1000]);
         let mut frames = Vec::new();
@@ -546,6 +563,55 @@ mod tests {
         assert_eq!(frames[1], data);
     }
 
+    /// A large frame is shared only from a buffer of its own. One that begins in a buffer
+    /// small frames were decoded out of (its header cut by a chunk's end, so the buffer is
+    /// not replaced) is copied out: that buffer may hold their bytes before its start, which
+    /// its capacity does not show. One whose header the chunk holds begins a new buffer.
+    #[test]
+    fn a_large_frame_is_shared_only_from_a_buffer_of_its_own() {
+        let small = encode_frame(&Message::Extension {
+            name: "x".into(),
+            payload: vec![1; 60 * 1024],
+        })
+        .unwrap();
+        let (data, frame) = large_data();
+        for header_in_chunk in [false, true] {
+            let mut buf = Unfinished {
+                buf: BytesMut::with_capacity(4 * frame.len()),
+                consumed: false,
+            };
+            let cut = if header_in_chunk { 1000 } else { 2 };
+            // The small frame over two chunks, assembled in the buffer; the second chunk ends
+            // with the start of the large one.
+            let mut second = small[1000..].to_vec();
+            second.extend_from_slice(&frame[..cut]);
+            let mut frames = Vec::new();
+            buf.take(small.slice(..1000), MAX_FRAME, false, &mut frames)
+                .unwrap();
+            buf.take(Bytes::from(second), MAX_FRAME, false, &mut frames)
+                .unwrap();
+            assert_eq!(frames.len(), 1);
+            assert_eq!(buf.consumed, !header_in_chunk, "{header_in_chunk}");
+            buf.take(frame.slice(cut..), MAX_FRAME, false, &mut frames)
+                .unwrap();
+            assert_eq!(frames[1], data);
+        }
+        // Frames decoded out of a buffer are not seen by its capacity, and a large frame is
+        // copied out of such a buffer however it is sized.
+        let mut buf = Unfinished {
+            buf: BytesMut::with_capacity(frame.len()),
+            consumed: true,
+        };
+        buf.buf.extend_from_slice(&frame[..1000]);
+        let base = buf.buf.as_ptr() as usize;
+        let mut frames = Vec::new();
+        buf.take(frame.slice(1000..), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        assert_eq!(frames, [data]);
+        let at = value_at(&frames[0]);
+        assert!(!(base..base + frame.len()).contains(&at), "copied out");
+    }
+
     /// A frame held whole in a buffer of about its size shares its value with it; in a buffer
     /// more than twice its size the value is copied out.
     #[test]
@@ -554,6 +620,7 @@ mod tests {
         for (capacity, shared) in [(frame.len(), true), (4 * frame.len(), false)] {
             let mut buf = Unfinished {
                 buf: BytesMut::with_capacity(capacity),
+                consumed: false,
             };
             buf.buf.extend_from_slice(&frame[..1000]);
             let base = buf.buf.as_ptr() as usize;

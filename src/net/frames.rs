@@ -509,6 +509,19 @@ mod tests {
         proof.block.as_ref().unwrap().value.as_ptr() as usize
     }
 
+    /// Takes a large `Data` frame in two chunks after a large frame: it must begin in a small
+    /// new buffer, not the one before it, and come out whole.
+    fn take_large_data_after(buf: &mut Unfinished, frames: &mut Vec<Message>) {
+        let (data, frame) = large_data();
+        buf.take(frame.slice(..1000), MAX_FRAME, false, frames)
+            .unwrap();
+        assert!(buf.buf.capacity() < 64 * 1024, "{}", buf.buf.capacity());
+        buf.take(frame.slice(1000..), MAX_FRAME, false, frames)
+            .unwrap();
+        assert_eq!(frames.last(), Some(&data));
+        assert!(buf.is_empty());
+    }
+
     /// A large frame's buffer is not kept for the frames after it: the next large frame is
     /// not assembled in it, where a shared value would keep the whole buffer alive while the
     /// fetch queue counts only the value.
@@ -526,14 +539,7 @@ mod tests {
         buf.take(big.slice(1000..), MAX_FRAME, false, &mut frames)
             .unwrap();
         assert_eq!(frames.len(), 1);
-        let (data, frame) = large_data();
-        buf.take(frame.slice(..1000), MAX_FRAME, false, &mut frames)
-            .unwrap();
-        assert!(buf.buf.capacity() < 64 * 1024, "{}", buf.buf.capacity());
-        buf.take(frame.slice(1000..), MAX_FRAME, false, &mut frames)
-            .unwrap();
-        assert_eq!(frames[1], data);
-        assert!(buf.is_empty());
+        take_large_data_after(&mut buf, &mut frames);
     }
 
     /// The same for a large frame decoded from a buffer much larger than itself (its value
@@ -554,13 +560,7 @@ mod tests {
         buf.take(big.slice(1000..), MAX_FRAME, false, &mut frames)
             .unwrap();
         assert_eq!(frames.len(), 1);
-        let (data, frame) = large_data();
-        buf.take(frame.slice(..1000), MAX_FRAME, false, &mut frames)
-            .unwrap();
-        assert!(buf.buf.capacity() < 64 * 1024, "{}", buf.buf.capacity());
-        buf.take(frame.slice(1000..), MAX_FRAME, false, &mut frames)
-            .unwrap();
-        assert_eq!(frames[1], data);
+        take_large_data_after(&mut buf, &mut frames);
     }
 
     /// A large frame is shared only from a buffer of its own. One that begins in a buffer

@@ -324,8 +324,9 @@ impl Unfinished {
                     self.decode(max_frame, one, frames)?;
                 }
                 if large && self.buf.is_empty() {
-                    self.buf = BytesMut::new();
-                    self.consumed = false;
+                    // Its allocation goes now: what capacity the buffer shows after it is no
+                    // measure of it (`release_if_empty` would keep it).
+                    self.renew();
                 }
                 self.release_if_empty();
             }
@@ -339,8 +340,7 @@ impl Unfinished {
                 .is_some_and(|len| len >= SHARED_VALUE_BYTES);
             if large && self.consumed {
                 // A large frame begins a buffer of its own (see above).
-                self.buf = BytesMut::new();
-                self.consumed = false;
+                self.renew();
             }
             self.buf.extend_from_slice(rest);
         } else {
@@ -352,9 +352,14 @@ impl Unfinished {
     /// Drops the capacity of a large frame that is done.
     fn release_if_empty(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > CHUNK {
-            self.buf = BytesMut::new();
-            self.consumed = false;
+            self.renew();
         }
+    }
+
+    /// A new, empty buffer in place of the one held.
+    fn renew(&mut self) {
+        self.buf = BytesMut::new();
+        self.consumed = false;
     }
 }
 
@@ -501,6 +506,23 @@ mod tests {
         (data, frame)
     }
 
+    /// An `Extension` frame with a payload of `bytes`.
+    fn extension_frame(bytes: usize) -> Bytes {
+        encode_frame(&Message::Extension {
+            name: "x".into(),
+            payload: vec![1; bytes],
+        })
+        .unwrap()
+    }
+
+    /// An empty buffer allocated for `capacity` bytes.
+    fn sized(capacity: usize) -> Unfinished {
+        Unfinished {
+            buf: BytesMut::with_capacity(capacity),
+            consumed: false,
+        }
+    }
+
     /// Where the value of a decoded `Data` lies.
     fn value_at(msg: &Message) -> usize {
         let Message::Data { proof, .. } = msg else {
@@ -529,11 +551,7 @@ mod tests {
     fn a_large_frames_buffer_is_not_kept_for_the_next() {
         let mut buf = Unfinished::default();
         let mut frames = Vec::new();
-        let big = encode_frame(&Message::Extension {
-            name: "x".into(),
-            payload: vec![1; 4 << 20],
-        })
-        .unwrap();
+        let big = extension_frame(4 << 20);
         buf.take(big.slice(..1000), MAX_FRAME, false, &mut frames)
             .unwrap();
         buf.take(big.slice(1000..), MAX_FRAME, false, &mut frames)
@@ -543,23 +561,24 @@ mod tests {
     }
 
     /// The same for a large frame decoded from a buffer much larger than itself (its value
-    /// copied out): the buffer goes with it, whatever is left of its capacity.
+    /// copied out): the buffer goes with it, whatever is left of its capacity, and not even a
+    /// small frame after it grows into it.
     #[test]
     fn a_large_copied_frames_buffer_is_not_kept_either() {
-        let big = encode_frame(&Message::Extension {
-            name: "x".into(),
-            payload: vec![1; 100 * 1024],
-        })
-        .unwrap();
-        let mut buf = Unfinished {
-            buf: BytesMut::with_capacity(3 * big.len()),
-            consumed: false,
-        };
+        let big = extension_frame(100 * 1024);
+        let mut buf = sized(3 * big.len());
         buf.buf.extend_from_slice(&big[..1000]);
         let mut frames = Vec::new();
         buf.take(big.slice(1000..), MAX_FRAME, false, &mut frames)
             .unwrap();
         assert_eq!(frames.len(), 1);
+        let small = encode_frame(&Message::Cancel { id: 7 }).unwrap();
+        buf.take(small.slice(..2), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        assert!(buf.buf.capacity() < 64 * 1024, "{}", buf.buf.capacity());
+        buf.take(small.slice(2..), MAX_FRAME, false, &mut frames)
+            .unwrap();
+        assert_eq!(frames.last(), Some(&Message::Cancel { id: 7 }));
         take_large_data_after(&mut buf, &mut frames);
     }
 
@@ -569,17 +588,10 @@ mod tests {
     /// its capacity does not show. One whose header the chunk holds begins a new buffer.
     #[test]
     fn a_large_frame_is_shared_only_from_a_buffer_of_its_own() {
-        let small = encode_frame(&Message::Extension {
-            name: "x".into(),
-            payload: vec![1; 60 * 1024],
-        })
-        .unwrap();
+        let small = extension_frame(60 * 1024);
         let (data, frame) = large_data();
         for header_in_chunk in [false, true] {
-            let mut buf = Unfinished {
-                buf: BytesMut::with_capacity(4 * frame.len()),
-                consumed: false,
-            };
+            let mut buf = sized(4 * frame.len());
             let cut = if header_in_chunk { 1000 } else { 2 };
             // The small frame over two chunks, assembled in the buffer; the second chunk ends
             // with the start of the large one.
@@ -618,10 +630,7 @@ mod tests {
     fn a_value_is_shared_only_with_a_buffer_about_its_frames_size() {
         let (data, frame) = large_data();
         for (capacity, shared) in [(frame.len(), true), (4 * frame.len(), false)] {
-            let mut buf = Unfinished {
-                buf: BytesMut::with_capacity(capacity),
-                consumed: false,
-            };
+            let mut buf = sized(capacity);
             buf.buf.extend_from_slice(&frame[..1000]);
             let base = buf.buf.as_ptr() as usize;
             let mut frames = Vec::new();

@@ -233,8 +233,8 @@ pub fn encode_frame_into(msg: &Message, buf: &mut Vec<u8>) -> Result<(), WireErr
 pub const SHARED_VALUE_BYTES: usize = 64 * 1024;
 
 /// Postcard's indices of the two messages that carry a block (their places in the enum).
-const DATA_VARIANT: u64 = 6;
-const PUSH_VARIANT: u64 = 13;
+const DATA_VARIANT: u32 = 6;
+const PUSH_VARIANT: u32 = 13;
 
 /// A frame carrying a block value, in three parts: the header and every byte before the
 /// value, the value, and the bytes after it. Together they are the bytes
@@ -251,13 +251,8 @@ pub struct FrameParts {
 
 impl FrameParts {
     /// Bytes of the whole frame.
-    pub fn len(&self) -> usize {
+    pub fn frame_len(&self) -> usize {
         self.head.len() + self.value.len() + self.tail.len()
-    }
-
-    /// Whether the frame is empty (never: it has a header).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -270,16 +265,14 @@ pub fn encode_frame_parts(msg: &Message) -> Option<Result<FrameParts, WireError>
         _ => return None,
     };
     let block = proof.block.as_ref()?;
-    let mut head = vec![0; HEADER_LEN];
-    push_varint(&mut head, variant);
-    if let Some(id) = id {
-        push_varint(&mut head, id);
-    }
-    push_varint(&mut head, proof.fork);
-    head.push(1);
-    push_varint(&mut head, block.index);
-    push_varint(&mut head, block.value.len() as u64);
-    // A struct's fields, like a tuple's, are written one after the other.
+    // What postcard writes, field by field: a struct's fields, like a tuple's, one after the
+    // other; an enum's index as a u32; `Some` as the byte 1; a byte string's length as a u64.
+    let (fork, some, index, len) = (proof.fork, 1u8, block.index, block.value.len() as u64);
+    let header = vec![0; HEADER_LEN];
+    let head = match id {
+        Some(id) => postcard::to_extend(&(variant, id, fork, some, index, len), header),
+        None => postcard::to_extend(&(variant, fork, some, index, len), header),
+    };
     let rest = (
         &block.nodes,
         &proof.hash,
@@ -287,8 +280,9 @@ pub fn encode_frame_parts(msg: &Message) -> Option<Result<FrameParts, WireError>
         &proof.upgrade,
         &proof.manifest,
     );
-    let tail = match postcard::to_stdvec(&rest) {
-        Ok(tail) => tail,
+    let written = head.and_then(|head| Ok((head, postcard::to_stdvec(&rest)?)));
+    let (mut head, tail) = match written {
+        Ok(parts) => parts,
         Err(e) => return Some(Err(WireError::Malformed(e.to_string()))),
     };
     let len = head.len() - HEADER_LEN + block.value.len() + tail.len();
@@ -301,15 +295,6 @@ pub fn encode_frame_parts(msg: &Message) -> Option<Result<FrameParts, WireError>
         value: block.value.clone(),
         tail,
     }))
-}
-
-/// Postcard's varint.
-fn push_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
 }
 
 /// Decodes a frame body held whole in `body`. A `Data` or `Push` whose block value is at
@@ -332,7 +317,7 @@ fn decode_shared_value(body: &Bytes) -> Option<Message> {
     // Postcard reads a variant index as a u32 varint of at most 5 bytes, where a padded one
     // could pass for 6 or 13 in 9: only the one-byte form is read here.
     let mut head = Head { body, at: 1 };
-    let id = match u64::from(*body.first()?) {
+    let id = match u32::from(*body.first()?) {
         DATA_VARIANT => Some(head.varint()?),
         PUSH_VARIANT => None,
         _ => return None,
@@ -664,7 +649,7 @@ mod tests {
             let mut joined = parts.head.clone();
             joined.extend_from_slice(&parts.value);
             joined.extend_from_slice(&parts.tail);
-            prop_assert_eq!(parts.len(), joined.len());
+            prop_assert_eq!(parts.frame_len(), joined.len());
             prop_assert_eq!(&joined[..], &encode_frame(&msg).unwrap()[..]);
         }
 

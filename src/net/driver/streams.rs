@@ -258,7 +258,7 @@ impl Streams {
                     return;
                 }
             };
-            let len = parts.len() as u64;
+            let len = parts.frame_len() as u64;
             c.open.extend_from_slice(&parts.head);
             c.queue.push(Bytes::from(std::mem::take(&mut c.open)));
             c.queue.push(parts.value);

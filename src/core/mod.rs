@@ -1,5 +1,6 @@
 //! [`Hypercore`]: one signed append-only log stored in a [`Storage`](crate::storage::Storage).
 
+mod apply_turns;
 mod blobs;
 mod encryption;
 mod events;

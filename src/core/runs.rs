@@ -4,11 +4,16 @@
 //! commit per block. Each proof of a run carries only the nodes the requester cannot have yet
 //! (see [`tree::run_proof_levels`]), so the proofs must be applied in the order they were made.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{cell::RefCell, collections::HashMap, sync::Arc};
 
 use rustc_hash::FxBuildHasher;
 
-use super::{hypercore::Hypercore, state::CoreInner, writes::MAX_BLOCK_SIZE};
+use super::{
+    apply_turns::{EarlierNodes, Turn},
+    hypercore::Hypercore,
+    state::CoreInner,
+    writes::MAX_BLOCK_SIZE,
+};
 use crate::{
     crypto::hash::{Hash, leaf_hashes},
     error::{Error, Result},
@@ -140,7 +145,26 @@ impl Hypercore {
         proofs: Vec<Proof>,
     ) -> impl Future<Output = Result<RunApplied>> + Send + 'static + use<> {
         let inner = self.inner.clone();
-        async move { apply_run(inner, Arc::new(proofs), hashing_tasks()).await }
+        async move { apply_run(inner, Arc::new(proofs), hashing_tasks(), None).await }
+    }
+
+    /// Like [`apply_block_proofs`](Self::apply_block_proofs), for applies that follow each
+    /// other: this one is verified once the one started before it on this core verified,
+    /// relying on the nodes that one verified while it is written, and it ends after that one
+    /// (see [`apply_turns`](super::apply_turns)). Its turn is taken when it is called: every
+    /// apply started this way must be polled to its end, or dropped, for the next one to run.
+    pub(crate) fn apply_block_proofs_in_turn(
+        &self,
+        proofs: Vec<Proof>,
+    ) -> impl Future<Output = Result<RunApplied>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        let mut turn = inner.apply_turns.take_turn();
+        async move {
+            let applied =
+                apply_run(inner, Arc::new(proofs), hashing_tasks(), Some(&mut turn)).await;
+            turn.end().await;
+            applied
+        }
     }
 }
 
@@ -149,19 +173,28 @@ impl Hypercore {
 /// verifying a 1 KiB block; the nodes are sorted once, when the batch is verified.
 type RunNodes = HashMap<u64, Node, FxBuildHasher>;
 
-/// Nodes verified earlier in the same run, in front of the stored ones.
+/// Nodes verified earlier in the same batch, then those the core's apply before it verified
+/// (on `fork`; recorded in `relied` when used, since they may not be written yet), in front of
+/// the stored ones.
 struct Overlay<'a> {
     added: &'a RunNodes,
+    earlier: Option<&'a EarlierNodes>,
+    fork: u64,
+    relied: &'a RefCell<Vec<Node>>,
     stored: &'a CoreNodes,
 }
 
 impl NodeSource for Overlay<'_> {
     type Error = StorageError;
     fn node(&self, index: u64) -> Result<Option<Node>, StorageError> {
-        match self.added.get(&index) {
-            Some(n) => Ok(Some(*n)),
-            None => self.stored.node(index),
+        if let Some(n) = self.added.get(&index) {
+            return Ok(Some(*n));
         }
+        if let Some(n) = self.earlier.and_then(|e| e.get(self.fork, index)) {
+            self.relied.borrow_mut().push(n);
+            return Ok(Some(n));
+        }
+        self.stored.node(index)
     }
 }
 
@@ -169,18 +202,21 @@ impl NodeSource for Overlay<'_> {
 struct VerifiedRun {
     /// How many leading proofs verified.
     verified: usize,
-    /// The nodes they verified, in index order (sorted here rather than on the storage thread,
-    /// which every core's writes share).
+    /// The nodes they verified, and those of an earlier apply they relied on, in index order
+    /// (sorted here rather than on the storage thread, which every core's writes share).
     nodes: Vec<Node>,
     rejected: Option<(u64, Error)>,
 }
 
 /// Verifies `proofs` in order and stores the verified prefix in one write; a batch's leaves
-/// are hashed by up to `tasks` blocking tasks at once when it is long enough.
+/// are hashed by up to `tasks` blocking tasks at once when it is long enough. With a `turn`,
+/// it verifies after the apply before it, on top of its nodes, and tells the next one what it
+/// verified once its write is queued.
 async fn apply_run(
     inner: Arc<CoreInner>,
     proofs: Arc<Vec<Proof>>,
     tasks: usize,
+    mut turn: Option<&mut Turn>,
 ) -> Result<RunApplied> {
     let mut last_err = None;
     // A long batch's leaves are hashed first, by several blocking tasks at once (they depend
@@ -194,6 +230,10 @@ async fn apply_run(
         )
     };
     let hashed = Arc::new(split_leaf_hashes(&proofs, n, tasks).await);
+    let earlier = match turn.as_deref_mut() {
+        Some(t) => t.earlier_nodes().await,
+        None => None,
+    };
     for _ in 0..APPLY_ATTEMPTS {
         let tree = inner.state().committed.tree.clone();
         let verifier = inner.verifier().clone();
@@ -203,7 +243,12 @@ async fn apply_run(
             ));
         };
         let id = inner.id;
-        let (p, t, hashed) = (proofs.clone(), tree.clone(), hashed.clone());
+        let (p, t, hashed, earlier) = (
+            proofs.clone(),
+            tree.clone(),
+            hashed.clone(),
+            earlier.clone(),
+        );
         let run = inner
             .storage
             .read(move |r| {
@@ -214,6 +259,7 @@ async fn apply_run(
                     FxBuildHasher,
                 );
                 let (mut verified, mut rejected) = (0, None);
+                let relied = RefCell::new(Vec::new());
                 // The leaves of the proofs that may be verified at all (the run stops at the
                 // first that may not), hashed together, several at a time: leaf `i` is the
                 // hash of proof `i`'s block. Those hashed already are taken as they are (a
@@ -231,6 +277,9 @@ async fn apply_run(
                     let checked = check_block_proof(proof, t.length).and_then(|()| {
                         let src = Overlay {
                             added: &added,
+                            earlier: earlier.as_deref(),
+                            fork: t.fork,
+                            relied: &relied,
                             stored: &stored,
                         };
                         let leaf = leaves.get(i).copied();
@@ -248,7 +297,9 @@ async fn apply_run(
                     }
                 }
                 let mut nodes: Vec<Node> = added.into_values().collect();
+                nodes.append(&mut relied.into_inner());
                 nodes.sort_unstable_by_key(|n| n.index);
+                nodes.dedup_by_key(|n| n.index);
                 Ok(VerifiedRun {
                     verified,
                     nodes,
@@ -268,22 +319,28 @@ async fn apply_run(
             .filter_map(|p| p.block.as_ref())
             .map(|b| (b.index, b.value.len() as u64))
             .collect();
+        let nodes = Arc::new(run.nodes);
         if n == 0 {
+            if let Some(t) = turn.as_deref() {
+                t.verified(tree.fork, nodes);
+            }
             return Ok(RunApplied {
                 stored,
                 rejected: run.rejected,
             });
         }
-        let result = inner
-            .storage
-            .write(Op::ApplyRun {
-                slot: inner.slot.clone(),
-                fork: tree.fork,
-                proofs: proofs.clone(),
-                count: n,
-                nodes: run.nodes,
-            })
-            .await;
+        let write = inner.storage.write(Op::ApplyRun {
+            slot: inner.slot.clone(),
+            fork: tree.fork,
+            proofs: proofs.clone(),
+            count: n,
+            nodes: nodes.clone(),
+        });
+        // Queued: the next apply may verify, relying on these nodes, while they are written.
+        if let Some(t) = turn.as_deref() {
+            t.verified(tree.fork, nodes);
+        }
+        let result = write.await;
         match result {
             Ok(_) => {
                 return Ok(RunApplied {
@@ -495,6 +552,100 @@ mod tests {
         assert_eq!(split_leaf_hashes(&proofs, 9_999, 2).await, all);
     }
 
+    /// A run of `LEN` small blocks proven by a fresh writer, cut in two batches, and a fresh
+    /// reader of it that knows its length.
+    async fn halves_and_reader() -> (Vec<Proof>, Vec<Proof>, impl AsyncFn() -> Hypercore) {
+        const LEN: u64 = 64;
+        let store = Corestore::memory().await.unwrap();
+        let w = store.get_named("turns").await.unwrap();
+        w.append_batch((0..LEN).map(|i| vec![i as u8; 100]))
+            .await
+            .unwrap();
+        let mut ps: Vec<Proof> = w
+            .create_run_proofs(0, 0, LEN, LEN)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|item| match item {
+                RunItem::Proof(p) => p,
+                RunItem::Missing(i) => panic!("the writer lacks block {i}"),
+            })
+            .collect();
+        let second = ps.split_off(LEN as usize / 2);
+        let reader = async move || {
+            let r = Corestore::memory()
+                .await
+                .unwrap()
+                .get_remote(w.key())
+                .await
+                .unwrap();
+            let upgrade = ProofRequest {
+                upgrade: Some(crate::tree::UpgradeRequest {
+                    start: 0,
+                    length: LEN,
+                }),
+                manifest: true,
+                ..Default::default()
+            };
+            r.verify_and_apply_proof(w.create_proof(upgrade).await.unwrap())
+                .await
+                .unwrap();
+            r
+        };
+        (ps, second, reader)
+    }
+
+    /// The second half of a run relies on nodes its first half delivered. Applied in turn,
+    /// it waits for the first to verify and is verified on its nodes (written or not), and
+    /// both store every block; applied alone, it is rejected at its first block.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_apply_in_turn_is_verified_on_the_nodes_of_the_one_before() {
+        let (first, second, reader) = halves_and_reader().await;
+        let half = first.len() as u64;
+        let alone = reader()
+            .await
+            .apply_block_proofs(second.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            alone.rejected.map(|r| r.0),
+            Some(half),
+            "relies on the first half"
+        );
+
+        let r = reader().await;
+        let a = r.apply_block_proofs_in_turn(first);
+        let mut b = std::pin::pin!(r.apply_block_proofs_in_turn(second));
+        assert!(
+            n0_future::future::poll_once(&mut b).await.is_none(),
+            "waits for the apply before it to verify"
+        );
+        let (a, b) = tokio::join!(a, b);
+        for applied in [a.unwrap(), b.unwrap()] {
+            assert!(applied.rejected.is_none(), "{:?}", applied.rejected);
+            assert_eq!(applied.stored.len() as u64, half);
+        }
+        assert_eq!(r.info().contiguous_length, 2 * half);
+    }
+
+    /// An apply whose predecessor is dropped before it ran does not wait for it: it verifies
+    /// on the stored nodes alone, and stores nothing it could not verify.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_apply_in_turn_does_not_wait_for_one_dropped() {
+        let (first, second, reader) = halves_and_reader().await;
+        let half = first.len() as u64;
+        let r = reader().await;
+        drop(r.apply_block_proofs_in_turn(first));
+        let b = r.apply_block_proofs_in_turn(second);
+        let applied = tokio::time::timeout(std::time::Duration::from_secs(10), b)
+            .await
+            .expect("does not wait for a dropped apply")
+            .unwrap();
+        assert_eq!(applied.rejected.map(|r| r.0), Some(half));
+        assert!(applied.stored.is_empty());
+        assert_eq!(r.info().contiguous_length, 0);
+    }
+
     /// A batch of 3 MiB applied with its leaves hashed by three tasks (cut at 512 and 1,024
     /// proofs, the second cut where its second run starts): every block is stored; two blocks swapped across either cut, a forged block in
     /// the last stretch or a proof without a block stop it at the first of them, storing only
@@ -541,7 +692,9 @@ mod tests {
         };
         assert_eq!(stretches(&batch().await, 3), [0, 512, 1_024, 1_536]);
         let apply = |r: Hypercore, ps: Vec<Proof>| async move {
-            let applied = apply_run(r.inner.clone(), Arc::new(ps), 3).await.unwrap();
+            let applied = apply_run(r.inner.clone(), Arc::new(ps), 3, None)
+                .await
+                .unwrap();
             (applied, r.info().contiguous_length)
         };
 

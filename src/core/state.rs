@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{
+    apply_turns::ApplyTurns,
     lazy_broadcast::LazyBroadcast,
     news::CoreNews,
     recent::RecentAppends,
@@ -62,6 +63,9 @@ pub(crate) struct CoreInner {
     /// The keys are derived from it when used, for the kind the core has then (a reader
     /// learns a remote core's kind from its first upgrade).
     pub encryption_key: std::sync::OnceLock<[u8; 32]>,
+    /// The replication engine's run applies, taking turns: one verifies while the one before
+    /// it is written.
+    pub apply_turns: ApplyTurns,
 }
 
 impl CoreInner {
@@ -219,6 +223,7 @@ impl CoreInner {
             update_requests: Default::default(),
             updated: watch::channel(0).0,
             encryption_key: std::sync::OnceLock::new(),
+            apply_turns: ApplyTurns::default(),
         }))
     }
 }

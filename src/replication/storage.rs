@@ -2,7 +2,7 @@
 //! ([`local_info`]): the one adapter between the sans-IO engine and storage, used by the iroh
 //! driver and the simulator alike.
 
-use n0_future::FutureExt;
+use n0_future::{FutureExt, boxed::BoxFuture};
 
 use super::engine::{Applied, ApplyOutcome, Input, LocalInfo, Task};
 use crate::{core::Hypercore, error::Error};
@@ -25,11 +25,19 @@ pub fn local_info(core: &Hypercore) -> LocalInfo {
 /// Runs `task` on `core` and returns the input that reports it. A panic inside it (a bug that
 /// input from a peer reached) becomes a failed task rather than the end of the engine; a panic
 /// while applying a peer's data is the peer's fault, since that data is what it ran on.
-pub async fn run(core: Hypercore, task: Task) -> Input {
+///
+/// A run apply takes its turn on the core when this is called, not when the future is first
+/// polled: the engine's applies of one core are verified in the order it started them, each
+/// while the one before it is written, and end in that order
+/// ([`Hypercore::apply_block_proofs_in_turn`]). Every future returned must be polled to its end
+/// or dropped.
+pub fn run(core: Hypercore, task: Task) -> BoxFuture<Input> {
     match task {
         Task::CreateProof { request, reply } => {
-            let read = caught(core.create_proof(request)).await;
-            reply.done(read.and_then(|r| r.map_err(|e| e.to_string())))
+            let read = caught(core.create_proof(request));
+            Box::pin(
+                async move { reply.done(read.await.and_then(|r| r.map_err(|e| e.to_string()))) },
+            )
         }
         Task::CreateRun {
             fork,
@@ -40,25 +48,34 @@ pub async fn run(core: Hypercore, task: Task) -> Input {
             reply,
         } => {
             let read = caught(core.create_run_proofs_within(fork, start, end, length, max_bytes));
-            reply.done(read.await.and_then(|r| r.map_err(|e| e.to_string())))
+            Box::pin(
+                async move { reply.done(read.await.and_then(|r| r.map_err(|e| e.to_string()))) },
+            )
         }
         Task::ApplyProof { proof, reply } => {
-            let outcome = match caught(core.verify_and_apply_proof(proof)).await {
-                Ok(r) => outcome(r.map(|_| ())),
-                Err(e) => ApplyOutcome::Invalid(e),
-            };
-            let local = local_info(&core);
-            reply.done(Applied { outcome, local })
+            let apply = core.verify_and_apply_proof(proof);
+            let apply = async move { apply.await.map(|_| ()) };
+            Box::pin(applied(core, apply, |a| reply.done(a)))
         }
         Task::ApplyRun { proofs, reply } => {
-            let outcome = match caught(core.apply_block_proofs(proofs)).await {
-                Ok(r) => outcome(r),
-                Err(e) => ApplyOutcome::Invalid(e),
-            };
-            let local = local_info(&core);
-            reply.done(Applied { outcome, local })
+            let apply = core.apply_block_proofs_in_turn(proofs);
+            Box::pin(applied(core, apply, |a| reply.done(a)))
         }
     }
+}
+
+/// Awaits `apply` on `core` and reports it with `done`, with the core's state after it.
+async fn applied<T>(
+    core: Hypercore,
+    apply: impl Future<Output = Result<T, Error>>,
+    done: impl FnOnce(Applied<T>) -> Input,
+) -> Input {
+    let outcome = match caught(apply).await {
+        Ok(r) => outcome(r),
+        Err(e) => ApplyOutcome::Invalid(e),
+    };
+    let local = local_info(&core);
+    done(Applied { outcome, local })
 }
 
 /// `f`'s output, or what a panic in it reports.

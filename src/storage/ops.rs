@@ -96,8 +96,9 @@ pub(crate) enum Op {
         proofs: Arc<Vec<Proof>>,
         /// How many leading proofs verified.
         count: usize,
-        /// Every node the verified proofs delivered.
-        nodes: Vec<Node>,
+        /// Every node the verified proofs delivered or relied on beyond the stored ones, sorted
+        /// by index (shared with the core's next apply, which may rely on them too).
+        nodes: Arc<Vec<Node>>,
     },
     /// Replaces the record of the peers the core remembers (opaque bytes, at most
     /// [`MAX_PEERS_BYTES`](super::schema::MAX_PEERS_BYTES); rejected once the core is

@@ -181,13 +181,15 @@ impl Cores {
     /// Runs a storage task of the engine on `key` (or fails it at once if the core is gone:
     /// every task is answered).
     pub(super) fn run(&mut self, key: CoreKey, task: Task) {
-        let core = self.core(&key);
-        self.tasks.push(Box::pin(async move {
-            match core {
-                Some(core) => storage::run(core, task).await,
-                None => task.not_run("the core is no longer replicated"),
+        // Started here, not when first polled: a run apply takes its turn on the core now.
+        let task = match self.core(&key) {
+            Some(core) => storage::run(core, task),
+            None => {
+                let input = task.not_run("the core is no longer replicated");
+                Box::pin(std::future::ready(input))
             }
-        }));
+        };
+        self.tasks.push(task);
     }
 
     /// Whether `key` is tracked although its last handle went (its signal is still queued).

@@ -1,5 +1,7 @@
-//! The proofs of one core waiting to be applied, and the one storage task applying them: an
-//! upgrade proof first, then the block proofs of runs in arrival order as one batch.
+//! The proofs of one core waiting to be applied, and the storage tasks applying them: an
+//! upgrade proof first and alone, then the block proofs of runs in arrival order as batches,
+//! up to [`MAX_RUN_APPLIES`] at once (one is verified while the one before it is written; see
+//! `core::apply_turns`).
 
 use std::collections::BTreeSet;
 
@@ -8,6 +10,9 @@ use crate::tree::Proof;
 
 /// Broken run requests remembered per core.
 const MAX_BROKEN_RUNS: usize = 1024;
+
+/// Run applies a core may have at once: one verified while the one before it is written.
+pub(super) const MAX_RUN_APPLIES: usize = 2;
 
 /// The storage task applying data to a core.
 #[derive(Debug)]
@@ -23,6 +28,10 @@ pub(super) enum Applying {
     Run {
         id: TaskId,
         proofs: Vec<(u64, PeerId, u64)>,
+        /// Run requests an apply started before this one failed to store a proof of, after
+        /// this one started: a proof of them here may rely on the nodes it lacks, and fails
+        /// through no fault of its peer.
+        excused: BTreeSet<u64>,
     },
 }
 
@@ -38,11 +47,66 @@ pub(super) struct ApplyQueue {
     /// failure, or dropped over the held cap): their later proofs rely on its nodes, so they
     /// are queued again rather than applied, and nobody is blamed for them.
     pub(super) broken_runs: BTreeSet<u64>,
-    /// The storage task applying data to this core, if one runs (one at a time).
-    pub(super) applying: Option<Applying>,
+    /// The storage tasks applying data to this core, in the order they started: an upgrade
+    /// alone, or up to [`MAX_RUN_APPLIES`] runs.
+    pub(super) applying: Vec<Applying>,
 }
 
 impl ApplyQueue {
+    /// Whether a storage task applies data to this core.
+    pub(super) fn is_applying(&self) -> bool {
+        !self.applying.is_empty()
+    }
+
+    /// The peer whose upgrade is being applied, if one is.
+    pub(super) fn upgrade_applying(&self) -> Option<PeerId> {
+        self.applying.iter().find_map(|a| match a {
+            Applying::Upgrade { peer, .. } => Some(*peer),
+            Applying::Run { .. } => None,
+        })
+    }
+
+    /// Whether a run apply may start now: no upgrade applies or waits to (it goes first,
+    /// alone), and fewer than [`MAX_RUN_APPLIES`] runs apply.
+    pub(super) fn has_room_for_run(&self) -> bool {
+        self.upgrade_proof.is_none()
+            && self.upgrade_applying().is_none()
+            && self.applying.len() < MAX_RUN_APPLIES
+    }
+
+    /// Whether the proofs pending start a run apply now: there is room for one, and either
+    /// nothing applies or the pending proofs are at least half the batch of the run applying.
+    /// A smaller batch started beside it would be verified while that one still is, and its
+    /// write would hide nothing (measured: batches of about 40 proofs beside ones of 7,000).
+    pub(super) fn run_may_start(&self) -> bool {
+        if self.pending.is_empty() || !self.has_room_for_run() {
+            return false;
+        }
+        match self.applying.as_slice() {
+            [] => true,
+            [Applying::Run { proofs, .. }] => self.pending.len().saturating_mul(2) >= proofs.len(),
+            _ => false,
+        }
+    }
+
+    /// Takes the apply of task `id`, if it runs.
+    pub(super) fn take(&mut self, id: TaskId) -> Option<Applying> {
+        let at = self.applying.iter().position(|a| match a {
+            Applying::Upgrade { id: i, .. } | Applying::Run { id: i, .. } => *i == id,
+        })?;
+        Some(self.applying.remove(at))
+    }
+
+    /// Run requests `runs` lost a proof in an apply that ended: the run applies still running
+    /// are not blamed for a proof of them that fails.
+    pub(super) fn excuse_running(&mut self, runs: &BTreeSet<u64>) {
+        for a in &mut self.applying {
+            if let Applying::Run { excused, .. } = a {
+                excused.extend(runs);
+            }
+        }
+    }
+
     /// A proof of run `id` was not stored: the rest of that run is queued again, unapplied.
     /// At most [`MAX_BROKEN_RUNS`] are remembered.
     pub(super) fn break_run(&mut self, id: u64) {

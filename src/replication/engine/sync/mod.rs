@@ -24,7 +24,7 @@ mod remote;
 mod update;
 mod upgrade;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use apply::{ApplyQueue, Applying};
 use remote::{Remote, Sent};
@@ -643,7 +643,7 @@ impl CoreSync {
         // Applied at the end of the turn: the other blocks of the read join this apply
         // instead of waiting for the next (a run of 10 small blocks took 2.3 applies). While
         // an apply runs, its end takes what is pending.
-        if self.apply.applying.is_none() {
+        if self.apply.run_may_start() {
             cx.note(Note::BlocksArrived(self.key));
         }
     }
@@ -790,8 +790,7 @@ impl CoreSync {
             .upgrade_proof
             .as_ref()
             .is_some_and(|(peer, _)| *peer == u.peer);
-        let applying =
-            matches!(self.apply.applying, Some(Applying::Upgrade { peer, .. }) if peer == u.peer);
+        let applying = self.apply.upgrade_applying() == Some(u.peer);
         !asked && (queued || applying)
     }
 
@@ -972,7 +971,7 @@ impl CoreSync {
     /// Starts applying what arrived, one storage task at a time, upgrades first (the engine
     /// calls it at the end of a turn in which blocks arrived).
     pub(super) fn maybe_apply(&mut self, cx: &mut Cx) {
-        if self.apply.applying.is_some() {
+        if self.apply.upgrade_applying().is_some() {
             return;
         }
         let local = self.local;
@@ -983,6 +982,10 @@ impl CoreSync {
         }) {
             self.apply.upgrade_proof = None;
         }
+        // An upgrade goes alone: it waits for the runs applying, and no run starts before it.
+        if self.apply.upgrade_proof.is_some() && self.apply.is_applying() {
+            return;
+        }
         if let Some((peer, proof)) = self.apply.upgrade_proof.take() {
             let block = proof
                 .block
@@ -990,12 +993,14 @@ impl CoreSync {
                 .map(|b| (b.index, b.value.len() as u64));
             let reply: Reply<Applied<()>> = cx.tasks.start(self.key);
             let id = reply.id();
-            self.apply.applying = Some(Applying::Upgrade { id, peer, block });
+            self.apply
+                .applying
+                .push(Applying::Upgrade { id, peer, block });
             let task = Task::ApplyProof { proof, reply };
             cx.out.push_back(Output::Task(self.key, task));
             return;
         }
-        if self.apply.pending.is_empty() || local.length == 0 {
+        if local.length == 0 || !self.apply.run_may_start() {
             return;
         }
         let index = |proof: &Proof| proof.block.as_ref().map_or(u64::MAX, |b| b.index);
@@ -1032,7 +1037,11 @@ impl CoreSync {
         let proofs = pending.into_iter().map(|(_, _, p)| p).collect();
         let reply: Reply<Applied<RunApplied>> = cx.tasks.start(self.key);
         let id = reply.id();
-        self.apply.applying = Some(Applying::Run { id, proofs: meta });
+        self.apply.applying.push(Applying::Run {
+            id,
+            proofs: meta,
+            excused: BTreeSet::new(),
+        });
         let task = Task::ApplyRun { proofs, reply };
         cx.out.push_back(Output::Task(self.key, task));
     }
@@ -1040,11 +1049,7 @@ impl CoreSync {
     /// Upgrade proof task `id` was applied. The request a push took the place of is settled,
     /// the block that came with it counted, and the next upgrade asked.
     pub(super) fn upgrade_applied(&mut self, id: TaskId, done: Applied<()>, cx: &mut Cx) {
-        let Some(Applying::Upgrade { peer, block, .. }) = self
-            .apply
-            .applying
-            .take_if(|a| matches!(a, Applying::Upgrade { id: i, .. } if *i == id))
-        else {
+        let Some(Applying::Upgrade { peer, block, .. }) = self.apply.take(id) else {
             return;
         };
         self.upgrade.take(self.key, cx.timers);
@@ -1071,10 +1076,9 @@ impl CoreSync {
     /// the proofs after it (of any peer) are queued again without blame, and their runs
     /// marked broken, since later proofs of those runs rely on the nodes they carried.
     pub(super) fn run_applied(&mut self, id: TaskId, done: Applied<RunApplied>, cx: &mut Cx) {
-        let Some(Applying::Run { proofs, .. }) = self
-            .apply
-            .applying
-            .take_if(|a| matches!(a, Applying::Run { id: i, .. } if *i == id))
+        let Some(Applying::Run {
+            proofs, excused, ..
+        }) = self.apply.take(id)
         else {
             return;
         };
@@ -1089,6 +1093,8 @@ impl CoreSync {
             (i == index).then_some((peer, id))
         };
         let mut stored = Vec::new();
+        // The runs this apply lost a proof of: the run applies still running rely on them.
+        let mut lost = BTreeSet::new();
         match done.outcome {
             ApplyOutcome::Done(applied) => {
                 stored.reserve(applied.stored.len() + 1);
@@ -1107,7 +1113,10 @@ impl CoreSync {
                     // Back to the queue; the peer is penalized once, by the blame.
                     cx.fetch.on_store_failed(&self.key, index);
                     self.apply.break_run(id);
-                    cx.blame(self.key, peer, err.to_string());
+                    lost.insert(id);
+                    if !excused.contains(&id) {
+                        cx.blame(self.key, peer, err.to_string());
+                    }
                 }
             }
             ApplyOutcome::Invalid(e) | ApplyOutcome::Failed(e) => {
@@ -1119,8 +1128,10 @@ impl CoreSync {
             if stored.binary_search(index).is_err() {
                 cx.fetch.on_store_failed(&self.key, *index);
                 self.apply.break_run(*id);
+                lost.insert(*id);
             }
         }
+        self.apply.excuse_running(&lost);
         self.local_changed(done.local, cx);
         self.maybe_apply(cx);
     }
@@ -1181,8 +1192,8 @@ impl CoreSync {
         let pending = self.update.as_ref()?;
         // Only an upgrade being applied can change the signed length: blocks being stored
         // (a run) do not hold the answer back.
-        let applying = self.apply.upgrade_proof.is_some()
-            || matches!(self.apply.applying, Some(apply::Applying::Upgrade { .. }));
+        let applying =
+            self.apply.upgrade_proof.is_some() || self.apply.upgrade_applying().is_some();
         let answered =
             pending.waiting.is_empty() && !pending.first_peer && self.upgrade.get().is_none();
         let done = (answered || pending.expired) && !applying;
@@ -1208,7 +1219,7 @@ impl CoreSync {
     /// for the core's first signed length).
     #[cfg(any(test, feature = "test-utils"))]
     pub(super) fn has_stalled_blocks(&self) -> bool {
-        !self.apply.pending.is_empty() && self.apply.applying.is_none() && self.local.length > 0
+        self.apply.run_may_start() && self.local.length > 0
     }
 
     // Idle channels.
@@ -1268,7 +1279,7 @@ impl CoreSync {
     /// Whether a storage task applies data to the core.
     #[cfg(test)]
     pub(super) fn is_applying(&self) -> bool {
-        self.apply.applying.is_some()
+        self.apply.is_applying()
     }
 
     /// Whether an upgrade is in flight.

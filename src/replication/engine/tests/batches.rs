@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::super::{
-    ApplyOutcome, Engine, EngineConfig, Input, Mode, Output, Task,
+    ApplyOutcome, Engine, EngineConfig, Event, Input, Mode, Output, Task,
     testing::{
         PEER, engine_with_peer, engine_with_peer_outputs, junk_block, local_at, outputs,
         run_applied, run_requests, sync_at,
@@ -122,13 +122,14 @@ fn applies(engine: &mut Engine) -> (Vec<Vec<u64>>, Vec<Task>) {
 
 /// The blocks of one read go to storage in one apply: the first block no longer starts an
 /// apply of its own while the others wait for the next (a whole store's cores of 10 small
-/// blocks took 2.3 applies each). Blocks that arrive while it runs wait for its end and
+/// blocks took 2.3 applies each). A second apply starts while the first runs (it is verified
+/// while the first is written); blocks that arrive while two run wait for the first's end and
 /// then go together.
 #[test]
 fn the_blocks_of_a_read_are_applied_together() {
     let now = Instant::now();
     let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
-    assert!(end - start >= 20, "{start}..{end}");
+    assert!(end - start >= 25, "{start}..{end}");
     engine.handle_messages(PEER, channel, answers(id, start..start + 10), now);
     let (applied, mut tasks) = applies(&mut engine);
     assert_eq!(
@@ -136,10 +137,17 @@ fn the_blocks_of_a_read_are_applied_together() {
         vec![(start..start + 10).collect::<Vec<_>>()],
         "one apply"
     );
-    // Two more reads while it runs: nothing starts until it ends, then both go as one.
     engine.handle_messages(PEER, channel, answers(id, start + 10..start + 15), now);
+    let (applied, _) = applies(&mut engine);
+    assert_eq!(
+        applied,
+        vec![(start + 10..start + 15).collect::<Vec<_>>()],
+        "a second apply while the first runs"
+    );
+    // Two more reads while both run: nothing starts until the first ends, then both go as one.
     engine.handle_messages(PEER, channel, answers(id, start + 15..start + 20), now);
-    assert!(applies(&mut engine).0.is_empty(), "one apply at a time");
+    engine.handle_messages(PEER, channel, answers(id, start + 20..start + 25), now);
+    assert!(applies(&mut engine).0.is_empty(), "two applies at a time");
     let stored = RunApplied {
         stored: (start..start + 10).map(|i| (i, 100)).collect(),
         rejected: None,
@@ -148,8 +156,84 @@ fn the_blocks_of_a_read_are_applied_together() {
     let done = run_applied(tasks.remove(0), ApplyOutcome::Done(stored), local);
     engine.handle(done, now);
     let (applied, _) = applies(&mut engine);
-    assert_eq!(applied, vec![(start + 10..start + 20).collect::<Vec<_>>()]);
+    assert_eq!(applied, vec![(start + 15..start + 25).collect::<Vec<_>>()]);
     engine.check_timers().expect("timers");
+}
+
+/// The apply tasks among `out`, and whether it reports a peer's data invalid.
+fn split_outputs(out: Vec<Output>) -> (Vec<Task>, usize) {
+    let mut tasks = Vec::new();
+    let mut invalid = 0;
+    for o in out {
+        match o {
+            Output::Task(_, t @ Task::ApplyRun { .. }) => tasks.push(t),
+            Output::Event(Event::Invalid { .. }) => invalid += 1,
+            _ => {}
+        }
+    }
+    (tasks, invalid)
+}
+
+/// Two applies of one run: the first rejects its block `start + 5` (the peer is blamed); the
+/// second, started while the first ran, fails at its first block. Returns
+/// how many times the peer was blamed for the second.
+fn blamed_for_the_second(first_rejects: bool) -> usize {
+    let now = Instant::now();
+    let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
+    assert!(end - start >= 15, "{start}..{end}");
+    engine.handle_messages(PEER, channel, answers(id, start..start + 10), now);
+    let (mut first, _) = split_outputs(outputs(&mut engine));
+    engine.handle_messages(PEER, channel, answers(id, start + 10..start + 15), now);
+    let (mut second, _) = split_outputs(outputs(&mut engine));
+    assert_eq!((first.len(), second.len()), (1, 1), "two applies at once");
+    let (stored_to, rejected) = if first_rejects {
+        let err = crate::error::Error::InvalidArgument("forged");
+        (start + 5, Some((start + 5, err)))
+    } else {
+        (start + 10, None)
+    };
+    let applied = RunApplied {
+        stored: (start..stored_to).map(|i| (i, 100)).collect(),
+        rejected,
+    };
+    let local = local_at(200, stored_to, false);
+    engine.handle(
+        run_applied(first.remove(0), ApplyOutcome::Done(applied), local),
+        now,
+    );
+    let (_, blamed_first) = split_outputs(outputs(&mut engine));
+    assert_eq!(blamed_first, usize::from(first_rejects));
+    // The second's first block relied on nodes the first did not store, when it rejected.
+    let applied = RunApplied {
+        stored: Vec::new(),
+        rejected: Some((
+            start + 10,
+            crate::error::Error::InvalidArgument("missing node"),
+        )),
+    };
+    engine.handle(
+        run_applied(second.remove(0), ApplyOutcome::Done(applied), local),
+        now,
+    );
+    let (_, blamed_second) = split_outputs(outputs(&mut engine));
+    engine.check_timers().expect("timers");
+    blamed_second
+}
+
+/// A block that fails because an apply before it lost a block of its run is not blamed on
+/// its peer (blamed once, for the block that failed first); one that fails on its own is.
+#[test]
+fn a_block_that_relied_on_one_an_earlier_apply_lost_is_not_blamed() {
+    assert_eq!(
+        blamed_for_the_second(true),
+        0,
+        "excused: the first lost its run"
+    );
+    assert_eq!(
+        blamed_for_the_second(false),
+        1,
+        "blamed: nothing was lost before it"
+    );
 }
 
 /// One block handled alone is applied in the same turn, as before.

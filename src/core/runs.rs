@@ -4,12 +4,14 @@
 //! commit per block. Each proof of a run carries only the nodes the requester cannot have yet
 //! (see [`tree::run_proof_levels`]), so the proofs must be applied in the order they were made.
 
-use std::{cell::RefCell, collections::HashMap, sync::Arc};
+use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc};
+
+use n0_future::FutureExt;
 
 use rustc_hash::FxBuildHasher;
 
 use super::{
-    apply_turns::{EarlierNodes, Turn},
+    apply_turns::{Turn, Unwritten},
     hypercore::Hypercore,
     state::CoreInner,
     writes::MAX_BLOCK_SIZE,
@@ -150,8 +152,8 @@ impl Hypercore {
 
     /// Like [`apply_block_proofs`](Self::apply_block_proofs), for applies that follow each
     /// other: this one is verified once the one started before it on this core verified,
-    /// relying on the nodes that one verified while it is written, and it ends after that one
-    /// (see [`apply_turns`](super::apply_turns)). Its turn is taken when it is called: every
+    /// relying on the nodes of the applies that verified and are still written, and it ends
+    /// after the one before it, even if it panics (see [`apply_turns`](super::apply_turns)). Its turn is taken when it is called: every
     /// apply started this way must be polled to its end, or dropped, for the next one to run.
     pub(crate) fn apply_block_proofs_in_turn(
         &self,
@@ -160,10 +162,11 @@ impl Hypercore {
         let inner = self.inner.clone();
         let mut turn = inner.apply_turns.take_turn();
         async move {
-            let applied =
-                apply_run(inner, Arc::new(proofs), hashing_tasks(), Some(&mut turn)).await;
+            let apply = apply_run(inner, Arc::new(proofs), hashing_tasks(), Some(&mut turn));
+            // Even a panic ends after the apply before it: the engine hears of them in order.
+            let applied = AssertUnwindSafe(apply).catch_unwind().await;
             turn.end().await;
-            applied
+            applied.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         }
     }
 }
@@ -173,14 +176,14 @@ impl Hypercore {
 /// verifying a 1 KiB block; the nodes are sorted once, when the batch is verified.
 type RunNodes = HashMap<u64, Node, FxBuildHasher>;
 
-/// Nodes verified earlier in the same batch, then those the core's apply before it verified
-/// (on `fork`; recorded in `relied` when used, since they may not be written yet), in front of
-/// the stored ones.
+/// Nodes verified earlier in the same batch, then those the core's applies before it verified
+/// and may not have written yet (on `fork`), in front of the stored ones. A proof looks up
+/// only the node its path ends at, which it computes itself: so the nodes a batch writes
+/// stand on their own, whether or not an earlier apply's write succeeds.
 struct Overlay<'a> {
     added: &'a RunNodes,
-    earlier: Option<&'a EarlierNodes>,
+    earlier: &'a Unwritten,
     fork: u64,
-    relied: &'a RefCell<Vec<Node>>,
     stored: &'a CoreNodes,
 }
 
@@ -190,8 +193,7 @@ impl NodeSource for Overlay<'_> {
         if let Some(n) = self.added.get(&index) {
             return Ok(Some(*n));
         }
-        if let Some(n) = self.earlier.and_then(|e| e.get(self.fork, index)) {
-            self.relied.borrow_mut().push(n);
+        if let Some(n) = self.earlier.get(self.fork, index) {
             return Ok(Some(n));
         }
         self.stored.node(index)
@@ -202,8 +204,8 @@ impl NodeSource for Overlay<'_> {
 struct VerifiedRun {
     /// How many leading proofs verified.
     verified: usize,
-    /// The nodes they verified, and those of an earlier apply they relied on, in index order
-    /// (sorted here rather than on the storage thread, which every core's writes share).
+    /// The nodes they verified, in index order (sorted here rather than on the storage thread,
+    /// which every core's writes share).
     nodes: Vec<Node>,
     rejected: Option<(u64, Error)>,
 }
@@ -230,10 +232,10 @@ async fn apply_run(
         )
     };
     let hashed = Arc::new(split_leaf_hashes(&proofs, n, tasks).await);
-    let earlier = match turn.as_deref_mut() {
+    let earlier = Arc::new(match turn.as_deref_mut() {
         Some(t) => t.earlier_nodes().await,
-        None => None,
-    };
+        None => Unwritten::default(),
+    });
     for _ in 0..APPLY_ATTEMPTS {
         let tree = inner.state().committed.tree.clone();
         let verifier = inner.verifier().clone();
@@ -259,7 +261,6 @@ async fn apply_run(
                     FxBuildHasher,
                 );
                 let (mut verified, mut rejected) = (0, None);
-                let relied = RefCell::new(Vec::new());
                 // The leaves of the proofs that may be verified at all (the run stops at the
                 // first that may not), hashed together, several at a time: leaf `i` is the
                 // hash of proof `i`'s block. Those hashed already are taken as they are (a
@@ -277,9 +278,8 @@ async fn apply_run(
                     let checked = check_block_proof(proof, t.length).and_then(|()| {
                         let src = Overlay {
                             added: &added,
-                            earlier: earlier.as_deref(),
+                            earlier: &earlier,
                             fork: t.fork,
-                            relied: &relied,
                             stored: &stored,
                         };
                         let leaf = leaves.get(i).copied();
@@ -297,9 +297,7 @@ async fn apply_run(
                     }
                 }
                 let mut nodes: Vec<Node> = added.into_values().collect();
-                nodes.append(&mut relied.into_inner());
                 nodes.sort_unstable_by_key(|n| n.index);
-                nodes.dedup_by_key(|n| n.index);
                 Ok(VerifiedRun {
                     verified,
                     nodes,
@@ -644,6 +642,70 @@ mod tests {
         assert_eq!(applied.rejected.map(|r| r.0), Some(half));
         assert!(applied.stored.is_empty());
         assert_eq!(r.info().contiguous_length, 0);
+    }
+
+    /// Every node `r` stores below flat index `to`, by index.
+    async fn stored_nodes(r: &Hypercore, to: u64) -> Vec<Node> {
+        let id = r.inner.id;
+        r.inner
+            .storage
+            .read(move |rd| {
+                let nodes = rd.nodes(id)?;
+                let mut out = Vec::new();
+                for i in 0..to {
+                    out.extend(nodes.node(i)?);
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// An apply in turn relies on nodes an apply before it verified and never wrote (on the
+    /// fork they are of): what it writes stands on its own (the root of its half, which it
+    /// checked against theirs, is among its nodes), and the core is complete and every block
+    /// provable once the first half is stored too. On another fork it ignores them and is
+    /// rejected at its first block.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_apply_in_turn_stands_on_its_own_after_one_never_written() {
+        let (first, second, reader) = halves_and_reader().await;
+        let half = first.len() as u64;
+        let verified = reader().await;
+        verified.apply_block_proofs(first.clone()).await.unwrap();
+        let nodes = Arc::new(stored_nodes(&verified, 8 * half).await);
+
+        for (fork, stores) in [(0, true), (1, false)] {
+            let r = reader().await;
+            let before = r.inner.apply_turns.take_turn();
+            before.verified(fork, nodes.clone());
+            let mut apply = std::pin::pin!(r.apply_block_proofs_in_turn(second.clone()));
+            assert!(
+                n0_future::future::poll_once(&mut apply).await.is_none(),
+                "ends after the apply before it"
+            );
+            // Its write never comes: its nodes are let go.
+            drop(before);
+            let applied = apply.await.unwrap();
+            if !stores {
+                assert_eq!(applied.rejected.map(|r| r.0), Some(half), "fork {fork}");
+                continue;
+            }
+            assert!(applied.rejected.is_none(), "{:?}", applied.rejected);
+            assert_eq!(applied.stored.len() as u64, half);
+            // The root of blocks `half..2 * half` (flat index 2s + w - 1), which the first
+            // half's proofs carry.
+            let root = 2 * half + half - 1;
+            let stored = stored_nodes(&r, 8 * half).await;
+            assert!(
+                stored.iter().any(|n| n.index == root),
+                "its anchor is written"
+            );
+            r.apply_block_proofs(first.clone()).await.unwrap();
+            assert_eq!(r.info().contiguous_length, 2 * half);
+            for item in r.create_run_proofs(0, 0, 2 * half, 2 * half).await.unwrap() {
+                assert!(matches!(item, RunItem::Proof(_)), "provable: {item:?}");
+            }
+        }
     }
 
     /// A batch of 3 MiB applied with its leaves hashed by three tasks (cut at 512 and 1,024

@@ -65,7 +65,7 @@ pub(crate) struct CoreInner {
     pub encryption_key: std::sync::OnceLock<[u8; 32]>,
     /// The replication engine's run applies, taking turns: one verifies while the one before
     /// it is written.
-    pub apply_turns: ApplyTurns,
+    pub apply_turns: Arc<ApplyTurns>,
 }
 
 impl CoreInner {
@@ -223,7 +223,7 @@ impl CoreInner {
             update_requests: Default::default(),
             updated: watch::channel(0).0,
             encryption_key: std::sync::OnceLock::new(),
-            apply_turns: ApplyTurns::default(),
+            apply_turns: Arc::default(),
         }))
     }
 }

@@ -96,8 +96,8 @@ pub(crate) enum Op {
         proofs: Arc<Vec<Proof>>,
         /// How many leading proofs verified.
         count: usize,
-        /// Every node the verified proofs delivered or relied on beyond the stored ones, sorted
-        /// by index (shared with the core's next apply, which may rely on them too).
+        /// Every node the verified proofs delivered, sorted by index (shared with the core's
+        /// next apply, which may rely on them before they are written).
         nodes: Arc<Vec<Node>>,
     },
     /// Replaces the record of the peers the core remembers (opaque bytes, at most

@@ -89,18 +89,20 @@ impl ApplyQueue {
         }
     }
 
-    /// Takes the apply of task `id`, if it runs.
-    pub(super) fn take(&mut self, id: TaskId) -> Option<Applying> {
+    /// Takes the apply of task `id`, if it runs, with its place among those running (they
+    /// end in the order they started, so it is the first).
+    pub(super) fn take(&mut self, id: TaskId) -> Option<(usize, Applying)> {
         let at = self.applying.iter().position(|a| match a {
             Applying::Upgrade { id: i, .. } | Applying::Run { id: i, .. } => *i == id,
         })?;
-        Some(self.applying.remove(at))
+        Some((at, self.applying.remove(at)))
     }
 
-    /// Run requests `runs` lost a proof in an apply that ended: the run applies still running
-    /// are not blamed for a proof of them that fails.
-    pub(super) fn excuse_running(&mut self, runs: &BTreeSet<u64>) {
-        for a in &mut self.applying {
+    /// Run requests `runs` lost a proof in the apply that ended at place `at`: the run applies
+    /// started after it are not blamed for a proof of them that fails (it may rely on a node
+    /// that apply did not store).
+    pub(super) fn excuse_after(&mut self, at: usize, runs: &BTreeSet<u64>) {
+        for a in self.applying.iter_mut().skip(at) {
             if let Applying::Run { excused, .. } = a {
                 excused.extend(runs);
             }

@@ -9,8 +9,9 @@
 //!   (`upgrade`);
 //! - fetching: the blocks to fetch go into the fetch queue; the run requests it hands out
 //!   are sent on the peer's channel, and their answers go back to it;
-//! - applying: one storage task at a time, an upgrade proof first, then the block proofs of
-//!   runs in arrival order as one batch (`apply`);
+//! - applying: an upgrade proof first and alone, then the block proofs of runs in arrival
+//!   order as batches, up to two at once: one verified while the one before it is written
+//!   (`apply`);
 //! - pushing: a writer sends its new blocks with their upgrade to the readers that follow it
 //!   live, before they ask;
 //! - `update`: asking every peer for its state and saying when all have answered.
@@ -371,6 +372,29 @@ impl CoreSync {
         }
     }
 
+    /// Sends our changed state to the peers it tells anything. A state that still lacks
+    /// blocks of its length goes only to peers that do not hold at least as much of the same
+    /// fork: such a peer fetches nothing from us and pushes us nothing (it pushes only to a
+    /// peer that holds its whole log), and our next whole state reaches it. In a whole store
+    /// that is the reader's state after each core's first upgrade: one message of about 19 a
+    /// core.
+    fn tell_change(&self, cx: &mut Cx) {
+        let local = self.local;
+        let info = self.sync_info(false);
+        for (ch, r) in &self.remotes {
+            let Some(theirs) = r.sync else {
+                continue;
+            };
+            let holds_ours = theirs.fork == local.fork
+                && theirs.length >= local.length
+                && theirs.contiguous >= local.contiguous;
+            if r.pushing || (holds_ours && local.contiguous < local.length) {
+                continue;
+            }
+            cx.send(r.peer, *ch, Message::Sync(info));
+        }
+    }
+
     // The local state.
 
     /// Takes in the core's new local state: tells peers, queues new blocks, emits events,
@@ -413,7 +437,7 @@ impl CoreSync {
             cx.note(Note::Reopen(self.key));
         }
         self.push_new_blocks(old, new, cx);
-        self.broadcast_sync(false, cx);
+        self.tell_change(cx);
         self.enqueue_missing(cx);
     }
 
@@ -968,8 +992,9 @@ impl CoreSync {
 
     // Applying.
 
-    /// Starts applying what arrived, one storage task at a time, upgrades first (the engine
-    /// calls it at the end of a turn in which blocks arrived).
+    /// Starts applying what arrived, upgrades first and alone, then a batch of block proofs
+    /// while fewer than two run (the engine calls it at the end of a turn in which blocks
+    /// arrived, and when an apply ends).
     pub(super) fn maybe_apply(&mut self, cx: &mut Cx) {
         if self.apply.upgrade_applying().is_some() {
             return;
@@ -1049,7 +1074,7 @@ impl CoreSync {
     /// Upgrade proof task `id` was applied. The request a push took the place of is settled,
     /// the block that came with it counted, and the next upgrade asked.
     pub(super) fn upgrade_applied(&mut self, id: TaskId, done: Applied<()>, cx: &mut Cx) {
-        let Some(Applying::Upgrade { peer, block, .. }) = self.apply.take(id) else {
+        let Some((_, Applying::Upgrade { peer, block, .. })) = self.apply.take(id) else {
             return;
         };
         self.upgrade.take(self.key, cx.timers);
@@ -1076,9 +1101,12 @@ impl CoreSync {
     /// the proofs after it (of any peer) are queued again without blame, and their runs
     /// marked broken, since later proofs of those runs rely on the nodes they carried.
     pub(super) fn run_applied(&mut self, id: TaskId, done: Applied<RunApplied>, cx: &mut Cx) {
-        let Some(Applying::Run {
-            proofs, excused, ..
-        }) = self.apply.take(id)
+        let Some((
+            at,
+            Applying::Run {
+                proofs, excused, ..
+            },
+        )) = self.apply.take(id)
         else {
             return;
         };
@@ -1131,7 +1159,7 @@ impl CoreSync {
                 lost.insert(*id);
             }
         }
-        self.apply.excuse_running(&lost);
+        self.apply.excuse_after(at, &lost);
         self.local_changed(done.local, cx);
         self.maybe_apply(cx);
     }
@@ -1219,7 +1247,9 @@ impl CoreSync {
     /// for the core's first signed length).
     #[cfg(any(test, feature = "test-utils"))]
     pub(super) fn has_stalled_blocks(&self) -> bool {
-        self.apply.run_may_start() && self.local.length > 0
+        self.local.length > 0
+            && !self.apply.pending.is_empty()
+            && (self.apply.run_may_start() || !self.apply.is_applying())
     }
 
     // Idle channels.

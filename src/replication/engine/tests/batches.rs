@@ -7,7 +7,7 @@ use super::super::{
     ApplyOutcome, Engine, EngineConfig, Event, Input, Mode, Output, Task,
     testing::{
         PEER, engine_with_peer, engine_with_peer_outputs, junk_block, local_at, outputs,
-        run_applied, run_requests, sync_at,
+        run_applied, run_requests, sync_at, upgrade_answer,
     },
 };
 use crate::core::RunApplied;
@@ -260,4 +260,99 @@ fn the_blocks_before_one_over_the_held_cap_are_applied() {
     // 100 bytes each: the third passes 250.
     engine.handle_messages(PEER, channel, answers(id, start..start + 5), now);
     assert_eq!(applies(&mut engine).0, vec![vec![start, start + 1]]);
+}
+
+/// The apply tasks among `out`: the runs' block indices and the number of upgrade applies.
+fn applies_in(out: &[Output]) -> (Vec<Vec<u64>>, usize) {
+    let mut runs = Vec::new();
+    let mut upgrades = 0;
+    for o in out {
+        match o {
+            Output::Task(_, Task::ApplyRun { proofs, .. }) => runs.push(
+                proofs
+                    .iter()
+                    .filter_map(|p| p.block.as_ref().map(|b| b.index))
+                    .collect(),
+            ),
+            Output::Task(_, Task::ApplyProof { .. }) => upgrades += 1,
+            _ => {}
+        }
+    }
+    (runs, upgrades)
+}
+
+/// A second apply starts beside the first only once it has half as many proofs: a smaller
+/// one would be verified while the first still is, and hide nothing.
+#[test]
+fn a_second_apply_waits_for_half_the_first_batch() {
+    let now = Instant::now();
+    let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
+    assert!(end - start >= 15, "{start}..{end}");
+    engine.handle_messages(PEER, channel, answers(id, start..start + 10), now);
+    assert_eq!(applies_in(&outputs(&mut engine)).0.len(), 1);
+    engine.handle_messages(PEER, channel, answers(id, start + 10..start + 14), now);
+    assert!(applies_in(&outputs(&mut engine)).0.is_empty(), "4 of 10");
+    engine.handle_messages(PEER, channel, answers(id, start + 14..start + 15), now);
+    assert_eq!(
+        applies_in(&outputs(&mut engine)).0,
+        vec![(start + 10..start + 15).collect::<Vec<_>>()],
+        "5 of 10"
+    );
+    engine.check_timers().expect("timers");
+}
+
+/// An upgrade that arrives while two runs apply waits for both to end, and no run starts
+/// before it: it is applied alone.
+#[test]
+fn an_upgrade_waits_for_the_runs_applying_and_goes_alone() {
+    let now = Instant::now();
+    let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
+    assert!(end - start >= 25, "{start}..{end}");
+    engine.handle_messages(PEER, channel, answers(id, start..start + 10), now);
+    let (mut first, _) = split_outputs(outputs(&mut engine));
+    engine.handle_messages(PEER, channel, answers(id, start + 10..start + 15), now);
+    let (mut second, _) = split_outputs(outputs(&mut engine));
+    assert_eq!((first.len(), second.len()), (1, 1), "two applies at once");
+    // The peer grew: asked for its upgrade, which it answers while both runs apply.
+    engine.handle(Input::Message(PEER, channel, sync_at(300, 300, false)), now);
+    let asked = outputs(&mut engine).into_iter().find_map(|o| match o {
+        Output::Send(_, _, Message::Request { id, request }) if request.upgrade.is_some() => {
+            Some(id)
+        }
+        _ => None,
+    });
+    let asked = asked.expect("the upgrade is asked");
+    // Asked without a block.
+    let mut proof = upgrade_answer(200, 100);
+    proof.block = None;
+    let answer = Message::Data { id: asked, proof };
+    engine.handle(Input::Message(PEER, channel, answer), now);
+    engine.handle_messages(PEER, channel, answers(id, start + 15..start + 25), now);
+    assert_eq!(
+        applies_in(&outputs(&mut engine)),
+        (vec![], 0),
+        "both runs apply"
+    );
+    let ended = |from: u64, to: u64| {
+        let applied = RunApplied {
+            stored: (from..to).map(|i| (i, 100)).collect(),
+            rejected: None,
+        };
+        (ApplyOutcome::Done(applied), local_at(200, to, false))
+    };
+    let (outcome, local) = ended(start, start + 10);
+    engine.handle(run_applied(first.remove(0), outcome, local), now);
+    assert_eq!(
+        applies_in(&outputs(&mut engine)),
+        (vec![], 0),
+        "one run applies"
+    );
+    let (outcome, local) = ended(start + 10, start + 15);
+    engine.handle(run_applied(second.remove(0), outcome, local), now);
+    assert_eq!(
+        applies_in(&outputs(&mut engine)),
+        (vec![], 1),
+        "the upgrade alone"
+    );
+    engine.check_timers().expect("timers");
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::super::{
     Engine, EngineConfig, Input, LocalInfo, Mode, Output,
-    testing::{CORE, PEER, engine_with_peer, local, outputs, sync},
+    testing::{CORE, PEER, engine_with_peer, local, local_at, outputs, sync, sync_at},
 };
 use crate::replication::wire::Message;
 
@@ -85,4 +85,47 @@ fn unwanted_blocks_leave_the_queue_and_their_requests_are_cancelled() {
         now,
     );
     engine.check_timers().unwrap();
+}
+
+/// The `Sync`s our changes send to a peer with `remote`'s state: one for each of `changes`.
+fn syncs_sent(remote: Message, changes: &[LocalInfo]) -> Vec<bool> {
+    let now = Instant::now();
+    let (mut engine, channel) = engine_with_peer(local_at(0, 0, false), Mode::Full, remote, now);
+    outputs(&mut engine);
+    changes
+        .iter()
+        .map(|&change| {
+            engine.handle(Input::LocalChanged(CORE, change), now);
+            outputs(&mut engine)
+                .iter()
+                .any(|o| matches!(o, Output::Send(_, ch, Message::Sync(_)) if *ch == channel))
+        })
+        .collect()
+}
+
+/// A reader's state that still lacks blocks is not sent to a peer holding at least as much
+/// (it would fetch nothing from it, and a writer pushes only to a reader holding its whole
+/// log): a whole store's reader no longer tells each core's writer of its first upgrade. It
+/// is sent to a peer holding less, and the whole log is sent to every peer.
+#[test]
+fn a_state_still_downloading_is_not_sent_to_a_peer_holding_it() {
+    let upgraded = local_at(10, 0, false);
+    let partly = local_at(10, 4, false);
+    let whole = local_at(10, 10, false);
+    let changes = [upgraded, partly, whole];
+    assert_eq!(
+        syncs_sent(sync_at(10, 10, false), &changes),
+        [false, false, true],
+        "a peer with the whole log"
+    );
+    assert_eq!(
+        syncs_sent(sync_at(10, 2, false), &changes),
+        [false, true, true],
+        "a peer holding 2 blocks"
+    );
+    assert_eq!(
+        syncs_sent(sync_at(8, 8, false), &changes),
+        [true, true, true],
+        "a peer with a shorter log"
+    );
 }

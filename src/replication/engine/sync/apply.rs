@@ -14,6 +14,9 @@ const MAX_BROKEN_RUNS: usize = 1024;
 /// Run applies a core may have at once: one verified while the one before it is written.
 pub(super) const MAX_RUN_APPLIES: usize = 2;
 
+/// Proofs a run apply holds at least for a second to start beside it.
+pub(in crate::replication::engine) const MIN_BATCH_BESIDE: usize = 64;
+
 /// The storage task applying data to a core.
 #[derive(Debug)]
 pub(super) enum Applying {
@@ -75,16 +78,21 @@ impl ApplyQueue {
     }
 
     /// Whether the proofs pending start a run apply now: there is room for one, and either
-    /// nothing applies or the pending proofs are at least half the batch of the run applying.
-    /// A smaller batch started beside it would be verified while that one still is, and its
-    /// write would hide nothing (measured: batches of about 40 proofs beside ones of 7,000).
+    /// nothing applies, or a run of at least [`MIN_BATCH_BESIDE`] proofs applies and the
+    /// pending proofs are at least half its batch. A smaller batch started beside it would be
+    /// verified while that one still is and hide nothing (measured: batches of about 40 proofs
+    /// beside ones of 7,000); beside a batch of a few large blocks, a second apply only splits
+    /// their commits (measured: 1 MiB blocks downloaded 5–8% slower).
     pub(super) fn run_may_start(&self) -> bool {
         if self.pending.is_empty() || !self.has_room_for_run() {
             return false;
         }
         match self.applying.as_slice() {
             [] => true,
-            [Applying::Run { proofs, .. }] => self.pending.len().saturating_mul(2) >= proofs.len(),
+            [Applying::Run { proofs, .. }] => {
+                proofs.len() >= MIN_BATCH_BESIDE
+                    && self.pending.len().saturating_mul(2) >= proofs.len()
+            }
             _ => false,
         }
     }

@@ -21,6 +21,9 @@
 //! (announce the core, reopen its idle channels, retry an upgrade at the end of the turn).
 
 mod apply;
+
+#[cfg(test)]
+pub(super) use apply::MIN_BATCH_BESIDE;
 mod remote;
 mod update;
 mod upgrade;

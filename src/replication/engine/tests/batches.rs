@@ -11,6 +11,9 @@ use super::super::{
     },
 };
 use crate::core::RunApplied;
+
+/// The smallest batch a second apply starts beside.
+const BESIDE: u64 = super::super::sync::MIN_BATCH_BESIDE as u64;
 use crate::replication::wire::Message;
 
 /// A reader missing blocks 40..200 of a peer's log, which says it holds none of them yet,
@@ -122,41 +125,56 @@ fn applies(engine: &mut Engine) -> (Vec<Vec<u64>>, Vec<Task>) {
 
 /// The blocks of one read go to storage in one apply: the first block no longer starts an
 /// apply of its own while the others wait for the next (a whole store's cores of 10 small
-/// blocks took 2.3 applies each). A second apply starts while the first runs (it is verified
-/// while the first is written); blocks that arrive while two run wait for the first's end and
-/// then go together.
+/// blocks took 2.3 applies each). A second apply starts while a large first one runs (it is
+/// verified while the first is written); blocks that arrive while two run wait, and go
+/// together once nothing applies or beside a large batch only.
 #[test]
 fn the_blocks_of_a_read_are_applied_together() {
     let now = Instant::now();
     let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
-    assert!(end - start >= 25, "{start}..{end}");
-    engine.handle_messages(PEER, channel, answers(id, start..start + 10), now);
+    let (big, half) = (BESIDE, BESIDE / 2);
+    assert!(end - start >= big + half + 20, "{start}..{end}");
+    engine.handle_messages(PEER, channel, answers(id, start..start + big), now);
     let (applied, mut tasks) = applies(&mut engine);
     assert_eq!(
         applied,
-        vec![(start..start + 10).collect::<Vec<_>>()],
+        vec![(start..start + big).collect::<Vec<_>>()],
         "one apply"
     );
-    engine.handle_messages(PEER, channel, answers(id, start + 10..start + 15), now);
-    let (applied, _) = applies(&mut engine);
+    let second = start + big..start + big + half;
+    engine.handle_messages(PEER, channel, answers(id, second.clone()), now);
+    let (applied, second_task) = applies(&mut engine);
+    tasks.extend(second_task);
     assert_eq!(
         applied,
-        vec![(start + 10..start + 15).collect::<Vec<_>>()],
+        vec![second.clone().collect::<Vec<_>>()],
         "a second apply while the first runs"
     );
     // Two more reads while both run: nothing starts until the first ends, then both go as one.
-    engine.handle_messages(PEER, channel, answers(id, start + 15..start + 20), now);
-    engine.handle_messages(PEER, channel, answers(id, start + 20..start + 25), now);
+    let rest = start + big + half;
+    engine.handle_messages(PEER, channel, answers(id, rest..rest + 10), now);
+    engine.handle_messages(PEER, channel, answers(id, rest + 10..rest + 20), now);
     assert!(applies(&mut engine).0.is_empty(), "two applies at a time");
     let stored = RunApplied {
-        stored: (start..start + 10).map(|i| (i, 100)).collect(),
+        stored: (start..start + big).map(|i| (i, 100)).collect(),
         rejected: None,
     };
-    let local = local_at(200, start + 10, false);
+    let local = local_at(200, start + big, false);
+    let done = run_applied(tasks.remove(0), ApplyOutcome::Done(stored), local);
+    engine.handle(done, now);
+    assert!(
+        applies(&mut engine).0.is_empty(),
+        "nothing beside the second, a small batch"
+    );
+    let stored = RunApplied {
+        stored: second.map(|i| (i, 100)).collect(),
+        rejected: None,
+    };
+    let local = local_at(200, rest, false);
     let done = run_applied(tasks.remove(0), ApplyOutcome::Done(stored), local);
     engine.handle(done, now);
     let (applied, _) = applies(&mut engine);
-    assert_eq!(applied, vec![(start + 15..start + 25).collect::<Vec<_>>()]);
+    assert_eq!(applied, vec![(rest..rest + 20).collect::<Vec<_>>()]);
     engine.check_timers().expect("timers");
 }
 
@@ -180,17 +198,24 @@ fn split_outputs(out: Vec<Output>) -> (Vec<Task>, usize) {
 fn blamed_for_the_second(first_rejects: bool) -> usize {
     let now = Instant::now();
     let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
-    assert!(end - start >= 15, "{start}..{end}");
-    engine.handle_messages(PEER, channel, answers(id, start..start + 10), now);
+    let (big, half) = (BESIDE, BESIDE / 2);
+    assert!(end - start >= big + half, "{start}..{end}");
+    engine.handle_messages(PEER, channel, answers(id, start..start + big), now);
     let (mut first, _) = split_outputs(outputs(&mut engine));
-    engine.handle_messages(PEER, channel, answers(id, start + 10..start + 15), now);
+    let second_start = start + big;
+    engine.handle_messages(
+        PEER,
+        channel,
+        answers(id, second_start..second_start + half),
+        now,
+    );
     let (mut second, _) = split_outputs(outputs(&mut engine));
     assert_eq!((first.len(), second.len()), (1, 1), "two applies at once");
     let (stored_to, rejected) = if first_rejects {
         let err = crate::error::Error::InvalidArgument("forged");
         (start + 5, Some((start + 5, err)))
     } else {
-        (start + 10, None)
+        (second_start, None)
     };
     let applied = RunApplied {
         stored: (start..stored_to).map(|i| (i, 100)).collect(),
@@ -207,7 +232,7 @@ fn blamed_for_the_second(first_rejects: bool) -> usize {
     let applied = RunApplied {
         stored: Vec::new(),
         rejected: Some((
-            start + 10,
+            second_start,
             crate::error::Error::InvalidArgument("missing node"),
         )),
     };
@@ -281,24 +306,46 @@ fn applies_in(out: &[Output]) -> (Vec<Vec<u64>>, usize) {
     (runs, upgrades)
 }
 
-/// A second apply starts beside the first only once it has half as many proofs: a smaller
-/// one would be verified while the first still is, and hide nothing.
+/// A second apply starts beside the first only once it has half as many proofs (a smaller
+/// one would be verified while the first still is, and hide nothing), and never beside a
+/// batch of fewer than `MIN_BATCH_BESIDE` (it would only split their commits).
 #[test]
-fn a_second_apply_waits_for_half_the_first_batch() {
+fn a_second_apply_waits_for_half_of_a_large_first_batch() {
     let now = Instant::now();
     let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
-    assert!(end - start >= 15, "{start}..{end}");
-    engine.handle_messages(PEER, channel, answers(id, start..start + 10), now);
+    let (big, half) = (BESIDE, BESIDE / 2);
+    assert!(end - start >= big + half, "{start}..{end}");
+    engine.handle_messages(PEER, channel, answers(id, start..start + big), now);
     assert_eq!(applies_in(&outputs(&mut engine)).0.len(), 1);
-    engine.handle_messages(PEER, channel, answers(id, start + 10..start + 14), now);
-    assert!(applies_in(&outputs(&mut engine)).0.is_empty(), "4 of 10");
-    engine.handle_messages(PEER, channel, answers(id, start + 14..start + 15), now);
+    let second = start + big;
+    engine.handle_messages(PEER, channel, answers(id, second..second + half - 1), now);
+    assert!(
+        applies_in(&outputs(&mut engine)).0.is_empty(),
+        "less than half"
+    );
+    engine.handle_messages(
+        PEER,
+        channel,
+        answers(id, second + half - 1..second + half),
+        now,
+    );
     assert_eq!(
         applies_in(&outputs(&mut engine)).0,
-        vec![(start + 10..start + 15).collect::<Vec<_>>()],
-        "5 of 10"
+        vec![(second..second + half).collect::<Vec<_>>()],
+        "half"
     );
     engine.check_timers().expect("timers");
+
+    let (mut engine, channel, (id, start, _)) = asking(EngineConfig::default(), now);
+    let small = big - 1;
+    engine.handle_messages(PEER, channel, answers(id, start..start + small), now);
+    assert_eq!(applies_in(&outputs(&mut engine)).0.len(), 1);
+    let second = start + small;
+    engine.handle_messages(PEER, channel, answers(id, second..second + small), now);
+    assert!(
+        applies_in(&outputs(&mut engine)).0.is_empty(),
+        "nothing beside a small batch"
+    );
 }
 
 /// An upgrade that arrives while two runs apply waits for both to end, and no run starts
@@ -307,10 +354,12 @@ fn a_second_apply_waits_for_half_the_first_batch() {
 fn an_upgrade_waits_for_the_runs_applying_and_goes_alone() {
     let now = Instant::now();
     let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
-    assert!(end - start >= 25, "{start}..{end}");
-    engine.handle_messages(PEER, channel, answers(id, start..start + 10), now);
+    let (big, half) = (BESIDE, BESIDE / 2);
+    assert!(end - start >= big + half + 10, "{start}..{end}");
+    engine.handle_messages(PEER, channel, answers(id, start..start + big), now);
     let (mut first, _) = split_outputs(outputs(&mut engine));
-    engine.handle_messages(PEER, channel, answers(id, start + 10..start + 15), now);
+    let rest = start + big + half;
+    engine.handle_messages(PEER, channel, answers(id, start + big..rest), now);
     let (mut second, _) = split_outputs(outputs(&mut engine));
     assert_eq!((first.len(), second.len()), (1, 1), "two applies at once");
     // The peer grew: asked for its upgrade, which it answers while both runs apply.
@@ -327,7 +376,7 @@ fn an_upgrade_waits_for_the_runs_applying_and_goes_alone() {
     proof.block = None;
     let answer = Message::Data { id: asked, proof };
     engine.handle(Input::Message(PEER, channel, answer), now);
-    engine.handle_messages(PEER, channel, answers(id, start + 15..start + 25), now);
+    engine.handle_messages(PEER, channel, answers(id, rest..rest + 10), now);
     assert_eq!(
         applies_in(&outputs(&mut engine)),
         (vec![], 0),
@@ -340,14 +389,14 @@ fn an_upgrade_waits_for_the_runs_applying_and_goes_alone() {
         };
         (ApplyOutcome::Done(applied), local_at(200, to, false))
     };
-    let (outcome, local) = ended(start, start + 10);
+    let (outcome, local) = ended(start, start + big);
     engine.handle(run_applied(first.remove(0), outcome, local), now);
     assert_eq!(
         applies_in(&outputs(&mut engine)),
         (vec![], 0),
         "one run applies"
     );
-    let (outcome, local) = ended(start + 10, start + 15);
+    let (outcome, local) = ended(start + big, rest);
     engine.handle(run_applied(second.remove(0), outcome, local), now);
     assert_eq!(
         applies_in(&outputs(&mut engine)),

@@ -8,8 +8,11 @@
 //! Each apply takes a [`Turn`] when it starts:
 //! - it verifies after the apply before it verified, on top of the nodes that every apply
 //!   verified and has not finished writing (its proofs may rely on them);
-//! - what it writes stands on its own whether or not the earlier write succeeds: a proof
-//!   relies only on the node its path ends at, which it computes and writes itself;
+//! - what it writes is verified whether or not the earlier write succeeds: a proof relies
+//!   only on the node its path ends at, which it computes and writes itself. If the earlier
+//!   write failed (a storage error), the blocks written after it cannot be proven to a peer
+//!   until the failed ones are fetched again and their nodes stored; the contiguous length
+//!   never passes the gap, so nothing is claimed that is not held;
 //! - it ends after the apply before it ended, so that the engine hears of them in order.
 //!
 //! Nodes are verified facts of a fork (a node covers a complete subtree, whose hash its blocks

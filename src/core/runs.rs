@@ -210,6 +210,12 @@ struct VerifiedRun {
     rejected: Option<(u64, Error)>,
 }
 
+/// Test hook: an apply of this core whose first proof is of this block panics (as a bug that
+/// a peer's input reached would), to check when a panicking apply ends.
+#[cfg(test)]
+static PANIC_HOOK: std::sync::Mutex<Option<(crate::crypto::CoreKey, u64)>> =
+    std::sync::Mutex::new(None);
+
 /// Verifies `proofs` in order and stores the verified prefix in one write; a batch's leaves
 /// are hashed by up to `tasks` blocking tasks at once when it is long enough. With a `turn`,
 /// it verifies after the apply before it, on top of its nodes, and tells the next one what it
@@ -220,6 +226,18 @@ async fn apply_run(
     tasks: usize,
     mut turn: Option<&mut Turn>,
 ) -> Result<RunApplied> {
+    #[cfg(test)]
+    if let Ok(hook) = PANIC_HOOK.lock()
+        && let Some((key, index)) = *hook
+        && key == inner.key
+        && proofs
+            .first()
+            .and_then(|p| p.block.as_ref())
+            .map(|b| b.index)
+            == Some(index)
+    {
+        panic!("the test hook panics in this apply");
+    }
     let mut last_err = None;
     // A long batch's leaves are hashed first, by several blocking tasks at once (they depend
     // on the blocks alone); a short one's inside the read below, as part of verifying it.
@@ -624,6 +642,26 @@ mod tests {
             assert_eq!(applied.stored.len() as u64, half);
         }
         assert_eq!(r.info().contiguous_length, 2 * half);
+    }
+
+    /// An apply in turn that panics still ends after the apply before it: the engine hears of
+    /// them in the order they started.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_apply_in_turn_ends_after_the_one_before_it() {
+        let (first, second, reader) = halves_and_reader().await;
+        let half = first.len() as u64;
+        let r = reader().await;
+        *PANIC_HOOK.lock().unwrap() = Some((r.key(), half));
+        let a = r.apply_block_proofs_in_turn(first);
+        let b = AssertUnwindSafe(r.apply_block_proofs_in_turn(second)).catch_unwind();
+        let mut b = std::pin::pin!(b);
+        assert!(
+            n0_future::future::poll_once(&mut b).await.is_none(),
+            "its panic waits for the apply before it to end"
+        );
+        let a = a.await.unwrap();
+        assert!(a.rejected.is_none(), "{:?}", a.rejected);
+        assert!(b.await.is_err(), "then it panics");
     }
 
     /// An apply whose predecessor is dropped before it ran does not wait for it: it verifies

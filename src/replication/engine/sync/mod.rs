@@ -375,12 +375,14 @@ impl CoreSync {
         }
     }
 
-    /// Sends our changed state to the peers it tells anything. A state that still lacks
-    /// blocks of its length goes only to peers that do not hold at least as much of the same
-    /// fork: such a peer fetches nothing from us and pushes us nothing (it pushes only to a
-    /// peer that holds its whole log), and our next whole state reaches it. In a whole store
-    /// that is the reader's state after each core's first upgrade: one message of about 19 a
-    /// core.
+    /// Sends our changed state to the peers it tells anything. A reader that downloads every
+    /// block sends a state that still lacks blocks of its length only to peers that do not
+    /// hold at least as much of the same fork: such a peer fetches nothing from us and pushes
+    /// us nothing (it pushes only to a reader holding its whole log), and our whole state,
+    /// which comes next, reaches it. In a whole store that is the reader's state after each
+    /// core's first upgrade: one message of about 19 a core. A sparse reader's state is
+    /// always sent: it may never hold its whole log, and a peer needs its length to see their
+    /// channel idle.
     fn tell_change(&self, cx: &mut Cx) {
         let local = self.local;
         let info = self.sync_info(false);
@@ -391,7 +393,7 @@ impl CoreSync {
             let holds_ours = theirs.fork == local.fork
                 && theirs.length >= local.length
                 && theirs.contiguous >= local.contiguous;
-            if r.pushing || (holds_ours && local.contiguous < local.length) {
+            if r.pushing || (info.downloading && holds_ours && local.contiguous < local.length) {
                 continue;
             }
             cx.send(r.peer, *ch, Message::Sync(info));

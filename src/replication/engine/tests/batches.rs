@@ -192,17 +192,32 @@ fn split_outputs(out: Vec<Output>) -> (Vec<Task>, usize) {
     (tasks, invalid)
 }
 
-/// Two applies of one run: the first rejects its block `start + 5` (the peer is blamed); the
-/// second, started while the first ran, fails at its first block. Returns
-/// how many times the peer was blamed for the second.
-fn blamed_for_the_second(first_rejects: bool) -> usize {
+/// Two applies: the first, of run 1, rejects its block 45 (`first_rejects`; the peer is
+/// blamed for it) or stores everything; the second, started while the first ran, holds the
+/// next blocks of run 1 (`same_run`) or the first of run 2, and fails at its first block.
+/// Returns how many times the peer was blamed for the second.
+fn blamed_for_the_second(first_rejects: bool, same_run: bool) -> usize {
     let now = Instant::now();
-    let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
+    let (mut engine, channel, out) = engine_with_peer_outputs(
+        EngineConfig::default(),
+        local_at(400, 40, false),
+        Mode::Full,
+        sync_at(400, 400, false),
+        now,
+    );
+    let runs = run_requests(&out);
     let (big, half) = (BESIDE, BESIDE / 2);
-    assert!(end - start >= big + half, "{start}..{end}");
-    engine.handle_messages(PEER, channel, answers(id, start..start + big), now);
+    let [(one, start, one_end), (two, two_start, _), ..] = runs[..] else {
+        panic!("two runs are asked: {runs:?}")
+    };
+    assert!(one_end - start >= big + half, "{runs:?}");
+    engine.handle_messages(PEER, channel, answers(one, start..start + big), now);
     let (mut first, _) = split_outputs(outputs(&mut engine));
-    let second_start = start + big;
+    let (id, second_start) = if same_run {
+        (one, start + big)
+    } else {
+        (two, two_start)
+    };
     engine.handle_messages(
         PEER,
         channel,
@@ -215,13 +230,13 @@ fn blamed_for_the_second(first_rejects: bool) -> usize {
         let err = crate::error::Error::InvalidArgument("forged");
         (start + 5, Some((start + 5, err)))
     } else {
-        (second_start, None)
+        (start + big, None)
     };
     let applied = RunApplied {
         stored: (start..stored_to).map(|i| (i, 100)).collect(),
         rejected,
     };
-    let local = local_at(200, stored_to, false);
+    let local = local_at(400, stored_to, false);
     engine.handle(
         run_applied(first.remove(0), ApplyOutcome::Done(applied), local),
         now,
@@ -246,18 +261,24 @@ fn blamed_for_the_second(first_rejects: bool) -> usize {
 }
 
 /// A block that fails because an apply before it lost a block of its run is not blamed on
-/// its peer (blamed once, for the block that failed first); one that fails on its own is.
+/// its peer (blamed once, for the block that failed first); one that fails on its own is,
+/// and so is one of another run than the block lost.
 #[test]
 fn a_block_that_relied_on_one_an_earlier_apply_lost_is_not_blamed() {
     assert_eq!(
-        blamed_for_the_second(true),
+        blamed_for_the_second(true, true),
         0,
-        "excused: the first lost its run"
+        "excused: its run lost a block"
     );
     assert_eq!(
-        blamed_for_the_second(false),
+        blamed_for_the_second(false, true),
         1,
-        "blamed: nothing was lost before it"
+        "blamed: nothing was lost"
+    );
+    assert_eq!(
+        blamed_for_the_second(true, false),
+        1,
+        "blamed: another run lost a block"
     );
 }
 

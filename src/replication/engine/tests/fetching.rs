@@ -6,7 +6,7 @@ use super::super::{
     Engine, EngineConfig, Input, LocalInfo, Mode, Output,
     testing::{CORE, PEER, engine_with_peer, local, local_at, outputs, sync, sync_at},
 };
-use crate::replication::wire::Message;
+use crate::replication::wire::{Message, SyncInfo};
 
 /// In full mode, a read waiting past the length is remembered only until the length covers
 /// it: every block below the length is queued anyway.
@@ -87,10 +87,11 @@ fn unwanted_blocks_leave_the_queue_and_their_requests_are_cancelled() {
     engine.check_timers().unwrap();
 }
 
-/// The `Sync`s our changes send to a peer with `remote`'s state: one for each of `changes`.
-fn syncs_sent(remote: Message, changes: &[LocalInfo]) -> Vec<bool> {
+/// The `Sync`s our changes send in `mode` to a peer with `remote`'s state: whether one went
+/// for each of `changes`.
+fn syncs_sent(mode: Mode, remote: Message, changes: &[LocalInfo]) -> Vec<bool> {
     let now = Instant::now();
-    let (mut engine, channel) = engine_with_peer(local_at(0, 0, false), Mode::Full, remote, now);
+    let (mut engine, channel) = engine_with_peer(local_at(0, 0, false), mode, remote, now);
     outputs(&mut engine);
     changes
         .iter()
@@ -103,29 +104,48 @@ fn syncs_sent(remote: Message, changes: &[LocalInfo]) -> Vec<bool> {
         .collect()
 }
 
-/// A reader's state that still lacks blocks is not sent to a peer holding at least as much
-/// (it would fetch nothing from it, and a writer pushes only to a reader holding its whole
-/// log): a whole store's reader no longer tells each core's writer of its first upgrade. It
-/// is sent to a peer holding less, and the whole log is sent to every peer.
+/// A downloading reader's state that still lacks blocks is not sent to a peer holding at
+/// least as much of the same fork (it would fetch nothing from it, and a writer pushes only
+/// to a reader holding its whole log): a whole store's reader no longer tells each core's
+/// writer of its first upgrade. It is sent to a peer holding less or on another fork, the
+/// whole log is sent to every peer, and a sparse reader sends every change.
 #[test]
 fn a_state_still_downloading_is_not_sent_to_a_peer_holding_it() {
     let upgraded = local_at(10, 0, false);
     let partly = local_at(10, 4, false);
     let whole = local_at(10, 10, false);
     let changes = [upgraded, partly, whole];
+    let full = |remote| syncs_sent(Mode::Full, remote, &changes);
     assert_eq!(
-        syncs_sent(sync_at(10, 10, false), &changes),
+        full(sync_at(10, 10, false)),
         [false, false, true],
         "a peer with the whole log"
     );
     assert_eq!(
-        syncs_sent(sync_at(10, 2, false), &changes),
+        full(sync_at(10, 2, false)),
         [false, true, true],
         "a peer holding 2 blocks"
     );
     assert_eq!(
-        syncs_sent(sync_at(8, 8, false), &changes),
+        full(sync_at(8, 8, false)),
         [true, true, true],
         "a peer with a shorter log"
+    );
+    let other_fork = Message::Sync(SyncInfo {
+        fork: 1,
+        length: 20,
+        contiguous: 20,
+        ask: false,
+        downloading: false,
+    });
+    assert_eq!(
+        full(other_fork),
+        [true, true, true],
+        "a peer on another fork"
+    );
+    assert_eq!(
+        syncs_sent(Mode::Sparse, sync_at(10, 10, false), &[upgraded, partly]),
+        [true, true],
+        "a sparse reader"
     );
 }

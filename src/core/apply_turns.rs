@@ -73,7 +73,8 @@ impl Unwritten {
 /// that verified and have not ended (held by the core).
 #[derive(Debug, Default)]
 pub(crate) struct ApplyTurns {
-    last: Mutex<Option<watch::Receiver<Stage>>>,
+    /// The latest apply started (its id and stage), until it ends with no apply after it.
+    last: Mutex<Option<(u64, watch::Receiver<Stage>)>>,
     unwritten: Mutex<Vec<(u64, Arc<EarlierNodes>)>>,
     next: AtomicU64,
 }
@@ -87,19 +88,21 @@ impl ApplyTurns {
     /// A turn for an apply starting now: it follows the apply started before it.
     pub(crate) fn take_turn(self: &Arc<Self>) -> Turn {
         let (stage, watch) = watch::channel(Stage::Verifying);
-        let before = lock(&self.last).replace(watch);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let before = lock(&self.last).replace((id, watch)).map(|(_, w)| w);
         Turn {
             turns: self.clone(),
-            id: self.next.fetch_add(1, Ordering::Relaxed),
+            id,
             before,
             stage,
         }
     }
 
-    /// How many applies' nodes are held (they verified and have not ended).
+    /// How many applies' nodes are held (they verified and have not ended), and whether the
+    /// stage of the latest apply is.
     #[cfg(test)]
-    fn held(&self) -> usize {
-        lock(&self.unwritten).len()
+    fn held(&self) -> (usize, bool) {
+        (lock(&self.unwritten).len(), lock(&self.last).is_some())
     }
 }
 
@@ -149,6 +152,11 @@ impl Drop for Turn {
     fn drop(&mut self) {
         lock(&self.turns.unwritten).retain(|(id, _)| *id != self.id);
         self.stage.send_replace(Stage::Ended);
+        // The latest apply ended: a core whose downloads are done keeps no stage of them.
+        let mut last = lock(&self.turns.last);
+        if last.as_ref().is_some_and(|(id, _)| *id == self.id) {
+            *last = None;
+        }
     }
 }
 
@@ -208,13 +216,17 @@ mod tests {
             (Some(node(1)), Some(node(3)))
         );
         drop(first);
-        assert_eq!(turns.held(), 1, "an ended apply's nodes are let go");
+        assert_eq!(turns.held(), (1, true), "an ended apply's nodes are let go");
         let mut fourth = turns.take_turn();
         drop((second, third));
         let nodes = fourth.earlier_nodes().await;
         assert!(nodes.0.is_empty(), "every earlier apply ended");
         drop(fourth);
-        assert_eq!(turns.held(), 0);
+        assert_eq!(
+            turns.held(),
+            (0, false),
+            "nothing is kept once the last ended"
+        );
     }
 
     #[tokio::test]

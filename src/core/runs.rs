@@ -568,6 +568,25 @@ mod tests {
         assert_eq!(split_leaf_hashes(&proofs, 9_999, 2).await, all);
     }
 
+    /// A fresh reader of `w` that verified its first `length` blocks' signed length.
+    async fn verified_reader(w: &Hypercore, length: u64) -> Hypercore {
+        let r = Corestore::memory()
+            .await
+            .unwrap()
+            .get_remote(w.key())
+            .await
+            .unwrap();
+        let upgrade = ProofRequest {
+            upgrade: Some(crate::tree::UpgradeRequest { start: 0, length }),
+            manifest: true,
+            ..Default::default()
+        };
+        r.verify_and_apply_proof(w.create_proof(upgrade).await.unwrap())
+            .await
+            .unwrap();
+        r
+    }
+
     /// A run of `LEN` small blocks proven by a fresh writer, cut in two batches, and a fresh
     /// reader of it that knows its length.
     async fn halves_and_reader() -> (Vec<Proof>, Vec<Proof>, impl AsyncFn() -> Hypercore) {
@@ -588,26 +607,7 @@ mod tests {
             })
             .collect();
         let second = ps.split_off(LEN as usize / 2);
-        let reader = async move || {
-            let r = Corestore::memory()
-                .await
-                .unwrap()
-                .get_remote(w.key())
-                .await
-                .unwrap();
-            let upgrade = ProofRequest {
-                upgrade: Some(crate::tree::UpgradeRequest {
-                    start: 0,
-                    length: LEN,
-                }),
-                manifest: true,
-                ..Default::default()
-            };
-            r.verify_and_apply_proof(w.create_proof(upgrade).await.unwrap())
-                .await
-                .unwrap();
-            r
-        };
+        let reader = async move || verified_reader(&w, LEN).await;
         (ps, second, reader)
     }
 
@@ -770,26 +770,7 @@ mod tests {
             }
             ps
         };
-        let reader = || async {
-            let r = Corestore::memory()
-                .await
-                .unwrap()
-                .get_remote(w.key())
-                .await
-                .unwrap();
-            let upgrade = ProofRequest {
-                upgrade: Some(crate::tree::UpgradeRequest {
-                    start: 0,
-                    length: LEN,
-                }),
-                manifest: true,
-                ..Default::default()
-            };
-            r.verify_and_apply_proof(w.create_proof(upgrade).await.unwrap())
-                .await
-                .unwrap();
-            r
-        };
+        let reader = || verified_reader(&w, LEN);
         assert_eq!(stretches(&batch().await, 3), [0, 512, 1_024, 1_536]);
         let apply = |r: Hypercore, ps: Vec<Proof>| async move {
             let applied = apply_run(r.inner.clone(), Arc::new(ps), 3, None)

@@ -79,17 +79,28 @@ fn a_batch_gives_what_its_messages_give_one_at_a_time() {
     together.check_timers().expect("timers in one turn");
 }
 
+/// A reader missing blocks `40..length` that a peer holds whole, with `cfg`; the channel and
+/// the run requests (id, start, end).
+fn asking_runs(
+    cfg: EngineConfig,
+    length: u64,
+    now: Instant,
+) -> (Engine, u64, Vec<(u64, u64, u64)>) {
+    let (engine, channel, out) = engine_with_peer_outputs(
+        cfg,
+        local_at(length, 40, false),
+        Mode::Full,
+        sync_at(length, length, false),
+        now,
+    );
+    (engine, channel, run_requests(&out))
+}
+
 /// A reader missing blocks 40..200 that a peer holds whole, with `cfg`; the channel and the
 /// first run request (id, start, end).
 fn asking(cfg: EngineConfig, now: Instant) -> (Engine, u64, (u64, u64, u64)) {
-    let (engine, channel, out) = engine_with_peer_outputs(
-        cfg,
-        local_at(200, 40, false),
-        Mode::Full,
-        sync_at(200, 200, false),
-        now,
-    );
-    let run = *run_requests(&out).first().expect("a run is asked");
+    let (engine, channel, runs) = asking_runs(cfg, 200, now);
+    let run = *runs.first().expect("a run is asked");
     (engine, channel, run)
 }
 
@@ -103,24 +114,43 @@ fn answers(id: u64, indices: std::ops::Range<u64>) -> Vec<Message> {
         .collect()
 }
 
+/// The block indices a run apply task applies.
+fn run_indices(task: &Task) -> Option<Vec<u64>> {
+    let Task::ApplyRun { proofs, .. } = task else {
+        return None;
+    };
+    Some(
+        proofs
+            .iter()
+            .filter_map(|p| p.block.as_ref().map(|b| b.index))
+            .collect(),
+    )
+}
+
 /// The apply tasks among the engine's outputs, each as the block indices it applies.
 fn applies(engine: &mut Engine) -> (Vec<Vec<u64>>, Vec<Task>) {
     let mut tasks = Vec::new();
     let mut indices = Vec::new();
     for o in outputs(engine) {
-        if let Output::Task(_, t @ Task::ApplyRun { .. }) = o {
-            if let Task::ApplyRun { proofs, .. } = &t {
-                indices.push(
-                    proofs
-                        .iter()
-                        .filter_map(|p| p.block.as_ref().map(|b| b.index))
-                        .collect(),
-                );
-            }
+        if let Output::Task(_, t) = o
+            && let Some(applied) = run_indices(&t)
+        {
+            indices.push(applied);
             tasks.push(t);
         }
     }
     (indices, tasks)
+}
+
+/// A reader asking for a run of at least `BESIDE + more` blocks that received its first
+/// `BESIDE` (applied as one batch): the engine, the channel, the run's id and start, and the
+/// time.
+fn after_a_large_batch(more: u64) -> (Engine, u64, u64, u64, Instant) {
+    let now = Instant::now();
+    let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
+    assert!(end - start >= BESIDE + more, "{start}..{end}");
+    engine.handle_messages(PEER, channel, answers(id, start..start + BESIDE), now);
+    (engine, channel, id, start, now)
 }
 
 /// The blocks of one read go to storage in one apply: the first block no longer starts an
@@ -130,11 +160,8 @@ fn applies(engine: &mut Engine) -> (Vec<Vec<u64>>, Vec<Task>) {
 /// together once nothing applies or beside a large batch only.
 #[test]
 fn the_blocks_of_a_read_are_applied_together() {
-    let now = Instant::now();
-    let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
     let (big, half) = (BESIDE, BESIDE / 2);
-    assert!(end - start >= big + half + 20, "{start}..{end}");
-    engine.handle_messages(PEER, channel, answers(id, start..start + big), now);
+    let (mut engine, channel, id, start, now) = after_a_large_batch(half + 20);
     let (applied, mut tasks) = applies(&mut engine);
     assert_eq!(
         applied,
@@ -198,14 +225,7 @@ fn split_outputs(out: Vec<Output>) -> (Vec<Task>, usize) {
 /// Returns how many times the peer was blamed for the second.
 fn blamed_for_the_second(first_rejects: bool, same_run: bool) -> usize {
     let now = Instant::now();
-    let (mut engine, channel, out) = engine_with_peer_outputs(
-        EngineConfig::default(),
-        local_at(400, 40, false),
-        Mode::Full,
-        sync_at(400, 400, false),
-        now,
-    );
-    let runs = run_requests(&out);
+    let (mut engine, channel, runs) = asking_runs(EngineConfig::default(), 400, now);
     let (big, half) = (BESIDE, BESIDE / 2);
     let [(one, start, one_end), (two, two_start, _), ..] = runs[..] else {
         panic!("two runs are asked: {runs:?}")
@@ -310,21 +330,16 @@ fn the_blocks_before_one_over_the_held_cap_are_applied() {
 
 /// The apply tasks among `out`: the runs' block indices and the number of upgrade applies.
 fn applies_in(out: &[Output]) -> (Vec<Vec<u64>>, usize) {
-    let mut runs = Vec::new();
-    let mut upgrades = 0;
-    for o in out {
-        match o {
-            Output::Task(_, Task::ApplyRun { proofs, .. }) => runs.push(
-                proofs
-                    .iter()
-                    .filter_map(|p| p.block.as_ref().map(|b| b.index))
-                    .collect(),
-            ),
-            Output::Task(_, Task::ApplyProof { .. }) => upgrades += 1,
-            _ => {}
-        }
-    }
-    (runs, upgrades)
+    let tasks = || {
+        out.iter().filter_map(|o| match o {
+            Output::Task(_, t) => Some(t),
+            _ => None,
+        })
+    };
+    let upgrades = tasks()
+        .filter(|t| matches!(t, Task::ApplyProof { .. }))
+        .count();
+    (tasks().filter_map(run_indices).collect(), upgrades)
 }
 
 /// A second apply starts beside the first only once it has half as many proofs (a smaller
@@ -332,11 +347,8 @@ fn applies_in(out: &[Output]) -> (Vec<Vec<u64>>, usize) {
 /// batch of fewer than `MIN_BATCH_BESIDE` (it would only split their commits).
 #[test]
 fn a_second_apply_waits_for_half_of_a_large_first_batch() {
-    let now = Instant::now();
-    let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
     let (big, half) = (BESIDE, BESIDE / 2);
-    assert!(end - start >= big + half, "{start}..{end}");
-    engine.handle_messages(PEER, channel, answers(id, start..start + big), now);
+    let (mut engine, channel, id, start, now) = after_a_large_batch(half);
     assert_eq!(applies_in(&outputs(&mut engine)).0.len(), 1);
     let second = start + big;
     engine.handle_messages(PEER, channel, answers(id, second..second + half - 1), now);
@@ -373,11 +385,8 @@ fn a_second_apply_waits_for_half_of_a_large_first_batch() {
 /// before it: it is applied alone.
 #[test]
 fn an_upgrade_waits_for_the_runs_applying_and_goes_alone() {
-    let now = Instant::now();
-    let (mut engine, channel, (id, start, end)) = asking(EngineConfig::default(), now);
     let (big, half) = (BESIDE, BESIDE / 2);
-    assert!(end - start >= big + half + 10, "{start}..{end}");
-    engine.handle_messages(PEER, channel, answers(id, start..start + big), now);
+    let (mut engine, channel, id, start, now) = after_a_large_batch(half + 10);
     let (mut first, _) = split_outputs(outputs(&mut engine));
     let rest = start + big + half;
     engine.handle_messages(PEER, channel, answers(id, start + big..rest), now);

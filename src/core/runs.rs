@@ -153,8 +153,9 @@ impl Hypercore {
     /// Like [`apply_block_proofs`](Self::apply_block_proofs), for applies that follow each
     /// other: this one is verified once the one started before it on this core verified,
     /// relying on the nodes of the applies that verified and are still written, and it ends
-    /// after the one before it, even if it panics (see [`apply_turns`](super::apply_turns)). Its turn is taken when it is called: every
-    /// apply started this way must be polled to its end, or dropped, for the next one to run.
+    /// after the one before it, even if it panics (see [`apply_turns`](super::apply_turns)).
+    /// Its turn is taken when it is called: every apply started this way must be polled to its
+    /// end, or dropped, for the next one to run.
     pub(crate) fn apply_block_proofs_in_turn(
         &self,
         proofs: Vec<Proof>,
@@ -611,9 +612,10 @@ mod tests {
         (ps, second, reader)
     }
 
-    /// The second half of a run relies on nodes its first half delivered. Applied in turn,
-    /// it waits for the first to verify and is verified on its nodes (written or not), and
-    /// both store every block; applied alone, it is rejected at its first block.
+    /// The second half of a run relies on nodes its first half delivered. Applied in turn
+    /// and polled together, both store every block; applied alone, the second is rejected at
+    /// its first block. (That an apply waits for the one before it to verify, and ends after
+    /// it, is checked in `apply_turns`; that it verifies on nodes never written, below.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_apply_in_turn_is_verified_on_the_nodes_of_the_one_before() {
         let (first, second, reader) = halves_and_reader().await;
@@ -634,7 +636,7 @@ mod tests {
         let mut b = std::pin::pin!(r.apply_block_proofs_in_turn(second));
         assert!(
             n0_future::future::poll_once(&mut b).await.is_none(),
-            "waits for the apply before it to verify"
+            "not done before the apply before it ran"
         );
         let (a, b) = tokio::join!(a, b);
         for applied in [a.unwrap(), b.unwrap()] {

@@ -21,14 +21,14 @@
 //! (announce the core, reopen its idle channels, retry an upgrade at the end of the turn).
 
 mod apply;
-
-#[cfg(test)]
-pub(super) use apply::MIN_BATCH_BESIDE;
 mod remote;
 mod update;
 mod upgrade;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+#[cfg(test)]
+pub(super) use apply::MIN_BATCH_BESIDE;
 
 use apply::{ApplyQueue, Applying};
 use remote::{Remote, Sent};
@@ -128,8 +128,13 @@ impl CoreSync {
             length: self.local.length,
             contiguous: self.local.contiguous,
             ask,
-            downloading: self.mode == Mode::Full && !self.local.writable,
+            downloading: self.downloads_all(),
         }
+    }
+
+    /// Whether this core is a reader that downloads every block (full mode).
+    fn downloads_all(&self) -> bool {
+        self.mode == Mode::Full && !self.local.writable
     }
 
     /// The channels whose peer has synced, with their peers, in channel order.
@@ -367,12 +372,7 @@ impl CoreSync {
     /// Sends our state on every open channel, but those with a push being read: their
     /// `Sync` follows the push.
     pub(super) fn broadcast_sync(&self, ask: bool, cx: &mut Cx) {
-        let info = self.sync_info(ask);
-        for (ch, r) in &self.remotes {
-            if r.sync.is_some() && !r.pushing {
-                cx.send(r.peer, *ch, Message::Sync(info));
-            }
-        }
+        self.send_sync(ask, |_| true, cx);
     }
 
     /// Sends our changed state to the peers it tells anything. A reader that downloads every
@@ -385,18 +385,26 @@ impl CoreSync {
     /// channel idle.
     fn tell_change(&self, cx: &mut Cx) {
         let local = self.local;
-        let info = self.sync_info(false);
-        for (ch, r) in &self.remotes {
-            let Some(theirs) = r.sync else {
-                continue;
-            };
-            let holds_ours = theirs.fork == local.fork
+        let partial = self.downloads_all() && local.contiguous < local.length;
+        let holds_ours = |theirs: &SyncInfo| {
+            theirs.fork == local.fork
                 && theirs.length >= local.length
-                && theirs.contiguous >= local.contiguous;
-            if r.pushing || (info.downloading && holds_ours && local.contiguous < local.length) {
-                continue;
+                && theirs.contiguous >= local.contiguous
+        };
+        self.send_sync(false, |theirs| !(partial && holds_ours(theirs)), cx);
+    }
+
+    /// Sends our state (asking for theirs if `ask`) on every channel whose peer synced, is not
+    /// being pushed to, and whose state `to` accepts.
+    fn send_sync(&self, ask: bool, to: impl Fn(&SyncInfo) -> bool, cx: &mut Cx) {
+        let info = self.sync_info(ask);
+        for (ch, r) in &self.remotes {
+            if let Some(theirs) = &r.sync
+                && !r.pushing
+                && to(theirs)
+            {
+                cx.send(r.peer, *ch, Message::Sync(info));
             }
-            cx.send(r.peer, *ch, Message::Sync(info));
         }
     }
 
